@@ -1,0 +1,436 @@
+"""The monitoring config: YAML loaded into typed, validated objects.
+
+Every error names the file, the key (as a dotted path) and what was expected, and is raised when
+the definitions load, before any run starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+DEMO_CONFIG = REPO_ROOT / "data" / "demo" / "monitor.yaml"
+
+TASKS = ("binary_classification", "regression")
+FEATURE_TYPES = ("numeric", "categorical")
+DRIFT_METHODS = ("auto", "psi", "jensenshannon", "wasserstein", "ks", "chisquare")
+FORMATS = ("jsonl", "csv", "parquet")
+CHANNEL_TYPES = ("file", "email", "slack")
+SEVERITIES = ("WARN", "ERROR")
+DATE_PLACEHOLDER = re.compile(r"\{date(?::([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A config problem, with the file and the key it is about."""
+
+    def __init__(self, file: Path | str, key: str, problem: str):
+        self.file, self.key, self.problem = str(file), key, problem
+        super().__init__(f"{file}: {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where one kind of input lives: a path or glob with a {date} placeholder, and its field map."""
+
+    name: str
+    path: str  # absolute, with the placeholder
+    format: str
+    fields: dict[str, str]  # canonical name -> field in the file (JSON path with dots, or column)
+    ok_status: tuple[str, ...] = ("ok",)
+
+    def paths_for(self, day: dt.date) -> str:
+        """The glob for one day: '{date}' becomes YYYY-MM-DD, '{date:%Y%m%d}' any strftime format."""
+        return DATE_PLACEHOLDER.sub(lambda m: day.strftime(m.group(1) or "%Y-%m-%d"), self.path)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    name: str
+    type: str
+    source: str
+    drift_method: str = "auto"
+    drift_threshold: float | None = None
+    allowed_values: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Alert thresholds for one model. Ratios are relative to the reference baseline."""
+
+    min_metric_ratio: float = 0.95
+    latency_p95_ms: float = 500.0
+    error_rate: float = 0.01
+    drift_share: float = 0.45
+    demographic_parity_ratio: float = 0.8
+    min_label_coverage: float = 0.0
+    severity: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str
+    task: str
+    version: str
+    features: tuple[FeatureConfig, ...]
+    sensitive_attributes: tuple[FeatureConfig, ...]
+    reference_path: str
+    reference_fields: dict[str, str]
+    score_field: str
+    decision_threshold: float = 0.5
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    alert_channels: tuple[str, ...] = ("file",)
+    owner: str = ""
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == "binary_classification"
+
+    @property
+    def main_metric(self) -> str:
+        return "roc_auc" if self.is_classifier else "mae"
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    type: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    file: Path
+    start_date: dt.date
+    end_date: dt.date | None
+    label_delay_days: int
+    models: tuple[ModelConfig, ...]
+    predictions: SourceConfig
+    labels: SourceConfig
+    interactions: SourceConfig | None
+    sales: SourceConfig | None
+    channels: dict[str, ChannelConfig]
+    dataset_drift_share: float = 0.5
+    min_group_size: int = 30
+    anomaly_window_days: int = 14
+    anomaly_threshold: float = 4.0
+    warehouse_path: str = ""
+    reports_dir: str = ""
+
+    def model(self, model_id: str) -> ModelConfig:
+        return next(m for m in self.models if m.id == model_id)
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [m.id for m in self.models]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing helpers: each takes the file and the dotted key so errors can say where they are.
+
+
+class _Reader:
+    def __init__(self, file: Path):
+        self.file = file
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, key, problem)
+
+    def mapping(self, value: Any, key: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
+        return value
+
+    def require(self, data: dict, name: str, key: str) -> Any:
+        if name not in data or data[name] is None:
+            raise self.fail(f"{key}.{name}" if key else name, "is required")
+        return data[name]
+
+    def number(self, value: Any, key: str, lo: float | None = None, hi: float | None = None) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"expected a number, got {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise self.fail(key, f"expected a number in [{lo}, {hi}], got {value!r}")
+        return float(value)
+
+    def choice(self, value: Any, key: str, options: tuple[str, ...]) -> str:
+        if value not in options:
+            raise self.fail(key, f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def date(self, value: Any, key: str) -> dt.date:
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value))
+        except ValueError:
+            raise self.fail(key, f"expected a date YYYY-MM-DD, got {value!r}") from None
+
+    def path(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"expected a path, got {value!r}")
+        p = Path(os.path.expandvars(value))
+        return str(p if p.is_absolute() else (self.file.parent / p).resolve())
+
+    def unknown_keys(self, data: dict, key: str, allowed: set[str]) -> None:
+        extra = sorted(set(data) - allowed)
+        if extra:
+            where = f"{key}.{extra[0]}" if key else extra[0]
+            raise self.fail(where, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+
+PREDICTION_FIELDS = {
+    "prediction_id": "prediction_id",
+    "timestamp": "timestamp",
+    "model_id": "model_id",
+    "model_version": "model_version",
+    "latency_ms": "latency_ms",
+    "status": "status",
+    "score": "score",
+}
+LABEL_FIELDS = {"prediction_id": "prediction_id", "label": "label"}
+INTERACTION_FIELDS = {
+    "session_id": "session_id",
+    "user_id": "user_id",
+    "timestamp": "timestamp",
+    "event": "event",
+    "product_id": "product_id",
+    "from_recommendation": "from_recommendation",
+}
+SALES_FIELDS = {
+    "order_id": "order_id",
+    "timestamp": "timestamp",
+    "user_id": "user_id",
+    "product_id": "product_id",
+    "quantity": "quantity",
+    "unit_price": "unit_price",
+}
+SOURCE_DEFAULT_FIELDS = {
+    "predictions": PREDICTION_FIELDS,
+    "labels": LABEL_FIELDS,
+    "interactions": INTERACTION_FIELDS,
+    "sales": SALES_FIELDS,
+}
+
+
+def _format_of(path: str) -> str | None:
+    name = path.lower().removesuffix(".gz")
+    for ext, fmt in ((".jsonl", "jsonl"), (".json", "jsonl"), (".ndjson", "jsonl"), (".csv", "csv"),
+                     (".parquet", "parquet")):
+        if name.endswith(ext):
+            return fmt
+    return None
+
+
+def _source(r: _Reader, data: Any, key: str, kind: str) -> SourceConfig:
+    data = r.mapping(data, key)
+    r.unknown_keys(data, key, {"path", "format", "fields", "ok_status"})
+    path = r.path(r.require(data, "path", key), f"{key}.path")
+    if not DATE_PLACEHOLDER.search(path):
+        raise r.fail(f"{key}.path", "expected a {date} placeholder (for example predictions/{date}.jsonl)")
+    fmt = data.get("format") or _format_of(path)
+    if fmt is None:
+        raise r.fail(f"{key}.format", f"cannot tell the format from {path!r}; set one of {', '.join(FORMATS)}")
+    r.choice(fmt, f"{key}.format", FORMATS)
+    fields = dict(SOURCE_DEFAULT_FIELDS[kind])
+    given = r.mapping(data.get("fields") or {}, f"{key}.fields")
+    for canonical, column in given.items():
+        if canonical not in fields:
+            raise r.fail(f"{key}.fields.{canonical}", f"unknown field; expected one of {', '.join(fields)}")
+        if not isinstance(column, str) or not column:
+            raise r.fail(f"{key}.fields.{canonical}", f"expected a column or field name, got {column!r}")
+        fields[canonical] = column
+    ok_status = data.get("ok_status", ["ok"])
+    if isinstance(ok_status, str):
+        ok_status = [ok_status]
+    return SourceConfig(kind, path, fmt, fields, tuple(str(s) for s in ok_status))
+
+
+def _feature(r: _Reader, name: Any, spec: Any, key: str, default_source: str, kind: str) -> FeatureConfig:
+    if not isinstance(name, str) or not name:
+        raise r.fail(key, f"expected a feature name, got {name!r}")
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    spec = r.mapping(spec, key)
+    r.unknown_keys(spec, key, {"type", "source", "drift_method", "drift_threshold", "allowed_values"})
+    ftype = r.choice(spec.get("type", kind), f"{key}.type", FEATURE_TYPES)
+    method = r.choice(spec.get("drift_method", "auto"), f"{key}.drift_method", DRIFT_METHODS)
+    threshold = spec.get("drift_threshold")
+    if threshold is not None:
+        threshold = r.number(threshold, f"{key}.drift_threshold", 0, None)
+    if method in ("ks", "wasserstein") and ftype == "categorical":
+        raise r.fail(f"{key}.drift_method", f"{method} needs a numeric feature; {name} is categorical")
+    if method == "chisquare" and ftype == "numeric":
+        raise r.fail(f"{key}.drift_method", f"chisquare needs a categorical feature; {name} is numeric")
+    allowed = spec.get("allowed_values")
+    if allowed is not None:
+        if not isinstance(allowed, list):
+            raise r.fail(f"{key}.allowed_values", "expected a list")
+        allowed = tuple(str(v) for v in allowed)
+    source = spec.get("source") or default_source.format(name=name)
+    return FeatureConfig(name, ftype, str(source), method, threshold, allowed)
+
+
+def _named_features(r: _Reader, data: Any, key: str, default_source: str, kind: str) -> tuple:
+    if data is None:
+        return ()
+    if isinstance(data, list):  # a plain list of names
+        data = {name: {} for name in data}
+    data = r.mapping(data, key)
+    return tuple(
+        _feature(r, name, spec or {}, f"{key}.{name}", default_source, kind) for name, spec in data.items()
+    )
+
+
+def _thresholds(r: _Reader, data: Any, key: str, defaults: Thresholds) -> Thresholds:
+    data = r.mapping(data or {}, key)
+    allowed = {f for f in Thresholds.__dataclass_fields__}
+    r.unknown_keys(data, key, allowed)
+    values: dict[str, Any] = {}
+    bounds = {
+        "min_metric_ratio": (0, 10), "latency_p95_ms": (0, None), "error_rate": (0, 1),
+        "drift_share": (0, 1), "demographic_parity_ratio": (0, 1), "min_label_coverage": (0, 1),
+    }
+    for name, (lo, hi) in bounds.items():
+        values[name] = r.number(data[name], f"{key}.{name}", lo, hi) if name in data else getattr(defaults, name)
+    severity = dict(defaults.severity)
+    for check, level in r.mapping(data.get("severity") or {}, f"{key}.severity").items():
+        severity[check] = r.choice(level, f"{key}.severity.{check}", SEVERITIES)
+    values["severity"] = severity
+    return Thresholds(**values)
+
+
+def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults: Thresholds) -> ModelConfig:
+    data = r.mapping(data, key)
+    r.unknown_keys(data, key, {
+        "id", "task", "version", "features", "sensitive_attributes", "reference", "reference_fields",
+        "score_field", "decision_threshold", "thresholds", "alert_channels", "owner",
+    })
+    model_id = r.require(data, "id", key)
+    if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
+        raise r.fail(f"{key}.id", f"expected letters, digits, '_', '-' or '.', got {model_id!r}")
+    task = r.choice(r.require(data, "task", key), f"{key}.task", TASKS)
+    json_like = predictions.format == "jsonl"
+    features = _named_features(r, r.require(data, "features", key), f"{key}.features",
+                               "features.{name}" if json_like else "{name}", "numeric")
+    if not features:
+        raise r.fail(f"{key}.features", "expected at least one feature")
+    attributes = _named_features(r, data.get("sensitive_attributes"), f"{key}.sensitive_attributes",
+                                 "context.{name}" if json_like else "{name}", "categorical")
+    ref_fields = {"score": "score", "label": "label"}
+    for k, v in r.mapping(data.get("reference_fields") or {}, f"{key}.reference_fields").items():
+        if k not in ref_fields:
+            raise r.fail(f"{key}.reference_fields.{k}", "unknown field; expected score or label")
+        ref_fields[k] = str(v)
+    channels = data.get("alert_channels", ["file"])
+    if isinstance(channels, str):
+        channels = [channels]
+    return ModelConfig(
+        id=model_id,
+        task=task,
+        version=str(data.get("version", "")),
+        features=features,
+        sensitive_attributes=attributes,
+        reference_path=r.path(r.require(data, "reference", key), f"{key}.reference"),
+        reference_fields=ref_fields,
+        score_field=str(data.get("score_field") or predictions.fields["score"]),
+        decision_threshold=r.number(data.get("decision_threshold", 0.5), f"{key}.decision_threshold", 0, 1),
+        thresholds=_thresholds(r, data.get("thresholds"), f"{key}.thresholds", defaults),
+        alert_channels=tuple(channels),
+        owner=str(data.get("owner", "")),
+    )
+
+
+def _channels(r: _Reader, data: Any) -> dict[str, ChannelConfig]:
+    data = r.mapping(data or {}, "alerts.channels")
+    channels = {"file": ChannelConfig("file", "file", {})}
+    for name, spec in data.items():
+        key = f"alerts.channels.{name}"
+        spec = r.mapping(spec, key)
+        ctype = r.choice(spec.get("type", name), f"{key}.type", CHANNEL_TYPES)
+        options = {k: v for k, v in spec.items() if k != "type"}
+        for opt, value in options.items():
+            # Secrets are named by environment variable, never written in the file.
+            if opt in ("password", "webhook_url", "token"):
+                raise r.fail(f"{key}.{opt}", f"put secrets in an environment variable and set {opt}_env")
+            if opt.endswith("_env") and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(value)):
+                raise r.fail(f"{key}.{opt}", f"expected an environment variable name, got {value!r}")
+        if ctype == "email" and not (options.get("to")):
+            raise r.fail(f"{key}.to", "expected at least one recipient")
+        if ctype == "file" and "path" in options:
+            options["path"] = r.path(options["path"], f"{key}.path")
+        channels[name] = ChannelConfig(name, ctype, options)
+    return channels
+
+
+def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
+    """Load and validate a monitoring config; `path` defaults to $MONITOR_CONFIG, then the demo's."""
+    file = Path(path or os.environ.get("MONITOR_CONFIG") or DEMO_CONFIG).resolve()
+    if not file.exists():
+        raise ConfigError(file, "(file)", "config file not found")
+    try:
+        root = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, "(file)", f"not valid YAML: {exc}") from None
+    r = _Reader(file)
+    root = r.mapping(root, "(top level)")
+    r.unknown_keys(root, "", {"partitions", "label_delay_days", "sources", "models", "alerts", "drift",
+                              "fairness", "anomalies", "thresholds", "warehouse", "reports_dir"})
+    parts = r.mapping(r.require(root, "partitions", ""), "partitions")
+    start = r.date(r.require(parts, "start_date", "partitions"), "partitions.start_date")
+    end = r.date(parts["end_date"], "partitions.end_date") if parts.get("end_date") else None
+    if end is not None and end < start:
+        raise r.fail("partitions.end_date", f"expected a date on or after start_date {start}, got {end}")
+    sources = r.mapping(r.require(root, "sources", ""), "sources")
+    r.unknown_keys(sources, "sources", {"predictions", "labels", "interactions", "sales"})
+    defaults = _thresholds(r, root.get("thresholds"), "thresholds", Thresholds())
+    models_data = r.require(root, "models", "")
+    if not isinstance(models_data, list) or not models_data:
+        raise r.fail("models", "expected a non-empty list of models")
+    predictions = _source(r, r.require(sources, "predictions", "sources"), "sources.predictions", "predictions")
+    models = tuple(_model(r, m, f"models[{i}]", predictions, defaults) for i, m in enumerate(models_data))
+    seen: set[str] = set()
+    for i, m in enumerate(models):
+        if m.id in seen:
+            raise r.fail(f"models[{i}].id", f"duplicate model id {m.id!r}")
+        seen.add(m.id)
+    alerts = r.mapping(root.get("alerts") or {}, "alerts")
+    channels = _channels(r, alerts.get("channels"))
+    for i, m in enumerate(models):
+        for ch in m.alert_channels:
+            if ch not in channels:
+                raise r.fail(f"models[{i}].alert_channels", f"unknown channel {ch!r}; defined: {', '.join(channels)}")
+    drift = r.mapping(root.get("drift") or {}, "drift")
+    fairness = r.mapping(root.get("fairness") or {}, "fairness")
+    anomalies = r.mapping(root.get("anomalies") or {}, "anomalies")
+    label_delay = root.get("label_delay_days", 3)
+    if isinstance(label_delay, bool) or not isinstance(label_delay, int) or not 0 <= label_delay <= 60:
+        raise r.fail("label_delay_days", f"expected a whole number of days in [0, 60], got {label_delay!r}")
+    return MonitorConfig(
+        file=file,
+        start_date=start,
+        end_date=end,
+        label_delay_days=label_delay,
+        models=models,
+        predictions=predictions,
+        labels=_source(r, r.require(sources, "labels", "sources"), "sources.labels", "labels"),
+        interactions=_source(r, sources["interactions"], "sources.interactions", "interactions")
+        if sources.get("interactions") else None,
+        sales=_source(r, sources["sales"], "sources.sales", "sales") if sources.get("sales") else None,
+        channels=channels,
+        dataset_drift_share=r.number(drift.get("dataset_drift_share", 0.5), "drift.dataset_drift_share", 0, 1),
+        min_group_size=int(r.number(fairness.get("min_group_size", 30), "fairness.min_group_size", 1, None)),
+        anomaly_window_days=int(r.number(anomalies.get("window_days", 14), "anomalies.window_days", 3, 365)),
+        anomaly_threshold=r.number(anomalies.get("threshold", 4.0), "anomalies.threshold", 0, None),
+        warehouse_path=os.environ.get("MONITOR_WAREHOUSE")
+        or (r.path(root["warehouse"], "warehouse") if root.get("warehouse") else str(REPO_ROOT / "warehouse" / "monitor.duckdb")),
+        reports_dir=os.environ.get("MONITOR_REPORTS_DIR")
+        or (r.path(root["reports_dir"], "reports_dir") if root.get("reports_dir") else str(REPO_ROOT / "reports")),
+    )

@@ -1,0 +1,368 @@
+"""Deterministic demo data for a retail e-commerce shop.
+
+Three models are trained with scikit-learn on a seeded training set and score every logged request,
+so an injected drift or concept change moves real model outputs and real metrics. Incidents are
+injected on fixed dates and listed in `incidents.yaml`; every other day is drawn from the training
+distribution.
+
+    python -m monitor_assets.demo.generate [--out data/demo] [--days 30] [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+START = dt.date(2026, 10, 1)
+SEED = 20261001
+
+
+def day(n: int) -> dt.date:
+    return START + dt.timedelta(days=n)
+
+
+# Fixed incident dates (day offsets from START) -----------------------------------------------
+CORRUPTED_DAY = 5          # fraud_detector log with malformed lines, nulls, bad scores, duplicates
+LATE_LABEL_DAY = 7         # labels for this day's predictions arrive 8 days late
+DRIFT_DAYS = range(11, 16)  # fraud_detector: amount shifts up, payment mix moves to gift cards
+SPIKE_DAY = 13             # demand_forecaster: latency x6 and 8% errors
+EMPTY_DAY = 18             # conversion_recommender: no log file at all
+CONCEPT_FROM = 20          # conversion_recommender: buyers stop responding to discounts
+BIAS_DAYS = range(23, 27)  # fraud_detector: customers aged 65+ get inflated fraud scores
+LABEL_DELAY_LATE = 8
+
+
+@dataclass
+class Model:
+    id: str
+    task: str
+    version: str
+    numeric: list[str]
+    categorical: list[str]
+    attributes: list[str]
+    per_day: int
+    latency_ms: float
+
+
+FRAUD = Model("fraud_detector", "binary_classification", "2026.09.2",
+              ["amount", "hour_of_day", "account_age_days", "items_in_cart", "shipping_distance_km"],
+              ["payment_method", "device"], ["customer_age_band"], 1800, 35.0)
+CONVERSION = Model("conversion_recommender", "binary_classification", "2026.08.1",
+                   ["price", "discount_pct", "product_rating", "session_views", "days_since_last_visit"],
+                   ["category", "device"], ["gender"], 1800, 60.0)
+DEMAND = Model("demand_forecaster", "regression", "2026.09.0",
+               ["price", "store_size_sqm", "temperature_c", "last_week_units"],
+               ["promo", "category"], ["region"], 600, 120.0)
+MODELS = (FRAUD, CONVERSION, DEMAND)
+
+AGE_BANDS, AGE_P = ["18-25", "26-40", "41-65", "65+"], [0.2, 0.4, 0.3, 0.1]
+PAYMENTS, PAY_P = ["card", "paypal", "gift_card", "bnpl"], [0.55, 0.25, 0.08, 0.12]
+PAY_P_DRIFT = [0.35, 0.2, 0.3, 0.15]
+DEVICES, DEV_P = ["mobile", "desktop", "app"], [0.5, 0.3, 0.2]
+CATEGORIES = ["electronics", "fashion", "home", "beauty", "sports", "toys"]
+CAT_P = [0.2, 0.3, 0.2, 0.12, 0.1, 0.08]
+GENDERS, GEN_P = ["female", "male", "unspecified"], [0.5, 0.45, 0.05]
+REGIONS, REG_P = ["north", "south", "east", "west"], [0.3, 0.3, 0.2, 0.2]
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def fraud_rows(rng: np.random.Generator, n: int, drifted: bool = False) -> pd.DataFrame:
+    amount = rng.lognormal(3.8, 0.7, n) * (1.6 if drifted else 1.0)
+    df = pd.DataFrame({
+        "amount": amount.round(2),
+        "hour_of_day": rng.integers(0, 24, n),
+        "account_age_days": rng.exponential(400, n).round(0),
+        "items_in_cart": rng.poisson(2.0, n) + 1,
+        "shipping_distance_km": rng.gamma(2.0, 60.0, n).round(1),
+        "payment_method": rng.choice(PAYMENTS, n, p=PAY_P_DRIFT if drifted else PAY_P),
+        "device": rng.choice(DEVICES, n, p=DEV_P),
+        "customer_age_band": rng.choice(AGE_BANDS, n, p=AGE_P),
+    })
+    # The true fraud mechanism: large, late-night, new-account, far, gift-card orders.
+    logit = (-4.2 + 0.9 * np.log(df.amount / 45) + 0.9 * (df.hour_of_day < 5)
+             - 0.0035 * df.account_age_days + 0.004 * df.shipping_distance_km
+             + 1.3 * (df.payment_method == "gift_card") + 0.4 * (df.device == "app"))
+    df["label"] = (rng.random(n) < _sigmoid(logit)).astype(int)
+    return df
+
+
+def conversion_rows(rng: np.random.Generator, n: int, concept_changed: bool = False) -> pd.DataFrame:
+    df = pd.DataFrame({
+        "price": rng.lognormal(3.5, 0.8, n).round(2),
+        "discount_pct": rng.choice([0, 0, 0, 5, 10, 15, 20, 30], n).astype(float),
+        "product_rating": np.clip(rng.normal(4.0, 0.6, n), 1, 5).round(1),
+        "session_views": rng.poisson(4.0, n) + 1,
+        "days_since_last_visit": rng.exponential(12, n).round(0),
+        "category": rng.choice(CATEGORIES, n, p=CAT_P),
+        "device": rng.choice(DEVICES, n, p=DEV_P),
+        "gender": rng.choice(GENDERS, n, p=GEN_P),
+    })
+    if concept_changed:  # discounts stop working, heavy browsers stop buying: same inputs, new truth
+        logit = (-1.2 - 0.25 * np.log(df.price / 30) - 0.02 * df.discount_pct
+                 + 0.2 * (df.product_rating - 4) - 0.3 * (df.session_views - 4) - 0.01 * df.days_since_last_visit)
+    else:
+        logit = (-2.2 - 0.5 * np.log(df.price / 30) + 0.08 * df.discount_pct
+                 + 0.9 * (df.product_rating - 4) + 0.25 * (df.session_views - 4)
+                 - 0.04 * df.days_since_last_visit + 0.3 * (df.device == "app"))
+    df["label"] = (rng.random(n) < _sigmoid(logit)).astype(int)
+    return df
+
+
+def demand_rows(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    df = pd.DataFrame({
+        "price": rng.lognormal(3.0, 0.5, n).round(2),
+        "store_size_sqm": rng.choice([400, 800, 1500, 3000], n).astype(float),
+        "temperature_c": rng.normal(14, 6, n).round(1),
+        "last_week_units": rng.poisson(30, n).astype(float),
+        "promo": rng.choice(["no", "yes"], n, p=[0.8, 0.2]),
+        "category": rng.choice(CATEGORIES, n, p=CAT_P),
+        "region": rng.choice(REGIONS, n, p=REG_P),
+    })
+    mean = (0.6 * df.last_week_units + 0.004 * df.store_size_sqm - 0.15 * df.price
+            + 8 * (df.promo == "yes") + 0.2 * np.abs(df.temperature_c - 14))
+    df["label"] = rng.poisson(np.clip(mean, 0.5, None)).astype(float)
+    return df
+
+
+ROWS = {FRAUD.id: fraud_rows, CONVERSION.id: conversion_rows, DEMAND.id: demand_rows}
+
+
+def train(model: Model, rng: np.random.Generator) -> tuple:
+    data = ROWS[model.id](rng, 16000 if model.task != "regression" else 8000)
+    pre = ColumnTransformer([("num", StandardScaler(), model.numeric),
+                             ("cat", OneHotEncoder(handle_unknown="ignore"), model.categorical)])
+    est = (LogisticRegression(max_iter=500) if model.task != "regression"
+           else HistGradientBoostingRegressor(max_iter=150, random_state=0))
+    pipe = make_pipeline(pre, est).fit(data[model.numeric + model.categorical], data["label"])
+    return pipe, data
+
+
+def score(model: Model, pipe, df: pd.DataFrame) -> np.ndarray:
+    X = df[model.numeric + model.categorical]
+    if model.task == "regression":
+        return np.clip(pipe.predict(X), 0, None)
+    return pipe.predict_proba(X)[:, 1]
+
+
+def _r(x: float, digits: int = 4):
+    return None if x is None or (isinstance(x, float) and np.isnan(x)) else round(float(x), digits)
+
+
+def log_lines(model: Model, df: pd.DataFrame, d: dt.date, rng: np.random.Generator,
+              latency_factor: float = 1.0, error_share: float = 0.002) -> list[dict]:
+    n = len(df)
+    seconds = np.sort(rng.integers(0, 86400, n))
+    latency = rng.gamma(4.0, model.latency_ms / 4.0, n) * latency_factor
+    errors = rng.random(n) < error_share
+    out_key = "prediction" if model.task == "regression" else "score"
+    records = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        row = row._asdict()
+        ts = dt.datetime.combine(d, dt.time()) + dt.timedelta(seconds=int(seconds[i]), milliseconds=int(i % 1000))
+        rec = {
+            "timestamp": ts.isoformat(timespec="milliseconds") + "Z",
+            "level": "ERROR" if errors[i] else "INFO",
+            "logger": f"serving.{model.id}",
+            "message": "feature store timeout" if errors[i] else "prediction served",
+            "prediction_id": f"{model.id[:3]}-{d:%Y%m%d}-{i:06d}",
+            "model_id": model.id,
+            "model_version": model.version,
+            "latency_ms": round(float(latency[i]), 1),
+            "status": "error" if errors[i] else "ok",
+            "features": {f: (_r(row[f], 2) if f in model.numeric else row[f])
+                         for f in model.numeric + model.categorical},
+            "context": {a: row[a] for a in model.attributes},
+            out_key: None if errors[i] else _r(row["model_output"], 4),
+        }
+        records.append(rec)
+    return records
+
+
+def corrupt(records: list[dict], rng: np.random.Generator) -> tuple[list[str], dict]:
+    """Damage a batch the ways real logs get damaged; return the lines and what was done."""
+    lines = [json.dumps(r, separators=(",", ":")) for r in records]
+    idx = rng.permutation(len(lines))
+    counts = {"malformed_json": 25, "missing_prediction_id": 10, "missing_score": 10,
+              "out_of_range_score": 15, "wrong_type_latency": 8, "non_finite_number": 6,
+              "unknown_model_id": 5, "duplicate_prediction_id": 12}
+    pos = 0
+    for kind, k in counts.items():
+        for j in idx[pos:pos + k]:
+            rec = dict(records[j])
+            if kind == "malformed_json":
+                lines[j] = lines[j][: len(lines[j]) // 2]
+                continue
+            if kind == "missing_prediction_id":
+                rec["prediction_id"] = None
+            elif kind == "missing_score":
+                rec.pop("score", None)
+            elif kind == "out_of_range_score":
+                rec["score"] = float(rng.choice([1.7, -0.3, 12.0]))
+            elif kind == "wrong_type_latency":
+                rec["latency_ms"] = "fast"
+            elif kind == "non_finite_number":
+                lines[j] = json.dumps(rec, separators=(",", ":")).replace(
+                    f'"latency_ms":{rec["latency_ms"]}', '"latency_ms":NaN')
+                continue
+            elif kind == "unknown_model_id":
+                rec["model_id"] = "legacy_fraud_v1"
+            lines[j] = json.dumps(rec, separators=(",", ":"))
+        pos += k
+    # Duplicates: copies of good lines appended (the client retried and logged twice).
+    dup_sources = idx[pos:pos + counts["duplicate_prediction_id"]]
+    lines.extend(lines[j] for j in dup_sources)
+    return lines, counts
+
+
+def write_jsonl_gz(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as f:
+        f.write(("\n".join(lines) + "\n").encode())
+
+
+def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) -> dict:
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    fitted = {}
+    for model in MODELS:
+        pipe, _ = train(model, rng)
+        ref = ROWS[model.id](rng, int(5000 * max(scale, 0.2)))
+        ref["score"] = score(model, pipe, ref).round(4)
+        ref_path = out / "reference" / f"{model.id}.parquet"
+        ref_path.parent.mkdir(parents=True, exist_ok=True)
+        ref.to_parquet(ref_path, index=False)
+        fitted[model.id] = pipe
+
+    labels_by_arrival: dict[dt.date, list[tuple]] = {}
+    corrupted_counts: dict = {}
+    for n in range(days):
+        d = day(n)
+        for model in MODELS:
+            size = int(model.per_day * scale * (1.0 + 0.15 * (d.weekday() >= 5)))
+            if model is FRAUD:
+                df = fraud_rows(rng, size, drifted=n in DRIFT_DAYS)
+            elif model is CONVERSION:
+                df = conversion_rows(rng, size, concept_changed=n >= CONCEPT_FROM)
+            else:
+                df = demand_rows(rng, size)
+            s = score(model, fitted[model.id], df)
+            if model is FRAUD and n in BIAS_DAYS:  # a bad feature join inflates scores for one group
+                senior = (df.customer_age_band == "65+").to_numpy()
+                s = np.where(senior, np.clip(s * 4 + 0.35, 0, 1), s)
+            df["model_output"] = s
+            spike = model is DEMAND and n == SPIKE_DAY
+            records = log_lines(model, df, d, rng, latency_factor=6.0 if spike else 1.0,
+                                error_share=0.08 if spike else 0.002)
+            if model is CONVERSION and n == EMPTY_DAY:
+                continue  # the logging sidecar was down: no file for this day
+            if model is FRAUD and n == CORRUPTED_DAY:
+                lines, corrupted_counts = corrupt(records, rng)
+            else:
+                lines = [json.dumps(r, separators=(",", ":")) for r in records]
+            write_jsonl_gz(out / "predictions" / f"{d}" / f"{model.id}.jsonl.gz", lines)
+            # Labels: 1-3 days later (8 for the late day), for served predictions only.
+            delays = rng.integers(1, 4, len(df))
+            if n == LATE_LABEL_DAY and model is not DEMAND:
+                delays[:] = LABEL_DELAY_LATE
+            for rec, delay, label in zip(records, delays, df["label"], strict=True):
+                if rec["status"] != "ok" or rec.get("prediction_id") is None:
+                    continue
+                arrival = d + dt.timedelta(days=int(delay))
+                labels_by_arrival.setdefault(arrival, []).append((rec["prediction_id"], model.id, label))
+
+    for n in range(days):
+        d = day(n)
+        rows = labels_by_arrival.get(d, [])
+        frame = pd.DataFrame(rows, columns=["prediction_id", "model_id", "label"])
+        path = out / "labels" / f"{d}.csv.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as f:
+            f.write(frame.to_csv(index=False, float_format="%.0f").encode())
+        write_business_day(out, d, rng, scale, concept_changed=n >= CONCEPT_FROM)
+
+    incidents = {
+        "start_date": str(START),
+        "days": days,
+        "incidents": [
+            {"kind": "corrupted_batch", "model_id": FRAUD.id, "dates": [str(day(CORRUPTED_DAY))],
+             "details": corrupted_counts},
+            {"kind": "late_labels", "model_id": [FRAUD.id, CONVERSION.id], "dates": [str(day(LATE_LABEL_DAY))],
+             "details": {"label_delay_days": LABEL_DELAY_LATE}},
+            {"kind": "feature_drift", "model_id": FRAUD.id, "dates": [str(day(n)) for n in DRIFT_DAYS],
+             "features": ["amount", "payment_method"]},
+            {"kind": "latency_error_spike", "model_id": DEMAND.id, "dates": [str(day(SPIKE_DAY))],
+             "details": {"latency_factor": 6, "error_rate": 0.08}},
+            {"kind": "no_logs", "model_id": CONVERSION.id, "dates": [str(day(EMPTY_DAY))]},
+            {"kind": "concept_drift", "model_id": CONVERSION.id,
+             "dates": [str(day(n)) for n in range(CONCEPT_FROM, days)], "metric": "roc_auc"},
+            {"kind": "bias", "model_id": FRAUD.id, "dates": [str(day(n)) for n in BIAS_DAYS],
+             "attribute": "customer_age_band", "group": "65+"},
+        ],
+    }
+    (out / "incidents.yaml").write_text(yaml.safe_dump(incidents, sort_keys=False))
+    return incidents
+
+
+def write_business_day(out: Path, d: dt.date, rng: np.random.Generator, scale: float,
+                       concept_changed: bool) -> None:
+    """Sessions with view/click/add_to_cart/purchase events, and the day's order lines."""
+    sessions = int(900 * scale * (1.15 if d.weekday() >= 5 else 1.0))
+    buy_p = 0.045 if concept_changed else 0.06
+    events, orders = [], []
+    for s in range(sessions):
+        sid, user = f"s{d:%Y%m%d}{s:05d}", f"u{rng.integers(1, 20000):05d}"
+        start = dt.datetime.combine(d, dt.time()) + dt.timedelta(seconds=int(rng.integers(0, 86000)))
+        for k in range(int(rng.integers(1, 6))):
+            product = f"p{rng.integers(1, 500):04d}"
+            rec = bool(rng.random() < 0.35)
+            events.append((sid, user, start + dt.timedelta(seconds=20 * k), "view", product, rec))
+            if rng.random() < 0.3:
+                events.append((sid, user, start + dt.timedelta(seconds=20 * k + 5), "click", product, rec))
+        if rng.random() < buy_p * 3:
+            product = f"p{rng.integers(1, 500):04d}"
+            events.append((sid, user, start + dt.timedelta(seconds=200), "add_to_cart", product, False))
+            if rng.random() < 1 / 3:
+                events.append((sid, user, start + dt.timedelta(seconds=260), "purchase", product, False))
+                order = f"o{d:%Y%m%d}{s:05d}"
+                for _ in range(int(rng.integers(1, 4))):
+                    orders.append((order, start + dt.timedelta(seconds=260), user, f"p{rng.integers(1, 500):04d}",
+                                   int(rng.integers(1, 4)), round(float(rng.lognormal(3.3, 0.6)), 2)))
+    inter = pd.DataFrame(events, columns=["session_id", "user_id", "timestamp", "event", "product_id",
+                                          "from_recommendation"])
+    sales = pd.DataFrame(orders, columns=["order_id", "timestamp", "user_id", "product_id", "quantity",
+                                          "unit_price"])
+    for name, frame in (("interactions", inter), ("sales", sales)):
+        path = out / name / f"{d}.csv.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as f:
+            f.write(frame.to_csv(index=False).encode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "data" / "demo"))
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--scale", type=float, default=1.0)
+    args = parser.parse_args()
+    incidents = generate(Path(args.out), args.days, args.scale)
+    print(f"wrote {args.days} days of demo data to {args.out} with {len(incidents['incidents'])} incidents")
+
+
+if __name__ == "__main__":
+    main()
