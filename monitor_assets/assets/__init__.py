@@ -1,0 +1,1 @@
+"""Thin Dagster wiring over the core, one module per stage."""

@@ -1,0 +1,154 @@
+"""Per-model performance and business KPIs per day, recomputed when late labels arrive."""
+
+
+import dagster as dg
+import pandas as pd
+
+from monitor_assets.assets.common import (
+    IO_RETRY,
+    daily_partitions,
+    day_label,
+    days_with_label_refresh,
+    frame_markdown,
+    run_days,
+    table_schema,
+)
+from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import DUCKDB_POOL, GROUP_METRICS, OWNERS
+from monitor_assets.resources.warehouse import WarehouseResource
+from monitor_assets.stats.performance import performance_sql
+from monitor_assets.warehouse import replace_partitions
+
+PERFORMANCE_COLUMNS = {
+    "partition_date": "DATE", "model_id": "VARCHAR", "task": "VARCHAR", "model_versions": "VARCHAR",
+    "volume": "BIGINT", "n_ok": "BIGINT", "n_errors": "BIGINT", "error_rate": "DOUBLE",
+    "latency_p50_ms": "DOUBLE", "latency_p95_ms": "DOUBLE", "latency_p99_ms": "DOUBLE",
+    "n_labelled": "BIGINT", "label_coverage": "DOUBLE", "accuracy": "DOUBLE", "precision": "DOUBLE",
+    "recall": "DOUBLE", "f1": "DOUBLE", "roc_auc": "DOUBLE", "log_loss": "DOUBLE", "brier_score": "DOUBLE",
+    "positive_rate": "DOUBLE", "predicted_positive_rate": "DOUBLE", "mae": "DOUBLE", "rmse": "DOUBLE",
+    "mape": "DOUBLE", "r2": "DOUBLE", "mean_error": "DOUBLE", "mean_score": "DOUBLE", "computed_at": "TIMESTAMP",
+}
+
+
+def models_values_sql(config: MonitorConfig) -> tuple[str, list]:
+    """A VALUES relation (model_id, task, threshold) of the configured models, as SQL and params."""
+    rows = ", ".join("(?, ?, ?)" for _ in config.models)
+    params = [v for m in config.models for v in (m.id, m.task, m.decision_threshold)]
+    return f"(SELECT * FROM (VALUES {rows}) AS v(model_id, task, threshold))", params
+
+
+def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels: dg.AssetKey,
+                         interactions: dg.AssetKey | None, sales: dg.AssetKey | None) -> list[dg.AssetsDefinition]:
+    partitions = daily_partitions(config)
+
+    @dg.asset(
+        key=dg.AssetKey(["monitoring", "performance_daily"]),
+        description="Per model and day: volume, error rate, latency p50/p95/p99 and, on labelled rows only, "
+                    "classification (accuracy, precision, recall, F1, ROC AUC, log loss, Brier) or regression "
+                    "(MAE, RMSE, MAPE, R², mean error) metrics with label coverage. Each run also refreshes "
+                    "the `label_delay_days` before it, so late labels update earlier days.",
+        group_name=GROUP_METRICS, kinds={"duckdb", "python"}, owners=OWNERS,
+        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=IO_RETRY, pool=DUCKDB_POOL, deps=[predictions, labels],
+        metadata={"dagster/table_name": "monitoring.performance_daily",
+                  "dagster/column_schema": table_schema(PERFORMANCE_COLUMNS)},
+    )
+    def performance_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        days = run_days(context)
+        refreshed = days_with_label_refresh(days, config)
+        with warehouse.connect() as con:
+            sql, params = _performance_statement(config)
+            con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [refreshed])
+            inserted = replace_partitions(con, "monitoring.performance_daily", refreshed,
+                                          f"INSERT INTO monitoring.performance_daily {sql}", params)
+            latest = con.execute(
+                """SELECT model_id, volume, error_rate, latency_p95_ms, label_coverage,
+                          coalesce(roc_auc, mae) AS main_metric, accuracy, f1, mae, r2
+                   FROM monitoring.performance_daily WHERE partition_date = ? ORDER BY model_id""",
+                [max(days)]).df()
+        metadata: dict = {
+            "days": day_label(days),
+            "days_refreshed_for_late_labels": dg.MetadataValue.json([str(d) for d in refreshed if d not in days]),
+            "dagster/row_count": inserted,
+            "latest_day": dg.MetadataValue.md(frame_markdown(latest)),
+        }
+        # Plottable numbers: one per model, for the run's last day.
+        for row in latest.itertuples():
+            for name in ("main_metric", "latency_p95_ms", "error_rate", "label_coverage"):
+                value = getattr(row, name)
+                if value is not None and not pd.isna(value):
+                    metadata[f"{row.model_id}.{name}"] = float(value)
+        return dg.MaterializeResult(metadata=metadata)
+
+    assets = [performance_daily]
+    if interactions is not None and sales is not None:
+        assets.append(_business_kpis_asset(config, partitions, interactions, sales))
+    return assets
+
+
+def _performance_statement(config: MonitorConfig) -> tuple[str, list]:
+    """The performance INSERT body over the dates in temp table `_days`; params are the model rows, twice."""
+    models, params = models_values_sql(config)
+    source = f"""
+        SELECT p.partition_date, p.model_id, p.is_ok, p.latency_ms, p.score, l.label, m.threshold, m.task
+        FROM raw.predictions AS p
+        JOIN {models} AS m USING (model_id)
+        LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
+                   GROUP BY prediction_id) AS l USING (prediction_id)
+        WHERE p.partition_date IN (SELECT d FROM _days)"""
+    metrics = performance_sql(source, ["partition_date", "model_id"])
+    sql = f"""
+        SELECT d AS partition_date, m.model_id, m.task, v.versions AS model_versions,
+               coalesce(r.volume, 0), coalesce(r.n_ok, 0), coalesce(r.n_errors, 0), r.error_rate,
+               r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, coalesce(r.n_labelled, 0), r.label_coverage,
+               r.accuracy, r."precision", r.recall, r.f1, r.roc_auc, r.log_loss, r.brier_score, r.positive_rate,
+               r.predicted_positive_rate, r.mae, r.rmse, r.mape, r.r2, r.mean_error, r.mean_score,
+               now()::TIMESTAMP
+        FROM ({metrics}) AS r
+        RIGHT JOIN (SELECT d, model_id, task FROM _days CROSS JOIN {models}) AS m
+            ON r.partition_date = m.d AND r.model_id = m.model_id
+        LEFT JOIN (SELECT partition_date, model_id, string_agg(DISTINCT model_version, ',') AS versions
+                   FROM raw.predictions WHERE partition_date IN (SELECT d FROM _days)
+                   GROUP BY ALL) AS v ON v.partition_date = m.d AND v.model_id = m.model_id"""
+    return sql, params + params
+
+
+def _business_kpis_asset(config, partitions, interactions, sales) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=dg.AssetKey(["monitoring", "business_kpis_daily"]),
+        description="Business KPIs per day from interactions and sales: sessions, conversion rate, "
+                    "recommendation click-through, orders, units, revenue, average order value.",
+        group_name=GROUP_METRICS, kinds={"duckdb"}, owners=OWNERS,
+        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=IO_RETRY, pool=DUCKDB_POOL, deps=[interactions, sales],
+        metadata={"dagster/table_name": "monitoring.business_kpis_daily"},
+    )
+    def business_kpis_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        days = run_days(context)
+        with warehouse.connect() as con:
+            inserted = replace_partitions(con, "monitoring.business_kpis_daily", days, """
+                INSERT INTO monitoring.business_kpis_daily
+                SELECT d, i.sessions, i.buyers, i.buyers / nullif(i.sessions, 0), i.rec_views,
+                       i.rec_clicks / nullif(i.rec_views, 0), s.orders, s.units, s.revenue,
+                       s.revenue / nullif(s.orders, 0), now()::TIMESTAMP
+                FROM unnest(?::DATE[]) AS t(d)
+                LEFT JOIN (SELECT partition_date, count(DISTINCT session_id) AS sessions,
+                                  count(DISTINCT session_id) FILTER (WHERE event = 'purchase') AS buyers,
+                                  count(*) FILTER (WHERE from_recommendation AND event = 'view') AS rec_views,
+                                  count(*) FILTER (WHERE from_recommendation AND event = 'click') AS rec_clicks
+                           FROM raw.interactions GROUP BY 1) AS i ON i.partition_date = d
+                LEFT JOIN (SELECT partition_date, count(DISTINCT order_id) AS orders, sum(quantity) AS units,
+                                  sum(revenue) AS revenue FROM raw.sales GROUP BY 1) AS s ON s.partition_date = d
+                """, [days])
+            latest = con.execute("SELECT * EXCLUDE (computed_at) FROM monitoring.business_kpis_daily "
+                                 "WHERE partition_date = ?", [max(days)]).df()
+        metadata = {"days": day_label(days), "dagster/row_count": inserted,
+                    "latest_day": dg.MetadataValue.md(frame_markdown(latest))}
+        if len(latest):
+            for name in ("conversion_rate", "revenue", "average_order_value"):
+                value = latest[name].iloc[0]
+                if not pd.isna(value):
+                    metadata[name] = float(value)
+        return dg.MaterializeResult(metadata=metadata)
+
+    return business_kpis_daily

@@ -1,0 +1,43 @@
+"""The one entry point: builds every asset, check, job, schedule and sensor from the monitoring config.
+
+The config comes from $MONITOR_CONFIG (default: the bundled demo's) and is validated here, so a wrong
+config fails when the code location loads, before any run starts.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from monitor_assets.assets.common import daily_partitions
+from monitor_assets.assets.history import build_history_asset
+from monitor_assets.assets.ingestion import build_ingestion_assets
+from monitor_assets.assets.metrics import build_metrics_assets
+from monitor_assets.config import MonitorConfig, load_config
+from monitor_assets.resources.warehouse import WarehouseResource
+
+MONITORING_JOB = "monitoring_job"
+
+
+def build_definitions(config: MonitorConfig) -> dg.Definitions:
+    ingestion = build_ingestion_assets(config)
+    keys = {a.key.path[-1]: a.key for a in ingestion}
+    metrics = build_metrics_assets(config, keys["predictions"], keys["labels"],
+                                   keys.get("interactions"), keys.get("sales"))
+    upstream = {a.key.path[-1]: a.key for a in metrics}
+    history = build_history_asset(config, upstream)
+    assets = [*ingestion, *metrics, history]
+
+    job = dg.define_asset_job(MONITORING_JOB, selection=dg.AssetSelection.assets(*assets),
+                              partitions_def=daily_partitions(config),
+                              description="The daily monitoring pipeline for every configured model.")
+    schedule = dg.build_schedule_from_partitioned_job(job, hour_of_day=6, minute_of_hour=0,
+                                                      name="daily_monitoring_schedule")
+    return dg.Definitions(
+        assets=assets,
+        jobs=[job],
+        schedules=[schedule],
+        resources={"warehouse": WarehouseResource(path=config.warehouse_path)},
+    )
+
+
+defs = build_definitions(load_config())

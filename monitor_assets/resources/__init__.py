@@ -1,0 +1,1 @@
+"""Resources: the DuckDB warehouse and the alert notifiers."""

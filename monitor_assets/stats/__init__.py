@@ -1,0 +1,2 @@
+"""The pure statistics core: no Dagster, no file I/O. Functions take arrays, frames or DuckDB SQL
+relations and return small frames or dataclasses."""

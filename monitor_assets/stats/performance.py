@@ -1,0 +1,99 @@
+"""Realized model performance, computed in one DuckDB pass per group of rows.
+
+The input relation has one row per logged prediction with the columns: the group keys, `is_ok`
+(served without error), `latency_ms`, `score` (probability for classifiers, the predicted value for
+regressors), `label` (NULL until it arrives), `threshold` (decision threshold) and `task`.
+Metrics use only labelled, served rows; label coverage is reported beside them, and a metric that
+cannot be known yet is NULL, never zero. Definitions follow scikit-learn's (tests compare).
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+
+# scikit-learn clips probabilities for log loss and guards MAPE's denominator with float64's eps.
+EPS = 2.220446049250313e-16
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier_score",
+                          "positive_rate", "predicted_positive_rate")
+REGRESSION_METRICS = ("mae", "rmse", "mape", "r2", "mean_error")
+OPERATIONAL_METRICS = ("volume", "n_ok", "n_errors", "error_rate", "latency_p50_ms", "latency_p95_ms",
+                       "latency_p99_ms", "n_labelled", "label_coverage", "mean_score")
+# Direction of "better" for each metric, used by thresholds and anomaly reports.
+HIGHER_IS_BETTER = {"accuracy": True, "precision": True, "recall": True, "f1": True, "roc_auc": True,
+                    "log_loss": False, "brier_score": False, "mae": False, "rmse": False, "mape": False,
+                    "r2": True}
+
+
+def performance_sql(source_sql: str, keys: list[str]) -> str:
+    """SQL computing every metric per `keys` group of `source_sql` (see the module docstring)."""
+    k = ", ".join(keys)
+    on = " AND ".join(f"b.{c} IS NOT DISTINCT FROM a.{c}" for c in keys)
+    return f"""
+    WITH src AS (SELECT *, (score >= threshold)::INT AS y_pred,
+                        (is_ok AND label IS NOT NULL AND score IS NOT NULL) AS labelled FROM ({source_sql})),
+    base AS (
+        SELECT {k}, any_value(task) AS task,
+            count(*) AS volume,
+            count(*) FILTER (WHERE is_ok) AS n_ok,
+            count(*) FILTER (WHERE NOT is_ok) AS n_errors,
+            count(*) FILTER (WHERE NOT is_ok) / count(*) AS error_rate,
+            quantile_cont(latency_ms, 0.5) AS latency_p50_ms,
+            quantile_cont(latency_ms, 0.95) AS latency_p95_ms,
+            quantile_cont(latency_ms, 0.99) AS latency_p99_ms,
+            count(*) FILTER (WHERE labelled) AS n_labelled,
+            count(*) FILTER (WHERE labelled) / nullif(count(*) FILTER (WHERE is_ok), 0) AS label_coverage,
+            avg(score) FILTER (WHERE is_ok) AS mean_score,
+            -- classification, on labelled rows
+            avg((y_pred = label)::INT) FILTER (WHERE labelled) AS accuracy,
+            count(*) FILTER (WHERE labelled AND y_pred = 1 AND label = 1) AS tp,
+            count(*) FILTER (WHERE labelled AND y_pred = 1 AND label = 0) AS fp,
+            count(*) FILTER (WHERE labelled AND y_pred = 0 AND label = 1) AS fn,
+            -avg(label * ln(least(greatest(score, {EPS}), 1 - {EPS}))
+                 + (1 - label) * ln(1 - least(greatest(score, {EPS}), 1 - {EPS}))) FILTER (WHERE labelled)
+                AS log_loss,
+            avg((score - label) ^ 2) FILTER (WHERE labelled) AS brier_score,
+            avg(label) FILTER (WHERE labelled) AS positive_rate,
+            avg(y_pred) FILTER (WHERE is_ok AND score IS NOT NULL) AS predicted_positive_rate,
+            -- regression, on labelled rows
+            avg(abs(label - score)) FILTER (WHERE labelled) AS mae,
+            sqrt(avg((label - score) ^ 2) FILTER (WHERE labelled)) AS rmse,
+            avg(abs(label - score) / greatest(abs(label), {EPS})) FILTER (WHERE labelled) AS mape,
+            sum((label - score) ^ 2) FILTER (WHERE labelled) AS ss_res,
+            var_pop(label) FILTER (WHERE labelled) * count(*) FILTER (WHERE labelled) AS ss_tot,
+            avg(score - label) FILTER (WHERE labelled) AS mean_error
+        FROM src GROUP BY {k}
+    ),
+    auc AS (  -- Mann-Whitney U with average ranks for ties, as roc_auc_score computes it
+        SELECT {k},
+            (sum(r) FILTER (WHERE label = 1) - n_pos * (n_pos + 1) / 2.0) / nullif(n_pos * (n - n_pos), 0) AS roc_auc
+        FROM (SELECT {k}, label, count(*) OVER g AS n, sum(label) OVER g AS n_pos,
+                     rank() OVER (PARTITION BY {k} ORDER BY score) + (count(*) OVER (PARTITION BY {k}, score) - 1) / 2.0 AS r
+              FROM src WHERE labelled AND task = 'binary_classification'
+              WINDOW g AS (PARTITION BY {k}))
+        GROUP BY {k}, n, n_pos
+    )
+    SELECT a.{k.replace(", ", ", a.")}, a.task, volume, n_ok, n_errors, error_rate,
+        latency_p50_ms, latency_p95_ms, latency_p99_ms, n_labelled, label_coverage, mean_score,
+        CASE WHEN task = 'binary_classification' THEN accuracy END AS accuracy,
+        CASE WHEN task = 'binary_classification' THEN tp / nullif(tp + fp, 0) END AS "precision",
+        CASE WHEN task = 'binary_classification' THEN tp / nullif(tp + fn, 0) END AS recall,
+        CASE WHEN task = 'binary_classification' THEN 2 * tp / nullif(2 * tp + fp + fn, 0) END AS f1,
+        b.roc_auc,
+        CASE WHEN task = 'binary_classification' THEN log_loss END AS log_loss,
+        CASE WHEN task = 'binary_classification' THEN brier_score END AS brier_score,
+        CASE WHEN task = 'binary_classification' THEN positive_rate END AS positive_rate,
+        CASE WHEN task = 'binary_classification' THEN predicted_positive_rate END AS predicted_positive_rate,
+        CASE WHEN task = 'regression' THEN mae END AS mae,
+        CASE WHEN task = 'regression' THEN rmse END AS rmse,
+        CASE WHEN task = 'regression' THEN mape END AS mape,
+        CASE WHEN task = 'regression' THEN 1 - ss_res / nullif(ss_tot, 0) END AS r2,
+        CASE WHEN task = 'regression' THEN mean_error END AS mean_error
+    FROM base AS a LEFT JOIN auc AS b ON {on}
+    """
+
+
+def compute_performance(con: duckdb.DuckDBPyConnection, source_sql: str, keys: list[str],
+                        params: list | None = None) -> pd.DataFrame:
+    return con.execute(performance_sql(source_sql, keys), params or []).df()

@@ -1,0 +1,51 @@
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from monitor_assets.config import load_config
+from monitor_assets.definitions import MONITORING_JOB, build_definitions
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def run_job(config, start: str, end: str | None = None, instance=None):
+    """Materialize the monitoring job in process over start..end (one run, like `make run`)."""
+    defs = build_definitions(config)
+    job = defs.resolve_job_def(MONITORING_JOB)
+    return job.execute_in_process(
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end or start},
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_config(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_run")
+    config = load_config()
+    return replace(config, warehouse_path=str(out / "monitor.duckdb"), reports_dir=str(out / "reports"))
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_config):
+    """The whole demo pipeline over its 30 days, once per test session."""
+    result = run_job(demo_config, "2026-10-01", "2026-10-30")
+    assert result.success
+    return demo_config, result
+
+
+@pytest.fixture
+def demo_db(demo_run):
+    config, _ = demo_run
+    con = duckdb.connect(config.warehouse_path, read_only=True)
+    yield con
+    con.close()
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

@@ -1,0 +1,64 @@
+import pytest
+
+from monitor_assets.config import ConfigError, load_config
+
+from .conftest import write
+
+BASE = """
+partitions: {start_date: 2026-01-01, end_date: 2026-01-03}
+sources:
+  predictions: {path: "preds/{date}.csv", fields: {score: proba}}
+  labels: {path: "labels/{date}.csv"}
+models:
+  - id: churn
+    task: binary_classification
+    reference: ref.parquet
+    features: {tenure: numeric, plan: categorical}
+    sensitive_attributes: [region]
+"""
+
+
+def test_demo_config_loads_every_model():
+    config = load_config()
+    assert [m.id for m in config.models] == ["fraud_detector", "conversion_recommender", "demand_forecaster"]
+    assert config.model("demand_forecaster").score_field == "prediction"
+    assert config.predictions.paths_for(config.start_date).endswith("2026-10-01/*.jsonl.gz")
+
+
+def test_tabular_sources_map_columns_and_default_feature_sources(tmp_path):
+    config = load_config(write(tmp_path / "m.yaml", BASE))
+    model = config.models[0]
+    assert config.predictions.format == "csv"
+    assert config.predictions.fields["score"] == "proba"
+    assert [f.source for f in model.features] == ["tenure", "plan"]  # columns, not JSON paths
+    assert model.sensitive_attributes[0].type == "categorical"
+    assert model.reference_path == str(tmp_path / "ref.parquet")
+
+
+@pytest.mark.parametrize("change, key, expected", [
+    (("task: binary_classification", "task: clustering"), "models[0].task", "expected one of"),
+    (("{date}.csv\", fields", "all.csv\", fields"), "sources.predictions.path", "{date} placeholder"),
+    (("end_date: 2026-01-03", "end_date: 2025-01-03"), "partitions.end_date", "on or after"),
+    (("sensitive_attributes: [region]", "sensitive_attributes: [region]\n    thresholds: {error_rate: 3}"),
+     "models[0].thresholds.error_rate", "in [0, 1]"),
+    (("sensitive_attributes: [region]", "sensitive_attributes: [region]\n    colour: blue"),
+     "models[0].colour", "unknown key"),
+    (("plan: categorical", "plan: {type: categorical, drift_method: ks}"),
+     "models[0].features.plan.drift_method", "needs a numeric feature"),
+    (("  - id: churn", "  - id: \"churn; DROP TABLE x\""), "models[0].id", "expected letters"),
+])
+def test_bad_config_names_file_key_and_expectation(tmp_path, change, key, expected):
+    path = write(tmp_path / "bad.yaml", BASE.replace(*change))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == key
+    assert expected in err.value.problem
+    assert str(path) in str(err.value)
+
+
+def test_missing_required_key_and_secret_in_file_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="models: is required"):
+        load_config(write(tmp_path / "a.yaml", BASE.split("models:")[0]))
+    secret = BASE + "alerts:\n  channels:\n    slack: {webhook_url: 'https://hooks.example/x'}\n"
+    with pytest.raises(ConfigError, match="environment variable"):
+        load_config(write(tmp_path / "b.yaml", secret))

@@ -1,0 +1,123 @@
+"""The whole pipeline on the bundled demo data, materialized in process on a real DuckDB file."""
+
+import datetime as dt
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from .conftest import run_job
+
+INCIDENTS = yaml.safe_load((Path(__file__).parents[1] / "data" / "demo" / "incidents.yaml").read_text())
+
+
+def incident(kind):
+    return next(i for i in INCIDENTS["incidents"] if i["kind"] == kind)
+
+
+def test_thirty_partitions_of_every_daily_table(demo_db):
+    for table in ("raw.predictions", "raw.labels", "raw.interactions", "raw.sales", "monitoring.performance_daily",
+                  "monitoring.business_kpis_daily", "monitoring.history"):
+        days = demo_db.execute(f"SELECT count(DISTINCT partition_date) FROM {table}").fetchone()[0]
+        # Labels start arriving the day after the first prediction.
+        assert days == (29 if table == "raw.labels" else 30), table
+
+
+def test_counts_add_up_and_corrupted_batch_is_quarantined(demo_db):
+    log = demo_db.execute("""SELECT source, sum(records_read), sum(records_loaded), sum(records_quarantined)
+                             FROM raw.ingestion_log GROUP BY 1""").fetchall()
+    for source, read, loaded, quarantined in log:
+        assert read == loaded + quarantined, source
+        table_rows = demo_db.execute(f"SELECT count(*) FROM raw.{source}").fetchone()[0]
+        q_rows = demo_db.execute("SELECT count(*) FROM raw.quarantine WHERE source = ? AND line_no IS NOT NULL",
+                                 [source]).fetchone()[0]
+        assert (table_rows, q_rows) == (loaded, quarantined), source
+    corrupted = incident("corrupted_batch")
+    day = corrupted["dates"][0]
+    by_kind = dict(demo_db.execute("""
+        SELECT split_part(reason, ':', 1), count(*) FROM raw.quarantine
+        WHERE source = 'predictions' AND partition_date = ? GROUP BY 1""", [day]).fetchall())
+    injected = corrupted["details"]
+    assert by_kind["malformed JSON"] == injected["malformed_json"]
+    assert by_kind["duplicate prediction_id"] == injected["duplicate_prediction_id"]
+    assert by_kind["out of range"] == injected["out_of_range_score"]
+    assert by_kind["non-finite number"] == injected["non_finite_number"]
+    assert by_kind["unknown model_id"] == injected["unknown_model_id"]
+    assert by_kind["missing required field"] == injected["missing_prediction_id"] + injected["missing_score"]
+    other_days = demo_db.execute("SELECT count(*) FROM raw.quarantine WHERE source = 'predictions' "
+                                 "AND partition_date <> ?", [day]).fetchone()[0]
+    assert other_days == 0
+
+
+def test_empty_day_is_a_visible_gap_not_a_crash(demo_db):
+    gap = incident("no_logs")
+    row = demo_db.execute("""SELECT volume, label_coverage, roc_auc FROM monitoring.performance_daily
+                             WHERE model_id = ? AND partition_date = ?""", [gap["model_id"], gap["dates"][0]]).fetchone()
+    assert row[0] == 0 and row[1] is None and row[2] is None
+
+
+def test_performance_equals_scikit_learn_on_the_warehouse_rows(demo_db):
+    day = "2026-10-10"
+    rows = demo_db.execute("""
+        SELECT p.score, l.label FROM raw.predictions p JOIN raw.labels l USING (prediction_id)
+        WHERE p.partition_date = ? AND p.model_id = 'fraud_detector' AND p.is_ok""", [day]).fetchall()
+    scores, labels = np.array(rows).T
+    auc = demo_db.execute("""SELECT roc_auc FROM monitoring.performance_daily
+                             WHERE partition_date = ? AND model_id = 'fraud_detector'""", [day]).fetchone()[0]
+    assert auc == roc_auc_score(labels, scores) or abs(auc - roc_auc_score(labels, scores)) < 1e-12
+
+
+def test_concept_drift_and_latency_spike_show_in_metrics(demo_db):
+    concept = incident("concept_drift")
+    auc = dict(demo_db.execute("""SELECT partition_date::VARCHAR, roc_auc FROM monitoring.performance_daily
+                                  WHERE model_id = ?""", [concept["model_id"]]).fetchall())
+    before = [v for d, v in auc.items() if d < concept["dates"][0] and v is not None]
+    after = [auc[d] for d in concept["dates"] if auc.get(d) is not None]
+    assert min(before) > 0.7 and max(after) < 0.6
+    spike = incident("latency_error_spike")
+    p95 = dict(demo_db.execute("""SELECT partition_date::VARCHAR, latency_p95_ms FROM monitoring.performance_daily
+                                  WHERE model_id = ?""", [spike["model_id"]]).fetchall())
+    assert p95[spike["dates"][0]] > 500 > max(v for d, v in p95.items() if d != spike["dates"][0])
+
+
+def test_late_labels_refresh_earlier_days_and_history_never_duplicates(demo_config, demo_run, tmp_path):
+    """Run days one at a time, the way the daily schedule does: late labels must update earlier days."""
+    import shutil
+    from dataclasses import replace
+
+    db = tmp_path / "daily.duckdb"
+    shutil.copy(demo_config.warehouse_path, db)
+    config = replace(demo_config, warehouse_path=str(db))
+    con = duckdb.connect(str(db))
+    con.execute("DELETE FROM raw.labels WHERE partition_date >= '2026-10-12'")
+    con.execute("DELETE FROM monitoring.performance_daily WHERE partition_date >= '2026-10-10'")
+    con.close()
+    assert run_job(config, "2026-10-11").success  # labels for the 10th are still partly missing
+    with duckdb.connect(str(db), read_only=True) as c:
+        partial = c.execute("""SELECT label_coverage FROM monitoring.performance_daily
+                               WHERE partition_date = '2026-10-10' AND model_id = 'fraud_detector'""").fetchone()[0]
+    for day in ("2026-10-12", "2026-10-13", "2026-10-13"):  # the 13th twice: a re-run
+        assert run_job(config, day).success
+    with duckdb.connect(str(db), read_only=True) as c:
+        full = c.execute("""SELECT label_coverage FROM monitoring.performance_daily
+                            WHERE partition_date = '2026-10-10' AND model_id = 'fraud_detector'""").fetchone()[0]
+        dupes = c.execute("""SELECT count(*) FROM (SELECT partition_date, model_id, metric, segment, count(*) n
+                             FROM monitoring.history GROUP BY ALL HAVING n > 1)""").fetchone()[0]
+        perf_dupes = c.execute("""SELECT count(*) FROM (SELECT partition_date, model_id, count(*) n
+                                  FROM monitoring.performance_daily GROUP BY ALL HAVING n > 1)""").fetchone()[0]
+        hist_cov = c.execute("""SELECT value FROM monitoring.history WHERE partition_date = '2026-10-10'
+                                AND model_id = 'fraud_detector' AND metric = 'label_coverage'""").fetchone()[0]
+    assert partial < 0.5 and full == 1.0
+    assert hist_cov == full
+    assert dupes == 0 and perf_dupes == 0
+
+
+def test_late_label_incident_is_reflected_in_coverage(demo_db):
+    late = incident("late_labels")
+    day = dt.date.fromisoformat(late["dates"][0])
+    delay = late["details"]["label_delay_days"]
+    arrivals = demo_db.execute("""SELECT min(partition_date), max(partition_date) FROM raw.labels
+                                  WHERE prediction_date = ? AND model_id = 'fraud_detector'""", [day]).fetchone()
+    assert arrivals[0] == arrivals[1] == day + dt.timedelta(days=delay)
