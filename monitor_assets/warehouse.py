@@ -18,19 +18,20 @@ CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS monitoring;
 CREATE TABLE IF NOT EXISTS raw.predictions (
     partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, prediction_id VARCHAR NOT NULL,
-    ts TIMESTAMP, model_version VARCHAR, latency_ms DOUBLE, status VARCHAR, is_ok BOOLEAN,
-    score DOUBLE, features JSON, source_file VARCHAR, line_no BIGINT
+    ts TIMESTAMPTZ, model_version VARCHAR, latency_ms DOUBLE, status VARCHAR, is_ok BOOLEAN,
+    score DOUBLE, source_file VARCHAR, line_no BIGINT
+    -- plus one typed column per configured feature, added at ingestion (ingest.feature_columns)
 );
 CREATE TABLE IF NOT EXISTS raw.labels (
-    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, prediction_id VARCHAR NOT NULL,
+    partition_date DATE NOT NULL, model_id VARCHAR, prediction_id VARCHAR NOT NULL,
     prediction_date DATE, label DOUBLE, source_file VARCHAR, line_no BIGINT
 );
 CREATE TABLE IF NOT EXISTS raw.interactions (
-    partition_date DATE NOT NULL, session_id VARCHAR, user_id VARCHAR, ts TIMESTAMP, event VARCHAR,
+    partition_date DATE NOT NULL, session_id VARCHAR, user_id VARCHAR, ts TIMESTAMPTZ, event VARCHAR,
     product_id VARCHAR, from_recommendation BOOLEAN
 );
 CREATE TABLE IF NOT EXISTS raw.sales (
-    partition_date DATE NOT NULL, order_id VARCHAR, ts TIMESTAMP, user_id VARCHAR, product_id VARCHAR,
+    partition_date DATE NOT NULL, order_id VARCHAR, ts TIMESTAMPTZ, user_id VARCHAR, product_id VARCHAR,
     quantity DOUBLE, unit_price DOUBLE, revenue DOUBLE
 );
 CREATE TABLE IF NOT EXISTS raw.quarantine (
@@ -129,9 +130,9 @@ def replace_partitions(con: duckdb.DuckDBPyConnection, table: str, dates: Iterab
     dates = list(dates)
     with transaction(con):
         con.execute(f"DELETE FROM {table} WHERE {date_column} IN (SELECT unnest(?::DATE[]))", [dates])
-        before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        before = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
         con.execute(insert_sql, params or [])
-        after = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        after = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     return after - before
 
 
@@ -149,6 +150,7 @@ def connect(path: str, retries: int = 8, base_delay: float = 0.25) -> Iterator[d
             time.sleep(base_delay * 2 ** attempt * (0.5 + random.random()))
             attempt += 1
     try:
+        con.execute("SET TimeZone = 'UTC'")  # naive timestamps in inputs are read as UTC
         ensure_schema(con)
         yield con
     finally:

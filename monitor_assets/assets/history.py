@@ -85,8 +85,8 @@ def build_history_asset(config: MonitorConfig, upstream: dict[str, dg.AssetKey])
         with warehouse.connect() as con:
             con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [refreshed])
             inserted = replace_partitions(con, "monitoring.history", refreshed, history_insert_sql(parts))
-            total = con.execute("SELECT count(*) FROM monitoring.history").fetchone()[0]
-            metrics = con.execute("SELECT count(DISTINCT metric) FROM monitoring.history").fetchone()[0]
+            total = con.execute("SELECT count(*) FROM monitoring.history").fetchall()[0][0]
+            metrics = con.execute("SELECT count(DISTINCT metric) FROM monitoring.history").fetchall()[0][0]
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "days_rewritten": len(refreshed), "dagster/row_count": total,
             "rows_written": inserted, "distinct_metrics": metrics})

@@ -23,22 +23,23 @@ from monitor_assets.ingest import ingest_day, quarantine_preview
 from monitor_assets.resources.warehouse import WarehouseResource
 
 DESCRIPTIONS = {
-    "predictions": "Prediction logs (structured JSON lines or tables), one row per served request, "
-                   "features kept as JSON. Bad records go to raw.quarantine with file, line and reason.",
+    "predictions": "Prediction logs (structured JSON lines, CSV or Parquet), one row per served request, with "
+                   "one typed column per configured feature (named after its field, e.g. `features.amount`). "
+                   "Bad records go to raw.quarantine with file, line and reason.",
     "labels": "Ground-truth labels, partitioned by the day they arrived (usually 1-3 days after the "
               "prediction). Labels for unknown predictions are quarantined.",
     "interactions": "User interactions (views, clicks, add-to-cart, purchases) per day.",
     "sales": "Order lines per day: quantity, unit price and revenue.",
 }
 SCHEMAS = {
-    "predictions": {"partition_date": "DATE", "model_id": "VARCHAR", "prediction_id": "VARCHAR", "ts": "TIMESTAMP",
+    "predictions": {"partition_date": "DATE", "model_id": "VARCHAR", "prediction_id": "VARCHAR", "ts": "TIMESTAMPTZ",
                     "model_version": "VARCHAR", "latency_ms": "DOUBLE", "status": "VARCHAR", "is_ok": "BOOLEAN",
-                    "score": "DOUBLE", "features": "JSON", "source_file": "VARCHAR", "line_no": "BIGINT"},
+                    "score": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT"},
     "labels": {"partition_date": "DATE", "model_id": "VARCHAR", "prediction_id": "VARCHAR",
                "prediction_date": "DATE", "label": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT"},
-    "interactions": {"partition_date": "DATE", "session_id": "VARCHAR", "user_id": "VARCHAR", "ts": "TIMESTAMP",
+    "interactions": {"partition_date": "DATE", "session_id": "VARCHAR", "user_id": "VARCHAR", "ts": "TIMESTAMPTZ",
                      "event": "VARCHAR", "product_id": "VARCHAR", "from_recommendation": "BOOLEAN"},
-    "sales": {"partition_date": "DATE", "order_id": "VARCHAR", "ts": "TIMESTAMP", "user_id": "VARCHAR",
+    "sales": {"partition_date": "DATE", "order_id": "VARCHAR", "ts": "TIMESTAMPTZ", "user_id": "VARCHAR",
               "product_id": "VARCHAR", "quantity": "DOUBLE", "unit_price": "DOUBLE", "revenue": "DOUBLE"},
 }
 
