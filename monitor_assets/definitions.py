@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from monitor_assets.assets.analysis import build_analysis_assets
 from monitor_assets.assets.common import daily_partitions
 from monitor_assets.assets.history import build_history_asset
 from monitor_assets.assets.ingestion import build_ingestion_assets
@@ -23,9 +24,10 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     keys = {a.key.path[-1]: a.key for a in ingestion}
     metrics = build_metrics_assets(config, keys["predictions"], keys["labels"],
                                    keys.get("interactions"), keys.get("sales"))
-    upstream = {a.key.path[-1]: a.key for a in metrics}
+    analysis = build_analysis_assets(config, keys["predictions"], keys["labels"])
+    upstream = {a.key.path[-1]: a.key for a in [*metrics, *analysis] if a.key.path[-1] != "reference_profiles"}
     history = build_history_asset(config, upstream)
-    assets = [*ingestion, *metrics, history]
+    assets = [*ingestion, *metrics, *analysis, history]
 
     job = dg.define_asset_job(MONITORING_JOB, selection=dg.AssetSelection.assets(*assets),
                               partitions_def=daily_partitions(config),

@@ -19,16 +19,12 @@ from dataclasses import dataclass, field
 import duckdb
 
 from monitor_assets.config import MonitorConfig, SourceConfig
-from monitor_assets.warehouse import quote_ident, transaction
+from monitor_assets.sql import quote_ident, sql_str
+from monitor_assets.warehouse import transaction
 
 NUMBER = "DOUBLE"
 TEXT = "VARCHAR"
 TIME = "TIMESTAMP"
-
-
-def sql_str(value: str) -> str:
-    """A string literal for SQL text (config values are quoted, never pasted raw)."""
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 @dataclass

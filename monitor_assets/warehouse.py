@@ -81,7 +81,8 @@ CREATE TABLE IF NOT EXISTS monitoring.fairness (
     n BIGINT, n_labelled BIGINT, selection_rate DOUBLE, true_positive_rate DOUBLE,
     false_positive_rate DOUBLE, accuracy DOUBLE, mae DOUBLE, below_min_size BOOLEAN,
     demographic_parity_difference DOUBLE, demographic_parity_ratio DOUBLE,
-    equalized_odds_difference DOUBLE, passes_four_fifths BOOLEAN, computed_at TIMESTAMP
+    equalized_odds_difference DOUBLE, passes_four_fifths BOOLEAN, disparity_p_value DOUBLE,
+    computed_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS monitoring.history (
     partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, metric VARCHAR NOT NULL,
@@ -101,11 +102,6 @@ CREATE TABLE IF NOT EXISTS monitoring.alerts (
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA_SQL)
-
-
-def quote_ident(name: str) -> str:
-    """A SQL identifier from config, quoted so quotes or semicolons in it stay part of the name."""
-    return '"' + str(name).replace('"', '""') + '"'
 
 
 def date_range(first: dt.date, last: dt.date) -> list[dt.date]:

@@ -121,3 +121,45 @@ def test_late_label_incident_is_reflected_in_coverage(demo_db):
     arrivals = demo_db.execute("""SELECT min(partition_date), max(partition_date) FROM raw.labels
                                   WHERE prediction_date = ? AND model_id = 'fraud_detector'""", [day]).fetchone()
     assert arrivals[0] == arrivals[1] == day + dt.timedelta(days=delay)
+
+
+def test_injected_drift_is_flagged_on_its_dates_and_nothing_else_is(demo_db):
+    drift = incident("feature_drift")
+    flagged = demo_db.execute("""SELECT model_id, feature, partition_date::VARCHAR FROM monitoring.feature_drift
+                                 WHERE drifted AND role = 'feature'""").fetchall()
+    expected = {(drift["model_id"], f, d) for f in drift["features"] for d in drift["dates"]}
+    assert set(flagged) == expected  # every injected (feature, date), and no stable feature on any day
+    share = dict(demo_db.execute("""SELECT partition_date::VARCHAR, drift_share FROM monitoring.drift_summary
+                                    WHERE model_id = ?""", [drift["model_id"]]).fetchall())
+    n_features = demo_db.execute("SELECT n_features FROM monitoring.drift_summary LIMIT 1").fetchall()[0][0]
+    assert all(abs(share[d] - 2 / 7) < 1e-9 for d in drift["dates"]) and n_features in (6, 7)
+
+
+def test_injected_bias_is_flagged_for_its_group_on_its_dates(demo_db):
+    bias = incident("bias")
+    unfair = demo_db.execute("""
+        SELECT DISTINCT model_id, attribute, partition_date::VARCHAR FROM monitoring.fairness
+        WHERE demographic_parity_ratio < 0.8 AND disparity_p_value < 0.001""").fetchall()
+    assert set(unfair) == {(bias["model_id"], bias["attribute"], d) for d in bias["dates"]}
+    worst = demo_db.execute("""
+        SELECT grp FROM monitoring.fairness WHERE model_id = ? AND attribute = ? AND partition_date = ?
+        ORDER BY selection_rate DESC LIMIT 1""", [bias["model_id"], bias["attribute"], bias["dates"][0]]).fetchall()
+    assert worst[0][0] == bias["group"]
+
+
+def test_reference_profiles_are_reused_when_the_reference_is_unchanged(demo_config, demo_run):
+    import shutil
+    import tempfile
+    from dataclasses import replace
+
+    from .conftest import run_job
+    with tempfile.TemporaryDirectory() as tmp:
+        db = f"{tmp}/copy.duckdb"
+        shutil.copy(demo_config.warehouse_path, db)
+        before = duckdb.connect(db, read_only=True).execute(
+            "SELECT max(computed_at) FROM monitoring.reference_profiles").fetchall()[0][0]
+        result = run_job(replace(demo_config, warehouse_path=db), "2026-10-30")
+        assert result.success
+        after = duckdb.connect(db, read_only=True).execute(
+            "SELECT max(computed_at) FROM monitoring.reference_profiles").fetchall()[0][0]
+        assert before == after

@@ -16,7 +16,9 @@ small count vectors:
 * Chi-square: scipy's `chi2_contingency` on the reference-versus-current category counts.
 
 Automatic choice (overridable per feature): p-value tests on small samples, where they are
-calibrated; distances on large ones, where any p-value test flags trivial shifts.
+calibrated; distances on large ones, where any p-value test flags trivial shifts. A default distance
+threshold also grows for smaller samples to stay above sampling noise (`noise_floor`): a few hundred
+rows of an unchanged feature already give a Wasserstein/std of 0.1 now and then.
 """
 
 from __future__ import annotations
@@ -29,16 +31,14 @@ import numpy as np
 from scipy import stats
 from scipy.spatial import distance
 
+from monitor_assets.sql import quote_ident
+
 FINE_BINS = 2000
 PSI_BINS = 10
 MISSING = "\x00missing"  # a category name no real data uses
-SMALL_SAMPLE = 1000  # at most this many current values: p-value tests; above: distances
+SMALL_SAMPLE = 500  # at most this many current values: p-value tests; above: distances
 DEFAULT_THRESHOLDS = {"ks": 0.05, "chisquare": 0.05, "wasserstein": 0.1, "jensenshannon": 0.1, "psi": 0.2}
 P_VALUE_METHODS = ("ks", "chisquare")
-
-
-def _q(name: str) -> str:
-    return '"' + str(name).replace('"', '""') + '"'
 
 
 @dataclass
@@ -146,7 +146,7 @@ class DriftResult:
 
 
 def _numeric_value(name: str) -> str:
-    return f"nullif({_q(name)}::DOUBLE, 'NaN'::DOUBLE)"  # NaN counts as missing
+    return f"nullif({quote_ident(name)}::DOUBLE, 'NaN'::DOUBLE)"  # NaN counts as missing
 
 
 def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dict[str, tuple[float, float, int]],
@@ -160,7 +160,7 @@ def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dic
     out: dict[str, NumericCounts | dict] = {}
     names = list(numeric)
     if names:
-        cols = ", ".join(f"{_q(n)}::DOUBLE AS v{i}" for i, n in enumerate(names))
+        cols = ", ".join(f"{quote_ident(n)}::DOUBLE AS v{i}" for i, n in enumerate(names))
         state = {n: [0, 0, 0.0, 0.0, np.zeros(numeric[n][2] + 2, dtype=np.int64), 0.0, 0.0] for n in names}
         reader = con.sql(f"SELECT {cols} FROM ({relation})", params=params or None).to_arrow_reader(batch_rows)
         for batch in reader:
@@ -182,7 +182,7 @@ def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dic
             n, valid, total, total_sq, counts, under, over = state[name]
             out[name] = NumericCounts(n, n - valid, total, total_sq, counts, under, over)
     if categorical or not names:
-        exprs = ", ".join(["count(*)"] + [f"histogram(coalesce({_q(c)}::VARCHAR, '{MISSING}'))" for c in categorical])
+        exprs = ", ".join(["count(*)"] + [f"histogram(coalesce({quote_ident(c)}::VARCHAR, '{MISSING}'))" for c in categorical])
         row = con.execute(f"SELECT {exprs} FROM ({relation})", params or []).fetchall()[0]
         for name, hist in zip(categorical, row[1:], strict=True):
             out[name] = dict(hist or {})
@@ -198,7 +198,7 @@ def profile_reference(con: duckdb.DuckDBPyConnection, relation: str, features: l
         parts = ", ".join(f"quantile_cont({_numeric_value(n)}, [0.001, 0.999]), min({_numeric_value(n)}), "
                           f"max({_numeric_value(n)})" for n in numeric)
         # Grid bounds need not be exact: quantiles of a fixed 100k-row sample (exact for smaller sets).
-        columns = ", ".join(_q(n) for n in numeric)
+        columns = ", ".join(quote_ident(n) for n in numeric)
         row = con.execute(f"SELECT {parts} FROM (SELECT {columns} FROM ({relation})) "
                           "USING SAMPLE reservoir(100000 ROWS) REPEATABLE (7)", params or []).fetchall()[0]
         for i, name in enumerate(numeric):
@@ -282,6 +282,25 @@ def chisquare_counts(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+def noise_floor(method: str, n_reference: int, n_current: int, categories: int = 2) -> float:
+    """A distance that sampling noise alone rarely reaches for these sample sizes (about 4 standard
+    errors for Wasserstein/std, 2 for Jensen-Shannon with `categories` levels); 0 for other methods."""
+    if n_reference <= 0 or n_current <= 0:
+        return 0.0
+    n_eff = n_reference * n_current / (n_reference + n_current)
+    if method == "wasserstein":
+        return 4.0 / math.sqrt(n_eff)
+    if method == "jensenshannon":
+        return 2.0 * math.sqrt(max(categories - 1, 1) / (5.5 * n_eff))
+    return 0.0
+
+
+def _threshold(spec: FeatureSpec, method: str, n_ref: int, n_cur: int, categories: int = 2) -> float:
+    if spec.threshold is not None:  # the user's threshold is used as given
+        return spec.threshold
+    return max(DEFAULT_THRESHOLDS[method], noise_floor(method, n_ref, n_cur, categories))
+
+
 def choose_method(kind: str, n_current: int, method: str = "auto") -> str:
     if method != "auto":
         return method
@@ -300,7 +319,7 @@ def _psi_vectors(profile: NumericProfile, current: NumericCounts) -> tuple[np.nd
 
 def numeric_drift(spec: FeatureSpec, profile: NumericProfile, current: NumericCounts) -> DriftResult:
     method = choose_method("numeric", current.n_valid, spec.method)
-    threshold = spec.threshold if spec.threshold is not None else DEFAULT_THRESHOLDS[method]
+    threshold = _threshold(spec, method, profile.counts.n_valid, current.n_valid)
     ref_psi, cur_psi = _psi_vectors(profile, current)
     ref_std = profile.counts.std
     w1 = wasserstein_binned(_positions(profile, current), profile.counts.counts, current.counts)
@@ -339,8 +358,8 @@ def categorical_drift(spec: FeatureSpec, profile: CategoricalProfile, current: d
     n_cur = sum(current.values())
     n_valid = n_cur - current.get(MISSING, 0)
     method = choose_method("categorical", n_valid, spec.method)
-    threshold = spec.threshold if spec.threshold is not None else DEFAULT_THRESHOLDS[method]
     categories = sorted(set(profile.counts) | set(current))
+    threshold = _threshold(spec, method, profile.n, n_cur, len(categories))
     ref = np.array([profile.counts.get(c, 0) for c in categories], dtype=float)
     cur = np.array([current.get(c, 0) for c in categories], dtype=float)
     chi, p = chisquare_counts(ref, cur)

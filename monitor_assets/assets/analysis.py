@@ -1,0 +1,172 @@
+"""Drift and bias: reference profiles (once per reference version), daily feature drift, fairness."""
+
+import dagster as dg
+import pandas as pd
+
+from monitor_assets.analysis import (
+    drift_for_day,
+    fairness_for_day,
+    load_profiles,
+    profile_model,
+    reference_version,
+    save_profiles,
+    stored_version,
+)
+from monitor_assets.assets.common import (
+    IO_RETRY,
+    daily_partitions,
+    day_label,
+    days_with_label_refresh,
+    frame_markdown,
+    run_days,
+    should_log_progress,
+    table_schema,
+)
+from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import DUCKDB_POOL, GROUP_BIAS, GROUP_DRIFT, OWNERS
+from monitor_assets.resources.warehouse import WarehouseResource
+from monitor_assets.warehouse import transaction
+
+DRIFT_COLUMNS = {
+    "partition_date": "DATE", "model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR (feature, prediction, label)",
+    "kind": "VARCHAR", "method": "VARCHAR", "statistic": "DOUBLE", "p_value": "DOUBLE", "threshold": "DOUBLE",
+    "drifted": "BOOLEAN", "n_current": "BIGINT", "n_reference": "BIGINT", "current_summary": "VARCHAR",
+    "reference_summary": "VARCHAR", "current_mean": "DOUBLE", "reference_mean": "DOUBLE",
+    "missing_share": "DOUBLE", "unseen_share": "DOUBLE", "computed_at": "TIMESTAMP",
+}
+FAIRNESS_COLUMNS = {
+    "partition_date": "DATE", "model_id": "VARCHAR", "attribute": "VARCHAR", "grp": "VARCHAR", "n": "BIGINT",
+    "n_labelled": "BIGINT", "selection_rate": "DOUBLE", "true_positive_rate": "DOUBLE",
+    "false_positive_rate": "DOUBLE", "accuracy": "DOUBLE", "mae": "DOUBLE", "below_min_size": "BOOLEAN",
+    "demographic_parity_difference": "DOUBLE", "demographic_parity_ratio": "DOUBLE",
+    "equalized_odds_difference": "DOUBLE", "passes_four_fifths": "BOOLEAN", "disparity_p_value": "DOUBLE",
+    "computed_at": "TIMESTAMP",
+}
+
+
+def _replace_days(con, table: str, days: list, frame: pd.DataFrame) -> None:
+    """Delete the days' rows and insert `frame` (matched by column name), in one transaction."""
+    with transaction(con):
+        con.execute(f"DELETE FROM {table} WHERE partition_date IN (SELECT unnest(?::DATE[]))", [days])
+        if len(frame):
+            con.register("_frame", frame)
+            try:
+                con.execute(f"INSERT INTO {table} BY NAME SELECT *, now()::TIMESTAMP AS computed_at FROM _frame")
+            finally:
+                con.unregister("_frame")
+
+
+def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, labels: dg.AssetKey) -> list:
+    partitions = daily_partitions(config)
+
+    @dg.asset(
+        key=dg.AssetKey(["monitoring", "reference_profiles"]),
+        description="Per model, the training reference set profiled once per reference version (file hash + "
+                    "feature spec): fine histograms and quantile bins for numeric features, category "
+                    "frequencies, moments, and baseline metric values. Daily drift never rescans the reference.",
+        group_name=GROUP_DRIFT, kinds={"duckdb", "python"}, owners=OWNERS, retry_policy=IO_RETRY, pool=DUCKDB_POOL,
+        metadata={"dagster/table_name": "monitoring.reference_profiles"},
+    )
+    def reference_profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        rows = []
+        with warehouse.connect() as con:
+            for model in config.models:
+                version = reference_version(model)
+                if stored_version(con, model.id) == version:
+                    rows.append((model.id, version, "reused"))
+                    continue
+                profiles, baselines = profile_model(con, model)
+                with transaction(con):
+                    save_profiles(con, model, version, profiles, baselines)
+                rows.append((model.id, version, "computed"))
+                context.log.info(f"profiled reference of {model.id} (version {version})")
+            base = con.execute("SELECT model_id, metric, value FROM monitoring.reference_baselines "
+                               "ORDER BY model_id, metric").df()
+        table = pd.DataFrame(rows, columns=["model_id", "reference_version", "profile"])
+        return dg.MaterializeResult(metadata={
+            "models": dg.MetadataValue.md(frame_markdown(table)),
+            "baselines": dg.MetadataValue.md(frame_markdown(base, limit=60)),
+            "profiles_computed": int((table.profile == "computed").sum()),
+        })
+
+    @dg.asset(
+        key=dg.AssetKey(["monitoring", "feature_drift"]),
+        description="Per day, model and feature (plus the model output and, once labelled, the label): drift "
+                    "method, statistic, p-value where the method has one, threshold, drifted flag, and current "
+                    "vs reference summary. `monitoring.drift_summary` holds the drift share and dataset-drift flag.",
+        group_name=GROUP_DRIFT, kinds={"duckdb", "scipy"}, owners=OWNERS, partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
+        deps=[predictions, labels, reference_profiles.key],
+        metadata={"dagster/table_name": "monitoring.feature_drift",
+                  "dagster/column_schema": table_schema(DRIFT_COLUMNS)},
+    )
+    def feature_drift(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        days = run_days(context)
+        refreshed = days_with_label_refresh(days, config)  # label drift changes as labels arrive
+        rows, summaries = [], []
+        with warehouse.connect() as con:
+            profiles = {m.id: load_profiles(con, m.id) for m in config.models}
+            for i, day in enumerate(refreshed, 1):
+                for model in config.models:
+                    out, summary = drift_for_day(con, config, model, day, profiles[model.id])
+                    rows += out
+                    summaries.append(summary)
+                if should_log_progress(i, len(refreshed)):
+                    context.log.info(f"drift: {i}/{len(refreshed)} days done ({day})")
+            frame, summary = pd.DataFrame(rows), pd.DataFrame(summaries)
+            _replace_days(con, "monitoring.feature_drift", refreshed, frame)
+            _replace_days(con, "monitoring.drift_summary", refreshed, summary)
+        last = summary[summary.partition_date == max(days)]
+        metadata = {"days": day_label(days), "dagster/row_count": len(frame),
+                    "drifted_rows": int(frame.drifted.sum()) if len(frame) else 0,
+                    "drift_summary_last_day": dg.MetadataValue.md(frame_markdown(last.drop(columns=["partition_date"])))}
+        if len(frame):
+            worst = (frame[frame.partition_date == max(days)].sort_values(["drifted", "statistic"], ascending=False)
+                     [["model_id", "feature", "method", "statistic", "threshold", "drifted", "current_summary",
+                       "reference_summary"]])
+            metadata["most_drifted"] = dg.MetadataValue.md(frame_markdown(worst, limit=10))
+        for row in last.itertuples():
+            if row.drift_share is not None and not pd.isna(row.drift_share):
+                metadata[f"{row.model_id}.drift_share"] = float(row.drift_share)
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset(
+        key=dg.AssetKey(["monitoring", "fairness"]),
+        description="Per day, model, sensitive attribute and group: count, selection rate, true and false "
+                    "positive rate, accuracy (MAE for regressors); per attribute: demographic parity difference "
+                    "and ratio, equalized odds difference, the four-fifths rule. Groups under the minimum size "
+                    "are reported but left out of the disparities. Definitions are fairlearn's.",
+        group_name=GROUP_BIAS, kinds={"duckdb", "python"}, owners=OWNERS, partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
+        deps=[predictions, labels],
+        metadata={"dagster/table_name": "monitoring.fairness",
+                  "dagster/column_schema": table_schema(FAIRNESS_COLUMNS)},
+    )
+    def fairness(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        days = run_days(context)
+        refreshed = days_with_label_refresh(days, config)
+        with warehouse.connect() as con:
+            parts = [fairness_for_day(con, config, m, d) for d in refreshed for m in config.models]
+            parts = [p for p in parts if len(p)]
+            frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+            if len(frame):
+                frame = frame.drop(columns=["selected", "tp", "fp", "fn", "tn", "abs_error"])
+            _replace_days(con, "monitoring.fairness", refreshed, frame)
+        metadata = {"days": day_label(days), "dagster/row_count": len(frame)}
+        if len(frame):
+            last = frame[frame.partition_date == max(days)]
+            per_attr = (last.drop_duplicates(["model_id", "attribute"])
+                        [["model_id", "attribute", "demographic_parity_ratio", "demographic_parity_difference",
+                          "equalized_odds_difference", "passes_four_fifths", "disparity_p_value"]]
+                        .sort_values("demographic_parity_ratio"))
+            metadata["worst_disparities"] = dg.MetadataValue.md(frame_markdown(per_attr))
+            ratios = per_attr.demographic_parity_ratio.dropna()
+            if len(ratios):
+                metadata["lowest_demographic_parity_ratio"] = float(ratios.min())
+            for row in per_attr.itertuples():
+                if not pd.isna(row.demographic_parity_ratio):
+                    metadata[f"{row.model_id}.{row.attribute}.demographic_parity_ratio"] = float(
+                        row.demographic_parity_ratio)
+        return dg.MaterializeResult(metadata=metadata)
+
+    return [reference_profiles, feature_drift, fairness]

@@ -1,0 +1,118 @@
+"""Drift statistics against scipy and hand-computed values on small data."""
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from scipy.spatial import distance
+
+from monitor_assets.stats import drift as D
+
+
+def run(ref: pd.DataFrame, cur: pd.DataFrame, specs):
+    con = duckdb.connect()
+    con.register("ref", ref)
+    con.register("cur", cur)
+    profiles = D.profile_reference(con, "SELECT * FROM ref", specs)
+    return {r.feature: r for r in D.compute_drift(con, "SELECT * FROM cur", specs, profiles)}, profiles
+
+
+@pytest.fixture
+def integer_data():
+    rng = np.random.default_rng(3)
+    ref = pd.DataFrame({"x": rng.integers(0, 60, 4000).astype(float)})
+    cur = pd.DataFrame({"x": rng.integers(4, 64, 700).astype(float)})  # shifted, partly beyond the reference
+    return ref, cur
+
+
+def test_ks_equals_scipy_when_values_have_their_own_bins(integer_data):
+    ref, cur = integer_data
+    out, _ = run(ref, cur, [D.FeatureSpec("x", "numeric", method="ks")])
+    expected = stats.ks_2samp(ref.x, cur.x, method="asymp")
+    assert out["x"].statistic == pytest.approx(expected.statistic, abs=1e-12)
+    assert out["x"].p_value == pytest.approx(expected.pvalue, rel=1e-9)
+    assert out["x"].drifted is True
+
+
+def test_wasserstein_matches_scipy_within_half_a_bin(integer_data):
+    ref, cur = integer_data
+    out, profiles = run(ref, cur, [D.FeatureSpec("x", "numeric", method="wasserstein")])
+    expected = stats.wasserstein_distance(ref.x, cur.x) / ref.x.std()
+    width = profiles["x"].width / ref.x.std()
+    assert abs(out["x"].statistic - expected) <= width / 2 + 1e-3  # overflow mass sits at its pooled mean
+
+
+def test_psi_and_js_equal_hand_computation_on_the_profile_bins():
+    rng = np.random.default_rng(5)
+    ref = pd.DataFrame({"x": rng.normal(0, 1, 5000)})
+    cur = pd.DataFrame({"x": rng.normal(0.5, 1, 3000)})
+    ref.loc[:49, "x"] = np.nan  # missing values are a bin of their own
+    out, profiles = run(ref, cur, [D.FeatureSpec("x", "numeric", method="psi")])
+    prof = profiles["x"]
+    edges = prof.lo + np.array(prof.psi_cuts[1:]) * prof.width - prof.width  # fine-bin index -> value
+    def shares(x):
+        x = x.to_numpy()
+        counts = np.bincount(np.searchsorted(edges, x[~np.isnan(x)], side="right"), minlength=len(edges) + 1)
+        return np.append(counts, np.isnan(x).sum()).astype(float)
+    p, q = shares(ref.x), shares(cur.x)
+    p_s, q_s = np.maximum(p / p.sum(), 1e-4), np.maximum(q / q.sum(), 1e-4)
+    assert out["x"].statistic == pytest.approx(np.sum((q_s - p_s) * np.log(q_s / p_s)), rel=1e-9)
+    assert out["x"].all_statistics["jensenshannon"] == pytest.approx(distance.jensenshannon(p, q, base=2), rel=1e-9)
+    assert len(prof.psi_cuts) == 10  # deciles of the reference
+
+
+def test_categorical_counts_unseen_and_missing_and_matches_scipy():
+    ref = pd.DataFrame({"c": ["a"] * 50 + ["b"] * 30 + ["c"] * 20})
+    cur = pd.DataFrame({"c": ["a"] * 20 + ["b"] * 30 + ["c"] * 20 + ["new"] * 20 + [None] * 10})
+    out, _ = run(ref, cur, [D.FeatureSpec("c", "categorical")])
+    r = out["c"]
+    cats = ["a", "b", "c", "new", D.MISSING]
+    ref_counts, cur_counts = [50, 30, 20, 0, 0], [20, 30, 20, 20, 10]
+    chi = stats.chi2_contingency(np.array([ref_counts, cur_counts])[:, [0, 1, 2, 3, 4]])
+    assert r.method == "chisquare" and r.p_value == pytest.approx(chi.pvalue) and r.statistic == pytest.approx(chi.statistic)
+    assert r.unseen_share == pytest.approx(0.2) and r.missing_share == pytest.approx(0.1)
+    assert r.all_statistics["jensenshannon"] == pytest.approx(distance.jensenshannon(ref_counts, cur_counts, base=2))
+    assert len(cats) == 5 and r.drifted
+
+
+@pytest.mark.parametrize("rows", [2_000, 200_000])
+def test_defaults_find_small_shifts_and_leave_stable_features_alone(rows):
+    rng = np.random.default_rng(11)
+    levels = [f"v{i}" for i in range(8)]
+    w = np.linspace(2, 1, 8)
+    w_shift = w.copy()
+    w_shift[:2] *= 0.5
+
+    def frame(shift: bool):
+        return pd.DataFrame({
+            "normal": rng.normal(10, 2, rows) + (0.6 if shift else 0),  # 0.3 standard deviations
+            "lognormal": rng.lognormal(1, 0.5, rows),
+            "uniform": rng.uniform(0, 100, rows),
+            "stable_cat": rng.choice(levels, rows, p=w / w.sum()),
+            "moved_cat": rng.choice(levels, rows, p=(w_shift if shift else w) / (w_shift if shift else w).sum()),
+        })
+    specs = [D.FeatureSpec(n, "numeric") for n in ("normal", "lognormal", "uniform")] + [
+        D.FeatureSpec(n, "categorical") for n in ("stable_cat", "moved_cat")]
+    out, _ = run(frame(False), frame(True), specs)
+    assert {n for n, r in out.items() if r.drifted} == {"normal", "moved_cat"}
+    assert out["normal"].method == "wasserstein" and out["moved_cat"].method == "jensenshannon"
+
+
+def test_small_samples_use_p_value_tests_and_user_overrides_win():
+    assert D.choose_method("numeric", 300) == "ks" and D.choose_method("numeric", 5000) == "wasserstein"
+    assert D.choose_method("categorical", 300) == "chisquare"
+    assert D.choose_method("numeric", 5000, "psi") == "psi"
+    rng = np.random.default_rng(1)
+    ref, cur = pd.DataFrame({"x": rng.normal(0, 1, 5000)}), pd.DataFrame({"x": rng.normal(0, 1, 5000)})
+    out, _ = run(ref, cur, [D.FeatureSpec("x", "numeric", threshold=0.0001)])
+    assert out["x"].threshold == 0.0001 and out["x"].drifted  # the user's threshold is used as given
+
+
+def test_profile_round_trips_through_json():
+    rng = np.random.default_rng(2)
+    ref = pd.DataFrame({"x": rng.normal(size=1000), "c": rng.choice(["a", "b"], 1000)})
+    _, profiles = run(ref, ref, [D.FeatureSpec("x", "numeric"), D.FeatureSpec("c", "categorical")])
+    again = D.NumericProfile.from_json(profiles["x"].to_json())
+    assert np.array_equal(again.counts.counts, profiles["x"].counts.counts) and again.psi_cuts == profiles["x"].psi_cuts
+    assert D.CategoricalProfile.from_json(profiles["c"].to_json()).counts == profiles["c"].counts
