@@ -121,6 +121,8 @@ class MonitorConfig:
     min_group_size: int = 30
     anomaly_window_days: int = 14
     anomaly_threshold: float = 4.0
+    alert_cooldown_hours: float = 24.0
+    ui_url: str = "http://127.0.0.1:3000"
     warehouse_path: str = ""
     reports_dir: str = ""
 
@@ -402,6 +404,7 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
             raise r.fail(f"models[{i}].id", f"duplicate model id {m.id!r}")
         seen.add(m.id)
     alerts = r.mapping(root.get("alerts") or {}, "alerts")
+    r.unknown_keys(alerts, "alerts", {"channels", "cooldown_hours", "ui_url"})
     channels = _channels(r, alerts.get("channels"))
     for i, m in enumerate(models):
         for ch in m.alert_channels:
@@ -429,6 +432,8 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
         min_group_size=int(r.number(fairness.get("min_group_size", 30), "fairness.min_group_size", 1, None)),
         anomaly_window_days=int(r.number(anomalies.get("window_days", 14), "anomalies.window_days", 3, 365)),
         anomaly_threshold=r.number(anomalies.get("threshold", 4.0), "anomalies.threshold", 0, None),
+        alert_cooldown_hours=r.number(alerts.get("cooldown_hours", 24), "alerts.cooldown_hours", 0, None),
+        ui_url=os.environ.get("MONITOR_UI_URL") or str(alerts.get("ui_url", "http://127.0.0.1:3000")).rstrip("/"),
         warehouse_path=os.environ.get("MONITOR_WAREHOUSE")
         or (r.path(root["warehouse"], "warehouse") if root.get("warehouse") else str(REPO_ROOT / "warehouse" / "monitor.duckdb")),
         reports_dir=os.environ.get("MONITOR_REPORTS_DIR")

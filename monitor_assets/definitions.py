@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from monitor_assets.assets.alerting import build_alerting_assets, build_quality_checks
 from monitor_assets.assets.analysis import build_analysis_assets
 from monitor_assets.assets.common import daily_partitions
 from monitor_assets.assets.history import build_history_asset
@@ -15,6 +16,7 @@ from monitor_assets.assets.ingestion import build_ingestion_assets
 from monitor_assets.assets.metrics import build_metrics_assets
 from monitor_assets.config import MonitorConfig, load_config
 from monitor_assets.resources.warehouse import WarehouseResource
+from monitor_assets.sensors import build_sensors
 
 MONITORING_JOB = "monitoring_job"
 
@@ -27,17 +29,22 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     analysis = build_analysis_assets(config, keys["predictions"], keys["labels"])
     upstream = {a.key.path[-1]: a.key for a in [*metrics, *analysis] if a.key.path[-1] != "reference_profiles"}
     history = build_history_asset(config, upstream)
-    assets = [*ingestion, *metrics, *analysis, history]
+    alerting, threshold_checks = build_alerting_assets(config, {**upstream, "history": history.key})
+    checks = [*build_quality_checks(config, keys["predictions"]), *threshold_checks]
+    assets = [*ingestion, *metrics, *analysis, history, *alerting]
 
-    job = dg.define_asset_job(MONITORING_JOB, selection=dg.AssetSelection.assets(*assets),
+    job = dg.define_asset_job(MONITORING_JOB, selection=dg.AssetSelection.assets(*assets).without_checks()
+                              | dg.AssetSelection.checks(*checks),
                               partitions_def=daily_partitions(config),
                               description="The daily monitoring pipeline for every configured model.")
     schedule = dg.build_schedule_from_partitioned_job(job, hour_of_day=6, minute_of_hour=0,
                                                       name="daily_monitoring_schedule")
     return dg.Definitions(
         assets=assets,
+        asset_checks=checks,
         jobs=[job],
         schedules=[schedule],
+        sensors=build_sensors(config),
         resources={"warehouse": WarehouseResource(path=config.warehouse_path)},
     )
 

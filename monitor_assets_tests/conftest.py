@@ -30,9 +30,16 @@ def demo_config(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo_run(demo_config):
-    """The whole demo pipeline over its 30 days, once per test session."""
-    result = run_job(demo_config, "2026-10-01", "2026-10-30")
+def demo_instance():
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_config, demo_instance):
+    """The whole demo pipeline over its 30 days, once per test session (its events stay in
+    `demo_instance`, where the sensors read them)."""
+    result = run_job(demo_config, "2026-10-01", "2026-10-30", instance=demo_instance)
     assert result.success
     return demo_config, result
 

@@ -23,7 +23,7 @@ def daily_partitions(config: MonitorConfig) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(start_date=config.start_date.isoformat(), end_date=end)
 
 
-def run_days(context: dg.AssetExecutionContext) -> list[dt.date]:
+def run_days(context) -> list[dt.date]:
     """The days this run covers: one partition, or a whole range in a single-run backfill."""
     return [dt.date.fromisoformat(k) for k in context.partition_keys]
 

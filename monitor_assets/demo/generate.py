@@ -254,7 +254,7 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
     for n in range(days):
         d = day(n)
         for model in MODELS:
-            size = int(model.per_day * scale * (1.0 + 0.15 * (d.weekday() >= 5)))
+            size = int(model.per_day * scale * (1.0 + 0.15 * (d.weekday() >= 5)) * rng.normal(1.0, 0.04))
             if model is FRAUD:
                 df = fraud_rows(rng, size, drifted=n in DRIFT_DAYS)
             elif model is CONVERSION:

@@ -1,0 +1,205 @@
+"""Anomalies, threshold evaluation into `monitoring.alerts`, and the asset checks users see in the UI."""
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from monitor_assets import alerting as A
+from monitor_assets.assets.common import (
+    IO_RETRY,
+    daily_partitions,
+    day_label,
+    days_with_label_refresh,
+    frame_markdown,
+    markdown_table,
+    run_days,
+    table_schema,
+)
+from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import DUCKDB_POOL, GROUP_ALERTING, OWNERS
+from monitor_assets.resources.warehouse import WarehouseResource
+from monitor_assets.stats.anomaly import find_anomalies
+from monitor_assets.warehouse import transaction
+
+# Which asset each threshold check is about (its result shows on that asset in the UI).
+CHECK_TARGETS = {
+    A.PERFORMANCE: "performance_daily", A.LATENCY: "performance_daily", A.ERROR_RATE: "performance_daily",
+    A.VOLUME: "performance_daily", A.DRIFT: "feature_drift", A.FAIRNESS: "fairness", A.ANOMALIES: "anomaly_report",
+}
+ALERT_COLUMNS = {"partition_date": "DATE", "model_id": "VARCHAR", "check_name": "VARCHAR", "severity": "VARCHAR",
+                 "value": "DOUBLE", "threshold": "DOUBLE", "message": "VARCHAR", "status": "VARCHAR (open, resolved)",
+                 "first_seen": "TIMESTAMP", "last_seen": "TIMESTAMP"}
+
+
+def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey]) -> list:
+    partitions = daily_partitions(config)
+
+    @dg.asset(
+        key=dg.AssetKey(["monitoring", "anomaly_report"]),
+        description="Unusual days in the metric history: a robust z-score (median and MAD of the trailing "
+                    "window, weekend-aware) per model and metric; rows in `monitoring.anomalies` and a markdown "
+                    "report `anomaly_report.md` in the reports folder.",
+        group_name=GROUP_ALERTING, kinds={"duckdb", "python"}, owners=OWNERS, partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
+        deps=[upstream["history"]], metadata={"dagster/table_name": "monitoring.anomalies"},
+    )
+    def anomaly_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        days = days_with_label_refresh(run_days(context), config)
+        first = min(days) - dt.timedelta(days=config.anomaly_window_days)
+        with warehouse.connect() as con:
+            history = con.execute("""SELECT partition_date, model_id, metric, segment, value FROM monitoring.history
+                                     WHERE partition_date BETWEEN ? AND ? AND segment = ''""",
+                                  [first, max(days)]).df()
+            found = find_anomalies(history, days, config.anomaly_window_days, config.anomaly_threshold)
+            with transaction(con):
+                con.execute("DELETE FROM monitoring.anomalies WHERE partition_date IN (SELECT unnest(?::DATE[]))",
+                            [days])
+                if len(found):
+                    con.register("_found", found)
+                    con.execute("INSERT INTO monitoring.anomalies BY NAME SELECT *, now()::TIMESTAMP AS computed_at "
+                                "FROM _found")
+                    con.unregister("_found")
+            report = con.execute("""SELECT partition_date, model_id, metric, value, expected, robust_z, direction
+                                    FROM monitoring.anomalies ORDER BY partition_date, model_id, metric""").df()
+        path = Path(config.reports_dir) / "anomaly_report.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = ["# Anomaly report", "",
+                f"Robust z-score against the trailing {config.anomaly_window_days} days, threshold "
+                f"{config.anomaly_threshold}.", "",
+                frame_markdown(report, limit=500) if len(report) else "No anomalies."]
+        path.write_text("\n".join(text) + "\n")
+        return dg.MaterializeResult(metadata={
+            "days": day_label(days), "anomalies_in_run": len(found), "dagster/row_count": len(report),
+            "report_path": dg.MetadataValue.path(str(path)),
+            "anomalies": dg.MetadataValue.md(frame_markdown(found) if len(found) else "none"),
+        })
+
+    @dg.asset(
+        key=dg.AssetKey(["monitoring", "alerts"]),
+        description="One row per day, model and failed check (performance vs baseline, latency and error-rate "
+                    "SLAs, logging volume, drift share, demographic parity, anomalies) with value, threshold, "
+                    "message, status (open/resolved), first_seen and last_seen. Re-runs update rows; a check "
+                    "that passes again resolves its alert.",
+        group_name=GROUP_ALERTING, kinds={"duckdb"}, owners=OWNERS, partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
+        deps=[upstream[k] for k in ("performance_daily", "feature_drift", "fairness")] + [anomaly_report.key],
+        metadata={"dagster/table_name": "monitoring.alerts", "dagster/column_schema": table_schema(ALERT_COLUMNS)},
+    )
+    def alerts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        days = days_with_label_refresh(run_days(context), config)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        with warehouse.connect() as con:
+            evaluated = A.evaluate(con, config, days)
+            counts = A.upsert_alerts(con, evaluated, now)
+            open_alerts = con.execute("""SELECT partition_date, model_id, check_name, severity, value, threshold,
+                                                message FROM monitoring.alerts WHERE status = 'open'
+                                         ORDER BY partition_date DESC, severity, model_id""").df()
+        return dg.MaterializeResult(metadata={
+            "days": day_label(days), **{f"alerts_{k}": v for k, v in counts.items()},
+            "open_alerts": len(open_alerts), "dagster/row_count": len(open_alerts),
+            "open_alerts_preview": dg.MetadataValue.md(frame_markdown(open_alerts) if len(open_alerts) else "none"),
+        })
+
+    @dg.multi_asset_check(
+        name="threshold_checks",
+        specs=[dg.AssetCheckSpec(name, asset=dg.AssetKey(["monitoring", target]), additional_deps=[alerts.key],
+                                 partitions_def=partitions,
+                                 description=f"`{name}` for every model and day of the run (thresholds from the "
+                                             "config); fails with the breaches, values and thresholds in metadata.")
+                   for name, target in CHECK_TARGETS.items()],
+        retry_policy=IO_RETRY, pool=DUCKDB_POOL,
+    )
+    def threshold_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+        days = days_with_label_refresh(run_days(context), config)
+        with warehouse.connect() as con:
+            evaluated = A.evaluate(con, config, days)
+        for name, target in CHECK_TARGETS.items():
+            part = evaluated[evaluated.check_name == name]
+            failed = part[~part.passed]
+            failures = [{k: (str(v) if k == "partition_date" else v) for k, v in row.items() if k != "passed"}
+                        for row in failed.to_dict("records")]
+            level = (dg.AssetCheckSeverity.ERROR if (failed.severity == "ERROR").any() else dg.AssetCheckSeverity.WARN)
+            worst = failed.iloc[0] if len(failed) else None
+            yield dg.AssetCheckResult(
+                asset_key=dg.AssetKey(["monitoring", target]), check_name=name, passed=failed.empty,
+                severity=level,
+                metadata={
+                    "evaluated": len(part), "failed": len(failed),
+                    "observed_value": float(worst.value) if worst is not None else None,
+                    "threshold": float(worst.threshold) if worst is not None else None,
+                    "reason": worst.message if worst is not None else "all models within threshold",
+                    "breaches": dg.MetadataValue.md(markdown_table(
+                        ["day", "model", "severity", "value", "threshold", "message"],
+                        [(f["partition_date"], f["model_id"], f["severity"], f["value"], f["threshold"],
+                          f["message"]) for f in failures]) if failures else "none"),
+                    "failures": dg.MetadataValue.json(json.loads(json.dumps(failures, default=str))),
+                })
+
+    return [anomaly_report, alerts], [threshold_checks]
+
+
+def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> list:
+    partitions = daily_partitions(config)
+
+    @dg.asset_check(asset=predictions, name="predictions_are_complete_and_valid", blocking=True,
+                    partitions_def=partitions,
+                    description="Great Expectations on the loaded predictions of each day: required fields "
+                                "present, prediction ids unique, model ids known, classifier scores in [0, 1], "
+                                "latency non-negative, timestamps inside the day, known categories. Blocks "
+                                "downstream assets when it fails.")
+    def predictions_are_complete_and_valid(context, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        from monitor_assets.quality import predictions_frame, validate_predictions
+
+        days = [dt.date.fromisoformat(k) for k in context.partition_keys] if context.has_partition_key_range or \
+            context.has_partition_key else []
+        failures, checked, rows = [], 0, 0
+        with warehouse.connect() as con:
+            for day in days:
+                frame = predictions_frame(con, config, day)
+                rows += len(frame)
+                if frame.empty:
+                    continue
+                for outcome in validate_predictions(config, day, frame):
+                    checked += 1
+                    if not outcome.success:
+                        failures.append((str(day), outcome.expectation, outcome.column, outcome.unexpected_count,
+                                         ", ".join(outcome.sample)))
+        return dg.AssetCheckResult(
+            passed=not failures, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"days": len(days), "rows_validated": rows, "expectations_evaluated": checked,
+                      "unexpected": sum(f[3] for f in failures),
+                      "failures": dg.MetadataValue.md(markdown_table(
+                          ["day", "expectation", "column", "unexpected", "sample"], failures) if failures else "none")})
+
+    @dg.asset_check(asset=predictions, name="prediction_volume_within_expected_range", partitions_def=partitions,
+                    description="Each model's daily volume within 50%..200% of its trailing 7-day average, and "
+                                "the share of quarantined records under 5%. Warns; does not block.")
+    def prediction_volume_within_expected_range(context, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        days = [dt.date.fromisoformat(k) for k in context.partition_keys]
+        with warehouse.connect() as con:
+            table = con.execute("""
+                WITH vol AS (SELECT d, m, (SELECT count(*) FROM raw.predictions p
+                                           WHERE p.partition_date = d AND p.model_id = m) AS n
+                             FROM unnest(range(?::DATE - INTERVAL 7 DAY, ?::DATE + INTERVAL 1 DAY, INTERVAL 1 DAY)) t(d),
+                                  unnest(?::VARCHAR[]) u(m))
+                SELECT d::DATE AS day, m AS model_id, n,
+                       (SELECT avg(n) FROM vol v2 WHERE v2.m = v.m AND v2.d < v.d AND v2.d >= v.d - INTERVAL 7 DAY
+                        AND v2.n > 0) AS trailing
+                FROM vol v WHERE d::DATE IN (SELECT unnest(?::DATE[]))""",
+                                [min(days), max(days), config.model_ids, days]).df()
+            quarantine = con.execute("""SELECT partition_date, sum(records_quarantined) / nullif(sum(records_read), 0)
+                                        FROM raw.ingestion_log WHERE source = 'predictions'
+                                        AND partition_date IN (SELECT unnest(?::DATE[])) GROUP BY 1""",
+                                     [days]).fetchall()
+        table["ratio"] = table.n / table.trailing
+        odd = table[table.trailing.notna() & ((table.ratio < 0.5) | (table.ratio > 2.0))]
+        high_q = [(str(d), s) for d, s in quarantine if s is not None and s > 0.05]
+        return dg.AssetCheckResult(
+            passed=odd.empty and not high_q, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"out_of_range": dg.MetadataValue.md(frame_markdown(odd) if len(odd) else "none"),
+                      "high_quarantine_share": dg.MetadataValue.json(high_q),
+                      "min_ratio": float(table.ratio.min()) if table.ratio.notna().any() else None})
+
+    return [predictions_are_complete_and_valid, prediction_volume_within_expected_range]

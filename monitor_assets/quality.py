@@ -1,0 +1,83 @@
+"""Data-quality suites for the loaded predictions, built from the config and run with Great Expectations 1.x.
+
+Quarantine already keeps malformed records out; these suites guard what did load (a bug or a
+schema change upstream shows here first): completeness of required fields, validity of scores,
+latencies, model ids and categories, uniqueness of prediction ids, and timestamps inside the day.
+GX is imported here only, when a check runs (its import takes seconds); it runs ephemeral, offline,
+without progress bars.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pandas as pd
+
+from monitor_assets.config import MonitorConfig
+
+
+@dataclass
+class ExpectationOutcome:
+    expectation: str
+    column: str
+    success: bool
+    unexpected_count: int
+    sample: list
+
+
+def _suite(config: MonitorConfig, day: dt.date, frame: pd.DataFrame):
+    import great_expectations as gx
+
+    E = gx.expectations
+    start = pd.Timestamp(day, tz="UTC")
+    expectations = [
+        E.ExpectColumnValuesToNotBeNull(column="prediction_id"),
+        E.ExpectColumnValuesToBeUnique(column="prediction_id"),
+        E.ExpectColumnValuesToNotBeNull(column="model_id"),
+        E.ExpectColumnValuesToBeInSet(column="model_id", value_set=config.model_ids),
+        E.ExpectColumnValuesToNotBeNull(column="ts"),
+        # Logs of a day may straddle midnight by a little; anything further is a misfiled batch.
+        E.ExpectColumnValuesToBeBetween(column="ts", min_value=start - pd.Timedelta(hours=2),
+                                        max_value=start + pd.Timedelta(hours=26)),
+        E.ExpectColumnValuesToBeBetween(column="latency_ms", min_value=0, mostly=1.0),
+    ]
+    if "classifier_score" in frame:
+        expectations.append(E.ExpectColumnValuesToBeBetween(column="classifier_score", min_value=0, max_value=1))
+    for column, allowed in _allowed_categories(config).items():
+        if column in frame:
+            expectations.append(E.ExpectColumnValuesToBeInSet(column=column, value_set=allowed))
+    return gx.ExpectationSuite(name=f"predictions_{day}", expectations=expectations)
+
+
+def _allowed_categories(config: MonitorConfig) -> dict[str, list[str]]:
+    from monitor_assets.ingest import feature_columns
+
+    columns = feature_columns(config)
+    return {columns[(f.source, f.type)]: list(f.allowed_values) for m in config.models for f in m.features
+            if f.allowed_values}
+
+
+def predictions_frame(con, config: MonitorConfig, day: dt.date) -> pd.DataFrame:
+    """The loaded predictions of a day, with classifier scores in a column of their own."""
+    classifiers = [m.id for m in config.models if m.is_classifier] or [""]
+    extra = "".join(f', "{c}"' for c in _allowed_categories(config))
+    return con.execute(f"""
+        SELECT prediction_id, model_id, ts, latency_ms, score,
+               CASE WHEN model_id IN (SELECT unnest(?::VARCHAR[])) THEN score END AS classifier_score{extra}
+        FROM raw.predictions WHERE partition_date = ?""", [classifiers, day]).df()
+
+
+def validate_predictions(config: MonitorConfig, day: dt.date, frame: pd.DataFrame) -> list[ExpectationOutcome]:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_definition = (context.data_sources.add_pandas("warehouse").add_dataframe_asset("predictions")
+                        .add_batch_definition_whole_dataframe("day"))
+    result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(_suite(config, day, frame))
+    return [ExpectationOutcome(r.expectation_config.type, str(r.expectation_config.kwargs.get("column", "")),
+                               bool(r.success), int(r.result.get("unexpected_count") or 0),
+                               [str(v) for v in (r.result.get("partial_unexpected_list") or [])[:5]])
+            for r in result.results]
