@@ -85,15 +85,13 @@ result = snapshot.dict()
 seconds = time.perf_counter() - t0
 drifted = []
 for metric in result["metrics"]:
-    name = str(metric.get("metric_id", ""))
-    value = metric.get("value")
-    if name.startswith("ValueDrift(") and isinstance(value, (int, float)):
-        col = name.split("column=")[1].split(",")[0].rstrip(")")
-        method = name.split("method=")[1].split(",")[0].rstrip(")") if "method=" in name else ""
-        threshold = float(name.split("threshold=")[1].split(",")[0].rstrip(")")) if "threshold=" in name else 0.1
-        p_value_like = "p_value" in method.lower() or "K-S" in method or "chi" in method.lower()
-        if (value < threshold) if p_value_like else (value >= threshold):
-            drifted.append(col)
+    config = metric.get("config", {})
+    if not str(config.get("type", "")).endswith("ValueDrift"):
+        continue
+    method, threshold, value = str(config.get("method", "")), float(config.get("threshold", 0.1)), metric["value"]
+    p_value_test = "p_value" in method.lower() or "test" in method.lower()
+    if (value < threshold) if p_value_test else (value >= threshold):
+        drifted.append(config["column"])
 print(json.dumps({"seconds": seconds, "drifted": drifted,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

@@ -14,6 +14,7 @@ from monitor_assets.assets.common import daily_partitions
 from monitor_assets.assets.history import build_history_asset
 from monitor_assets.assets.ingestion import build_ingestion_assets
 from monitor_assets.assets.metrics import build_metrics_assets
+from monitor_assets.assets.reporting import build_reporting_assets
 from monitor_assets.config import MonitorConfig, load_config
 from monitor_assets.resources.warehouse import WarehouseResource
 from monitor_assets.sensors import build_sensors
@@ -31,7 +32,8 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     history = build_history_asset(config, upstream)
     alerting, threshold_checks = build_alerting_assets(config, {**upstream, "history": history.key})
     checks = [*build_quality_checks(config, keys["predictions"]), *threshold_checks]
-    assets = [*ingestion, *metrics, *analysis, history, *alerting]
+    reporting = build_reporting_assets(config, alerting[-1].key)
+    assets = [*ingestion, *metrics, *analysis, history, *alerting, *reporting]
 
     job = dg.define_asset_job(MONITORING_JOB, selection=dg.AssetSelection.assets(*assets).without_checks()
                               | dg.AssetSelection.checks(*checks),

@@ -1,0 +1,66 @@
+"""The dashboard file and the per-model summaries, regenerated on every run."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from monitor_assets.assets.common import daily_partitions, frame_markdown, run_days
+from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import GROUP_REPORTING, OWNERS
+from monitor_assets.reporting import build_dashboard, load_report_data, model_summaries, summaries_markdown
+from monitor_assets.resources.warehouse import WarehouseResource
+
+
+def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey) -> list:
+    partitions = daily_partitions(config)
+
+    @dg.asset(
+        key=dg.AssetKey(["reports", "model_performance_summary"]),
+        description="Per model: latest status, main-metric trend against the previous week, most drifted "
+                    "features, open alerts and a recommendation (healthy / watch / retrain suggested), written as "
+                    "model_summaries.md and model_summaries.json in the reports folder.",
+        group_name=GROUP_REPORTING, kinds={"python", "markdown"}, owners=OWNERS, partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[alerts],
+    )
+    def model_performance_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        with warehouse.connect() as con:
+            data = load_report_data(con, config, max(run_days(context)))
+        summaries = model_summaries(data)
+        folder = Path(config.reports_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model_summaries.json").write_text(json.dumps(summaries, indent=2, default=str))
+        (folder / "model_summaries.md").write_text(summaries_markdown(summaries))
+        import pandas as pd
+
+        table = pd.DataFrame([{k: s[k] for k in ("model_id", "recommendation", "why", "latest_main_metric",
+                                                 "baseline", "open_alert_count")} for s in summaries])
+        return dg.MaterializeResult(metadata={
+            "summary": dg.MetadataValue.md(frame_markdown(table)),
+            "models_needing_retraining": sum(s["recommendation"] == "retrain suggested" for s in summaries),
+            "open_alerts": sum(s["open_alert_count"] for s in summaries),
+            "path": dg.MetadataValue.path(str(folder / "model_summaries.md")),
+        })
+
+    @dg.asset(
+        key=dg.AssetKey(["reports", "monitoring_dashboard"]),
+        description="One self-contained HTML dashboard (plotly.js inline, works offline): every model's status, "
+                    "time series of its main metric, latency p95, error rate and volume with thresholds and "
+                    "alert markers, a feature x day drift heatmap, selection rate by group, open alerts and the "
+                    "data-quality summary. Written to dashboard.html in the reports folder.",
+        group_name=GROUP_REPORTING, kinds={"html", "plotly"}, owners=OWNERS, partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[alerts, model_performance_summary.key],
+    )
+    def monitoring_dashboard(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        with warehouse.connect() as con:
+            data = load_report_data(con, config, max(run_days(context)))
+        page = build_dashboard(data, title="Model monitoring: " + ", ".join(config.model_ids))
+        path = Path(config.reports_dir) / "dashboard.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page)
+        return dg.MaterializeResult(metadata={
+            "path": dg.MetadataValue.path(str(path)), "size_mb": round(len(page.encode()) / 1e6, 2),
+            "open_alerts": int((data.alerts.status == "open").sum()),
+        })
+
+    return [model_performance_summary, monitoring_dashboard]
