@@ -182,6 +182,21 @@ def _cell(v) -> str:
     return html.escape(str(v))
 
 
+# Plotly's templates add ~8 kB of JSON to every figure; one small shared layout keeps the file small.
+LAYOUT = {"plot_bgcolor": "#ffffff", "paper_bgcolor": "#ffffff", "font": {"size": 11, "color": "#374151"}}
+AXIS = {"gridcolor": "#eef0f3", "zeroline": False, "linecolor": "#d1d5db"}
+
+
+def _days(values) -> list[str]:
+    return [str(pd.Timestamp(v).date()) for v in values]
+
+
+def _round(values, digits: int = 4) -> list:
+    """Four significant digits are plenty on a chart and halve the JSON."""
+    arr = np.asarray(values, dtype=float)
+    return [None if np.isnan(v) else float(f"{v:.{digits}g}") for v in arr]
+
+
 def _model_figure(perf: pd.DataFrame, model, alerts: pd.DataFrame):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -189,13 +204,13 @@ def _model_figure(perf: pd.DataFrame, model, alerts: pd.DataFrame):
     fig = make_subplots(rows=1, cols=4, subplot_titles=(
         f"{model.main_metric} (baseline dashed)", "latency p95 (ms)", "error rate", "volume"),
         horizontal_spacing=0.06)
-    x = pd.to_datetime(perf.partition_date)
+    x = _days(perf.partition_date)
     series = [("main_metric", model.baseline), ("latency_p95_ms", model.latency_sla), ("error_rate", model.error_sla),
               ("volume", None)]
     checks = {"main_metric": [PERFORMANCE_CHECK], "latency_p95_ms": ["latency_p95_within_sla"],
               "error_rate": ["error_rate_within_sla"], "volume": ["predictions_logged"]}
     for col, (name, line) in enumerate(series, start=1):
-        fig.add_trace(go.Scatter(x=x, y=perf[name], mode="lines+markers", name=name, showlegend=False,
+        fig.add_trace(go.Scatter(x=x, y=_round(perf[name]), mode="lines+markers", name=name, showlegend=False,
                                  line={"color": "#2563eb", "width": 1.5}, marker={"size": 4}), row=1, col=col)
         if line is not None and not pd.isna(line):
             fig.add_hline(y=float(line), line_dash="dash", line_color="#9ca3af", row=1, col=col)
@@ -203,9 +218,11 @@ def _model_figure(perf: pd.DataFrame, model, alerts: pd.DataFrame):
         if len(hit):
             days = pd.to_datetime(hit.partition_date)
             ys = perf.set_index(pd.to_datetime(perf.partition_date))[name].reindex(days)
-            fig.add_trace(go.Scatter(x=days, y=ys, mode="markers", name="alert", showlegend=False,
+            fig.add_trace(go.Scatter(x=_days(days), y=_round(ys), mode="markers", name="alert", showlegend=False,
                                      marker={"color": "#dc2626", "size": 10, "symbol": "x"}), row=1, col=col)
-    fig.update_layout(height=260, margin={"l": 40, "r": 10, "t": 40, "b": 30}, template="plotly_white")
+    fig.update_layout(height=260, margin={"l": 40, "r": 10, "t": 40, "b": 30}, template="none", **LAYOUT)
+    fig.update_xaxes(type="date", **AXIS)
+    fig.update_yaxes(**AXIS)
     return fig
 
 
@@ -214,11 +231,12 @@ def _drift_figure(drift: pd.DataFrame):
 
     d = drift.assign(ratio=drift.statistic / drift.threshold)
     pivot = d.pivot_table(index="feature", columns="partition_date", values="ratio", aggfunc="max")
-    fig = go.Figure(go.Heatmap(z=pivot.to_numpy().round(3), x=[str(pd.Timestamp(c).date()) for c in pivot.columns],
+    z = [[None if np.isnan(v) else float(f"{v:.2g}") for v in row] for row in pivot.to_numpy()]
+    fig = go.Figure(go.Heatmap(z=z, x=_days(pivot.columns),
                                y=list(pivot.index), zmin=0, zmax=2, colorscale="RdYlGn_r",
                                colorbar={"title": "stat / threshold"}))
     fig.update_layout(height=120 + 22 * len(pivot.index), margin={"l": 140, "r": 10, "t": 30, "b": 30},
-                      title={"text": "drift (1 = threshold)", "font": {"size": 13}}, template="plotly_white")
+                      title={"text": "drift (1 = threshold)", "font": {"size": 13}}, template="none", **LAYOUT)
     return fig
 
 
@@ -227,10 +245,12 @@ def _fairness_figure(fair: pd.DataFrame):
 
     fig = go.Figure()
     for (attr, grp), g in fair.groupby(["attribute", "grp"]):
-        fig.add_trace(go.Scatter(x=pd.to_datetime(g.partition_date), y=g.selection_rate, mode="lines",
+        fig.add_trace(go.Scatter(x=_days(g.partition_date), y=_round(g.selection_rate, 3), mode="lines",
                                  name=f"{attr}={grp}" + (" (small)" if g.below_min_size.any() else "")))
-    fig.update_layout(height=240, margin={"l": 40, "r": 10, "t": 30, "b": 30}, template="plotly_white",
+    fig.update_layout(height=240, margin={"l": 40, "r": 10, "t": 30, "b": 30}, template="none", **LAYOUT,
                       title={"text": "selection rate by group", "font": {"size": 13}})
+    fig.update_xaxes(type="date", **AXIS)
+    fig.update_yaxes(**AXIS)
     return fig
 
 

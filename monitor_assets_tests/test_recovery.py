@@ -1,0 +1,150 @@
+"""Failure and recovery: transient source errors heal through retries, a killed write leaves no partial
+partition, and several partitions run at once against one DuckDB file."""
+
+import datetime as dt
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from monitor_assets.assets.ingestion import build_ingestion_assets
+from monitor_assets.config import load_config
+from monitor_assets.resources.warehouse import WarehouseResource
+
+from .conftest import write
+
+CONFIG = """
+partitions: {{start_date: 2026-03-01, end_date: 2026-03-10}}
+warehouse: {tmp}/wh.duckdb
+reports_dir: {tmp}/reports
+sources:
+  predictions: {{path: "logs/{{date}}.jsonl.gz"}}
+  labels: {{path: "labels/{{date}}.csv"}}
+models:
+  - id: fraud
+    task: binary_classification
+    reference: ref.parquet
+    features: {{amount: numeric, channel: categorical}}
+"""
+
+
+def log_lines(day: str, n: int) -> bytes:
+    rows = [json.dumps({"timestamp": f"{day}T10:00:00Z", "prediction_id": f"{day}-{i}", "model_id": "fraud",
+                        "model_version": "1", "latency_ms": 5.0 + i % 7, "status": "ok", "score": (i % 100) / 100,
+                        "features": {"amount": i * 1.5, "channel": "web" if i % 2 else "app"}}) for i in range(n)]
+    return ("\n".join(rows) + "\n").encode()
+
+
+def test_source_that_fails_twice_then_succeeds_heals_without_duplicates(tmp_path):
+    config = load_config(write(tmp_path / "m.yaml", CONFIG.format(tmp=tmp_path)))
+    (tmp_path / "logs").mkdir()
+    target = tmp_path / "logs" / "2026-03-01.jsonl.gz"
+    target.write_bytes(gzip.compress(log_lines("2026-03-01", 500))[:300])  # still being written: truncated gzip
+    predictions = build_ingestion_assets(config)[0]
+    with dg.DagsterInstance.ephemeral() as instance:
+        def feeder():  # the upstream writer finishes the file after the second failed attempt
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                retries = instance.get_event_records(
+                    dg.EventRecordsFilter(event_type=dg.DagsterEventType.STEP_UP_FOR_RETRY), limit=10)
+                if len(retries) >= 2:
+                    target.write_bytes(gzip.compress(log_lines("2026-03-01", 500)))
+                    return
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=feeder)
+        thread.start()
+        result = dg.materialize([predictions], partition_key="2026-03-01", instance=instance,
+                                resources={"warehouse": WarehouseResource(path=config.warehouse_path)})
+        thread.join()
+        failures = instance.get_event_records(dg.EventRecordsFilter(event_type=dg.DagsterEventType.STEP_UP_FOR_RETRY))
+    assert result.success and len(failures) == 2
+    with duckdb.connect(config.warehouse_path, read_only=True) as con:
+        rows, distinct = con.execute("SELECT count(*), count(DISTINCT prediction_id) FROM raw.predictions").fetchall()[0]
+        logged = con.execute("SELECT records_read, records_loaded FROM raw.ingestion_log").fetchall()
+    assert rows == distinct == 500 and logged == [(500, 500)]
+
+
+KILLABLE = """
+import datetime as dt, sys
+from monitor_assets.config import load_config
+from monitor_assets.ingest import ingest_day
+from monitor_assets.warehouse import connect
+config = load_config(sys.argv[1])
+with connect(config.warehouse_path) as con:
+    print("start", flush=True)
+    ingest_day(con, config, "predictions", dt.date(2026, 3, 1))
+print("done", flush=True)
+"""
+
+
+def test_sigkill_halfway_leaves_the_previous_partition_and_the_next_run_completes(tmp_path):
+    cfg = write(tmp_path / "m.yaml", CONFIG.format(tmp=tmp_path).replace(".jsonl.gz", ".jsonl"))
+    config = load_config(cfg)
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "2026-03-01.jsonl"
+    log.write_bytes(log_lines("2026-03-01", 1000))
+    subprocess.run([sys.executable, "-c", KILLABLE, str(cfg)], check=True, capture_output=True)
+    log.write_bytes(log_lines("2026-03-01", 400_000))  # a big re-delivery of the same day
+    killed = False
+    for delay in (0.8, 1.2, 1.6, 0.5):  # kill while the transaction is open
+        proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(cfg)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "start"
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed = True
+            break
+        proc.wait()
+    assert killed, "ingestion finished before it could be killed"
+    with duckdb.connect(config.warehouse_path) as con:  # recovery replays the WAL: only committed work
+        rows = con.execute("SELECT count(*) FROM raw.predictions").fetchall()[0][0]
+        assert rows in (1000, 400_000)  # the old partition, or (if the commit won the race) the new one
+    subprocess.run([sys.executable, "-c", KILLABLE, str(cfg)], check=True, capture_output=True)
+    with duckdb.connect(config.warehouse_path, read_only=True) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT prediction_id) FROM raw.predictions").fetchall()[0] == (
+            400_000, 400_000)
+
+
+PARTITION_RUN = """
+import sys
+from monitor_assets.config import load_config
+from monitor_assets_tests.conftest import run_job
+config = load_config(sys.argv[1])
+result = run_job(config, sys.argv[2])
+print("ok" if result.success else "failed", flush=True)
+"""
+
+
+def test_four_partitions_at_once_against_one_duckdb_file(tmp_path):
+    import pandas as pd
+
+    cfg = write(tmp_path / "m.yaml", CONFIG.format(tmp=tmp_path))
+    config = load_config(cfg)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "labels").mkdir()
+    days = [dt.date(2026, 3, d).isoformat() for d in range(1, 5)]
+    for day in days:
+        (tmp_path / "logs" / f"{day}.jsonl.gz").write_bytes(gzip.compress(log_lines(day, 3000)))
+        (tmp_path / "labels" / f"{day}.csv").write_text("prediction_id,label\n")
+    pd.DataFrame({"amount": [1.0, 2.0, 3.0] * 100, "channel": ["web", "app", "web"] * 100,
+                  "score": [0.1, 0.5, 0.9] * 100, "label": [0, 1, 1] * 100}).to_parquet(tmp_path / "ref.parquet")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", PARTITION_RUN, str(cfg), day], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for day in days]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [o[0].strip().splitlines()[-1] for o in outputs] == ["ok"] * 4, [o[1][-2000:] for o in outputs]
+    with duckdb.connect(config.warehouse_path, read_only=True) as con:
+        per_day = con.execute("""SELECT partition_date::VARCHAR, count(*) FROM raw.predictions
+                                 GROUP BY 1 ORDER BY 1""").fetchall()
+        perf = con.execute("SELECT count(DISTINCT partition_date) FROM monitoring.performance_daily").fetchall()[0][0]
+    assert per_day == [(d, 3000) for d in days] and perf == 4
