@@ -29,6 +29,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check monitor_assets monitor_assets_tests benchmarks
 
+screenshots: $(STAMP)
+	$(BIN)/python -m monitor_assets.devtools.screenshots
+
 demo-data: $(STAMP)
 	$(BIN)/python -m monitor_assets.demo.generate
 
