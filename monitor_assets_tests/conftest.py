@@ -12,12 +12,12 @@ from monitor_assets.definitions import MONITORING_JOB, build_definitions
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def run_job(config, start: str, end: str | None = None, instance=None):
+def run_job(config, start: str, end: str | None = None, instance=None, raise_on_error: bool = True):
     """Materialize the monitoring job in process over start..end (one run, like `make run`)."""
     defs = build_definitions(config)
     job = defs.resolve_job_def(MONITORING_JOB)
     return job.execute_in_process(
-        instance=instance or dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=raise_on_error,
         tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end or start},
     )
 

@@ -59,11 +59,12 @@ def test_every_line_is_loaded_or_quarantined_with_its_line_and_reason(tmp_path, 
         good(11, latency_ms=-3),                         # 11 negative latency
         good(12, score=None),                            # 12 served but no score
         good(13, features={"amount": "lots", "odd \"name\"; --": "y"}),  # 13 feature wrong type
+        good(14).replace('"score": 0.5', '"score": -Infinity'),  # 14 infinity
     ]
     config = load_config(write(tmp_path / "m.yaml", CONFIG))
     write(tmp_path / "logs" / "2026-03-01.jsonl", "\n".join(lines) + "\n")
     result = ingest_day(con, config, "predictions", DAY)
-    assert (result.read, result.loaded, result.quarantined) == (13, 2 + (not blank_line), 11 - (not blank_line))
+    assert (result.read, result.loaded, result.quarantined) == (14, 2 + (not blank_line), 12 - (not blank_line))
     q = dict(con.execute("SELECT line_no, reason FROM raw.quarantine").fetchall())
     assert q[2] == "malformed JSON"
     assert q[3] == "missing required field: prediction_id"
@@ -76,6 +77,7 @@ def test_every_line_is_loaded_or_quarantined_with_its_line_and_reason(tmp_path, 
     assert q[11].startswith("out of range: latency_ms=-3")
     assert q[12].startswith("missing required field: score")
     assert q[13] == "wrong type: features.amount=lots is not a number"
+    assert q[14].startswith("non-finite number")
     raw2 = con.execute("SELECT raw_record FROM raw.quarantine WHERE line_no = 2").fetchone()[0]
     assert raw2 == lines[1]  # the raw text is kept as it was
     loaded = con.execute(f"""SELECT prediction_id, is_ok, score, {model_feature_select(config, 'fraud')}
@@ -136,3 +138,12 @@ def test_missing_mapped_column_names_the_file(tmp_path, con):
     write(tmp_path / "logs" / "2026-03-01.csv", "prediction_id,score\np1,0.3\n")
     with pytest.raises(SourceError, match="2026-03-01.csv.*cannot read the configured columns"):
         ingest_day(con, config, "predictions", DAY)
+
+
+def test_reference_missing_a_configured_feature_is_a_clear_error(tmp_path):
+    from monitor_assets.analysis import profile_model
+
+    config = load_config(write(tmp_path / "m.yaml", CONFIG))
+    pd.DataFrame({"amount": [1.0, 2.0], "score": [0.1, 0.9], "label": [0, 1]}).to_parquet(tmp_path / "ref.parquet")
+    with pytest.raises(ValueError, match="model fraud: reference file .*ref.parquet lacks a configured column"):
+        profile_model(duckdb.connect(), config.models[0])

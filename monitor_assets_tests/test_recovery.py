@@ -148,3 +148,31 @@ def test_four_partitions_at_once_against_one_duckdb_file(tmp_path):
                                  GROUP BY 1 ORDER BY 1""").fetchall()
         perf = con.execute("SELECT count(DISTINCT partition_date) FROM monitoring.performance_daily").fetchall()[0][0]
     assert per_day == [(d, 3000) for d in days] and perf == 4
+
+
+def test_failed_blocking_quality_check_stops_downstream_assets(tmp_path):
+    """A misfiled batch (last week's records in today's file) loads, but the blocking GX check fails
+    and the metrics are not computed from it."""
+    import pandas as pd
+
+    cfg = write(tmp_path / "m.yaml", CONFIG.format(tmp=tmp_path))
+    config = load_config(cfg)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "logs" / "2026-03-09.jsonl.gz").write_bytes(gzip.compress(log_lines("2026-03-01", 200)))
+    (tmp_path / "labels" / "2026-03-09.csv").write_text("prediction_id,label\n")
+    pd.DataFrame({"amount": [1.0, 2.0] * 50, "channel": ["web", "app"] * 50, "score": [0.2, 0.8] * 50,
+                  "label": [0, 1] * 50}).to_parquet(tmp_path / "ref.parquet")
+    from .conftest import run_job
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_job(config, "2026-03-09", instance=instance, raise_on_error=False)
+        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        check = evaluations["predictions_are_complete_and_valid"]
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+        assert "expect_column_values_to_be_between" in check.metadata["failures"].value
+        materialized = {tuple(e.asset_key.path) for e in result.get_asset_materialization_events()}
+    assert ("raw", "predictions") in materialized
+    assert ("monitoring", "performance_daily") not in materialized
+    with duckdb.connect(config.warehouse_path, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM monitoring.performance_daily").fetchall()[0][0] == 0

@@ -43,7 +43,11 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
                     "report `anomaly_report.md` in the reports folder.",
         group_name=GROUP_ALERTING, kinds={"duckdb", "python"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
-        deps=[upstream["history"]], metadata={"dagster/table_name": "monitoring.anomalies"},
+        deps=[upstream["history"]],
+        metadata={"dagster/table_name": "monitoring.anomalies", "dagster/column_schema": table_schema({
+            "partition_date": "DATE", "model_id": "VARCHAR", "metric": "VARCHAR", "segment": "VARCHAR",
+            "value": "DOUBLE", "expected": "DOUBLE", "robust_z": "DOUBLE", "direction": "VARCHAR (up, down)",
+            "computed_at": "TIMESTAMP"})},
     )
     def anomaly_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = days_with_label_refresh(run_days(context), config)

@@ -65,7 +65,10 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
                     "feature spec): fine histograms and quantile bins for numeric features, category "
                     "frequencies, moments, and baseline metric values. Daily drift never rescans the reference.",
         group_name=GROUP_DRIFT, kinds={"duckdb", "python"}, owners=OWNERS, retry_policy=IO_RETRY, pool=DUCKDB_POOL,
-        metadata={"dagster/table_name": "monitoring.reference_profiles"},
+        metadata={"dagster/table_name": "monitoring.reference_profiles",
+                  "dagster/column_schema": table_schema({
+                      "model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR", "kind": "VARCHAR",
+                      "reference_version": "VARCHAR", "n": "BIGINT", "profile": "JSON", "computed_at": "TIMESTAMP"})},
     )
     def reference_profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         rows = []

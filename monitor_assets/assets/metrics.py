@@ -121,7 +121,12 @@ def _business_kpis_asset(config, partitions, interactions, sales) -> dg.AssetsDe
         group_name=GROUP_METRICS, kinds={"duckdb"}, owners=OWNERS,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=IO_RETRY, pool=DUCKDB_POOL, deps=[interactions, sales],
-        metadata={"dagster/table_name": "monitoring.business_kpis_daily"},
+        metadata={"dagster/table_name": "monitoring.business_kpis_daily",
+                  "dagster/column_schema": table_schema({
+                      "partition_date": "DATE", "sessions": "BIGINT", "sessions_with_purchase": "BIGINT",
+                      "conversion_rate": "DOUBLE", "recommendation_impressions": "BIGINT",
+                      "recommendation_ctr": "DOUBLE", "orders": "BIGINT", "units_sold": "DOUBLE", "revenue": "DOUBLE",
+                      "average_order_value": "DOUBLE", "computed_at": "TIMESTAMP"})},
     )
     def business_kpis_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = run_days(context)
