@@ -20,7 +20,7 @@ from monitor_assets.ingest import model_feature_select
 from monitor_assets.sql import quote_ident, sql_str
 from monitor_assets.stats import drift as D
 from monitor_assets.stats.fairness import fairness_table, group_counts
-from monitor_assets.stats.performance import performance_sql
+from monitor_assets.stats.performance import CLASSIFICATION_METRICS, REGRESSION_METRICS, performance_sql
 
 PREDICTION = "prediction"
 LABEL = "label"
@@ -81,10 +81,9 @@ def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[d
         f"""SELECT 'reference' AS g, true AS is_ok, NULL::DOUBLE AS latency_ms, {PREDICTION} AS score,
                    label_value AS label, {model.decision_threshold} AS threshold, {sql_str(model.task)} AS task
             FROM ({relation})""", ["g"])).df()
-    metrics = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier_score", "positive_rate",
-               "mae", "rmse", "mape", "r2", "mean_error")
     row = perf.iloc[0]
-    baselines = {m: float(row[m]) for m in metrics if m in row and not pd.isna(row[m])}
+    baselines = {m: float(row[m]) for m in CLASSIFICATION_METRICS + REGRESSION_METRICS
+                 if m in row and not pd.isna(row[m])}
     return profiles, baselines
 
 

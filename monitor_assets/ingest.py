@@ -81,7 +81,8 @@ def _typed(f: Field, pretyped: bool = False) -> str:
     return f.raw
 
 
-def _field_rules(fields: list[Field]) -> list[tuple[str, str]]:
+def _field_rules(fields: list[Field], pretyped: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """Presence, type and finiteness rules; a value the reader already typed cannot be of the wrong type."""
     rules = []
     for f in fields:
         name = sql_str(f.label or f.source)
@@ -89,7 +90,7 @@ def _field_rules(fields: list[Field]) -> list[tuple[str, str]]:
             rules.append((f"{f.raw} IS NULL", f"'missing required field: ' || {name}"))
         elif isinstance(f.required, str):
             rules.append((f"{f.raw} IS NULL AND ({f.required})", f"'missing required field: ' || {name}"))
-        if f.type in (NUMBER, TIME):
+        if f.type in (NUMBER, TIME) and f.alias not in pretyped:
             kind = "a number" if f.type == NUMBER else "a timestamp"
             rules.append((f"{f.raw} IS NOT NULL AND {f.alias} IS NULL",
                           f"'wrong type: ' || {name} || '=' || left(CAST({f.raw} AS VARCHAR), 40) || ' is not {kind}'"))
@@ -99,7 +100,7 @@ def _field_rules(fields: list[Field]) -> list[tuple[str, str]]:
     return rules
 
 
-def _reason_case(plan: StagingPlan, parse_ok: str) -> str:
+def _reason_case(plan: StagingPlan, parse_ok: str, pretyped: frozenset[str] = frozenset()) -> str:
     """The first failing rule's reason, NULL for a good record.
 
     A plain OR of every condition is cheap to evaluate on all rows; the CASE that names the reason
@@ -108,7 +109,7 @@ def _reason_case(plan: StagingPlan, parse_ok: str) -> str:
              (f"NOT {parse_ok} AND regexp_matches(raw, '(?i)(:|\\[|,)\\s*-?(nan|infinity)\\b')",
               "'non-finite number: NaN or Infinity is not valid JSON'"),
              (f"NOT {parse_ok}", "'malformed JSON'")]
-    rules += _field_rules(plan.fields) + plan.rules
+    rules += _field_rules(plan.fields, pretyped) + plan.rules
     any_bad = " OR ".join(f"coalesce({cond}, false)" for cond, _ in rules)
     named = "CASE " + " ".join(f"WHEN {cond} THEN {reason}" for cond, reason in rules) + " END"
     return f"CASE WHEN {any_bad} THEN {named} END"
@@ -194,7 +195,7 @@ def _check(plan: StagingPlan, relation: str, path: str, pretyped: set[str] = fro
     aliases = ", ".join(f.alias for f in plan.fields)
     return f"""
         SELECT {sql_str(path)} AS source_file, line_no, reason, raw, {aliases}
-        FROM (SELECT *, {_reason_case(plan, "parse_ok")} AS reason
+        FROM (SELECT *, {_reason_case(plan, "parse_ok", frozenset(pretyped))} AS reason
               FROM (SELECT *, {typed_cols} FROM ({relation})))"""
 
 

@@ -18,12 +18,6 @@ EPS = 2.220446049250313e-16
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier_score",
                           "positive_rate", "predicted_positive_rate")
 REGRESSION_METRICS = ("mae", "rmse", "mape", "r2", "mean_error")
-OPERATIONAL_METRICS = ("volume", "n_ok", "n_errors", "error_rate", "latency_p50_ms", "latency_p95_ms",
-                       "latency_p99_ms", "n_labelled", "label_coverage", "mean_score")
-# Direction of "better" for each metric, used by thresholds and anomaly reports.
-HIGHER_IS_BETTER = {"accuracy": True, "precision": True, "recall": True, "f1": True, "roc_auc": True,
-                    "log_loss": False, "brier_score": False, "mae": False, "rmse": False, "mape": False,
-                    "r2": True}
 
 
 def performance_sql(source_sql: str, keys: list[str]) -> str:
