@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import glob
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 
@@ -119,6 +120,9 @@ LINES_READER = ("read_csv(?, columns={'line': 'VARCHAR'}, delim='\\0', quote='',
                 "auto_detect=false, strict_mode=false)")
 # trim() scans the whole string, so only short lines are trimmed.
 BLANK = "(raw IS NULL OR (length(raw) < 256 AND trim(raw) = ''))"
+
+
+FAST_PATH_MIN_BYTES = 16 << 20  # on disk (compressed, for .gz)
 
 
 class SourceError(ValueError):
@@ -473,7 +477,11 @@ def feature_columns(config: MonitorConfig) -> dict[tuple[str, str], str]:
 
 
 def ensure_feature_columns(con: duckdb.DuckDBPyConnection, config: MonitorConfig) -> None:
+    existing = {r[0] for r in con.execute("""SELECT column_name FROM information_schema.columns
+                                             WHERE table_schema = 'raw' AND table_name = 'predictions'""").fetchall()}
     for (_, ftype), column in feature_columns(config).items():
+        if column in existing:
+            continue
         sql_type = "DOUBLE" if ftype == "numeric" else "VARCHAR"
         con.execute(f"ALTER TABLE raw.predictions ADD COLUMN IF NOT EXISTS {quote_ident(column)} {sql_type}")
 
@@ -546,7 +554,9 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
         con.execute("DELETE FROM raw.quarantine WHERE source = ? AND partition_date = ?", [source, day])
         for path in files:
             try:
-                fast = _load_json_fast(con, plan, path, day) if src.format == "jsonl" else None
+                # The parallel reader pays off on big files; small ones are quicker line by line.
+                big = Path(path).stat().st_size >= FAST_PATH_MIN_BYTES
+                fast = _load_json_fast(con, plan, path, day) if src.format == "jsonl" and big else None
                 if fast is not None:
                     read += fast
                 else:

@@ -5,6 +5,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from monitor_assets import ingest
 from monitor_assets.config import load_config
 from monitor_assets.ingest import SourceError, ingest_day, model_feature_select
 from monitor_assets.warehouse import ensure_schema
@@ -41,10 +42,13 @@ def con():
     c.close()
 
 
-@pytest.mark.parametrize("blank_line", [True, False], ids=["careful-path", "fast-path"])
-def test_every_line_is_loaded_or_quarantined_with_its_line_and_reason(tmp_path, con, blank_line):
-    """With a blank line DuckDB's JSON reader shifts rows, so the careful reader is used; without
-    one, the fast reader is. Both must give the same lines and reasons."""
+@pytest.mark.parametrize("blank_line, fast_min_bytes", [(True, 0), (False, 0), (False, 1 << 40)],
+                         ids=["blank-line-falls-back", "fast-path", "careful-path"])
+def test_every_line_is_loaded_or_quarantined_with_its_line_and_reason(tmp_path, con, blank_line, fast_min_bytes,
+                                                                      monkeypatch):
+    """The fast reader (DuckDB's JSON reader) and the careful one (line by line) give the same lines and
+    reasons; a blank line shifts the fast reader's rows, so it falls back to the careful one."""
+    monkeypatch.setattr(ingest, "FAST_PATH_MIN_BYTES", fast_min_bytes)
     lines = [
         good(1),                                         # 1 ok
         '{"prediction_id": "p2", "model_id": "fraud"',   # 2 malformed
