@@ -108,11 +108,6 @@ def load_profiles(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, D.
                    else D.CategoricalProfile.from_json(json.loads(p))) for name, kind, p in rows}
 
 
-def baselines(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], float]:
-    return {(m, k): v for m, k, v in con.execute(
-        "SELECT model_id, metric, value FROM monitoring.reference_baselines").fetchall()}
-
-
 def _day_rows(config: MonitorConfig, model: ModelConfig) -> str:
     """The served predictions of one model and day (params: day, model id), with the latest label."""
     return f"""

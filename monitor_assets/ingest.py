@@ -35,7 +35,7 @@ class Field:
     alias: str
     source: str
     type: str = TEXT
-    required: bool | str = False  # True, False, or an SQL condition on typed aliases
+    required: bool = False
     label: str = ""  # how the reason names it
 
     @property
@@ -89,8 +89,6 @@ def _field_rules(fields: list[Field], pretyped: frozenset[str] = frozenset()) ->
         name = sql_str(f.label or f.source)
         if f.required is True:
             rules.append((f"{f.raw} IS NULL", f"'missing required field: ' || {name}"))
-        elif isinstance(f.required, str):
-            rules.append((f"{f.raw} IS NULL AND ({f.required})", f"'missing required field: ' || {name}"))
         if f.type in (NUMBER, TIME) and f.alias not in pretyped:
             kind = "a number" if f.type == NUMBER else "a timestamp"
             rules.append((f"{f.raw} IS NOT NULL AND {f.alias} IS NULL",
