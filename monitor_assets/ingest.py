@@ -1,23 +1,34 @@
 """Reading input files into the warehouse with every record accounted for.
 
 Each record of a day's files ends up loaded or in `raw.quarantine` with its file, line number, the
-first reason it failed, and its raw text. Nothing is materialised in between: per file, one
-streaming DuckDB query inserts the good records and a second inserts the bad ones. JSON lines are
-read as plain text (so a malformed line is kept, where DuckDB's JSON reader would drop it), parsed
-with `json_extract_string` over all wanted paths at once, typed with TRY_CAST and checked with a
-CASE chain that names the first failing rule. Checks that need the whole day (duplicate keys,
-labels for unknown predictions) run afterwards on the loaded rows and move offenders to quarantine.
-The day is replaced in one transaction, and read = loaded + quarantined is verified before commit.
+first reason it failed, and its raw text. Every rule is one CASE over typed values that names the
+first failing rule; checks that need the whole day (duplicate keys, labels for unknown predictions)
+run afterwards on the loaded rows and move offenders to quarantine. The day is replaced in one
+transaction, and read = loaded + quarantined is verified before commit.
+
+Two readers give the same rows and reasons (tests check both):
+* careful: every line as plain text, `json_valid` then `json_extract_string` over all wanted paths
+  at once; two streaming passes (good rows to the table, bad ones to quarantine). Used for CSV,
+  Parquet, small JSON files and any file with blank lines.
+* fast (`_load_json_fast`): DuckDB's parallel JSON reader for big files, with the careful reader
+  re-reading only the rows it could not type.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import glob
+import gzip
+import mmap
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from monitor_assets.config import MonitorConfig, SourceConfig
 from monitor_assets.sql import quote_ident, sql_str
@@ -25,7 +36,7 @@ from monitor_assets.warehouse import transaction
 
 NUMBER = "DOUBLE"
 TEXT = "VARCHAR"
-TIME = "TIMESTAMP"
+TIME = "TIMESTAMPTZ"
 
 
 @dataclass
@@ -227,18 +238,12 @@ class LineIndex:
     search release the GIL, so it overlaps DuckDB's parse). Gzip files are decompressed in the thread."""
 
     def __init__(self, path: str, chunk_size: int = 1 << 24):
-        import threading
-
         self.path, self.chunk_size = path, chunk_size
         self._thread = threading.Thread(target=self._build, daemon=True)
         self._error: BaseException | None = None
         self._thread.start()
 
     def _build(self) -> None:
-        import gzip
-
-        import numpy as np
-
         try:
             opener = gzip.open if self.path.endswith(".gz") else open
             ends, pieces, offset = [], [], 0
@@ -267,8 +272,6 @@ class LineIndex:
 
     def lines(self, numbers: list[int]) -> dict[int, str]:
         """The text of the given 1-based line numbers."""
-        import mmap
-
         out: dict[int, str] = {}
         if not numbers:
             return out
@@ -281,8 +284,7 @@ class LineIndex:
         return out
 
 
-def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date,
-                    ) -> int | None:
+def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date) -> int | None:
     """One parallel pass with DuckDB's JSON reader, fanned out to the raw table and quarantine.
 
     The reader keeps one row per non-blank line, so when the row count equals the line count, row i
@@ -304,10 +306,6 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
     all_null = " AND ".join(f"{f.alias} IS NULL" for f in plan.fields)
     rows = con.sql(f"""SELECT * EXCLUDE (line_no, source_file, raw), ({suspect}) OR ({all_null}) AS suspect
                        FROM ({_check(plan, fast, path, pretyped)})""", params=[path]).to_arrow_table()
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     n = rows.num_rows
     bad_index = pc.indices_nonzero(pc.or_(pc.is_valid(rows["reason"]), rows["suspect"])).to_numpy()
     index.wait()
@@ -327,8 +325,6 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
         con.unregister("_json_rows")
     if not con.execute("SELECT count(*) FROM _bad").fetchall()[0][0]:
         return n
-    import pandas as pd
-
     bad_lines = pd.DataFrame({"line_no": list(bad_text), "line": list(bad_text.values())})
     con.register("_bad_frame", bad_lines)
     con.execute("CREATE OR REPLACE TEMP TABLE _bad_lines AS SELECT line_no::BIGINT AS line_no, line FROM _bad_frame")
