@@ -13,17 +13,15 @@ import duckdb
 import pandas as pd
 
 from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.constants import ANOMALY_CHECK as ANOMALIES
+from monitor_assets.constants import DRIFT_CHECK as DRIFT
+from monitor_assets.constants import ERROR_RATE_CHECK as ERROR_RATE
+from monitor_assets.constants import FAIRNESS_CHECK as FAIRNESS
+from monitor_assets.constants import LATENCY_CHECK as LATENCY
+from monitor_assets.constants import PERFORMANCE_CHECK as PERFORMANCE
+from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.warehouse import transaction
 
-# Check names read as properties that should hold; each is evaluated per model and day.
-PERFORMANCE = "performance_within_baseline"
-LATENCY = "latency_p95_within_sla"
-ERROR_RATE = "error_rate_within_sla"
-VOLUME = "predictions_logged"
-DRIFT = "drift_share_below_threshold"
-FAIRNESS = "demographic_parity_above_threshold"
-ANOMALIES = "no_metric_anomalies"
-THRESHOLD_CHECKS = (PERFORMANCE, LATENCY, ERROR_RATE, VOLUME, DRIFT, FAIRNESS, ANOMALIES)
 DEFAULT_SEVERITY = {PERFORMANCE: "ERROR", LATENCY: "WARN", ERROR_RATE: "ERROR", VOLUME: "ERROR", DRIFT: "WARN",
                     FAIRNESS: "ERROR", ANOMALIES: "WARN"}
 MIN_LABELLED = 100  # fewer labelled rows than this: the performance check waits for more labels

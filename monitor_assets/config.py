@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from monitor_assets.constants import THRESHOLD_CHECKS
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 DEMO_CONFIG = REPO_ROOT / "data" / "demo" / "monitor.yaml"
@@ -304,6 +306,7 @@ def _thresholds(r: _Reader, data: Any, key: str, defaults: Thresholds) -> Thresh
         values[name] = r.number(data[name], f"{key}.{name}", lo, hi) if name in data else getattr(defaults, name)
     severity = dict(defaults.severity)
     for check, level in r.mapping(data.get("severity") or {}, f"{key}.severity").items():
+        r.choice(check, f"{key}.severity", THRESHOLD_CHECKS)
         severity[check] = r.choice(level, f"{key}.severity.{check}", SEVERITIES)
     values["severity"] = severity
     return Thresholds(**values)

@@ -1,4 +1,4 @@
-"""Names shared by the Dagster wiring: groups, owners, the DuckDB pool, tags."""
+"""Names shared across the package: groups, owners, the DuckDB pool, check names. No imports."""
 
 GROUP_INGESTION = "ingestion"
 GROUP_METRICS = "metrics"
@@ -10,3 +10,14 @@ GROUP_REPORTING = "reporting"
 # Every step that writes the warehouse is in this pool; dagster.yaml gives each pool one slot.
 DUCKDB_POOL = "duckdb"
 OWNERS = ["team:mlops"]
+
+# Threshold check names (properties that should hold), evaluated per model and day.
+PERFORMANCE_CHECK = "performance_within_baseline"
+LATENCY_CHECK = "latency_p95_within_sla"
+ERROR_RATE_CHECK = "error_rate_within_sla"
+VOLUME_CHECK = "predictions_logged"
+DRIFT_CHECK = "drift_share_below_threshold"
+FAIRNESS_CHECK = "demographic_parity_above_threshold"
+ANOMALY_CHECK = "no_metric_anomalies"
+THRESHOLD_CHECKS = (PERFORMANCE_CHECK, LATENCY_CHECK, ERROR_RATE_CHECK, VOLUME_CHECK, DRIFT_CHECK, FAIRNESS_CHECK,
+                    ANOMALY_CHECK)

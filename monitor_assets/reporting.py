@@ -17,9 +17,14 @@ import numpy as np
 import pandas as pd
 
 from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import (
+    ERROR_RATE_CHECK,
+    LATENCY_CHECK,
+    PERFORMANCE_CHECK,
+    VOLUME_CHECK,
+)
 
 STATUS_ORDER = {"healthy": 0, "watch": 1, "retrain suggested": 2}
-PERFORMANCE_CHECK = "performance_within_baseline"
 
 
 @dataclass
@@ -207,8 +212,8 @@ def _model_figure(perf: pd.DataFrame, model, alerts: pd.DataFrame):
     x = _days(perf.partition_date)
     series = [("main_metric", model.baseline), ("latency_p95_ms", model.latency_sla), ("error_rate", model.error_sla),
               ("volume", None)]
-    checks = {"main_metric": [PERFORMANCE_CHECK], "latency_p95_ms": ["latency_p95_within_sla"],
-              "error_rate": ["error_rate_within_sla"], "volume": ["predictions_logged"]}
+    checks = {"main_metric": [PERFORMANCE_CHECK], "latency_p95_ms": [LATENCY_CHECK],
+              "error_rate": [ERROR_RATE_CHECK], "volume": [VOLUME_CHECK]}
     for col, (name, line) in enumerate(series, start=1):
         fig.add_trace(go.Scatter(x=x, y=_round(perf[name]), mode="lines+markers", name=name, showlegend=False,
                                  line={"color": "#2563eb", "width": 1.5}, marker={"size": 4}), row=1, col=col)

@@ -11,8 +11,10 @@ import dagster as dg
 from monitor_assets.config import MonitorConfig
 from monitor_assets.warehouse import date_range
 
-# backfill_policy is marked beta; single-run backfills are what keep 30 days to one run.
+# backfill_policy is marked beta (single-run backfills keep 30 days to one run) and partitioned check
+# specs preview; both are what we want, so their warnings are noise at every load.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 # Files and the database can fail transiently (a lock, a slow disk): back off and retry.
 IO_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
