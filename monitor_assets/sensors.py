@@ -61,14 +61,15 @@ def build_sensors(config: MonitorConfig) -> list:
             run_id = record.event_log_entry.run_id
             failures = _metadata_value(evaluation.metadata, "failures")
             if isinstance(failures, list) and failures:
-                for model_id, items in A.group_failures(failures).items():
-                    problems[model_id] = {"failures": items, "run_id": run_id}
-            else:  # a data-quality check: about the data set, not one model
-                reason = _metadata_value(evaluation.metadata, "failures") or "see the check's metadata"
+                for key, items in A.group_failures(failures).items():
+                    problems[key] = {"failures": items, "run_id": run_id}
+            else:  # a check without the standard breach list: say what the check said
                 problems[("all models", evaluation.check_name)] = {"run_id": run_id, "failures": [{
-                    "partition_date": evaluation.partition or "", "model_id": "all models",
-                    "check_name": evaluation.check_name, "severity": evaluation.severity.value, "value": float("nan"),
-                    "threshold": float("nan"), "message": str(reason)[:500]}]}
+                    "partition_date": evaluation.partition or "(run)", "model_id": "all models",
+                    "check_name": evaluation.check_name, "severity": evaluation.severity.value,
+                    "value": float("nan"), "threshold": float("nan"),
+                    "message": str(_metadata_value(evaluation.metadata, "reason") or evaluation.description
+                                   or "see the check in the UI")[:500]}]}
         now = dt.datetime.now(dt.UTC)
         cooldown = dt.timedelta(hours=config.alert_cooldown_hours)
         messages = 0

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
 from monitor_assets import alerting as A
 from monitor_assets.assets.common import (
@@ -31,6 +32,31 @@ CHECK_TARGETS = {
 ALERT_COLUMNS = {"partition_date": "DATE", "model_id": "VARCHAR", "check_name": "VARCHAR", "severity": "VARCHAR",
                  "value": "DOUBLE", "threshold": "DOUBLE", "message": "VARCHAR", "status": "VARCHAR (open, resolved)",
                  "first_seen": "TIMESTAMP", "last_seen": "TIMESTAMP"}
+
+
+def check_result(failures: list[dict], severity: dg.AssetCheckSeverity, evaluated: int,
+                 asset_key: dg.AssetKey | None = None, check_name: str | None = None,
+                 **extra) -> dg.AssetCheckResult:
+    """One check result with the breaches in the shape the alert sensor reads: a `failures` list of
+    {partition_date, model_id, check_name, severity, value, threshold, message}, a markdown table, and
+    the first breach's observed value, threshold and reason."""
+    failures = [{k: (str(pd.Timestamp(v).date()) if k == "partition_date" else v) for k, v in f.items()
+                 if k != "passed"} for f in failures]
+    worst = failures[0] if failures else None
+    return dg.AssetCheckResult(
+        asset_key=asset_key, check_name=check_name, passed=not failures, severity=severity,
+        metadata={
+            "evaluated": evaluated, "failed": len(failures),
+            "observed_value": float(worst["value"]) if worst is not None else None,
+            "threshold": float(worst["threshold"]) if worst is not None else None,
+            "reason": worst["message"] if worst is not None else "all within threshold",
+            "breaches": dg.MetadataValue.md(markdown_table(
+                ["day", "model", "severity", "value", "threshold", "message"],
+                [(f["partition_date"], f["model_id"], f["severity"], f["value"], f["threshold"], f["message"])
+                 for f in failures]) if failures else "none"),
+            "failures": dg.MetadataValue.json(json.loads(json.dumps(failures, default=str))),
+            **extra,
+        })
 
 
 def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey]) -> list:
@@ -122,24 +148,9 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
         for name, target in CHECK_TARGETS.items():
             part = evaluated[evaluated.check_name == name]
             failed = part[~part.passed]
-            failures = [{k: (str(v) if k == "partition_date" else v) for k, v in row.items() if k != "passed"}
-                        for row in failed.to_dict("records")]
-            level = (dg.AssetCheckSeverity.ERROR if (failed.severity == "ERROR").any() else dg.AssetCheckSeverity.WARN)
-            worst = failed.iloc[0] if len(failed) else None
-            yield dg.AssetCheckResult(
-                asset_key=dg.AssetKey(["monitoring", target]), check_name=name, passed=failed.empty,
-                severity=level,
-                metadata={
-                    "evaluated": len(part), "failed": len(failed),
-                    "observed_value": float(worst.value) if worst is not None else None,
-                    "threshold": float(worst.threshold) if worst is not None else None,
-                    "reason": worst.message if worst is not None else "all models within threshold",
-                    "breaches": dg.MetadataValue.md(markdown_table(
-                        ["day", "model", "severity", "value", "threshold", "message"],
-                        [(f["partition_date"], f["model_id"], f["severity"], f["value"], f["threshold"],
-                          f["message"]) for f in failures]) if failures else "none"),
-                    "failures": dg.MetadataValue.json(json.loads(json.dumps(failures, default=str))),
-                })
+            level = dg.AssetCheckSeverity.ERROR if (failed.severity == "ERROR").any() else dg.AssetCheckSeverity.WARN
+            yield check_result(failed.to_dict("records"), level, len(part),
+                               asset_key=dg.AssetKey(["monitoring", target]), check_name=name)
 
     return [anomaly_report, alerts], [threshold_checks]
 
@@ -168,14 +179,13 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
                 for outcome in validate_predictions(config, day, frame):
                     checked += 1
                     if not outcome.success:
-                        failures.append((str(day), outcome.expectation, outcome.column, outcome.unexpected_count,
-                                         ", ".join(outcome.sample)))
-        return dg.AssetCheckResult(
-            passed=not failures, severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"days": len(days), "rows_validated": rows, "expectations_evaluated": checked,
-                      "unexpected": sum(f[3] for f in failures),
-                      "failures": dg.MetadataValue.md(markdown_table(
-                          ["day", "expectation", "column", "unexpected", "sample"], failures) if failures else "none")})
+                        failures.append({
+                            "partition_date": day, "model_id": "all models",
+                            "check_name": "predictions_are_complete_and_valid", "severity": "ERROR",
+                            "value": outcome.unexpected_count, "threshold": 0,
+                            "message": f"{outcome.expectation} on {outcome.column}: {outcome.unexpected_count} "
+                                       f"unexpected values, e.g. {', '.join(outcome.sample) or 'n/a'}"})
+        return check_result(failures, dg.AssetCheckSeverity.ERROR, checked, days=len(days), rows_validated=rows)
 
     @dg.asset_check(asset=predictions, name="prediction_volume_within_expected_range", partitions_def=partitions,
                     description="Each model's daily volume within 50%..200% of its trailing 7-day average, and "
@@ -199,11 +209,17 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
                                      [days]).fetchall()
         table["ratio"] = table.n / table.trailing
         odd = table[table.trailing.notna() & ((table.ratio < 0.5) | (table.ratio > 2.0))]
-        high_q = [(str(d), s) for d, s in quarantine if s is not None and s > 0.05]
-        return dg.AssetCheckResult(
-            passed=odd.empty and not high_q, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"out_of_range": dg.MetadataValue.md(frame_markdown(odd) if len(odd) else "none"),
-                      "high_quarantine_share": dg.MetadataValue.json(high_q),
-                      "min_ratio": float(table.ratio.min()) if table.ratio.notna().any() else None})
+        failures = [{"partition_date": r.day, "model_id": r.model_id,
+                     "check_name": "prediction_volume_within_expected_range", "severity": "WARN",
+                     "value": float(r.ratio), "threshold": 0.5 if r.ratio < 0.5 else 2.0,
+                     "message": f"{r.n} predictions, {r.ratio:.0%} of the trailing 7-day mean {r.trailing:.0f}"}
+                    for r in odd.itertuples()]
+        failures += [{"partition_date": d, "model_id": "all models",
+                      "check_name": "prediction_volume_within_expected_range", "severity": "WARN",
+                      "value": float(share), "threshold": 0.05,
+                      "message": f"{share:.1%} of the day's prediction records were quarantined"}
+                     for d, share in quarantine if share is not None and share > 0.05]
+        return check_result(failures, dg.AssetCheckSeverity.WARN, len(table) + len(quarantine),
+                            min_ratio=float(table.ratio.min()) if table.ratio.notna().any() else None)
 
     return [predictions_are_complete_and_valid, prediction_volume_within_expected_range]
