@@ -121,15 +121,30 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 
 
 def replace_partitions(con: duckdb.DuckDBPyConnection, table: str, dates: Iterable[dt.date],
-                       insert_sql: str, params: list | None = None, date_column: str = "partition_date") -> int:
-    """Delete the rows of `dates` from `table` and run `insert_sql`, atomically. Returns rows inserted."""
+                       insert_sql: str | None, params: list | None = None, date_column: str = "partition_date") -> int:
+    """Delete the rows of `dates` from `table` and run `insert_sql` (if any), atomically. Returns rows inserted."""
     dates = list(dates)
     with transaction(con):
         con.execute(f"DELETE FROM {table} WHERE {date_column} IN (SELECT unnest(?::DATE[]))", [dates])
         before = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-        con.execute(insert_sql, params or [])
+        if insert_sql:
+            con.execute(insert_sql, params or [])
         after = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     return after - before
+
+
+def replace_partitions_from_frame(con: duckdb.DuckDBPyConnection, table: str, dates: Iterable[dt.date],
+                                  frame) -> int:
+    """`replace_partitions` with the rows of a DataFrame, matched to the table's columns by name and
+    stamped with `computed_at`."""
+    if not len(frame):
+        return replace_partitions(con, table, dates, None)
+    con.register("_frame", frame)
+    try:
+        return replace_partitions(con, table, dates,
+                                  f"INSERT INTO {table} BY NAME SELECT *, now()::TIMESTAMP AS computed_at FROM _frame")
+    finally:
+        con.unregister("_frame")
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_ALERTING, OWNERS
 from monitor_assets.resources.warehouse import WarehouseResource
 from monitor_assets.stats.anomaly import find_anomalies
-from monitor_assets.warehouse import transaction
+from monitor_assets.warehouse import replace_partitions_from_frame
 
 # Which asset each threshold check is about (its result shows on that asset in the UI).
 CHECK_TARGETS = {
@@ -83,14 +83,7 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
                                      WHERE partition_date BETWEEN ? AND ? AND segment = ''""",
                                   [first, max(days)]).df()
             found = find_anomalies(history, days, config.anomaly_window_days, config.anomaly_threshold)
-            with transaction(con):
-                con.execute("DELETE FROM monitoring.anomalies WHERE partition_date IN (SELECT unnest(?::DATE[]))",
-                            [days])
-                if len(found):
-                    con.register("_found", found)
-                    con.execute("INSERT INTO monitoring.anomalies BY NAME SELECT *, now()::TIMESTAMP AS computed_at "
-                                "FROM _found")
-                    con.unregister("_found")
+            replace_partitions_from_frame(con, "monitoring.anomalies", days, found)
             report = con.execute("""SELECT partition_date, model_id, metric, value, expected, robust_z, direction
                                     FROM monitoring.anomalies ORDER BY partition_date, model_id, metric""").df()
         path = Path(config.reports_dir) / "anomaly_report.md"

@@ -25,7 +25,7 @@ from monitor_assets.assets.common import (
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_BIAS, GROUP_DRIFT, OWNERS
 from monitor_assets.resources.warehouse import WarehouseResource
-from monitor_assets.warehouse import transaction
+from monitor_assets.warehouse import replace_partitions_from_frame, transaction
 
 DRIFT_COLUMNS = {
     "partition_date": "DATE", "model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR (feature, prediction, label)",
@@ -42,18 +42,6 @@ FAIRNESS_COLUMNS = {
     "equalized_odds_difference": "DOUBLE", "passes_four_fifths": "BOOLEAN", "disparity_p_value": "DOUBLE",
     "computed_at": "TIMESTAMP",
 }
-
-
-def _replace_days(con, table: str, days: list, frame: pd.DataFrame) -> None:
-    """Delete the days' rows and insert `frame` (matched by column name), in one transaction."""
-    with transaction(con):
-        con.execute(f"DELETE FROM {table} WHERE partition_date IN (SELECT unnest(?::DATE[]))", [days])
-        if len(frame):
-            con.register("_frame", frame)
-            try:
-                con.execute(f"INSERT INTO {table} BY NAME SELECT *, now()::TIMESTAMP AS computed_at FROM _frame")
-            finally:
-                con.unregister("_frame")
 
 
 def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, labels: dg.AssetKey) -> list:
@@ -117,8 +105,8 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
                 if should_log_progress(i, len(refreshed)):
                     context.log.info(f"drift: {i}/{len(refreshed)} days done ({day})")
             frame, summary = pd.DataFrame(rows), pd.DataFrame(summaries)
-            _replace_days(con, "monitoring.feature_drift", refreshed, frame)
-            _replace_days(con, "monitoring.drift_summary", refreshed, summary)
+            replace_partitions_from_frame(con, "monitoring.feature_drift", refreshed, frame)
+            replace_partitions_from_frame(con, "monitoring.drift_summary", refreshed, summary)
         last = summary[summary.partition_date == max(days)]
         metadata = {"days": day_label(days), "dagster/row_count": len(frame),
                     "drifted_rows": int(frame.drifted.sum()) if len(frame) else 0,
@@ -154,7 +142,7 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
             frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
             if len(frame):
                 frame = frame.drop(columns=["selected", "tp", "fp", "fn", "tn", "abs_error"])
-            _replace_days(con, "monitoring.fairness", refreshed, frame)
+            replace_partitions_from_frame(con, "monitoring.fairness", refreshed, frame)
         metadata = {"days": day_label(days), "dagster/row_count": len(frame)}
         if len(frame):
             last = frame[frame.partition_date == max(days)]
