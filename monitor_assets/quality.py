@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from monitor_assets.config import MonitorConfig
+from monitor_assets.ingest import feature_columns
+from monitor_assets.sql import quote_ident
 
 
 @dataclass
@@ -51,8 +53,6 @@ def _suite(config: MonitorConfig, day: dt.date, frame: pd.DataFrame):
 
 
 def _allowed_categories(config: MonitorConfig) -> dict[str, list[str]]:
-    from monitor_assets.ingest import feature_columns
-
     columns = feature_columns(config)
     return {columns[(f.source, f.type)]: list(f.allowed_values) for m in config.models for f in m.features
             if f.allowed_values}
@@ -61,7 +61,7 @@ def _allowed_categories(config: MonitorConfig) -> dict[str, list[str]]:
 def predictions_frame(con, config: MonitorConfig, day: dt.date) -> pd.DataFrame:
     """The loaded predictions of a day, with classifier scores in a column of their own."""
     classifiers = [m.id for m in config.models if m.is_classifier] or [""]
-    extra = "".join(f', "{c}"' for c in _allowed_categories(config))
+    extra = "".join(f", {quote_ident(c)}" for c in _allowed_categories(config))
     return con.execute(f"""
         SELECT prediction_id, model_id, ts, latency_ms, score,
                CASE WHEN model_id IN (SELECT unnest(?::VARCHAR[])) THEN score END AS classifier_score{extra}

@@ -151,3 +151,15 @@ def test_reference_missing_a_configured_feature_is_a_clear_error(tmp_path):
     pd.DataFrame({"amount": [1.0, 2.0], "score": [0.1, 0.9], "label": [0, 1]}).to_parquet(tmp_path / "ref.parquet")
     with pytest.raises(ValueError, match="model fraud: reference file .*ref.parquet lacks a configured column"):
         profile_model(duckdb.connect(), config.models[0])
+
+
+def test_quality_frame_quotes_feature_columns_from_config(tmp_path, con):
+    from monitor_assets.quality import predictions_frame
+
+    text = CONFIG.replace('"odd \\"name\\"; --": categorical',
+                          '"odd \\"name\\"; --": {type: categorical, allowed_values: [x, y]}')
+    config = load_config(write(tmp_path / "m.yaml", text))
+    write(tmp_path / "logs" / "2026-03-01.jsonl", good(1) + "\n")
+    ingest_day(con, config, "predictions", DAY)
+    frame = predictions_frame(con, config, DAY)
+    assert frame['features.odd "name"; --'].tolist() == ["x"]

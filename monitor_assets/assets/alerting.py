@@ -160,8 +160,7 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
     def predictions_are_complete_and_valid(context, warehouse: WarehouseResource) -> dg.AssetCheckResult:
         from monitor_assets.quality import predictions_frame, validate_predictions
 
-        days = [dt.date.fromisoformat(k) for k in context.partition_keys] if context.has_partition_key_range or \
-            context.has_partition_key else []
+        days = run_days(context)
         failures, checked, rows = [], 0, 0
         with warehouse.connect() as con:
             for day in days:
@@ -184,7 +183,7 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
                     description="Each model's daily volume within 50%..200% of its trailing 7-day average, and "
                                 "the share of quarantined records under 5%. Warns; does not block.")
     def prediction_volume_within_expected_range(context, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        days = [dt.date.fromisoformat(k) for k in context.partition_keys]
+        days = run_days(context)
         with warehouse.connect() as con:
             table = con.execute("""
                 WITH vol AS (SELECT d, m, (SELECT count(*) FROM raw.predictions p

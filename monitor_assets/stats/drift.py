@@ -206,7 +206,7 @@ def profile_reference(con: duckdb.DuckDBPyConnection, relation: str, features: l
             lo, hi = (qs or [None, None])
             if lo is None:  # no values at all
                 lo, hi = 0.0, 1.0
-            if not hi > lo:  # heavy ties at the quantiles: use the full range
+            if not hi > lo:  # heavy ties at the quantiles: use the sample's min..max
                 lo, hi = lo_all, hi_all
             if not hi > lo:  # a constant feature
                 lo, hi = lo - 0.5, lo + 0.5
