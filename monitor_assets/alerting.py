@@ -6,8 +6,8 @@ No Dagster here: the asset, the asset checks and the sensor all call these funct
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
-from collections import defaultdict
 
 import duckdb
 import pandas as pd
@@ -20,6 +20,7 @@ from monitor_assets.constants import FAIRNESS_CHECK as FAIRNESS
 from monitor_assets.constants import LATENCY_CHECK as LATENCY
 from monitor_assets.constants import PERFORMANCE_CHECK as PERFORMANCE
 from monitor_assets.constants import VOLUME_CHECK as VOLUME
+from monitor_assets.notify.messages import fmt_num, fmt_p, fmt_pct, plural
 from monitor_assets.warehouse import transaction
 
 DEFAULT_SEVERITY = {PERFORMANCE: "ERROR", LATENCY: "WARN", ERROR_RATE: "ERROR", VOLUME: "ERROR", DRIFT: "WARN",
@@ -27,15 +28,12 @@ DEFAULT_SEVERITY = {PERFORMANCE: "ERROR", LATENCY: "WARN", ERROR_RATE: "ERROR", 
 MIN_LABELLED = 100  # fewer labelled rows than this: the performance check waits for more labels
 FAIRNESS_MAX_P = 0.001  # a disparity must also be unlikely to be chance (see stats.fairness)
 
-COLUMNS = ["partition_date", "model_id", "check_name", "severity", "value", "threshold", "passed", "message"]
+COLUMNS = ["partition_date", "model_id", "check_name", "severity", "value", "threshold", "passed", "message",
+           "details"]
 
 
 def severity(model: ModelConfig, check: str) -> str:
     return model.thresholds.severity.get(check, DEFAULT_SEVERITY[check])
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
 
 
 def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> pd.DataFrame:
@@ -44,6 +42,12 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
     rows = []
     perf = con.execute("""SELECT * FROM monitoring.performance_daily
                           WHERE partition_date IN (SELECT unnest(?::DATE[]))""", [days]).df()
+    # Days whose logs were never ingested tell nothing (a label refresh reaches back before the first
+    # ingested day): judging their zero volume would raise false "nothing logged" alerts.
+    ingested = {d for (d,) in con.execute("""SELECT DISTINCT partition_date FROM raw.ingestion_log
+                                             WHERE source = 'predictions'
+                                             AND partition_date IN (SELECT unnest(?::DATE[]))""", [days]).fetchall()}
+    perf = perf[perf.partition_date.dt.date.isin(ingested)]
     base = {(m, k): v for m, k, v in con.execute(
         "SELECT model_id, metric, value FROM monitoring.reference_baselines").fetchall()}
     drift = con.execute("""SELECT partition_date, model_id, drift_share, n_drifted, n_features
@@ -55,12 +59,17 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
                arg_min(grp, selection_rate) FILTER (WHERE NOT below_min_size) AS low_group
         FROM monitoring.fairness WHERE partition_date IN (SELECT unnest(?::DATE[]))
         GROUP BY ALL""", [days]).df()
+    drifted = con.execute("""SELECT partition_date, model_id, feature, method, statistic, threshold,
+                                    reference_summary, current_summary
+                             FROM monitoring.feature_drift WHERE partition_date IN (SELECT unnest(?::DATE[]))
+                             AND drifted AND role = 'feature'""", [days]).df()
     anomalies = con.execute("""SELECT partition_date, model_id, metric, value, expected, robust_z
                                FROM monitoring.anomalies WHERE partition_date IN (SELECT unnest(?::DATE[]))""",
                             [days]).df()
 
-    def add(day, model: ModelConfig, check, value, threshold, passed, message):
-        rows.append((day, model.id, check, severity(model, check), value, threshold, bool(passed), message))
+    def add(day, model: ModelConfig, check, value, threshold, passed, message, details=None):
+        rows.append((day, model.id, check, severity(model, check), value, threshold, bool(passed), message,
+                     json.dumps(details or {}, default=str)))
 
     for model in config.models:
         t = model.thresholds
@@ -70,10 +79,13 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
                 "no predictions were logged" if r.volume == 0 else f"{r.volume} predictions logged")
             if r.volume == 0:
                 continue
-            add(day, model, LATENCY, r.latency_p95_ms, t.latency_p95_ms, r.latency_p95_ms <= t.latency_p95_ms,
-                f"latency p95 {_fmt(r.latency_p95_ms)} ms (SLA {_fmt(t.latency_p95_ms)} ms)")
-            add(day, model, ERROR_RATE, r.error_rate, t.error_rate, r.error_rate <= t.error_rate,
-                f"error rate {r.error_rate:.2%} (SLA {t.error_rate:.2%}), {r.n_errors} failed requests")
+            if _known(r.latency_p95_ms):  # latency not logged: nothing to judge, not a breach
+                add(day, model, LATENCY, r.latency_p95_ms, t.latency_p95_ms, r.latency_p95_ms <= t.latency_p95_ms,
+                    f"latency p95 {fmt_num(r.latency_p95_ms)} ms (SLA {fmt_num(t.latency_p95_ms)} ms)")
+            if _known(r.error_rate):
+                add(day, model, ERROR_RATE, r.error_rate, t.error_rate, r.error_rate <= t.error_rate,
+                    f"error rate {fmt_pct(r.error_rate)} (SLA {fmt_pct(t.error_rate)}), "
+                    f"{plural(int(r.n_errors), 'failed request')}")
             metric = model.main_metric
             current, baseline = getattr(r, metric), base.get((model.id, metric))
             if r.n_labelled >= MIN_LABELLED and _known(current) and _known(baseline) and baseline > 0 and current > 0:
@@ -85,28 +97,35 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
                 optimistic = ((current + 2 * se) / baseline if model.is_classifier
                               else baseline / max(current - 2 * se, 1e-12))
                 add(day, model, PERFORMANCE, ratio, t.min_metric_ratio, optimistic >= t.min_metric_ratio,
-                    f"{metric} {_fmt(current)} ± {_fmt(2 * se)} vs baseline {_fmt(baseline)}: {ratio:.0%} of "
+                    f"{metric} {fmt_num(current)} ± {fmt_num(2 * se)} vs baseline {fmt_num(baseline)}: {ratio:.0%} of "
                     f"baseline (threshold {t.min_metric_ratio:.0%}, {r.n_labelled} labelled rows, "
                     f"label coverage {r.label_coverage:.0%})")
+        mine = drifted[drifted.model_id == model.id]
         for r in drift[(drift.model_id == model.id) & drift.drift_share.notna()].itertuples():
             day = r.partition_date.date()
+            features = mine[mine.partition_date.dt.date == day].assign(
+                excess=lambda f: f.statistic / f.threshold.where(f.threshold > 0)).sort_values(
+                "excess", ascending=False)
+            names = ", ".join(features.feature.head(5)) + (", …" if len(features) > 5 else "")
             add(day, model, DRIFT, r.drift_share, t.drift_share, r.drift_share <= t.drift_share,
-                f"{int(r.n_drifted)} of {int(r.n_features)} features drifted (share {r.drift_share:.0%}, "
-                f"threshold {t.drift_share:.0%})")
+                f"{int(r.n_drifted)} of {plural(int(r.n_features), 'feature')} drifted (share "
+                f"{fmt_pct(r.drift_share)}, threshold {fmt_pct(t.drift_share)})" + (f": {names}" if names else ""),
+                {"drifted_features": features.drop(columns=["partition_date", "model_id", "excess"])
+                 .to_dict("records")})
         part = fair[(fair.model_id == model.id) & fair.ratio.notna()]
         for day, g in part.groupby("partition_date"):
             worst = g.sort_values("ratio").iloc[0]
             failing = g[(g.ratio < t.demographic_parity_ratio) & (g.p < FAIRNESS_MAX_P)]
             shown = failing.sort_values("ratio").iloc[0] if len(failing) else worst
             add(day.date(), model, FAIRNESS, float(shown.ratio), t.demographic_parity_ratio, failing.empty,
-                f"{shown.attribute}: selection rate of '{shown.low_group}' is {shown.ratio:.0%} of "
-                f"'{shown.top_group}' (four-fifths rule: {t.demographic_parity_ratio:.0%}; "
-                f"chi-square p={shown.p:.2g})")
+                f"{shown.attribute}: selection rate of '{shown.low_group}' is {fmt_pct(shown.ratio)} of "
+                f"'{shown.top_group}' (four-fifths rule: {fmt_pct(t.demographic_parity_ratio)}; "
+                f"chi-square {fmt_p(shown.p)})")
         for day, g in anomalies[anomalies.model_id == model.id].groupby("partition_date"):
             top = g.reindex(g.robust_z.abs().sort_values(ascending=False).index).iloc[0]
             add(day.date(), model, ANOMALIES, float(abs(top.robust_z)), config.anomaly_threshold, False,
-                f"{len(g)} unusual metrics; largest: {top.metric} {_fmt(top.value)} vs expected "
-                f"{_fmt(top.expected)} (robust z {top.robust_z:+.1f})")
+                f"{plural(len(g), 'unusual metric')}; largest: {top.metric} {fmt_num(top.value)} vs expected "
+                f"{fmt_num(top.expected)} (robust z {top.robust_z:+.1f})")
         # Days with no anomaly for this model pass the anomaly check (resolving earlier alerts).
         flagged = set(anomalies[anomalies.model_id == model.id].partition_date.dt.date)
         for day in days:
@@ -166,32 +185,3 @@ def upsert_alerts(con: duckdb.DuckDBPyConnection, evaluated: pd.DataFrame, now: 
     finally:
         con.unregister("_evaluated")
     return {"resolved": resolved[0][0], "refreshed": refreshed[0][0], "opened": opened[0][0]}
-
-
-def group_failures(failures: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """Failures by (model, check), each list sorted by day: one problem, one message."""
-    grouped: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for f in failures:
-        grouped[(f["model_id"], f["check_name"])].append(f)
-    return {k: sorted(v, key=lambda f: str(f["partition_date"])) for k, v in grouped.items()}
-
-
-def compose(model_id: str, check: str, failures: list[dict], others: list[str], run_url: str) -> tuple[str, str]:
-    """Subject and body of one alert message."""
-    latest = failures[-1]
-    days = [str(f["partition_date"]) for f in failures]
-    span = days[0] if len(days) == 1 else f"{days[0]} .. {days[-1]} ({len(days)} days)"
-    level = "ERROR" if any(f["severity"] == "ERROR" for f in failures) else "WARN"
-    subject = f"[{level}] {model_id}: {check} failed on {span}"
-    lines = [
-        f"Model:      {model_id}",
-        f"Check:      {check} ({level})",
-        f"Partition:  {span}",
-        f"Value:      {_fmt(latest['value'])} (threshold {_fmt(latest['threshold'])}) on {days[-1]}",
-        f"What:       {latest['message']}",
-    ]
-    if len(failures) > 1:
-        lines.append("Days:       " + ", ".join(f"{d} = {_fmt(f['value'])}" for d, f in zip(days, failures, strict=True)))
-    lines.append("Also open:  " + ("; ".join(others) if others else "nothing else"))
-    lines.append(f"Run:        {run_url}")
-    return subject, "\n".join(lines) + "\n"

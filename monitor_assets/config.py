@@ -124,9 +124,16 @@ class MonitorConfig:
     anomaly_window_days: int = 14
     anomaly_threshold: float = 4.0
     alert_cooldown_hours: float = 24.0
+    alert_give_up_hours: float = 24.0
     ui_url: str = "http://127.0.0.1:3000"
     warehouse_path: str = ""
     reports_dir: str = ""
+
+    @property
+    def state_path(self) -> str:
+        """The small SQLite file of alert state (outbox, acknowledgements, silences) beside the warehouse."""
+        warehouse = Path(self.warehouse_path)
+        return str(warehouse.with_name(f"{warehouse.stem}_state.sqlite"))
 
     def model(self, model_id: str) -> ModelConfig:
         return next(m for m in self.models if m.id == model_id)
@@ -353,6 +360,13 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
     )
 
 
+CHANNEL_OPTIONS = {
+    "email": {"host", "host_env", "port", "starttls", "sender", "to", "username_env", "password_env", "timeout"},
+    "slack": {"webhook_url_env", "timeout"},
+    "file": {"path"},
+}
+
+
 def _channels(r: _Reader, data: Any) -> dict[str, ChannelConfig]:
     data = r.mapping(data or {}, "alerts.channels")
     channels = {"file": ChannelConfig("file", "file", {})}
@@ -361,6 +375,8 @@ def _channels(r: _Reader, data: Any) -> dict[str, ChannelConfig]:
         spec = r.mapping(spec, key)
         ctype = r.choice(spec.get("type", name), f"{key}.type", CHANNEL_TYPES)
         options = {k: v for k, v in spec.items() if k != "type"}
+        # A typo such as `startls` must not silently send a password in clear text.
+        r.unknown_keys(options, key, CHANNEL_OPTIONS[ctype] | {"password", "webhook_url", "token"})
         for opt, value in options.items():
             # Secrets are named by environment variable, never written in the file.
             if opt in ("password", "webhook_url", "token"):
@@ -407,7 +423,7 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
             raise r.fail(f"models[{i}].id", f"duplicate model id {m.id!r}")
         seen.add(m.id)
     alerts = r.mapping(root.get("alerts") or {}, "alerts")
-    r.unknown_keys(alerts, "alerts", {"channels", "cooldown_hours", "ui_url"})
+    r.unknown_keys(alerts, "alerts", {"channels", "cooldown_hours", "give_up_hours", "ui_url"})
     channels = _channels(r, alerts.get("channels"))
     for i, m in enumerate(models):
         for ch in m.alert_channels:
@@ -436,6 +452,7 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
         anomaly_window_days=int(r.number(anomalies.get("window_days", 14), "anomalies.window_days", 3, 365)),
         anomaly_threshold=r.number(anomalies.get("threshold", 4.0), "anomalies.threshold", 0, None),
         alert_cooldown_hours=r.number(alerts.get("cooldown_hours", 24), "alerts.cooldown_hours", 0, None),
+        alert_give_up_hours=r.number(alerts.get("give_up_hours", 24), "alerts.give_up_hours", 0, None),
         ui_url=os.environ.get("MONITOR_UI_URL") or str(alerts.get("ui_url", "http://127.0.0.1:3000")).rstrip("/"),
         warehouse_path=os.environ.get("MONITOR_WAREHOUSE")
         or (r.path(root["warehouse"], "warehouse") if root.get("warehouse") else str(REPO_ROOT / "warehouse" / "monitor.duckdb")),

@@ -21,3 +21,9 @@ FAIRNESS_CHECK = "demographic_parity_above_threshold"
 ANOMALY_CHECK = "no_metric_anomalies"
 THRESHOLD_CHECKS = (PERFORMANCE_CHECK, LATENCY_CHECK, ERROR_RATE_CHECK, VOLUME_CHECK, DRIFT_CHECK, FAIRNESS_CHECK,
                     ANOMALY_CHECK)
+
+# Data-quality checks on raw/predictions.
+QUALITY_CHECK = "predictions_are_complete_and_valid"
+VOLUME_RANGE_CHECK = "prediction_volume_within_expected_range"
+# The model id of a finding that concerns no single model (e.g. a row with an unknown model id).
+ALL_MODELS = "all models"

@@ -16,8 +16,8 @@ from monitor_assets.assets.ingestion import build_ingestion_assets
 from monitor_assets.assets.metrics import build_metrics_assets
 from monitor_assets.assets.reporting import build_reporting_assets
 from monitor_assets.config import MonitorConfig, load_config
+from monitor_assets.notify.defs import build_alert_action_jobs, build_sensors
 from monitor_assets.resources.warehouse import WarehouseResource
-from monitor_assets.sensors import build_sensors
 
 MONITORING_JOB = "monitoring_job"
 
@@ -44,9 +44,10 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[job],
+        jobs=[job, *build_alert_action_jobs(config)],
         schedules=[schedule],
-        sensors=build_sensors(config),
+        sensors=build_sensors(config, [key for c in checks for key in c.check_keys], alerting[-1].key,
+                              monitored_jobs=[job]),
         resources={"warehouse": WarehouseResource(path=config.warehouse_path)},
     )
 

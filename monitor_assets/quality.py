@@ -26,6 +26,7 @@ class ExpectationOutcome:
     success: bool
     unexpected_count: int
     sample: list
+    models: dict[str, int]  # unexpected rows per model id (None: rows without a known model)
 
 
 def _suite(config: MonitorConfig, day: dt.date, frame: pd.DataFrame):
@@ -76,8 +77,17 @@ def validate_predictions(config: MonitorConfig, day: dt.date, frame: pd.DataFram
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch_definition = (context.data_sources.add_pandas("warehouse").add_dataframe_asset("predictions")
                         .add_batch_definition_whole_dataframe("day"))
-    result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(_suite(config, day, frame))
-    return [ExpectationOutcome(r.expectation_config.type, str(r.expectation_config.kwargs.get("column", "")),
-                               bool(r.success), int(r.result.get("unexpected_count") or 0),
-                               [str(v) for v in (r.result.get("partial_unexpected_list") or [])[:5]])
-            for r in result.results]
+    # COMPLETE lists the unexpected rows, so a failure is routed to the models whose rows failed.
+    result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
+        _suite(config, day, frame), result_format={"result_format": "COMPLETE"})
+    known = set(config.model_ids)
+    outcomes = []
+    for r in result.results:
+        index = r.result.get("unexpected_index_list") or []
+        models = frame.model_id.reindex(index).where(lambda m: m.isin(known)).value_counts(dropna=False)
+        outcomes.append(ExpectationOutcome(
+            r.expectation_config.type, str(r.expectation_config.kwargs.get("column", "")), bool(r.success),
+            int(r.result.get("unexpected_count") or 0),
+            [str(v) for v in (r.result.get("partial_unexpected_list") or [])[:5]],
+            {(None if pd.isna(m) else str(m)): int(n) for m, n in models.items()}))
+    return outcomes

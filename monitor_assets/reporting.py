@@ -23,6 +23,7 @@ from monitor_assets.constants import (
     PERFORMANCE_CHECK,
     VOLUME_CHECK,
 )
+from monitor_assets.notify.state import AlertState
 
 STATUS_ORDER = {"healthy": 0, "watch": 1, "retrain suggested": 2}
 
@@ -34,7 +35,8 @@ class ReportData:
     drift: pd.DataFrame  # partition_date, model_id, feature, statistic, threshold, drifted
     drift_share: pd.DataFrame  # partition_date, model_id, drift_share
     fairness: pd.DataFrame  # partition_date, model_id, attribute, grp, selection_rate, below_min_size
-    alerts: pd.DataFrame  # partition_date, model_id, check_name, severity, value, threshold, message, status
+    alerts: pd.DataFrame  # partition_date, model_id, check_name, severity, value, threshold, message, status,
+    #                       state (open, acknowledged, silenced, resolved), state_note (who, until, why)
     quality: pd.DataFrame  # partition_date, source, records_read, records_loaded, records_quarantined
     quarantine_reasons: pd.DataFrame  # source, reason, n
 
@@ -47,6 +49,8 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
         "latency_sla": m.thresholds.latency_p95_ms, "error_sla": m.thresholds.error_rate,
     } for m in config.models])
     q = lambda sql: con.execute(sql, [last_day]).df()  # noqa: E731
+    alerts = q("""SELECT partition_date, model_id, check_name, severity, value, threshold, message, status
+                  FROM monitoring.alerts WHERE partition_date <= ? ORDER BY partition_date DESC""")
     return ReportData(
         models=models,
         performance=q("""SELECT partition_date, model_id, coalesce(roc_auc, mae) AS main_metric, latency_p95_ms,
@@ -57,8 +61,7 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
         drift_share=q("SELECT partition_date, model_id, drift_share FROM monitoring.drift_summary WHERE partition_date <= ?"),
         fairness=q("""SELECT partition_date, model_id, attribute, grp, selection_rate, below_min_size
                       FROM monitoring.fairness WHERE partition_date <= ?"""),
-        alerts=q("""SELECT partition_date, model_id, check_name, severity, value, threshold, message, status
-                    FROM monitoring.alerts WHERE partition_date <= ? ORDER BY partition_date DESC"""),
+        alerts=AlertState(config.state_path).annotate(alerts),
         quality=q("""SELECT partition_date, source, records_read, records_loaded, records_quarantined
                      FROM raw.ingestion_log WHERE partition_date <= ? ORDER BY 1"""),
         quarantine_reasons=q("""SELECT source, split_part(reason, ':', 1) AS reason, count(*) AS n FROM raw.quarantine
@@ -73,7 +76,7 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
 def model_summaries(data: ReportData, recent_days: int = 7) -> list[dict]:
     """Per model: latest status, metric trend, top drifted features, open alerts, recommendation."""
     out = []
-    open_alerts = data.alerts[data.alerts.status == "open"]
+    open_alerts = data.alerts[data.alerts.status == "open"]  # acknowledged and silenced ones stay open
     for m in data.models.itertuples():
         perf = data.performance[data.performance.model_id == m.model_id].sort_values("partition_date")
         last_day = perf.partition_date.max() if len(perf) else None
@@ -97,6 +100,8 @@ def model_summaries(data: ReportData, recent_days: int = 7) -> list[dict]:
                                                  else f"inputs drifted on {drift_days} of the last {recent_days} days")
         elif len(recent_alerts):
             status, why = "watch", f"{len(recent_alerts)} open alert(s) in the last {recent_days} days"
+        elif (alerts.severity == "ERROR").any():  # an open ERROR alert is never "healthy", however old
+            status, why = "watch", f"{int((alerts.severity == 'ERROR').sum())} open ERROR alert(s)"
         else:
             status, why = "healthy", "no open alerts in the last days"
         latest = perf.iloc[-1] if len(perf) else None
@@ -111,8 +116,12 @@ def model_summaries(data: ReportData, recent_days: int = 7) -> list[dict]:
             "latest_volume": int(latest.volume) if latest is not None else 0,
             "top_drifted_features": top_drift,
             "open_alerts": [{"date": str(pd.Timestamp(a.partition_date).date()), "check": a.check_name,
-                             "severity": a.severity, "message": a.message} for a in alerts.head(10).itertuples()],
+                             "severity": a.severity, "message": a.message, "state": a.state,
+                             "state_note": a.state_note} for a in alerts.head(10).itertuples()],
             "open_alert_count": int(len(alerts)),
+            "unhandled_alert_count": int((alerts.state == "open").sum()),
+            "acknowledged_alert_count": int((alerts.state == "acknowledged").sum()),
+            "silenced_alert_count": int((alerts.state == "silenced").sum()),
         })
     return out
 
@@ -129,8 +138,11 @@ def summaries_markdown(summaries: list[dict]) -> str:
                   f"volume {s['latest_volume']}",
                   f"- most drifted features (days, last week): "
                   f"{', '.join(f'{k} ({v})' for k, v in s['top_drifted_features'].items()) or 'none'}",
-                  f"- open alerts: {s['open_alert_count']}"]
-        lines += [f"  - {a['date']} {a['severity']} {a['check']}: {a['message']}" for a in s["open_alerts"][:5]]
+                  f"- open alerts: {s['open_alert_count']} ({s['unhandled_alert_count']} unhandled, "
+                  f"{s['acknowledged_alert_count']} acknowledged, {s['silenced_alert_count']} silenced)"]
+        lines += [f"  - {a['date']} {a['severity']} {a['check']}"
+                  + (f" [{a['state']} {a['state_note']}]" if a["state"] != "open" else "") + f": {a['message']}"
+                  for a in s["open_alerts"][:5]]
         lines.append("")
     return "\n".join(lines)
 
@@ -270,13 +282,21 @@ def build_dashboard(data: ReportData, generated: dt.datetime | None = None, titl
         "model": s["model_id"], "status": _status_badge(s["status"]), "why": s["why"],
         "main metric": f"{s['main_metric']} {_fmt(s['latest_main_metric'])}",
         "baseline": s["baseline"], "latency p95 ms": s["latest_latency_p95_ms"], "error rate": s["latest_error_rate"],
-        "volume": s["latest_volume"], "open alerts": s["open_alert_count"],
+        "volume": s["latest_volume"], "open alerts": s["unhandled_alert_count"],
+        "acknowledged": s["acknowledged_alert_count"], "silenced": s["silenced_alert_count"],
     } for s in sorted(summaries, key=lambda s: -STATUS_ORDER[s["status"]])])
     sections = [f'<section id="overview"><h2>Models</h2>{_table(overview)}</section>']
     open_alerts = data.alerts[data.alerts.status == "open"].copy()
     open_alerts["severity"] = [f'<span class="{s}">{s}</span>' for s in open_alerts.severity]
-    sections.append(f'<section id="alerts"><h2>Open alerts ({len(open_alerts)})</h2>'
-                    f'{_table(open_alerts.drop(columns=["status"]), row_class="alert-row")}</section>')
+    parts = ['<section id="alerts">']
+    for state, title in (("open", "Open alerts"), ("acknowledged", "Acknowledged (open, not notified)"),
+                         ("silenced", "Silenced (open, not notified)")):
+        rows = open_alerts[open_alerts.state == state].drop(columns=["status", "state"])
+        if state == "open":
+            rows = rows.drop(columns=["state_note"])
+        parts.append(f'<h2 id="alerts-{state}">{title} ({len(rows)})</h2>'
+                     f'{_table(rows, row_class="alert-row" if state == "open" else f"alert-{state}")}')
+    sections.append("".join(parts) + "</section>")
     for m in data.models.itertuples():
         perf = data.performance[data.performance.model_id == m.model_id].sort_values("partition_date")
         alerts = data.alerts[data.alerts.model_id == m.model_id]
@@ -313,7 +333,8 @@ def build_dashboard(data: ReportData, generated: dt.datetime | None = None, titl
 <script>{get_plotlyjs()}</script></head>
 <body><header><h1>{html.escape(title)}</h1>
 <p>Data through {html.escape(str(pd.Timestamp(last).date()) if pd.notna(last) else "n/a")} · generated
-{generated:%Y-%m-%d %H:%M} UTC · {len(data.models)} models · {len(open_alerts)} open alerts</p>
+{generated:%Y-%m-%d %H:%M} UTC · {len(data.models)} models · {int((open_alerts.state == "open").sum())} open alerts,
+{int((open_alerts.state == "acknowledged").sum())} acknowledged, {int((open_alerts.state == "silenced").sum())} silenced</p>
 <nav>{nav}</nav></header>
 <main>{''.join(sections)}</main>
 <script>{scripts}</script></body></html>"""

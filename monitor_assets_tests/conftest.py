@@ -29,9 +29,28 @@ def demo_config(tmp_path_factory):
     return replace(config, warehouse_path=str(out / "monitor.duckdb"), reports_dir=str(out / "reports"))
 
 
+def instance_template() -> Path:
+    """The repo's instance settings (what `make run` / `make dev` copy into DAGSTER_HOME)."""
+    root = Path(__file__).parents[1]
+    return next(p for p in (root / "deploy" / "local" / "dagster.yaml", root / "dagster.yaml") if p.exists())
+
+
+def persistent_home(path: Path) -> Path:
+    """A DAGSTER_HOME made from the repo's template: SQLite storage, as users run it."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dagster.yaml").write_text(instance_template().read_text())
+    return path
+
+
 @pytest.fixture(scope="session")
-def demo_instance():
-    with dg.DagsterInstance.ephemeral() as instance:
+def demo_home(tmp_path_factory) -> Path:
+    return persistent_home(tmp_path_factory.mktemp("demo_home"))
+
+
+@pytest.fixture(scope="session")
+def demo_instance(demo_home):
+    """A persistent instance (run-sharded SQLite storage, like a user's): the webserver reads it too."""
+    with dg.DagsterInstance.from_config(str(demo_home)) as instance:
         yield instance
 
 

@@ -1,25 +1,20 @@
-"""Alerts end to end: the demo's incidents become one message each, over real SMTP and HTTP servers."""
+"""Alerts end to end: the demo's incidents become one message each, over real SMTP and HTTP servers,
+read from check evaluations recorded per partition on a persistent (run-sharded SQLite) instance."""
 
-import email
-import email.policy
 import json
-import socket
-import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import pytest
 import yaml
-from aiosmtpd.controller import Controller
 
 from monitor_assets import alerting as A
 from monitor_assets.config import ChannelConfig
-from monitor_assets.sensors import build_sensors
+from monitor_assets.definitions import build_definitions
 
 from .conftest import run_job
+from .servers import smtp_server, webhook_server
 
 INCIDENTS = yaml.safe_load((Path(__file__).parents[1] / "data" / "demo" / "incidents.yaml").read_text())
 # Which check each injected incident must trip.
@@ -29,117 +24,82 @@ EXPECTED_CHECKS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Inbox:
-    def __init__(self):
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
-        self.messages.append(envelope.content.decode())
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_server():
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield controller, inbox
-    controller.stop()
-
-
-@pytest.fixture
-def webhook_server():
-    received = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/secret-token", received
-    server.shutdown()
-
-
-def with_channels(config, channels: dict[str, ChannelConfig], names: tuple[str, ...]):
-    return replace(config, channels={**config.channels, **channels},
+def with_channels(config, channels: dict[str, ChannelConfig], names: tuple[str, ...], tmp_path: Path):
+    """The demo config with these channels for every model, and its own alert state and reports."""
+    return replace(config, channels={**config.channels, **channels}, reports_dir=str(tmp_path / "reports"),
+                   warehouse_path=str(tmp_path / "w.duckdb"),  # only the state file beside it is used
                    models=tuple(replace(m, alert_channels=names) for m in config.models))
 
 
+def sensor_named(config, name: str):
+    return next(s for s in build_definitions(config).sensors if s.name == name)
+
+
 def evaluate_sensor(config, instance, cursor=None):
-    sensor = next(s for s in build_sensors(config) if s.name == "alert_notification_sensor")
     context = dg.build_sensor_context(instance=instance, cursor=cursor)
-    result = sensor(context)
-    return result, context.cursor
+    result = sensor_named(config, "alert_notification_sensor")(context)
+    return result, result.cursor
 
 
-def subjects(inbox):
-    return [str(email.message_from_string(m, policy=email.policy.default)["subject"]) for m in inbox.messages]
-
-
-def test_demo_incidents_send_one_email_each_and_a_restart_sends_nothing_again(demo_run, demo_instance, smtp_server,
-                                                                             tmp_path):
+def test_demo_incidents_send_one_email_each_and_a_restart_sends_nothing_again(demo_run, demo_instance, tmp_path):
     config, result = demo_run
-    controller, inbox = smtp_server
-    email = ChannelConfig("email", "email", {"host": "127.0.0.1", "port": controller.port, "to": ["oncall@shop.example"]})
-    config = with_channels(replace(config, reports_dir=str(tmp_path)), {"email": email}, ("email",))
-    _, cursor = evaluate_sensor(config, demo_instance)
-    got = subjects(inbox)
-    assert len(got) == len(set(got))  # one problem, one message
-    for incident in INCIDENTS["incidents"]:
-        models = incident["model_id"] if isinstance(incident["model_id"], list) else [incident["model_id"]]
-        for check in EXPECTED_CHECKS.get(incident["kind"], []):
-            matching = [s for s in got if f"{models[0]}: {check} failed" in s]
-            assert len(matching) == 1, (incident["kind"], check, got)
-            assert incident["dates"][0] in matching[0]
-    body = next(m for m in inbox.messages if f"{A.LATENCY} failed" in m)
-    assert "Value:" in body and "threshold 500" in body and f"/runs/{result.run_id}" in body
-    # No model breaks a performance, SLA, drift or fairness threshold without an injected incident.
-    incident_pairs = {(m, c) for i in INCIDENTS["incidents"] for c in EXPECTED_CHECKS.get(i["kind"], [])
-                      for m in (i["model_id"] if isinstance(i["model_id"], list) else [i["model_id"]])}
-    for s in got:
-        model, rest = s.split("] ", 1)[1].split(": ", 1)
-        check = rest.split(" failed")[0]
-        if check in {c for cs in EXPECTED_CHECKS.values() for c in cs}:
-            assert (model, check) in incident_pairs, s
-    # The sensor kept its place: evaluating again finds nothing new and sends nothing.
-    count = len(inbox.messages)
-    again, _ = evaluate_sensor(config, demo_instance, cursor)
-    assert isinstance(again, dg.SkipReason) and "no new check evaluations" in again.skip_message
-    assert len(inbox.messages) == count
+    with smtp_server() as (port, inbox):
+        email = ChannelConfig("email", "email", {"host": "127.0.0.1", "port": port, "to": ["oncall@shop.example"]})
+        config = with_channels(config, {"email": email}, ("email",), tmp_path)
+        _, cursor = evaluate_sensor(config, demo_instance)
+        got = inbox.subjects()
+        assert len(got) == len(set(got))  # one problem, one message
+        for incident in INCIDENTS["incidents"]:
+            models = incident["model_id"] if isinstance(incident["model_id"], list) else [incident["model_id"]]
+            for check in EXPECTED_CHECKS.get(incident["kind"], []):
+                matching = [s for s in got if f"{models[0]}: {check} failed" in s]
+                assert len(matching) == 1, (incident["kind"], check, got)
+                assert incident["dates"][0] in matching[0]
+        bodies = {str(m["subject"]): m.get_content() for m in inbox.parsed()}
+        latency = next(b for s, b in bodies.items() if f"{A.LATENCY} failed" in s)
+        assert "threshold 500" in latency and f"/runs/{result.run_id}" in latency and "00:00:00" not in latency
+        assert "#model-demand_forecaster" in latency and "Also open:  " in latency
+        drift = next(b for s, b in bodies.items() if f"{A.DRIFT} failed" in s)
+        # The drifted features by name, with statistic, threshold, reference and current, most drifted first.
+        lines = [x for x in drift.splitlines() if x.startswith("  - ")]
+        assert [x.split(":")[0].strip(" -") for x in lines] == ["amount", "payment_method"]
+        assert "wasserstein" in lines[0] and "threshold" in lines[0] and "reference" in lines[0]
+        fairness = next(b for s, b in bodies.items() if f"{A.FAIRNESS} failed" in s)
+        assert "p < 1e-300" in fairness or "p = " in fairness
+        # No model breaks a performance, SLA, drift or fairness threshold without an injected incident.
+        incident_pairs = {(m, c) for i in INCIDENTS["incidents"] for c in EXPECTED_CHECKS.get(i["kind"], [])
+                          for m in (i["model_id"] if isinstance(i["model_id"], list) else [i["model_id"]])}
+        for s in got:
+            model, rest = s.split("] ", 1)[1].split(": ", 1)
+            check = rest.split(" failed")[0]
+            if check in {c for cs in EXPECTED_CHECKS.values() for c in cs}:
+                assert (model, check) in incident_pairs, s
+        # A restart (the same cursor, or none at all) sends nothing again.
+        count = len(inbox.messages)
+        again, _ = evaluate_sensor(config, demo_instance, cursor)
+        assert "sent 0 messages" in again.skip_reason.skip_message
+        evaluate_sensor(config, demo_instance, None)
+        assert len(inbox.messages) == count
 
 
-def test_cooldown_keeps_a_re_run_quiet_and_slack_gets_the_webhook(demo_run, demo_instance, webhook_server, tmp_path,
-                                                                   monkeypatch):
+def test_a_re_run_sends_nothing_new_and_slack_gets_the_webhook(demo_run, demo_instance, tmp_path, monkeypatch):
     config, _ = demo_run
-    url, received = webhook_server
-    monkeypatch.setenv("TEST_SLACK_WEBHOOK", url)
-    slack = ChannelConfig("slack", "slack", {"webhook_url_env": "TEST_SLACK_WEBHOOK"})
-    config = with_channels(replace(config, reports_dir=str(tmp_path)), {"slack": slack}, ("slack",))
-    _, cursor = evaluate_sensor(config, demo_instance)
-    first = len(received)
-    assert first > 0 and all(path == "/services/T000/B000/secret-token" for path, _ in received)
-    assert any(f"{A.FAIRNESS} failed" in payload["text"] for _, payload in received)
-    assert not any("secret-token" in payload["text"] for _, payload in received)
-    # Re-run one incident day: its checks fail again, but within the cooldown nothing is resent.
-    db = tmp_path / "rerun.duckdb"
-    db.write_bytes(Path(config.warehouse_path).read_bytes())
-    assert run_job(replace(config, warehouse_path=str(db)), "2026-10-14", instance=demo_instance).success
-    result, _ = evaluate_sensor(config, demo_instance, cursor)
-    assert "sent 0 message" in result.skip_message and len(received) == first
+    with webhook_server() as hook:
+        monkeypatch.setenv("TEST_SLACK_WEBHOOK", hook.url)
+        slack = ChannelConfig("slack", "slack", {"webhook_url_env": "TEST_SLACK_WEBHOOK"})
+        alerting = with_channels(config, {"slack": slack}, ("slack",), tmp_path)
+        _, cursor = evaluate_sensor(alerting, demo_instance)
+        first = len(hook.received)
+        assert first > 0 and all(path == "/services/T000/B000/secret-token-0123" for path, _ in hook.received)
+        assert any(f"{A.FAIRNESS} failed" in payload["text"] for _, payload in hook.received)
+        assert not any("secret-token" in payload["text"] for _, payload in hook.received)
+        # Re-run one incident day: its checks fail again with the same alerts, which were delivered already.
+        db = tmp_path / "rerun.duckdb"
+        db.write_bytes(Path(config.warehouse_path).read_bytes())
+        assert run_job(replace(config, warehouse_path=str(db), reports_dir=str(tmp_path / "r")), "2026-10-14",
+                       instance=demo_instance).success
+        result, _ = evaluate_sensor(alerting, demo_instance, cursor)
+        assert "sent 0 messages" in result.skip_reason.skip_message and len(hook.received) == first
 
 
 def test_alerts_table_updates_in_place_and_resolves(demo_run, tmp_path):
@@ -170,14 +130,16 @@ def test_run_failure_sensor_writes_to_the_file_channel(demo_config, tmp_path):
                      models=(replace(demo_config.models[0], reference_path=str(tmp_path / "missing.parquet")),
                              *demo_config.models[1:]))
     with dg.DagsterInstance.ephemeral() as instance:
-        from monitor_assets.definitions import MONITORING_JOB, build_definitions
+        from monitor_assets.definitions import MONITORING_JOB
+
         job = build_definitions(broken).resolve_job_def(MONITORING_JOB)
         result = job.execute_in_process(instance=instance, partition_key="2026-10-01", raise_on_error=False)
         assert not result.success
-        sensor = next(s for s in build_sensors(broken) if s.name == "run_failure_notification_sensor")
+        sensor = sensor_named(broken, "run_failure_notification_sensor")
         context = dg.build_run_status_sensor_context(
             sensor_name=sensor.name, dagster_instance=instance, dagster_run=result.dagster_run,
             dagster_event=result.get_run_failure_event()).for_run_failure()
         sensor(context)
     lines = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert lines[-1]["subject"] == "[ERROR] run failed: monitoring_job" and lines[-1]["run_id"] == result.run_id
+    assert "2026-10-01" in lines[-1]["body"]

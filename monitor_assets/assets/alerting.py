@@ -1,7 +1,6 @@
 """Anomalies, threshold evaluation into `monitoring.alerts`, and the asset checks users see in the UI."""
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -10,16 +9,25 @@ import pandas as pd
 from monitor_assets import alerting as A
 from monitor_assets.assets.common import (
     IO_RETRY,
+    add_partition_metadata,
     daily_partitions,
     day_label,
     days_with_label_refresh,
     frame_markdown,
-    markdown_table,
+    partition_check_results,
     run_days,
     table_schema,
 )
 from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import DUCKDB_POOL, GROUP_ALERTING, OWNERS
+from monitor_assets.constants import (
+    ALL_MODELS,
+    DUCKDB_POOL,
+    GROUP_ALERTING,
+    OWNERS,
+    QUALITY_CHECK,
+    VOLUME_RANGE_CHECK,
+)
+from monitor_assets.notify.messages import fmt_pct
 from monitor_assets.resources.warehouse import WarehouseResource
 from monitor_assets.stats.anomaly import find_anomalies
 from monitor_assets.warehouse import replace_partitions_from_frame
@@ -32,31 +40,6 @@ CHECK_TARGETS = {
 ALERT_COLUMNS = {"partition_date": "DATE", "model_id": "VARCHAR", "check_name": "VARCHAR", "severity": "VARCHAR",
                  "value": "DOUBLE", "threshold": "DOUBLE", "message": "VARCHAR", "status": "VARCHAR (open, resolved)",
                  "first_seen": "TIMESTAMP", "last_seen": "TIMESTAMP"}
-
-
-def check_result(failures: list[dict], severity: dg.AssetCheckSeverity, evaluated: int,
-                 asset_key: dg.AssetKey | None = None, check_name: str | None = None,
-                 **extra) -> dg.AssetCheckResult:
-    """One check result with the breaches in the shape the alert sensor reads: a `failures` list of
-    {partition_date, model_id, check_name, severity, value, threshold, message}, a markdown table, and
-    the first breach's observed value, threshold and reason."""
-    failures = [{k: (str(pd.Timestamp(v).date()) if k == "partition_date" else v) for k, v in f.items()
-                 if k != "passed"} for f in failures]
-    worst = failures[0] if failures else None
-    return dg.AssetCheckResult(
-        asset_key=asset_key, check_name=check_name, passed=not failures, severity=severity,
-        metadata={
-            "evaluated": evaluated, "failed": len(failures),
-            "observed_value": float(worst["value"]) if worst is not None else None,
-            "threshold": float(worst["threshold"]) if worst is not None else None,
-            "reason": worst["message"] if worst is not None else "all within threshold",
-            "breaches": dg.MetadataValue.md(markdown_table(
-                ["day", "model", "severity", "value", "threshold", "message"],
-                [(f["partition_date"], f["model_id"], f["severity"], f["value"], f["threshold"], f["message"])
-                 for f in failures]) if failures else "none"),
-            "failures": dg.MetadataValue.json(json.loads(json.dumps(failures, default=str))),
-            **extra,
-        })
 
 
 def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey]) -> list:
@@ -93,6 +76,13 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
                 f"{config.anomaly_threshold}.", "",
                 frame_markdown(report, limit=500) if len(report) else "No anomalies."]
         path.write_text("\n".join(text) + "\n")
+        if len(found):
+            found_days = pd.to_datetime(found.partition_date).dt.date
+        add_partition_metadata(context, {day: {
+            "anomalies": int((found_days == day).sum()) if len(found) else 0,
+            "unusual_metrics": dg.MetadataValue.md(frame_markdown(
+                found[found_days == day].drop(columns=["partition_date"], errors="ignore"), limit=10)
+                if len(found) and (found_days == day).any() else "none")} for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "anomalies_in_run": len(found), "dagster/row_count": len(report),
             "report_path": dg.MetadataValue.path(str(path)),
@@ -119,70 +109,81 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
             open_alerts = con.execute("""SELECT partition_date, model_id, check_name, severity, value, threshold,
                                                 message FROM monitoring.alerts WHERE status = 'open'
                                          ORDER BY partition_date DESC, severity, model_id""").df()
+        failing = evaluated[~evaluated.passed].assign(day=lambda e: pd.to_datetime(e.partition_date).dt.date)
+        add_partition_metadata(context, {day: {
+            "failed_checks": int((failing.day == day).sum()),
+            "failed_errors": int(((failing.day == day) & (failing.severity == "ERROR")).sum()),
+            "failures": dg.MetadataValue.md(frame_markdown(
+                failing[failing.day == day][["model_id", "check_name", "severity", "message"]], limit=10)
+                if (failing.day == day).any() else "none")} for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), **{f"alerts_{k}": v for k, v in counts.items()},
             "open_alerts": len(open_alerts), "dagster/row_count": len(open_alerts),
             "open_alerts_preview": dg.MetadataValue.md(frame_markdown(open_alerts) if len(open_alerts) else "none"),
         })
 
-    @dg.multi_asset_check(
-        name="threshold_checks",
-        specs=[dg.AssetCheckSpec(name, asset=dg.AssetKey(["monitoring", target]), additional_deps=[alerts.key],
-                                 partitions_def=partitions,
-                                 description=f"`{name}` for every model and day of the run (thresholds from the "
-                                             "config); fails with the breaches, values and thresholds in metadata.")
-                   for name, target in CHECK_TARGETS.items()],
-        retry_policy=IO_RETRY, pool=DUCKDB_POOL,
-    )
+    specs = {name: dg.AssetCheckSpec(name, asset=dg.AssetKey(["monitoring", target]), additional_deps=[alerts.key],
+                                     partitions_def=partitions,
+                                     description=f"`{name}` for every model and day of the run (thresholds from "
+                                                 "the config); fails with the breaches, values and thresholds in "
+                                                 "metadata.")
+             for name, target in CHECK_TARGETS.items()}
+
+    @dg.multi_asset_check(name="threshold_checks", specs=list(specs.values()), retry_policy=IO_RETRY,
+                          pool=DUCKDB_POOL)
     def threshold_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
         days = days_with_label_refresh(run_days(context), config)
         with warehouse.connect() as con:
             evaluated = A.evaluate(con, config, days)
-        for name, target in CHECK_TARGETS.items():
+        evaluated["day"] = pd.to_datetime(evaluated.partition_date).dt.date
+        for name, spec in specs.items():
             part = evaluated[evaluated.check_name == name]
-            failed = part[~part.passed]
-            level = dg.AssetCheckSeverity.ERROR if (failed.severity == "ERROR").any() else dg.AssetCheckSeverity.WARN
-            yield check_result(failed.to_dict("records"), level, len(part),
-                               asset_key=dg.AssetKey(["monitoring", target]), check_name=name)
+            failed = part[~part.passed].drop(columns=["passed", "day"]).to_dict("records")
+            yield from partition_check_results(context, spec, days, failed, part.groupby("day").size().to_dict())
 
     return [anomaly_report, alerts], [threshold_checks]
 
 
 def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> list:
     partitions = daily_partitions(config)
+    validity = dg.AssetCheckSpec(
+        QUALITY_CHECK, asset=predictions, blocking=True, partitions_def=partitions,
+        description="Great Expectations on the loaded predictions of each day: required fields present, prediction "
+                    "ids unique, model ids known, classifier scores in [0, 1], latency non-negative, timestamps "
+                    "inside the day, known categories. Blocks downstream assets when it fails; the alert goes to "
+                    "the channels of the models whose rows failed.")
+    volume = dg.AssetCheckSpec(
+        VOLUME_RANGE_CHECK, asset=predictions, partitions_def=partitions,
+        description="Each model's daily volume within 50%..200% of its trailing 7-day average, and the share of "
+                    "quarantined records under 5%. Warns; does not block.")
 
-    @dg.asset_check(asset=predictions, name="predictions_are_complete_and_valid", blocking=True,
-                    partitions_def=partitions,
-                    description="Great Expectations on the loaded predictions of each day: required fields "
-                                "present, prediction ids unique, model ids known, classifier scores in [0, 1], "
-                                "latency non-negative, timestamps inside the day, known categories. Blocks "
-                                "downstream assets when it fails.")
-    def predictions_are_complete_and_valid(context, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    @dg.multi_asset_check(specs=[validity], name=QUALITY_CHECK)
+    def predictions_are_complete_and_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
         from monitor_assets.quality import predictions_frame, validate_predictions
 
         days = run_days(context)
-        failures, checked, rows = [], 0, 0
+        failures, checked = [], {}
         with warehouse.connect() as con:
             for day in days:
                 frame = predictions_frame(con, config, day)
-                rows += len(frame)
+                checked[day] = 0
                 if frame.empty:
                     continue
                 for outcome in validate_predictions(config, day, frame):
-                    checked += 1
-                    if not outcome.success:
+                    checked[day] += 1
+                    if outcome.success:
+                        continue
+                    for model_id, n in (outcome.models or {None: outcome.unexpected_count}).items():
                         failures.append({
-                            "partition_date": day, "model_id": "all models",
-                            "check_name": "predictions_are_complete_and_valid", "severity": "ERROR",
-                            "value": outcome.unexpected_count, "threshold": 0,
-                            "message": f"{outcome.expectation} on {outcome.column}: {outcome.unexpected_count} "
-                                       f"unexpected values, e.g. {', '.join(outcome.sample) or 'n/a'}"})
-        return check_result(failures, dg.AssetCheckSeverity.ERROR, checked, days=len(days), rows_validated=rows)
+                            "partition_date": day, "model_id": model_id or ALL_MODELS, "check_name": QUALITY_CHECK,
+                            "severity": "ERROR", "value": float(n), "threshold": 0.0,
+                            "message": f"{outcome.expectation} on {outcome.column}: {n} unexpected value(s)"
+                                       + (f", e.g. {', '.join(outcome.sample)}" if outcome.sample else "")})
+        yield from partition_check_results(context, validity, days, failures, checked)
 
-    @dg.asset_check(asset=predictions, name="prediction_volume_within_expected_range", partitions_def=partitions,
-                    description="Each model's daily volume within 50%..200% of its trailing 7-day average, and "
-                                "the share of quarantined records under 5%. Warns; does not block.")
-    def prediction_volume_within_expected_range(context, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    @dg.multi_asset_check(specs=[volume], name=VOLUME_RANGE_CHECK)
+    def prediction_volume_within_expected_range(context: dg.AssetCheckExecutionContext,
+                                                warehouse: WarehouseResource):
         days = run_days(context)
         with warehouse.connect() as con:
             table = con.execute("""
@@ -201,17 +202,16 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
                                      [days]).fetchall()
         table["ratio"] = table.n / table.trailing
         odd = table[table.trailing.notna() & ((table.ratio < 0.5) | (table.ratio > 2.0))]
-        failures = [{"partition_date": r.day, "model_id": r.model_id,
-                     "check_name": "prediction_volume_within_expected_range", "severity": "WARN",
-                     "value": float(r.ratio), "threshold": 0.5 if r.ratio < 0.5 else 2.0,
-                     "message": f"{r.n} predictions, {r.ratio:.0%} of the trailing 7-day mean {r.trailing:.0f}"}
+        failures = [{"partition_date": r.day, "model_id": r.model_id, "check_name": VOLUME_RANGE_CHECK,
+                     "severity": "WARN", "value": float(r.ratio), "threshold": 0.5 if r.ratio < 0.5 else 2.0,
+                     "message": f"{r.n:,} predictions, {fmt_pct(r.ratio)} of the trailing 7-day mean "
+                                f"{r.trailing:,.0f}"}
                     for r in odd.itertuples()]
-        failures += [{"partition_date": d, "model_id": "all models",
-                      "check_name": "prediction_volume_within_expected_range", "severity": "WARN",
-                      "value": float(share), "threshold": 0.05,
-                      "message": f"{share:.1%} of the day's prediction records were quarantined"}
+        failures += [{"partition_date": d, "model_id": ALL_MODELS, "check_name": VOLUME_RANGE_CHECK,
+                      "severity": "WARN", "value": float(share), "threshold": 0.05,
+                      "message": f"{fmt_pct(share)} of the day's prediction records were quarantined"}
                      for d, share in quarantine if share is not None and share > 0.05]
-        return check_result(failures, dg.AssetCheckSeverity.WARN, len(table) + len(quarantine),
-                            min_ratio=float(table.ratio.min()) if table.ratio.notna().any() else None)
+        evaluated = {pd.Timestamp(d).date(): n for d, n in table.groupby("day").size().items()}
+        yield from partition_check_results(context, volume, days, failures, evaluated)
 
     return [predictions_are_complete_and_valid, prediction_volume_within_expected_range]

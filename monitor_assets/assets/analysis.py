@@ -14,6 +14,7 @@ from monitor_assets.analysis import (
 )
 from monitor_assets.assets.common import (
     IO_RETRY,
+    add_partition_metadata,
     daily_partitions,
     day_label,
     days_with_label_refresh,
@@ -107,19 +108,25 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
             frame, summary = pd.DataFrame(rows), pd.DataFrame(summaries)
             replace_partitions_from_frame(con, "monitoring.feature_drift", refreshed, frame)
             replace_partitions_from_frame(con, "monitoring.drift_summary", refreshed, summary)
-        last = summary[summary.partition_date == max(days)]
-        metadata = {"days": day_label(days), "dagster/row_count": len(frame),
-                    "drifted_rows": int(frame.drifted.sum()) if len(frame) else 0,
-                    "drift_summary_last_day": dg.MetadataValue.md(frame_markdown(last.drop(columns=["partition_date"])))}
-        if len(frame):
-            worst = (frame[frame.partition_date == max(days)].sort_values(["drifted", "statistic"], ascending=False)
+        by_day = {}
+        for day in days:
+            d_summary = summary[summary.partition_date == day] if len(summary) else summary
+            d_rows = frame[frame.partition_date == day] if len(frame) else frame
+            shares = d_summary.drift_share.dropna() if len(d_summary) else pd.Series(dtype=float)
+            worst = (d_rows[d_rows.role == "feature"].sort_values(["drifted", "statistic"], ascending=False)
                      [["model_id", "feature", "method", "statistic", "threshold", "drifted", "current_summary",
-                       "reference_summary"]])
-            metadata["most_drifted"] = dg.MetadataValue.md(frame_markdown(worst, limit=10))
-        for row in last.itertuples():
-            if row.drift_share is not None and not pd.isna(row.drift_share):
-                metadata[f"{row.model_id}.drift_share"] = float(row.drift_share)
-        return dg.MaterializeResult(metadata=metadata)
+                       "reference_summary"]] if len(d_rows) else d_rows)
+            by_day[day] = {
+                "max_drift_share": float(shares.max()) if len(shares) else None,
+                "mean_drift_share": float(shares.mean()) if len(shares) else None,
+                "models_with_dataset_drift": int(d_summary.dataset_drift.fillna(False).sum()) if len(d_summary) else 0,
+                "drifted_features": int(d_rows[d_rows.role == "feature"].drifted.sum()) if len(d_rows) else 0,
+                "most_drifted": dg.MetadataValue.md(frame_markdown(worst, limit=10) if len(worst) else "none"),
+            }
+        add_partition_metadata(context, by_day)
+        return dg.MaterializeResult(metadata={
+            "days": day_label(days), "dagster/row_count": len(frame),
+            "drifted_rows": int(frame.drifted.sum()) if len(frame) else 0})
 
     @dg.asset(
         key=dg.AssetKey(["monitoring", "fairness"]),
@@ -143,21 +150,20 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
             if len(frame):
                 frame = frame.drop(columns=["selected", "tp", "fp", "fn", "tn", "abs_error"])
             replace_partitions_from_frame(con, "monitoring.fairness", refreshed, frame)
-        metadata = {"days": day_label(days), "dagster/row_count": len(frame)}
-        if len(frame):
-            last = frame[frame.partition_date == max(days)]
-            per_attr = (last.drop_duplicates(["model_id", "attribute"])
+        by_day = {}
+        for day in days:
+            d_rows = frame[frame.partition_date == day] if len(frame) else frame
+            per_attr = (d_rows.drop_duplicates(["model_id", "attribute"])
                         [["model_id", "attribute", "demographic_parity_ratio", "demographic_parity_difference",
                           "equalized_odds_difference", "passes_four_fifths", "disparity_p_value"]]
-                        .sort_values("demographic_parity_ratio"))
-            metadata["worst_disparities"] = dg.MetadataValue.md(frame_markdown(per_attr))
-            ratios = per_attr.demographic_parity_ratio.dropna()
-            if len(ratios):
-                metadata["lowest_demographic_parity_ratio"] = float(ratios.min())
-            for row in per_attr.itertuples():
-                if not pd.isna(row.demographic_parity_ratio):
-                    metadata[f"{row.model_id}.{row.attribute}.demographic_parity_ratio"] = float(
-                        row.demographic_parity_ratio)
-        return dg.MaterializeResult(metadata=metadata)
+                        .sort_values("demographic_parity_ratio") if len(d_rows) else d_rows)
+            ratios = per_attr.demographic_parity_ratio.dropna() if len(per_attr) else pd.Series(dtype=float)
+            by_day[day] = {
+                "lowest_demographic_parity_ratio": float(ratios.min()) if len(ratios) else None,
+                "attributes_below_four_fifths": int((ratios < 0.8).sum()),
+                "worst_disparities": dg.MetadataValue.md(frame_markdown(per_attr, limit=10) if len(per_attr) else "none"),
+            }
+        add_partition_metadata(context, by_day)
+        return dg.MaterializeResult(metadata={"days": day_label(days), "dagster/row_count": len(frame)})
 
     return [reference_profiles, feature_drift, fairness]

@@ -2,13 +2,16 @@
 
 
 import datetime as dt
+import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 
 import dagster as dg
 
 from monitor_assets.config import MonitorConfig
+from monitor_assets.notify.messages import fmt_day
 from monitor_assets.warehouse import date_range
 
 # backfill_policy is marked beta (single-run backfills keep 30 days to one run) and partitioned check
@@ -68,3 +71,76 @@ def day_label(days: list[dt.date]) -> str:
 def should_log_progress(i: int, total: int) -> bool:
     """About ten progress lines per long backfill, not one per day."""
     return total > 1 and (i == total or i % max(1, total // 10) == 0)
+
+
+def rounded(x, digits: int = 4):
+    """A number for reading in the UI: `digits` significant digits; None for missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    return float(f"{float(x):.{digits}g}") if isinstance(x, float) else x
+
+
+def add_partition_metadata(context: dg.AssetExecutionContext, by_day: Mapping[dt.date, dict]) -> None:
+    """Each partition of the run gets its own figures (a single-run backfill would otherwise attach the
+    run's one metadata dict to every day, and the UI's plots would go flat)."""
+    run_keys = set(context.partition_keys)
+    for day, metadata in by_day.items():
+        if str(day) in run_keys:
+            context.add_asset_metadata({k: rounded(v) if isinstance(v, float) else v for k, v in metadata.items()},
+                                       partition_key=str(day))
+
+
+def check_metadata(failures: list[dict], evaluated: int, **extra) -> dict:
+    """A check's structured metadata: counts, the worst breach's value, threshold and reason, a table
+    of breaches and the `failures` list the alert sensor reads (partition_date, model_id, check_name,
+    severity, value, threshold, message, details)."""
+    worst = failures[0] if failures else None
+    return {
+        "evaluated": evaluated, "failed": len(failures),
+        "observed_value": rounded(float(worst["value"])) if worst is not None and worst["value"] is not None else None,
+        "threshold": rounded(float(worst["threshold"])) if worst is not None and worst["threshold"] is not None else None,
+        "reason": worst["message"] if worst is not None else "all within threshold",
+        "breaches": dg.MetadataValue.md(markdown_table(
+            ["day", "model", "severity", "value", "threshold", "message"],
+            [(f["partition_date"], f["model_id"], f["severity"], f["value"], f["threshold"], f["message"])
+             for f in failures]) if failures else "none"),
+        "failures": dg.MetadataValue.json(json.loads(json.dumps(failures, default=str))),
+        **extra,
+    }
+
+
+def _latest_materialization(instance: dg.DagsterInstance, asset_key: dg.AssetKey, day: dt.date):
+    """The materialization of this day that an evaluation judged: the UI counts a check result for a
+    partition only while it targets that partition's latest materialization."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[str(day)]), limit=1).records
+    if not records:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(
+        run_id=records[0].event_log_entry.run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp)
+
+
+def partition_check_results(context, spec: dg.AssetCheckSpec, days: Sequence[dt.date], failures: list[dict],
+                            evaluated: Mapping[dt.date, int]) -> Iterator:
+    """One evaluation per day, recorded on that partition (so a check's Partitions tab shows which day
+    passed and which failed), then the check's output so blocking and downstream steps see it ran."""
+    by_day: dict[str, list[dict]] = defaultdict(list)
+    for f in failures:
+        f = {**f, "partition_date": fmt_day(f["partition_date"])}
+        if isinstance(f.get("details"), str):
+            f["details"] = json.loads(f["details"] or "{}")
+        by_day[f["partition_date"]].append(f)
+    for day in days:
+        items = by_day.get(str(day), [])
+        level = (dg.AssetCheckSeverity.ERROR if any(f["severity"] == "ERROR" for f in items)
+                 else dg.AssetCheckSeverity.WARN)
+        yield dg.AssetCheckEvaluation(asset_key=spec.asset_key, check_name=spec.name, passed=not items,
+                                      severity=level, partition=str(day), blocking=spec.blocking,
+                                      metadata=check_metadata(items, evaluated.get(day, 0)),
+                                      target_materialization_data=_latest_materialization(
+                                          context.instance, spec.asset_key, day))
+    yield dg.Output(None, output_name=spec.get_python_identifier())

@@ -5,6 +5,7 @@ import dagster as dg
 
 from monitor_assets.assets.common import (
     IO_RETRY,
+    add_partition_metadata,
     daily_partitions,
     day_label,
     days_with_label_refresh,
@@ -85,8 +86,11 @@ def build_history_asset(config: MonitorConfig, upstream: dict[str, dg.AssetKey])
         with warehouse.connect() as con:
             con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [refreshed])
             inserted = replace_partitions(con, "monitoring.history", refreshed, history_insert_sql(parts))
+            per_day = dict(con.execute("""SELECT partition_date, count(*) FROM monitoring.history
+                                          WHERE partition_date IN (SELECT d FROM _days) GROUP BY 1""").fetchall())
             total = con.execute("SELECT count(*) FROM monitoring.history").fetchall()[0][0]
             metrics = con.execute("SELECT count(DISTINCT metric) FROM monitoring.history").fetchall()[0][0]
+        add_partition_metadata(context, {day: {"rows_for_day": int(per_day.get(day, 0))} for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "days_rewritten": len(refreshed), "dagster/row_count": total,
             "rows_written": inserted, "distinct_metrics": metrics})

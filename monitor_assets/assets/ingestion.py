@@ -4,12 +4,14 @@ Every record is loaded or quarantined with a reason; metadata shows read = loade
 """
 
 
+import datetime as dt
 import time
 
 import dagster as dg
 
 from monitor_assets.assets.common import (
     IO_RETRY,
+    add_partition_metadata,
     daily_partitions,
     day_label,
     markdown_table,
@@ -112,6 +114,11 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
                 context.log.warning(f"no prediction records for model {item}")
         if missing_days:
             context.log.warning(f"{source}: no input file for {', '.join(missing_days)}")
+        # Each day's own counts on its partition (the totals above stay on the run's other keys).
+        add_partition_metadata(context, {dt.date.fromisoformat(d): {
+            "files": files, "records_read": read, "records_loaded": loaded, "records_quarantined": quarantined,
+            "dagster/row_count": loaded, "quarantine_share": quarantined / read if read else 0.0,
+            "days": d} for d, files, read, loaded, quarantined in per_day})
         return dg.MaterializeResult(metadata=metadata)
 
     return _asset

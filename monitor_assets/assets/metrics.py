@@ -6,6 +6,7 @@ import pandas as pd
 
 from monitor_assets.assets.common import (
     IO_RETRY,
+    add_partition_metadata,
     daily_partitions,
     day_label,
     days_with_label_refresh,
@@ -61,29 +62,38 @@ def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels
             con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [refreshed])
             inserted = replace_partitions(con, "monitoring.performance_daily", refreshed,
                                           f"INSERT INTO monitoring.performance_daily {sql}", params)
-            latest = con.execute(
-                """SELECT model_id, volume, error_rate, latency_p95_ms, label_coverage,
-                          coalesce(roc_auc, mae) AS main_metric, accuracy, f1, mae, r2
-                   FROM monitoring.performance_daily WHERE partition_date = ? ORDER BY model_id""",
-                [max(days)]).df()
-        metadata: dict = {
+            per_day = con.execute(
+                """SELECT partition_date, model_id, volume, error_rate, latency_p95_ms, label_coverage,
+                          coalesce(roc_auc, mae) AS main_metric, n_labelled
+                   FROM monitoring.performance_daily WHERE partition_date IN (SELECT unnest(?::DATE[]))
+                   ORDER BY partition_date, error_rate DESC NULLS LAST, latency_p95_ms DESC NULLS LAST""",
+                [days]).df()
+        add_partition_metadata(context, {day.date(): _performance_day_metadata(g)
+                                         for day, g in per_day.groupby("partition_date")})
+        return dg.MaterializeResult(metadata={
             "days": day_label(days),
             "days_refreshed_for_late_labels": dg.MetadataValue.json([str(d) for d in refreshed if d not in days]),
             "dagster/row_count": inserted,
-            "latest_day": dg.MetadataValue.md(frame_markdown(latest)),
-        }
-        # Plottable numbers: one per model, for the run's last day.
-        for row in latest.itertuples():
-            for name in ("main_metric", "latency_p95_ms", "error_rate", "label_coverage"):
-                value = getattr(row, name)
-                if value is not None and not pd.isna(value):
-                    metadata[f"{row.model_id}.{name}"] = float(value)
-        return dg.MaterializeResult(metadata=metadata)
+        })
 
     assets = [performance_daily]
     if interactions is not None and sales is not None:
         assets.append(_business_kpis_asset(config, partitions, interactions, sales))
     return assets
+
+
+def _performance_day_metadata(day: pd.DataFrame) -> dict:
+    """A day's figures for the UI: a few aggregates (plottable across partitions, bounded however many
+    models there are) and the worst models first."""
+    served = day[day.volume > 0]
+    return {
+        "models": len(day), "models_without_predictions": int((day.volume == 0).sum()),
+        "predictions": int(day.volume.sum()),
+        "max_error_rate": float(served.error_rate.max()) if served.error_rate.notna().any() else None,
+        "max_latency_p95_ms": float(served.latency_p95_ms.max()) if served.latency_p95_ms.notna().any() else None,
+        "mean_label_coverage": float(served.label_coverage.mean()) if served.label_coverage.notna().any() else None,
+        "worst_models": dg.MetadataValue.md(frame_markdown(day.drop(columns=["partition_date"]), limit=10)),
+    }
 
 
 def _performance_statement(config: MonitorConfig) -> tuple[str, list]:
@@ -145,15 +155,13 @@ def _business_kpis_asset(config, partitions, interactions, sales) -> dg.AssetsDe
                 LEFT JOIN (SELECT partition_date, count(DISTINCT order_id) AS orders, sum(quantity) AS units,
                                   sum(revenue) AS revenue FROM raw.sales GROUP BY 1) AS s ON s.partition_date = d
                 """, [days])
-            latest = con.execute("SELECT * EXCLUDE (computed_at) FROM monitoring.business_kpis_daily "
-                                 "WHERE partition_date = ?", [max(days)]).df()
-        metadata = {"days": day_label(days), "dagster/row_count": inserted,
-                    "latest_day": dg.MetadataValue.md(frame_markdown(latest))}
-        if len(latest):
-            for name in ("conversion_rate", "revenue", "average_order_value"):
-                value = latest[name].iloc[0]
-                if not pd.isna(value):
-                    metadata[name] = float(value)
-        return dg.MaterializeResult(metadata=metadata)
+            kpis = con.execute("""SELECT * EXCLUDE (computed_at) FROM monitoring.business_kpis_daily
+                                  WHERE partition_date IN (SELECT unnest(?::DATE[]))""", [days]).df()
+        add_partition_metadata(context, {
+            r.partition_date.date(): {name: (None if pd.isna(getattr(r, name)) else float(getattr(r, name)))
+                                      for name in ("sessions", "conversion_rate", "orders", "revenue",
+                                                   "average_order_value")}
+            for r in kpis.itertuples()})
+        return dg.MaterializeResult(metadata={"days": day_label(days), "dagster/row_count": inserted})
 
     return business_kpis_daily

@@ -1,0 +1,152 @@
+"""Reliable delivery: failed checks go into the outbox once per alert and channel, and each sensor tick
+sends what is due. No Dagster here.
+
+Guarantees: every alert of a model reaches each of the model's channels at least once, or is closed
+with a reason (acknowledged, silenced, resolved before it was sent, or given up after
+`alerts.give_up_hours`, which is itself announced on the file channel). A row is claimed before it
+is sent, so overlapping ticks never send it twice; a send that fails is retried on later ticks with
+doubling backoff, each channel on its own. A tick stops starting sends after its time budget, so it
+ends within Dagster's sensor time limit even when a server hangs (each send has its own timeout).
+The only duplicate left is the at-least-once one: a process killed between a send and its record.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+
+from monitor_assets.config import ChannelConfig, MonitorConfig
+from monitor_assets.notify.channels import ChannelError, Notification, deliver
+from monitor_assets.notify.messages import compose, plural
+from monitor_assets.notify.state import AlertState, iso
+
+BASE_BACKOFF_S = 30.0
+MAX_BACKOFF_S = 1800.0
+CLAIM_TTL_S = 180.0  # longer than a tick: a claim outlives its sender only if the process died
+TICK_BUDGET_S = 25.0  # Dagster gives a sensor tick 60 s; each send may take its 10 s timeout
+
+
+@dataclass
+class DispatchReport:
+    sent: int = 0  # messages
+    alerts_sent: int = 0  # (alert, channel) rows
+    failed: list[str] = field(default_factory=list)  # "channel: error" per failed message
+    deferred: int = 0  # rows held back by the cooldown
+    closed: dict[str, int] = field(default_factory=dict)  # acknowledged / silenced before sending
+    gave_up: list[dict] = field(default_factory=list)
+    out_of_time: bool = False
+
+    def summary(self) -> str:
+        parts = [f"sent {plural(self.sent, 'message')} ({plural(self.alerts_sent, 'alert')})"]
+        if self.failed:
+            parts.append(f"{plural(len(self.failed), 'send')} failed, will retry: " + "; ".join(self.failed[:3]))
+        if self.deferred:
+            parts.append(f"{plural(self.deferred, 'alert')} held by the cooldown")
+        for reason, n in self.closed.items():
+            if n:
+                parts.append(f"{n} {reason}")
+        if self.gave_up:
+            parts.append(f"gave up on {plural(len(self.gave_up), 'alert')}")
+        if self.out_of_time:
+            parts.append("stopped at the time budget, the rest goes next tick")
+        return "; ".join(parts)
+
+
+def channels_by_model(config: MonitorConfig) -> dict[str, list[str]]:
+    """Each model's channel names; '*' (anything not a configured model) gets every model's channels."""
+    mapping = {m.id: list(m.alert_channels) or ["file"] for m in config.models}
+    mapping["*"] = sorted({c for names in mapping.values() for c in names}) or ["file"]
+    return mapping
+
+
+def dashboard_url(config: MonitorConfig, model_id: str) -> str:
+    path = (Path(config.reports_dir) / "dashboard.html").resolve()
+    anchor = f"#model-{model_id}" if model_id in config.model_ids else ""
+    return f"file://{path}{anchor}"
+
+
+def dispatch(state: AlertState, config: MonitorConfig, now: float | None = None,
+             budget_s: float = TICK_BUDGET_S, send: Callable[[ChannelConfig, Notification, str], None] = deliver,
+             clock: Callable[[], float] = time.monotonic) -> DispatchReport:
+    """Send every due message once; record what happened to each row."""
+    now = time.time() if now is None else now
+    started = clock()
+    report = DispatchReport()
+    report.closed = state.close_muted(now)
+    report.gave_up = state.give_up(now, config.alert_give_up_hours * 3600)
+    if report.gave_up:
+        _announce_give_up(config, report.gave_up, send)
+    cooldown_s = config.alert_cooldown_hours * 3600
+    failed_channels: set[str] = set()
+    rows = state.due(now)
+    for (channel_name, model_id, check), group in groupby(rows, key=lambda r: (r["channel"], r["model_id"],
+                                                                                r["check_name"])):
+        group = list(group)
+        if channel_name in failed_channels:
+            continue  # one failure per channel and tick: the rest waits for the channel's next attempt
+        if clock() - started > budget_s:
+            report.out_of_time = True
+            break
+        channel = config.channels.get(channel_name) or config.channels["file"]
+        last = state.last_sent(channel_name, model_id, check)
+        if last is not None and cooldown_s and now - last < cooldown_s:
+            state.defer([r["alert_key"] for r in group], channel_name, last + cooldown_s)
+            report.deferred += len(group)
+            continue
+        token = uuid.uuid4().hex
+        claimed = state.claim([r["alert_key"] for r in group], channel_name, token, now, CLAIM_TTL_S)
+        if not claimed:
+            continue  # another tick has them
+        note = _notification(config, state, claimed)
+        try:
+            send(channel, note, config.reports_dir)
+        except ChannelError as exc:
+            failed_channels.add(channel_name)
+            state.mark_failed(token, str(exc), now + clock() - started, BASE_BACKOFF_S, MAX_BACKOFF_S)
+            report.failed.append(f"{channel_name}: {exc}")
+            continue
+        report.alerts_sent += state.mark_sent(token, now + clock() - started)
+        report.sent += 1
+    return report
+
+
+def _notification(config: MonitorConfig, state: AlertState, rows: list[dict]) -> Notification:
+    latest = max(rows, key=lambda r: str(r["partition_date"]))
+    model_id, check = latest["model_id"], latest["check_name"]
+    also_open = state.open_for_model(model_id, check)
+    run_url = f"{config.ui_url}/runs/{latest['run_id']}" if latest.get("run_id") else config.ui_url
+    hint = None
+    if model_id in config.model_ids:
+        hint = (f"python -m monitor_assets.notify ack --model {model_id} --check {check} "
+                "--by <you> --reason '<why>'")
+    subject, body = compose(rows, also_open, run_url, dashboard_url(config, model_id), hint)
+    return Notification(subject, body, "ERROR" if subject.startswith("[ERROR]") else "WARN",
+                        {"model_id": model_id, "check_name": check, "run_id": latest.get("run_id"),
+                         "dates": sorted({str(r["partition_date"]) for r in rows}),
+                         "alert_keys": [r["alert_key"] for r in rows]})
+
+
+def _announce_give_up(config: MonitorConfig, rows: list[dict], send) -> None:
+    """Tell the file channel (the one that cannot be down for a day) which deliveries were given up."""
+    by_channel: dict[str, list[dict]] = {}
+    for r in rows:
+        by_channel.setdefault(r["channel"], []).append(r)
+    file_channel = config.channels["file"]
+    for channel_name, items in by_channel.items():
+        if channel_name == file_channel.name:
+            continue  # the file channel itself failed: the sensor's log and the UI say so
+        lines = [f"- {r['alert_key']} (first queued {iso(r['enqueued_at'])}, {plural(r['attempts'], 'attempt')}); "
+                 f"last error: {r['last_error'] or 'none'}" for r in items]
+        note = Notification(
+            f"[ERROR] gave up delivering {plural(len(items), 'alert')} through {channel_name}",
+            f"These alerts could not be delivered through channel '{channel_name}' within "
+            f"{config.alert_give_up_hours:g} h and will not be retried:\n" + "\n".join(lines) + "\n",
+            "ERROR", {"channel": channel_name, "gave_up": [r["alert_key"] for r in items]})
+        try:
+            send(file_channel, note, config.reports_dir)
+        except ChannelError:
+            pass  # reported by the sensor through its log and an observation in the UI

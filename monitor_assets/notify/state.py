@@ -1,0 +1,330 @@
+"""Alert state that changes between runs: the delivery outbox, acknowledgements and silences.
+
+It lives in a small SQLite file beside the warehouse (`<warehouse>_state.sqlite`), not in the DuckDB
+warehouse: the sensor (in the code server), the command line and the pipeline's steps all write it
+from different processes, and DuckDB admits one writer process per file while SQLite lets each
+take a short write lock in turn. Times are UTC epoch seconds. No Dagster here.
+
+Tables (documented names; `python -m monitor_assets.notify list` shows them):
+  monitoring.alert_deliveries      one row per alert (model, check, day) and channel: the outbox
+  monitoring.alert_acknowledgements who acknowledged which model's alerts, when and why
+  monitoring.alert_silences        which model and/or check is silenced, until when, by whom and why
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    alert_key TEXT NOT NULL,             -- model_id|check_name|partition_date (or run|<run id>)
+    channel TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    partition_date TEXT,
+    severity TEXT NOT NULL,
+    value REAL,
+    threshold REAL,
+    message TEXT NOT NULL,
+    details TEXT,                        -- JSON: what the message lists (e.g. the drifted features)
+    run_id TEXT,
+    evaluated_at REAL NOT NULL,          -- time of the check evaluation this row reflects
+    status TEXT NOT NULL,                -- pending, sent, gave_up, resolved, acknowledged, silenced
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    enqueued_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    claimed_until REAL,
+    claim_token TEXT,
+    sent_at REAL,
+    resolved_at REAL,                    -- the check passed again for this model and day
+    closed_reason TEXT,
+    PRIMARY KEY (alert_key, channel)
+);
+CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries (status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS alert_acknowledgements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_id TEXT NOT NULL,
+    check_name TEXT,                     -- NULL: every check of the model
+    partition_date TEXT,                 -- NULL: every day up to through_date
+    through_date TEXT NOT NULL,
+    acknowledged_by TEXT NOT NULL,
+    acknowledged_at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_silences (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_id TEXT,                       -- NULL: every model
+    check_name TEXT,                     -- NULL: every check
+    starts_at REAL NOT NULL,
+    ends_at REAL NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    lifted_by TEXT,
+    lifted_at REAL
+);
+"""
+
+# An acknowledgement matches an alert of its model (and check, and day when given).
+_ACK_MATCH = """EXISTS (SELECT 1 FROM alert_acknowledgements k WHERE k.model_id = {t}.model_id
+                 AND (k.check_name IS NULL OR k.check_name = {t}.check_name)
+                 AND (CASE WHEN k.partition_date IS NULL THEN {t}.partition_date <= k.through_date
+                           ELSE {t}.partition_date = k.partition_date END))"""
+_SILENCE_MATCH = """(SELECT min(s.id) FROM alert_silences s WHERE s.lifted_at IS NULL
+                     AND s.starts_at <= :now AND s.ends_at > :now
+                     AND (s.model_id IS NULL OR s.model_id = {t}.model_id)
+                     AND (s.check_name IS NULL OR s.check_name = {t}.check_name))"""
+
+STATE_TABLES = {"monitoring.alert_deliveries": "alert_deliveries",
+                "monitoring.alert_acknowledgements": "alert_acknowledgements",
+                "monitoring.alert_silences": "alert_silences"}
+
+
+def alert_key(model_id: str, check_name: str, partition_date) -> str:
+    return f"{model_id}|{check_name}|{partition_date}"
+
+
+def iso(ts: float | None) -> str:
+    """An epoch time for people: '2026-11-23 14:05 UTC'."""
+    if ts is None or pd.isna(ts):
+        return ""
+    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+class AlertState:
+    """The state file; every method opens a short connection, so any process may call it any time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @contextmanager
+    def connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA busy_timeout=30000")
+            con.executescript(SCHEMA)
+            if write:
+                con.execute("BEGIN IMMEDIATE")  # one writer at a time: claims cannot interleave
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            else:
+                yield con
+        finally:
+            con.close()
+
+    # -- the outbox --------------------------------------------------------------------------------
+
+    def enqueue(self, failures: list[dict], channels: dict[str, list[str]], run_id: str | None,
+                evaluated_at: float, now: float | None = None) -> int:
+        """Record failed (model, check, day) alerts once per channel of their model. Idempotent: a row
+        that exists is refreshed with newer figures; one that had resolved becomes pending again."""
+        now = time.time() if now is None else now
+        rows = [(f.get("alert_key") or alert_key(f["model_id"], f["check_name"], f["partition_date"]), ch, f["model_id"], f["check_name"],
+                 str(f["partition_date"]), f["severity"], _float(f.get("value")), _float(f.get("threshold")),
+                 str(f["message"]), json.dumps(f.get("details") or {}, default=str), run_id, evaluated_at,
+                 now, now)
+                for f in failures for ch in channels.get(f["model_id"], channels.get("*", ["file"]))]
+        if not rows:
+            return 0
+        with self.connect(write=True) as con:
+            before = con.total_changes
+            con.executemany("""
+                INSERT INTO alert_deliveries (alert_key, channel, model_id, check_name, partition_date, severity,
+                    value, threshold, message, details, run_id, evaluated_at, status, enqueued_at, next_attempt_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+                ON CONFLICT (alert_key, channel) DO UPDATE SET
+                    severity = excluded.severity, value = excluded.value, threshold = excluded.threshold,
+                    message = excluded.message, details = excluded.details, run_id = excluded.run_id,
+                    evaluated_at = excluded.evaluated_at, resolved_at = NULL,
+                    status = CASE WHEN status = 'resolved' THEN 'pending' ELSE status END,
+                    enqueued_at = CASE WHEN status = 'resolved' THEN excluded.enqueued_at ELSE enqueued_at END,
+                    next_attempt_at = CASE WHEN status = 'resolved' THEN excluded.next_attempt_at
+                                           ELSE next_attempt_at END
+                WHERE excluded.evaluated_at > alert_deliveries.evaluated_at""", rows)
+            return con.total_changes - before
+
+    def resolve(self, check_name: str, partition_date: str, failing_models: set[str], evaluated_at: float) -> int:
+        """A newer evaluation of (check, day) in which these models no longer fail: pending rows are
+        dropped as resolved, sent ones remember that their alert is over."""
+        failing = sorted(failing_models) or [""]
+        marks = ",".join("?" * len(failing))
+        with self.connect(write=True) as con:
+            cur = con.execute(f"""
+                UPDATE alert_deliveries
+                SET resolved_at = ?, evaluated_at = ?,
+                    status = CASE WHEN status = 'pending' THEN 'resolved' ELSE status END,
+                    closed_reason = CASE WHEN status = 'pending' THEN 'passed again before it was sent'
+                                         ELSE closed_reason END
+                WHERE check_name = ? AND partition_date = ? AND model_id NOT IN ({marks})
+                  AND evaluated_at < ? AND resolved_at IS NULL""",
+                              [evaluated_at, evaluated_at, check_name, partition_date, *failing, evaluated_at])
+            return cur.rowcount
+
+    def close_muted(self, now: float) -> dict[str, int]:
+        """Pending rows of acknowledged alerts or under an active silence are closed, not sent."""
+        with self.connect(write=True) as con:
+            acked = con.execute(f"""UPDATE alert_deliveries SET status = 'acknowledged',
+                                    closed_reason = 'acknowledged before it was sent'
+                                    WHERE status = 'pending' AND {_ACK_MATCH.format(t='alert_deliveries')}""").rowcount
+            silenced = con.execute(f"""
+                UPDATE alert_deliveries SET status = 'silenced',
+                       closed_reason = 'silence #' || {_SILENCE_MATCH.format(t='alert_deliveries')}
+                WHERE status = 'pending' AND {_SILENCE_MATCH.format(t='alert_deliveries')} IS NOT NULL""",
+                                   {"now": now}).rowcount
+        return {"acknowledged": acked, "silenced": silenced}
+
+    def give_up(self, now: float, after_s: float) -> list[dict]:
+        """Pending rows older than `after_s`: closed as gave_up and returned, so someone is told."""
+        with self.connect(write=True) as con:
+            rows = [dict(r) for r in con.execute(
+                """SELECT * FROM alert_deliveries WHERE status = 'pending' AND enqueued_at < ?
+                   AND (claimed_until IS NULL OR claimed_until < ?)""", [now - after_s, now])]
+            con.executemany("""UPDATE alert_deliveries SET status = 'gave_up', closed_reason = ?
+                               WHERE alert_key = ? AND channel = ?""",
+                            [(f"gave up after {r['attempts']} attempt(s); last error: {r['last_error']}",
+                              r["alert_key"], r["channel"]) for r in rows])
+        return rows
+
+    def due(self, now: float) -> list[dict]:
+        with self.connect() as con:
+            return [dict(r) for r in con.execute(
+                """SELECT * FROM alert_deliveries WHERE status = 'pending' AND next_attempt_at <= ?
+                   AND (claimed_until IS NULL OR claimed_until < ?)
+                   ORDER BY channel, model_id, check_name, partition_date""", [now, now])]
+
+    def last_sent(self, channel: str, model_id: str, check_name: str) -> float | None:
+        with self.connect() as con:
+            row = con.execute("""SELECT max(sent_at) FROM alert_deliveries WHERE status = 'sent'
+                                 AND channel = ? AND model_id = ? AND check_name = ?""",
+                              [channel, model_id, check_name]).fetchone()
+        return row[0]
+
+    def defer(self, keys: list[str], channel: str, until: float) -> None:
+        with self.connect(write=True) as con:
+            con.executemany("""UPDATE alert_deliveries SET next_attempt_at = ? WHERE alert_key = ? AND channel = ?
+                               AND status = 'pending'""", [(until, k, channel) for k in keys])
+
+    def claim(self, keys: list[str], channel: str, token: str, now: float, ttl_s: float) -> list[dict]:
+        """Take rows for sending; a row another tick holds (or that is no longer pending) is not taken."""
+        with self.connect(write=True) as con:
+            con.executemany("""UPDATE alert_deliveries SET claim_token = ?, claimed_until = ?
+                               WHERE alert_key = ? AND channel = ? AND status = 'pending'
+                               AND (claimed_until IS NULL OR claimed_until < ?)""",
+                            [(token, now + ttl_s, k, channel, now) for k in keys])
+            return [dict(r) for r in con.execute(
+                "SELECT * FROM alert_deliveries WHERE claim_token = ? AND claimed_until > ? ORDER BY partition_date",
+                [token, now])]
+
+    def mark_sent(self, token: str, now: float) -> int:
+        with self.connect(write=True) as con:
+            return con.execute("""UPDATE alert_deliveries SET status = 'sent', sent_at = ?, attempts = attempts + 1,
+                                  last_error = NULL, claim_token = NULL, claimed_until = NULL
+                                  WHERE claim_token = ?""", [now, token]).rowcount
+
+    def mark_failed(self, token: str, error: str, now: float, base_backoff_s: float, max_backoff_s: float) -> int:
+        """Another attempt later: backoff doubles with each failed attempt, up to `max_backoff_s`."""
+        with self.connect(write=True) as con:
+            return con.execute(
+                """UPDATE alert_deliveries SET attempts = attempts + 1, last_error = ?,
+                       next_attempt_at = ? + min(?, ? * (1 << min(attempts, 20))),
+                       claim_token = NULL, claimed_until = NULL
+                   WHERE claim_token = ?""", [error[:500], now, max_backoff_s, base_backoff_s, token]).rowcount
+
+    def open_for_model(self, model_id: str, exclude_check: str) -> list[tuple[str, int]]:
+        """Other checks with alerts of this model that are not over: (check, number of days)."""
+        with self.connect() as con:
+            return [(r[0], r[1]) for r in con.execute(
+                """SELECT check_name, count(DISTINCT partition_date) FROM alert_deliveries
+                   WHERE model_id = ? AND check_name <> ? AND resolved_at IS NULL AND status <> 'resolved'
+                   GROUP BY check_name ORDER BY check_name""", [model_id, exclude_check])]
+
+    # -- acknowledgements and silences ---------------------------------------------------------------
+
+    def acknowledge(self, model_id: str, check_name: str | None, partition_date: str | None, by: str,
+                    reason: str, now: float | None = None) -> int:
+        """Acknowledge a model's alerts (one check, one day, or all up to today): they stay open, their
+        notifications stop. Returns the acknowledgement's id."""
+        now = time.time() if now is None else now
+        through = partition_date or dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat()
+        with self.connect(write=True) as con:
+            cur = con.execute("""INSERT INTO alert_acknowledgements (model_id, check_name, partition_date,
+                                 through_date, acknowledged_by, acknowledged_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                              [model_id, check_name, partition_date, through, by, now, reason])
+            return int(cur.lastrowid)
+
+    def silence(self, model_id: str | None, check_name: str | None, hours: float, by: str, reason: str,
+                now: float | None = None) -> int:
+        """Silence a model, a check, or a model's check for `hours`. Returns the silence's id."""
+        if not model_id and not check_name:
+            raise ValueError("a silence needs a model, a check, or both")
+        now = time.time() if now is None else now
+        with self.connect(write=True) as con:
+            cur = con.execute("""INSERT INTO alert_silences (model_id, check_name, starts_at, ends_at, created_by,
+                                 created_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                              [model_id or None, check_name or None, now, now + hours * 3600, by, now, reason])
+            return int(cur.lastrowid)
+
+    def lift_silence(self, silence_id: int, by: str, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self.connect(write=True) as con:
+            return con.execute("UPDATE alert_silences SET lifted_by = ?, lifted_at = ? WHERE id = ? AND lifted_at IS NULL",
+                               [by, now, silence_id]).rowcount == 1
+
+    def table(self, name: str) -> pd.DataFrame:
+        with self.connect() as con:
+            return pd.read_sql_query(f"SELECT * FROM {STATE_TABLES.get(name, name)}", con)  # noqa: S608 - fixed names
+
+    def annotate(self, alerts: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
+        """`alerts` (partition_date, model_id, check_name, status, ...) with `state`: open, acknowledged,
+        silenced or resolved, and `state_note` (who, until when, why)."""
+        now = time.time() if now is None else now
+        out = alerts.copy()
+        out["state"], out["state_note"] = out.get("status", pd.Series(dtype=str)), ""
+        if out.empty or not self.path.exists():
+            return out
+        with self.connect() as con:
+            acks = [dict(r) for r in con.execute("SELECT * FROM alert_acknowledgements ORDER BY id")]
+            silences = [dict(r) for r in con.execute(
+                "SELECT * FROM alert_silences WHERE lifted_at IS NULL AND starts_at <= ? AND ends_at > ?", [now, now])]
+        states, notes = [], []
+        for a in out.itertuples():
+            day = str(pd.Timestamp(a.partition_date).date())
+            state, note = a.status, ""
+            if a.status == "open":
+                ack = next((k for k in reversed(acks) if k["model_id"] == a.model_id
+                            and k["check_name"] in (None, a.check_name)
+                            and (day == k["partition_date"] if k["partition_date"] else day <= k["through_date"])), None)
+                sil = next((s for s in silences if s["model_id"] in (None, a.model_id)
+                            and s["check_name"] in (None, a.check_name)), None)
+                if ack:
+                    state, note = "acknowledged", f"by {ack['acknowledged_by']} {iso(ack['acknowledged_at'])}: {ack['reason']}"
+                elif sil:
+                    state, note = "silenced", f"until {iso(sil['ends_at'])} by {sil['created_by']}: {sil['reason']}"
+            states.append(state)
+            notes.append(note)
+        out["state"], out["state_note"] = states, notes
+        return out
+
+
+def _float(x) -> float | None:
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if pd.isna(value) else value
