@@ -1,4 +1,4 @@
-"""Start the real Dagster webserver for tests and screenshots, and talk to its GraphQL API."""
+"""Start the real Dagster webserver and daemon for tests and screenshots, and talk to the GraphQL API."""
 
 from __future__ import annotations
 
@@ -54,12 +54,30 @@ def running_webserver(env: dict[str, str] | None = None, port: int | None = None
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop a process started in its own session, with its children (a webserver's code server)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextmanager
+def running_daemon(env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """The real `dagster-daemon` (schedules, sensors, run queue, run monitoring) in its own process
+    group, on the repo's workspace; stopped, with its code server, afterwards."""
+    cmd = [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop_group(proc, timeout=30)
 
 
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:

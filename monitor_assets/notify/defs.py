@@ -34,6 +34,7 @@ LIFT_SILENCE_JOB = "lift_silence_job"
 # run is recorded under its planning order, and commits of concurrent runs may land out of order.
 REREAD_S = 900.0
 PAGE = 500
+FIRST_LOOKBACK_S = 24 * 3600.0
 SENSOR_INTERVAL_S = int(os.environ.get("MONITOR_ALERT_SENSOR_INTERVAL", "30"))
 
 
@@ -107,7 +108,10 @@ def build_sensors(config: MonitorConfig, check_keys: Sequence[dg.AssetCheckKey],
                            "alerts.")
     def alert_sensor(context: dg.SensorEvaluationContext):
         state = AlertState(config.state_path)
-        watermark = float(json.loads(context.cursor).get("watermark", 0.0)) if context.cursor else 0.0
+        # A sensor turned on for the first time (or reset) looks back one day, not through all history:
+        # last month's failures are on the dashboard, not worth a page now.
+        watermark = (float(json.loads(context.cursor)["watermark"]) if context.cursor
+                     else time.time() - FIRST_LOOKBACK_S)
         evaluations = read_evaluations(context.instance, check_keys, watermark - REREAD_S)
         enqueued, resolved = record_evaluations(state, config, evaluations)
         new_watermark = max([watermark, *(e["timestamp"] for e in evaluations)])

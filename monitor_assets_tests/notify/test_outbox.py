@@ -211,3 +211,17 @@ def test_channel_errors_never_carry_secrets(monkeypatch):
         with pytest.raises(ChannelError) as err:
             deliver(channel, Notification("s\r\nBcc: victim@example.com", "b", "WARN"), "/tmp")
         assert "hunter2" not in str(err.value) and "SMTP" in str(err.value)
+
+
+def test_email_is_plain_text_and_a_subject_cannot_inject_headers(tmp_path):
+    from monitor_assets.notify.channels import Notification
+
+    with smtp_server() as (port, inbox):
+        note = Notification("[WARN] m: check failed\r\nBcc: victim@example.com",
+                            "<b>not html</b>\r\nBcc: victim@example.com\n", "WARN")
+        deliver(email_channel(port), note, str(tmp_path))
+        message = inbox.parsed()[0]
+        assert message["Bcc"] is None and message["To"] == "oncall@shop.example"
+        assert message.get_content_type() == "text/plain"
+        assert str(message["Subject"]) == "[WARN] m: check failed Bcc: victim@example.com"
+        assert "<b>not html</b>" in message.get_content()

@@ -4,7 +4,6 @@ server; and the same sensor on a real PostgreSQL instance."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import yaml
 
 from monitor_assets.config import REPO_ROOT, load_config
 from monitor_assets.definitions import build_definitions
+from monitor_assets.devtools.webserver import running_daemon
 from monitor_assets.notify.defs import ALERT_SENSOR
 
 from ..conftest import persistent_home, run_job
@@ -81,10 +81,7 @@ def test_daemon_ticks_deliver_each_new_failure_exactly_once(tmp_path):
                "MONITOR_REPORTS_DIR": str(reports), "MONITOR_ALERT_SENSOR_INTERVAL": "3"}
         # First run before the daemon starts: a latency and error spike (10-14) and feature drift (10-12..14).
         run_pipeline(env, "2026-10-12", "2026-10-14")
-        daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
-                                   str(REPO_ROOT / "workspace.yaml")], env=env, cwd=REPO_ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        try:
+        with running_daemon(env):
             first = wait_for(lambda: sent_alert_keys(reports), 120, "the first tick's alerts")
             ticks_before = len(sensor_ticks(home))
             assert ticks_before >= 1 and len(inbox.messages) >= 3
@@ -96,12 +93,6 @@ def test_daemon_ticks_deliver_each_new_failure_exactly_once(tmp_path):
             wait_for(lambda: new_keys <= set(sent_alert_keys(reports)), 120, f"delivery of {new_keys}")
             wait_for(lambda: len(sensor_ticks(home)) >= max(3, ticks_before + 2), 60, "two more ticks")
             time.sleep(8)  # and a few more ticks, which must send nothing again
-        finally:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
         ticks = sensor_ticks(home)
         statuses = Counter(t.status.value for t in ticks)
         assert len(ticks) >= 3 and statuses.get("FAILURE", 0) == 0, (statuses, [t.error for t in ticks if t.error])
