@@ -46,6 +46,12 @@ def test_tabular_sources_map_columns_and_default_feature_sources(tmp_path):
     (("plan: categorical", "plan: {type: categorical, drift_method: ks}"),
      "models[0].features.plan.drift_method", "needs a numeric feature"),
     (("  - id: churn", "  - id: \"churn; DROP TABLE x\""), "models[0].id", "expected letters"),
+    # A typo in a channel option must stop the config, not send a password in clear text.
+    (("sensitive_attributes: [region]", "sensitive_attributes: [region]\nalerts:\n  channels:\n    mail: "
+      "{type: email, host: smtp.example, to: [a@b.c], startls: true, password_env: SMTP_PASSWORD}"),
+     "alerts.channels.mail.startls", "unknown key"),
+    (("sensitive_attributes: [region]", "sensitive_attributes: [region]\nalerts: {give_up_hours: -1}"),
+     "alerts.give_up_hours", "expected"),
 ])
 def test_bad_config_names_file_key_and_expectation(tmp_path, change, key, expected):
     path = write(tmp_path / "bad.yaml", BASE.replace(*change))
