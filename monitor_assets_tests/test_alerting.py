@@ -58,7 +58,7 @@ def test_demo_incidents_send_one_email_each_and_a_restart_sends_nothing_again(de
         bodies = {str(m["subject"]): m.get_content() for m in inbox.parsed()}
         latency = next(b for s, b in bodies.items() if f"{A.LATENCY} failed" in s)
         assert "threshold 500" in latency and f"/runs/{result.run_id}" in latency and "00:00:00" not in latency
-        assert "#model-demand_forecaster" in latency and "Also open:  " in latency
+        assert "/models/demand_forecaster.html" in latency and "Also open:  " in latency
         drift = next(b for s, b in bodies.items() if f"{A.DRIFT} failed" in s)
         # The drifted features by name, with statistic, threshold, reference and current, most drifted first.
         lines = [x for x in drift.splitlines() if x.startswith("  - ")]

@@ -1,4 +1,5 @@
-"""The dashboard file and the per-model summaries, regenerated on every run."""
+"""The dashboard (index, a page per model, shared plotly.js) and the per-model summaries, regenerated on
+every run."""
 
 import json
 from pathlib import Path
@@ -44,23 +45,29 @@ def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey) -> list:
 
     @dg.asset(
         key=dg.AssetKey(["reports", "monitoring_dashboard"]),
-        description="One self-contained HTML dashboard (plotly.js inline, works offline): every model's status, "
-                    "time series of its main metric, latency p95, error rate and volume with thresholds and "
-                    "alert markers, a feature x day drift heatmap, selection rate by group, open alerts and the "
-                    "data-quality summary. Written to dashboard.html in the reports folder.",
+        description="The HTML dashboard, offline from file://: dashboard.html lists every model (status, why, "
+                    "main metric against baseline, open / acknowledged / silenced alerts, latency p95, error rate, "
+                    "volume, a sparkline), sortable and filterable, plus the data-quality summary; "
+                    "models/<model>.html holds each model's time series with thresholds and alert markers, "
+                    "feature x day drift heatmap, selection rate by group and its alerts. plotly.js is written "
+                    "once to assets/plotly.min.js in the reports folder.",
         group_name=GROUP_REPORTING, kinds={"html", "plotly"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), deps=[alerts, model_performance_summary.key],
     )
     def monitoring_dashboard(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         with warehouse.connect() as con:
             data = load_report_data(con, config, max(run_days(context)))
-        page = build_dashboard(data, title="Model monitoring: " + ", ".join(config.model_ids))
-        path = Path(config.reports_dir) / "dashboard.html"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page)
+        dashboard = build_dashboard(data, config.reports_dir, title="Model monitoring")
+        open_alerts = data.alerts[data.alerts.status == "open"]
         return dg.MaterializeResult(metadata={
-            "path": dg.MetadataValue.path(str(path)), "size_mb": round(len(page.encode()) / 1e6, 2),
-            "open_alerts": int((data.alerts.status == "open").sum()),
+            "path": dg.MetadataValue.path(str(dashboard.index)),
+            "size_mb": round(dashboard.index.stat().st_size / 1e6, 2),
+            "model_pages": len(dashboard.model_pages),
+            "largest_model_page_mb": round(dashboard.largest_model_page_bytes / 1e6, 2),
+            "open_alerts": len(open_alerts),  # as before: acknowledged and silenced ones are still open
+            "unhandled_alerts": int((open_alerts.state == "open").sum()),
+            "acknowledged_alerts": int((open_alerts.state == "acknowledged").sum()),
+            "silenced_alerts": int((open_alerts.state == "silenced").sum()),
         })
 
     return [model_performance_summary, monitoring_dashboard]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from monitor_assets.config import REPO_ROOT, load_config
 from monitor_assets.devtools.webserver import graphql, running_webserver
+from monitor_assets.reporting import model_page
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -38,10 +39,12 @@ def main() -> None:
                                                         viewport={"width": 1500, "height": 950})
         page = browser.new_page()
         page.goto(dashboard.as_uri())
-        page.wait_for_selector(".js-plotly-plot .main-svg")
+        page.wait_for_selector("#models")
         page.screenshot(path=str(out / "dashboard.png"))
-        page.locator("#model-conversion_recommender").scroll_into_view_if_needed()
-        page.locator("#model-conversion_recommender").screenshot(path=str(out / "dashboard_model.png"))
+        page.goto((Path(config.reports_dir) / model_page("conversion_recommender")).as_uri())
+        page.wait_for_selector(".js-plotly-plot .main-svg")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "dashboard_model.png"), full_page=True)
         with running_webserver() as url:
             graphql(url, "mutation { setNuxSeen }")
             page.goto(f"{url}/asset-groups")

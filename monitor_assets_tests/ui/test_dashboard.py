@@ -1,42 +1,124 @@
-"""The dashboard as a person sees it, in headless Chromium, and the reports beside it."""
+"""The dashboard as a person sees it, in headless Chromium, and the reports beside it.
+
+The dashboard is an index page (dashboard.html, one row per model, sortable and filterable), a page per
+model (models/<model>.html, its Plotly charts and alerts) and plotly.js once (assets/plotly.min.js).
+"""
 
 import json
+import re
 from pathlib import Path
 
+import pandas as pd
 import yaml
+
+from monitor_assets.notify.outbox import dashboard_url
+from monitor_assets.reporting import ReportData, build_dashboard, model_page
 
 from .browser import browser_page
 
 INCIDENTS = yaml.safe_load((Path(__file__).parents[2] / "data" / "demo" / "incidents.yaml").read_text())
+CONCEPT = next(i for i in INCIDENTS["incidents"] if i["kind"] == "concept_drift")
+VISIBLE_IDS = "rows => rows.map(r => r.id.slice('model-'.length))"
 
 
-def test_dashboard_renders_offline_with_charts_and_alert_rows(demo_run, demo_db):
+def summaries_of(config) -> dict[str, dict]:
+    return {s["model_id"]: s for s in json.loads((Path(config.reports_dir) / "model_summaries.json").read_text())}
+
+
+def test_index_lists_every_model_and_sorts_and_filters_offline(demo_run):
     config, _ = demo_run
-    path = Path(config.reports_dir) / "dashboard.html"
-    assert path.stat().st_size < 10e6
-    open_alerts = demo_db.execute("SELECT count(*) FROM monitoring.alerts WHERE status = 'open'").fetchall()[0][0]
+    reports = Path(config.reports_dir)
+    index = reports / "dashboard.html"
+    summaries = summaries_of(config)
+    ids = config.model_ids
+    assert index.stat().st_size < 5e6
+    assert (reports / "assets" / "plotly.min.js").stat().st_size > 1e6
+    assert "plotly" not in index.read_text().lower()  # the index draws no Plotly charts
     with browser_page() as (page, errors):
-        page.goto(path.as_uri())
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30000)
-        charts = page.locator("div.chart").count()
-        rendered = page.locator("div.chart.js-plotly-plot").count()
-        alert_rows = page.locator("tr.alert-row").count()
+        page.goto(index.as_uri())
+        shown = lambda: page.eval_on_selector_all("#models tbody tr:not([hidden])", VISIBLE_IDS)  # noqa: E731
+        assert sorted(shown()) == sorted(ids)
         statuses = page.locator("#overview .status").all_inner_texts()
-        page.screenshot(path=str(Path(config.reports_dir) / "dashboard.png"), full_page=False)
+        assert len(statuses) == len(ids)
+        assert page.locator(f"#model-{CONCEPT['model_id']} .status").inner_text() == "retrain suggested"
+        assert page.locator("#models svg.spark path").count() == len(ids)  # a sparkline per model
+        for m in ids:  # every row links to the model's page, which exists
+            assert (reports / page.locator(f"#model-{m} a").first.get_attribute("href")).exists()
+        # Default order: worst status first.
+        ranks = [["healthy", "watch", "retrain suggested"].index(summaries[m]["status"]) for m in shown()]
+        assert ranks == sorted(ranks, reverse=True)
+
+        def sort_by(column: str) -> None:  # the sorted column's name gains an arrow
+            page.locator("#models thead").get_by_role("button", name=re.compile(rf"^{column}( .)?$")).click()
+
+        sort_by("model")
+        assert shown() == sorted(ids)
+        sort_by("model")
+        assert shown() == sorted(ids, reverse=True)
+        sort_by("volume")  # numbers sort as numbers
+        volumes = [summaries[m]["latest_volume"] for m in shown()]
+        assert volumes == sorted(volumes) and len(set(volumes)) > 1
+        assert page.locator("th[aria-sort=ascending]").inner_text() == "volume"
+
+        page.locator("#filter").fill(CONCEPT["model_id"])
+        assert shown() == [CONCEPT["model_id"]]
+        assert page.locator("#shown").inner_text() == "1"
+        page.locator("#filter").fill("RETRAIN")
+        assert shown() == [m for m in ids if summaries[m]["status"] == "retrain suggested"] != []
+        page.locator("#filter").fill("watch")
+        assert sorted(shown()) == sorted(m for m in ids if summaries[m]["status"] == "watch")
+        page.locator("#filter").fill("")
+        assert len(shown()) == len(ids)
+
+        # The link in alert messages lands on the model's row.
+        page.goto(dashboard_url(config, "demand_forecaster"))
+        assert page.evaluate("document.querySelector(':target').id") == "model-demand_forecaster"
+        assert page.locator("#model-demand_forecaster").is_visible()
+        page.screenshot(path=str(reports / "dashboard.png"), full_page=False)
+    assert errors == []
+    assert (reports / "dashboard.png").stat().st_size > 20000
+
+
+def test_model_pages_draw_their_charts_with_the_shared_plotly(demo_run, demo_db):
+    config, _ = demo_run
+    reports = Path(config.reports_dir)
+    summaries = summaries_of(config)
+    open_alerts = demo_db.execute("SELECT count(*) FROM monitoring.alerts WHERE status = 'open'").fetchall()[0][0]
+    assert open_alerts == sum(s["open_alert_count"] for s in summaries.values()) > 0
+    charts = rendered = alert_rows = 0
+    with browser_page() as (page, errors):
+        scripts: list[str] = []
+        page.on("request", lambda r: scripts.append(r.url) if r.resource_type == "script" else None)
+        for m in config.model_ids:
+            assert (reports / model_page(m)).stat().st_size < 1e6
+            page.goto((reports / "dashboard.html").as_uri())
+            page.locator(f"#model-{m} a").first.click()  # from the index row to the model's page
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30000)
+            assert page.url.endswith(model_page(m))
+            charts += page.locator("div.chart").count()
+            rendered += page.locator("div.chart.js-plotly-plot").count()
+            alert_rows += page.locator("tr.alert-row").count()
+            assert page.locator("header .status").inner_text() == summaries[m]["status"]
+            if m == CONCEPT["model_id"]:
+                assert page.locator("tr.alert-row", has_text="performance_within_baseline").count() > 0
+                page.screenshot(path=str(reports / "dashboard_model.png"), full_page=True)
+            page.locator("#back").click()  # and back to the model's row
+            assert page.url.endswith(f"dashboard.html#model-{m}")
     assert errors == []
     assert charts >= 3 * len(config.models) - 1 and rendered == charts  # every chart drew
-    assert alert_rows == open_alerts > 0
-    assert len(statuses) == len(config.models)
-    assert (Path(config.reports_dir) / "dashboard.png").stat().st_size > 20000
+    assert alert_rows == sum(s["unhandled_alert_count"] for s in summaries.values()) > 0
+    plotly = [u for u in scripts if "plotly" in u]
+    assert plotly and {u for u in plotly} == {(reports / "assets" / "plotly.min.js").as_uri()}
 
 
 def test_summaries_recommend_retraining_where_performance_dropped(demo_run):
     config, _ = demo_run
-    summaries = {s["model_id"]: s for s in json.loads((Path(config.reports_dir) / "model_summaries.json").read_text())}
-    concept = next(i for i in INCIDENTS["incidents"] if i["kind"] == "concept_drift")
-    assert summaries[concept["model_id"]]["recommendation"] == "retrain suggested"
-    assert summaries[concept["model_id"]]["trend_vs_previous_week"] < -0.1
-    assert summaries["demand_forecaster"]["recommendation"] == "healthy"  # its spike is long past
+    summaries = summaries_of(config)
+    assert summaries[CONCEPT["model_id"]]["recommendation"] == "retrain suggested"
+    assert summaries[CONCEPT["model_id"]]["trend_vs_previous_week"] < -0.1
+    # Its latency spike is long past, but the error-rate ERROR alert of that day is still open: never "healthy".
+    assert summaries["demand_forecaster"]["recommendation"] == "watch"
+    assert summaries["demand_forecaster"]["why"] == "1 open ERROR alert(s)"
     assert "retrain suggested" in (Path(config.reports_dir) / "model_summaries.md").read_text()
 
 
@@ -44,12 +126,76 @@ def test_anomaly_report_holds_the_spike_and_the_drop_and_nothing_on_stable_days(
     config, _ = demo_run
     found = demo_db.execute("SELECT partition_date::VARCHAR, model_id, metric FROM monitoring.anomalies").fetchall()
     spike = next(i for i in INCIDENTS["incidents"] if i["kind"] == "latency_error_spike")
-    concept = next(i for i in INCIDENTS["incidents"] if i["kind"] == "concept_drift")
     assert (spike["dates"][0], spike["model_id"], "latency_p95_ms") in found
-    assert (concept["dates"][0], concept["model_id"], "roc_auc") in found
+    assert (CONCEPT["dates"][0], CONCEPT["model_id"], "roc_auc") in found
     incident_days = {(d, m) for i in INCIDENTS["incidents"] for d in i["dates"]
                      for m in (i["model_id"] if isinstance(i["model_id"], list) else [i["model_id"]])}
     stray = [f for f in found if (f[0], f[1]) not in incident_days and f[1] != "_business"]
     assert stray == []
     report = (Path(config.reports_dir) / "anomaly_report.md").read_text()
     assert spike["dates"][0] in report and "latency_p95_ms" in report
+
+
+# ---------------------------------------------------------------------------------------------
+# Names from the data: escaped in every page, and safe as file names.
+
+EVIL_ID = 'Fraud"><img src=x onerror="window.pwned=1">'
+EVIL_FEATURE = "</script><script>window.pwned=2</script>"
+
+
+def tiny_report(model_ids: list[str]) -> ReportData:
+    days = pd.date_range("2026-10-01", periods=5)
+    perf = pd.DataFrame([(d, m, 0.8 - i / 100, 100.0, 0.001, 500, 1.0) for m in model_ids for i, d in enumerate(days)],
+                        columns=["partition_date", "model_id", "main_metric", "latency_p95_ms", "error_rate",
+                                 "volume", "label_coverage"])
+    drift = pd.DataFrame([(d, m, f, 0.05, 0.1, False) for m in model_ids for d in days for f in ("age", EVIL_FEATURE)],
+                         columns=["partition_date", "model_id", "feature", "statistic", "threshold", "drifted"])
+    fairness = pd.DataFrame([(d, m, "segment", g, 0.3, False) for m in model_ids for d in days for g in ("a", "<b>b</b>")],
+                            columns=["partition_date", "model_id", "attribute", "grp", "selection_rate",
+                                     "below_min_size"])
+    alerts = pd.DataFrame([(days[-1], m, "latency_p95_within_sla", "WARN", 600.0, 500.0, f"<script>{m}</script>",
+                            "open", state, "by <i>ana</i>" if state != "open" else "")
+                           for m in model_ids for state in ("open", "acknowledged", "silenced")],
+                          columns=["partition_date", "model_id", "check_name", "severity", "value", "threshold",
+                                   "message", "status", "state", "state_note"])
+    models = pd.DataFrame({"model_id": model_ids, "task": "binary_classification", "main_metric": "roc_auc",
+                           "baseline": 0.8, "latency_sla": 500.0, "error_sla": 0.01})
+    quality = pd.DataFrame({"partition_date": days, "source": "<predictions>", "records_read": 10,
+                            "records_loaded": 10, "records_quarantined": 0})
+    return ReportData(models, perf, drift, perf[["partition_date", "model_id"]].assign(drift_share=0.0), fairness,
+                      alerts, quality, pd.DataFrame({"source": ["<p>"], "reason": ["<x>"], "n": [1]}))
+
+
+def test_names_from_data_are_escaped_and_files_named_safely(tmp_path):
+    assert model_page("fraud_detector") == "models/fraud_detector.html"
+    assert re.fullmatch(r"models/Fraud_img_src_x_onerror_window_pwned_1-[0-9a-f]{10}\.html", model_page(EVIL_ID))
+    assert model_page("Model") != model_page("model")  # distinct on case-insensitive disks too
+    assert model_page("../up") != model_page("__up") and "/" not in model_page("../up")[len("models/"):]
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "retired_model.html").write_text("old")
+    dashboard = build_dashboard(tiny_report([EVIL_ID, "plain"]), tmp_path)
+    assert not (tmp_path / "models" / "retired_model.html").exists()  # pages of models gone are removed
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(
+        Path(model_page(m)).name for m in (EVIL_ID, "plain"))
+    for page_file in [dashboard.index, *dashboard.model_pages.values()]:
+        text = page_file.read_text()
+        assert "<img src=x" not in text and "<script>window.pwned" not in text and "<script>plain" not in text
+        assert "<i>ana" not in text and "<predictions>" not in text
+    with browser_page() as (page, errors):
+        page.goto(dashboard.index.as_uri())
+        assert page.locator("#models tbody tr").count() == 2
+        assert page.locator("#models tbody tr a", has_text=EVIL_ID).count() == 1
+        page.locator("#filter").fill("fraud\"><img")
+        assert page.eval_on_selector_all("#models tbody tr:not([hidden])", "rs => rs.length") == 1
+        page.locator("#models tbody tr a", has_text=EVIL_ID).click()
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30000)
+        assert page.locator("h1").inner_text().startswith(EVIL_ID)
+        assert page.locator("div.chart.js-plotly-plot").count() == 3
+        assert page.locator("tr.alert-row td", has_text=f"<script>{EVIL_ID}</script>").count() == 1
+        assert page.locator("tr.alert-acknowledged td", has_text="by <i>ana</i>").count() == 1
+        assert page.locator("tr.alert-silenced").count() == 1
+        assert page.evaluate("window.pwned") is None
+        page.locator("#back").click()
+        assert page.evaluate("document.querySelector(':target').id") == f"model-{EVIL_ID}"
+    assert errors == []
