@@ -3,22 +3,32 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+INSTALL_LOG := $(VENV)/install.log
+# Instance template: not in the repo root, where `dagster dev` would warn that it is not used.
+INSTANCE_TEMPLATE := deploy/local/dagster.yaml
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: run dev test lint bench demo-data screenshots clean
 
+# pip's output (and any build backend's banners) goes to the log; the terminal gets one line, or the
+# log's tail when the install fails.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@mkdir -p $(VENV)
+	@echo "installing monitor_assets[dev] into $(VENV) (log: $(INSTALL_LOG))"
+	@{ $(PYTHON) -m venv $(VENV) \
+	  && $(BIN)/python -m pip install --upgrade pip \
+	  && $(BIN)/python -m pip install -e '.[dev]'; } > $(INSTALL_LOG) 2>&1 \
+	  || { tail -n 25 $(INSTALL_LOG); echo "install failed: full output in $(INSTALL_LOG)" >&2; exit 1; }
+	@touch $(STAMP)
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
-	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+# Refreshed when the template is newer; a previous copy (maybe edited) is kept beside it.
+$(DAGSTER_HOME)/dagster.yaml: $(INSTANCE_TEMPLATE)
+	@mkdir -p "$(DAGSTER_HOME)"
+	@if [ -f "$@" ]; then cp "$@" "$@.bak" && echo "refreshed $@ from $(INSTANCE_TEMPLATE) (previous: $@.bak)"; fi
+	@cp $(INSTANCE_TEMPLATE) "$@"
 
 run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m monitor_assets.run_pipeline
+	@$(BIN)/python -m monitor_assets.run_pipeline
 
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml

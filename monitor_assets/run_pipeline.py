@@ -5,55 +5,443 @@
 Defaults to every partition the config declares. All days go in one run (each asset processes the
 range in a single step), which on two cores is far faster than a run per day. The run is stored in
 $DAGSTER_HOME, so `make dev` shows it, its assets and their metadata in the UI.
+
+The terminal gets one line per step as it finishes (what it did, how long it took) and the outcome;
+Dagster's full event log, DEBUG and tracebacks included, goes to $DAGSTER_HOME/run_logs/<run id>.log.
+Before it starts, the runner marks its own earlier runs whose process is gone (SIGKILL, reboot) as
+failed and frees the concurrency-pool slots of runs that are over: a dead run's slot would otherwise
+block this run forever. Exit status: 0 success, 1 run failed, 2 bad config or arguments.
 """
 
+from __future__ import annotations
+
 import argparse
+import datetime as dt
+import logging
 import os
 import shutil
+import socket
 import sys
 import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
-from monitor_assets.config import REPO_ROOT, load_config
+from monitor_assets.config import REPO_ROOT, ConfigError, load_config
+
+if TYPE_CHECKING:
+    import dagster as dg
+    from dagster._utils.error import SerializableErrorInfo
+
+INSTANCE_TEMPLATE = REPO_ROOT / "deploy" / "local" / "dagster.yaml"
+# Tags on every run this runner launches: which process on which machine runs it.
+PID_TAG = "monitor_assets/pid"
+HOST_TAG = "monitor_assets/host"
+PROCESS_TAG = "monitor_assets/process"  # boot id + start time: a reused pid is not the run's process
+# Dagster's console logger would print every event at DEBUG; the event listener below reports instead.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+# Materialization metadata shown in a step's line, in this order, with the words after the number.
+SUMMARY_KEYS = (
+    ("records_loaded", "records loaded"),
+    ("records_quarantined", "quarantined"),
+    ("profiles_computed", "reference profiles computed"),
+    ("alerts_opened", "alerts opened"),
+    ("alerts_resolved", "resolved"),
+    ("open_alerts", "open alerts"),
+    ("anomalies_in_run", "anomalies"),
+    ("models_needing_retraining", "model(s) to retrain"),
+    ("dagster/row_count", "rows"),
+)
+OPTIONAL_KEYS = {"records_quarantined", "alerts_resolved"}  # shown only when not zero
 
 
 def prepare_dagster_home() -> Path:
+    """$DAGSTER_HOME (default .dagster_home), given the instance template when it has no dagster.yaml.
+    An existing one is left alone (it may point at Postgres); `make run` refreshes it from the template."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+        shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")
     return home
+
+
+# --- processes ---------------------------------------------------------------------------------------
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first), or None without /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> str | None:
+    """Boot id and start time (clock ticks) of a process on Linux; None elsewhere."""
+    fields = _proc_stat(pid)
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}/{fields[19]}" if fields and len(fields) > 19 else None
+
+
+def process_alive(pid: int, started: str | None) -> bool:
+    """Whether the process that had `pid` (and started at `started`, if known) still runs."""
+    if pid <= 0:  # os.kill would address a process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    fields = _proc_stat(pid)
+    if fields and fields[0] == "Z":  # killed, not yet reaped by its parent
+        return False
+    current = process_start(pid)
+    return not (started and current and current != started)  # else the pid was reused
+
+
+# --- recovery ----------------------------------------------------------------------------------------
+
+@dataclass
+class PoolUse:
+    """What one run holds in the concurrency pools."""
+
+    slots: set[tuple[str, str]] = field(default_factory=set)  # (pool, step) holding a slot
+    queued: int = 0  # steps waiting in a pool's queue
+
+    def describe(self) -> str:
+        pools = sorted({pool for pool, _ in self.slots})
+        text = (f"{len(self.slots)} slot{'s' * (len(self.slots) != 1)} of pool {', '.join(pools)}"
+                if self.slots else "no slot")
+        return text + (f" and {self.queued} queued step{'s' * (self.queued != 1)}" if self.queued else "")
+
+
+def pool_holders(storage: Any) -> dict[str, PoolUse]:
+    """Every run that holds a pool slot or waits in a pool's queue.
+
+    A step holds a slot from the moment its queue entry is assigned, before it claims the slot row: a
+    process killed in between blocks the pool too, with no claimed slot to show for it. A dead run's
+    queued steps must go as well, or a freed slot is assigned to them."""
+    use: dict[str, PoolUse] = {}
+    if not storage.supports_global_concurrency_limits:
+        return use
+    for pool, info in storage.get_concurrency_infos(sorted(storage.get_concurrency_keys())).items():
+        for slot in info.claimed_slots:
+            use.setdefault(slot.run_id, PoolUse()).slots.add((pool, slot.step_key))
+        for step in info.pending_steps:
+            if step.assigned_timestamp is not None:
+                use.setdefault(step.run_id, PoolUse()).slots.add((pool, step.step_key))
+            else:
+                use.setdefault(step.run_id, PoolUse()).queued += 1
+    return use
+
+
+def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark this host's headless runs whose process is gone as failed, then free the pool slots held by
+    runs that are over (dead, finished or deleted). Returns one line per run it changed, and one per run
+    that still holds a slot this run will wait for."""
+    import dagster as dg
+    from dagster._core.storage.dagster_run import FINISHED_STATUSES
+    from dagster._core.storage.tags import MAX_RETRIES_TAG
+
+    host = socket.gethostname()
+    dead: dict[str, str] = {}  # run id -> why
+    unfinished = [s for s in dg.DagsterRunStatus if s not in FINISHED_STATUSES]
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=unfinished, tags={HOST_TAG: host})):
+        try:
+            pid = int(run.tags.get(PID_TAG, ""))
+        except ValueError:
+            continue
+        if process_alive(pid, run.tags.get(PROCESS_TAG)):
+            continue  # a run in progress in another terminal: its slots are in use
+        why = f"process {pid} on {host} is gone"
+        # This runner reruns the range now: the daemon's run retries should not launch it a second time.
+        instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0"})
+        instance.report_run_failed(run, f"Marked failed by monitor_assets.run_pipeline: {why} (killed?).")
+        dead[run.run_id] = why
+
+    lines: list[str] = []
+    storage = instance.event_log_storage
+    for run_id, use in pool_holders(storage).items():
+        run = instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            if use.slots:
+                owner = (f"pid {run.tags[PID_TAG]} on {run.tags.get(HOST_TAG)}" if PID_TAG in run.tags
+                         else "launched by Dagster")
+                lines.append(f"run {run_id} ({run.status.value}, {owner}) holds {use.describe()}: steps wait for it")
+            continue
+        storage.free_concurrency_slots_for_run(run_id)  # its slots and its queue entries
+        if run_id in dead:
+            lines.append(f"recovered run {run_id}: {dead.pop(run_id)}; marked FAILURE, freed {use.describe()}")
+        else:
+            lines.append(f"freed {use.describe()} of run {run_id} ({run.status.value if run else 'deleted'})")
+    lines += [f"recovered run {run_id}: {why}; marked FAILURE (it held no pool slot)" for run_id, why in dead.items()]
+    return lines
+
+
+# --- reporting ---------------------------------------------------------------------------------------
+
+def one_line(error: SerializableErrorInfo | None) -> str:
+    """The innermost cause of a Dagster error, first line only (`ValueError: ...`)."""
+    if error is None:
+        return "no error recorded"
+    while error.cause is not None:  # Dagster wraps the user's exception ("Error occurred while executing")
+        error = error.cause
+    first = next((line.strip() for line in error.message.splitlines() if line.strip()), "")
+    if error.cls_name and error.cls_name not in first:
+        first = f"{error.cls_name}: {first}"
+    name, sep, rest = first.partition(": ")
+    if " " not in name and "." in name:  # dagster._core.errors.DagsterExecutionInterruptedError
+        first = name.rsplit(".", 1)[-1] + sep + rest
+    return first
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.3g}"
+
+
+@dataclass
+class StepRecord:
+    started: float | None = None
+    materializations: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)  # name, passed, severity
+    waited: bool = False
+    retries: int = 0
+
+    def total(self, key: str) -> float | None:
+        """A metadata number over the step's partitions: summed where each partition reports its own
+        day, else (the same whole-range figure on every partition) taken once."""
+        found = [(partition, md) for _, partition, md in self.materializations
+                 if isinstance(md.get(key), int | float) and not isinstance(md.get(key), bool)]
+        if not found:
+            return None
+        values = [md[key] for _, md in found]
+        if any("days" in md for _, md in found):
+            per_day = all(md.get("days") == partition for partition, md in found)
+        else:
+            per_day = len(set(values)) > 1
+        return sum(values) if per_day else values[-1]
+
+    def describe(self, step_key: str) -> str:
+        parts: list[str] = []
+        days = {p for _, p, _ in self.materializations if p}
+        if days:
+            parts.append(f"{len(days)} day{'s' * (len(days) != 1)}")
+        shown: set[str] = set()
+        for key, words in SUMMARY_KEYS:
+            value = self.total(key)
+            if value is None or (key in OPTIONAL_KEYS and not value):
+                continue
+            if key == "dagster/row_count" and shown & {"records_loaded", "open_alerts", "anomalies_in_run"}:
+                continue  # the same count under another name
+            parts.append(f"{_number(value)} {words}")
+            shown.add(key)
+        paths = {Path(str(md["path"])).name for _, _, md in self.materializations if md.get("path")}
+        if paths:
+            parts.append("wrote " + ", ".join(sorted(paths)))
+        if self.checks:
+            failed = [(name, severity) for name, passed, severity in self.checks if not passed]
+            text = f"{len(self.checks)} check evaluation{'s' * (len(self.checks) != 1)}"
+            if failed:
+                names = sorted({name for name, _ in failed} - {step_key})  # a one-check step is named already
+                errors = sum(severity == "ERROR" for _, severity in failed)
+                text += f", {len(failed)} failed" + (f" ({errors} ERROR)" if errors else "")
+                text += (": " + ", ".join(names[:3]) + (" …" if len(names) > 3 else "")) if names else ""
+            else:
+                text += ", all passed"
+            parts.append(text)
+        if not parts and self.materializations:
+            parts.append("materialized " + ", ".join(sorted({k for k, _, _ in self.materializations})))
+        return ", ".join(parts)
+
+
+def format_event(entry: Any) -> str:
+    """An event as Dagster's console logger writes it, with the traceback of any error after it."""
+    when = dt.datetime.fromtimestamp(entry.timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S %z")
+    event = entry.dagster_event
+    fields = [when, "dagster", logging.getLevelName(entry.level), entry.job_name or "-", entry.run_id]
+    fields += [entry.step_key] if entry.step_key else []
+    fields += [event.event_type.name] if event else []  # RUN_SUCCESS, as Dagster prints it
+    text = " - ".join([*fields, entry.message])
+    error = entry.error_info or (getattr(event.event_specific_data, "error", None) if event else None)
+    return f"{text}\n{error.to_string().rstrip()}" if error else text
+
+
+class RunReporter:
+    """Receives every event of the run as Dagster stores it: writes each to the log file and prints one
+    line per step when it finishes, fails, retries, is skipped or waits for a pool."""
+
+    def __init__(self, instance: dg.DagsterInstance, log: TextIO, out: TextIO = sys.stdout):
+        self.instance, self.log, self.out = instance, log, out
+        self.steps: dict[str, StepRecord] = {}
+        self.failed: list[str] = []
+        self.not_run: list[str] = []  # steps whose upstream failed: listed once at the end
+        self.run_error: SerializableErrorInfo | None = None
+
+    def say(self, line: str) -> None:
+        try:
+            print(line, file=self.out, flush=True)
+        except BrokenPipeError:  # the reader went away (`| head`): keep running, keep logging
+            self.out = open(os.devnull, "w")
+        self.log.write(f"# {line}\n")
+
+    def say_failures(self) -> None:
+        """After a failed run: the failed steps, the ones that did not run, or the run's own error."""
+        if self.failed:
+            self.say(f"failed: {', '.join(k.replace('__', '/') for k in self.failed)}")
+        if self.not_run:
+            self.say(f"not run (upstream failed): {', '.join(k.replace('__', '/') for k in self.not_run)}")
+        if not self.failed and self.run_error is not None:
+            self.say(f"failed: {one_line(self.run_error)}")
+
+    def __call__(self, entry: Any) -> None:
+        try:
+            self.log.write(format_event(entry) + "\n")
+            self.log.flush()
+            self._report(entry)
+        except Exception:  # a broken summary must not break the run
+            self.log.write("run_pipeline: could not report this event:\n" + traceback.format_exc())
+
+    def _line(self, status: str, step_key: str, seconds: float | None, text: str) -> None:
+        took = f"{seconds:6.1f}s" if seconds is not None else " " * 7
+        name = step_key.replace("__", "/")  # op name of an asset step -> its asset key
+        self.say(f"  {status:<7} {took}  {name:<40} {text}".rstrip())
+
+    def _report(self, entry: Any) -> None:
+        from dagster import DagsterEventType as T
+
+        event, key = entry.dagster_event, entry.step_key
+        if event is None:  # a log message: only "not executing" (upstream failed) makes a line
+            if key and entry.level >= logging.ERROR and entry.user_message.startswith("Dependencies for step"):
+                self.not_run.append(key)
+            return
+        kind = event.event_type
+        if kind == T.RUN_FAILURE:
+            self.run_error = getattr(event.event_specific_data, "error", None)
+        if key is None:
+            return
+        step = self.steps.setdefault(key, StepRecord())
+        data = event.event_specific_data
+        if kind == T.STEP_START and step.started is None:
+            step.started = entry.timestamp
+        elif kind == T.ASSET_MATERIALIZATION:
+            mat = data.materialization
+            step.materializations.append((mat.asset_key.to_user_string(), mat.partition,
+                                          {k: v.value for k, v in mat.metadata.items()}))
+        elif kind == T.ASSET_CHECK_EVALUATION:
+            step.checks.append((data.check_name, data.passed, data.severity.value))
+        elif kind == T.ENGINE_EVENT and event.message and event.message.startswith("Step blocked by limit"):
+            if not step.waited:
+                step.waited = True
+                self._line("waiting", key, None, self._holders(event.message.rsplit(" ", 1)[-1]))
+        elif kind == T.STEP_UP_FOR_RETRY:
+            step.retries += 1
+            wait = f" in {data.seconds_to_wait:.0f} s" if data.seconds_to_wait else ""
+            self._line("retry", key, None, f"attempt {step.retries} failed, retrying{wait}: {one_line(data.error)}")
+        elif kind == T.STEP_SKIPPED:
+            self._line("skipped", key, None, "an upstream output was not produced (blocking check failed?)")
+        elif kind == T.STEP_SUCCESS:
+            seconds = data.duration_ms / 1000 if data.duration_ms is not None else self._took(step, entry)
+            self._line("ok", key, seconds, step.describe(key))
+        elif kind == T.STEP_FAILURE:
+            self.failed.append(key)
+            self._line("FAILED", key, self._took(step, entry), one_line(data.error))
+
+    @staticmethod
+    def _took(step: StepRecord, entry: Any) -> float | None:
+        return entry.timestamp - step.started if step.started is not None else None
+
+    def _holders(self, pool: str) -> str:
+        runs = sorted(run_id for run_id, use in pool_holders(self.instance.event_log_storage).items()
+                      if any(p == pool for p, _ in use.slots))
+        return f"pool {pool} is full, held by run {', '.join(runs)}" if runs else f"pool {pool} is full"
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+def _fail(message: str) -> int:
+    print(" ".join(message.split()), file=sys.stderr)  # one line, whatever the message's layout
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--start")
-    parser.add_argument("--end")
+    parser.add_argument("--start", help="first day (default: the config's first partition)")
+    parser.add_argument("--end", help="last day (default: the config's last partition)")
     args = parser.parse_args(argv)
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
     home = prepare_dagster_home()
 
     import dagster as dg
 
-    from monitor_assets.definitions import MONITORING_JOB, build_definitions
+    try:  # importing the definitions module loads the config again
+        from monitor_assets.definitions import MONITORING_JOB, build_definitions
 
-    config = load_config()
-    defs = build_definitions(config)
-    job = defs.resolve_job_def(MONITORING_JOB)
+        job = build_definitions(config).resolve_job_def(MONITORING_JOB)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
     keys = job.partitions_def.get_partition_keys()
     start, end = args.start or keys[0], args.end or keys[-1]
-    print(f"config     {config.file}\nwarehouse  {config.warehouse_path}\nreports    {config.reports_dir}\n"
-          f"dagster    {home}\nrunning {MONITORING_JOB} for {start}..{end} ({len(config.models)} models)")
-    began = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            instance=instance,
-            tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
-            raise_on_error=False,
-        )
-    seconds = time.perf_counter() - began
-    print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} in {seconds:.1f} s")
-    return 0 if result.success else 1
+    for flag, day in (("--start", start), ("--end", end)):
+        if day not in keys:
+            return _fail(f"{flag} {day}: not a day of {config.file} (its days are {keys[0]}..{keys[-1]})")
+    if start > end:
+        return _fail(f"--start {start} is after --end {end}")
 
+    try:
+        instance = dg.DagsterInstance.get()
+    except dg.DagsterInvalidConfigError as exc:
+        return _fail(f"instance config error: {home / 'dagster.yaml'}: {exc}")
+    run_id = str(uuid.uuid4())
+    log_path = home / "run_logs" / f"{run_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with instance, open(log_path, "a", encoding="utf-8") as log:
+        reporter = RunReporter(instance, log)
+        # Library warnings and log records go to the file too, not between the step lines.
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        logging.captureWarnings(True)
+        logging.getLogger().addHandler(handler)
+        try:
+            for line in recover_dead_runs(instance):
+                reporter.say(line)
+            days = keys.index(end) - keys.index(start) + 1
+            reporter.say(f"{MONITORING_JOB} over {start}..{end} ({days} day{'s' * (days != 1)}, "
+                         f"{len(config.models)} models) with {config.file}")
+            reporter.say(f"warehouse {config.warehouse_path}, Dagster home {home}")
+            reporter.say(f"run {run_id}, full log in {log_path}")
+            instance.add_event_listener(run_id, reporter)
+            tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
+                    PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+            if started := process_start(os.getpid()):
+                tags[PROCESS_TAG] = started
+            began, wall_start = time.perf_counter(), time.time()
+            try:
+                success = job.execute_in_process(instance=instance, run_id=run_id, tags=tags,
+                                                 run_config=QUIET_CONSOLE, raise_on_error=False).success
+            except Exception as exc:  # outside any step (e.g. the plan could not be built)
+                log.write(traceback.format_exc())
+                first = next(iter(str(exc).strip().splitlines()), "")
+                success, reporter.run_error = False, None
+                reporter.say(f"  error: {type(exc).__name__}: {first}")
+            reporter.say(f"run {run_id}: {'SUCCESS' if success else 'FAILURE'} in {time.perf_counter() - began:.1f} s")
+            if not success:
+                reporter.say_failures()
+            dashboard = Path(config.reports_dir) / "dashboard.html"
+            fresh = dashboard.exists() and dashboard.stat().st_mtime >= wall_start
+            reporter.say(f"dashboard {dashboard}" + ("" if fresh else " (not updated by this run)"))
+            reporter.say(f"full log  {log_path}")
+        finally:
+            logging.getLogger().removeHandler(handler)
+            logging.captureWarnings(False)
+    return 0 if success else 1
 
 if __name__ == "__main__":
     sys.exit(main())

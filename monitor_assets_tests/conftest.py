@@ -31,8 +31,9 @@ def demo_config(tmp_path_factory):
 
 def instance_template() -> Path:
     """The repo's instance settings (what `make run` / `make dev` copy into DAGSTER_HOME)."""
-    root = Path(__file__).parents[1]
-    return next(p for p in (root / "deploy" / "local" / "dagster.yaml", root / "dagster.yaml") if p.exists())
+    from monitor_assets.run_pipeline import INSTANCE_TEMPLATE
+
+    return INSTANCE_TEMPLATE
 
 
 def persistent_home(path: Path) -> Path:

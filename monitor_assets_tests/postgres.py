@@ -45,7 +45,7 @@ PG_SCHEME = "postgresql+psycopg2"
 
 # Instance templates of this repo, first match wins (the file is being moved to deploy/local).
 REPO_ROOT = Path(__file__).resolve().parent.parent
-INSTANCE_TEMPLATES = (REPO_ROOT / "deploy" / "local" / "dagster.yaml", REPO_ROOT / "dagster.yaml")
+INSTANCE_TEMPLATE = REPO_ROOT / "deploy" / "local" / "dagster.yaml"
 
 _SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
 _START_ATTEMPTS = 3  # a new free port each time, in case another process took the one we picked
@@ -317,15 +317,12 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 def _instance_template() -> dict:
-    for path in INSTANCE_TEMPLATES:
-        if path.is_file():
-            return yaml.safe_load(path.read_text()) or {}
-    return {}
+    return yaml.safe_load(INSTANCE_TEMPLATE.read_text()) or {}
 
 
 def write_postgres_instance(dagster_home: Path, server: PostgresServer) -> Path:
-    """Write `dagster_home/dagster.yaml`: the repo's instance template (deploy/local/dagster.yaml or
-    ./dagster.yaml, if present) with its storage replaced by `server`, telemetry off. Returns the path.
+    """Write `dagster_home/dagster.yaml`: the repo's instance template (deploy/local/dagster.yaml) with
+    its storage replaced by `server`, telemetry off. Returns the path.
 
     The password is read by Dagster from the environment variable `PASSWORD_ENV_VAR`; set it (e.g.
     `monkeypatch.setenv(PASSWORD_ENV_VAR, server.password)` or `os.environ.update(server.env)`) in

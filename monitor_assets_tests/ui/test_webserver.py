@@ -12,7 +12,7 @@ def test_webserver_lists_assets_checks_schedule_and_sensors(demo_run, tmp_path):
     config, _ = demo_run
     env = {"DAGSTER_HOME": str(tmp_path), "MONITOR_WAREHOUSE": config.warehouse_path,
            "MONITOR_REPORTS_DIR": config.reports_dir}
-    (tmp_path / "dagster.yaml").write_text((Path(__file__).parents[2] / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((Path(__file__).parents[2] / "deploy" / "local" / "dagster.yaml").read_text())
     from monitor_assets.definitions import build_definitions
 
     defs = build_definitions(config)
