@@ -70,11 +70,15 @@ def test_index_lists_every_model_and_sorts_and_filters_offline(demo_run):
         page.locator("#filter").fill("")
         assert len(shown()) == len(ids)
 
-        # The link in alert messages lands on the model's row.
-        page.goto(dashboard_url(config, "demand_forecaster"))
+        # Links of the first release (index#model-<id>) still land on the model's row.
+        page.goto((reports / "dashboard.html").as_uri() + "#model-demand_forecaster")
         assert page.evaluate("document.querySelector(':target').id") == "model-demand_forecaster"
         assert page.locator("#model-demand_forecaster").is_visible()
         page.screenshot(path=str(reports / "dashboard.png"), full_page=False)
+        # The link in alert messages opens the model's own page, whose back link returns to its row.
+        page.goto(dashboard_url(config, "demand_forecaster"))
+        assert page.url.endswith("/models/demand_forecaster.html")
+        assert page.locator("#back").get_attribute("href").endswith("dashboard.html#model-demand_forecaster")
     assert errors == []
     assert (reports / "dashboard.png").stat().st_size > 20000
 
