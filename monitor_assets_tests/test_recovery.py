@@ -173,6 +173,9 @@ def test_failed_blocking_quality_check_stops_downstream_assets(tmp_path):
         failures = check.metadata["failures"].value
         assert any(f["message"].startswith("expect_column_values_to_be_between on ts: 200 unexpected")
                    for f in failures)
+        # The failure names the model whose rows failed, so it reaches that model's channels.
+        assert {f["model_id"] for f in failures} == {"fraud"}
+        assert check.partition == "2026-03-09"
         materialized = {tuple(e.asset_key.path) for e in result.get_asset_materialization_events()}
     assert ("raw", "predictions") in materialized
     assert ("monitoring", "performance_daily") not in materialized
