@@ -45,7 +45,8 @@ class SourceConfig:
     name: str
     path: str  # absolute, with the placeholder
     format: str
-    fields: dict[str, str]  # canonical name -> field in the file (JSON path with dots, or column)
+    fields: dict[str, str | None]  # canonical name -> field in the file (JSON path with dots, or column);
+    # None for an optional field the data does not have
     ok_status: tuple[str, ...] = ("ok",)
 
     def paths_for(self, day: dt.date) -> str:
@@ -223,6 +224,8 @@ SALES_FIELDS = {
     "quantity": "quantity",
     "unit_price": "unit_price",
 }
+# Fields a source may lack: mapped to null (or absent from a CSV or Parquet file) they load as NULL.
+OPTIONAL_FIELDS = {"predictions": ("model_version", "latency_ms", "status")}
 SOURCE_DEFAULT_FIELDS = {
     "predictions": PREDICTION_FIELDS,
     "labels": LABEL_FIELDS,
@@ -255,6 +258,9 @@ def _source(r: _Reader, data: Any, key: str, kind: str) -> SourceConfig:
     for canonical, column in given.items():
         if canonical not in fields:
             raise r.fail(f"{key}.fields.{canonical}", f"unknown field; expected one of {', '.join(fields)}")
+        if column is None and canonical in OPTIONAL_FIELDS.get(kind, ()):
+            fields[canonical] = None
+            continue
         if not isinstance(column, str) or not column:
             raise r.fail(f"{key}.fields.{canonical}", f"expected a column or field name, got {column!r}")
         fields[canonical] = column

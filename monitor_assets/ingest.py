@@ -2,31 +2,41 @@
 
 Each record of a day's files ends up loaded or in `raw.quarantine` with its file, line number, the
 first reason it failed, and its raw text. Every rule is one CASE over typed values that names the
-first failing rule; checks that need the whole day (duplicate keys, labels for unknown predictions)
-run afterwards on the loaded rows and move offenders to quarantine. The day is replaced in one
-transaction, and read = loaded + quarantined is verified before commit.
+first failing rule; checks that need the whole day (duplicate keys, also against earlier days, labels
+for unknown predictions) run afterwards on the loaded rows and move offenders to quarantine. The day
+is replaced in one transaction, and read = loaded + quarantined is verified before commit.
 
-Two readers give the same rows and reasons (tests check both):
-* careful: every line as plain text, `json_valid` then `json_extract_string` over all wanted paths
-  at once; two streaming passes (good rows to the table, bad ones to quarantine). Used for CSV,
-  Parquet, small JSON files and any file with blank lines.
-* fast (`_load_json_fast`): DuckDB's parallel JSON reader for big files, with the careful reader
-  re-reading only the rows it could not type.
+A bad record never aborts the day: a line that is not UTF-8 or longer than MAX_LINE_BYTES, a CSV row
+with the wrong number of fields, a JSON array where one object per line was expected, all are
+quarantined on their line. A damaged gzip file loads what precedes the damage and leaves a row without
+line number in the quarantine naming the file.
+
+JSON lines have two readers that give the same rows and reasons (tests push every case through both):
+* careful: the lines come from `LineIndex`, which also finds their byte-level problems, and are
+  checked with `json_valid`, then `json_extract_string` over all wanted paths at once, in one pass.
+  Used for small files, and for any file the fast reader cannot map row for row onto lines (blank
+  lines, a JSON array, a damaged gzip).
+* fast (`_load_json_fast`): DuckDB's parallel JSON reader for big files; every row it may have read
+  differently from the careful reader is re-read the careful way from its line.
+CSV is read by DuckDB's CSV reader keeping the rows it rejects; Parquet as it is.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import glob
-import gzip
 import mmap
+import os
+import re
+import tempfile
 import threading
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -44,10 +54,11 @@ class Field:
     """One value read from a record: where it comes from, its type, and when it must be present."""
 
     alias: str
-    source: str
+    source: str | None  # None: the user does not log it; always NULL
     type: str = TEXT
     required: bool = False
     label: str = ""  # how the reason names it
+    optional: bool = False  # a CSV or Parquet file may lack the column (it then loads as NULL)
 
     @property
     def raw(self) -> str:
@@ -64,6 +75,7 @@ class StagingPlan:
     key: str | None = None  # alias that must be unique within the day
     outputs: list[str] = field(default_factory=list)  # target columns after partition_date, as SQL
     targets: list[str] = field(default_factory=list)  # target column names, when not the table's order
+    unique_across_days: bool = False  # the key must also not have been loaded on an earlier day
 
 
 @dataclass
@@ -73,6 +85,19 @@ class StageResult:
     loaded: int
     quarantined: int
     reasons: dict[str, int]
+    labels_corrected: int = 0  # labels that change the newest earlier label of their prediction
+
+
+MAX_LINE_BYTES = 2 << 20  # DuckDB's own limit for a CSV line; JSON lines are held to the same
+KEEP_BYTES = 4096  # of a line too long to keep whole in the quarantine
+BOM = b"\xef\xbb\xbf"
+JSON_ARRAY = "JSON array, expected one JSON object per line"
+NOT_AN_OBJECT = "not a JSON object, expected one JSON object per line"
+FAST_PATH_MIN_BYTES = 16 << 20  # on disk (compressed, for .gz)
+
+
+class SourceError(ValueError):
+    """A file that cannot be read as configured (for example a mapped column it does not have)."""
 
 
 def json_path(source: str) -> str:
@@ -110,57 +135,256 @@ def _field_rules(fields: list[Field], pretyped: frozenset[str] = frozenset()) ->
     return rules
 
 
-def _reason_case(plan: StagingPlan, parse_ok: str, pretyped: frozenset[str] = frozenset()) -> str:
+def _reason_case(plan: StagingPlan, pretyped: frozenset[str] = frozenset()) -> str:
     """The first failing rule's reason, NULL for a good record.
 
     A plain OR of every condition is cheap to evaluate on all rows; the CASE that names the reason
     (with its string building) then runs on the few bad rows only."""
-    rules = [(f"{parse_ok} IS NULL", "'blank line'"),
-             (f"NOT {parse_ok} AND regexp_matches(raw, '(?i)(:|\\[|,)\\s*-?(nan|infinity)\\b')",
+    rules = [("problem IS NOT NULL", "problem"),
+             ("parse_ok IS NULL", "'blank line'"),
+             ("NOT parse_ok AND regexp_matches(raw, '(?i)(:|\\[|,)\\s*-?(nan|infinity)\\b')",
               "'non-finite number: NaN or Infinity is not valid JSON'"),
-             (f"NOT {parse_ok}", "'malformed JSON'")]
+             ("NOT parse_ok", "'malformed JSON'"),
+             ("NOT regexp_matches(raw, '^\\s*\\{')",
+              f"CASE WHEN regexp_matches(raw, '^\\s*\\[') THEN {sql_str(JSON_ARRAY)} ELSE {sql_str(NOT_AN_OBJECT)} END")]
     rules += _field_rules(plan.fields, pretyped) + plan.rules
     any_bad = " OR ".join(f"coalesce({cond}, false)" for cond, _ in rules)
     named = "CASE " + " ".join(f"WHEN {cond} THEN {reason}" for cond, reason in rules) + " END"
     return f"CASE WHEN {any_bad} THEN {named} END"
 
 
-LINES_READER = ("read_csv(?, columns={'line': 'VARCHAR'}, delim='\\0', quote='', escape='', header=false, "
-                "auto_detect=false, strict_mode=false)")
+def _check(plan: StagingPlan, relation: str, path: str, pretyped: set[str] = frozenset()) -> str:
+    """Typed aliases and the first failing reason (NULL when good) for each row of `relation`, which
+    yields (line_no, raw, problem, parse_ok, r_<alias>...); `problem` is a reason found before parsing."""
+    typed_cols = ", ".join(f"{_typed(f, f.alias in pretyped)} AS {f.alias}" for f in plan.fields)
+    aliases = ", ".join(f.alias for f in plan.fields)
+    return f"""
+        SELECT {sql_str(path)} AS source_file, line_no, reason, raw, {aliases}
+        FROM (SELECT *, {_reason_case(plan, frozenset(pretyped))} AS reason
+              FROM (SELECT *, {typed_cols} FROM ({relation})))"""
+
+
+def _target_columns(plan: StagingPlan) -> str:
+    """Explicit target columns where the table has config-dependent ones (raw.predictions)."""
+    return f"({', '.join(quote_ident(c) for c in plan.targets)})" if plan.targets else ""
+
+
+def _load_checked(con: duckdb.DuckDBPyConnection, plan: StagingPlan, relation: str, params: list, path: str,
+                  day: dt.date) -> None:
+    """The records of `relation` checked in one pass, then good ones to the raw table, bad ones to quarantine.
+    Only bad records keep their raw text, so the checked rows stay about the size of the loaded ones."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS SELECT * REPLACE (CASE WHEN reason IS NOT NULL THEN raw END "
+                f"AS raw) FROM ({_check(plan, relation, path)})", params)
+    con.execute(f"INSERT INTO raw.{plan.source} {_target_columns(plan)} SELECT ?::DATE, {', '.join(plan.outputs)} "
+                "FROM _checked WHERE reason IS NULL", [day])
+    con.execute("INSERT INTO raw.quarantine SELECT ?::DATE, ?, source_file, line_no, reason, raw "
+                "FROM _checked WHERE reason IS NOT NULL", [day, plan.source])
+    con.execute("DROP TABLE _checked")
+
+
+def _report_damage(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date, path: str, damage: str) -> None:
+    """A quarantine row for the file itself (no line number, so it is not a record, like `no input file`)."""
+    con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, NULL, ?, NULL)",
+                [day, plan.source, path, f"{damage}; records after the damage are lost"])
+
+
+# --------------------------------------------------------------------------------------------
+# JSON lines: the line index (shared by both readers), the careful reader, the fast reader.
+
+
+class DamagedGzip(Exception):
+    """Raised by `file_chunks` after the last bytes that could be decompressed."""
+
+
+def file_chunks(path: str, size: int = 1 << 24) -> Iterator[bytes]:
+    """The bytes of a file, decompressed when it ends in .gz. A damaged gzip file (cut short or corrupt)
+    yields what precedes the damage, then raises DamagedGzip."""
+    with open(path, "rb") as f:
+        if not path.endswith(".gz"):
+            while chunk := f.read(size):
+                yield chunk
+            return
+        member, in_member = zlib.decompressobj(31), False
+        while data := f.read(1 << 16):  # small reads: a corrupt block loses only the output of its own read
+            while data:
+                in_member = True
+                try:
+                    out = member.decompress(data)
+                except zlib.error as exc:
+                    raise DamagedGzip(f"corrupt gzip: {exc}") from None
+                if out:
+                    yield out
+                if not member.eof:
+                    break
+                # What follows a member is the next one (concatenated gzip files are valid).
+                data, member, in_member = member.unused_data, zlib.decompressobj(31), False
+        if in_member:
+            raise DamagedGzip("truncated gzip: the file ends before its end-of-stream marker")
+
+
+def _invalid_utf8(lines: pa.Array, start: int = 0) -> list[int]:
+    """Positions of the lines that are not UTF-8, found by halving (each cast checks a slice in C++)."""
+    try:
+        lines.cast(pa.large_string())
+        return []
+    except pa.ArrowInvalid:
+        if len(lines) == 1:
+            return [start]
+        half = len(lines) // 2
+        return _invalid_utf8(lines.slice(0, half), start) + _invalid_utf8(lines.slice(half), start + half)
+
+
+def _readable(line: pa.Scalar) -> str:
+    """A line as text for the quarantine: bytes that are not UTF-8 replaced, a very long line cut."""
+    data = memoryview(line.as_buffer())
+    text = data[:KEEP_BYTES].tobytes().decode("utf-8", "replace").rstrip("\r\n")
+    return text + " …" if len(data) > KEEP_BYTES else text
+
+
+class LineIndex:
+    """Where every line of a JSON lines file starts and ends, built in a background thread (file reading
+    and newline search release the GIL, so it overlaps DuckDB's parse); gzip is decompressed in the
+    thread and kept. Both JSON readers take their lines from here, so they see the same lines (a UTF-8
+    BOM is not part of the first) and the same byte-level problems."""
+
+    def __init__(self, path: str, chunk_size: int = 1 << 24):
+        self.path, self.chunk_size = path, chunk_size
+        self.damage: str | None = None  # why a gzip file ends early
+        self._data = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._build, daemon=True)
+        self._thread.start()
+
+    def _build(self) -> None:
+        try:
+            gz = self.path.endswith(".gz")
+            ends, pieces, head, offset = [], [], b"", 0
+            try:
+                for chunk in file_chunks(self.path, self.chunk_size):
+                    ends.append(np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + offset)
+                    if gz:
+                        pieces.append(chunk)
+                    if len(head) < 4096:
+                        head += chunk[:4096 - len(head)]
+                    offset += len(chunk)
+            except DamagedGzip as exc:
+                self.damage = str(exc)
+            self.size = offset
+            self.ends = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+            self._data = b"".join(pieces) if gz else None
+            self.start = len(BOM) if head.startswith(BOM) else 0
+            # A file that opens with '[' is one JSON document, an array, not JSON lines.
+            self.array = re.match(rb"\s*\[", head[self.start:]) is not None
+        except BaseException as exc:  # re-raised in the caller's thread
+            self._error = exc
+
+    def wait(self) -> LineIndex:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    @property
+    def _open_end(self) -> bool:
+        """The last line has no newline."""
+        return self.size > self.start and (not len(self.ends) or int(self.ends[-1]) != self.size - 1)
+
+    @property
+    def count(self) -> int:
+        return len(self.ends) + int(self._open_end)
+
+    def _offsets(self) -> np.ndarray:
+        """Line i spans offsets[i]:offsets[i + 1], its newline included."""
+        return np.concatenate(([self.start], self.ends + 1, [self.size] * self._open_end)).astype(np.int64)
+
+    def lengths(self) -> np.ndarray:
+        """The bytes of every line, without its newline."""
+        lengths = np.diff(self._offsets())
+        lengths[:len(self.ends)] -= 1
+        return lengths
+
+    def raw_lines(self, rows: np.ndarray | None = None) -> pa.Array:
+        """The bytes of the given lines (0-based; every line by default), newlines included. Every line
+        is a view of the file (memory-mapped, or the decompressed gzip); only a selection is copied."""
+        offsets = self._offsets()
+        if rows is not None and self._data is None:
+            # A few lines of a plain file are read as they are: touching a mapping all over a big file
+            # would page all of it into this process.
+            rows = np.asarray(rows, dtype=np.int64)
+            starts, ends = offsets[rows].tolist(), offsets[rows + 1].tolist()
+            with open(self.path, "rb") as f:
+                return pa.array([os.pread(f.fileno(), end - start, start) for start, end in zip(starts, ends, strict=True)],
+                                pa.large_binary())
+        if self._data is None:
+            with open(self.path, "rb") as f:
+                self._data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
+        lines = pa.Array.from_buffers(pa.large_binary(), self.count,
+                                      [None, pa.py_buffer(offsets), pa.py_buffer(self._data)])
+        return lines if rows is None else lines.take(pa.array(rows, pa.int64()))
+
+    def lines(self, rows: np.ndarray | None = None) -> pa.Table:
+        """(line_no, text, problem) of the given lines (0-based; every line by default) for the careful
+        reader. A line it must not parse has a problem (in a JSON array file, cut off by a damaged gzip,
+        too long, not UTF-8), and a readable rendering as its text, for the quarantine."""
+        binary = self.raw_lines(rows)
+        rows = np.arange(self.count, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        problems: dict[int, str] = {}  # position in rows -> reason
+        if self.damage and self._open_end:
+            for i in np.flatnonzero(rows == self.count - 1):
+                problems[int(i)] = f"{self.damage}; the file ends inside this line"
+        lengths = self.lengths()[rows]
+        for i in np.flatnonzero(lengths > MAX_LINE_BYTES):
+            problems.setdefault(int(i), f"line too long: {lengths[i]:,} bytes, the limit is {MAX_LINE_BYTES:,}")
+        try:
+            text = binary.cast(pa.large_string())
+        except pa.ArrowInvalid:
+            for i in _invalid_utf8(binary):
+                problems.setdefault(i, "invalid UTF-8")
+        problem = pa.nulls(len(rows), pa.string())
+        if problems:
+            at = list(problems)
+            readable, reasons = np.full(len(rows), None, dtype=object), np.full(len(rows), None, dtype=object)
+            readable[at], reasons[at] = [_readable(binary[i]) for i in at], list(problems.values())
+            mask = np.zeros(len(rows), dtype=bool)
+            mask[at] = True
+            mask = pa.array(mask)
+            clean = pc.if_else(mask, pa.scalar(b"", pa.large_binary()), binary).cast(pa.large_string())
+            text, problem = pc.if_else(mask, pa.array(readable, pa.large_string()), clean), pa.array(reasons, pa.string())
+        if self.array:
+            problem = pa.repeat(JSON_ARRAY, len(rows))
+        return pa.table({"line_no": pa.array(rows + 1), "text": text, "problem": problem})
+
+
 # trim() scans the whole string, so only short lines are trimmed.
 BLANK = "(raw IS NULL OR (length(raw) < 256 AND trim(raw) = ''))"
 
 
-FAST_PATH_MIN_BYTES = 16 << 20  # on disk (compressed, for .gz)
-
-
-class SourceError(ValueError):
-    """A file that cannot be read as configured (for example a mapped column it does not have)."""
-
-
-def _record_relation(plan: StagingPlan, path: str, fmt: str, lines_sql: str | None = None) -> tuple[str, list]:
-    """SQL yielding (line_no, raw, parse_ok, r_<alias>...) for one file, and its parameters.
-
-    For JSON lines, `lines_sql` (yielding line_no, line) replaces the scan of the whole file."""
-    if fmt == "jsonl":
-        picks = ", ".join(f"v[{i + 1}] AS {f.raw}" for i, f in enumerate(plan.fields))
-        lines = lines_sql or f"SELECT ordinality AS line_no, line FROM {LINES_READER} WITH ORDINALITY"
-        sql = f"""
-            SELECT line_no, raw, parse_ok, {picks} FROM (
-                SELECT line_no, raw, parse_ok,
-                       CASE WHEN parse_ok THEN json_extract_string(raw, ?::VARCHAR[]) END AS v
-                FROM (SELECT line_no, line AS raw,
-                             CASE WHEN NOT {BLANK.replace("raw", "line")} THEN json_valid(line) END AS parse_ok
-                      FROM ({lines})))"""
-        return sql, [[json_path(f.source) for f in plan.fields]] + ([] if lines_sql else [path])
-    reader = "read_csv(?, all_varchar=true, header=true)" if fmt == "csv" else "read_parquet(?)"
-    offset = 1 if fmt == "csv" else 0  # CSV: line 1 is the header; Parquet: the row number
-    picks = ", ".join(f"CAST({quote_ident(f.source)} AS VARCHAR) AS {f.raw}" for f in plan.fields)
+def _lines_relation(plan: StagingPlan, lines: str) -> tuple[str, list]:
+    """SQL yielding (line_no, raw, problem, parse_ok, r_<alias>...) for the JSON lines of table `lines`
+    (line_no, text, problem), and its parameters."""
+    paths, picks = [], []
+    for f in plan.fields:
+        if f.source is None:
+            picks.append(f"NULL::VARCHAR AS {f.raw}")
+        else:
+            paths.append(json_path(f.source))
+            picks.append(f"v[{len(paths)}] AS {f.raw}")
     sql = f"""
-        SELECT row_number() OVER () + {offset} AS line_no, CAST(to_json(t) AS VARCHAR) AS raw,
-               true AS parse_ok, {picks}
-        FROM {reader} AS t"""
-    return sql, [path]
+        SELECT line_no, raw, problem, parse_ok, {', '.join(picks)} FROM (
+            SELECT *, CASE WHEN parse_ok THEN json_extract_string(raw, ?::VARCHAR[]) END AS v
+            FROM (SELECT *, CASE WHEN problem IS NULL AND NOT {BLANK} THEN json_valid(raw) END AS parse_ok
+                  FROM (SELECT line_no, problem, rtrim(text, chr(13) || chr(10)) AS raw FROM {lines})))"""
+    return sql, [paths]
+
+
+def _load_lines(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date, index: LineIndex,
+                rows: np.ndarray | None = None) -> None:
+    """The careful JSON reader over the given lines of the index (0-based; every line by default)."""
+    con.register("_lines", index.lines(rows))
+    try:
+        _load_checked(con, plan, *_lines_relation(plan, "_lines"), path, day)
+    finally:
+        con.unregister("_lines")
 
 
 FAST_TYPES = {NUMBER: "DOUBLE", TIME: "TIMESTAMPTZ", TEXT: "VARCHAR"}
@@ -170,9 +394,10 @@ def _json_columns(plan: StagingPlan) -> tuple[str, dict[str, str], set[str]] | N
     """For DuckDB's JSON reader: its `columns` (nested STRUCTs for dotted paths), each field's
     accessor, and the aliases the reader types itself (a path wanted as two types stays text).
     None when a path is both a value and an object."""
+    read = [f for f in plan.fields if f.source is not None]
     tree: dict = {}
     access = {}
-    for f in plan.fields:
+    for f in read:
         parts = f.source.split(".")
         node = tree
         for part in parts[:-1]:
@@ -186,7 +411,7 @@ def _json_columns(plan: StagingPlan) -> tuple[str, dict[str, str], set[str]] | N
         node[parts[-1]] = want if leaf in (None, want) else "VARCHAR"
         access[f.alias] = "j." + ".".join(quote_ident(p) for p in parts)
     pretyped = set()
-    for f in plan.fields:
+    for f in read:
         node = tree
         for part in f.source.split("."):
             node = node[part]
@@ -202,151 +427,190 @@ def _json_columns(plan: StagingPlan) -> tuple[str, dict[str, str], set[str]] | N
     return columns, access, pretyped
 
 
-def _check(plan: StagingPlan, relation: str, path: str, pretyped: set[str] = frozenset()) -> str:
-    """Typed aliases and the first failing reason (NULL when good) for each row of `relation`."""
-    typed_cols = ", ".join(f"{_typed(f, f.alias in pretyped)} AS {f.alias}" for f in plan.fields)
-    aliases = ", ".join(f.alias for f in plan.fields)
-    return f"""
-        SELECT {sql_str(path)} AS source_file, line_no, reason, raw, {aliases}
-        FROM (SELECT *, {_reason_case(plan, "parse_ok", frozenset(pretyped))} AS reason
-              FROM (SELECT *, {typed_cols} FROM ({relation})))"""
-
-
-def checked_sql(plan: StagingPlan, path: str, fmt: str, lines_sql: str | None = None) -> tuple[str, list]:
-    """Every record of one file with typed aliases and its first failing reason (NULL when good)."""
-    relation, params = _record_relation(plan, path, fmt, lines_sql)
-    return _check(plan, relation, path), params
-
-
-def _target_columns(plan: StagingPlan) -> str:
-    """Explicit target columns where the table has config-dependent ones (raw.predictions)."""
-    return f"({', '.join(quote_ident(c) for c in plan.targets)})" if plan.targets else ""
-
-
-def _load_file_careful(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, fmt: str,
-                       day: dt.date) -> None:
-    """Two streaming passes over the file: good records to the raw table, bad ones to quarantine."""
-    sql, params = checked_sql(plan, path, fmt)
-    con.execute(f"INSERT INTO raw.{plan.source} {_target_columns(plan)} SELECT ?::DATE, {', '.join(plan.outputs)} "
-                f"FROM ({sql}) WHERE reason IS NULL", [day, *params])
-    con.execute("INSERT INTO raw.quarantine SELECT ?::DATE, ?, source_file, line_no, reason, raw "
-                f"FROM ({sql}) WHERE reason IS NOT NULL", [day, plan.source, *params])
-
-
-class LineIndex:
-    """Where every line of a text file ends, built in a background thread (file reading and newline
-    search release the GIL, so it overlaps DuckDB's parse). Gzip files are decompressed in the thread."""
-
-    def __init__(self, path: str, chunk_size: int = 1 << 24):
-        self.path, self.chunk_size = path, chunk_size
-        self._thread = threading.Thread(target=self._build, daemon=True)
-        self._error: BaseException | None = None
-        self._thread.start()
-
-    def _build(self) -> None:
-        try:
-            opener = gzip.open if self.path.endswith(".gz") else open
-            ends, pieces, offset = [], [], 0
-            with opener(self.path, "rb") as f:
-                while chunk := f.read(self.chunk_size):
-                    ends.append(np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + offset)
-                    if self.path.endswith(".gz"):
-                        pieces.append(chunk)
-                    offset += len(chunk)
-            self.size = offset
-            self.ends = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
-            self.text = b"".join(pieces) if pieces else None
-        except BaseException as exc:  # re-raised in the caller's thread
-            self._error = exc
-
-    def wait(self) -> LineIndex:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self
-
-    @property
-    def count(self) -> int:
-        last_open = bool(self.size) and (not len(self.ends) or self.ends[-1] != self.size - 1)
-        return len(self.ends) + int(last_open)
-
-    def lines(self, numbers: list[int]) -> dict[int, str]:
-        """The text of the given 1-based line numbers."""
-        out: dict[int, str] = {}
-        if not numbers:
-            return out
-        with open(self.path, "rb") as f:
-            buf = self.text if self.text is not None else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            for n in numbers:
-                start = int(self.ends[n - 2]) + 1 if n > 1 else 0
-                end = int(self.ends[n - 1]) if n - 1 < len(self.ends) else self.size
-                out[n] = bytes(buf[start:end]).decode("utf-8", "replace")
-        return out
-
-
-def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date) -> int | None:
-    """One parallel pass with DuckDB's JSON reader, fanned out to the raw table and quarantine.
+def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date,
+                    index: LineIndex) -> bool:
+    """One parallel pass with DuckDB's JSON reader. Returns False, having written nothing, when the
+    careful reader must take the whole file.
 
     The reader keeps one row per non-blank line, so when the row count equals the line count, row i
-    is line i. It types numbers and timestamps itself, but turns a malformed line into an all-NULL
-    row and a wrongly typed value into NULL, silently: so every row with a NULL where a number or
-    timestamp was wanted is re-read the careful way, from its line, and only those rows pay for it.
-    The raw text of bad rows is fetched by line number. Writes nothing and returns None when the
-    counts differ (blank lines), and the caller reads the file the careful way. Returns the records read."""
+    is line i. It types numbers and timestamps itself, and differs from the careful reader in silent
+    ways: a line it cannot parse (malformed, not UTF-8, the first after a BOM) becomes an all-NULL row,
+    a value it cannot type becomes NULL, a boolean becomes 1 or 0, a line of any length is read. Those
+    rows, and every row a rule rejects (for its reason and raw text), are re-read the careful way from
+    their lines; the good rows, nearly all, are written straight from the reader."""
     layout = _json_columns(plan)
     if layout is None:
-        return None
+        return False
     columns, access, pretyped = layout
-    index = LineIndex(path)
-    picks = ", ".join(f"{access[f.alias]}{'' if f.alias in pretyped else '::VARCHAR'} AS {f.raw}"
-                      for f in plan.fields)
-    fast = f"""SELECT NULL::BIGINT AS line_no, NULL::VARCHAR AS raw, true AS parse_ok, {picks}
+    picks = ", ".join((f"{access[f.alias]}{'' if f.alias in pretyped else '::VARCHAR'}" if f.source is not None
+                       else "NULL::VARCHAR") + f" AS {f.raw}" for f in plan.fields)
+    fast = f"""SELECT NULL::BIGINT AS line_no, NULL::VARCHAR AS raw, NULL::VARCHAR AS problem, true AS parse_ok,
+                      {picks}
                FROM read_json(?, format='newline_delimited', columns={columns}, ignore_errors=true) AS j"""
-    suspect = " OR ".join(f"{f.alias} IS NULL" for f in plan.fields if f.alias in pretyped) or "false"
-    all_null = " AND ".join(f"{f.alias} IS NULL" for f in plan.fields)
-    rows = con.sql(f"""SELECT * EXCLUDE (line_no, source_file, raw), ({suspect}) OR ({all_null}) AS suspect
-                       FROM ({_check(plan, fast, path, pretyped)})""", params=[path]).to_arrow_table()
-    n = rows.num_rows
-    bad_index = pc.indices_nonzero(pc.or_(pc.is_valid(rows["reason"]), rows["suspect"])).to_numpy()
+    # A NULL typed value may be one the reader could not type; an all-NULL row, a line it could not parse.
+    unsure = [f"{a} IS NULL" for a in sorted(pretyped)] + [
+        "(" + " AND ".join(f"{f.alias} IS NULL" for f in plan.fields) + ")"]
+    sql = f"""SELECT * EXCLUDE (line_no, source_file, raw), reason IS NOT NULL OR {' OR '.join(unsure)} AS recheck
+              FROM ({_check(plan, fast, path, pretyped)})"""
+    reader = con.cursor()  # a file DuckDB cannot read (a damaged gzip) must not abort the caller's transaction
+    try:
+        rows = reader.sql(sql, params=[path]).to_arrow_table()
+    except duckdb.Error:
+        return False
+    finally:
+        reader.close()
     index.wait()
-    if index.count != n:  # the reader skipped blank lines: row i is no longer line i
-        return None
-    bad_text = index.lines((bad_index + 1).tolist())
-    rows = rows.append_column("line_no", pa.array(np.arange(1, n + 1, dtype=np.int64)))
+    n = rows.num_rows
+    if n != index.count or index.damage or index.array:  # blank lines shift the rows, or not JSON lines
+        return False
+    recheck = rows["recheck"].to_numpy() | (index.lengths() > MAX_LINE_BYTES)
+    # A 1 or 0 may have been a boolean (the wrong type): only if its line says true or false.
+    bool_like = np.zeros(n, dtype=bool)
+    for f in plan.fields:
+        if f.alias in pretyped and f.type == NUMBER:
+            values = rows[f.alias]
+            bool_like |= pc.fill_null(pc.or_(pc.equal(values, 0), pc.equal(values, 1)), False).to_numpy()
+    maybe = np.flatnonzero(bool_like & ~recheck)
+    if len(maybe):
+        says_bool = pc.match_substring_regex(index.raw_lines(maybe), "true|false").to_numpy(zero_copy_only=False)
+        recheck[maybe[says_bool]] = True
+    rows = (rows.drop_columns(["recheck"]).append_column("recheck", pa.array(recheck))
+            .append_column("line_no", pa.array(np.arange(1, n + 1, dtype=np.int64))))
     con.register("_json_rows", rows)
     try:
         con.execute(f"""INSERT INTO raw.{plan.source} {_target_columns(plan)}
                         SELECT ?::DATE, {', '.join(plan.outputs)}
-                        FROM (SELECT {sql_str(path)} AS source_file, * FROM _json_rows)
-                        WHERE reason IS NULL AND NOT suspect""", [day])
-        con.execute("CREATE OR REPLACE TEMP TABLE _bad AS SELECT line_no, reason, suspect "
-                    "FROM _json_rows WHERE reason IS NOT NULL OR suspect")
+                        FROM (SELECT {sql_str(path)} AS source_file, * FROM _json_rows) WHERE NOT recheck""", [day])
     finally:
         con.unregister("_json_rows")
-    if not con.execute("SELECT count(*) FROM _bad").fetchall()[0][0]:
-        return n
-    bad_lines = pd.DataFrame({"line_no": list(bad_text), "line": list(bad_text.values())})
-    con.register("_bad_frame", bad_lines)
-    con.execute("CREATE OR REPLACE TEMP TABLE _bad_lines AS SELECT line_no::BIGINT AS line_no, line FROM _bad_frame")
-    con.unregister("_bad_frame")
-    recheck, params = checked_sql(plan, path, "jsonl", lines_sql=(
-        "SELECT line_no, line FROM _bad_lines WHERE line_no IN (SELECT line_no FROM _bad WHERE suspect)"))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _recheck AS {recheck}", params)
-    con.execute(f"""INSERT INTO raw.{plan.source} {_target_columns(plan)}
-                    SELECT ?::DATE, {', '.join(plan.outputs)} FROM _recheck WHERE reason IS NULL""", [day])
-    con.execute("""
-        INSERT INTO raw.quarantine
-        SELECT ?::DATE, ?, ?, b.line_no, coalesce(r.reason, b.reason), l.line
-        FROM _bad AS b JOIN _bad_lines AS l USING (line_no) LEFT JOIN _recheck AS r USING (line_no)
-        WHERE (b.suspect AND r.reason IS NOT NULL) OR NOT b.suspect""", [day, plan.source, path])
-    return n
+    _load_lines(con, plan, path, day, index, np.flatnonzero(recheck))
+    return True
 
 
-def _count_records(con: duckdb.DuckDBPyConnection, path: str, fmt: str) -> int:
-    """Records in a file, counted independently of the checks (lines for JSON, rows otherwise)."""
-    reader = {"jsonl": LINES_READER, "csv": "read_csv(?, all_varchar=true, header=true)",
-              "parquet": "read_parquet(?)"}[fmt]
-    return con.execute(f"SELECT count(*) FROM {reader}", [path]).fetchall()[0][0]
+def _load_json(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date) -> int:
+    index = LineIndex(path)
+    # The parallel reader pays off on big files; small ones are quicker line by line.
+    big = Path(path).stat().st_size >= FAST_PATH_MIN_BYTES
+    if not (big and _load_json_fast(con, plan, path, day, index)):
+        _load_lines(con, plan, path, day, index.wait())
+    if index.damage:
+        _report_damage(con, plan, day, path, index.damage)
+    return index.count
+
+
+# --------------------------------------------------------------------------------------------
+# CSV and Parquet.
+
+
+def _column_picks(plan: StagingPlan, path: str, columns: list[str], prefix: str) -> str:
+    """SELECT list with each field's column as text; an optional field the file lacks is NULL."""
+    by_name = {c.lower(): c for c in columns}  # as DuckDB binds them, case-insensitively
+    picks, missing = [], []
+    for f in plan.fields:
+        column = by_name.get(f.source.lower()) if f.source is not None else None
+        if column is None and f.source is not None and not f.optional:
+            missing.append(f.source)
+        picks.append(f"CAST({prefix}{quote_ident(column)} AS VARCHAR) AS {f.raw}" if column
+                     else f"NULL::VARCHAR AS {f.raw}")
+    if missing:
+        raise SourceError(f"{path}: cannot read the configured columns: no {', '.join(missing)} "
+                          f"among {', '.join(columns)}")
+    return ", ".join(picks)
+
+
+# The alias of a whole row, so that a column named like it (`t`) does not shadow it.
+ROW = "__row__"
+CSV_READER = ("read_csv(?, all_varchar=true, header=true, ignore_errors=true, store_rejects=true, "
+              f"rejects_table='_csv_rejects', rejects_scan='_csv_scans', max_line_size={MAX_LINE_BYTES})")
+CSV_REJECTED = f"""CASE
+    WHEN e.t = 'INVALID ENCODING' THEN 'invalid UTF-8'
+    WHEN e.t = 'LINE SIZE OVER MAXIMUM' THEN 'line too long: ' || coalesce(format('{{:,}}',
+        TRY_CAST(regexp_extract(e.m, 'Actual Size:\\s*(\\d+)', 1) AS BIGINT)), '?') || ' bytes, the limit is {MAX_LINE_BYTES:,}'
+    WHEN e.t IN ('TOO MANY COLUMNS', 'MISSING COLUMNS') THEN 'wrong number of fields: '
+        || regexp_replace(e.m, '.*Columns: (\\d+) Found: (\\d+).*', 'expected \\1, found \\2')
+    ELSE 'malformed CSV: ' || e.m END"""
+
+
+def _load_csv_file(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, label: str, day: dt.date) -> int:
+    """Reads a CSV file (its records named after `label`); the rows the reader rejects (wrong number of
+    fields, not UTF-8, too long) are records with a problem on their own line. Returns the records read.
+
+    Record i is taken to be on line i + 1 (after the header) with the rejected lines left out."""
+    con.execute("DROP TABLE IF EXISTS _csv_rejects")
+    con.execute("DROP TABLE IF EXISTS _csv_scans")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _csv AS SELECT row_number() OVER () AS rec, {ROW} AS r "
+                f"FROM {CSV_READER} AS {ROW}", [path])
+    good, rejected = con.execute("SELECT (SELECT count(*) FROM _csv), "
+                                 "(SELECT count(DISTINCT line) FROM _csv_rejects)").fetchall()[0]
+    if not good + rejected:  # an empty file, or a header alone: nothing to check its columns against
+        return 0
+    picks = _column_picks(plan, label, [d[0] for d in con.execute("SELECT r.* FROM _csv LIMIT 0").description], "r.")
+    nulls = ", ".join(f"NULL AS {f.raw}" for f in plan.fields)
+    relation = f"""
+        SELECT l.line_no, CAST(to_json(c.r) AS VARCHAR) AS raw, NULL::VARCHAR AS problem, true AS parse_ok, {picks}
+        FROM _csv AS c
+        JOIN (SELECT n AS line_no, row_number() OVER (ORDER BY n) AS rec FROM range(2, {good + rejected + 2}) AS t(n)
+              WHERE n NOT IN (SELECT line FROM _csv_rejects)) AS l USING (rec)
+        UNION ALL
+        SELECT line, csv_line, {CSV_REJECTED}, NULL, {nulls}
+        FROM (SELECT line, any_value(csv_line) AS csv_line,
+                     arg_min({{'t': error_type, 'm': error_message}}, coalesce(column_idx, 0)) AS e
+              FROM _csv_rejects GROUP BY line)"""
+    _load_checked(con, plan, relation, [], label, day)
+    return good + rejected
+
+
+def _load_csv(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date) -> int:
+    """A CSV file, or of a damaged gzip one the lines before the damage. Returns the records read."""
+    damage = None
+    if path.endswith(".gz"):  # DuckDB fails on a damaged gzip file as a whole: check it first
+        try:
+            for _ in file_chunks(path):
+                pass
+        except DamagedGzip as exc:
+            damage = str(exc)
+    if damage is None:
+        return _load_csv_file(con, plan, path, path, day)
+    # Read the complete lines before the damage from a temporary copy; the line cut off is a record.
+    newlines, tail = 0, b""
+    with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as copy:
+        try:
+            for chunk in file_chunks(path):
+                tail += chunk
+                cut = tail.rfind(b"\n") + 1
+                copy.write(tail[:cut])
+                newlines += tail.count(b"\n", 0, cut)
+                tail = tail[cut:]
+        except DamagedGzip:
+            pass
+    try:
+        read = _load_csv_file(con, plan, copy.name, path, day)
+    finally:
+        os.unlink(copy.name)
+    if tail:
+        con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, ?, ?, ?)",
+                    [day, plan.source, path, newlines + 1, f"{damage}; the file ends inside this line",
+                     tail[:KEEP_BYTES].decode("utf-8", "replace")])
+        read += 1
+    _report_damage(con, plan, day, path, damage)
+    return read
+
+
+def _load_parquet(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date) -> int:
+    columns = [d[0] for d in con.execute("SELECT * FROM read_parquet(?) LIMIT 0", [path]).description]
+    relation = f"""
+        SELECT row_number() OVER () AS line_no, CAST(to_json({ROW}) AS VARCHAR) AS raw, NULL::VARCHAR AS problem,
+               true AS parse_ok, {_column_picks(plan, path, columns, ROW + ".")}
+        FROM read_parquet(?) AS {ROW}"""
+    _load_checked(con, plan, relation, [path], path, day)
+    return con.execute("SELECT count(*) FROM read_parquet(?)", [path]).fetchall()[0][0]
+
+
+LOADERS = {"jsonl": _load_json, "csv": _load_csv, "parquet": _load_parquet}
+
+
+# --------------------------------------------------------------------------------------------
+# Checks over the whole day's loaded rows.
 
 
 def _move_to_quarantine(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date,
@@ -393,6 +657,32 @@ def _check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: S
                         [classifiers])
 
 
+def _quarantine_earlier_keys(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date) -> None:
+    """A key already loaded on an earlier day is a duplicate here, citing that day; the first day keeps
+    its row. The day's own earlier rows were deleted before loading, so a re-run does not see itself."""
+    key, table = plan.key, f"raw.{plan.source}"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _seen AS
+        SELECT {key}, min(partition_date) AS first_day FROM {table}
+        WHERE partition_date < ? AND {key} IN (SELECT {key} FROM {table} WHERE partition_date = ?)
+        GROUP BY 1""", [day, day])
+    if con.execute("SELECT count(*) FROM _seen").fetchall()[0][0]:
+        _move_to_quarantine(con, plan, day, f"t.{key} IN (SELECT {key} FROM _seen)",
+                            f"(SELECT 'duplicate {key}: first seen on ' || s.first_day FROM _seen AS s "
+                            f"WHERE s.{key} = t.{key})")
+
+
+def _count_corrected_labels(con: duckdb.DuckDBPyConnection, day: dt.date) -> int:
+    """Labels of the day that change their prediction's newest earlier label. They replace it: metrics
+    take each prediction's label from the newest partition (arg_max by partition_date)."""
+    return con.execute("""
+        SELECT count(*) FROM raw.labels AS l
+        JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
+              WHERE partition_date < ? AND prediction_id IN (SELECT prediction_id FROM raw.labels WHERE partition_date = ?)
+              GROUP BY 1) AS earlier USING (prediction_id)
+        WHERE l.partition_date = ? AND l.label IS DISTINCT FROM earlier.label""", [day, day, day]).fetchall()[0][0]
+
+
 def files_for(source: SourceConfig, day: dt.date) -> list[str]:
     return sorted(glob.glob(source.paths_for(day)))
 
@@ -407,9 +697,10 @@ def predictions_plan(config: MonitorConfig) -> StagingPlan:
         Field("prediction_id", src["prediction_id"], TEXT, True),
         Field("model_id", src["model_id"], TEXT, True),
         Field("ts", src["timestamp"], TIME, True),
-        Field("model_version", src["model_version"]),
-        Field("latency_ms", src["latency_ms"], NUMBER),
-        Field("status", src["status"]),
+        # Not every service logs these: when unmapped or absent they load as NULL (and every row is ok).
+        Field("model_version", src["model_version"], optional=True),
+        Field("latency_ms", src["latency_ms"], NUMBER, optional=True),
+        Field("status", src["status"], optional=True),
     ]
     ok_list = ", ".join(sql_str(s) for s in config.predictions.ok_status)
     is_ok = f"(coalesce(status, {sql_str(config.predictions.ok_status[0])}) IN ({ok_list}))"
@@ -454,7 +745,8 @@ def predictions_plan(config: MonitorConfig) -> StagingPlan:
                f"CASE model_id {score_case} END", "source_file", "line_no", *feature_outputs]
     targets = ["partition_date", "model_id", "prediction_id", "ts", "model_version", "latency_ms", "status", "is_ok",
                "score", "source_file", "line_no", *columns.values()]
-    return StagingPlan("predictions", fields, rules, key="prediction_id", outputs=outputs, targets=targets)
+    return StagingPlan("predictions", fields, rules, key="prediction_id", outputs=outputs, targets=targets,
+                       unique_across_days=True)
 
 
 def feature_columns(config: MonitorConfig) -> dict[tuple[str, str], str]:
@@ -539,32 +831,40 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
     """Replace one day of one source, loaded and quarantined rows together, in one transaction."""
     src, plan = plan_for(config, source)
     files = files_for(src, day)
-    table = f"raw.{source}"
-    read = 0
     if source == "predictions":
         ensure_feature_columns(con, config)
+    # Naive timestamps are UTC for both readers: DuckDB's JSON reader ignores the session's time zone.
+    time_zone = con.execute("SELECT current_setting('TimeZone')").fetchall()[0][0]
+    con.execute("SET TimeZone = 'UTC'")
+    try:
+        return _ingest_day(con, config, src, plan, files, day)
+    finally:
+        con.execute(f"SET TimeZone = {sql_str(time_zone)}")
+
+
+def _ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, src: SourceConfig, plan: StagingPlan,
+                files: list[str], day: dt.date) -> StageResult:
+    source, table = plan.source, f"raw.{plan.source}"
+    read = corrected = 0
     with transaction(con):
         con.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
         con.execute("DELETE FROM raw.quarantine WHERE source = ? AND partition_date = ?", [source, day])
         for path in files:
             try:
-                # The parallel reader pays off on big files; small ones are quicker line by line.
-                big = Path(path).stat().st_size >= FAST_PATH_MIN_BYTES
-                fast = _load_json_fast(con, plan, path, day) if src.format == "jsonl" and big else None
-                if fast is not None:
-                    read += fast
-                else:
-                    _load_file_careful(con, plan, path, src.format, day)
-                    read += _count_records(con, path, src.format)
+                read += LOADERS[src.format](con, plan, path, day)
             except duckdb.BinderException as exc:
                 raise SourceError(f"{path}: cannot read the configured columns: {exc}") from None
             except duckdb.Error as exc:
                 raise SourceError(f"{path}: cannot be read as {src.format}: {exc}") from None
-        if plan.key and files:
-            _quarantine_duplicates(con, plan, day)
-        if source == "labels" and files:
-            _check_labels(con, config, plan, day)
-        if not files:
+        if files:
+            if plan.unique_across_days:
+                _quarantine_earlier_keys(con, plan, day)
+            if plan.key:
+                _quarantine_duplicates(con, plan, day)
+            if source == "labels":
+                _check_labels(con, config, plan, day)
+                corrected = _count_corrected_labels(con, day)
+        else:
             expected = src.paths_for(day)
             con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, NULL, ?, NULL)",
                         [day, source, expected, f"no input file: nothing matched {expected}"])
@@ -577,7 +877,7 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
         if read != loaded + quarantined:  # nothing may be lost: abort the day rather than commit a gap
             raise RuntimeError(f"{source} {day}: read {read} records but loaded {loaded} and "
                                f"quarantined {quarantined}")
-        result = StageResult(files, read, loaded, quarantined, reasons)
+        result = StageResult(files, read, loaded, quarantined, reasons, corrected)
         log_ingestion(con, source, day, result)
     return result
 
@@ -587,5 +887,3 @@ def quarantine_preview(con: duckdb.DuckDBPyConnection, source: str, days: list[d
         SELECT partition_date, regexp_replace(source_file, '^.*/', ''), line_no, reason, left(raw_record, 80)
         FROM raw.quarantine WHERE source = ? AND partition_date IN (SELECT unnest(?::DATE[]))
         ORDER BY partition_date, source_file, line_no LIMIT ?""", [source, days, limit]).fetchall()
-
-

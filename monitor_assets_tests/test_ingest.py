@@ -1,4 +1,5 @@
 import datetime as dt
+import gzip
 import json
 
 import duckdb
@@ -27,7 +28,7 @@ models:
 
 
 def good(i, **over):
-    rec = {"timestamp": f"2026-03-01T10:00:{i:02d}Z", "prediction_id": f"p{i}", "model_id": "fraud",
+    rec = {"timestamp": f"2026-03-01T10:{i // 60 % 60:02d}:{i % 60:02d}Z", "prediction_id": f"p{i}", "model_id": "fraud",
            "model_version": "1", "latency_ms": 10.0 + i, "status": "ok", "score": 0.5,
            "features": {"amount": 12.5, "odd \"name\"; --": "x"}}
     rec.update(over)
@@ -163,3 +164,230 @@ def test_quality_frame_quotes_feature_columns_from_config(tmp_path, con):
     ingest_day(con, config, "predictions", DAY)
     frame = predictions_frame(con, config, DAY)
     assert frame['features.odd "name"; --'].tolist() == ["x"]
+
+
+# --------------------------------------------------------------------------------------------
+# One reader, one truth: every bad input goes through both JSON readers with the same outcome.
+
+ANY_LOG = CONFIG.replace('path: "logs/{date}.jsonl"', 'path: "logs/{date}*", format: jsonl')
+
+
+def ingest_both(tmp_path, monkeypatch, name: str, data: bytes, config_text: str = ANY_LOG,
+                source: str = "predictions", fast: bool = True, time_zone: str = "UTC"):
+    """Ingest one file of DAY with the fast reader forced (every file counts as big) and with the
+    careful one (no file does); both must load the same rows and quarantine the same (line, reason)
+    pairs, with read = loaded + quarantined. `fast` says whether the fast reader keeps the file or
+    hands it to the careful one. Returns the result, the loaded rows and the quarantine of one run."""
+    config = load_config(write(tmp_path / "m.yaml", config_text))
+    path = tmp_path / ("logs" if source == "predictions" else "labels") / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+    kept_by_fast = []
+    fast_reader = ingest._load_json_fast
+
+    def spy(*args):
+        kept_by_fast.append(fast_reader(*args))
+        return kept_by_fast[-1]
+
+    monkeypatch.setattr(ingest, "_load_json_fast", spy)
+    runs = []
+    for min_bytes in (0, 1 << 40):
+        monkeypatch.setattr(ingest, "FAST_PATH_MIN_BYTES", min_bytes)
+        with duckdb.connect() as c:
+            ensure_schema(c)
+            c.execute(f"SET TimeZone = '{time_zone}'")
+            if source == "labels":  # labels must name logged predictions
+                ingest_day(c, config, "predictions", DAY)
+            result = ingest_day(c, config, source, DAY)
+            assert result.read == result.loaded + result.quarantined
+            rows = sorted(c.execute(f"SELECT * EXCLUDE (source_file) FROM raw.{source}").fetchall(), key=str)
+            quarantine = sorted(c.execute("SELECT line_no, reason, raw_record FROM raw.quarantine "
+                                          "WHERE source = ?", [source]).fetchall(), key=str)
+            runs.append((result, rows, quarantine))
+    (fast_result, *fast_run), (careful_result, *careful_run) = runs
+    assert fast_run == careful_run
+    assert (fast_result.read, fast_result.loaded, fast_result.reasons) == (
+        careful_result.read, careful_result.loaded, careful_result.reasons)
+    if source == "predictions":
+        assert kept_by_fast == [fast], "the fast reader should have " + ("kept the file" if fast else "handed it over")
+    return runs[1]
+
+
+def lines_of(*lines: str | bytes) -> bytes:
+    return b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines)
+
+
+def reasons_by_line(quarantine) -> dict:
+    return {line: reason for line, reason, _ in quarantine}
+
+
+def test_bom_before_the_first_line_is_not_part_of_it(tmp_path, monkeypatch):
+    result, rows, quarantine = ingest_both(tmp_path, monkeypatch, "2026-03-01.jsonl",
+                                           b"\xef\xbb\xbf" + lines_of(good(1), good(2)))
+    assert (result.loaded, quarantine) == (2, [])
+
+
+def test_naive_timestamps_are_utc_whatever_the_session_time_zone(tmp_path, monkeypatch):
+    result, rows, quarantine = ingest_both(tmp_path, monkeypatch, "2026-03-01.jsonl",
+                                           lines_of(good(1, timestamp="2026-03-01T10:00:00")), time_zone="Asia/Tokyo")
+    assert rows[0][3] == dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
+
+
+def test_invalid_utf8_is_quarantined_on_its_line(tmp_path, monkeypatch):
+    bad = good(2, message="caf\u00e9").encode().replace(b"\\u00e9", b"\xe9")  # latin-1, not UTF-8
+    result, rows, quarantine = ingest_both(tmp_path, monkeypatch, "2026-03-01.jsonl",
+                                           lines_of(good(1), bad, good(3, message="caf\u00e9")))
+    assert result.loaded == 2 and reasons_by_line(quarantine) == {2: "invalid UTF-8"}
+    assert quarantine[0][2] == bad.decode("utf-8", "replace")  # readable, the bad byte shown as U+FFFD
+
+
+def test_booleans_where_numbers_go_are_the_wrong_type(tmp_path, monkeypatch):
+    result, rows, quarantine = ingest_both(tmp_path, monkeypatch, "2026-03-01.jsonl", lines_of(
+        good(1, latency_ms=True),
+        good(2, score=False),
+        good(3, latency_ms=1, cached=True),  # a real 1 beside a boolean elsewhere: loaded
+        good(4, latency_ms=0.0, score=1.0),  # real 0 and 1: loaded
+        good(5, features={"amount": True, 'odd "name"; --': True}),  # a category may be a boolean
+    ))
+    assert reasons_by_line(quarantine) == {1: "wrong type: latency_ms=true is not a number",
+                                           2: "wrong type: score=false is not a number",
+                                           5: "wrong type: features.amount=true is not a number"}
+    assert sorted((r[2], r[5]) for r in rows) == [("p3", 1.0), ("p4", 0.0)]
+
+
+def test_a_line_over_2_mb_is_quarantined_and_the_day_loads(tmp_path, monkeypatch):
+    long_line = good(1, message="x" * ingest.MAX_LINE_BYTES)
+    result, rows, quarantine = ingest_both(tmp_path, monkeypatch, "2026-03-01.jsonl",
+                                           lines_of(long_line, good(2)))
+    assert result.loaded == 1 and quarantine[0][:2] == (
+        1, f"line too long: {len(long_line):,} bytes, the limit is {ingest.MAX_LINE_BYTES:,}")
+    assert len(quarantine[0][2]) < 5000  # only the start of it is kept
+
+
+@pytest.mark.parametrize("shape", ["one line", "indented"])
+def test_a_json_array_file_gets_one_clear_reason(tmp_path, monkeypatch, shape):
+    records = [json.loads(good(i)) for i in (1, 2)]
+    text = json.dumps(records, indent=2 if shape == "indented" else None) + "\n"
+    result, rows, quarantine = ingest_both(tmp_path, monkeypatch, "2026-03-01.jsonl", text.encode(), fast=False)
+    assert result.loaded == 0 and result.read == text.count("\n")
+    assert set(reasons_by_line(quarantine).values()) == {ingest.JSON_ARRAY}
+
+
+def test_a_lone_array_or_scalar_line_is_not_a_record(tmp_path, monkeypatch):
+    result, rows, quarantine = ingest_both(tmp_path, monkeypatch, "2026-03-01.jsonl",
+                                           lines_of(good(1), f"[{good(2)}]", '"p3"', good(4)))
+    assert reasons_by_line(quarantine) == {2: ingest.JSON_ARRAY, 3: ingest.NOT_AN_OBJECT}
+
+
+def test_a_truncated_gzip_loads_what_precedes_the_damage(tmp_path, monkeypatch):
+    whole = gzip.compress(lines_of(*(good(i, prediction_id=f"p{i}") for i in range(3000))))
+    result, rows, quarantine = ingest_both(tmp_path, monkeypatch, "2026-03-01.jsonl.gz",
+                                           whole[: len(whole) // 2], fast=False)
+    assert 0 < result.loaded < 3000 and result.read == result.loaded + 1
+    file_rows = [r for r in quarantine if r[0] is None]
+    assert len(file_rows) == 1 and file_rows[0][1].startswith("truncated gzip")
+    cut = [r for r in quarantine if r[0] is not None]
+    assert cut[0][0] == result.read and cut[0][1].endswith("the file ends inside this line")
+    assert sorted(r[2] for r in rows) == sorted(f"p{i}" for i in range(result.loaded))  # every line before the cut
+
+
+def test_ragged_and_undecodable_csv_rows_are_quarantined_on_their_line(tmp_path, monkeypatch):
+    preds = tmp_path / "logs" / "2026-03-01.jsonl"
+    write(preds, "\n".join(good(i) for i in range(1, 6)) + "\n")
+    labels = b"prediction_id,label\np1,1\np2,0,9\np3\np4,1\np\xe95,1\np5,0\n"
+    result, rows, quarantine = ingest_both(tmp_path, monkeypatch, "2026-03-01.csv", labels,
+                                           config_text=CONFIG, source="labels")
+    assert (result.read, result.loaded) == (6, 3)
+    assert reasons_by_line(quarantine) == {3: "wrong number of fields: expected 2, found 3",
+                                           4: "wrong number of fields: expected 2, found 1",
+                                           6: "invalid UTF-8"}
+    assert sorted((r[2], r[5]) for r in rows) == [("p1", 2), ("p4", 5), ("p5", 7)]  # the lines they are on
+
+
+def test_a_csv_line_over_2_mb_is_quarantined(tmp_path, con):
+    config = load_config(write(tmp_path / "m.yaml", CONFIG))
+    rows = [f"p{i},1" for i in range(25_000)]
+    rows[24_000] = "p24000," + "1" * (3 << 20)  # past the rows DuckDB samples to sniff the dialect
+    write(tmp_path / "labels" / "2026-03-01.csv", "prediction_id,label\n" + "\n".join(rows) + "\n")
+    result = ingest_day(con, config, "labels", DAY)
+    assert result.read == result.loaded + result.quarantined == 25_000
+    reason = con.execute("SELECT reason FROM raw.quarantine WHERE line_no = 24002").fetchone()[0]
+    assert reason == f"line too long: {len(rows[24_000]):,} bytes, the limit is {ingest.MAX_LINE_BYTES:,}"
+
+
+def test_a_truncated_csv_gzip_loads_the_lines_before_the_damage(tmp_path, con):
+    config = load_config(write(tmp_path / "m.yaml", CONFIG.replace("labels/{date}.csv", "labels/{date}.csv.gz")))
+    write(tmp_path / "logs" / "2026-03-01.jsonl", "\n".join(good(i) for i in range(400)) + "\n")
+    ingest_day(con, config, "predictions", DAY)
+    whole = gzip.compress(("prediction_id,label\n" + "".join(f"p{i},{i % 2}\n" for i in range(400))).encode())
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "2026-03-01.csv.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    result = ingest_day(con, config, "labels", DAY)
+    assert 0 < result.loaded < 400 and result.read == result.loaded + result.quarantined
+    reasons = [r for (r,) in con.execute("SELECT reason FROM raw.quarantine WHERE source = 'labels'").fetchall()]
+    assert all(r.startswith("truncated gzip") for r in reasons) and len(reasons) in (1, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs as users have them.
+
+
+def test_optional_fields_load_as_null_when_unmapped_or_absent(tmp_path, monkeypatch):
+    unmapped = ANY_LOG.replace("format: jsonl", "format: jsonl, fields: {model_version: null, latency_ms: null, "
+                                                "status: null}")
+    bare = [{k: v for k, v in json.loads(good(i, status="error")).items()
+             if k not in ("model_version", "latency_ms")} for i in (1, 2)]
+    result, rows, quarantine = ingest_both(tmp_path, monkeypatch, "2026-03-01.jsonl",
+                                           lines_of(*map(json.dumps, bare)), config_text=unmapped)
+    assert result.loaded == 2 and all(r[4:8] == (None, None, None, True) for r in rows)
+    # A CSV without the columns at all, not mapped either.
+    csv = CONFIG.replace('path: "logs/{date}.jsonl"', 'path: "logs/{date}.csv"')
+    config = load_config(write(tmp_path / "csv.yaml", csv))
+    write(tmp_path / "logs" / "2026-03-01.csv", "prediction_id,model_id,timestamp,score,amount,\"odd \"\"name\"\"; --\"\n"
+                                                "p1,fraud,2026-03-01T10:00:00Z,0.4,3.5,x\n")
+    with duckdb.connect() as c:
+        ensure_schema(c)
+        assert ingest_day(c, config, "predictions", DAY).loaded == 1
+        assert c.execute("SELECT model_version, latency_ms, status, is_ok FROM raw.predictions").fetchall() == [
+            (None, None, None, True)]
+
+
+def test_only_optional_fields_may_be_mapped_to_null(tmp_path):
+    from monitor_assets.config import ConfigError
+
+    text = ANY_LOG.replace("format: jsonl", "format: jsonl, fields: {score: null}")
+    with pytest.raises(ConfigError, match="fields.score: expected a column or field name"):
+        load_config(write(tmp_path / "m.yaml", text))
+
+
+def test_a_prediction_id_seen_on_an_earlier_day_is_a_duplicate(tmp_path, con):
+    config = load_config(write(tmp_path / "m.yaml", CONFIG))
+    day2 = DAY + dt.timedelta(days=1)
+    write(tmp_path / "logs" / "2026-03-01.jsonl", good(1) + "\n" + good(2) + "\n")
+    write(tmp_path / "logs" / "2026-03-02.jsonl", good(2) + "\n" + good(3) + "\n" + good(3) + "\n")
+    ingest_day(con, config, "predictions", DAY)
+    for _ in range(2):  # a re-run does not take the day's own rows for earlier ones
+        result = ingest_day(con, config, "predictions", day2)
+        assert (result.read, result.loaded, result.quarantined) == (3, 1, 2)
+        q = dict(con.execute("SELECT line_no, reason FROM raw.quarantine WHERE partition_date = ?", [day2]).fetchall())
+        assert q[1] == "duplicate prediction_id: first seen on 2026-03-01"
+        assert q[3].startswith("duplicate prediction_id: first seen in")
+    assert ingest_day(con, config, "predictions", DAY).loaded == 2  # the first day keeps its rows
+
+
+def test_a_corrected_label_replaces_the_old_one_and_is_counted(tmp_path, con):
+    from monitor_assets.assets.metrics import _performance_statement
+
+    config = load_config(write(tmp_path / "m.yaml", CONFIG))
+    write(tmp_path / "logs" / "2026-03-01.jsonl", good(1, score=0.9) + "\n" + good(2, score=0.9) + "\n")
+    ingest_day(con, config, "predictions", DAY)
+    corrections = []
+    for offset, text in ((1, "p1,0\np2,1\n"), (2, "p1,1\np2,1\n"), (3, "p1,1\n")):
+        write(tmp_path / "labels" / f"{DAY + dt.timedelta(days=offset)}.csv", "prediction_id,label\n" + text)
+        corrections.append(ingest_day(con, config, "labels", DAY + dt.timedelta(days=offset)).labels_corrected)
+    assert corrections == [0, 1, 0]  # p1 changed once; a label sent again unchanged is no correction
+    con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT DATE '2026-03-01' AS d")
+    sql, params = _performance_statement(config)
+    cursor = con.execute(sql, params)
+    row = dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
+    assert row["positive_rate"] == 1.0  # both labels are 1 now: the newest label counts

@@ -47,7 +47,9 @@ def test_source_that_fails_twice_then_succeeds_heals_without_duplicates(tmp_path
     config = load_config(write(tmp_path / "m.yaml", CONFIG.format(tmp=tmp_path)))
     (tmp_path / "logs").mkdir()
     target = tmp_path / "logs" / "2026-03-01.jsonl.gz"
-    target.write_bytes(gzip.compress(log_lines("2026-03-01", 500))[:300])  # still being written: truncated gzip
+    # A source that cannot be read yet (a mount not ready, a writer that has not moved its file in place):
+    # here a folder where the file will be. (A truncated gzip is not transient: its readable part loads.)
+    target.mkdir()
     predictions = build_ingestion_assets(config)[0]
     with dg.DagsterInstance.ephemeral() as instance:
         def feeder():  # the upstream writer finishes the file after the second failed attempt
@@ -56,6 +58,7 @@ def test_source_that_fails_twice_then_succeeds_heals_without_duplicates(tmp_path
                 retries = instance.get_event_records(
                     dg.EventRecordsFilter(event_type=dg.DagsterEventType.STEP_UP_FOR_RETRY), limit=10)
                 if len(retries) >= 2:
+                    target.rmdir()
                     target.write_bytes(gzip.compress(log_lines("2026-03-01", 500)))
                     return
                 time.sleep(0.05)
