@@ -64,7 +64,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
     )
     def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = run_days(context)
-        totals = {"files": 0, "read": 0, "loaded": 0, "quarantined": 0}
+        totals = {"files": 0, "read": 0, "loaded": 0, "quarantined": 0, "corrected": 0}
         reasons: dict[str, int] = {}
         missing_days, per_day = [], []
         started = time.perf_counter()
@@ -74,11 +74,12 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
                 if not result.files:
                     missing_days.append(str(day))
                 for k, v in (("files", len(result.files)), ("read", result.read), ("loaded", result.loaded),
-                             ("quarantined", result.quarantined)):
+                             ("quarantined", result.quarantined), ("corrected", result.labels_corrected)):
                     totals[k] += v
                 for reason, n in result.reasons.items():
                     reasons[reason] = reasons.get(reason, 0) + n
-                per_day.append((str(day), len(result.files), result.read, result.loaded, result.quarantined))
+                per_day.append((str(day), len(result.files), result.read, result.loaded, result.quarantined,
+                                result.labels_corrected))
                 if should_log_progress(i, len(days)):
                     rate = totals["read"] / max(time.perf_counter() - started, 1e-9)
                     context.log.info(f"{source}: {i}/{len(days)} days done ({day}), {rate:,.0f} records/s")
@@ -103,11 +104,13 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
             "quarantine_reasons": dg.MetadataValue.json(reasons),
             "days_without_files": dg.MetadataValue.json(missing_days),
             "per_day": dg.MetadataValue.md(markdown_table(
-                ["day", "files", "read", "loaded", "quarantined"], per_day, limit=40)),
+                ["day", "files", "read", "loaded", "quarantined", "labels corrected"], per_day, limit=40)),
         }
         if preview:
             metadata["quarantine_preview"] = dg.MetadataValue.md(markdown_table(
                 ["day", "file", "line", "reason", "raw record"], preview))
+        if source == "labels":
+            metadata["labels_corrected"] = totals["corrected"]  # a later file changed an earlier label
         if source == "predictions":
             metadata["models_without_records"] = dg.MetadataValue.json(silent)
             for item in silent:
@@ -118,7 +121,8 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
         add_partition_metadata(context, {dt.date.fromisoformat(d): {
             "files": files, "records_read": read, "records_loaded": loaded, "records_quarantined": quarantined,
             "dagster/row_count": loaded, "quarantine_share": quarantined / read if read else 0.0,
-            "days": d} for d, files, read, loaded, quarantined in per_day})
+            "days": d, **({"labels_corrected": corrected} if source == "labels" else {})}
+            for d, files, read, loaded, quarantined, corrected in per_day})
         return dg.MaterializeResult(metadata=metadata)
 
     return _asset
