@@ -7,6 +7,8 @@ the definitions load, before any run starts.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -149,8 +151,9 @@ class MonitorConfig:
 
 
 class _Reader:
-    def __init__(self, file: Path):
+    def __init__(self, file: Path, allow_outside_paths: bool = False):
         self.file = file
+        self.allow_outside_paths = allow_outside_paths
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(self.file, key, problem)
@@ -166,8 +169,8 @@ class _Reader:
         return data[name]
 
     def number(self, value: Any, key: str, lo: float | None = None, hi: float | None = None) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, f"expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise self.fail(key, f"expected a finite number, got {value!r}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise self.fail(key, f"expected a number in [{lo}, {hi}], got {value!r}")
         return float(value)
@@ -185,17 +188,26 @@ class _Reader:
         except ValueError:
             raise self.fail(key, f"expected a date YYYY-MM-DD, got {value!r}") from None
 
-    def path(self, value: Any, key: str) -> str:
+    def path(self, value: Any, key: str, inside: bool = False) -> str:
+        """A path relative to the config file. Nothing is expanded (`$VAR` stays literal, so a secret in
+        the environment cannot end up in a path). An input (`inside`) must stay inside the config's
+        folder unless the config says `allow_outside_paths: true`: a config must not read /etc/passwd."""
         if not isinstance(value, str) or not value:
             raise self.fail(key, f"expected a path, got {value!r}")
-        p = Path(os.path.expandvars(value))
-        return str(p if p.is_absolute() else (self.file.parent / p).resolve())
+        p = Path(value)
+        resolved = (p if p.is_absolute() else self.file.parent / p).resolve()
+        if inside and not self.allow_outside_paths and not resolved.is_relative_to(self.file.parent.resolve()):
+            raise self.fail(key, f"expected a path inside {self.file.parent} (set allow_outside_paths: true "
+                                 "at the top level to read from elsewhere)")
+        return str(resolved)
 
     def unknown_keys(self, data: dict, key: str, allowed: set[str]) -> None:
-        extra = sorted(set(data) - allowed)
+        extra = sorted(set(data) - allowed, key=str)
         if extra:
-            where = f"{key}.{extra[0]}" if key else extra[0]
-            raise self.fail(where, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+            where = f"{key}.{extra[0]}" if key else str(extra[0])
+            close = difflib.get_close_matches(str(extra[0]), sorted(allowed), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise self.fail(where, f"unknown key; {hint}expected one of {', '.join(sorted(allowed))}")
 
 
 PREDICTION_FIELDS = {
@@ -246,7 +258,7 @@ def _format_of(path: str) -> str | None:
 def _source(r: _Reader, data: Any, key: str, kind: str) -> SourceConfig:
     data = r.mapping(data, key)
     r.unknown_keys(data, key, {"path", "format", "fields", "ok_status"})
-    path = r.path(r.require(data, "path", key), f"{key}.path")
+    path = r.path(r.require(data, "path", key), f"{key}.path", inside=True)
     if not DATE_PLACEHOLDER.search(path):
         raise r.fail(f"{key}.path", "expected a {date} placeholder (for example predictions/{date}.jsonl)")
     fmt = data.get("format") or _format_of(path)
@@ -356,7 +368,7 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
         version=str(data.get("version", "")),
         features=features,
         sensitive_attributes=attributes,
-        reference_path=r.path(r.require(data, "reference", key), f"{key}.reference"),
+        reference_path=r.path(r.require(data, "reference", key), f"{key}.reference", inside=True),
         reference_fields=ref_fields,
         score_field=str(data.get("score_field") or predictions.fields["score"]),
         decision_threshold=r.number(data.get("decision_threshold", 0.5), f"{key}.decision_threshold", 0, 1),
@@ -366,8 +378,13 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
     )
 
 
+# Values that are secrets whatever key they sit under: webhook URLs, Slack and bearer tokens, passwords
+# in URLs.
+SECRET_VALUE = re.compile(r"hooks\.slack\.com/|discord(app)?\.com/api/webhooks|\bxox[abprs]-|://[^/\s:@]+:[^/\s@]+@"
+                          r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bAKIA[0-9A-Z]{16}\b", re.IGNORECASE)
 CHANNEL_OPTIONS = {
-    "email": {"host", "host_env", "port", "starttls", "sender", "to", "username_env", "password_env", "timeout"},
+    "email": {"host", "host_env", "port", "starttls", "ssl", "allow_insecure", "sender", "to", "username_env",
+              "password_env", "timeout"},
     "slack": {"webhook_url_env", "timeout"},
     "file": {"path"},
 }
@@ -381,20 +398,74 @@ def _channels(r: _Reader, data: Any) -> dict[str, ChannelConfig]:
         spec = r.mapping(spec, key)
         ctype = r.choice(spec.get("type", name), f"{key}.type", CHANNEL_TYPES)
         options = {k: v for k, v in spec.items() if k != "type"}
-        # A typo such as `startls` must not silently send a password in clear text.
-        r.unknown_keys(options, key, CHANNEL_OPTIONS[ctype] | {"password", "webhook_url", "token"})
         for opt, value in options.items():
             # Secrets are named by environment variable, never written in the file.
             if opt in ("password", "webhook_url", "token"):
                 raise r.fail(f"{key}.{opt}", f"put secrets in an environment variable and set {opt}_env")
             if opt.endswith("_env") and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(value)):
                 raise r.fail(f"{key}.{opt}", f"expected an environment variable name, got {value!r}")
+        # A typo such as `startls` must not silently send a password in clear text.
+        r.unknown_keys(options, key, CHANNEL_OPTIONS[ctype])
+        for opt, value in options.items():
+            if isinstance(value, str) and SECRET_VALUE.search(value):
+                raise r.fail(f"{key}.{opt}", "looks like a secret: put it in an environment variable and name "
+                                             "the variable (e.g. webhook_url_env)")
         if ctype == "email" and not (options.get("to")):
             raise r.fail(f"{key}.to", "expected at least one recipient")
+        if (ctype == "email" and (options.get("username_env") or options.get("password_env"))
+                and not (options.get("starttls") or options.get("ssl") or options.get("allow_insecure"))):
+            raise r.fail(key, "refuses to send a password over plain text: set starttls: true or ssl: true "
+                              "(or allow_insecure: true for a server you trust)")
         if ctype == "file" and "path" in options:
             options["path"] = r.path(options["path"], f"{key}.path")
         channels[name] = ChannelConfig(name, ctype, options)
     return channels
+
+
+MAX_YAML_NODES = 100_000  # a config is a few hundred nodes; aliases must not expand it to millions
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML without implicit timestamps: a date stays text, so a bad one (2026-13-01) is reported
+    with its key and the expected form instead of a bare PyYAML error."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes the document has once its aliases are expanded, counted without expanding them."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts once
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_YAML_NODES + 1)
+    return memo[id(node)]
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise _TooLarge(f"refused: its aliases expand to more than {MAX_YAML_NODES:,} values "
+                            "(an alias bomb?)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
@@ -403,13 +474,17 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
     if not file.exists():
         raise ConfigError(file, "(file)", "config file not found")
     try:
-        root = yaml.safe_load(file.read_text()) or {}
+        root = _load_yaml(file.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(file, "(file)", f"not valid YAML: {exc}") from None
-    r = _Reader(file)
+        raise ConfigError(file, "(file)", "not valid YAML: " + " ".join(str(exc).split())) from None
+    except _TooLarge as exc:
+        raise ConfigError(file, "(file)", str(exc)) from None
+    r = _Reader(file, allow_outside_paths=root.get("allow_outside_paths") is True if isinstance(root, dict)
+                else False)
     root = r.mapping(root, "(top level)")
     r.unknown_keys(root, "", {"partitions", "label_delay_days", "sources", "models", "alerts", "drift",
-                              "fairness", "anomalies", "thresholds", "warehouse", "reports_dir"})
+                              "fairness", "anomalies", "thresholds", "warehouse", "reports_dir",
+                              "allow_outside_paths"})
     parts = r.mapping(r.require(root, "partitions", ""), "partitions")
     start = r.date(r.require(parts, "start_date", "partitions"), "partitions.start_date")
     end = r.date(parts["end_date"], "partitions.end_date") if parts.get("end_date") else None

@@ -52,6 +52,19 @@ def test_tabular_sources_map_columns_and_default_feature_sources(tmp_path):
      "alerts.channels.mail.startls", "unknown key"),
     (("sensitive_attributes: [region]", "sensitive_attributes: [region]\nalerts: {give_up_hours: -1}"),
      "alerts.give_up_hours", "expected"),
+    # Security holes of the first release's config (issue "Statistics and checks that hold…", point 9).
+    (("preds/{date}.csv", "../../../../etc/passwd{date:*}"), "sources.predictions.path", "expected a path inside"),
+    (("reference: ref.parquet", "reference: /etc/ref.parquet"), "models[0].reference", "allow_outside_paths"),
+    (("sensitive_attributes: [region]", "sensitive_attributes: [region]\n    thresholds: {error_rate: .nan}"),
+     "models[0].thresholds.error_rate", "expected a finite number"),
+    (("start_date: 2026-01-01", "start_date: 2026-13-01"), "partitions.start_date", "expected a date YYYY-MM-DD"),
+    (("sensitive_attributes: [region]", "sensitive_attributes: [region]\nalerts:\n  channels:\n    f: "
+      "{type: file, path: 'https://hooks.slack.com/services/T0/B0/abc'}"), "alerts.channels.f.path", "looks like a secret"),
+    (("sensitive_attributes: [region]", "sensitive_attributes: [region]\nalerts:\n  channels:\n    s: "
+      "{type: slack, webhook: x}"), "alerts.channels.s.webhook", "did you mean 'webhook_url_env'?"),
+    (("sensitive_attributes: [region]", "sensitive_attributes: [region]\nalerts:\n  channels:\n    m: "
+      "{type: email, host: smtp.example, to: [a@b.c], username_env: U, password_env: P}"),
+     "alerts.channels.m", "refuses to send a password over plain text"),
 ])
 def test_bad_config_names_file_key_and_expectation(tmp_path, change, key, expected):
     path = write(tmp_path / "bad.yaml", BASE.replace(*change))
@@ -68,3 +81,28 @@ def test_missing_required_key_and_secret_in_file_are_rejected(tmp_path):
     secret = BASE + "alerts:\n  channels:\n    slack: {webhook_url: 'https://hooks.example/x'}\n"
     with pytest.raises(ConfigError, match="environment variable"):
         load_config(write(tmp_path / "b.yaml", secret))
+
+
+def test_plain_text_smtp_auth_needs_an_explicit_opt_in_and_paths_expand_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMTP_PASSWORD", "s3cret-value")
+    text = BASE.replace("preds/{date}.csv", "preds/$SMTP_PASSWORD/{date}.csv") + (
+        "alerts:\n  channels:\n    m: {type: email, host: smtp.example, to: [a@b.c], username_env: U, "
+        "password_env: P, allow_insecure: true}\n")
+    config = load_config(write(tmp_path / "ok.yaml", text))
+    assert config.channels["m"].options["allow_insecure"] is True
+    assert "$SMTP_PASSWORD" in config.predictions.path and "s3cret" not in config.predictions.path
+    outside = load_config(write(tmp_path / "out.yaml", "allow_outside_paths: true\n"
+                                + BASE.replace("reference: ref.parquet", "reference: /srv/ref.parquet")))
+    assert outside.models[0].reference_path == "/srv/ref.parquet"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    path = write(tmp_path / "bomb.yaml", BASE + "\n".join(levels) + "\n")
+    began = time.monotonic()
+    with pytest.raises(ConfigError, match="alias bomb"):
+        load_config(path)
+    assert time.monotonic() - began < 2

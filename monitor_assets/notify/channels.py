@@ -77,8 +77,10 @@ def send_email(options: dict, note: Notification) -> None:
     port = int(options.get("port", 25))
     timeout = float(options.get("timeout", DEFAULT_TIMEOUT_S))
     try:
-        with smtplib.SMTP(host, port, timeout=timeout) as smtp:
-            if options.get("starttls"):
+        smtp_class = smtplib.SMTP_SSL if options.get("ssl") else smtplib.SMTP  # implicit TLS, e.g. port 465
+        kwargs = {"context": ssl.create_default_context()} if options.get("ssl") else {}
+        with smtp_class(host, port, timeout=timeout, **kwargs) as smtp:
+            if options.get("starttls") and not options.get("ssl"):
                 smtp.starttls(context=ssl.create_default_context())
             user = _env(options, "username", required=False)
             if user:
