@@ -74,8 +74,9 @@ CREATE TABLE IF NOT EXISTS alert_silences (
 );
 """
 
-# An acknowledgement matches an alert of its model (and check, and day when given).
-_ACK_MATCH = """EXISTS (SELECT 1 FROM alert_acknowledgements k WHERE k.model_id = {t}.model_id
+# The newest acknowledgement of an alert: same model (and check, and day when given). One definition
+# serves the outbox (close pending rows) and the dashboard (show the alert as acknowledged).
+_ACK_MATCH = """(SELECT max(k.id) FROM alert_acknowledgements k WHERE k.model_id = {t}.model_id
                  AND (k.check_name IS NULL OR k.check_name = {t}.check_name)
                  AND (CASE WHEN k.partition_date IS NULL THEN {t}.partition_date <= k.through_date
                            ELSE {t}.partition_date = k.partition_date END))"""
@@ -181,7 +182,8 @@ class AlertState:
         with self.connect(write=True) as con:
             acked = con.execute(f"""UPDATE alert_deliveries SET status = 'acknowledged',
                                     closed_reason = 'acknowledged before it was sent'
-                                    WHERE status = 'pending' AND {_ACK_MATCH.format(t='alert_deliveries')}""").rowcount
+                                    WHERE status = 'pending'
+                                    AND {_ACK_MATCH.format(t='alert_deliveries')} IS NOT NULL""").rowcount
             silenced = con.execute(f"""
                 UPDATE alert_deliveries SET status = 'silenced',
                        closed_reason = 'silence #' || {_SILENCE_MATCH.format(t='alert_deliveries')}
@@ -298,26 +300,22 @@ class AlertState:
         out["state"], out["state_note"] = out.get("status", pd.Series(dtype=str)), ""
         if out.empty or not self.path.exists():
             return out
+        rows = [(i, m, c, str(pd.Timestamp(d).date())) for i, (m, c, d, status) in enumerate(
+            zip(out.model_id, out.check_name, out.partition_date, out.status, strict=True)) if status == "open"]
         with self.connect() as con:
-            acks = [dict(r) for r in con.execute("SELECT * FROM alert_acknowledgements ORDER BY id")]
-            silences = [dict(r) for r in con.execute(
-                "SELECT * FROM alert_silences WHERE lifted_at IS NULL AND starts_at <= ? AND ends_at > ?", [now, now])]
-        states, notes = [], []
-        for a in out.itertuples():
-            day = str(pd.Timestamp(a.partition_date).date())
-            state, note = a.status, ""
-            if a.status == "open":
-                ack = next((k for k in reversed(acks) if k["model_id"] == a.model_id
-                            and k["check_name"] in (None, a.check_name)
-                            and (day == k["partition_date"] if k["partition_date"] else day <= k["through_date"])), None)
-                sil = next((s for s in silences if s["model_id"] in (None, a.model_id)
-                            and s["check_name"] in (None, a.check_name)), None)
-                if ack:
-                    state, note = "acknowledged", f"by {ack['acknowledged_by']} {iso(ack['acknowledged_at'])}: {ack['reason']}"
-                elif sil:
-                    state, note = "silenced", f"until {iso(sil['ends_at'])} by {sil['created_by']}: {sil['reason']}"
-            states.append(state)
-            notes.append(note)
+            con.execute("CREATE TEMP TABLE _alerts (i INTEGER, model_id TEXT, check_name TEXT, partition_date TEXT)")
+            con.executemany("INSERT INTO _alerts VALUES (?, ?, ?, ?)", rows)
+            found = con.execute(f"""
+                SELECT a.i, k.acknowledged_by, k.acknowledged_at, k.reason, s.created_by, s.ends_at, s.reason
+                FROM _alerts a
+                LEFT JOIN alert_acknowledgements k ON k.id = {_ACK_MATCH.format(t='a')}
+                LEFT JOIN alert_silences s ON s.id = {_SILENCE_MATCH.format(t='a')}""", {"now": now}).fetchall()
+        states, notes = list(out.state), list(out.state_note)
+        for i, ack_by, ack_at, ack_reason, sil_by, sil_ends, sil_reason in found:
+            if ack_by is not None:  # an acknowledgement outranks a silence, as in the outbox
+                states[i], notes[i] = "acknowledged", f"by {ack_by} {iso(ack_at)}: {ack_reason}"
+            elif sil_by is not None:
+                states[i], notes[i] = "silenced", f"until {iso(sil_ends)} by {sil_by}: {sil_reason}"
         out["state"], out["state_note"] = states, notes
         return out
 
