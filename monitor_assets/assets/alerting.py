@@ -14,6 +14,7 @@ from monitor_assets.assets.common import (
     day_label,
     days_with_label_refresh,
     frame_markdown,
+    latest_materializations,
     partition_check_results,
     run_days,
     table_schema,
@@ -76,13 +77,12 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
                 f"{config.anomaly_threshold}.", "",
                 frame_markdown(report, limit=500) if len(report) else "No anomalies."]
         path.write_text("\n".join(text) + "\n")
-        if len(found):
-            found_days = pd.to_datetime(found.partition_date).dt.date
+        found_days = pd.to_datetime(found.partition_date).dt.date if len(found) else pd.Series(dtype=object)
         add_partition_metadata(context, {day: {
-            "anomalies": int((found_days == day).sum()) if len(found) else 0,
+            "anomalies": int((found_days == day).sum()),
             "unusual_metrics": dg.MetadataValue.md(frame_markdown(
                 found[found_days == day].drop(columns=["partition_date"], errors="ignore"), limit=10)
-                if len(found) and (found_days == day).any() else "none")} for day in days})
+                if (found_days == day).any() else "none")} for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "anomalies_in_run": len(found), "dagster/row_count": len(report),
             "report_path": dg.MetadataValue.path(str(path)),
@@ -136,10 +136,14 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
         with warehouse.connect() as con:
             evaluated = A.evaluate(con, config, days)
         evaluated["day"] = pd.to_datetime(evaluated.partition_date).dt.date
+        # Four checks judge performance_daily: look its materializations up once, not once per check.
+        targets = {key: latest_materializations(context.instance, key, days)
+                   for key in {spec.asset_key for spec in specs.values()}}
         for name, spec in specs.items():
             part = evaluated[evaluated.check_name == name]
             failed = part[~part.passed].drop(columns=["passed", "day"]).to_dict("records")
-            yield from partition_check_results(context, spec, days, failed, part.groupby("day").size().to_dict())
+            yield from partition_check_results(context, spec, days, failed, part.groupby("day").size().to_dict(),
+                                               targets[spec.asset_key])
 
     return [anomaly_report, alerts], [threshold_checks]
 

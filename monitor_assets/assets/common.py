@@ -109,25 +109,33 @@ def check_metadata(failures: list[dict], evaluated: int, **extra) -> dict:
     }
 
 
-def _latest_materialization(instance: dg.DagsterInstance, asset_key: dg.AssetKey, day: dt.date):
-    """The materialization of this day that an evaluation judged: the UI counts a check result for a
-    partition only while it targets that partition's latest materialization."""
+def latest_materializations(instance: dg.DagsterInstance, asset_key: dg.AssetKey,
+                            days: Sequence[dt.date]) -> dict[dt.date, object]:
+    """Each day's latest materialization of the asset, as the target an evaluation judged: the UI counts
+    a check result for a partition only while it targets that partition's latest materialization."""
     from dagster._core.definitions.asset_checks.asset_check_evaluation import (
         AssetCheckEvaluationTargetMaterializationData,
     )
 
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[str(day)]), limit=1).records
-    if not records:
-        return None
-    return AssetCheckEvaluationTargetMaterializationData(
-        run_id=records[0].event_log_entry.run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp)
+    targets = {}
+    for day in days:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[str(day)]), limit=1).records
+        if records:
+            targets[day] = AssetCheckEvaluationTargetMaterializationData(
+                run_id=records[0].event_log_entry.run_id, storage_id=records[0].storage_id,
+                timestamp=records[0].timestamp)
+    return targets
 
 
 def partition_check_results(context, spec: dg.AssetCheckSpec, days: Sequence[dt.date], failures: list[dict],
-                            evaluated: Mapping[dt.date, int]) -> Iterator:
+                            evaluated: Mapping[dt.date, int], targets: Mapping[dt.date, object] | None = None
+                            ) -> Iterator:
     """One evaluation per day, recorded on that partition (so a check's Partitions tab shows which day
-    passed and which failed), then the check's output so blocking and downstream steps see it ran."""
+    passed and which failed), then the check's output so blocking and downstream steps see it ran.
+    `targets` (from `latest_materializations`) may be shared by checks of the same asset."""
+    if targets is None:
+        targets = latest_materializations(context.instance, spec.asset_key, days)
     by_day: dict[str, list[dict]] = defaultdict(list)
     for f in failures:
         f = {**f, "partition_date": fmt_day(f["partition_date"])}
@@ -141,6 +149,5 @@ def partition_check_results(context, spec: dg.AssetCheckSpec, days: Sequence[dt.
         yield dg.AssetCheckEvaluation(asset_key=spec.asset_key, check_name=spec.name, passed=not items,
                                       severity=level, partition=str(day), blocking=spec.blocking,
                                       metadata=check_metadata(items, evaluated.get(day, 0)),
-                                      target_materialization_data=_latest_materialization(
-                                          context.instance, spec.asset_key, day))
+                                      target_materialization_data=targets.get(day))
     yield dg.Output(None, output_name=spec.get_python_identifier())
