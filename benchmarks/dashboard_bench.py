@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from monitor_assets.reporting import ReportData, build_dashboard
+from monitor_assets.reporting.dashboard import ReportData, build_dashboard
 
 INDEX_BUDGET, MODEL_PAGE_BUDGET = 5e6, 1e6
 
@@ -86,7 +86,7 @@ def main() -> None:
         import duckdb
 
         from monitor_assets.config import load_config
-        from monitor_assets.reporting import load_report_data
+        from monitor_assets.reporting.dashboard import load_report_data
 
         config = load_config()
         with duckdb.connect(args.warehouse, read_only=True) as con:

@@ -60,8 +60,8 @@ models:
 CHILD_PIPELINE = """
 import datetime as dt, json, resource, sys, time
 from monitor_assets.config import load_config
-from monitor_assets.ingest import ingest_day
-from monitor_assets.warehouse import connect
+from monitor_assets.ingestion.readers import ingest_day
+from monitor_assets.storage.warehouse import connect
 config = load_config(sys.argv[1])
 t = time.perf_counter()
 with connect(sys.argv[2]) as con:

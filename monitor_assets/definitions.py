@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from monitor_assets.assets.alerting import build_alerting_assets, build_quality_checks
-from monitor_assets.assets.analysis import build_analysis_assets
-from monitor_assets.assets.common import daily_partitions
-from monitor_assets.assets.history import build_history_asset
-from monitor_assets.assets.ingestion import build_ingestion_assets
-from monitor_assets.assets.metrics import build_metrics_assets
-from monitor_assets.assets.reporting import build_reporting_assets
+from monitor_assets.alerting.defs import build_alerting_assets
+from monitor_assets.analysis.defs import build_analysis_assets
 from monitor_assets.config import MonitorConfig, load_config
+from monitor_assets.history.defs import build_history_asset
+from monitor_assets.ingestion.defs import build_ingestion_assets, build_quality_checks
+from monitor_assets.metrics.defs import build_metrics_assets
 from monitor_assets.notify.defs import build_alert_action_jobs, build_sensors
-from monitor_assets.resources.warehouse import WarehouseResource
+from monitor_assets.reporting.defs import build_reporting_assets
+from monitor_assets.storage.resource import WarehouseResource
+from monitor_assets.wiring import daily_partitions
 
 MONITORING_JOB = "monitoring_job"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from monitor_assets.assets.ingestion import build_ingestion_assets
 from monitor_assets.config import load_config
-from monitor_assets.resources.warehouse import WarehouseResource
+from monitor_assets.ingestion.defs import build_ingestion_assets
+from monitor_assets.storage.resource import WarehouseResource
 
 from .conftest import write
 
@@ -79,8 +79,8 @@ def test_source_that_fails_twice_then_succeeds_heals_without_duplicates(tmp_path
 KILLABLE = """
 import datetime as dt, sys
 from monitor_assets.config import load_config
-from monitor_assets.ingest import ingest_day
-from monitor_assets.warehouse import connect
+from monitor_assets.ingestion.readers import ingest_day
+from monitor_assets.storage.warehouse import connect
 config = load_config(sys.argv[1])
 with connect(config.warehouse_path) as con:
     print("start", flush=True)

@@ -1,3 +1,3 @@
 """Notifications: channels (SMTP, Slack webhook, file), the delivery outbox, acknowledgements and
-silences. Plain Python; the sensors in `monitor_assets.sensors` and the jobs in `notify.defs` wire it
+silences. Plain Python; the sensors and the jobs in `notify.defs` wire it
 into Dagster."""

@@ -65,7 +65,7 @@ def channels_by_model(config: MonitorConfig) -> dict[str, list[str]]:
 
 def dashboard_url(config: MonitorConfig, model_id: str) -> str:
     """The model's own dashboard page (the index for findings that concern no single model)."""
-    from monitor_assets.reporting import INDEX_PAGE, model_page
+    from monitor_assets.reporting.dashboard import INDEX_PAGE, model_page
 
     page = model_page(model_id) if model_id in config.model_ids else INDEX_PAGE
     return (Path(config.reports_dir) / page).resolve().as_uri()

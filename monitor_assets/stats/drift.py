@@ -31,7 +31,7 @@ import numpy as np
 from scipy import stats
 from scipy.spatial import distance
 
-from monitor_assets.sql import quote_ident
+from monitor_assets.storage.sql import quote_ident
 
 FINE_BINS = 2000
 PSI_BINS = 10

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from monitor_assets.sql import quote_ident, sql_str
+from monitor_assets.storage.sql import quote_ident, sql_str
 
 FOUR_FIFTHS = 0.8
 

@@ -13,7 +13,7 @@ from monitor_assets.config import REPO_ROOT, load_config
 from monitor_assets.definitions import build_definitions
 from monitor_assets.notify.defs import ACK_JOB, LIFT_SILENCE_JOB, SILENCE_JOB
 from monitor_assets.notify.state import AlertState
-from monitor_assets.reporting import ReportData, model_summaries
+from monitor_assets.reporting.dashboard import ReportData, model_summaries
 
 
 def cli(tmp_path, *args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 
 from monitor_assets.notify.outbox import dashboard_url
-from monitor_assets.reporting import ReportData, build_dashboard, model_page
+from monitor_assets.reporting.dashboard import ReportData, build_dashboard, model_page
 
 from .browser import browser_page
 

@@ -21,7 +21,7 @@ from monitor_assets.constants import LATENCY_CHECK as LATENCY
 from monitor_assets.constants import PERFORMANCE_CHECK as PERFORMANCE
 from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.notify.messages import fmt_num, fmt_p, fmt_pct, plural
-from monitor_assets.warehouse import transaction
+from monitor_assets.storage.warehouse import transaction
 
 DEFAULT_SEVERITY = {PERFORMANCE: "ERROR", LATENCY: "WARN", ERROR_RATE: "ERROR", VOLUME: "ERROR", DRIFT: "WARN",
                     FAIRNESS: "ERROR", ANOMALIES: "WARN"}

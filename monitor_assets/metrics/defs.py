@@ -4,7 +4,12 @@
 import dagster as dg
 import pandas as pd
 
-from monitor_assets.assets.common import (
+from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import DUCKDB_POOL, GROUP_METRICS, OWNERS
+from monitor_assets.stats.performance import performance_sql
+from monitor_assets.storage.resource import WarehouseResource
+from monitor_assets.storage.warehouse import replace_partitions
+from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
     daily_partitions,
@@ -14,11 +19,6 @@ from monitor_assets.assets.common import (
     run_days,
     table_schema,
 )
-from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import DUCKDB_POOL, GROUP_METRICS, OWNERS
-from monitor_assets.resources.warehouse import WarehouseResource
-from monitor_assets.stats.performance import performance_sql
-from monitor_assets.warehouse import replace_partitions
 
 PERFORMANCE_COLUMNS = {
     "partition_date": "DATE", "model_id": "VARCHAR", "task": "VARCHAR", "model_versions": "VARCHAR",

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from monitor_assets.warehouse import connect
+from monitor_assets.storage.warehouse import connect
 
 
 class WarehouseResource(dg.ConfigurableResource):

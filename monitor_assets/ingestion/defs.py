@@ -8,21 +8,31 @@ import datetime as dt
 import time
 
 import dagster as dg
+import pandas as pd
 
-from monitor_assets.assets.common import (
+from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import (
+    ALL_MODELS,
+    DUCKDB_POOL,
+    GROUP_INGESTION,
+    OWNERS,
+    QUALITY_CHECK,
+    VOLUME_RANGE_CHECK,
+)
+from monitor_assets.ingestion.readers import ingest_day, quarantine_preview
+from monitor_assets.notify.messages import fmt_pct
+from monitor_assets.storage.resource import WarehouseResource
+from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
     daily_partitions,
     day_label,
     markdown_table,
+    partition_check_results,
     run_days,
     should_log_progress,
     table_schema,
 )
-from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import DUCKDB_POOL, GROUP_INGESTION, OWNERS
-from monitor_assets.ingest import ingest_day, quarantine_preview
-from monitor_assets.resources.warehouse import WarehouseResource
 
 DESCRIPTIONS = {
     "predictions": "Prediction logs (structured JSON lines, CSV or Parquet), one row per served request, with "
@@ -138,3 +148,76 @@ def build_ingestion_assets(config: MonitorConfig) -> list[dg.AssetsDefinition]:
     if config.sales:
         assets.append(_ingestion_asset(config, "sales", []))
     return assets
+
+
+def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> list:
+    partitions = daily_partitions(config)
+    validity = dg.AssetCheckSpec(
+        QUALITY_CHECK, asset=predictions, blocking=True, partitions_def=partitions,
+        description="Great Expectations on the loaded predictions of each day: required fields present, prediction "
+                    "ids unique, model ids known, classifier scores in [0, 1], latency non-negative, timestamps "
+                    "inside the day, known categories. Blocks downstream assets when it fails; the alert goes to "
+                    "the channels of the models whose rows failed.")
+    volume = dg.AssetCheckSpec(
+        VOLUME_RANGE_CHECK, asset=predictions, partitions_def=partitions,
+        description="Each model's daily volume within 50%..200% of its trailing 7-day average, and the share of "
+                    "quarantined records under 5%. Warns; does not block.")
+
+    @dg.multi_asset_check(specs=[validity], name=QUALITY_CHECK)
+    def predictions_are_complete_and_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+        from monitor_assets.ingestion.quality import predictions_frame, validate_predictions
+
+        days = run_days(context)
+        failures, checked = [], {}
+        with warehouse.connect() as con:
+            for day in days:
+                frame = predictions_frame(con, config, day)
+                checked[day] = 0
+                if frame.empty:
+                    continue
+                for outcome in validate_predictions(config, day, frame):
+                    checked[day] += 1
+                    if outcome.success:
+                        continue
+                    for model_id, n in (outcome.models or {None: outcome.unexpected_count}).items():
+                        failures.append({
+                            "partition_date": day, "model_id": model_id or ALL_MODELS, "check_name": QUALITY_CHECK,
+                            "severity": "ERROR", "value": float(n), "threshold": 0.0,
+                            "message": f"{outcome.expectation} on {outcome.column}: {n} unexpected value(s)"
+                                       + (f", e.g. {', '.join(outcome.sample)}" if outcome.sample else "")})
+        yield from partition_check_results(context, validity, days, failures, checked)
+
+    @dg.multi_asset_check(specs=[volume], name=VOLUME_RANGE_CHECK)
+    def prediction_volume_within_expected_range(context: dg.AssetCheckExecutionContext,
+                                                warehouse: WarehouseResource):
+        days = run_days(context)
+        with warehouse.connect() as con:
+            table = con.execute("""
+                WITH vol AS (SELECT d, m, (SELECT count(*) FROM raw.predictions p
+                                           WHERE p.partition_date = d AND p.model_id = m) AS n
+                             FROM unnest(range(?::DATE - INTERVAL 7 DAY, ?::DATE + INTERVAL 1 DAY, INTERVAL 1 DAY)) t(d),
+                                  unnest(?::VARCHAR[]) u(m))
+                SELECT d::DATE AS day, m AS model_id, n,
+                       (SELECT avg(n) FROM vol v2 WHERE v2.m = v.m AND v2.d < v.d AND v2.d >= v.d - INTERVAL 7 DAY
+                        AND v2.n > 0) AS trailing
+                FROM vol v WHERE d::DATE IN (SELECT unnest(?::DATE[]))""",
+                                [min(days), max(days), config.model_ids, days]).df()
+            quarantine = con.execute("""SELECT partition_date, sum(records_quarantined) / nullif(sum(records_read), 0)
+                                        FROM raw.ingestion_log WHERE source = 'predictions'
+                                        AND partition_date IN (SELECT unnest(?::DATE[])) GROUP BY 1""",
+                                     [days]).fetchall()
+        table["ratio"] = table.n / table.trailing
+        odd = table[table.trailing.notna() & ((table.ratio < 0.5) | (table.ratio > 2.0))]
+        failures = [{"partition_date": r.day, "model_id": r.model_id, "check_name": VOLUME_RANGE_CHECK,
+                     "severity": "WARN", "value": float(r.ratio), "threshold": 0.5 if r.ratio < 0.5 else 2.0,
+                     "message": f"{r.n:,} predictions, {fmt_pct(r.ratio)} of the trailing 7-day mean "
+                                f"{r.trailing:,.0f}"}
+                    for r in odd.itertuples()]
+        failures += [{"partition_date": d, "model_id": ALL_MODELS, "check_name": VOLUME_RANGE_CHECK,
+                      "severity": "WARN", "value": float(share), "threshold": 0.05,
+                      "message": f"{fmt_pct(share)} of the day's prediction records were quarantined"}
+                     for d, share in quarantine if share is not None and share > 0.05]
+        evaluated = {pd.Timestamp(d).date(): n for d, n in table.groupby("day").size().items()}
+        yield from partition_check_results(context, volume, days, failures, evaluated)
+
+    return [predictions_are_complete_and_valid, prediction_volume_within_expected_range]

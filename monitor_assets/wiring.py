@@ -12,7 +12,7 @@ import dagster as dg
 
 from monitor_assets.config import MonitorConfig
 from monitor_assets.notify.messages import fmt_day
-from monitor_assets.warehouse import date_range
+from monitor_assets.storage.warehouse import date_range
 
 # backfill_policy is marked beta (single-run backfills keep 30 days to one run) and partitioned check
 # specs preview; both are what we want, so their warnings are noise at every load.

@@ -3,7 +3,11 @@
 
 import dagster as dg
 
-from monitor_assets.assets.common import (
+from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import DUCKDB_POOL, GROUP_REPORTING, OWNERS
+from monitor_assets.storage.resource import WarehouseResource
+from monitor_assets.storage.warehouse import replace_partitions
+from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
     daily_partitions,
@@ -12,10 +16,6 @@ from monitor_assets.assets.common import (
     run_days,
     table_schema,
 )
-from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import DUCKDB_POOL, GROUP_REPORTING, OWNERS
-from monitor_assets.resources.warehouse import WarehouseResource
-from monitor_assets.warehouse import replace_partitions
 
 BUSINESS_MODEL_ID = "_business"
 

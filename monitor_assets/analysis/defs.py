@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from monitor_assets.analysis import (
+from monitor_assets.analysis.logic import (
     drift_for_day,
     fairness_for_day,
     load_profiles,
@@ -12,7 +12,11 @@ from monitor_assets.analysis import (
     save_profiles,
     stored_version,
 )
-from monitor_assets.assets.common import (
+from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import DUCKDB_POOL, GROUP_BIAS, GROUP_DRIFT, OWNERS
+from monitor_assets.storage.resource import WarehouseResource
+from monitor_assets.storage.warehouse import replace_partitions_from_frame, transaction
+from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
     daily_partitions,
@@ -23,10 +27,6 @@ from monitor_assets.assets.common import (
     should_log_progress,
     table_schema,
 )
-from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import DUCKDB_POOL, GROUP_BIAS, GROUP_DRIFT, OWNERS
-from monitor_assets.resources.warehouse import WarehouseResource
-from monitor_assets.warehouse import replace_partitions_from_frame, transaction
 
 DRIFT_COLUMNS = {
     "partition_date": "DATE", "model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR (feature, prediction, label)",

@@ -9,14 +9,14 @@ import dagster as dg
 import duckdb
 import yaml
 
-from monitor_assets import alerting as A
+from monitor_assets.alerting import rules as A
 from monitor_assets.config import ChannelConfig
 from monitor_assets.definitions import build_definitions
 
-from .conftest import run_job
-from .servers import smtp_server, webhook_server
+from monitor_assets_tests.conftest import run_job
+from monitor_assets_tests.servers import smtp_server, webhook_server
 
-INCIDENTS = yaml.safe_load((Path(__file__).parents[1] / "data" / "demo" / "incidents.yaml").read_text())
+INCIDENTS = yaml.safe_load((Path(__file__).parents[2] / "data" / "demo" / "incidents.yaml").read_text())
 # Which check each injected incident must trip.
 EXPECTED_CHECKS = {
     "feature_drift": [A.DRIFT], "bias": [A.FAIRNESS], "concept_drift": [A.PERFORMANCE],

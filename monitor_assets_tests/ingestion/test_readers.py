@@ -6,12 +6,12 @@ import duckdb
 import pandas as pd
 import pytest
 
-from monitor_assets import ingest
 from monitor_assets.config import load_config
-from monitor_assets.ingest import SourceError, ingest_day, model_feature_select
-from monitor_assets.warehouse import ensure_schema
+from monitor_assets.ingestion import readers as ingest
+from monitor_assets.ingestion.readers import SourceError, ingest_day, model_feature_select
+from monitor_assets.storage.warehouse import ensure_schema
 
-from .conftest import write
+from monitor_assets_tests.conftest import write
 
 DAY = dt.date(2026, 3, 1)
 CONFIG = """
@@ -146,7 +146,7 @@ def test_missing_mapped_column_names_the_file(tmp_path, con):
 
 
 def test_reference_missing_a_configured_feature_is_a_clear_error(tmp_path):
-    from monitor_assets.analysis import profile_model
+    from monitor_assets.analysis.logic import profile_model
 
     config = load_config(write(tmp_path / "m.yaml", CONFIG))
     pd.DataFrame({"amount": [1.0, 2.0], "score": [0.1, 0.9], "label": [0, 1]}).to_parquet(tmp_path / "ref.parquet")
@@ -155,7 +155,7 @@ def test_reference_missing_a_configured_feature_is_a_clear_error(tmp_path):
 
 
 def test_quality_frame_quotes_feature_columns_from_config(tmp_path, con):
-    from monitor_assets.quality import predictions_frame
+    from monitor_assets.ingestion.quality import predictions_frame
 
     text = CONFIG.replace('"odd \\"name\\"; --": categorical',
                           '"odd \\"name\\"; --": {type: categorical, allowed_values: [x, y]}')
@@ -376,7 +376,7 @@ def test_a_prediction_id_seen_on_an_earlier_day_is_a_duplicate(tmp_path, con):
 
 
 def test_a_corrected_label_replaces_the_old_one_and_is_counted(tmp_path, con):
-    from monitor_assets.assets.metrics import _performance_statement
+    from monitor_assets.metrics.defs import _performance_statement
 
     config = load_config(write(tmp_path / "m.yaml", CONFIG))
     write(tmp_path / "logs" / "2026-03-01.jsonl", good(1, score=0.9) + "\n" + good(2, score=0.9) + "\n")

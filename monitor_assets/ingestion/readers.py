@@ -41,8 +41,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from monitor_assets.config import MonitorConfig, SourceConfig
-from monitor_assets.sql import quote_ident, sql_str
-from monitor_assets.warehouse import transaction
+from monitor_assets.storage.sql import quote_ident, sql_str
+from monitor_assets.storage.warehouse import transaction
 
 NUMBER = "DOUBLE"
 TEXT = "VARCHAR"

@@ -16,11 +16,11 @@ import duckdb
 import pandas as pd
 
 from monitor_assets.config import ModelConfig, MonitorConfig
-from monitor_assets.ingest import model_feature_select
-from monitor_assets.sql import quote_ident, sql_str
+from monitor_assets.ingestion.readers import model_feature_select
 from monitor_assets.stats import drift as D
 from monitor_assets.stats.fairness import fairness_table, group_counts
 from monitor_assets.stats.performance import CLASSIFICATION_METRICS, REGRESSION_METRICS, performance_sql
+from monitor_assets.storage.sql import quote_ident, sql_str
 
 PREDICTION = "prediction"
 LABEL = "label"

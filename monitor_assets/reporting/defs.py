@@ -6,11 +6,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from monitor_assets.assets.common import daily_partitions, frame_markdown, run_days
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import GROUP_REPORTING, OWNERS
-from monitor_assets.reporting import build_dashboard, load_report_data, model_summaries, summaries_markdown
-from monitor_assets.resources.warehouse import WarehouseResource
+from monitor_assets.reporting.dashboard import (
+    build_dashboard,
+    load_report_data,
+    model_summaries,
+    summaries_markdown,
+)
+from monitor_assets.storage.resource import WarehouseResource
+from monitor_assets.wiring import daily_partitions, frame_markdown, run_days
 
 
 def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey) -> list:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from monitor_assets.config import MonitorConfig
-from monitor_assets.ingest import feature_columns
-from monitor_assets.sql import quote_ident
+from monitor_assets.ingestion.readers import feature_columns
+from monitor_assets.storage.sql import quote_ident
 
 
 @dataclass

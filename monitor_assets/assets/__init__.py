@@ -1,1 +1,0 @@
-"""Thin Dagster wiring over the core, one module per stage."""

@@ -1,1 +1,0 @@
-"""Resources: the DuckDB warehouse and the alert notifiers."""
