@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import glob
 import math
 import os
 import re
@@ -30,6 +31,7 @@ FORMATS = ("jsonl", "csv", "parquet")
 CHANNEL_TYPES = ("file", "email", "slack")
 SEVERITIES = ("WARN", "ERROR")
 DATE_PLACEHOLDER = re.compile(r"\{date(?::([^}]*))?\}")
+MODEL_PLACEHOLDER = "{model}"
 
 
 class ConfigError(ValueError):
@@ -51,9 +53,16 @@ class SourceConfig:
     # None for an optional field the data does not have
     ok_status: tuple[str, ...] = ("ok",)
 
-    def paths_for(self, day: dt.date) -> str:
-        """The glob for one day: '{date}' becomes YYYY-MM-DD, '{date:%Y%m%d}' any strftime format."""
-        return DATE_PLACEHOLDER.sub(lambda m: day.strftime(m.group(1) or "%Y-%m-%d"), self.path)
+    def paths_for(self, day: dt.date, model: str | None = None) -> str:
+        """The glob for one day: '{date}' becomes YYYY-MM-DD, '{date:%Y%m%d}' any strftime format, and
+        '{model}' the model id (each model's files are then read for that model's fields only)."""
+        path = DATE_PLACEHOLDER.sub(lambda m: day.strftime(m.group(1) or "%Y-%m-%d"), self.path)
+        return path.replace(MODEL_PLACEHOLDER, glob.escape(model) if model is not None else "*")
+
+    @property
+    def per_model(self) -> bool:
+        """Files of one model each ('{model}' in the path): model_id comes from the path."""
+        return MODEL_PLACEHOLDER in self.path
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,15 @@ class MonitorConfig:
     ui_url: str = "http://127.0.0.1:3000"
     warehouse_path: str = ""
     reports_dir: str = ""
+    lake_dir: str = ""  # $MONITOR_LAKE; empty: beside the warehouse file
+
+    @property
+    def lake_path(self) -> str:
+        """The Delta lake folder of the partitioned tables: $MONITOR_LAKE, or `<warehouse>_lake` beside the file."""
+        if self.lake_dir:
+            return self.lake_dir
+        warehouse = Path(self.warehouse_path)
+        return str(warehouse.with_name(f"{warehouse.stem}_lake"))
 
     @property
     def state_path(self) -> str:
@@ -261,6 +279,9 @@ def _source(r: _Reader, data: Any, key: str, kind: str) -> SourceConfig:
     path = r.path(r.require(data, "path", key), f"{key}.path", inside=True)
     if not DATE_PLACEHOLDER.search(path):
         raise r.fail(f"{key}.path", "expected a {date} placeholder (for example predictions/{date}.jsonl)")
+    if MODEL_PLACEHOLDER in path and kind != "predictions":
+        raise r.fail(f"{key}.path", "{model} is for prediction logs only; labels, interactions and sales name "
+                                    "the prediction or are shared")
     fmt = data.get("format") or _format_of(path)
     if fmt is None:
         raise r.fail(f"{key}.format", f"cannot tell the format from {path!r}; set one of {', '.join(FORMATS)}")
@@ -537,6 +558,7 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
         ui_url=os.environ.get("MONITOR_UI_URL") or str(alerts.get("ui_url", "http://127.0.0.1:3000")).rstrip("/"),
         warehouse_path=os.environ.get("MONITOR_WAREHOUSE")
         or (r.path(root["warehouse"], "warehouse") if root.get("warehouse") else str(REPO_ROOT / "warehouse" / "monitor.duckdb")),
+        lake_dir=os.environ.get("MONITOR_LAKE", ""),
         reports_dir=os.environ.get("MONITOR_REPORTS_DIR")
         or (r.path(root["reports_dir"], "reports_dir") if root.get("reports_dir") else str(REPO_ROOT / "reports")),
     )

@@ -48,7 +48,7 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
         schedules=[schedule],
         sensors=build_sensors(config, [key for c in checks for key in c.check_keys], alerting[-1].key,
                               monitored_jobs=[job]),
-        resources={"warehouse": WarehouseResource(path=config.warehouse_path)},
+        resources={"warehouse": WarehouseResource(path=config.warehouse_path, lake_path=config.lake_path)},
     )
 
 

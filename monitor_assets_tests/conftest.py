@@ -3,11 +3,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
 from monitor_assets.config import load_config
 from monitor_assets.definitions import MONITORING_JOB, build_definitions
+from monitor_assets.storage.warehouse import open_warehouse
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -67,7 +67,7 @@ def demo_run(demo_config, demo_instance):
 @pytest.fixture
 def demo_db(demo_run):
     config, _ = demo_run
-    con = duckdb.connect(config.warehouse_path, read_only=True)
+    con = open_warehouse(config.warehouse_path, read_only=True)
     yield con
     con.close()
 

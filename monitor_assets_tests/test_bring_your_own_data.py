@@ -1,11 +1,11 @@
 """A user's own data in another shape: CSV predictions with their own column names, no JSON."""
 
-import duckdb
 import numpy as np
 import pandas as pd
 from sklearn.metrics import mean_absolute_error, r2_score
 
 from monitor_assets.config import load_config
+from monitor_assets.storage.warehouse import open_warehouse
 
 from .conftest import run_job, write
 
@@ -55,7 +55,7 @@ models:
 """)
     config = load_config(config_path)
     assert run_job(config, "2025-06-01", "2025-06-03").success
-    con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
+    con = open_warehouse(str(tmp_path / "wh.duckdb"), read_only=True)
     perf = con.execute("""SELECT partition_date, volume, n_labelled, mae, r2 FROM monitoring.performance_daily
                           ORDER BY 1""").df()
     assert list(perf.volume) == [400, 400, 400] and list(perf.n_labelled) == [400, 400, 400]

@@ -3,10 +3,12 @@
 import datetime as dt
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import yaml
 from sklearn.metrics import roc_auc_score
+
+from monitor_assets.storage.lake import Lake
+from monitor_assets.storage.warehouse import open_warehouse
 
 from .conftest import run_job
 
@@ -89,18 +91,18 @@ def test_late_labels_refresh_earlier_days_and_history_never_duplicates(demo_conf
 
     db = tmp_path / "daily.duckdb"
     shutil.copy(demo_config.warehouse_path, db)
+    shutil.copytree(demo_config.lake_path, replace(demo_config, warehouse_path=str(db)).lake_path)
     config = replace(demo_config, warehouse_path=str(db))
-    con = duckdb.connect(str(db))
-    con.execute("DELETE FROM raw.labels WHERE partition_date >= '2026-10-12'")
-    con.execute("DELETE FROM monitoring.performance_daily WHERE partition_date >= '2026-10-10'")
-    con.close()
+    lake = Lake(config.lake_path)
+    lake.delete("raw.labels", "partition_date >= '2026-10-12'")
+    lake.delete("monitoring.performance_daily", "partition_date >= '2026-10-10'")
     assert run_job(config, "2026-10-11").success  # labels for the 10th are still partly missing
-    with duckdb.connect(str(db), read_only=True) as c:
+    with open_warehouse(str(db), read_only=True) as c:
         partial = c.execute("""SELECT label_coverage FROM monitoring.performance_daily
                                WHERE partition_date = '2026-10-10' AND model_id = 'fraud_detector'""").fetchone()[0]
     for day in ("2026-10-12", "2026-10-13", "2026-10-13"):  # the 13th twice: a re-run
         assert run_job(config, day).success
-    with duckdb.connect(str(db), read_only=True) as c:
+    with open_warehouse(str(db), read_only=True) as c:
         full = c.execute("""SELECT label_coverage FROM monitoring.performance_daily
                             WHERE partition_date = '2026-10-10' AND model_id = 'fraud_detector'""").fetchone()[0]
         dupes = c.execute("""SELECT count(*) FROM (SELECT partition_date, model_id, metric, segment, count(*) n
@@ -156,10 +158,11 @@ def test_reference_profiles_are_reused_when_the_reference_is_unchanged(demo_conf
     with tempfile.TemporaryDirectory() as tmp:
         db = f"{tmp}/copy.duckdb"
         shutil.copy(demo_config.warehouse_path, db)
-        before = duckdb.connect(db, read_only=True).execute(
+        shutil.copytree(demo_config.lake_path, replace(demo_config, warehouse_path=db).lake_path)
+        before = open_warehouse(db, read_only=True).execute(
             "SELECT max(computed_at) FROM monitoring.reference_profiles").fetchall()[0][0]
         result = run_job(replace(demo_config, warehouse_path=db), "2026-10-30")
         assert result.success
-        after = duckdb.connect(db, read_only=True).execute(
+        after = open_warehouse(db, read_only=True).execute(
             "SELECT max(computed_at) FROM monitoring.reference_profiles").fetchall()[0][0]
         assert before == after

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 
 from monitor_assets.config import load_config
 from monitor_assets.ingestion.defs import build_ingestion_assets
 from monitor_assets.storage.resource import WarehouseResource
+from monitor_assets.storage.warehouse import open_warehouse
 
 from .conftest import write
 
@@ -66,11 +66,11 @@ def test_source_that_fails_twice_then_succeeds_heals_without_duplicates(tmp_path
         thread = threading.Thread(target=feeder)
         thread.start()
         result = dg.materialize([predictions], partition_key="2026-03-01", instance=instance,
-                                resources={"warehouse": WarehouseResource(path=config.warehouse_path)})
+                                resources={"warehouse": WarehouseResource(path=config.warehouse_path, lake_path=config.lake_path)})
         thread.join()
         failures = instance.get_event_records(dg.EventRecordsFilter(event_type=dg.DagsterEventType.STEP_UP_FOR_RETRY))
     assert result.success and len(failures) == 2
-    with duckdb.connect(config.warehouse_path, read_only=True) as con:
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
         rows, distinct = con.execute("SELECT count(*), count(DISTINCT prediction_id) FROM raw.predictions").fetchall()[0]
         logged = con.execute("SELECT records_read, records_loaded FROM raw.ingestion_log").fetchall()
     assert rows == distinct == 500 and logged == [(500, 500)]
@@ -109,11 +109,11 @@ def test_sigkill_halfway_leaves_the_previous_partition_and_the_next_run_complete
             break
         proc.wait()
     assert killed, "ingestion finished before it could be killed"
-    with duckdb.connect(config.warehouse_path) as con:  # recovery replays the WAL: only committed work
+    with open_warehouse(config.warehouse_path) as con:  # recovery replays the WAL: only committed work
         rows = con.execute("SELECT count(*) FROM raw.predictions").fetchall()[0][0]
         assert rows in (1000, 400_000)  # the old partition, or (if the commit won the race) the new one
     subprocess.run([sys.executable, "-c", KILLABLE, str(cfg)], check=True, capture_output=True)
-    with duckdb.connect(config.warehouse_path, read_only=True) as con:
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
         assert con.execute("SELECT count(*), count(DISTINCT prediction_id) FROM raw.predictions").fetchall()[0] == (
             400_000, 400_000)
 
@@ -146,7 +146,7 @@ def test_four_partitions_at_once_against_one_duckdb_file(tmp_path):
                               stderr=subprocess.PIPE, text=True, env=env) for day in days]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [o[0].strip().splitlines()[-1] for o in outputs] == ["ok"] * 4, [o[1][-2000:] for o in outputs]
-    with duckdb.connect(config.warehouse_path, read_only=True) as con:
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
         per_day = con.execute("""SELECT partition_date::VARCHAR, count(*) FROM raw.predictions
                                  GROUP BY 1 ORDER BY 1""").fetchall()
         perf = con.execute("SELECT count(DISTINCT partition_date) FROM monitoring.performance_daily").fetchall()[0][0]
@@ -182,5 +182,5 @@ def test_failed_blocking_quality_check_stops_downstream_assets(tmp_path):
         materialized = {tuple(e.asset_key.path) for e in result.get_asset_materialization_events()}
     assert ("raw", "predictions") in materialized
     assert ("monitoring", "performance_daily") not in materialized
-    with duckdb.connect(config.warehouse_path, read_only=True) as con:
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM monitoring.performance_daily").fetchall()[0][0] == 0

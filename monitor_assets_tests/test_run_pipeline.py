@@ -12,11 +12,11 @@ import uuid
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
 from monitor_assets.constants import DUCKDB_POOL
 from monitor_assets.run_pipeline import HOST_TAG, PID_TAG, PoolUse, pool_holders, recover_dead_runs
+from monitor_assets.storage.warehouse import open_warehouse
 
 from .conftest import persistent_home, write
 
@@ -76,7 +76,7 @@ def test_rerun_after_a_killed_run_frees_its_slot_and_completes_without_duplicate
     assert f"recovered run {killed}: process" in rerun.stdout
     assert killed_then_rerun["killed_status"] == dg.DagsterRunStatus.FAILURE
     assert killed_then_rerun["left_over"] == {}  # the new run released what it took
-    with duckdb.connect(str(killed_then_rerun["tmp"] / "wh.duckdb"), read_only=True) as con:
+    with open_warehouse(str(killed_then_rerun["tmp"] / "wh.duckdb"), read_only=True) as con:
         rows, distinct, days = con.execute("""SELECT count(*), count(DISTINCT prediction_id),
                                               count(DISTINCT partition_date) FROM raw.predictions""").fetchall()[0]
     assert rows == distinct > 0 and days == 3

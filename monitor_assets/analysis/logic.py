@@ -16,11 +16,12 @@ import duckdb
 import pandas as pd
 
 from monitor_assets.config import ModelConfig, MonitorConfig
-from monitor_assets.ingestion.readers import model_feature_select
+from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS, model_feature_select
 from monitor_assets.stats import drift as D
 from monitor_assets.stats.fairness import fairness_table, group_counts
 from monitor_assets.stats.performance import CLASSIFICATION_METRICS, REGRESSION_METRICS, performance_sql
 from monitor_assets.storage.sql import quote_ident, sql_str
+from monitor_assets.storage.warehouse import lake_of
 
 PREDICTION = "prediction"
 LABEL = "label"
@@ -108,13 +109,17 @@ def load_profiles(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, D.
                    else D.CategoricalProfile.from_json(json.loads(p))) for name, kind, p in rows}
 
 
-def _day_rows(config: MonitorConfig, model: ModelConfig) -> str:
-    """The served predictions of one model and day (params: day, model id), with the latest label."""
+def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig) -> str:
+    """The served predictions of one model and day (params: day, model id), with the latest label: from the
+    model's own table, so a pass reads that model's rows only. Labels are matched on the prediction id,
+    also those logged before their prediction arrived (up to EARLY_LABEL_DAYS)."""
+    table = lake_of(con).model_relation(con, model.id)
     return f"""
         SELECT {model_feature_select(config, model.id, 'p.')}, p.score AS {PREDICTION}, l.label AS label_value
-        FROM raw.predictions AS p
+        FROM {table} AS p
         LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
-                   WHERE model_id = $model GROUP BY prediction_id) AS l USING (prediction_id)
+                   WHERE partition_date >= $day - INTERVAL {EARLY_LABEL_DAYS} DAY GROUP BY prediction_id) AS l
+            USING (prediction_id)
         WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok"""
 
 
@@ -122,7 +127,7 @@ def drift_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: 
                   profiles: dict[str, D.Profile]) -> tuple[list[dict], dict]:
     """Drift rows for every feature, the prediction and the label; and the model's summary row."""
     params = {"day": day, "model": model.id}
-    rows_sql = _day_rows(config, model)
+    rows_sql = _day_rows(con, config, model)
     n = con.execute(f"SELECT count(*) FROM ({rows_sql})", params).fetchall()[0][0]
     summary = {"partition_date": day, "model_id": model.id, "n_features": len(model.features), "n_drifted": None,
                "drift_share": None, "dataset_drift": None, "prediction_drift": None, "label_drift": None}
@@ -162,7 +167,7 @@ def fairness_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, mode
     if not attributes:
         return pd.DataFrame()
     y_pred = (f"({PREDICTION} >= {model.decision_threshold!r})::INTEGER" if model.is_classifier else PREDICTION)
-    relation = f"SELECT {y_pred} AS y_pred, label_value AS y_true, * FROM ({_day_rows(config, model)})"
+    relation = f"SELECT {y_pred} AS y_pred, label_value AS y_true, * FROM ({_day_rows(con, config, model)})"
     counts = group_counts(con, relation, attributes, {"day": day, "model": model.id})
     table = fairness_table(counts, model.is_classifier, config.min_group_size)
     if not table.empty:

@@ -59,10 +59,9 @@ HISTORY_PARTS = {
 }
 
 
-def history_insert_sql(parts: list[str]) -> str:
+def history_select_sql(parts: list[str]) -> str:
     union = "\nUNION ALL\n".join(HISTORY_PARTS[p] for p in parts)
-    return f"""INSERT INTO monitoring.history
-               SELECT *, now()::TIMESTAMP FROM ({union}) AS h(partition_date, model_id, metric, segment, value)"""
+    return f"""SELECT *, now() FROM ({union}) AS h(partition_date, model_id, metric, segment, value)"""
 
 
 def build_history_asset(config: MonitorConfig, upstream: dict[str, dg.AssetKey]) -> dg.AssetsDefinition:
@@ -85,7 +84,7 @@ def build_history_asset(config: MonitorConfig, upstream: dict[str, dg.AssetKey])
         refreshed = days_with_label_refresh(days, config)
         with warehouse.connect() as con:
             con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [refreshed])
-            inserted = replace_partitions(con, "monitoring.history", refreshed, history_insert_sql(parts))
+            inserted = replace_partitions(con, "monitoring.history", refreshed, history_select_sql(parts))
             per_day = dict(con.execute("""SELECT partition_date, count(*) FROM monitoring.history
                                           WHERE partition_date IN (SELECT d FROM _days) GROUP BY 1""").fetchall())
             total = con.execute("SELECT count(*) FROM monitoring.history").fetchall()[0][0]

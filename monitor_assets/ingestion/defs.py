@@ -78,7 +78,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
         reasons: dict[str, int] = {}
         missing_days, per_day = [], []
         started = time.perf_counter()
-        with warehouse.connect() as con:
+        with warehouse.connect(models=None) as con:
             for i, day in enumerate(days, 1):
                 result = ingest_day(con, config, source, day)
                 if not result.files:
@@ -170,9 +170,9 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
         days = run_days(context)
         failures, checked = [], {}
         with warehouse.connect() as con:
-            for day in days:
-                frame = predictions_frame(con, config, day)
-                checked[day] = 0
+            for day, model in ((d, m) for d in days for m in config.models):
+                frame = predictions_frame(con, config, day, model)
+                checked.setdefault(day, 0)
                 if frame.empty:
                     continue
                 for outcome in validate_predictions(config, day, frame):
@@ -191,7 +191,7 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
     def prediction_volume_within_expected_range(context: dg.AssetCheckExecutionContext,
                                                 warehouse: WarehouseResource):
         days = run_days(context)
-        with warehouse.connect() as con:
+        with warehouse.connect(models=None) as con:
             table = con.execute("""
                 WITH vol AS (SELECT d, m, (SELECT count(*) FROM raw.predictions p
                                            WHERE p.partition_date = d AND p.model_id = m) AS n

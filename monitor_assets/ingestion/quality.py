@@ -10,13 +10,15 @@ without progress bars.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 import pandas as pd
 
-from monitor_assets.config import MonitorConfig
+from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.ingestion.readers import feature_columns
 from monitor_assets.storage.sql import quote_ident
+from monitor_assets.storage.warehouse import lake_of
 
 
 @dataclass
@@ -53,30 +55,37 @@ def _suite(config: MonitorConfig, day: dt.date, frame: pd.DataFrame):
     return gx.ExpectationSuite(name=f"predictions_{day}", expectations=expectations)
 
 
-def _allowed_categories(config: MonitorConfig) -> dict[str, list[str]]:
+def _allowed_categories(config: MonitorConfig, model: ModelConfig | None = None) -> dict[str, list[str]]:
     columns = feature_columns(config)
-    return {columns[(f.source, f.type)]: list(f.allowed_values) for m in config.models for f in m.features
-            if f.allowed_values}
+    return {columns[(f.source, f.type)]: list(f.allowed_values)
+            for m in ([model] if model else config.models) for f in m.features if f.allowed_values}
 
 
-def predictions_frame(con, config: MonitorConfig, day: dt.date) -> pd.DataFrame:
-    """The loaded predictions of a day, with classifier scores in a column of their own."""
-    classifiers = [m.id for m in config.models if m.is_classifier] or [""]
-    extra = "".join(f", {quote_ident(c)}" for c in _allowed_categories(config))
+def predictions_frame(con, config: MonitorConfig, day: dt.date, model: ModelConfig) -> pd.DataFrame:
+    """One model's loaded predictions of a day (a model-day is the unit of validation, so memory holds one),
+    with classifier scores in a column of their own."""
+    table = lake_of(con).model_relation(con, model.id)
+    extra = "".join(f", {quote_ident(c)}" for c in _allowed_categories(config, model))
+    score = "score" if model.is_classifier else "NULL::DOUBLE"
     return con.execute(f"""
-        SELECT prediction_id, model_id, ts, latency_ms, score,
-               CASE WHEN model_id IN (SELECT unnest(?::VARCHAR[])) THEN score END AS classifier_score{extra}
-        FROM raw.predictions WHERE partition_date = ?""", [classifiers, day]).df()
+        SELECT prediction_id, model_id, ts, latency_ms, score, {score} AS classifier_score{extra}
+        FROM {table} WHERE partition_date = ?""", [day]).df()
 
 
-def validate_predictions(config: MonitorConfig, day: dt.date, frame: pd.DataFrame) -> list[ExpectationOutcome]:
+@functools.cache
+def _batch_definition():
+    """One ephemeral GX context for the process: building it costs more than validating a model-day."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_definition = (context.data_sources.add_pandas("warehouse").add_dataframe_asset("predictions")
-                        .add_batch_definition_whole_dataframe("day"))
+    return (context.data_sources.add_pandas("warehouse").add_dataframe_asset("predictions")
+            .add_batch_definition_whole_dataframe("day"))
+
+
+def validate_predictions(config: MonitorConfig, day: dt.date, frame: pd.DataFrame) -> list[ExpectationOutcome]:
+    batch_definition = _batch_definition()
     # COMPLETE lists the unexpected rows, so a failure is routed to the models whose rows failed.
     result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
         _suite(config, day, frame), result_format={"result_format": "COMPLETE"})

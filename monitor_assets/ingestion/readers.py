@@ -40,9 +40,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from monitor_assets.config import MonitorConfig, SourceConfig
+from monitor_assets.config import ModelConfig, MonitorConfig, SourceConfig
+from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES, Lake
 from monitor_assets.storage.sql import quote_ident, sql_str
-from monitor_assets.storage.warehouse import transaction
+from monitor_assets.storage.warehouse import lake_of, transaction
 
 NUMBER = "DOUBLE"
 TEXT = "VARCHAR"
@@ -59,6 +60,7 @@ class Field:
     required: bool = False
     label: str = ""  # how the reason names it
     optional: bool = False  # a CSV or Parquet file may lack the column (it then loads as NULL)
+    constant: str | None = None  # the value of every record (model_id of a per-model file); not read
 
     @property
     def raw(self) -> str:
@@ -76,6 +78,7 @@ class StagingPlan:
     outputs: list[str] = field(default_factory=list)  # target columns after partition_date, as SQL
     targets: list[str] = field(default_factory=list)  # target column names, when not the table's order
     unique_across_days: bool = False  # the key must also not have been loaded on an earlier day
+    feature_aliases: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, type) -> staged column
 
 
 @dataclass
@@ -108,6 +111,8 @@ def json_path(source: str) -> str:
 
 def _typed(f: Field, pretyped: bool = False) -> str:
     """SQL typing the raw text of a field (or passing through a value the reader already typed)."""
+    if f.constant is not None:
+        return sql_str(f.constant)
     if pretyped:
         return f.raw
     if f.type == NUMBER:
@@ -449,7 +454,7 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
                FROM read_json(?, format='newline_delimited', columns={columns}, ignore_errors=true) AS j"""
     # A NULL typed value may be one the reader could not type; an all-NULL row, a line it could not parse.
     unsure = [f"{a} IS NULL" for a in sorted(pretyped)] + [
-        "(" + " AND ".join(f"{f.alias} IS NULL" for f in plan.fields) + ")"]
+        "(" + " AND ".join(f"{f.alias} IS NULL" for f in plan.fields if f.constant is None) + ")"]
     sql = f"""SELECT * EXCLUDE (line_no, source_file, raw), reason IS NOT NULL OR {' OR '.join(unsure)} AS recheck
               FROM ({_check(plan, fast, path, pretyped)})"""
     reader = con.cursor()  # a file DuckDB cannot read (a damaged gzip) must not abort the caller's transaction
@@ -644,13 +649,19 @@ def _quarantine_duplicates(con: duckdb.DuckDBPyConnection, plan: StagingPlan, da
         _move_to_quarantine(con, plan, day, match, reason)
 
 
+EARLY_LABEL_DAYS = 7  # a label may be logged this many days before its prediction (clocks, time zones)
+
+
 def _check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan, day: dt.date) -> None:
-    """Labels must name a logged prediction, and a classifier's label must be 0 or 1."""
+    """Labels are matched to their logged prediction (model and day, from `lake.predictions`); a label whose
+    prediction has not arrived yet is kept, unmatched, and is joined when it does (metrics join on the id).
+    A classifier's label must be 0 or 1."""
     con.execute("""
         UPDATE raw.labels AS l SET model_id = p.model_id, prediction_date = p.partition_date
-        FROM raw.predictions AS p WHERE l.partition_date = ? AND p.prediction_id = l.prediction_id""", [day])
-    _move_to_quarantine(con, plan, day, "t.model_id IS NULL",
-                        "'label for unknown prediction: ' || t.prediction_id")
+        FROM (SELECT prediction_id, any_value(model_id) AS model_id, min(partition_date) AS partition_date
+              FROM lake.predictions WHERE prediction_id IN (SELECT prediction_id FROM raw.labels)
+              GROUP BY 1) AS p
+        WHERE l.partition_date = ? AND p.prediction_id = l.prediction_id""", [day])
     classifiers = [m.id for m in config.models if m.is_classifier] or [""]
     _move_to_quarantine(con, plan, day, "t.model_id IN (SELECT unnest(?::VARCHAR[])) AND t.label NOT IN (0, 1)",
                         "'out of range: label=' || t.label || ' for classifier ' || t.model_id || ', expected 0 or 1'",
@@ -658,14 +669,14 @@ def _check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: S
 
 
 def _quarantine_earlier_keys(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date) -> None:
-    """A key already loaded on an earlier day is a duplicate here, citing that day; the first day keeps
-    its row. The day's own earlier rows were deleted before loading, so a re-run does not see itself."""
+    """A key already loaded on an earlier day (`lake.<source>`, the stored table) is a duplicate here, citing
+    that day; the first day keeps its row. A re-run replaces its own day, so it does not see itself."""
     key, table = plan.key, f"raw.{plan.source}"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _seen AS
-        SELECT {key}, min(partition_date) AS first_day FROM {table}
-        WHERE partition_date < ? AND {key} IN (SELECT {key} FROM {table} WHERE partition_date = ?)
-        GROUP BY 1""", [day, day])
+        SELECT {key}, min(partition_date) AS first_day FROM lake.{plan.source}
+        WHERE partition_date < ? AND {key} IN (SELECT {key} FROM {table})
+        GROUP BY 1""", [day])
     if con.execute("SELECT count(*) FROM _seen").fetchall()[0][0]:
         _move_to_quarantine(con, plan, day, f"t.{key} IN (SELECT {key} FROM _seen)",
                             f"(SELECT 'duplicate {key}: first seen on ' || s.first_day FROM _seen AS s "
@@ -677,25 +688,48 @@ def _count_corrected_labels(con: duckdb.DuckDBPyConnection, day: dt.date) -> int
     take each prediction's label from the newest partition (arg_max by partition_date)."""
     return con.execute("""
         SELECT count(*) FROM raw.labels AS l
-        JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
-              WHERE partition_date < ? AND prediction_id IN (SELECT prediction_id FROM raw.labels WHERE partition_date = ?)
+        JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM lake.labels
+              WHERE partition_date < ? AND prediction_id IN (SELECT prediction_id FROM raw.labels)
               GROUP BY 1) AS earlier USING (prediction_id)
-        WHERE l.partition_date = ? AND l.label IS DISTINCT FROM earlier.label""", [day, day, day]).fetchall()[0][0]
+        WHERE l.label IS DISTINCT FROM earlier.label""", [day]).fetchall()[0][0]
 
 
-def files_for(source: SourceConfig, day: dt.date) -> list[str]:
-    return sorted(glob.glob(source.paths_for(day)))
+def files_for(source: SourceConfig, day: dt.date, model: str | None = None) -> list[str]:
+    return sorted(glob.glob(source.paths_for(day, model)))
+
+
+@dataclass
+class FileGroup:
+    """Files read together: those of one model (a `{model}` path), or the shared ones of the rest."""
+
+    models: list[ModelConfig]
+    files: list[str]
+    expected: str  # the glob, for the "no input file" reason
+    constant_model: str | None = None
+
+
+def prediction_groups(config: MonitorConfig, day: dt.date) -> list[FileGroup]:
+    src = config.predictions
+    if src.per_model:
+        return [FileGroup([m], files_for(src, day, m.id), src.paths_for(day, m.id), m.id) for m in config.models]
+    return [FileGroup(list(config.models), files_for(src, day), src.paths_for(day))]
 
 
 # --------------------------------------------------------------------------------------------
 # Plans for each kind of source, built from the config.
 
 
-def predictions_plan(config: MonitorConfig) -> StagingPlan:
+def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = None,
+                     constant_model: str | None = None) -> StagingPlan:
+    """How prediction files are read: for the given models only (a file is parsed for the fields of the
+    models it can hold), with model_id taken from the path when the file belongs to one model."""
     src = config.predictions.fields
+    models = list(config.models) if models is None else models
+    model_id = (Field("model_id", None, TEXT, constant=constant_model) if constant_model is not None
+                else Field("model_id", src["model_id"], TEXT, True))
     fields = [
         Field("prediction_id", src["prediction_id"], TEXT, True),
-        Field("model_id", src["model_id"], TEXT, True),
+        model_id,
         Field("ts", src["timestamp"], TIME, True),
         # Not every service logs these: when unmapped or absent they load as NULL (and every row is ok).
         Field("model_version", src["model_version"], optional=True),
@@ -706,13 +740,13 @@ def predictions_plan(config: MonitorConfig) -> StagingPlan:
     is_ok = f"(coalesce(status, {sql_str(config.predictions.ok_status[0])}) IN ({ok_list}))"
     # Each model may log its output under its own field; read each distinct one once.
     score_aliases: dict[str, str] = {}
-    for m in config.models:
+    for m in models:
         if m.score_field not in score_aliases:
             alias = f"score_{len(score_aliases)}"
             score_aliases[m.score_field] = alias
             fields.append(Field(alias, m.score_field, NUMBER, False, label=m.score_field))
     feature_aliases: dict[tuple[str, str], str] = {}
-    for m in config.models:
+    for m in models:
         for f in m.features + m.sensitive_attributes:
             key = (f.source, f.type)
             if key not in feature_aliases:
@@ -723,7 +757,11 @@ def predictions_plan(config: MonitorConfig) -> StagingPlan:
     known = ", ".join(sql_str(m.id) for m in config.models)
     rules = [("latency_ms < 0", "'out of range: latency_ms=' || latency_ms || ' is negative'"),
              (f"model_id NOT IN ({known})", "'unknown model_id: ' || model_id")]
-    for m in config.models:
+    if len(models) < len(config.models):  # a model with files of its own is not read from the shared ones
+        mine = ", ".join(sql_str(m.id) for m in models) or "NULL"
+        rules.append((f"model_id NOT IN ({mine})",
+                      "'model_id ' || model_id || ' is read from its own files (sources.predictions.path {model})'"))
+    for m in models:
         score = score_aliases[m.score_field]
         in_model = f"model_id = {sql_str(m.id)}"
         rules.append((f"{in_model} AND {is_ok} AND {score} IS NULL",
@@ -737,39 +775,33 @@ def predictions_plan(config: MonitorConfig) -> StagingPlan:
                 alias = feature_aliases[(f.source, f.type)]
                 rules.append((f"{in_model} AND {alias} IS NOT NULL AND {alias} NOT IN ({allowed})",
                               f"'unknown category: ' || {sql_str(f.name)} || '=' || {alias}"))
-    score_case = " ".join(f"WHEN {sql_str(m.id)} THEN {score_aliases[m.score_field]}" for m in config.models)
-    # Features land in typed columns named after where they come from (see feature_columns).
-    columns = feature_columns(config)
-    feature_outputs = [feature_aliases[key] for key in columns]
+    score_case = " ".join(f"WHEN {sql_str(m.id)} THEN {score_aliases[m.score_field]}" for m in models)
+    # The staging table keeps each distinct (field, type) once, as feat_<i>; every model's table gets its
+    # own features from them, in columns named after the field (see feature_columns).
     outputs = ["model_id", "prediction_id", "ts", "model_version", "latency_ms", "status", is_ok,
-               f"CASE model_id {score_case} END", "source_file", "line_no", *feature_outputs]
-    targets = ["partition_date", "model_id", "prediction_id", "ts", "model_version", "latency_ms", "status", "is_ok",
-               "score", "source_file", "line_no", *columns.values()]
-    return StagingPlan("predictions", fields, rules, key="prediction_id", outputs=outputs, targets=targets,
+               f"CASE model_id {score_case or 'WHEN NULL THEN NULL'} END", "source_file", "line_no",
+               *feature_aliases.values()]
+    targets = [*PREDICTION_COLUMNS, *feature_aliases.values()]
+    plan = StagingPlan("predictions", fields, rules, key="prediction_id", outputs=outputs, targets=targets,
                        unique_across_days=True)
+    plan.feature_aliases = feature_aliases
+    return plan
 
 
 def feature_columns(config: MonitorConfig) -> dict[tuple[str, str], str]:
-    """(source, type) of every feature and attribute -> its column in raw.predictions.
+    """(source, type) of every feature and attribute -> its column in the models' predictions tables."""
+    return feature_columns_of(config.models)
 
-    Models share a column when they read the same field with the same type; the column is named
-    after the field (`features.amount`), with `#num` added when the same field is also categorical."""
-    pairs = list(dict.fromkeys((f.source, f.type) for m in config.models for f in m.features + m.sensitive_attributes))
+
+def feature_columns_of(models) -> dict[tuple[str, str], str]:
+    """(source, type) of these models' features and attributes -> their column name: the field they come
+    from (`features.amount`), with `#num` added when the same field is also read as a category."""
+    pairs = list(dict.fromkeys((f.source, f.type) for m in models for f in m.features + m.sensitive_attributes))
     kinds: dict[str, set] = {}
     for source, ftype in pairs:
         kinds.setdefault(source, set()).add(ftype)
     return {(source, ftype): source + ("#num" if ftype == "numeric" and len(kinds[source]) > 1 else "")
             for source, ftype in pairs}
-
-
-def ensure_feature_columns(con: duckdb.DuckDBPyConnection, config: MonitorConfig) -> None:
-    existing = {r[0] for r in con.execute("""SELECT column_name FROM information_schema.columns
-                                             WHERE table_schema = 'raw' AND table_name = 'predictions'""").fetchall()}
-    for (_, ftype), column in feature_columns(config).items():
-        if column in existing:
-            continue
-        sql_type = "DOUBLE" if ftype == "numeric" else "VARCHAR"
-        con.execute(f"ALTER TABLE raw.predictions ADD COLUMN IF NOT EXISTS {quote_ident(column)} {sql_type}")
 
 
 def model_feature_select(config: MonitorConfig, model_id: str, prefix: str = "") -> str:
@@ -827,59 +859,140 @@ def plan_for(config: MonitorConfig, source: str) -> tuple[SourceConfig, StagingP
     raise ValueError(f"unknown or unconfigured source {source!r}")
 
 
-def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, day: dt.date) -> StageResult:
-    """Replace one day of one source, loaded and quarantined rows together, in one transaction."""
-    src, plan = plan_for(config, source)
-    files = files_for(src, day)
-    if source == "predictions":
-        ensure_feature_columns(con, config)
+QUARANTINE_STAGE = {"partition_date": "DATE", "source": "VARCHAR", "source_file": "VARCHAR", "line_no": "BIGINT",
+                    "reason": "VARCHAR", "raw_record": "VARCHAR"}
+
+
+def _create(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str]) -> None:
+    con.execute(f"CREATE TABLE {table} ({', '.join(f'{quote_ident(c)} {t}' for c, t in columns.items())})")
+
+
+def _staging(plan: StagingPlan, columns: dict[str, str], lake: Lake, models: list[str]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB for one group of files: `raw.<source>` and `raw.quarantine` hold what is read,
+    `lake.<source>` (and `lake.predictions` for labels) the stored earlier days."""
+    con = duckdb.connect(config={"preserve_insertion_order": False})
     # Naive timestamps are UTC for both readers: DuckDB's JSON reader ignores the session's time zone.
-    time_zone = con.execute("SELECT current_setting('TimeZone')").fetchall()[0][0]
-    con.execute("SET TimeZone = 'UTC'")
-    try:
-        return _ingest_day(con, config, src, plan, files, day)
-    finally:
-        con.execute(f"SET TimeZone = {sql_str(time_zone)}")
+    con.execute("SET TimeZone = 'UTC'; CREATE SCHEMA raw; CREATE SCHEMA lake")
+    _create(con, f"raw.{plan.source}", columns)
+    _create(con, "raw.quarantine", QUARANTINE_STAGE)
+    if plan.source == "predictions":
+        shared = ", ".join(quote_ident(c) for c in PREDICTION_COLUMNS)
+        union = " UNION ALL ".join(f"SELECT {shared} FROM {lake.model_relation(con, m)}" for m in models)
+        con.execute(f"CREATE VIEW lake.predictions AS {union or 'SELECT * FROM raw.predictions WHERE false'}")
+    if plan.source == "labels":
+        lake.attach_models(con, lake.models())
+        con.execute("CREATE VIEW lake.predictions AS SELECT * FROM raw.predictions")
+        lake.refresh(con, "raw.labels")
+        con.execute("CREATE VIEW lake.labels AS SELECT * FROM __lake_raw__labels")
+    return con
 
 
-def _ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, src: SourceConfig, plan: StagingPlan,
-                files: list[str], day: dt.date) -> StageResult:
-    source, table = plan.source, f"raw.{plan.source}"
-    read = corrected = 0
-    with transaction(con):
-        con.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
-        con.execute("DELETE FROM raw.quarantine WHERE source = ? AND partition_date = ?", [source, day])
-        for path in files:
-            try:
-                read += LOADERS[src.format](con, plan, path, day)
-            except duckdb.BinderException as exc:
-                raise SourceError(f"{path}: cannot read the configured columns: {exc}") from None
-            except duckdb.Error as exc:
-                raise SourceError(f"{path}: cannot be read as {src.format}: {exc}") from None
-        if files:
-            if plan.unique_across_days:
-                _quarantine_earlier_keys(con, plan, day)
-            if plan.key:
-                _quarantine_duplicates(con, plan, day)
-            if source == "labels":
-                _check_labels(con, config, plan, day)
-                corrected = _count_corrected_labels(con, day)
-        else:
-            expected = src.paths_for(day)
-            con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, NULL, ?, NULL)",
-                        [day, source, expected, f"no input file: nothing matched {expected}"])
-        loaded = con.execute(f"SELECT count(*) FROM {table} WHERE partition_date = ?", [day]).fetchall()[0][0]
-        reasons = dict(con.execute("""
-            SELECT split_part(reason, ':', 1) AS kind, count(*) FROM raw.quarantine
-            WHERE source = ? AND partition_date = ? AND line_no IS NOT NULL GROUP BY kind ORDER BY 2 DESC, 1""",
-                                   [source, day]).fetchall())
-        quarantined = sum(reasons.values())
-        if read != loaded + quarantined:  # nothing may be lost: abort the day rather than commit a gap
-            raise RuntimeError(f"{source} {day}: read {read} records but loaded {loaded} and "
-                               f"quarantined {quarantined}")
-        result = StageResult(files, read, loaded, quarantined, reasons, corrected)
-        log_ingestion(con, source, day, result)
+def _stage_columns(wh: duckdb.DuckDBPyConnection, plan: StagingPlan) -> dict[str, str]:
+    if plan.source == "predictions":
+        types = {alias: ("DOUBLE" if ftype == "numeric" else "VARCHAR")
+                 for (_, ftype), alias in plan.feature_aliases.items()}
+        return {**PREDICTION_COLUMNS, **types}
+    if f"raw.{plan.source}" in TABLES:
+        return TABLES[f"raw.{plan.source}"][0]
+    return {name: ctype for name, ctype in wh.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'raw' "
+        "AND table_name = ? ORDER BY ordinal_position", [plan.source]).fetchall()}
+
+
+def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, day: dt.date) -> StageResult:
+    """Replace one day of one source: every record loaded or quarantined, read = loaded + quarantined.
+
+    Each group of files (one model's, or the shared ones) is read into an in-memory DuckDB, checked there,
+    then written: predictions one Delta commit per model-day, labels and the day's quarantine one commit
+    each, interactions and sales one DuckDB transaction. Memory holds one group at a time."""
+    lake = lake_of(con)
+    src = plan_for(config, source)[0]
+    if source == "predictions":
+        groups = [(g, predictions_plan(config, g.models, g.constant_model)) for g in prediction_groups(config, day)]
+    else:
+        groups = [(FileGroup([], files_for(src, day), src.paths_for(day)), plan_for(config, source)[1])]
+    files, read, loaded, corrected = [], 0, 0, 0
+    quarantine = []
+    for group, plan in groups:
+        stage = _staging(plan, _stage_columns(con, plan), lake, [m.id for m in group.models])
+        try:
+            r, n_loaded, n_corrected = _stage_group(stage, config, src, plan, group, day)
+            _commit_group(con, config, lake, stage, plan, group, day)
+            quarantine.append(stage.sql("SELECT *, $1::VARCHAR AS model_id FROM raw.quarantine",
+                                        params=[group.constant_model]).to_arrow_table())
+        finally:
+            stage.close()
+        files += group.files
+        read, loaded, corrected = read + r, loaded + n_loaded, corrected + n_corrected
+    rows = pa.concat_tables(quarantine) if quarantine else pa.table({})
+    lake.replace("raw.quarantine", rows, [day], source=source)
+    lake.refresh(con, "raw.quarantine")
+    if source == "predictions":
+        lake.attach_models(con, lake.models())
+    elif f"raw.{source}" in TABLES:
+        lake.refresh(con, f"raw.{source}")
+    reasons = dict(con.execute("""
+        SELECT split_part(reason, ':', 1) AS kind, count(*) FROM raw.quarantine
+        WHERE source = ? AND partition_date = ? AND line_no IS NOT NULL GROUP BY kind ORDER BY 2 DESC, 1""",
+                               [source, day]).fetchall())
+    result = StageResult(files, read, loaded, sum(reasons.values()), reasons, corrected)
+    log_ingestion(con, source, day, result)
     return result
+
+
+def _stage_group(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: SourceConfig, plan: StagingPlan,
+                 group: FileGroup, day: dt.date) -> tuple[int, int, int]:
+    """Read and check one group's files in the staging database. Returns (read, loaded, labels corrected)."""
+    read = corrected = 0
+    for path in group.files:
+        try:
+            read += LOADERS[src.format](stage, plan, path, day)
+        except duckdb.BinderException as exc:
+            raise SourceError(f"{path}: cannot read the configured columns: {exc}") from None
+        except duckdb.Error as exc:
+            raise SourceError(f"{path}: cannot be read as {src.format}: {exc}") from None
+    if group.files:
+        if plan.unique_across_days:
+            _quarantine_earlier_keys(stage, plan, day)
+        if plan.key:
+            _quarantine_duplicates(stage, plan, day)
+        if plan.source == "labels":
+            _check_labels(stage, config, plan, day)
+            corrected = _count_corrected_labels(stage, day)
+    else:
+        stage.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, NULL, ?, NULL)",
+                      [day, plan.source, group.expected, f"no input file: nothing matched {group.expected}"])
+    loaded = stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
+    quarantined = stage.execute("SELECT count(*) FROM raw.quarantine WHERE line_no IS NOT NULL").fetchall()[0][0]
+    if read != loaded + quarantined:  # nothing may be lost: abort the day rather than write a gap
+        raise RuntimeError(f"{plan.source} {day}: read {read} records but loaded {loaded} and "
+                           f"quarantined {quarantined}")
+    return read, loaded, corrected
+
+
+def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: Lake, stage: duckdb.DuckDBPyConnection,
+                  plan: StagingPlan, group: FileGroup, day: dt.date) -> None:
+    """Write one group's loaded rows where their table lives."""
+    if plan.source == "predictions":
+        shared = [quote_ident(c) for c in PREDICTION_COLUMNS]
+        columns = feature_columns(config)
+        for m in group.models:
+            picks = ", ".join(shared + [f"{plan.feature_aliases[(f.source, f.type)]} AS {quote_ident(columns[(f.source, f.type)])}"
+                                        for f in m.features + m.sensitive_attributes])
+            rows = stage.sql(f"SELECT {picks} FROM raw.predictions WHERE model_id = $1", params=[m.id]).to_arrow_table()
+            lake.replace_model_day(m.id, rows, day)
+        return
+    rows = stage.sql(f"SELECT * FROM raw.{plan.source}").to_arrow_table()
+    if f"raw.{plan.source}" in TABLES:
+        lake.replace(f"raw.{plan.source}", rows, [day])
+        return
+    con.register("_staged", rows)
+    try:
+        with transaction(con):
+            con.execute(f"DELETE FROM raw.{plan.source} WHERE partition_date = ?", [day])
+            con.execute(f"INSERT INTO raw.{plan.source} BY NAME SELECT * FROM _staged")
+    finally:
+        con.unregister("_staged")
 
 
 def quarantine_preview(con: duckdb.DuckDBPyConnection, source: str, days: list[dt.date], limit: int = 8) -> list:

@@ -6,6 +6,7 @@ import pandas as pd
 
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_METRICS, OWNERS
+from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS
 from monitor_assets.stats.performance import performance_sql
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.warehouse import replace_partitions
@@ -57,11 +58,11 @@ def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels
     def performance_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = run_days(context)
         refreshed = days_with_label_refresh(days, config)
-        with warehouse.connect() as con:
+        with warehouse.connect(models=None) as con:
             sql, params = _performance_statement(config)
             con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [refreshed])
             inserted = replace_partitions(con, "monitoring.performance_daily", refreshed,
-                                          f"INSERT INTO monitoring.performance_daily {sql}", params)
+                                          sql, params)
             per_day = con.execute(
                 """SELECT partition_date, model_id, volume, error_rate, latency_p95_ms, label_coverage,
                           coalesce(roc_auc, mae) AS main_metric, n_labelled
@@ -104,6 +105,7 @@ def _performance_statement(config: MonitorConfig) -> tuple[str, list]:
         FROM raw.predictions AS p
         JOIN {models} AS m USING (model_id)
         LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
+                   WHERE partition_date >= (SELECT min(d) FROM _days) - INTERVAL {EARLY_LABEL_DAYS} DAY
                    GROUP BY prediction_id) AS l USING (prediction_id)
         WHERE p.partition_date IN (SELECT d FROM _days)"""
     metrics = performance_sql(source, ["partition_date", "model_id"])
@@ -113,7 +115,7 @@ def _performance_statement(config: MonitorConfig) -> tuple[str, list]:
                r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, coalesce(r.n_labelled, 0), r.label_coverage,
                r.accuracy, r."precision", r.recall, r.f1, r.roc_auc, r.log_loss, r.brier_score, r.positive_rate,
                r.predicted_positive_rate, r.mae, r.rmse, r.mape, r.r2, r.mean_error, r.mean_score,
-               now()::TIMESTAMP
+               now()
         FROM ({metrics}) AS r
         RIGHT JOIN (SELECT d, model_id, task FROM _days CROSS JOIN {models}) AS m
             ON r.partition_date = m.d AND r.model_id = m.model_id
@@ -142,7 +144,6 @@ def _business_kpis_asset(config, partitions, interactions, sales) -> dg.AssetsDe
         days = run_days(context)
         with warehouse.connect() as con:
             inserted = replace_partitions(con, "monitoring.business_kpis_daily", days, """
-                INSERT INTO monitoring.business_kpis_daily
                 SELECT d, i.sessions, i.buyers, i.buyers / nullif(i.sessions, 0), i.rec_views,
                        i.rec_clicks / nullif(i.rec_views, 0), s.orders, s.units, s.revenue,
                        s.revenue / nullif(s.orders, 0), now()::TIMESTAMP

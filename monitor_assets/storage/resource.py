@@ -1,23 +1,28 @@
-"""The warehouse resource: one DuckDB file, short connections, the schema ensured on open."""
+"""The warehouse resource: the DuckDB file and the Delta lake beside it, short connections."""
 
-
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import dagster as dg
 import duckdb
 
+from monitor_assets.storage.lake import Lake
 from monitor_assets.storage.warehouse import connect
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """DuckDB warehouse file. Another process holding the write lock is waited out with backoff."""
+    """DuckDB file for small state, Delta lake folder for the partitioned tables. Another process holding
+    the DuckDB write lock is waited out with backoff."""
 
     path: str
+    lake_path: str
 
     @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with connect(self.path) as con:
+    def connect(self, models: Iterable[str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """`models`: whose predictions tables to register (None: all, for `raw.predictions` over every model)."""
+        with connect(self.path, self.lake_path, models) as con:
             yield con
+
+    @property
+    def lake(self) -> Lake:
+        return Lake(self.lake_path)

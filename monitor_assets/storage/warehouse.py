@@ -1,6 +1,11 @@
-"""Warehouse schema and the one way we write a partition: delete its rows and insert, in one transaction.
+"""The warehouse: one DuckDB connection that sees every table by its documented name, and the one way we
+replace a partition.
 
-Plain DuckDB; no Dagster here, so scripts and benchmarks use the same code as the assets.
+Small mutable tables (alert state, reference profiles, ingestion log, business KPIs) live in the DuckDB
+file; the heavy partitioned ones live in the Delta lake beside it (storage/lake.py) and appear on the
+connection as views. `replace_partitions` does the right thing for either: a delete and insert in one
+DuckDB transaction, or one Delta commit. Plain Python; scripts and benchmarks use the same code as the
+assets.
 """
 
 from __future__ import annotations
@@ -10,22 +15,15 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import duckdb
+
+from monitor_assets.storage.lake import TABLES, Lake
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS monitoring;
-CREATE TABLE IF NOT EXISTS raw.predictions (
-    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, prediction_id VARCHAR NOT NULL,
-    ts TIMESTAMPTZ, model_version VARCHAR, latency_ms DOUBLE, status VARCHAR, is_ok BOOLEAN,
-    score DOUBLE, source_file VARCHAR, line_no BIGINT
-    -- plus one typed column per configured feature, added at ingestion (ingest.feature_columns)
-);
-CREATE TABLE IF NOT EXISTS raw.labels (
-    partition_date DATE NOT NULL, model_id VARCHAR, prediction_id VARCHAR NOT NULL,
-    prediction_date DATE, label DOUBLE, source_file VARCHAR, line_no BIGINT
-);
 CREATE TABLE IF NOT EXISTS raw.interactions (
     partition_date DATE NOT NULL, session_id VARCHAR, user_id VARCHAR, ts TIMESTAMPTZ, event VARCHAR,
     product_id VARCHAR, from_recommendation BOOLEAN
@@ -34,23 +32,9 @@ CREATE TABLE IF NOT EXISTS raw.sales (
     partition_date DATE NOT NULL, order_id VARCHAR, ts TIMESTAMPTZ, user_id VARCHAR, product_id VARCHAR,
     quantity DOUBLE, unit_price DOUBLE, revenue DOUBLE
 );
-CREATE TABLE IF NOT EXISTS raw.quarantine (
-    partition_date DATE NOT NULL, source VARCHAR NOT NULL, source_file VARCHAR, line_no BIGINT,
-    reason VARCHAR NOT NULL, raw_record VARCHAR
-);
 CREATE TABLE IF NOT EXISTS raw.ingestion_log (
     partition_date DATE NOT NULL, source VARCHAR NOT NULL, files BIGINT, records_read BIGINT,
     records_loaded BIGINT, records_quarantined BIGINT, loaded_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS monitoring.performance_daily (
-    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, task VARCHAR, model_versions VARCHAR,
-    volume BIGINT, n_ok BIGINT, n_errors BIGINT, error_rate DOUBLE,
-    latency_p50_ms DOUBLE, latency_p95_ms DOUBLE, latency_p99_ms DOUBLE,
-    n_labelled BIGINT, label_coverage DOUBLE,
-    accuracy DOUBLE, "precision" DOUBLE, recall DOUBLE, f1 DOUBLE, roc_auc DOUBLE, log_loss DOUBLE,
-    brier_score DOUBLE, positive_rate DOUBLE, predicted_positive_rate DOUBLE,
-    mae DOUBLE, rmse DOUBLE, mape DOUBLE, r2 DOUBLE, mean_error DOUBLE,
-    mean_score DOUBLE, computed_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS monitoring.business_kpis_daily (
     partition_date DATE NOT NULL, sessions BIGINT, sessions_with_purchase BIGINT, conversion_rate DOUBLE,
@@ -63,30 +47,6 @@ CREATE TABLE IF NOT EXISTS monitoring.reference_profiles (
 );
 CREATE TABLE IF NOT EXISTS monitoring.reference_baselines (
     model_id VARCHAR NOT NULL, reference_version VARCHAR, metric VARCHAR, value DOUBLE
-);
-CREATE TABLE IF NOT EXISTS monitoring.feature_drift (
-    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, feature VARCHAR NOT NULL, role VARCHAR,
-    kind VARCHAR, method VARCHAR, statistic DOUBLE, p_value DOUBLE, threshold DOUBLE, drifted BOOLEAN,
-    n_current BIGINT, n_reference BIGINT, current_summary VARCHAR, reference_summary VARCHAR,
-    current_mean DOUBLE, reference_mean DOUBLE, missing_share DOUBLE, unseen_share DOUBLE,
-    computed_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS monitoring.drift_summary (
-    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, n_features BIGINT, n_drifted BIGINT,
-    drift_share DOUBLE, dataset_drift BOOLEAN, prediction_drift BOOLEAN, label_drift BOOLEAN,
-    computed_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS monitoring.fairness (
-    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, attribute VARCHAR NOT NULL, grp VARCHAR,
-    n BIGINT, n_labelled BIGINT, selection_rate DOUBLE, true_positive_rate DOUBLE,
-    false_positive_rate DOUBLE, accuracy DOUBLE, mae DOUBLE, below_min_size BOOLEAN,
-    demographic_parity_difference DOUBLE, demographic_parity_ratio DOUBLE,
-    equalized_odds_difference DOUBLE, passes_four_fifths BOOLEAN, disparity_p_value DOUBLE,
-    computed_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS monitoring.history (
-    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, metric VARCHAR NOT NULL,
-    segment VARCHAR NOT NULL, value DOUBLE, computed_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS monitoring.anomalies (
     partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, metric VARCHAR NOT NULL, segment VARCHAR,
@@ -102,6 +62,14 @@ CREATE TABLE IF NOT EXISTS monitoring.alerts (
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA_SQL)
+    # A warehouse from before the lake kept these tables in the file: keep them under a legacy name
+    # (README, "Migration"), so the lake's views can take the documented names.
+    legacy = con.execute("""SELECT table_schema || '.' || table_name FROM information_schema.tables
+                            WHERE table_type = 'BASE TABLE' AND table_schema IN ('raw', 'monitoring')""").fetchall()
+    for (name,) in legacy:
+        if name in TABLES or name == "raw.predictions":
+            schema, table = name.split(".")
+            con.execute(f"ALTER TABLE {name} RENAME TO {table}_before_lake")
 
 
 def date_range(first: dt.date, last: dt.date) -> list[dt.date]:
@@ -120,49 +88,107 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     con.execute("COMMIT")
 
 
+def lake_of(con: duckdb.DuckDBPyConnection) -> Lake:
+    lake = _LAKES.get(id(con))
+    if lake is None:
+        raise RuntimeError("this connection was not opened by storage.warehouse.connect (no lake attached)")
+    return lake
+
+
+_LAKES: dict[int, Lake] = {}
+
+
 def replace_partitions(con: duckdb.DuckDBPyConnection, table: str, dates: Iterable[dt.date],
-                       insert_sql: str | None, params: list | None = None, date_column: str = "partition_date") -> int:
-    """Delete the rows of `dates` from `table` and run `insert_sql` (if any), atomically. Returns rows inserted."""
+                       select_sql: str | None, params: list | None = None, date_column: str = "partition_date",
+                       models: Iterable[str] | None = None) -> int:
+    """Replace the rows of `dates` (and of `models`, if given) in `table` with the rows of `select_sql`
+    (columns in the table's order), atomically. Returns the rows written."""
     dates = list(dates)
+    if table in TABLES:
+        lake = lake_of(con)
+        columns = TABLES[table][0]
+        data = con.sql(f"SELECT * FROM ({select_sql})", params=params or None).to_arrow_table() if select_sql else None
+        if data is not None:  # positional, like INSERT: name the columns after the table's
+            data = data.rename_columns(list(columns)[:data.num_columns])
+        else:
+            data = con.sql(f"SELECT * FROM {table} WHERE false").to_arrow_table()
+        lake.replace(table, data, dates, models)
+        lake.refresh(con, table)
+        return data.num_rows
+    model_filter = ""
+    if models is not None:
+        model_filter = " AND model_id IN (SELECT unnest(?::VARCHAR[]))"
     with transaction(con):
-        con.execute(f"DELETE FROM {table} WHERE {date_column} IN (SELECT unnest(?::DATE[]))", [dates])
+        con.execute(f"DELETE FROM {table} WHERE {date_column} IN (SELECT unnest(?::DATE[])){model_filter}",
+                    [dates] + ([list(models)] if models is not None else []))
         before = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-        if insert_sql:
-            con.execute(insert_sql, params or [])
+        if select_sql:
+            con.execute(f"INSERT INTO {table} {select_sql}", params or [])
         after = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     return after - before
 
 
 def replace_partitions_from_frame(con: duckdb.DuckDBPyConnection, table: str, dates: Iterable[dt.date],
-                                  frame) -> int:
+                                  frame, models: Iterable[str] | None = None) -> int:
     """`replace_partitions` with the rows of a DataFrame, matched to the table's columns by name and
     stamped with `computed_at`."""
     if not len(frame):
-        return replace_partitions(con, table, dates, None)
+        return replace_partitions(con, table, dates, None, models=models)
     con.register("_frame", frame)
     try:
-        return replace_partitions(con, table, dates,
-                                  f"INSERT INTO {table} BY NAME SELECT *, now()::TIMESTAMP AS computed_at FROM _frame")
+        if table in TABLES:
+            data = con.sql("SELECT *, now() AS computed_at FROM _frame").to_arrow_table()
+            lake = lake_of(con)
+            lake.replace(table, data, list(dates), models)
+            lake.refresh(con, table)
+            return data.num_rows
+        return replace_partitions(con, table, dates, "BY NAME SELECT *, now()::TIMESTAMP AS computed_at FROM _frame",
+                                  models=models)
     finally:
         con.unregister("_frame")
 
 
-@contextmanager
-def connect(path: str, retries: int = 8, base_delay: float = 0.25) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse; another process holding the lock is waited out with backoff and jitter."""
+def open_warehouse(path: str, lake_path: str | None = None, models: Iterable[str] | None = None,
+                   read_only: bool = False, retries: int = 8, base_delay: float = 0.25) -> duckdb.DuckDBPyConnection:
+    """The warehouse with the lake attached (`models`: whose predictions tables to register; None for every
+    model). Another process holding the DuckDB file's lock is waited out with backoff and jitter. Read-only
+    connections use the views a writer created."""
+    if not read_only:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     attempt = 0
     while True:
         try:
-            con = duckdb.connect(path)
+            con = duckdb.connect(path, read_only=read_only)
             break
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or attempt >= retries:
                 raise
             time.sleep(base_delay * 2 ** attempt * (0.5 + random.random()))
             attempt += 1
+    lake = Lake(lake_path or Path(path).with_name(f"{Path(path).stem}_lake"))
+    _LAKES[id(con)] = lake
     try:
         con.execute("SET TimeZone = 'UTC'")  # naive timestamps in inputs are read as UTC
-        ensure_schema(con)
+        if not read_only:
+            ensure_schema(con)
+        lake.attach(con, models, create_views=not read_only)
+    except BaseException:
+        close(con)
+        raise
+    return con
+
+
+def close(con: duckdb.DuckDBPyConnection) -> None:
+    _LAKES.pop(id(con), None)
+    con.close()
+
+
+@contextmanager
+def connect(path: str, lake_path: str | None = None, models: Iterable[str] | None = None,
+            read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`open_warehouse` for the length of a `with` block."""
+    con = open_warehouse(path, lake_path, models, read_only)
+    try:
         yield con
     finally:
-        con.close()
+        close(con)

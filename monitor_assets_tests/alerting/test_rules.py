@@ -2,17 +2,17 @@
 read from check evaluations recorded per partition on a persistent (run-sharded SQLite) instance."""
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import yaml
 
 from monitor_assets.alerting import rules as A
 from monitor_assets.config import ChannelConfig
 from monitor_assets.definitions import build_definitions
-
+from monitor_assets.storage.warehouse import open_warehouse
 from monitor_assets_tests.conftest import run_job
 from monitor_assets_tests.servers import smtp_server, webhook_server
 
@@ -96,6 +96,7 @@ def test_a_re_run_sends_nothing_new_and_slack_gets_the_webhook(demo_run, demo_in
         # Re-run one incident day: its checks fail again with the same alerts, which were delivered already.
         db = tmp_path / "rerun.duckdb"
         db.write_bytes(Path(config.warehouse_path).read_bytes())
+        shutil.copytree(config.lake_path, replace(config, warehouse_path=str(db)).lake_path)
         assert run_job(replace(config, warehouse_path=str(db), reports_dir=str(tmp_path / "r")), "2026-10-14",
                        instance=demo_instance).success
         result, _ = evaluate_sensor(alerting, demo_instance, cursor)
@@ -106,7 +107,7 @@ def test_alerts_table_updates_in_place_and_resolves(demo_run, tmp_path):
     config, _ = demo_run
     db = tmp_path / "alerts.duckdb"
     db.write_bytes(Path(config.warehouse_path).read_bytes())
-    con = duckdb.connect(str(db))
+    con = open_warehouse(str(db), config.lake_path)  # the lake is only read here
     before = con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'open') FROM monitoring.alerts").fetchall()[0]
     days = [r[0] for r in con.execute("SELECT DISTINCT partition_date FROM monitoring.performance_daily").fetchall()]
     evaluated = A.evaluate(con, config, days)

@@ -9,8 +9,7 @@ import pytest
 from monitor_assets.config import load_config
 from monitor_assets.ingestion import readers as ingest
 from monitor_assets.ingestion.readers import SourceError, ingest_day, model_feature_select
-from monitor_assets.storage.warehouse import ensure_schema
-
+from monitor_assets.storage.warehouse import connect
 from monitor_assets_tests.conftest import write
 
 DAY = dt.date(2026, 3, 1)
@@ -36,11 +35,9 @@ def good(i, **over):
 
 
 @pytest.fixture
-def con():
-    c = duckdb.connect()
-    ensure_schema(c)
-    yield c
-    c.close()
+def con(tmp_path):
+    with connect(str(tmp_path / "warehouse" / "w.duckdb")) as c:
+        yield c
 
 
 @pytest.mark.parametrize("blank_line, fast_min_bytes", [(True, 0), (False, 0), (False, 1 << 40)],
@@ -86,7 +83,7 @@ def test_every_line_is_loaded_or_quarantined_with_its_line_and_reason(tmp_path, 
     raw2 = con.execute("SELECT raw_record FROM raw.quarantine WHERE line_no = 2").fetchone()[0]
     assert raw2 == lines[1]  # the raw text is kept as it was
     loaded = con.execute(f"""SELECT prediction_id, is_ok, score, {model_feature_select(config, 'fraud')}
-                             FROM raw.predictions ORDER BY 1""").fetchall()
+                             FROM raw.predictions__fraud ORDER BY 1""").fetchall()
     expected = [("p1", True, 0.5, 12.5, "x"), ("p10", False, None, 12.5, "x")] + (
         [] if blank_line else [("p9", True, 0.5, 12.5, "x")])
     assert loaded == expected  # the quoted, semicolon name survives
@@ -106,17 +103,24 @@ def test_rerun_replaces_the_day_and_missing_file_is_recorded(tmp_path, con):
     assert reason.startswith("no input file: nothing matched") and reason.endswith("2026-03-02.jsonl")
 
 
-def test_labels_for_unknown_predictions_and_bad_classes_are_quarantined(tmp_path, con):
+def test_bad_labels_are_quarantined_and_a_label_before_its_prediction_is_kept(tmp_path, con):
     config = load_config(write(tmp_path / "m.yaml", CONFIG))
     write(tmp_path / "logs" / "2026-03-01.jsonl", good(1) + "\n" + good(2) + "\n")
     ingest_day(con, config, "predictions", DAY)
     write(tmp_path / "labels" / "2026-03-01.csv",
-          "prediction_id,label\np1,1\np2,3\nzz,0\np1,0\n,1\np2,yes\n")
+          "prediction_id,label\np1,1\np2,3\np9,0\np1,0\n,1\np2,yes\n")
     result = ingest_day(con, config, "labels", DAY)
-    assert (result.read, result.loaded, result.quarantined) == (6, 1, 5)
+    assert (result.read, result.loaded, result.quarantined) == (6, 2, 4)
     q = dict(con.execute("SELECT line_no, reason FROM raw.quarantine WHERE source = 'labels'").fetchall())
     assert q[3].startswith("out of range: label=3.0 for classifier fraud")
-    assert q[4] == "label for unknown prediction: zz"
+    assert 4 not in q  # p9's prediction has not arrived yet: kept, unmatched
+    assert con.execute("SELECT model_id, prediction_date FROM raw.labels WHERE prediction_id = 'p9'").fetchall() == [
+        (None, None)]
+    # p9 arrives the next day and its early label is matched: the day's metrics see it as labelled.
+    write(tmp_path / "logs" / "2026-03-02.jsonl", good(9).replace("2026-03-01T", "2026-03-02T") + "\n")
+    assert ingest_day(con, config, "predictions", DAY + dt.timedelta(days=1)).loaded == 1
+    assert con.execute("""SELECT l.label FROM raw.predictions p JOIN raw.labels l USING (prediction_id)
+                          WHERE p.partition_date = ?""", [DAY + dt.timedelta(days=1)]).fetchall() == [(0.0,)]
     assert q[5].startswith("duplicate prediction_id: first seen in") and q[5].endswith("line 2")
     assert q[6] == "missing required field: prediction_id"
     assert q[7] == "wrong type: label=yes is not a number"
@@ -162,7 +166,7 @@ def test_quality_frame_quotes_feature_columns_from_config(tmp_path, con):
     config = load_config(write(tmp_path / "m.yaml", text))
     write(tmp_path / "logs" / "2026-03-01.jsonl", good(1) + "\n")
     ingest_day(con, config, "predictions", DAY)
-    frame = predictions_frame(con, config, DAY)
+    frame = predictions_frame(con, config, DAY, config.models[0])
     assert frame['features.odd "name"; --'].tolist() == ["x"]
 
 
@@ -193,8 +197,7 @@ def ingest_both(tmp_path, monkeypatch, name: str, data: bytes, config_text: str 
     runs = []
     for min_bytes in (0, 1 << 40):
         monkeypatch.setattr(ingest, "FAST_PATH_MIN_BYTES", min_bytes)
-        with duckdb.connect() as c:
-            ensure_schema(c)
+        with connect(str(tmp_path / f"w{min_bytes}" / "w.duckdb")) as c:
             c.execute(f"SET TimeZone = '{time_zone}'")
             if source == "labels":  # labels must name logged predictions
                 ingest_day(c, config, "predictions", DAY)
@@ -345,8 +348,7 @@ def test_optional_fields_load_as_null_when_unmapped_or_absent(tmp_path, monkeypa
     config = load_config(write(tmp_path / "csv.yaml", csv))
     write(tmp_path / "logs" / "2026-03-01.csv", "prediction_id,model_id,timestamp,score,amount,\"odd \"\"name\"\"; --\"\n"
                                                 "p1,fraud,2026-03-01T10:00:00Z,0.4,3.5,x\n")
-    with duckdb.connect() as c:
-        ensure_schema(c)
+    with connect(str(tmp_path / "csv" / "w.duckdb")) as c:
         assert ingest_day(c, config, "predictions", DAY).loaded == 1
         assert c.execute("SELECT model_version, latency_ms, status, is_ok FROM raw.predictions").fetchall() == [
             (None, None, None, True)]

@@ -1,0 +1,270 @@
+"""The heavy, partitioned tables in Delta Lake (delta-rs), read by DuckDB through Arrow datasets.
+
+Layout under the lake root (a folder; `MONITOR_LAKE`, default beside the warehouse file):
+    raw/predictions/model_id=<model>/   one Delta table per model, its own typed feature columns,
+                                         partitioned by partition_date
+    raw/labels/, raw/quarantine/          partitioned by partition_date (quarantine: source, partition_date)
+    monitoring/<table>/                   the daily monitoring facts, partitioned by partition_date
+No table's width grows with the number of models. Replacing a partition is one Delta commit (an
+overwrite with a predicate on the partition, and on the models written): readers see the old rows or
+the new ones, never half, and a process killed mid-write leaves only unreferenced files behind, which
+`maintain` removes. Writers on distinct partitions do not conflict.
+
+DuckDB sees every table under its documented name (`raw.predictions`, `monitoring.performance_daily`,
+...) through views over datasets registered on each connection (`attach`); `raw.predictions` is the
+union of the models' tables over the columns they share, `raw.predictions__<model>` one model's table
+with its features. Plain Python: no Dagster here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from monitor_assets.storage.sql import quote_ident, sql_str
+
+PREDICTIONS = "raw.predictions"
+# Columns every model's predictions table has, in order; its features follow.
+PREDICTION_COLUMNS = {
+    "partition_date": "DATE", "model_id": "VARCHAR", "prediction_id": "VARCHAR", "ts": "TIMESTAMPTZ",
+    "model_version": "VARCHAR", "latency_ms": "DOUBLE", "status": "VARCHAR", "is_ok": "BOOLEAN", "score": "DOUBLE",
+    "source_file": "VARCHAR", "line_no": "BIGINT",
+}
+# The other lake tables: columns (DuckDB types) and Delta partition columns.
+TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "raw.labels": ({"partition_date": "DATE", "model_id": "VARCHAR", "prediction_id": "VARCHAR",
+                    "prediction_date": "DATE", "label": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT"},
+                   ("partition_date",)),
+    "raw.quarantine": ({"partition_date": "DATE", "source": "VARCHAR", "model_id": "VARCHAR",
+                        "source_file": "VARCHAR", "line_no": "BIGINT", "reason": "VARCHAR", "raw_record": "VARCHAR"},
+                       ("source", "partition_date")),
+    "monitoring.performance_daily": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "task": "VARCHAR", "model_versions": "VARCHAR",
+        "volume": "BIGINT", "n_ok": "BIGINT", "n_errors": "BIGINT", "error_rate": "DOUBLE",
+        "latency_p50_ms": "DOUBLE", "latency_p95_ms": "DOUBLE", "latency_p99_ms": "DOUBLE",
+        "n_labelled": "BIGINT", "label_coverage": "DOUBLE", "accuracy": "DOUBLE", "precision": "DOUBLE",
+        "recall": "DOUBLE", "f1": "DOUBLE", "roc_auc": "DOUBLE", "log_loss": "DOUBLE", "brier_score": "DOUBLE",
+        "positive_rate": "DOUBLE", "predicted_positive_rate": "DOUBLE", "mae": "DOUBLE", "rmse": "DOUBLE",
+        "mape": "DOUBLE", "r2": "DOUBLE", "mean_error": "DOUBLE", "mean_score": "DOUBLE",
+        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    "monitoring.feature_drift": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR", "kind": "VARCHAR",
+        "method": "VARCHAR", "statistic": "DOUBLE", "p_value": "DOUBLE", "threshold": "DOUBLE", "drifted": "BOOLEAN",
+        "n_current": "BIGINT", "n_reference": "BIGINT", "current_summary": "VARCHAR", "reference_summary": "VARCHAR",
+        "current_mean": "DOUBLE", "reference_mean": "DOUBLE", "missing_share": "DOUBLE", "unseen_share": "DOUBLE",
+        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    "monitoring.drift_summary": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "n_features": "BIGINT", "n_drifted": "BIGINT",
+        "drift_share": "DOUBLE", "dataset_drift": "BOOLEAN", "prediction_drift": "BOOLEAN", "label_drift": "BOOLEAN",
+        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    "monitoring.fairness": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "attribute": "VARCHAR", "grp": "VARCHAR", "n": "BIGINT",
+        "n_labelled": "BIGINT", "selection_rate": "DOUBLE", "true_positive_rate": "DOUBLE",
+        "false_positive_rate": "DOUBLE", "accuracy": "DOUBLE", "mae": "DOUBLE", "below_min_size": "BOOLEAN",
+        "demographic_parity_difference": "DOUBLE", "demographic_parity_ratio": "DOUBLE",
+        "equalized_odds_difference": "DOUBLE", "passes_four_fifths": "BOOLEAN", "disparity_p_value": "DOUBLE",
+        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    "monitoring.history": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "metric": "VARCHAR", "segment": "VARCHAR",
+        "value": "DOUBLE", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+}
+MODEL_DIR = "model_id="
+
+
+def registered(table: str) -> str:
+    """The name a lake table's dataset is registered under on a connection (its view points there)."""
+    return "__lake_" + table.replace(".", "__")
+
+
+def model_table(model_id: str) -> str:
+    """The documented name of one model's predictions table."""
+    return f"raw.{quote_ident('predictions__' + model_id)}"
+
+
+def _model_registered(model_id: str) -> str:
+    return registered("raw.predictions__" + model_id)
+
+
+def _days_predicate(days: Iterable[dt.date]) -> str:
+    return "partition_date IN (" + ", ".join(sql_str(d.isoformat()) for d in sorted(set(days))) + ")"
+
+
+def _in(column: str, values: Iterable[str]) -> str:
+    return f"{column} IN (" + ", ".join(sql_str(v) for v in sorted(set(values))) + ")"
+
+
+def _empty_select(columns: dict[str, str]) -> str:
+    return "SELECT " + ", ".join(f"NULL::{t} AS {quote_ident(c)}" for c, t in columns.items()) + " WHERE false"
+
+
+class Lake:
+    """One lake root: table paths, partition replacement, datasets for DuckDB, maintenance."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # ---- where things are
+
+    def path(self, table: str) -> Path:
+        schema, name = table.split(".", 1)
+        return self.root / schema / name
+
+    def model_path(self, model_id: str) -> Path:
+        return self.path(PREDICTIONS) / (MODEL_DIR + urllib.parse.quote(model_id, safe=""))
+
+    def models(self) -> list[str]:
+        """Models that have a predictions table."""
+        folder = self.path(PREDICTIONS)
+        if not folder.is_dir():
+            return []
+        return sorted(urllib.parse.unquote(p.name[len(MODEL_DIR):]) for p in folder.iterdir()
+                      if p.name.startswith(MODEL_DIR) and (p / "_delta_log").is_dir())
+
+    def all_tables(self) -> list[Path]:
+        return [p for p in [*(self.path(t) for t in TABLES), *(self.model_path(m) for m in self.models())]
+                if (p / "_delta_log").is_dir()]
+
+    # ---- writing
+
+    def _write(self, path: Path, data: pa.Table, predicate: str, partition_by: Sequence[str]) -> None:
+        from deltalake import DeltaTable, write_deltalake
+
+        if not (path / "_delta_log").is_dir():
+            if data.num_rows == 0:
+                return  # nothing to replace, nothing to add
+            path.mkdir(parents=True, exist_ok=True)
+            write_deltalake(str(path), data, partition_by=list(partition_by), mode="append")
+            return
+        if data.num_rows == 0:
+            DeltaTable(str(path)).delete(predicate)
+            return
+        # schema_mode merge: a model that gains a feature gains a column.
+        write_deltalake(str(path), data, partition_by=list(partition_by), mode="overwrite", predicate=predicate,
+                        schema_mode="merge")
+
+    def replace(self, table: str, data: pa.Table, days: Iterable[dt.date], models: Iterable[str] | None = None,
+                source: str | None = None) -> None:
+        """Replace the rows of `days` (of those models, of that quarantine source) with `data`, in one commit."""
+        columns, partition_by = TABLES[table]
+        predicate = _days_predicate(days)
+        if source is not None:
+            predicate = f"source = {sql_str(source)} AND {predicate}"
+        if models is not None:
+            predicate += f" AND {_in('model_id', models)}"
+        self._write(self.path(table), _conform(data, columns), predicate, partition_by)
+
+    def replace_model_day(self, model_id: str, data: pa.Table, day: dt.date) -> None:
+        """Replace one model's predictions of one day (an empty table deletes them)."""
+        self._write(self.model_path(model_id), data, _days_predicate([day]), ["partition_date"])
+
+    def delete(self, table: str, predicate: str) -> None:
+        """Delete the rows matching a SQL predicate (one commit); for repairs and tests."""
+        from deltalake import DeltaTable
+
+        if (self.path(table) / "_delta_log").is_dir():
+            DeltaTable(str(self.path(table))).delete(predicate)
+
+    # ---- reading through DuckDB
+
+    def dataset(self, path: Path):
+        from deltalake import DeltaTable
+
+        return DeltaTable(str(path)).to_pyarrow_dataset()
+
+    def attach(self, con: duckdb.DuckDBPyConnection, models: Iterable[str] | None = (), create_views: bool = True) -> None:
+        """Register the lake's tables on `con` and (re)create the views with their documented names.
+
+        `models`: whose predictions tables to register (None: every model; the union view
+        `raw.predictions` then covers them all). Registering is cheap (about 2 ms a table)."""
+        if create_views:
+            con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS monitoring")
+        for table in TABLES:
+            self.refresh(con, table)
+            if create_views:
+                con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {registered(table)}")
+        self.attach_models(con, self.models() if models is None else models, create_views)
+
+    def refresh(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+        """Point the registered dataset of `table` at its newest version (after a write)."""
+        path, name = self.path(table), registered(table)
+        con.execute(f"DROP VIEW IF EXISTS {name}")
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+        if (path / "_delta_log").is_dir():
+            con.register(name, self.dataset(path))
+        else:  # not written yet: an empty relation of the right shape
+            con.execute(f"CREATE TEMP VIEW {name} AS {_empty_select(TABLES[table][0])}")
+
+    def attach_models(self, con: duckdb.DuckDBPyConnection, models: Iterable[str], create_views: bool = True) -> list[str]:
+        """Register these models' predictions tables; `raw.predictions` becomes their union over the shared
+        columns. Returns the registered relation names, in order."""
+        names = []
+        for model_id in models:
+            name = _model_registered(model_id)
+            con.execute(f"DROP VIEW IF EXISTS {name}")
+            path = self.model_path(model_id)
+            if (path / "_delta_log").is_dir():
+                con.register(name, self.dataset(path))
+            else:
+                con.execute(f"CREATE TEMP VIEW {name} AS {_empty_select(PREDICTION_COLUMNS)}")
+            names.append(name)
+            if create_views:
+                con.execute(f"CREATE OR REPLACE VIEW {model_table(model_id)} AS SELECT * FROM {name}")
+        shared = ", ".join(quote_ident(c) for c in PREDICTION_COLUMNS)
+        union = " UNION ALL ".join(f"SELECT {shared} FROM {n}" for n in names) or _empty_select(PREDICTION_COLUMNS)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {registered(PREDICTIONS)} AS {union}")
+        if create_views:
+            con.execute(f"CREATE OR REPLACE VIEW {PREDICTIONS} AS SELECT * FROM {registered(PREDICTIONS)}")
+        return names
+
+    def model_relation(self, con: duckdb.DuckDBPyConnection, model_id: str) -> str:
+        """A relation name for one model's predictions (registered now), with its features as columns."""
+        name = _model_registered(model_id)
+        con.execute(f"DROP VIEW IF EXISTS {name}")
+        path = self.model_path(model_id)
+        if (path / "_delta_log").is_dir():
+            con.register(name, self.dataset(path))
+        else:
+            con.execute(f"CREATE TEMP VIEW {name} AS {_empty_select(PREDICTION_COLUMNS)}")
+        return name
+
+    # ---- maintenance
+
+    def maintain(self, retention_hours: float = 168.0) -> list[dict]:
+        """Compact each table's small files and delete files no version younger than `retention_hours` uses."""
+        from deltalake import DeltaTable
+
+        out = []
+        for path in self.all_tables():
+            start = time.perf_counter()
+            table = DeltaTable(str(path))
+            before = len(table.file_uris())
+            compacted = table.optimize.compact()
+            removed = table.vacuum(retention_hours=int(retention_hours), enforce_retention_duration=False,
+                                   dry_run=False)
+            out.append({"table": str(path.relative_to(self.root)), "files_before": before,
+                        "files_after": len(DeltaTable(str(path)).file_uris()),
+                        "files_compacted": int(compacted.get("numFilesRemoved", 0)), "files_vacuumed": len(removed),
+                        "version": DeltaTable(str(path)).version(), "seconds": round(time.perf_counter() - start, 3)})
+        return out
+
+
+def _conform(data: pa.Table, columns: dict[str, str]) -> pa.Table:
+    """`data` with exactly the table's columns, in order and type (missing ones NULL), so every write of a
+    table has one schema whatever the producer (a DataFrame, a DuckDB query)."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("_data", data)
+        have = set(data.column_names)
+        picks = ", ".join((f"CAST({quote_ident(c)} AS {t})" if c in have else f"NULL::{t}") + f" AS {quote_ident(c)}"
+                          for c, t in columns.items())
+        return con.sql(f"SELECT {picks} FROM _data").to_arrow_table()
+    finally:
+        con.close()
