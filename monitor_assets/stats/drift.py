@@ -13,12 +13,37 @@ small count vectors:
   centre (under- and overflow at their mean), so the error is at most half a fine bin width.
 * Kolmogorov-Smirnov: the largest gap between the two CDFs at the fine-bin edges (exact when no two
   distinct values share a fine bin), p-value from scipy's asymptotic distribution (`kstwo`).
-* Chi-square: scipy's `chi2_contingency` on the reference-versus-current category counts.
+* Chi-square: scipy's `chi2_contingency` on the reference-versus-current category counts, with
+  categories too rare to expect `MIN_EXPECTED` current rows pooled into one (the test is not valid
+  on near-empty cells: one unseen value among 150 rows would otherwise give p < 1e-10).
+* Constant reference (std 0, where Wasserstein/std is undefined): the share of current values that
+  differ from the constant, with a binomial p-value against the reference's own rate (< 1/n).
 
 Automatic choice (overridable per feature): p-value tests on small samples, where they are
-calibrated; distances on large ones, where any p-value test flags trivial shifts. A default distance
-threshold also grows for smaller samples to stay above sampling noise (`noise_floor`): a few hundred
-rows of an unchanged feature already give a Wasserstein/std of 0.1 now and then.
+calibrated; distances on large ones, where any p-value test flags trivial shifts.
+
+False alarms are controlled at every sample size (measured in `benchmarks/drift_false_alarms.py`):
+
+* p-value tests flag at p < `P_VALUE_ALPHA` (0.01), not 0.05: a stable feature alone is flagged on
+  about 1 day in 100;
+* across the features of one model-day, `control_false_alarms` applies Benjamini-Hochberg to the
+  p-values (`compute_drift` does it by default): when nothing moved, the chance that any feature of
+  the model is flagged stays near `P_VALUE_ALPHA`, however many features it has;
+* a distance threshold never sits below its noise floor (`noise_floor`), the distance that
+  sampling noise alone reaches with probability about 1e-3 for these two sample sizes, and never
+  above the distance's maximum (Jensen-Shannon distance <= 1);
+* the Jensen-Shannon default is 0.08, not 0.1: the standard reweighting (the two commonest of 8
+  levels lose half their share) is 0.127, and at 2,000 rows one day in 1,000 measures it under 0.102.
+
+Beside the distribution test, two signals of their own: the missing share against the reference's
+(Fisher's exact test, and a change of at least `MISSING_MIN_CHANGE`), and the share of categories
+the reference never saw against the Good-Turing estimate of the reference's unseen mass (binomial
+test, and an excess of at least `UNSEEN_MIN_EXCESS`). A feature whose values are all unseen or all
+missing says so in `DriftResult.message`.
+
+Categorical values are normalised by one SQL expression (`category_sql`) in the reference profile
+and in the current counts: booleans in any spelling, numbers written as text ('1' and '1.0'), blank
+and 'NaN' as missing; for a boolean-like reference, 1/0 and true/false are one category.
 """
 
 from __future__ import annotations
@@ -37,8 +62,22 @@ FINE_BINS = 2000
 PSI_BINS = 10
 MISSING = "\x00missing"  # a category name no real data uses
 SMALL_SAMPLE = 500  # at most this many current values: p-value tests; above: distances
-DEFAULT_THRESHOLDS = {"ks": 0.05, "chisquare": 0.05, "wasserstein": 0.1, "jensenshannon": 0.1, "psi": 0.2}
-P_VALUE_METHODS = ("ks", "chisquare")
+P_VALUE_ALPHA = 0.01  # p-value tests flag below this (after Benjamini-Hochberg across a model's features)
+DEFAULT_THRESHOLDS = {"ks": P_VALUE_ALPHA, "chisquare": P_VALUE_ALPHA, "constant": P_VALUE_ALPHA,
+                      "wasserstein": 0.1, "jensenshannon": 0.08, "psi": 0.2}
+P_VALUE_METHODS = ("ks", "chisquare", "constant")
+METHOD_MAX = {"jensenshannon": 1.0, "ks": 1.0, "chisquare": 1.0, "constant": 1.0}  # thresholds never above
+NOISE_ALPHA = 1e-3  # a distance's noise floor is its (approximate) 1 - NOISE_ALPHA quantile under no change
+WASSERSTEIN_NOISE_SCALES = 2.5  # floor: this many times the null scale of sqrt(n_eff) * W1 / std
+NORMAL_WASSERSTEIN_SCALE = 1.6147  # integral of sqrt(F (1 - F)) for the standard normal
+MIN_EXPECTED = 5.0  # chi-square pools categories expected fewer times than this in the current rows
+MISSING_MIN_CHANGE = 0.05  # missing share must move at least this much (and significantly) to flag
+UNSEEN_MIN_EXCESS = 0.05  # unseen share must exceed the reference's expected unseen mass by this much
+CONSTANT_MIN_SHARE = 0.01  # a constant reference flags when at least this share of values differ
+PROFILE_VERSION = 2  # 2: categories normalised by `category_sql`; version 1 profiles are counted raw
+TRUE_FALSE = ("true", "false")
+ONE_ZERO = ("1", "0")
+_NUMBER_TEXT = r"[+-]?(0|[1-9][0-9]*)(\.[0-9]*)?([eE][+-]?[0-9]+)?"
 
 
 @dataclass
@@ -81,6 +120,13 @@ class NumericProfile:
     def width(self) -> float:
         return (self.hi - self.lo) / self.bins
 
+    @property
+    def is_constant(self) -> bool:
+        """Every reference value in one fine bin: the grid is then the constant +- 0.5, since any two
+        distinct values would sit at the two ends of a min..max grid. (The standard deviation from
+        running sums is not exactly 0 for a constant, so it cannot tell.)"""
+        return self.counts.n_valid > 0 and int(np.count_nonzero(self.counts.counts)) == 1
+
     def to_json(self) -> dict:
         c = self.counts
         return {"lo": self.lo, "hi": self.hi, "bins": self.bins, "psi_cuts": self.psi_cuts,
@@ -97,17 +143,25 @@ class NumericProfile:
 @dataclass
 class CategoricalProfile:
     counts: dict[str, int]  # category -> count, MISSING for missing values
+    normalized: bool = False  # counted through `category_sql` (False: a version 1 profile, raw text)
+    booleans: tuple[str, str] | None = None  # boolean-like: the (true, false) spelling both sides use
 
     @property
     def n(self) -> int:
         return sum(self.counts.values())
 
     def to_json(self) -> dict:
-        return {"counts": self.counts}
+        out: dict = {"counts": self.counts}
+        if self.normalized:
+            out["normalized"] = True
+            out["booleans"] = list(self.booleans) if self.booleans else None
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> CategoricalProfile:
-        return cls({k: int(v) for k, v in d["counts"].items()})
+        booleans = d.get("booleans")
+        return cls({k: int(v) for k, v in d["counts"].items()}, bool(d.get("normalized", False)),
+                   tuple(booleans) if booleans else None)
 
 
 Profile = NumericProfile | CategoricalProfile
@@ -139,6 +193,22 @@ class DriftResult:
     current_summary: str = ""
     reference_summary: str = ""
     all_statistics: dict = field(default_factory=dict)
+    # p_value after Benjamini-Hochberg across the model-day's features (None: not a p-value test,
+    # or not controlled yet); `drifted` of a p-value test is decided on it.
+    p_value_adjusted: float | None = None
+    # Missing share against the reference's: Fisher's exact test and a change of MISSING_MIN_CHANGE.
+    reference_missing_share: float = 0.0
+    missing_p_value: float | None = None
+    missing_drift: bool = False
+    # Categories the reference never saw (categorical only), against the Good-Turing estimate of
+    # the reference's unseen mass: binomial test and an excess of UNSEEN_MIN_EXCESS.
+    expected_unseen_share: float = 0.0
+    unseen_p_value: float | None = None
+    unseen_drift: bool = False
+    all_unseen: bool = False  # every current value is a category the reference never saw
+    all_missing: bool = False  # every current value is missing
+    unseen_summary: str = ""  # the commonest unseen categories with their shares
+    message: str = ""  # what a person must hear about this feature, '' when nothing stands out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,14 +219,73 @@ def _numeric_value(name: str) -> str:
     return f"nullif({quote_ident(name)}::DOUBLE, 'NaN'::DOUBLE)"  # NaN counts as missing
 
 
+def category_sql(expr: str, booleans: tuple[str, str] | None = None) -> str:
+    """SQL normalising a categorical value to text, NULL when missing.
+
+    Spaces around the value are dropped; '' and 'NaN' (any case) are missing; true/false in any
+    case are 'true'/'false'; a number written as text has one spelling ('1', '1.0' and '1e0' are
+    '1'; '0.50' is '0.5'; '007' stays text, it is an identifier). With `booleans` = (t, f), the
+    feature is boolean-like: true and 1 are t, false and 0 are f (the reference's spelling)."""
+    v = f"trim(({expr})::VARCHAR)"
+    num = f"TRY_CAST({v} AS DOUBLE)"
+    is_number = f"regexp_full_match({v}, '{_NUMBER_TEXT}')"
+    boolean = ""
+    if booleans:
+        t, f = (str(b).replace("'", "''") for b in booleans)
+        boolean = (f"WHEN lower({v}) = 'true' OR ({is_number} AND {num} = 1) THEN '{t}' "
+                   f"WHEN lower({v}) = 'false' OR ({is_number} AND {num} = 0) THEN '{f}' ")
+    return (f"CASE WHEN {v} IS NULL OR {v} = '' OR lower({v}) = 'nan' THEN NULL {boolean}"
+            f"WHEN lower({v}) IN ('true', 'false') THEN lower({v}) "
+            f"WHEN {is_number} THEN (CASE WHEN {num} = trunc({num}) AND abs({num}) < 1e15 "
+            f"THEN CAST(CAST({num} AS BIGINT) AS VARCHAR) ELSE CAST({num} AS VARCHAR) END) "
+            f"ELSE {v} END")
+
+
+def boolean_spelling(counts: dict[str, int]) -> tuple[str, str] | None:
+    """The (true, false) spelling of a boolean-like feature, from its normalised counts: None unless
+    every value is true/false or 1/0; text if the reference wrote any true/false, else '1'/'0'."""
+    values = {c for c, v in counts.items() if c != MISSING and v}
+    if not values or not values <= {*TRUE_FALSE, *ONE_ZERO}:
+        return None
+    return TRUE_FALSE if values & set(TRUE_FALSE) else ONE_ZERO
+
+
+def normalize_counts(con: duckdb.DuckDBPyConnection, raw: dict[str, int],
+                     booleans: tuple[str, str] | None = None) -> dict[str, int]:
+    """Counts of raw text values merged by `category_sql`: DuckDB normalises each distinct value once
+    (the same expression as on every row, at the cost of the distinct values only)."""
+    return _normalize_many(con, {"_": (raw, booleans)})["_"]
+
+
+def _normalize_many(con: duckdb.DuckDBPyConnection,
+                    raws: dict[str, tuple[dict[str, int], tuple[str, str] | None]]) -> dict[str, dict[str, int]]:
+    """`normalize_counts` for several features, one query per boolean spelling."""
+    spellings = {b for _, b in raws.values()}
+    keys = {b: sorted({k for raw, bb in raws.values() if bb == b for k in raw if k != MISSING}) for b in spellings}
+    mapped = {b: dict(con.execute(f"SELECT k, {category_sql('k', b)} FROM unnest(?::VARCHAR[]) AS t(k)",
+                                  [keys[b]]).fetchall()) if keys[b] else {} for b in spellings}
+    out = {}
+    for name, (raw, b) in raws.items():
+        counts: dict[str, int] = {}
+        for key, v in raw.items():
+            norm = MISSING if key == MISSING else mapped[b][key]
+            norm = MISSING if norm is None else norm
+            counts[norm] = counts.get(norm, 0) + v
+        out[name] = counts
+    return out
+
+
 def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dict[str, tuple[float, float, int]],
                      categorical: list[str], params: list | None = None,
-                     batch_rows: int = 1 << 18) -> dict[str, NumericCounts | dict]:
+                     batch_rows: int = 1 << 18,
+                     normalize: dict[str, tuple[str, str] | None] | None = None) -> dict[str, NumericCounts | dict]:
     """Fine histograms for `numeric` {name: (lo, hi, bins)} and category counts for `categorical`.
 
     DuckDB scans and casts; numeric columns stream out in Arrow batches (memory stays bounded by
     the batch, whatever the row count) and are binned with numpy's bincount, which is faster than
-    any SQL aggregate for this; categories are counted by DuckDB's `histogram`. NaN counts as missing."""
+    any SQL aggregate for this; categories are counted by DuckDB's `histogram`. NaN counts as missing.
+    Categoricals named in `normalize` {name: booleans} are normalised by `category_sql` with those
+    booleans (`normalize_counts`); the others are counted as their raw text."""
     out: dict[str, NumericCounts | dict] = {}
     names = list(numeric)
     if names:
@@ -182,16 +311,20 @@ def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dic
             n, valid, total, total_sq, counts, under, over = state[name]
             out[name] = NumericCounts(n, n - valid, total, total_sq, counts, under, over)
     if categorical or not names:
-        exprs = ", ".join(["count(*)"] + [f"histogram(coalesce({quote_ident(c)}::VARCHAR, '{MISSING}'))" for c in categorical])
+        exprs = ", ".join(["count(*)"] + [f"histogram(coalesce({quote_ident(c)}::VARCHAR, '{MISSING}'))"
+                                          for c in categorical])
         row = con.execute(f"SELECT {exprs} FROM ({relation})", params or []).fetchall()[0]
         for name, hist in zip(categorical, row[1:], strict=True):
             out[name] = dict(hist or {})
+        if normalize:
+            out.update(_normalize_many(con, {c: (out[c], normalize[c]) for c in categorical if c in normalize}))
     return out
 
 
 def profile_reference(con: duckdb.DuckDBPyConnection, relation: str, features: list[FeatureSpec],
                       params: list | None = None, bins: int = FINE_BINS) -> dict[str, Profile]:
-    """Profile a reference set once: grid bounds from its quantiles, then its counts on that grid."""
+    """Profile a reference set once: grid bounds from its quantiles, then its counts on that grid.
+    Categories are normalised (`category_sql`); a boolean-like one keeps the reference's spelling."""
     numeric = [f.name for f in features if f.kind == "numeric"]
     bounds: dict[str, tuple[float, float, int]] = {}
     if numeric:
@@ -212,7 +345,8 @@ def profile_reference(con: duckdb.DuckDBPyConnection, relation: str, features: l
                 lo, hi = lo - 0.5, lo + 0.5
             # The grid is [lo, hi] with hi itself inside (x >= the grid's end is overflow).
             bounds[name] = (float(lo), float(hi) + (float(hi) - float(lo)) * 1e-9, bins)
-    counted = count_histograms(con, relation, bounds, [f.name for f in features if f.kind == "categorical"], params)
+    categorical = [f.name for f in features if f.kind == "categorical"]
+    counted = count_histograms(con, relation, bounds, categorical, params)  # categories as raw text
     profiles: dict[str, Profile] = {}
     for f in features:
         if f.kind == "numeric":
@@ -220,7 +354,9 @@ def profile_reference(con: duckdb.DuckDBPyConnection, relation: str, features: l
             counts = counted[f.name]
             profiles[f.name] = NumericProfile(lo, hi, b, counts, _quantile_cuts(counts.counts, PSI_BINS))
         else:
-            profiles[f.name] = CategoricalProfile(counted[f.name])
+            booleans = boolean_spelling(normalize_counts(con, counted[f.name]))
+            profiles[f.name] = CategoricalProfile(normalize_counts(con, counted[f.name], booleans),
+                                                  normalized=True, booleans=booleans)
     return profiles
 
 
@@ -282,23 +418,83 @@ def chisquare_counts(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
-def noise_floor(method: str, n_reference: int, n_current: int, categories: int = 2) -> float:
-    """A distance that sampling noise alone rarely reaches for these sample sizes (about 4 standard
-    errors for Wasserstein/std, 2 for Jensen-Shannon with `categories` levels); 0 for other methods."""
+def pool_sparse(ref: np.ndarray, cur: np.ndarray, min_expected: float = MIN_EXPECTED) -> tuple[np.ndarray, np.ndarray]:
+    """The categories expected fewer than `min_expected` times in the current rows (reference share
+    times current size; unseen ones expect 0) pooled into one last column. Keeps the chi-square
+    test valid: its approximation fails on near-empty cells. A pooled column still expected fewer
+    than `min_expected` times joins the smallest of the others."""
+    n_ref, n_cur = ref.sum(), cur.sum()
+    if n_ref == 0 or n_cur == 0:
+        return ref, cur
+    expected = ref / n_ref * n_cur
+    sparse = expected < min_expected
+    if sparse.sum() <= 1 and not (sparse & (ref == 0)).any():
+        return ref, cur
+    ref_p, cur_p = ref[~sparse], cur[~sparse]
+    pooled_ref, pooled_cur = ref[sparse].sum(), cur[sparse].sum()
+    if pooled_ref / n_ref * n_cur < min_expected and len(ref_p) >= 2:  # still sparse: into the smallest
+        ref_p, cur_p = ref_p.copy(), cur_p.copy()
+        smallest = int(np.argmin(ref_p))
+        ref_p[smallest] += pooled_ref
+        cur_p[smallest] += pooled_cur
+        return ref_p, cur_p
+    return np.append(ref_p, pooled_ref), np.append(cur_p, pooled_cur)
+
+
+def _n_eff(n_reference: int, n_current: int) -> float:
+    return n_reference * n_current / (n_reference + n_current)
+
+
+def noise_floor(method: str, n_reference: int, n_current: int, categories: int = 2,
+                scale: float | None = None) -> float:
+    """A distance that sampling noise alone reaches with probability about `NOISE_ALPHA` for these
+    sample sizes; 0 for p-value tests.
+
+    Jensen-Shannon (base 2) and PSI on k categories: about chi2(k - 1) / (8 ln 2 n_eff) squared
+    distance, and chi2(k - 1) / n_eff, at chi2's 1 - NOISE_ALPHA quantile. Wasserstein/std:
+    sqrt(n_eff) W1 / std tends to the integral of |B(F(x))| / std for a Brownian bridge B, whose
+    scale is `scale` = integral of sqrt(F (1 - F)) / std (1.61 for a normal; `wasserstein_scale`
+    computes it from a profile); the floor is `WASSERSTEIN_NOISE_SCALES` such scales (4 / sqrt(n_eff)
+    for a normal: 99.9% of stable normal days stay under 2.9)."""
     if n_reference <= 0 or n_current <= 0:
         return 0.0
-    n_eff = n_reference * n_current / (n_reference + n_current)
+    n_eff = _n_eff(n_reference, n_current)
     if method == "wasserstein":
-        return 4.0 / math.sqrt(n_eff)
+        return WASSERSTEIN_NOISE_SCALES * (scale or NORMAL_WASSERSTEIN_SCALE) / math.sqrt(n_eff)
+    chi = float(stats.chi2.isf(NOISE_ALPHA, max(categories - 1, 1)))
     if method == "jensenshannon":
-        return 2.0 * math.sqrt(max(categories - 1, 1) / (5.5 * n_eff))
+        return math.sqrt(chi / (8 * math.log(2) * n_eff))
+    if method == "psi":
+        return chi / n_eff
     return 0.0
 
 
-def _threshold(spec: FeatureSpec, method: str, n_ref: int, n_cur: int, categories: int = 2) -> float:
-    if spec.threshold is not None:  # the user's threshold is used as given
-        return spec.threshold
-    return max(DEFAULT_THRESHOLDS[method], noise_floor(method, n_ref, n_cur, categories))
+def wasserstein_scale(profile: NumericProfile) -> float | None:
+    """Integral of sqrt(F (1 - F)) dx over the reference's CDF, divided by its std (see `noise_floor`);
+    None when undefined (no spread)."""
+    c = profile.counts
+    std = c.std
+    if not c.n_valid or not std or not std > 0 or profile.is_constant:
+        return None
+    cdf = np.cumsum(c.counts)[:-1] / c.n_valid  # at the right edge of the underflow and each inner bin
+    spread = np.sqrt(cdf * (1 - cdf))
+    inner = float(spread[1:].sum() * profile.width)
+    under = spread[0] * max(profile.lo - (c.under_sum / c.counts[0] if c.counts[0] else profile.lo), 0.0)
+    over_cdf = 1 - c.counts[-1] / c.n_valid
+    over = math.sqrt(over_cdf * (1 - over_cdf)) * max((c.over_sum / c.counts[-1] if c.counts[-1] else profile.hi)
+                                                       - profile.hi, 0.0)
+    return (inner + float(under) + over) / std
+
+
+def _threshold(spec: FeatureSpec, method: str, n_ref: int, n_cur: int, categories: int = 2,
+               scale: float | None = None) -> float:
+    """The user's threshold as given (but never above the method's maximum; not for the constant
+    fallback, which replaced the method it was meant for); else the default, raised to the noise
+    floor and capped at the maximum."""
+    if spec.threshold is not None and method != "constant":
+        return min(spec.threshold, METHOD_MAX.get(method, math.inf))
+    threshold = max(DEFAULT_THRESHOLDS[method], noise_floor(method, n_ref, n_cur, categories, scale))
+    return min(threshold, METHOD_MAX.get(method, math.inf))
 
 
 def choose_method(kind: str, n_current: int, method: str = "auto") -> str:
@@ -307,6 +503,32 @@ def choose_method(kind: str, n_current: int, method: str = "auto") -> str:
     if kind == "numeric":
         return "ks" if n_current <= SMALL_SAMPLE else "wasserstein"
     return "chisquare" if n_current <= SMALL_SAMPLE else "jensenshannon"
+
+
+def _flagged(method: str, statistic: float, p_value: float | None, threshold: float) -> bool:
+    """A p-value test flags below its threshold (a constant reference also needs
+    `CONSTANT_MIN_SHARE` of values to differ); a distance flags at or above it."""
+    if method in P_VALUE_METHODS:
+        if p_value is None or math.isnan(p_value) or not p_value < threshold:
+            return False
+        return method != "constant" or statistic >= CONSTANT_MIN_SHARE
+    return bool(not math.isnan(statistic) and statistic >= threshold * (1 - 1e-12))
+
+
+def missing_p_value(n_reference: int, missing_reference: int, n_current: int, missing_current: int) -> float:
+    """Fisher's exact two-sided p-value that the missing share is the same in both sets."""
+    if n_reference <= 0 or n_current <= 0:
+        return 1.0
+    table = [[missing_current, n_current - missing_current], [missing_reference, n_reference - missing_reference]]
+    return float(stats.fisher_exact(table).pvalue)
+
+
+def _missing_flag(share: float, reference_share: float, p_value: float | None, alpha: float = P_VALUE_ALPHA) -> bool:
+    return p_value is not None and p_value < alpha and abs(share - reference_share) >= MISSING_MIN_CHANGE
+
+
+def _unseen_flag(share: float, expected: float, p_value: float | None, alpha: float = P_VALUE_ALPHA) -> bool:
+    return p_value is not None and p_value < alpha and share - expected >= UNSEEN_MIN_EXCESS
 
 
 def _psi_vectors(profile: NumericProfile, current: NumericCounts) -> tuple[np.ndarray, np.ndarray]:
@@ -318,29 +540,53 @@ def _psi_vectors(profile: NumericProfile, current: NumericCounts) -> tuple[np.nd
 
 
 def numeric_drift(spec: FeatureSpec, profile: NumericProfile, current: NumericCounts) -> DriftResult:
+    constant = profile.is_constant
     method = choose_method("numeric", current.n_valid, spec.method)
-    threshold = _threshold(spec, method, profile.counts.n_valid, current.n_valid)
+    if constant and method == "wasserstein" or constant and spec.method == "auto":
+        method = "constant"  # Wasserstein / std is undefined; KS, PSI and JS still work if asked for
+    scale = wasserstein_scale(profile)
+    threshold = _threshold(spec, method, profile.counts.n_valid, current.n_valid, len(profile.psi_cuts) + 1, scale)
     ref_psi, cur_psi = _psi_vectors(profile, current)
     ref_std = profile.counts.std
     w1 = wasserstein_binned(_positions(profile, current), profile.counts.counts, current.counts)
     values = {
         "psi": psi(ref_psi, cur_psi),
         "jensenshannon": js_distance(ref_psi, cur_psi),
-        "wasserstein": w1 / ref_std if ref_std and ref_std > 0 else math.nan,
+        "wasserstein": w1 / ref_std if ref_std and ref_std > 0 and not constant else math.nan,
+        "wasserstein_absolute": w1,
     }
     d, p = ks_binned(profile.counts.counts, current.counts)
     values["ks"] = d
-    statistic = values[method]
     p_value = p if method == "ks" else None
-    drifted = bool(p_value < threshold) if p_value is not None and not math.isnan(p_value) else (
-        bool(statistic >= threshold) if not math.isnan(statistic) else False)
-    return DriftResult(
-        spec.name, "numeric", method, statistic, p_value, threshold, drifted, current.n, profile.counts.n,
+    if constant:
+        # Values outside the constant's fine bin differ from it; the reference's own rate of such
+        # values is below 1 / (n + 1) (rule of succession), the binomial test asks for more.
+        k_bin = int(np.flatnonzero(profile.counts.counts)[0])
+        differ = int(current.n_valid - current.counts[k_bin])
+        share = differ / current.n_valid if current.n_valid else math.nan
+        p_const = float(stats.binom.sf(differ - 1, current.n_valid, 1 / (profile.counts.n_valid + 1))) \
+            if current.n_valid else math.nan
+        values.update(constant=share, constant_p_value=p_const,
+                      mean_absolute_change=abs(current.mean - profile.counts.mean) if current.n_valid else math.nan)
+        if method == "constant":
+            p_value = p_const
+    statistic = values[method]
+    ref_missing = profile.counts.n_missing / profile.counts.n if profile.counts.n else 0.0
+    cur_missing = current.n_missing / current.n if current.n else 0.0
+    p_missing = missing_p_value(profile.counts.n, profile.counts.n_missing, current.n, current.n_missing)
+    result = DriftResult(
+        spec.name, "numeric", method, statistic, p_value, threshold, _flagged(method, statistic, p_value, threshold),
+        current.n, profile.counts.n,
         current_mean=current.mean, reference_mean=profile.counts.mean,
-        missing_share=current.n_missing / current.n if current.n else 0.0,
+        missing_share=cur_missing,
         current_summary=_numeric_summary(current), reference_summary=_numeric_summary(profile.counts),
         all_statistics={**values, "ks_p_value": p},
+        reference_missing_share=ref_missing, missing_p_value=p_missing,
+        missing_drift=_missing_flag(cur_missing, ref_missing, p_missing),
+        all_missing=current.n > 0 and current.n_valid == 0,
     )
+    result.message = _message(result)
+    return result
 
 
 def _positions(profile: NumericProfile, current: NumericCounts) -> np.ndarray:
@@ -354,6 +600,14 @@ def _positions(profile: NumericProfile, current: NumericCounts) -> np.ndarray:
     return np.concatenate([[min(under, profile.lo)], inner, [max(over, profile.hi)]])
 
 
+def expected_unseen_share(counts: dict[str, int]) -> float:
+    """Good-Turing estimate of the share of future values in categories the reference never saw
+    (categories seen once, plus one, over the rows plus one: never 0, so a test stays defined)."""
+    n = sum(counts.values())
+    singletons = sum(1 for c, v in counts.items() if v == 1 and c != MISSING)
+    return (singletons + 1) / (n + 1)
+
+
 def categorical_drift(spec: FeatureSpec, profile: CategoricalProfile, current: dict[str, int]) -> DriftResult:
     n_cur = sum(current.values())
     n_valid = n_cur - current.get(MISSING, 0)
@@ -362,20 +616,34 @@ def categorical_drift(spec: FeatureSpec, profile: CategoricalProfile, current: d
     threshold = _threshold(spec, method, profile.n, n_cur, len(categories))
     ref = np.array([profile.counts.get(c, 0) for c in categories], dtype=float)
     cur = np.array([current.get(c, 0) for c in categories], dtype=float)
-    chi, p = chisquare_counts(ref, cur)
+    chi, p = chisquare_counts(*pool_sparse(ref, cur))
     values = {"psi": psi(ref, cur), "jensenshannon": js_distance(ref, cur), "chisquare": chi}
     statistic = values[method]
     p_value = p if method == "chisquare" else None
-    drifted = bool(p_value < threshold) if p_value is not None else (
-        bool(statistic >= threshold) if not math.isnan(statistic) else False)
-    unseen = sum(v for c, v in current.items() if c not in profile.counts and c != MISSING)
-    return DriftResult(
-        spec.name, "categorical", method, statistic, p_value, threshold, drifted, n_cur, profile.n,
-        missing_share=current.get(MISSING, 0) / n_cur if n_cur else 0.0,
-        unseen_share=unseen / n_cur if n_cur else 0.0,
+    unseen = {c: v for c, v in current.items() if c not in profile.counts and c != MISSING}
+    n_unseen = sum(unseen.values())
+    all_unseen = n_valid > 0 and n_unseen == n_valid
+    expected = expected_unseen_share(profile.counts)
+    unseen_share = n_unseen / n_cur if n_cur else 0.0
+    p_unseen = float(stats.binom.sf(n_unseen - 1, n_cur, expected)) if n_cur else None
+    ref_missing = profile.counts.get(MISSING, 0) / profile.n if profile.n else 0.0
+    cur_missing = current.get(MISSING, 0) / n_cur if n_cur else 0.0
+    p_missing = missing_p_value(profile.n, profile.counts.get(MISSING, 0), n_cur, current.get(MISSING, 0))
+    result = DriftResult(
+        spec.name, "categorical", method, statistic, p_value, threshold,
+        _flagged(method, statistic, p_value, threshold) or all_unseen, n_cur, profile.n,
+        missing_share=cur_missing, unseen_share=unseen_share,
         current_summary=_top_categories(current), reference_summary=_top_categories(profile.counts),
         all_statistics={**values, "chisquare_p_value": p},
+        reference_missing_share=ref_missing, missing_p_value=p_missing,
+        missing_drift=_missing_flag(cur_missing, ref_missing, p_missing),
+        expected_unseen_share=expected, unseen_p_value=p_unseen,
+        unseen_drift=_unseen_flag(unseen_share, expected, p_unseen) or all_unseen,
+        all_unseen=all_unseen, all_missing=n_cur > 0 and n_valid == 0,
+        unseen_summary=_top_categories(unseen, n=n_cur) if unseen else "",
     )
+    result.message = _message(result)
+    return result
 
 
 def feature_drift(spec: FeatureSpec, profile: Profile, current) -> DriftResult:
@@ -384,14 +652,61 @@ def feature_drift(spec: FeatureSpec, profile: Profile, current) -> DriftResult:
     return categorical_drift(spec, profile, current)
 
 
+def _message(r: DriftResult) -> str:
+    """The loud part of a result: all values unseen or missing, a missing-share or unseen-share
+    change, a constant reference that moved. '' when none applies."""
+    parts = []
+    if r.all_missing:
+        parts.append(f"all {r.n_current} values are missing (reference: {r.reference_missing_share:.1%} missing)")
+    elif r.missing_drift:
+        parts.append(f"missing share {r.missing_share:.1%} against {r.reference_missing_share:.1%} in the reference")
+    if r.all_unseen:
+        parts.append(f"all {r.n_current - round(r.missing_share * r.n_current)} values are categories the reference "
+                     f"never saw ({r.unseen_summary}; reference: {r.reference_summary})")
+    elif r.unseen_drift:
+        parts.append(f"{r.unseen_share:.1%} of values are categories the reference never saw ({r.unseen_summary}; "
+                     f"about {r.expected_unseen_share:.1%} expected)")
+    if r.method == "constant" and r.drifted:
+        parts.append(f"the reference is constant at {r.reference_mean:.6g}; {r.statistic:.1%} of values differ "
+                     f"(mean {r.current_mean:.6g})")
+    return "; ".join(parts)
+
+
+def control_false_alarms(results: list[DriftResult], alpha: float = P_VALUE_ALPHA) -> list[DriftResult]:
+    """Benjamini-Hochberg across one model-day's results, separately for the distribution tests
+    (each against its own threshold), the missing-share tests and the unseen-share tests (against
+    `alpha`). Sets `p_value_adjusted` and re-decides `drifted`, `missing_drift`, `unseen_drift` and
+    `message` in place from the raw p-values (so applying it twice changes nothing); distances keep
+    their noise-floored decision. Returns `results`."""
+    tests = [r for r in results if r.method in P_VALUE_METHODS and r.p_value is not None and not math.isnan(r.p_value)]
+    for r, q in zip(tests, _bh([r.p_value for r in tests]), strict=True):
+        r.p_value_adjusted = q
+        r.drifted = _flagged(r.method, r.statistic, q, r.threshold) or r.all_unseen
+    missing = [r for r in results if r.missing_p_value is not None]
+    for r, q in zip(missing, _bh([r.missing_p_value for r in missing]), strict=True):
+        r.missing_drift = _missing_flag(r.missing_share, r.reference_missing_share, q, alpha)
+    unseen = [r for r in results if r.unseen_p_value is not None]
+    for r, q in zip(unseen, _bh([r.unseen_p_value for r in unseen]), strict=True):
+        r.unseen_drift = _unseen_flag(r.unseen_share, r.expected_unseen_share, q, alpha) or r.all_unseen
+    for r in results:
+        r.message = _message(r)
+    return results
+
+
+def _bh(p_values: list[float]) -> list[float]:
+    if not p_values:
+        return []
+    return [float(q) for q in stats.false_discovery_control(np.clip(p_values, 0.0, 1.0), method="bh")]
+
+
 def _numeric_summary(c: NumericCounts) -> str:
     if not c.n_valid:
         return "no values"
     return f"mean {c.mean:.4g}, std {c.std:.4g}"
 
 
-def _top_categories(counts: dict[str, int], k: int = 3) -> str:
-    n = sum(counts.values())
+def _top_categories(counts: dict[str, int], k: int = 3, n: int | None = None) -> str:
+    n = n or sum(counts.values())
     if not n:
         return "no values"
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:k]
@@ -399,10 +714,17 @@ def _top_categories(counts: dict[str, int], k: int = 3) -> str:
 
 
 def compute_drift(con: duckdb.DuckDBPyConnection, relation: str, specs: list[FeatureSpec],
-                  profiles: dict[str, Profile], params: list | None = None) -> list[DriftResult]:
-    """Count the current rows in one scan and compare each feature with its reference profile."""
+                  profiles: dict[str, Profile], params: list | None = None,
+                  control_across_features: bool = True) -> list[DriftResult]:
+    """Count the current rows in one scan and compare each feature with its reference profile.
+
+    Call it once per model and day with all the model's features: with `control_across_features`
+    (default) the p-value tests are corrected together (`control_false_alarms`). Categories are
+    normalised as the profile was (`category_sql`)."""
     numeric = {s.name: (profiles[s.name].lo, profiles[s.name].hi, profiles[s.name].bins)
                for s in specs if isinstance(profiles[s.name], NumericProfile)}
     categorical = [s.name for s in specs if isinstance(profiles[s.name], CategoricalProfile)]
-    counted = count_histograms(con, relation, numeric, categorical, params)
-    return [feature_drift(s, profiles[s.name], counted[s.name]) for s in specs]
+    normalize = {c: profiles[c].booleans for c in categorical if profiles[c].normalized}
+    counted = count_histograms(con, relation, numeric, categorical, params, normalize=normalize)
+    results = [feature_drift(s, profiles[s.name], counted[s.name]) for s in specs]
+    return control_false_alarms(results) if control_across_features else results
