@@ -4,28 +4,76 @@ The input relation has one row per logged prediction with the columns: the group
 (served without error), `latency_ms`, `score` (probability for classifiers, the predicted value for
 regressors), `label` (NULL until it arrives), `threshold` (decision threshold) and `task`.
 Metrics use only labelled, served rows; label coverage is reported beside them, and a metric that
-cannot be known yet is NULL, never zero. Definitions follow scikit-learn's (tests compare).
+cannot be known yet is NULL, never zero. Definitions follow scikit-learn's (tests compare), except
+MAPE, which leaves out zero labels and says how many (`mape_zero_labels`).
+
+The predicted class is the logged decision when the caller names one (`decision`), else
+`score >= threshold`. `METRIC_DIRECTION` says for every selectable main metric which way is better.
 """
 
 from __future__ import annotations
 
+import math
+
 import duckdb
 import pandas as pd
 
-# scikit-learn clips probabilities for log loss and guards MAPE's denominator with float64's eps.
+from monitor_assets.stats.drift import ONE_ZERO, category_sql
+
+# scikit-learn clips probabilities for log loss.
 EPS = 2.220446049250313e-16
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier_score",
                           "positive_rate", "predicted_positive_rate")
 REGRESSION_METRICS = ("mae", "rmse", "mape", "r2", "mean_error")
 
+HIGHER, LOWER = "higher", "lower"
+# Every metric a model may choose as its main metric, and which way is better.
+METRIC_DIRECTION = {
+    "accuracy": HIGHER, "f1": HIGHER, "precision": HIGHER, "recall": HIGHER, "roc_auc": HIGHER,
+    "log_loss": LOWER, "brier_score": LOWER,
+    "mae": LOWER, "rmse": LOWER, "mape": LOWER, "r2": HIGHER,
+}
+MAIN_METRICS = {"binary_classification": ("accuracy", "f1", "precision", "recall", "roc_auc", "log_loss", "brier_score"),
+                "regression": ("mae", "rmse", "mape", "r2")}
+# Metrics computed on the predicted class (the logged decision, else score >= threshold).
+CLASS_METRICS = ("accuracy", "precision", "recall", "f1", "predicted_positive_rate")
 
-def performance_sql(source_sql: str, keys: list[str]) -> str:
-    """SQL computing every metric per `keys` group of `source_sql` (see the module docstring)."""
+
+def degradation(metric: str, baseline: float | None, current: float | None) -> float | None:
+    """How much worse `current` is than `baseline` for `metric` (positive: worse, negative: better);
+    None when either is unknown."""
+    if baseline is None or current is None or math.isnan(baseline) or math.isnan(current):
+        return None
+    return baseline - current if METRIC_DIRECTION[metric] == HIGHER else current - baseline
+
+
+def decision_class_sql(expr: str) -> str:
+    """SQL reading a logged decision as the predicted class 1 / 0: booleans in any spelling, 1 / 0
+    as numbers or text ('1.0'); anything else is NULL (unknown)."""
+    return f"CASE {category_sql(expr, ONE_ZERO)} WHEN '1' THEN 1 WHEN '0' THEN 0 END"
+
+
+def predicted_class_sql(decision: str | None = None, score: str = "score", threshold: str = "threshold") -> str:
+    """SQL for the predicted class: the logged `decision` expression where it says 1 or 0, else
+    `score >= threshold`."""
+    rule = f"({score} >= {threshold})::INT"
+    return f"coalesce({decision_class_sql(decision)}, {rule})" if decision else rule
+
+
+def performance_sql(source_sql: str, keys: list[str], decision: str | None = None) -> str:
+    """SQL computing every metric per `keys` group of `source_sql` (see the module docstring).
+
+    `decision`: an SQL expression over the source's columns holding the logged decision (predicted
+    class); where it is given and readable it replaces `score >= threshold` for the class metrics,
+    and `n_decision_missing` counts the served, scored rows that fell back to the threshold (NULL
+    without `decision`). MAPE leaves out rows whose label is 0 (their error ratio is infinite;
+    scikit-learn's guarded form gives 1e15-scale numbers); `mape_zero_labels` counts them."""
     k = ", ".join(keys)
     on = " AND ".join(f"b.{c} IS NOT DISTINCT FROM a.{c}" for c in keys)
+    logged = decision_class_sql(decision) if decision else "NULL::INT"
     return f"""
-    WITH src AS (SELECT *, (score >= threshold)::INT AS y_pred,
+    WITH src AS (SELECT *, {predicted_class_sql(decision)} AS y_pred, {logged} AS logged_class,
                         (is_ok AND label IS NOT NULL AND score IS NOT NULL) AS labelled FROM ({source_sql})),
     base AS (
         SELECT {k}, any_value(task) AS task,
@@ -53,7 +101,9 @@ def performance_sql(source_sql: str, keys: list[str]) -> str:
             -- regression, on labelled rows
             avg(abs(label - score)) FILTER (WHERE labelled) AS mae,
             sqrt(avg((label - score) ^ 2) FILTER (WHERE labelled)) AS rmse,
-            avg(abs(label - score) / greatest(abs(label), {EPS})) FILTER (WHERE labelled) AS mape,
+            avg(abs(label - score) / abs(label)) FILTER (WHERE labelled AND label <> 0) AS mape,
+            count(*) FILTER (WHERE labelled AND label = 0) AS mape_zero_labels,
+            count(*) FILTER (WHERE is_ok AND score IS NOT NULL AND logged_class IS NULL) AS n_decision_missing,
             sum((label - score) ^ 2) FILTER (WHERE labelled) AS ss_res,
             var_pop(label) FILTER (WHERE labelled) * count(*) FILTER (WHERE labelled) AS ss_tot,
             avg(score - label) FILTER (WHERE labelled) AS mean_error
@@ -83,11 +133,13 @@ def performance_sql(source_sql: str, keys: list[str]) -> str:
         CASE WHEN task = 'regression' THEN rmse END AS rmse,
         CASE WHEN task = 'regression' THEN mape END AS mape,
         CASE WHEN task = 'regression' THEN 1 - ss_res / nullif(ss_tot, 0) END AS r2,
-        CASE WHEN task = 'regression' THEN mean_error END AS mean_error
+        CASE WHEN task = 'regression' THEN mean_error END AS mean_error,
+        CASE WHEN task = 'regression' THEN mape_zero_labels END AS mape_zero_labels,
+        {'n_decision_missing' if decision else 'NULL::BIGINT'} AS n_decision_missing
     FROM base AS a LEFT JOIN auc AS b ON {on}
     """
 
 
 def compute_performance(con: duckdb.DuckDBPyConnection, source_sql: str, keys: list[str],
-                        params: list | None = None) -> pd.DataFrame:
-    return con.execute(performance_sql(source_sql, keys), params or []).df()
+                        params: list | None = None, decision: str | None = None) -> pd.DataFrame:
+    return con.execute(performance_sql(source_sql, keys, decision), params or []).df()

@@ -4,7 +4,13 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from monitor_assets.stats.performance import compute_performance
+from monitor_assets.stats.performance import (
+    MAIN_METRICS,
+    METRIC_DIRECTION,
+    compute_performance,
+    degradation,
+    predicted_class_sql,
+)
 
 
 @pytest.fixture
@@ -56,14 +62,18 @@ def test_classification_metrics_equal_scikit_learn(con):
 
 def test_regression_metrics_equal_scikit_learn(con):
     df = frame(np.random.default_rng(2), 2000, "regression")
-    df.loc[df.index[:5], "label"] = 0.0  # MAPE's guarded denominator
+    df.loc[df.index[:40], ["label", "is_ok"]] = [0.0, True]  # zero labels: MAPE skips them and says so
     con.register("df", df)
     out = compute_performance(con, "SELECT * FROM df", ["g"]).set_index("g")
+    assert out.mape_zero_labels.sum() == 40 and out.n_decision_missing.isna().all()
     for g, row in out.iterrows():
         lab = df[(df.g == g) & df.is_ok & df.label.notna()]
         assert row.mae == pytest.approx(skm.mean_absolute_error(lab.label, lab.score))
         assert row.rmse == pytest.approx(np.sqrt(skm.mean_squared_error(lab.label, lab.score)))
-        assert row.mape == pytest.approx(skm.mean_absolute_percentage_error(lab.label, lab.score))
+        nonzero = lab[lab.label != 0]
+        assert row.mape == pytest.approx(skm.mean_absolute_percentage_error(nonzero.label, nonzero.score))
+        assert row.mape_zero_labels == (lab.label == 0).sum()
+        assert skm.mean_absolute_percentage_error(lab.label, lab.score) > 1e12  # what the guarded form gives
         assert row.r2 == pytest.approx(skm.r2_score(lab.label, lab.score))
         assert row.mean_error == pytest.approx((lab.score - lab.label).mean())
         assert np.isnan(row.roc_auc)
@@ -78,3 +88,60 @@ def test_no_labels_yet_means_unknown_not_zero(con):
     for metric in ("accuracy", "precision", "roc_auc", "log_loss", "brier_score"):
         assert pd.isna(row[metric]), metric
     assert row.volume == 2
+
+
+def test_a_logged_decision_replaces_the_threshold_for_class_metrics(con):
+    """The decision is logged in several spellings; where it is missing or unreadable the class is
+    score >= threshold, and those rows are counted."""
+    rng = np.random.default_rng(3)
+    n = 1500
+    df = frame(rng, n, "binary_classification")
+    rule = (df.score >= 0.4).astype(int)
+    flip = rng.random(n) < 0.03  # the serving system disagrees with the threshold on 3% of rows
+    logged = np.where(flip, 1 - rule, rule)
+    spelled = np.array([["False", "True"], ["0", "1.0"], ["false", "TRUE"]])[rng.integers(0, 3, n), logged]
+    df["decision"] = pd.Series(spelled, dtype=object)
+    unknown = rng.random(n) < 0.02
+    df.loc[unknown, "decision"] = rng.choice([None, "maybe"], unknown.sum())
+    con.register("df", df)
+    out = compute_performance(con, "SELECT * FROM df", ["g"], decision='"decision"').set_index("g")
+    y_class = np.where(unknown, rule, logged)
+    for g, row in out.iterrows():
+        part = df.g == g
+        lab = part & df.is_ok & df.label.notna()
+        y, yhat = df.label[lab].astype(int), y_class[lab]
+        assert row.accuracy == pytest.approx(skm.accuracy_score(y, yhat))
+        assert row.precision == pytest.approx(skm.precision_score(y, yhat))
+        assert row.recall == pytest.approx(skm.recall_score(y, yhat))
+        assert row.f1 == pytest.approx(skm.f1_score(y, yhat))
+        assert row.roc_auc == pytest.approx(skm.roc_auc_score(y, df.score[lab]))  # scores, not the decision
+        assert row.predicted_positive_rate == pytest.approx(y_class[part & df.is_ok].mean())
+        assert row.n_decision_missing == (part & df.is_ok & unknown).sum()
+    assert predicted_class_sql() == "(score >= threshold)::INT"
+
+
+def test_every_main_metric_has_a_direction_that_matches_scikit_learn(con):
+    """For each selectable metric, a worse model (noisier scores) moves it in the worse direction."""
+    assert set(METRIC_DIRECTION) == {m for ms in MAIN_METRICS.values() for m in ms}
+    rng = np.random.default_rng(9)
+    n = 2000
+    y = (rng.random(n) < 0.4).astype(float)
+    good = np.clip(y * 0.7 + 0.15 + rng.normal(0, 0.1, n), 0.01, 0.99)
+    bad = np.clip(y * 0.3 + 0.35 + rng.normal(0, 0.25, n), 0.01, 0.99)
+    value = rng.gamma(3.0, 5.0, n) + 1
+    rows = []
+    for name, score, reg in (("good", good, value + rng.normal(0, 1, n)), ("bad", bad, value + rng.normal(0, 5, n))):
+        rows.append(pd.DataFrame({"g": name, "is_ok": True, "latency_ms": 1.0, "threshold": 0.5,
+                                  "task": "binary_classification", "score": score, "label": y}))
+        rows.append(pd.DataFrame({"g": name + "_reg", "is_ok": True, "latency_ms": 1.0, "threshold": 0.5,
+                                  "task": "regression", "score": reg, "label": value}))
+    df = pd.concat(rows, ignore_index=True)
+    con.register("df", df)
+    out = compute_performance(con, "SELECT * FROM df", ["g"]).set_index("g")
+    for task, metrics in MAIN_METRICS.items():
+        suffix = "_reg" if task == "regression" else ""
+        for m in metrics:
+            assert degradation(m, out.loc["good" + suffix, m], out.loc["bad" + suffix, m]) > 0, m
+    assert out.loc["good", "log_loss"] == pytest.approx(skm.log_loss(y, good))
+    assert out.loc["bad_reg", "r2"] == pytest.approx(skm.r2_score(value, df[df.g == "bad_reg"].score))
+    assert degradation("accuracy", 0.947, 0.916) == pytest.approx(0.031) and degradation("mae", 2.0, None) is None
