@@ -13,9 +13,10 @@ from fairlearn.metrics import (
     selection_rate,
     true_positive_rate,
 )
+from scipy.stats import chi2_contingency, fisher_exact
 from sklearn.metrics import accuracy_score
 
-from monitor_assets.stats.fairness import fairness_table, group_counts
+from monitor_assets.stats.fairness import MIN_GROUP_SIZE, fairness_table, group_counts
 
 
 def frame(n=6000, seed=0):
@@ -73,3 +74,60 @@ def test_regressors_get_mae_by_group():
     part = compute(df, min_size=1, classifier=False)
     mae = part[part.attribute == "region"].set_index("grp").mae
     assert mae["a"] == pytest.approx(1.0) and mae["b"] == pytest.approx(3.0)  # unlabelled row left out
+
+
+def test_named_groups_and_disparities_come_from_eligible_groups_only():
+    """A one-person group with selection rate 1.0 is neither the most favoured group of the message
+    nor part of the figures; on the eligible rows everything equals fairlearn."""
+    df = frame(seed=4)
+    tiny = pd.DataFrame({"region": ["island"], "age": "old", "y_true": 0, "y_pred": 1})
+    out = compute(pd.concat([df, tiny], ignore_index=True))
+    region = out[out.attribute == "region"].iloc[0]
+    rates = df.groupby("region").y_pred.mean()
+    assert region.n_eligible_groups == 3
+    assert region.most_favoured_group == "east" and region.most_favoured_n == (df.region == "east").sum()
+    assert region.most_favoured_selection_rate == pytest.approx(rates["east"])
+    assert region.least_favoured_group == rates.idxmin() and region.least_favoured_n == (df.region == rates.idxmin()).sum()
+    kw = {"y_true": df.y_true, "y_pred": df.y_pred, "sensitive_features": df.region}
+    assert region.demographic_parity_difference == pytest.approx(demographic_parity_difference(**kw))
+    assert region.equalized_odds_difference == pytest.approx(equalized_odds_difference(**kw))
+    table = pd.crosstab(df.region, df.y_pred)
+    assert region.demographic_parity_p_value == pytest.approx(chi2_contingency(table).pvalue)
+    assert region.disparity_p_value == region.demographic_parity_p_value
+
+
+def test_equalized_odds_names_the_larger_gap_with_its_own_significance_guard():
+    """A false-positive-rate gap (0.43 against 0.22) with equal selection of positives: the equalized
+    odds difference is the FPR gap, its p-value is the test among negatives."""
+    rng = np.random.default_rng(10)
+    rows = []
+    for grp, n, fpr in (("a", 900, 0.22), ("b", 400, 0.43), ("c", 20, 0.9)):
+        y = (rng.random(n) < 0.4).astype(int)
+        pred = np.where(y == 1, rng.random(n) < 0.7, rng.random(n) < fpr).astype(int)
+        rows.append(pd.DataFrame({"region": grp, "age": "x", "y_true": y, "y_pred": pred}))
+    df = pd.concat(rows, ignore_index=True)
+    out = compute(df)
+    r = out[out.attribute == "region"].iloc[0]
+    eligible = df[df.region != "c"]
+    kw = {"y_true": eligible.y_true, "y_pred": eligible.y_pred, "sensitive_features": eligible.region}
+    assert r.equalized_odds_difference == pytest.approx(equalized_odds_difference(**kw))
+    assert r.equalized_odds_difference == pytest.approx(r.false_positive_rate_difference)
+    assert r.equalized_odds_rate == "false_positive_rate"
+    assert (r.equalized_odds_max_group, r.equalized_odds_min_group) == ("b", "a")
+    negatives = eligible[eligible.y_true == 0]
+    assert r.equalized_odds_max_n == (negatives.region == "b").sum()
+    assert r.equalized_odds_p_value == pytest.approx(
+        chi2_contingency(pd.crosstab(negatives.region, negatives.y_pred)).pvalue)
+    assert r.equalized_odds_p_value == r.false_positive_rate_p_value < 1e-6
+    positives = eligible[eligible.y_true == 1]
+    assert r.true_positive_rate_p_value == pytest.approx(
+        chi2_contingency(pd.crosstab(positives.region, positives.y_pred)).pvalue)
+    assert r.true_positive_rate_p_value > 0.01  # no TPR gap beyond noise
+
+
+def test_small_two_group_tables_use_fishers_exact_test():
+    df = pd.DataFrame({"region": ["a"] * 40 + ["b"] * 40, "age": "x", "y_true": 0,
+                       "y_pred": [1] * 1 + [0] * 39 + [1] * 7 + [0] * 33})
+    r = compute(df).query("attribute == 'region'").iloc[0]
+    assert r.demographic_parity_p_value == pytest.approx(fisher_exact([[1, 39], [7, 33]]).pvalue)
+    assert MIN_GROUP_SIZE == 30 and r.n_eligible_groups == 2
