@@ -8,7 +8,7 @@ INSTALL_LOG := $(VENV)/install.log
 INSTANCE_TEMPLATE := deploy/local/dagster.yaml
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: run dev test lint bench demo-data screenshots clean
+.PHONY: run dev sql test lint bench demo-data screenshots clean
 
 # pip's output (and any build backend's banners) goes to the log; the terminal gets one line, or the
 # log's tail when the install fails.
@@ -32,6 +32,10 @@ run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+# An SQL shell on the warehouse (read-only; the tables by their documented names).
+sql: $(STAMP)
+	@$(BIN)/python -m monitor_assets.query -i
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

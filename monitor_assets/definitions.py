@@ -16,6 +16,7 @@ from monitor_assets.ingestion.defs import build_ingestion_assets, build_quality_
 from monitor_assets.metrics.defs import build_metrics_assets
 from monitor_assets.notify.defs import build_alert_action_jobs, build_sensors
 from monitor_assets.reporting.defs import build_reporting_assets
+from monitor_assets.storage.defs import build_storage_definitions
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import daily_partitions
 
@@ -41,11 +42,12 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
                               description="The daily monitoring pipeline for every configured model.")
     schedule = dg.build_schedule_from_partitioned_job(job, hour_of_day=6, minute_of_hour=0,
                                                       name="daily_monitoring_schedule")
+    storage_assets, storage_jobs, storage_schedules = build_storage_definitions(config)
     return dg.Definitions(
-        assets=assets,
+        assets=[*assets, *storage_assets],
         asset_checks=checks,
-        jobs=[job, *build_alert_action_jobs(config)],
-        schedules=[schedule],
+        jobs=[job, *build_alert_action_jobs(config), *storage_jobs],
+        schedules=[schedule, *storage_schedules],
         sensors=build_sensors(config, [key for c in checks for key in c.check_keys], alerting[-1].key,
                               monitored_jobs=[job]),
         resources={"warehouse": WarehouseResource(path=config.warehouse_path, lake_path=config.lake_path)},
