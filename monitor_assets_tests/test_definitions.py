@@ -11,7 +11,7 @@ def test_definitions_resolve_every_job_schedule_and_sensor():
     for job in repo.get_all_jobs():
         assert job.graph is not None
     schedules = {s.name: s for s in repo.schedule_defs}
-    assert set(schedules) == {"daily_monitoring_schedule"} and schedules["daily_monitoring_schedule"].job_name == MONITORING_JOB
+    assert set(schedules) == {"daily_monitoring_schedule", "lake_maintenance_schedule"} and schedules["daily_monitoring_schedule"].job_name == MONITORING_JOB
     sensors = {s.name: s for s in repo.sensor_defs}
     assert {"alert_notification_sensor", "run_failure_notification_sensor"} <= set(sensors)
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())

@@ -757,6 +757,12 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
     known = ", ".join(sql_str(m.id) for m in config.models)
     rules = [("latency_ms < 0", "'out of range: latency_ms=' || latency_ms || ' is negative'"),
              (f"model_id NOT IN ({known})", "'unknown model_id: ' || model_id")]
+    if constant_model is not None and src["model_id"]:
+        # A per-model file may still log model_id (optional): it must be that model.
+        fields.append(Field("logged_model_id", src["model_id"], TEXT, optional=True, label=src["model_id"]))
+        rules += [(f"logged_model_id NOT IN ({known})", "'unknown model_id: ' || logged_model_id"),
+                  (f"logged_model_id <> {sql_str(constant_model)}",
+                   f"'model_id mismatch: ' || logged_model_id || ' logged in a file of ' || {sql_str(constant_model)}")]
     if len(models) < len(config.models):  # a model with files of its own is not read from the shared ones
         mine = ", ".join(sql_str(m.id) for m in models) or "NULL"
         rules.append((f"model_id NOT IN ({mine})",

@@ -203,16 +203,10 @@ class Lake:
 
     def attach_models(self, con: duckdb.DuckDBPyConnection, models: Iterable[str], create_views: bool = True) -> list[str]:
         """Register these models' predictions tables; `raw.predictions` becomes their union over the shared
-        columns. Returns the registered relation names, in order."""
+        columns. Returns the relation names (quoted for SQL), in order."""
         names = []
         for model_id in models:
-            name = _model_registered(model_id)
-            con.execute(f"DROP VIEW IF EXISTS {name}")
-            path = self.model_path(model_id)
-            if (path / "_delta_log").is_dir():
-                con.register(name, self.dataset(path))
-            else:
-                con.execute(f"CREATE TEMP VIEW {name} AS {_empty_select(PREDICTION_COLUMNS)}")
+            name = self.model_relation(con, model_id)
             names.append(name)
             if create_views:
                 con.execute(f"CREATE OR REPLACE VIEW {model_table(model_id)} AS SELECT * FROM {name}")
@@ -224,15 +218,16 @@ class Lake:
         return names
 
     def model_relation(self, con: duckdb.DuckDBPyConnection, model_id: str) -> str:
-        """A relation name for one model's predictions (registered now), with its features as columns."""
+        """A relation (its name quoted for SQL) for one model's predictions, registered now, with its features
+        as columns."""
         name = _model_registered(model_id)
-        con.execute(f"DROP VIEW IF EXISTS {name}")
+        con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
         path = self.model_path(model_id)
         if (path / "_delta_log").is_dir():
             con.register(name, self.dataset(path))
         else:
-            con.execute(f"CREATE TEMP VIEW {name} AS {_empty_select(PREDICTION_COLUMNS)}")
-        return name
+            con.execute(f"CREATE TEMP VIEW {quote_ident(name)} AS {_empty_select(PREDICTION_COLUMNS)}")
+        return quote_ident(name)
 
     # ---- maintenance
 

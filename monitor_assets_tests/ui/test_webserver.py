@@ -28,7 +28,7 @@ def test_webserver_lists_assets_checks_schedule_and_sensors(demo_run, tmp_path):
         assert {"predictions_are_complete_and_valid", "performance_within_baseline", "drift_share_below_threshold",
                 "demographic_parity_above_threshold", "latency_p95_within_sla"} <= checks
         repo = data["repositoriesOrError"]["nodes"][0]
-        assert {s["name"] for s in repo["schedules"]} == {"daily_monitoring_schedule"}
+        assert {s["name"] for s in repo["schedules"]} == {"daily_monitoring_schedule", "lake_maintenance_schedule"}
         assert {s["name"] for s in repo["sensors"]} >= {"alert_notification_sensor", "run_failure_notification_sensor"}
         graphql(url, "mutation { setNuxSeen }")  # no "join the community" dialog over the screenshot
         with browser_page(1600, 1000) as (page, errors):
