@@ -55,7 +55,7 @@ SHIFT_SD = 0.5
 GB = 1024**3
 # (models, rows, days) -> (seconds, GB) that the scale issue asks for.
 FLOORS = {(100, 50_000, 2): (240.0, 2.0), (500, 10_000, 1): (240.0, 2.0)}
-FORMAT_VERSION = 1  # bump when the generated data changes, so old folders are not reused
+FORMAT_VERSION = 2  # bump when the generated data changes, so old folders are not reused
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ def write_config(p: Params, specs: list[ModelSpec], folder: Path, ext: str) -> P
         "partitions": {"start_date": p.dates[0].isoformat(), "end_date": p.dates[-1].isoformat()},
         "label_delay_days": 0,  # every label arrives the day of its prediction
         "sources": {
-            "predictions": {"path": f"predictions/{{date}}/*{ext}",
+            "predictions": {"path": f"predictions/{{date}}/{{model}}{ext}",
                             "fields": {k: k for k in ("prediction_id", "timestamp", "model_id", "model_version",
                                                       "latency_ms", "status", "score")},
                             "ok_status": ["ok"]},
@@ -362,6 +362,7 @@ def _kill_group(pgid: int) -> None:
 
 INSPECT = r"""
 import json, os, sys
+from pathlib import Path
 import dagster as dg, duckdb
 home, warehouse = sys.argv[1], sys.argv[2]
 out = {"run": None, "steps": [], "drift": [], "drift_alerts": [], "alerts": {}, "rows": {}}
@@ -375,7 +376,8 @@ with dg.DagsterInstance.from_config(home) as instance:
                          "start": s.start_time, "end": s.end_time}
                         for s in instance.get_run_step_stats(run.run_id)]
 if os.path.exists(warehouse):
-    con = duckdb.connect(warehouse, read_only=True)
+    from monitor_assets.storage.warehouse import open_warehouse
+    con = open_warehouse(warehouse, read_only=True)  # the lake beside it, under the documented names
     q = lambda sql: con.execute(sql).fetchall()
     try:
         out["drift"] = q("SELECT partition_date::VARCHAR, model_id, n_drifted, drift_share, dataset_drift "
@@ -385,11 +387,16 @@ if os.path.exists(warehouse):
         out["alerts"] = dict(q("SELECT check_name, count(*) FROM monitoring.alerts GROUP BY 1"))
         for t in ("raw.predictions", "raw.labels", "raw.quarantine"):
             out["rows"][t] = q(f"SELECT count(*) FROM {t}")[0][0]
-        out["rows"]["raw.predictions columns"] = q(
-            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'raw' AND table_name = 'predictions'")[0][0]
+        # The widest table: one model's (the union and the facts are narrower).
+        out["rows"]["raw.predictions columns"] = max(
+            (len(con.execute(f'SELECT * FROM raw."{v}" LIMIT 0').description) for (v,) in q(
+                "SELECT view_name FROM duckdb_views() WHERE schema_name = 'raw' AND view_name LIKE 'predictions%'")),
+            default=0)
     except duckdb.Error as exc:  # a run killed before it made the tables
         out["error"] = str(exc).splitlines()[0]
-    out["warehouse_bytes"] = sum(os.path.getsize(p) for p in [warehouse, warehouse + ".wal"] if os.path.exists(p))
+    lake = warehouse.rsplit(".", 1)[0] + "_lake"
+    out["warehouse_bytes"] = sum(os.path.getsize(p) for p in [warehouse, warehouse + ".wal"] if os.path.exists(p)) + sum(
+        f.stat().st_size for f in Path(lake).rglob("*") if f.is_file())
 print(json.dumps(out))
 """
 
