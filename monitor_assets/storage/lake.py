@@ -1,4 +1,4 @@
-"""The heavy, partitioned tables in Delta Lake (delta-rs), read by DuckDB through Arrow datasets.
+"""The heavy, partitioned tables in Delta Lake (delta-rs), read by DuckDB's Parquet reader.
 
 Layout under the lake root (a folder; `MONITOR_LAKE`, default beside the warehouse file):
     raw/predictions/model_id=<model>/   one Delta table per model, its own typed feature columns,
@@ -11,7 +11,7 @@ the new ones, never half, and a process killed mid-write leaves only unreference
 `maintain` removes. Writers on distinct partitions do not conflict.
 
 DuckDB sees every table under its documented name (`raw.predictions`, `monitoring.performance_daily`,
-...) through views over datasets registered on each connection (`attach`); `raw.predictions` is the
+...) through views over each table's current files, set up on each connection (`attach`); `raw.predictions` is the
 union of the models' tables over the columns they share, `raw.predictions__<model>` one model's table
 with its features. Plain Python: no Dagster here.
 """
@@ -173,10 +173,22 @@ class Lake:
 
     # ---- reading through DuckDB
 
-    def dataset(self, path: Path):
+    def scan(self, path: Path, columns: dict[str, str], partition_by: Sequence[str], extra: bool = False) -> str:
+        """SQL reading the current version of a Delta table: DuckDB's own Parquet reader over the files the
+        Delta log lists, partition values from the paths; `columns` first, in order, then (`extra`) the
+        table's other columns. Nothing calls back into Python while it runs (a registered pyarrow dataset
+        did, and a `.df()` of it could deadlock on the GIL)."""
         from deltalake import DeltaTable
 
-        return DeltaTable(str(path)).to_pyarrow_dataset()
+        files = DeltaTable(str(path)).file_uris()
+        if not files:
+            return _empty_select(columns)
+        listed = "[" + ", ".join(sql_str(f) for f in files) + "]"
+        types = "{" + ", ".join(f"{sql_str(c)}: {sql_str(columns[c])}" for c in partition_by) + "}"
+        known = ", ".join(quote_ident(c) for c in columns)
+        picks = f"{known}, * EXCLUDE ({known})" if extra else known
+        return (f"SELECT {picks} FROM read_parquet({listed}, hive_partitioning = true, hive_types = {types}, "
+                "union_by_name = true)")
 
     def attach(self, con: duckdb.DuckDBPyConnection, models: Iterable[str] | None = (), create_views: bool = True) -> None:
         """Register the lake's tables on `con` and (re)create the views with their documented names.
@@ -196,10 +208,9 @@ class Lake:
         path, name = self.path(table), registered(table)
         con.execute(f"DROP VIEW IF EXISTS {name}")
         con.execute(f"DROP TABLE IF EXISTS {name}")
-        if (path / "_delta_log").is_dir():
-            con.register(name, self.dataset(path))
-        else:  # not written yet: an empty relation of the right shape
-            con.execute(f"CREATE TEMP VIEW {name} AS {_empty_select(TABLES[table][0])}")
+        columns, partition_by = TABLES[table]
+        scan = self.scan(path, columns, partition_by) if (path / "_delta_log").is_dir() else _empty_select(columns)
+        con.execute(f"CREATE TEMP VIEW {name} AS {scan}")
 
     def attach_models(self, con: duckdb.DuckDBPyConnection, models: Iterable[str], create_views: bool = True) -> list[str]:
         """Register these models' predictions tables; `raw.predictions` becomes their union over the shared
@@ -223,10 +234,9 @@ class Lake:
         name = _model_registered(model_id)
         con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
         path = self.model_path(model_id)
-        if (path / "_delta_log").is_dir():
-            con.register(name, self.dataset(path))
-        else:
-            con.execute(f"CREATE TEMP VIEW {quote_ident(name)} AS {_empty_select(PREDICTION_COLUMNS)}")
+        scan = (self.scan(path, PREDICTION_COLUMNS, ["partition_date"], extra=True) if (path / "_delta_log").is_dir()
+                else _empty_select(PREDICTION_COLUMNS))
+        con.execute(f"CREATE TEMP VIEW {quote_ident(name)} AS {scan}")
         return quote_ident(name)
 
     # ---- maintenance
