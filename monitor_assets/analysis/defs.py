@@ -14,6 +14,7 @@ from monitor_assets.analysis.logic import (
 )
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_BIAS, GROUP_DRIFT, OWNERS
+from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.warehouse import replace_partitions_from_frame, transaction
 from monitor_assets.wiring import (
@@ -28,21 +29,8 @@ from monitor_assets.wiring import (
     table_schema,
 )
 
-DRIFT_COLUMNS = {
-    "partition_date": "DATE", "model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR (feature, prediction, label)",
-    "kind": "VARCHAR", "method": "VARCHAR", "statistic": "DOUBLE", "p_value": "DOUBLE", "threshold": "DOUBLE",
-    "drifted": "BOOLEAN", "n_current": "BIGINT", "n_reference": "BIGINT", "current_summary": "VARCHAR",
-    "reference_summary": "VARCHAR", "current_mean": "DOUBLE", "reference_mean": "DOUBLE",
-    "missing_share": "DOUBLE", "unseen_share": "DOUBLE", "computed_at": "TIMESTAMP",
-}
-FAIRNESS_COLUMNS = {
-    "partition_date": "DATE", "model_id": "VARCHAR", "attribute": "VARCHAR", "grp": "VARCHAR", "n": "BIGINT",
-    "n_labelled": "BIGINT", "selection_rate": "DOUBLE", "true_positive_rate": "DOUBLE",
-    "false_positive_rate": "DOUBLE", "accuracy": "DOUBLE", "mae": "DOUBLE", "below_min_size": "BOOLEAN",
-    "demographic_parity_difference": "DOUBLE", "demographic_parity_ratio": "DOUBLE",
-    "equalized_odds_difference": "DOUBLE", "passes_four_fifths": "BOOLEAN", "disparity_p_value": "DOUBLE",
-    "computed_at": "TIMESTAMP",
-}
+DRIFT_COLUMNS = {**TABLES["monitoring.feature_drift"][0], "role": "VARCHAR (feature, prediction, label)"}
+FAIRNESS_COLUMNS = TABLES["monitoring.fairness"][0]
 
 
 def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, labels: dg.AssetKey) -> list:

@@ -5,6 +5,7 @@ import dagster as dg
 
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_REPORTING, OWNERS
+from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.warehouse import replace_partitions
 from monitor_assets.wiring import (
@@ -75,9 +76,7 @@ def build_history_asset(config: MonitorConfig, upstream: dict[str, dg.AssetKey])
         partitions_def=daily_partitions(config), backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=IO_RETRY, pool=DUCKDB_POOL, deps=list(upstream.values()),
         metadata={"dagster/table_name": "monitoring.history",
-                  "dagster/column_schema": table_schema({
-                      "partition_date": "DATE", "model_id": "VARCHAR", "metric": "VARCHAR",
-                      "segment": "VARCHAR", "value": "DOUBLE", "computed_at": "TIMESTAMP"})},
+                  "dagster/column_schema": table_schema(TABLES["monitoring.history"][0])},
     )
     def history(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = run_days(context)

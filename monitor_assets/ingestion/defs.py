@@ -21,6 +21,7 @@ from monitor_assets.constants import (
 )
 from monitor_assets.ingestion.readers import ingest_day, quarantine_preview
 from monitor_assets.notify.messages import fmt_pct
+from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
     IO_RETRY,
@@ -44,11 +45,8 @@ DESCRIPTIONS = {
     "sales": "Order lines per day: quantity, unit price and revenue.",
 }
 SCHEMAS = {
-    "predictions": {"partition_date": "DATE", "model_id": "VARCHAR", "prediction_id": "VARCHAR", "ts": "TIMESTAMPTZ",
-                    "model_version": "VARCHAR", "latency_ms": "DOUBLE", "status": "VARCHAR", "is_ok": "BOOLEAN",
-                    "score": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT"},
-    "labels": {"partition_date": "DATE", "model_id": "VARCHAR", "prediction_id": "VARCHAR",
-               "prediction_date": "DATE", "label": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT"},
+    "predictions": PREDICTION_COLUMNS,  # the columns every model's table shares; its features follow
+    "labels": TABLES["raw.labels"][0],
     "interactions": {"partition_date": "DATE", "session_id": "VARCHAR", "user_id": "VARCHAR", "ts": "TIMESTAMPTZ",
                      "event": "VARCHAR", "product_id": "VARCHAR", "from_recommendation": "BOOLEAN"},
     "sales": {"partition_date": "DATE", "order_id": "VARCHAR", "ts": "TIMESTAMPTZ", "user_id": "VARCHAR",

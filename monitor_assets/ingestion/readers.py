@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from monitor_assets.config import ModelConfig, MonitorConfig, SourceConfig
-from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES, Lake
+from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES, Lake, registered
 from monitor_assets.storage.sql import quote_ident, sql_str
 from monitor_assets.storage.warehouse import lake_of, transaction
 
@@ -788,10 +788,8 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
                f"CASE model_id {score_case or 'WHEN NULL THEN NULL'} END", "source_file", "line_no",
                *feature_aliases.values()]
     targets = [*PREDICTION_COLUMNS, *feature_aliases.values()]
-    plan = StagingPlan("predictions", fields, rules, key="prediction_id", outputs=outputs, targets=targets,
-                       unique_across_days=True)
-    plan.feature_aliases = feature_aliases
-    return plan
+    return StagingPlan("predictions", fields, rules, key="prediction_id", outputs=outputs, targets=targets,
+                       unique_across_days=True, feature_aliases=feature_aliases)
 
 
 def feature_columns(config: MonitorConfig) -> dict[tuple[str, str], str]:
@@ -889,7 +887,7 @@ def _staging(plan: StagingPlan, columns: dict[str, str], lake: Lake, models: lis
         lake.attach_models(con, lake.models())
         con.execute("CREATE VIEW lake.predictions AS SELECT * FROM raw.predictions")
         lake.refresh(con, "raw.labels")
-        con.execute("CREATE VIEW lake.labels AS SELECT * FROM __lake_raw__labels")
+        con.execute(f"CREATE VIEW lake.labels AS SELECT * FROM {registered('raw.labels')}")
     return con
 
 
@@ -912,11 +910,12 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
     then written: predictions one Delta commit per model-day, labels and the day's quarantine one commit
     each, interactions and sales one DuckDB transaction. Memory holds one group at a time."""
     lake = lake_of(con)
-    src = plan_for(config, source)[0]
     if source == "predictions":
+        src = config.predictions
         groups = [(g, predictions_plan(config, g.models, g.constant_model)) for g in prediction_groups(config, day)]
     else:
-        groups = [(FileGroup([], files_for(src, day), src.paths_for(day)), plan_for(config, source)[1])]
+        src, plan = plan_for(config, source)
+        groups = [(FileGroup([], files_for(src, day), src.paths_for(day)), plan)]
     files, read, loaded, corrected = [], 0, 0, 0
     quarantine = []
     for group, plan in groups:

@@ -8,6 +8,7 @@ from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_METRICS, OWNERS
 from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS
 from monitor_assets.stats.performance import performance_sql
+from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.warehouse import replace_partitions
 from monitor_assets.wiring import (
@@ -21,15 +22,7 @@ from monitor_assets.wiring import (
     table_schema,
 )
 
-PERFORMANCE_COLUMNS = {
-    "partition_date": "DATE", "model_id": "VARCHAR", "task": "VARCHAR", "model_versions": "VARCHAR",
-    "volume": "BIGINT", "n_ok": "BIGINT", "n_errors": "BIGINT", "error_rate": "DOUBLE",
-    "latency_p50_ms": "DOUBLE", "latency_p95_ms": "DOUBLE", "latency_p99_ms": "DOUBLE",
-    "n_labelled": "BIGINT", "label_coverage": "DOUBLE", "accuracy": "DOUBLE", "precision": "DOUBLE",
-    "recall": "DOUBLE", "f1": "DOUBLE", "roc_auc": "DOUBLE", "log_loss": "DOUBLE", "brier_score": "DOUBLE",
-    "positive_rate": "DOUBLE", "predicted_positive_rate": "DOUBLE", "mae": "DOUBLE", "rmse": "DOUBLE",
-    "mape": "DOUBLE", "r2": "DOUBLE", "mean_error": "DOUBLE", "mean_score": "DOUBLE", "computed_at": "TIMESTAMP",
-}
+PERFORMANCE_COLUMNS = TABLES["monitoring.performance_daily"][0]
 
 
 def models_values_sql(config: MonitorConfig) -> tuple[str, list]:

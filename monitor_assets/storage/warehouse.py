@@ -68,8 +68,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
                             WHERE table_type = 'BASE TABLE' AND table_schema IN ('raw', 'monitoring')""").fetchall()
     for (name,) in legacy:
         if name in TABLES or name == "raw.predictions":
-            schema, table = name.split(".")
-            con.execute(f"ALTER TABLE {name} RENAME TO {table}_before_lake")
+            con.execute(f"ALTER TABLE {name} RENAME TO {name.split('.')[1]}_before_lake")
 
 
 def date_range(first: dt.date, last: dt.date) -> list[dt.date]:
@@ -98,6 +97,15 @@ def lake_of(con: duckdb.DuckDBPyConnection) -> Lake:
 _LAKES: dict[int, Lake] = {}
 
 
+def _replace_in_lake(con: duckdb.DuckDBPyConnection, table: str, data, dates: list[dt.date],
+                     models: Iterable[str] | None) -> int:
+    """One Delta commit, then the connection's view shows the new version."""
+    lake = lake_of(con)
+    lake.replace(table, data, dates, models)
+    lake.refresh(con, table)
+    return data.num_rows
+
+
 def replace_partitions(con: duckdb.DuckDBPyConnection, table: str, dates: Iterable[dt.date],
                        select_sql: str | None, params: list | None = None, date_column: str = "partition_date",
                        models: Iterable[str] | None = None) -> int:
@@ -105,16 +113,13 @@ def replace_partitions(con: duckdb.DuckDBPyConnection, table: str, dates: Iterab
     (columns in the table's order), atomically. Returns the rows written."""
     dates = list(dates)
     if table in TABLES:
-        lake = lake_of(con)
         columns = TABLES[table][0]
         data = con.sql(f"SELECT * FROM ({select_sql})", params=params or None).to_arrow_table() if select_sql else None
         if data is not None:  # positional, like INSERT: name the columns after the table's
             data = data.rename_columns(list(columns)[:data.num_columns])
         else:
             data = con.sql(f"SELECT * FROM {table} WHERE false").to_arrow_table()
-        lake.replace(table, data, dates, models)
-        lake.refresh(con, table)
-        return data.num_rows
+        return _replace_in_lake(con, table, data, dates, models)
     model_filter = ""
     if models is not None:
         model_filter = " AND model_id IN (SELECT unnest(?::VARCHAR[]))"
@@ -138,10 +143,7 @@ def replace_partitions_from_frame(con: duckdb.DuckDBPyConnection, table: str, da
     try:
         if table in TABLES:
             data = con.sql("SELECT *, now() AS computed_at FROM _frame").to_arrow_table()
-            lake = lake_of(con)
-            lake.replace(table, data, list(dates), models)
-            lake.refresh(con, table)
-            return data.num_rows
+            return _replace_in_lake(con, table, data, list(dates), models)
         return replace_partitions(con, table, dates, "BY NAME SELECT *, now()::TIMESTAMP AS computed_at FROM _frame",
                                   models=models)
     finally:
