@@ -11,6 +11,7 @@ import dagster as dg
 from monitor_assets.alerting.defs import build_alerting_assets
 from monitor_assets.analysis.defs import build_analysis_assets
 from monitor_assets.config import MonitorConfig, load_config
+from monitor_assets.export.defs import build_export_assets
 from monitor_assets.history.defs import build_history_asset
 from monitor_assets.ingestion.defs import build_ingestion_assets, build_quality_checks
 from monitor_assets.metrics.defs import build_metrics_assets
@@ -34,7 +35,8 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     alerting, threshold_checks = build_alerting_assets(config, {**upstream, "history": history.key})
     checks = [*build_quality_checks(config, keys["predictions"]), *threshold_checks]
     reporting = build_reporting_assets(config, alerting[-1].key)
-    assets = [*ingestion, *metrics, *analysis, history, *alerting, *reporting]
+    export = build_export_assets(config, [alerting[-1].key])
+    assets = [*ingestion, *metrics, *analysis, history, *alerting, *reporting, *export]
 
     job = dg.define_asset_job(MONITORING_JOB, selection=dg.AssetSelection.assets(*assets).without_checks()
                               | dg.AssetSelection.checks(*checks),

@@ -1,0 +1,276 @@
+"""The models' service levels in the Prometheus text format, for the on-call team's Prometheus and Grafana.
+
+One file per run, describing the latest day of the run: per model (and per model version) the volume,
+error rate, availability (share of requests served without error, and share of the day's hours with
+traffic), latency p50/p95/p99, the main metric against its reference baseline, drift share, open alerts
+by severity and retraining requests by status. The file is meant for node_exporter's textfile collector
+(`--collector.textfile.directory` pointed at its folder) and can also be pushed to a Pushgateway.
+
+Neither of them accepts sample timestamps, so the day the figures describe is a series of its own
+(`monitor_day_timestamp_seconds`); a figure that is not known (no labels yet, no traffic) is left out,
+never written as 0. The main metric is that of the latest day with labels on at least
+`MAIN_METRIC_MIN_LABEL_COVERAGE` of the served requests (the dashboard's rule): with late labels, the
+latest day's own is usually unknown; `monitor_main_metric_day_timestamp_seconds` says which day it is.
+
+Plain Python (prometheus_client, DuckDB): no Dagster here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
+
+from monitor_assets.config import MonitorConfig
+from monitor_assets.stats.performance import HIGHER, METRIC_DIRECTION, performance_sql
+from monitor_assets.storage.sql import quote_ident
+
+PREFIX = "monitor_"
+TEXTFILE = "monitor_assets.prom"
+PUSH_JOB = "monitor_assets"
+PERCENTILES = {"50": "latency_p50_ms", "95": "latency_p95_ms", "99": "latency_p99_ms"}
+MAIN_METRIC_MIN_LABEL_COVERAGE = 0.8
+HOURS_PER_DAY = 24
+RETRAINING_TABLE = ("monitoring", "retraining_requests")
+# Alert severities always written (0 when none is open), so a panel or rule sees a series per model.
+SEVERITIES = ("WARN", "ERROR")
+ALERT_STATES = ("open", "acknowledged", "silenced")
+
+
+@dataclass
+class ExportData:
+    """What the export reads for one day; every frame has `model_id`."""
+
+    day: dt.date
+    performance: pd.DataFrame  # volume, error_rate, latency_p*_ms, label_coverage
+    hours_with_traffic: pd.DataFrame  # hours
+    main_metric: pd.DataFrame  # metric, value, day, baseline
+    versions: pd.DataFrame  # model_version, partition_date, volume, error_rate, latency_p*_ms, main metric columns
+    drift: pd.DataFrame  # drift_share
+    alerts: pd.DataFrame  # severity, state, n
+    retraining: pd.DataFrame | None  # status, n; None when the table does not exist (yet)
+
+
+def _metric_column(metric: str) -> str:
+    return quote_ident(metric)
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
+    """Whether a table or view of that name is visible on the connection."""
+    return bool(con.sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                        params=[schema, name]).fetchall()[0][0])
+
+
+def _main_metric(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> pd.DataFrame:
+    """Per model: its main metric on the latest labelled day up to `day`, that day, and the baseline."""
+    by_metric: dict[str, list[str]] = {}
+    for m in config.models:
+        by_metric.setdefault(m.main_metric, []).append(m.id)
+    frames = []
+    for metric, models in by_metric.items():
+        column = _metric_column(metric)
+        frames.append(con.sql(f"""
+            SELECT model_id, ? AS metric, arg_max({column}, partition_date) AS value, max(partition_date) AS day
+            FROM monitoring.performance_daily
+            WHERE partition_date <= ? AND model_id IN (SELECT unnest(?::VARCHAR[]))
+              AND label_coverage >= ? AND {column} IS NOT NULL
+            GROUP BY model_id""", params=[metric, day, models, MAIN_METRIC_MIN_LABEL_COVERAGE]).df())
+    found = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model_id", "metric", "value", "day"])
+    # As the alert rules read it: the reference baseline of (model, metric).
+    baselines = {(m, k): v for m, k, v in con.sql(
+        "SELECT model_id, metric, value FROM monitoring.reference_baselines").fetchall()}
+    found["baseline"] = [baselines.get((m, k)) for m, k in zip(found.model_id, found.metric, strict=True)]
+    return found
+
+
+def _versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> pd.DataFrame:
+    """Every metric per model version on `days` (the export day and the main metric's days), computed from
+    the logged predictions the way performance_daily computes them per model."""
+    from monitor_assets.metrics.defs import models_values_sql
+
+    models, params = models_values_sql(config)
+    source = f"""
+        SELECT p.partition_date, p.model_id, coalesce(p.model_version, '') AS model_version, p.is_ok,
+               p.latency_ms, p.score, l.label, m.threshold, m.task
+        FROM raw.predictions AS p
+        JOIN {models} AS m USING (model_id)
+        LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
+                   WHERE prediction_date IN (SELECT unnest(?::DATE[])) GROUP BY prediction_id) AS l USING (prediction_id)
+        WHERE p.partition_date IN (SELECT unnest(?::DATE[]))"""
+    sql = performance_sql(source, ["partition_date", "model_id", "model_version"])
+    return con.sql(sql, params=[*params, days, days]).df()
+
+
+def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> ExportData:
+    """Read the tables for `day` (and, for the main metric, the latest labelled day before it)."""
+    models = config.model_ids
+    performance = con.sql("""
+        SELECT model_id, volume, n_ok, n_errors, error_rate, latency_p50_ms, latency_p95_ms, latency_p99_ms,
+               label_coverage
+        FROM monitoring.performance_daily WHERE partition_date = ? AND model_id IN (SELECT unnest(?::VARCHAR[]))""",
+                          params=[day, models]).df()
+    hours = con.sql("""
+        SELECT model_id, count(DISTINCT date_trunc('hour', ts)) AS hours FROM raw.predictions
+        WHERE partition_date = ? GROUP BY model_id""", params=[day]).df()
+    main = _main_metric(con, config, day)
+    version_days = sorted({day, *(pd.Timestamp(d).date() for d in main.day.dropna())})
+    drift = con.sql("SELECT model_id, drift_share FROM monitoring.drift_summary WHERE partition_date = ?",
+                    params=[day]).df()
+    alerts = con.sql("""SELECT partition_date, model_id, check_name, severity, status FROM monitoring.alerts
+                        WHERE status = 'open' AND partition_date <= ?""", params=[day]).df()
+    from monitor_assets.notify.state import AlertState
+
+    alerts = AlertState(config.state_path).annotate(alerts)
+    alerts = (alerts.groupby(["model_id", "severity", "state"]).size().rename("n").reset_index()
+              if len(alerts) else pd.DataFrame(columns=["model_id", "severity", "state", "n"]))
+    retraining = None
+    if table_exists(con, *RETRAINING_TABLE):
+        retraining = con.sql("""SELECT model_id, status, count(*) AS n FROM monitoring.retraining_requests
+                                GROUP BY ALL""").df()
+    return ExportData(day=day, performance=performance, hours_with_traffic=hours, main_metric=main,
+                      versions=_versions(con, config, version_days), drift=drift, alerts=alerts,
+                      retraining=retraining)
+
+
+def _known(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
+
+
+def _day_seconds(day) -> float:
+    """Midnight UTC of a day, as a Unix time."""
+    day = pd.Timestamp(day).date()
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
+
+
+def main_metric_ratio(metric: str, value: float, baseline: float | None) -> float | None:
+    """The main metric relative to its baseline, oriented so that 1 is as good as the reference and lower is
+    worse whichever way the metric points (MAE: baseline / current), as the performance check compares it."""
+    if not (_known(value) and _known(baseline)) or value <= 0 or baseline <= 0:
+        return None
+    return value / baseline if METRIC_DIRECTION[metric] == HIGHER else baseline / value
+
+
+def build_registry(data: ExportData, config: MonitorConfig, now: float | None = None) -> CollectorRegistry:
+    """A fresh registry holding every series of the export."""
+    registry = CollectorRegistry(auto_describe=True)
+
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(PREFIX + name, doc, labels, registry=registry)
+
+    gauge("export_timestamp_seconds", "When monitor_assets wrote these figures (Unix time).").set(
+        time.time() if now is None else now)
+    gauge("day_timestamp_seconds", "The day the figures describe: its midnight UTC (Unix time).").set(
+        _day_seconds(data.day))
+    info = gauge("model_info", "Every configured model (always 1), with its task, main metric, version and owner.",
+                 ("model_id", "task", "main_metric", "version", "owner"))
+    for m in config.models:
+        info.labels(m.id, m.task, m.main_metric, m.version, m.owner).set(1)
+
+    m_ = ("model_id",)
+    volume = gauge("daily_predictions", "Requests logged on the day (served or failed).", m_)
+    errors = gauge("error_ratio", "Share of the day's requests that failed (status not ok).", m_)
+    availability = gauge("availability_ratio", "basis=requests: share of the day's requests served without "
+                         "error; basis=hours: share of the day's 24 hours (UTC) with traffic.", (*m_, "basis"))
+    latency = gauge("latency_seconds", "Latency percentile of the day's requests (percentile=50, 95, 99).",
+                    (*m_, "percentile"))
+    coverage = gauge("label_coverage_ratio", "Share of the day's served requests with a label so far.", m_)
+    hours = dict(zip(data.hours_with_traffic.model_id, data.hours_with_traffic.hours, strict=True))
+    for r in data.performance.itertuples(index=False):
+        volume.labels(r.model_id).set(r.volume)
+        if _known(r.error_rate):
+            errors.labels(r.model_id).set(r.error_rate)
+            availability.labels(r.model_id, "requests").set(1 - r.error_rate)
+        availability.labels(r.model_id, "hours").set(hours.get(r.model_id, 0) / HOURS_PER_DAY)
+        for p, column in PERCENTILES.items():
+            if _known(getattr(r, column)):
+                latency.labels(r.model_id, p).set(getattr(r, column) / 1000)
+        if _known(r.label_coverage):
+            coverage.labels(r.model_id).set(r.label_coverage)
+
+    mm = ("model_id", "metric")
+    main = gauge("main_metric", "The model's main metric on its latest day with labels on at least 80% of "
+                 "served requests (that day: monitor_main_metric_day_timestamp_seconds).", mm)
+    baseline = gauge("main_metric_baseline", "The main metric on the model's reference set.", mm)
+    ratio = gauge("main_metric_ratio", "Main metric relative to its baseline, 1 = as good as the reference, "
+                  "lower = worse (inverted for lower-is-better metrics such as MAE).", mm)
+    main_day = gauge("main_metric_day_timestamp_seconds", "The day monitor_main_metric describes (midnight UTC).", m_)
+    for r in data.main_metric.itertuples(index=False):
+        main.labels(r.model_id, r.metric).set(r.value)
+        main_day.labels(r.model_id).set(_day_seconds(r.day))
+        if _known(r.baseline):
+            baseline.labels(r.model_id, r.metric).set(r.baseline)
+        if (value := main_metric_ratio(r.metric, r.value, r.baseline)) is not None:
+            ratio.labels(r.model_id, r.metric).set(value)
+
+    mv = ("model_id", "model_version")
+    v_volume = gauge("version_daily_predictions", "Requests logged on the day per model version.", mv)
+    v_errors = gauge("version_error_ratio", "Share of failed requests on the day per model version.", mv)
+    v_latency = gauge("version_latency_seconds", "Latency percentile per model version.", (*mv, "percentile"))
+    v_main = gauge("version_main_metric", "The main metric per model version, on the day monitor_main_metric "
+                   "describes.", (*mv, "metric"))
+    versions = data.versions.assign(day=[pd.Timestamp(d).date() for d in data.versions.partition_date])
+    main_days = {r.model_id: (pd.Timestamp(r.day).date(), r.metric) for r in data.main_metric.itertuples()}
+    for r in versions[versions.day == data.day].itertuples(index=False):
+        v_volume.labels(r.model_id, r.model_version).set(r.volume)
+        if _known(r.error_rate):
+            v_errors.labels(r.model_id, r.model_version).set(r.error_rate)
+        for p, column in PERCENTILES.items():
+            if _known(getattr(r, column)):
+                v_latency.labels(r.model_id, r.model_version, p).set(getattr(r, column) / 1000)
+    for r in versions.itertuples(index=False):
+        day, metric = main_days.get(r.model_id, (None, None))
+        if day == r.day and _known(value := getattr(r, metric)):
+            v_main.labels(r.model_id, r.model_version, metric).set(value)
+
+    drift = gauge("drift_share_ratio", "Share of the model's input features drifted on the day.", m_)
+    for r in data.drift.itertuples(index=False):
+        if _known(r.drift_share):
+            drift.labels(r.model_id).set(r.drift_share)
+
+    alerts = gauge("open_alerts", "Open alerts up to the day by severity (WARN, ERROR) and state (open, "
+                   "acknowledged, silenced).", (*m_, "severity", "state"))
+    counts = {(r.model_id, r.severity, r.state): r.n for r in data.alerts.itertuples(index=False)}
+    for m in config.models:
+        for severity in SEVERITIES:
+            for state in ALERT_STATES:
+                alerts.labels(m.id, severity, state).set(counts.get((m.id, severity, state), 0))
+    for (model_id, severity, state), n in counts.items():  # a severity or model outside the defaults
+        alerts.labels(model_id, severity, state).set(n)
+
+    requests = gauge("retraining_requests", "Retraining requests by status (0 open until the "
+                     "monitoring.retraining_requests table exists).", (*m_, "status"))
+    for m in config.models:
+        requests.labels(m.id, "open").set(0)
+    if data.retraining is not None:
+        for r in data.retraining.itertuples(index=False):
+            requests.labels(r.model_id, r.status).set(r.n)
+    return registry
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    series: int
+    pushed_to: str | None
+
+
+def export_metrics(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date, folder: str | Path,
+                   pushgateway: str | None = None, now: float | None = None) -> ExportResult:
+    """Read the tables for `day`, write `<folder>/monitor_assets.prom` atomically (a temporary file renamed
+    over it, so the textfile collector never reads half a file) and push the same registry to
+    `pushgateway` when given (job `monitor_assets`; the push replaces that job's previous series)."""
+    registry = build_registry(load_export_data(con, config, day), config, now)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / TEXTFILE
+    write_to_textfile(str(path), registry)  # writes <path>.<pid>.<thread>.tmp, then os.replace
+    if pushgateway:
+        push_to_gateway(pushgateway, job=PUSH_JOB, registry=registry, timeout=10)
+    series = sum(len(family.samples) for family in registry.collect())
+    return ExportResult(path=path, series=series, pushed_to=pushgateway or None)
