@@ -19,12 +19,16 @@ from typing import Any
 import yaml
 
 from monitor_assets.constants import THRESHOLD_CHECKS
+from monitor_assets.stats.performance import MAIN_METRICS  # selectable main metrics per task
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 DEMO_CONFIG = REPO_ROOT / "data" / "demo" / "monitor.yaml"
 
 TASKS = ("binary_classification", "regression")
+# The metric the performance check judges, per task, unless a model sets `main_metric`: ROC AUC ranks
+# without a threshold; MAE is in the label's unit and, unlike MAPE or R², defined on every day.
+DEFAULT_MAIN_METRIC = {"binary_classification": "roc_auc", "regression": "mae"}
 FEATURE_TYPES = ("numeric", "categorical")
 DRIFT_METHODS = ("auto", "psi", "jensenshannon", "wasserstein", "ks", "chisquare")
 FORMATS = ("jsonl", "csv", "parquet")
@@ -85,6 +89,9 @@ class Thresholds:
     drift_share: float = 0.45
     demographic_parity_ratio: float = 0.8
     min_label_coverage: float = 0.0
+    # Equalized odds difference (the larger of the TPR and FPR gaps between eligible groups) above this
+    # alerts, like the demographic parity ratio below its threshold, when also significant.
+    equalized_odds_difference: float = 0.2
     severity: dict[str, str] = field(default_factory=dict)
 
 
@@ -102,14 +109,15 @@ class ModelConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     alert_channels: tuple[str, ...] = ("file",)
     owner: str = ""
+    main_metric: str = ""  # '' : the task's default (DEFAULT_MAIN_METRIC)
+
+    def __post_init__(self):
+        if not self.main_metric:
+            object.__setattr__(self, "main_metric", DEFAULT_MAIN_METRIC[self.task])
 
     @property
     def is_classifier(self) -> bool:
         return self.task == "binary_classification"
-
-    @property
-    def main_metric(self) -> str:
-        return "roc_auc" if self.is_classifier else "mae"
 
 
 @dataclass(frozen=True)
@@ -236,6 +244,7 @@ PREDICTION_FIELDS = {
     "latency_ms": "latency_ms",
     "status": "status",
     "score": "score",
+    "decision": "decision",  # the logged predicted class (optional): used instead of score >= threshold
 }
 LABEL_FIELDS = {"prediction_id": "prediction_id", "label": "label"}
 INTERACTION_FIELDS = {
@@ -255,7 +264,7 @@ SALES_FIELDS = {
     "unit_price": "unit_price",
 }
 # Fields a source may lack: mapped to null (or absent from a CSV or Parquet file) they load as NULL.
-OPTIONAL_FIELDS = {"predictions": ("model_version", "latency_ms", "status")}
+OPTIONAL_FIELDS = {"predictions": ("model_version", "latency_ms", "status", "decision")}
 SOURCE_DEFAULT_FIELDS = {
     "predictions": PREDICTION_FIELDS,
     "labels": LABEL_FIELDS,
@@ -347,6 +356,7 @@ def _thresholds(r: _Reader, data: Any, key: str, defaults: Thresholds) -> Thresh
     bounds = {
         "min_metric_ratio": (0, 10), "latency_p95_ms": (0, None), "error_rate": (0, 1),
         "drift_share": (0, 1), "demographic_parity_ratio": (0, 1), "min_label_coverage": (0, 1),
+        "equalized_odds_difference": (0, 1),
     }
     for name, (lo, hi) in bounds.items():
         values[name] = r.number(data[name], f"{key}.{name}", lo, hi) if name in data else getattr(defaults, name)
@@ -362,7 +372,7 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
     data = r.mapping(data, key)
     r.unknown_keys(data, key, {
         "id", "task", "version", "features", "sensitive_attributes", "reference", "reference_fields",
-        "score_field", "decision_threshold", "thresholds", "alert_channels", "owner",
+        "score_field", "decision_threshold", "thresholds", "alert_channels", "owner", "main_metric",
     })
     model_id = r.require(data, "id", key)
     if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
@@ -377,9 +387,10 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
                                  "context.{name}" if json_like else "{name}", "categorical")
     ref_fields = {"score": "score", "label": "label"}
     for k, v in r.mapping(data.get("reference_fields") or {}, f"{key}.reference_fields").items():
-        if k not in ref_fields:
-            raise r.fail(f"{key}.reference_fields.{k}", "unknown field; expected score or label")
+        if k not in (*ref_fields, "decision"):
+            raise r.fail(f"{key}.reference_fields.{k}", "unknown field; expected score, label or decision")
         ref_fields[k] = str(v)
+    main_metric = r.choice(data.get("main_metric", DEFAULT_MAIN_METRIC[task]), f"{key}.main_metric", MAIN_METRICS[task])
     channels = data.get("alert_channels", ["file"])
     if isinstance(channels, str):
         channels = [channels]
@@ -396,6 +407,7 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
         thresholds=_thresholds(r, data.get("thresholds"), f"{key}.thresholds", defaults),
         alert_channels=tuple(channels),
         owner=str(data.get("owner", "")),
+        main_metric=main_metric,
     )
 
 

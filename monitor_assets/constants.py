@@ -19,8 +19,10 @@ VOLUME_CHECK = "predictions_logged"
 DRIFT_CHECK = "drift_share_below_threshold"
 FAIRNESS_CHECK = "demographic_parity_above_threshold"
 ANOMALY_CHECK = "no_metric_anomalies"
+FEATURE_VALUES_CHECK = "feature_values_present_and_known"  # missing / unseen shares, all missing, all unseen
+EQUALIZED_ODDS_CHECK = "equalized_odds_within_threshold"
 THRESHOLD_CHECKS = (PERFORMANCE_CHECK, LATENCY_CHECK, ERROR_RATE_CHECK, VOLUME_CHECK, DRIFT_CHECK, FAIRNESS_CHECK,
-                    ANOMALY_CHECK)
+                    ANOMALY_CHECK, FEATURE_VALUES_CHECK, EQUALIZED_ODDS_CHECK)
 
 # Data-quality checks on raw/predictions.
 QUALITY_CHECK = "predictions_are_complete_and_valid"

@@ -1,6 +1,7 @@
 """Helpers every asset module uses: the partitions, the dates of a run, markdown tables, retries."""
 
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -9,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
 import dagster as dg
+import duckdb
 
 from monitor_assets.config import MonitorConfig
 from monitor_assets.notify.messages import fmt_day
@@ -19,8 +21,29 @@ from monitor_assets.storage.warehouse import date_range
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-# Files and the database can fail transiently (a lock, a slow disk): back off and retry.
+# Files and the database can fail transiently (a lock, a slow disk): back off and retry. Errors no retry
+# can heal are raised through `fail_fast`, which turns them into a Failure the policy does not retry.
 IO_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+# Deterministic: a bad config or reference (ConfigError, the reference's ReferenceError and ReferenceTooSmall
+# and the readers' SourceError are ValueErrors), a missing column or table, a value of the wrong type. A
+# lock or an I/O error (duckdb.IOException, OSError) stays transient.
+DETERMINISTIC_ERRORS = (ValueError, duckdb.BinderException, duckdb.CatalogException, duckdb.ConversionException,
+                        duckdb.ParserException, duckdb.TypeMismatchException)
+
+
+@contextlib.contextmanager
+def fail_fast() -> Iterator[None]:
+    """Inside a step: an error that cannot heal by retrying fails the step at once, with its one-line
+    message and no retry (`dagster.Failure(allow_retries=False)`); any other error goes to the step's
+    retry policy as before."""
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except DETERMINISTIC_ERRORS as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise dg.Failure(description=message, allow_retries=False,
+                         metadata={"error": type(exc).__name__, "retried": "no: retrying cannot fix this"}) from exc
 
 
 def daily_partitions(config: MonitorConfig) -> dg.DailyPartitionsDefinition:

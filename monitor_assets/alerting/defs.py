@@ -22,6 +22,7 @@ from monitor_assets.wiring import (
     daily_partitions,
     day_label,
     days_with_label_refresh,
+    fail_fast,
     frame_markdown,
     latest_materializations,
     partition_check_results,
@@ -33,6 +34,7 @@ from monitor_assets.wiring import (
 CHECK_TARGETS = {
     A.PERFORMANCE: "performance_daily", A.LATENCY: "performance_daily", A.ERROR_RATE: "performance_daily",
     A.VOLUME: "performance_daily", A.DRIFT: "feature_drift", A.FAIRNESS: "fairness", A.ANOMALIES: "anomaly_report",
+    A.FEATURE_VALUES: "feature_drift", A.EQUALIZED_ODDS: "fairness",
 }
 ALERT_COLUMNS = {"partition_date": "DATE", "model_id": "VARCHAR", "check_name": "VARCHAR", "severity": "VARCHAR",
                  "value": "DOUBLE", "threshold": "DOUBLE", "message": "VARCHAR", "status": "VARCHAR (open, resolved)",
@@ -87,8 +89,9 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
 
     @dg.asset(
         key=dg.AssetKey(["monitoring", "alerts"]),
-        description="One row per day, model and failed check (performance vs baseline, latency and error-rate "
-                    "SLAs, logging volume, drift share, demographic parity, anomalies) with value, threshold, "
+        description="One row per day, model and failed check (main metric vs baseline, latency and error-rate "
+                    "SLAs, logging volume, drift share, missing or unseen feature values, demographic parity, "
+                    "equalized odds, anomalies) with value, threshold, "
                     "message, status (open/resolved), first_seen and last_seen. Re-runs update rows; a check "
                     "that passes again resolves its alert.",
         group_name=GROUP_ALERTING, kinds={"duckdb"}, owners=OWNERS, partitions_def=partitions,
@@ -99,7 +102,7 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
     def alerts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = days_with_label_refresh(run_days(context), config)
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        with warehouse.connect() as con:
+        with fail_fast(), warehouse.connect() as con:
             evaluated = A.evaluate(con, config, days)
             counts = A.upsert_alerts(con, evaluated, now)
             open_alerts = con.execute("""SELECT partition_date, model_id, check_name, severity, value, threshold,
@@ -129,7 +132,7 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
                           pool=DUCKDB_POOL)
     def threshold_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
         days = days_with_label_refresh(run_days(context), config)
-        with warehouse.connect() as con:
+        with fail_fast(), warehouse.connect() as con:
             evaluated = A.evaluate(con, config, days)
         evaluated["day"] = pd.to_datetime(evaluated.partition_date).dt.date
         # Four checks judge performance_daily: look its materializations up once, not once per check.

@@ -15,16 +15,20 @@ import pandas as pd
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.constants import ANOMALY_CHECK as ANOMALIES
 from monitor_assets.constants import DRIFT_CHECK as DRIFT
+from monitor_assets.constants import EQUALIZED_ODDS_CHECK as EQUALIZED_ODDS
 from monitor_assets.constants import ERROR_RATE_CHECK as ERROR_RATE
 from monitor_assets.constants import FAIRNESS_CHECK as FAIRNESS
+from monitor_assets.constants import FEATURE_VALUES_CHECK as FEATURE_VALUES
 from monitor_assets.constants import LATENCY_CHECK as LATENCY
 from monitor_assets.constants import PERFORMANCE_CHECK as PERFORMANCE
 from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.notify.messages import fmt_num, fmt_p, fmt_pct, plural
+from monitor_assets.stats.drift import P_VALUE_METHODS
+from monitor_assets.stats.performance import HIGHER, METRIC_DIRECTION, degradation
 from monitor_assets.storage.warehouse import transaction
 
 DEFAULT_SEVERITY = {PERFORMANCE: "ERROR", LATENCY: "WARN", ERROR_RATE: "ERROR", VOLUME: "ERROR", DRIFT: "WARN",
-                    FAIRNESS: "ERROR", ANOMALIES: "WARN"}
+                    FAIRNESS: "ERROR", ANOMALIES: "WARN", FEATURE_VALUES: "ERROR", EQUALIZED_ODDS: "ERROR"}
 MIN_LABELLED = 100  # fewer labelled rows than this: the performance check waits for more labels
 FAIRNESS_MAX_P = 0.001  # a disparity must also be unlikely to be chance (see stats.fairness)
 
@@ -53,21 +57,44 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
     drift = con.execute("""SELECT partition_date, model_id, drift_share, n_drifted, n_features
                            FROM monitoring.drift_summary WHERE partition_date IN (SELECT unnest(?::DATE[]))""",
                         [days]).df()
+    # One row per attribute: the disparities and the groups they compare (eligible groups only), with the
+    # rates at the ends of the equalized odds gap.
     fair = con.execute("""
         SELECT partition_date, model_id, attribute, any_value(demographic_parity_ratio) AS ratio,
-               any_value(disparity_p_value) AS p, arg_max(grp, selection_rate) AS top_group,
-               arg_min(grp, selection_rate) FILTER (WHERE NOT below_min_size) AS low_group
+               any_value(demographic_parity_p_value) AS p,
+               any_value(most_favoured_group) AS top_group, any_value(most_favoured_n) AS top_n,
+               any_value(most_favoured_selection_rate) AS top_rate,
+               any_value(least_favoured_group) AS low_group, any_value(least_favoured_n) AS low_n,
+               any_value(least_favoured_selection_rate) AS low_rate,
+               any_value(equalized_odds_difference) AS odds, any_value(equalized_odds_p_value) AS odds_p,
+               any_value(equalized_odds_rate) AS odds_rate,
+               any_value(equalized_odds_max_group) AS odds_hi_group, any_value(equalized_odds_max_n) AS odds_hi_n,
+               any_value(equalized_odds_min_group) AS odds_lo_group, any_value(equalized_odds_min_n) AS odds_lo_n,
+               any_value(CASE WHEN grp = equalized_odds_max_group THEN
+                   CASE equalized_odds_rate WHEN 'true_positive_rate' THEN true_positive_rate
+                   ELSE false_positive_rate END END) AS odds_hi_rate,
+               any_value(CASE WHEN grp = equalized_odds_min_group THEN
+                   CASE equalized_odds_rate WHEN 'true_positive_rate' THEN true_positive_rate
+                   ELSE false_positive_rate END END) AS odds_lo_rate,
+               any_value(n_eligible_groups) AS n_eligible, count(*) AS n_groups
         FROM monitoring.fairness WHERE partition_date IN (SELECT unnest(?::DATE[]))
         GROUP BY ALL""", [days]).df()
-    drifted = con.execute("""SELECT partition_date, model_id, feature, method, statistic, threshold,
-                                    reference_summary, current_summary
-                             FROM monitoring.feature_drift WHERE partition_date IN (SELECT unnest(?::DATE[]))
-                             AND drifted AND role = 'feature'""", [days]).df()
+    features = con.execute("""SELECT partition_date, model_id, feature, method, statistic, p_value, p_value_adjusted,
+                                     threshold, drifted, reference_summary, current_summary, missing_share,
+                                     reference_missing_share, missing_drift, unseen_share, unseen_drift,
+                                     all_missing, all_unseen, message
+                              FROM monitoring.feature_drift WHERE partition_date IN (SELECT unnest(?::DATE[]))
+                              AND role = 'feature'""", [days]).df()
+    # Which optional fields each model logged each day: a figure from a field not logged is not judged.
+    logged = {(d.date() if hasattr(d, "date") else d, m): (lat, status) for d, m, lat, status in con.execute("""
+        SELECT partition_date, model_id, count(latency_ms), count(status) FROM raw.predictions
+        WHERE partition_date IN (SELECT unnest(?::DATE[])) GROUP BY ALL""", [days]).fetchall()}
     anomalies = con.execute("""SELECT partition_date, model_id, metric, value, expected, robust_z
                                FROM monitoring.anomalies WHERE partition_date IN (SELECT unnest(?::DATE[]))""",
                             [days]).df()
 
     def add(day, model: ModelConfig, check, value, threshold, passed, message, details=None):
+        value = None if not _known(value) else float(value)
         rows.append((day, model.id, check, severity(model, check), value, threshold, bool(passed), message,
                      json.dumps(details or {}, default=str)))
 
@@ -79,48 +106,40 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
                 "no predictions were logged" if r.volume == 0 else f"{r.volume} predictions logged")
             if r.volume == 0:
                 continue
-            if _known(r.latency_p95_ms):  # latency not logged: nothing to judge, not a breach
+            n_latency, n_status = logged.get((day, model.id), (0, 0))
+            if _known(r.latency_p95_ms) and n_latency:
                 add(day, model, LATENCY, r.latency_p95_ms, t.latency_p95_ms, r.latency_p95_ms <= t.latency_p95_ms,
                     f"latency p95 {fmt_num(r.latency_p95_ms)} ms (SLA {fmt_num(t.latency_p95_ms)} ms)")
-            if _known(r.error_rate):
+            else:  # nothing to judge: never a breach (NULL is not above any SLA)
+                add(day, model, LATENCY, None, t.latency_p95_ms, True, "latency not logged: nothing to judge")
+            if not n_status:
+                add(day, model, ERROR_RATE, None, t.error_rate, True,
+                    "status not logged: every request counts as served, no error rate to judge")
+            elif _known(r.error_rate):
                 add(day, model, ERROR_RATE, r.error_rate, t.error_rate, r.error_rate <= t.error_rate,
                     f"error rate {fmt_pct(r.error_rate)} (SLA {fmt_pct(t.error_rate)}), "
                     f"{plural(int(r.n_errors), 'failed request')}")
-            metric = model.main_metric
-            current, baseline = getattr(r, metric), base.get((model.id, metric))
-            if r.n_labelled >= MIN_LABELLED and _known(current) and _known(baseline) and baseline > 0 and current > 0:
-                # A ratio where 1 means as good as the reference; MAE is lower-is-better, so invert it.
-                ratio = current / baseline if model.is_classifier else baseline / current
-                se = metric_standard_error(metric, current, r.n_labelled, r.positive_rate)
-                # Alert only when even the optimistic end (2 standard errors) is below the threshold:
-                # a day's AUC on a few dozen positives swings by several points on noise alone.
-                optimistic = ((current + 2 * se) / baseline if model.is_classifier
-                              else baseline / max(current - 2 * se, 1e-12))
-                add(day, model, PERFORMANCE, ratio, t.min_metric_ratio, optimistic >= t.min_metric_ratio,
-                    f"{metric} {fmt_num(current)} ± {fmt_num(2 * se)} vs baseline {fmt_num(baseline)}: {ratio:.0%} of "
-                    f"baseline (threshold {t.min_metric_ratio:.0%}, {r.n_labelled} labelled rows, "
-                    f"label coverage {r.label_coverage:.0%})")
-        mine = drifted[drifted.model_id == model.id]
+            judged = performance_judgement(model, r, base.get((model.id, model.main_metric)))
+            if judged is not None:
+                add(day, model, PERFORMANCE, *judged)
+        mine = features[features.model_id == model.id]
         for r in drift[(drift.model_id == model.id) & drift.drift_share.notna()].itertuples():
             day = r.partition_date.date()
-            features = mine[mine.partition_date.dt.date == day].assign(
-                excess=lambda f: f.statistic / f.threshold.where(f.threshold > 0)).sort_values(
-                "excess", ascending=False)
-            names = ", ".join(features.feature.head(5)) + (", …" if len(features) > 5 else "")
+            today = mine[mine.partition_date.dt.date == day]
+            flagged = today[today.drifted].assign(excess=lambda f: _excess(f)).sort_values("excess", ascending=False)
+            names = ", ".join(flagged.feature.head(5)) + (", …" if len(flagged) > 5 else "")
             add(day, model, DRIFT, r.drift_share, t.drift_share, r.drift_share <= t.drift_share,
                 f"{int(r.n_drifted)} of {plural(int(r.n_features), 'feature')} drifted (share "
                 f"{fmt_pct(r.drift_share)}, threshold {fmt_pct(t.drift_share)})" + (f": {names}" if names else ""),
-                {"drifted_features": features.drop(columns=["partition_date", "model_id", "excess"])
+                {"drifted_features": flagged[["feature", "method", "statistic", "p_value", "p_value_adjusted",
+                                              "threshold", "reference_summary", "current_summary"]]
                  .to_dict("records")})
-        part = fair[(fair.model_id == model.id) & fair.ratio.notna()]
+            add(day, model, *feature_values_judgement(today))
+        part = fair[fair.model_id == model.id]
         for day, g in part.groupby("partition_date"):
-            worst = g.sort_values("ratio").iloc[0]
-            failing = g[(g.ratio < t.demographic_parity_ratio) & (g.p < FAIRNESS_MAX_P)]
-            shown = failing.sort_values("ratio").iloc[0] if len(failing) else worst
-            add(day.date(), model, FAIRNESS, float(shown.ratio), t.demographic_parity_ratio, failing.empty,
-                f"{shown.attribute}: selection rate of '{shown.low_group}' is {fmt_pct(shown.ratio)} of "
-                f"'{shown.top_group}' (four-fifths rule: {fmt_pct(t.demographic_parity_ratio)}; "
-                f"chi-square {fmt_p(shown.p)})")
+            judged = fairness_judgements(model, g)
+            for check, value, threshold, passed, message in judged:
+                add(day.date(), model, check, value, threshold, passed, message)
         for day, g in anomalies[anomalies.model_id == model.id].groupby("partition_date"):
             top = g.reindex(g.robust_z.abs().sort_values(ascending=False).index).iloc[0]
             add(day.date(), model, ANOMALIES, float(abs(top.robust_z)), config.anomaly_threshold, False,
@@ -135,21 +154,133 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
     return frame
 
 
-def metric_standard_error(metric: str, value: float, n: int, positive_rate: float | None) -> float:
-    """Standard error of a day's metric: Hanley & McNeil (1982) for ROC AUC; for MAE, that of a mean of
-    absolute errors, taking their spread as for normal errors (sd = MAE * sqrt(pi/2 - 1))."""
+def metric_standard_error(metric: str, value: float, n: int, positive_rate: float | None = None,
+                          predicted_positive_rate: float | None = None) -> float:
+    """Approximate standard error of a day's metric on `n` labelled rows, for the guard that keeps a
+    noisy day from alerting: Hanley & McNeil (1982) for ROC AUC; a binomial proportion for accuracy,
+    precision and recall (on the rows each is a share of) and F1 (on the smaller of those); for MAE and
+    MAPE that of a mean of absolute errors, taking their spread as for normal errors
+    (sd = mean * sqrt(pi/2 - 1)); RMSE / sqrt(2n); for Brier the largest a mean of values in [0, 1]
+    can have; R² by Olkin-Finn, 2|R²|(1 - R²)/sqrt(n). Log loss: 0 (no bound; judged on the value)."""
+    n = max(int(n), 1)
+    pos = max(round(n * positive_rate), 1) if _known(positive_rate) else n
+    sel = max(round(n * predicted_positive_rate), 1) if _known(predicted_positive_rate) else n
+
+    def binomial(m: int) -> float:
+        return math.sqrt(max(value * (1 - value), 0.0) / max(m, 1))
+
     if metric == "roc_auc":
         if not _known(positive_rate):
             return 0.0
-        n_pos = max(round(n * positive_rate), 1)
-        n_neg = max(n - n_pos, 1)
+        n_neg = max(n - pos, 1)
         a = value
         q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-        var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+        var = (a * (1 - a) + (pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (pos * n_neg)
         return math.sqrt(max(var, 0.0))
-    if metric == "mae":
-        return value * math.sqrt(math.pi / 2 - 1) / math.sqrt(max(n, 1))
+    if metric == "accuracy":
+        return binomial(n)
+    if metric == "recall":
+        return binomial(pos)
+    if metric == "precision":
+        return binomial(sel)
+    if metric == "f1":
+        return binomial(min(pos, sel))
+    if metric in ("mae", "mape"):
+        return value * math.sqrt(math.pi / 2 - 1) / math.sqrt(n)
+    if metric == "rmse":
+        return value / math.sqrt(2 * n)
+    if metric == "brier_score":
+        return binomial(n)
+    if metric == "r2":
+        return 2 * abs(value) * abs(1 - value) / math.sqrt(n)
     return 0.0
+
+
+def performance_judgement(model: ModelConfig, r, baseline: float | None):
+    """(value, threshold, passed, message) of the main-metric check for one performance row, or None when
+    it cannot be judged yet (fewer than MIN_LABELLED labelled rows, no baseline, a baseline of 0).
+
+    The value is the day's metric as a share of the baseline in the good direction: 1 - degradation /
+    |baseline| (for a higher-is-better metric, current / baseline). It fails below `min_metric_ratio` even
+    at the optimistic end (the value moved 2 standard errors in the good direction), so a day's noise
+    on a few hundred labels does not page anyone."""
+    metric, t = model.main_metric, model.thresholds
+    current = getattr(r, metric, None)
+    if r.n_labelled < MIN_LABELLED or not _known(current) or not _known(baseline) or baseline == 0:
+        return None
+    se = metric_standard_error(metric, current, r.n_labelled, getattr(r, "positive_rate", None),
+                               getattr(r, "predicted_positive_rate", None))
+    higher = METRIC_DIRECTION[metric] == HIGHER
+    score = 1 - degradation(metric, baseline, current) / abs(baseline)
+    optimistic = 1 - degradation(metric, baseline, current + 2 * se if higher else current - 2 * se) / abs(baseline)
+    extra = ""
+    if metric == "mape" and _known(getattr(r, "mape_zero_labels", None)) and r.mape_zero_labels:
+        extra = f", {plural(int(r.mape_zero_labels), 'zero label')} left out of MAPE"
+    if _known(getattr(r, "n_decision_missing", None)) and r.n_decision_missing:
+        extra += f", {plural(int(r.n_decision_missing), 'row')} without a logged decision judged by the threshold"
+    word = "lower" if higher else "higher"
+    return (score, t.min_metric_ratio, optimistic >= t.min_metric_ratio,
+            f"{metric} {fmt_num(current)} ± {fmt_num(2 * se)} vs baseline {fmt_num(baseline)}: "
+            f"{abs(current - baseline) / abs(baseline):.1%} {word if score < 1 else 'better'} than the baseline "
+            f"(alert below {t.min_metric_ratio:.0%} of it; {r.n_labelled} labelled rows, "
+            f"label coverage {fmt_pct(r.label_coverage)}{extra})")
+
+
+def _excess(f: pd.DataFrame) -> pd.Series:
+    """How far past its threshold each flagged feature is (p-value tests: threshold / adjusted p)."""
+    p = f.p_value_adjusted.fillna(f.p_value)
+    is_test = f.method.isin(P_VALUE_METHODS)
+    return (f.threshold / p.where(p > 0, 1e-300)).where(is_test, f.statistic / f.threshold.where(f.threshold > 0))
+
+
+def feature_values_judgement(today: pd.DataFrame) -> tuple:
+    """(check, value, threshold, passed, message, details) for a model-day's input features: fails when a
+    feature's missing share or its share of categories the reference never saw moved significantly
+    (Benjamini-Hochberg across the features); all missing and all unseen come first, said loudly."""
+    bad = today[today.missing_drift.fillna(False) | today.unseen_drift.fillna(False)
+                | today.all_missing.fillna(False) | today.all_unseen.fillna(False)]
+    bad = bad.assign(loud=bad.all_missing.fillna(False) | bad.all_unseen.fillna(False)).sort_values(
+        ["loud", "feature"], ascending=[False, True])
+    if bad.empty:
+        return FEATURE_VALUES, 0.0, 0.0, True, "missing and unseen-category shares as in the reference"
+    loud = bad[bad.loud]
+    head = (f"{plural(len(loud), 'feature')} with no usable value: " if len(loud)
+            else f"{plural(len(bad), 'feature')} with missing or unseen values changed: ")
+    text = "; ".join(f"{f.feature}: {f.message or 'missing or unseen share changed'}" for f in bad.itertuples())
+    details = bad[["feature", "missing_share", "reference_missing_share", "unseen_share", "all_missing",
+                   "all_unseen", "message"]].to_dict("records")
+    return FEATURE_VALUES, float(len(bad)), 0.0, False, head + text, {"features": details}
+
+
+def fairness_judgements(model: ModelConfig, g: pd.DataFrame) -> list[tuple]:
+    """(check, value, threshold, passed, message) for demographic parity and for equalized odds, per
+    model-day, over the attributes with at least two eligible groups (of `min_group_size` rows or
+    more). Each fails only when its disparity passes its threshold and its test says p < FAIRNESS_MAX_P;
+    the message names the eligible groups compared, with their sizes."""
+    t = model.thresholds
+    out = []
+    parity = g[g.ratio.notna()]
+    if len(parity):
+        failing = parity[(parity.ratio < t.demographic_parity_ratio) & (parity.p < FAIRNESS_MAX_P)]
+        shown = (failing if len(failing) else parity).sort_values("ratio").iloc[0]
+        out.append((FAIRNESS, float(shown.ratio), t.demographic_parity_ratio, failing.empty,
+                    f"{shown.attribute}: selection rate of '{shown.low_group}' ({fmt_pct(shown.low_rate)}, "
+                    f"n={int(shown.low_n)}) is {fmt_pct(shown.ratio)} of '{shown.top_group}' "
+                    f"({fmt_pct(shown.top_rate)}, n={int(shown.top_n)}) (four-fifths rule: "
+                    f"{fmt_pct(t.demographic_parity_ratio)}; {fmt_p(shown.p)}; groups under the minimum size "
+                    f"left out: {int(shown.n_groups - shown.n_eligible)})"))
+    odds = g[g.odds.notna()]
+    if len(odds):
+        failing = odds[(odds.odds > t.equalized_odds_difference) & (odds.odds_p < FAIRNESS_MAX_P)]
+        shown = (failing if len(failing) else odds).sort_values("odds", ascending=False).iloc[0]
+        rate = "true positive rate" if shown.odds_rate == "true_positive_rate" else "false positive rate"
+        among = "positives" if shown.odds_rate == "true_positive_rate" else "negatives"
+        out.append((EQUALIZED_ODDS, float(shown.odds), t.equalized_odds_difference, failing.empty,
+                    f"{shown.attribute}: {rate} {fmt_num(shown.odds_hi_rate)} in '{shown.odds_hi_group}' "
+                    f"({int(shown.odds_hi_n)} labelled {among}) vs {fmt_num(shown.odds_lo_rate)} in "
+                    f"'{shown.odds_lo_group}' ({int(shown.odds_lo_n)}): equalized odds difference "
+                    f"{fmt_num(shown.odds)} (threshold {fmt_num(t.equalized_odds_difference)}; {fmt_p(shown.odds_p)})"))
+    return out
 
 
 def _known(x) -> bool:

@@ -23,6 +23,7 @@ from monitor_assets.wiring import (
     daily_partitions,
     day_label,
     days_with_label_refresh,
+    fail_fast,
     frame_markdown,
     run_days,
     should_log_progress,
@@ -38,8 +39,10 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
 
     @dg.asset(
         key=dg.AssetKey(["monitoring", "reference_profiles"]),
-        description="Per model, the training reference set profiled once per reference version (file hash + "
-                    "feature spec): fine histograms and quantile bins for numeric features, category "
+        description="Per model, the training reference set validated (rows whose label or score is missing, "
+                    "NaN or not a number are counted and left out, with a warning; under 100 usable rows it is "
+                    "refused) and profiled once per reference version (file hash + feature spec + profile format): "
+                    "fine histograms and quantile bins for numeric features, category "
                     "frequencies, moments, and baseline metric values. Daily drift never rescans the reference.",
         group_name=GROUP_DRIFT, kinds={"duckdb", "python"}, owners=OWNERS, retry_policy=IO_RETRY, pool=DUCKDB_POOL,
         metadata={"dagster/table_name": "monitoring.reference_profiles",
@@ -48,32 +51,39 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
                       "reference_version": "VARCHAR", "n": "BIGINT", "profile": "JSON", "computed_at": "TIMESTAMP"})},
     )
     def reference_profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        rows = []
-        with warehouse.connect() as con:
+        rows, warnings = [], []
+        with fail_fast(), warehouse.connect() as con:
             for model in config.models:
                 version = reference_version(model)
                 if stored_version(con, model.id) == version:
-                    rows.append((model.id, version, "reused"))
+                    rows.append((model.id, version, "reused", None, None))
                     continue
-                profiles, baselines = profile_model(con, model)
+                profiles, baselines, check = profile_model(con, model)
                 with transaction(con):
                     save_profiles(con, model, version, profiles, baselines)
-                rows.append((model.id, version, "computed"))
+                rows.append((model.id, version, "computed", check.n_usable, check.n_left_out))
                 context.log.info(f"profiled reference of {model.id} (version {version})")
+                if check.warning:
+                    warnings.append(f"{model.id} ({model.reference_path}): {check.warning}")
+                    context.log.warning(f"model {model.id}: reference {model.reference_path}: {check.warning}")
             base = con.execute("SELECT model_id, metric, value FROM monitoring.reference_baselines "
                                "ORDER BY model_id, metric").df()
-        table = pd.DataFrame(rows, columns=["model_id", "reference_version", "profile"])
+        table = pd.DataFrame(rows, columns=["model_id", "reference_version", "profile", "rows_used", "rows_left_out"])
         return dg.MaterializeResult(metadata={
             "models": dg.MetadataValue.md(frame_markdown(table)),
             "baselines": dg.MetadataValue.md(frame_markdown(base, limit=60)),
             "profiles_computed": int((table.profile == "computed").sum()),
+            "reference_rows_left_out": int(table.rows_left_out.fillna(0).sum()),
+            "reference_warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in warnings) if warnings else "none"),
         })
 
     @dg.asset(
         key=dg.AssetKey(["monitoring", "feature_drift"]),
         description="Per day, model and feature (plus the model output and, once labelled, the label): drift "
-                    "method, statistic, p-value where the method has one, threshold, drifted flag, and current "
-                    "vs reference summary. `monitoring.drift_summary` holds the drift share and dataset-drift flag.",
+                    "method, statistic, p-value where the method has one (and Benjamini-Hochberg adjusted across "
+                    "the model's features), threshold, drifted flag, current vs reference summary, and the "
+                    "missing and unseen-category shares as signals of their own (all missing / all unseen said "
+                    "in `message`). `monitoring.drift_summary` holds the drift share and dataset-drift flag.",
         group_name=GROUP_DRIFT, kinds={"duckdb", "scipy"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
         deps=[predictions, labels, reference_profiles.key],
@@ -84,7 +94,7 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
         days = run_days(context)
         refreshed = days_with_label_refresh(days, config)  # label drift changes as labels arrive
         rows, summaries = [], []
-        with warehouse.connect() as con:
+        with fail_fast(), warehouse.connect() as con:
             profiles = {m.id: load_profiles(con, m.id) for m in config.models}
             for i, day in enumerate(refreshed, 1):
                 for model in config.models:
@@ -104,7 +114,12 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
             worst = (d_rows[d_rows.role == "feature"].sort_values(["drifted", "statistic"], ascending=False)
                      [["model_id", "feature", "method", "statistic", "threshold", "drifted", "current_summary",
                        "reference_summary"]] if len(d_rows) else d_rows)
+            loud = (d_rows[(d_rows.role == "feature") & (d_rows.message.fillna("") != "")]
+                    [["model_id", "feature", "message"]] if len(d_rows) else d_rows)
             by_day[day] = {
+                "features_all_missing": int(d_rows.all_missing.fillna(False).sum()) if len(d_rows) else 0,
+                "features_all_unseen": int(d_rows.all_unseen.fillna(False).sum()) if len(d_rows) else 0,
+                "missing_or_unseen": dg.MetadataValue.md(frame_markdown(loud, limit=10) if len(loud) else "none"),
                 "max_drift_share": float(shares.max()) if len(shares) else None,
                 "mean_drift_share": float(shares.mean()) if len(shares) else None,
                 "models_with_dataset_drift": int(d_summary.dataset_drift.fillna(False).sum()) if len(d_summary) else 0,
@@ -120,8 +135,9 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
         key=dg.AssetKey(["monitoring", "fairness"]),
         description="Per day, model, sensitive attribute and group: count, selection rate, true and false "
                     "positive rate, accuracy (MAE for regressors); per attribute: demographic parity difference "
-                    "and ratio, equalized odds difference, the four-fifths rule. Groups under the minimum size "
-                    "are reported but left out of the disparities. Definitions are fairlearn's.",
+                    "and ratio, equalized odds difference, the four-fifths rule, their significance tests and "
+                    "the most and least favoured groups with their sizes. Groups under the minimum size (30 by "
+                    "default) are reported but left out of the disparities. Definitions are fairlearn's.",
         group_name=GROUP_BIAS, kinds={"duckdb", "python"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
         deps=[predictions, labels],
@@ -131,7 +147,7 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
     def fairness(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = run_days(context)
         refreshed = days_with_label_refresh(days, config)
-        with warehouse.connect() as con:
+        with fail_fast(), warehouse.connect() as con:
             parts = [fairness_for_day(con, config, m, d) for d in refreshed for m in config.models]
             parts = [p for p in parts if len(p)]
             frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -142,12 +158,15 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
         for day in days:
             d_rows = frame[frame.partition_date == day] if len(frame) else frame
             per_attr = (d_rows.drop_duplicates(["model_id", "attribute"])
-                        [["model_id", "attribute", "demographic_parity_ratio", "demographic_parity_difference",
-                          "equalized_odds_difference", "passes_four_fifths", "disparity_p_value"]]
+                        [["model_id", "attribute", "demographic_parity_ratio", "demographic_parity_p_value",
+                          "most_favoured_group", "most_favoured_n", "least_favoured_group", "least_favoured_n",
+                          "equalized_odds_difference", "equalized_odds_p_value", "passes_four_fifths"]]
                         .sort_values("demographic_parity_ratio") if len(d_rows) else d_rows)
             ratios = per_attr.demographic_parity_ratio.dropna() if len(per_attr) else pd.Series(dtype=float)
+            odds = per_attr.equalized_odds_difference.dropna() if len(per_attr) else pd.Series(dtype=float)
             by_day[day] = {
                 "lowest_demographic_parity_ratio": float(ratios.min()) if len(ratios) else None,
+                "largest_equalized_odds_difference": float(odds.max()) if len(odds) else None,
                 "attributes_below_four_fifths": int((ratios < 0.8).sum()),
                 "worst_disparities": dg.MetadataValue.md(frame_markdown(per_attr, limit=10) if len(per_attr) else "none"),
             }

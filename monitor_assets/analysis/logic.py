@@ -19,12 +19,24 @@ from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS, model_feature_select
 from monitor_assets.stats import drift as D
 from monitor_assets.stats.fairness import fairness_table, group_counts
-from monitor_assets.stats.performance import CLASSIFICATION_METRICS, REGRESSION_METRICS, performance_sql
+from monitor_assets.stats.performance import (
+    CLASSIFICATION_METRICS,
+    REGRESSION_METRICS,
+    performance_sql,
+    predicted_class_sql,
+)
+from monitor_assets.stats.reference import (
+    MIN_REFERENCE_ROWS,
+    ReferenceCheck,
+    ReferenceTooSmall,
+    validate_reference,
+)
 from monitor_assets.storage.sql import quote_ident, sql_str
 from monitor_assets.storage.warehouse import lake_of
 
 PREDICTION = "prediction"
 LABEL = "label"
+DECISION = "_logged_decision"  # the logged decision (predicted class), in reference and daily rows
 
 
 def _reader(path: str) -> str:
@@ -49,18 +61,50 @@ def _label_expr(model: ModelConfig, column: str) -> str:
     return f"CAST(CAST({column} AS DOUBLE) AS BIGINT)::VARCHAR" if model.is_classifier else f"CAST({column} AS DOUBLE)"
 
 
-def reference_relation(model: ModelConfig) -> str:
+class ReferenceError(ValueError):
+    """A reference set that cannot be a baseline (missing file or column, too few usable rows): fixing
+    the file or the config is the only cure, so it is not retried."""
+
+
+def reference_file(model: ModelConfig) -> str:
+    """The reference file's rows as they are (for validation)."""
     if not Path(model.reference_path).exists():
-        raise FileNotFoundError(f"model {model.id}: reference file {model.reference_path} does not exist")
+        raise ReferenceError(f"model {model.id}: reference file {model.reference_path} does not exist")
+    return f"SELECT * FROM {_reader(model.reference_path)}"
+
+
+def reference_relation(model: ModelConfig, where: str = "true") -> str:
+    """The reference's drift columns (features, prediction, label) and `label_value`, on the rows
+    matching `where` (the usable rows, see `validate_model_reference`)."""
     features = ", ".join(f"{quote_ident(f.name)}" for f in model.features)
     score, label = quote_ident(model.reference_fields["score"]), quote_ident(model.reference_fields["label"])
+    decision = model.reference_fields.get("decision")
+    logged = f", {quote_ident(decision)}::VARCHAR AS {DECISION}" if decision else ""
     return (f"SELECT {features}, CAST({score} AS DOUBLE) AS {PREDICTION}, {_label_expr(model, label)} AS {LABEL}, "
-            f"CAST({label} AS DOUBLE) AS label_value FROM {_reader(model.reference_path)}")
+            f"CAST({label} AS DOUBLE) AS label_value{logged} FROM ({reference_file(model)} WHERE {where})")
+
+
+def validate_model_reference(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> ReferenceCheck:
+    """Count and leave out the reference rows whose label or score is NULL, NaN or not a number; a
+    reference with fewer than MIN_REFERENCE_ROWS usable rows is refused, naming model and file."""
+    where = f"model {model.id}: reference {model.reference_path}"
+    try:
+        return validate_reference(con, reference_file(model), model.reference_fields["label"],
+                                  model.reference_fields["score"], classifier=model.is_classifier)
+    except ReferenceTooSmall as exc:
+        raise ReferenceError(f"{where}: {exc}") from None
+    except duckdb.BinderException as exc:
+        raise ReferenceError(f"{where}: lacks the configured score or label column "
+                             f"({model.reference_fields['score']}, {model.reference_fields['label']}): "
+                             f"{' '.join(str(exc).split())}") from None
 
 
 def reference_version(model: ModelConfig) -> str:
+    """The file's content hash, the drift spec and the profile format: a change of any re-profiles."""
     digest = hashlib.sha256(Path(model.reference_path).read_bytes())
     digest.update(json.dumps([(r, s.name, s.kind, s.method, s.threshold) for r, s in drift_specs(model)]).encode())
+    digest.update(json.dumps({"profile_version": D.PROFILE_VERSION, "fields": model.reference_fields,
+                              "min_rows": MIN_REFERENCE_ROWS}, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
@@ -70,22 +114,26 @@ def stored_version(con: duckdb.DuckDBPyConnection, model_id: str) -> str | None:
     return rows[0][0] if len(rows) == 1 else None
 
 
-def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[dict, dict[str, float]]:
-    """Profiles of every drift column of a model's reference set, and its baseline metrics."""
-    relation = reference_relation(model)
+def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[dict, dict[str, float], ReferenceCheck]:
+    """Profiles of every drift column of a model's reference set, its baseline metrics, and the
+    validation (rows left out and why), all on the usable rows only."""
+    check = validate_model_reference(con, model)
+    relation = reference_relation(model, check.where)
     try:
         profiles = D.profile_reference(con, relation, [s for _, s in drift_specs(model)])
     except duckdb.BinderException as exc:
-        raise ValueError(f"model {model.id}: reference file {model.reference_path} lacks a configured column: "
-                         f"{exc}") from None
+        raise ReferenceError(f"model {model.id}: reference {model.reference_path} lacks a configured column: "
+                             f"{' '.join(str(exc).split())}") from None
+    decision = DECISION if model.reference_fields.get("decision") else None
     perf = con.execute(performance_sql(
         f"""SELECT 'reference' AS g, true AS is_ok, NULL::DOUBLE AS latency_ms, {PREDICTION} AS score,
                    label_value AS label, {model.decision_threshold} AS threshold, {sql_str(model.task)} AS task
-            FROM ({relation})""", ["g"])).df()
+                   {', ' + DECISION if decision else ''}
+            FROM ({relation})""", ["g"], decision=decision)).df()
     row = perf.iloc[0]
     baselines = {m: float(row[m]) for m in CLASSIFICATION_METRICS + REGRESSION_METRICS
                  if m in row and not pd.isna(row[m])}
-    return profiles, baselines
+    return profiles, baselines, check
 
 
 def save_profiles(con: duckdb.DuckDBPyConnection, model: ModelConfig, version: str, profiles: dict,
@@ -115,7 +163,8 @@ def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
     also those logged before their prediction arrived (up to EARLY_LABEL_DAYS)."""
     table = lake_of(con).model_relation(con, model.id)
     return f"""
-        SELECT {model_feature_select(config, model.id, 'p.')}, p.score AS {PREDICTION}, l.label AS label_value
+        SELECT {model_feature_select(config, model.id, 'p.')}, p.score AS {PREDICTION}, l.label AS label_value,
+               p.decision AS {quote_ident(DECISION)}
         FROM {table} AS p
         LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
                    WHERE partition_date >= $day - INTERVAL {EARLY_LABEL_DAYS} DAY GROUP BY prediction_id) AS l
@@ -130,7 +179,8 @@ def drift_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: 
     rows_sql = _day_rows(con, config, model)
     n = con.execute(f"SELECT count(*) FROM ({rows_sql})", params).fetchall()[0][0]
     summary = {"partition_date": day, "model_id": model.id, "n_features": len(model.features), "n_drifted": None,
-               "drift_share": None, "dataset_drift": None, "prediction_drift": None, "label_drift": None}
+               "drift_share": None, "dataset_drift": None, "prediction_drift": None, "label_drift": None,
+               "n_missing_drift": None, "n_unseen_drift": None, "n_all_missing": None, "n_all_unseen": None}
     if n == 0:
         return [], summary
     specs = drift_specs(model)
@@ -150,10 +200,19 @@ def drift_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: 
             "current_summary": r.current_summary, "reference_summary": r.reference_summary,
             "current_mean": _finite(r.current_mean), "reference_mean": _finite(r.reference_mean),
             "missing_share": r.missing_share, "unseen_share": r.unseen_share,
+            "p_value_adjusted": _finite(r.p_value_adjusted), "reference_missing_share": r.reference_missing_share,
+            "missing_p_value": _finite(r.missing_p_value), "missing_drift": r.missing_drift,
+            "expected_unseen_share": r.expected_unseen_share, "unseen_p_value": _finite(r.unseen_p_value),
+            "unseen_drift": r.unseen_drift, "all_unseen": r.all_unseen, "all_missing": r.all_missing,
+            "unseen_summary": r.unseen_summary, "message": r.message,
         })
     features = [o for o in out if o["role"] == "feature"]
     drifted = sum(o["drifted"] for o in features)
     share = drifted / len(features) if features else None
+    summary.update(n_missing_drift=sum(o["missing_drift"] for o in features),
+                   n_unseen_drift=sum(o["unseen_drift"] for o in features),
+                   n_all_missing=sum(o["all_missing"] for o in features),
+                   n_all_unseen=sum(o["all_unseen"] for o in features))
     summary.update(n_drifted=drifted, drift_share=share,
                    dataset_drift=share is not None and share >= config.dataset_drift_share,
                    prediction_drift=any(o["drifted"] for o in out if o["role"] == PREDICTION),
@@ -166,7 +225,9 @@ def fairness_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, mode
     attributes = [a.name for a in model.sensitive_attributes]
     if not attributes:
         return pd.DataFrame()
-    y_pred = (f"({PREDICTION} >= {model.decision_threshold!r})::INTEGER" if model.is_classifier else PREDICTION)
+    # The predicted class as the performance metrics take it: the logged decision, else the threshold.
+    y_pred = (predicted_class_sql(quote_ident(DECISION), PREDICTION, repr(model.decision_threshold))
+              if model.is_classifier else PREDICTION)
     relation = f"SELECT {y_pred} AS y_pred, label_value AS y_true, * FROM ({_day_rows(con, config, model)})"
     counts = group_counts(con, relation, attributes, {"day": day, "model": model.id})
     table = fairness_table(counts, model.is_classifier, config.min_group_size)

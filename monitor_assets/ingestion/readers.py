@@ -735,6 +735,7 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
         Field("model_version", src["model_version"], optional=True),
         Field("latency_ms", src["latency_ms"], NUMBER, optional=True),
         Field("status", src["status"], optional=True),
+        Field("decision", src["decision"], optional=True),  # the logged predicted class, any spelling
     ]
     ok_list = ", ".join(sql_str(s) for s in config.predictions.ok_status)
     is_ok = f"(coalesce(status, {sql_str(config.predictions.ok_status[0])}) IN ({ok_list}))"
@@ -785,7 +786,7 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
     # The staging table keeps each distinct (field, type) once, as feat_<i>; every model's table gets its
     # own features from them, in columns named after the field (see feature_columns).
     outputs = ["model_id", "prediction_id", "ts", "model_version", "latency_ms", "status", is_ok,
-               f"CASE model_id {score_case or 'WHEN NULL THEN NULL'} END", "source_file", "line_no",
+               f"CASE model_id {score_case or 'WHEN NULL THEN NULL'} END", "source_file", "line_no", "decision",
                *feature_aliases.values()]
     targets = [*PREDICTION_COLUMNS, *feature_aliases.values()]
     return StagingPlan("predictions", fields, rules, key="prediction_id", outputs=outputs, targets=targets,

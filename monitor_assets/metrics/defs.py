@@ -7,9 +7,10 @@ import pandas as pd
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_METRICS, OWNERS
 from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS
-from monitor_assets.stats.performance import performance_sql
+from monitor_assets.stats.performance import METRIC_DIRECTION, performance_sql
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.resource import WarehouseResource
+from monitor_assets.storage.sql import quote_ident, sql_str
 from monitor_assets.storage.warehouse import replace_partitions
 from monitor_assets.wiring import (
     IO_RETRY,
@@ -17,6 +18,7 @@ from monitor_assets.wiring import (
     daily_partitions,
     day_label,
     days_with_label_refresh,
+    fail_fast,
     frame_markdown,
     run_days,
     table_schema,
@@ -26,10 +28,10 @@ PERFORMANCE_COLUMNS = TABLES["monitoring.performance_daily"][0]
 
 
 def models_values_sql(config: MonitorConfig) -> tuple[str, list]:
-    """A VALUES relation (model_id, task, threshold) of the configured models, as SQL and params."""
-    rows = ", ".join("(?, ?, ?)" for _ in config.models)
-    params = [v for m in config.models for v in (m.id, m.task, m.decision_threshold)]
-    return f"(SELECT * FROM (VALUES {rows}) AS v(model_id, task, threshold))", params
+    """A VALUES relation (model_id, task, threshold, main_metric) of the configured models, as SQL and params."""
+    rows = ", ".join("(?, ?, ?, ?)" for _ in config.models)
+    params = [v for m in config.models for v in (m.id, m.task, m.decision_threshold, m.main_metric)]
+    return f"(SELECT * FROM (VALUES {rows}) AS v(model_id, task, threshold, main_metric))", params
 
 
 def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels: dg.AssetKey,
@@ -40,8 +42,10 @@ def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels
         key=dg.AssetKey(["monitoring", "performance_daily"]),
         description="Per model and day: volume, error rate, latency p50/p95/p99 and, on labelled rows only, "
                     "classification (accuracy, precision, recall, F1, ROC AUC, log loss, Brier) or regression "
-                    "(MAE, RMSE, MAPE, R², mean error) metrics with label coverage. Each run also refreshes "
-                    "the `label_delay_days` before it, so late labels update earlier days.",
+                    "(MAE, RMSE, MAPE without zero labels, R², mean error) metrics with label coverage, and "
+                    "the model's configured main metric (`main_metric_value`). The predicted class is the "
+                    "logged `decision` where there is one, else score >= decision_threshold. Each run also "
+                    "refreshes the `label_delay_days` before it, so late labels update earlier days.",
         group_name=GROUP_METRICS, kinds={"duckdb", "python"}, owners=OWNERS,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=IO_RETRY, pool=DUCKDB_POOL, deps=[predictions, labels],
@@ -51,14 +55,14 @@ def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels
     def performance_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = run_days(context)
         refreshed = days_with_label_refresh(days, config)
-        with warehouse.connect(models=None) as con:
+        with fail_fast(), warehouse.connect(models=None) as con:
             sql, params = _performance_statement(config)
             con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [refreshed])
             inserted = replace_partitions(con, "monitoring.performance_daily", refreshed,
                                           sql, params)
             per_day = con.execute(
                 """SELECT partition_date, model_id, volume, error_rate, latency_p95_ms, label_coverage,
-                          coalesce(roc_auc, mae) AS main_metric, n_labelled
+                          main_metric_value AS main_metric, n_labelled
                    FROM monitoring.performance_daily WHERE partition_date IN (SELECT unnest(?::DATE[]))
                    ORDER BY partition_date, error_rate DESC NULLS LAST, latency_p95_ms DESC NULLS LAST""",
                 [days]).df()
@@ -93,24 +97,29 @@ def _performance_day_metadata(day: pd.DataFrame) -> dict:
 def _performance_statement(config: MonitorConfig) -> tuple[str, list]:
     """The performance INSERT body over the dates in temp table `_days`; params are the model rows, twice."""
     models, params = models_values_sql(config)
+    # The logged decision (when the source maps one) replaces score >= threshold for the class metrics.
+    decision = "decision" if config.predictions.fields.get("decision") else None
     source = f"""
-        SELECT p.partition_date, p.model_id, p.is_ok, p.latency_ms, p.score, l.label, m.threshold, m.task
+        SELECT p.partition_date, p.model_id, p.is_ok, p.latency_ms, p.score, l.label, m.threshold, m.task,
+               p.decision
         FROM raw.predictions AS p
         JOIN {models} AS m USING (model_id)
         LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
                    WHERE partition_date >= (SELECT min(d) FROM _days) - INTERVAL {EARLY_LABEL_DAYS} DAY
                    GROUP BY prediction_id) AS l USING (prediction_id)
         WHERE p.partition_date IN (SELECT d FROM _days)"""
-    metrics = performance_sql(source, ["partition_date", "model_id"])
+    metrics = performance_sql(source, ["partition_date", "model_id"], decision=decision)
+    main_value = "CASE m.main_metric " + " ".join(
+        f"WHEN {sql_str(k)} THEN r.{quote_ident(k)}" for k in sorted(METRIC_DIRECTION)) + " END"
     sql = f"""
         SELECT d AS partition_date, m.model_id, m.task, v.versions AS model_versions,
                coalesce(r.volume, 0), coalesce(r.n_ok, 0), coalesce(r.n_errors, 0), r.error_rate,
                r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, coalesce(r.n_labelled, 0), r.label_coverage,
                r.accuracy, r."precision", r.recall, r.f1, r.roc_auc, r.log_loss, r.brier_score, r.positive_rate,
                r.predicted_positive_rate, r.mae, r.rmse, r.mape, r.r2, r.mean_error, r.mean_score,
-               now()
+               now(), r.mape_zero_labels, r.n_decision_missing, {main_value}
         FROM ({metrics}) AS r
-        RIGHT JOIN (SELECT d, model_id, task FROM _days CROSS JOIN {models}) AS m
+        RIGHT JOIN (SELECT d, model_id, task, main_metric FROM _days CROSS JOIN {models}) AS m
             ON r.partition_date = m.d AND r.model_id = m.model_id
         LEFT JOIN (SELECT partition_date, model_id, string_agg(DISTINCT model_version, ',') AS versions
                    FROM raw.predictions WHERE partition_date IN (SELECT d FROM _days)

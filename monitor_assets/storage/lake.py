@@ -35,7 +35,7 @@ PREDICTIONS = "raw.predictions"
 PREDICTION_COLUMNS = {
     "partition_date": "DATE", "model_id": "VARCHAR", "prediction_id": "VARCHAR", "ts": "TIMESTAMPTZ",
     "model_version": "VARCHAR", "latency_ms": "DOUBLE", "status": "VARCHAR", "is_ok": "BOOLEAN", "score": "DOUBLE",
-    "source_file": "VARCHAR", "line_no": "BIGINT",
+    "source_file": "VARCHAR", "line_no": "BIGINT", "decision": "VARCHAR",
 }
 # The other lake tables: columns (DuckDB types) and Delta partition columns.
 TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
@@ -53,24 +53,36 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "recall": "DOUBLE", "f1": "DOUBLE", "roc_auc": "DOUBLE", "log_loss": "DOUBLE", "brier_score": "DOUBLE",
         "positive_rate": "DOUBLE", "predicted_positive_rate": "DOUBLE", "mae": "DOUBLE", "rmse": "DOUBLE",
         "mape": "DOUBLE", "r2": "DOUBLE", "mean_error": "DOUBLE", "mean_score": "DOUBLE",
-        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+        "computed_at": "TIMESTAMPTZ", "mape_zero_labels": "BIGINT", "n_decision_missing": "BIGINT",
+        "main_metric_value": "DOUBLE"}, ("partition_date",)),
     "monitoring.feature_drift": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR", "kind": "VARCHAR",
         "method": "VARCHAR", "statistic": "DOUBLE", "p_value": "DOUBLE", "threshold": "DOUBLE", "drifted": "BOOLEAN",
         "n_current": "BIGINT", "n_reference": "BIGINT", "current_summary": "VARCHAR", "reference_summary": "VARCHAR",
         "current_mean": "DOUBLE", "reference_mean": "DOUBLE", "missing_share": "DOUBLE", "unseen_share": "DOUBLE",
-        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+        "computed_at": "TIMESTAMPTZ", "p_value_adjusted": "DOUBLE", "reference_missing_share": "DOUBLE",
+        "missing_p_value": "DOUBLE", "missing_drift": "BOOLEAN", "expected_unseen_share": "DOUBLE",
+        "unseen_p_value": "DOUBLE", "unseen_drift": "BOOLEAN", "all_unseen": "BOOLEAN", "all_missing": "BOOLEAN",
+        "unseen_summary": "VARCHAR", "message": "VARCHAR"}, ("partition_date",)),
     "monitoring.drift_summary": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "n_features": "BIGINT", "n_drifted": "BIGINT",
         "drift_share": "DOUBLE", "dataset_drift": "BOOLEAN", "prediction_drift": "BOOLEAN", "label_drift": "BOOLEAN",
-        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+        "computed_at": "TIMESTAMPTZ", "n_missing_drift": "BIGINT", "n_unseen_drift": "BIGINT",
+        "n_all_missing": "BIGINT", "n_all_unseen": "BIGINT"}, ("partition_date",)),
     "monitoring.fairness": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "attribute": "VARCHAR", "grp": "VARCHAR", "n": "BIGINT",
         "n_labelled": "BIGINT", "selection_rate": "DOUBLE", "true_positive_rate": "DOUBLE",
         "false_positive_rate": "DOUBLE", "accuracy": "DOUBLE", "mae": "DOUBLE", "below_min_size": "BOOLEAN",
         "demographic_parity_difference": "DOUBLE", "demographic_parity_ratio": "DOUBLE",
         "equalized_odds_difference": "DOUBLE", "passes_four_fifths": "BOOLEAN", "disparity_p_value": "DOUBLE",
-        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+        "computed_at": "TIMESTAMPTZ", "n_eligible_groups": "BIGINT", "demographic_parity_p_value": "DOUBLE",
+        "most_favoured_group": "VARCHAR", "most_favoured_n": "BIGINT", "most_favoured_selection_rate": "DOUBLE",
+        "least_favoured_group": "VARCHAR", "least_favoured_n": "BIGINT", "least_favoured_selection_rate": "DOUBLE",
+        "true_positive_rate_difference": "DOUBLE", "true_positive_rate_p_value": "DOUBLE",
+        "false_positive_rate_difference": "DOUBLE", "false_positive_rate_p_value": "DOUBLE",
+        "equalized_odds_rate": "VARCHAR", "equalized_odds_p_value": "DOUBLE", "equalized_odds_max_group": "VARCHAR",
+        "equalized_odds_max_n": "BIGINT", "equalized_odds_min_group": "VARCHAR", "equalized_odds_min_n": "BIGINT"},
+        ("partition_date",)),
     "monitoring.history": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "metric": "VARCHAR", "segment": "VARCHAR",
         "value": "DOUBLE", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
