@@ -333,6 +333,12 @@ def _feature(r: _Reader, name: Any, spec: Any, key: str, default_source: str, ki
         if not isinstance(allowed, list):
             raise r.fail(f"{key}.allowed_values", "expected a list")
         allowed = tuple(str(v) for v in allowed)
+    if "." in name and not spec.get("source") and "." in default_source:
+        # A JSON path splits at every '.': features.unit.price would read features -> unit -> price, which
+        # is NULL on every record of a log that has the key "unit.price". Say so rather than read NULLs.
+        raise r.fail(key, f"a '.' in a name is read from JSON logs as a nested path "
+                          f"({default_source.format(name=name)}); set `source:` to the value's path, "
+                          "or rename it (quotes, spaces and other characters work)")
     source = spec.get("source") or default_source.format(name=name)
     return FeatureConfig(name, ftype, str(source), method, threshold, allowed)
 
