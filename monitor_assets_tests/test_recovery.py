@@ -36,8 +36,8 @@ models:
 """
 
 
-def log_lines(day: str, n: int) -> bytes:
-    rows = [json.dumps({"timestamp": f"{day}T10:00:00Z", "prediction_id": f"{day}-{i}", "model_id": "fraud",
+def log_lines(day: str, n: int, model: str = "fraud") -> bytes:
+    rows = [json.dumps({"timestamp": f"{day}T10:00:00Z", "prediction_id": f"{day}-{i}", "model_id": model,
                         "model_version": "1", "latency_ms": 5.0 + i % 7, "status": "ok", "score": (i % 100) / 100,
                         "features": {"amount": i * 1.5, "channel": "web" if i % 2 else "app"}}) for i in range(n)]
     return ("\n".join(rows) + "\n").encode()
@@ -153,16 +153,21 @@ def test_four_partitions_at_once_against_one_duckdb_file(tmp_path):
     assert per_day == [(d, 3000) for d in days] and perf == 4
 
 
-def test_failed_blocking_quality_check_stops_downstream_assets(tmp_path):
-    """A misfiled batch (last week's records in today's file) loads, but the blocking GX check fails
-    and the metrics are not computed from it."""
+def test_a_failed_quality_suite_holds_only_the_model_whose_rows_failed(tmp_path):
+    """A misfiled batch (last week's records in today's file) of one model loads, fails the GX suite and is
+    held out of metrics and drift; the other model of the same file goes on."""
     import pandas as pd
 
-    cfg = write(tmp_path / "m.yaml", CONFIG.format(tmp=tmp_path))
-    config = load_config(cfg)
+    text = CONFIG.format(tmp=tmp_path) + """  - id: churn
+    task: binary_classification
+    reference: ref.parquet
+    features: {amount: numeric, channel: categorical}
+"""
+    config = load_config(write(tmp_path / "m.yaml", text))
     (tmp_path / "logs").mkdir()
     (tmp_path / "labels").mkdir()
-    (tmp_path / "logs" / "2026-03-09.jsonl.gz").write_bytes(gzip.compress(log_lines("2026-03-01", 200)))
+    (tmp_path / "logs" / "2026-03-09.jsonl.gz").write_bytes(
+        gzip.compress(log_lines("2026-03-01", 200) + log_lines("2026-03-09", 300, model="churn")))
     (tmp_path / "labels" / "2026-03-09.csv").write_text("prediction_id,label\n")
     pd.DataFrame({"amount": [1.0, 2.0] * 50, "channel": ["web", "app"] * 50, "score": [0.2, 0.8] * 50,
                   "label": [0, 1] * 50}).to_parquet(tmp_path / "ref.parquet")
@@ -170,17 +175,24 @@ def test_failed_blocking_quality_check_stops_downstream_assets(tmp_path):
 
     with dg.DagsterInstance.ephemeral() as instance:
         result = run_job(config, "2026-03-09", instance=instance, raise_on_error=False)
+        assert result.success  # a held model is not a failed run
         evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
         check = evaluations["predictions_are_complete_and_valid"]
         assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
         failures = check.metadata["failures"].value
-        assert any(f["message"].startswith("expect_column_values_to_be_between on ts: 200 unexpected")
-                   for f in failures)
         # The failure names the model whose rows failed, so it reaches that model's channels.
-        assert {f["model_id"] for f in failures} == {"fraud"}
+        assert [f["model_id"] for f in failures] == ["fraud"]
+        assert "expect_column_values_to_be_between on ts: 200 unexpected" in failures[0]["message"]
         assert check.partition == "2026-03-09"
         materialized = {tuple(e.asset_key.path) for e in result.get_asset_materialization_events()}
-    assert ("raw", "predictions") in materialized
-    assert ("monitoring", "performance_daily") not in materialized
+    assert {("raw", "predictions"), ("monitoring", "performance_daily"), ("monitoring", "feature_drift")} <= materialized
     with open_warehouse(config.warehouse_path, read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM monitoring.performance_daily").fetchall()[0][0] == 0
+        verdicts = con.execute("SELECT model_id, rows, passed, unexpected FROM monitoring.quality_verdicts "
+                               "ORDER BY model_id").fetchall()
+        performance = con.execute("SELECT model_id, volume FROM monitoring.performance_daily "
+                                  "WHERE partition_date = '2026-03-09'").fetchall()
+        drifted_models = con.execute("SELECT DISTINCT model_id FROM monitoring.feature_drift "
+                                     "WHERE partition_date = '2026-03-09'").fetchall()
+    assert verdicts == [("churn", 300, True, 0), ("fraud", 200, False, 200)]
+    assert performance == [("churn", 300)]
+    assert drifted_models == [("churn",)]

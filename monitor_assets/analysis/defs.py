@@ -14,6 +14,7 @@ from monitor_assets.analysis.logic import (
 )
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_BIAS, GROUP_DRIFT, OWNERS
+from monitor_assets.ingestion.quality import held_models
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.warehouse import replace_partitions_from_frame, transaction
@@ -96,8 +97,9 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
         rows, summaries = [], []
         with fail_fast(), warehouse.connect() as con:
             profiles = {m.id: load_profiles(con, m.id) for m in config.models}
+            held = held_models(con, refreshed)  # failed the data-quality suite
             for i, day in enumerate(refreshed, 1):
-                for model in config.models:
+                for model in (m for m in config.models if m.id not in held[day]):
                     out, summary = drift_for_day(con, config, model, day, profiles[model.id])
                     rows += out
                     summaries.append(summary)
@@ -148,7 +150,9 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
         days = run_days(context)
         refreshed = days_with_label_refresh(days, config)
         with fail_fast(), warehouse.connect() as con:
-            parts = [fairness_for_day(con, config, m, d) for d in refreshed for m in config.models]
+            held = held_models(con, refreshed)  # failed the data-quality suite
+            parts = [fairness_for_day(con, config, m, d) for d in refreshed for m in config.models
+                     if m.id not in held[d]]
             parts = [p for p in parts if len(p)]
             frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
             if len(frame):

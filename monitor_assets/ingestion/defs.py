@@ -19,6 +19,7 @@ from monitor_assets.constants import (
     QUALITY_CHECK,
     VOLUME_RANGE_CHECK,
 )
+from monitor_assets.ingestion.quality import stored_verdicts, validate_day
 from monitor_assets.ingestion.readers import ingest_day, quarantine_preview
 from monitor_assets.notify.messages import fmt_pct
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES
@@ -74,7 +75,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
         days = run_days(context)
         totals = {"files": 0, "read": 0, "loaded": 0, "quarantined": 0, "corrected": 0}
         reasons: dict[str, int] = {}
-        missing_days, per_day = [], []
+        missing_days, per_day, held = [], [], []
         started = time.perf_counter()
         with warehouse.connect(models=None) as con:
             for i, day in enumerate(days, 1):
@@ -88,6 +89,9 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
                     reasons[reason] = reasons.get(reason, 0) + n
                 per_day.append((str(day), len(result.files), result.read, result.loaded, result.quarantined,
                                 result.labels_corrected))
+                if source == "predictions":
+                    # Validated here, before anything downstream runs, so a failed model-day is held alone.
+                    held += [f"{day}: {v.model_id}" for v in validate_day(con, config, day) if not v.passed]
                 if should_log_progress(i, len(days)):
                     rate = totals["read"] / max(time.perf_counter() - started, 1e-9)
                     context.log.info(f"{source}: {i}/{len(days)} days done ({day}), {rate:,.0f} records/s")
@@ -121,6 +125,10 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
             metadata["labels_corrected"] = totals["corrected"]  # a later file changed an earlier label
         if source == "predictions":
             metadata["models_without_records"] = dg.MetadataValue.json(silent)
+            metadata["model_days_held"] = dg.MetadataValue.json(held)  # failed the data-quality suite
+            for item in held:
+                context.log.warning(f"predictions of {item} failed the data-quality suite: held from metrics, "
+                                    "drift and fairness")
             for item in silent:
                 context.log.warning(f"no prediction records for model {item}")
         if missing_days:
@@ -151,11 +159,12 @@ def build_ingestion_assets(config: MonitorConfig) -> list[dg.AssetsDefinition]:
 def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> list:
     partitions = daily_partitions(config)
     validity = dg.AssetCheckSpec(
-        QUALITY_CHECK, asset=predictions, blocking=True, partitions_def=partitions,
-        description="Great Expectations on the loaded predictions of each day: required fields present, prediction "
-                    "ids unique, model ids known, classifier scores in [0, 1], latency non-negative, timestamps "
-                    "inside the day, known categories. Blocks downstream assets when it fails; the alert goes to "
-                    "the channels of the models whose rows failed.")
+        QUALITY_CHECK, asset=predictions, partitions_def=partitions,
+        description="Great Expectations on the loaded predictions of each model and day: required fields present, "
+                    "prediction ids unique per model, model ids known, classifier scores in [0, 1], latency "
+                    "non-negative, timestamps inside the day, known categories. The suite runs when the "
+                    "predictions load; a model-day that fails is held out of metrics, drift and fairness (the other "
+                    "models go on), and the alert goes to that model's channels.")
     volume = dg.AssetCheckSpec(
         VOLUME_RANGE_CHECK, asset=predictions, partitions_def=partitions,
         description="Each model's daily volume within 50%..200% of its trailing 7-day average, and the share of "
@@ -163,26 +172,18 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
 
     @dg.multi_asset_check(specs=[validity], name=QUALITY_CHECK)
     def predictions_are_complete_and_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-        from monitor_assets.ingestion.quality import predictions_frame, validate_predictions
-
         days = run_days(context)
         failures, checked = [], {}
         with warehouse.connect() as con:
-            for day, model in ((d, m) for d in days for m in config.models):
-                frame = predictions_frame(con, config, day, model)
-                checked.setdefault(day, 0)
-                if frame.empty:
-                    continue
-                for outcome in validate_predictions(config, day, frame):
-                    checked[day] += 1
-                    if outcome.success:
-                        continue
-                    for model_id, n in (outcome.models or {None: outcome.unexpected_count}).items():
-                        failures.append({
-                            "partition_date": day, "model_id": model_id or ALL_MODELS, "check_name": QUALITY_CHECK,
-                            "severity": "ERROR", "value": float(n), "threshold": 0.0,
-                            "message": f"{outcome.expectation} on {outcome.column}: {n} unexpected value(s)"
-                                       + (f", e.g. {', '.join(outcome.sample)}" if outcome.sample else "")})
+            for day in days:
+                verdicts = stored_verdicts(con, day)
+                if verdicts is None:  # loaded before verdicts were kept: validate now
+                    verdicts = validate_day(con, config, day)
+                checked[day] = len(verdicts)
+                failures += [{"partition_date": day, "model_id": v.model_id, "check_name": QUALITY_CHECK,
+                              "severity": "ERROR", "value": float(v.unexpected), "threshold": 0.0,
+                              "message": f"{v.message} ({v.rows:,} rows held from metrics, drift and fairness)"}
+                             for v in verdicts if not v.passed]
         yield from partition_check_results(context, validity, days, failures, checked)
 
     @dg.multi_asset_check(specs=[volume], name=VOLUME_RANGE_CHECK)

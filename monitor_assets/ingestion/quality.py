@@ -18,7 +18,7 @@ import pandas as pd
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.ingestion.readers import feature_columns
 from monitor_assets.storage.sql import quote_ident
-from monitor_assets.storage.warehouse import lake_of
+from monitor_assets.storage.warehouse import lake_of, transaction
 
 
 @dataclass
@@ -31,14 +31,25 @@ class ExpectationOutcome:
     models: dict[str, int]  # unexpected rows per model id (None: rows without a known model)
 
 
-def _suite(config: MonitorConfig, day: dt.date, frame: pd.DataFrame):
+# A validation batch holds several models' rows (GX costs about 0.1 s a call, whatever its size), up to
+# about this many rows, so memory holds a bounded slice of a day however many models there are.
+BATCH_ROWS = 250_000
+
+
+def _category_column(model_id: str, column: str) -> str:
+    """Models may share a field name with different allowed values: each model's column is its own."""
+    return f"{model_id} / {column}"
+
+
+def _suite(config: MonitorConfig, day: dt.date, models: list[ModelConfig]):
     import great_expectations as gx
 
     E = gx.expectations
     start = pd.Timestamp(day, tz="UTC")
     expectations = [
         E.ExpectColumnValuesToNotBeNull(column="prediction_id"),
-        E.ExpectColumnValuesToBeUnique(column="prediction_id"),
+        # Ids are unique within a model: two models may score the same request.
+        E.ExpectCompoundColumnsToBeUnique(column_list=["model_id", "prediction_id"]),
         E.ExpectColumnValuesToNotBeNull(column="model_id"),
         E.ExpectColumnValuesToBeInSet(column="model_id", value_set=config.model_ids),
         E.ExpectColumnValuesToNotBeNull(column="ts"),
@@ -47,34 +58,54 @@ def _suite(config: MonitorConfig, day: dt.date, frame: pd.DataFrame):
                                         max_value=start + pd.Timedelta(hours=26)),
         E.ExpectColumnValuesToBeBetween(column="latency_ms", min_value=0, mostly=1.0),
     ]
-    if "classifier_score" in frame:
+    if any(m.is_classifier for m in models):
         expectations.append(E.ExpectColumnValuesToBeBetween(column="classifier_score", min_value=0, max_value=1))
-    for column, allowed in _allowed_categories(config).items():
-        if column in frame:
-            expectations.append(E.ExpectColumnValuesToBeInSet(column=column, value_set=allowed))
+    for model in models:
+        for column, allowed in _allowed_categories(config, model).items():
+            expectations.append(E.ExpectColumnValuesToBeInSet(column=_category_column(model.id, column),
+                                                              value_set=allowed))
     return gx.ExpectationSuite(name=f"predictions_{day}", expectations=expectations)
 
 
-def _allowed_categories(config: MonitorConfig, model: ModelConfig | None = None) -> dict[str, list[str]]:
+def _allowed_categories(config: MonitorConfig, model: ModelConfig) -> dict[str, list[str]]:
     columns = feature_columns(config)
-    return {columns[(f.source, f.type)]: list(f.allowed_values)
-            for m in ([model] if model else config.models) for f in m.features if f.allowed_values}
+    return {columns[(f.source, f.type)]: list(f.allowed_values) for f in model.features if f.allowed_values}
 
 
-def predictions_frame(con, config: MonitorConfig, day: dt.date, model: ModelConfig) -> pd.DataFrame:
-    """One model's loaded predictions of a day (a model-day is the unit of validation, so memory holds one),
-    with classifier scores in a column of their own."""
-    table = lake_of(con).model_relation(con, model.id)
-    extra = "".join(f", {quote_ident(c)}" for c in _allowed_categories(config, model))
-    score = "score" if model.is_classifier else "NULL::DOUBLE"
-    return con.execute(f"""
-        SELECT prediction_id, model_id, ts, latency_ms, score, {score} AS classifier_score{extra}
-        FROM {table} WHERE partition_date = ?""", [day]).df()
+def predictions_frame(con, config: MonitorConfig, day: dt.date, models: list[ModelConfig]) -> pd.DataFrame:
+    """These models' loaded predictions of a day, classifier scores in a column of their own and each model's
+    categorical columns under its own name (`<model> / <column>`)."""
+    parts = []
+    for model in models:
+        table = lake_of(con).model_relation(con, model.id)
+        extra = "".join(f", {quote_ident(c)} AS {quote_ident(_category_column(model.id, c))}"
+                        for c in _allowed_categories(config, model))
+        score = "score" if model.is_classifier else "NULL::DOUBLE"
+        parts.append(f"""SELECT prediction_id, model_id, ts, latency_ms, score, {score} AS classifier_score{extra}
+                         FROM {table} WHERE partition_date = $day""")
+    return con.execute(" UNION ALL BY NAME ".join(parts), {"day": day}).df()
+
+
+def validation_batches(counts: dict[str, int], models: list[ModelConfig],
+                       limit: int = BATCH_ROWS) -> list[list[ModelConfig]]:
+    """Models in config order, grouped so a batch holds at most `limit` rows (a bigger model goes alone);
+    models without rows are left out."""
+    batches, current, size = [], [], 0
+    for model in models:
+        n = counts.get(model.id, 0)
+        if not n:
+            continue
+        if current and size + n > limit:
+            batches.append(current)
+            current, size = [], 0
+        current.append(model)
+        size += n
+    return batches + ([current] if current else [])
 
 
 @functools.cache
 def _batch_definition():
-    """One ephemeral GX context for the process: building it costs more than validating a model-day."""
+    """One ephemeral GX context for the process: building it costs more than validating a batch."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -84,19 +115,89 @@ def _batch_definition():
             .add_batch_definition_whole_dataframe("day"))
 
 
-def validate_predictions(config: MonitorConfig, day: dt.date, frame: pd.DataFrame) -> list[ExpectationOutcome]:
+def validate_predictions(config: MonitorConfig, day: dt.date, frame: pd.DataFrame,
+                         models: list[ModelConfig] | None = None) -> list[ExpectationOutcome]:
+    """Run the suite of `models` (default: every model) on `frame`; each outcome counts its unexpected rows
+    per model, so a failure holds only the models whose rows failed."""
     batch_definition = _batch_definition()
     # COMPLETE lists the unexpected rows, so a failure is routed to the models whose rows failed.
     result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
-        _suite(config, day, frame), result_format={"result_format": "COMPLETE"})
+        _suite(config, day, list(models or config.models)), result_format={"result_format": "COMPLETE"})
     known = set(config.model_ids)
     outcomes = []
     for r in result.results:
         index = r.result.get("unexpected_index_list") or []
-        models = frame.model_id.reindex(index).where(lambda m: m.isin(known)).value_counts(dropna=False)
+        models_hit = frame.model_id.reindex(index).where(lambda m: m.isin(known)).value_counts(dropna=False)
+        kwargs = r.expectation_config.kwargs
+        column = kwargs.get("column") or ", ".join(kwargs.get("column_list") or [])
         outcomes.append(ExpectationOutcome(
-            r.expectation_config.type, str(r.expectation_config.kwargs.get("column", "")), bool(r.success),
+            r.expectation_config.type, str(column), bool(r.success),
             int(r.result.get("unexpected_count") or 0),
             [str(v) for v in (r.result.get("partial_unexpected_list") or [])[:5]],
-            {(None if pd.isna(m) else str(m)): int(n) for m, n in models.items()}))
+            {(None if pd.isna(m) else str(m)): int(n) for m, n in models_hit.items()}))
     return outcomes
+
+
+@dataclass
+class Verdict:
+    """One model-day's data-quality verdict: failed model-days are held out of the downstream work."""
+    partition_date: dt.date
+    model_id: str
+    rows: int
+    passed: bool
+    unexpected: int  # unexpected values over the failed expectations
+    message: str  # what failed, one line per expectation; empty when passed
+
+
+def validate_day(con, config: MonitorConfig, day: dt.date, batch_rows: int = BATCH_ROWS) -> list[Verdict]:
+    """Validate every model's loaded predictions of `day`, a bounded batch of models at a time, and store one
+    verdict per model with rows in `monitoring.quality_verdicts` (the day's previous verdicts replaced)."""
+    counts = dict(con.execute("SELECT model_id, count(*) FROM raw.predictions WHERE partition_date = ? "
+                              "GROUP BY 1", [day]).fetchall())
+    problems: dict[str, list[str]] = {}
+    unexpected: dict[str, int] = {}
+    for batch in validation_batches(counts, list(config.models), batch_rows):
+        frame = predictions_frame(con, config, day, batch)
+        for outcome in validate_predictions(config, day, frame, batch):
+            if outcome.success:
+                continue
+            for model_id, n in outcome.models.items():
+                if model_id is None:  # rows of no known model: nothing of a model's to hold
+                    continue
+                column = outcome.column.removeprefix(f"{model_id} / ")
+                sample = outcome.sample if len(outcome.models) == 1 else []  # else maybe another's
+                unexpected[model_id] = unexpected.get(model_id, 0) + n
+                problems.setdefault(model_id, []).append(
+                    f"{outcome.expectation} on {column}: {n} unexpected value(s)"
+                    + (f", e.g. {', '.join(sample)}" if sample else ""))
+        del frame
+    verdicts = [Verdict(day, m.id, counts[m.id], m.id not in problems, unexpected.get(m.id, 0),
+                        "; ".join(problems.get(m.id, [])))
+                for m in config.models if counts.get(m.id)]
+    with transaction(con):
+        con.execute("DELETE FROM monitoring.quality_verdicts WHERE partition_date = ?", [day])
+        if verdicts:
+            con.executemany("INSERT INTO monitoring.quality_verdicts VALUES (?, ?, ?, ?, ?, ?, now())",
+                            [(v.partition_date, v.model_id, v.rows, v.passed, v.unexpected, v.message)
+                             for v in verdicts])
+    return verdicts
+
+
+def held_models(con, days: list[dt.date]) -> dict[dt.date, set[str]]:
+    """The models whose predictions failed the data-quality suite, per day: downstream work skips them."""
+    held: dict[dt.date, set[str]] = {d: set() for d in days}
+    for day, model_id in con.execute("""SELECT partition_date, model_id FROM monitoring.quality_verdicts
+                                        WHERE NOT passed AND partition_date IN (SELECT unnest(?::DATE[]))""",
+                                     [days]).fetchall():
+        held.setdefault(day, set()).add(model_id)
+    return held
+
+
+def stored_verdicts(con, day: dt.date) -> list[Verdict] | None:
+    """The verdicts kept for `day`, or None when the day has predictions but no verdicts yet."""
+    rows = con.execute("SELECT partition_date, model_id, rows, passed, unexpected, message FROM monitoring.quality_verdicts "
+                       "WHERE partition_date = ? ORDER BY model_id", [day]).fetchall()
+    if rows:
+        return [Verdict(*r) for r in rows]
+    loaded = con.execute("SELECT count(*) FROM raw.predictions WHERE partition_date = ?", [day]).fetchall()[0][0]
+    return None if loaded else []

@@ -178,8 +178,10 @@ def _load_checked(con: duckdb.DuckDBPyConnection, plan: StagingPlan, relation: s
                   day: dt.date) -> None:
     """The records of `relation` checked in one pass, then good ones to the raw table, bad ones to quarantine.
     Only bad records keep their raw text, so the checked rows stay about the size of the loaded ones."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS SELECT * REPLACE (CASE WHEN reason IS NOT NULL THEN raw END "
-                f"AS raw) FROM ({_check(plan, relation, path)})", params)
+    # JSON lines keep their line end until here (JSON ignores it, and trimming every line costs more than
+    # parsing it): only a bad record's text is kept, trimmed.
+    con.execute("CREATE OR REPLACE TEMP TABLE _checked AS SELECT * REPLACE (CASE WHEN reason IS NOT NULL THEN "
+                f"rtrim(raw, chr(13) || chr(10)) END AS raw) FROM ({_check(plan, relation, path)})", params)
     con.execute(f"INSERT INTO raw.{plan.source} {_target_columns(plan)} SELECT ?::DATE, {', '.join(plan.outputs)} "
                 "FROM _checked WHERE reason IS NULL", [day])
     con.execute("INSERT INTO raw.quarantine SELECT ?::DATE, ?, source_file, line_no, reason, raw "
@@ -361,7 +363,7 @@ class LineIndex:
 
 
 # trim() scans the whole string, so only short lines are trimmed.
-BLANK = "(raw IS NULL OR (length(raw) < 256 AND trim(raw) = ''))"
+BLANK = "(raw IS NULL OR (length(raw) < 256 AND trim(rtrim(raw, chr(13) || chr(10))) = ''))"
 
 
 def _lines_relation(plan: StagingPlan, lines: str) -> tuple[str, list]:
@@ -378,7 +380,7 @@ def _lines_relation(plan: StagingPlan, lines: str) -> tuple[str, list]:
         SELECT line_no, raw, problem, parse_ok, {', '.join(picks)} FROM (
             SELECT *, CASE WHEN parse_ok THEN json_extract_string(raw, ?::VARCHAR[]) END AS v
             FROM (SELECT *, CASE WHEN problem IS NULL AND NOT {BLANK} THEN json_valid(raw) END AS parse_ok
-                  FROM (SELECT line_no, problem, rtrim(text, chr(13) || chr(10)) AS raw FROM {lines})))"""
+                  FROM (SELECT line_no, problem, text AS raw FROM {lines})))"""
     return sql, [paths]
 
 
@@ -794,8 +796,15 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
 
 
 def feature_columns(config: MonitorConfig) -> dict[tuple[str, str], str]:
-    """(source, type) of every feature and attribute -> its column in the models' predictions tables."""
-    return feature_columns_of(config.models)
+    """(source, type) of every feature and attribute -> its column in the models' predictions tables.
+    Kept per config: with hundreds of models it is asked for once per model-day."""
+    cached = _FEATURE_COLUMNS.get(id(config))
+    if cached is None or cached[0] is not config:
+        cached = _FEATURE_COLUMNS[id(config)] = (config, feature_columns_of(config.models))
+    return cached[1]
+
+
+_FEATURE_COLUMNS: dict[int, tuple[MonitorConfig, dict]] = {}
 
 
 def feature_columns_of(models) -> dict[tuple[str, str], str]:

@@ -119,7 +119,10 @@ def _performance_statement(config: MonitorConfig) -> tuple[str, list]:
                r.predicted_positive_rate, r.mae, r.rmse, r.mape, r.r2, r.mean_error, r.mean_score,
                now(), r.mape_zero_labels, r.n_decision_missing, {main_value}
         FROM ({metrics}) AS r
-        RIGHT JOIN (SELECT d, model_id, task, main_metric FROM _days CROSS JOIN {models}) AS m
+        RIGHT JOIN (SELECT d, model_id, task, main_metric FROM _days CROSS JOIN {models} AS c
+                    -- a model-day that failed the data-quality suite is held: no figures from it
+                    WHERE NOT EXISTS (SELECT 1 FROM monitoring.quality_verdicts AS q WHERE q.partition_date = d
+                                      AND q.model_id = c.model_id AND NOT q.passed)) AS m
             ON r.partition_date = m.d AND r.model_id = m.model_id
         LEFT JOIN (SELECT partition_date, model_id, string_agg(DISTINCT model_version, ',') AS versions
                    FROM raw.predictions WHERE partition_date IN (SELECT d FROM _days)

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS monitoring.anomalies (
     partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, metric VARCHAR NOT NULL, segment VARCHAR,
     value DOUBLE, expected DOUBLE, robust_z DOUBLE, direction VARCHAR, computed_at TIMESTAMP
 );
+CREATE TABLE IF NOT EXISTS monitoring.quality_verdicts (
+    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, rows BIGINT, passed BOOLEAN, unexpected BIGINT, message VARCHAR,
+    validated_at TIMESTAMP
+);
 CREATE TABLE IF NOT EXISTS monitoring.alerts (
     partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, check_name VARCHAR NOT NULL,
     severity VARCHAR, value DOUBLE, threshold DOUBLE, message VARCHAR, status VARCHAR,
