@@ -881,12 +881,20 @@ def _create(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str])
     con.execute(f"CREATE TABLE {table} ({', '.join(f'{quote_ident(c)} {t}' for c, t in columns.items())})")
 
 
-def _staging(plan: StagingPlan, columns: dict[str, str], lake: Lake, models: list[str]) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB for one group of files: `raw.<source>` and `raw.quarantine` hold what is read,
-    `lake.<source>` (and `lake.predictions` for labels) the stored earlier days."""
+def _staging_database() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB where groups of files are read and checked, one group at a time."""
     con = duckdb.connect(config={"preserve_insertion_order": False})
     # Naive timestamps are UTC for both readers: DuckDB's JSON reader ignores the session's time zone.
-    con.execute("SET TimeZone = 'UTC'; CREATE SCHEMA raw; CREATE SCHEMA lake")
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _staging(con: duckdb.DuckDBPyConnection, plan: StagingPlan, columns: dict[str, str], lake: Lake,
+             models: list[str]) -> duckdb.DuckDBPyConnection:
+    """Reset the staging database for one group of files: `raw.<source>` and `raw.quarantine` hold what is
+    read, `lake.<source>` (and `lake.predictions` for labels) the stored earlier days."""
+    con.execute("DROP SCHEMA IF EXISTS raw CASCADE; DROP SCHEMA IF EXISTS lake CASCADE; CREATE SCHEMA raw; "
+                "CREATE SCHEMA lake")
     _create(con, f"raw.{plan.source}", columns)
     _create(con, "raw.quarantine", QUARANTINE_STAGE)
     if plan.source == "predictions":
@@ -928,17 +936,18 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
         groups = [(FileGroup([], files_for(src, day), src.paths_for(day)), plan)]
     files, read, loaded, corrected = [], 0, 0, 0
     quarantine = []
-    for group, plan in groups:
-        stage = _staging(plan, _stage_columns(con, plan), lake, [m.id for m in group.models])
-        try:
+    stage = _staging_database()
+    try:
+        for group, plan in groups:
+            _staging(stage, plan, _stage_columns(con, plan), lake, [m.id for m in group.models])
             r, n_loaded, n_corrected = _stage_group(stage, config, src, plan, group, day)
             _commit_group(con, config, lake, stage, plan, group, day)
             quarantine.append(stage.sql("SELECT *, $1::VARCHAR AS model_id FROM raw.quarantine",
                                         params=[group.constant_model]).to_arrow_table())
-        finally:
-            stage.close()
-        files += group.files
-        read, loaded, corrected = read + r, loaded + n_loaded, corrected + n_corrected
+            files += group.files
+            read, loaded, corrected = read + r, loaded + n_loaded, corrected + n_corrected
+    finally:
+        stage.close()
     rows = pa.concat_tables(quarantine) if quarantine else pa.table({})
     lake.replace("raw.quarantine", rows, [day], source=source)
     lake.refresh(con, "raw.quarantine")
