@@ -12,6 +12,7 @@ import glob
 import math
 import os
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,13 @@ class SourceConfig:
     fields: dict[str, str | None]  # canonical name -> field in the file (JSON path with dots, or column);
     # None for an optional field the data does not have
     ok_status: tuple[str, ...] = ("ok",)
+    timezone: str = "UTC"  # whose midnight ends a day, for a path without {date}
+
+    @property
+    def split_by_time(self) -> bool:
+        """No {date} in the path: the files span many days, and each day takes the records whose timestamp
+        falls on it (in `timezone`)."""
+        return not DATE_PLACEHOLDER.search(self.path)
 
     def paths_for(self, day: dt.date, model: str | None = None) -> str:
         """The glob for one day: '{date}' becomes YYYY-MM-DD, '{date:%Y%m%d}' any strftime format, and
@@ -284,10 +292,17 @@ def _format_of(path: str) -> str | None:
 
 def _source(r: _Reader, data: Any, key: str, kind: str) -> SourceConfig:
     data = r.mapping(data, key)
-    r.unknown_keys(data, key, {"path", "format", "fields", "ok_status"})
+    r.unknown_keys(data, key, {"path", "format", "fields", "ok_status", "timezone"})
     path = r.path(r.require(data, "path", key), f"{key}.path", inside=True)
-    if not DATE_PLACEHOLDER.search(path):
-        raise r.fail(f"{key}.path", "expected a {date} placeholder (for example predictions/{date}.jsonl)")
+    if not DATE_PLACEHOLDER.search(path) and kind == "labels":
+        raise r.fail(f"{key}.path", "expected a {date} placeholder (for example labels/{date}.csv): labels have "
+                                    "no timestamp to split a file into days by")
+    timezone = data.get("timezone", "UTC")
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise r.fail(f"{key}.timezone", f"unknown time zone {timezone!r}; expected an IANA name such as UTC or "
+                                        "Europe/Berlin") from None
     if MODEL_PLACEHOLDER in path and kind != "predictions":
         raise r.fail(f"{key}.path", "{model} is for prediction logs only; labels, interactions and sales name "
                                     "the prediction or are shared")
@@ -309,7 +324,7 @@ def _source(r: _Reader, data: Any, key: str, kind: str) -> SourceConfig:
     ok_status = data.get("ok_status", ["ok"])
     if isinstance(ok_status, str):
         ok_status = [ok_status]
-    return SourceConfig(kind, path, fmt, fields, tuple(str(s) for s in ok_status))
+    return SourceConfig(kind, path, fmt, fields, tuple(str(s) for s in ok_status), timezone)
 
 
 def _feature(r: _Reader, name: Any, spec: Any, key: str, default_source: str, kind: str) -> FeatureConfig:

@@ -670,6 +670,25 @@ def _check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: S
                         [classifiers])
 
 
+def _keep_day(con: duckdb.DuckDBPyConnection, src: SourceConfig, plan: StagingPlan, day: dt.date) -> int:
+    """Files that span many days (no {date} in the path) give `day` the records whose timestamp falls on it
+    in the source's time zone; a record without a readable timestamp goes to the first day the files cover.
+    Returns how many records were set aside for other days (they are not read on this one)."""
+    local = f"timezone({sql_str(src.timezone)}, {{}})::DATE"
+    stamp = (f"CASE WHEN json_valid(raw_record) THEN TRY_CAST(json_extract_string(raw_record, "
+             f"{sql_str(json_path(src.fields['timestamp']))}) AS TIMESTAMPTZ) END")
+    first = con.execute(f"""SELECT least((SELECT min({local.format('ts')}) FROM raw.{plan.source}),
+                                         (SELECT min({local.format(stamp)}) FROM raw.quarantine))""").fetchall()[0][0]
+    before = con.execute(f"""SELECT (SELECT count(*) FROM raw.{plan.source})
+                                    + (SELECT count(*) FROM raw.quarantine WHERE line_no IS NOT NULL)""").fetchall()[0][0]
+    con.execute(f"DELETE FROM raw.{plan.source} WHERE {local.format('ts')} IS DISTINCT FROM ?", [day])
+    con.execute(f"DELETE FROM raw.quarantine WHERE line_no IS NOT NULL AND coalesce({local.format(stamp)}, ?) <> ?",
+                [first, day])
+    after = con.execute(f"""SELECT (SELECT count(*) FROM raw.{plan.source})
+                                   + (SELECT count(*) FROM raw.quarantine WHERE line_no IS NOT NULL)""").fetchall()[0][0]
+    return before - after
+
+
 def _quarantine_earlier_keys(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date) -> None:
     """A key already loaded on an earlier day (`lake.<source>`, the stored table) is a duplicate here, citing
     that day; the first day keeps its row. A re-run replaces its own day, so it does not see itself."""
@@ -975,6 +994,8 @@ def _stage_group(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: S
             raise SourceError(f"{path}: cannot read the configured columns: {exc}") from None
         except duckdb.Error as exc:
             raise SourceError(f"{path}: cannot be read as {src.format}: {exc}") from None
+    if group.files and src.split_by_time:
+        read -= _keep_day(stage, src, plan, day)
     if group.files:
         if plan.unique_across_days:
             _quarantine_earlier_keys(stage, plan, day)

@@ -393,3 +393,46 @@ def test_a_corrected_label_replaces_the_old_one_and_is_counted(tmp_path, con):
     cursor = con.execute(sql, params)
     row = dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
     assert row["positive_rate"] == 1.0  # both labels are 1 now: the newest label counts
+
+
+@pytest.mark.parametrize("fast_min_bytes", [0, 1 << 40], ids=["fast-path", "careful-path"])
+def test_a_file_spanning_days_is_split_by_timestamp_in_the_configured_time_zone(tmp_path, monkeypatch, fast_min_bytes):
+    monkeypatch.setattr(ingest, "FAST_PATH_MIN_BYTES", fast_min_bytes)
+    text = CONFIG.replace('predictions: {path: "logs/{date}.jsonl"}',
+                          'predictions: {path: "logs/all.jsonl", timezone: Europe/Berlin}')
+    config = load_config(write(tmp_path / "m.yaml", text))
+    stamps = ["2026-03-01T08:00:00Z", "2026-03-01T22:59:00Z",  # Berlin: 09:00 and 23:59 on 03-01
+              "2026-03-01T23:30:00Z", "2026-03-02T12:00:00+01:00",  # Berlin: 00:30 and 12:00 on 03-02
+              "2026-03-03T05:00:00Z"]
+    lines = [good(i, timestamp=ts) for i, ts in enumerate(stamps)]
+    lines += ["{not json",  # no readable timestamp: the first day the file covers
+              good(9, timestamp="2026-03-02T10:00:00Z", score=7.5),  # bad on its own day
+              good(10, timestamp="yesterday")]  # unreadable timestamp: the first day
+    write(tmp_path / "logs" / "all.jsonl", "\n".join(lines) + "\n")
+    days = [DAY, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2), DAY + dt.timedelta(days=3)]
+    with connect(str(tmp_path / "w.duckdb")) as con:
+        results = [ingest_day(con, config, "predictions", d) for d in days]
+        assert [(r.read, r.loaded, r.quarantined) for r in results] == [(4, 2, 2), (3, 2, 1), (1, 1, 0), (0, 0, 0)]
+        assert sum(r.read for r in results) == len(lines)  # every line counted once, on one day
+        loaded = con.execute("SELECT partition_date::VARCHAR, prediction_id FROM raw.predictions "
+                             "ORDER BY 1, 2").fetchall()
+        assert loaded == [("2026-03-01", "p0"), ("2026-03-01", "p1"), ("2026-03-02", "p2"), ("2026-03-02", "p3"),
+                          ("2026-03-03", "p4")]
+        quarantined = con.execute("SELECT partition_date::VARCHAR, line_no FROM raw.quarantine "
+                                  "WHERE line_no IS NOT NULL ORDER BY 2").fetchall()
+        assert quarantined == [("2026-03-01", 6), ("2026-03-02", 7), ("2026-03-01", 8)]
+        # A re-run of a day replaces it alone.
+        again = ingest_day(con, config, "predictions", days[1])
+        assert (again.read, again.loaded, again.quarantined) == (3, 2, 1)
+        assert con.execute("SELECT count(*) FROM raw.predictions").fetchall()[0][0] == 5
+
+
+def test_a_bad_time_zone_and_a_label_file_without_date_are_refused_at_load(tmp_path):
+    from monitor_assets.config import ConfigError
+
+    text = CONFIG.replace('predictions: {path: "logs/{date}.jsonl"}', 'predictions: {path: "logs/all.jsonl", timezone: Mars/Olympus}')
+    with pytest.raises(ConfigError, match=r"sources.predictions.timezone: unknown time zone 'Mars/Olympus'"):
+        load_config(write(tmp_path / "m.yaml", text))
+    text = CONFIG.replace('labels: {path: "labels/{date}.csv"}', 'labels: {path: "labels/all.csv"}')
+    with pytest.raises(ConfigError, match=r"sources.labels.path: .*labels have no timestamp"):
+        load_config(write(tmp_path / "m.yaml", text))
