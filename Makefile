@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 INSTALL_LOG := $(VENV)/install.log
-# Instance template: not in the repo root, where `dagster dev` would warn that it is not used.
-INSTANCE_TEMPLATE := deploy/local/dagster.yaml
+# Instance template: not in the repo root, where `dagster dev` would warn that it is not used. MONITOR_ENV
+# picks it: local (SQLite) or prod (PostgreSQL and the run queue; needs the DAGSTER_PG_* variables).
+MONITOR_ENV ?= local
+INSTANCE_TEMPLATE := deploy/$(MONITOR_ENV)/dagster.yaml
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: run dev sql test lint bench demo-data screenshots clean

@@ -35,7 +35,10 @@ if TYPE_CHECKING:
     import dagster as dg
     from dagster._utils.error import SerializableErrorInfo
 
-INSTANCE_TEMPLATE = REPO_ROOT / "deploy" / "local" / "dagster.yaml"
+# The Dagster instance per $MONITOR_ENV: local (default) SQLite in DAGSTER_HOME; prod PostgreSQL and the
+# daemon's run queue (settings from DAGSTER_PG_* environment variables; README, "From development to production").
+INSTANCE_TEMPLATES = {env: REPO_ROOT / "deploy" / env / "dagster.yaml" for env in ("local", "prod")}
+INSTANCE_TEMPLATE = INSTANCE_TEMPLATES["local"]
 # Tags on every run this runner launches: which process on which machine runs it.
 PID_TAG = "monitor_assets/pid"
 HOST_TAG = "monitor_assets/host"
@@ -57,13 +60,23 @@ SUMMARY_KEYS = (
 OPTIONAL_KEYS = {"records_quarantined", "alerts_resolved"}  # shown only when not zero
 
 
+def instance_template(env: str | None = None) -> Path:
+    """The instance template of `env` (default $MONITOR_ENV, else local)."""
+    env = env or os.environ.get("MONITOR_ENV") or "local"
+    if env not in INSTANCE_TEMPLATES:
+        raise ValueError(f"MONITOR_ENV={env!r}: expected one of {', '.join(INSTANCE_TEMPLATES)}")
+    return INSTANCE_TEMPLATES[env]
+
+
 def prepare_dagster_home() -> Path:
-    """$DAGSTER_HOME (default .dagster_home), given the instance template when it has no dagster.yaml.
-    An existing one is left alone (it may point at Postgres); `make run` refreshes it from the template."""
+    """$DAGSTER_HOME (default .dagster_home), given the instance template of $MONITOR_ENV when it has no
+    dagster.yaml. An existing one is left alone (it may point at Postgres); `make run` refreshes it from the
+    template."""
+    template = instance_template()
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")
+        shutil.copy(template, home / "dagster.yaml")
     return home
 
 
@@ -377,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config()
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
-    home = prepare_dagster_home()
+    try:
+        home = prepare_dagster_home()
+    except ValueError as exc:  # an unknown MONITOR_ENV
+        return _fail(str(exc))
 
     import dagster as dg
 
