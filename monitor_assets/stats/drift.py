@@ -347,6 +347,10 @@ def profile_reference(con: duckdb.DuckDBPyConnection, relation: str, features: l
             bounds[name] = (float(lo), float(hi) + (float(hi) - float(lo)) * 1e-9, bins)
     categorical = [f.name for f in features if f.kind == "categorical"]
     counted = count_histograms(con, relation, bounds, categorical, params)  # categories as raw text
+    # Two normalising queries for all categoricals (not two per feature: hundreds of models add up).
+    plain = _normalize_many(con, {c: (counted[c], None) for c in categorical})
+    spelling = {c: boolean_spelling(plain[c]) for c in categorical}
+    normalized = _normalize_many(con, {c: (counted[c], spelling[c]) for c in categorical})
     profiles: dict[str, Profile] = {}
     for f in features:
         if f.kind == "numeric":
@@ -354,9 +358,7 @@ def profile_reference(con: duckdb.DuckDBPyConnection, relation: str, features: l
             counts = counted[f.name]
             profiles[f.name] = NumericProfile(lo, hi, b, counts, _quantile_cuts(counts.counts, PSI_BINS))
         else:
-            booleans = boolean_spelling(normalize_counts(con, counted[f.name]))
-            profiles[f.name] = CategoricalProfile(normalize_counts(con, counted[f.name], booleans),
-                                                  normalized=True, booleans=booleans)
+            profiles[f.name] = CategoricalProfile(normalized[f.name], normalized=True, booleans=spelling[f.name])
     return profiles
 
 
