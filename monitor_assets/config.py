@@ -99,7 +99,7 @@ class Thresholds:
     min_label_coverage: float = 0.0
     # Equalized odds difference (the larger of the TPR and FPR gaps between eligible groups) above this
     # alerts, like the demographic parity ratio below its threshold, when also significant.
-    equalized_odds_difference: float = 0.2
+    equalized_odds_difference: float = 0.1
     severity: dict[str, str] = field(default_factory=dict)
 
 

@@ -37,7 +37,8 @@ def test_tabular_sources_map_columns_and_default_feature_sources(tmp_path):
 
 @pytest.mark.parametrize("change, key, expected", [
     (("task: binary_classification", "task: clustering"), "models[0].task", "expected one of"),
-    (("{date}.csv\", fields", "all.csv\", fields"), "sources.predictions.path", "{date} placeholder"),
+    # Predictions may span days (split by timestamp); labels are partitioned by the day they arrive.
+    (("labels/{date}.csv", "labels/all.csv"), "sources.labels.path", "{date} placeholder"),
     (("end_date: 2026-01-03", "end_date: 2025-01-03"), "partitions.end_date", "on or after"),
     (("sensitive_attributes: [region]", "sensitive_attributes: [region]\n    thresholds: {error_rate: 3}"),
      "models[0].thresholds.error_rate", "in [0, 1]"),
@@ -106,3 +107,25 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     with pytest.raises(ConfigError, match="alias bomb"):
         load_config(path)
     assert time.monotonic() - began < 2
+
+
+def test_main_metric_defaults_by_task_and_is_checked_against_the_task(tmp_path):
+    config = load_config(write(tmp_path / "m.yaml", BASE))
+    assert config.models[0].main_metric == "roc_auc"
+    assert config.min_group_size == 30 and config.models[0].thresholds.equalized_odds_difference == 0.1
+    assert config.predictions.fields["decision"] == "decision"  # optional: read when the logs have it
+    chosen = load_config(write(tmp_path / "a.yaml", BASE.replace("task: binary_classification",
+                                                                "task: binary_classification\n    main_metric: f1")))
+    assert chosen.models[0].main_metric == "f1"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path / "b.yaml", BASE.replace("task: binary_classification",
+                                                            "task: binary_classification\n    main_metric: mape")))
+    assert err.value.key == "models[0].main_metric" and "expected one of accuracy, f1" in err.value.problem
+    regressor = load_config(write(tmp_path / "c.yaml", BASE.replace("binary_classification", "regression")))
+    assert regressor.models[0].main_metric == "mae"
+
+
+def test_demo_uses_the_library_defaults_for_group_size_and_equalized_odds():
+    config = load_config()
+    assert config.min_group_size == 30
+    assert {m.thresholds.equalized_odds_difference for m in config.models} == {0.1}

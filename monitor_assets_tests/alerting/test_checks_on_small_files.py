@@ -261,3 +261,19 @@ def test_a_reference_too_small_fails_at_once_without_retries(tmp_path):
     message = failure.event_specific_data.error.message
     assert f"model shop: reference {tmp_path / 'shop.parquet'}: only 0 usable rows of 1" in message
     assert "at least 100 are needed" in message
+
+
+def test_drift_p_values_are_controlled_across_a_model_days_features(small_run):
+    """At 300 rows a day the drift tests are p-value tests; their flags use Benjamini-Hochberg across the
+    model-day's features and output, exactly scipy's `false_discovery_control`."""
+    from scipy.stats import false_discovery_control
+
+    _, _, con, _, _, _ = small_run
+    rows = con.execute("""SELECT partition_date, feature, p_value, p_value_adjusted, threshold, drifted FROM
+                          monitoring.feature_drift WHERE model_id = 'demand' AND role <> 'label'
+                          ORDER BY partition_date, feature""").df()
+    assert len(rows) == 3 * 5 and rows.p_value.notna().all() and (rows.threshold == 0.01).all()
+    for _, day in rows.groupby("partition_date"):
+        expected = false_discovery_control(day.p_value.to_numpy(), method="bh")
+        assert np.allclose(day.p_value_adjusted.to_numpy(), expected, rtol=1e-12, atol=0)
+        assert (day.drifted == (day.p_value_adjusted < 0.01)).all()
