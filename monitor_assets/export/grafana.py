@@ -83,8 +83,12 @@ def dashboard() -> dict:
                 _target(f'{m}version_latency_seconds{{{MODEL},percentile="95"}}', "latency p95"),
                 _target(f"{m}version_main_metric{{{MODEL}}}", "main metric")],
                (0, 36, 24, 8), description="The latest day's figures per model version (canary against stable)."),
+        _panel(14, "Day of the main metric", "stat",
+               [_target(f"{m}main_metric_day_timestamp_seconds{{{MODEL}}} * 1000", "{{model_id}}")], (0, 44, 24, 4),
+               unit="dateTimeAsIso", description="The latest day with labels on at least 80% of served requests: "
+               "the day monitor_main_metric describes (labels arrive late)."),
     ]
-    for panel in panels[-1:]:
+    for panel in panels[12:13]:
         for target in panel["targets"]:
             target.update(instant=True, format="table")
     return {
