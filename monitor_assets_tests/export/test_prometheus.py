@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor_assets.export.defs import export_folder
 from monitor_assets.export.prometheus import TEXTFILE, export_metrics
+from monitor_assets.stats.performance import METRIC_DIRECTION
 from monitor_assets.storage.warehouse import connect
 
 DAY = dt.date(2026, 10, 30)  # the demo run's last day
@@ -86,7 +87,8 @@ def test_main_metric_is_the_latest_labelled_days_against_its_baseline(exported, 
         assert value(series, "monitor_main_metric", model_id=model.id, metric=metric) == current
         baseline = baselines[(model.id, metric)]
         assert value(series, "monitor_main_metric_baseline", model_id=model.id, metric=metric) == baseline
-        expected = current / baseline if model.is_classifier else baseline / current  # MAE: lower is better
+        # 1 = as good as the baseline, lower = worse: inverted for lower-is-better metrics (MAE, log loss).
+        expected = current / baseline if METRIC_DIRECTION[metric] == "higher" else baseline / current
         assert value(series, "monitor_main_metric_ratio", model_id=model.id, metric=metric) == expected
     # The demo's concept drift: conversion_recommender's ROC AUC far below its baseline.
     assert value(series, "monitor_main_metric_ratio", model_id="conversion_recommender", metric="roc_auc") < 0.7
