@@ -190,15 +190,16 @@ class Lake:
         Delta log lists, partition values from the paths; `columns` first, in order, then (`extra`) the
         table's other columns. Nothing calls back into Python while it runs (a registered pyarrow dataset
         did, and a `.df()` of it could deadlock on the GIL)."""
-        from deltalake import DeltaTable
-
-        files = DeltaTable(str(path)).file_uris()
+        files, stored = _current_files(path)
         if not files:
             return _empty_select(columns)
         listed = "[" + ", ".join(sql_str(f) for f in files) + "]"
         types = "{" + ", ".join(f"{sql_str(c)}: {sql_str(columns[c])}" for c in partition_by) + "}"
-        known = ", ".join(quote_ident(c) for c in columns)
-        picks = f"{known}, * EXCLUDE ({known})" if extra else known
+        # A column added since the table was written (an optional field) reads as NULL.
+        known = ", ".join(quote_ident(c) if c in stored else f"NULL::{t} AS {quote_ident(c)}"
+                          for c, t in columns.items())
+        present = ", ".join(quote_ident(c) for c in columns if c in stored)
+        picks = f"{known}, * EXCLUDE ({present})" if extra else known
         return (f"SELECT {picks} FROM read_parquet({listed}, hive_partitioning = true, hive_types = {types}, "
                 "union_by_name = true)")
 
@@ -285,3 +286,24 @@ def _conform(data: pa.Table, columns: dict[str, str]) -> pa.Table:
         return con.sql(f"SELECT {picks} FROM _data").to_arrow_table()
     finally:
         con.close()
+
+
+_FILES: dict[str, tuple[tuple, tuple[list[str], set[str]]]] = {}
+
+
+def _current_files(path: Path) -> tuple[list[str], set[str]]:
+    """The data files and column names of a Delta table's newest version. Loading a table reads its log (a
+    few ms); every connection registers every model's table, so they are kept until the log gains a
+    version."""
+    from deltalake import DeltaTable
+
+    log = path / "_delta_log"
+    with os.scandir(log) as entries:
+        commits = [e for e in entries if e.name.endswith(".json")]
+    newest = max(commits, key=lambda e: e.name, default=None)
+    key = (newest.name, newest.stat().st_mtime_ns) if newest else None
+    cached = _FILES.get(str(path))
+    if cached is None or cached[0] != key or key is None:
+        table = DeltaTable(str(path))
+        cached = _FILES[str(path)] = (key, (table.file_uris(), {f.name for f in table.schema().fields}))
+    return list(cached[1][0]), cached[1][1]
