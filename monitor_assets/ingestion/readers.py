@@ -27,11 +27,13 @@ import datetime as dt
 import glob
 import mmap
 import os
+import queue
 import re
 import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -900,9 +902,15 @@ def _create(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str])
     con.execute(f"CREATE TABLE {table} ({', '.join(f'{quote_ident(c)} {t}' for c, t in columns.items())})")
 
 
-def _staging_database() -> duckdb.DuckDBPyConnection:
+def ingest_workers() -> int:
+    """How many groups of files are read at once: $MONITOR_INGEST_WORKERS, else the CPU count (at most 4)."""
+    value = os.environ.get("MONITOR_INGEST_WORKERS", "")
+    return max(1, int(value)) if value.isdigit() else min(4, os.cpu_count() or 1)
+
+
+def _staging_database(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB where groups of files are read and checked, one group at a time."""
-    con = duckdb.connect(config={"preserve_insertion_order": False})
+    con = duckdb.connect(config={"preserve_insertion_order": False, **({"threads": threads} if threads else {})})
     # Naive timestamps are UTC for both readers: DuckDB's JSON reader ignores the session's time zone.
     con.execute("SET TimeZone = 'UTC'")
     return con
@@ -953,20 +961,38 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
     else:
         src, plan = plan_for(config, source)
         groups = [(FileGroup([], files_for(src, day), src.paths_for(day)), plan)]
-    files, read, loaded, corrected = [], 0, 0, 0
-    quarantine = []
-    stage = _staging_database()
-    try:
-        for group, plan in groups:
+    # Groups are independent (their own files, their own model's table): a few are read at once, each in
+    # its own staging database (DuckDB, numpy and the Delta writer work outside the GIL). Results keep the
+    # groups' order, so the outcome is the same with one worker or several.
+    workers = min(ingest_workers(), len(groups)) if source == "predictions" else 1
+    stages: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(workers):
+        stages.put(_staging_database(threads=1 if workers > 1 else None))
+
+    def one(group_plan: tuple[FileGroup, StagingPlan]) -> tuple[int, int, int, pa.Table]:
+        group, plan = group_plan
+        stage = stages.get()
+        try:
             _staging(stage, plan, _stage_columns(con, plan), lake, [m.id for m in group.models])
             r, n_loaded, n_corrected = _stage_group(stage, config, src, plan, group, day)
             _commit_group(con, config, lake, stage, plan, group, day)
-            quarantine.append(stage.sql("SELECT *, $1::VARCHAR AS model_id FROM raw.quarantine",
-                                        params=[group.constant_model]).to_arrow_table())
-            files += group.files
-            read, loaded, corrected = read + r, loaded + n_loaded, corrected + n_corrected
+            return r, n_loaded, n_corrected, stage.sql("SELECT *, $1::VARCHAR AS model_id FROM raw.quarantine",
+                                                       params=[group.constant_model]).to_arrow_table()
+        finally:
+            stages.put(stage)
+
+    try:
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
+                outcomes = list(pool.map(one, groups))
+        else:
+            outcomes = [one(g) for g in groups]
     finally:
-        stage.close()
+        while not stages.empty():
+            stages.get().close()
+    files = [f for group, _ in groups for f in group.files]
+    read, loaded, corrected = (sum(o[i] for o in outcomes) for i in range(3))
+    quarantine = [o[3] for o in outcomes]
     rows = pa.concat_tables(quarantine) if quarantine else pa.table({})
     lake.replace("raw.quarantine", rows, [day], source=source)
     lake.refresh(con, "raw.quarantine")
