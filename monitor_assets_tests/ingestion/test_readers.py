@@ -153,8 +153,9 @@ def test_reference_missing_a_configured_feature_is_a_clear_error(tmp_path):
     from monitor_assets.analysis.logic import profile_model
 
     config = load_config(write(tmp_path / "m.yaml", CONFIG))
-    pd.DataFrame({"amount": [1.0, 2.0], "score": [0.1, 0.9], "label": [0, 1]}).to_parquet(tmp_path / "ref.parquet")
-    with pytest.raises(ValueError, match="model fraud: reference file .*ref.parquet lacks a configured column"):
+    pd.DataFrame({"amount": [1.0, 2.0] * 100, "score": [0.1, 0.9] * 100, "label": [0, 1] * 100}).to_parquet(
+        tmp_path / "ref.parquet")  # big enough to be a baseline, without the categorical feature
+    with pytest.raises(ValueError, match=r"model fraud: reference .*ref.parquet lacks a configured column.*odd"):
         profile_model(duckdb.connect(), config.models[0])
 
 
