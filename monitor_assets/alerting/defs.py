@@ -60,7 +60,7 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
     def anomaly_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = days_with_label_refresh(run_days(context), config)
         first = min(days) - dt.timedelta(days=config.anomaly_window_days)
-        with warehouse.connect() as con:
+        with fail_fast(), warehouse.connect() as con:
             history = con.execute("""SELECT partition_date, model_id, metric, segment, value FROM monitoring.history
                                      WHERE partition_date BETWEEN ? AND ? AND segment = ''""",
                                   [first, max(days)]).df()

@@ -147,7 +147,7 @@ def _business_kpis_asset(config, partitions, interactions, sales) -> dg.AssetsDe
     )
     def business_kpis_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = run_days(context)
-        with warehouse.connect() as con:
+        with fail_fast(), warehouse.connect() as con:
             inserted = replace_partitions(con, "monitoring.business_kpis_daily", days, """
                 SELECT d, i.sessions, i.buyers, i.buyers / nullif(i.sessions, 0), i.rec_views,
                        i.rec_clicks / nullif(i.rec_views, 0), s.orders, s.units, s.revenue,

@@ -277,3 +277,32 @@ def test_drift_p_values_are_controlled_across_a_model_days_features(small_run):
         expected = false_discovery_control(day.p_value.to_numpy(), method="bh")
         assert np.allclose(day.p_value_adjusted.to_numpy(), expected, rtol=1e-12, atol=0)
         assert (day.drifted == (day.p_value_adjusted < 0.01)).all()
+
+
+def test_fail_fast_retries_a_lock_but_not_a_deterministic_error():
+    """The steps' retry policy still heals transient errors (a DuckDB lock); errors no retry can heal
+    fail on their first attempt with their message."""
+    import duckdb
+
+    from monitor_assets.wiring import IO_RETRY, fail_fast
+
+    attempts = {"locked": 0, "missing": 0}
+
+    @dg.asset(retry_policy=dg.RetryPolicy(max_retries=IO_RETRY.max_retries))
+    def locked():
+        attempts["locked"] += 1
+        with fail_fast():
+            if attempts["locked"] < 3:
+                raise duckdb.IOException('Could not set lock on file "w.duckdb"')
+
+    @dg.asset(retry_policy=IO_RETRY)
+    def missing():
+        attempts["missing"] += 1
+        with fail_fast():
+            duckdb.connect().execute("SELECT nope FROM range(1)")
+
+    assert dg.materialize([locked]).success and attempts["locked"] == 3
+    result = dg.materialize([missing], raise_on_error=False)
+    assert not result.success and attempts["missing"] == 1
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert 'Referenced column "nope" not found' in failure.event_specific_data.error.message
