@@ -104,6 +104,26 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class RetrainingConfig:
+    """The closed loop for one model (README, "The closed loop"): the loss, the reference batch, the
+    trigger's window and persistence, the canary gates, and how to retrain."""
+
+    loss: str = ""  # '' : log_loss for classifiers, squared_error for regressors
+    reference_days: int = 14  # the reference batch: labelled predictions of the version's first days ...
+    reference_rows: int = 20000  # ... at most this many (the earliest)
+    window_days: int = 5
+    persistence_k: int = 2  # flagged on k of the last n days opens a request
+    persistence_n: int = 3
+    min_rows: int = 100
+    entry_point: str = ""  # a Python callable "package.module:function"
+    command: tuple[str, ...] = ()  # or a command (no shell); {model_id}, {request_id}, {output_dir} filled in
+    auto_approve: bool = False
+    canary_alpha: float = 0.05
+    canary_latency_tolerance: float = 0.10
+    canary_min_labelled: int = 500
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     id: str
     task: str
@@ -118,6 +138,7 @@ class ModelConfig:
     alert_channels: tuple[str, ...] = ("file",)
     owner: str = ""
     main_metric: str = ""  # '' : the task's default (DEFAULT_MAIN_METRIC)
+    retraining: RetrainingConfig = field(default_factory=RetrainingConfig)
 
     def __post_init__(self):
         if not self.main_metric:
@@ -389,11 +410,58 @@ def _thresholds(r: _Reader, data: Any, key: str, defaults: Thresholds) -> Thresh
     return Thresholds(**values)
 
 
+RETRAINING_LOSSES = {"binary_classification": ("log_loss",), "regression": ("squared_error", "absolute_error")}
+
+
+def _retraining(r: _Reader, data: Any, key: str, task: str) -> RetrainingConfig:
+    data = r.mapping(data or {}, key)
+    r.unknown_keys(data, key, set(RetrainingConfig.__dataclass_fields__))
+    values: dict[str, Any] = {}
+    if "loss" in data:
+        values["loss"] = r.choice(data["loss"], f"{key}.loss", RETRAINING_LOSSES[task])
+    whole = {"reference_days": (1, 365), "reference_rows": (100, 10_000_000), "window_days": (1, 90),
+             "persistence_k": (1, 90), "persistence_n": (1, 90), "min_rows": (2, 10_000_000),
+             "canary_min_labelled": (1, 10_000_000)}
+    for name, (lo, hi) in whole.items():
+        if name in data:
+            value = data[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise r.fail(f"{key}.{name}", f"expected a whole number in [{lo}, {hi}], got {value!r}")
+            values[name] = value
+    k = values.get("persistence_k", RetrainingConfig.persistence_k)
+    n = values.get("persistence_n", RetrainingConfig.persistence_n)
+    if k > n:
+        raise r.fail(f"{key}.persistence_k", f"expected at most persistence_n ({n}), got {k}")
+    for name, (lo, hi) in {"canary_alpha": (0, 1), "canary_latency_tolerance": (0, 10)}.items():
+        if name in data:
+            values[name] = r.number(data[name], f"{key}.{name}", lo, hi)
+    if "auto_approve" in data:
+        if not isinstance(data["auto_approve"], bool):
+            raise r.fail(f"{key}.auto_approve", f"expected true or false, got {data['auto_approve']!r}")
+        values["auto_approve"] = data["auto_approve"]
+    if data.get("entry_point") is not None:
+        entry = data["entry_point"]
+        if not isinstance(entry, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", entry):
+            raise r.fail(f"{key}.entry_point", f"expected 'package.module:function', got {entry!r}")
+        values["entry_point"] = entry
+    if data.get("command") is not None:
+        command = data["command"]
+        if isinstance(command, str):
+            command = command.split()
+        if not isinstance(command, list) or not command or not all(isinstance(c, str | int | float) for c in command):
+            raise r.fail(f"{key}.command", "expected a command as a list of arguments (run without a shell)")
+        values["command"] = tuple(str(c) for c in command)
+    if values.get("entry_point") and values.get("command"):
+        raise r.fail(key, "expected entry_point or command, not both")
+    return RetrainingConfig(**values)
+
+
 def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults: Thresholds) -> ModelConfig:
     data = r.mapping(data, key)
     r.unknown_keys(data, key, {
         "id", "task", "version", "features", "sensitive_attributes", "reference", "reference_fields",
         "score_field", "decision_threshold", "thresholds", "alert_channels", "owner", "main_metric",
+        "retraining",
     })
     model_id = r.require(data, "id", key)
     if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
@@ -429,6 +497,7 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
         alert_channels=tuple(channels),
         owner=str(data.get("owner", "")),
         main_metric=main_metric,
+        retraining=_retraining(r, data.get("retraining"), f"{key}.retraining", task),
     )
 
 

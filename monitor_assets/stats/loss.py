@@ -1,0 +1,60 @@
+"""Per-prediction loss: what the retraining trigger and the version comparison test.
+
+Log loss for classifiers (the probability clipped to [EPS, 1 - EPS], as scikit-learn does, so a
+confidently wrong prediction costs at most -log(EPS) instead of infinity), squared or absolute error
+for regressors. `loss_values` works on arrays, `loss_sql` is the same formula as a DuckDB expression
+(tests check that both agree), so the heavy part runs where the rows are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# scikit-learn's clipping for log loss (float64 machine epsilon): the largest loss is about 36.04.
+EPS = float(np.finfo(np.float64).eps)
+LOSSES = ("log_loss", "squared_error", "absolute_error")
+DEFAULT_LOSS = {"binary_classification": "log_loss", "regression": "squared_error"}
+
+
+def default_loss(task: str) -> str:
+    """The loss a model of `task` uses unless its config says otherwise."""
+    return DEFAULT_LOSS[task]
+
+
+def check_loss(loss: str, task: str) -> None:
+    """Log loss needs probabilities: it is for classifiers only."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    if loss == "log_loss" and task != "binary_classification":
+        raise ValueError("log_loss needs a probability score: it is for binary_classification models")
+
+
+def loss_values(loss: str, label, score, eps: float = EPS) -> np.ndarray:
+    """Per-prediction losses of `score` against `label` (arrays of the same length).
+
+    log_loss: -(y log p + (1 - y) log(1 - p)), p clipped to [eps, 1 - eps]; labels are 0 or 1.
+    squared_error: (y - s)²; absolute_error: |y - s|."""
+    y = np.asarray(label, dtype=float)
+    s = np.asarray(score, dtype=float)
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in shape: {y.shape} vs {s.shape}")
+    if loss == "log_loss":
+        p = np.clip(s, eps, 1 - eps)
+        return -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    if loss == "squared_error":
+        return (y - s) ** 2
+    if loss == "absolute_error":
+        return np.abs(y - s)
+    raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+
+
+def loss_sql(loss: str, label: str = "label", score: str = "score", eps: float = EPS) -> str:
+    """The same loss as a DuckDB expression over the columns `label` and `score` (trusted SQL names)."""
+    if loss == "log_loss":
+        p = f"least(greatest({score}::DOUBLE, {eps!r}), {1 - eps!r})"
+        return f"(-({label}::DOUBLE * ln({p}) + (1 - {label}::DOUBLE) * ln(1 - {p})))"
+    if loss == "squared_error":
+        return f"(({label}::DOUBLE - {score}::DOUBLE) ^ 2)"
+    if loss == "absolute_error":
+        return f"abs({label}::DOUBLE - {score}::DOUBLE)"
+    raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
