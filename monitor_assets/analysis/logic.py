@@ -167,7 +167,11 @@ def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
                p.decision AS {quote_ident(DECISION)}
         FROM {table} AS p
         LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
-                   WHERE partition_date >= $day - INTERVAL {EARLY_LABEL_DAYS} DAY GROUP BY prediction_id) AS l
+                   -- this model's labels (stored sorted by model, so a scan skips the others' row groups)
+                   -- and those that arrived before any prediction matched them
+                   WHERE partition_date >= $day - INTERVAL {EARLY_LABEL_DAYS} DAY
+                         AND (model_id = $model OR model_id IS NULL)
+                   GROUP BY prediction_id) AS l
             USING (prediction_id)
         WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok"""
 

@@ -1053,7 +1053,9 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
             rows = stage.sql(f"SELECT {picks} FROM raw.predictions WHERE model_id = $1", params=[m.id]).to_arrow_table()
             lake.replace_model_day(m.id, rows, day)
         return
-    rows = stage.sql(f"SELECT * FROM raw.{plan.source}").to_arrow_table()
+    # Labels sorted by model: a model's drift and fairness read only its own row groups.
+    order = " ORDER BY model_id NULLS LAST, prediction_id" if plan.source == "labels" else ""
+    rows = stage.sql(f"SELECT * FROM raw.{plan.source}{order}").to_arrow_table()
     if f"raw.{plan.source}" in TABLES:
         lake.replace(f"raw.{plan.source}", rows, [day])
         return
