@@ -1,6 +1,7 @@
 """The heavy, partitioned tables in Delta Lake (delta-rs), read by DuckDB's Parquet reader.
 
-Layout under the lake root (a folder; `MONITOR_LAKE`, default beside the warehouse file):
+Layout under the lake root (`MONITOR_LAKE`: a folder, by default beside the warehouse file, or a bucket URI
+such as `s3://bucket/prefix`):
     raw/predictions/model_id=<model>/   one Delta table per model, its own typed feature columns,
                                          partitioned by partition_date
     raw/labels/, raw/quarantine/          partitioned by partition_date (quarantine: source, partition_date)
@@ -14,6 +15,11 @@ DuckDB sees every table under its documented name (`raw.predictions`, `monitorin
 ...) through views over each table's current files, set up on each connection (`attach`); `raw.predictions` is the
 union of the models' tables over the columns they share, `raw.predictions__<model>` one model's table
 with its features. Plain Python: no Dagster here.
+
+On object storage the root URI alone decides: delta-rs writes and reads the tables with storage options
+taken from the environment (`AWS_*` for `s3://`), and DuckDB reads the same Parquet files through an fsspec
+filesystem (s3fs) registered on each connection that scans the lake. Commits use the store's conditional
+put (`If-None-Match: *`), so concurrent writers need no lock table. A local root keeps plain os calls.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import os
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -88,6 +96,35 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "value": "DOUBLE", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
 }
 MODEL_DIR = "model_id="
+# Lake roots with one of these schemes are on object storage (anything else is a local folder).
+REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+# Environment variables passed to delta-rs and s3fs for an s3:// lake (delta-rs storage option names).
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL",
+          "AWS_ALLOW_HTTP", "AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_CONDITIONAL_PUT")
+# fsspec packages DuckDB reads each scheme through.
+FSSPEC_PACKAGE = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+                  "abfss": "adlfs"}
+
+
+def is_remote(root: str | os.PathLike) -> bool:
+    """Whether a lake root is an object-storage URI (`s3://bucket/prefix`) rather than a folder."""
+    return urllib.parse.urlsplit(os.fspath(root)).scheme.lower() in REMOTE_SCHEMES
+
+
+def s3_storage_options(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """delta-rs storage options for an s3:// lake, from the usual AWS variables (`AWS_DEFAULT_REGION` when
+    `AWS_REGION` is not set). Keys left out fall back to delta-rs' own chain (instance profile, web identity).
+    A plain-HTTP endpoint (an S3-compatible server inside the network) is allowed without `AWS_ALLOW_HTTP`;
+    commits are pinned to conditional puts (`If-None-Match`), which AWS S3, MinIO and R2 honour."""
+    env = os.environ if environ is None else environ
+    options = {key: env[key] for key in S3_ENV if env.get(key)}
+    if "AWS_REGION" not in options and env.get("AWS_DEFAULT_REGION"):
+        options["AWS_REGION"] = env["AWS_DEFAULT_REGION"]
+    if options.get("AWS_ENDPOINT_URL", "").lower().startswith("http://"):
+        options.setdefault("AWS_ALLOW_HTTP", "true")
+    if "AWS_CONDITIONAL_PUT" not in options and "AWS_S3_ALLOW_UNSAFE_RENAME" not in options:
+        options["aws_conditional_put"] = "etag"
+    return options
 
 
 def registered(table: str) -> str:
@@ -117,49 +154,134 @@ def _empty_select(columns: dict[str, str]) -> str:
 
 
 class Lake:
-    """One lake root: table paths, partition replacement, datasets for DuckDB, maintenance."""
+    """One lake root (a folder, or an object-storage URI): table paths, partition replacement, datasets for
+    DuckDB, maintenance. A table's location is a `Path` under a folder, a URI string under a bucket."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        text = os.fspath(root)
+        self.remote = is_remote(text)
+        if self.remote:
+            parts = urllib.parse.urlsplit(text)
+            if "@" in parts.netloc or parts.query:
+                # Never echo the URI: it may hold a key.
+                raise ValueError("MONITOR_LAKE: credentials in the lake URI are not accepted; set them in the "
+                                 "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...)")
+            self.scheme = parts.scheme.lower()
+            self.root: Path | str = text.rstrip("/")
+        else:
+            self.scheme = "file"
+            self.root = Path(text)
+
+    def __repr__(self) -> str:
+        return f"Lake({str(self.root)!r})"
+
+    @cached_property
+    def storage_options(self) -> dict[str, str] | None:
+        """delta-rs storage options (from the environment; None for a folder). Never logged."""
+        if not self.remote:
+            return None
+        return s3_storage_options() if self.scheme in ("s3", "s3a") else {}
+
+    @cached_property
+    def filesystem(self) -> Any:
+        """The fsspec filesystem of a remote root (DuckDB reads the tables' files through it), listings
+        uncached so other writers' commits show."""
+        try:
+            import fsspec
+        except ImportError as exc:  # pragma: no cover - fsspec comes with s3fs
+            raise RuntimeError("a lake on object storage needs the fsspec package") from exc
+        if self.scheme in ("s3", "s3a"):
+            options = self.storage_options or {}
+            client: dict[str, Any] = {}
+            if options.get("AWS_REGION"):
+                client["region_name"] = options["AWS_REGION"]
+            kwargs: dict[str, Any] = {"use_listings_cache": False, "skip_instance_cache": True,
+                                      "client_kwargs": client}
+            if options.get("AWS_ACCESS_KEY_ID"):
+                kwargs.update(key=options["AWS_ACCESS_KEY_ID"], secret=options.get("AWS_SECRET_ACCESS_KEY"),
+                              token=options.get("AWS_SESSION_TOKEN"))
+            if options.get("AWS_ENDPOINT_URL"):
+                kwargs["endpoint_url"] = options["AWS_ENDPOINT_URL"]
+        else:
+            kwargs = {"use_listings_cache": False, "skip_instance_cache": True}
+        try:
+            return fsspec.filesystem(self.scheme, **kwargs)
+        except ImportError as exc:
+            raise RuntimeError(f"a lake on {self.scheme}:// needs the {FSSPEC_PACKAGE[self.scheme]} package") from exc
 
     # ---- where things are
 
-    def path(self, table: str) -> Path:
+    def path(self, table: str) -> Path | str:
         schema, name = table.split(".", 1)
-        return self.root / schema / name
+        return self._join(self.root, schema, name)
 
-    def model_path(self, model_id: str) -> Path:
-        return self.path(PREDICTIONS) / (MODEL_DIR + urllib.parse.quote(model_id, safe=""))
+    def model_path(self, model_id: str) -> Path | str:
+        return self._join(self.path(PREDICTIONS), MODEL_DIR + urllib.parse.quote(model_id, safe=""))
+
+    def _join(self, base: Path | str, *names: str) -> Path | str:
+        return "/".join([str(base), *names]) if self.remote else Path(base).joinpath(*names)
+
+    def _fs_path(self, location: Path | str) -> str:
+        """A remote location as fsspec names it (no scheme)."""
+        return str(location).split("://", 1)[1]
+
+    def has_table(self, location: Path | str) -> bool:
+        """Whether a Delta table (its log) exists at `location`."""
+        if not self.remote:
+            return (Path(location) / "_delta_log").is_dir()
+        return self.filesystem.isdir(self._fs_path(location) + "/_delta_log")
 
     def models(self) -> list[str]:
         """Models that have a predictions table."""
         folder = self.path(PREDICTIONS)
-        if not folder.is_dir():
+        if not self.remote:
+            folder = Path(folder)
+            if not folder.is_dir():
+                return []
+            return sorted(urllib.parse.unquote(p.name[len(MODEL_DIR):]) for p in folder.iterdir()
+                          if p.name.startswith(MODEL_DIR) and (p / "_delta_log").is_dir())
+        # One listing: a model folder exists on object storage only once a write put files under it, and
+        # one whose first commit never landed reads as empty (`model_relation`).
+        try:
+            names = [n.rstrip("/").rsplit("/", 1)[-1]
+                     for n in self.filesystem.ls(self._fs_path(folder), detail=False)]
+        except FileNotFoundError:
             return []
-        return sorted(urllib.parse.unquote(p.name[len(MODEL_DIR):]) for p in folder.iterdir()
-                      if p.name.startswith(MODEL_DIR) and (p / "_delta_log").is_dir())
+        return sorted(urllib.parse.unquote(n[len(MODEL_DIR):]) for n in names if n.startswith(MODEL_DIR))
 
-    def all_tables(self) -> list[Path]:
+    def all_tables(self) -> list[Path | str]:
         return [p for p in [*(self.path(t) for t in TABLES), *(self.model_path(m) for m in self.models())]
-                if (p / "_delta_log").is_dir()]
+                if self.has_table(p)]
+
+    def table(self, location: Path | str):
+        """The `deltalake.DeltaTable` at `location`, with the lake's storage options."""
+        from deltalake import DeltaTable
+
+        return DeltaTable(str(location), storage_options=self.storage_options)
+
+    def relative(self, location: Path | str) -> str:
+        """A table's location relative to the root (`raw/labels`), for reports."""
+        return str(location)[len(str(self.root)):].strip("/").replace(os.sep, "/")
 
     # ---- writing
 
-    def _write(self, path: Path, data: pa.Table, predicate: str, partition_by: Sequence[str]) -> None:
-        from deltalake import DeltaTable, write_deltalake
+    def _write(self, path: Path | str, data: pa.Table, predicate: str, partition_by: Sequence[str]) -> None:
+        from deltalake import write_deltalake
 
-        if not (path / "_delta_log").is_dir():
+        if not self.has_table(path):
             if data.num_rows == 0:
                 return  # nothing to replace, nothing to add
-            path.mkdir(parents=True, exist_ok=True)
-            write_deltalake(str(path), data, partition_by=list(partition_by), mode="append")
+            if not self.remote:
+                Path(path).mkdir(parents=True, exist_ok=True)
+            write_deltalake(str(path), data, partition_by=list(partition_by), mode="append",
+                            storage_options=self.storage_options)
             return
         if data.num_rows == 0:
-            DeltaTable(str(path)).delete(predicate)
+            self.table(path).delete(predicate)
             return
         # schema_mode merge: a model that gains a feature gains a column.
         write_deltalake(str(path), data, partition_by=list(partition_by), mode="overwrite", predicate=predicate,
-                        schema_mode="merge")
+                        schema_mode="merge", storage_options=self.storage_options)
 
     def replace(self, table: str, data: pa.Table, days: Iterable[dt.date], models: Iterable[str] | None = None,
                 source: str | None = None) -> None:
@@ -178,21 +300,21 @@ class Lake:
 
     def delete(self, table: str, predicate: str) -> None:
         """Delete the rows matching a SQL predicate (one commit); for repairs and tests."""
-        from deltalake import DeltaTable
-
-        if (self.path(table) / "_delta_log").is_dir():
-            DeltaTable(str(self.path(table))).delete(predicate)
+        if self.has_table(self.path(table)):
+            self.table(self.path(table)).delete(predicate)
 
     # ---- reading through DuckDB
 
-    def scan(self, path: Path, columns: dict[str, str], partition_by: Sequence[str], extra: bool = False) -> str:
+    def scan(self, path: Path | str, columns: dict[str, str], partition_by: Sequence[str], extra: bool = False) -> str:
         """SQL reading the current version of a Delta table: DuckDB's own Parquet reader over the files the
         Delta log lists, partition values from the paths; `columns` first, in order, then (`extra`) the
         table's other columns. Nothing calls back into Python while it runs (a registered pyarrow dataset
-        did, and a `.df()` of it could deadlock on the GIL)."""
-        files, stored = _current_files(path)
-        if not files:
+        did, and a `.df()` of it could deadlock on the GIL). On object storage DuckDB reads through the
+        registered fsspec filesystem (`register`), which does call into Python for the bytes; None: no table."""
+        found = self._current_files(path)
+        if found is None or not found[0]:
             return _empty_select(columns)
+        files, stored = found
         listed = "[" + ", ".join(sql_str(f) for f in files) + "]"
         types = "{" + ", ".join(f"{sql_str(c)}: {sql_str(columns[c])}" for c in partition_by) + "}"
         # A column added since the table was written (an optional field) reads as NULL.
@@ -208,6 +330,7 @@ class Lake:
 
         `models`: whose predictions tables to register (None: every model; the union view
         `raw.predictions` then covers them all). Registering is cheap (about 2 ms a table)."""
+        self.register(con)
         if create_views:
             con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS monitoring")
         for table in TABLES:
@@ -219,11 +342,11 @@ class Lake:
     def refresh(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         """Point the registered dataset of `table` at its newest version (after a write)."""
         path, name = self.path(table), registered(table)
+        self.register(con)
         con.execute(f"DROP VIEW IF EXISTS {name}")
         con.execute(f"DROP TABLE IF EXISTS {name}")
         columns, partition_by = TABLES[table]
-        scan = self.scan(path, columns, partition_by) if (path / "_delta_log").is_dir() else _empty_select(columns)
-        con.execute(f"CREATE TEMP VIEW {name} AS {scan}")
+        con.execute(f"CREATE TEMP VIEW {name} AS {self.scan(path, columns, partition_by)}")
 
     def attach_models(self, con: duckdb.DuckDBPyConnection, models: Iterable[str], create_views: bool = True) -> list[str]:
         """Register these models' predictions tables; `raw.predictions` becomes their union over the shared
@@ -245,31 +368,72 @@ class Lake:
         """A relation (its name quoted for SQL) for one model's predictions, registered now, with its features
         as columns."""
         name = _model_registered(model_id)
+        self.register(con)
         con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
-        path = self.model_path(model_id)
-        scan = (self.scan(path, PREDICTION_COLUMNS, ["partition_date"], extra=True) if (path / "_delta_log").is_dir()
-                else _empty_select(PREDICTION_COLUMNS))
+        scan = self.scan(self.model_path(model_id), PREDICTION_COLUMNS, ["partition_date"], extra=True)
         con.execute(f"CREATE TEMP VIEW {quote_ident(name)} AS {scan}")
         return quote_ident(name)
+
+    def register(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Let `con` read a remote lake's files (its fsspec filesystem, once per connection); a folder needs
+        nothing."""
+        if not self.remote:
+            return
+        fs = self.filesystem
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        if not set(protocols) & set(con.list_filesystems()):
+            con.register_filesystem(fs)
+
+    def _current_files(self, path: Path | str) -> tuple[list[str], set[str]] | None:
+        """The data files and column names of a Delta table's newest version (None: no table there). Loading
+        a table reads its log (a few ms on a disk, a few round trips on object storage); every connection
+        registers every model's table, so they are kept until the log gains a version: its newest commit's
+        name and time, from one listing of `_delta_log`."""
+        if self.remote:
+            try:
+                entries = self.filesystem.ls(self._fs_path(path) + "/_delta_log", detail=True)
+            except FileNotFoundError:
+                return None
+            commits = [e for e in entries if e["name"].endswith(".json")]
+            newest = max(commits, key=lambda e: e["name"], default=None)
+            key = (newest["name"], str(newest.get("LastModified") or newest.get("mtime"))) if newest else None
+        else:
+            try:
+                with os.scandir(Path(path) / "_delta_log") as found:
+                    commits = [e for e in found if e.name.endswith(".json")]
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            newest = max(commits, key=lambda e: e.name, default=None)
+            key = (newest.name, newest.stat().st_mtime_ns) if newest else None
+        if key is None:
+            return None  # a folder whose first commit never landed
+        cached = _FILES.get(str(path))
+        if cached is None or cached[0] != key:
+            table = self.table(path)
+            cached = _FILES[str(path)] = (key, (table.file_uris(), {f.name for f in table.schema().fields}))
+        return list(cached[1][0]), cached[1][1]
 
     # ---- maintenance
 
     def maintain(self, retention_hours: float = 168.0) -> list[dict]:
-        """Compact each table's small files and delete files no version younger than `retention_hours` uses."""
-        from deltalake import DeltaTable
-
+        """Compact each table's small files and delete files no version younger than `retention_hours` uses,
+        including those of writes killed before their commit (older than `retention_hours`, so a write in
+        progress keeps its files). Works the same on a folder and on object storage."""
         out = []
         for path in self.all_tables():
             start = time.perf_counter()
-            table = DeltaTable(str(path))
+            table = self.table(path)
             before = len(table.file_uris())
             compacted = table.optimize.compact()
+            # full: also the files no version ever referenced (a write killed before its commit); a lite
+            # vacuum only deletes files that versions removed.
             removed = table.vacuum(retention_hours=int(retention_hours), enforce_retention_duration=False,
-                                   dry_run=False)
-            out.append({"table": str(path.relative_to(self.root)), "files_before": before,
-                        "files_after": len(DeltaTable(str(path)).file_uris()),
+                                   dry_run=False, full=True)
+            after = self.table(path)
+            out.append({"table": self.relative(path), "files_before": before,
+                        "files_after": len(after.file_uris()),
                         "files_compacted": int(compacted.get("numFilesRemoved", 0)), "files_vacuumed": len(removed),
-                        "version": DeltaTable(str(path)).version(), "seconds": round(time.perf_counter() - start, 3)})
+                        "version": after.version(), "seconds": round(time.perf_counter() - start, 3)})
         return out
 
 
@@ -288,22 +452,5 @@ def _conform(data: pa.Table, columns: dict[str, str]) -> pa.Table:
         con.close()
 
 
+# Per table location: (newest commit's name and time, (data files, column names)).
 _FILES: dict[str, tuple[tuple, tuple[list[str], set[str]]]] = {}
-
-
-def _current_files(path: Path) -> tuple[list[str], set[str]]:
-    """The data files and column names of a Delta table's newest version. Loading a table reads its log (a
-    few ms); every connection registers every model's table, so they are kept until the log gains a
-    version."""
-    from deltalake import DeltaTable
-
-    log = path / "_delta_log"
-    with os.scandir(log) as entries:
-        commits = [e for e in entries if e.name.endswith(".json")]
-    newest = max(commits, key=lambda e: e.name, default=None)
-    key = (newest.name, newest.stat().st_mtime_ns) if newest else None
-    cached = _FILES.get(str(path))
-    if cached is None or cached[0] != key or key is None:
-        table = DeltaTable(str(path))
-        cached = _FILES[str(path)] = (key, (table.file_uris(), {f.name for f in table.schema().fields}))
-    return list(cached[1][0]), cached[1][1]
