@@ -76,6 +76,26 @@ def test_source_that_fails_twice_then_succeeds_heals_without_duplicates(tmp_path
     assert rows == distinct == 500 and logged == [(500, 500)]
 
 
+
+def test_a_file_without_a_mapped_column_fails_at_once_naming_it(tmp_path):
+    """A deterministic input error is not retried: one attempt, one line naming the file and the column."""
+    text = CONFIG.format(tmp=tmp_path).replace('"logs/{date}.jsonl.gz"}', '"logs/{date}.csv", fields: {prediction_id: '
+                                               'request_id}}')
+    config = load_config(write(tmp_path / "m.yaml", text))
+    write(tmp_path / "logs" / "2026-03-01.csv", "timestamp,prediction_id,model_id,model_version,latency_ms,status,"
+          "score,amount,channel\n2026-03-01T10:00:00Z,p1,fraud,1,5.0,ok,0.5,1.0,web\n")
+    predictions = build_ingestion_assets(config)[0]
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([predictions], partition_key="2026-03-01", instance=instance, raise_on_error=False,
+                                resources={"warehouse": WarehouseResource(path=config.warehouse_path,
+                                                                          lake_path=config.lake_path)})
+        retries = instance.get_event_records(dg.EventRecordsFilter(event_type=dg.DagsterEventType.STEP_UP_FOR_RETRY))
+    assert not result.success and retries == []
+    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data.description
+    assert failure.startswith(str(tmp_path / "logs" / "2026-03-01.csv")) and "no request_id among" in failure
+    assert "\n" not in failure
+
+
 KILLABLE = """
 import datetime as dt, sys
 from monitor_assets.config import load_config

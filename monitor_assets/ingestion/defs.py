@@ -29,6 +29,7 @@ from monitor_assets.wiring import (
     add_partition_metadata,
     daily_partitions,
     day_label,
+    fail_fast,
     markdown_table,
     partition_check_results,
     run_days,
@@ -77,7 +78,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
         reasons: dict[str, int] = {}
         missing_days, per_day, held = [], [], []
         started = time.perf_counter()
-        with warehouse.connect(models=None) as con:
+        with fail_fast(), warehouse.connect(models=None) as con:
             for i, day in enumerate(days, 1):
                 result = ingest_day(con, config, source, day)
                 if not result.files:
@@ -174,7 +175,7 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
     def predictions_are_complete_and_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
         days = run_days(context)
         failures, checked = [], {}
-        with warehouse.connect() as con:
+        with fail_fast(), warehouse.connect() as con:
             for day in days:
                 verdicts = stored_verdicts(con, day)
                 if verdicts is None:  # loaded before verdicts were kept: validate now
