@@ -908,9 +908,16 @@ def ingest_workers() -> int:
     return max(1, int(value)) if value.isdigit() else min(4, os.cpu_count() or 1)
 
 
+# A staging database holds one group of files; past this much memory DuckDB spills to a temporary folder
+# (a day's labels of hundreds of models, joined to their predictions, would otherwise take gigabytes).
+STAGING_MEMORY = os.environ.get("MONITOR_STAGING_MEMORY", "1GB")
+
+
 def _staging_database(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB where groups of files are read and checked, one group at a time."""
-    con = duckdb.connect(config={"preserve_insertion_order": False, **({"threads": threads} if threads else {})})
+    con = duckdb.connect(config={"preserve_insertion_order": False, "memory_limit": STAGING_MEMORY,
+                                 "temp_directory": os.path.join(tempfile.gettempdir(), "monitor_assets_staging"),
+                                 **({"threads": threads} if threads else {})})
     # Naive timestamps are UTC for both readers: DuckDB's JSON reader ignores the session's time zone.
     con.execute("SET TimeZone = 'UTC'")
     return con
