@@ -11,8 +11,9 @@ from monitor_assets.storage.warehouse import connect
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """DuckDB file for small state, Delta lake folder for the partitioned tables. Another process holding
-    the DuckDB write lock is waited out with backoff."""
+    """DuckDB file for small state, the Delta lake (a folder, or a bucket URI such as `s3://bucket/prefix`
+    whose credentials come from the environment) for the partitioned tables. Another process holding the
+    DuckDB write lock is waited out with backoff."""
 
     path: str
     lake_path: str

@@ -156,9 +156,10 @@ def replace_partitions_from_frame(con: duckdb.DuckDBPyConnection, table: str, da
 
 def open_warehouse(path: str, lake_path: str | None = None, models: Iterable[str] | None = None,
                    read_only: bool = False, retries: int = 8, base_delay: float = 0.25) -> duckdb.DuckDBPyConnection:
-    """The warehouse with the lake attached (`models`: whose predictions tables to register; None for every
-    model). Another process holding the DuckDB file's lock is waited out with backoff and jitter. Read-only
-    connections use the views a writer created."""
+    """The warehouse with the lake attached (`lake_path`: a folder or a bucket URI, default `<file>_lake`
+    beside the file; `models`: whose predictions tables to register; None for every model). Another process
+    holding the DuckDB file's lock is waited out with backoff and jitter. Read-only connections use the views
+    a writer created."""
     if not read_only:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     attempt = 0
