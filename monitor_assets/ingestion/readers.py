@@ -81,6 +81,7 @@ class StagingPlan:
     targets: list[str] = field(default_factory=list)  # target column names, when not the table's order
     unique_across_days: bool = False  # the key must also not have been loaded on an earlier day
     feature_aliases: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, type) -> staged column
+    known_models: tuple[str, ...] = ()  # the staging table `known_models` the rules look model ids up in
 
 
 @dataclass
@@ -778,13 +779,16 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
                 feature_aliases[key] = alias
                 # Categorical values are kept as text whatever JSON type they came as.
                 fields.append(Field(alias, f.source, NUMBER if f.type == "numeric" else TEXT, label=f.source))
-    known = ", ".join(sql_str(m.id) for m in config.models)
-    rules = [("latency_ms < 0", "'out of range: latency_ms=' || latency_ms || ' is negative'"),
-             (f"model_id NOT IN ({known})", "'unknown model_id: ' || model_id")]
+    # Model ids are looked up in a staging table, not a literal list: with hundreds of models a literal list
+    # made each file's query slow to plan.
+    known = "(SELECT model_id FROM known_models)"
+    rules = [("latency_ms < 0", "'out of range: latency_ms=' || latency_ms || ' is negative'")]
+    if constant_model is None:  # else model_id is the file's model
+        rules.append((f"model_id NOT IN {known}", "'unknown model_id: ' || model_id"))
     if constant_model is not None and src["model_id"]:
         # A per-model file may still log model_id (optional): it must be that model.
         fields.append(Field("logged_model_id", src["model_id"], TEXT, optional=True, label=src["model_id"]))
-        rules += [(f"logged_model_id NOT IN ({known})", "'unknown model_id: ' || logged_model_id"),
+        rules += [(f"logged_model_id NOT IN {known}", "'unknown model_id: ' || logged_model_id"),
                   (f"logged_model_id <> {sql_str(constant_model)}",
                    f"'model_id mismatch: ' || logged_model_id || ' logged in a file of ' || {sql_str(constant_model)}")]
     if len(models) < len(config.models):  # a model with files of its own is not read from the shared ones
@@ -813,7 +817,8 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
                *feature_aliases.values()]
     targets = [*PREDICTION_COLUMNS, *feature_aliases.values()]
     return StagingPlan("predictions", fields, rules, key="prediction_id", outputs=outputs, targets=targets,
-                       unique_across_days=True, feature_aliases=feature_aliases)
+                       unique_across_days=True, feature_aliases=feature_aliases,
+                       known_models=tuple(config.model_ids))
 
 
 def feature_columns(config: MonitorConfig) -> dict[tuple[str, str], str]:
@@ -929,6 +934,9 @@ def _staging(con: duckdb.DuckDBPyConnection, plan: StagingPlan, columns: dict[st
     read, `lake.<source>` (and `lake.predictions` for labels) the stored earlier days."""
     con.execute("DROP SCHEMA IF EXISTS raw CASCADE; DROP SCHEMA IF EXISTS lake CASCADE; CREATE SCHEMA raw; "
                 "CREATE SCHEMA lake")
+    if plan.known_models:  # the same for every group of a day: made once per staging database
+        con.execute("CREATE TABLE IF NOT EXISTS known_models AS SELECT unnest(?::VARCHAR[]) AS model_id",
+                    [list(plan.known_models)])
     _create(con, f"raw.{plan.source}", columns)
     _create(con, "raw.quarantine", QUARANTINE_STAGE)
     if plan.source == "predictions":
