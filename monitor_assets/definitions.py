@@ -17,6 +17,7 @@ from monitor_assets.ingestion.defs import build_ingestion_assets, build_quality_
 from monitor_assets.metrics.defs import build_metrics_assets
 from monitor_assets.notify.defs import build_alert_action_jobs, build_sensors
 from monitor_assets.reporting.defs import build_reporting_assets
+from monitor_assets.retraining.defs import build_retraining_assets, build_retraining_jobs
 from monitor_assets.storage.defs import build_storage_definitions
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import daily_partitions
@@ -33,10 +34,11 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     upstream = {a.key.path[-1]: a.key for a in [*metrics, *analysis] if a.key.path[-1] != "reference_profiles"}
     history = build_history_asset(config, upstream)
     alerting, threshold_checks = build_alerting_assets(config, {**upstream, "history": history.key})
-    checks = [*build_quality_checks(config, keys["predictions"]), *threshold_checks]
-    reporting = build_reporting_assets(config, alerting[-1].key)
+    retraining, retraining_checks = build_retraining_assets(config, keys["predictions"], keys["labels"])
+    checks = [*build_quality_checks(config, keys["predictions"]), *threshold_checks, *retraining_checks]
+    reporting = build_reporting_assets(config, alerting[-1].key, after=[a.key for a in retraining])
     export = build_export_assets(config, [alerting[-1].key])
-    assets = [*ingestion, *metrics, *analysis, history, *alerting, *reporting, *export]
+    assets = [*ingestion, *metrics, *analysis, history, *alerting, *retraining, *reporting, *export]
 
     job = dg.define_asset_job(MONITORING_JOB, selection=dg.AssetSelection.assets(*assets).without_checks()
                               | dg.AssetSelection.checks(*checks),
@@ -45,13 +47,14 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     schedule = dg.build_schedule_from_partitioned_job(job, hour_of_day=6, minute_of_hour=0,
                                                       name="daily_monitoring_schedule")
     storage_assets, storage_jobs, storage_schedules = build_storage_definitions(config)
+    retraining_jobs, retraining_sensors = build_retraining_jobs(config)
     return dg.Definitions(
         assets=[*assets, *storage_assets],
         asset_checks=checks,
-        jobs=[job, *build_alert_action_jobs(config), *storage_jobs],
+        jobs=[job, *build_alert_action_jobs(config), *storage_jobs, *retraining_jobs],
         schedules=[schedule, *storage_schedules],
         sensors=build_sensors(config, [key for c in checks for key in c.check_keys], alerting[-1].key,
-                              monitored_jobs=[job]),
+                              monitored_jobs=[job]) + retraining_sensors,
         resources={"warehouse": WarehouseResource(path=config.warehouse_path, lake_path=config.lake_path)},
     )
 

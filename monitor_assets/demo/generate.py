@@ -42,6 +42,10 @@ SPIKE_DAY = 13             # demand_forecaster: latency x6 and 8% errors
 EMPTY_DAY = 18             # conversion_recommender: no log file at all
 CONCEPT_FROM = 20          # conversion_recommender: buyers stop responding to discounts
 BIAS_DAYS = range(23, 27)  # fraud_detector: customers aged 65+ get inflated fraud scores
+CANARY_FROM = 23           # conversion_recommender: a version retrained on recent data serves 10% ...
+CANARY_SHARE = 0.10
+PROMOTED_FROM = 27         # ... and all traffic from here on
+RETRAINED_VERSION = "2026.10.1"
 LABEL_DELAY_LATE = 8
 
 
@@ -143,8 +147,9 @@ def demand_rows(rng: np.random.Generator, n: int) -> pd.DataFrame:
 ROWS = {FRAUD.id: fraud_rows, CONVERSION.id: conversion_rows, DEMAND.id: demand_rows}
 
 
-def train(model: Model, rng: np.random.Generator) -> tuple:
-    data = ROWS[model.id](rng, 16000 if model.task != "regression" else 8000)
+def train(model: Model, rng: np.random.Generator, concept_changed: bool = False) -> tuple:
+    size = 16000 if model.task != "regression" else 8000
+    data = conversion_rows(rng, size, concept_changed=True) if concept_changed else ROWS[model.id](rng, size)
     pre = ColumnTransformer([("num", StandardScaler(), model.numeric),
                              ("cat", OneHotEncoder(handle_unknown="ignore"), model.categorical)])
     est = (LogisticRegression(max_iter=500) if model.task != "regression"
@@ -165,7 +170,7 @@ def _r(x: float, digits: int = 4):
 
 
 def log_lines(model: Model, df: pd.DataFrame, d: dt.date, rng: np.random.Generator,
-              latency_factor: float = 1.0, error_share: float = 0.002) -> list[dict]:
+              latency_factor: float = 1.0, error_share: float = 0.002, versions: np.ndarray | None = None) -> list[dict]:
     n = len(df)
     seconds = np.sort(rng.integers(0, 86400, n))
     latency = rng.gamma(4.0, model.latency_ms / 4.0, n) * latency_factor
@@ -182,7 +187,7 @@ def log_lines(model: Model, df: pd.DataFrame, d: dt.date, rng: np.random.Generat
             "message": "feature store timeout" if errors[i] else "prediction served",
             "prediction_id": f"{model.id[:3]}-{d:%Y%m%d}-{i:06d}",
             "model_id": model.id,
-            "model_version": model.version,
+            "model_version": model.version if versions is None else str(versions[i]),
             "latency_ms": round(float(latency[i]), 1),
             "status": "error" if errors[i] else "ok",
             "features": {f: (_r(row[f], 2) if f in model.numeric else row[f])
@@ -249,6 +254,11 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
         ref.to_parquet(ref_path, index=False)
         fitted[model.id] = pipe
 
+    # The retrained conversion model and its traffic split draw from their own generator, so every other
+    # number of the demo is what it was before the canary existed.
+    canary_rng = np.random.default_rng(seed + 1)
+    retrained, _ = train(CONVERSION, canary_rng, concept_changed=True)
+
     labels_by_arrival: dict[dt.date, list[tuple]] = {}
     corrupted_counts: dict = {}
     for n in range(days):
@@ -265,10 +275,16 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
             if model is FRAUD and n in BIAS_DAYS:  # a bad feature join inflates scores for one group
                 senior = (df.customer_age_band == "65+").to_numpy()
                 s = np.where(senior, np.clip(s * 4 + 0.35, 0, 1), s)
+            versions = None
+            if model is CONVERSION and n >= CANARY_FROM:
+                share = 1.0 if n >= PROMOTED_FROM else CANARY_SHARE
+                new = canary_rng.random(len(df)) < share
+                s = np.where(new, score(model, retrained, df), s)
+                versions = np.where(new, RETRAINED_VERSION, model.version)
             df["model_output"] = s
             spike = model is DEMAND and n == SPIKE_DAY
             records = log_lines(model, df, d, rng, latency_factor=6.0 if spike else 1.0,
-                                error_share=0.08 if spike else 0.002)
+                                error_share=0.08 if spike else 0.002, versions=versions)
             if model is CONVERSION and n == EMPTY_DAY:
                 continue  # the logging sidecar was down: no file for this day
             if model is FRAUD and n == CORRUPTED_DAY:
@@ -313,6 +329,10 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
              "dates": [str(day(n)) for n in range(CONCEPT_FROM, days)], "metric": "roc_auc"},
             {"kind": "bias", "model_id": FRAUD.id, "dates": [str(day(n)) for n in BIAS_DAYS],
              "attribute": "customer_age_band", "group": "65+"},
+            {"kind": "canary", "model_id": CONVERSION.id, "version": RETRAINED_VERSION,
+             "dates": [str(day(n)) for n in range(CANARY_FROM, PROMOTED_FROM)],
+             "details": {"traffic_share": CANARY_SHARE, "all_traffic_from": str(day(PROMOTED_FROM)),
+                         "trained_on": "data after the concept drift"}},
         ],
     }
     (out / "incidents.yaml").write_text(yaml.safe_dump(incidents, sort_keys=False))

@@ -18,7 +18,7 @@ from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import daily_partitions, frame_markdown, run_days
 
 
-def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey) -> list:
+def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey, after: list[dg.AssetKey] | None = None) -> list:
     partitions = daily_partitions(config)
 
     @dg.asset(
@@ -57,7 +57,7 @@ def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey) -> list:
                     "feature x day drift heatmap, selection rate by group and its alerts. plotly.js is written "
                     "once to assets/plotly.min.js in the reports folder.",
         group_name=GROUP_REPORTING, kinds={"html", "plotly"}, owners=OWNERS, partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(), deps=[alerts, model_performance_summary.key],
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[alerts, model_performance_summary.key, *(after or [])],
     )
     def monitoring_dashboard(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         with warehouse.connect() as con:

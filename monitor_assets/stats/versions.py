@@ -58,6 +58,8 @@ class VersionStats:
     n_labelled: int
     n_correct: int | None  # classifiers: labelled rows predicted right; None for regressors
     losses: np.ndarray = field(default_factory=lambda: np.array([]))
+    # Requests slower than the *champion's* p95 (for the challenger; None if not counted).
+    n_over_champion_p95: int | None = None
 
     @property
     def error_rate(self) -> float:
@@ -81,6 +83,15 @@ class Gates:
     min_labelled: int = 500  # labelled challenger rows before it can be promoted
 
 
+def latency_p_value(challenger: VersionStats) -> float | None:
+    """One-sided exact binomial test that more than 5% of the challenger's requests are slower than the
+    champion's p95 (which 5% of the champion's own requests exceed)."""
+    if challenger.n_over_champion_p95 is None or not challenger.n:
+        return None
+    k = min(challenger.n_over_champion_p95, challenger.n)
+    return float(stats.binomtest(k, challenger.n, 0.05, alternative="greater").pvalue)
+
+
 COMPARISON_COLUMNS = ["metric", "champion_value", "challenger_value", "difference", "p_value", "gate", "reason"]
 
 
@@ -94,16 +105,21 @@ def compare_versions(champion: VersionStats, challenger: VersionStats, gates: Ga
         rows.append({"metric": metric, "champion_value": champ, "challenger_value": chall, "difference": diff,
                      "p_value": p, "gate": gate, "reason": reason})
 
-    # Latency p95: no test (a quantile), a gate on the SLA and on the champion's value.
+    # Latency p95: over the SLA fails; above the champion's by more than the tolerance fails only when the
+    # challenger is also significantly slower: more than 5% of its requests over the champion's p95
+    # (exact binomial test). A canary's p95 from a few hundred requests is noisy.
     lc, lh = champion.latency_p95_ms, challenger.latency_p95_ms
+    slower_p = latency_p_value(challenger)
     if lh is None or (isinstance(lh, float) and math.isnan(lh)):
         add("latency_p95_ms", lc, None, None, WAIT, "no latency logged for the challenger")
     elif lh > gates.latency_p95_ms:
-        add("latency_p95_ms", lc, lh, None, FAIL, f"over the SLA of {gates.latency_p95_ms:g} ms")
-    elif lc is not None and not math.isnan(lc) and lh > lc * (1 + gates.latency_tolerance):
-        add("latency_p95_ms", lc, lh, None, FAIL, f"more than {gates.latency_tolerance:.0%} above the champion's")
+        add("latency_p95_ms", lc, lh, slower_p, FAIL, f"over the SLA of {gates.latency_p95_ms:g} ms")
+    elif (lc is not None and not math.isnan(lc) and lh > lc * (1 + gates.latency_tolerance)
+          and slower_p is not None and slower_p < gates.alpha):
+        add("latency_p95_ms", lc, lh, slower_p, FAIL,
+            f"more than {gates.latency_tolerance:.0%} above the champion's, and significantly slower")
     else:
-        add("latency_p95_ms", lc, lh, None, PASS, "within the SLA and the champion's")
+        add("latency_p95_ms", lc, lh, slower_p, PASS, "within the SLA, not significantly slower than the champion")
 
     # Error rate: SLA, and not significantly above the champion's.
     err = two_proportion_ztest(champion.n_errors, champion.n, challenger.n_errors, challenger.n)

@@ -56,6 +56,39 @@ CREATE TABLE IF NOT EXISTS monitoring.quality_verdicts (
     partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, rows BIGINT, passed BOOLEAN, unexpected BIGINT, message VARCHAR,
     validated_at TIMESTAMP
 );
+CREATE TABLE IF NOT EXISTS monitoring.reference_losses (
+    model_id VARCHAR NOT NULL, model_version VARCHAR NOT NULL, anchor_day DATE NOT NULL, prediction_id VARCHAR,
+    partition_date DATE, loss DOUBLE, complete BOOLEAN, computed_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS monitoring.reference_anchors (
+    model_id VARCHAR NOT NULL, model_version VARCHAR NOT NULL, anchor_day DATE NOT NULL, set_by VARCHAR,
+    set_at TIMESTAMP, reason VARCHAR
+);
+CREATE TABLE IF NOT EXISTS monitoring.retraining_trigger (
+    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, model_version VARCHAR, loss VARCHAR,
+    n_day BIGINT, mean_loss_day DOUBLE, band_low DOUBLE, band_high DOUBLE, window_start DATE,
+    n_current BIGINT, mean_current DOUBLE, reference_anchor DATE, n_reference BIGINT, mean_reference DOUBLE,
+    statistic DOUBLE, p_value DOUBLE, p_adjusted DOUBLE, flagged BOOLEAN, note VARCHAR, computed_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS monitoring.retraining_requests (
+    request_id BIGINT NOT NULL, model_id VARCHAR NOT NULL, model_version VARCHAR, opened_on DATE NOT NULL,
+    reason VARCHAR, statistic DOUBLE, p_value DOUBLE, "window" VARCHAR, status VARCHAR NOT NULL,
+    opened_by VARCHAR, decided_by VARCHAR, decided_at TIMESTAMP, note VARCHAR, outcome VARCHAR, run_id VARCHAR,
+    finished_at TIMESTAMP, created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS monitoring.version_daily (
+    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, model_version VARCHAR NOT NULL, volume BIGINT,
+    n_errors BIGINT, latency_p95_ms DOUBLE, computed_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS monitoring.model_versions (
+    model_id VARCHAR NOT NULL, model_version VARCHAR NOT NULL, first_seen DATE, last_seen DATE,
+    traffic_share DOUBLE, role VARCHAR, champion_since DATE, computed_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS monitoring.version_comparison (
+    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, champion_version VARCHAR, challenger_version VARCHAR,
+    metric VARCHAR, champion_value DOUBLE, challenger_value DOUBLE, difference DOUBLE, p_value DOUBLE,
+    gate VARCHAR, verdict VARCHAR, reason VARCHAR, computed_at TIMESTAMP
+);
 CREATE TABLE IF NOT EXISTS monitoring.alerts (
     partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, check_name VARCHAR NOT NULL,
     severity VARCHAR, value DOUBLE, threshold DOUBLE, message VARCHAR, status VARCHAR,

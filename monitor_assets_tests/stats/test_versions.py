@@ -33,10 +33,12 @@ def test_two_proportion_without_spread():
     assert math.isnan(two_proportion_ztest(0, 0, 1, 10).z)
 
 
-def version(name, rng, n=5000, error_rate=0.002, latency=80.0, loss_scale=1.0, accuracy=0.8, labelled=None):
+def version(name, rng, n=5000, error_rate=0.002, latency=80.0, loss_scale=1.0, accuracy=0.8, labelled=None,
+            slow_share=0.05):
     labelled = n if labelled is None else labelled
     return VersionStats(name, n=n, n_errors=int(round(n * error_rate)), latency_p95_ms=latency, n_labelled=labelled,
-                        n_correct=int(round(labelled * accuracy)), losses=rng.exponential(loss_scale, labelled))
+                        n_correct=int(round(labelled * accuracy)), losses=rng.exponential(loss_scale, labelled),
+                        n_over_champion_p95=int(round(n * slow_share)))
 
 
 GATES = Gates(latency_p95_ms=500, error_rate=0.01)
@@ -70,10 +72,20 @@ def test_a_good_challenger_with_few_labels_is_held():
     ({"error_rate": 0.02}, "error_rate"),  # over the 1% SLA
     ({"error_rate": 0.008}, "error_rate"),  # within the SLA but four times the champion's
     ({"latency": 650.0}, "latency_p95_ms"),  # over the SLA
-    ({"latency": 120.0}, "latency_p95_ms"),  # 50% above the champion's
+    ({"latency": 120.0, "slow_share": 0.3}, "latency_p95_ms"),  # 50% above the champion's, 30% over its p95
 ])
 def test_a_worse_challenger_is_rolled_back(change, metric):
     rng = np.random.default_rng(4)
     verdict, rows = compare_versions(version("v1", rng), version("v2", rng, **change), GATES)
     assert verdict == ROLLBACK
     assert next(r for r in rows if r["metric"] == metric)["gate"] == "fail"
+
+
+def test_a_noisy_canary_p95_above_the_tolerance_is_not_a_rollback():
+    # 11% above the champion's p95 on 300 requests, 6% of them over the champion's p95: noise (binomial p ~0.26)
+    rng = np.random.default_rng(5)
+    verdict, rows = compare_versions(version("v1", rng), version("v2", rng, n=300, latency=89.0, slow_share=0.06),
+                                     GATES)
+    latency = next(r for r in rows if r["metric"] == "latency_p95_ms")
+    assert latency["gate"] == "pass" and verdict != ROLLBACK
+    assert latency["p_value"] == pytest.approx(stats.binomtest(18, 300, 0.05, alternative="greater").pvalue)

@@ -1,0 +1,1 @@
+"""The closed loop: model versions, reference loss batches, the retraining trigger and requests, champion vs challenger."""

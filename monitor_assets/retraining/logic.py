@@ -1,0 +1,594 @@
+"""The closed loop's plain Python and SQL: model versions, reference loss batches, the daily retraining
+trigger, retraining requests (opened, decided, run, done), and champion vs challenger. No Dagster here:
+the assets, the jobs and the command line call these functions.
+
+Tables (in the DuckDB file, schema in storage/warehouse.py):
+  monitoring.version_daily       per day, model and version: volume, errors, latency p95 (from the logs)
+  monitoring.model_versions      per model and version: first/last seen, traffic share on the last day,
+                                 role (champion / challenger / retired), champion_since
+  monitoring.reference_anchors   re-anchoring by hand: a version's reference batch starts on this day
+  monitoring.reference_losses    the reference loss batch of each model version
+  monitoring.retraining_trigger  per day and model: the day's mean loss against the reference band, the
+                                 window test, the adjusted p-value and the flag
+  monitoring.retraining_requests requests: proposed / approved / rejected / done / superseded
+  monitoring.version_comparison  per day, model and challenger: metrics of both versions, tests, gates, verdict
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import math
+import os
+import subprocess
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS
+from monitor_assets.notify.messages import fmt_num, fmt_p
+from monitor_assets.stats.loss import default_loss, loss_sql
+from monitor_assets.stats.trigger import (
+    Moments,
+    TriggerSettings,
+    evaluate_day,
+    persistence_met,
+    reference_band,
+)
+from monitor_assets.stats.versions import Gates, VersionStats, compare_versions
+from monitor_assets.storage.warehouse import replace_partitions, transaction
+
+STATUSES = ("proposed", "approved", "rejected", "done", "superseded")
+ACTIVE = ("proposed", "approved")
+TRIGGER_ALPHA = TriggerSettings.alpha  # one level for the whole day's family of models
+
+
+def settings_for(model: ModelConfig) -> TriggerSettings:
+    r = model.retraining
+    return TriggerSettings(window_days=r.window_days, alpha=TRIGGER_ALPHA, persistence_k=r.persistence_k,
+                           persistence_n=r.persistence_n, min_rows=r.min_rows)
+
+
+def loss_of(model: ModelConfig) -> str:
+    return model.retraining.loss or default_loss(model.task)
+
+
+def _models_values(config: MonitorConfig, models: Iterable[ModelConfig] | None = None) -> tuple[str, list]:
+    models = list(models or config.models)
+    rows = ", ".join("(?, ?, ?)" for _ in models)
+    params = [v for m in models for v in (m.id, loss_of(m), m.decision_threshold)]
+    return f"(SELECT * FROM (VALUES {rows}) AS v(model_id, loss, threshold))", params
+
+
+def labelled_losses_sql(config: MonitorConfig, first: dt.date, last: dt.date,
+                        models: Iterable[ModelConfig] | None = None) -> tuple[str, list]:
+    """Labelled, served predictions of `first`..`last` with their loss (each model's own), as SQL and
+    params: model_id, model_version, partition_date, ts, prediction_id, score, label, threshold, loss."""
+    values, params = _models_values(config, models)
+    losses = " ".join(f"WHEN '{name}' THEN {loss_sql(name, 'l.label', 'p.score')}"
+                      for name in ("log_loss", "squared_error", "absolute_error"))
+    sql = f"""
+        SELECT p.model_id, coalesce(p.model_version, '') AS model_version, p.partition_date, p.ts, p.prediction_id,
+               p.score, l.label, m.threshold, CASE m.loss {losses} END AS loss
+        FROM raw.predictions AS p
+        JOIN {values} AS m USING (model_id)
+        JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
+              WHERE partition_date >= ?::DATE - INTERVAL {EARLY_LABEL_DAYS} DAY
+              GROUP BY prediction_id) AS l USING (prediction_id)
+        WHERE p.partition_date BETWEEN ? AND ? AND p.is_ok AND p.score IS NOT NULL AND l.label IS NOT NULL
+              AND isfinite(p.score)"""
+    return sql, [*params, first, first, last]
+
+
+# -- versions ------------------------------------------------------------------------------------------
+
+
+def refresh_versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> pd.DataFrame:
+    """Per day, model and version of `days` from the logs into monitoring.version_daily, then the whole
+    monitoring.model_versions rebuilt from it (a small table: one row per model and version)."""
+    replace_partitions(con, "monitoring.version_daily", days, """
+        SELECT partition_date, model_id, coalesce(model_version, ''), count(*), count(*) FILTER (WHERE NOT is_ok),
+               quantile_cont(latency_ms, 0.95), now()::TIMESTAMP
+        FROM raw.predictions WHERE partition_date IN (SELECT unnest(?::DATE[])) GROUP BY ALL""", [days])
+    daily = version_daily(con)
+    versions = model_versions(daily)
+    with transaction(con):
+        con.execute("DELETE FROM monitoring.model_versions")
+        if len(versions):
+            con.register("_versions", versions)
+            con.execute("""INSERT INTO monitoring.model_versions BY NAME
+                           SELECT *, now()::TIMESTAMP AS computed_at FROM _versions""")
+            con.unregister("_versions")
+    return versions
+
+
+def version_daily(con: duckdb.DuckDBPyConnection, through: dt.date | None = None) -> pd.DataFrame:
+    sql = "SELECT partition_date, model_id, model_version, volume, n_errors, latency_p95_ms FROM monitoring.version_daily"
+    frame = con.execute(sql + (" WHERE partition_date <= ?" if through else "") + " ORDER BY 1, 2, 3",
+                        [through] if through else []).df()
+    frame["partition_date"] = pd.to_datetime(frame.partition_date).dt.date
+    return frame
+
+
+def champions(daily: pd.DataFrame) -> pd.DataFrame:
+    """The champion of each model on each day with traffic: the version serving the most predictions
+    (ties: the one seen first, then by name)."""
+    if daily.empty:
+        return pd.DataFrame(columns=["partition_date", "model_id", "model_version", "share"])
+    first = daily.groupby(["model_id", "model_version"]).partition_date.min().rename("first_seen")
+    d = daily.join(first, on=["model_id", "model_version"])
+    d["share"] = d.volume / d.groupby(["partition_date", "model_id"]).volume.transform("sum")
+    d = d.sort_values(["partition_date", "model_id", "volume", "first_seen", "model_version"],
+                      ascending=[True, True, False, True, True])
+    return d.groupby(["partition_date", "model_id"], as_index=False).first()[
+        ["partition_date", "model_id", "model_version", "share"]]
+
+
+def model_versions(daily: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and version: first and last day seen, share of the model's traffic on the
+    model's last day with traffic, role on that day (the champion serves most; other versions serving
+    are challengers; versions not serving are retired) and the first day it was champion."""
+    cols = ["model_id", "model_version", "first_seen", "last_seen", "traffic_share", "role", "champion_since"]
+    if daily.empty:
+        return pd.DataFrame(columns=cols)
+    champ = champions(daily)
+    out = daily.groupby(["model_id", "model_version"], as_index=False).agg(
+        first_seen=("partition_date", "min"), last_seen=("partition_date", "max"))
+    last_day = daily.groupby("model_id").partition_date.max()
+    last = daily[daily.partition_date == daily.model_id.map(last_day)]
+    share = (last.volume / last.groupby("model_id").volume.transform("sum")).groupby(
+        [last.model_id, last.model_version]).sum()
+    out["traffic_share"] = [float(share.get((m, v), 0.0)) for m, v in zip(out.model_id, out.model_version, strict=True)]
+    current = champ[champ.partition_date == champ.model_id.map(last_day)].set_index("model_id").model_version
+    out["role"] = ["champion" if current.get(m) == v else ("challenger" if s > 0 else "retired")
+                   for m, v, s in zip(out.model_id, out.model_version, out.traffic_share, strict=True)]
+    since = champ.groupby(["model_id", "model_version"]).partition_date.min()
+    out["champion_since"] = [since.get((m, v)) for m, v in zip(out.model_id, out.model_version, strict=True)]
+    return out[cols]
+
+
+# -- reference batches -----------------------------------------------------------------------------------
+
+
+def anchor_day(con: duckdb.DuckDBPyConnection, model_id: str, version: str, champion_since: dt.date) -> dt.date:
+    """Where a version's reference batch starts: the first day it was champion, or a later day an
+    engineer re-anchored it to (the latest such decision counts)."""
+    row = con.execute("""SELECT anchor_day FROM monitoring.reference_anchors WHERE model_id = ? AND model_version = ?
+                         ORDER BY set_at DESC LIMIT 1""", [model_id, version]).fetchone()
+    return row[0] if row else champion_since
+
+
+def reanchor(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model_id: str, version: str, day: str,
+             by: str, reason: str) -> str:
+    """Re-anchor a version's reference batch on `day` (by hand): its losses of that day and the next
+    `reference_days` become the reference the trigger compares with."""
+    _known_model(config, model_id)
+    if not by.strip() or not reason.strip():
+        raise ValueError("say who decides (by) and why (reason): both are recorded")
+    anchor = dt.date.fromisoformat(day)
+    known = con.execute("SELECT count(*) FROM monitoring.version_daily WHERE model_id = ? AND model_version = ?",
+                        [model_id, version]).fetchone()[0]
+    if not known:
+        raise ValueError(f"{model_id} has no version {version!r} in the logs")
+    with transaction(con):
+        con.execute("INSERT INTO monitoring.reference_anchors VALUES (?, ?, ?, ?, now()::TIMESTAMP, ?)",
+                    [model_id, version, anchor, by.strip(), reason.strip()])
+        con.execute("DELETE FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?",
+                    [model_id, version])
+    days = config.model(model_id).retraining.reference_days
+    return (f"{model_id} {version}: reference batch re-anchored on {anchor} ({days} days); the next run of "
+            "monitoring/retraining_trigger rebuilds it")
+
+
+def reference_batch(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, version: str,
+                    anchor: dt.date, as_of: dt.date) -> np.ndarray | None:
+    """The version's reference losses: its labelled predictions of `anchor` and the next
+    `reference_days - 1` days, the earliest `reference_rows`. Stored once complete (the last reference
+    day is `label_delay_days` behind `as_of`); recomputed while labels may still arrive. None while
+    the reference days are not over."""
+    r = model.retraining
+    end = anchor + dt.timedelta(days=r.reference_days - 1)
+    if as_of <= end:
+        return None
+    stored = con.execute("""SELECT loss, complete FROM monitoring.reference_losses
+                            WHERE model_id = ? AND model_version = ? AND anchor_day = ?""",
+                         [model.id, version, anchor]).df()
+    if len(stored) and stored.complete.all():
+        return stored.loss.to_numpy(dtype=float)
+    sql, params = labelled_losses_sql(config, anchor, end, [model])
+    complete = as_of >= end + dt.timedelta(days=config.label_delay_days)
+    with transaction(con):
+        con.execute("DELETE FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?",
+                    [model.id, version])
+        con.execute(f"""INSERT INTO monitoring.reference_losses
+                        SELECT model_id, model_version, ?::DATE, prediction_id, partition_date, loss, ?,
+                               now()::TIMESTAMP
+                        FROM ({sql}) WHERE model_version = ?
+                        QUALIFY row_number() OVER (ORDER BY ts, prediction_id) <= ?""",
+                    [anchor, complete, *params, version, r.reference_rows])
+    return con.execute("""SELECT loss FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?""",
+                       [model.id, version]).fetchnumpy()["loss"].astype(float)
+
+
+# -- the trigger -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TriggerRun:
+    rows: pd.DataFrame  # monitoring.retraining_trigger rows of the run's days
+    opened: list[dict]  # requests opened by this run
+    superseded: int
+
+
+def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> TriggerRun:
+    """The trigger for every model on `days` (oldest first): test, adjust across models, persistence,
+    open requests; write monitoring.retraining_trigger for those days."""
+    days = sorted(days)
+    daily = version_daily(con, max(days))
+    champ = champions(daily)
+    longest = max(m.retraining.window_days for m in config.models)
+    first = min(days) - dt.timedelta(days=longest - 1)
+    sql, params = labelled_losses_sql(config, first, max(days))
+    sums = con.execute(f"""SELECT model_id, model_version, partition_date, count(*) AS n, sum(loss) AS s,
+                                  sum(loss * loss) AS ss
+                           FROM ({sql}) GROUP BY ALL""", params).df()
+    sums["partition_date"] = pd.to_datetime(sums.partition_date).dt.date
+    sums = sums.set_index(["model_id", "model_version", "partition_date"]).sort_index()
+    since = champ.groupby(["model_id", "model_version"]).partition_date.min()
+    # Flags of earlier evaluated days (persistence looks back over them).
+    history = con.execute("""SELECT model_id, model_version, partition_date, flagged FROM monitoring.retraining_trigger
+                             WHERE partition_date < ? AND p_value IS NOT NULL ORDER BY partition_date""",
+                          [min(days)]).df()
+    flags: dict[tuple[str, str], list[bool]] = {}
+    for r in history.itertuples():
+        flags.setdefault((r.model_id, r.model_version), []).append(bool(r.flagged))
+    requests = con.execute("SELECT * FROM monitoring.retraining_requests").df()
+    anchors: dict[tuple[str, str], dt.date] = {}
+    frozen: dict[tuple[str, str, dt.date], np.ndarray] = {}  # complete reference batches, read once
+    out, opened = [], []
+    for day in days:
+        windows, references, meta = {}, {}, {}
+        for model in config.models:
+            r = model.retraining
+            served = champ[(champ.model_id == model.id) & (champ.partition_date <= day)]
+            if served.empty:
+                continue
+            version = served.model_version.iloc[-1]
+            if (model.id, version) not in anchors:
+                anchors[(model.id, version)] = anchor_day(con, model.id, version, since[(model.id, version)])
+            anchor = anchors[(model.id, version)]
+            start = max(day - dt.timedelta(days=r.window_days - 1), anchor + dt.timedelta(days=r.reference_days))
+            reference = frozen.get((model.id, version, anchor))
+            if reference is None:
+                reference = reference_batch(con, config, model, version, anchor, day)
+                ref_end = anchor + dt.timedelta(days=r.reference_days - 1 + config.label_delay_days)
+                if reference is not None and day >= ref_end:
+                    frozen[(model.id, version, anchor)] = reference
+            window = _window_moments(sums, model.id, version, start, day)
+            today = _window_moments(sums, model.id, version, day, day)
+            band = reference_band(reference, today.n) if reference is not None and today.n else (math.nan, math.nan)
+            note = ("" if reference is not None else
+                    f"reference batch builds until {anchor + dt.timedelta(days=r.reference_days - 1)}")
+            meta[model.id] = (version, anchor, start, today, band, note)
+            if reference is not None and start <= day and min(window.n, len(reference)) >= r.min_rows:
+                windows[model.id] = window
+                references[model.id] = Moments.of(reference)
+        # One family: every model tested today (each with its own window and enough rows).
+        family = TriggerSettings(alpha=TRIGGER_ALPHA, min_rows=2)
+        tested = evaluate_day(windows, references, family) if windows else None
+        by_model = tested.set_index("model_id") if tested is not None else pd.DataFrame()
+        for model in config.models:
+            if model.id not in meta:
+                continue
+            version, anchor, start, today, band, note = meta[model.id]
+            t = by_model.loc[model.id] if model.id in by_model.index else None
+            p = float(t.p_value) if t is not None else math.nan
+            flagged = bool(t.flagged) if t is not None else False
+            if t is not None and not math.isnan(p):
+                flags.setdefault((model.id, version), []).append(flagged)
+            elif not note:
+                note = f"fewer than {model.retraining.min_rows} labelled rows in the window or the reference"
+            out.append({
+                "partition_date": day, "model_id": model.id, "model_version": version, "loss": loss_of(model),
+                "n_day": today.n, "mean_loss_day": today.mean, "band_low": band[0], "band_high": band[1],
+                "window_start": start if start <= day else None,
+                "n_current": int(t.n_current) if t is not None else None,
+                "mean_current": float(t.mean_current) if t is not None else None, "reference_anchor": anchor,
+                "n_reference": int(t.n_reference) if t is not None else None,
+                "mean_reference": float(t.mean_reference) if t is not None else None,
+                "statistic": float(t.statistic) if t is not None else None, "p_value": p,
+                "p_adjusted": float(t.p_adjusted) if t is not None else None, "flagged": flagged, "note": note})
+            settings = settings_for(model)
+            if flagged and persistence_met(flags[(model.id, version)], settings.persistence_k, settings.persistence_n):
+                request = _maybe_open(con, requests, model, version, day, start, t, settings)
+                if request is not None:
+                    opened.append(request)
+                    requests = pd.concat([requests, pd.DataFrame([request])], ignore_index=True)
+    rows = pd.DataFrame(out)
+    with transaction(con):
+        con.execute("DELETE FROM monitoring.retraining_trigger WHERE partition_date IN (SELECT unnest(?::DATE[]))",
+                    [days])
+        if len(rows):
+            con.register("_rows", rows)
+            con.execute("""INSERT INTO monitoring.retraining_trigger BY NAME
+                           SELECT *, now()::TIMESTAMP AS computed_at FROM _rows""")
+            con.unregister("_rows")
+    superseded = supersede(con, champ)
+    return TriggerRun(rows, opened, superseded)
+
+
+def _window_moments(sums: pd.DataFrame, model_id: str, version: str, start: dt.date, end: dt.date) -> Moments:
+    if start > end:
+        return Moments(0, math.nan, math.nan)
+    try:
+        part = sums.loc[(model_id, version)]
+    except KeyError:
+        return Moments(0, math.nan, math.nan)
+    part = part[(part.index >= start) & (part.index <= end)]
+    return Moments.from_sums(float(part.n.sum()), float(part.s.sum()), float(part.ss.sum()))
+
+
+def _maybe_open(con, requests: pd.DataFrame, model: ModelConfig, version: str, day: dt.date, start: dt.date, t,
+                settings: TriggerSettings) -> dict | None:
+    """A request, unless this version has one proposed or approved, or one opened within the last window."""
+    mine = requests[(requests.model_id == model.id) & (requests.model_version == version)] if len(requests) else requests
+    if len(mine):
+        opened_on = pd.to_datetime(mine.opened_on).dt.date
+        if mine.status.isin(ACTIVE).any() or (opened_on > day - dt.timedelta(days=settings.window_days)).any():
+            return None
+    reason = (f"mean {loss_of(model)} {fmt_num(t.mean_current)} over {start}..{day} ({int(t.n_current)} labelled rows) "
+              f"vs reference {fmt_num(t.mean_reference)} ({int(t.n_reference)} rows): Welch t {t.statistic:.2f}, "
+              f"{fmt_p(t.p_value)}, {fmt_p(t.p_adjusted).replace('p', 'adjusted p', 1)} across the day's models; "
+              f"flagged on {settings.persistence_k}+ of the last {settings.persistence_n} days")
+    return insert_request(con, model.id, version, day, reason, float(t.statistic), float(t.p_value),
+                          f"{start}..{day}", "trigger")
+
+
+def insert_request(con: duckdb.DuckDBPyConnection, model_id: str, version: str | None, day: dt.date, reason: str,
+                   statistic: float | None, p_value: float | None, window: str | None, opened_by: str) -> dict:
+    with transaction(con):
+        request_id = con.execute("SELECT coalesce(max(request_id), 0) + 1 FROM monitoring.retraining_requests"
+                                 ).fetchone()[0]
+        con.execute("""INSERT INTO monitoring.retraining_requests (request_id, model_id, model_version, opened_on,
+                           reason, statistic, p_value, "window", status, opened_by, created_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'proposed', ?, now()::TIMESTAMP)""",
+                    [request_id, model_id, version, day, reason, statistic, p_value, window, opened_by])
+    return {"request_id": int(request_id), "model_id": model_id, "model_version": version, "opened_on": day,
+            "reason": reason, "statistic": statistic, "p_value": p_value, "window": window, "status": "proposed",
+            "opened_by": opened_by}
+
+
+def supersede(con: duckdb.DuckDBPyConnection, champ: pd.DataFrame) -> int:
+    """Proposed requests for a version that is no longer its model's champion are superseded."""
+    if champ.empty:
+        return 0
+    latest = champ.sort_values("partition_date").groupby("model_id").tail(1)
+    con.register("_champions", latest)
+    try:
+        return con.execute("""
+            UPDATE monitoring.retraining_requests AS r SET status = 'superseded', decided_by = 'pipeline',
+                   decided_at = now()::TIMESTAMP,
+                   note = 'version ' || c.model_version || ' is champion since ' || c.partition_date::VARCHAR
+            FROM _champions AS c
+            WHERE r.model_id = c.model_id AND r.status = 'proposed' AND r.model_version <> c.model_version
+                  AND r.opened_on < c.partition_date""").fetchone()[0]
+    finally:
+        con.unregister("_champions")
+
+
+def trigger_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check_name: str
+                     ) -> list[dict]:
+    """Requests opened on `days`, in the alert sensor's failure format (one per model and day)."""
+    rows = con.execute("""SELECT * FROM monitoring.retraining_requests WHERE opened_on IN (SELECT unnest(?::DATE[]))
+                          AND status <> 'superseded' ORDER BY opened_on, model_id""", [days]).df()
+    return [{"partition_date": pd.Timestamp(r.opened_on).date(), "model_id": r.model_id, "check_name": check_name,
+             "severity": "WARN", "value": r.p_value, "threshold": TRIGGER_ALPHA,
+             "message": f"retraining request #{r.request_id} ({r.status}) for {r.model_id} {r.model_version or ''}: "
+                        f"{r.reason}. Decide: python -m monitor_assets.retraining approve {r.request_id} --by <you> "
+                        f"--note '<why>' (or reject)",
+             "details": {"request_id": int(r.request_id), "window": r.window}} for r in rows.itertuples()]
+
+
+# -- decisions -------------------------------------------------------------------------------------------
+
+
+def _known_model(config: MonitorConfig, model_id: str) -> ModelConfig:
+    if model_id not in config.model_ids:
+        raise ValueError(f"unknown model {model_id!r}; configured: {', '.join(config.model_ids)}")
+    return config.model(model_id)
+
+
+def get_request(con: duckdb.DuckDBPyConnection, request_id: int) -> dict:
+    rows = con.execute("SELECT * FROM monitoring.retraining_requests WHERE request_id = ?", [request_id]).df()
+    if rows.empty:
+        raise ValueError(f"no retraining request #{request_id}")
+    return rows.iloc[0].to_dict()
+
+
+def decide(con: duckdb.DuckDBPyConnection, request_id: int, decision: str, by: str, note: str) -> dict:
+    """Approve or reject a request (recorded with who, when and why). Approving an approved request
+    again is allowed (to rerun a failed training); a decided request cannot change its mind."""
+    if decision not in ("approved", "rejected"):
+        raise ValueError(f"decision: expected approved or rejected, got {decision!r}")
+    if not by.strip():
+        raise ValueError("say who decides (by): it is recorded")
+    request = get_request(con, request_id)
+    allowed = ("proposed", "approved") if decision == "approved" else ("proposed",)
+    if request["status"] not in allowed:
+        raise ValueError(f"request #{request_id} is {request['status']}; only a "
+                         f"{' or '.join(allowed)} request can be {decision}")
+    con.execute("""UPDATE monitoring.retraining_requests SET status = ?, decided_by = ?, decided_at = now()::TIMESTAMP,
+                   note = ? WHERE request_id = ?""", [decision, by.strip(), note.strip(), request_id])
+    return get_request(con, request_id)
+
+
+def open_by_hand(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model_id: str, by: str, reason: str,
+                 version: str | None = None, day: dt.date | None = None) -> dict:
+    """A request the engineer opens (proposed, like the trigger's): for the model's current champion
+    unless a version is named."""
+    _known_model(config, model_id)
+    if not by.strip() or not reason.strip():
+        raise ValueError("say who opens it (by) and why (reason): both are recorded")
+    if version is None:
+        row = con.execute("""SELECT model_version FROM monitoring.model_versions WHERE model_id = ? AND role = 'champion'""",
+                          [model_id]).fetchone()
+        version = row[0] if row else (config.model(model_id).version or None)
+    day = day or dt.datetime.now(dt.UTC).date()
+    return insert_request(con, model_id, version, day, f"opened by hand by {by.strip()}: {reason.strip()}",
+                          None, None, None, by.strip())
+
+
+def record_outcome(con: duckdb.DuckDBPyConnection, request_id: int, ok: bool, outcome: str, run_id: str | None) -> None:
+    """Training finished: done on success; on failure the request stays approved (approve again to retry)."""
+    con.execute("""UPDATE monitoring.retraining_requests SET status = CASE WHEN ? THEN 'done' ELSE status END,
+                   outcome = ?, run_id = ?, finished_at = now()::TIMESTAMP WHERE request_id = ?""",
+                [ok, ("succeeded: " if ok else "failed: ") + outcome[:2000], run_id, request_id])
+
+
+# -- running a retraining entry point ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetrainingRequest:
+    """What a retraining entry point gets: the request and where things are."""
+
+    request_id: int
+    model_id: str
+    model_version: str | None
+    opened_on: dt.date
+    config_file: str
+    warehouse_path: str
+    lake_path: str
+    output_dir: str  # an empty folder of its own for this request's artefacts
+
+
+def output_dir(config: MonitorConfig, model_id: str, request_id: int) -> Path:
+    return Path(config.warehouse_path).parent / "retraining" / model_id / f"request-{request_id}"
+
+
+def run_entry_point(config: MonitorConfig, request: dict, log: Callable[[str], None]) -> dict:
+    """Run the model's configured entry point for an approved request; returns what it reported
+    (a callable's returned dict, or a command's exit status and output tail). Raises on failure."""
+    model = _known_model(config, request["model_id"])
+    r = model.retraining
+    folder = output_dir(config, model.id, int(request["request_id"]))
+    folder.mkdir(parents=True, exist_ok=True)
+    job = RetrainingRequest(int(request["request_id"]), model.id, request.get("model_version") or None,
+                            pd.Timestamp(request["opened_on"]).date(), str(config.file), config.warehouse_path,
+                            config.lake_path, str(folder))
+    if r.entry_point:
+        module, _, name = r.entry_point.partition(":")
+        fn = getattr(importlib.import_module(module), name)
+        log(f"calling {r.entry_point} for request #{job.request_id} ({model.id})")
+        result = fn(job)
+        return dict(result or {})
+    if r.command:
+        fields = {"model_id": model.id, "request_id": str(job.request_id), "output_dir": str(folder),
+                  "model_version": job.model_version or "", "opened_on": str(job.opened_on)}
+        args = [a.format(**fields) for a in r.command]
+        env = {**os.environ, "MONITOR_MODEL_ID": model.id, "MONITOR_REQUEST_ID": str(job.request_id),
+               "MONITOR_OUTPUT_DIR": str(folder), "MONITOR_CONFIG": str(config.file),
+               "MONITOR_WAREHOUSE": config.warehouse_path, "MONITOR_LAKE": config.lake_path}
+        log(f"running {args!r} for request #{job.request_id} ({model.id})")
+        done = subprocess.run(args, env=env, capture_output=True, text=True, cwd=Path(config.file).parent)
+        for line in (done.stdout + done.stderr).splitlines()[-200:]:
+            log(line)
+        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+        if done.returncode != 0:
+            raise RuntimeError(f"command exited with {done.returncode}: " + " | ".join(tail))
+        return {"exit_status": 0, "output": " | ".join(tail)}
+    raise ValueError(f"{model.id} has no retraining entry_point or command in the config "
+                     f"(models[].retraining.entry_point)")
+
+
+# -- champion vs challenger --------------------------------------------------------------------------------
+
+
+def compare_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, daily: pd.DataFrame, day: dt.date
+                ) -> pd.DataFrame:
+    """For each model serving two or more versions on `day`: champion vs each challenger over the days
+    since the challenger first served, on which both served; one row per metric with the day's verdict."""
+    rows = []
+    today = daily[daily.partition_date == day]
+    champ = champions(daily[daily.partition_date <= day])
+    for model_id, serving in today.groupby("model_id"):
+        if len(serving) < 2 or model_id not in config.model_ids:
+            continue
+        model = config.model(model_id)
+        champion = champ[(champ.model_id == model_id) & (champ.partition_date == day)].model_version.iloc[0]
+        for challenger in sorted(set(serving.model_version) - {champion}):
+            mine = daily[(daily.model_id == model_id)]
+            start = mine[mine.model_version == challenger].partition_date.min()
+            both = sorted(set(mine[mine.model_version == challenger].partition_date)
+                          & set(mine[mine.model_version == champion].partition_date))
+            both = [d for d in both if start <= d <= day]
+            champ_stats = _version_stats(con, config, model, champion, both)
+            stats = {champion: champ_stats,
+                     challenger: _version_stats(con, config, model, challenger, both, champ_stats.latency_p95_ms)}
+            gates = Gates(latency_p95_ms=model.thresholds.latency_p95_ms, error_rate=model.thresholds.error_rate,
+                          alpha=model.retraining.canary_alpha,
+                          latency_tolerance=model.retraining.canary_latency_tolerance,
+                          min_labelled=model.retraining.canary_min_labelled)
+            verdict, metrics = compare_versions(stats[champion], stats[challenger], gates)
+            for m in metrics:
+                rows.append({"partition_date": day, "model_id": model_id, "champion_version": champion,
+                             "challenger_version": challenger, **m, "verdict": verdict,
+                             "reason": f"{m['reason']} (days {both[0]}..{both[-1]})" if both else m["reason"]})
+    return pd.DataFrame(rows)
+
+
+def _version_stats(con, config: MonitorConfig, model: ModelConfig, version: str, days: list[dt.date],
+                   champion_p95: float | None = None) -> VersionStats:
+    served = con.execute("""SELECT count(*), count(*) FILTER (WHERE NOT is_ok), quantile_cont(latency_ms, 0.95),
+                                   count(*) FILTER (WHERE latency_ms > ?)
+                            FROM raw.predictions WHERE model_id = ? AND coalesce(model_version, '') = ?
+                            AND partition_date IN (SELECT unnest(?::DATE[]))""",
+                         [champion_p95, model.id, version, days]).fetchone()
+    sql, params = labelled_losses_sql(config, min(days), max(days), [model])
+    labelled = con.execute(f"""SELECT loss, ((score >= threshold)::INT = label::INT)::INT AS correct FROM ({sql})
+                               WHERE model_version = ? AND partition_date IN (SELECT unnest(?::DATE[]))""",
+                           [*params, version, days]).df()
+    return VersionStats(version, n=int(served[0]), n_errors=int(served[1]),
+                        latency_p95_ms=None if served[2] is None else float(served[2]), n_labelled=len(labelled),
+                        n_correct=int(labelled.correct.sum()) if model.is_classifier else None,
+                        losses=labelled.loss.to_numpy(dtype=float),
+                        n_over_champion_p95=None if champion_p95 is None else int(served[3]))
+
+
+def run_comparison(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> pd.DataFrame:
+    """monitoring.version_comparison for `days`: replaced, one frame back."""
+    daily = version_daily(con, max(days))
+    frames = [compare_day(con, config, daily, day) for day in sorted(days)]
+    frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
+    with transaction(con):
+        con.execute("DELETE FROM monitoring.version_comparison WHERE partition_date IN (SELECT unnest(?::DATE[]))",
+                    [days])
+        if len(frame):
+            con.register("_cmp", frame)
+            con.execute("""INSERT INTO monitoring.version_comparison BY NAME
+                           SELECT *, now()::TIMESTAMP AS computed_at FROM _cmp""")
+            con.unregister("_cmp")
+    return frame
+
+
+def rollback_failures(frame: pd.DataFrame, check_name: str) -> list[dict]:
+    """Days on which a challenger failed its canary gates, in the alert sensor's failure format."""
+    if frame.empty:
+        return []
+    failed = frame[(frame.verdict == "rollback") & (frame.gate == "fail")]
+    out = []
+    for (day, model_id, champion, challenger), g in failed.groupby(
+            ["partition_date", "model_id", "champion_version", "challenger_version"]):
+        reasons = "; ".join(f"{r.metric} {fmt_num(r.challenger_value)} vs {fmt_num(r.champion_value)}: {r.reason}"
+                            for r in g.itertuples())
+        out.append({"partition_date": pd.Timestamp(day).date(), "model_id": model_id, "check_name": check_name,
+                    "severity": "ERROR", "value": None, "threshold": None,
+                    "message": f"roll back challenger {challenger} (champion {champion}): {reasons}",
+                    "details": {"champion": champion, "challenger": challenger}})
+    return out
+
