@@ -205,9 +205,10 @@ class Lake:
         else:
             kwargs = {"use_listings_cache": False, "skip_instance_cache": True}
         try:
-            return fsspec.filesystem(self.scheme, **kwargs)
+            cls = fsspec.get_filesystem_class(self.scheme)
         except ImportError as exc:
             raise RuntimeError(f"a lake on {self.scheme}:// needs the {FSSPEC_PACKAGE[self.scheme]} package") from exc
+        return _with_data_file_info_cache(cls)(**kwargs)
 
     # ---- where things are
 
@@ -383,6 +384,9 @@ class Lake:
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
         if not set(protocols) & set(con.list_filesystems()):
             con.register_filesystem(fs)
+            # Footers kept between queries (checked against the file's time, which the info cache answers):
+            # each query binds the views again, and would otherwise read every file's footer over HTTP.
+            con.execute("SET parquet_metadata_cache = true")
 
     def _current_files(self, path: Path | str) -> tuple[list[str], set[str]] | None:
         """The data files and column names of a Delta table's newest version (None: no table there). Loading
@@ -450,6 +454,35 @@ def _conform(data: pa.Table, columns: dict[str, str]) -> pa.Table:
         return con.sql(f"SELECT {picks} FROM _data").to_arrow_table()
     finally:
         con.close()
+
+
+_FS_CLASSES: dict[type, type] = {}
+# A Delta data file is never rewritten (unique name; vacuum deletes it only once no version uses it), so its
+# size and time are asked once per process: DuckDB asks a filesystem about a file several times (exists, size,
+# time, open) each time a query binds a view, one HTTP HEAD each on object storage.
+_DATA_FILE_INFO: dict[str, dict] = {}
+_DATA_FILE_INFO_MAX = 200_000
+
+
+def _with_data_file_info_cache(cls: type) -> type:
+    """An fsspec async filesystem class whose `_info` of Delta data files (`*.parquet` outside `_delta_log`)
+    is cached; everything else (the log, listings) is asked every time."""
+    if cls not in _FS_CLASSES:
+        async def _info(self, path, *args, **kwargs):
+            key = self._strip_protocol(path)
+            if not key.endswith(".parquet") or "/_delta_log/" in key:
+                return await super(sub, self)._info(path, *args, **kwargs)
+            hit = _DATA_FILE_INFO.get(key)
+            if hit is None:
+                hit = await super(sub, self)._info(path, *args, **kwargs)
+                if len(_DATA_FILE_INFO) >= _DATA_FILE_INFO_MAX:
+                    _DATA_FILE_INFO.clear()
+                _DATA_FILE_INFO[key] = hit
+            return dict(hit)
+
+        sub = type(f"DataFileInfoCached{cls.__name__}", (cls,), {"_info": _info})
+        _FS_CLASSES[cls] = sub
+    return _FS_CLASSES[cls]
 
 
 # Per table location: (newest commit's name and time, (data files, column names)).
