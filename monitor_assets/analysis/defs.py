@@ -7,7 +7,7 @@ from monitor_assets.analysis.logic import (
     drift_for_day,
     fairness_for_day,
     load_profiles,
-    profile_model,
+    profile_models,
     reference_version,
     save_profiles,
     stored_version,
@@ -54,16 +54,15 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
     def reference_profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         rows, warnings = [], []
         with fail_fast(), warehouse.connect() as con:
-            for model in config.models:
-                version = reference_version(model)
-                if stored_version(con, model.id) == version:
-                    rows.append((model.id, version, "reused", None, None))
-                    continue
-                profiles, baselines, check = profile_model(con, model)
+            versions = {m.id: reference_version(m) for m in config.models}
+            todo = [m for m in config.models if stored_version(con, m.id) != versions[m.id]]
+            rows += [(m.id, versions[m.id], "reused", None, None) for m in config.models if m not in todo]
+            for i, (model, (profiles, baselines, check)) in enumerate(profile_models(con, todo), 1):
                 with transaction(con):
-                    save_profiles(con, model, version, profiles, baselines)
-                rows.append((model.id, version, "computed", check.n_usable, check.n_left_out))
-                context.log.info(f"profiled reference of {model.id} (version {version})")
+                    save_profiles(con, model, versions[model.id], profiles, baselines)
+                rows.append((model.id, versions[model.id], "computed", check.n_usable, check.n_left_out))
+                if should_log_progress(i, len(todo)):
+                    context.log.info(f"profiled {i}/{len(todo)} references ({model.id})")
                 if check.warning:
                     warnings.append(f"{model.id} ({model.reference_path}): {check.warning}")
                     context.log.warning(f"model {model.id}: reference {model.reference_path}: {check.warning}")

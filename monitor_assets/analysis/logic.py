@@ -10,6 +10,9 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -134,6 +137,24 @@ def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[d
     baselines = {m: float(row[m]) for m in CLASSIFICATION_METRICS + REGRESSION_METRICS
                  if m in row and not pd.isna(row[m])}
     return profiles, baselines, check
+
+
+def profile_models(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], workers: int | None = None):
+    """`profile_model` for each model, a few at once (each on its own cursor: DuckDB and numpy work outside
+    the GIL), yielded in the models' order as (model, result)."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers == 1 or len(models) < 2:
+        yield from ((m, profile_model(con, m)) for m in models)
+        return
+    local = threading.local()
+
+    def one(model: ModelConfig):
+        if not hasattr(local, "cursor"):
+            local.cursor = con.cursor()
+        return profile_model(local.cursor, model)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="profile") as pool:
+        yield from zip(models, pool.map(one, models), strict=True)
 
 
 def save_profiles(con: duckdb.DuckDBPyConnection, model: ModelConfig, version: str, profiles: dict,
