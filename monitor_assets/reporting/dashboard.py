@@ -17,7 +17,7 @@ import hashlib
 import html
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -47,6 +47,22 @@ class ReportData:
     #                       state (open, acknowledged, silenced, resolved), state_note (who, until, why)
     quality: pd.DataFrame  # partition_date, source, records_read, records_loaded, records_quarantined
     quarantine_reasons: pd.DataFrame  # source, reason, n
+    # The closed loop (empty when the warehouse has none): per day and model the day's mean loss, the
+    # reference band and the flag; requests; versions; the latest comparison of each challenger.
+    loss: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LOSS_COLUMNS))
+    requests: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REQUEST_COLUMNS))
+    versions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=VERSION_COLUMNS))
+    comparison: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COMPARISON_COLUMNS))
+
+
+LOSS_COLUMNS = ["partition_date", "model_id", "model_version", "loss", "mean_loss_day", "band_low", "band_high",
+                "mean_current", "flagged"]
+REQUEST_COLUMNS = ["request_id", "model_id", "model_version", "opened_on", "status", "reason", "decided_by", "note",
+                   "outcome"]
+VERSION_COLUMNS = ["model_id", "model_version", "first_seen", "last_seen", "traffic_share", "role", "champion_since"]
+COMPARISON_COLUMNS = ["partition_date", "model_id", "champion_version", "challenger_version", "metric",
+                      "champion_value", "challenger_value", "p_value", "gate", "verdict"]
+REQUESTS_SHOWN = 20  # per model page: the newest requests
 
 
 def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last_day: dt.date) -> ReportData:
@@ -74,6 +90,15 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
                      FROM raw.ingestion_log WHERE partition_date <= ? ORDER BY 1"""),
         quarantine_reasons=q("""SELECT source, split_part(reason, ':', 1) AS reason, count(*) AS n FROM raw.quarantine
                                 WHERE partition_date <= ? GROUP BY ALL ORDER BY n DESC"""),
+        loss=q(f"""SELECT {', '.join(LOSS_COLUMNS)} FROM monitoring.retraining_trigger WHERE partition_date <= ?
+                   ORDER BY partition_date"""),
+        requests=q(f"""SELECT {', '.join(REQUEST_COLUMNS)} FROM monitoring.retraining_requests WHERE opened_on <= ?
+                       ORDER BY opened_on DESC, request_id DESC"""),
+        versions=con.execute(f"SELECT {', '.join(VERSION_COLUMNS)} FROM monitoring.model_versions ORDER BY first_seen"
+                             ).df(),
+        comparison=q(f"""SELECT {', '.join(COMPARISON_COLUMNS)} FROM monitoring.version_comparison
+                         WHERE partition_date <= ? QUALIFY partition_date = max(partition_date) OVER (PARTITION BY
+                         model_id, challenger_version) ORDER BY model_id, challenger_version, metric"""),
     )
 
 
@@ -238,6 +263,8 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
     summaries = {s["model_id"]: s for s in model_summaries(data)}
     perf_by, drift_by, fair_by, alerts_by = (_by_model(data.performance), _by_model(data.drift),
                                              _by_model(data.fairness), _by_model(data.alerts))
+    loss_by, requests_by, versions_by, comparison_by = (_by_model(data.loss), _by_model(data.requests),
+                                                        _by_model(data.versions), _by_model(data.comparison))
     open_alerts = data.alerts[data.alerts.status == "open"]
     last = data.performance.partition_date.max()
     common = {
@@ -261,9 +288,13 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
         fair = fair_by.get(m.model_id)
         if fair is not None and fair.selection_rate.notna().any():
             figures.append({"id": "fair", "title": "Fairness by group", "figure": _fairness_figure(fair)})
+        loss = loss_by.get(m.model_id)
+        if loss is not None and loss.mean_loss_day.notna().any():
+            figures.append({"id": "loss", "title": "Loss against the reference band", "figure": _loss_figure(loss)})
         pages[model_page(m.model_id)] = env.get_template("dashboard/model.html.j2").render(
             common, root="../", model=row, summary=s, figures=figures,
-            alerts=_alerts_by_state(alerts[alerts.status == "open"]))
+            alerts=_alerts_by_state(alerts[alerts.status == "open"]), closed_loop=_loop_tables(
+                requests_by.get(m.model_id), versions_by.get(m.model_id), comparison_by.get(m.model_id)))
     rows.sort(key=lambda r: -STATUS_ORDER[r["status"]])  # worst first; stable, so config order within a status
     quality = data.quality.groupby("source", as_index=False)[["records_read", "records_loaded",
                                                               "records_quarantined"]].sum()
@@ -457,3 +488,37 @@ def _fairness_figure(fair: pd.DataFrame) -> dict:
     return {"data": data, "layout": {"height": 240, "margin": {"l": 40, "r": 10, "t": 30, "b": 30},
                                      "title": {"text": "selection rate by group", "font": {"size": 13}},
                                      "xaxis": {"type": "date", **AXIS}, "yaxis": AXIS, **LAYOUT}}
+
+
+def _loss_figure(loss: pd.DataFrame) -> dict:
+    """The day's mean loss of the champion, the band a day would fall in if the model were as good as its
+    reference batch (shaded), the window's mean, and the days the trigger flagged (red x)."""
+    loss = loss.sort_values("partition_date")
+    x = _days(loss.partition_date)
+    name = _label(loss["loss"].dropna().iloc[-1]) if loss["loss"].notna().any() else "loss"
+    band = {"mode": "lines", "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip"}
+    data = [{"type": "scatter", "x": x, "y": _round(loss.band_low), **band},
+            {"type": "scatter", "x": x, "y": _round(loss.band_high), "fill": "tonexty",
+             "fillcolor": "rgba(156,163,175,0.25)", **band, "name": "reference band"},
+            {"type": "scatter", "x": x, "y": _round(loss.mean_loss_day), "mode": "lines+markers", "name": f"day's mean {name}",
+             "line": LINE, "marker": {"size": 4}},
+            {"type": "scatter", "x": x, "y": _round(loss.mean_current), "mode": "lines", "name": "window mean",
+             "line": {"color": "#6b7280", "width": 1, "dash": "dot"}}]
+    flagged = loss[loss.flagged.fillna(False).astype(bool)]
+    if len(flagged):
+        data.append({"type": "scatter", "x": _days(flagged.partition_date), "y": _round(flagged.mean_loss_day),
+                     "mode": "markers", "name": "flagged", "marker": ALERT_MARKER})
+    return {"data": data, "layout": {"height": 260, "margin": {"l": 40, "r": 10, "t": 30, "b": 30},
+                                     "legend": {"orientation": "h"}, "xaxis": {"type": "date", **AXIS}, "yaxis": AXIS,
+                                     **LAYOUT}}
+
+
+def _loop_tables(requests: pd.DataFrame | None, versions: pd.DataFrame | None, comparison: pd.DataFrame | None) -> dict:
+    """The model page's closed-loop tables: newest requests, versions with traffic, latest comparison."""
+    empty = {"columns": [], "rows": []}
+    return {
+        "requests": _frame_rows(requests.drop(columns="model_id").head(REQUESTS_SHOWN)) if requests is not None else empty,
+        "request_count": 0 if requests is None else len(requests),
+        "versions": _frame_rows(versions.drop(columns="model_id")) if versions is not None else empty,
+        "comparison": _frame_rows(comparison.drop(columns="model_id")) if comparison is not None else empty,
+    }
