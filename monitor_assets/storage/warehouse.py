@@ -11,6 +11,7 @@ assets.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import time
 from collections.abc import Iterable, Iterator
@@ -209,6 +210,9 @@ def open_warehouse(path: str, lake_path: str | None = None, models: Iterable[str
     _LAKES[id(con)] = lake
     try:
         con.execute("SET TimeZone = 'UTC'")  # naive timestamps in inputs are read as UTC
+        # Big joins and aggregates (a day of hundreds of models) spill to disk past this, instead of taking
+        # most of the machine's memory (DuckDB's default is 80% of it).
+        con.execute("SET memory_limit = ?", [os.environ.get("MONITOR_MEMORY_LIMIT", "1500MB")])
         if not read_only:
             ensure_schema(con)
         lake.attach(con, models, create_views=not read_only)
