@@ -383,9 +383,10 @@ def supersede(con: duckdb.DuckDBPyConnection, champ: pd.DataFrame) -> int:
 
 def trigger_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check_name: str
                      ) -> list[dict]:
-    """Requests opened on `days`, in the alert sensor's failure format (one per model and day)."""
+    """Requests opened on `days`, in the alert sensor's failure format (one per model and day). A request
+    superseded later still failed its day: a backfill that opens and supersedes it in one run notifies too."""
     rows = con.execute("""SELECT * FROM monitoring.retraining_requests WHERE opened_on IN (SELECT unnest(?::DATE[]))
-                          AND status <> 'superseded' ORDER BY opened_on, model_id""", [days]).df()
+                          ORDER BY opened_on, model_id""", [days]).df()
     return [{"partition_date": pd.Timestamp(r.opened_on).date(), "model_id": r.model_id, "check_name": check_name,
              "severity": "WARN", "value": r.p_value, "threshold": TRIGGER_ALPHA,
              "message": f"retraining request #{r.request_id} ({r.status}) for {r.model_id} {r.model_version or ''}: "

@@ -14,8 +14,9 @@ side) it is the normal limit of the permutation test of the mean loss, at a frac
 it needs only each side's count, mean and variance, which DuckDB aggregates where the rows are.
 Mann-Whitney U (`loss_shift_test(..., method="mann_whitney")`) is robust to a few extreme losses, but
 it tests ranks: when a model gets 3% more rows wrong, only those rows move, while each moves a long
-way in loss. In simulation (200 labelled rows a day, 7-day window against 1,400 reference rows) the
-t-test detected a 3-point accuracy drop in 75% of windows at p < 0.01, Mann-Whitney in 36%; the
+way in loss. In simulation (benchmarks/retraining_trigger.py: 200 labelled rows a day, a 7-day window
+against a 14-day reference) the t-test detected a 3-point accuracy drop in 79% of windows at p < 0.01,
+Mann-Whitney in 39%; the
 t-test's size stayed at the nominal level for log losses (measured 0.0100 at 0.01, 0.0012 at 0.001;
 clipped probabilities bound a log loss by -log(2.2e-16) = 36).
 

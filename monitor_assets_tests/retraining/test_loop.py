@@ -139,3 +139,25 @@ def test_roles_and_champions_from_daily_traffic():
     assert versions.loc["v2", "role"] == "champion" and versions.loc["v1", "role"] == "challenger"
     assert versions.loc["v2", "traffic_share"] == pytest.approx(0.8)
     assert versions.loc["v2", "champion_since"] == d[2] and versions.loc["v1", "first_seen"] == d[0]
+
+
+def test_requests_and_rollbacks_reach_the_alert_outbox(demo_run, demo_instance, tmp_path):
+    """Requests notify through the alert channels: the sensor's own reading of check evaluations puts the
+    request's failure into the outbox, once per channel of the model."""
+    from monitor_assets.notify.defs import read_evaluations, record_evaluations
+    from monitor_assets.notify.state import AlertState
+    from monitor_assets.retraining.defs import CANARY_CHECK, RETRAINING_CHECK
+
+    config, _ = demo_run
+    defs = build_definitions(config)
+    keys = [k for c in defs.asset_checks for k in c.check_keys if k.name in (RETRAINING_CHECK, CANARY_CHECK)]
+    assert len(keys) == 2
+    state = AlertState(tmp_path / "state.sqlite")
+    record_evaluations(state, config, read_evaluations(demo_instance, keys, 0.0))
+    rows = state.table("monitoring.alert_deliveries")
+    request = rows[(rows.model_id == "conversion_recommender") & (rows.check_name == RETRAINING_CHECK)]
+    assert len(request) == 1 and request.channel.iloc[0] == "file" and request.severity.iloc[0] == "WARN"
+    assert "retraining request #" in request.message.iloc[0] and "approve" in request.message.iloc[0]
+    assert request.partition_date.iloc[0] >= str(DRIFT_DAY)
+    rollback = rows[rows.check_name == CANARY_CHECK]
+    assert set(rollback.severity) <= {"ERROR"} and set(rollback.model_id) <= {"conversion_recommender"}
