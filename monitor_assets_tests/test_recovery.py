@@ -202,7 +202,8 @@ def test_a_failed_quality_suite_holds_only_the_model_whose_rows_failed(tmp_path)
         failures = check.metadata["failures"].value
         # The failure names the model whose rows failed, so it reaches that model's channels.
         assert [f["model_id"] for f in failures] == ["fraud"]
-        assert "expect_column_values_to_be_between on ts: 200 unexpected" in failures[0]["message"]
+        assert ("expect_column_values_to_be_between on ts (hours after its day's midnight, UTC): 200 unexpected"
+            in failures[0]["message"])
         assert check.partition == "2026-03-09"
         materialized = {tuple(e.asset_key.path) for e in result.get_asset_materialization_events()}
     assert {("raw", "predictions"), ("monitoring", "performance_daily"), ("monitoring", "feature_drift")} <= materialized

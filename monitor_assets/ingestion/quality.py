@@ -28,12 +28,15 @@ class ExpectationOutcome:
     success: bool
     unexpected_count: int
     sample: list
-    models: dict[str, int]  # unexpected rows per model id (None: rows without a known model)
+    units: dict[tuple[dt.date, str | None], int]  # unexpected rows per (day, model id); None: no known model
 
 
-# A validation batch holds several models' rows (GX costs about 0.1 s a call, whatever its size), up to
-# about this many rows, so memory holds a bounded slice of a day however many models there are.
+# A validation batch holds several model-days (GX costs about 0.1 to 0.4 s a call, whatever its size), up
+# to about this many rows, so memory holds a bounded slice however many models and days there are.
 BATCH_ROWS = 250_000
+# Logs of a day may straddle midnight by a little; anything further is a misfiled batch.
+HOURS_INTO_DAY = (-2.0, 26.0)
+TS_HOURS = "ts_hours_into_day"  # the suite's view of ts: hours after its day's midnight (UTC)
 
 
 def _category_column(model_id: str, column: str) -> str:
@@ -41,21 +44,20 @@ def _category_column(model_id: str, column: str) -> str:
     return f"{model_id} / {column}"
 
 
-def _suite(config: MonitorConfig, day: dt.date, models: list[ModelConfig]):
+def _suite(config: MonitorConfig, models: list[ModelConfig]):
+    """One suite for any days: the timestamp window is checked on hours into each row's own day."""
     import great_expectations as gx
 
     E = gx.expectations
-    start = pd.Timestamp(day, tz="UTC")
     expectations = [
         E.ExpectColumnValuesToNotBeNull(column="prediction_id"),
-        # Ids are unique within a model: two models may score the same request.
-        E.ExpectCompoundColumnsToBeUnique(column_list=["model_id", "prediction_id"]),
+        # Ids are unique within a model and day (two models may score the same request; a repeat on a
+        # later day is quarantined at ingestion).
+        E.ExpectCompoundColumnsToBeUnique(column_list=["model_id", "partition_date", "prediction_id"]),
         E.ExpectColumnValuesToNotBeNull(column="model_id"),
         E.ExpectColumnValuesToBeInSet(column="model_id", value_set=config.model_ids),
         E.ExpectColumnValuesToNotBeNull(column="ts"),
-        # Logs of a day may straddle midnight by a little; anything further is a misfiled batch.
-        E.ExpectColumnValuesToBeBetween(column="ts", min_value=start - pd.Timedelta(hours=2),
-                                        max_value=start + pd.Timedelta(hours=26)),
+        E.ExpectColumnValuesToBeBetween(column=TS_HOURS, min_value=HOURS_INTO_DAY[0], max_value=HOURS_INTO_DAY[1]),
         E.ExpectColumnValuesToBeBetween(column="latency_ms", min_value=0, mostly=1.0),
     ]
     if any(m.is_classifier for m in models):
@@ -64,7 +66,7 @@ def _suite(config: MonitorConfig, day: dt.date, models: list[ModelConfig]):
         for column, allowed in _allowed_categories(config, model).items():
             expectations.append(E.ExpectColumnValuesToBeInSet(column=_category_column(model.id, column),
                                                               value_set=allowed))
-    return gx.ExpectationSuite(name=f"predictions_{day}", expectations=expectations)
+    return gx.ExpectationSuite(name="predictions", expectations=expectations)
 
 
 def _allowed_categories(config: MonitorConfig, model: ModelConfig) -> dict[str, list[str]]:
@@ -72,33 +74,39 @@ def _allowed_categories(config: MonitorConfig, model: ModelConfig) -> dict[str, 
     return {columns[(f.source, f.type)]: list(f.allowed_values) for f in model.features if f.allowed_values}
 
 
-def predictions_frame(con, config: MonitorConfig, day: dt.date, models: list[ModelConfig]) -> pd.DataFrame:
-    """These models' loaded predictions of a day, classifier scores in a column of their own and each model's
-    categorical columns under its own name (`<model> / <column>`)."""
+def predictions_frame(con, config: MonitorConfig, units: list[tuple[dt.date, ModelConfig]]) -> pd.DataFrame:
+    """The loaded predictions of these (day, model) units: classifier scores in a column of their own, each
+    model's categorical columns under its own name (`<model> / <column>`), and ts as hours into its day."""
+    days: dict[str, list[dt.date]] = {}
+    models = {}
+    for day, model in units:
+        days.setdefault(model.id, []).append(day)
+        models[model.id] = model
     parts = []
-    for model in models:
-        table = lake_of(con).model_relation(con, model.id)
-        extra = "".join(f", {quote_ident(c)} AS {quote_ident(_category_column(model.id, c))}"
+    for model_id, model in models.items():
+        table = lake_of(con).model_relation(con, model_id)
+        extra = "".join(f", {quote_ident(c)} AS {quote_ident(_category_column(model_id, c))}"
                         for c in _allowed_categories(config, model))
         score = "score" if model.is_classifier else "NULL::DOUBLE"
-        parts.append(f"""SELECT prediction_id, model_id, ts, latency_ms, score, {score} AS classifier_score{extra}
-                         FROM {table} WHERE partition_date = $day""")
-    return con.execute(" UNION ALL BY NAME ".join(parts), {"day": day}).df()
+        listed = ", ".join(f"DATE '{d.isoformat()}'" for d in days[model_id])
+        parts.append(f"""
+            SELECT partition_date, prediction_id, model_id, ts, latency_ms, score, {score} AS classifier_score,
+                   epoch(ts - partition_date::TIMESTAMPTZ) / 3600 AS {TS_HOURS}{extra}
+            FROM {table} WHERE partition_date IN ({listed})""")
+    return con.execute(" UNION ALL BY NAME ".join(parts)).df()
 
 
-def validation_batches(counts: dict[str, int], models: list[ModelConfig],
-                       limit: int = BATCH_ROWS) -> list[list[ModelConfig]]:
-    """Models in config order, grouped so a batch holds at most `limit` rows (a bigger model goes alone);
-    models without rows are left out."""
+def validation_batches(units: list, sizes: list[int], limit: int = BATCH_ROWS) -> list[list]:
+    """Units (model-days) in order, grouped so a batch holds at most `limit` rows (a bigger one goes alone);
+    units without rows are left out."""
     batches, current, size = [], [], 0
-    for model in models:
-        n = counts.get(model.id, 0)
+    for unit, n in zip(units, sizes, strict=True):
         if not n:
             continue
         if current and size + n > limit:
             batches.append(current)
             current, size = [], 0
-        current.append(model)
+        current.append(unit)
         size += n
     return batches + ([current] if current else [])
 
@@ -112,29 +120,32 @@ def _batch_definition():
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return (context.data_sources.add_pandas("warehouse").add_dataframe_asset("predictions")
-            .add_batch_definition_whole_dataframe("day"))
+            .add_batch_definition_whole_dataframe("batch"))
 
 
-def validate_predictions(config: MonitorConfig, day: dt.date, frame: pd.DataFrame,
+def validate_predictions(config: MonitorConfig, frame: pd.DataFrame,
                          models: list[ModelConfig] | None = None) -> list[ExpectationOutcome]:
     """Run the suite of `models` (default: every model) on `frame`; each outcome counts its unexpected rows
-    per model, so a failure holds only the models whose rows failed."""
+    per (day, model), so a failure holds only the model-days whose rows failed."""
     batch_definition = _batch_definition()
-    # COMPLETE lists the unexpected rows, so a failure is routed to the models whose rows failed.
+    # COMPLETE lists the unexpected rows, so a failure is routed to the model-days whose rows failed.
     result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
-        _suite(config, day, list(models or config.models)), result_format={"result_format": "COMPLETE"})
+        _suite(config, list(models or config.models)), result_format={"result_format": "COMPLETE"})
     known = set(config.model_ids)
+    days = pd.to_datetime(frame.partition_date).dt.date
     outcomes = []
     for r in result.results:
         index = r.result.get("unexpected_index_list") or []
-        models_hit = frame.model_id.reindex(index).where(lambda m: m.isin(known)).value_counts(dropna=False)
+        hit = pd.DataFrame({"d": days.reindex(index), "m": frame.model_id.reindex(index).where(
+            lambda m: m.isin(known))})
+        units = hit.groupby(["d", "m"], dropna=False).size()
         kwargs = r.expectation_config.kwargs
         column = kwargs.get("column") or ", ".join(kwargs.get("column_list") or [])
         outcomes.append(ExpectationOutcome(
             r.expectation_config.type, str(column), bool(r.success),
             int(r.result.get("unexpected_count") or 0),
             [str(v) for v in (r.result.get("partial_unexpected_list") or [])[:5]],
-            {(None if pd.isna(m) else str(m)): int(n) for m, n in models_hit.items()}))
+            {(d, None if pd.isna(m) else str(m)): int(n) for (d, m), n in units.items()}))
     return outcomes
 
 
@@ -149,38 +160,50 @@ class Verdict:
     message: str  # what failed, one line per expectation; empty when passed
 
 
-def validate_day(con, config: MonitorConfig, day: dt.date, batch_rows: int = BATCH_ROWS) -> list[Verdict]:
-    """Validate every model's loaded predictions of `day`, a bounded batch of models at a time, and store one
-    verdict per model with rows in `monitoring.quality_verdicts` (the day's previous verdicts replaced)."""
-    counts = dict(con.execute("SELECT model_id, count(*) FROM raw.predictions WHERE partition_date = ? "
-                              "GROUP BY 1", [day]).fetchall())
-    problems: dict[str, list[str]] = {}
-    unexpected: dict[str, int] = {}
-    for batch in validation_batches(counts, list(config.models), batch_rows):
-        frame = predictions_frame(con, config, day, batch)
-        for outcome in validate_predictions(config, day, frame, batch):
+def _described(column: str, model_id: str) -> str:
+    column = column.removeprefix(f"{model_id} / ")
+    return "ts (hours after its day's midnight, UTC)" if column == TS_HOURS else column
+
+
+def validate_days(con, config: MonitorConfig, days: list[dt.date], batch_rows: int = BATCH_ROWS) -> list[Verdict]:
+    """Validate every model's loaded predictions of `days`, a bounded batch of model-days at a time, and store
+    one verdict per model-day with rows in `monitoring.quality_verdicts` (those days' verdicts replaced)."""
+    counts = {(d, m): n for d, m, n in con.execute(
+        "SELECT partition_date, model_id, count(*) FROM raw.predictions WHERE partition_date IN "
+        "(SELECT unnest(?::DATE[])) GROUP BY 1, 2", [list(days)]).fetchall()}
+    units = [(d, m) for d in days for m in config.models]
+    problems: dict[tuple, list[str]] = {}
+    unexpected: dict[tuple, int] = {}
+    sizes = [counts.get((d, m.id), 0) for d, m in units]
+    for batch in validation_batches(units, sizes, batch_rows):
+        frame = predictions_frame(con, config, batch)
+        for outcome in validate_predictions(config, frame, list({m.id: m for _, m in batch}.values())):
             if outcome.success:
                 continue
-            for model_id, n in outcome.models.items():
+            for (day, model_id), n in outcome.units.items():
                 if model_id is None:  # rows of no known model: nothing of a model's to hold
                     continue
-                column = outcome.column.removeprefix(f"{model_id} / ")
-                sample = outcome.sample if len(outcome.models) == 1 else []  # else maybe another's
-                unexpected[model_id] = unexpected.get(model_id, 0) + n
-                problems.setdefault(model_id, []).append(
-                    f"{outcome.expectation} on {column}: {n} unexpected value(s)"
+                sample = outcome.sample if len(outcome.units) == 1 else []  # else maybe another's
+                unexpected[(day, model_id)] = unexpected.get((day, model_id), 0) + n
+                problems.setdefault((day, model_id), []).append(
+                    f"{outcome.expectation} on {_described(outcome.column, model_id)}: {n} unexpected value(s)"
                     + (f", e.g. {', '.join(sample)}" if sample else ""))
         del frame
-    verdicts = [Verdict(day, m.id, counts[m.id], m.id not in problems, unexpected.get(m.id, 0),
-                        "; ".join(problems.get(m.id, [])))
-                for m in config.models if counts.get(m.id)]
+    verdicts = [Verdict(d, m.id, counts[(d, m.id)], (d, m.id) not in problems, unexpected.get((d, m.id), 0),
+                        "; ".join(problems.get((d, m.id), [])))
+                for d, m in units if counts.get((d, m.id))]
     with transaction(con):
-        con.execute("DELETE FROM monitoring.quality_verdicts WHERE partition_date = ?", [day])
+        con.execute("DELETE FROM monitoring.quality_verdicts WHERE partition_date IN (SELECT unnest(?::DATE[]))",
+                    [list(days)])
         if verdicts:
             con.executemany("INSERT INTO monitoring.quality_verdicts VALUES (?, ?, ?, ?, ?, ?, now())",
                             [(v.partition_date, v.model_id, v.rows, v.passed, v.unexpected, v.message)
                              for v in verdicts])
     return verdicts
+
+
+def validate_day(con, config: MonitorConfig, day: dt.date, batch_rows: int = BATCH_ROWS) -> list[Verdict]:
+    return validate_days(con, config, [day], batch_rows)
 
 
 def held_models(con, days: list[dt.date]) -> dict[dt.date, set[str]]:

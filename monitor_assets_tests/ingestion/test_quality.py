@@ -7,7 +7,13 @@ import json
 import pytest
 
 from monitor_assets.config import load_config
-from monitor_assets.ingestion.quality import held_models, stored_verdicts, validate_day, validation_batches
+from monitor_assets.ingestion.quality import (
+    held_models,
+    stored_verdicts,
+    validate_day,
+    validate_days,
+    validation_batches,
+)
 from monitor_assets.ingestion.readers import ingest_day
 from monitor_assets.storage.warehouse import connect, lake_of
 from monitor_assets_tests.conftest import write
@@ -84,9 +90,29 @@ def test_a_stray_timestamp_holds_its_model_only(tmp_path, con):
     assert held_models(con, [DAY, DAY + dt.timedelta(days=1)]) == {DAY: {"gold"}, DAY + dt.timedelta(days=1): set()}
 
 
-def test_batches_stay_under_the_row_limit_and_keep_config_order(tmp_path):
+def test_batches_stay_under_the_row_limit_and_keep_their_order(tmp_path):
+    units = ["gold", "silver", "bronze", "tin"]
+    batches = validation_batches(units, [60, 50, 200, 0], limit=120)
+    assert batches == [["gold", "silver"], ["bronze"]]  # a big unit goes alone, an empty one nowhere
+    assert validation_batches(units, [5, 5, 5, 5]) == [units]
+
+
+def test_several_days_in_one_batch_give_each_model_day_its_own_verdict(tmp_path, con):
     config = load_config(write(tmp_path / "m.yaml", CONFIG))
-    gold, silver, bronze = config.models
-    batches = validation_batches({"gold": 60, "silver": 50, "bronze": 200}, list(config.models), limit=120)
-    assert [[m.id for m in b] for b in batches] == [["gold", "silver"], ["bronze"]]  # a big model goes alone
-    assert validation_batches({"silver": 5}, list(config.models)) == [[silver]]  # no rows, no batch
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    write(tmp_path / "logs" / "2026-03-01" / "gold.jsonl", lines("gold", 20, ["a"]))
+    # The second day's gold file holds the first day's records: a misfiled batch on 03-02 only.
+    write(tmp_path / "logs" / "2026-03-02" / "gold.jsonl", lines("gold", 15, ["b"]).replace('"prediction_id": "p', '"prediction_id": "q'))
+    write(tmp_path / "logs" / "2026-03-02" / "silver.jsonl",
+          lines("silver", 10, ["x"]).replace("2026-03-01T", "2026-03-02T"))
+    for day in days:
+        ingest_day(con, config, "predictions", day)
+    together = {(v.partition_date, v.model_id): (v.rows, v.passed, v.unexpected) for v in
+                validate_days(con, config, days)}
+    apart = {(v.partition_date, v.model_id): (v.rows, v.passed, v.unexpected) for d in days for v in
+             validate_day(con, config, d, batch_rows=1)}
+    assert together == apart == {(DAY, "gold"): (20, True, 0), (days[1], "gold"): (15, False, 15),
+                                 (days[1], "silver"): (10, True, 0)}
+    message = [v for v in stored_verdicts(con, days[1]) if v.model_id == "gold"][0].message
+    assert message.startswith("expect_column_values_to_be_between on ts (hours after its day's midnight, UTC): "
+                              "15 unexpected value(s), e.g. -14.0")

@@ -167,7 +167,7 @@ def test_quality_frame_quotes_feature_columns_from_config(tmp_path, con):
     config = load_config(write(tmp_path / "m.yaml", text))
     write(tmp_path / "logs" / "2026-03-01.jsonl", good(1) + "\n")
     ingest_day(con, config, "predictions", DAY)
-    frame = predictions_frame(con, config, DAY, [config.models[0]])
+    frame = predictions_frame(con, config, [(DAY, config.models[0])])
     assert frame['fraud / features.odd "name"; --'].tolist() == ["x"]
 
 
