@@ -325,8 +325,9 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
             {"kind": "latency_error_spike", "model_id": DEMAND.id, "dates": [str(day(SPIKE_DAY))],
              "details": {"latency_factor": 6, "error_rate": 0.08}},
             {"kind": "no_logs", "model_id": CONVERSION.id, "dates": [str(day(EMPTY_DAY))]},
+            # the days the drifted version serves (most of) the traffic; the retrained one takes over after
             {"kind": "concept_drift", "model_id": CONVERSION.id,
-             "dates": [str(day(n)) for n in range(CONCEPT_FROM, days)], "metric": "roc_auc"},
+             "dates": [str(day(n)) for n in range(CONCEPT_FROM, min(PROMOTED_FROM, days))], "metric": "roc_auc"},
             {"kind": "bias", "model_id": FRAUD.id, "dates": [str(day(n)) for n in BIAS_DAYS],
              "attribute": "customer_age_band", "group": "65+"},
             {"kind": "canary", "model_id": CONVERSION.id, "version": RETRAINED_VERSION,
