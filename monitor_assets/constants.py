@@ -27,5 +27,9 @@ THRESHOLD_CHECKS = (PERFORMANCE_CHECK, LATENCY_CHECK, ERROR_RATE_CHECK, VOLUME_C
 # Data-quality checks on raw/predictions.
 QUALITY_CHECK = "predictions_are_complete_and_valid"
 VOLUME_RANGE_CHECK = "prediction_volume_within_expected_range"
+# The closed loop's checks.
+RETRAINING_CHECK = "loss_within_reference"  # fails on the day a retraining request opens
+CANARY_CHECK = "canary_passes_gates"  # fails when a challenger should be rolled back
+RETRAINING_CHECKS = (RETRAINING_CHECK, CANARY_CHECK)
 # The model id of a finding that concerns no single model (e.g. a row with an unknown model id).
 ALL_MODELS = "all models"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import datetime as dt
 
 from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import QUALITY_CHECK, THRESHOLD_CHECKS, VOLUME_RANGE_CHECK
+from monitor_assets.constants import QUALITY_CHECK, RETRAINING_CHECKS, THRESHOLD_CHECKS, VOLUME_RANGE_CHECK
 from monitor_assets.notify.state import AlertState, iso
 
-CHECK_NAMES = (*THRESHOLD_CHECKS, QUALITY_CHECK, VOLUME_RANGE_CHECK)
+CHECK_NAMES = (*THRESHOLD_CHECKS, QUALITY_CHECK, VOLUME_RANGE_CHECK, *RETRAINING_CHECKS)
 
 
 def _validate(config: MonitorConfig, model_id: str | None, check_name: str | None, by: str, reason: str) -> None:

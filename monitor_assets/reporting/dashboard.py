@@ -77,7 +77,7 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
                   FROM monitoring.alerts WHERE partition_date <= ? ORDER BY partition_date DESC""")
     return ReportData(
         models=models,
-        performance=q("""SELECT partition_date, model_id, coalesce(roc_auc, mae) AS main_metric, latency_p95_ms,
+        performance=q("""SELECT partition_date, model_id, main_metric_value AS main_metric, latency_p95_ms,
                                 error_rate, volume, label_coverage
                          FROM monitoring.performance_daily WHERE partition_date <= ? ORDER BY 1"""),
         drift=q("""SELECT partition_date, model_id, feature, statistic, threshold, drifted FROM monitoring.feature_drift

@@ -9,7 +9,7 @@ import pandas as pd
 from pydantic import Field
 
 from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import DUCKDB_POOL, OWNERS
+from monitor_assets.constants import CANARY_CHECK, DUCKDB_POOL, OWNERS, RETRAINING_CHECK
 from monitor_assets.retraining import logic as L
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.warehouse import connect
@@ -26,9 +26,6 @@ from monitor_assets.wiring import (
 )
 
 GROUP_RETRAINING = "retraining"
-RETRAINING_CHECK = "loss_within_reference"  # fails on the day a retraining request opens
-CANARY_CHECK = "canary_passes_gates"  # fails when a challenger should be rolled back
-RETRAINING_CHECKS = (RETRAINING_CHECK, CANARY_CHECK)
 APPROVE_JOB = "approve_retraining_job"
 REJECT_JOB = "reject_retraining_job"
 OPEN_JOB = "open_retraining_request_job"
