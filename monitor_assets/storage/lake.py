@@ -25,6 +25,7 @@ put (`If-None-Match: *`), so concurrent writers need no lock table. A local root
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import time
 import urllib.parse
@@ -444,9 +445,8 @@ class Lake:
 def _conform(data: pa.Table, columns: dict[str, str]) -> pa.Table:
     """`data` with exactly the table's columns, in order and type (missing ones NULL), so every write of a
     table has one schema whatever the producer (a DataFrame, a DuckDB query)."""
-    con = duckdb.connect()
+    con = _conform_database().cursor()  # a cursor is cheap; a new database costs ~20 ms a write
     try:
-        con.execute("SET TimeZone = 'UTC'")
         con.register("_data", data)
         have = set(data.column_names)
         picks = ", ".join((f"CAST({quote_ident(c)} AS {t})" if c in have else f"NULL::{t}") + f" AS {quote_ident(c)}"
@@ -454,6 +454,13 @@ def _conform(data: pa.Table, columns: dict[str, str]) -> pa.Table:
         return con.sql(f"SELECT {picks} FROM _data").to_arrow_table()
     finally:
         con.close()
+
+
+@functools.cache
+def _conform_database() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET GLOBAL TimeZone = 'UTC'")
+    return con
 
 
 _FS_CLASSES: dict[type, type] = {}
