@@ -94,8 +94,8 @@ def test_late_labels_refresh_earlier_days_and_history_never_duplicates(demo_conf
     shutil.copytree(demo_config.lake_path, replace(demo_config, warehouse_path=str(db)).lake_path)
     config = replace(demo_config, warehouse_path=str(db))
     lake = Lake(config.lake_path)
-    lake.delete("raw.labels", "partition_date >= '2026-10-12'")
-    lake.delete("monitoring.performance_daily", "partition_date >= '2026-10-10'")
+    lake.delete("raw.labels", "partition_date >= CAST('2026-10-12' AS DATE)")
+    lake.delete("monitoring.performance_daily", "partition_date >= CAST('2026-10-10' AS DATE)")
     assert run_job(config, "2026-10-11").success  # labels for the 10th are still partly missing
     with open_warehouse(str(db), read_only=True) as c:
         partial = c.execute("""SELECT label_coverage FROM monitoring.performance_daily

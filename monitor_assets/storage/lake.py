@@ -143,7 +143,8 @@ def _model_registered(model_id: str) -> str:
 
 
 def _days_predicate(days: Iterable[dt.date]) -> str:
-    return "partition_date IN (" + ", ".join(sql_str(d.isoformat()) for d in sorted(set(days))) + ")"
+    # Typed literals: some delta-rs releases (1.6.3) cannot compare a DATE column with a text literal.
+    return "partition_date IN (" + ", ".join(f"CAST({sql_str(d.isoformat())} AS DATE)" for d in sorted(set(days))) + ")"
 
 
 def _in(column: str, values: Iterable[str]) -> str:
