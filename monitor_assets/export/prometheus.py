@@ -243,10 +243,10 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
     for (model_id, severity, state), n in counts.items():  # a severity or model outside the defaults
         alerts.labels(model_id, severity, state).set(n)
 
-    requests = gauge("retraining_requests", "Retraining requests by status (0 open until the "
-                     "monitoring.retraining_requests table exists).", (*m_, "status"))
+    requests = gauge("retraining_requests", "Retraining requests by status (proposed, approved, rejected, done, "
+                     "superseded; 0 proposed for a model without requests).", (*m_, "status"))
     for m in config.models:
-        requests.labels(m.id, "open").set(0)
+        requests.labels(m.id, "proposed").set(0)  # every model has the series an alert rule can watch
     if data.retraining is not None:
         for r in data.retraining.itertuples(index=False):
             requests.labels(r.model_id, r.status).set(r.n)

@@ -120,7 +120,7 @@ def test_drift_alerts_and_retraining_requests_equal_the_tables(exported, demo_db
         for (m, s), n in counts.items():
             assert requests[frozenset({("model_id", m), ("status", s)})] == n
     else:
-        assert requests == {frozenset({("model_id", m), ("status", "open")}): 0 for m in config.model_ids}
+        assert requests == {frozenset({("model_id", m), ("status", "proposed")}): 0 for m in config.model_ids}
 
 
 def test_per_version_series_equal_the_logged_predictions(exported, demo_db):
@@ -135,10 +135,14 @@ def test_per_version_series_equal_the_logged_predictions(exported, demo_db):
             pytest.approx(error_rate, abs=1e-15)
         assert value(series, "monitor_version_latency_seconds", model_id=m, model_version=version,
                      percentile="95") == p95 / 1000
-    # One version per model in the demo: the version's figures are the model's.
+    # A model with one version on its main metric's day has that version's figure; the demo's canary gives
+    # conversion_recommender two versions there, each with its own figure.
     for model in config.models:
         versions = {labels: v for labels, v in by_name(series, "monitor_version_main_metric").items()
                     if ("model_id", model.id) in labels}
+        if model.id == "conversion_recommender":
+            assert {dict(labels)["model_version"] for labels in versions} == {"2026.08.1", "2026.10.1"}
+            continue
         assert len(versions) == 1
         assert list(versions.values())[0] == pytest.approx(
             value(series, "monitor_main_metric", model_id=model.id, metric=model.main_metric), rel=1e-12)
@@ -206,21 +210,17 @@ def test_retraining_requests_are_counted_once_the_table_exists(demo_run, tmp_pat
     db = tmp_path / "copy.duckdb"
     shutil.copy(config.warehouse_path, db)
     with connect(str(db), config.lake_path) as con:
-        if not con.execute("""SELECT count(*) FROM information_schema.tables WHERE table_schema = 'monitoring'
-                              AND table_name = 'retraining_requests'""").fetchall()[0][0]:
-            con.execute("""CREATE TABLE monitoring.retraining_requests (model_id VARCHAR, model_version VARCHAR,
-                           opened_on DATE, status VARCHAR)""")
         con.execute("DELETE FROM monitoring.retraining_requests")
-        con.execute("""INSERT INTO monitoring.retraining_requests (model_id, model_version, opened_on, status)
-                       VALUES ('conversion_recommender', '2026.08.1', '2026-10-25', 'open'),
-                              ('conversion_recommender', '2026.08.1', '2026-10-20', 'approved'),
-                              ('fraud_detector', '2026.09.2', '2026-10-26', 'open'),
-                              ('fraud_detector', '2026.09.2', '2026-10-27', 'open')""")
+        con.execute("""INSERT INTO monitoring.retraining_requests (request_id, model_id, model_version, opened_on, status)
+                       VALUES (1, 'conversion_recommender', '2026.08.1', '2026-10-25', 'proposed'),
+                              (2, 'conversion_recommender', '2026.08.1', '2026-10-20', 'approved'),
+                              (3, 'fraud_detector', '2026.09.2', '2026-10-26', 'proposed'),
+                              (4, 'fraud_detector', '2026.09.2', '2026-10-27', 'proposed')""")
         result = export_metrics(con, config, DAY, tmp_path / "out")
     requests = by_name(samples(result.path.read_text()), "monitor_retraining_requests")
     assert requests == {
-        frozenset({("model_id", "conversion_recommender"), ("status", "open")}): 1,
+        frozenset({("model_id", "conversion_recommender"), ("status", "proposed")}): 1,
         frozenset({("model_id", "conversion_recommender"), ("status", "approved")}): 1,
-        frozenset({("model_id", "fraud_detector"), ("status", "open")}): 2,
-        frozenset({("model_id", "demand_forecaster"), ("status", "open")}): 0,
+        frozenset({("model_id", "fraud_detector"), ("status", "proposed")}): 2,
+        frozenset({("model_id", "demand_forecaster"), ("status", "proposed")}): 0,
     }
