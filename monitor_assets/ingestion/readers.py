@@ -682,14 +682,11 @@ def _keep_day(con: duckdb.DuckDBPyConnection, src: SourceConfig, plan: StagingPl
              f"{sql_str(json_path(src.fields['timestamp']))}) AS TIMESTAMPTZ) END")
     first = con.execute(f"""SELECT least((SELECT min({local.format('ts')}) FROM raw.{plan.source}),
                                          (SELECT min({local.format(stamp)}) FROM raw.quarantine))""").fetchall()[0][0]
-    before = con.execute(f"""SELECT (SELECT count(*) FROM raw.{plan.source})
-                                    + (SELECT count(*) FROM raw.quarantine WHERE line_no IS NOT NULL)""").fetchall()[0][0]
-    con.execute(f"DELETE FROM raw.{plan.source} WHERE {local.format('ts')} IS DISTINCT FROM ?", [day])
-    con.execute(f"DELETE FROM raw.quarantine WHERE line_no IS NOT NULL AND coalesce({local.format(stamp)}, ?) <> ?",
-                [first, day])
-    after = con.execute(f"""SELECT (SELECT count(*) FROM raw.{plan.source})
-                                   + (SELECT count(*) FROM raw.quarantine WHERE line_no IS NOT NULL)""").fetchall()[0][0]
-    return before - after
+    # A DELETE returns how many rows it removed: no counting before and after.
+    elsewhere = con.execute(f"DELETE FROM raw.{plan.source} WHERE {local.format('ts')} IS DISTINCT FROM ?",
+                            [day]).fetchall()[0][0]
+    return elsewhere + con.execute(f"DELETE FROM raw.quarantine WHERE line_no IS NOT NULL AND "
+                                   f"coalesce({local.format(stamp)}, ?) <> ?", [first, day]).fetchall()[0][0]
 
 
 def _quarantine_earlier_keys(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date) -> None:
