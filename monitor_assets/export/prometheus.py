@@ -90,21 +90,35 @@ def _main_metric(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.
 
 
 def _versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> pd.DataFrame:
-    """Every metric per model version on `days` (the export day and the main metric's days), computed from
-    the logged predictions the way performance_daily computes them per model."""
+    """Every metric per model version on `days` (the export day and the main metric's days). A model-day
+    that served one version has the model's figures (`monitoring.performance_daily`); only a model-day
+    with several versions (a canary) is computed per version, from the logged predictions the way
+    performance_daily computes them per model: a full pass over every model's rows cost seconds and
+    gigabytes at a hundred models."""
     from monitor_assets.metrics.defs import models_values_sql
 
+    daily = con.sql("""SELECT * EXCLUDE (model_versions), coalesce(model_versions, '') AS model_version
+                       FROM monitoring.performance_daily
+                       WHERE partition_date IN (SELECT unnest(?::DATE[])) AND volume > 0""", params=[days]).df()
+    several = daily[daily.model_version.str.contains(",", regex=False)]
+    daily = daily.drop(index=several.index)
+    if several.empty:
+        return daily
     models, params = models_values_sql(config)
+    decision = "p.decision" if config.predictions.fields.get("decision") else None
     source = f"""
         SELECT p.partition_date, p.model_id, coalesce(p.model_version, '') AS model_version, p.is_ok,
-               p.latency_ms, p.score, l.label, m.threshold, m.task
+               p.latency_ms, p.score, l.label, m.threshold, m.task{', p.decision' if decision else ''}
         FROM raw.predictions AS p
         JOIN {models} AS m USING (model_id)
         LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
                    WHERE prediction_date IN (SELECT unnest(?::DATE[])) GROUP BY prediction_id) AS l USING (prediction_id)
-        WHERE p.partition_date IN (SELECT unnest(?::DATE[]))"""
-    sql = performance_sql(source, ["partition_date", "model_id", "model_version"])
-    return con.sql(sql, params=[*params, days, days]).df()
+        WHERE (p.partition_date, p.model_id) IN (SELECT (unnest(?::DATE[]), unnest(?::VARCHAR[])))"""
+    sql = performance_sql(source, ["partition_date", "model_id", "model_version"],
+                          decision="decision" if decision else None)
+    per_version = con.sql(sql, params=[*params, days, list(several.partition_date.dt.date),
+                                       list(several.model_id)]).df()
+    return pd.concat([daily, per_version], ignore_index=True)
 
 
 def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> ExportData:
