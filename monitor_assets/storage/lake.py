@@ -268,25 +268,29 @@ class Lake:
 
     # ---- writing
 
-    def _write(self, path: Path | str, data: pa.Table, predicate: str, partition_by: Sequence[str]) -> None:
+    def _write(self, path: Path | str, data: pa.Table | pa.RecordBatchReader, predicate: str,
+               partition_by: Sequence[str]) -> None:
+        """`data`: a table, or a stream that is not empty."""
         from deltalake import write_deltalake
 
+        empty = isinstance(data, pa.Table) and data.num_rows == 0
         if not self.has_table(path):
-            if data.num_rows == 0:
+            if empty:
                 return  # nothing to replace, nothing to add
             if not self.remote:
                 Path(path).mkdir(parents=True, exist_ok=True)
             write_deltalake(str(path), data, partition_by=list(partition_by), mode="append",
                             storage_options=self.storage_options)
             return
-        if data.num_rows == 0:
+        if empty:
             self.table(path).delete(predicate)
             return
         # schema_mode merge: a model that gains a feature gains a column.
         write_deltalake(str(path), data, partition_by=list(partition_by), mode="overwrite", predicate=predicate,
                         schema_mode="merge", storage_options=self.storage_options)
 
-    def replace(self, table: str, data: pa.Table, days: Iterable[dt.date], models: Iterable[str] | None = None,
+    def replace(self, table: str, data: pa.Table | pa.RecordBatchReader, days: Iterable[dt.date],
+                models: Iterable[str] | None = None,
                 source: str | None = None) -> None:
         """Replace the rows of `days` (of those models, of that quarantine source) with `data`, in one commit."""
         columns, partition_by = TABLES[table]
@@ -443,15 +447,23 @@ class Lake:
         return out
 
 
-def _conform(data: pa.Table, columns: dict[str, str]) -> pa.Table:
+def _conform(data: pa.Table | pa.RecordBatchReader, columns: dict[str, str]) -> pa.Table | pa.RecordBatchReader:
     """`data` with exactly the table's columns, in order and type (missing ones NULL), so every write of a
-    table has one schema whatever the producer (a DataFrame, a DuckDB query)."""
+    table has one schema whatever the producer (a DataFrame, a DuckDB query). A stream already in shape
+    is written as it comes (memory holds a batch, not the table)."""
     con = _conform_database().cursor()  # a cursor is cheap; a new database costs ~20 ms a write
     try:
+        if isinstance(data, pa.RecordBatchReader):
+            expected = _conform(data.schema.empty_table(), columns).schema
+            if expected.equals(data.schema):
+                return data
+            data = data.read_all()
         con.register("_data", data)
         have = set(data.column_names)
         picks = ", ".join((f"CAST({quote_ident(c)} AS {t})" if c in have else f"NULL::{t}") + f" AS {quote_ident(c)}"
                           for c, t in columns.items())
+        if con.sql(f"SELECT {picks} FROM _data LIMIT 0").to_arrow_table().schema.equals(data.schema):
+            return data  # already in shape: a copy of millions of rows would cost seconds and memory
         return con.sql(f"SELECT {picks} FROM _data").to_arrow_table()
     finally:
         con.close()
