@@ -104,7 +104,7 @@ def _versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[
     daily = daily.drop(index=several.index)
     if several.empty:
         return daily
-    models, params = models_values_sql(config)
+    models, params = models_values_sql(config.models)
     decision = "p.decision" if config.predictions.fields.get("decision") else None
     source = f"""
         SELECT p.partition_date, p.model_id, coalesce(p.model_version, '') AS model_version, p.is_ok,

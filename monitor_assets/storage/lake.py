@@ -142,6 +142,14 @@ def _model_registered(model_id: str) -> str:
     return registered("raw.predictions__" + model_id)
 
 
+def predictions_union(model_ids: Iterable[str]) -> str:
+    """SQL: the shared prediction columns of these models' tables (registered on the connection by
+    `Lake.attach_models`), one after the other; reads only those models' files."""
+    shared = ", ".join(quote_ident(c) for c in PREDICTION_COLUMNS)
+    union = " UNION ALL ".join(f"SELECT {shared} FROM {quote_ident(_model_registered(m))}" for m in model_ids)
+    return union or _empty_select(PREDICTION_COLUMNS)
+
+
 def _days_predicate(days: Iterable[dt.date]) -> str:
     # Typed literals: some delta-rs releases (1.6.3) cannot compare a DATE column with a text literal.
     return "partition_date IN (" + ", ".join(f"CAST({sql_str(d.isoformat())} AS DATE)" for d in sorted(set(days))) + ")"
@@ -358,15 +366,13 @@ class Lake:
     def attach_models(self, con: duckdb.DuckDBPyConnection, models: Iterable[str], create_views: bool = True) -> list[str]:
         """Register these models' predictions tables; `raw.predictions` becomes their union over the shared
         columns. Returns the relation names (quoted for SQL), in order."""
-        names = []
+        models, names = list(models), []
         for model_id in models:
             name = self.model_relation(con, model_id)
             names.append(name)
             if create_views:
                 con.execute(f"CREATE OR REPLACE VIEW {model_table(model_id)} AS SELECT * FROM {name}")
-        shared = ", ".join(quote_ident(c) for c in PREDICTION_COLUMNS)
-        union = " UNION ALL ".join(f"SELECT {shared} FROM {n}" for n in names) or _empty_select(PREDICTION_COLUMNS)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {registered(PREDICTIONS)} AS {union}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {registered(PREDICTIONS)} AS {predictions_union(models)}")
         if create_views:
             con.execute(f"CREATE OR REPLACE VIEW {PREDICTIONS} AS SELECT * FROM {registered(PREDICTIONS)}")
         return names
