@@ -1,18 +1,26 @@
-"""False-trigger rate and delay to detection of the retraining trigger, measured on synthetic streams.
+"""False-request rate and delay to detection of the retraining trigger, measured on synthetic streams.
 
 A stream is a calibrated binary classifier (ROC AUC about 0.80, accuracy about 0.78) with `rows`
 labelled predictions a day; per-prediction log losses go through the trigger exactly as the pipeline
-runs it (`stats.trigger.simulate_trigger`: reference batch of the first `reference_days` days, window
-test, Benjamini-Hochberg across all models of the day, persistence). Scenarios:
+runs it (`stats.trigger.simulate_trigger`: reference batch of the first `reference_days` days, CUSUM of
+the days after it, sequential p-value, correction across the day's models, persistence). Scenarios:
 
-* stable: nothing changes (every request is a false trigger), many models at once;
-* drop: from day `change_day` a share of labels flips so that accuracy falls by 3 points;
-* collapse: from `change_day` the relation between score and label turns round (AUC 0.8 -> 0.3).
+* stable: nothing changes (every request is a false one): one model alone over 90 days (many runs,
+  each its own family of one), and 500 models together over 30 days (several repetitions);
+* drop: from the change day a share of labels flips so that accuracy falls by 3 points;
+* collapse: from the change day the relation between score and label turns round (AUC 0.8 -> 0.3).
 
-Delay = days from the first changed day to the request, counting the changed day as day 1.
-Prints a table and, last, one JSON line. Medians over seeds.
+Delay = days from the first changed day to the request, counting the changed day as day 1; the change
+comes after a week of stable testing. "Among m models": the changed models share the day's family
+with stable ones, m models in all (with the Bonferroni correction a model's flag depends only on its own
+p-value and the family's size, so several changed models in one family of m are several runs at once).
+Last, single tests of one 7-day window after the drop: Welch's t-test against Mann-Whitney U.
 
-    .venv/bin/python benchmarks/retraining_trigger.py [--seeds 20] [--models 500] [--alpha 0.01] [--k 3] [--n 5]
+    .venv/bin/python benchmarks/retraining_trigger.py [--runs 2000] [--fleet-reps 10] [--rows 200]
+        [--reference-days 14] [--alpha 0.005] [--shift-se 5] [--k 2] [--n 3]
+
+Prints a table and, last, one JSON line (about 40 s on this 2-core machine with the defaults). The
+figures of the defaults are quoted in monitor_assets/stats/trigger.py and the README ("The closed loop").
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from monitor_assets.stats.trigger import TriggerSettings, loss_shift_test, simul
 
 SCORE_MEAN, SCORE_SD = -1.2, 1.45  # logits of the scores: AUC ~0.80 when labels follow the scores
 REFERENCE_DAYS = 14  # the config default (retraining.reference_days)
+STABLE_TESTING_DAYS = 7  # a week of testing before the change
+# Share of rows whose label follows 1 - score so that ROC AUC goes from 0.8 to about 0.3.
+COLLAPSE_REVERSE = 0.84
 
 
 def flip_share_for_drop(points: float = 0.03, rng: np.random.Generator | None = None) -> float:
@@ -39,112 +50,157 @@ def flip_share_for_drop(points: float = 0.03, rng: np.random.Generator | None = 
     return points / (2 * acc - 1)
 
 
-def day_losses(rng: np.random.Generator, rows: int, flip: float = 0.0, reverse: float = 0.0) -> np.ndarray:
-    """One day's log losses. `flip`: share of labels flipped; `reverse`: share of rows whose label
-    follows 1 - score instead of the score."""
-    p = 1 / (1 + np.exp(-rng.normal(SCORE_MEAN, SCORE_SD, rows)))
-    truth = np.where(rng.random(rows) < reverse, 1 - p, p)
-    y = (rng.random(rows) < truth).astype(float)
-    flipped = rng.random(rows) < flip
-    y[flipped] = 1 - y[flipped]
+def day_losses(rng: np.random.Generator, rows: int, flip: float = 0.0, reverse: float = 0.0,
+               models: int | None = None) -> np.ndarray:
+    """One day's log losses, (rows,) or (models, rows). `flip`: share of labels flipped; `reverse`:
+    share of rows whose label follows 1 - score instead of the score."""
+    shape = rows if models is None else (models, rows)
+    p = 1 / (1 + np.exp(-rng.normal(SCORE_MEAN, SCORE_SD, shape)))
+    truth = np.where(rng.random(shape) < reverse, 1 - p, p) if reverse else p
+    y = (rng.random(shape) < truth).astype(float)
+    if flip:
+        flipped = rng.random(shape) < flip
+        y[flipped] = 1 - y[flipped]
     return loss_values("log_loss", y, p)
 
 
-def stream(rng: np.random.Generator, days: int, rows: int, change_day: int | None = None, flip: float = 0.0,
-           reverse: float = 0.0) -> list[np.ndarray]:
-    out = []
+def streams(rng: np.random.Generator, models: int, days: int, rows: int, change_day: int | None = None,
+            changed: int = 0, flip: float = 0.0, reverse: float = 0.0) -> dict[str, list[np.ndarray]]:
+    """`models` streams of `days` days; the first `changed` of them (named c0000, ...) change on
+    `change_day`, the others (s0000, ...) stay stable."""
+    names = [f"c{i:04d}" for i in range(changed)] + [f"s{i:04d}" for i in range(models - changed)]
+    out: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for d in range(days):
-        changed = change_day is not None and d >= change_day
-        out.append(day_losses(rng, rows, flip if changed else 0.0, reverse if changed else 0.0))
+        after = change_day is not None and d >= change_day
+        block = day_losses(rng, rows, models=models)
+        if after and changed:
+            block[:changed] = day_losses(rng, rows, flip, reverse, models=changed)
+        for name, losses in zip(names, block, strict=True):
+            out[name].append(losses)
     return out
 
 
-# Share of rows whose label follows 1 - score so that ROC AUC goes from 0.8 to about 0.3.
-COLLAPSE_REVERSE = 0.84
-
-
-def false_triggers(seed: int, models: int, test_days: int, rows: int, settings: TriggerSettings) -> int:
-    """Requests opened by `models` stable models over `test_days` days of testing (all false)."""
+def false_triggers(seed: int, models: int, test_days: int, rows: int, settings: TriggerSettings,
+                   alone: bool = False, reference_days: int = REFERENCE_DAYS) -> list[int]:
+    """Requests opened by each of `models` stable models over `test_days` days of testing (all false).
+    `alone`: each model is its own family of one (a lone model, `models` runs at once)."""
     rng = np.random.default_rng(seed)
-    days = REFERENCE_DAYS + settings.window_days - 1 + test_days
-    streams = {f"m{i:04d}": stream(rng, days, rows) for i in range(models)}
-    return sum(len(v) for v in simulate_trigger(streams, REFERENCE_DAYS, settings).values())
+    data = streams(rng, models, reference_days + test_days, rows)
+    opened = simulate_trigger(data, reference_days, settings, models_in_family=1 if alone else None)
+    return [len(v) for v in opened.values()]
 
 
-def detection_delay(seed: int, rows: int, settings: TriggerSettings, flip: float = 0.0, reverse: float = 0.0,
-                    others: int = 0, horizon: int = 30) -> int | None:
-    """Days from the change to the request (the changed day is day 1), None if not within `horizon`.
-    `others` stable models share the day's Benjamini-Hochberg family."""
+def detection_delays(seed: int, rows: int, settings: TriggerSettings, flip: float = 0.0, reverse: float = 0.0,
+                     changed: int = 1, family: int | None = None, horizon: int = 30,
+                     reference_days: int = REFERENCE_DAYS) -> list[int | None]:
+    """Days from the change to each changed model's first request (the changed day is day 1), None if
+    not within `horizon`. `family`: None, each changed model alone; m, the changed models share the
+    day's family with stable ones, m models in all."""
     rng = np.random.default_rng(seed)
-    change = REFERENCE_DAYS + settings.window_days + 7  # a week of stable testing first
-    days = change + horizon
-    streams = {"changed": stream(rng, days, rows, change, flip, reverse)}
-    streams.update({f"m{i:04d}": stream(rng, days, rows) for i in range(others)})
-    opened = [d for d in simulate_trigger(streams, REFERENCE_DAYS, settings)["changed"] if d >= change]
-    return opened[0] - change + 1 if opened else None
+    change = reference_days + STABLE_TESTING_DAYS
+    models = changed if family is None else family
+    data = streams(rng, models, change + horizon, rows, change, changed, flip, reverse)
+    opened = simulate_trigger(data, reference_days, settings, models_in_family=1 if family is None else None)
+    out = []
+    for name in [f"c{i:04d}" for i in range(changed)]:
+        after = [d for d in opened[name] if d >= change]
+        out.append(after[0] - change + 1 if after else None)
+    return out
 
 
-def window_power(method: str, seeds: int, rows: int, alpha: float = 0.01, window_days: int = 7) -> float:
-    """Share of single tests (a full window after a 3-point drop against a 7-day reference) with p < alpha:
-    why the trigger uses Welch's test of the mean loss rather than Mann-Whitney."""
+def window_power(method: str, runs: int, rows: int, alpha: float = 0.01, window_days: int = 7,
+                 reference_days: int = REFERENCE_DAYS) -> float:
+    """Share of single tests of a whole window after a 3-point drop against the reference batch with
+    p < alpha: why a test of the mean loss (Welch) rather than of ranks (Mann-Whitney)."""
     rng = np.random.default_rng(7)
     flip = flip_share_for_drop()
     hits = 0
-    for _ in range(seeds):
-        reference = np.concatenate(stream(rng, REFERENCE_DAYS, rows))
-        window = np.concatenate(stream(rng, window_days, rows, 0, flip=flip))
+    for _ in range(runs):
+        reference = day_losses(rng, rows * reference_days)
+        window = day_losses(rng, rows * window_days, flip=flip)
         hits += loss_shift_test(window, reference, method).p_value < alpha
-    return hits / seeds
+    return hits / runs
 
 
 def median_delay(delays: list[int | None]) -> float | None:
     found = [d for d in delays if d is not None]
     if len(found) < len(delays) / 2:
-        return None  # most seeds never detected it
+        return None  # most runs never detected it
     return float(np.median([d if d is not None else np.inf for d in delays]))
+
+
+def summary(delays: list[int | None], within: tuple[int, ...] = (2, 7, 14, 30)) -> dict:
+    found = [d for d in delays if d is not None]
+    out = {"runs": len(delays), "median_days": median_delay(delays)}
+    for w in within:
+        out[f"within_{w}_days"] = round(sum(1 for d in found if d <= w) / len(delays), 3)
+    out["quartiles_days"] = ([float(q) for q in np.percentile([d if d is not None else 999 for d in delays],
+                                                              [25, 75])] if delays else None)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--models", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=2000, help="lone stable models over 90 days")
+    parser.add_argument("--fleet-reps", type=int, default=10, help="repetitions of 500 stable models x 30 days")
+    parser.add_argument("--drop-runs", type=int, default=400, help="runs of the drop alone (and among 100)")
     parser.add_argument("--rows", type=int, default=200, help="labelled rows a day")
+    parser.add_argument("--reference-days", type=int, default=REFERENCE_DAYS)
     parser.add_argument("--alpha", type=float, default=TriggerSettings.alpha)
+    parser.add_argument("--fleet-alpha", type=float, default=TriggerSettings.fleet_alpha)
+    parser.add_argument("--shift-se", type=float, default=TriggerSettings.shift_se)
     parser.add_argument("--window", type=int, default=TriggerSettings.window_days)
     parser.add_argument("--k", type=int, default=TriggerSettings.persistence_k)
     parser.add_argument("--n", type=int, default=TriggerSettings.persistence_n)
+    parser.add_argument("--correction", default=TriggerSettings.correction)
     args = parser.parse_args()
-    settings = TriggerSettings(alpha=args.alpha, window_days=args.window,
-                               persistence_k=args.k, persistence_n=args.n)
+    settings = TriggerSettings(alpha=args.alpha, fleet_alpha=args.fleet_alpha, shift_se=args.shift_se,
+                               window_days=args.window, persistence_k=args.k, persistence_n=args.n,
+                               correction=args.correction)
+    ref = args.reference_days
     flip = flip_share_for_drop()
     began = time.perf_counter()
-    fleet = [false_triggers(1000 + s, args.models, 30, args.rows, settings) for s in range(max(args.seeds // 4, 1))]
-    single = [false_triggers(2000 + s, 1, 90, args.rows, settings) for s in range(args.seeds * 5)]
-    drop = [detection_delay(3000 + s, args.rows, settings, flip=flip) for s in range(args.seeds)]
-    drop_fleet = [detection_delay(4000 + s, args.rows, settings, flip=flip, others=99) for s in range(args.seeds)]
-    collapse = [detection_delay(5000 + s, args.rows, settings, reverse=COLLAPSE_REVERSE) for s in range(args.seeds)]
-    power = {m: window_power(m, args.seeds * 10, args.rows) for m in ("welch", "mann_whitney")}
+    chunk = 500
+    lone = [n for s in range(0, args.runs, chunk)
+            for n in false_triggers(2000 + s, min(chunk, args.runs - s), 90, args.rows, settings, True, ref)]
+    fleet = [sum(false_triggers(1000 + s, 500, 30, args.rows, settings, reference_days=ref))
+             for s in range(args.fleet_reps)]
+    drop = [d for s in range(0, args.drop_runs, chunk)
+            for d in detection_delays(3000 + s, args.rows, settings, flip=flip,
+                                      changed=min(chunk, args.drop_runs - s), reference_days=ref)]
+    drop_100 = [d for s in range(max(args.drop_runs // 10, 1))
+                for d in detection_delays(4000 + s, args.rows, settings, flip=flip, changed=10, family=100,
+                                          reference_days=ref)]
+    drop_500 = [d for s in range(max(args.drop_runs // 40, 1))
+                for d in detection_delays(5000 + s, args.rows, settings, flip=flip, changed=20, family=500,
+                                          reference_days=ref)]
+    collapse = detection_delays(6000, args.rows, settings, reverse=COLLAPSE_REVERSE, changed=100,
+                                reference_days=ref)
+    collapse_500 = detection_delays(6100, args.rows, settings, reverse=COLLAPSE_REVERSE, changed=20, family=500,
+                                    reference_days=ref)
+    power = {m: window_power(m, 400, args.rows, reference_days=ref) for m in ("welch", "mann_whitney")}
     took = time.perf_counter() - began
-    model_days = len(fleet) * args.models * 30
     result = {
-        "settings": {k: getattr(settings, k) for k in ("alpha", "window_days", "persistence_k",
-                                                       "persistence_n", "correction")},
-        "rows_per_day": args.rows,
-        "fleet_false_requests_per_run": fleet,  # each: `models` stable models x 30 days
-        "false_requests_per_1000_model_days": round(1000 * sum(fleet) / model_days, 4),
-        "single_model_90_days_with_a_false_request": f"{sum(1 for n in single if n)}/{len(single)}",
-        "drop_3_points_median_delay_days": median_delay(drop),
-        "drop_3_points_detected_within_7_days": f"{sum(1 for d in drop if d is not None and d <= 7)}/{len(drop)}",
-        "drop_3_points_among_100_models_median_delay_days": median_delay(drop_fleet),
-        "collapse_median_delay_days": median_delay(collapse),
-        "collapse_detected_within_2_days": f"{sum(1 for d in collapse if d is not None and d <= 2)}/{len(collapse)}",
-        "one_window_power_drop_3_points_p_below_0.01": power,
+        "settings": {k: getattr(settings, k) for k in ("alpha", "fleet_alpha", "horizon_days", "shift_se",
+                                                       "window_days", "persistence_k", "persistence_n",
+                                                       "correction")},
+        "rows_per_day": args.rows, "reference_days": ref,
+        "lone_stable_model_90_days_with_a_false_request": f"{sum(1 for n in lone if n)}/{len(lone)}",
+        "lone_stable_model_false_rate_90_days": round(sum(1 for n in lone if n) / len(lone), 4),
+        "fleet_500x30_false_requests_per_repetition": fleet,
+        "fleet_500x30_repetitions_with_more_than_one": sum(1 for n in fleet if n > 1),
+        "drop_3_points_alone": summary(drop),
+        "drop_3_points_among_100_models": summary(drop_100),
+        "drop_3_points_among_500_models": summary(drop_500),
+        "collapse_alone": summary(collapse),
+        "collapse_among_500_models": summary(collapse_500),
+        "one_7_day_window_drop_3_points_p_below_0.01": power,
         "seconds": round(took, 1),
     }
-    print(f"{'scenario':<52} result")
+    print(f"{'scenario':<50} result")
     for key, value in result.items():
         if key != "settings":
-            print(f"{key:<52} {value}")
+            print(f"{key:<50} {value}")
     print(json.dumps(result))
 
 

@@ -9,7 +9,8 @@ Tables (in the DuckDB file, schema in storage/warehouse.py):
   monitoring.reference_anchors   re-anchoring by hand: a version's reference batch starts on this day
   monitoring.reference_losses    the reference loss batch of each model version
   monitoring.retraining_trigger  per day and model: the day's mean loss against the reference band, the
-                                 window test, the adjusted p-value and the flag
+                                 CUSUM (statistic) and the days it holds (window_start..), its sequential
+                                 p-value, the p-value adjusted across the day's models and the flag
   monitoring.retraining_requests requests: proposed / approved / rejected / done / superseded
   monitoring.version_comparison  per day, model and challenger: metrics of both versions, tests, gates, verdict
 """
@@ -34,24 +35,33 @@ from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS
 from monitor_assets.notify.messages import fmt_num, fmt_p
 from monitor_assets.stats.loss import default_loss, loss_sql
 from monitor_assets.stats.trigger import (
+    Calibration,
     Moments,
     TriggerSettings,
+    calibrate,
+    cusum,
+    cusum_threshold,
     evaluate_day,
     persistence_met,
     reference_band,
+    welch_greater,
 )
 from monitor_assets.stats.versions import Gates, VersionStats, compare_versions
 from monitor_assets.storage.warehouse import replace_partitions, transaction
 
 STATUSES = ("proposed", "approved", "rejected", "done", "superseded")
 ACTIVE = ("proposed", "approved")
-TRIGGER_ALPHA = TriggerSettings.alpha  # one level for the whole day's family of models
+# One family of models a day: its levels are the same for every model (TriggerSettings' defaults).
+FAMILY = TriggerSettings()
+TRIGGER_ALPHA = FAMILY.alpha
 
 
 def settings_for(model: ModelConfig) -> TriggerSettings:
+    """The model's own trigger settings (retraining.*); the family's levels stay FAMILY's."""
     r = model.retraining
-    return TriggerSettings(window_days=r.window_days, alpha=TRIGGER_ALPHA, persistence_k=r.persistence_k,
-                           persistence_n=r.persistence_n, min_rows=r.min_rows)
+    # shift_se: read once the config has the key (retraining.shift_se); until then the default.
+    return TriggerSettings(window_days=r.window_days, persistence_k=r.persistence_k, persistence_n=r.persistence_n,
+                           min_rows=r.min_rows, shift_se=getattr(r, "shift_se", FAMILY.shift_se))
 
 
 def loss_of(model: ModelConfig) -> str:
@@ -225,9 +235,30 @@ class TriggerRun:
     superseded: int
 
 
+@dataclass
+class _Version:
+    """One champion version's trigger inputs during a run: its reference and its daily losses since the
+    reference ended (the stored days before the run, this run's fresh ones)."""
+
+    model: ModelConfig
+    version: str
+    anchor: dt.date
+    reference: np.ndarray | None = None
+    calibration: Calibration | None = None
+    path_days: list[dt.date] | None = None
+    path: tuple[np.ndarray, np.ndarray] | None = None  # CUSUM values and run starts (indexes into path_days)
+    daily: dict[dt.date, tuple[float, float]] | None = None  # day: (count, sum) of losses
+
+    @property
+    def first_test_day(self) -> dt.date:
+        return self.anchor + dt.timedelta(days=self.model.retraining.reference_days)
+
+
 def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> TriggerRun:
-    """The trigger for every model on `days` (oldest first): test, adjust across models, persistence,
-    open requests; write monitoring.retraining_trigger for those days."""
+    """The trigger for every model on `days` (oldest first): each champion's CUSUM from its reference's
+    end, the sequential p-values adjusted across the day's models, persistence, requests; write
+    monitoring.retraining_trigger for those days. The CUSUM is recomputed from the daily counts and mean
+    losses: the stored days before the run and this run's days (fresh, with the labels that arrived)."""
     days = sorted(days)
     daily = version_daily(con, max(days))
     champ = champions(daily)
@@ -240,72 +271,79 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     sums["partition_date"] = pd.to_datetime(sums.partition_date).dt.date
     sums = sums.set_index(["model_id", "model_version", "partition_date"]).sort_index()
     since = champ.groupby(["model_id", "model_version"]).partition_date.min()
-    # Flags of earlier evaluated days (persistence looks back over them).
-    history = con.execute("""SELECT model_id, model_version, partition_date, flagged FROM monitoring.retraining_trigger
-                             WHERE partition_date < ? AND p_value IS NOT NULL ORDER BY partition_date""",
+    # Earlier days: their losses feed the CUSUM, their flags persistence.
+    history = con.execute("""SELECT model_id, model_version, reference_anchor, partition_date, n_day, mean_loss_day,
+                                    p_value, flagged
+                             FROM monitoring.retraining_trigger WHERE partition_date < ? ORDER BY partition_date""",
                           [min(days)]).df()
-    flags: dict[tuple[str, str], list[bool]] = {}
-    for r in history.itertuples():
-        flags.setdefault((r.model_id, r.model_version), []).append(bool(r.flagged))
+    history["partition_date"] = pd.to_datetime(history.partition_date).dt.date
+    history["reference_anchor"] = pd.to_datetime(history.reference_anchor).dt.date
+    flags: dict[tuple[str, str, dt.date], list[bool]] = {}
+    for r in history[history.p_value.notna()].itertuples():
+        flags.setdefault((r.model_id, r.model_version, r.reference_anchor), []).append(bool(r.flagged))
     requests = con.execute("SELECT * FROM monitoring.retraining_requests").df()
-    anchors: dict[tuple[str, str], dt.date] = {}
-    frozen: dict[tuple[str, str, dt.date], np.ndarray] = {}  # complete reference batches, read once
+    versions: dict[tuple[str, str], _Version] = {}
     out, opened = [], []
     for day in days:
-        windows, references, meta = {}, {}, {}
+        statistics, calibrations, meta = {}, {}, {}
         for model in config.models:
             r = model.retraining
             served = champ[(champ.model_id == model.id) & (champ.partition_date <= day)]
             if served.empty:
                 continue
             version = served.model_version.iloc[-1]
-            if (model.id, version) not in anchors:
-                anchors[(model.id, version)] = anchor_day(con, model.id, version, since[(model.id, version)])
-            anchor = anchors[(model.id, version)]
-            start = max(day - dt.timedelta(days=r.window_days - 1), anchor + dt.timedelta(days=r.reference_days))
-            reference = frozen.get((model.id, version, anchor))
-            if reference is None:
-                reference = reference_batch(con, config, model, version, anchor, day)
-                ref_end = anchor + dt.timedelta(days=r.reference_days - 1 + config.label_delay_days)
-                if reference is not None and day >= ref_end:
-                    frozen[(model.id, version, anchor)] = reference
-            window = _window_moments(sums, model.id, version, start, day)
+            v = versions.get((model.id, version))
+            if v is None:
+                v = versions[(model.id, version)] = _Version(
+                    model, version, anchor_day(con, model.id, version, since[(model.id, version)]))
+                _load_reference(con, config, v, history, sums, days)
+            ready = v.reference is not None and day >= v.first_test_day
+            window_start = max(day - dt.timedelta(days=r.window_days - 1), v.first_test_day)
+            window = _window_moments(sums, model.id, version, window_start, day)
             today = _window_moments(sums, model.id, version, day, day)
-            band = reference_band(reference, today.n) if reference is not None and today.n else (math.nan, math.nan)
-            note = ("" if reference is not None else
-                    f"reference batch builds until {anchor + dt.timedelta(days=r.reference_days - 1)}")
-            meta[model.id] = (version, anchor, start, today, band, note)
-            if reference is not None and start <= day and min(window.n, len(reference)) >= r.min_rows:
-                windows[model.id] = window
-                references[model.id] = Moments.of(reference)
-        # One family: every model tested today (each with its own window and enough rows).
-        family = TriggerSettings(alpha=TRIGGER_ALPHA, min_rows=2)
-        tested = evaluate_day(windows, references, family) if windows else None
+            band = reference_band(v.reference, today.n) if ready and today.n else (math.nan, math.nan)
+            note, value, start = "", math.nan, window_start
+            if not ready:
+                note = f"reference batch builds until {v.first_test_day - dt.timedelta(days=1)}"
+            elif len(v.reference) < r.min_rows or window.n < r.min_rows:
+                note = f"fewer than {r.min_rows} labelled rows in the last {r.window_days} days or the reference"
+            elif not v.calibration.usable:
+                note = "the reference batch has no spread: nothing to standardise by"
+            if ready and v.calibration.usable:
+                i = v.path_days.index(day)
+                value = float(v.path[0][i])
+                if value > 0:
+                    start = v.path_days[int(v.path[1][i])]
+                if not note:
+                    statistics[model.id], calibrations[model.id] = value, v.calibration
+            current = _path_moments(v, start, day) if ready else (0, math.nan)
+            meta[model.id] = (v, ready, start, today, band, note, value, current, (window_start, window))
+        # One family: every model tested today.
+        tested = evaluate_day(statistics, calibrations, FAMILY) if statistics else None
         by_model = tested.set_index("model_id") if tested is not None else pd.DataFrame()
         for model in config.models:
             if model.id not in meta:
                 continue
-            version, anchor, start, today, band, note = meta[model.id]
+            v, ready, start, today, band, note, value, current, window = meta[model.id]
             t = by_model.loc[model.id] if model.id in by_model.index else None
             p = float(t.p_value) if t is not None else math.nan
             flagged = bool(t.flagged) if t is not None else False
+            key = (model.id, v.version, v.anchor)
             if t is not None and not math.isnan(p):
-                flags.setdefault((model.id, version), []).append(flagged)
-            elif not note:
-                note = f"fewer than {model.retraining.min_rows} labelled rows in the window or the reference"
+                flags.setdefault(key, []).append(flagged)
             out.append({
-                "partition_date": day, "model_id": model.id, "model_version": version, "loss": loss_of(model),
+                "partition_date": day, "model_id": model.id, "model_version": v.version, "loss": loss_of(model),
                 "n_day": today.n, "mean_loss_day": today.mean, "band_low": band[0], "band_high": band[1],
                 "window_start": start if start <= day else None,
-                "n_current": int(t.n_current) if t is not None else None,
-                "mean_current": float(t.mean_current) if t is not None else None, "reference_anchor": anchor,
-                "n_reference": int(t.n_reference) if t is not None else None,
-                "mean_reference": float(t.mean_reference) if t is not None else None,
-                "statistic": float(t.statistic) if t is not None else None, "p_value": p,
+                "n_current": current[0] if current[0] else None,
+                "mean_current": current[1] if current[0] else None, "reference_anchor": v.anchor,
+                "n_reference": len(v.reference) if ready else None,
+                "mean_reference": v.calibration.reference_mean if ready else None,
+                "statistic": value if not math.isnan(value) else None, "p_value": p,
                 "p_adjusted": float(t.p_adjusted) if t is not None else None, "flagged": flagged, "note": note})
             settings = settings_for(model)
-            if flagged and persistence_met(flags[(model.id, version)], settings.persistence_k, settings.persistence_n):
-                request = _maybe_open(con, requests, model, version, day, start, t, settings)
+            if flagged and persistence_met(flags[key], settings.persistence_k, settings.persistence_n):
+                request = _maybe_open(con, requests, v, day, start, current, window, t, len(statistics), settings)
                 if request is not None:
                     opened.append(request)
                     requests = pd.concat([requests, pd.DataFrame([request])], ignore_index=True)
@@ -322,6 +360,47 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     return TriggerRun(rows, opened, superseded)
 
 
+def _load_reference(con, config: MonitorConfig, v: _Version, history: pd.DataFrame, sums: pd.DataFrame,
+                    days: list[dt.date]) -> None:
+    """The version's reference batch as of the run's last day (None while its days are not over), its
+    calibration and its CUSUM over the days from the reference's end to the run's last day: stored days
+    before the run, fresh sums for the run's days."""
+    reference = reference_batch(con, config, v.model, v.version, v.anchor, max(days))
+    if reference is None:
+        return
+    v.reference = reference
+    ref_days = con.execute("""SELECT count(DISTINCT partition_date) FROM monitoring.reference_losses
+                              WHERE model_id = ? AND model_version = ?""", [v.model.id, v.version]).fetchone()[0]
+    settings = settings_for(v.model)
+    v.calibration = calibrate(Moments.of(reference), int(ref_days) or v.model.retraining.reference_days, settings)
+    stored = history[(history.model_id == v.model.id) & (history.model_version == v.version)
+                     & (history.reference_anchor == v.anchor) & (history.partition_date >= v.first_test_day)
+                     & (history.n_day.fillna(0) > 0)]
+    v.daily = {r.partition_date: (float(r.n_day), float(r.n_day) * float(r.mean_loss_day)) for r in stored.itertuples()}
+    try:
+        fresh = sums.loc[(v.model.id, v.version)]
+    except KeyError:
+        fresh = sums.iloc[0:0]
+    for d, r in fresh.iterrows():
+        if d >= max(min(days), v.first_test_day):
+            v.daily[d] = (float(r.n), float(r.s))
+    first_day = v.first_test_day
+    v.path_days = [first_day + dt.timedelta(days=i) for i in range(max((max(days) - first_day).days + 1, 0))]
+    counts = [v.daily.get(d, (0.0, 0.0))[0] for d in v.path_days]
+    totals = [v.daily.get(d, (0.0, 0.0))[1] for d in v.path_days]
+    if v.calibration.usable and v.path_days:
+        v.path = cusum(counts, totals, v.calibration)
+
+
+def _path_moments(v: _Version, start: dt.date, end: dt.date) -> tuple[int, float]:
+    """Labelled rows and mean loss of the version's days start..end (from the CUSUM's daily sums)."""
+    if v.daily is None or start > end:
+        return 0, math.nan
+    n = sum(c for d, (c, _) in v.daily.items() if start <= d <= end)
+    total = sum(s for d, (_, s) in v.daily.items() if start <= d <= end)
+    return int(n), (total / n if n else math.nan)
+
+
 def _window_moments(sums: pd.DataFrame, model_id: str, version: str, start: dt.date, end: dt.date) -> Moments:
     if start > end:
         return Moments(0, math.nan, math.nan)
@@ -333,18 +412,31 @@ def _window_moments(sums: pd.DataFrame, model_id: str, version: str, start: dt.d
     return Moments.from_sums(float(part.n.sum()), float(part.s.sum()), float(part.ss.sum()))
 
 
-def _maybe_open(con, requests: pd.DataFrame, model: ModelConfig, version: str, day: dt.date, start: dt.date, t,
-                settings: TriggerSettings) -> dict | None:
-    """A request, unless this version has one proposed or approved, or one opened within the last window."""
+def _maybe_open(con, requests: pd.DataFrame, v: _Version, day: dt.date, start: dt.date, current: tuple[int, float],
+                window: tuple[dt.date, Moments], t, family: int, settings: TriggerSettings) -> dict | None:
+    """A request, unless this version has one proposed or approved, or one superseded (it is no longer
+    champion: a rerun of its last days must not ask again), or one opened within the last window."""
+    model, version = v.model, v.version
     mine = requests[(requests.model_id == model.id) & (requests.model_version == version)] if len(requests) else requests
     if len(mine):
         opened_on = pd.to_datetime(mine.opened_on).dt.date
-        if mine.status.isin(ACTIVE).any() or (opened_on > day - dt.timedelta(days=settings.window_days)).any():
+        if (mine.status.isin([*ACTIVE, "superseded"]).any()
+                or (opened_on > day - dt.timedelta(days=settings.window_days)).any()):
             return None
-    reason = (f"mean {loss_of(model)} {fmt_num(t.mean_current)} over {start}..{day} ({int(t.n_current)} labelled rows) "
-              f"vs reference {fmt_num(t.mean_reference)} ({int(t.n_reference)} rows): Welch t {t.statistic:.2f}, "
-              f"{fmt_p(t.p_value)}, {fmt_p(t.p_adjusted).replace('p', 'adjusted p', 1)} across the day's models; "
-              f"flagged on {settings.persistence_k}+ of the last {settings.persistence_n} days")
+    cal = v.calibration
+    threshold = cusum_threshold(cal, FAMILY.alpha / FAMILY.family_size(family), FAMILY.horizon_days)
+    welch = ""
+    window_start, moments = window
+    if moments.n >= 2:
+        wt, wp = welch_greater([moments], [Moments.of(v.reference)])
+        welch = (f"; {window_start}..{day}: mean {fmt_num(moments.mean)} ({moments.n} rows), "
+                 f"Welch t {wt[0]:.2f}, {fmt_p(float(wp[0]))}")
+    reason = (f"mean {loss_of(model)} {fmt_num(current[1])} since {start} ({current[0]} labelled rows) vs reference "
+              f"{fmt_num(cal.reference_mean)} ({cal.n_reference} rows): CUSUM {t.statistic:.1f} over its threshold "
+              f"{threshold:.1f} (tuned for +{cal.delta:.3f} sd), sequential {fmt_p(t.p_value)} within "
+              f"{FAMILY.horizon_days} days, {fmt_p(t.p_adjusted).replace('p', 'adjusted p', 1)} across the day's "
+              f"{family} models{welch}; over the threshold on {settings.persistence_k}+ of the last "
+              f"{settings.persistence_n} tested days")
     return insert_request(con, model.id, version, day, reason, float(t.statistic), float(t.p_value),
                           f"{start}..{day}", "trigger")
 
