@@ -7,6 +7,7 @@ from monitor_assets.analysis.logic import (
     drift_for_day,
     fairness_for_day,
     load_profiles,
+    map_models,
     profile_models,
     reference_version,
     save_profiles,
@@ -98,8 +99,9 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
             profiles = {m.id: load_profiles(con, m.id) for m in config.models}
             held = held_models(con, refreshed)  # failed the data-quality suite
             for i, day in enumerate(refreshed, 1):
-                for model in (m for m in config.models if m.id not in held[day]):
-                    out, summary = drift_for_day(con, config, model, day, profiles[model.id])
+                todo = [m for m in config.models if m.id not in held[day]]
+                for out, summary in map_models(con, lambda c, m, day=day: drift_for_day(c, config, m, day,
+                                                                                      profiles[m.id]), todo):
                     rows += out
                     summaries.append(summary)
                 if should_log_progress(i, len(refreshed)):
@@ -150,8 +152,8 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
         refreshed = days_with_label_refresh(days, config)
         with fail_fast(), warehouse.connect() as con:
             held = held_models(con, refreshed)  # failed the data-quality suite
-            parts = [fairness_for_day(con, config, m, d) for d in refreshed for m in config.models
-                     if m.id not in held[d]]
+            todo = [(m, d) for d in refreshed for m in config.models if m.id not in held[d]]
+            parts = list(map_models(con, lambda c, item: fairness_for_day(c, config, *item), todo))
             parts = [p for p in parts if len(p)]
             frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
             if len(frame):

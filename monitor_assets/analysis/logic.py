@@ -12,6 +12,7 @@ import json
 import math
 import os
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,8 +36,10 @@ from monitor_assets.stats.reference import (
     validate_reference,
 )
 from monitor_assets.storage.sql import quote_ident, sql_str
-from monitor_assets.storage.warehouse import lake_of
+from monitor_assets.storage.warehouse import close, lake_of, thread_cursor
 
+# Models analysed at once (threads); MONITOR_ANALYSIS_WORKERS overrides (1: one after the other).
+ANALYSIS_WORKERS = int(os.environ.get("MONITOR_ANALYSIS_WORKERS") or min(4, os.cpu_count() or 1))
 PREDICTION = "prediction"
 LABEL = "label"
 DECISION = "_logged_decision"  # the logged decision (predicted class), in reference and daily rows
@@ -139,22 +142,32 @@ def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[d
     return profiles, baselines, check
 
 
-def profile_models(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], workers: int | None = None):
-    """`profile_model` for each model, a few at once (each on its own cursor: DuckDB and numpy work outside
-    the GIL), yielded in the models' order as (model, result)."""
-    workers = workers or min(4, os.cpu_count() or 1)
-    if workers == 1 or len(models) < 2:
-        yield from ((m, profile_model(con, m)) for m in models)
+def map_models(con: duckdb.DuckDBPyConnection, work: Callable, items: list, workers: int | None = None) -> Iterator:
+    """`work(cursor, item)` for each item (a model, or a (model, day)), a few at once, each thread on its own
+    cursor (DuckDB, numpy and scipy's kernels work outside the GIL); results in the items' order."""
+    workers = min(workers or ANALYSIS_WORKERS, len(items))
+    if workers <= 1:
+        yield from (work(con, item) for item in items)
         return
-    local = threading.local()
+    local, cursors = threading.local(), []
 
-    def one(model: ModelConfig):
+    def one(item):
         if not hasattr(local, "cursor"):
-            local.cursor = con.cursor()
-        return profile_model(local.cursor, model)
+            local.cursor = thread_cursor(con)
+            cursors.append(local.cursor)
+        return work(local.cursor, item)
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="profile") as pool:
-        yield from zip(models, pool.map(one, models), strict=True)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="per-model") as pool:
+            yield from pool.map(one, items)
+    finally:
+        for cursor in cursors:
+            close(cursor)
+
+
+def profile_models(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], workers: int | None = None):
+    """`profile_model` for each model, a few at once, yielded in the models' order as (model, result)."""
+    yield from zip(models, map_models(con, profile_model, models, workers), strict=True)
 
 
 def save_profiles(con: duckdb.DuckDBPyConnection, model: ModelConfig, version: str, profiles: dict,

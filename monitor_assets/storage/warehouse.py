@@ -222,6 +222,17 @@ def open_warehouse(path: str, lake_path: str | None = None, models: Iterable[str
     return con
 
 
+def thread_cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A cursor of `con` for another thread, with the lake's tables registered on it (temporary views are
+    per cursor). Close it with `close`."""
+    lake = lake_of(con)
+    cursor = con.cursor()
+    _LAKES[id(cursor)] = lake
+    cursor.execute("SET TimeZone = 'UTC'")
+    lake.attach(cursor, (), create_views=False)
+    return cursor
+
+
 def close(con: duckdb.DuckDBPyConnection) -> None:
     _LAKES.pop(id(con), None)
     con.close()
