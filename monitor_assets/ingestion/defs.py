@@ -19,7 +19,12 @@ from monitor_assets.constants import (
     QUALITY_CHECK,
     VOLUME_RANGE_CHECK,
 )
-from monitor_assets.ingestion.quality import stored_verdicts, validate_day, validate_days
+from monitor_assets.ingestion.quality import (
+    prepare_in_background,
+    stored_verdicts,
+    validate_day,
+    validate_days,
+)
 from monitor_assets.ingestion.readers import ingest_day, quarantine_preview
 from monitor_assets.notify.messages import fmt_pct
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES
@@ -78,6 +83,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
         reasons: dict[str, int] = {}
         missing_days, per_day, held = [], [], []
         started = time.perf_counter()
+        gx_ready = prepare_in_background() if source == "predictions" else None
         with fail_fast(), warehouse.connect(models=None) as con:
             for i, day in enumerate(days, 1):
                 result = ingest_day(con, config, source, day)
@@ -96,6 +102,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
             if source == "predictions":
                 # Validated here, before anything downstream runs, so a failed model-day is held alone; many
                 # model-days share a GX call (its cost is mostly per call).
+                gx_ready.join()
                 held = [f"{v.partition_date}: {v.model_id}" for v in validate_days(con, config, days)
                         if not v.passed]
             preview = quarantine_preview(con, source, days)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import threading
 from dataclasses import dataclass
 
 import pandas as pd
@@ -112,6 +113,14 @@ def validation_batches(units: list, sizes: list[int], limit: int = BATCH_ROWS) -
         current.append(unit)
         size += n
     return batches + ([current] if current else [])
+
+
+def prepare_in_background() -> threading.Thread:
+    """Import GX and build its context on another thread (3 to 6 s of Python), while the caller reads files
+    (DuckDB's work, outside the GIL); join the thread before validating."""
+    thread = threading.Thread(target=_batch_definition, name="gx-import", daemon=True)
+    thread.start()
+    return thread
 
 
 @functools.cache
