@@ -425,7 +425,15 @@ class Lake:
             return None  # a folder whose first commit never landed
         cached = _FILES.get(str(path))
         if cached is None or cached[0] != key:
-            table = self.table(path)
+            # A table already loaded reads only the commits since (loading it anew re-reads its log: ~17 ms).
+            table = _TABLES_LOADED.get(str(path))
+            newest_version = int(str(key[0]).rsplit("/", 1)[-1].split(".")[0])
+            try:
+                if table is None or table.version() > newest_version:  # new, or made anew at the same path
+                    raise LookupError
+                table.update_incremental()
+            except Exception:
+                table = _TABLES_LOADED[str(path)] = self.table(path)
             cached = _FILES[str(path)] = (key, (table.file_uris(), {f.name for f in table.schema().fields}))
         return list(cached[1][0]), cached[1][1]
 
@@ -513,3 +521,4 @@ def _with_data_file_info_cache(cls: type) -> type:
 
 # Per table location: (newest commit's name and time, (data files, column names)).
 _FILES: dict[str, tuple[tuple, tuple[list[str], set[str]]]] = {}
+_TABLES_LOADED: dict[str, object] = {}  # path -> deltalake.DeltaTable, brought up to date as commits land
