@@ -37,8 +37,9 @@ TRIGGER_COLUMNS = {
     "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR (the champion tested)",
     "loss": "VARCHAR", "n_day": "BIGINT", "mean_loss_day": "DOUBLE", "band_low": "DOUBLE", "band_high": "DOUBLE",
     "window_start": "DATE", "n_current": "BIGINT", "mean_current": "DOUBLE", "reference_anchor": "DATE",
-    "n_reference": "BIGINT", "mean_reference": "DOUBLE", "statistic": "DOUBLE (Welch t)", "p_value": "DOUBLE",
-    "p_adjusted": "DOUBLE (Benjamini-Hochberg across the day's models)", "flagged": "BOOLEAN", "note": "VARCHAR",
+    "n_reference": "BIGINT", "mean_reference": "DOUBLE", "statistic": "DOUBLE (CUSUM, log-likelihood ratio)",
+    "p_value": "DOUBLE (sequential: a stable model's chance of such a CUSUM within 90 days)",
+    "p_adjusted": "DOUBLE (Bonferroni across the day's models beyond 40)", "flagged": "BOOLEAN", "note": "VARCHAR",
     "computed_at": "TIMESTAMP"}
 VERSION_COLUMNS = {"model_id": "VARCHAR", "model_version": "VARCHAR", "first_seen": "DATE", "last_seen": "DATE",
                    "traffic_share": "DOUBLE (on the model's last day)", "role": "VARCHAR (champion, challenger, retired)",
@@ -78,9 +79,10 @@ def build_retraining_assets(config: MonitorConfig, predictions: dg.AssetKey, lab
     @dg.asset(
         key=dg.AssetKey(["monitoring", "retraining_trigger"]),
         description="The retraining trigger, per model and day: per-prediction losses (log loss for classifiers, "
-                    "squared or absolute error for regressors) of the champion's last `window_days` against its "
-                    "reference loss batch (its first labelled production days; `monitoring.reference_losses`), "
-                    "Welch's one-sided t-test, Benjamini-Hochberg across the day's models, and persistence "
+                    "squared or absolute error for regressors) of the champion since its reference loss batch (its "
+                    "first labelled production days; `monitoring.reference_losses`): a one-sided CUSUM of the daily "
+                    "losses against the batch, its sequential p-value per 90 days, a correction across the day's "
+                    "models, and persistence "
                     "(k of the last n days) before a request opens in `monitoring.retraining_requests`. Each run "
                     "also refreshes the `label_delay_days` before it.",
         kinds={"duckdb", "python"}, deps=[model_versions.key, labels],
