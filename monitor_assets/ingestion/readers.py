@@ -918,7 +918,7 @@ def ingest_workers() -> int:
 
 # A staging database holds one group of files; past this much memory DuckDB spills to a temporary folder
 # (a day's labels of hundreds of models, joined to their predictions, would otherwise take gigabytes).
-STAGING_MEMORY = os.environ.get("MONITOR_STAGING_MEMORY", "1GB")
+STAGING_MEMORY = os.environ.get("MONITOR_STAGING_MEMORY", "768MB")
 
 
 def _staging_database(threads: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -1072,11 +1072,11 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
             lake.replace_model_day(m.id, rows, day)
         return
     # Labels sorted by model: a model's drift and fairness read only its own row groups.
-    order = " ORDER BY model_id NULLS LAST, prediction_id" if plan.source == "labels" else ""
+    order = " ORDER BY model_id NULLS LAST" if plan.source == "labels" else ""
     if f"raw.{plan.source}" in TABLES:  # streamed: millions of labels are not copied into one Arrow table
         staged = stage.sql(f"SELECT * FROM raw.{plan.source}{order}")
         empty = not stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
-        lake.replace(f"raw.{plan.source}", staged.to_arrow_table() if empty else staged.fetch_record_batch(), [day])
+        lake.replace(f"raw.{plan.source}", staged.to_arrow_table() if empty else staged.fetch_record_batch(1 << 17), [day])
         return
     rows = stage.sql(f"SELECT * FROM raw.{plan.source}{order}").to_arrow_table()
     con.register("_staged", rows)

@@ -11,10 +11,10 @@ from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_METRICS, OWNERS
 from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS
 from monitor_assets.stats.performance import METRIC_DIRECTION, performance_sql
-from monitor_assets.storage.lake import TABLES, predictions_union
+from monitor_assets.storage.lake import MODELS_PER_QUERY, TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.sql import quote_ident, sql_str
-from monitor_assets.storage.warehouse import replace_partitions
+from monitor_assets.storage.warehouse import lake_of, replace_partitions
 from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
@@ -61,8 +61,8 @@ def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels
         with fail_fast(), warehouse.connect(models=None) as con:
             con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [refreshed])
             parts = []
-            for i in range(0, len(config.models), PERFORMANCE_CHUNK):
-                sql, params = _performance_statement(config, config.models[i:i + PERFORMANCE_CHUNK])
+            for i in range(0, len(config.models), MODELS_PER_QUERY):
+                sql, params = _performance_statement(con, config, config.models[i:i + MODELS_PER_QUERY])
                 parts.append(con.sql(sql, params=params).to_arrow_table())
             con.register("_performance", pa.concat_tables(parts))
             inserted = replace_partitions(con, "monitoring.performance_daily", refreshed,
@@ -102,18 +102,13 @@ def _performance_day_metadata(day: pd.DataFrame) -> dict:
     }
 
 
-# Models per performance query: memory holds their rows, not the day's (100 models x 50k rows at once
-# took 1.6 GB; 10 at a time 0.6 GB, in the same time).
-PERFORMANCE_CHUNK = 10
-
-
-def _performance_statement(config: MonitorConfig, chunk: list[ModelConfig] | None = None) -> tuple[str, list]:
+def _performance_statement(con, config: MonitorConfig, chunk: list[ModelConfig] | None = None) -> tuple[str, list]:
     """The performance rows of `chunk` (default every model) over the dates in temp table `_days`; params
     are the model rows, twice. The predictions come from the chunk's own tables, the labels from its own row
     groups (they are stored sorted by model) and those not matched to a prediction yet."""
     chunk = list(config.models if chunk is None else chunk)
     models, params = models_values_sql(chunk)
-    predictions = f"({predictions_union(m.id for m in chunk)})"
+    predictions = f"({lake_of(con).predictions_union(con, [m.id for m in chunk])})"
     mine = ", ".join(sql_str(m.id) for m in chunk)
     # The logged decision (when the source maps one) replaces score >= threshold for the class metrics.
     decision = "decision" if config.predictions.fields.get("decision") else None

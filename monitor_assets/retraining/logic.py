@@ -47,7 +47,9 @@ from monitor_assets.stats.trigger import (
     welch_greater,
 )
 from monitor_assets.stats.versions import Gates, VersionStats, compare_versions
-from monitor_assets.storage.warehouse import replace_partitions, transaction
+from monitor_assets.storage.lake import MODELS_PER_QUERY
+from monitor_assets.storage.sql import sql_str
+from monitor_assets.storage.warehouse import lake_of, replace_partitions, transaction
 
 STATUSES = ("proposed", "approved", "rejected", "done", "superseded")
 ACTIVE = ("proposed", "approved")
@@ -75,20 +77,24 @@ def _models_values(config: MonitorConfig, models: Iterable[ModelConfig] | None =
     return f"(SELECT * FROM (VALUES {rows}) AS v(model_id, loss, threshold))", params
 
 
-def labelled_losses_sql(config: MonitorConfig, first: dt.date, last: dt.date,
+def labelled_losses_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, first: dt.date, last: dt.date,
                         models: Iterable[ModelConfig] | None = None) -> tuple[str, list]:
-    """Labelled, served predictions of `first`..`last` with their loss (each model's own), as SQL and
-    params: model_id, model_version, partition_date, ts, prediction_id, score, label, threshold, loss."""
+    """Labelled, served predictions of `models` (default all) on `first`..`last` with their loss (each model's
+    own), as SQL and params: model_id, model_version, partition_date, ts, prediction_id, score, label,
+    threshold, loss. Reads only those models' prediction files and label row groups."""
+    models = list(models or config.models)
     values, params = _models_values(config, models)
+    mine = ", ".join(sql_str(m.id) for m in models)
     losses = " ".join(f"WHEN '{name}' THEN {loss_sql(name, 'l.label', 'p.score')}"
                       for name in ("log_loss", "squared_error", "absolute_error"))
     sql = f"""
         SELECT p.model_id, coalesce(p.model_version, '') AS model_version, p.partition_date, p.ts, p.prediction_id,
                p.score, l.label, m.threshold, CASE m.loss {losses} END AS loss
-        FROM raw.predictions AS p
+        FROM ({lake_of(con).predictions_union(con, [m.id for m in models])}) AS p
         JOIN {values} AS m USING (model_id)
         JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
               WHERE partition_date >= ?::DATE - INTERVAL {EARLY_LABEL_DAYS} DAY
+                    AND (model_id IN ({mine}) OR model_id IS NULL)
               GROUP BY prediction_id) AS l USING (prediction_id)
         WHERE p.partition_date BETWEEN ? AND ? AND p.is_ok AND p.score IS NOT NULL AND l.label IS NOT NULL
               AND isfinite(p.score)"""
@@ -210,7 +216,7 @@ def reference_batch(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model
                          [model.id, version, anchor]).df()
     if len(stored) and stored.complete.all():
         return stored.loss.to_numpy(dtype=float)
-    sql, params = labelled_losses_sql(config, anchor, end, [model])
+    sql, params = labelled_losses_sql(con, config, anchor, end, [model])
     complete = as_of >= end + dt.timedelta(days=config.label_delay_days)
     with transaction(con):
         con.execute("DELETE FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?",
@@ -264,10 +270,13 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     champ = champions(daily)
     longest = max(m.retraining.window_days for m in config.models)
     first = min(days) - dt.timedelta(days=longest - 1)
-    sql, params = labelled_losses_sql(config, first, max(days))
-    sums = con.execute(f"""SELECT model_id, model_version, partition_date, count(*) AS n, sum(loss) AS s,
-                                  sum(loss * loss) AS ss
-                           FROM ({sql}) GROUP BY ALL""", params).df()
+    parts = []
+    for i in range(0, len(config.models), MODELS_PER_QUERY):  # memory holds a few models' rows at a time
+        sql, params = labelled_losses_sql(con, config, first, max(days), config.models[i:i + MODELS_PER_QUERY])
+        parts.append(con.execute(f"""SELECT model_id, model_version, partition_date, count(*) AS n, sum(loss) AS s,
+                                            sum(loss * loss) AS ss
+                                     FROM ({sql}) GROUP BY ALL""", params).df())
+    sums = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
     sums["partition_date"] = pd.to_datetime(sums.partition_date).dt.date
     sums = sums.set_index(["model_id", "model_version", "partition_date"]).sort_index()
     since = champ.groupby(["model_id", "model_version"]).partition_date.min()
@@ -642,7 +651,7 @@ def _version_stats(con, config: MonitorConfig, model: ModelConfig, version: str,
                             FROM raw.predictions WHERE model_id = ? AND coalesce(model_version, '') = ?
                             AND partition_date IN (SELECT unnest(?::DATE[]))""",
                          [champion_p95, model.id, version, days]).fetchone()
-    sql, params = labelled_losses_sql(config, min(days), max(days), [model])
+    sql, params = labelled_losses_sql(con, config, min(days), max(days), [model])
     labelled = con.execute(f"""SELECT loss, ((score >= threshold)::INT = label::INT)::INT AS correct FROM ({sql})
                                WHERE model_version = ? AND partition_date IN (SELECT unnest(?::DATE[]))""",
                            [*params, version, days]).df()

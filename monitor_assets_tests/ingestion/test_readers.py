@@ -390,7 +390,7 @@ def test_a_corrected_label_replaces_the_old_one_and_is_counted(tmp_path, con):
         corrections.append(ingest_day(con, config, "labels", DAY + dt.timedelta(days=offset)).labels_corrected)
     assert corrections == [0, 1, 0]  # p1 changed once; a label sent again unchanged is no correction
     con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT DATE '2026-03-01' AS d")
-    sql, params = _performance_statement(config)
+    sql, params = _performance_statement(con, config)
     cursor = con.execute(sql, params)
     row = dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
     assert row["positive_rate"] == 1.0  # both labels are 1 now: the newest label counts
