@@ -19,12 +19,7 @@ from monitor_assets.constants import (
     QUALITY_CHECK,
     VOLUME_RANGE_CHECK,
 )
-from monitor_assets.ingestion.quality import (
-    prepare_in_background,
-    stored_verdicts,
-    validate_day,
-    validate_days,
-)
+from monitor_assets.ingestion.quality import StreamingValidator, stored_verdicts, validate_day
 from monitor_assets.ingestion.readers import ingest_day, quarantine_preview
 from monitor_assets.notify.messages import fmt_pct
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES
@@ -83,28 +78,31 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
         reasons: dict[str, int] = {}
         missing_days, per_day, held = [], [], []
         started = time.perf_counter()
-        gx_ready = prepare_in_background() if source == "predictions" else None
         with fail_fast(), warehouse.connect(models=None) as con:
-            for i, day in enumerate(days, 1):
-                result = ingest_day(con, config, source, day)
-                if not result.files:
-                    missing_days.append(str(day))
-                for k, v in (("files", len(result.files)), ("read", result.read), ("loaded", result.loaded),
-                             ("quarantined", result.quarantined), ("corrected", result.labels_corrected)):
-                    totals[k] += v
-                for reason, n in result.reasons.items():
-                    reasons[reason] = reasons.get(reason, 0) + n
-                per_day.append((str(day), len(result.files), result.read, result.loaded, result.quarantined,
-                                result.labels_corrected))
-                if should_log_progress(i, len(days)):
-                    rate = totals["read"] / max(time.perf_counter() - started, 1e-9)
-                    context.log.info(f"{source}: {i}/{len(days)} days done ({day}), {rate:,.0f} records/s")
-            if source == "predictions":
-                # Validated here, before anything downstream runs, so a failed model-day is held alone; many
-                # model-days share a GX call (its cost is mostly per call).
-                gx_ready.join()
-                held = [f"{v.partition_date}: {v.model_id}" for v in validate_days(con, config, days)
-                        if not v.passed]
+            # The data-quality suite runs on another thread as each model-day lands, so its pandas work
+            # overlaps the reading; a failed model-day is held alone.
+            validator = StreamingValidator(con, config) if source == "predictions" else None
+            try:
+                for i, day in enumerate(days, 1):
+                    result = ingest_day(con, config, source, day, validator.add if validator else None)
+                    if not result.files:
+                        missing_days.append(str(day))
+                    for k, v in (("files", len(result.files)), ("read", result.read), ("loaded", result.loaded),
+                                 ("quarantined", result.quarantined), ("corrected", result.labels_corrected)):
+                        totals[k] += v
+                    for reason, n in result.reasons.items():
+                        reasons[reason] = reasons.get(reason, 0) + n
+                    per_day.append((str(day), len(result.files), result.read, result.loaded, result.quarantined,
+                                    result.labels_corrected))
+                    if should_log_progress(i, len(days)):
+                        rate = totals["read"] / max(time.perf_counter() - started, 1e-9)
+                        context.log.info(f"{source}: {i}/{len(days)} days done ({day}), {rate:,.0f} records/s")
+            except BaseException:
+                if validator is not None:
+                    validator.abandon()
+                raise
+            if validator is not None:
+                held = [f"{v.partition_date}: {v.model_id}" for v in validator.finish(days) if not v.passed]
             preview = quarantine_preview(con, source, days)
             silent: list[str] = []
             if source == "predictions":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import queue
 import threading
 from dataclasses import dataclass
 
@@ -115,17 +116,18 @@ def validation_batches(units: list, sizes: list[int], limit: int = BATCH_ROWS) -
     return batches + ([current] if current else [])
 
 
-def prepare_in_background() -> threading.Thread:
-    """Import GX and build its context on another thread (3 to 6 s of Python), while the caller reads files
-    (DuckDB's work, outside the GIL); join the thread before validating."""
-    thread = threading.Thread(target=_batch_definition, name="gx-import", daemon=True)
-    thread.start()
-    return thread
+_GX_LOCK = threading.Lock()
+
+
+def _batch_definition():
+    """One ephemeral GX context for the process: building it costs more than validating a batch. Threads
+    that ask at once wait for the first to build it."""
+    with _GX_LOCK:
+        return _build_batch_definition()
 
 
 @functools.cache
-def _batch_definition():
-    """One ephemeral GX context for the process: building it costs more than validating a batch."""
+def _build_batch_definition():
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -145,8 +147,9 @@ def validate_predictions(config: MonitorConfig, frame: pd.DataFrame,
     # again with COMPLETE, which lists the unexpected rows, so a failure is routed to the model-days whose
     # rows failed.
     result = batch.validate(suite, result_format={"result_format": "BOOLEAN_ONLY"})
-    if not result.success:
-        result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
+    if result.success:
+        return [ExpectationOutcome(r.expectation_config.type, "", True, 0, [], {}) for r in result.results]
+    result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
     known = set(config.model_ids)
     days = pd.to_datetime(frame.partition_date).dt.date
     outcomes = []
@@ -181,6 +184,46 @@ def _described(column: str, model_id: str) -> str:
     return "ts (hours after its day's midnight, UTC)" if column == TS_HOURS else column
 
 
+class _Findings:
+    """Unexpected values per model-day, gathered batch by batch."""
+
+    def __init__(self):
+        self.problems: dict[tuple, list[str]] = {}
+        self.unexpected: dict[tuple, int] = {}
+
+    def add(self, outcomes: list[ExpectationOutcome]) -> None:
+        for outcome in outcomes:
+            if outcome.success:
+                continue
+            for (day, model_id), n in outcome.units.items():
+                if model_id is None:  # rows of no known model: nothing of a model's to hold
+                    continue
+                sample = outcome.sample if len(outcome.units) == 1 else []  # else maybe another's
+                self.unexpected[(day, model_id)] = self.unexpected.get((day, model_id), 0) + n
+                self.problems.setdefault((day, model_id), []).append(
+                    f"{outcome.expectation} on {_described(outcome.column, model_id)}: {n} unexpected value(s)"
+                    + (f", e.g. {', '.join(sample)}" if sample else ""))
+
+    def store(self, con, days: list[dt.date], counts: dict[tuple, int]) -> list[Verdict]:
+        """One verdict per model-day with rows, written to `monitoring.quality_verdicts` (those days' replaced)."""
+        verdicts = [Verdict(d, m, n, (d, m) not in self.problems, self.unexpected.get((d, m), 0),
+                            "; ".join(self.problems.get((d, m), [])))
+                    for (d, m), n in sorted(counts.items()) if n]
+        with transaction(con):
+            con.execute("DELETE FROM monitoring.quality_verdicts WHERE partition_date IN (SELECT unnest(?::DATE[]))",
+                        [list(days)])
+            if verdicts:
+                con.executemany("INSERT INTO monitoring.quality_verdicts VALUES (?, ?, ?, ?, ?, ?, now())",
+                                [(v.partition_date, v.model_id, v.rows, v.passed, v.unexpected, v.message)
+                                 for v in verdicts])
+        return verdicts
+
+
+def _validate_batch(con, config: MonitorConfig, batch: list[tuple[dt.date, ModelConfig]]) -> list[ExpectationOutcome]:
+    frame = predictions_frame(con, config, batch)
+    return validate_predictions(config, frame, list({m.id: m for _, m in batch}.values()))
+
+
 def validate_days(con, config: MonitorConfig, days: list[dt.date], batch_rows: int = BATCH_ROWS) -> list[Verdict]:
     """Validate every model's loaded predictions of `days`, a bounded batch of model-days at a time, and store
     one verdict per model-day with rows in `monitoring.quality_verdicts` (those days' verdicts replaced)."""
@@ -188,34 +231,77 @@ def validate_days(con, config: MonitorConfig, days: list[dt.date], batch_rows: i
         "SELECT partition_date, model_id, count(*) FROM raw.predictions WHERE partition_date IN "
         "(SELECT unnest(?::DATE[])) GROUP BY 1, 2", [list(days)]).fetchall()}
     units = [(d, m) for d in days for m in config.models]
-    problems: dict[tuple, list[str]] = {}
-    unexpected: dict[tuple, int] = {}
+    findings = _Findings()
     sizes = [counts.get((d, m.id), 0) for d, m in units]
     for batch in validation_batches(units, sizes, batch_rows):
-        frame = predictions_frame(con, config, batch)
-        for outcome in validate_predictions(config, frame, list({m.id: m for _, m in batch}.values())):
-            if outcome.success:
-                continue
-            for (day, model_id), n in outcome.units.items():
-                if model_id is None:  # rows of no known model: nothing of a model's to hold
+        findings.add(_validate_batch(con, config, batch))
+    known = set(config.model_ids)
+    return findings.store(con, days, {k: n for k, n in counts.items() if k[1] in known})
+
+
+class StreamingValidator:
+    """`validate_days` while the predictions load: each model-day is queued as it lands (`add`, from any
+    thread) and validated on a thread of its own, a batch of about `batch_rows` rows at a time, so the
+    suite's pandas work overlaps the readers' DuckDB work instead of following it. `finish` waits for the
+    last batch and stores the verdicts of `days`; the verdicts equal `validate_days`'s (the batches'
+    makeup does not change them)."""
+
+    def __init__(self, con, config: MonitorConfig, batch_rows: int = BATCH_ROWS):
+        from monitor_assets.storage.warehouse import thread_cursor
+
+        self.con, self.config, self.batch_rows = con, config, batch_rows
+        self.models = {m.id: m for m in config.models}
+        self.counts: dict[tuple, int] = {}
+        self.findings = _Findings()
+        self.error: BaseException | None = None
+        self.cursor = thread_cursor(con)  # made here: the thread only uses it
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="gx-validate", daemon=True)
+        self.thread.start()
+
+    def add(self, day: dt.date, model_id: str, rows: int) -> None:
+        self.queue.put((day, model_id, rows))
+
+    def _run(self) -> None:
+        pending, size, done = [], 0, False
+        try:
+            _batch_definition()  # GX's import and context, while the first files are read
+            while (item := self.queue.get()) is not None:
+                day, model_id, rows = item
+                if not rows or model_id not in self.models:
                     continue
-                sample = outcome.sample if len(outcome.units) == 1 else []  # else maybe another's
-                unexpected[(day, model_id)] = unexpected.get((day, model_id), 0) + n
-                problems.setdefault((day, model_id), []).append(
-                    f"{outcome.expectation} on {_described(outcome.column, model_id)}: {n} unexpected value(s)"
-                    + (f", e.g. {', '.join(sample)}" if sample else ""))
-        del frame
-    verdicts = [Verdict(d, m.id, counts[(d, m.id)], (d, m.id) not in problems, unexpected.get((d, m.id), 0),
-                        "; ".join(problems.get((d, m.id), [])))
-                for d, m in units if counts.get((d, m.id))]
-    with transaction(con):
-        con.execute("DELETE FROM monitoring.quality_verdicts WHERE partition_date IN (SELECT unnest(?::DATE[]))",
-                    [list(days)])
-        if verdicts:
-            con.executemany("INSERT INTO monitoring.quality_verdicts VALUES (?, ?, ?, ?, ?, ?, now())",
-                            [(v.partition_date, v.model_id, v.rows, v.passed, v.unexpected, v.message)
-                             for v in verdicts])
-    return verdicts
+                self.counts[(day, model_id)] = rows
+                pending.append((day, self.models[model_id]))
+                size += rows
+                if size >= self.batch_rows:
+                    self.findings.add(_validate_batch(self.cursor, self.config, pending))
+                    pending, size = [], 0
+            done = True
+            if pending:
+                self.findings.add(_validate_batch(self.cursor, self.config, pending))
+        except BaseException as exc:  # raised again by finish, in the step's thread
+            self.error = exc
+            while not done and self.queue.get() is not None:  # up to finish's sentinel, unless it came
+                pass
+
+    def finish(self, days: list[dt.date]) -> list[Verdict]:
+        from monitor_assets.storage.warehouse import close
+
+        self.queue.put(None)
+        self.thread.join()
+        close(self.cursor)
+        if self.error is not None:
+            raise self.error
+        return self.findings.store(self.con, days, self.counts)
+
+    def abandon(self) -> None:
+        """After a failed load: stop the thread without storing anything."""
+        from monitor_assets.storage.warehouse import close
+
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        close(self.cursor)
 
 
 def validate_day(con, config: MonitorConfig, day: dt.date, batch_rows: int = BATCH_ROWS) -> list[Verdict]:

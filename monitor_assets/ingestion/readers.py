@@ -32,7 +32,7 @@ import re
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -966,12 +966,14 @@ def _stage_columns(wh: duckdb.DuckDBPyConnection, plan: StagingPlan) -> dict[str
         "AND table_name = ? ORDER BY ordinal_position", [plan.source]).fetchall()}
 
 
-def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, day: dt.date) -> StageResult:
+def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, day: dt.date,
+               committed: Callable[[dt.date, str, int], None] | None = None) -> StageResult:
     """Replace one day of one source: every record loaded or quarantined, read = loaded + quarantined.
 
     Each group of files (one model's, or the shared ones) is read into an in-memory DuckDB, checked there,
     then written: predictions one Delta commit per model-day, labels and the day's quarantine one commit
-    each, interactions and sales one DuckDB transaction. Memory holds one group at a time."""
+    each, interactions and sales one DuckDB transaction. Memory holds one group at a time. `committed(day,
+    model id, rows)` is called as each model-day of predictions lands (from the ingesting thread)."""
     lake = lake_of(con)
     if source == "predictions":
         src = config.predictions
@@ -993,7 +995,7 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
         try:
             _staging(stage, plan, _stage_columns(con, plan), lake, [m.id for m in group.models])
             r, n_loaded, n_corrected = _stage_group(stage, config, src, plan, group, day)
-            _commit_group(con, config, lake, stage, plan, group, day)
+            _commit_group(con, config, lake, stage, plan, group, day, committed)
             return r, n_loaded, n_corrected, stage.sql("SELECT *, $1::VARCHAR AS model_id FROM raw.quarantine",
                                                        params=[group.constant_model]).to_arrow_table()
         finally:
@@ -1060,7 +1062,8 @@ def _stage_group(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: S
 
 
 def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: Lake, stage: duckdb.DuckDBPyConnection,
-                  plan: StagingPlan, group: FileGroup, day: dt.date) -> None:
+                  plan: StagingPlan, group: FileGroup, day: dt.date,
+                  committed: Callable[[dt.date, str, int], None] | None = None) -> None:
     """Write one group's loaded rows where their table lives."""
     if plan.source == "predictions":
         shared = [quote_ident(c) for c in PREDICTION_COLUMNS]
@@ -1070,6 +1073,8 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
                                         for f in m.features + m.sensitive_attributes])
             rows = stage.sql(f"SELECT {picks} FROM raw.predictions WHERE model_id = $1", params=[m.id]).to_arrow_table()
             lake.replace_model_day(m.id, rows, day)
+            if committed is not None:
+                committed(day, m.id, rows.num_rows)
         return
     # Labels sorted by model: a model's drift and fairness read only its own row groups.
     order = " ORDER BY model_id NULLS LAST" if plan.source == "labels" else ""
