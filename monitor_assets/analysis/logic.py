@@ -20,7 +20,7 @@ import duckdb
 import pandas as pd
 
 from monitor_assets.config import ModelConfig, MonitorConfig
-from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS, model_feature_select
+from monitor_assets.ingestion.readers import latest_labels_sql, model_feature_select
 from monitor_assets.stats import drift as D
 from monitor_assets.stats.fairness import fairness_table, group_counts
 from monitor_assets.stats.performance import (
@@ -200,13 +200,7 @@ def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
         SELECT {model_feature_select(config, model.id, 'p.')}, p.score AS {PREDICTION}, l.label AS label_value,
                p.decision AS {quote_ident(DECISION)}
         FROM {table} AS p
-        LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
-                   -- this model's labels (stored sorted by model, so a scan skips the others' row groups)
-                   -- and those that arrived before any prediction matched them
-                   WHERE partition_date >= $day - INTERVAL {EARLY_LABEL_DAYS} DAY
-                         AND (model_id = $model OR model_id IS NULL)
-                   GROUP BY prediction_id) AS l
-            USING (prediction_id)
+        LEFT JOIN ({latest_labels_sql("$day", [model.id])}) AS l USING (prediction_id)
         WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok"""
 
 

@@ -105,17 +105,17 @@ def _versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[
     if several.empty:
         return daily
     models, params = models_values_sql(config.models)
-    decision = "p.decision" if config.predictions.fields.get("decision") else None
+    logged = bool(config.predictions.fields.get("decision"))  # as performance_daily takes the predicted class
     source = f"""
         SELECT p.partition_date, p.model_id, coalesce(p.model_version, '') AS model_version, p.is_ok,
-               p.latency_ms, p.score, l.label, m.threshold, m.task{', p.decision' if decision else ''}
+               p.latency_ms, p.score, l.label, m.threshold, m.task{', p.decision' if logged else ''}
         FROM raw.predictions AS p
         JOIN {models} AS m USING (model_id)
         LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
                    WHERE prediction_date IN (SELECT unnest(?::DATE[])) GROUP BY prediction_id) AS l USING (prediction_id)
         WHERE (p.partition_date, p.model_id) IN (SELECT (unnest(?::DATE[]), unnest(?::VARCHAR[])))"""
     sql = performance_sql(source, ["partition_date", "model_id", "model_version"],
-                          decision="decision" if decision else None)
+                          decision="decision" if logged else None)
     per_version = con.sql(sql, params=[*params, days, list(several.partition_date.dt.date),
                                        list(several.model_id)]).df()
     return pd.concat([daily, per_version], ignore_index=True)

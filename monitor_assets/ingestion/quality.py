@@ -285,22 +285,18 @@ class StreamingValidator:
                 pass
 
     def finish(self, days: list[dt.date]) -> list[Verdict]:
-        from monitor_assets.storage.warehouse import close
-
-        self.queue.put(None)
-        self.thread.join()
-        close(self.cursor)
+        self.abandon()
         if self.error is not None:
             raise self.error
         return self.findings.store(self.con, days, self.counts)
 
     def abandon(self) -> None:
-        """After a failed load: stop the thread without storing anything."""
+        """Validate what is queued, stop the thread and close its cursor; nothing is stored (after a failed
+        load, or through `finish`)."""
         from monitor_assets.storage.warehouse import close
 
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join()
+        self.queue.put(None)  # the thread reads up to this sentinel, whatever happened before it
+        self.thread.join()
         close(self.cursor)
 
 

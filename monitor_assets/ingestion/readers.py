@@ -32,7 +32,7 @@ import re
 import tempfile
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -655,6 +655,18 @@ def _quarantine_duplicates(con: duckdb.DuckDBPyConnection, plan: StagingPlan, da
 
 
 EARLY_LABEL_DAYS = 7  # a label may be logged this many days before its prediction (clocks, time zones)
+
+
+def latest_labels_sql(since: str, model_ids: Sequence[str]) -> str:
+    """SQL (prediction_id, label): each prediction's newest label (a corrected one replaces the old), among
+    the labels logged from `since` (an SQL date expression) less EARLY_LABEL_DAYS, of these models'
+    predictions and of those no prediction matched yet. Labels are stored sorted by model, so the scan
+    skips the other models' row groups."""
+    listed = ", ".join(sql_str(m) for m in model_ids)
+    return f"""SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
+               WHERE partition_date >= {since} - INTERVAL {EARLY_LABEL_DAYS} DAY
+                     AND (model_id IN ({listed}) OR model_id IS NULL)
+               GROUP BY prediction_id"""
 
 
 def _check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan, day: dt.date) -> None:

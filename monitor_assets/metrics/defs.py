@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_METRICS, OWNERS
-from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS
+from monitor_assets.ingestion.readers import latest_labels_sql
 from monitor_assets.stats.performance import METRIC_DIRECTION, performance_sql
 from monitor_assets.storage.lake import MODELS_PER_QUERY, TABLES
 from monitor_assets.storage.resource import WarehouseResource
@@ -109,7 +109,6 @@ def _performance_statement(con, config: MonitorConfig, chunk: list[ModelConfig] 
     chunk = list(config.models if chunk is None else chunk)
     models, params = models_values_sql(chunk)
     predictions = f"({lake_of(con).predictions_union(con, [m.id for m in chunk])})"
-    mine = ", ".join(sql_str(m.id) for m in chunk)
     # The logged decision (when the source maps one) replaces score >= threshold for the class metrics.
     decision = "decision" if config.predictions.fields.get("decision") else None
     source = f"""
@@ -117,10 +116,8 @@ def _performance_statement(con, config: MonitorConfig, chunk: list[ModelConfig] 
                p.decision
         FROM {predictions} AS p
         JOIN {models} AS m USING (model_id)
-        LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
-                   WHERE partition_date >= (SELECT min(d) FROM _days) - INTERVAL {EARLY_LABEL_DAYS} DAY
-                         AND (model_id IN ({mine}) OR model_id IS NULL)
-                   GROUP BY prediction_id) AS l USING (prediction_id)
+        LEFT JOIN ({latest_labels_sql("(SELECT min(d) FROM _days)", [m.id for m in chunk])}) AS l
+            USING (prediction_id)
         WHERE p.partition_date IN (SELECT d FROM _days)"""
     metrics = performance_sql(source, ["partition_date", "model_id"], decision=decision)
     main_value = "CASE m.main_metric " + " ".join(

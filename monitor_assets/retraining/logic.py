@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from monitor_assets.config import ModelConfig, MonitorConfig
-from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS
+from monitor_assets.ingestion.readers import latest_labels_sql
 from monitor_assets.notify.messages import fmt_num, fmt_p
 from monitor_assets.stats.loss import default_loss, loss_sql
 from monitor_assets.stats.trigger import (
@@ -48,7 +48,6 @@ from monitor_assets.stats.trigger import (
 )
 from monitor_assets.stats.versions import Gates, VersionStats, compare_versions
 from monitor_assets.storage.lake import MODELS_PER_QUERY
-from monitor_assets.storage.sql import sql_str
 from monitor_assets.storage.warehouse import lake_of, replace_partitions, transaction
 
 STATUSES = ("proposed", "approved", "rejected", "done", "superseded")
@@ -84,7 +83,6 @@ def labelled_losses_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, f
     threshold, loss. Reads only those models' prediction files and label row groups."""
     models = list(models or config.models)
     values, params = _models_values(config, models)
-    mine = ", ".join(sql_str(m.id) for m in models)
     losses = " ".join(f"WHEN '{name}' THEN {loss_sql(name, 'l.label', 'p.score')}"
                       for name in ("log_loss", "squared_error", "absolute_error"))
     sql = f"""
@@ -92,10 +90,7 @@ def labelled_losses_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, f
                p.score, l.label, m.threshold, CASE m.loss {losses} END AS loss
         FROM ({lake_of(con).predictions_union(con, [m.id for m in models])}) AS p
         JOIN {values} AS m USING (model_id)
-        JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
-              WHERE partition_date >= ?::DATE - INTERVAL {EARLY_LABEL_DAYS} DAY
-                    AND (model_id IN ({mine}) OR model_id IS NULL)
-              GROUP BY prediction_id) AS l USING (prediction_id)
+        JOIN ({latest_labels_sql("?::DATE", [m.id for m in models])}) AS l USING (prediction_id)
         WHERE p.partition_date BETWEEN ? AND ? AND p.is_ok AND p.score IS NOT NULL AND l.label IS NOT NULL
               AND isfinite(p.score)"""
     return sql, [*params, first, first, last]

@@ -147,11 +147,6 @@ def _model_registered(model_id: str) -> str:
 MODELS_PER_QUERY = 10
 
 
-# Per-model work that runs as SQL takes this many models per query: memory holds their rows, not a day of
-# every model (performance_daily at 100 models x 50k rows: 1.6 GB at once, 0.6 GB ten at a time, same time).
-MODELS_PER_QUERY = 10
-
-
 def _days_predicate(days: Iterable[dt.date]) -> str:
     # Typed literals: some delta-rs releases (1.6.3) cannot compare a DATE column with a text literal.
     return "partition_date IN (" + ", ".join(f"CAST({sql_str(d.isoformat())} AS DATE)" for d in sorted(set(days))) + ")"
@@ -490,17 +485,15 @@ def _conform(data: pa.Table | pa.RecordBatchReader, columns: dict[str, str]) -> 
     is written as it comes (memory holds a batch, not the table)."""
     con = _conform_database().cursor()  # a cursor is cheap; a new database costs ~20 ms a write
     try:
-        if isinstance(data, pa.RecordBatchReader):
-            expected = _conform(data.schema.empty_table(), columns).schema
-            if expected.equals(data.schema):
-                return data
-            data = data.read_all()
-        con.register("_data", data)
-        have = set(data.column_names)
+        stream = isinstance(data, pa.RecordBatchReader)
+        con.register("_data", data.schema.empty_table() if stream else data)
+        have = set(data.schema.names)
         picks = ", ".join((f"CAST({quote_ident(c)} AS {t})" if c in have else f"NULL::{t}") + f" AS {quote_ident(c)}"
                           for c, t in columns.items())
         if con.sql(f"SELECT {picks} FROM _data LIMIT 0").to_arrow_table().schema.equals(data.schema):
             return data  # already in shape: a copy of millions of rows would cost seconds and memory
+        if stream:
+            con.register("_data", data.read_all())
         return con.sql(f"SELECT {picks} FROM _data").to_arrow_table()
     finally:
         con.close()
