@@ -25,7 +25,7 @@ from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.notify.messages import fmt_num, fmt_p, fmt_pct, plural
 from monitor_assets.stats.drift import P_VALUE_METHODS
 from monitor_assets.stats.performance import HIGHER, METRIC_DIRECTION, degradation
-from monitor_assets.storage.warehouse import transaction
+from monitor_assets.storage.warehouse import lake_of, transaction
 
 DEFAULT_SEVERITY = {PERFORMANCE: "ERROR", LATENCY: "WARN", ERROR_RATE: "ERROR", VOLUME: "ERROR", DRIFT: "WARN",
                     FAIRNESS: "ERROR", ANOMALIES: "WARN", FEATURE_VALUES: "ERROR", EQUALIZED_ODDS: "ERROR"}
@@ -86,8 +86,9 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
                               FROM monitoring.feature_drift WHERE partition_date IN (SELECT unnest(?::DATE[]))
                               AND role = 'feature'""", [days]).df()
     # Which optional fields each model logged each day: a figure from a field not logged is not judged.
-    logged = {(d.date() if hasattr(d, "date") else d, m): (lat, status) for d, m, lat, status in con.execute("""
-        SELECT partition_date, model_id, count(latency_ms), count(status) FROM raw.predictions
+    logged = {(d.date() if hasattr(d, "date") else d, m): (lat, status) for d, m, lat, status in con.execute(f"""
+        SELECT partition_date, model_id, count(latency_ms), count(status)
+        FROM ({lake_of(con).predictions_union(con, config.model_ids)})
         WHERE partition_date IN (SELECT unnest(?::DATE[])) GROUP BY ALL""", [days]).fetchall()}
     anomalies = con.execute("""SELECT partition_date, model_id, metric, value, expected, robust_z
                                FROM monitoring.anomalies WHERE partition_date IN (SELECT unnest(?::DATE[]))""",

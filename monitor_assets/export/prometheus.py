@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_t
 from monitor_assets.config import MonitorConfig
 from monitor_assets.stats.performance import HIGHER, METRIC_DIRECTION, performance_sql
 from monitor_assets.storage.sql import quote_ident
+from monitor_assets.storage.warehouse import lake_of
 
 PREFIX = "monitor_"
 TEXTFILE = "monitor_assets.prom"
@@ -109,7 +110,7 @@ def _versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[
     source = f"""
         SELECT p.partition_date, p.model_id, coalesce(p.model_version, '') AS model_version, p.is_ok,
                p.latency_ms, p.score, l.label, m.threshold, m.task{', p.decision' if logged else ''}
-        FROM raw.predictions AS p
+        FROM ({lake_of(con).predictions_union(con, sorted(set(several.model_id)))}) AS p
         JOIN {models} AS m USING (model_id)
         LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
                    WHERE prediction_date IN (SELECT unnest(?::DATE[])) GROUP BY prediction_id) AS l USING (prediction_id)
@@ -129,8 +130,9 @@ def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day:
                label_coverage
         FROM monitoring.performance_daily WHERE partition_date = ? AND model_id IN (SELECT unnest(?::VARCHAR[]))""",
                           params=[day, models]).df()
-    hours = con.sql("""
-        SELECT model_id, count(DISTINCT date_trunc('hour', ts)) AS hours FROM raw.predictions
+    hours = con.sql(f"""
+        SELECT model_id, count(DISTINCT date_trunc('hour', ts)) AS hours
+        FROM ({lake_of(con).predictions_union(con, models)})
         WHERE partition_date = ? GROUP BY model_id""", params=[day]).df()
     main = _main_metric(con, config, day)
     version_days = sorted({day, *(pd.Timestamp(d).date() for d in main.day.dropna())})

@@ -228,8 +228,8 @@ def validate_days(con, config: MonitorConfig, days: list[dt.date], batch_rows: i
     """Validate every model's loaded predictions of `days`, a bounded batch of model-days at a time, and store
     one verdict per model-day with rows in `monitoring.quality_verdicts` (those days' verdicts replaced)."""
     counts = {(d, m): n for d, m, n in con.execute(
-        "SELECT partition_date, model_id, count(*) FROM raw.predictions WHERE partition_date IN "
-        "(SELECT unnest(?::DATE[])) GROUP BY 1, 2", [list(days)]).fetchall()}
+        f"SELECT partition_date, model_id, count(*) FROM ({lake_of(con).predictions_union(con, config.model_ids)}) "
+        "WHERE partition_date IN (SELECT unnest(?::DATE[])) GROUP BY 1, 2", [list(days)]).fetchall()}
     units = [(d, m) for d in days for m in config.models]
     findings = _Findings()
     sizes = [counts.get((d, m.id), 0) for d, m in units]
@@ -320,5 +320,6 @@ def stored_verdicts(con, day: dt.date) -> list[Verdict] | None:
                        "WHERE partition_date = ? ORDER BY model_id", [day]).fetchall()
     if rows:
         return [Verdict(*r) for r in rows]
-    loaded = con.execute("SELECT count(*) FROM raw.predictions WHERE partition_date = ?", [day]).fetchall()[0][0]
+    loaded = con.execute("""SELECT coalesce(sum(records_loaded), 0) FROM raw.ingestion_log
+                            WHERE source = 'predictions' AND partition_date = ?""", [day]).fetchall()[0][0]
     return None if loaded else []

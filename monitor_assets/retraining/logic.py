@@ -102,10 +102,11 @@ def labelled_losses_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, f
 def refresh_versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> pd.DataFrame:
     """Per day, model and version of `days` from the logs into monitoring.version_daily, then the whole
     monitoring.model_versions rebuilt from it (a small table: one row per model and version)."""
-    replace_partitions(con, "monitoring.version_daily", days, """
+    replace_partitions(con, "monitoring.version_daily", days, f"""
         SELECT partition_date, model_id, coalesce(model_version, ''), count(*), count(*) FILTER (WHERE NOT is_ok),
                quantile_cont(latency_ms, 0.95), now()::TIMESTAMP
-        FROM raw.predictions WHERE partition_date IN (SELECT unnest(?::DATE[])) GROUP BY ALL""", [days])
+        FROM ({lake_of(con).predictions_union(con, config.model_ids)})
+        WHERE partition_date IN (SELECT unnest(?::DATE[])) GROUP BY ALL""", [days])
     daily = version_daily(con)
     versions = model_versions(daily)
     with transaction(con):
@@ -641,9 +642,10 @@ def compare_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, daily: pd
 
 def _version_stats(con, config: MonitorConfig, model: ModelConfig, version: str, days: list[dt.date],
                    champion_p95: float | None = None) -> VersionStats:
-    served = con.execute("""SELECT count(*), count(*) FILTER (WHERE NOT is_ok), quantile_cont(latency_ms, 0.95),
-                                   count(*) FILTER (WHERE latency_ms > ?)
-                            FROM raw.predictions WHERE model_id = ? AND coalesce(model_version, '') = ?
+    served = con.execute(f"""SELECT count(*), count(*) FILTER (WHERE NOT is_ok), quantile_cont(latency_ms, 0.95),
+                                    count(*) FILTER (WHERE latency_ms > ?)
+                             FROM ({lake_of(con).predictions_union(con, [model.id])})
+                             WHERE model_id = ? AND coalesce(model_version, '') = ?
                             AND partition_date IN (SELECT unnest(?::DATE[]))""",
                          [champion_p95, model.id, version, days]).fetchone()
     sql, params = labelled_losses_sql(con, config, min(days), max(days), [model])

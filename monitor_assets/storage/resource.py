@@ -19,8 +19,10 @@ class WarehouseResource(dg.ConfigurableResource):
     lake_path: str
 
     @contextmanager
-    def connect(self, models: Iterable[str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        """`models`: whose predictions tables to register (None: all, for `raw.predictions` over every model)."""
+    def connect(self, models: Iterable[str] | None = ()) -> Iterator[duckdb.DuckDBPyConnection]:
+        """`models`: whose predictions tables to register; None: all, for `raw.predictions` over every model.
+        By default none (a step at 500 models would spend a second or more registering them): per-model
+        SQL reads `Lake.predictions_union` of its models, and `raw.predictions` fails rather than read empty."""
         with connect(self.path, self.lake_path, models) as con:
             yield con
 
