@@ -30,57 +30,72 @@ METRICS = {
 }
 
 
-def robust_scores(series: pd.Series, window: int = 14, min_history: int = 7, weekly: bool = True,
-                  relative_floor: float = 0.01, absolute_floor: float = 0.0) -> pd.DataFrame:
-    """`series`: values indexed by date (daily, gaps allowed). Returns expected, scale and robust_z
-    per date that has at least `min_history` earlier points within the window."""
-    s = series.dropna().sort_index()
-    out = []
-    for day, value in s.items():
-        history = s[(s.index < day) & (s.index >= day - pd.Timedelta(days=window))]
-        if len(history) < min_history:
-            continue
-        centre = float(history.median())
-        residuals = history - centre
-        offset = 0.0
-        if weekly:
-            # Retail's weekly cycle is mostly weekend vs weekday: two levels, each from several points,
-            # so one odd day (an outage) cannot set the expectation for its weekday.
-            weekend = np.array([d.weekday() >= 5 for d in residuals.index])
-            day_is_weekend = day.weekday() >= 5
-            if weekend.sum() >= 2 and (~weekend).sum() >= 2:
-                levels = {True: float(np.median(residuals[weekend])), False: float(np.median(residuals[~weekend]))}
-                offset = levels[day_is_weekend]
-                residuals = residuals - np.where(weekend, levels[True], levels[False])
-        expected = centre + offset
-        mad = float(np.median(np.abs(residuals - np.median(residuals))))
-        scale = max(MAD_TO_SD * mad, relative_floor * abs(centre), absolute_floor, 1e-9)
-        out.append((day, float(value), expected, scale, (float(value) - expected) / scale))
-    return pd.DataFrame(out, columns=["date", "value", "expected", "scale", "robust_z"])
+def _days(index) -> np.ndarray:
+    return pd.DatetimeIndex(index).to_numpy().astype("datetime64[D]")
+
+
+def _score(dates: np.ndarray, values: np.ndarray, i: int, window: int, min_history: int, weekly: bool,
+           relative_floor: float, absolute_floor: float) -> tuple[float, float, float] | None:
+    """(expected, scale, robust_z) of point `i` of a date-sorted series against its trailing `window` days."""
+    day = dates[i]
+    earlier = (dates < day) & (dates >= day - np.timedelta64(window, "D"))
+    history = values[earlier]
+    if len(history) < min_history:
+        return None
+    centre = float(np.median(history))
+    residuals = history - centre
+    offset = 0.0
+    if weekly:
+        # Retail's weekly cycle is mostly weekend vs weekday: two levels, each from several points,
+        # so one odd day (an outage) cannot set the expectation for its weekday.
+        weekend = _weekday(dates[earlier]) >= 5
+        if weekend.sum() >= 2 and (~weekend).sum() >= 2:
+            levels = {True: float(np.median(residuals[weekend])), False: float(np.median(residuals[~weekend]))}
+            offset = levels[bool(_weekday(day) >= 5)]
+            residuals = residuals - np.where(weekend, levels[True], levels[False])
+    expected = centre + offset
+    mad = float(np.median(np.abs(residuals - np.median(residuals))))
+    scale = max(MAD_TO_SD * mad, relative_floor * abs(centre), absolute_floor, 1e-9)
+    return expected, scale, (float(values[i]) - expected) / scale
+
+
+def _weekday(days) -> np.ndarray:
+    """Monday 0 .. Sunday 6 of datetime64[D] values (1970-01-01 was a Thursday)."""
+    return (np.asarray(days).astype("datetime64[D]").astype(np.int64) + 3) % 7
 
 
 def find_anomalies(history: pd.DataFrame, days: list, window: int, threshold: float,
-                   min_label_coverage: float = 0.8) -> pd.DataFrame:
+                   min_label_coverage: float = 0.8, min_history: int = 7) -> pd.DataFrame:
     """Anomalies on `days` in a long history frame (partition_date, model_id, metric, segment, value).
 
     Label-based metrics only count on days whose label coverage is at least `min_label_coverage`:
-    a day still waiting for its labels is not an anomaly."""
-    h = history[history.segment == ""].copy()
-    h["partition_date"] = pd.to_datetime(h.partition_date)
-    coverage = h[h.metric == "label_coverage"].set_index(["model_id", "partition_date"]).value
-    wanted = {pd.Timestamp(d) for d in days}
+    a day still waiting for its labels is not an anomaly. Only `days` are scored: hundreds of models'
+    series are read as arrays, not one small frame each."""
+    h = history[(history.segment == "") & history.metric.isin([*METRICS, "label_coverage"])]
+    h = h[h.value.notna()]
+    h = h.assign(day=_days(h.partition_date)).sort_values(["model_id", "metric", "day"])
+    wanted = np.array(sorted({np.datetime64(pd.Timestamp(d).date(), "D") for d in days}), dtype="datetime64[D]")
+    cov = h[h.metric == "label_coverage"]
+    coverage = dict(zip(zip(cov.model_id, cov.day), cov.value))
+    dates_all, values_all = h.day.to_numpy(), h.value.to_numpy(dtype=float)
     rows = []
-    for (model_id, metric), g in h[h.metric.isin(METRICS)].groupby(["model_id", "metric"]):
+    for (model_id, metric), where in h.groupby(["model_id", "metric"], sort=False).indices.items():
+        if metric not in METRICS:
+            continue
         direction, rel, absolute, needs_labels = METRICS[metric]
-        series = g.set_index("partition_date").value
+        dates, values = dates_all[where], values_all[where]
         if needs_labels:
-            cov = coverage.reindex([(model_id, d) for d in series.index]).to_numpy()
-            series = series[cov >= min_label_coverage]
-        scores = robust_scores(series, window=window, relative_floor=rel, absolute_floor=absolute)
-        for r in scores[scores.date.isin(wanted)].itertuples():
-            z = r.robust_z
+            kept = np.array([coverage.get((model_id, d), np.nan) >= min_label_coverage for d in dates], dtype=bool)
+            dates, values = dates[kept], values[kept]
+        if len(dates) <= min_history:
+            continue
+        for i in np.flatnonzero(np.isin(dates, wanted)):
+            scored = _score(dates, values, i, window, min_history, True, rel, absolute)
+            if scored is None:
+                continue
+            expected, _, z = scored
             if abs(z) >= threshold and (direction == 0 or np.sign(z) == direction):
-                rows.append((r.date.date(), model_id, metric, "", r.value, r.expected, z,
+                rows.append((pd.Timestamp(dates[i]).date(), model_id, metric, "", float(values[i]), expected, z,
                              "up" if z > 0 else "down"))
     return pd.DataFrame(rows, columns=["partition_date", "model_id", "metric", "segment", "value", "expected",
                                        "robust_z", "direction"])
