@@ -11,14 +11,14 @@ from monitor_assets.analysis.logic import (
     profile_models,
     reference_version,
     save_profiles,
-    stored_version,
+    stored_versions,
 )
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_BIAS, GROUP_DRIFT, OWNERS
 from monitor_assets.ingestion.quality import held_models
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.resource import WarehouseResource
-from monitor_assets.storage.warehouse import replace_partitions_from_frame, transaction
+from monitor_assets.storage.warehouse import replace_partitions_from_frame
 from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
@@ -32,6 +32,7 @@ from monitor_assets.wiring import (
     table_schema,
 )
 
+PROFILES_PER_SAVE = 50  # reference profiles stored per transaction
 DRIFT_COLUMNS = {**TABLES["monitoring.feature_drift"][0], "role": "VARCHAR (feature, prediction, label)"}
 FAIRNESS_COLUMNS = TABLES["monitoring.fairness"][0]
 
@@ -55,12 +56,15 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
     def reference_profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         rows, warnings = [], []
         with fail_fast(), warehouse.connect() as con:
-            versions = {m.id: reference_version(m) for m in config.models}
-            todo = [m for m in config.models if stored_version(con, m.id) != versions[m.id]]
+            versions, stored = {m.id: reference_version(m) for m in config.models}, stored_versions(con)
+            todo = [m for m in config.models if stored.get(m.id) != versions[m.id]]
             rows += [(m.id, versions[m.id], "reused", None, None) for m in config.models if m not in todo]
+            done = []  # saved a few dozen models at a time: a failure later keeps what was profiled
             for i, (model, (profiles, baselines, check)) in enumerate(profile_models(con, todo), 1):
-                with transaction(con):
-                    save_profiles(con, model, versions[model.id], profiles, baselines)
+                done.append((model, versions[model.id], profiles, baselines))
+                if len(done) == PROFILES_PER_SAVE or i == len(todo):
+                    save_profiles(con, done)
+                    done = []
                 rows.append((model.id, versions[model.id], "computed", check.n_usable, check.n_left_out))
                 if should_log_progress(i, len(todo)):
                     context.log.info(f"profiled {i}/{len(todo)} references ({model.id})")

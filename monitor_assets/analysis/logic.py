@@ -36,7 +36,7 @@ from monitor_assets.stats.reference import (
     validate_reference,
 )
 from monitor_assets.storage.sql import quote_ident, sql_str
-from monitor_assets.storage.warehouse import close, lake_of, thread_cursor
+from monitor_assets.storage.warehouse import close, lake_of, thread_cursor, transaction
 
 # Models analysed at once (threads); MONITOR_ANALYSIS_WORKERS overrides (1: one after the other).
 ANALYSIS_WORKERS = int(os.environ.get("MONITOR_ANALYSIS_WORKERS") or min(4, os.cpu_count() or 1))
@@ -114,10 +114,10 @@ def reference_version(model: ModelConfig) -> str:
     return digest.hexdigest()[:16]
 
 
-def stored_version(con: duckdb.DuckDBPyConnection, model_id: str) -> str | None:
-    rows = con.execute("SELECT DISTINCT reference_version FROM monitoring.reference_profiles WHERE model_id = ?",
-                       [model_id]).fetchall()
-    return rows[0][0] if len(rows) == 1 else None
+def stored_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Per model, the reference version its stored profiles were made from (none where they disagree)."""
+    return dict(con.execute("""SELECT model_id, any_value(reference_version) FROM monitoring.reference_profiles
+                               GROUP BY model_id HAVING count(DISTINCT reference_version) = 1""").fetchall())
 
 
 def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[dict, dict[str, float], ReferenceCheck]:
@@ -170,18 +170,32 @@ def profile_models(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], wo
     yield from zip(models, map_models(con, profile_model, models, workers), strict=True)
 
 
-def save_profiles(con: duckdb.DuckDBPyConnection, model: ModelConfig, version: str, profiles: dict,
-                  baselines: dict[str, float]) -> None:
-    roles = {s.name: r for r, s in drift_specs(model)}
-    con.execute("DELETE FROM monitoring.reference_profiles WHERE model_id = ?", [model.id])
-    con.execute("DELETE FROM monitoring.reference_baselines WHERE model_id = ?", [model.id])
-    for name, profile in profiles.items():
-        kind = "numeric" if isinstance(profile, D.NumericProfile) else "categorical"
-        n = profile.counts.n if kind == "numeric" else profile.n
-        con.execute("INSERT INTO monitoring.reference_profiles VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                    [model.id, name, roles[name], kind, version, n, json.dumps(profile.to_json())])
-    for metric, value in baselines.items():
-        con.execute("INSERT INTO monitoring.reference_baselines VALUES (?, ?, ?, ?)", [model.id, version, metric, value])
+def save_profiles(con: duckdb.DuckDBPyConnection, saved: list[tuple[ModelConfig, str, dict, dict[str, float]]]) -> None:
+    """Replace the stored profiles and baselines of these models, each (model, version, profiles, baselines),
+    in one transaction: a row at a time, 500 models' took 20 s."""
+    profile_rows, baseline_rows = [], []
+    for model, version, profiles, baselines in saved:
+        roles = {s.name: r for r, s in drift_specs(model)}
+        for name, profile in profiles.items():
+            kind = "numeric" if isinstance(profile, D.NumericProfile) else "categorical"
+            n = profile.counts.n if kind == "numeric" else profile.n
+            profile_rows.append((model.id, name, roles[name], kind, version, n, json.dumps(profile.to_json())))
+        baseline_rows += [(model.id, version, metric, value) for metric, value in baselines.items()]
+    profile_frame = pd.DataFrame(profile_rows, columns=["model_id", "feature", "role", "kind", "version", "n", "profile"])
+    baseline_frame = pd.DataFrame(baseline_rows, columns=["model_id", "version", "metric", "value"])
+    ids = [model.id for model, *_ in saved]
+    con.register("_profiles", profile_frame)
+    con.register("_baselines", baseline_frame)
+    try:
+        with transaction(con):
+            for table in ("monitoring.reference_profiles", "monitoring.reference_baselines"):
+                con.execute(f"DELETE FROM {table} WHERE model_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+            con.execute("""INSERT INTO monitoring.reference_profiles SELECT model_id, feature, role, kind, version,
+                           n::BIGINT, profile, now()::TIMESTAMP FROM _profiles""")
+            con.execute("INSERT INTO monitoring.reference_baselines SELECT * FROM _baselines")
+    finally:
+        con.unregister("_profiles")
+        con.unregister("_baselines")
 
 
 def load_profiles(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, D.Profile]:

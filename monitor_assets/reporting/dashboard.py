@@ -498,7 +498,7 @@ def _model_figure(perf: pd.DataFrame, model, alerts: pd.DataFrame) -> dict:
                 hit.setdefault(a.partition_date, []).append(_label(a.message))
         if hit:
             days = sorted(hit)
-            value = dict(zip(dates, perf[col].tolist()))
+            value = dict(zip(dates, perf[col].tolist(), strict=True))
             data.append({"type": "scatter", "x": _days(days), "y": _round([value.get(d, np.nan) for d in days]),
                          "mode": "markers", "name": "alert", "showlegend": False, "xaxis": f"x{n}", "yaxis": f"y{n}",
                          "marker": ALERT_MARKER, "text": ["<br>".join(hit[d]) for d in days],

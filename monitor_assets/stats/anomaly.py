@@ -76,7 +76,7 @@ def find_anomalies(history: pd.DataFrame, days: list, window: int, threshold: fl
     h = h.assign(day=_days(h.partition_date)).sort_values(["model_id", "metric", "day"])
     wanted = np.array(sorted({np.datetime64(pd.Timestamp(d).date(), "D") for d in days}), dtype="datetime64[D]")
     cov = h[h.metric == "label_coverage"]
-    coverage = dict(zip(zip(cov.model_id, cov.day), cov.value))
+    coverage = dict(zip(zip(cov.model_id, cov.day, strict=True), cov.value, strict=True))
     dates_all, values_all = h.day.to_numpy(), h.value.to_numpy(dtype=float)
     rows = []
     for (model_id, metric), where in h.groupby(["model_id", "metric"], sort=False).indices.items():

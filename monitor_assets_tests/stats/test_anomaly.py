@@ -22,7 +22,7 @@ def test_a_spike_is_scored_against_the_median_and_mad_of_the_trailing_days():
     days = [MONDAY + dt.timedelta(days=i) for i in range(14) if (MONDAY + dt.timedelta(days=i)).weekday() < 5]
     values = [1000, 1010, 990, 1005, 995, 1020, 980, 1000, None, 1003]
     spike_day = MONDAY + dt.timedelta(days=14)
-    rows = [(d, "m1", "volume", v) for d, v in zip(days, values)] + [(spike_day, "m1", "volume", 1300.0)]
+    rows = [(d, "m1", "volume", v) for d, v in zip(days, values, strict=True)] + [(spike_day, "m1", "volume", 1300.0)]
     # A second model with too little history is never scored.
     rows += [(spike_day - dt.timedelta(days=i), "m2", "volume", 5.0 if i else 500.0) for i in range(4)]
     found = find_anomalies(frame(rows), [spike_day], window=14, threshold=3.0)
