@@ -221,9 +221,19 @@ def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
 def drift_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
                   profiles: dict[str, D.Profile]) -> tuple[list[dict], dict]:
     """Drift rows for every feature, the prediction and the label; and the model's summary row."""
-    params = {"day": day, "model": model.id}
-    rows_sql = _day_rows(con, config, model)
-    n = con.execute(f"SELECT count(*) FROM ({rows_sql})", params).fetchall()[0][0]
+    # The model-day's rows, joined with their labels once: the counts, both scans and the label's drift
+    # read them from memory rather than each reading the files and joining again.
+    held = f"_drift_rows_{threading.get_ident()}"
+    con.register(held, con.sql(_day_rows(con, config, model), params={"day": day, "model": model.id}).to_arrow_table())
+    try:
+        return _drift_of_rows(con, config, model, day, profiles, f"SELECT * FROM {held}")
+    finally:
+        con.unregister(held)
+
+
+def _drift_of_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
+                   profiles: dict[str, D.Profile], rows_sql: str) -> tuple[list[dict], dict]:
+    n = con.execute(f"SELECT count(*) FROM ({rows_sql})").fetchall()[0][0]
     summary = {"partition_date": day, "model_id": model.id, "n_features": len(model.features), "n_drifted": None,
                "drift_share": None, "dataset_drift": None, "prediction_drift": None, "label_drift": None,
                "n_missing_drift": None, "n_unseen_drift": None, "n_all_missing": None, "n_all_unseen": None}
@@ -231,11 +241,11 @@ def drift_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: 
         return [], summary
     specs = drift_specs(model)
     input_specs = [s for r, s in specs if r != LABEL]
-    results = D.compute_drift(con, rows_sql, input_specs, profiles, params)
+    results = D.compute_drift(con, rows_sql, input_specs, profiles)
     labelled = f"SELECT {_label_expr(model, 'label_value')} AS {LABEL} FROM ({rows_sql}) WHERE label_value IS NOT NULL"
     label_spec = next(s for r, s in specs if r == LABEL)
-    if con.execute(f"SELECT count(*) FROM ({labelled})", params).fetchall()[0][0] and LABEL in profiles:
-        results += D.compute_drift(con, labelled, [label_spec], profiles, params)
+    if con.execute(f"SELECT count(*) FROM ({labelled})").fetchall()[0][0] and LABEL in profiles:
+        results += D.compute_drift(con, labelled, [label_spec], profiles)
     roles = {s.name: r for r, s in specs}
     out = []
     for r in results:
