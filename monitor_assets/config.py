@@ -112,6 +112,7 @@ class RetrainingConfig:
     reference_days: int = 14  # the reference batch: labelled predictions of the version's first days ...
     reference_rows: int = 20000  # ... at most this many (the earliest)
     window_days: int = 5
+    shift_se: float = 5.0  # the CUSUM is tuned for a shift of this many standard errors of a window's mean loss
     persistence_k: int = 2  # flagged on k of the last n days opens a request
     persistence_n: int = 3
     min_rows: int = 100
@@ -432,7 +433,7 @@ def _retraining(r: _Reader, data: Any, key: str, task: str) -> RetrainingConfig:
     n = values.get("persistence_n", RetrainingConfig.persistence_n)
     if k > n:
         raise r.fail(f"{key}.persistence_k", f"expected at most persistence_n ({n}), got {k}")
-    for name, (lo, hi) in {"canary_alpha": (0, 1), "canary_latency_tolerance": (0, 10)}.items():
+    for name, (lo, hi) in {"canary_alpha": (0, 1), "canary_latency_tolerance": (0, 10), "shift_se": (0.5, 50)}.items():
         if name in data:
             values[name] = r.number(data[name], f"{key}.{name}", lo, hi)
     if "auto_approve" in data:

@@ -42,6 +42,8 @@ def test_tabular_sources_map_columns_and_default_feature_sources(tmp_path):
     (("end_date: 2026-01-03", "end_date: 2025-01-03"), "partitions.end_date", "on or after"),
     (("sensitive_attributes: [region]", "sensitive_attributes: [region]\n    thresholds: {error_rate: 3}"),
      "models[0].thresholds.error_rate", "in [0, 1]"),
+    (("sensitive_attributes: [region]", "sensitive_attributes: [region]\n    retraining: {shift_se: 0.1}"),
+     "models[0].retraining.shift_se", "in [0.5, 50]"),
     (("sensitive_attributes: [region]", "sensitive_attributes: [region]\n    colour: blue"),
      "models[0].colour", "unknown key"),
     (("plan: categorical", "plan: {type: categorical, drift_method: ks}"),

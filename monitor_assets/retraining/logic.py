@@ -60,9 +60,8 @@ TRIGGER_ALPHA = FAMILY.alpha
 def settings_for(model: ModelConfig) -> TriggerSettings:
     """The model's own trigger settings (retraining.*); the family's levels stay FAMILY's."""
     r = model.retraining
-    # shift_se: read once the config has the key (retraining.shift_se); until then the default.
     return TriggerSettings(window_days=r.window_days, persistence_k=r.persistence_k, persistence_n=r.persistence_n,
-                           min_rows=r.min_rows, shift_se=getattr(r, "shift_se", FAMILY.shift_se))
+                           min_rows=r.min_rows, shift_se=r.shift_se)
 
 
 def loss_of(model: ModelConfig) -> str:

@@ -252,3 +252,26 @@ def test_collapse_of_auc_opens_a_request_within_2_days_alone_and_among_500_model
     fleet = bench.detection_delays(seed=22, rows=200, settings=TriggerSettings(), reverse=bench.COLLAPSE_REVERSE,
                                    changed=5, family=500, horizon=5)
     assert all(d is not None and d <= 2 for d in alone + fleet)
+
+
+def test_shift_se_from_the_config_tunes_the_cusum_and_keeps_the_false_request_level(bench, tmp_path):
+    from monitor_assets.config import load_config
+    from monitor_assets.retraining.logic import settings_for
+    from monitor_assets_tests.conftest import write
+    from monitor_assets_tests.test_config import BASE
+
+    config = load_config(write(tmp_path / "m.yaml", BASE.replace(
+        "sensitive_attributes: [region]", "sensitive_attributes: [region]\n    retraining: {shift_se: 12}")))
+    assert settings_for(config.models[0]).shift_se == 12.0
+    assert settings_for(load_config(write(tmp_path / "d.yaml", BASE)).models[0]).shift_se == 5.0  # the default
+    # Tuned for a shift far larger than a 3-point accuracy drop at 200 rows a day, the CUSUM finds that drop
+    # later (seeded simulation, 200 runs each) and still opens no more false requests among 500 stable models.
+    flip = bench.flip_share_for_drop(0.03)
+    found = {}
+    for shift_se in (5.0, 12.0):
+        delays = bench.detection_delays(seed=100, rows=200, settings=TriggerSettings(shift_se=shift_se), flip=flip,
+                                        changed=200)
+        found[shift_se] = np.mean([d is not None and d <= 30 for d in delays])
+    assert found[5.0] >= 0.8 and found[12.0] <= 0.6
+    assert sum(bench.false_triggers(seed=12, models=500, test_days=30, rows=200,
+                                    settings=TriggerSettings(shift_se=12.0))) <= 1
