@@ -361,8 +361,9 @@ class Lake:
             self.refresh(con, table)
         if create_views:
             _ensure_views(con, {table: registered(table) for table in TABLES})
-        models = self.models() if models is None else list(models) or None
-        if models is not None:  # every model (maybe none yet), or those named
+        if models is None:
+            self.attach_models(con, self.models(), create_views)  # every model (maybe none yet)
+        elif models := list(models):
             self.attach_models(con, models, create_views)
         else:
             # No model registered: `raw.predictions` fails ("... __lake_raw__predictions does not exist") rather
