@@ -78,7 +78,8 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
         reasons: dict[str, int] = {}
         missing_days, per_day, held = [], [], []
         started = time.perf_counter()
-        with fail_fast(), warehouse.connect(models=None) as con:
+        # No model registered up front: ingest_day registers every model's table after writing predictions.
+        with fail_fast(), warehouse.connect() as con:
             # The data-quality suite runs on another thread as each model-day lands, so its pandas work
             # overlaps the reading; a failed model-day is held alone.
             validator = StreamingValidator(con, config) if source == "predictions" else None

@@ -20,7 +20,7 @@ import pandas as pd
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.ingestion.readers import feature_columns
 from monitor_assets.storage.sql import quote_ident
-from monitor_assets.storage.warehouse import lake_of, transaction
+from monitor_assets.storage.warehouse import close, lake_of, thread_cursor, transaction
 
 
 @dataclass
@@ -247,8 +247,6 @@ class StreamingValidator:
     makeup does not change them)."""
 
     def __init__(self, con, config: MonitorConfig, batch_rows: int = BATCH_ROWS):
-        from monitor_assets.storage.warehouse import thread_cursor
-
         self.con, self.config, self.batch_rows = con, config, batch_rows
         self.models = {m.id: m for m in config.models}
         self.counts: dict[tuple, int] = {}
@@ -293,8 +291,6 @@ class StreamingValidator:
     def abandon(self) -> None:
         """Validate what is queued, stop the thread and close its cursor; nothing is stored (after a failed
         load, or through `finish`)."""
-        from monitor_assets.storage.warehouse import close
-
         self.queue.put(None)  # the thread reads up to this sentinel, whatever happened before it
         self.thread.join()
         close(self.cursor)

@@ -58,7 +58,7 @@ def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels
     def performance_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = run_days(context)
         refreshed = days_with_label_refresh(days, config)
-        with fail_fast(), warehouse.connect(models=None) as con:
+        with fail_fast(), warehouse.connect() as con:  # each chunk registers its own models
             con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [refreshed])
             parts = []
             for i in range(0, len(config.models), MODELS_PER_QUERY):
