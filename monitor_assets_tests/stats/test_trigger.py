@@ -228,6 +228,37 @@ def test_three_point_accuracy_drop_at_200_rows_a_day(bench):
     assert (delays <= 30).mean() >= 0.85
 
 
+def test_three_point_accuracy_drop_at_200_rows_a_day_within_7_days_at_base_accuracy_0_95(bench):
+    from sklearn.metrics import roc_auc_score
+
+    # The imbalanced classifier of base accuracy 0.95: the logits' sd kept (1.45), their mean moved down,
+    # so 5% positives at about the same ROC AUC (0.83). A 3-point drop flips 3.3% of its labels (5.4% at
+    # 0.78), mostly confident negatives, each a large log loss: far more evidence a row than at 0.78.
+    scores = bench.Scores.for_accuracy(0.95, "mean")
+    rng = np.random.default_rng(0)
+    flip = bench.flip_share_for_drop(0.03, rng, scores)
+    p = scores.draw(rng, 400_000)
+    y = (rng.random(p.size) < p).astype(float)
+    flipped = np.where(rng.random(p.size) < flip, 1 - y, y)
+    assert ((p >= 0.5) == y).mean() == pytest.approx(0.95, abs=0.003) and y.mean() == pytest.approx(0.05, abs=0.005)
+    assert roc_auc_score(y, p) == pytest.approx(0.83, abs=0.01)
+    assert ((p >= 0.5) == y).mean() - ((p >= 0.5) == flipped).mean() == pytest.approx(0.03, abs=0.004)
+    # 400 runs of the drop, each model alone: the benchmark (--base-accuracy 0.95 --solve-for mean) finds it
+    # within 7 days in 95% of 400 runs, median 4 days (among 500 models 80%, median 6).
+    delays = np.array([d if d is not None else 99 for d in
+                       bench.detection_delays(seed=300, rows=200, settings=TriggerSettings(), flip=flip, changed=400,
+                                              scores=scores)])
+    assert (delays <= 7).mean() >= 0.88
+    assert np.median(delays) <= 5
+    # The price: this classifier's log losses are more skewed (rare positives, each a large loss), and the
+    # CUSUM's formula assumes normal daily sums, so a lone stable model opens a false request over 90 days
+    # in 1.36% of runs (the benchmark, 109 of 8,000), above the 1% aim and too near the 1.5% tolerance of
+    # the 0.78 classifier's test above to assert it here without flakiness: this pins at most 2.5%.
+    opened = bench.false_triggers(seed=301, models=800, test_days=90, rows=200, settings=TriggerSettings(),
+                                  alone=True, scores=scores)
+    assert sum(1 for n in opened if n) <= 20
+
+
 def test_three_point_accuracy_drop_at_800_rows_a_day_within_7_days_even_among_500_models(bench):
     flip = bench.flip_share_for_drop(0.03)
     alone = bench.detection_delays(seed=200, rows=800, settings=TriggerSettings(), flip=flip, changed=100)
