@@ -2,6 +2,7 @@
 
     python benchmarks/scale_bench.py [--models 5] [--rows 2000] [--days 2] [--shared] [--gzip]
         [--drifted-share 0.1] [--seed 7] [--max-gb 8] [--timeout 900] [--runs 1] [--keep] [--out DIR]
+        [--shards N [--workers W]]
 
 Generates N models x R rows x D days of JSON-line prediction logs shaped like the demo's (one file per
 model and day, predictions/{date}/<model>.jsonl), same-day labels for every prediction
@@ -18,7 +19,9 @@ warehouse and DAGSTER_HOME. The process tree's RSS is polled every 0.2 s and the
 --max-gb (or after --timeout s). Reported: wall seconds, peak RSS (polled tree and the child's
 ru_maxrss), seconds and peak RSS per step (step times read back from the Dagster instance), and whether
 the drifted models, and only they, were found (monitoring.drift_summary and monitoring.alerts). With
---runs K the figures are medians. The floors set for this benchmark are printed beside them; the last
+--runs K the figures are medians. With --shards N the run is `run_pipeline --shards N --workers W`: the
+models split into N shards, each shard's steps in a process of its own, W at once, then the fleet run;
+memory is the whole process tree's, and step times are listed per shard. The floors set for this benchmark are printed beside them; the last
 line is one JSON object.
 """
 
@@ -367,14 +370,18 @@ import dagster as dg, duckdb
 home, warehouse = sys.argv[1], sys.argv[2]
 out = {"run": None, "steps": [], "drift": [], "drift_alerts": [], "alerts": {}, "rows": {}}
 with dg.DagsterInstance.from_config(home) as instance:
-    runs = instance.get_runs(limit=1)  # newest first
+    runs = instance.get_runs(limit=100)  # a fresh home: this pipeline's runs (one, or each shard's and the fleet's)
     if runs:
         run = runs[0]
         stats = instance.get_run_stats(run.run_id)
-        out["run"] = {"id": run.run_id, "status": run.status.value, "start": stats.start_time, "end": stats.end_time}
-        out["steps"] = [{"key": s.step_key, "status": s.status.value if s.status else None,
-                         "start": s.start_time, "end": s.end_time}
-                        for s in instance.get_run_step_stats(run.run_id)]
+        failed = [r for r in runs if r.status.value != "SUCCESS"]
+        out["run"] = {"id": run.run_id, "status": failed[0].status.value if failed else run.status.value,
+                      "start": stats.start_time, "end": stats.end_time, "runs": len(runs)}
+        for r in runs:
+            shard = r.tags.get("monitor_assets/shard")
+            out["steps"] += [{"key": s.step_key + (f" [{shard}]" if shard else ""),
+                              "status": s.status.value if s.status else None, "start": s.start_time, "end": s.end_time}
+                             for s in instance.get_run_step_stats(r.run_id)]
 if os.path.exists(warehouse):
     from monitor_assets.storage.warehouse import open_warehouse
     con = open_warehouse(warehouse, read_only=True)  # the lake beside it, under the documented names
@@ -422,8 +429,10 @@ class RunResult:
     log: str
 
 
-def run_once(folder: Path, manifest: dict, name: str, max_gb: float, timeout: float, keep: bool) -> RunResult:
-    """One headless pipeline run over every day, with a fresh warehouse and Dagster home, then read back."""
+def run_once(folder: Path, manifest: dict, name: str, max_gb: float, timeout: float, keep: bool,
+             shards: int = 1, workers: int | None = None) -> RunResult:
+    """One headless pipeline run over every day, with a fresh warehouse and Dagster home, then read back.
+    With shards > 1: the runner's --shards/--workers (a process per shard, then the fleet run)."""
     run_dir = folder / "runs" / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -436,6 +445,8 @@ def run_once(folder: Path, manifest: dict, name: str, max_gb: float, timeout: fl
            "MONITOR_REPORTS_DIR": str(run_dir / "reports"), "DAGSTER_HOME": str(home), "TQDM_DISABLE": "1"}
     log = folder / "runs" / f"{name}.log"  # kept beside the run folder, which --keep alone keeps
     cmd = [sys.executable, "-m", "monitor_assets.run_pipeline", "--start", manifest["first"], "--end", manifest["last"]]
+    if shards > 1:
+        cmd += ["--shards", str(shards), "--workers", str(workers or shards)]
     watched = run_watched(cmd, env, log, max_gb, timeout)
     # Read back in a child: dagster and duckdb in this process would raise the next run's ru_maxrss,
     # which Linux carries over from the parent at fork.
@@ -516,6 +527,9 @@ def report(p: Params, manifest: dict, reused: bool, runs: list[RunResult], s: di
     made = "reused" if reused else f"generated in {manifest['generate_seconds']:.1f} s"
     print(f"{p.models} models x {p.rows:,} rows x {p.days} day(s), {schema}: {s['lines']:,} log lines, "
           f"{s['log_mb']:,.1f} MB ({made})")
+    if s.get("shards", 1) > 1:
+        print(f"{s['shards']} shards, {s['workers']} at once: step times are per shard and overlap, so the "
+              "'between steps' line is not meaningful")
     for i, r in enumerate(runs, 1):
         outcome = r.killed or f"exit {r.returncode} {r.run_status or 'no run recorded'}"
         print(f"run {i}: {r.wall:.1f} s, peak RSS {r.peak_gb:.2f} GB (tree), ru_maxrss {r.ru_maxrss_gb:.2f} GB, "
@@ -570,6 +584,8 @@ def main() -> None:
     parser.add_argument("--max-gb", type=float, default=8.0, help="kill the run's process tree above this RSS")
     parser.add_argument("--timeout", type=float, default=900.0, help="kill the run after this many seconds")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--shards", type=int, default=1, help="split the models into N shards (run_pipeline --shards)")
+    parser.add_argument("--workers", type=int, default=None, help="shard processes at once (default: --shards)")
     parser.add_argument("--keep", action="store_true", help="keep each run's warehouse, Dagster home and reports")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="parent of the work folders")
     parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)  # internal
@@ -588,8 +604,12 @@ def main() -> None:
         # Linux carries over from the parent at fork) is their own.
         subprocess.run([sys.executable, __file__, *sys.argv[1:], "--generate-only"], check=True)
         manifest = ensure_data(p, folder)
-    runs = [run_once(folder, manifest, f"run{k}", args.max_gb, args.timeout, args.keep) for k in range(1, args.runs + 1)]
+    if args.shards < 1 or (args.workers is not None and args.workers < 1):
+        parser.error("--shards and --workers must be at least 1")
+    runs = [run_once(folder, manifest, f"run{k}", args.max_gb, args.timeout, args.keep, args.shards, args.workers)
+            for k in range(1, args.runs + 1)]
     s = summarize(p, manifest, runs)
+    s["shards"], s["workers"] = args.shards, (min(args.workers or args.shards, args.shards) if args.shards > 1 else 1)
     report(p, manifest, reused, runs, s)
     print(json.dumps(s))
 

@@ -13,7 +13,7 @@ import math
 import os
 import re
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,37 @@ class MonitorConfig:
     warehouse_path: str = ""
     reports_dir: str = ""
     lake_dir: str = ""  # $MONITOR_LAKE; empty: beside the warehouse file
+    # One shard's view of the config (`for_shard`): `models` are the shard's, `fleet_model_ids` every model's.
+    shard: tuple[int, int] = (0, 1)
+    fleet_model_ids: tuple[str, ...] = ()
+
+    def for_shard(self, index: int, count: int) -> MonitorConfig:
+        """The config of shard `index` of `count`: a contiguous slice of the models in config order, sizes
+        differing by one at most. Per-model steps of a shard handle only its models; whatever belongs to no
+        model (records without a known model, unmatched labels) is shard 0's."""
+        if not 0 <= index < count:
+            raise ValueError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+        n = len(self.models)
+        mine = self.models[n * index // count:n * (index + 1) // count]
+        return replace(self, models=mine, shard=(index, count), fleet_model_ids=tuple(self.known_model_ids))
+
+    @property
+    def sharded(self) -> bool:
+        return self.shard[1] > 1
+
+    @property
+    def shard_label(self) -> str:
+        return f"{self.shard[0]}/{self.shard[1]}"
+
+    @property
+    def known_model_ids(self) -> list[str]:
+        """Every configured model, also in a shard's config (records of another shard's model are not unknown)."""
+        return list(self.fleet_model_ids) if self.sharded else self.model_ids
+
+    @property
+    def written_models(self) -> list[str] | None:
+        """Whose rows a per-model step replaces: the shard's models; None (every row of the days) unsharded."""
+        return self.model_ids if self.sharded else None
 
     @property
     def lake_path(self) -> str:
@@ -200,6 +231,17 @@ class MonitorConfig:
     @property
     def model_ids(self) -> list[str]:
         return [m.id for m in self.models]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "i/N" (shard i of N, from 0) -> (i, N); a clear error otherwise."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard {text!r}: expected INDEX/COUNT, e.g. 0/2") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {text!r}: expected 0 <= INDEX < COUNT")
+    return index, count
 
 
 # ---------------------------------------------------------------------------------------------

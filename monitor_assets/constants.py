@@ -33,3 +33,5 @@ CANARY_CHECK = "canary_passes_gates"  # fails when a challenger should be rolled
 RETRAINING_CHECKS = (RETRAINING_CHECK, CANARY_CHECK)
 # The model id of a finding that concerns no single model (e.g. a row with an unknown model id).
 ALL_MODELS = "all models"
+# Run tag naming the shard ("i/N") whose models a run's per-model steps handle; no tag: every model.
+SHARD_TAG = "monitor_assets/shard"

@@ -23,6 +23,12 @@ from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import daily_partitions
 
 MONITORING_JOB = "monitoring_job"
+# The same pipeline cut for shards (`run_pipeline --shards N`): each shard's runs (tag monitor_assets/shard
+# "i/N") handle its models, first the predictions and reference profiles of every shard, then labels (matched
+# to any shard's predictions, so after all of them) and the per-model figures; then one fleet run does the
+# rest for every model (alerts, dashboard, history, retraining, export).
+SHARD_JOBS = ("shard_ingest_job", "shard_analysis_job")
+FLEET_JOB = "fleet_job"
 
 
 def build_definitions(config: MonitorConfig) -> dg.Definitions:
@@ -44,6 +50,26 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
                               | dg.AssetSelection.checks(*checks),
                               partitions_def=daily_partitions(config),
                               description="The daily monitoring pipeline for every configured model.")
+    ingest_keys = [keys["predictions"], dg.AssetKey(["monitoring", "reference_profiles"])]
+    analysis_keys = [keys["labels"], *(a.key for a in [*metrics, *analysis]
+                                       if a.key.path[-1] in ("performance_daily", "feature_drift", "fairness"))]
+    quality_checks = [c for c in checks if keys["predictions"] in
+                                                  {k.asset_key for k in c.check_keys}]
+    shard_ingest = dg.define_asset_job(
+        SHARD_JOBS[0], selection=dg.AssetSelection.assets(*ingest_keys).without_checks()
+        | dg.AssetSelection.checks(*quality_checks), partitions_def=daily_partitions(config),
+        description="One shard's models (run tag monitor_assets/shard = i/N): predictions and reference profiles.")
+    shard_analysis = dg.define_asset_job(
+        SHARD_JOBS[1], selection=dg.AssetSelection.assets(*analysis_keys).without_checks(),
+        partitions_def=daily_partitions(config),
+        description="One shard's models (run tag monitor_assets/shard = i/N): labels, performance, drift, "
+                    "fairness; after every shard's predictions.")
+    fleet = dg.define_asset_job(
+        FLEET_JOB, selection=(dg.AssetSelection.assets(*assets).without_checks()
+                              - dg.AssetSelection.assets(*ingest_keys, *analysis_keys))
+        | dg.AssetSelection.checks(*[c for c in checks if c not in quality_checks]),
+        partitions_def=daily_partitions(config),
+        description="Every model's cross-model steps, after the shards: alerts, history, retraining, dashboard, export.")
     schedule = dg.build_schedule_from_partitioned_job(job, hour_of_day=6, minute_of_hour=0,
                                                       name="daily_monitoring_schedule")
     storage_assets, storage_jobs, storage_schedules = build_storage_definitions(config)
@@ -51,7 +77,8 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     return dg.Definitions(
         assets=[*assets, *storage_assets],
         asset_checks=checks,
-        jobs=[job, *build_alert_action_jobs(config), *storage_jobs, *retraining_jobs],
+        jobs=[job, shard_ingest, shard_analysis, fleet, *build_alert_action_jobs(config), *storage_jobs,
+              *retraining_jobs],
         schedules=[schedule, *storage_schedules],
         sensors=build_sensors(config, [key for c in checks for key in c.check_keys], alerting[-1].key,
                               monitored_jobs=[job]) + retraining_sensors,

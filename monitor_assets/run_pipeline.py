@@ -1,10 +1,15 @@
 """Run the whole monitoring pipeline headless over a range of days, recorded in the Dagster instance.
 
-    python -m monitor_assets.run_pipeline [--start YYYY-MM-DD] [--end YYYY-MM-DD]
+    python -m monitor_assets.run_pipeline [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--shards N [--workers W]]
 
 Defaults to every partition the config declares. All days go in one run (each asset processes the
 range in a single step), which on two cores is far faster than a run per day. The run is stored in
 $DAGSTER_HOME, so `make dev` shows it, its assets and their metadata in the UI.
+
+With --shards N the models are split into N shards: each shard's per-model steps run in a process of
+their own (W at once), in two rounds (predictions and reference profiles; then labels, performance, drift
+and fairness, since labels are matched to every shard's predictions), and then one run does the
+cross-model steps for every model.
 
 The terminal gets one line per step as it finishes (what it did, how long it took) and the outcome;
 Dagster's full event log, DEBUG and tracebacks included, goes to $DAGSTER_HOME/run_logs/<run id>.log.
@@ -21,7 +26,9 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -29,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from monitor_assets.config import REPO_ROOT, ConfigError, load_config
+from monitor_assets.config import REPO_ROOT, ConfigError, load_config, parse_shard
+from monitor_assets.constants import SHARD_TAG
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -385,7 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--start", help="first day (default: the config's first partition)")
     parser.add_argument("--end", help="last day (default: the config's last partition)")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="split the models into N shards, each run in its own process (default 1: one run)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="shard processes at once (default: --shards)")
+    parser.add_argument("--shard", help=argparse.SUPPRESS)  # i/N: one shard's run of --job (what --shards starts)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.shards < 1 or (args.workers is not None and args.workers < 1):
+        return _fail("--shards and --workers must be at least 1")
     try:
         config = load_config()
     except ConfigError as exc:
@@ -398,18 +414,52 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
 
     try:  # importing the definitions module loads the config again
-        from monitor_assets.definitions import MONITORING_JOB, build_definitions
+        from monitor_assets.definitions import FLEET_JOB, MONITORING_JOB, SHARD_JOBS, build_definitions
 
-        job = build_definitions(config).resolve_job_def(MONITORING_JOB)
+        definitions = build_definitions(config)
+        keys = definitions.resolve_job_def(MONITORING_JOB).partitions_def.get_partition_keys()
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
-    keys = job.partitions_def.get_partition_keys()
     start, end = args.start or keys[0], args.end or keys[-1]
     for flag, day in (("--start", start), ("--end", end)):
         if day not in keys:
             return _fail(f"{flag} {day}: not a day of {config.file} (its days are {keys[0]}..{keys[-1]})")
     if start > end:
         return _fail(f"--start {start} is after --end {end}")
+    days = keys.index(end) - keys.index(start) + 1
+    span = f"{start}..{end} ({days} day{'s' * (days != 1)}"
+
+    if args.shards > 1:
+        workers = min(args.workers or args.shards, args.shards)
+        print(f"{args.shards} shards of {len(config.models)} models over {span}), {workers} at once, "
+              f"then {FLEET_JOB}", flush=True)
+        try:  # made here, once: shard processes creating a new home's storage at once collide ("table runs already exists")
+            with dg.DagsterInstance.get() as instance:
+                for line in recover_dead_runs(instance):
+                    print(line, flush=True)
+        except dg.DagsterInvalidConfigError as exc:
+            return _fail(f"instance config error: {home / 'dagster.yaml'}: {exc}")
+        began = time.perf_counter()
+        for job_name in SHARD_JOBS:
+            failed = run_shards(job_name, args.shards, workers, start, end)
+            if failed:
+                print(f"{job_name}: shard(s) {', '.join(failed)} failed; {FLEET_JOB} not started", flush=True)
+                return 1
+        print(f"shards done in {time.perf_counter() - began:.1f} s", flush=True)
+        job_name, tags, what = FLEET_JOB, {}, f"{FLEET_JOB} over {span}, {len(config.models)} models)"
+    elif args.shard:
+        try:
+            index, count = parse_shard(args.shard)
+        except ValueError as exc:
+            return _fail(f"--shard: {exc}")
+        if args.job not in SHARD_JOBS:
+            return _fail(f"--shard needs --job, one of {', '.join(SHARD_JOBS)}")
+        shard = config.for_shard(index, count)
+        job_name, tags = args.job, {SHARD_TAG: args.shard}
+        what = f"{args.job} over {span}, shard {args.shard}: {len(shard.models)} of {len(config.models)} models)"
+    else:
+        job_name, tags, what = MONITORING_JOB, {}, f"{MONITORING_JOB} over {span}, {len(config.models)} models)"
+    job = definitions.resolve_job_def(job_name)
 
     try:
         instance = dg.DagsterInstance.get()
@@ -428,13 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for line in recover_dead_runs(instance):
                 reporter.say(line)
-            days = keys.index(end) - keys.index(start) + 1
-            reporter.say(f"{MONITORING_JOB} over {start}..{end} ({days} day{'s' * (days != 1)}, "
-                         f"{len(config.models)} models) with {config.file}")
+            reporter.say(f"{what} with {config.file}")
             reporter.say(f"warehouse {config.warehouse_path}, Dagster home {home}")
             reporter.say(f"run {run_id}, full log in {log_path}")
             instance.add_event_listener(run_id, reporter)
-            tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
+            tags = {**tags, "dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
                     PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
             if started := process_start(os.getpid()):
                 tags[PROCESS_TAG] = started
@@ -450,14 +498,48 @@ def main(argv: list[str] | None = None) -> int:
             reporter.say(f"run {run_id}: {'SUCCESS' if success else 'FAILURE'} in {time.perf_counter() - began:.1f} s")
             if not success:
                 reporter.say_failures()
-            dashboard = Path(config.reports_dir) / "dashboard.html"
-            fresh = dashboard.exists() and dashboard.stat().st_mtime >= wall_start
-            reporter.say(f"dashboard {dashboard}" + ("" if fresh else " (not updated by this run)"))
+            if job_name not in SHARD_JOBS:
+                dashboard = Path(config.reports_dir) / "dashboard.html"
+                fresh = dashboard.exists() and dashboard.stat().st_mtime >= wall_start
+                reporter.say(f"dashboard {dashboard}" + ("" if fresh else " (not updated by this run)"))
             reporter.say(f"full log  {log_path}")
         finally:
             logging.getLogger().removeHandler(handler)
             logging.captureWarnings(False)
     return 0 if success else 1
+
+
+def run_shards(job_name: str, shards: int, workers: int, start: str, end: str) -> list[str]:
+    """Run `job_name` for every shard, each in a process of its own (this module with --shard), `workers`
+    at a time; their lines are printed as they come, after the shard's name. Returns the shards that failed."""
+    pending = [f"{i}/{shards}" for i in range(shards)]
+    running: dict[str, subprocess.Popen] = {}
+    printers: list[threading.Thread] = []
+    failed: list[str] = []
+
+    def relay(shard: str, stream) -> None:
+        for line in stream:
+            print(f"[{shard}] {line.rstrip()}", flush=True)
+
+    while pending or running:
+        while pending and len(running) < workers:
+            shard = pending.pop(0)
+            proc = subprocess.Popen([sys.executable, "-m", "monitor_assets.run_pipeline", "--start", start,
+                                     "--end", end, "--shard", shard, "--job", job_name],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            running[shard] = proc
+            printers.append(threading.Thread(target=relay, args=(shard, proc.stdout), daemon=True))
+            printers[-1].start()
+        for shard, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[shard]
+                if proc.returncode:
+                    failed.append(shard)
+        time.sleep(0.2)
+    for printer in printers:
+        printer.join()
+    return failed
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import dagster as dg
 import duckdb
 
-from monitor_assets.config import MonitorConfig
+from monitor_assets.config import MonitorConfig, parse_shard
+from monitor_assets.constants import SHARD_TAG
 from monitor_assets.notify.messages import fmt_day
 from monitor_assets.storage.warehouse import date_range
 
@@ -49,6 +50,16 @@ def fail_fast() -> Iterator[None]:
 def daily_partitions(config: MonitorConfig) -> dg.DailyPartitionsDefinition:
     end = (config.end_date + dt.timedelta(days=1)).isoformat() if config.end_date else None
     return dg.DailyPartitionsDefinition(start_date=config.start_date.isoformat(), end_date=end)
+
+
+def in_shard(context, config: MonitorConfig) -> MonitorConfig:
+    """The config a per-model step works on: its run's shard's (run tag `monitor_assets/shard`), else
+    every model's."""
+    tag = context.run.tags.get(SHARD_TAG)
+    if not tag:
+        return config
+    index, count = parse_shard(tag)
+    return config.for_shard(index, count) if count > 1 else config
 
 
 def run_days(context) -> list[dt.date]:

@@ -14,7 +14,7 @@ from monitor_assets.analysis.logic import (
     stored_versions,
 )
 from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import DUCKDB_POOL, GROUP_BIAS, GROUP_DRIFT, OWNERS
+from monitor_assets.constants import GROUP_BIAS, GROUP_DRIFT, OWNERS
 from monitor_assets.ingestion.quality import held_models
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.resource import WarehouseResource
@@ -27,6 +27,7 @@ from monitor_assets.wiring import (
     days_with_label_refresh,
     fail_fast,
     frame_markdown,
+    in_shard,
     run_days,
     should_log_progress,
     table_schema,
@@ -47,18 +48,19 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
                     "refused) and profiled once per reference version (file hash + feature spec + profile format): "
                     "fine histograms and quantile bins for numeric features, category "
                     "frequencies, moments, and baseline metric values. Daily drift never rescans the reference.",
-        group_name=GROUP_DRIFT, kinds={"duckdb", "python"}, owners=OWNERS, retry_policy=IO_RETRY, pool=DUCKDB_POOL,
+        group_name=GROUP_DRIFT, kinds={"duckdb", "python"}, owners=OWNERS, retry_policy=IO_RETRY,
         metadata={"dagster/table_name": "monitoring.reference_profiles",
                   "dagster/column_schema": table_schema({
                       "model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR", "kind": "VARCHAR",
                       "reference_version": "VARCHAR", "n": "BIGINT", "profile": "JSON", "computed_at": "TIMESTAMP"})},
     )
     def reference_profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        cfg = in_shard(context, config)
         rows, warnings = [], []
-        with fail_fast(), warehouse.connect() as con:
-            versions, stored = {m.id: reference_version(m) for m in config.models}, stored_versions(con)
-            todo = [m for m in config.models if stored.get(m.id) != versions[m.id]]
-            rows += [(m.id, versions[m.id], "reused", None, None) for m in config.models if m not in todo]
+        with fail_fast(), warehouse.connect_lake() as con:
+            versions, stored = {m.id: reference_version(m) for m in cfg.models}, stored_versions(con)
+            todo = [m for m in cfg.models if stored.get(m.id) != versions[m.id]]
+            rows += [(m.id, versions[m.id], "reused", None, None) for m in cfg.models if m not in todo]
             done = []  # saved a few dozen models at a time: a failure later keeps what was profiled
             for i, (model, (profiles, baselines, check)) in enumerate(profile_models(con, todo), 1):
                 done.append((model, versions[model.id], profiles, baselines))
@@ -72,7 +74,8 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
                     warnings.append(f"{model.id} ({model.reference_path}): {check.warning}")
                     context.log.warning(f"model {model.id}: reference {model.reference_path}: {check.warning}")
             base = con.execute("SELECT model_id, metric, value FROM monitoring.reference_baselines "
-                               "ORDER BY model_id, metric").df()
+                               "WHERE model_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY model_id, metric",
+                               [cfg.model_ids]).df()
         table = pd.DataFrame(rows, columns=["model_id", "reference_version", "profile", "rows_used", "rows_left_out"])
         return dg.MaterializeResult(metadata={
             "models": dg.MetadataValue.md(frame_markdown(table)),
@@ -90,29 +93,30 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
                     "missing and unseen-category shares as signals of their own (all missing / all unseen said "
                     "in `message`). `monitoring.drift_summary` holds the drift share and dataset-drift flag.",
         group_name=GROUP_DRIFT, kinds={"duckdb", "scipy"}, owners=OWNERS, partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
+        backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY,
         deps=[predictions, labels, reference_profiles.key],
         metadata={"dagster/table_name": "monitoring.feature_drift",
                   "dagster/column_schema": table_schema(DRIFT_COLUMNS)},
     )
     def feature_drift(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        cfg = in_shard(context, config)
         days = run_days(context)
-        refreshed = days_with_label_refresh(days, config)  # label drift changes as labels arrive
+        refreshed = days_with_label_refresh(days, cfg)  # label drift changes as labels arrive
         rows, summaries = [], []
-        with fail_fast(), warehouse.connect() as con:
-            profiles = {m.id: load_profiles(con, m.id) for m in config.models}
+        with fail_fast(), warehouse.connect_lake() as con:
+            profiles = {m.id: load_profiles(con, m.id) for m in cfg.models}
             held = held_models(con, refreshed)  # failed the data-quality suite
             for i, day in enumerate(refreshed, 1):
-                todo = [m for m in config.models if m.id not in held[day]]
-                for out, summary in map_models(con, lambda c, m, day=day: drift_for_day(c, config, m, day,
+                todo = [m for m in cfg.models if m.id not in held[day]]
+                for out, summary in map_models(con, lambda c, m, day=day: drift_for_day(c, cfg, m, day,
                                                                                       profiles[m.id]), todo):
                     rows += out
                     summaries.append(summary)
                 if should_log_progress(i, len(refreshed)):
                     context.log.info(f"drift: {i}/{len(refreshed)} days done ({day})")
             frame, summary = pd.DataFrame(rows), pd.DataFrame(summaries)
-            replace_partitions_from_frame(con, "monitoring.feature_drift", refreshed, frame)
-            replace_partitions_from_frame(con, "monitoring.drift_summary", refreshed, summary)
+            replace_partitions_from_frame(con, "monitoring.feature_drift", refreshed, frame, cfg.written_models)
+            replace_partitions_from_frame(con, "monitoring.drift_summary", refreshed, summary, cfg.written_models)
         by_day = {}
         for day in days:
             d_summary = summary[summary.partition_date == day] if len(summary) else summary
@@ -146,23 +150,24 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
                     "the most and least favoured groups with their sizes. Groups under the minimum size (30 by "
                     "default) are reported but left out of the disparities. Definitions are fairlearn's.",
         group_name=GROUP_BIAS, kinds={"duckdb", "python"}, owners=OWNERS, partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
+        backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY,
         deps=[predictions, labels],
         metadata={"dagster/table_name": "monitoring.fairness",
                   "dagster/column_schema": table_schema(FAIRNESS_COLUMNS)},
     )
     def fairness(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        cfg = in_shard(context, config)
         days = run_days(context)
-        refreshed = days_with_label_refresh(days, config)
-        with fail_fast(), warehouse.connect() as con:
+        refreshed = days_with_label_refresh(days, cfg)
+        with fail_fast(), warehouse.connect_lake() as con:
             held = held_models(con, refreshed)  # failed the data-quality suite
-            todo = [(m, d) for d in refreshed for m in config.models if m.id not in held[d]]
-            parts = list(map_models(con, lambda c, item: fairness_for_day(c, config, *item), todo))
+            todo = [(m, d) for d in refreshed for m in cfg.models if m.id not in held[d]]
+            parts = list(map_models(con, lambda c, item: fairness_for_day(c, cfg, *item), todo))
             parts = [p for p in parts if len(p)]
             frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
             if len(frame):
                 frame = frame.drop(columns=["selected", "tp", "fp", "fn", "tn", "abs_error"])
-            replace_partitions_from_frame(con, "monitoring.fairness", refreshed, frame)
+            replace_partitions_from_frame(con, "monitoring.fairness", refreshed, frame, cfg.written_models)
         by_day = {}
         for day in days:
             d_rows = frame[frame.partition_date == day] if len(frame) else frame

@@ -30,6 +30,7 @@ from monitor_assets.wiring import (
     daily_partitions,
     day_label,
     fail_fast,
+    in_shard,
     markdown_table,
     partition_check_results,
     run_days,
@@ -37,6 +38,8 @@ from monitor_assets.wiring import (
     table_schema,
 )
 
+# Sources read per model (a shard reads its models' records); the others concern the whole shop.
+PER_MODEL_SOURCES = ("predictions", "labels")
 DESCRIPTIONS = {
     "predictions": "Prediction logs (structured JSON lines, CSV or Parquet), one row per served request, with "
                    "one typed column per configured feature (named after its field, e.g. `features.amount`). "
@@ -57,6 +60,8 @@ SCHEMAS = {
 
 
 def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.AssetsDefinition:
+    per_model = source in PER_MODEL_SOURCES
+
     @dg.asset(
         name=source,
         key_prefix=["raw"],
@@ -67,26 +72,30 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
         partitions_def=daily_partitions(config),
         backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=IO_RETRY,
-        pool=DUCKDB_POOL,
+        # Predictions and labels live in the lake only: shards (processes on their own models) load them at once.
+        pool=None if per_model else DUCKDB_POOL,
         deps=deps,
         metadata={"dagster/table_name": f"raw.{source}",
                   "dagster/column_schema": table_schema(SCHEMAS[source])},
     )
     def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        cfg = in_shard(context, config) if per_model else config
         days = run_days(context)
         totals = {"files": 0, "read": 0, "loaded": 0, "quarantined": 0, "corrected": 0}
         reasons: dict[str, int] = {}
         missing_days, per_day, held = [], [], []
         started = time.perf_counter()
         # No model registered up front: ingest_day registers every model's table after writing predictions.
-        with fail_fast(), warehouse.connect() as con:
+        with fail_fast(), (warehouse.connect_lake() if per_model else warehouse.connect()) as con:
             # The data-quality suite runs on another thread as each model-day lands, so its pandas work
             # overlaps the reading; a failed model-day is held alone.
-            validator = StreamingValidator(con, config) if source == "predictions" else None
+            validator = StreamingValidator(con, cfg) if source == "predictions" else None
             try:
                 for i, day in enumerate(days, 1):
-                    result = ingest_day(con, config, source, day, validator.add if validator else None)
-                    if not result.files:
+                    result = ingest_day(con, cfg, source, day, validator.add if validator else None)
+                    # Shared files are shard 0's to count (and to miss); a model's own files its shard's.
+                    own = cfg.shard[0] == 0 or (source == "predictions" and cfg.predictions.per_model)
+                    if not result.files and own:
                         missing_days.append(str(day))
                     for k, v in (("files", len(result.files)), ("read", result.read), ("loaded", result.loaded),
                                  ("quarantined", result.quarantined), ("corrected", result.labels_corrected)):
@@ -112,10 +121,11 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
                     """SELECT d, m FROM unnest(?::DATE[]) AS t(d), unnest(?::VARCHAR[]) AS u(m)
                        WHERE NOT EXISTS (SELECT 1 FROM raw.predictions p
                                          WHERE p.partition_date = d AND p.model_id = m)
-                       ORDER BY d, m""", [days, config.model_ids]).fetchall()]
+                       ORDER BY d, m""", [days, cfg.model_ids]).fetchall()]
         assert totals["read"] == totals["loaded"] + totals["quarantined"]  # nothing is lost
         metadata = {
             "days": day_label(days),
+            **({"shard": cfg.shard_label, "models": len(cfg.models)} if cfg.sharded else {}),
             "files": totals["files"],
             "records_read": totals["read"],
             "records_loaded": totals["loaded"],
@@ -181,13 +191,14 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
 
     @dg.multi_asset_check(specs=[validity], name=QUALITY_CHECK)
     def predictions_are_complete_and_valid(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+        cfg = in_shard(context, config)
         days = run_days(context)
         failures, checked = [], {}
-        with fail_fast(), warehouse.connect() as con:
+        with fail_fast(), warehouse.connect_lake() as con:
             for day in days:
-                verdicts = stored_verdicts(con, day)
+                verdicts = stored_verdicts(con, cfg, day)
                 if verdicts is None:  # loaded before verdicts were kept: validate now
-                    verdicts = validate_day(con, config, day)
+                    verdicts = validate_day(con, cfg, day)
                 checked[day] = len(verdicts)
                 failures += [{"partition_date": day, "model_id": v.model_id, "check_name": QUALITY_CHECK,
                               "severity": "ERROR", "value": float(v.unexpected), "threshold": 0.0,
@@ -198,8 +209,9 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
     @dg.multi_asset_check(specs=[volume], name=VOLUME_RANGE_CHECK)
     def prediction_volume_within_expected_range(context: dg.AssetCheckExecutionContext,
                                                 warehouse: WarehouseResource):
+        cfg = in_shard(context, config)
         days = run_days(context)
-        with warehouse.connect(models=None) as con:
+        with warehouse.connect_lake(models=cfg.model_ids) as con:
             table = con.execute("""
                 WITH vol AS (SELECT d, m, (SELECT count(*) FROM raw.predictions p
                                            WHERE p.partition_date = d AND p.model_id = m) AS n
@@ -209,11 +221,12 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
                        (SELECT avg(n) FROM vol v2 WHERE v2.m = v.m AND v2.d < v.d AND v2.d >= v.d - INTERVAL 7 DAY
                         AND v2.n > 0) AS trailing
                 FROM vol v WHERE d::DATE IN (SELECT unnest(?::DATE[]))""",
-                                [min(days), max(days), config.model_ids, days]).df()
-            quarantine = con.execute("""SELECT partition_date, sum(records_quarantined) / nullif(sum(records_read), 0)
-                                        FROM raw.ingestion_log WHERE source = 'predictions'
-                                        AND partition_date IN (SELECT unnest(?::DATE[])) GROUP BY 1""",
-                                     [days]).fetchall()
+                                [min(days), max(days), cfg.model_ids, days]).df()
+            # The whole day's share (every shard's rows), judged once: by shard 0, or the unsharded run.
+            quarantine = [] if cfg.shard[0] else con.execute(
+                """SELECT partition_date, sum(records_quarantined) / nullif(sum(records_read), 0)
+                   FROM raw.ingestion_log WHERE source = 'predictions'
+                   AND partition_date IN (SELECT unnest(?::DATE[])) GROUP BY 1""", [days]).fetchall()
         table["ratio"] = table.n / table.trailing
         odd = table[table.trailing.notna() & ((table.ratio < 0.5) | (table.ratio > 2.0))]
         failures = [{"partition_date": r.day, "model_id": r.model_id, "check_name": VOLUME_RANGE_CHECK,

@@ -16,11 +16,12 @@ import threading
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
 
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.ingestion.readers import feature_columns
 from monitor_assets.storage.sql import quote_ident
-from monitor_assets.storage.warehouse import close, lake_of, thread_cursor, transaction
+from monitor_assets.storage.warehouse import close, lake_of, thread_cursor
 
 
 @dataclass
@@ -204,18 +205,23 @@ class _Findings:
                     f"{outcome.expectation} on {_described(outcome.column, model_id)}: {n} unexpected value(s)"
                     + (f", e.g. {', '.join(sample)}" if sample else ""))
 
-    def store(self, con, days: list[dt.date], counts: dict[tuple, int]) -> list[Verdict]:
-        """One verdict per model-day with rows, written to `monitoring.quality_verdicts` (those days' replaced)."""
+    def store(self, con, days: list[dt.date], counts: dict[tuple, int], models: list[str] | None = None) -> list[Verdict]:
+        """One verdict per model-day with rows, written to `monitoring.quality_verdicts` (those days' verdicts
+        of `models` replaced; None: every model's)."""
         verdicts = [Verdict(d, m, n, (d, m) not in self.problems, self.unexpected.get((d, m), 0),
                             "; ".join(self.problems.get((d, m), [])))
                     for (d, m), n in sorted(counts.items()) if n]
-        with transaction(con):
-            con.execute("DELETE FROM monitoring.quality_verdicts WHERE partition_date IN (SELECT unnest(?::DATE[]))",
-                        [list(days)])
-            if verdicts:
-                con.executemany("INSERT INTO monitoring.quality_verdicts VALUES (?, ?, ?, ?, ?, ?, now())",
-                                [(v.partition_date, v.model_id, v.rows, v.passed, v.unexpected, v.message)
-                                 for v in verdicts])
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        rows = pa.table({"partition_date": pa.array([v.partition_date for v in verdicts], pa.date32()),
+                         "model_id": pa.array([v.model_id for v in verdicts], pa.string()),
+                         "rows": pa.array([v.rows for v in verdicts], pa.int64()),
+                         "passed": pa.array([v.passed for v in verdicts], pa.bool_()),
+                         "unexpected": pa.array([v.unexpected for v in verdicts], pa.int64()),
+                         "message": pa.array([v.message for v in verdicts], pa.string()),
+                         "validated_at": pa.array([now] * len(verdicts), pa.timestamp("us"))})
+        lake = lake_of(con)
+        lake.replace("monitoring.quality_verdicts", rows, days, models=models)
+        lake.refresh(con, "monitoring.quality_verdicts")
         return verdicts
 
 
@@ -236,7 +242,7 @@ def validate_days(con, config: MonitorConfig, days: list[dt.date], batch_rows: i
     for batch in validation_batches(units, sizes, batch_rows):
         findings.add(_validate_batch(con, config, batch))
     known = set(config.model_ids)
-    return findings.store(con, days, {k: n for k, n in counts.items() if k[1] in known})
+    return findings.store(con, days, {k: n for k, n in counts.items() if k[1] in known}, config.written_models)
 
 
 class StreamingValidator:
@@ -286,7 +292,7 @@ class StreamingValidator:
         self.abandon()
         if self.error is not None:
             raise self.error
-        return self.findings.store(self.con, days, self.counts)
+        return self.findings.store(self.con, days, self.counts, self.config.written_models)
 
     def abandon(self) -> None:
         """Validate what is queued, stop the thread and close its cursor; nothing is stored (after a failed
@@ -310,12 +316,15 @@ def held_models(con, days: list[dt.date]) -> dict[dt.date, set[str]]:
     return held
 
 
-def stored_verdicts(con, day: dt.date) -> list[Verdict] | None:
-    """The verdicts kept for `day`, or None when the day has predictions but no verdicts yet."""
+def stored_verdicts(con, config: MonitorConfig, day: dt.date) -> list[Verdict] | None:
+    """The verdicts kept for `day` (of the config's models), or None when the day has predictions but no
+    verdicts yet."""
     rows = con.execute("SELECT partition_date, model_id, rows, passed, unexpected, message FROM monitoring.quality_verdicts "
-                       "WHERE partition_date = ? ORDER BY model_id", [day]).fetchall()
+                       "WHERE partition_date = ? AND model_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY model_id",
+                       [day, config.model_ids]).fetchall()
     if rows:
         return [Verdict(*r) for r in rows]
     loaded = con.execute("""SELECT coalesce(sum(records_loaded), 0) FROM raw.ingestion_log
-                            WHERE source = 'predictions' AND partition_date = ?""", [day]).fetchall()[0][0]
+                            WHERE source = 'predictions' AND partition_date = ? AND (shard = ? OR NOT ?)""",
+                         [day, config.shard_label, config.sharded]).fetchall()[0][0]
     return None if loaded else []

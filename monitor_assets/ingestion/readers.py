@@ -833,7 +833,7 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
     targets = [*PREDICTION_COLUMNS, *feature_aliases.values()]
     return StagingPlan("predictions", fields, rules, key="prediction_id", outputs=outputs, targets=targets,
                        unique_across_days=True, feature_aliases=feature_aliases,
-                       known_models=tuple(config.model_ids))
+                       known_models=tuple(config.known_model_ids))
 
 
 def feature_columns(config: MonitorConfig) -> dict[tuple[str, str], str]:
@@ -896,10 +896,41 @@ def sales_plan(source: SourceConfig) -> StagingPlan:
         outputs=["order_id", "ts", "user_id", "product_id", "quantity", "unit_price", "quantity * unit_price"])
 
 
-def log_ingestion(con: duckdb.DuckDBPyConnection, source: str, day: dt.date, result: StageResult) -> None:
-    con.execute("DELETE FROM raw.ingestion_log WHERE source = ? AND partition_date = ?", [source, day])
-    con.execute("INSERT INTO raw.ingestion_log VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                [day, source, len(result.files), result.read, result.loaded, result.quarantined])
+def log_ingestion(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, day: dt.date,
+                  result: StageResult) -> None:
+    """The day's counts of this source, as this shard read them ("0/1" without shards). Rows of another shard
+    count (`.../N` with another N: the shards were re-cut) are replaced too."""
+    label, count = config.shard_label, config.shard[1]
+    row = pa.table({"partition_date": [day], "source": [source], "files": [len(result.files)],
+                    "records_read": [result.read], "records_loaded": [result.loaded],
+                    "records_quarantined": [result.quarantined],
+                    "loaded_at": [dt.datetime.now(dt.UTC).replace(tzinfo=None)], "shard": [label]})
+    lake = lake_of(con)
+    lake.replace("raw.ingestion_log", row, [day], source=source,
+                 where=f"shard = {sql_str(label)} OR shard IS NULL OR shard NOT LIKE {sql_str(f'%/{count}')}")
+    lake.refresh(con, "raw.ingestion_log")
+
+
+def shard_rows(config: MonitorConfig) -> str | None:
+    """SQL predicate on `model_id`: the rows of a per-model table a shard owns (its models', and for shard 0
+    those of no model); None without shards (every row)."""
+    if not config.sharded:
+        return None
+    mine = "model_id IN (" + (", ".join(sql_str(m) for m in config.model_ids) or "NULL") + ")"
+    return f"{mine} OR model_id IS NULL" if config.shard[0] == 0 else mine
+
+
+def _keep_shard(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan,
+                group: FileGroup) -> int:
+    """In a shard, set aside what another shard reads from shared files: other shards' models' rows and,
+    outside shard 0, records of no model (quarantined ones, unmatched labels). Returns how many records."""
+    if group.constant_model is not None:
+        return 0  # the file of one of this shard's models
+    owned = f"coalesce({shard_rows(config)}, false)"
+    gone = stage.execute(f"DELETE FROM raw.{plan.source} WHERE NOT {owned}").fetchall()[0][0]
+    if config.shard[0] != 0:
+        gone += stage.execute("DELETE FROM raw.quarantine WHERE line_no IS NOT NULL").fetchall()[0][0]
+    return gone
 
 
 def plan_for(config: MonitorConfig, source: str) -> tuple[SourceConfig, StagingPlan]:
@@ -1022,22 +1053,25 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
     finally:
         while not stages.empty():
             stages.get().close()
-    files = [f for group, _ in groups for f in group.files]
+    # Shared files are read by every shard and counted by shard 0, so the shards' counts add up to the day's.
+    files = [f for group, _ in groups for f in group.files
+             if not (config.sharded and config.shard[0] and group.constant_model is None)]
     read, loaded, corrected = (sum(o[i] for o in outcomes) for i in range(3))
     quarantine = [o[3] for o in outcomes]
     rows = pa.concat_tables(quarantine) if quarantine else pa.table({})
-    lake.replace("raw.quarantine", rows, [day], source=source)
+    owned = shard_rows(config) if source in ("predictions", "labels") else None
+    lake.replace("raw.quarantine", rows, [day], source=source, where=owned)
     lake.refresh(con, "raw.quarantine")
     if source == "predictions":
-        lake.attach_models(con, lake.models())
+        lake.attach_models(con, config.model_ids if config.sharded else lake.models())
     elif f"raw.{source}" in TABLES:
         lake.refresh(con, f"raw.{source}")
-    reasons = dict(con.execute("""
+    reasons = dict(con.execute(f"""
         SELECT split_part(reason, ':', 1) AS kind, count(*) FROM raw.quarantine
-        WHERE source = ? AND partition_date = ? AND line_no IS NOT NULL GROUP BY kind ORDER BY 2 DESC, 1""",
-                               [source, day]).fetchall())
+        WHERE source = ? AND partition_date = ? AND line_no IS NOT NULL AND ({owned or 'true'})
+        GROUP BY kind ORDER BY 2 DESC, 1""", [source, day]).fetchall())
     result = StageResult(files, read, loaded, sum(reasons.values()), reasons, corrected)
-    log_ingestion(con, source, day, result)
+    log_ingestion(con, config, source, day, result)
     return result
 
 
@@ -1061,8 +1095,11 @@ def _stage_group(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: S
             _quarantine_duplicates(stage, plan, day)
         if plan.source == "labels":
             _check_labels(stage, config, plan, day)
+        if config.sharded:
+            read -= _keep_shard(stage, config, plan, group)
+        if plan.source == "labels":
             corrected = _count_corrected_labels(stage, day)
-    else:
+    elif not (config.sharded and config.shard[0] and group.constant_model is None):  # shared files: shard 0 says
         stage.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, NULL, ?, NULL)",
                       [day, plan.source, group.expected, f"no input file: nothing matched {group.expected}"])
     loaded = stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
@@ -1091,9 +1128,13 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
     # Labels sorted by model: a model's drift and fairness read only its own row groups.
     order = " ORDER BY model_id NULLS LAST" if plan.source == "labels" else ""
     if f"raw.{plan.source}" in TABLES:  # streamed: millions of labels are not copied into one Arrow table
-        staged = stage.sql(f"SELECT * FROM raw.{plan.source}{order}")
         empty = not stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
-        lake.replace(f"raw.{plan.source}", staged.to_arrow_table() if empty else staged.fetch_record_batch(1 << 17), [day])
+
+        def staged():  # again if the commit loses to another shard's on the same day
+            rows = stage.sql(f"SELECT * FROM raw.{plan.source}{order}")
+            return rows.to_arrow_table() if empty else rows.fetch_record_batch(1 << 17)
+
+        lake.replace(f"raw.{plan.source}", staged, [day], where=shard_rows(config))
         return
     rows = stage.sql(f"SELECT * FROM raw.{plan.source}{order}").to_arrow_table()
     con.register("_staged", rows)

@@ -23,6 +23,7 @@ from monitor_assets.wiring import (
     days_with_label_refresh,
     fail_fast,
     frame_markdown,
+    in_shard,
     run_days,
     table_schema,
 )
@@ -51,29 +52,31 @@ def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels
                     "refreshes the `label_delay_days` before it, so late labels update earlier days.",
         group_name=GROUP_METRICS, kinds={"duckdb", "python"}, owners=OWNERS,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-        retry_policy=IO_RETRY, pool=DUCKDB_POOL, deps=[predictions, labels],
+        retry_policy=IO_RETRY, deps=[predictions, labels],  # lake only: shards run it at once
         metadata={"dagster/table_name": "monitoring.performance_daily",
                   "dagster/column_schema": table_schema(PERFORMANCE_COLUMNS)},
     )
     def performance_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        cfg = in_shard(context, config)
         days = run_days(context)
-        refreshed = days_with_label_refresh(days, config)
-        with fail_fast(), warehouse.connect() as con:  # each chunk registers its own models
+        refreshed = days_with_label_refresh(days, cfg)
+        with fail_fast(), warehouse.connect_lake() as con:  # each chunk registers its own models
             con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [refreshed])
             parts = []
-            for i in range(0, len(config.models), MODELS_PER_QUERY):
-                sql, params = _performance_statement(con, config, config.models[i:i + MODELS_PER_QUERY])
+            for i in range(0, len(cfg.models), MODELS_PER_QUERY):
+                sql, params = _performance_statement(con, cfg, cfg.models[i:i + MODELS_PER_QUERY])
                 parts.append(con.sql(sql, params=params).to_arrow_table())
-            con.register("_performance", pa.concat_tables(parts))
+            con.register("_performance", pa.concat_tables(parts) if parts else _empty_performance(con))
             inserted = replace_partitions(con, "monitoring.performance_daily", refreshed,
-                                          "SELECT * FROM _performance")
+                                          "SELECT * FROM _performance", models=cfg.written_models)
             con.unregister("_performance")
             per_day = con.execute(
                 """SELECT partition_date, model_id, volume, error_rate, latency_p95_ms, label_coverage,
                           main_metric_value AS main_metric, n_labelled
                    FROM monitoring.performance_daily WHERE partition_date IN (SELECT unnest(?::DATE[]))
+                   AND model_id IN (SELECT unnest(?::VARCHAR[]))
                    ORDER BY partition_date, error_rate DESC NULLS LAST, latency_p95_ms DESC NULLS LAST""",
-                [days]).df()
+                [days, cfg.model_ids]).df()
         add_partition_metadata(context, {day.date(): _performance_day_metadata(g)
                                          for day, g in per_day.groupby("partition_date")})
         return dg.MaterializeResult(metadata={
@@ -86,6 +89,11 @@ def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels
     if interactions is not None and sales is not None:
         assets.append(_business_kpis_asset(config, partitions, interactions, sales))
     return assets
+
+
+def _empty_performance(con) -> pa.Table:
+    """No rows, in the table's columns (a shard without models)."""
+    return con.sql("SELECT * FROM monitoring.performance_daily WHERE false").to_arrow_table()
 
 
 def _performance_day_metadata(day: pd.DataFrame) -> dict:

@@ -86,8 +86,9 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
         fairness=q("""SELECT partition_date, model_id, attribute, grp, selection_rate, below_min_size
                       FROM monitoring.fairness WHERE partition_date <= ?"""),
         alerts=AlertState(config.state_path).annotate(alerts),
-        quality=q("""SELECT partition_date, source, records_read, records_loaded, records_quarantined
-                     FROM raw.ingestion_log WHERE partition_date <= ? ORDER BY 1"""),
+        quality=q("""SELECT partition_date, source, sum(records_read) AS records_read,
+                            sum(records_loaded) AS records_loaded, sum(records_quarantined) AS records_quarantined
+                     FROM raw.ingestion_log WHERE partition_date <= ? GROUP BY 1, 2 ORDER BY 1"""),
         quarantine_reasons=q("""SELECT source, split_part(reason, ':', 1) AS reason, count(*) AS n FROM raw.quarantine
                                 WHERE partition_date <= ? GROUP BY ALL ORDER BY n DESC"""),
         loss=q(f"""SELECT {', '.join(LOSS_COLUMNS)} FROM monitoring.retraining_trigger WHERE partition_date <= ?

@@ -27,9 +27,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import random
 import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,19 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "equalized_odds_rate": "VARCHAR", "equalized_odds_p_value": "DOUBLE", "equalized_odds_max_group": "VARCHAR",
         "equalized_odds_max_n": "BIGINT", "equalized_odds_min_group": "VARCHAR", "equalized_odds_min_n": "BIGINT"},
         ("partition_date",)),
+    # Small per-model state, here rather than in the DuckDB file so that shards (processes on their own
+    # models) write it at once. The ingestion log has a row per day, source and shard ("i/N"; "0/1": no shards).
+    "raw.ingestion_log": ({"partition_date": "DATE", "source": "VARCHAR", "files": "BIGINT", "records_read": "BIGINT",
+                           "records_loaded": "BIGINT", "records_quarantined": "BIGINT", "loaded_at": "TIMESTAMP",
+                           "shard": "VARCHAR"}, ("partition_date",)),
+    "monitoring.quality_verdicts": ({"partition_date": "DATE", "model_id": "VARCHAR", "rows": "BIGINT",
+                                     "passed": "BOOLEAN", "unexpected": "BIGINT", "message": "VARCHAR",
+                                     "validated_at": "TIMESTAMP"}, ("partition_date",)),
+    "monitoring.reference_profiles": ({"model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR",
+                                       "kind": "VARCHAR", "reference_version": "VARCHAR", "n": "BIGINT",
+                                       "profile": "VARCHAR", "computed_at": "TIMESTAMP"}, ()),
+    "monitoring.reference_baselines": ({"model_id": "VARCHAR", "reference_version": "VARCHAR", "metric": "VARCHAR",
+                                        "value": "DOUBLE"}, ()),
     "monitoring.history": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "metric": "VARCHAR", "segment": "VARCHAR",
         "value": "DOUBLE", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
@@ -145,6 +159,8 @@ def _model_registered(model_id: str) -> str:
 # Per-model work that runs as SQL takes this many models per query: memory holds their rows, not a day of
 # every model (performance_daily at 100 models x 50k rows: 1.6 GB at once, 0.6 GB ten at a time, same time).
 MODELS_PER_QUERY = 10
+# Tries of a partition replace whose commit lost to another writer's (shards share the daily tables).
+COMMIT_ATTEMPTS = 12
 
 
 def _days_predicate(days: Iterable[dt.date]) -> str:
@@ -153,7 +169,8 @@ def _days_predicate(days: Iterable[dt.date]) -> str:
 
 
 def _in(column: str, values: Iterable[str]) -> str:
-    return f"{column} IN (" + ", ".join(sql_str(v) for v in sorted(set(values))) + ")"
+    listed = sorted(set(values))
+    return f"{column} IN (" + ", ".join(sql_str(v) for v in listed) + ")" if listed else "false"
 
 
 def _ensure_views(con: duckdb.DuckDBPyConnection, views: dict[str, str]) -> None:
@@ -285,9 +302,27 @@ class Lake:
 
     # ---- writing
 
-    def _write(self, path: Path | str, data: pa.Table | pa.RecordBatchReader, predicate: str,
+    def _write(self, path: Path | str, data: pa.Table | pa.RecordBatchReader | Callable[[], Any], predicate: str,
                partition_by: Sequence[str]) -> None:
-        """`data`: a table, or a stream that is not empty."""
+        """`data`: a table, a stream that is not empty, or a function giving either (called again when the
+        commit lost a race: a stream cannot be read twice).
+
+        Another writer's commit on the same partition (a shard writing its models' rows of the same day) makes
+        delta-rs refuse ours ("a concurrent transaction added new data"): the overwrite is idempotent, so it
+        is redone on the new version, after a short random wait."""
+        from deltalake.exceptions import CommitFailedError
+
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                self._write_once(path, data() if callable(data) else data, predicate, partition_by)
+                return
+            except CommitFailedError:
+                if attempt == COMMIT_ATTEMPTS - 1 or not (callable(data) or isinstance(data, pa.Table)):
+                    raise
+                time.sleep(random.uniform(0.05, 0.2) * 2 ** min(attempt, 4))
+
+    def _write_once(self, path: Path | str, data: pa.Table | pa.RecordBatchReader, predicate: str,
+                    partition_by: Sequence[str]) -> None:
         from deltalake import write_deltalake
 
         empty = isinstance(data, pa.Table) and data.num_rows == 0
@@ -296,27 +331,32 @@ class Lake:
                 return  # nothing to replace, nothing to add
             if not self.remote:
                 Path(path).mkdir(parents=True, exist_ok=True)
-            write_deltalake(str(path), data, partition_by=list(partition_by), mode="append",
+            write_deltalake(str(path), data, partition_by=list(partition_by) or None, mode="append",
                             storage_options=self.storage_options)
             return
         if empty:
             self.table(path).delete(predicate)
             return
         # schema_mode merge: a model that gains a feature gains a column.
-        write_deltalake(str(path), data, partition_by=list(partition_by), mode="overwrite", predicate=predicate,
-                        schema_mode="merge", storage_options=self.storage_options)
+        write_deltalake(str(path), data, partition_by=list(partition_by) or None, mode="overwrite",
+                        predicate=predicate, schema_mode="merge", storage_options=self.storage_options)
 
-    def replace(self, table: str, data: pa.Table | pa.RecordBatchReader, days: Iterable[dt.date],
-                models: Iterable[str] | None = None,
-                source: str | None = None) -> None:
-        """Replace the rows of `days` (of those models, of that quarantine source) with `data`, in one commit."""
+    def replace(self, table: str, data: pa.Table | pa.RecordBatchReader | Callable[[], Any],
+                days: Iterable[dt.date] | None, models: Iterable[str] | None = None,
+                source: str | None = None, where: str | None = None) -> None:
+        """Replace the rows of `days` (None: of every day, for tables without one; of those models, of that
+        quarantine source, matching `where`) with `data`, in one commit."""
         columns, partition_by = TABLES[table]
-        predicate = _days_predicate(days)
+        clauses = [] if days is None else [_days_predicate(days)]
         if source is not None:
-            predicate = f"source = {sql_str(source)} AND {predicate}"
+            clauses.insert(0, f"source = {sql_str(source)}")
         if models is not None:
-            predicate += f" AND {_in('model_id', models)}"
-        self._write(self.path(table), _conform(data, columns), predicate, partition_by)
+            clauses.append(_in("model_id", models))
+        if where is not None:
+            clauses.append(f"({where})")
+        predicate = " AND ".join(clauses) or "true"
+        conformed = (lambda: _conform(data(), columns)) if callable(data) else _conform(data, columns)
+        self._write(self.path(table), conformed, predicate, partition_by)
 
     def replace_model_day(self, model_id: str, data: pa.Table, day: dt.date) -> None:
         """Replace one model's predictions of one day (an empty table deletes them)."""
@@ -341,13 +381,13 @@ class Lake:
         files, stored = found
         listed = "[" + ", ".join(sql_str(f) for f in files) + "]"
         types = "{" + ", ".join(f"{sql_str(c)}: {sql_str(columns[c])}" for c in partition_by) + "}"
+        hive = f"hive_partitioning = true, hive_types = {types}" if partition_by else "hive_partitioning = false"
         # A column added since the table was written (an optional field) reads as NULL.
         known = ", ".join(quote_ident(c) if c in stored else f"NULL::{t} AS {quote_ident(c)}"
                           for c, t in columns.items())
         present = ", ".join(quote_ident(c) for c in columns if c in stored)
         picks = f"{known}, * EXCLUDE ({present})" if extra else known
-        return (f"SELECT {picks} FROM read_parquet({listed}, hive_partitioning = true, hive_types = {types}, "
-                "union_by_name = true)")
+        return f"SELECT {picks} FROM read_parquet({listed}, {hive}, union_by_name = true)"
 
     def attach(self, con: duckdb.DuckDBPyConnection, models: Iterable[str] | None = (), create_views: bool = True) -> None:
         """Register the lake's tables on `con` and (re)create the views with their documented names.
@@ -369,6 +409,28 @@ class Lake:
             # No model registered: `raw.predictions` fails ("... __lake_raw__predictions does not exist") rather
             # than reading as empty.
             con.execute(f"DROP VIEW IF EXISTS {registered(PREDICTIONS)}")
+
+    def ensure_model_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        """The DuckDB file's views of every model's predictions table (`raw."predictions__<model>"`), for
+        read-only connections (`make sql`) that cannot create them: the models' tables are written from
+        in-memory connections (ingestion), which leave no view in the file."""
+        present = {v for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT temporary "
+                                             "AND schema_name = 'raw'").fetchall()}
+        missing = [m for m in self.models() if f"predictions__{m}" not in present]
+        if missing:  # a view is bound when made: its model's table is registered first (once per new model)
+            registered_now = {v for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
+            for m in missing:
+                if _model_registered(m) not in registered_now:
+                    self.model_relation(con, m)
+            _ensure_views(con, {f"raw.predictions__{m}": _model_registered(m) for m in missing})
+        if "predictions" not in present and (models := self.models()):
+            had = con.execute("SELECT count(*) FROM duckdb_views() WHERE temporary AND view_name = ?",
+                              [registered(PREDICTIONS)]).fetchall()[0][0]
+            if not had:
+                con.execute(f"CREATE TEMP VIEW {registered(PREDICTIONS)} AS {self.predictions_union(con, models)}")
+            _ensure_views(con, {PREDICTIONS: registered(PREDICTIONS)})
+            if not had:  # as before: a connection without models fails on raw.predictions
+                con.execute(f"DROP VIEW {registered(PREDICTIONS)}")
 
     def refresh(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         """Point the registered dataset of `table` at its newest version (after a write)."""

@@ -26,6 +26,13 @@ class WarehouseResource(dg.ConfigurableResource):
         with connect(self.path, self.lake_path, models) as con:
             yield con
 
+    @contextmanager
+    def connect_lake(self, models: Iterable[str] | None = ()) -> Iterator[duckdb.DuckDBPyConnection]:
+        """`connect` without the DuckDB file: the lake's tables only, on an in-memory database. For per-model
+        steps, which several shard processes run at once (the file admits one writing process)."""
+        with connect(None, self.lake_path, models) as con:
+            yield con
+
     @property
     def lake(self) -> Lake:
         return Lake(self.lake_path)

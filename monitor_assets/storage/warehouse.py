@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,29 +34,14 @@ CREATE TABLE IF NOT EXISTS raw.sales (
     partition_date DATE NOT NULL, order_id VARCHAR, ts TIMESTAMPTZ, user_id VARCHAR, product_id VARCHAR,
     quantity DOUBLE, unit_price DOUBLE, revenue DOUBLE
 );
-CREATE TABLE IF NOT EXISTS raw.ingestion_log (
-    partition_date DATE NOT NULL, source VARCHAR NOT NULL, files BIGINT, records_read BIGINT,
-    records_loaded BIGINT, records_quarantined BIGINT, loaded_at TIMESTAMP
-);
 CREATE TABLE IF NOT EXISTS monitoring.business_kpis_daily (
     partition_date DATE NOT NULL, sessions BIGINT, sessions_with_purchase BIGINT, conversion_rate DOUBLE,
     recommendation_impressions BIGINT, recommendation_ctr DOUBLE, orders BIGINT, units_sold DOUBLE,
     revenue DOUBLE, average_order_value DOUBLE, computed_at TIMESTAMP
 );
-CREATE TABLE IF NOT EXISTS monitoring.reference_profiles (
-    model_id VARCHAR NOT NULL, feature VARCHAR NOT NULL, role VARCHAR, kind VARCHAR,
-    reference_version VARCHAR, n BIGINT, profile JSON, computed_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS monitoring.reference_baselines (
-    model_id VARCHAR NOT NULL, reference_version VARCHAR, metric VARCHAR, value DOUBLE
-);
 CREATE TABLE IF NOT EXISTS monitoring.anomalies (
     partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, metric VARCHAR NOT NULL, segment VARCHAR,
     value DOUBLE, expected DOUBLE, robust_z DOUBLE, direction VARCHAR, computed_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS monitoring.quality_verdicts (
-    partition_date DATE NOT NULL, model_id VARCHAR NOT NULL, rows BIGINT, passed BOOLEAN, unexpected BIGINT, message VARCHAR,
-    validated_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS monitoring.reference_losses (
     model_id VARCHAR NOT NULL, model_version VARCHAR NOT NULL, anchor_day DATE NOT NULL, prediction_id VARCHAR,
@@ -98,6 +84,13 @@ CREATE TABLE IF NOT EXISTS monitoring.alerts (
 """
 
 
+# Tables that moved from the DuckDB file to the lake when shards came (README, "Migration"): their rows are
+# copied over once, with the columns the lake table gained filled in.
+MOVED_TO_LAKE = {"raw.ingestion_log": "*, '0/1' AS shard", "monitoring.quality_verdicts": "*",
+                 "monitoring.reference_profiles": "* REPLACE (profile::VARCHAR AS profile)",
+                 "monitoring.reference_baselines": "*"}
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA_SQL)
     # A warehouse from before the lake kept these tables in the file: keep them under a legacy name
@@ -106,7 +99,12 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
                             WHERE table_type = 'BASE TABLE' AND table_schema IN ('raw', 'monitoring')""").fetchall()
     for (name,) in legacy:
         if name in TABLES or name == "raw.predictions":
-            con.execute(f"ALTER TABLE {name} RENAME TO {name.split('.')[1]}_before_lake")
+            kept = f"{name.split('.')[1]}_before_lake"
+            con.execute(f"ALTER TABLE {name} RENAME TO {kept}")
+            lake = _LAKES.get(id(con))
+            if name in MOVED_TO_LAKE and lake is not None and not lake.has_table(lake.path(name)):
+                rows = con.sql(f"SELECT {MOVED_TO_LAKE[name]} FROM {name.split('.')[0]}.{kept}").to_arrow_table()
+                lake.replace(name, rows, None)
 
 
 def date_range(first: dt.date, last: dt.date) -> list[dt.date]:
@@ -188,34 +186,46 @@ def replace_partitions_from_frame(con: duckdb.DuckDBPyConnection, table: str, da
         con.unregister("_frame")
 
 
-def open_warehouse(path: str, lake_path: str | None = None, models: Iterable[str] | None = None,
+def open_warehouse(path: str | None, lake_path: str | None = None, models: Iterable[str] | None = None,
                    read_only: bool = False, retries: int = 8, base_delay: float = 0.25) -> duckdb.DuckDBPyConnection:
     """The warehouse with the lake attached (`lake_path`: a folder or a bucket URI, default `<file>_lake`
     beside the file; `models`: whose predictions tables to register; None for every model). Another process
     holding the DuckDB file's lock is waited out with backoff and jitter. Read-only connections use the views
-    a writer created."""
-    if not read_only:
+    a writer created.
+
+    `path` None: no DuckDB file, only the lake's tables, on an in-memory database. Per-model steps work
+    this way, so that shards (processes on their own models) run them at once: only the file has a lock."""
+    if path is None and lake_path is None:
+        raise ValueError("open_warehouse: a lake-only connection needs lake_path")
+    lake_path = lake_path or str(Path(path).with_name(f"{Path(path).stem}_lake"))
+    if path is not None and not read_only:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if path is not None and read_only and not Path(path).exists():
+        path = None  # only per-model steps ran yet (they write the lake alone): read the lake's tables
     attempt = 0
     while True:
         try:
-            con = duckdb.connect(path, read_only=read_only)
+            con = duckdb.connect(path or ":memory:", read_only=read_only and path is not None)
             break
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or attempt >= retries:
                 raise
             time.sleep(base_delay * 2 ** attempt * (0.5 + random.random()))
             attempt += 1
-    lake = Lake(lake_path or Path(path).with_name(f"{Path(path).stem}_lake"))
+    lake = Lake(lake_path)
     _LAKES[id(con)] = lake
     try:
         con.execute("SET TimeZone = 'UTC'")  # naive timestamps in inputs are read as UTC
         # Big joins and aggregates (a day of hundreds of models) spill to disk past this, instead of taking
         # most of the machine's memory (DuckDB's default is 80% of it).
         con.execute("SET memory_limit = ?", [os.environ.get("MONITOR_MEMORY_LIMIT", "1500MB")])
-        if not read_only:
+        if path is None:  # spills go to the system's temporary folder, not `.tmp` in the working directory
+            con.execute("SET temp_directory = ?", [os.path.join(tempfile.gettempdir(), "monitor_assets_spill")])
+        if path is not None and not read_only:
             ensure_schema(con)
-        lake.attach(con, models, create_views=not read_only)
+        lake.attach(con, models, create_views=not read_only or path is None)
+        if path is not None and not read_only:
+            lake.ensure_model_views(con)
     except BaseException:
         close(con)
         raise
@@ -239,7 +249,7 @@ def close(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @contextmanager
-def connect(path: str, lake_path: str | None = None, models: Iterable[str] | None = None,
+def connect(path: str | None, lake_path: str | None = None, models: Iterable[str] | None = None,
             read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """`open_warehouse` for the length of a `with` block."""
     con = open_warehouse(path, lake_path, models, read_only)

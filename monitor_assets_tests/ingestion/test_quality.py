@@ -76,7 +76,7 @@ def test_each_model_is_validated_against_its_own_allowed_values_in_any_batch(tmp
         assert verdicts["gold"].message == ("expect_column_values_to_be_in_set on features.tier: "
                                             "10 unexpected value(s), e.g. x, x, x, x, x")
     assert held_models(con, [DAY]) == {DAY: {"gold"}}
-    assert [v.model_id for v in stored_verdicts(con, DAY)] == ["bronze", "gold", "silver"]
+    assert [v.model_id for v in stored_verdicts(con, config, DAY)] == ["bronze", "gold", "silver"]
 
 
 def test_a_stray_timestamp_holds_its_model_only(tmp_path, con):
@@ -113,6 +113,6 @@ def test_several_days_in_one_batch_give_each_model_day_its_own_verdict(tmp_path,
              validate_day(con, config, d, batch_rows=1)}
     assert together == apart == {(DAY, "gold"): (20, True, 0), (days[1], "gold"): (15, False, 15),
                                  (days[1], "silver"): (10, True, 0)}
-    message = [v for v in stored_verdicts(con, days[1]) if v.model_id == "gold"][0].message
+    message = [v for v in stored_verdicts(con, config, days[1]) if v.model_id == "gold"][0].message
     assert message.startswith("expect_column_values_to_be_between on ts (hours after its day's midnight, UTC): "
                               "15 unexpected value(s), e.g. -14.0")
