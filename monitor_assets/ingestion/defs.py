@@ -20,7 +20,7 @@ from monitor_assets.constants import (
     VOLUME_RANGE_CHECK,
 )
 from monitor_assets.ingestion.quality import StreamingValidator, stored_verdicts, validate_day
-from monitor_assets.ingestion.readers import ingest_day, quarantine_preview
+from monitor_assets.ingestion.readers import ingest_day, log_ingestion, quarantine_preview
 from monitor_assets.notify.messages import fmt_pct
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES
 from monitor_assets.storage.resource import WarehouseResource
@@ -83,7 +83,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
         days = run_days(context)
         totals = {"files": 0, "read": 0, "loaded": 0, "quarantined": 0, "corrected": 0}
         reasons: dict[str, int] = {}
-        missing_days, per_day, held = [], [], []
+        missing_days, per_day, held, logged = [], [], [], []
         started = time.perf_counter()
         # No model registered up front: ingest_day registers every model's table after writing predictions.
         with fail_fast(), (warehouse.connect_lake() if per_model else warehouse.connect()) as con:
@@ -92,7 +92,8 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
             validator = StreamingValidator(con, cfg) if source == "predictions" else None
             try:
                 for i, day in enumerate(days, 1):
-                    result = ingest_day(con, cfg, source, day, validator.add if validator else None)
+                    result = ingest_day(con, cfg, source, day, validator.add if validator else None, log=False)
+                    logged.append((day, result))
                     # Shared files are shard 0's to count (and to miss); a model's own files its shard's.
                     own = cfg.shard[0] == 0 or (source == "predictions" and cfg.predictions.per_model)
                     if not result.files and own:
@@ -111,6 +112,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
                 if validator is not None:
                     validator.abandon()
                 raise
+            log_ingestion(con, cfg, source, logged)  # one commit for the run's days, not one a day
             if validator is not None:
                 held = [f"{v.partition_date}: {v.model_id}" for v in validator.finish(days) if not v.passed]
             preview = quarantine_preview(con, source, days)

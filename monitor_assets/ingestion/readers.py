@@ -896,17 +896,21 @@ def sales_plan(source: SourceConfig) -> StagingPlan:
         outputs=["order_id", "ts", "user_id", "product_id", "quantity", "unit_price", "quantity * unit_price"])
 
 
-def log_ingestion(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, day: dt.date,
-                  result: StageResult) -> None:
-    """The day's counts of this source, as this shard read them ("0/1" without shards). Rows of another shard
-    count (`.../N` with another N: the shards were re-cut) are replaced too."""
+def log_ingestion(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str,
+                  results: Sequence[tuple[dt.date, StageResult]]) -> None:
+    """The days' counts of this source, as this shard read them ("0/1" without shards), in one commit. Rows
+    of another shard count (`.../N` with another N: the shards were re-cut) are replaced too."""
+    if not results:
+        return
     label, count = config.shard_label, config.shard[1]
-    row = pa.table({"partition_date": [day], "source": [source], "files": [len(result.files)],
-                    "records_read": [result.read], "records_loaded": [result.loaded],
-                    "records_quarantined": [result.quarantined],
-                    "loaded_at": [dt.datetime.now(dt.UTC).replace(tzinfo=None)], "shard": [label]})
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    rows = pa.table({"partition_date": pa.array([d for d, _ in results], pa.date32()),
+                     "source": [source] * len(results), "files": [len(r.files) for _, r in results],
+                     "records_read": [r.read for _, r in results], "records_loaded": [r.loaded for _, r in results],
+                     "records_quarantined": [r.quarantined for _, r in results],
+                     "loaded_at": [now] * len(results), "shard": [label] * len(results)})
     lake = lake_of(con)
-    lake.replace("raw.ingestion_log", row, [day], source=source,
+    lake.replace("raw.ingestion_log", rows, [d for d, _ in results], source=source,
                  where=f"shard = {sql_str(label)} OR shard IS NULL OR shard NOT LIKE {sql_str(f'%/{count}')}")
     lake.refresh(con, "raw.ingestion_log")
 
@@ -990,7 +994,7 @@ def _staging(con: duckdb.DuckDBPyConnection, plan: StagingPlan, columns: dict[st
         union = " UNION ALL ".join(f"SELECT {shared} FROM {lake.model_relation(con, m)}" for m in models)
         con.execute(f"CREATE VIEW lake.predictions AS {union or 'SELECT * FROM raw.predictions WHERE false'}")
     if plan.source == "labels":
-        lake.attach_models(con, lake.models())
+        lake.attach_models(con, models or lake.models())
         con.execute("CREATE VIEW lake.predictions AS SELECT * FROM raw.predictions")
         lake.refresh(con, "raw.labels")
         con.execute(f"CREATE VIEW lake.labels AS SELECT * FROM {registered('raw.labels')}")
@@ -1010,20 +1014,24 @@ def _stage_columns(wh: duckdb.DuckDBPyConnection, plan: StagingPlan) -> dict[str
 
 
 def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, day: dt.date,
-               committed: Callable[[dt.date, str, int], None] | None = None) -> StageResult:
+               committed: Callable[[dt.date, str, int], None] | None = None, log: bool = True) -> StageResult:
     """Replace one day of one source: every record loaded or quarantined, read = loaded + quarantined.
 
     Each group of files (one model's, or the shared ones) is read into an in-memory DuckDB, checked there,
     then written: predictions one Delta commit per model-day, labels and the day's quarantine one commit
     each, interactions and sales one DuckDB transaction. Memory holds one group at a time. `committed(day,
-    model id, rows)` is called as each model-day of predictions lands (from the ingesting thread)."""
+    model id, rows)` is called as each model-day of predictions lands (from the ingesting thread). `log`
+    False: the caller writes `raw.ingestion_log` (`log_ingestion`, one commit for many days)."""
     lake = lake_of(con)
     if source == "predictions":
         src = config.predictions
         groups = [(g, predictions_plan(config, g.models, g.constant_model)) for g in prediction_groups(config, day)]
     else:
         src, plan = plan_for(config, source)
-        groups = [(FileGroup([], files_for(src, day), src.paths_for(day)), plan)]
+        # Labels are matched to every model's predictions; outside shard 0 only to the shard's own (a label of
+        # another shard's prediction is that shard's, whether matched or not), which halves that shard's join.
+        matched_to = list(config.models) if source == "labels" and config.sharded and config.shard[0] else []
+        groups = [(FileGroup(matched_to, files_for(src, day), src.paths_for(day)), plan)]
     # Groups are independent (their own files, their own model's table): a few are read at once, each in
     # its own staging database (DuckDB, numpy and the Delta writer work outside the GIL). Results keep the
     # groups' order, so the outcome is the same with one worker or several.
@@ -1071,7 +1079,8 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
         WHERE source = ? AND partition_date = ? AND line_no IS NOT NULL AND ({owned or 'true'})
         GROUP BY kind ORDER BY 2 DESC, 1""", [source, day]).fetchall())
     result = StageResult(files, read, loaded, sum(reasons.values()), reasons, corrected)
-    log_ingestion(con, config, source, day, result)
+    if log:
+        log_ingestion(con, config, source, [(day, result)])
     return result
 
 
