@@ -198,6 +198,12 @@ class MonitorConfig:
         return self.shard[1] > 1
 
     @property
+    def owns_shared(self) -> bool:
+        """Whether this config's steps own what belongs to no model: records of shared files that name no
+        known model, unmatched labels, the shared files' counts and their missing-file notes (shard 0's)."""
+        return self.shard[0] == 0
+
+    @property
     def shard_label(self) -> str:
         return f"{self.shard[0]}/{self.shard[1]}"
 

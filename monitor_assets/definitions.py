@@ -53,8 +53,7 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     ingest_keys = [keys["predictions"], dg.AssetKey(["monitoring", "reference_profiles"])]
     analysis_keys = [keys["labels"], *(a.key for a in [*metrics, *analysis]
                                        if a.key.path[-1] in ("performance_daily", "feature_drift", "fairness"))]
-    quality_checks = [c for c in checks if keys["predictions"] in
-                                                  {k.asset_key for k in c.check_keys}]
+    quality_checks = [c for c in checks if keys["predictions"] in {k.asset_key for k in c.check_keys}]
     shard_ingest = dg.define_asset_job(
         SHARD_JOBS[0], selection=dg.AssetSelection.assets(*ingest_keys).without_checks()
         | dg.AssetSelection.checks(*quality_checks), partitions_def=daily_partitions(config),

@@ -95,7 +95,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
                     result = ingest_day(con, cfg, source, day, validator.add if validator else None, log=False)
                     logged.append((day, result))
                     # Shared files are shard 0's to count (and to miss); a model's own files its shard's.
-                    own = cfg.shard[0] == 0 or (source == "predictions" and cfg.predictions.per_model)
+                    own = cfg.owns_shared or (source == "predictions" and cfg.predictions.per_model)
                     if not result.files and own:
                         missing_days.append(str(day))
                     for k, v in (("files", len(result.files)), ("read", result.read), ("loaded", result.loaded),
@@ -225,7 +225,7 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
                 FROM vol v WHERE d::DATE IN (SELECT unnest(?::DATE[]))""",
                                 [min(days), max(days), cfg.model_ids, days]).df()
             # The whole day's share (every shard's rows), judged once: by shard 0, or the unsharded run.
-            quarantine = [] if cfg.shard[0] else con.execute(
+            quarantine = [] if not cfg.owns_shared else con.execute(
                 """SELECT partition_date, sum(records_quarantined) / nullif(sum(records_read), 0)
                    FROM raw.ingestion_log WHERE source = 'predictions'
                    AND partition_date IN (SELECT unnest(?::DATE[])) GROUP BY 1""", [days]).fetchall()

@@ -921,7 +921,7 @@ def shard_rows(config: MonitorConfig) -> str | None:
     if not config.sharded:
         return None
     mine = "model_id IN (" + (", ".join(sql_str(m) for m in config.model_ids) or "NULL") + ")"
-    return f"{mine} OR model_id IS NULL" if config.shard[0] == 0 else mine
+    return f"{mine} OR model_id IS NULL" if config.owns_shared else mine
 
 
 def _keep_shard(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan,
@@ -932,7 +932,7 @@ def _keep_shard(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: S
         return 0  # the file of one of this shard's models
     owned = f"coalesce({shard_rows(config)}, false)"
     gone = stage.execute(f"DELETE FROM raw.{plan.source} WHERE NOT {owned}").fetchall()[0][0]
-    if config.shard[0] != 0:
+    if not config.owns_shared:
         gone += stage.execute("DELETE FROM raw.quarantine WHERE line_no IS NOT NULL").fetchall()[0][0]
     return gone
 
@@ -1030,7 +1030,7 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
         src, plan = plan_for(config, source)
         # Labels are matched to every model's predictions; outside shard 0 only to the shard's own (a label of
         # another shard's prediction is that shard's, whether matched or not), which halves that shard's join.
-        matched_to = list(config.models) if source == "labels" and config.sharded and config.shard[0] else []
+        matched_to = list(config.models) if source == "labels" and not config.owns_shared else []
         groups = [(FileGroup(matched_to, files_for(src, day), src.paths_for(day)), plan)]
     # Groups are independent (their own files, their own model's table): a few are read at once, each in
     # its own staging database (DuckDB, numpy and the Delta writer work outside the GIL). Results keep the
@@ -1063,7 +1063,7 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
             stages.get().close()
     # Shared files are read by every shard and counted by shard 0, so the shards' counts add up to the day's.
     files = [f for group, _ in groups for f in group.files
-             if not (config.sharded and config.shard[0] and group.constant_model is None)]
+             if config.owns_shared or group.constant_model is not None]
     read, loaded, corrected = (sum(o[i] for o in outcomes) for i in range(3))
     quarantine = [o[3] for o in outcomes]
     rows = pa.concat_tables(quarantine) if quarantine else pa.table({})
@@ -1108,7 +1108,7 @@ def _stage_group(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: S
             read -= _keep_shard(stage, config, plan, group)
         if plan.source == "labels":
             corrected = _count_corrected_labels(stage, day)
-    elif not (config.sharded and config.shard[0] and group.constant_model is None):  # shared files: shard 0 says
+    elif config.owns_shared or group.constant_model is not None:  # a shared file's absence is shard 0's to say
         stage.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, NULL, ?, NULL)",
                       [day, plan.source, group.expected, f"no input file: nothing matched {group.expected}"])
     loaded = stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]

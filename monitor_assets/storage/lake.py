@@ -411,26 +411,16 @@ class Lake:
             con.execute(f"DROP VIEW IF EXISTS {registered(PREDICTIONS)}")
 
     def ensure_model_views(self, con: duckdb.DuckDBPyConnection) -> None:
-        """The DuckDB file's views of every model's predictions table (`raw."predictions__<model>"`), for
-        read-only connections (`make sql`) that cannot create them: the models' tables are written from
-        in-memory connections (ingestion), which leave no view in the file."""
+        """The DuckDB file's views of the models' predictions tables (`raw.predictions`,
+        `raw."predictions__<model>"`), for read-only connections (`make sql`) that cannot create them: the
+        models' tables are written from in-memory connections (ingestion), which leave no view in the file.
+        When one is missing (once per new model) every model is registered and the views made; `attach`
+        afterwards registers what the connection asked for."""
         present = {v for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT temporary "
                                              "AND schema_name = 'raw'").fetchall()}
-        missing = [m for m in self.models() if f"predictions__{m}" not in present]
-        if missing:  # a view is bound when made: its model's table is registered first (once per new model)
-            registered_now = {v for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
-            for m in missing:
-                if _model_registered(m) not in registered_now:
-                    self.model_relation(con, m)
-            _ensure_views(con, {f"raw.predictions__{m}": _model_registered(m) for m in missing})
-        if "predictions" not in present and (models := self.models()):
-            had = con.execute("SELECT count(*) FROM duckdb_views() WHERE temporary AND view_name = ?",
-                              [registered(PREDICTIONS)]).fetchall()[0][0]
-            if not had:
-                con.execute(f"CREATE TEMP VIEW {registered(PREDICTIONS)} AS {self.predictions_union(con, models)}")
-            _ensure_views(con, {PREDICTIONS: registered(PREDICTIONS)})
-            if not had:  # as before: a connection without models fails on raw.predictions
-                con.execute(f"DROP VIEW {registered(PREDICTIONS)}")
+        models = self.models()
+        if models and not {"predictions", *(f"predictions__{m}" for m in models)} <= present:
+            self.attach_models(con, models)
 
     def refresh(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         """Point the registered dataset of `table` at its newest version (after a write)."""

@@ -223,9 +223,9 @@ def open_warehouse(path: str | None, lake_path: str | None = None, models: Itera
             con.execute("SET temp_directory = ?", [os.path.join(tempfile.gettempdir(), "monitor_assets_spill")])
         if path is not None and not read_only:
             ensure_schema(con)
-        lake.attach(con, models, create_views=not read_only or path is None)
         if path is not None and not read_only:
             lake.ensure_model_views(con)
+        lake.attach(con, models, create_views=not read_only or path is None)
     except BaseException:
         close(con)
         raise
