@@ -2,9 +2,13 @@
 
 The tables are found as the pipeline finds them ($MONITOR_CONFIG, $MONITOR_WAREHOUSE, $MONITOR_LAKE) and
 seen by their documented names (`raw.predictions`, `raw."predictions__<model>"`, `monitoring.performance_daily`,
-...). The DuckDB file is opened read-only, so a query never creates or changes anything and can run beside
-the pipeline. Output: CSV (header, then rows; NULL as empty) or, with `--json`, one JSON object a line.
-With no SQL and a terminal (or `-i`): an interactive shell, statements ended by `;`.
+`monitoring.alert_deliveries`, ...), and only by those. Queries run on an in-memory database that holds a copy of
+the DuckDB file's tables (read once, then the file is let go, so the pipeline can write beside a long session),
+a copy of the alert state (SQLite), and views over the lake's current Parquet files. Before the first query,
+DuckDB is locked: no file outside those Parquet files can be read or written, no extension installed or loaded,
+no setting changed, and only read-only statements run (SELECT, WITH, FROM, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN, a
+few PRAGMAs); anything else is refused before it runs. Output: CSV (header, then rows; NULL as empty) or, with
+`--json`, one JSON object a line. With no SQL and a terminal (or `-i`): an interactive shell, statements ended by `;`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,13 @@ import datetime as dt
 import decimal
 import json
 import os
+import random
 import re
+import sqlite3
 import sys
+import tempfile
+import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +35,11 @@ from typing import TextIO
 import duckdb
 
 from monitor_assets.config import ConfigError, load_config
-from monitor_assets.storage.lake import registered
-from monitor_assets.storage.sql import quote_ident
-from monitor_assets.storage.warehouse import close, open_warehouse
+from monitor_assets.notify.state import SCHEMA as STATE_SCHEMA
+from monitor_assets.notify.state import STATE_TABLES
+from monitor_assets.storage.lake import PREDICTION_COLUMNS, PREDICTIONS, TABLES, Lake, model_table, registered
+from monitor_assets.storage.sql import quote_ident, sql_str
+from monitor_assets.storage.warehouse import SCHEMA_SQL
 
 PROMPT = "monitor> "
 CONTINUE = "    ...> "
@@ -42,9 +53,23 @@ class QueryError(Exception):
     """A problem to report in one line (no traceback)."""
 
 
+# Statement kinds (DuckDB's own parse) that only read. SHOW, DESCRIBE, SUMMARIZE, FROM and WITH parse as SELECT;
+# EXPLAIN is allowed when what it explains is a SELECT (EXPLAIN ANALYZE runs it); PRAGMA only by name (DuckDB
+# parses IMPORT DATABASE as a PRAGMA too).
+READ_ONLY_PRAGMAS = frozenset({"show_tables", "show_tables_expanded", "table_info", "show", "version", "platform",
+                               "database_size", "functions"})
+ALLOWED = "SELECT, WITH, FROM, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN and PRAGMA " + "/".join(sorted(READ_ONLY_PRAGMAS))
+# The DuckDB file is attached under this name only while its tables are copied, then detached.
+_FILE_ALIAS = "__warehouse_file"
+# Tables a first-release warehouse kept ("Migration" in README): not copied (the old predictions table may hold
+# every row ever loaded); the duckdb CLI on the file still reads them.
+LEGACY_SUFFIX = "_before_lake"
+_SQLITE_TYPES = {"TEXT": "VARCHAR", "REAL": "DOUBLE", "INTEGER": "BIGINT"}
+
+
 @contextmanager
 def warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
-    """The configured warehouse, read-only, with every model's predictions table registered."""
+    """The configured warehouse, every documented table under its name and nothing else, locked read-only."""
     try:
         config = load_config()
     except ConfigError as exc:
@@ -53,13 +78,179 @@ def warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
     if not path.is_file():
         raise QueryError(f"no warehouse at {path} (run the pipeline first, or set MONITOR_WAREHOUSE)")
     try:
-        con = open_warehouse(str(path), config.lake_path, models=None, read_only=True)
-    except (duckdb.Error, OSError) as exc:
+        con = open_read_only(path, config.lake_path, config.state_path)
+    except (duckdb.Error, OSError, sqlite3.Error, ValueError, RuntimeError) as exc:
         raise QueryError(_one_line(exc)) from None
     try:
         yield con
     finally:
-        close(con)
+        con.close()
+
+
+def open_read_only(path: str | os.PathLike, lake_path: str, state_path: str | os.PathLike | None = None,
+                   retries: int = 8, base_delay: float = 0.25) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB database holding exactly the documented tables, then locked: no file access but
+    the lake's current data files, no extensions, no settings changed. The caller still checks statements
+    (`check_read_only`): a locked DuckDB refuses writes to files, not every statement kind."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET memory_limit = ?", [os.environ.get("MONITOR_MEMORY_LIMIT", "1500MB")])
+        con.execute("SET temp_directory = ?", [os.path.join(tempfile.gettempdir(), "monitor_assets_spill")])
+        con.execute("SET enable_progress_bar = false")
+        con.execute(SCHEMA_SQL)  # every documented table of the file exists, also on a file older than this code
+        _copy_file_tables(con, Path(path), retries, base_delay)
+        if state_path is not None:
+            _copy_state_tables(con, Path(state_path))
+        files = _lake_views(con, Lake(lake_path))
+        con.execute("SET search_path = 'raw,monitoring'")  # SHOW TABLES lists the documented tables
+        # Exactly the files the views read (DuckDB may name a remote one either way); everything else is closed.
+        allowed = sorted({*files, *(_fsspec_form(f) for f in files)})
+        con.execute(f"SET allowed_paths = [{', '.join(sql_str(f) for f in allowed)}]")
+        con.execute("SET allowed_directories = []")
+        # A query naming an https:// or s3:// file would otherwise fetch an extension from the network.
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        con.execute("SET allow_community_extensions = false")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _fsspec_form(uri: str) -> str:
+    parts = urllib.parse.urlsplit(uri)
+    return f"{parts.scheme}:///{parts.netloc}{parts.path}" if parts.scheme and parts.netloc else uri
+
+
+def _copy_file_tables(con: duckdb.DuckDBPyConnection, path: Path, retries: int, base_delay: float) -> None:
+    """Copy the DuckDB file's tables (not its views: those point at relations of the writer's connection) into
+    `con`, then let the file go. A writer holding the file's lock is waited out with backoff and jitter."""
+    attempt = 0
+    while True:
+        try:
+            con.execute(f"ATTACH {sql_str(str(path))} AS {_FILE_ALIAS} (READ_ONLY)")
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or attempt >= retries:
+                raise
+            time.sleep(base_delay * 2 ** attempt * (0.5 + random.random()))
+            attempt += 1
+    try:
+        tables = con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
+                             "AND schema_name <> 'main'", [_FILE_ALIAS]).fetchall()
+        for schema, table in tables:
+            if table.endswith(LEGACY_SUFFIX):
+                continue
+            name = f"{quote_ident(schema)}.{quote_ident(table)}"
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM {_FILE_ALIAS}.{name}")
+    finally:
+        con.execute(f"DETACH {_FILE_ALIAS}")
+
+
+def _copy_state_tables(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """The alert state (`monitoring.alert_deliveries`, `...acknowledgements`, `...silences`) from the SQLite
+    file, opened read-only and read in one transaction; the tables are empty when there is no file yet."""
+    schema = sqlite3.connect(":memory:")
+    schema.executescript(STATE_SCHEMA)
+    source = None
+    if path.is_file():
+        source = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True,
+                                 isolation_level=None, timeout=30)
+    try:
+        if source is not None:
+            source.execute("BEGIN")  # one snapshot of the three tables
+            present = {n for (n,) in source.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for name, table in STATE_TABLES.items():
+            db = source if source is not None and table in present else schema
+            columns = [(c[1], _SQLITE_TYPES.get(c[2].upper(), "VARCHAR"))
+                       for c in db.execute(f"PRAGMA table_info({quote_ident(table)})")]
+            rows = db.execute(f"SELECT * FROM {quote_ident(table)}").fetchall()  # noqa: S608 - fixed names
+            schema_name, view = name.split(".", 1)
+            con.execute(f"CREATE TABLE {schema_name}.{quote_ident(view)} ("
+                        + ", ".join(f"{quote_ident(c)} {t}" for c, t in columns) + ")")
+            if rows:
+                con.executemany(f"INSERT INTO {schema_name}.{quote_ident(view)} VALUES "
+                                f"({', '.join('?' * len(columns))})", rows)
+    finally:
+        schema.close()
+        if source is not None:
+            source.close()
+
+
+def _lake_views(con: duckdb.DuckDBPyConnection, lake: Lake) -> list[str]:
+    """The lake's tables as views over their current Parquet files (the pipeline's own scan SQL); returns
+    the files they read."""
+    lake.register(con)
+    files: list[str] = []
+    locations = {table: lake.path(table) for table in TABLES}
+    models = lake.models()
+    locations.update({f"raw.predictions__{m}": lake.model_path(m) for m in models})
+    for name, location in locations.items():
+        found = lake._current_files(location)
+        files.extend(found[0] if found else [])
+        schema, table = name.split(".", 1)
+        if table.startswith("predictions__"):
+            scan = lake.scan(location, PREDICTION_COLUMNS, ["partition_date"], extra=True)
+        else:
+            columns, partition_by = TABLES[name]
+            scan = lake.scan(location, columns, partition_by)
+        con.execute(f"CREATE OR REPLACE VIEW {schema}.{quote_ident(table)} AS {scan}")
+    shared = ", ".join(quote_ident(c) for c in PREDICTION_COLUMNS)
+    union = " UNION ALL ".join(f"SELECT {shared} FROM {model_table(m)}" for m in models)
+    empty = "SELECT " + ", ".join(f"NULL::{t} AS {quote_ident(c)}" for c, t in PREDICTION_COLUMNS.items()) + " WHERE false"
+    con.execute(f"CREATE OR REPLACE VIEW {PREDICTIONS} AS {union or empty}")
+    return files
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> list:
+    """DuckDB's parse of `sql`, each statement checked to only read; the first that does not is refused with a
+    one-line error naming its kind. A text match would be fooled by comments and strings; this is not."""
+    try:
+        statements = con.extract_statements(sql)
+    except (duckdb.Error, ValueError) as exc:  # ValueError: a statement kind the Python client cannot name
+        raise QueryError(_one_line(exc)) from None
+    for number, statement in enumerate(statements, 1):
+        kind = _refused(con, statement)
+        if kind:
+            where = f" (statement {number} of {len(statements)})" if len(statements) > 1 else ""
+            raise QueryError(f"{kind} refused{where}: queries here only read; allowed: {ALLOWED}")
+    return statements
+
+
+def _keywords(text: str) -> list[tuple[int, str]]:
+    """(offset, word) of the statement's tokens, comments left out."""
+    tokens = [(o, t) for o, t in duckdb.tokenize(text)]
+    ends = [o for o, _ in tokens[1:]] + [len(text)]
+    return [(o, text[o:end].strip()) for (o, t), end in zip(tokens, ends, strict=True) if t != duckdb.token_type.comment]
+
+
+def _refused(con: duckdb.DuckDBPyConnection, statement) -> str:
+    """'' when the statement only reads, else its kind for the error ('COPY', 'INSTALL', 'EXPLAIN ANALYZE COPY')."""
+    words = _keywords(statement.query)
+    first = words[0][1].upper() if words else str(statement.type.name)
+    kind = statement.type.name
+    if kind == "SELECT":
+        return ""
+    if kind == "PRAGMA" and first == "PRAGMA" and len(words) > 1 and words[1][1].lower() in READ_ONLY_PRAGMAS:
+        return ""
+    if kind == "EXPLAIN":
+        # Only a SELECT may be explained: EXPLAIN ANALYZE runs the statement it explains.
+        skip = 2 if len(words) > 1 and words[1][1].upper() == "ANALYZE" else 1
+        prefix = " ".join(w.upper() for _, w in words[:skip])
+        try:
+            inner = con.extract_statements(statement.query[words[skip][0]:]) if len(words) > skip else []
+        except duckdb.Error:
+            inner = []
+        if len(inner) == 1 and inner[0].type.name == "SELECT":
+            return ""
+        return f"{prefix} {_refused(con, inner[0])}" if len(inner) == 1 else prefix
+    if first == "PRAGMA" and len(words) > 1:
+        return f"PRAGMA {words[1][1]}"
+    return first
 
 
 def _one_line(exc: BaseException) -> str:
@@ -85,10 +276,13 @@ def _plain(value):
 
 def run(con: duckdb.DuckDBPyConnection, sql: str, out: TextIO, as_json: bool = False) -> int:
     """Run `sql` (its last statement's result is printed) and write the rows to `out`. Returns the rows."""
+    statements = check_read_only(con, sql)  # every statement, before any runs
+    columns, rows = [], []
     try:
-        cursor = con.execute(sql)
-        columns = [d[0] for d in cursor.description] if cursor.description else []
-        rows = cursor.fetchall() if columns else []
+        for statement in statements:
+            cursor = con.execute(statement)
+            columns = [d[0] for d in cursor.description] if cursor.description else []
+            rows = cursor.fetchall() if columns else []
     except duckdb.Error as exc:
         raise QueryError(_one_line(exc)) from None
     if not columns:
@@ -117,8 +311,11 @@ def table_names(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 def _show(con: duckdb.DuckDBPyConnection, sql: str, out: TextIO) -> None:
     """Print the result of `sql` as an aligned text table (DuckDB's own rendering)."""
+    statements = check_read_only(con, sql)
     try:
-        rel = con.sql(sql)
+        rel = None
+        for statement in statements:
+            rel = con.sql(statement)
         if rel is None:  # a statement without a result (SET, ...)
             return
         out.write(str(rel) + "\n")
