@@ -51,7 +51,16 @@ def build_storage_definitions(config: MonitorConfig) -> tuple[list[dg.AssetsDefi
     )
     def lake_maintenance(warehouse: WarehouseResource) -> dg.MaterializeResult:
         report = Lake(warehouse.lake_path).maintain(RETENTION_HOURS)
-        return dg.MaterializeResult(metadata=maintenance_metadata(report, RETENTION_HOURS))
+        metadata = maintenance_metadata(report, RETENTION_HOURS)
+        damaged = [line for row in report for line in row.get("problems", [])]
+        if damaged:
+            # The other tables were compacted; a damaged one is not silently skipped.
+            raise dg.Failure(
+                description=f"{len(damaged)} damaged lake files, their tables not compacted (re-run their days, or "
+                            f"python -m monitor_assets.storage.maintenance repair); first: {damaged[0]}",
+                metadata={**metadata, "damaged_files": dg.MetadataValue.md("\n".join(f"* {d}" for d in damaged))},
+                allow_retries=False)
+        return dg.MaterializeResult(metadata=metadata)
 
     job = dg.define_asset_job(LAKE_MAINTENANCE_JOB, selection=dg.AssetSelection.assets(lake_maintenance),
                               description="Compacts and vacuums the Delta lake's tables.")

@@ -20,17 +20,24 @@ On object storage the root URI alone decides: delta-rs writes and reads the tabl
 taken from the environment (`AWS_*` for `s3://`), and DuckDB reads the same Parquet files through an fsspec
 filesystem (s3fs) registered on each connection that scans the lake. Commits use the store's conditional
 put (`If-None-Match: *`), so concurrent writers need no lock table. A local root keeps plain os calls.
+
+A damaged data file (missing, cut short, unreadable footer) harms only its table's partition: the view leaves it
+out and a read of that partition fails naming the file, while other partitions and tables read; a write replacing
+that partition takes the file out of the log first (`heal`), so re-running the day repairs it. `check` lists them
+all (`python -m monitor_assets.storage.maintenance check`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import os
 import random
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,8 @@ import duckdb
 import pyarrow as pa
 
 from monitor_assets.storage.sql import quote_ident, sql_str
+
+log = logging.getLogger(__name__)
 
 PREDICTIONS = "raw.predictions"
 # Columns every model's predictions table has, in order; its features follow.
@@ -53,7 +62,8 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
                     "prediction_date": "DATE", "label": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT"},
                    ("partition_date",)),
     "raw.quarantine": ({"partition_date": "DATE", "source": "VARCHAR", "model_id": "VARCHAR",
-                        "source_file": "VARCHAR", "line_no": "BIGINT", "reason": "VARCHAR", "raw_record": "VARCHAR"},
+                        "source_file": "VARCHAR", "line_no": "BIGINT", "reason": "VARCHAR", "raw_record": "VARCHAR",
+                        "detail": "VARCHAR"},
                        ("source", "partition_date")),
     "monitoring.performance_daily": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "task": "VARCHAR", "model_versions": "VARCHAR",
@@ -73,12 +83,13 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "computed_at": "TIMESTAMPTZ", "p_value_adjusted": "DOUBLE", "reference_missing_share": "DOUBLE",
         "missing_p_value": "DOUBLE", "missing_drift": "BOOLEAN", "expected_unseen_share": "DOUBLE",
         "unseen_p_value": "DOUBLE", "unseen_drift": "BOOLEAN", "all_unseen": "BOOLEAN", "all_missing": "BOOLEAN",
-        "unseen_summary": "VARCHAR", "message": "VARCHAR"}, ("partition_date",)),
+        "unseen_summary": "VARCHAR", "message": "VARCHAR", "importance": "DOUBLE", "key_feature": "BOOLEAN",
+        "strong_drift": "BOOLEAN"}, ("partition_date",)),
     "monitoring.drift_summary": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "n_features": "BIGINT", "n_drifted": "BIGINT",
         "drift_share": "DOUBLE", "dataset_drift": "BOOLEAN", "prediction_drift": "BOOLEAN", "label_drift": "BOOLEAN",
         "computed_at": "TIMESTAMPTZ", "n_missing_drift": "BIGINT", "n_unseen_drift": "BIGINT",
-        "n_all_missing": "BIGINT", "n_all_unseen": "BIGINT"}, ("partition_date",)),
+        "n_all_missing": "BIGINT", "n_all_unseen": "BIGINT", "analysis_error": "VARCHAR"}, ("partition_date",)),
     "monitoring.fairness": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "attribute": "VARCHAR", "grp": "VARCHAR", "n": "BIGINT",
         "n_labelled": "BIGINT", "selection_rate": "DOUBLE", "true_positive_rate": "DOUBLE",
@@ -91,7 +102,9 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "true_positive_rate_difference": "DOUBLE", "true_positive_rate_p_value": "DOUBLE",
         "false_positive_rate_difference": "DOUBLE", "false_positive_rate_p_value": "DOUBLE",
         "equalized_odds_rate": "VARCHAR", "equalized_odds_p_value": "DOUBLE", "equalized_odds_max_group": "VARCHAR",
-        "equalized_odds_max_n": "BIGINT", "equalized_odds_min_group": "VARCHAR", "equalized_odds_min_n": "BIGINT"},
+        "equalized_odds_max_n": "BIGINT", "equalized_odds_min_group": "VARCHAR", "equalized_odds_min_n": "BIGINT",
+        "fairness_baseline": "VARCHAR", "reference_demographic_parity_ratio": "DOUBLE",
+        "reference_equalized_odds_difference": "DOUBLE", "baseline_note": "VARCHAR", "analysis_error": "VARCHAR"},
         ("partition_date",)),
     # Small per-model state, here rather than in the DuckDB file so that shards (processes on their own
     # models) write it at once. The ingestion log has a row per day, source and shard ("i/N"; "0/1": no shards).
@@ -103,7 +116,7 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
                                      "validated_at": "TIMESTAMP"}, ("partition_date",)),
     "monitoring.reference_profiles": ({"model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR",
                                        "kind": "VARCHAR", "reference_version": "VARCHAR", "n": "BIGINT",
-                                       "profile": "VARCHAR", "computed_at": "TIMESTAMP"}, ()),
+                                       "profile": "VARCHAR", "computed_at": "TIMESTAMP", "importance": "DOUBLE"}, ()),
     "monitoring.reference_baselines": ({"model_id": "VARCHAR", "reference_version": "VARCHAR", "metric": "VARCHAR",
                                         "value": "DOUBLE"}, ()),
     "monitoring.history": ({
@@ -187,6 +200,43 @@ def _ensure_views(con: duckdb.DuckDBPyConnection, views: dict[str, str]) -> None
 
 def _empty_select(columns: dict[str, str]) -> str:
     return "SELECT " + ", ".join(f"NULL::{t} AS {quote_ident(c)}" for c, t in columns.items()) + " WHERE false"
+
+
+# Where a damaged data file is moved (inside its table: `_` folders are not data to Delta, nor to vacuum).
+DAMAGED_DIR = "_damaged"
+MISSING = "missing: listed in the Delta log, not on storage"
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A data file the Delta log lists that cannot be read: missing, of another size than the log says (cut
+    short), or without a readable Parquet footer."""
+
+    table: str       # documented name (`raw.predictions__fraud`, `monitoring.feature_drift`)
+    partition: str   # `partition_date=2026-10-01` ("" for a table without partitions)
+    path: str        # the file's full path or URI
+    problem: str
+    rows: int | None  # rows the log says the file held
+    values: tuple[tuple[str, str], ...] = ()  # (partition column, value) pairs
+    size: int | None = None  # bytes the log says
+
+    def line(self) -> str:
+        where = f" {self.partition}" if self.partition else ""
+        held = f" ({self.rows} rows)" if self.rows is not None else ""
+        return f"{self.table}{where}: {self.path}{held}: {self.problem}"
+
+
+def _failing_select(columns: dict[str, str], values: Iterable[tuple[str, str]], message: str) -> str:
+    """One row that raises `message` when read. Carrying the partition's values, a filter on another
+    partition skips it (DuckDB folds the constants first), so the table's other days still read."""
+    values = dict(values)
+    picks = ", ".join((f"CAST({sql_str(values[c])} AS {t})" if c in values else f"NULL::{t}") + f" AS {quote_ident(c)}"
+                      for c, t in columns.items())
+    return f"SELECT {picks} WHERE error({sql_str(message)}) IS NULL"
+
+
+def _in_scope(problem: FileProblem, scope: dict[str, set[str]] | None) -> bool:
+    return scope is None or all(v in scope[c] for c, v in problem.values if c in scope)
 
 
 class Lake:
@@ -300,18 +350,31 @@ class Lake:
         """A table's location relative to the root (`raw/labels`), for reports."""
         return str(location)[len(str(self.root)):].strip("/").replace(os.sep, "/")
 
+    def table_name(self, location: Path | str) -> str:
+        """A table's documented name from its location (`raw.predictions__fraud`, `monitoring.feature_drift`)."""
+        relative = self.relative(location)
+        model_dir = PREDICTIONS.replace(".", "/") + "/" + MODEL_DIR
+        if relative.startswith(model_dir):
+            return f"{PREDICTIONS}__{urllib.parse.unquote(relative[len(model_dir):])}"
+        return relative.replace("/", ".", 1)
+
     # ---- writing
 
     def _write(self, path: Path | str, data: pa.Table | pa.RecordBatchReader | Callable[[], Any], predicate: str,
-               partition_by: Sequence[str]) -> None:
+               partition_by: Sequence[str], scope: dict[str, set[str]] | None = None) -> None:
         """`data`: a table, a stream that is not empty, or a function giving either (called again when the
         commit lost a race: a stream cannot be read twice).
 
         Another writer's commit on the same partition (a shard writing its models' rows of the same day) makes
         delta-rs refuse ours ("a concurrent transaction added new data"): the overwrite is idempotent, so it
-        is redone on the new version, after a short random wait."""
+        is redone on the new version, after a short random wait.
+
+        A write that fails because a file of the partitions it replaces (`scope`: partition column -> values;
+        None: the whole table) is missing or damaged heals them (`heal`) and is done again: re-running the day
+        repairs it."""
         from deltalake.exceptions import CommitFailedError
 
+        healed = False
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 self._write_once(path, data() if callable(data) else data, predicate, partition_by)
@@ -320,6 +383,13 @@ class Lake:
                 if attempt == COMMIT_ATTEMPTS - 1 or not (callable(data) or isinstance(data, pa.Table)):
                     raise
                 time.sleep(random.uniform(0.05, 0.2) * 2 ** min(attempt, 4))
+            except Exception:
+                # Healed once already, or nothing of these partitions is damaged: the error is another one.
+                if healed or not self.has_table(path) or not self.heal(path, scope):
+                    raise
+                healed = True
+                if not (callable(data) or isinstance(data, pa.Table)):
+                    raise  # a stream half read cannot be written again; the next try finds the partition healed
 
     def _write_once(self, path: Path | str, data: pa.Table | pa.RecordBatchReader, predicate: str,
                     partition_by: Sequence[str]) -> None:
@@ -356,11 +426,15 @@ class Lake:
             clauses.append(f"({where})")
         predicate = " AND ".join(clauses) or "true"
         conformed = (lambda: _conform(data(), columns)) if callable(data) else _conform(data, columns)
-        self._write(self.path(table), conformed, predicate, partition_by)
+        scope = None if days is None else {"partition_date": {d.isoformat() for d in days}}
+        if scope is not None and source is not None:
+            scope["source"] = {source}
+        self._write(self.path(table), conformed, predicate, partition_by, scope)
 
     def replace_model_day(self, model_id: str, data: pa.Table, day: dt.date) -> None:
         """Replace one model's predictions of one day (an empty table deletes them)."""
-        self._write(self.model_path(model_id), data, _days_predicate([day]), ["partition_date"])
+        self._write(self.model_path(model_id), data, _days_predicate([day]), ["partition_date"],
+                    {"partition_date": {day.isoformat()}})
 
     def delete(self, table: str, predicate: str) -> None:
         """Delete the rows matching a SQL predicate (one commit); for repairs and tests."""
@@ -369,16 +443,36 @@ class Lake:
 
     # ---- reading through DuckDB
 
-    def scan(self, path: Path | str, columns: dict[str, str], partition_by: Sequence[str], extra: bool = False) -> str:
+    def scan(self, path: Path | str, columns: dict[str, str], partition_by: Sequence[str], extra: bool = False,
+             damaged: Sequence[FileProblem] | None = None) -> str:
         """SQL reading the current version of a Delta table: DuckDB's own Parquet reader over the files the
         Delta log lists, partition values from the paths; `columns` first, in order, then (`extra`) the
         table's other columns. Nothing calls back into Python while it runs (a registered pyarrow dataset
         did, and a `.df()` of it could deadlock on the GIL). On object storage DuckDB reads through the
-        registered fsspec filesystem (`register`), which does call into Python for the bytes; None: no table."""
+        registered fsspec filesystem (`register`), which does call into Python for the bytes; None: no table.
+
+        Damaged files (`damaged`; None: those missing or of another size than the log says, `_quick_damage`)
+        are left out; in their place a row of their partition raises the problem when read.
+        """
         found = self._current_files(path)
         if found is None or not found[0]:
             return _empty_select(columns)
         files, stored = found
+        if damaged is None:
+            damaged = self._quick_damage(path)
+        if damaged:
+            bad = {p.path for p in damaged}
+            files = [f for f in files if f not in bad]
+            failing = [_failing_select(columns, p.values, p.line() + "; re-run that day to rewrite it "
+                                       "(python -m monitor_assets.storage.maintenance check lists all)")
+                       for p in damaged]
+            kept = self._select_files(files, stored, columns, partition_by, extra) if files else _empty_select(columns)
+            return " UNION ALL BY NAME ".join(f"({q})" for q in [kept, *failing])
+        return self._select_files(files, stored, columns, partition_by, extra)
+
+    @staticmethod
+    def _select_files(files: list[str], stored: set[str], columns: dict[str, str], partition_by: Sequence[str],
+                      extra: bool) -> str:
         listed = "[" + ", ".join(sql_str(f) for f in files) + "]"
         types = "{" + ", ".join(f"{sql_str(c)}: {sql_str(columns[c])}" for c in partition_by) + "}"
         hive = f"hive_partitioning = true, hive_types = {types}" if partition_by else "hive_partitioning = false"
@@ -429,7 +523,7 @@ class Lake:
         con.execute(f"DROP VIEW IF EXISTS {name}")
         con.execute(f"DROP TABLE IF EXISTS {name}")
         columns, partition_by = TABLES[table]
-        con.execute(f"CREATE TEMP VIEW {name} AS {self.scan(path, columns, partition_by)}")
+        self._create_view(con, name, path, columns, partition_by)
 
     def attach_models(self, con: duckdb.DuckDBPyConnection, models: Iterable[str], create_views: bool = True) -> list[str]:
         """Register these models' predictions tables; `raw.predictions` becomes their union over the shared
@@ -460,9 +554,156 @@ class Lake:
         name = _model_registered(model_id)
         self.register(con)
         con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
-        scan = self.scan(self.model_path(model_id), PREDICTION_COLUMNS, ["partition_date"], extra=True)
-        con.execute(f"CREATE TEMP VIEW {quote_ident(name)} AS {scan}")
+        self._create_view(con, name, self.model_path(model_id), PREDICTION_COLUMNS, ["partition_date"], extra=True)
         return quote_ident(name)
+
+    def _create_view(self, con: duckdb.DuckDBPyConnection, name: str, path: Path | str, columns: dict[str, str],
+                     partition_by: Sequence[str], extra: bool = False) -> None:
+        """The temporary view `name` over a table's current files. DuckDB reads every file's footer when it
+        makes the view, so one damaged file would fail the connection, and every table with it: a damaged
+        file is left out instead and its partition fails when read (`scan`); a table that cannot be read at
+        all fails when read, naming the problem. Either is logged once per process."""
+        create = f"CREATE TEMP VIEW {quote_ident(name)} AS "
+        try:
+            con.execute(create + self.scan(path, columns, partition_by, extra))
+            return
+        except duckdb.Error as exc:
+            error = " ".join(str(exc).split())
+        damaged = self.inspect(path)  # with footers: what the quick check cannot see
+        _DAMAGED[str(path)] = (_FILES[str(path)][0], damaged)
+        for problem in damaged:
+            _warn_once(f"lake table {problem.line()}")
+        if damaged:
+            try:
+                con.execute(create + self.scan(path, columns, partition_by, extra, damaged))
+                return
+            except duckdb.Error as exc:
+                error = " ".join(str(exc).split())
+        message = f"{self.table_name(path)} ({path}) cannot be read: {error}"
+        _warn_once(message)
+        con.execute(create + _failing_select(columns, (), message))
+
+    def _quick_damage(self, path: Path | str) -> list[FileProblem]:
+        """Files of the table's current version (`_current_files` called first) that are missing or of
+        another size than the Delta log says (a copy cut short): checked once a version per process (a stat,
+        or the cached info of a remote file, each), plus those a failed view found (`_create_view`). Files
+        found damaged are checked again each time, so one put back from a backup reads again."""
+        key = _FILES[str(path)][0]
+        known = _DAMAGED.get(str(path))
+        if known is None or known[0] != key:
+            table = _TABLES_LOADED.get(str(path), (None,))[0]
+            known = _DAMAGED[str(path)] = (key, self.inspect(path, footers=False, table=table))
+            for problem in known[1]:
+                _warn_once(f"lake table {problem.line()}")
+        if not known[1]:
+            return []
+        still = [p for p in known[1] if self._file_problem(p.path, p.size, footer=p.problem != MISSING
+                                                          and not p.problem.startswith("cut short")) is not None]
+        if len(still) != len(known[1]):
+            _DAMAGED[str(path)] = (key, still)
+        return still
+
+    # ---- damaged files
+
+    def inspect(self, location: Path | str, footers: bool = True, table: Any = None) -> list[FileProblem]:
+        """Every data file of the table's current version (`table`: a loaded `DeltaTable`, else loaded now)
+        that is missing, of another size than its Delta log entry, or (`footers`) without a readable Parquet
+        footer (one footer read a file)."""
+        actions = pa.table((table or self.table(location)).get_add_actions(flatten=True))
+        keys = [c for c in actions.column_names if c.startswith("partition.")]
+        prefix = str(location).rstrip("/") + "/"
+        name = self.table_name(location)
+        out = []
+        for row in actions.to_pylist():
+            relative = urllib.parse.unquote(row["path"])
+            full = relative if "://" in relative else prefix + relative
+            problem = self._file_problem(full, row.get("size_bytes"), footers)
+            if problem is None:
+                continue
+            values = tuple((k[len("partition."):], "" if row[k] is None else str(row[k])) for k in keys)
+            out.append(FileProblem(name, "/".join(f"{k}={v}" for k, v in values), full, problem,
+                                   row.get("num_records"), values, row.get("size_bytes")))
+        return out
+
+    def _file_problem(self, full: str, size: int | None, footer: bool = True) -> str | None:
+        import pyarrow.parquet as pq
+
+        try:
+            if self.remote:
+                key = self._fs_path(full)
+                if footer:
+                    _DATA_FILE_INFO.pop(key, None)  # a full check asks the store, not the cache
+                actual = self.filesystem.info(key)["size"]
+            else:
+                actual = os.stat(full).st_size
+        except FileNotFoundError:
+            return MISSING
+        if size is not None and actual != size:
+            return f"cut short or overwritten: {actual} bytes on storage, {size} in the Delta log"
+        if not footer:
+            return None
+        try:
+            if self.remote:
+                with self.filesystem.open(self._fs_path(full), "rb") as f:
+                    pq.read_metadata(f)
+            else:
+                pq.read_metadata(full)
+        except Exception as exc:  # any reader error is the file's
+            return "unreadable Parquet footer: " + " ".join(str(exc).split())
+        return None
+
+    def heal(self, location: Path | str, scope: dict[str, set[str]] | None = None) -> list[FileProblem]:
+        """Take the damaged and missing files of `scope`'s partitions (None: all) out of the table in one
+        commit (delta-rs FSCK, `DeltaTable.repair`); damaged ones are first moved to `_damaged/` inside the
+        table, where Delta and vacuum do not look. Their rows are gone from the table: the partitions are
+        to be written again (a re-run of the day). Missing files of other partitions stay listed (still
+        reported), so nothing is dropped silently. Returns the files taken out."""
+        problems = self.inspect(location)
+        taken = [p for p in problems if _in_scope(p, scope)]
+        if not taken:
+            return []
+        prefix = str(location).rstrip("/") + "/"
+        for p in taken:
+            if p.problem != MISSING and p.path.startswith(prefix):
+                self._move(p.path, prefix + DAMAGED_DIR + "/" + p.path[len(prefix):])
+        # FSCK removes every missing file: the other partitions' get an empty stand-in while it runs.
+        stand_ins = [p.path for p in problems if p.problem == MISSING and not _in_scope(p, scope)]
+        for path in stand_ins:
+            self._touch(path)
+        try:
+            self.table(location).repair()
+        finally:
+            for path in stand_ins:
+                self._remove(path)
+        for cache in (_FILES, _TABLES_LOADED, _DAMAGED):
+            cache.pop(str(location), None)
+        for p in taken:
+            log.warning("healed lake table %s: taken out of the table; its rows come back when the "
+                        "partition is written again", p.line())
+        return taken
+
+    def _move(self, source: str, target: str) -> None:
+        if self.remote:
+            self.filesystem.mv(self._fs_path(source), self._fs_path(target))
+        else:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+
+    def _touch(self, path: str) -> None:
+        if self.remote:
+            self.filesystem.pipe(self._fs_path(path), b"")
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).touch()
+
+    def _remove(self, path: str) -> None:
+        try:
+            if self.remote:
+                self.filesystem.rm(self._fs_path(path))
+            else:
+                os.remove(path)
+        except FileNotFoundError:
+            pass
 
     def register(self, con: duckdb.DuckDBPyConnection) -> None:
         """Let `con` read a remote lake's files (its fsspec filesystem, once per connection); a folder needs
@@ -525,16 +766,41 @@ class Lake:
 
     # ---- maintenance
 
+    def check(self) -> tuple[int, int, list[FileProblem]]:
+        """Every table's every data file checked (`inspect`, footers read): (tables, files, problems). A table
+        whose Delta log cannot be read is one problem."""
+        tables, files, problems = self.all_tables(), 0, []
+        for location in tables:
+            try:
+                table = self.table(location)
+                files += len(table.file_uris())
+                problems += self.inspect(location, table=table)
+            except Exception as exc:  # the log itself: report it, check the other tables
+                problems.append(FileProblem(self.table_name(location), "", str(location),
+                                            "Delta log unreadable: " + " ".join(str(exc).split()), None))
+        return len(tables), files, problems
+
     def maintain(self, retention_hours: float = 168.0) -> list[dict]:
         """Compact each table's small files and delete files no version younger than `retention_hours` uses,
         including those of writes killed before their commit (older than `retention_hours`, so a write in
-        progress keeps its files). Works the same on a folder and on object storage."""
+        progress keeps its files). Works the same on a folder and on object storage. A table with a damaged
+        file is left as it is (compaction would have to read it) and its row lists the `problems`."""
         out = []
         for path in self.all_tables():
             start = time.perf_counter()
             table = self.table(path)
             before = len(table.file_uris())
-            compacted = table.optimize.compact()
+            try:
+                compacted = table.optimize.compact()
+            except Exception:
+                problems = self.inspect(path, table=table)
+                if not problems:
+                    raise
+                out.append({"table": self.relative(path), "files_before": before, "files_after": before,
+                            "files_compacted": 0, "files_vacuumed": 0, "version": table.version(),
+                            "seconds": round(time.perf_counter() - start, 3),
+                            "problems": [p.line() for p in problems]})
+                continue
             # full: also the files no version ever referenced (a write killed before its commit); a lite
             # vacuum only deletes files that versions removed.
             removed = table.vacuum(retention_hours=int(retention_hours), enforce_retention_duration=False,
@@ -601,6 +867,18 @@ def _with_data_file_info_cache(cls: type) -> type:
         sub = type(f"DataFileInfoCached{cls.__name__}", (cls,), {"_info": _info})
         _FS_CLASSES[cls] = sub
     return _FS_CLASSES[cls]
+
+
+# Per table location: (its version key as in _FILES, its damaged files at that version).
+_DAMAGED: dict[str, tuple[tuple, list[FileProblem]]] = {}
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log a problem once per process (every connection registers every table)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 # Per table location: (newest commit's name and time, (data files, column names)).
