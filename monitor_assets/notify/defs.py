@@ -161,7 +161,8 @@ def build_sensors(config: MonitorConfig, check_keys: Sequence[dg.AssetCheckKey],
 
 
 class AcknowledgeConfig(dg.Config):
-    """Acknowledge a model's alerts: they stay open and on the dashboard, their notifications stop."""
+    """Acknowledge a model's open alerts (ones already in the outbox; for alerts still to come, silence):
+    they stay open and on the dashboard, their notifications stop."""
 
     model_id: str = Field(description="the model whose alerts you acknowledge")
     check_name: str | None = Field(default=None, description="one check (default: every check of the model)")

@@ -5,22 +5,34 @@ Guarantees: every alert of a model reaches each of the model's channels at least
 with a reason (acknowledged, silenced, resolved before it was sent, or given up after
 `alerts.give_up_hours`, which is itself announced on the file channel). A row is claimed before it
 is sent, so overlapping ticks never send it twice; a send that fails is retried on later ticks with
-doubling backoff, each channel on its own. A tick stops starting sends after its time budget, so it
-ends within Dagster's sensor time limit even when a server hangs (each send has its own timeout).
+doubling backoff, each channel on its own. An e-mail that the server took for some recipients and
+refused for others is recorded per recipient (`delivered_to`, `refused_to`) and retried for the
+refused ones only. Channels are sent to side by side (one thread each), so a slow channel cannot hold
+back another; a send starts only when its whole timeout (which bounds the whole exchange, see
+`channels.Deadline`) fits in what is left of the tick's budget, so a tick ends within the budget.
 The only duplicate left is the at-least-once one: a process killed between a send and its record.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
 
 from monitor_assets.config import ChannelConfig, MonitorConfig
-from monitor_assets.notify.channels import ChannelError, Notification, deliver
+from monitor_assets.notify.channels import (
+    DEFAULT_TIMEOUT_S,
+    ChannelError,
+    Notification,
+    PartialDelivery,
+    deliver,
+)
 from monitor_assets.notify.messages import compose, plural
 from monitor_assets.notify.state import AlertState, iso
 
@@ -28,6 +40,7 @@ BASE_BACKOFF_S = 30.0
 MAX_BACKOFF_S = 1800.0
 CLAIM_TTL_S = 180.0  # longer than a tick: a claim outlives its sender only if the process died
 TICK_BUDGET_S = 25.0  # Dagster gives a sensor tick 60 s; each send may take its 10 s timeout
+MAX_PARALLEL_CHANNELS = 8
 
 
 @dataclass
@@ -71,9 +84,14 @@ def dashboard_url(config: MonitorConfig, model_id: str) -> str:
     return (Path(config.reports_dir) / page).resolve().as_uri()
 
 
+def send_timeout(channel: ChannelConfig) -> float:
+    """How long one send through the channel may take (the file channel: no network, no timeout)."""
+    return float(channel.options.get("timeout", DEFAULT_TIMEOUT_S)) if channel.type in ("email", "slack") else 0.0
+
+
 def dispatch(state: AlertState, config: MonitorConfig, now: float | None = None,
-             budget_s: float = TICK_BUDGET_S, send: Callable[[ChannelConfig, Notification, str], None] = deliver,
-             clock: Callable[[], float] = time.monotonic) -> DispatchReport:
+             budget_s: float = TICK_BUDGET_S, send: Callable[[ChannelConfig, Notification, str], list[str] | None]
+             = deliver, clock: Callable[[], float] = time.monotonic) -> DispatchReport:
     """Send every due message once; record what happened to each row."""
     now = time.time() if now is None else now
     started = clock()
@@ -82,38 +100,70 @@ def dispatch(state: AlertState, config: MonitorConfig, now: float | None = None,
     report.gave_up = state.give_up(now, config.alert_give_up_hours * 3600)
     if report.gave_up:
         _announce_give_up(config, report.gave_up, send)
-    cooldown_s = config.alert_cooldown_hours * 3600
-    failed_channels: set[str] = set()
-    rows = state.due(now)
-    for (channel_name, model_id, check), group in groupby(rows, key=lambda r: (r["channel"], r["model_id"],
-                                                                                r["check_name"])):
-        group = list(group)
-        if channel_name in failed_channels:
-            continue  # one failure per channel and tick: the rest waits for the channel's next attempt
-        if clock() - started > budget_s:
-            report.out_of_time = True
-            break
+    lock = threading.Lock()
+    by_channel = {name: list(rows) for name, rows in groupby(state.due(now), key=lambda r: r["channel"])}
+
+    def run_channel(channel_name: str, rows: list[dict]) -> None:
         channel = config.channels.get(channel_name) or config.channels["file"]
-        last = state.last_sent(channel_name, model_id, check)
-        if last is not None and cooldown_s and now - last < cooldown_s:
-            state.defer([r["alert_key"] for r in group], channel_name, last + cooldown_s)
-            report.deferred += len(group)
-            continue
-        token = uuid.uuid4().hex
-        claimed = state.claim([r["alert_key"] for r in group], channel_name, token, now, CLAIM_TTL_S)
-        if not claimed:
-            continue  # another tick has them
-        note = _notification(config, state, claimed)
-        try:
-            send(channel, note, config.reports_dir)
-        except ChannelError as exc:
-            failed_channels.add(channel_name)
-            state.mark_failed(token, str(exc), now + clock() - started, BASE_BACKOFF_S, MAX_BACKOFF_S)
-            report.failed.append(f"{channel_name}: {exc}")
-            continue
-        report.alerts_sent += state.mark_sent(token, now + clock() - started)
-        report.sent += 1
+        # A send starts only when its whole timeout fits in what is left of the tick (one longer than
+        # the whole budget is cut to it), so the tick ends within its budget.
+        timeout = min(send_timeout(channel), budget_s)
+        if timeout and timeout != send_timeout(channel):
+            channel = replace(channel, options={**channel.options, "timeout": timeout})
+        cooldown_s = config.alert_cooldown_hours * 3600
+        # Rows that already reached some e-mail recipients go apart: each message goes to the ones missing it.
+        for (model_id, check, delivered_json), group in groupby(
+                rows, key=lambda r: (r["model_id"], r["check_name"], r.get("delivered_to"))):
+            group = list(group)
+            if clock() - started + timeout > budget_s:
+                with lock:
+                    report.out_of_time = True
+                return
+            last = state.last_sent(channel_name, model_id, check)
+            if last is not None and cooldown_s and now - last < cooldown_s:
+                state.defer([r["alert_key"] for r in group], channel_name, last + cooldown_s)
+                with lock:
+                    report.deferred += len(group)
+                continue
+            token = uuid.uuid4().hex
+            claimed = state.claim([r["alert_key"] for r in group], channel_name, token, now, CLAIM_TTL_S)
+            if not claimed:
+                continue  # another tick has them
+            note = _notification(config, state, claimed)
+            delivered = set(json.loads(delivered_json or "[]"))
+            if channel.type == "email":
+                note.recipients = [str(t) for t in _recipients(channel) if str(t) not in delivered]
+            try:
+                took = send(channel, note, config.reports_dir) if note.recipients != [] else []
+            except PartialDelivery as exc:
+                state.mark_partial(token, exc.delivered, exc.refused, str(exc), now + clock() - started,
+                                   BASE_BACKOFF_S, MAX_BACKOFF_S)
+                with lock:
+                    report.failed.append(f"{channel_name}: {exc}")
+                return  # one failure per channel and tick: the rest waits for the channel's next attempt
+            except ChannelError as exc:
+                state.mark_failed(token, str(exc), now + clock() - started, BASE_BACKOFF_S, MAX_BACKOFF_S)
+                with lock:
+                    report.failed.append(f"{channel_name}: {exc}")
+                return
+            sent_rows = state.mark_sent(token, now + clock() - started, took)
+            with lock:
+                report.alerts_sent += sent_rows
+                report.sent += 1
+
+    if len(by_channel) <= 1:
+        for name, rows in by_channel.items():
+            run_channel(name, rows)
+    else:
+        with ThreadPoolExecutor(max_workers=min(len(by_channel), MAX_PARALLEL_CHANNELS)) as pool:
+            for future in [pool.submit(run_channel, name, rows) for name, rows in by_channel.items()]:
+                future.result()  # a bug in one channel's thread is raised here, not lost
     return report
+
+
+def _recipients(channel: ChannelConfig) -> list:
+    to = channel.options.get("to") or []
+    return to if isinstance(to, list) else [to]
 
 
 def _notification(config: MonitorConfig, state: AlertState, rows: list[dict]) -> Notification:

@@ -5,8 +5,10 @@ warehouse: the sensor (in the code server), the command line and the pipeline's 
 from different processes, and DuckDB admits one writer process per file while SQLite lets each
 take a short write lock in turn. Times are UTC epoch seconds. No Dagster here.
 
-Tables (documented names; `python -m monitor_assets.notify list` shows them):
-  monitoring.alert_deliveries      one row per alert (model, check, day) and channel: the outbox
+Tables (documented names; `python -m monitor_assets.notify list` shows them, with UTC dates):
+  monitoring.alert_deliveries      one row per alert (model, check, day) and channel: the outbox; for
+                                   e-mail, `delivered_to` lists the recipients the server took and
+                                   `refused_to` the ones it refused on the last attempt (retried alone)
   monitoring.alert_acknowledgements who acknowledged which model's alerts, when and why
   monitoring.alert_silences        which model and/or check is silenced, until when, by whom and why
 """
@@ -47,6 +49,8 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
     sent_at REAL,
     resolved_at REAL,                    -- the check passed again for this model and day
     closed_reason TEXT,
+    delivered_to TEXT,                   -- e-mail: JSON list of recipients the server took
+    refused_to TEXT,                     -- e-mail: JSON {recipient: answer} refused on the last attempt
     PRIMARY KEY (alert_key, channel)
 );
 CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries (status, next_attempt_at);
@@ -74,12 +78,24 @@ CREATE TABLE IF NOT EXISTS alert_silences (
 );
 """
 
-# The newest acknowledgement of an alert: same model (and check, and day when given). One definition
-# serves the outbox (close pending rows) and the dashboard (show the alert as acknowledged).
+# Columns added after the first release: (name, type), added to an older state file when it is opened.
+_ADDED_COLUMNS = {"alert_deliveries": [("delivered_to", "TEXT"), ("refused_to", "TEXT")]}
+
+# The newest acknowledgement of an alert: same model (and check, and day when given), made after the
+# alert was first queued (`{seen}`): an acknowledgement never covers an alert that came later (that
+# takes a silence, which ends). One definition serves the outbox (close pending rows) and the dashboard
+# (show the alert as acknowledged).
 _ACK_MATCH = """(SELECT max(k.id) FROM alert_acknowledgements k WHERE k.model_id = {t}.model_id
                  AND (k.check_name IS NULL OR k.check_name = {t}.check_name)
                  AND (CASE WHEN k.partition_date IS NULL THEN {t}.partition_date <= k.through_date
-                           ELSE {t}.partition_date = k.partition_date END))"""
+                           ELSE {t}.partition_date = k.partition_date END)
+                 AND {seen} <= k.acknowledged_at)"""
+# When the dashboard's alert was first queued; one the outbox never saw counts as known before.
+_FIRST_QUEUED = """COALESCE((SELECT min(d.enqueued_at) FROM alert_deliveries d WHERE d.model_id = {t}.model_id
+                   AND d.check_name = {t}.check_name AND d.partition_date = {t}.partition_date), 0)"""
+# Epoch-second columns, printed as UTC dates by `list`.
+TIME_COLUMNS = {"evaluated_at", "enqueued_at", "next_attempt_at", "claimed_until", "sent_at", "resolved_at",
+                "acknowledged_at", "starts_at", "ends_at", "created_at", "lifted_at"}
 _SILENCE_MATCH = """(SELECT min(s.id) FROM alert_silences s WHERE s.lifted_at IS NULL
                      AND s.starts_at <= :now AND s.ends_at > :now
                      AND (s.model_id IS NULL OR s.model_id = {t}.model_id)
@@ -92,6 +108,23 @@ STATE_TABLES = {"monitoring.alert_deliveries": "alert_deliveries",
 
 def alert_key(model_id: str, check_name: str, partition_date) -> str:
     return f"{model_id}|{check_name}|{partition_date}"
+
+
+def iso_seconds(ts: float | None) -> str:
+    """An epoch time as ISO 8601 UTC to the second: '2026-11-23T14:05:09Z' ('' for none)."""
+    if ts is None or pd.isna(ts):
+        return ""
+    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plain_number(x) -> str:
+    """A number as people read it: 3, 0.0812, 1346.5 (6 significant digits), '' for none."""
+    if x is None or pd.isna(x):
+        return ""
+    x = float(x)
+    if x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.6g}"
 
 
 def iso(ts: float | None) -> str:
@@ -116,6 +149,7 @@ class AlertState:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA busy_timeout=30000")
             con.executescript(SCHEMA)
+            _add_columns(con)
             if write:
                 con.execute("BEGIN IMMEDIATE")  # one writer at a time: claims cannot interleave
                 try:
@@ -183,7 +217,8 @@ class AlertState:
             acked = con.execute(f"""UPDATE alert_deliveries SET status = 'acknowledged',
                                     closed_reason = 'acknowledged before it was sent'
                                     WHERE status = 'pending'
-                                    AND {_ACK_MATCH.format(t='alert_deliveries')} IS NOT NULL""").rowcount
+                                    AND {_ACK_MATCH.format(t='alert_deliveries', seen='alert_deliveries.enqueued_at')}
+                                        IS NOT NULL""").rowcount
             silenced = con.execute(f"""
                 UPDATE alert_deliveries SET status = 'silenced',
                        closed_reason = 'silence #' || {_SILENCE_MATCH.format(t='alert_deliveries')}
@@ -208,7 +243,7 @@ class AlertState:
             return [dict(r) for r in con.execute(
                 """SELECT * FROM alert_deliveries WHERE status = 'pending' AND next_attempt_at <= ?
                    AND (claimed_until IS NULL OR claimed_until < ?)
-                   ORDER BY channel, model_id, check_name, partition_date""", [now, now])]
+                   ORDER BY channel, model_id, check_name, delivered_to, partition_date""", [now, now])]
 
     def last_sent(self, channel: str, model_id: str, check_name: str) -> float | None:
         with self.connect() as con:
@@ -233,11 +268,21 @@ class AlertState:
                 "SELECT * FROM alert_deliveries WHERE claim_token = ? AND claimed_until > ? ORDER BY partition_date",
                 [token, now])]
 
-    def mark_sent(self, token: str, now: float) -> int:
+    def mark_sent(self, token: str, now: float, delivered: list[str] | None = None) -> int:
+        """The claimed rows went out; `delivered`: the e-mail recipients the server took this time."""
         with self.connect(write=True) as con:
+            if delivered is not None:
+                _add_delivered(con, token, delivered, None)
             return con.execute("""UPDATE alert_deliveries SET status = 'sent', sent_at = ?, attempts = attempts + 1,
-                                  last_error = NULL, claim_token = NULL, claimed_until = NULL
+                                  last_error = NULL, refused_to = NULL, claim_token = NULL, claimed_until = NULL
                                   WHERE claim_token = ?""", [now, token]).rowcount
+
+    def mark_partial(self, token: str, delivered: list[str], refused: dict[str, str], error: str, now: float,
+                     base_backoff_s: float, max_backoff_s: float) -> int:
+        """Some recipients took it: they are recorded (never sent to again), the rest is retried."""
+        with self.connect(write=True) as con:
+            _add_delivered(con, token, delivered, refused)
+        return self.mark_failed(token, error, now, base_backoff_s, max_backoff_s)
 
     def mark_failed(self, token: str, error: str, now: float, base_backoff_s: float, max_backoff_s: float) -> int:
         """Another attempt later: backoff doubles with each failed attempt, up to `max_backoff_s`."""
@@ -265,6 +310,17 @@ class AlertState:
         now = time.time() if now is None else now
         through = partition_date or dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat()
         with self.connect(write=True) as con:
+            found = con.execute("""SELECT count(DISTINCT alert_key) FROM alert_deliveries WHERE model_id = ?
+                                   AND (? IS NULL OR check_name = ?)
+                                   AND (CASE WHEN ? IS NULL THEN partition_date <= ? ELSE partition_date = ? END)
+                                   AND resolved_at IS NULL AND status <> 'resolved'""",
+                                [model_id, check_name, check_name, partition_date, through,
+                                 partition_date]).fetchone()[0]
+            if not found:  # an acknowledgement of nothing would silently swallow a later alert
+                raise ValueError(
+                    f"no open alert to acknowledge for model {model_id}, check {check_name or 'any'}, day "
+                    f"{partition_date or 'up to ' + through}; for alerts still to come use a silence, which "
+                    f"ends: silence --model {model_id} --hours H")
             cur = con.execute("""INSERT INTO alert_acknowledgements (model_id, check_name, partition_date,
                                  through_date, acknowledged_by, acknowledged_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?)""",
                               [model_id, check_name, partition_date, through, by, now, reason])
@@ -292,6 +348,16 @@ class AlertState:
         with self.connect() as con:
             return pd.read_sql_query(f"SELECT * FROM {STATE_TABLES.get(name, name)}", con)  # noqa: S608 - fixed names
 
+    def listing(self, name: str) -> pd.DataFrame:
+        """A state table for people: times as ISO UTC dates to the second, numbers without float noise."""
+        out = self.table(name).astype(object)
+        for column in out.columns:
+            if column in TIME_COLUMNS:
+                out[column] = out[column].map(iso_seconds)
+            elif column in ("value", "threshold", "attempts", "id"):
+                out[column] = out[column].map(plain_number)
+        return out
+
     def annotate(self, alerts: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
         """`alerts` (partition_date, model_id, check_name, status, ...) with `state`: open, acknowledged,
         silenced or resolved, and `state_note` (who, until when, why)."""
@@ -308,7 +374,7 @@ class AlertState:
             found = con.execute(f"""
                 SELECT a.i, k.acknowledged_by, k.acknowledged_at, k.reason, s.created_by, s.ends_at, s.reason
                 FROM _alerts a
-                LEFT JOIN alert_acknowledgements k ON k.id = {_ACK_MATCH.format(t='a')}
+                LEFT JOIN alert_acknowledgements k ON k.id = {_ACK_MATCH.format(t='a', seen=_FIRST_QUEUED.format(t='a'))}
                 LEFT JOIN alert_silences s ON s.id = {_SILENCE_MATCH.format(t='a')}""", {"now": now}).fetchall()
         states, notes = list(out.state), list(out.state_note)
         for i, ack_by, ack_at, ack_reason, sil_by, sil_ends, sil_reason in found:
@@ -318,6 +384,35 @@ class AlertState:
                 states[i], notes[i] = "silenced", f"until {iso(sil_ends)} by {sil_by}: {sil_reason}"
         out["state"], out["state_note"] = states, notes
         return out
+
+
+_migrated: set[Path] = set()
+
+
+def _add_columns(con: sqlite3.Connection) -> None:
+    """Bring a state file from an older release up to the current columns (once per file and process)."""
+    path = Path(con.execute("PRAGMA database_list").fetchone()[2])
+    if path in _migrated:
+        return
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                try:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # another process added it meanwhile
+                        raise
+    _migrated.add(path)
+
+
+def _add_delivered(con: sqlite3.Connection, token: str, delivered: list[str], refused: dict | None) -> None:
+    """Add recipients to each claimed row's `delivered_to` (a set: nobody is listed twice)."""
+    rows = con.execute("SELECT alert_key, channel, delivered_to FROM alert_deliveries WHERE claim_token = ?",
+                       [token]).fetchall()
+    con.executemany("UPDATE alert_deliveries SET delivered_to = ?, refused_to = ? WHERE alert_key = ? AND channel = ?",
+                    [(json.dumps(sorted(set(json.loads(r[2] or "[]")) | set(delivered))),
+                      json.dumps(refused) if refused else None, r[0], r[1]) for r in rows])
 
 
 def _float(x) -> float | None:

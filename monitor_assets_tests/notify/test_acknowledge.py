@@ -22,7 +22,15 @@ def cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
                           env=env, cwd=REPO_ROOT, timeout=120)
 
 
+def open_alert(tmp_path, model_id: str, check_name: str, day: str = "2026-10-25") -> None:
+    """An alert in the outbox, as the sensor puts it there (only those can be acknowledged)."""
+    state = AlertState(replace(load_config(), warehouse_path=str(tmp_path / "w.duckdb")).state_path)
+    state.enqueue([{"partition_date": day, "model_id": model_id, "check_name": check_name, "severity": "ERROR",
+                    "value": 0.5, "threshold": 0.8, "message": "m"}], {"*": ["file"]}, "run-1", 1.0, now=1.0)
+
+
 def test_command_line_acknowledges_silences_and_lists(tmp_path):
+    open_alert(tmp_path, "fraud_detector", "drift_share_below_threshold")
     done = cli(tmp_path, "ack", "--model", "fraud_detector", "--check", "drift_share_below_threshold",
                "--by", "ana", "--reason", "planned payment-provider change")
     assert done.returncode == 0, done.stderr
@@ -45,6 +53,7 @@ def test_command_line_acknowledges_silences_and_lists(tmp_path):
 def test_launchpad_jobs_record_decisions_and_the_summary_tells_them_apart(tmp_path):
     config = replace(load_config(), warehouse_path=str(tmp_path / "w.duckdb"), reports_dir=str(tmp_path))
     defs = build_definitions(config)
+    open_alert(tmp_path, "conversion_recommender", "performance_within_baseline")
     ack = defs.resolve_job_def(ACK_JOB).execute_in_process(run_config={"ops": {"acknowledge_alerts": {"config": {
         "model_id": "conversion_recommender", "check_name": "performance_within_baseline", "by": "ana",
         "reason": "retraining scheduled"}}}})
@@ -93,6 +102,7 @@ def test_launchpad_jobs_record_decisions_and_the_summary_tells_them_apart(tmp_pa
     assert summary["status"] == "watch" and "open ERROR" in summary["why"]
     assert summary["unhandled_alert_count"] == 1
     # Once acknowledged it stays open (and not healthy), but is counted apart.
+    open_alert(tmp_path, "demand_forecaster", "error_rate_within_sla", day="2026-10-01")
     state.acknowledge("demand_forecaster", None, None, "cy", "investigating")
     data.alerts = state.annotate(alerts[alerts.check_name == "error_rate_within_sla"])
     summary = model_summaries(data)[0]
