@@ -32,8 +32,11 @@ $(DAGSTER_HOME)/dagster.yaml: $(INSTANCE_TEMPLATE)
 run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	@$(BIN)/python -m monitor_assets.run_pipeline
 
+# A supervisor runs `dagster dev` and stops all of it on Ctrl-C, SIGTERM or SIGHUP, also when started from
+# a script or a service manager (where `dagster dev` alone ignores them). `make dev PORT=3001`, or $MONITOR_UI_PORT.
+PORT ?= $(or $(MONITOR_UI_PORT),3000)
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/python -m monitor_assets.devtools.dev --host 127.0.0.1 --port $(PORT)
 
 # An SQL shell on the warehouse (read-only; the tables by their documented names).
 sql: $(STAMP)

@@ -202,6 +202,12 @@ class ReanchorConfig(dg.Config):
     reason: str = Field(description="why (recorded)")
 
 
+def _plain(value) -> str:
+    if value is None or (not isinstance(value, str | bytes) and pd.isna(value) is True):
+        return "-"
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def build_retraining_jobs(monitor: MonitorConfig) -> tuple[list[dg.JobDefinition], list]:
     def con():
         return connect(monitor.warehouse_path, monitor.lake_path, models=[])
@@ -212,7 +218,9 @@ def build_retraining_jobs(monitor: MonitorConfig) -> tuple[list[dg.JobDefinition
                 result = action(c)
         except ValueError as exc:  # a wrong id, model or state: say so, do not retry
             raise dg.Failure(description=str(exc), allow_retries=False) from None
-        context.log.info(str(result))
+        # Read by a person in the run's log: dates as ISO text, missing as '-', not Timestamp(...)/NaT reprs.
+        context.log.info(", ".join(f"{k}={_plain(v)}" for k, v in result.items()) if isinstance(result, dict)
+                         else str(result))
         return result
 
     @dg.op(name="approve_retraining_request", tags={"kind": "retraining"}, pool=DUCKDB_POOL, retry_policy=IO_RETRY)
