@@ -11,6 +11,11 @@ Neither of them accepts sample timestamps, so the day the figures describe is a 
 never written as 0. The main metric is that of the latest day with labels on at least
 `MAIN_METRIC_MIN_LABEL_COVERAGE` of the served requests (the dashboard's rule): with late labels, the
 latest day's own is usually unknown; `monitor_main_metric_day_timestamp_seconds` says which day it is.
+Like the dashboard, it follows the current champion version (the version serving most requests, from
+monitoring.version_daily): only days since that version became champion count, so a day of the version it
+replaced is never shown as the model's figure (no labelled day since the switch: the series is left out).
+`monitor_model_info`'s `version` is that champion (the configured version while no traffic is recorded;
+`configured_version` keeps the config's) and its `champion_since` label says since when.
 
 Plain Python (prometheus_client, DuckDB): no Dagster here.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -56,6 +61,8 @@ class ExportData:
     drift: pd.DataFrame  # drift_share
     alerts: pd.DataFrame  # severity, state, n
     retraining: pd.DataFrame | None  # status, n; None when the table does not exist (yet)
+    # model_version, since: each model's current champion up to the day (empty: no version records)
+    champions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["model_id", "model_version", "since"]))
 
 
 def _metric_column(metric: str) -> str:
@@ -68,20 +75,25 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool
                         params=[schema, name]).fetchall()[0][0])
 
 
-def _main_metric(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> pd.DataFrame:
-    """Per model: its main metric on the latest labelled day up to `day`, that day, and the baseline."""
+def _main_metric(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date,
+                 since: dict[str, dt.date] | None = None) -> pd.DataFrame:
+    """Per model: its main metric on the latest labelled day up to `day` (and not before the model's
+    `since`, its champion's first day), that day, and the baseline."""
+    since = since or {}
     by_metric: dict[str, list[str]] = {}
     for m in config.models:
         by_metric.setdefault(m.main_metric, []).append(m.id)
     frames = []
     for metric, models in by_metric.items():
         column = _metric_column(metric)
+        first = [since.get(m, dt.date.min) for m in models]
         frames.append(con.sql(f"""
             SELECT model_id, ? AS metric, arg_max({column}, partition_date) AS value, max(partition_date) AS day
             FROM monitoring.performance_daily
-            WHERE partition_date <= ? AND model_id IN (SELECT unnest(?::VARCHAR[]))
+            JOIN (SELECT unnest(?::VARCHAR[]) AS model_id, unnest(?::DATE[]) AS since) USING (model_id)
+            WHERE partition_date <= ? AND partition_date >= since
               AND label_coverage >= ? AND {column} IS NOT NULL
-            GROUP BY model_id""", params=[metric, day, models, MAIN_METRIC_MIN_LABEL_COVERAGE]).df())
+            GROUP BY model_id""", params=[metric, models, first, day, MAIN_METRIC_MIN_LABEL_COVERAGE]).df())
     found = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model_id", "metric", "value", "day"])
     # As the alert rules read it: the reference baseline of (model, metric).
     baselines = {(m, k): v for m, k, v in con.sql(
@@ -134,7 +146,11 @@ def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day:
         SELECT model_id, count(DISTINCT date_trunc('hour', ts)) AS hours
         FROM ({lake_of(con).predictions_union(con, models)})
         WHERE partition_date = ? GROUP BY model_id""", params=[day]).df()
-    main = _main_metric(con, config, day)
+    from monitor_assets.reporting.dashboard import champion_days, current_champions
+
+    current = current_champions(champion_days(con, day))
+    champions = pd.DataFrame([(m, v, s) for m, (v, s) in current.items()], columns=["model_id", "model_version", "since"])
+    main = _main_metric(con, config, day, {m: s for m, (_, s) in current.items()})
     version_days = sorted({day, *(pd.Timestamp(d).date() for d in main.day.dropna())})
     drift = con.sql("SELECT model_id, drift_share FROM monitoring.drift_summary WHERE partition_date = ?",
                     params=[day]).df()
@@ -151,7 +167,7 @@ def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day:
                                 GROUP BY ALL""").df()
     return ExportData(day=day, performance=performance, hours_with_traffic=hours, main_metric=main,
                       versions=_versions(con, config, version_days), drift=drift, alerts=alerts,
-                      retraining=retraining)
+                      retraining=retraining, champions=champions)
 
 
 def _known(value) -> bool:
@@ -183,10 +199,16 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
         time.time() if now is None else now)
     gauge("day_timestamp_seconds", "The day the figures describe: its midnight UTC (Unix time).").set(
         _day_seconds(data.day))
-    info = gauge("model_info", "Every configured model (always 1), with its task, main metric, version and owner.",
-                 ("model_id", "task", "main_metric", "version", "owner"))
+    info = gauge("model_info", "Every configured model (always 1), with its task, main metric, version (the "
+                 "current champion: the version serving most requests; the configured one while no traffic is "
+                 "recorded), owner, configured version and the day the champion took over (champion_since, "
+                 "empty while no traffic is recorded).",
+                 ("model_id", "task", "main_metric", "version", "owner", "configured_version", "champion_since"))
+    champion = {r.model_id: r for r in data.champions.itertuples(index=False)}
     for m in config.models:
-        info.labels(m.id, m.task, m.main_metric, m.version, m.owner).set(1)
+        c = champion.get(m.id)
+        info.labels(m.id, m.task, m.main_metric, c.model_version if c else m.version, m.owner, m.version,
+                    str(pd.Timestamp(c.since).date()) if c else "").set(1)
 
     m_ = ("model_id",)
     volume = gauge("daily_predictions", "Requests logged on the day (served or failed).", m_)
@@ -211,7 +233,8 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
 
     mm = ("model_id", "metric")
     main = gauge("main_metric", "The model's main metric on its latest day with labels on at least 80% of "
-                 "served requests (that day: monitor_main_metric_day_timestamp_seconds).", mm)
+                 "served requests since its current champion version took over (that day: "
+                 "monitor_main_metric_day_timestamp_seconds).", mm)
     baseline = gauge("main_metric_baseline", "The main metric on the model's reference set.", mm)
     ratio = gauge("main_metric_ratio", "Main metric relative to its baseline, 1 = as good as the reference, "
                   "lower = worse (inverted for lower-is-better metrics such as MAE).", mm)

@@ -7,6 +7,18 @@ error rate, volume, a sparkline), sortable and filterable with a few lines of in
 comes from Jinja2 templates in monitor_assets/templates/dashboard/ (autoescaped).
 `load_report_data` reads the warehouse into small frames; everything else works on those frames, so
 the benchmark can build a dashboard for hundreds of models without a warehouse.
+
+Status, worst first (`STATUS_ORDER`). "Current" means dated within the last `RECENT_DAYS` days of the
+model's data *and* on a day the model's current champion version was champion (from
+monitoring.version_daily: the version serving most requests that day), so a version that no longer
+serves drives nothing:
+  retrain suggested  a current open performance alert, or inputs drifted on 3+ current days in 2+ features;
+  action needed      a current open ERROR alert (fairness, error rate, ...);
+  watch              a current open WARN alert, or an open ERROR alert that is not current (older, or from
+                     a previous version) and has not recurred: never "healthy" while an ERROR is open;
+  healthy            nothing of the above (open WARN alerts that are not current are only counted in "why").
+The headline figure (the main metric shown against the baseline) and its week-over-week trend come from
+the current champion's days only; a model without version records uses all its days.
 """
 
 from __future__ import annotations
@@ -31,16 +43,20 @@ from monitor_assets.constants import (
     PERFORMANCE_CHECK,
     VOLUME_CHECK,
 )
+from monitor_assets.notify.messages import fmt_num
 from monitor_assets.notify.state import AlertState
+from monitor_assets.stats.drift import P_VALUE_METHODS
 
-STATUS_ORDER = {"healthy": 0, "watch": 1, "retrain suggested": 2}
+STATUS_ORDER = {"healthy": 0, "watch": 1, "action needed": 2, "retrain suggested": 3}
+RECENT_DAYS = 7  # an alert older than this (that has not recurred) no longer drives the status on its own
 
 
 @dataclass
 class ReportData:
     models: pd.DataFrame  # model_id, task, main_metric, baseline, latency_sla, error_sla
     performance: pd.DataFrame  # partition_date, model_id, main_metric, latency_p95_ms, error_rate, volume, label_coverage
-    drift: pd.DataFrame  # partition_date, model_id, feature, statistic, threshold, drifted
+    drift: pd.DataFrame  # partition_date, model_id, feature, statistic, threshold, drifted (optional: method,
+    #                      p_value, p_value_adjusted; without them every row is read as a distance)
     drift_share: pd.DataFrame  # partition_date, model_id, drift_share
     fairness: pd.DataFrame  # partition_date, model_id, attribute, grp, selection_rate, below_min_size
     alerts: pd.DataFrame  # partition_date, model_id, check_name, severity, value, threshold, message, status,
@@ -53,6 +69,8 @@ class ReportData:
     requests: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REQUEST_COLUMNS))
     versions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=VERSION_COLUMNS))
     comparison: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COMPARISON_COLUMNS))
+    # The champion of each model on each day with traffic (empty: no version records, every day counts).
+    champions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CHAMPION_COLUMNS))
 
 
 LOSS_COLUMNS = ["partition_date", "model_id", "model_version", "loss", "mean_loss_day", "band_low", "band_high",
@@ -62,6 +80,7 @@ REQUEST_COLUMNS = ["request_id", "model_id", "model_version", "opened_on", "stat
 VERSION_COLUMNS = ["model_id", "model_version", "first_seen", "last_seen", "traffic_share", "role", "champion_since"]
 COMPARISON_COLUMNS = ["partition_date", "model_id", "champion_version", "challenger_version", "metric",
                       "champion_value", "challenger_value", "p_value", "gate", "verdict"]
+CHAMPION_COLUMNS = ["partition_date", "model_id", "model_version"]
 REQUESTS_SHOWN = 20  # per model page: the newest requests
 
 
@@ -80,8 +99,9 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
         performance=q("""SELECT partition_date, model_id, main_metric_value AS main_metric, latency_p95_ms,
                                 error_rate, volume, label_coverage
                          FROM monitoring.performance_daily WHERE partition_date <= ? ORDER BY 1"""),
-        drift=q("""SELECT partition_date, model_id, feature, statistic, threshold, drifted FROM monitoring.feature_drift
-                   WHERE role = 'feature' AND partition_date <= ?"""),
+        drift=q("""SELECT partition_date, model_id, feature, statistic, threshold, drifted, method, p_value,
+                          p_value_adjusted
+                   FROM monitoring.feature_drift WHERE role = 'feature' AND partition_date <= ?"""),
         drift_share=q("SELECT partition_date, model_id, drift_share FROM monitoring.drift_summary WHERE partition_date <= ?"),
         fairness=q("""SELECT partition_date, model_id, attribute, grp, selection_rate, below_min_size
                       FROM monitoring.fairness WHERE partition_date <= ?"""),
@@ -100,7 +120,26 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
         comparison=q(f"""SELECT {', '.join(COMPARISON_COLUMNS)} FROM monitoring.version_comparison
                          WHERE partition_date <= ? QUALIFY partition_date = max(partition_date) OVER (PARTITION BY
                          model_id, challenger_version) ORDER BY model_id, challenger_version, metric"""),
+        champions=champion_days(con, last_day),
     )
+
+
+def champion_days(con: duckdb.DuckDBPyConnection, through: dt.date) -> pd.DataFrame:
+    """The champion of each model on each day with traffic up to `through` (retraining's own rule: the
+    version serving most requests), from monitoring.version_daily."""
+    from monitor_assets.retraining.logic import champions, version_daily
+
+    return champions(version_daily(con, through))[CHAMPION_COLUMNS]
+
+
+def current_champions(days: pd.DataFrame) -> dict[str, tuple[str, dt.date]]:
+    """Per model: its latest champion and the first day of that version's current, unbroken reign (a day
+    another version was champion resets it; days without traffic do not)."""
+    out: dict[str, tuple[str, dt.date]] = {}
+    for r in days.sort_values("partition_date", kind="stable").itertuples(index=False):
+        version, since = out.get(r.model_id, (None, None))
+        out[r.model_id] = (r.model_version, since if version == r.model_version else pd.Timestamp(r.partition_date).date())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,8 +164,9 @@ def _mean(values: list) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def model_summaries(data: ReportData, recent_days: int = 7) -> list[dict]:
-    """Per model: latest status, metric trend, top drifted features, open alerts, recommendation."""
+def model_summaries(data: ReportData, recent_days: int = RECENT_DAYS) -> list[dict]:
+    """Per model: status (ranked as the module says), why, the current champion's headline figure and trend,
+    top drifted features, open alerts."""
     out = []
     open_alerts = data.alerts[data.alerts.status == "open"]  # acknowledged and silenced ones stay open
     perf_by = _rows_by_model(data.performance.assign(partition_date=pd.to_datetime(data.performance.partition_date))
@@ -134,36 +174,52 @@ def model_summaries(data: ReportData, recent_days: int = 7) -> list[dict]:
     drifted = data.drift[data.drift.drifted.fillna(False).astype(bool)]
     drift_by = _rows_by_model(drifted.assign(partition_date=pd.to_datetime(drifted.partition_date)))
     alerts_by = _rows_by_model(open_alerts.assign(partition_date=pd.to_datetime(open_alerts.partition_date)))
+    champions = current_champions(data.champions)
     for m in data.models.itertuples():
         perf = perf_by.get(m.model_id, [])
         last_day = max(r.partition_date for r in perf) if perf else None
         recent_start = last_day - pd.Timedelta(days=recent_days - 1) if last_day is not None else None
+        version, since = champions.get(m.model_id, (None, None))
+        since = pd.Timestamp(since) if since is not None else None
+        # first: the current champion's first day (its figures); window: also within the recent days (status).
+        window = max((d for d in (recent_start, since) if d is not None), default=pd.Timestamp.min)
+        first = since if since is not None else pd.Timestamp.min
         labelled = [r for r in perf if _num(r.label_coverage) is not None and r.label_coverage >= 0.8
-                    and _num(r.main_metric) is not None]
+                    and _num(r.main_metric) is not None and r.partition_date >= first]
         recent = [r for r in labelled if recent_start is None or r.partition_date >= recent_start]
         before = [r for r in labelled if recent_start is not None and r.partition_date < recent_start]
         trend = None
         if recent and before:
             trend = float(_mean([r.main_metric for r in recent]) - _mean([r.main_metric for r in before[-recent_days:]]))
-        drift = [r for r in drift_by.get(m.model_id, []) if recent_start is None or r.partition_date >= recent_start]
+        drift = [r for r in drift_by.get(m.model_id, []) if r.partition_date >= window]
         counts: dict[str, int] = {}
         for r in drift:
             counts[r.feature] = counts.get(r.feature, 0) + 1
         top_drift = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:3])
         alerts = alerts_by.get(m.model_id, [])
-        recent_alerts = [a for a in alerts if recent_start is None or a.partition_date >= recent_start]
-        perf_alert = any(a.check_name == PERFORMANCE_CHECK for a in recent_alerts)
+        now = [a for a in alerts if a.partition_date >= window]
+        errors_now = [a for a in now if a.severity == "ERROR"]
+        old_errors = [a for a in alerts if a.partition_date < window and a.severity == "ERROR"]
+        old = [a for a in alerts if a.partition_date < window]
+        perf_alert = max((a.partition_date for a in now if a.check_name == PERFORMANCE_CHECK), default=None)
         drift_days = len({r.partition_date for r in drift})
-        errors = sum(a.severity == "ERROR" for a in alerts)
-        if perf_alert or (drift_days >= 3 and len(top_drift) >= 2):
-            status, why = "retrain suggested", ("performance below baseline in the last days" if perf_alert
-                                                 else f"inputs drifted on {drift_days} of the last {recent_days} days")
-        elif recent_alerts:
-            status, why = "watch", f"{len(recent_alerts)} open alert(s) in the last {recent_days} days"
-        elif errors:  # an open ERROR alert is never "healthy", however old
-            status, why = "watch", f"{errors} open ERROR alert(s)"
+        not_since = (f"since {version} became champion on {since.date()}" if since is not None and window == since
+                     else f"in the last {recent_days} days")
+        if perf_alert is not None or (drift_days >= 3 and len(top_drift) >= 2):
+            status, why = "retrain suggested", (
+                f"performance below baseline on {perf_alert.date()}" + (f" (version {version})" if version else "")
+                if perf_alert is not None else f"inputs drifted on {drift_days} of the last {recent_days} days")
+        elif errors_now:
+            status, why = "action needed", (f"{len(errors_now)} open ERROR alert(s) in the last {recent_days} days: "
+                                            + ", ".join(sorted({a.check_name for a in errors_now})))
+        elif now:
+            status, why = "watch", f"{len(now)} open WARN alert(s) in the last {recent_days} days"
+        elif old_errors:  # an open ERROR alert is never "healthy", however old
+            latest_error = max(a.partition_date for a in old_errors).date()
+            status, why = "watch", f"{len(old_errors)} open ERROR alert(s), latest {latest_error}, none {not_since}"
         else:
-            status, why = "healthy", "no open alerts in the last days"
+            status, why = "healthy", f"no open alerts {not_since}" + (f" ({len(old)} older open WARN alert(s))"
+                                                                       if old else "")
         latest = perf[-1] if perf else None
         states = [a.state for a in alerts]
         out.append({
@@ -171,6 +227,8 @@ def model_summaries(data: ReportData, recent_days: int = 7) -> list[dict]:
             "last_day": str(last_day.date()) if last_day is not None else None,
             "main_metric": m.main_metric,
             "latest_main_metric": _num(labelled[-1].main_metric) if labelled else None,
+            "main_metric_day": str(labelled[-1].partition_date.date()) if labelled else None,
+            "champion_version": version, "champion_since": str(since.date()) if since is not None else None,
             "baseline": _num(m.baseline), "trend_vs_previous_week": _num(trend),
             "latest_latency_p95_ms": _num(latest.latency_p95_ms) if latest is not None else None,
             "latest_error_rate": _num(latest.error_rate) if latest is not None else None,
@@ -193,10 +251,13 @@ def summaries_markdown(summaries: list[dict]) -> str:
         trend = s["trend_vs_previous_week"]
         lines += [f"## {s['model_id']}: {s['recommendation']}", "",
                   f"- why: {s['why']}",
-                  f"- {s['main_metric']}: {_fmt(s['latest_main_metric'])} (baseline {_fmt(s['baseline'])}, "
-                  f"week-over-week {'n/a' if trend is None else f'{trend:+.3f}'})",
+                  f"- {s['main_metric']}: {_fmt(s['latest_main_metric'])}"
+                  + (f" on {s['main_metric_day']}" if s["main_metric_day"] else "")
+                  + f" (baseline {_fmt(s['baseline'])}, week-over-week {'n/a' if trend is None else f'{trend:+.3f}'})",
+                  *([f"- champion: version {s['champion_version']} since {s['champion_since']}"]
+                    if s["champion_version"] else []),
                   f"- latency p95 {_fmt(s['latest_latency_p95_ms'])} ms, error rate {_fmt(s['latest_error_rate'])}, "
-                  f"volume {s['latest_volume']}",
+                  f"volume {s['latest_volume']:,}",
                   f"- most drifted features (days, last week): "
                   f"{', '.join(f'{k} ({v})' for k, v in s['top_drifted_features'].items()) or 'none'}",
                   f"- open alerts: {s['open_alert_count']} ({s['unhandled_alert_count']} unhandled, "
@@ -213,7 +274,7 @@ def _num(x):
 
 
 def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
+    return fmt_num(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +344,7 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
     env = _templates()
     summaries = {s["model_id"]: s for s in model_summaries(data)}
     perf_by, loss_by = _by_model(data.performance), _by_model(data.loss)
-    drift = data.drift.assign(ratio=data.drift.statistic / data.drift.threshold)
+    drift = data.drift.assign(ratio=drift_evidence(data.drift))
     drift_by, fair_by = _rows_by_model(_dated(drift)), _rows_by_model(_dated(data.fairness))
     alerts_by = _rows_by_model(_dated(data.alerts))
     requests_by, versions_by, comparison_by = (_table_rows_by_model(data.requests), _table_rows_by_model(data.versions),
@@ -307,7 +368,8 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
             figures.append({"id": "perf", "title": "Performance and service", "figure": _model_figure(perf, m, alerts)})
         drift = drift_by.get(m.model_id)
         if drift:
-            figures.append({"id": "drift", "title": "Feature drift by day", "figure": _drift_figure(drift)})
+            figures.append({"id": "drift", "title": "Feature drift by day", "figure": _drift_figure(drift),
+                            "note": DRIFT_LEGEND})
         fair = fair_by.get(m.model_id)
         if fair and any(_num(r.selection_rate) is not None for r in fair):
             figures.append({"id": "fair", "title": "Fairness by group", "figure": _fairness_figure(fair)})
@@ -344,18 +406,32 @@ def _templates():
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "separators": (",", ":")}  # tojson escapes <>&'
     env.filters["cell"] = _cell
+    env.filters["signed"] = _signed
     return env
 
 
 def _cell(v) -> str:
-    """A value as table text (the template escapes it)."""
-    if v is None:
+    """A value as table text (the template escapes it): counts and whole numbers with thousands separators,
+    others with notify's `fmt_num` (4 significant digits, no scientific notation for everyday magnitudes)."""
+    if v is None or v is pd.NA or v is pd.NaT:
         return ""
+    if isinstance(v, bool | np.bool_):
+        return str(bool(v))
+    if isinstance(v, int | np.integer):
+        return f"{int(v):,}"
     if isinstance(v, float | np.floating):
-        return "" if np.isnan(v) else f"{v:.4g}"
+        if np.isnan(v):
+            return ""
+        # A sum of counts comes back as a float (115800.0): still a count.
+        return f"{int(v):,}" if float(v).is_integer() and abs(v) < 1e15 else fmt_num(v)
     if isinstance(v, pd.Timestamp | dt.date):
         return str(pd.Timestamp(v).date())
     return str(v)
+
+
+def _signed(v) -> str:
+    """A difference with its sign, formatted as `_cell`."""
+    return "" if v is None else ("+" if v >= 0 else "") + _cell(v)
 
 
 def _frame_rows(df: pd.DataFrame) -> dict:
@@ -430,8 +506,8 @@ def _sparkline(perf: pd.DataFrame, metric: str, baseline: float | None) -> dict 
         "path": "".join(parts), "last_x": round(float(t[last]), 1), "last_y": round(float(y[last]), 1),
         "baseline_y": None if baseline is None else round(SPARK_PAD + (hi - baseline) / (hi - lo)
                                                           * (SPARK_H - 2 * SPARK_PAD), 1),
-        "title": f"{metric} from {shown[0]:.3g} to {shown[-1]:.3g} over {len(values)} days"
-                 + ("" if baseline is None else f", baseline {baseline:.3g} (dashed)"),
+        "title": f"{metric} from {_cell(shown[0])} to {_cell(shown[-1])} over {len(values)} days"
+                 + ("" if baseline is None else f", baseline {_cell(baseline)} (dashed)"),
     }
 
 
@@ -441,7 +517,7 @@ LAYOUT = {"plot_bgcolor": "#ffffff", "paper_bgcolor": "#ffffff", "font": {"size"
 AXIS = {"gridcolor": "#eef0f3", "zeroline": False, "linecolor": "#d1d5db", "automargin": True}
 LINE = {"color": "#2563eb", "width": 1.5}
 ALERT_MARKER = {"color": "#dc2626", "size": 10, "symbol": "x"}
-# ColorBrewer RdYlGn reversed: green below the threshold, yellow at it (ratio 1), red at twice it.
+# ColorBrewer RdYlGn reversed: green below the threshold, yellow at it (evidence 1), red at twice it.
 DRIFT_COLORS = ["#006837", "#1a9850", "#66bd63", "#a6d96a", "#d9ef8b", "#ffffbf", "#fee08b", "#fdae61",
                 "#f46d43", "#d73027", "#a50026"]
 
@@ -508,20 +584,72 @@ def _model_figure(perf: pd.DataFrame, model, alerts: pd.DataFrame) -> dict:
     return {"data": data, "layout": layout}
 
 
+DRIFT_LEGEND = ("Colour: evidence of drift against the feature's own alert threshold, the same scale for every "
+                "method: 1 (yellow) = exactly at the threshold, above 1 = drifted (red at 2), below 1 = not "
+                "drifted. Distances (psi, jensenshannon, wasserstein): statistic / threshold. Tests (ks, "
+                "chisquare): log(p) / log(threshold), with the p-value the flag is decided on (adjusted "
+                "across the model's features).")
+P_FLOOR = 1e-300  # a p-value of 0 (underflow) reads as this: very strong, finite evidence
+
+
+def drift_evidence(drift: pd.DataFrame) -> np.ndarray:
+    """Per drift row, how strongly it says "drifted" relative to its own threshold, on one scale for every
+    method (1 = at the threshold, > 1 drifted). A distance flags at statistic >= threshold: statistic /
+    threshold. A test flags at p < threshold, where the threshold is a p-value, so the statistic says
+    nothing comparable (a stable KS day at 500 rows has statistic 0.03 against 0.01): log(p) / log(threshold),
+    with the BH-adjusted p where there is one (what `drifted` is decided on). A test row the table calls not
+    drifted stays below 1 (the constant check also needs enough differing values). Rows without `method`
+    are read as distances (frames of the first release)."""
+    stat = drift.statistic.to_numpy(dtype=float)
+    threshold = drift.threshold.to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = stat / threshold
+        if "method" not in drift or "p_value" not in drift:
+            return out
+        p = drift.p_value.to_numpy(dtype=float)
+        if "p_value_adjusted" in drift:
+            adjusted = drift.p_value_adjusted.to_numpy(dtype=float)
+            p = np.where(np.isnan(adjusted), p, adjusted)
+        usable = (threshold > 0) & (threshold < 1)
+        evidence = np.where(usable, np.log(np.clip(p, P_FLOOR, 1.0)) / np.log(np.where(usable, threshold, 0.5)),
+                            np.nan)
+        test = drift.method.isin(P_VALUE_METHODS).to_numpy()
+        flagged = drift.drifted.fillna(False).astype(bool).to_numpy()
+        evidence = np.where(flagged, evidence, np.minimum(evidence, 0.99))
+        return np.where(test, evidence, out)
+
+
 def _drift_figure(drift: list) -> dict:
-    """Feature x day heatmap of statistic / threshold (1 = at the threshold); `drift`: one model's rows with
-    their `ratio`."""
-    ratios: dict[tuple, list[float]] = {}  # (feature, day) -> its ratios (one per role and method, at most)
+    """Feature x day heatmap of `drift_evidence` (1 = at the threshold); `drift`: one model's rows with their
+    `ratio` (the evidence). The hover text gives the method, statistic, p-value, threshold and the flag."""
+    cells: dict[tuple, object] = {}  # (feature, day) -> its strongest row (one per role and method, at most)
     for r in drift:
-        if isinstance(r.feature, str):
-            ratios.setdefault((r.feature, r.partition_date), []).extend([r.ratio] if _num(r.ratio) is not None else [])
-    features, days = sorted({f for f, _ in ratios}), sorted({d for _, d in ratios})
-    z = [_round([max(ratios.get((f, d)) or [np.nan]) for d in days], 2) for f in features]
+        if isinstance(r.feature, str) and _num(r.ratio) is not None:
+            best = cells.get((r.feature, r.partition_date))
+            if best is None or r.ratio > best.ratio:
+                cells[(r.feature, r.partition_date)] = r
+    features, days = sorted({f for f, _ in cells}), sorted({d for _, d in cells})
+    z = [_round([cells[(f, d)].ratio if (f, d) in cells else np.nan for d in days], 2) for f in features]
+    text = [[_drift_hover(cells[(f, d)]) if (f, d) in cells else "" for d in days] for f in features]
     scale = [[i / (len(DRIFT_COLORS) - 1), c] for i, c in enumerate(DRIFT_COLORS)]
     return {"data": [{"type": "heatmap", "z": z, "x": _days(days), "y": [_label(f) for f in features],
-                      "zmin": 0, "zmax": 2, "colorscale": scale, "colorbar": {"title": {"text": "stat / threshold"}}}],
+                      "text": text, "hovertemplate": "%{y} %{x}<br>%{text}<br>evidence %{z}<extra></extra>",
+                      "zmin": 0, "zmax": 2, "colorscale": scale,
+                      "colorbar": {"title": {"text": "evidence vs<br>threshold"}}}],
             "layout": {"height": 120 + 22 * len(features), "margin": {"l": 140, "r": 10, "t": 30, "b": 30},
                        "xaxis": {"type": "date", **AXIS}, "yaxis": {"type": "category", **AXIS}, **LAYOUT}}
+
+
+def _drift_hover(r) -> str:
+    method = getattr(r, "method", None)
+    p = _num(getattr(r, "p_value_adjusted", None)) if _num(getattr(r, "p_value_adjusted", None)) is not None \
+        else _num(getattr(r, "p_value", None))
+    parts = [_label(method) if isinstance(method, str) else "statistic", _cell(_num(r.statistic)) or "n/a"]
+    if isinstance(method, str) and method in P_VALUE_METHODS:
+        parts.append(f"p {_cell(p) or 'n/a'} vs {_cell(_num(r.threshold))}")
+    else:
+        parts.append(f"vs {_cell(_num(r.threshold))}")
+    return " ".join(parts) + (": drifted" if bool(_num(r.drifted)) else ": not drifted")
 
 
 def _fairness_figure(fair: list) -> dict:

@@ -23,9 +23,10 @@ def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey, after: li
 
     @dg.asset(
         key=dg.AssetKey(["reports", "model_performance_summary"]),
-        description="Per model: latest status, main-metric trend against the previous week, most drifted "
-                    "features, open alerts and a recommendation (healthy / watch / retrain suggested), written as "
-                    "model_summaries.md and model_summaries.json in the reports folder.",
+        description="Per model: status by its most severe current problem (retrain suggested / action needed: "
+                    "an ERROR alert in the last 7 days / watch / healthy), the current champion version and its "
+                    "main metric with the trend against the previous week, most drifted features and open alerts, "
+                    "written as model_summaries.md and model_summaries.json in the reports folder.",
         group_name=GROUP_REPORTING, kinds={"python", "markdown"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), deps=[alerts],
     )
@@ -39,11 +40,13 @@ def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey, after: li
         (folder / "model_summaries.md").write_text(summaries_markdown(summaries))
         import pandas as pd
 
-        table = pd.DataFrame([{k: s[k] for k in ("model_id", "recommendation", "why", "latest_main_metric",
-                                                 "baseline", "open_alert_count")} for s in summaries])
+        table = pd.DataFrame([{k: s[k] for k in ("model_id", "recommendation", "why", "champion_version",
+                                                 "latest_main_metric", "baseline", "open_alert_count")}
+                              for s in summaries])
         return dg.MaterializeResult(metadata={
             "summary": dg.MetadataValue.md(frame_markdown(table)),
             "models_needing_retraining": sum(s["recommendation"] == "retrain suggested" for s in summaries),
+            "models_needing_action": sum(s["recommendation"] == "action needed" for s in summaries),
             "open_alerts": sum(s["open_alert_count"] for s in summaries),
             "path": dg.MetadataValue.path(str(folder / "model_summaries.md")),
         })
