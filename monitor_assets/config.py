@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import glob
+import hashlib
 import math
 import os
 import re
@@ -58,6 +59,7 @@ class SourceConfig:
     # None for an optional field the data does not have
     ok_status: tuple[str, ...] = ("ok",)
     timezone: str = "UTC"  # whose midnight ends a day, for a path without {date}
+    allow_empty: bool = False  # a day may have no input file (else the preflight and ingestion refuse it)
 
     @property
     def split_by_time(self) -> bool:
@@ -140,6 +142,9 @@ class ModelConfig:
     owner: str = ""
     main_metric: str = ""  # '' : the task's default (DEFAULT_MAIN_METRIC)
     retraining: RetrainingConfig = field(default_factory=RetrainingConfig)
+    # Features whose strong drift alerts on its own (`key_feature_drift_below_threshold`); empty: the
+    # reference's `drift.key_features_top_k` features most correlated with the score.
+    key_features: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.main_metric:
@@ -171,6 +176,14 @@ class MonitorConfig:
     channels: dict[str, ChannelConfig]
     dataset_drift_share: float = 0.5
     min_group_size: int = 30
+    key_features_top_k: int = 3  # drift.key_features_top_k: measured key features per model (0: none)
+    # fairness.baseline: 'reference' judges a disparity against the reference's own (worse by more than
+    # `fairness_tolerance`), and always below `fairness_floor_ratio` / above `fairness_ceiling_odds`;
+    # 'absolute' judges against the thresholds alone.
+    fairness_baseline: str = "reference"
+    fairness_tolerance: float = 0.05
+    fairness_floor_ratio: float = 0.5
+    fairness_ceiling_odds: float = 0.3
     anomaly_window_days: int = 14
     anomaly_threshold: float = 4.0
     alert_cooldown_hours: float = 24.0
@@ -179,6 +192,7 @@ class MonitorConfig:
     warehouse_path: str = ""
     reports_dir: str = ""
     lake_dir: str = ""  # $MONITOR_LAKE; empty: beside the warehouse file
+    allow_outside_paths: bool = False  # inputs (and what their links resolve to) may lie outside the folder
     # One shard's view of the config (`for_shard`): `models` are the shard's, `fleet_model_ids` every model's.
     shard: tuple[int, int] = (0, 1)
     fleet_model_ids: tuple[str, ...] = ()
@@ -279,6 +293,27 @@ class _Reader:
             raise self.fail(key, f"expected a number in [{lo}, {hi}], got {value!r}")
         return float(value)
 
+    def integer(self, value: Any, key: str, lo: int | None = None, hi: int | None = None) -> int:
+        """A whole number: 2.7 is refused, not truncated to 2."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected an integer, got {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise self.fail(key, f"expected an integer {bounds}, got {value!r}")
+        return value
+
+    def text(self, value: Any, key: str) -> str:
+        """A scalar written as text: a mapping or a list would be stored as its Python repr."""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            kind = {dict: "a mapping", list: "a list", bool: "true/false", type(None): "nothing"}.get(type(value))
+            raise self.fail(key, f"expected a string or number, got {kind or type(value).__name__}")
+        return str(value)
+
+    def flag(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}")
+        return value
+
     def choice(self, value: Any, key: str, options: tuple[str, ...]) -> str:
         if value not in options:
             raise self.fail(key, f"expected one of {', '.join(options)}, got {value!r}")
@@ -362,7 +397,7 @@ def _format_of(path: str) -> str | None:
 
 def _source(r: _Reader, data: Any, key: str, kind: str) -> SourceConfig:
     data = r.mapping(data, key)
-    r.unknown_keys(data, key, {"path", "format", "fields", "ok_status", "timezone"})
+    r.unknown_keys(data, key, {"path", "format", "fields", "ok_status", "timezone", "allow_empty"})
     path = r.path(r.require(data, "path", key), f"{key}.path", inside=True)
     if not DATE_PLACEHOLDER.search(path) and kind == "labels":
         raise r.fail(f"{key}.path", "expected a {date} placeholder (for example labels/{date}.csv): labels have "
@@ -382,9 +417,8 @@ def _source(r: _Reader, data: Any, key: str, kind: str) -> SourceConfig:
     r.choice(fmt, f"{key}.format", FORMATS)
     fields = dict(SOURCE_DEFAULT_FIELDS[kind])
     given = r.mapping(data.get("fields") or {}, f"{key}.fields")
+    r.unknown_keys(given, f"{key}.fields", set(fields))
     for canonical, column in given.items():
-        if canonical not in fields:
-            raise r.fail(f"{key}.fields.{canonical}", f"unknown field; expected one of {', '.join(fields)}")
         if column is None and canonical in OPTIONAL_FIELDS.get(kind, ()):
             fields[canonical] = None
             continue
@@ -392,9 +426,11 @@ def _source(r: _Reader, data: Any, key: str, kind: str) -> SourceConfig:
             raise r.fail(f"{key}.fields.{canonical}", f"expected a column or field name, got {column!r}")
         fields[canonical] = column
     ok_status = data.get("ok_status", ["ok"])
-    if isinstance(ok_status, str):
+    if not isinstance(ok_status, list):
         ok_status = [ok_status]
-    return SourceConfig(kind, path, fmt, fields, tuple(str(s) for s in ok_status), timezone)
+    ok_status = [r.text(s, f"{key}.ok_status[{i}]") for i, s in enumerate(ok_status)]
+    allow_empty = r.flag(data.get("allow_empty", False), f"{key}.allow_empty")
+    return SourceConfig(kind, path, fmt, fields, tuple(ok_status), timezone, allow_empty)
 
 
 def _feature(r: _Reader, name: Any, spec: Any, key: str, default_source: str, kind: str) -> FeatureConfig:
@@ -452,8 +488,9 @@ def _thresholds(r: _Reader, data: Any, key: str, defaults: Thresholds) -> Thresh
     for name, (lo, hi) in bounds.items():
         values[name] = r.number(data[name], f"{key}.{name}", lo, hi) if name in data else getattr(defaults, name)
     severity = dict(defaults.severity)
-    for check, level in r.mapping(data.get("severity") or {}, f"{key}.severity").items():
-        r.choice(check, f"{key}.severity", THRESHOLD_CHECKS)
+    levels = r.mapping(data.get("severity") or {}, f"{key}.severity")
+    r.unknown_keys(levels, f"{key}.severity", set(THRESHOLD_CHECKS))
+    for check, level in levels.items():
         severity[check] = r.choice(level, f"{key}.severity.{check}", SEVERITIES)
     values["severity"] = severity
     return Thresholds(**values)
@@ -505,12 +542,16 @@ def _retraining(r: _Reader, data: Any, key: str, task: str) -> RetrainingConfig:
     return RetrainingConfig(**values)
 
 
+def _or_empty(value: Any) -> Any:
+    return "" if value is None else value  # `version:` left empty is no version, not the text "None"
+
+
 def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults: Thresholds) -> ModelConfig:
     data = r.mapping(data, key)
     r.unknown_keys(data, key, {
         "id", "task", "version", "features", "sensitive_attributes", "reference", "reference_fields",
         "score_field", "decision_threshold", "thresholds", "alert_channels", "owner", "main_metric",
-        "retraining",
+        "retraining", "key_features",
     })
     model_id = r.require(data, "id", key)
     if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
@@ -524,10 +565,20 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
     attributes = _named_features(r, data.get("sensitive_attributes"), f"{key}.sensitive_attributes",
                                  "context.{name}" if json_like else "{name}", "categorical")
     ref_fields = {"score": "score", "label": "label"}
-    for k, v in r.mapping(data.get("reference_fields") or {}, f"{key}.reference_fields").items():
-        if k not in (*ref_fields, "decision"):
-            raise r.fail(f"{key}.reference_fields.{k}", "unknown field; expected score, label or decision")
-        ref_fields[k] = str(v)
+    given_ref = r.mapping(data.get("reference_fields") or {}, f"{key}.reference_fields")
+    r.unknown_keys(given_ref, f"{key}.reference_fields", {"score", "label", "decision"})
+    for k, v in given_ref.items():
+        ref_fields[k] = r.text(v, f"{key}.reference_fields.{k}")
+    # Two features read from one field (same type) become two columns of one name in the model's table,
+    # which the lake refuses deep in a run ("duplicate qualified field name"): refuse it here.
+    first: dict[tuple[str, str], str] = {}
+    for group, items in (("features", features), ("sensitive_attributes", attributes)):
+        for f in items:
+            where = f"{key}.{group}.{f.name}"
+            if (f.source, f.type) in first:
+                raise r.fail(where, f"reads the same {f.type} field {f.source!r} as {first[(f.source, f.type)]}; "
+                                    "a model reads each field once (remove one, or set a different `source:`)")
+            first[(f.source, f.type)] = where
     main_metric = r.choice(data.get("main_metric", DEFAULT_MAIN_METRIC[task]), f"{key}.main_metric", MAIN_METRICS[task])
     channels = data.get("alert_channels", ["file"])
     if isinstance(channels, str):
@@ -535,25 +586,40 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
     return ModelConfig(
         id=model_id,
         task=task,
-        version=str(data.get("version", "")),
+        version=r.text(_or_empty(data.get("version")), f"{key}.version"),
         features=features,
         sensitive_attributes=attributes,
         reference_path=r.path(r.require(data, "reference", key), f"{key}.reference", inside=True),
         reference_fields=ref_fields,
-        score_field=str(data.get("score_field") or predictions.fields["score"]),
+        score_field=r.text(data.get("score_field") or predictions.fields["score"], f"{key}.score_field"),
         decision_threshold=r.number(data.get("decision_threshold", 0.5), f"{key}.decision_threshold", 0, 1),
         thresholds=_thresholds(r, data.get("thresholds"), f"{key}.thresholds", defaults),
         alert_channels=tuple(channels),
-        owner=str(data.get("owner", "")),
+        owner=r.text(_or_empty(data.get("owner")), f"{key}.owner"),
         main_metric=main_metric,
         retraining=_retraining(r, data.get("retraining"), f"{key}.retraining", task),
+        key_features=_key_features(r, data.get("key_features"), f"{key}.key_features", features),
     )
+
+
+def _key_features(r: _Reader, data: Any, key: str, features: tuple) -> tuple[str, ...]:
+    """Model-level `key_features: [name, ...]`: each must be one of the model's features."""
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise r.fail(key, f"expected a list of feature names, got {type(data).__name__}")
+    names = {f.name for f in features}
+    for name in data:
+        if name not in names:
+            raise r.fail(key, f"unknown feature {name!r}; the model's features: {', '.join(sorted(names))}")
+    return tuple(data)
 
 
 # Values that are secrets whatever key they sit under: webhook URLs, Slack and bearer tokens, passwords
 # in URLs.
 SECRET_VALUE = re.compile(r"hooks\.slack\.com/|discord(app)?\.com/api/webhooks|\bxox[abprs]-|://[^/\s:@]+:[^/\s@]+@"
                           r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bAKIA[0-9A-Z]{16}\b", re.IGNORECASE)
+MAX_CHANNEL_TIMEOUT_S = 120  # a send blocks a sensor tick; longer than this is a mistake, not a slow server
 CHANNEL_OPTIONS = {
     "email": {"host", "host_env", "port", "starttls", "ssl", "allow_insecure", "sender", "to", "username_env",
               "password_env", "timeout"},
@@ -582,6 +648,16 @@ def _channels(r: _Reader, data: Any) -> dict[str, ChannelConfig]:
             if isinstance(value, str) and SECRET_VALUE.search(value):
                 raise r.fail(f"{key}.{opt}", "looks like a secret: put it in an environment variable and name "
                                              "the variable (e.g. webhook_url_env)")
+        # Checked here, not when the first alert is sent: a typo'd port fails at load, not at 3 a.m.
+        if "port" in options:
+            r.integer(options["port"], f"{key}.port", 1, 65535)
+        timeout = options.get("timeout", 1)
+        if (isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout)
+                or not 0 < timeout <= MAX_CHANNEL_TIMEOUT_S):
+            raise r.fail(f"{key}.timeout", f"expected seconds in (0, {MAX_CHANNEL_TIMEOUT_S}], got {timeout!r}")
+        for opt in ("starttls", "ssl", "allow_insecure"):
+            if opt in options:
+                r.flag(options[opt], f"{key}.{opt}")
         if ctype == "email" and not (options.get("to")):
             raise r.fail(f"{key}.to", "expected at least one recipient")
         if (ctype == "email" and (options.get("username_env") or options.get("password_env"))
@@ -640,6 +716,24 @@ def _load_yaml(text: str) -> Any:
         loader.dispose()
 
 
+def location_key(file: Path) -> str:
+    """The folder name of a config's own warehouse and reports: its stem and a short hash of its resolved
+    path (two `monitor.yaml` in different folders do not share one)."""
+    resolved = Path(file).resolve()
+    return f"{resolved.stem}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
+
+
+def default_locations(file: Path) -> tuple[str, str]:
+    """Where the warehouse file and the reports go when neither the environment nor the config says:
+    the demo's `warehouse/monitor.duckdb` and `reports/`; any other config its own folder under each
+    (`warehouse/<stem>-<hash>/monitor.duckdb`, `reports/<stem>-<hash>/`), so a user's run never writes
+    into the demo's warehouse or overwrites its dashboard. The lake and alert state follow the warehouse."""
+    if Path(file).resolve() == DEMO_CONFIG.resolve():
+        return str(REPO_ROOT / "warehouse" / "monitor.duckdb"), str(REPO_ROOT / "reports")
+    key = location_key(file)
+    return str(REPO_ROOT / "warehouse" / key / "monitor.duckdb"), str(REPO_ROOT / "reports" / key)
+
+
 def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
     """Load and validate a monitoring config; `path` defaults to $MONITOR_CONFIG, then the demo's."""
     file = Path(path or os.environ.get("MONITOR_CONFIG") or DEMO_CONFIG).resolve()
@@ -658,6 +752,7 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
                               "fairness", "anomalies", "thresholds", "warehouse", "reports_dir",
                               "allow_outside_paths"})
     parts = r.mapping(r.require(root, "partitions", ""), "partitions")
+    r.unknown_keys(parts, "partitions", {"start_date", "end_date"})  # `end_dat` must not mean "up to today"
     start = r.date(r.require(parts, "start_date", "partitions"), "partitions.start_date")
     end = r.date(parts["end_date"], "partitions.end_date") if parts.get("end_date") else None
     if end is not None and end < start:
@@ -683,13 +778,18 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
             if ch not in channels:
                 raise r.fail(f"models[{i}].alert_channels", f"unknown channel {ch!r}; defined: {', '.join(channels)}")
     drift = r.mapping(root.get("drift") or {}, "drift")
+    r.unknown_keys(drift, "drift", {"dataset_drift_share", "key_features_top_k"})
     fairness = r.mapping(root.get("fairness") or {}, "fairness")
+    r.unknown_keys(fairness, "fairness", {"min_group_size", "baseline", "tolerance", "floor_ratio", "ceiling_odds"})
     anomalies = r.mapping(root.get("anomalies") or {}, "anomalies")
+    r.unknown_keys(anomalies, "anomalies", {"window_days", "threshold"})
+    warehouse_default, reports_default = default_locations(file)
     label_delay = root.get("label_delay_days", 3)
     if isinstance(label_delay, bool) or not isinstance(label_delay, int) or not 0 <= label_delay <= 60:
         raise r.fail("label_delay_days", f"expected a whole number of days in [0, 60], got {label_delay!r}")
     return MonitorConfig(
         file=file,
+        allow_outside_paths=r.allow_outside_paths,
         start_date=start,
         end_date=end,
         label_delay_days=label_delay,
@@ -701,15 +801,21 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
         sales=_source(r, sources["sales"], "sources.sales", "sales") if sources.get("sales") else None,
         channels=channels,
         dataset_drift_share=r.number(drift.get("dataset_drift_share", 0.5), "drift.dataset_drift_share", 0, 1),
-        min_group_size=int(r.number(fairness.get("min_group_size", 30), "fairness.min_group_size", 1, None)),
-        anomaly_window_days=int(r.number(anomalies.get("window_days", 14), "anomalies.window_days", 3, 365)),
+        min_group_size=r.integer(fairness.get("min_group_size", 30), "fairness.min_group_size", 1),
+        key_features_top_k=r.integer(drift.get("key_features_top_k", 3), "drift.key_features_top_k", 0),
+        fairness_baseline=r.choice(fairness.get("baseline", "reference"), "fairness.baseline",
+                                   ("reference", "absolute")),
+        fairness_tolerance=r.number(fairness.get("tolerance", 0.05), "fairness.tolerance", 0, 1),
+        fairness_floor_ratio=r.number(fairness.get("floor_ratio", 0.5), "fairness.floor_ratio", 0, 1),
+        fairness_ceiling_odds=r.number(fairness.get("ceiling_odds", 0.3), "fairness.ceiling_odds", 0, 1),
+        anomaly_window_days=r.integer(anomalies.get("window_days", 14), "anomalies.window_days", 3, 365),
         anomaly_threshold=r.number(anomalies.get("threshold", 4.0), "anomalies.threshold", 0, None),
         alert_cooldown_hours=r.number(alerts.get("cooldown_hours", 24), "alerts.cooldown_hours", 0, None),
         alert_give_up_hours=r.number(alerts.get("give_up_hours", 24), "alerts.give_up_hours", 0, None),
         ui_url=os.environ.get("MONITOR_UI_URL") or str(alerts.get("ui_url", "http://127.0.0.1:3000")).rstrip("/"),
         warehouse_path=os.environ.get("MONITOR_WAREHOUSE")
-        or (r.path(root["warehouse"], "warehouse") if root.get("warehouse") else str(REPO_ROOT / "warehouse" / "monitor.duckdb")),
+        or (r.path(root["warehouse"], "warehouse") if root.get("warehouse") else warehouse_default),
         lake_dir=os.environ.get("MONITOR_LAKE", ""),
         reports_dir=os.environ.get("MONITOR_REPORTS_DIR")
-        or (r.path(root["reports_dir"], "reports_dir") if root.get("reports_dir") else str(REPO_ROOT / "reports")),
+        or (r.path(root["reports_dir"], "reports_dir") if root.get("reports_dir") else reports_default),
     )

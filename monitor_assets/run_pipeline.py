@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from monitor_assets.config import REPO_ROOT, ConfigError, load_config, parse_shard
 from monitor_assets.constants import SHARD_TAG
+from monitor_assets.preflight import PREFLIGHT_TAG, preflight, report, run_days
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -389,6 +390,21 @@ def _fail(message: str) -> int:
     return 2
 
 
+def run_preflight(config: Any, start: str, end: str) -> int | None:
+    """The preflight over start..end: warnings printed, and on errors every one on stderr, then 2."""
+    began = time.perf_counter()
+    problems = preflight(config, run_days(config, dt.date.fromisoformat(start), dt.date.fromisoformat(end)))
+    errors = [p for p in problems if not p.warning]
+    report([p for p in problems if p.warning], out=sys.stdout)
+    if errors:
+        report(errors)
+        print(f"preflight: {len(errors)} problem{'s' * (len(errors) != 1)} in {config.file}; nothing was run "
+              "or written", file=sys.stderr)
+        return 2
+    print(f"preflight ok: inputs of {start}..{end} checked in {time.perf_counter() - began:.2f} s", flush=True)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--start", help="first day (default: the config's first partition)")
@@ -428,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--start {start} is after --end {end}")
     days = keys.index(end) - keys.index(start) + 1
     span = f"{start}..{end} ({days} day{'s' * (days != 1)}"
+    # Every input checked before anything is written; a shard's process was started by a runner that did it.
+    if not args.shard and (status := run_preflight(config, start, end)) is not None:
+        return status
 
     if args.shards > 1:
         workers = min(args.workers or args.shards, args.shards)
@@ -479,11 +498,12 @@ def main(argv: list[str] | None = None) -> int:
             for line in recover_dead_runs(instance):
                 reporter.say(line)
             reporter.say(f"{what} with {config.file}")
-            reporter.say(f"warehouse {config.warehouse_path}, Dagster home {home}")
+            reporter.say(f"warehouse {config.warehouse_path}, lake {config.lake_path}, reports {config.reports_dir}, "
+                         f"Dagster home {home}")
             reporter.say(f"run {run_id}, full log in {log_path}")
             instance.add_event_listener(run_id, reporter)
             tags = {**tags, "dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
-                    PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+                    PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), PREFLIGHT_TAG: "passed"}
             if started := process_start(os.getpid()):
                 tags[PROCESS_TAG] = started
             began, wall_start = time.perf_counter(), time.time()

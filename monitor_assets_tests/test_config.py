@@ -131,3 +131,94 @@ def test_demo_uses_the_library_defaults_for_group_size_and_equalized_odds():
     config = load_config()
     assert config.min_group_size == 30
     assert {m.thresholds.equalized_odds_difference for m in config.models} == {0.1}
+
+
+MODEL_END = "sensitive_attributes: [region]"
+EMAIL = MODEL_END + "\nalerts:\n  channels:\n    mail: {type: email, host: smtp.example, to: [a@b.c], %s}"
+
+
+@pytest.mark.parametrize("change, message", [
+    # A typo under any mapping is refused: `end_dat` had silently run up to today (65 days instead of 2).
+    (("end_date: 2026-01-03", "end_dat: 2026-01-03"),
+     "partitions.end_dat: unknown key; did you mean 'end_date'? expected one of end_date, start_date"),
+    ((MODEL_END, MODEL_END + "\nanomalies: {window_day: 7}"),
+     "anomalies.window_day: unknown key; did you mean 'window_days'? expected one of threshold, window_days"),
+    ((MODEL_END, MODEL_END + "\nfairness: {min_group_size: 2.7}"),
+     "fairness.min_group_size: expected an integer, got 2.7"),
+    ((MODEL_END, MODEL_END + "\nfairness: {min_group_size: 0}"),
+     "fairness.min_group_size: expected an integer >= 1, got 0"),
+    ((MODEL_END, MODEL_END + "\nanomalies: {window_days: 7.5}"), "anomalies.window_days: expected an integer, got 7.5"),
+    ((MODEL_END, MODEL_END + "\n    version: {a: 1}"), "models[0].version: expected a string or number, got a mapping"),
+    ((MODEL_END, MODEL_END + "\n    owner: [a, b]"), "models[0].owner: expected a string or number, got a list"),
+    ((MODEL_END, MODEL_END + "\n    reference_fields: {lable: y}"),
+     "models[0].reference_fields.lable: unknown key; did you mean 'label'? expected one of decision, label, score"),
+    (("fields: {score: proba}", "fields: {scroe: proba}"),
+     "sources.predictions.fields.scroe: unknown key; did you mean 'score'? expected one of decision, latency_ms, "
+     "model_id, model_version, prediction_id, score, status, timestamp"),
+    (('labels/{date}.csv"}', 'labels/{date}.csv", allow_empty: "yes"}'),
+     "sources.labels.allow_empty: expected true or false, got 'yes'"),
+    # E-mail settings fail at load, not when the first alert is sent.
+    ((MODEL_END, EMAIL % "port: abc"), "alerts.channels.mail.port: expected an integer, got 'abc'"),
+    ((MODEL_END, EMAIL % "port: 70000"), "alerts.channels.mail.port: expected an integer in [1, 65535], got 70000"),
+    ((MODEL_END, EMAIL % "timeout: -5"), "alerts.channels.mail.timeout: expected seconds in (0, 120], got -5"),
+    ((MODEL_END, EMAIL % "timeout: 3600"), "alerts.channels.mail.timeout: expected seconds in (0, 120], got 3600"),
+    ((MODEL_END, EMAIL % "starttls: 'no'"), "alerts.channels.mail.starttls: expected true or false, got 'no'"),
+    # Two features read from one column failed deep in storage ("duplicate qualified field name").
+    (("plan: categorical}", "plan: categorical, tier: {type: categorical, source: plan}}"),
+     "models[0].features.tier: reads the same categorical field 'plan' as models[0].features.plan; a model reads "
+     "each field once (remove one, or set a different `source:`)"),
+    ((MODEL_END, "sensitive_attributes: [plan]"),
+     "models[0].sensitive_attributes.plan: reads the same categorical field 'plan' as models[0].features.plan; "
+     "a model reads each field once (remove one, or set a different `source:`)"),
+])
+def test_strict_values_are_refused_with_one_exact_line(tmp_path, change, message):
+    assert change[0] in BASE
+    path = write(tmp_path / "bad.yaml", BASE.replace(*change))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("section, typo, suggestion", [("drift", "dataset_drift", "dataset_drift_share"),
+                                                        ("fairness", "min_group", "min_group_size")])
+def test_unknown_keys_of_other_sections_suggest_the_closest(tmp_path, section, typo, suggestion):
+    path = write(tmp_path / "bad.yaml", BASE + f"{section}: {{{typo}: 1}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == f"{section}.{typo}"
+    assert err.value.problem.startswith(f"unknown key; did you mean {suggestion!r}? expected one of ")
+
+
+def test_valid_values_still_load_and_allow_empty_defaults_to_false(tmp_path):
+    text = BASE.replace(MODEL_END, EMAIL % "port: 587, timeout: 2.5, starttls: true") + (
+        "\nfairness: {min_group_size: 50}\n").replace(MODEL_END, "")
+    text = text.replace("    features:", "    version: 2026.1\n    features:")
+    config = load_config(write(tmp_path / "ok.yaml", text))
+    assert config.min_group_size == 50 and config.models[0].version == "2026.1"
+    assert config.channels["mail"].options["port"] == 587
+    assert (config.predictions.allow_empty, config.labels.allow_empty) == (False, False)
+
+
+def test_own_configs_get_their_own_warehouse_and_reports(tmp_path, monkeypatch):
+    from monitor_assets.config import DEMO_CONFIG, REPO_ROOT, location_key
+
+    for var in ("MONITOR_CONFIG", "MONITOR_WAREHOUSE", "MONITOR_LAKE", "MONITOR_REPORTS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    demo = load_config(DEMO_CONFIG)
+    assert demo.warehouse_path == str(REPO_ROOT / "warehouse" / "monitor.duckdb")
+    assert demo.reports_dir == str(REPO_ROOT / "reports")
+    mine = load_config(write(tmp_path / "mine.yaml", BASE))
+    other = load_config(write(tmp_path / "elsewhere" / "mine.yaml", BASE))
+    key = location_key(mine.file)
+    assert key.startswith("mine-") and len(key) == len("mine-") + 8 and key != location_key(other.file)
+    assert mine.warehouse_path == str(REPO_ROOT / "warehouse" / key / "monitor.duckdb")
+    assert mine.lake_path == str(REPO_ROOT / "warehouse" / key / "monitor_lake")
+    assert mine.state_path == str(REPO_ROOT / "warehouse" / key / "monitor_state.sqlite")
+    assert mine.reports_dir == str(REPO_ROOT / "reports" / key)
+    # None of the demo's files is shared, and the environment and the config's own keys still win.
+    assert {mine.warehouse_path, mine.lake_path, mine.state_path, mine.reports_dir}.isdisjoint(
+        {demo.warehouse_path, demo.lake_path, demo.state_path, demo.reports_dir})
+    monkeypatch.setenv("MONITOR_WAREHOUSE", str(tmp_path / "wh.duckdb"))
+    assert load_config(mine.file).warehouse_path == str(tmp_path / "wh.duckdb")
+    keyed = load_config(write(tmp_path / "k.yaml", f"reports_dir: {tmp_path}/r\n" + BASE))
+    assert keyed.reports_dir == str(tmp_path / "r")

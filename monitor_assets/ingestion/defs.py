@@ -20,7 +20,7 @@ from monitor_assets.constants import (
     VOLUME_RANGE_CHECK,
 )
 from monitor_assets.ingestion.quality import StreamingValidator, stored_verdicts, validate_day
-from monitor_assets.ingestion.readers import ingest_day, log_ingestion, quarantine_preview
+from monitor_assets.ingestion.readers import MissingInput, ingest_day, log_ingestion, quarantine_preview
 from monitor_assets.notify.messages import fmt_pct
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES
 from monitor_assets.storage.resource import WarehouseResource
@@ -81,9 +81,18 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
     def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         cfg = in_shard(context, config) if per_model else config
         days = run_days(context)
+        if source == "predictions":  # the first step: a run launched from the UI is checked before it writes
+            from monitor_assets.preflight import PREFLIGHT_TAG, require
+
+            if context.run.tags.get(PREFLIGHT_TAG) != "passed":  # run_pipeline sets it after its own preflight
+                with fail_fast():  # a missing file or column is not healed by retrying
+                    for warning in require(cfg, days, only="sources.predictions"):
+                        context.log.warning(str(warning))
         totals = {"files": 0, "read": 0, "loaded": 0, "quarantined": 0, "corrected": 0}
         reasons: dict[str, int] = {}
         missing_days, per_day, held, logged = [], [], [], []
+        refused: list[str] = []  # source-days whose glob matched nothing: not replaced, the step fails
+        notes: list[str] = []  # about whole files: refused, too large, unreadable, lacking a column
         started = time.perf_counter()
         # No model registered up front: ingest_day registers every model's table after writing predictions.
         with fail_fast(), (warehouse.connect_lake() if per_model else warehouse.connect()) as con:
@@ -92,8 +101,14 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
             validator = StreamingValidator(con, cfg) if source == "predictions" else None
             try:
                 for i, day in enumerate(days, 1):
-                    result = ingest_day(con, cfg, source, day, validator.add if validator else None, log=False)
+                    try:
+                        result = ingest_day(con, cfg, source, day, validator.add if validator else None, log=False)
+                    except MissingInput as exc:  # the other days load; this one keeps its rows, and fails the step
+                        refused.append(str(exc))
+                        (context.log.warning if source == "labels" else context.log.error)(str(exc))
+                        continue
                     logged.append((day, result))
+                    notes += [f"{day}: {n}" for n in result.notes if not n.startswith("no_file:")]
                     # Shared files are shard 0's to count (and to miss); a model's own files its shard's.
                     own = cfg.owns_shared or (source == "predictions" and cfg.predictions.per_model)
                     if not result.files and own:
@@ -114,10 +129,15 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
                 raise
             log_ingestion(con, cfg, source, logged)  # one commit for the run's days, not one a day
             if validator is not None:
-                held = [f"{v.partition_date}: {v.model_id}" for v in validator.finish(days) if not v.passed]
+                # Only the days stored now: a refused day keeps its earlier verdicts with its rows.
+                stored = [d for d, _ in logged]
+                if stored:
+                    held = [f"{v.partition_date}: {v.model_id}" for v in validator.finish(stored) if not v.passed]
+                else:
+                    validator.abandon()
             preview = quarantine_preview(con, source, days)
             silent: list[str] = []
-            if source == "predictions":
+            if source == "predictions" and logged:  # no day stored: no model's table is registered
                 # A configured model that logged nothing on a day is an incident, not a zero.
                 silent = [f"{d}: {m}" for d, m in con.execute(
                     """SELECT d, m FROM unnest(?::DATE[]) AS t(d), unnest(?::VARCHAR[]) AS u(m)
@@ -154,6 +174,17 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
                 context.log.warning(f"no prediction records for model {item}")
         if missing_days:
             context.log.warning(f"{source}: no input file for {', '.join(missing_days)}")
+        for note in notes:
+            context.log.warning(f"{source} {note}")
+        if notes:
+            metadata["file_notes"] = dg.MetadataValue.json(notes[:100])
+        # Labels come late: a day whose file is not there yet keeps its rows and warns; a labels path
+        # that matches nothing on any day of the run is a typo and fails like any other source.
+        if refused and (source != "labels" or len(refused) == len(days)):
+            # After the other days are stored: one line, the first day's reason, and how many more.
+            more = f" (and {len(refused) - 1} more day(s) without files)" if len(refused) > 1 else ""
+            raise dg.Failure(description=refused[0] + more, allow_retries=False,
+                             metadata={"days_refused": dg.MetadataValue.json(refused)})
         # Each day's own counts on its partition (the totals above stay on the run's other keys).
         add_partition_metadata(context, {dt.date.fromisoformat(d): {
             "files": files, "records_read": read, "records_loaded": loaded, "records_quarantined": quarantined,
@@ -206,6 +237,13 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
                               "severity": "ERROR", "value": float(v.unexpected), "threshold": 0.0,
                               "message": f"{v.message} ({v.rows:,} rows held from metrics, drift and fairness)"}
                              for v in verdicts if not v.passed]
+                # Nothing loaded is not "all passed": a model without rows warns (a path typo, a silent logger).
+                with_rows = {v.model_id for v in verdicts if v.rows}
+                failures += [{"partition_date": day, "model_id": m, "check_name": QUALITY_CHECK,
+                              "severity": "WARN", "value": 0.0, "threshold": 1.0,
+                              "message": "no rows: no prediction of this model loaded for the day (see "
+                                         "raw.quarantine and raw.ingestion_log)"}
+                             for m in cfg.model_ids if m not in with_rows]
         yield from partition_check_results(context, validity, days, failures, checked)
 
     @dg.multi_asset_check(specs=[volume], name=VOLUME_RANGE_CHECK)

@@ -34,7 +34,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -63,6 +63,7 @@ class Field:
     label: str = ""  # how the reason names it
     optional: bool = False  # a CSV or Parquet file may lack the column (it then loads as NULL)
     constant: str | None = None  # the value of every record (model_id of a per-model file); not read
+    object: bool = False  # JSON only: read as the JSON type of the value at `source` (OBJECT, NULL, VARCHAR...)
 
     @property
     def raw(self) -> str:
@@ -92,9 +93,21 @@ class StageResult:
     quarantined: int
     reasons: dict[str, int]
     labels_corrected: int = 0  # labels that change the newest earlier label of their prediction
+    notes: list[str] = field(default_factory=list)  # "<reason>: <detail>" of the notes about whole files
 
 
-MAX_LINE_BYTES = 2 << 20  # DuckDB's own limit for a CSV line; JSON lines are held to the same
+def _env_size(name: str, default: int) -> int:
+    """A positive whole number from the environment (a size in KiB or MiB), else `default`."""
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
+
+# A line over this is quarantined on its own line (`too_large`); 2 MiB is DuckDB's own limit for a CSV line.
+MAX_LINE_BYTES = _env_size("MONITOR_MAX_LINE_KB", 2048) << 10
+# A gzip file is decompressed in memory (the line index keeps it): a file whose decompressed bytes, plus 8
+# bytes a line for its index, pass this is refused whole (`too_large`) before memory does. Plain files are
+# mapped, not held; their line index counts against the same cap.
+MAX_DECOMPRESSED_BYTES = _env_size("MONITOR_MAX_DECOMPRESSED_MB", 1024) << 20
 KEEP_BYTES = 4096  # of a line too long to keep whole in the quarantine
 BOM = b"\xef\xbb\xbf"
 JSON_ARRAY = "JSON array, expected one JSON object per line"
@@ -103,7 +116,62 @@ FAST_PATH_MIN_BYTES = 16 << 20  # on disk (compressed, for .gz)
 
 
 class SourceError(ValueError):
-    """A file that cannot be read as configured (for example a mapped column it does not have)."""
+    """A file that cannot be read as configured."""
+
+
+class MissingInput(SourceError):
+    """A source-day whose glob matched no file (and the source does not allow empty days): nothing of the
+    day was replaced, so rows loaded before stay."""
+
+
+class TooLarge(Exception):
+    """Raised by `file_chunks` when a file's decompressed bytes pass the cap."""
+
+
+# `raw.quarantine.reason` is one of these categories (stable: alerts, dashboards and README list them);
+# `detail` says what exactly, for the record or file. A row with a line number is a record; one without
+# (no_file, outside_folder, missing_column, unreadable_file, and the file rows of too_large and
+# damaged_file) is a note about a whole file and is not counted as a record.
+REASONS = {
+    "malformed_json": "not valid JSON, a JSON array, or a line that is not a JSON object",
+    "malformed_csv": "a CSV row the reader rejects (wrong number of fields, bad quoting)",
+    "bad_encoding": "a line that is not UTF-8",
+    "blank_line": "an empty line in a JSON lines file",
+    "too_large": "a line over MONITOR_MAX_LINE_KB; a file over MONITOR_MAX_DECOMPRESSED_MB decompressed",
+    "damaged_file": "a gzip file cut short or corrupt: the line it ends in, and a note for the file",
+    "missing_field": "a required field absent, null or empty",
+    "bad_type": "a value of the wrong type",
+    "bad_timestamp": "a timestamp that cannot be read",
+    "non_finite": "NaN or Infinity",
+    "out_of_range": "a score, label, latency, quantity or price out of its range",
+    "unknown_model": "a model_id that is not configured",
+    "model_mismatch": "a model_id that does not belong in the file it is in",
+    "unknown_category": "a categorical value outside the feature's allowed_values",
+    "bad_features": "the object holding a model's features is missing, null or not an object",
+    "duplicate": "a key seen earlier that day or on an earlier day",
+    "no_file": "note: the day's glob matched no file",
+    "outside_folder": "note: a matched file resolves outside the config's folder (a symlink); not read",
+    "missing_column": "note: a CSV or Parquet file lacks a mapped column; it loaded as NULL",
+    "unreadable_file": "note: a file the reader cannot open as its format; not read",
+}
+# The category of a detail (the first that matches), in SQL: one place maps the text to its category.
+_CATEGORY_PATTERNS = [
+    ("^blank line", "blank_line"), ("^invalid UTF-8", "bad_encoding"), ("^(line|file) too large", "too_large"),
+    ("^line too long", "too_large"), ("^(corrupt|truncated) gzip", "damaged_file"),
+    ("^non-finite number", "non_finite"), ("^(malformed JSON|JSON array|not a JSON object)", "malformed_json"),
+    ("^(wrong number of fields|malformed CSV)", "malformed_csv"), ("^missing required field", "missing_field"),
+    ("(?s)^wrong type: .* is not a timestamp$", "bad_timestamp"), ("^wrong type", "bad_type"),
+    ("^out of range", "out_of_range"), ("^unknown model_id", "unknown_model"), ("^model_id ", "model_mismatch"),
+    ("^unknown category", "unknown_category"), ("^bad features", "bad_features"), ("^duplicate", "duplicate"),
+    ("^no input file", "no_file"), ("^outside the config folder", "outside_folder"),
+    ("^missing column", "missing_column"), ("^unreadable file", "unreadable_file"),
+]
+
+
+def reason_category_sql(detail: str) -> str:
+    """SQL: the category (a key of REASONS) of the detail text in column `detail`."""
+    cases = " ".join(f"WHEN regexp_matches({detail}, {sql_str(p)}) THEN {sql_str(c)}" for p, c in _CATEGORY_PATTERNS)
+    return f"CASE {cases} ELSE 'other' END"
 
 
 def json_path(source: str) -> str:
@@ -133,6 +201,8 @@ def _field_rules(fields: list[Field], pretyped: frozenset[str] = frozenset()) ->
         name = sql_str(f.label or f.source)
         if f.required is True:
             rules.append((f"{f.raw} IS NULL", f"'missing required field: ' || {name}"))
+            if f.type == TEXT:  # an empty id is no id
+                rules.append((f"trim({f.raw}) = ''", f"'missing required field: ' || {name} || ' is empty'"))
         if f.type in (NUMBER, TIME) and f.alias not in pretyped:
             kind = "a number" if f.type == NUMBER else "a timestamp"
             rules.append((f"{f.raw} IS NOT NULL AND {f.alias} IS NULL",
@@ -192,10 +262,13 @@ def _load_checked(con: duckdb.DuckDBPyConnection, plan: StagingPlan, relation: s
     con.execute("DROP TABLE _checked")
 
 
+def _note(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date, path: str, detail: str) -> None:
+    """A quarantine row for a file itself (no line number: it is not a record, and counts as none)."""
+    con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, NULL, ?, NULL)", [day, plan.source, path, detail])
+
+
 def _report_damage(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date, path: str, damage: str) -> None:
-    """A quarantine row for the file itself (no line number, so it is not a record, like `no input file`)."""
-    con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, NULL, ?, NULL)",
-                [day, plan.source, path, f"{damage}; records after the damage are lost"])
+    _note(con, plan, day, path, f"{damage}; records after the damage are lost")
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,28 +279,41 @@ class DamagedGzip(Exception):
     """Raised by `file_chunks` after the last bytes that could be decompressed."""
 
 
-def file_chunks(path: str, size: int = 1 << 24) -> Iterator[bytes]:
+def too_large(cap: int) -> str:
+    return (f"file too large: more than {cap >> 20:,} MiB decompressed (with its line index), the limit "
+            "MONITOR_MAX_DECOMPRESSED_MB; not read")
+
+
+def file_chunks(path: str, size: int = 1 << 24, cap: int | None = None) -> Iterator[bytes]:
     """The bytes of a file, decompressed when it ends in .gz. A damaged gzip file (cut short or corrupt)
-    yields what precedes the damage, then raises DamagedGzip."""
+    yields what precedes the damage, then raises DamagedGzip; one that expands past `cap` bytes (default
+    MAX_DECOMPRESSED_BYTES) raises TooLarge once it has, so a gzip bomb never expands further."""
+    cap = MAX_DECOMPRESSED_BYTES if cap is None else cap
     with open(path, "rb") as f:
         if not path.endswith(".gz"):
             while chunk := f.read(size):
                 yield chunk
             return
-        member, in_member = zlib.decompressobj(31), False
+        member, in_member, total = zlib.decompressobj(31), False, 0
         while data := f.read(1 << 16):  # small reads: a corrupt block loses only the output of its own read
-            while data:
+            while data or in_member:
                 in_member = True
                 try:
-                    out = member.decompress(data)
+                    # At most a chunk at a time: 64 KiB of a bomb would otherwise expand to 64 MiB at once.
+                    out = member.decompress(data, size)
                 except zlib.error as exc:
                     raise DamagedGzip(f"corrupt gzip: {exc}") from None
+                data = member.unconsumed_tail
+                total += len(out)
+                if total > cap:
+                    raise TooLarge(too_large(cap))
                 if out:
                     yield out
-                if not member.eof:
-                    break
-                # What follows a member is the next one (concatenated gzip files are valid).
-                data, member, in_member = member.unused_data, zlib.decompressobj(31), False
+                if member.eof:
+                    # What follows a member is the next one (concatenated gzip files are valid).
+                    data, member, in_member = member.unused_data, zlib.decompressobj(31), False
+                elif not data and len(out) < size:
+                    break  # this input is used up and no output is pending: read on
         if in_member:
             raise DamagedGzip("truncated gzip: the file ends before its end-of-stream marker")
 
@@ -260,6 +346,7 @@ class LineIndex:
     def __init__(self, path: str, chunk_size: int = 1 << 24):
         self.path, self.chunk_size = path, chunk_size
         self.damage: str | None = None  # why a gzip file ends early
+        self.too_large: str | None = None  # why the file is not read at all
         self._data = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._build, daemon=True)
@@ -268,17 +355,25 @@ class LineIndex:
     def _build(self) -> None:
         try:
             gz = self.path.endswith(".gz")
-            ends, pieces, head, offset = [], [], b"", 0
+            ends, pieces, head, offset, n_lines = [], [], b"", 0, 0
+            cap = MAX_DECOMPRESSED_BYTES
             try:
-                for chunk in file_chunks(self.path, self.chunk_size):
+                for chunk in file_chunks(self.path, self.chunk_size, cap):
                     ends.append(np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + offset)
+                    n_lines += len(ends[-1])
                     if gz:
                         pieces.append(chunk)
                     if len(head) < 4096:
                         head += chunk[:4096 - len(head)]
                     offset += len(chunk)
+                    # What this index holds: the decompressed bytes, and 8 bytes a line for where it ends.
+                    if (offset if gz else 0) + 8 * n_lines > cap:
+                        raise TooLarge(too_large(cap))
             except DamagedGzip as exc:
                 self.damage = str(exc)
+            except TooLarge as exc:
+                self.too_large = str(exc)
+                ends, pieces, offset = [], [], 0  # nothing of it is read
             self.size = offset
             self.ends = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
             self._data = b"".join(pieces) if gz else None
@@ -376,6 +471,8 @@ def _lines_relation(plan: StagingPlan, lines: str) -> tuple[str, list]:
     for f in plan.fields:
         if f.source is None:
             picks.append(f"NULL::VARCHAR AS {f.raw}")
+        elif f.object:
+            picks.append(f"CASE WHEN parse_ok THEN json_type(raw, {sql_str(json_path(f.source))}) END AS {f.raw}")
         else:
             paths.append(json_path(f.source))
             picks.append(f"v[{len(paths)}] AS {f.raw}")
@@ -404,7 +501,7 @@ def _json_columns(plan: StagingPlan) -> tuple[str, dict[str, str], set[str]] | N
     """For DuckDB's JSON reader: its `columns` (nested STRUCTs for dotted paths), each field's
     accessor, and the aliases the reader types itself (a path wanted as two types stays text).
     None when a path is both a value and an object."""
-    read = [f for f in plan.fields if f.source is not None]
+    read = [f for f in plan.fields if f.source is not None and not f.object]
     tree: dict = {}
     access = {}
     for f in read:
@@ -420,6 +517,14 @@ def _json_columns(plan: StagingPlan) -> tuple[str, dict[str, str], set[str]] | N
         want = FAST_TYPES[f.type]
         node[parts[-1]] = want if leaf in (None, want) else "VARCHAR"
         access[f.alias] = "j." + ".".join(quote_ident(p) for p in parts)
+    for f in plan.fields:
+        if f.object:  # the struct the reader makes of the object (NULL when null, absent, or not an object)
+            node = tree
+            for part in f.source.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                return None
+            access[f.alias] = "j." + ".".join(quote_ident(p) for p in f.source.split("."))
     pretyped = set()
     for f in read:
         node = tree
@@ -452,13 +557,15 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
     if layout is None:
         return False
     columns, access, pretyped = layout
-    picks = ", ".join((f"{access[f.alias]}{'' if f.alias in pretyped else '::VARCHAR'}" if f.source is not None
+    picks = ", ".join((f"CASE WHEN {access[f.alias]} IS NOT NULL THEN 'OBJECT' END" if f.object
+                       else f"{access[f.alias]}{'' if f.alias in pretyped else '::VARCHAR'}" if f.source is not None
                        else "NULL::VARCHAR") + f" AS {f.raw}" for f in plan.fields)
     fast = f"""SELECT NULL::BIGINT AS line_no, NULL::VARCHAR AS raw, NULL::VARCHAR AS problem, true AS parse_ok,
                       {picks}
                FROM read_json(?, format='newline_delimited', columns={columns}, ignore_errors=true) AS j"""
     # A NULL typed value may be one the reader could not type; an all-NULL row, a line it could not parse.
-    unsure = [f"{a} IS NULL" for a in sorted(pretyped)] + [
+    # An object the reader gives as NULL may have been null, or not an object: the careful reader tells.
+    unsure = [f"{a} IS NULL" for a in sorted(pretyped) + [f.alias for f in plan.fields if f.object]] + [
         "(" + " AND ".join(f"{f.alias} IS NULL" for f in plan.fields if f.constant is None) + ")"]
     sql = f"""SELECT * EXCLUDE (line_no, source_file, raw), reason IS NOT NULL OR {' OR '.join(unsure)} AS recheck
               FROM ({_check(plan, fast, path, pretyped)})"""
@@ -471,7 +578,7 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
         reader.close()
     index.wait()
     n = rows.num_rows
-    if n != index.count or index.damage or index.array:  # blank lines shift the rows, or not JSON lines
+    if n != index.count or index.damage or index.array or index.too_large:  # blank lines shift the rows, or not JSON lines
         return False
     recheck = rows["recheck"].to_numpy() | (index.lengths() > MAX_LINE_BYTES)
     # A 1 or 0 may have been a boolean (the wrong type): only if its line says true or false.
@@ -499,10 +606,16 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
 
 def _load_json(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date) -> int:
     index = LineIndex(path)
-    # The parallel reader pays off on big files; small ones are quicker line by line.
-    big = Path(path).stat().st_size >= FAST_PATH_MIN_BYTES
-    if not (big and _load_json_fast(con, plan, path, day, index)):
-        _load_lines(con, plan, path, day, index.wait())
+    if path.endswith(".gz"):
+        index.wait()  # a gzip bomb must be stopped by the capped index before DuckDB's reader expands it
+    if index.too_large is None:
+        # The parallel reader pays off on big files; small ones are quicker line by line.
+        big = Path(path).stat().st_size >= FAST_PATH_MIN_BYTES
+        if not (big and _load_json_fast(con, plan, path, day, index)) and index.wait().too_large is None:
+            _load_lines(con, plan, path, day, index)
+    if index.too_large:
+        _note(con, plan, day, path, index.too_large)
+        return 0
     if index.damage:
         _report_damage(con, plan, day, path, index.damage)
     return index.count
@@ -512,8 +625,11 @@ def _load_json(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day
 # CSV and Parquet.
 
 
-def _column_picks(plan: StagingPlan, path: str, columns: list[str], prefix: str) -> str:
-    """SELECT list with each field's column as text; an optional field the file lacks is NULL."""
+def _column_picks(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date, columns: list[str],
+                  prefix: str) -> str:
+    """SELECT list with each field's column as text. A column the file lacks is NULL, as a JSON key it
+    lacks is: its records load (or are quarantined for a missing required field) and the file gets a
+    `missing_column` note, so one model's file without a feature does not stop the others."""
     by_name = {c.lower(): c for c in columns}  # as DuckDB binds them, case-insensitively
     picks, missing = [], []
     for f in plan.fields:
@@ -523,8 +639,9 @@ def _column_picks(plan: StagingPlan, path: str, columns: list[str], prefix: str)
         picks.append(f"CAST({prefix}{quote_ident(column)} AS VARCHAR) AS {f.raw}" if column
                      else f"NULL::VARCHAR AS {f.raw}")
     if missing:
-        raise SourceError(f"{path}: cannot read the configured columns: no {', '.join(missing)} "
-                          f"among {', '.join(columns)}")
+        shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
+        _note(con, plan, day, path, f"missing column: no {', '.join(dict.fromkeys(missing))} among {shown}; "
+                                    "loaded as NULL")
     return ", ".join(picks)
 
 
@@ -554,7 +671,8 @@ def _load_csv_file(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str,
                                  "(SELECT count(DISTINCT line) FROM _csv_rejects)").fetchall()[0]
     if not good + rejected:  # an empty file, or a header alone: nothing to check its columns against
         return 0
-    picks = _column_picks(plan, label, [d[0] for d in con.execute("SELECT r.* FROM _csv LIMIT 0").description], "r.")
+    picks = _column_picks(con, plan, label, day, [d[0] for d in con.execute("SELECT r.* FROM _csv LIMIT 0").description],
+                          "r.")
     nulls = ", ".join(f"NULL AS {f.raw}" for f in plan.fields)
     relation = f"""
         SELECT l.line_no, CAST(to_json(c.r) AS VARCHAR) AS raw, NULL::VARCHAR AS problem, true AS parse_ok, {picks}
@@ -579,6 +697,9 @@ def _load_csv(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day:
                 pass
         except DamagedGzip as exc:
             damage = str(exc)
+        except TooLarge as exc:  # a gzip bomb is not handed to DuckDB's reader
+            _note(con, plan, day, path, str(exc))
+            return 0
     if damage is None:
         return _load_csv_file(con, plan, path, path, day)
     # Read the complete lines before the damage from a temporary copy; the line cut off is a record.
@@ -610,7 +731,7 @@ def _load_parquet(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, 
     columns = [d[0] for d in con.execute("SELECT * FROM read_parquet(?) LIMIT 0", [path]).description]
     relation = f"""
         SELECT row_number() OVER () AS line_no, CAST(to_json({ROW}) AS VARCHAR) AS raw, NULL::VARCHAR AS problem,
-               true AS parse_ok, {_column_picks(plan, path, columns, ROW + ".")}
+               true AS parse_ok, {_column_picks(con, plan, path, day, columns, ROW + ".")}
         FROM read_parquet(?) AS {ROW}"""
     _load_checked(con, plan, relation, [path], path, day)
     return con.execute("SELECT count(*) FROM read_parquet(?)", [path]).fetchall()[0][0]
@@ -745,6 +866,27 @@ class FileGroup:
     files: list[str]
     expected: str  # the glob, for the "no input file" reason
     constant_model: str | None = None
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why): matched but not read
+
+
+def allowed_folder(config: MonitorConfig) -> Path | None:
+    """The folder every input file must resolve inside: the config's, unless the config says
+    `allow_outside_paths: true` (None: anywhere)."""
+    return None if config.allow_outside_paths else Path(config.file).resolve().parent
+
+
+def _refuse_outside(config: MonitorConfig, group: FileGroup) -> FileGroup:
+    """Set aside the matched files that resolve outside the allowed folder (a symbolic link to /etc/passwd):
+    glob follows links. The note names the link, never what it points to or holds."""
+    folder = allowed_folder(config)
+    if folder is None:
+        return group
+    inside = [p for p in group.files if Path(p).resolve().is_relative_to(folder)]
+    if len(inside) == len(group.files):
+        return group
+    refused = [(p, f"outside the config folder: {p} resolves outside {folder}; not read (set "
+                   "allow_outside_paths: true to read it)") for p in group.files if p not in inside]
+    return replace(group, files=inside, refused=group.refused + refused)
 
 
 def prediction_groups(config: MonitorConfig, day: dt.date) -> list[FileGroup]:
@@ -794,6 +936,17 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
                 feature_aliases[key] = alias
                 # Categorical values are kept as text whatever JSON type they came as.
                 fields.append(Field(alias, f.source, NUMBER if f.type == "numeric" else TEXT, label=f.source))
+    # JSON: the object a model's features sit in ("features" of "features.amount") must be an object when
+    # present; null or a string would load every feature as NULL. Absent, they load as NULL (like a column a
+    # CSV or Parquet file lacks).
+    parents: dict[str, str] = {}
+    if config.predictions.format == "jsonl":
+        for m in models:
+            for f in m.features + m.sensitive_attributes:
+                parent = f.source.rpartition(".")[0]
+                if parent and parent not in parents:
+                    parents[parent] = f"obj_{len(parents)}"
+                    fields.append(Field(parents[parent], parent, TEXT, label=parent, object=True))
     # Model ids are looked up in a staging table, not a literal list: with hundreds of models a literal list
     # made each file's query slow to plan.
     known = "(SELECT model_id FROM known_models)"
@@ -818,6 +971,13 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
         if m.is_classifier:
             rules.append((f"{in_model} AND {score} NOT BETWEEN 0 AND 1",
                           f"'out of range: ' || {sql_str(m.score_field)} || '=' || {score} || ' is outside [0, 1]'"))
+        for parent in dict.fromkeys(f.source.rpartition(".")[0] for f in m.features + m.sensitive_attributes):
+            if parent in parents:
+                obj = parents[parent]
+                rules.append((f"{in_model} AND {obj} IS NOT NULL AND {obj} <> 'OBJECT'",
+                              f"'bad features: ' || {sql_str(parent)} || ' is ' || CASE {obj} WHEN 'NULL' THEN 'null' "
+                              f"WHEN 'VARCHAR' THEN 'a string' WHEN 'ARRAY' THEN 'an array' ELSE lower({obj}) END "
+                              "|| ', expected an object'"))
         for f in m.features:
             if f.allowed_values:
                 allowed = ", ".join(sql_str(v) for v in f.allowed_values)
@@ -1032,6 +1192,17 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
         # another shard's prediction is that shard's, whether matched or not), which halves that shard's join.
         matched_to = list(config.models) if source == "labels" and not config.owns_shared else []
         groups = [(FileGroup(matched_to, files_for(src, day), src.paths_for(day)), plan)]
+    groups = [(_refuse_outside(config, g), plan) for g, plan in groups]
+    allow_empty = bool(getattr(src, "allow_empty", False))
+    if not allow_empty and not any(g.files or g.refused for g, _ in groups):
+        # A wrong path (a typo) matches nothing on every day: replacing the days' rows with nothing would
+        # hide it behind "0 rows, all checks passed". Nothing is written; the rows loaded before stay.
+        raise MissingInput(f"{source} {day}: no file matches {src.paths_for(day)}; nothing of the day was "
+                           f"replaced (rows loaded before stay): check sources.{source}.path, or set "
+                           f"allow_empty: true on sources.{source} if days without files are expected")
+    # A group whose glob matched nothing among groups that did (one model's file missing): its rows loaded
+    # before are kept, not replaced with nothing; its `no_file` note replaces its earlier notes.
+    kept = [g.constant_model for g, _ in groups if not g.files and not allow_empty and g.constant_model]
     # Groups are independent (their own files, their own model's table): a few are read at once, each in
     # its own staging database (DuckDB, numpy and the Delta writer work outside the GIL). Results keep the
     # groups' order, so the outcome is the same with one worker or several.
@@ -1046,9 +1217,12 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
         try:
             _staging(stage, plan, _stage_columns(con, plan), lake, [m.id for m in group.models])
             r, n_loaded, n_corrected = _stage_group(stage, config, src, plan, group, day)
-            _commit_group(con, config, lake, stage, plan, group, day, committed)
-            return r, n_loaded, n_corrected, stage.sql("SELECT *, $1::VARCHAR AS model_id FROM raw.quarantine",
-                                                       params=[group.constant_model]).to_arrow_table()
+            if group.files or allow_empty or group.constant_model is None:
+                _commit_group(con, config, lake, stage, plan, group, day, committed)
+            # `reason` becomes the category; the text the checks wrote is kept as `detail`.
+            return r, n_loaded, n_corrected, stage.sql(
+                f"SELECT * REPLACE ({reason_category_sql('reason')} AS reason), reason AS detail, "
+                "$1::VARCHAR AS model_id FROM raw.quarantine", params=[group.constant_model]).to_arrow_table()
         finally:
             stages.put(stage)
 
@@ -1068,17 +1242,27 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
     quarantine = [o[3] for o in outcomes]
     rows = pa.concat_tables(quarantine) if quarantine else pa.table({})
     owned = shard_rows(config) if source in ("predictions", "labels") else None
-    lake.replace("raw.quarantine", rows, [day], source=source, where=owned)
+    replaced = owned
+    if kept:  # the kept model-days' record rows stay with their loaded rows
+        keep = f"NOT (line_no IS NOT NULL AND coalesce(model_id IN ({', '.join(sql_str(m) for m in kept)}), false))"
+        replaced = f"({owned}) AND {keep}" if owned else keep
+    lake.replace("raw.quarantine", rows, [day], source=source, where=replaced)
     lake.refresh(con, "raw.quarantine")
     if source == "predictions":
         lake.attach_models(con, config.model_ids if config.sharded else lake.models())
     elif f"raw.{source}" in TABLES:
         lake.refresh(con, f"raw.{source}")
-    reasons = dict(con.execute(f"""
-        SELECT split_part(reason, ':', 1) AS kind, count(*) FROM raw.quarantine
-        WHERE source = ? AND partition_date = ? AND line_no IS NOT NULL AND ({owned or 'true'})
-        GROUP BY kind ORDER BY 2 DESC, 1""", [source, day]).fetchall())
-    result = StageResult(files, read, loaded, sum(reasons.values()), reasons, corrected)
+    # Counted from what this run staged (a kept model-day's old rows are not this run's).
+    reasons: dict[str, int] = {}
+    notes: list[str] = []
+    if rows.num_rows:
+        records = rows.filter(pc.is_valid(rows["line_no"]))
+        counted = [(v["values"], v["counts"]) for v in pc.value_counts(records["reason"]).to_pylist()]
+        reasons = dict(sorted(counted, key=lambda kv: (-kv[1], kv[0])))
+        files_noted = rows.filter(pc.is_null(rows["line_no"]))
+        notes = [f"{r}: {d}" for r, d in zip(files_noted["reason"].to_pylist(), files_noted["detail"].to_pylist(),
+                                             strict=True)]
+    result = StageResult(files, read, loaded, sum(reasons.values()), reasons, corrected, notes)
     if log:
         log_ingestion(con, config, source, [(day, result)])
     return result
@@ -1088,13 +1272,18 @@ def _stage_group(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: S
                  group: FileGroup, day: dt.date) -> tuple[int, int, int]:
     """Read and check one group's files in the staging database. Returns (read, loaded, labels corrected)."""
     read = corrected = 0
+    for path, detail in group.refused:
+        _note(stage, plan, day, path, detail)
     for path in group.files:
         try:
             read += LOADERS[src.format](stage, plan, path, day)
-        except duckdb.BinderException as exc:
-            raise SourceError(f"{path}: cannot read the configured columns: {exc}") from None
         except duckdb.Error as exc:
-            raise SourceError(f"{path}: cannot be read as {src.format}: {exc}") from None
+            # One file DuckDB cannot open (not Parquet, say) is noted and skipped: the group's other files
+            # and the other models load. The note keeps the error's first line only, cut: never the file.
+            _forget_file(stage, plan, path, exc)
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            _note(stage, plan, day, path, f"unreadable file: cannot be read as {src.format} "
+                                          f"({type(exc).__name__}: {first}); not read")
     if group.files and src.split_by_time:
         read -= _keep_day(stage, src, plan, day)
     if group.files:
@@ -1108,15 +1297,26 @@ def _stage_group(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: S
             read -= _keep_shard(stage, config, plan, group)
         if plan.source == "labels":
             corrected = _count_corrected_labels(stage, day)
-    elif config.owns_shared or group.constant_model is not None:  # a shared file's absence is shard 0's to say
-        stage.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, NULL, ?, NULL)",
-                      [day, plan.source, group.expected, f"no input file: nothing matched {group.expected}"])
+    elif not group.refused and (config.owns_shared or group.constant_model is not None):
+        # A shared file's absence is shard 0's to say.
+        _note(stage, plan, day, group.expected, f"no input file: nothing matched {group.expected}")
     loaded = stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
     quarantined = stage.execute("SELECT count(*) FROM raw.quarantine WHERE line_no IS NOT NULL").fetchall()[0][0]
     if read != loaded + quarantined:  # nothing may be lost: abort the day rather than write a gap
         raise RuntimeError(f"{plan.source} {day}: read {read} records but loaded {loaded} and "
                            f"quarantined {quarantined}")
     return read, loaded, corrected
+
+
+def _forget_file(stage: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, exc: duckdb.Error) -> None:
+    """Remove what a file that failed half-way staged (its rows name their file); a table that keeps no
+    file name cannot be cleaned, and then the file fails the step as before."""
+    stage.execute("DELETE FROM raw.quarantine WHERE source_file = ?", [path])
+    columns = [d[0] for d in stage.execute(f"SELECT * FROM raw.{plan.source} LIMIT 0").description]
+    if "source_file" in columns:
+        stage.execute(f"DELETE FROM raw.{plan.source} WHERE source_file = ?", [path])
+    elif stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]:
+        raise SourceError(f"{path}: cannot be read as {plan.source} data: {type(exc).__name__}") from None
 
 
 def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: Lake, stage: duckdb.DuckDBPyConnection,

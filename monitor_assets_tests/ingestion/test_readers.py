@@ -8,7 +8,7 @@ import pytest
 
 from monitor_assets.config import load_config
 from monitor_assets.ingestion import readers as ingest
-from monitor_assets.ingestion.readers import SourceError, ingest_day, model_feature_select
+from monitor_assets.ingestion.readers import ingest_day, model_feature_select
 from monitor_assets.storage.warehouse import connect
 from monitor_assets_tests.conftest import write
 
@@ -67,7 +67,7 @@ def test_every_line_is_loaded_or_quarantined_with_its_line_and_reason(tmp_path, 
     write(tmp_path / "logs" / "2026-03-01.jsonl", "\n".join(lines) + "\n")
     result = ingest_day(con, config, "predictions", DAY)
     assert (result.read, result.loaded, result.quarantined) == (14, 2 + (not blank_line), 12 - (not blank_line))
-    q = dict(con.execute("SELECT line_no, reason FROM raw.quarantine").fetchall())
+    q = dict(con.execute("SELECT line_no, detail FROM raw.quarantine").fetchall())
     assert q[2] == "malformed JSON"
     assert q[3] == "missing required field: prediction_id"
     assert q[4].startswith("out of range: score=1.5")
@@ -90,17 +90,19 @@ def test_every_line_is_loaded_or_quarantined_with_its_line_and_reason(tmp_path, 
 
 
 def test_rerun_replaces_the_day_and_missing_file_is_recorded(tmp_path, con):
-    config = load_config(write(tmp_path / "m.yaml", CONFIG))
+    config = load_config(write(tmp_path / "m.yaml", CONFIG.replace('.jsonl"}', '.jsonl", allow_empty: true}')))
     write(tmp_path / "logs" / "2026-03-01.jsonl", good(1) + "\n" + good(2, score=7) + "\n")
     for _ in range(3):
         ingest_day(con, config, "predictions", DAY)
     assert con.execute("SELECT count(*) FROM raw.predictions").fetchone()[0] == 1
     assert con.execute("SELECT count(*) FROM raw.quarantine").fetchone()[0] == 1
+    # allow_empty: a day without a file is an empty day, noted (without it, see test_hostile_inputs).
     empty = ingest_day(con, config, "predictions", DAY + dt.timedelta(days=1))
     assert (empty.read, empty.files) == (0, [])
-    reason = con.execute("SELECT reason FROM raw.quarantine WHERE partition_date = ?",
-                         [DAY + dt.timedelta(days=1)]).fetchone()[0]
-    assert reason.startswith("no input file: nothing matched") and reason.endswith("2026-03-02.jsonl")
+    reason, detail = con.execute("SELECT reason, detail FROM raw.quarantine WHERE partition_date = ?",
+                                 [DAY + dt.timedelta(days=1)]).fetchone()
+    assert reason == "no_file"
+    assert detail.startswith("no input file: nothing matched") and detail.endswith("2026-03-02.jsonl")
 
 
 def test_bad_labels_are_quarantined_and_a_label_before_its_prediction_is_kept(tmp_path, con):
@@ -111,7 +113,7 @@ def test_bad_labels_are_quarantined_and_a_label_before_its_prediction_is_kept(tm
           "prediction_id,label\np1,1\np2,3\np9,0\np1,0\n,1\np2,yes\n")
     result = ingest_day(con, config, "labels", DAY)
     assert (result.read, result.loaded, result.quarantined) == (6, 2, 4)
-    q = dict(con.execute("SELECT line_no, reason FROM raw.quarantine WHERE source = 'labels'").fetchall())
+    q = dict(con.execute("SELECT line_no, detail FROM raw.quarantine WHERE source = 'labels'").fetchall())
     assert q[3].startswith("out of range: label=3.0 for classifier fraud")
     assert 4 not in q  # p9's prediction has not arrived yet: kept, unmatched
     assert con.execute("SELECT model_id, prediction_date FROM raw.labels WHERE prediction_id = 'p9'").fetchall() == [
@@ -141,12 +143,20 @@ def test_parquet_source_with_mapped_columns(tmp_path, con):
     assert con.execute("SELECT line_no FROM raw.quarantine").fetchone()[0] == 3
 
 
-def test_missing_mapped_column_names_the_file(tmp_path, con):
+def test_missing_mapped_column_loads_null_and_notes_the_file(tmp_path, con):
+    """As a JSON key a record lacks: the column is NULL (a required one quarantines the record), and the
+    file gets a note naming it and the columns it lacks."""
     text = CONFIG.replace('path: "logs/{date}.jsonl"', 'path: "logs/{date}.csv", fields: {score: nope}')
     config = load_config(write(tmp_path / "m.yaml", text))
-    write(tmp_path / "logs" / "2026-03-01.csv", "prediction_id,score\np1,0.3\n")
-    with pytest.raises(SourceError, match="2026-03-01.csv.*cannot read the configured columns"):
-        ingest_day(con, config, "predictions", DAY)
+    write(tmp_path / "logs" / "2026-03-01.csv", "prediction_id,score,model_id,timestamp\np1,0.3,fraud,2026-03-01T01:00Z\n")
+    result = ingest_day(con, config, "predictions", DAY)
+    assert (result.read, result.loaded, result.quarantined) == (1, 0, 1)
+    rows = con.execute("SELECT line_no, reason, detail FROM raw.quarantine ORDER BY line_no NULLS FIRST").fetchall()
+    assert rows[0][:2] == (None, "missing_column")
+    assert rows[0][2] == ('missing column: no nope, amount, odd "name"; -- among prediction_id, score, model_id, '
+                          "timestamp; loaded as NULL")
+    assert rows[1] == (2, "missing_field", "missing required field: nope (status is ok)")
+    assert result.notes == [f"missing_column: {rows[0][2]}"]
 
 
 def test_reference_missing_a_configured_feature_is_a_clear_error(tmp_path):
@@ -205,7 +215,7 @@ def ingest_both(tmp_path, monkeypatch, name: str, data: bytes, config_text: str 
             result = ingest_day(c, config, source, DAY)
             assert result.read == result.loaded + result.quarantined
             rows = sorted(c.execute(f"SELECT * EXCLUDE (source_file) FROM raw.{source}").fetchall(), key=str)
-            quarantine = sorted(c.execute("SELECT line_no, reason, raw_record FROM raw.quarantine "
+            quarantine = sorted(c.execute("SELECT line_no, detail, raw_record FROM raw.quarantine "
                                           "WHERE source = ?", [source]).fetchall(), key=str)
             runs.append((result, rows, quarantine))
     (fast_result, *fast_run), (careful_result, *careful_run) = runs
@@ -315,7 +325,7 @@ def test_a_csv_line_over_2_mb_is_quarantined(tmp_path, con):
     write(tmp_path / "labels" / "2026-03-01.csv", "prediction_id,label\n" + "\n".join(rows) + "\n")
     result = ingest_day(con, config, "labels", DAY)
     assert result.read == result.loaded + result.quarantined == 25_000
-    reason = con.execute("SELECT reason FROM raw.quarantine WHERE line_no = 24002").fetchone()[0]
+    reason = con.execute("SELECT detail FROM raw.quarantine WHERE line_no = 24002").fetchone()[0]
     assert reason == f"line too long: {len(rows[24_000]):,} bytes, the limit is {ingest.MAX_LINE_BYTES:,}"
 
 
@@ -328,7 +338,7 @@ def test_a_truncated_csv_gzip_loads_the_lines_before_the_damage(tmp_path, con):
     (tmp_path / "labels" / "2026-03-01.csv.gz").write_bytes(whole[: len(whole) * 2 // 3])
     result = ingest_day(con, config, "labels", DAY)
     assert 0 < result.loaded < 400 and result.read == result.loaded + result.quarantined
-    reasons = [r for (r,) in con.execute("SELECT reason FROM raw.quarantine WHERE source = 'labels'").fetchall()]
+    reasons = [r for (r,) in con.execute("SELECT detail FROM raw.quarantine WHERE source = 'labels'").fetchall()]
     assert all(r.startswith("truncated gzip") for r in reasons) and len(reasons) in (1, 2)
 
 
@@ -372,7 +382,7 @@ def test_a_prediction_id_seen_on_an_earlier_day_is_a_duplicate(tmp_path, con):
     for _ in range(2):  # a re-run does not take the day's own rows for earlier ones
         result = ingest_day(con, config, "predictions", day2)
         assert (result.read, result.loaded, result.quarantined) == (3, 1, 2)
-        q = dict(con.execute("SELECT line_no, reason FROM raw.quarantine WHERE partition_date = ?", [day2]).fetchall())
+        q = dict(con.execute("SELECT line_no, detail FROM raw.quarantine WHERE partition_date = ?", [day2]).fetchall())
         assert q[1] == "duplicate prediction_id: first seen on 2026-03-01"
         assert q[3].startswith("duplicate prediction_id: first seen in")
     assert ingest_day(con, config, "predictions", DAY).loaded == 2  # the first day keeps its rows
