@@ -21,8 +21,11 @@ FAIRNESS_CHECK = "demographic_parity_above_threshold"
 ANOMALY_CHECK = "no_metric_anomalies"
 FEATURE_VALUES_CHECK = "feature_values_present_and_known"  # missing / unseen shares, all missing, all unseen
 EQUALIZED_ODDS_CHECK = "equalized_odds_within_threshold"
+PREDICTION_DRIFT_CHECK = "prediction_drift_below_threshold"  # the model's output (score) distribution moved
+KEY_FEATURE_DRIFT_CHECK = "key_feature_drift_below_threshold"  # a key feature drifted well past its threshold
 THRESHOLD_CHECKS = (PERFORMANCE_CHECK, LATENCY_CHECK, ERROR_RATE_CHECK, VOLUME_CHECK, DRIFT_CHECK, FAIRNESS_CHECK,
-                    ANOMALY_CHECK, FEATURE_VALUES_CHECK, EQUALIZED_ODDS_CHECK)
+                    ANOMALY_CHECK, FEATURE_VALUES_CHECK, EQUALIZED_ODDS_CHECK, PREDICTION_DRIFT_CHECK,
+                    KEY_FEATURE_DRIFT_CHECK)
 
 # Data-quality checks on raw/predictions.
 QUALITY_CHECK = "predictions_are_complete_and_valid"

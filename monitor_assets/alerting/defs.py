@@ -34,7 +34,8 @@ from monitor_assets.wiring import (
 CHECK_TARGETS = {
     A.PERFORMANCE: "performance_daily", A.LATENCY: "performance_daily", A.ERROR_RATE: "performance_daily",
     A.VOLUME: "performance_daily", A.DRIFT: "feature_drift", A.FAIRNESS: "fairness", A.ANOMALIES: "anomaly_report",
-    A.FEATURE_VALUES: "feature_drift", A.EQUALIZED_ODDS: "fairness",
+    A.FEATURE_VALUES: "feature_drift", A.EQUALIZED_ODDS: "fairness", A.PREDICTION_DRIFT: "feature_drift",
+    A.KEY_FEATURE_DRIFT: "feature_drift",
 }
 ALERT_COLUMNS = {"partition_date": "DATE", "model_id": "VARCHAR", "check_name": "VARCHAR", "severity": "VARCHAR",
                  "value": "DOUBLE", "threshold": "DOUBLE", "message": "VARCHAR", "status": "VARCHAR (open, resolved)",

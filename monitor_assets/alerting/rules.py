@@ -19,8 +19,10 @@ from monitor_assets.constants import EQUALIZED_ODDS_CHECK as EQUALIZED_ODDS
 from monitor_assets.constants import ERROR_RATE_CHECK as ERROR_RATE
 from monitor_assets.constants import FAIRNESS_CHECK as FAIRNESS
 from monitor_assets.constants import FEATURE_VALUES_CHECK as FEATURE_VALUES
+from monitor_assets.constants import KEY_FEATURE_DRIFT_CHECK as KEY_FEATURE_DRIFT
 from monitor_assets.constants import LATENCY_CHECK as LATENCY
 from monitor_assets.constants import PERFORMANCE_CHECK as PERFORMANCE
+from monitor_assets.constants import PREDICTION_DRIFT_CHECK as PREDICTION_DRIFT
 from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.notify.messages import fmt_num, fmt_p, fmt_pct, plural
 from monitor_assets.stats.drift import P_VALUE_METHODS
@@ -28,7 +30,11 @@ from monitor_assets.stats.performance import HIGHER, METRIC_DIRECTION, degradati
 from monitor_assets.storage.warehouse import lake_of, transaction
 
 DEFAULT_SEVERITY = {PERFORMANCE: "ERROR", LATENCY: "WARN", ERROR_RATE: "ERROR", VOLUME: "ERROR", DRIFT: "WARN",
-                    FAIRNESS: "ERROR", ANOMALIES: "WARN", FEATURE_VALUES: "ERROR", EQUALIZED_ODDS: "ERROR"}
+                    FAIRNESS: "ERROR", ANOMALIES: "WARN", FEATURE_VALUES: "ERROR", EQUALIZED_ODDS: "ERROR",
+                    PREDICTION_DRIFT: "WARN", KEY_FEATURE_DRIFT: "WARN"}
+# A model-day that could not be analysed (see analysis.logic.TRANSIENT_ERRORS) fails its check at this
+# severity whatever the config says: a check that could not run must not look like a quiet day.
+ANALYSIS_ERROR_SEVERITY = "ERROR"
 MIN_LABELLED = 100  # fewer labelled rows than this: the performance check waits for more labels
 FAIRNESS_MAX_P = 0.001  # a disparity must also be unlikely to be chance (see stats.fairness)
 
@@ -54,7 +60,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
     perf = perf[perf.partition_date.dt.date.isin(ingested)]
     base = {(m, k): v for m, k, v in con.execute(
         "SELECT model_id, metric, value FROM monitoring.reference_baselines").fetchall()}
-    drift = con.execute("""SELECT partition_date, model_id, drift_share, n_drifted, n_features
+    drift = con.execute("""SELECT partition_date, model_id, drift_share, n_drifted, n_features, analysis_error
                            FROM monitoring.drift_summary WHERE partition_date IN (SELECT unnest(?::DATE[]))""",
                         [days]).df()
     # One row per attribute: the disparities and the groups they compare (eligible groups only), with the
@@ -76,15 +82,21 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
                any_value(CASE WHEN grp = equalized_odds_min_group THEN
                    CASE equalized_odds_rate WHEN 'true_positive_rate' THEN true_positive_rate
                    ELSE false_positive_rate END END) AS odds_lo_rate,
-               any_value(n_eligible_groups) AS n_eligible, count(*) AS n_groups
+               any_value(n_eligible_groups) AS n_eligible, count(*) AS n_groups,
+               any_value(fairness_baseline) AS baseline, any_value(baseline_note) AS baseline_note,
+               any_value(reference_demographic_parity_ratio) AS ref_ratio,
+               any_value(reference_equalized_odds_difference) AS ref_odds, any_value(analysis_error) AS analysis_error
         FROM monitoring.fairness WHERE partition_date IN (SELECT unnest(?::DATE[]))
         GROUP BY ALL""", [days]).df()
     features = con.execute("""SELECT partition_date, model_id, feature, method, statistic, p_value, p_value_adjusted,
                                      threshold, drifted, reference_summary, current_summary, missing_share,
                                      reference_missing_share, missing_drift, unseen_share, unseen_drift,
-                                     all_missing, all_unseen, message
+                                     all_missing, all_unseen, message, role, importance, key_feature,
+                                     strong_drift, current_mean, reference_mean
                               FROM monitoring.feature_drift WHERE partition_date IN (SELECT unnest(?::DATE[]))
-                              AND role = 'feature'""", [days]).df()
+                              AND role IN ('feature', 'prediction')""", [days]).df()
+    predictions = features[features.role == "prediction"]
+    features = features[features.role == "feature"]
     # Which optional fields each model logged each day: a figure from a field not logged is not judged.
     logged = {(d.date() if hasattr(d, "date") else d, m): (lat, status) for d, m, lat, status in con.execute(f"""
         SELECT partition_date, model_id, count(latency_ms), count(status)
@@ -94,15 +106,18 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
                                FROM monitoring.anomalies WHERE partition_date IN (SELECT unnest(?::DATE[]))""",
                             [days]).df()
 
-    def add(day, model: ModelConfig, check, value, threshold, passed, message, details=None):
+    def add(day, model: ModelConfig, check, value, threshold, passed, message, details=None, level=None):
         value = None if not _known(value) else float(value)
-        rows.append((day, model.id, check, severity(model, check), value, threshold, bool(passed), message,
+        rows.append((day, model.id, check, level or severity(model, check), value, threshold, bool(passed), message,
                      json.dumps(details or {}, default=str)))
 
     # Every frame is split by model (and day) once: filtering frames of 500 models per model took 15 s.
     features = features.assign(excess=_excess(features))
     perf_by, drift_by = _rows_by(perf, "model_id"), _rows_by(drift[drift.drift_share.notna()], "model_id")
     drifted_by = _rows_by(features[features.drifted.fillna(False).astype(bool)], "model_id", "day")
+    errors_by = _rows_by(drift[drift.analysis_error.notna()], "model_id")
+    prediction_by = _rows_by(predictions, "model_id", "day")
+    key_by = _rows_by(features[features.key_feature.fillna(False).astype(bool)], "model_id", "day")
     values_by = _rows_by(features[_values_changed(features)], "model_id", "day")
     fair_by, anomalies_by = _rows_by(fair, "model_id", "day"), _rows_by(anomalies, "model_id", "day")
     for model in config.models:
@@ -139,8 +154,20 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
                 f"{fmt_pct(r.drift_share)}, threshold {fmt_pct(t.drift_share)})" + (f": {names}" if names else ""),
                 {"drifted_features": [_pick(f, DRIFTED_DETAILS) for f in flagged]})
             add(day, model, *feature_values_judgement(values_by.get((model.id, day), [])))
+            for p in prediction_by.get((model.id, day), ()):
+                add(day, model, *prediction_drift_judgement(p))
+            add(day, model, *key_feature_judgement(key_by.get((model.id, day), [])))
+        for r in errors_by.get((model.id,), ()):  # not analysed: the drift checks fail with the reason
+            for check in (DRIFT, PREDICTION_DRIFT):
+                add(r.day, model, check, None, t.drift_share if check == DRIFT else 0.0, False, r.analysis_error,
+                    level=ANALYSIS_ERROR_SEVERITY)
         for day in sorted(k[1] for k in fair_by if k[0] == model.id):
-            for check, value, threshold, passed, message in fairness_judgements(model, fair_by[(model.id, day)]):
+            day_rows = fair_by[(model.id, day)]
+            for r in [r for r in day_rows if _known(r.analysis_error)]:
+                add(day, model, FAIRNESS, None, t.demographic_parity_ratio, False, r.analysis_error,
+                    level=ANALYSIS_ERROR_SEVERITY)
+            day_rows = [r for r in day_rows if not _known(r.analysis_error)]
+            for check, value, threshold, passed, message in fairness_judgements(model, day_rows, config):
                 add(day, model, check, value, threshold, passed, message)
         for day in days:
             unusual = anomalies_by.get((model.id, day))
@@ -281,27 +308,91 @@ def feature_values_judgement(rows: list) -> tuple:
             {"features": [_pick(f, VALUES_DETAILS) for f in bad]})
 
 
-def fairness_judgements(model: ModelConfig, rows: list) -> list[tuple]:
+def _stat_text(f) -> str:
+    p = f.p_value_adjusted if _known(f.p_value_adjusted) else f.p_value
+    test = f", {fmt_p(p)}" if f.method in P_VALUE_METHODS and _known(p) else ""
+    return f"{f.method} {fmt_num(f.statistic)}{test} (threshold {fmt_num(f.threshold)})"
+
+
+def prediction_drift_judgement(p) -> tuple:
+    """(check, value, threshold, passed, message, details) for the model output's drift row of a model-day:
+    fails when the score's distribution drifted (the same test and Benjamini-Hochberg family as the
+    features), whatever the share of drifted features."""
+    change = (f"; mean {fmt_num(p.current_mean)} vs {fmt_num(p.reference_mean)} in the reference"
+              if _known(p.current_mean) and _known(p.reference_mean) else "")
+    drifted = _flag(p.drifted)
+    value = p.statistic if p.method not in P_VALUE_METHODS else (p.p_value_adjusted if _known(p.p_value_adjusted)
+                                                                 else p.p_value)
+    return (PREDICTION_DRIFT, value, float(p.threshold), not drifted,
+            f"prediction (score) {'drifted' if drifted else 'stable'}: {_stat_text(p)}{change}",
+            {"prediction": _pick(p, DRIFTED_DETAILS)})
+
+
+def key_feature_judgement(rows: list) -> tuple:
+    """(check, value, threshold, passed, message, details) for a model-day's key features (declared in the
+    config, else the reference's most score-associated ones): fails when any drifted strongly (a distance at
+    `STRONG_DISTANCE_FACTOR` times its threshold, a p-value test at `STRONG_P_FACTOR` times it)."""
+    strong = sorted([f for f in rows if _flag(f.strong_drift)], key=lambda f: f.feature)
+    names = ", ".join(f.feature for f in rows) or "none"
+    if not strong:
+        return KEY_FEATURE_DRIFT, 0.0, 0.0, True, f"no strong drift of the key features ({names})"
+    text = "; ".join(f"{f.feature}: {_stat_text(f)}, {f.current_summary} vs {f.reference_summary}" for f in strong)
+    return (KEY_FEATURE_DRIFT, float(len(strong)), 0.0, False,
+            f"{plural(len(strong), 'key feature')} drifted strongly: {text}",
+            {"features": [_pick(f, DRIFTED_DETAILS) for f in strong]})
+
+
+def fairness_judgements(model: ModelConfig, rows: list, config: MonitorConfig | None = None) -> list[tuple]:
     """(check, value, threshold, passed, message) for demographic parity and for equalized odds, per
     model-day (its rows: one per attribute), over the attributes with at least two eligible groups (of
     `min_group_size` rows or more). Each fails only when its disparity passes its threshold and its test
-    says p < FAIRNESS_MAX_P; the message names the eligible groups compared, with their sizes."""
+    says p < FAIRNESS_MAX_P; the message names the eligible groups compared, with their sizes.
+
+    Judged against the reference (`fairness_baseline` 'reference' on the row): a disparity the reference
+    already had does not alert; it must also be worse than the reference's by more than
+    `config.fairness_tolerance`, unless it passes the hard floor (`fairness_floor_ratio` for the parity
+    ratio, `fairness_ceiling_odds` for equalized odds), which alerts whatever the reference."""
     t = model.thresholds
+    tolerance = config.fairness_tolerance if config else 0.05
+    floor = config.fairness_floor_ratio if config else 0.0
+    ceiling = config.fairness_ceiling_odds if config else 1.0
     out = []
+
+    def vs_reference(r) -> bool:
+        return getattr(r, "baseline", None) == "reference"
+
+    def note(r, ref, worse: str) -> str:
+        if vs_reference(r) and _known(ref):
+            return f"; reference {fmt_num(ref)}, alert when {worse} by more than {fmt_num(tolerance)}"
+        text = getattr(r, "baseline_note", None)
+        return f"; {text}" if isinstance(text, str) and text else ""
+
     parity = [r for r in rows if _known(r.ratio)]
     if parity:
-        failing = [r for r in parity if r.ratio < t.demographic_parity_ratio and _known(r.p) and r.p < FAIRNESS_MAX_P]
+        def parity_fails(r) -> bool:
+            if not (_known(r.p) and r.p < FAIRNESS_MAX_P):
+                return False
+            if vs_reference(r) and _known(r.ref_ratio):
+                return r.ratio < floor or (r.ratio < t.demographic_parity_ratio and r.ratio < r.ref_ratio - tolerance)
+            return r.ratio < t.demographic_parity_ratio
+        failing = [r for r in parity if parity_fails(r)]
         shown = min(failing or parity, key=lambda r: r.ratio)
         out.append((FAIRNESS, float(shown.ratio), t.demographic_parity_ratio, not failing,
                     f"{shown.attribute}: selection rate of '{shown.low_group}' ({fmt_pct(shown.low_rate)}, "
                     f"n={int(shown.low_n)}) is {fmt_pct(shown.ratio)} of '{shown.top_group}' "
                     f"({fmt_pct(shown.top_rate)}, n={int(shown.top_n)}) (four-fifths rule: "
                     f"{fmt_pct(t.demographic_parity_ratio)}; {fmt_p(shown.p)}; groups under the minimum size "
-                    f"left out: {int(shown.n_groups - shown.n_eligible)})"))
+                    f"left out: {int(shown.n_groups - shown.n_eligible)}"
+                    f"{note(shown, getattr(shown, 'ref_ratio', None), 'lower')})"))
     odds = [r for r in rows if _known(r.odds)]
     if odds:
-        failing = [r for r in odds if r.odds > t.equalized_odds_difference and _known(r.odds_p)
-                   and r.odds_p < FAIRNESS_MAX_P]
+        def odds_fails(r) -> bool:
+            if not (_known(r.odds_p) and r.odds_p < FAIRNESS_MAX_P):
+                return False
+            if vs_reference(r) and _known(r.ref_odds):
+                return r.odds > ceiling or (r.odds > t.equalized_odds_difference and r.odds > r.ref_odds + tolerance)
+            return r.odds > t.equalized_odds_difference
+        failing = [r for r in odds if odds_fails(r)]
         shown = max(failing or odds, key=lambda r: r.odds)
         rate = "true positive rate" if shown.odds_rate == "true_positive_rate" else "false positive rate"
         among = "positives" if shown.odds_rate == "true_positive_rate" else "negatives"
@@ -309,7 +400,8 @@ def fairness_judgements(model: ModelConfig, rows: list) -> list[tuple]:
                     f"{shown.attribute}: {rate} {fmt_num(shown.odds_hi_rate)} in '{shown.odds_hi_group}' "
                     f"({int(shown.odds_hi_n)} labelled {among}) vs {fmt_num(shown.odds_lo_rate)} in "
                     f"'{shown.odds_lo_group}' ({int(shown.odds_lo_n)}): equalized odds difference "
-                    f"{fmt_num(shown.odds)} (threshold {fmt_num(t.equalized_odds_difference)}; {fmt_p(shown.odds_p)})"))
+                    f"{fmt_num(shown.odds)} (threshold {fmt_num(t.equalized_odds_difference)}; {fmt_p(shown.odds_p)}"
+                    f"{note(shown, getattr(shown, 'ref_odds', None), 'higher')})"))
     return out
 
 

@@ -4,11 +4,15 @@ import dagster as dg
 import pandas as pd
 
 from monitor_assets.analysis.logic import (
-    drift_for_day,
-    fairness_for_day,
+    error_message,
+    isolated_drift,
+    isolated_fairness,
+    load_importance,
     load_profiles,
     map_models,
+    profile_errors,
     profile_models,
+    reference_disparities,
     reference_version,
     save_profiles,
     stored_versions,
@@ -56,23 +60,41 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
     )
     def reference_profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         cfg = in_shard(context, config)
-        rows, warnings = [], []
+        rows, warnings, errors = [], [], {}
         with fail_fast(), warehouse.connect_lake() as con:
-            versions, stored = {m.id: reference_version(m) for m in cfg.models}, stored_versions(con)
-            todo = [m for m in cfg.models if stored.get(m.id) != versions[m.id]]
-            rows += [(m.id, versions[m.id], "reused", None, None) for m in cfg.models if m not in todo]
+            versions = {}
+            for m in cfg.models:  # a missing reference file is that model's error, not the step's
+                try:
+                    versions[m.id] = reference_version(m)
+                except ValueError as exc:
+                    errors[m.id] = error_message(exc)
+            stored = stored_versions(con)
+            todo = [m for m in cfg.models if m.id in versions and stored.get(m.id) != versions[m.id]]
+            rows += [(m.id, versions[m.id], "reused", None, None) for m in cfg.models
+                     if m.id in versions and m not in todo]
             done = []  # saved a few dozen models at a time: a failure later keeps what was profiled
-            for i, (model, (profiles, baselines, check)) in enumerate(profile_models(con, todo), 1):
-                done.append((model, versions[model.id], profiles, baselines))
-                if len(done) == PROFILES_PER_SAVE or i == len(todo):
+            for i, (model, result) in enumerate(profile_models(con, todo, min_group_size=cfg.min_group_size), 1):
+                if isinstance(result, Exception):
+                    errors[model.id] = error_message(result)
+                else:
+                    profiles, baselines, check, importance = result
+                    done.append((model, versions[model.id], profiles, baselines, importance))
+                if len(done) == PROFILES_PER_SAVE or (i == len(todo) and done):
                     save_profiles(con, done)
                     done = []
+                if isinstance(result, Exception):
+                    continue
                 rows.append((model.id, versions[model.id], "computed", check.n_usable, check.n_left_out))
                 if should_log_progress(i, len(todo)):
                     context.log.info(f"profiled {i}/{len(todo)} references ({model.id})")
                 if check.warning:
                     warnings.append(f"{model.id} ({model.reference_path}): {check.warning}")
                     context.log.warning(f"model {model.id}: reference {model.reference_path}: {check.warning}")
+            if errors:  # recorded where the drift step reads it; every other model was profiled
+                save_profiles(con, [], errors)
+            for model_id, message in errors.items():
+                rows.append((model_id, versions.get(model_id), "failed", None, None))
+                context.log.warning(f"model {model_id}: reference not profiled: {message}")
             base = con.execute("SELECT model_id, metric, value FROM monitoring.reference_baselines "
                                "WHERE model_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY model_id, metric",
                                [cfg.model_ids]).df()
@@ -83,6 +105,9 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
             "profiles_computed": int((table.profile == "computed").sum()),
             "reference_rows_left_out": int(table.rows_left_out.fillna(0).sum()),
             "reference_warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in warnings) if warnings else "none"),
+            "reference_errors": len(errors),
+            "reference_error_details": dg.MetadataValue.md("\n".join(f"- {m}: {e}" for m, e in errors.items())
+                                                           if errors else "none"),
         })
 
     @dg.asset(
@@ -105,13 +130,19 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
         rows, summaries = [], []
         with fail_fast(), warehouse.connect_lake() as con:
             profiles = {m.id: load_profiles(con, m.id) for m in cfg.models}
+            importance = {m.id: load_importance(con, m.id) for m in cfg.models}
+            reference_errors = profile_errors(con)
             held = held_models(con, refreshed)  # failed the data-quality suite
             for i, day in enumerate(refreshed, 1):
                 todo = [m for m in cfg.models if m.id not in held[day]]
-                for out, summary in map_models(con, lambda c, m, day=day: drift_for_day(c, cfg, m, day,
-                                                                                      profiles[m.id]), todo):
+                # One model-day's error is recorded on its summary row; the other models are analysed.
+                work = lambda c, m, day=day: isolated_drift(c, cfg, m, day, profiles[m.id], importance[m.id],  # noqa: E731
+                                                            reference_errors.get(m.id))
+                for out, summary in map_models(con, work, todo):
                     rows += out
                     summaries.append(summary)
+                    if summary["analysis_error"]:
+                        context.log.warning(f"model {summary['model_id']} on {day}: {summary['analysis_error']}")
                 if should_log_progress(i, len(refreshed)):
                     context.log.info(f"drift: {i}/{len(refreshed)} days done ({day})")
             frame, summary = pd.DataFrame(rows), pd.DataFrame(summaries)
@@ -127,7 +158,11 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
                        "reference_summary"]] if len(d_rows) else d_rows)
             loud = (d_rows[(d_rows.role == "feature") & (d_rows.message.fillna("") != "")]
                     [["model_id", "feature", "message"]] if len(d_rows) else d_rows)
+            failed = (d_summary[d_summary.analysis_error.notna()][["model_id", "analysis_error"]]
+                      if len(d_summary) else d_summary)
             by_day[day] = {
+                "models_not_analysed": len(failed),
+                "analysis_errors": dg.MetadataValue.md(frame_markdown(failed, limit=10) if len(failed) else "none"),
                 "features_all_missing": int(d_rows.all_missing.fillna(False).sum()) if len(d_rows) else 0,
                 "features_all_unseen": int(d_rows.all_unseen.fillna(False).sum()) if len(d_rows) else 0,
                 "missing_or_unseen": dg.MetadataValue.md(frame_markdown(loud, limit=10) if len(loud) else "none"),
@@ -162,15 +197,24 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
         with fail_fast(), warehouse.connect_lake() as con:
             held = held_models(con, refreshed)  # failed the data-quality suite
             todo = [(m, d) for d in refreshed for m in cfg.models if m.id not in held[d]]
-            parts = list(map_models(con, lambda c, item: fairness_for_day(c, cfg, *item), todo))
+            reference = {m.id: reference_disparities(con, m.id) for m in cfg.models}
+            # One model-day's error becomes a row with its reason; the other models are analysed.
+            parts = list(map_models(con, lambda c, item: isolated_fairness(c, cfg, *item, reference[item[0].id]),
+                                    todo))
             parts = [p for p in parts if len(p)]
             frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
             if len(frame):
-                frame = frame.drop(columns=["selected", "tp", "fp", "fn", "tn", "abs_error"])
+                frame = frame.drop(columns=["selected", "tp", "fp", "fn", "tn", "abs_error"], errors="ignore")
+            errors = (frame[frame.analysis_error.notna()] if "analysis_error" in frame
+                      else frame.iloc[0:0])
+            for r in errors.itertuples():
+                context.log.warning(f"model {r.model_id} on {r.partition_date}: {r.analysis_error}")
             replace_partitions_from_frame(con, "monitoring.fairness", refreshed, frame, cfg.written_models)
         by_day = {}
         for day in days:
             d_rows = frame[frame.partition_date == day] if len(frame) else frame
+            d_errors = errors[errors.partition_date == day] if len(errors) else errors
+            d_rows = d_rows[d_rows.attribute.notna()] if len(d_rows) else d_rows
             per_attr = (d_rows.drop_duplicates(["model_id", "attribute"])
                         [["model_id", "attribute", "demographic_parity_ratio", "demographic_parity_p_value",
                           "most_favoured_group", "most_favoured_n", "least_favoured_group", "least_favoured_n",
@@ -179,6 +223,9 @@ def build_analysis_assets(config: MonitorConfig, predictions: dg.AssetKey, label
             ratios = per_attr.demographic_parity_ratio.dropna() if len(per_attr) else pd.Series(dtype=float)
             odds = per_attr.equalized_odds_difference.dropna() if len(per_attr) else pd.Series(dtype=float)
             by_day[day] = {
+                "models_not_analysed": len(d_errors),
+                "analysis_errors": dg.MetadataValue.md(frame_markdown(d_errors[["model_id", "analysis_error"]],
+                                                                      limit=10) if len(d_errors) else "none"),
                 "lowest_demographic_parity_ratio": float(ratios.min()) if len(ratios) else None,
                 "largest_equalized_odds_difference": float(odds.max()) if len(odds) else None,
                 "attributes_below_four_fifths": int((ratios < 0.8).sum()),

@@ -17,13 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.ingestion.readers import latest_labels_sql, model_feature_select
 from monitor_assets.stats import drift as D
-from monitor_assets.stats.fairness import fairness_table, group_counts
+from monitor_assets.stats.fairness import MIN_GROUP_SIZE, fairness_table, group_counts
 from monitor_assets.stats.performance import (
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,
@@ -44,6 +45,15 @@ ANALYSIS_WORKERS = int(os.environ.get("MONITOR_ANALYSIS_WORKERS") or min(4, os.c
 PREDICTION = "prediction"
 LABEL = "label"
 DECISION = "_logged_decision"  # the logged decision (predicted class), in reference and daily rows
+# What a profile holds beside the histograms (part of the reference version: a change re-profiles once).
+# 1: each feature's association with the score (key features) and the reference's fairness disparities.
+REFERENCE_EXTRAS = 1
+ERROR_KIND = "error"  # a reference_profiles row recording why a model's reference could not be profiled
+FAIRNESS_BASELINE = "fairness.{metric}:{attribute}"  # reference_baselines metric name of a reference disparity
+FAIRNESS_METRICS = ("demographic_parity_ratio", "equalized_odds_difference")
+# Errors a retry can heal (a lock, the disk): they fail the step, whose retry policy takes them. Any other
+# error analysing one model is recorded for that model and the others go on.
+TRANSIENT_ERRORS = (duckdb.IOException, OSError, MemoryError)
 
 
 def _reader(path: str) -> str:
@@ -108,10 +118,19 @@ def validate_model_reference(con: duckdb.DuckDBPyConnection, model: ModelConfig)
 
 def reference_version(model: ModelConfig) -> str:
     """The file's content hash, the drift spec and the profile format: a change of any re-profiles."""
-    digest = hashlib.sha256(Path(model.reference_path).read_bytes())
+    # A missing or unreadable file is the config's to fix: a ReferenceError, not retried (an OSError would be).
+    try:
+        content = Path(model.reference_path).read_bytes()
+    except FileNotFoundError:
+        raise ReferenceError(f"model {model.id}: reference file {model.reference_path} does not exist") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ReferenceError(f"model {model.id}: reference file {model.reference_path} cannot be read: "
+                             f"{exc.strerror}") from None
+    digest = hashlib.sha256(content)
     digest.update(json.dumps([(r, s.name, s.kind, s.method, s.threshold) for r, s in drift_specs(model)]).encode())
     digest.update(json.dumps({"profile_version": D.PROFILE_VERSION, "fields": model.reference_fields,
-                              "min_rows": MIN_REFERENCE_ROWS}, sort_keys=True).encode())
+                              "min_rows": MIN_REFERENCE_ROWS, "extras": REFERENCE_EXTRAS,
+                              "attributes": [a.name for a in model.sensitive_attributes]}, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
@@ -121,9 +140,11 @@ def stored_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
                                GROUP BY model_id HAVING count(DISTINCT reference_version) = 1""").fetchall())
 
 
-def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[dict, dict[str, float], ReferenceCheck]:
-    """Profiles of every drift column of a model's reference set, its baseline metrics, and the
-    validation (rows left out and why), all on the usable rows only."""
+def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig, min_group_size: int = MIN_GROUP_SIZE
+                  ) -> tuple[dict, dict[str, float], ReferenceCheck, dict[str, float]]:
+    """Profiles of every drift column of a model's reference set, its baseline metrics (with the
+    reference's own fairness disparities), the validation (rows left out and why) and each feature's
+    association with the score (`D.score_association`), all on the usable rows only."""
     check = validate_model_reference(con, model)
     relation = reference_relation(model, check.where)
     try:
@@ -140,7 +161,41 @@ def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[d
     row = perf.iloc[0]
     baselines = {m: float(row[m]) for m in CLASSIFICATION_METRICS + REGRESSION_METRICS
                  if m in row and not pd.isna(row[m])}
-    return profiles, baselines, check
+    baselines.update(reference_fairness(con, model, check, min_group_size))
+    features = [s for r, s in drift_specs(model) if r == "feature"]
+    importance = D.score_association(con, relation, features, PREDICTION)
+    return profiles, baselines, check, importance
+
+
+def reference_fairness(con: duckdb.DuckDBPyConnection, model: ModelConfig, check: ReferenceCheck,
+                       min_group_size: int = MIN_GROUP_SIZE) -> dict[str, float]:
+    """The reference's own demographic parity ratio and equalized odds difference per sensitive attribute
+    (classifiers), as `FAIRNESS_BASELINE` metrics; an attribute the reference lacks has none."""
+    if not model.is_classifier or not model.sensitive_attributes:
+        return {}
+    names = {c.lower() for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {reference_file(model)})").fetchall()}
+    present = [a.name for a in model.sensitive_attributes if a.name.lower() in names]
+    if not present:
+        return {}
+    score, label = quote_ident(model.reference_fields["score"]), quote_ident(model.reference_fields["label"])
+    decision = model.reference_fields.get("decision")
+    y_pred = predicted_class_sql(f"{quote_ident(decision)}::VARCHAR" if decision else None,
+                                 f"CAST({score} AS DOUBLE)", repr(model.decision_threshold))
+    relation = (f"SELECT {y_pred} AS y_pred, CAST(CAST({label} AS DOUBLE) AS BIGINT) AS y_true, "
+                f"{', '.join(quote_ident(a) for a in present)} FROM ({reference_file(model)} WHERE {check.where})")
+    try:
+        table = fairness_table(group_counts(con, relation, present), True, min_group_size)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - no reference disparity: the day is judged in absolute terms, and says so
+        return {}
+    out = {}
+    for attribute, part in table.groupby("attribute") if len(table) else ():
+        for metric in FAIRNESS_METRICS:
+            value = part[metric].iloc[0]
+            if not pd.isna(value):
+                out[FAIRNESS_BASELINE.format(metric=metric, attribute=attribute)] = float(value)
+    return out
 
 
 def map_models(con: duckdb.DuckDBPyConnection, work: Callable, items: list, workers: int | None = None) -> Iterator:
@@ -166,40 +221,85 @@ def map_models(con: duckdb.DuckDBPyConnection, work: Callable, items: list, work
             close(cursor)
 
 
-def profile_models(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], workers: int | None = None):
-    """`profile_model` for each model, a few at once, yielded in the models' order as (model, result)."""
-    yield from zip(models, map_models(con, profile_model, models, workers), strict=True)
+def profile_models(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], workers: int | None = None,
+                   min_group_size: int = MIN_GROUP_SIZE):
+    """`profile_model` for each model, a few at once, yielded in the models' order as (model, result); a
+    model whose reference cannot be profiled yields (model, the exception) and the others go on (a
+    transient error, see `TRANSIENT_ERRORS`, is raised)."""
+    def one(c, model):
+        try:
+            return profile_model(c, model, min_group_size)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are profiled
+            return exc
+    yield from zip(models, map_models(con, one, models, workers), strict=True)
 
 
-def save_profiles(con: duckdb.DuckDBPyConnection, saved: list[tuple[ModelConfig, str, dict, dict[str, float]]]) -> None:
+def error_message(exc: BaseException, limit: int = 400) -> str:
+    """An exception as one line: its type and message, whitespace folded, at most `limit` characters."""
+    text = " ".join(str(exc).split()) or "no message"
+    line = f"{type(exc).__name__}: {text}"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def save_profiles(con: duckdb.DuckDBPyConnection, saved: list[tuple], errors: dict[str, str] | None = None) -> None:
     """Replace the stored profiles and baselines of these models, each (model, version, profiles, baselines):
     one commit per table (a row at a time, 500 models' took 20 s). Baselines first: a crash between the two
     leaves the old profiles' version, so the models are profiled again."""
     profile_rows, baseline_rows = [], []
-    for model, version, profiles, baselines in saved:
+    for model, version, profiles, baselines, *rest in saved:
+        importance = rest[0] if rest else {}
         roles = {s.name: r for r, s in drift_specs(model)}
         for name, profile in profiles.items():
             kind = "numeric" if isinstance(profile, D.NumericProfile) else "categorical"
             n = profile.counts.n if kind == "numeric" else profile.n
-            profile_rows.append((model.id, name, roles[name], kind, version, int(n), json.dumps(profile.to_json())))
+            profile_rows.append((model.id, name, roles[name], kind, version, int(n), json.dumps(profile.to_json()),
+                                 _finite(importance.get(name))))
         baseline_rows += [(model.id, version, metric, float(value)) for metric, value in baselines.items()]
+    # A model that failed: one row saying why (version ERROR_KIND never matches, so the next run tries again).
+    for model_id, message in (errors or {}).items():
+        profile_rows.append((model_id, None, ERROR_KIND, ERROR_KIND, ERROR_KIND, 0, json.dumps({"error": message}),
+                             None))
     now = pd.Timestamp.now(tz="UTC").tz_localize(None)
     profile_frame = pd.DataFrame(profile_rows, columns=["model_id", "feature", "role", "kind", "reference_version",
-                                                        "n", "profile"]).assign(computed_at=now)
+                                                        "n", "profile", "importance"]).assign(computed_at=now)
     baseline_frame = pd.DataFrame(baseline_rows, columns=["model_id", "reference_version", "metric", "value"])
     ids = [model.id for model, *_ in saved]
     lake = lake_of(con)
-    for table, frame in (("monitoring.reference_baselines", baseline_frame),
-                         ("monitoring.reference_profiles", profile_frame)):
-        lake.replace(table, pa.Table.from_pandas(frame, preserve_index=False), None, models=ids)
-        lake.refresh(con, table)
+    # A failed model keeps its last baselines (the performance check still has one); its profiles say why.
+    for table, frame, models in (("monitoring.reference_baselines", baseline_frame, ids),
+                                 ("monitoring.reference_profiles", profile_frame, ids + list(errors or {}))):
+        if models:
+            lake.replace(table, pa.Table.from_pandas(frame, preserve_index=False), None, models=models)
+            lake.refresh(con, table)
 
 
 def load_profiles(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, D.Profile]:
-    rows = con.execute("SELECT feature, kind, profile FROM monitoring.reference_profiles WHERE model_id = ?",
-                       [model_id]).fetchall()
+    rows = con.execute("SELECT feature, kind, profile FROM monitoring.reference_profiles WHERE model_id = ? "
+                       "AND kind <> ?", [model_id, ERROR_KIND]).fetchall()
     return {name: (D.NumericProfile.from_json(json.loads(p)) if kind == "numeric"
                    else D.CategoricalProfile.from_json(json.loads(p))) for name, kind, p in rows}
+
+
+def load_importance(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, float]:
+    """Each feature's stored association with the score on the reference (NaN where unknown)."""
+    rows = con.execute("SELECT feature, importance FROM monitoring.reference_profiles WHERE model_id = ? "
+                       "AND role = 'feature'", [model_id]).fetchall()
+    return {f: (math.nan if v is None else float(v)) for f, v in rows}
+
+
+def profile_errors(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Per model whose reference could not be profiled, why (the last attempt's one-line message)."""
+    rows = con.execute("SELECT model_id, profile FROM monitoring.reference_profiles WHERE kind = ?",
+                       [ERROR_KIND]).fetchall()
+    return {m: json.loads(p).get("error", "") for m, p in rows}
+
+
+def reference_disparities(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, float]:
+    """The stored `FAIRNESS_BASELINE` metrics of a model's reference."""
+    return dict(con.execute("SELECT metric, value FROM monitoring.reference_baselines WHERE model_id = ? "
+                            "AND metric LIKE 'fairness.%'", [model_id]).fetchall())
 
 
 def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig) -> str:
@@ -215,25 +315,48 @@ def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
         WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok"""
 
 
+def empty_summary(model: ModelConfig, day: dt.date, error: str | None = None) -> dict:
+    """A model-day's drift summary with nothing computed (no rows, or `error`: why not)."""
+    return {"partition_date": day, "model_id": model.id, "n_features": len(model.features), "n_drifted": None,
+            "drift_share": None, "dataset_drift": None, "prediction_drift": None, "label_drift": None,
+            "n_missing_drift": None, "n_unseen_drift": None, "n_all_missing": None, "n_all_unseen": None,
+            "analysis_error": error}
+
+
+def isolated_drift(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
+                   profiles: dict[str, D.Profile], importance: dict[str, float] | None = None,
+                   reference_error: str | None = None) -> tuple[list[dict], dict]:
+    """`drift_for_day`, but an error analysing this model-day (not a transient one) is caught and returned
+    as the summary's `analysis_error`, so that every other model is analysed; no profiles: why not."""
+    if not profiles:
+        return [], empty_summary(model, day, f"no reference profile: {reference_error or 'none stored'}")
+    try:
+        return drift_for_day(con, config, model, day, profiles, importance)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded for this model-day
+        return [], empty_summary(model, day, f"drift could not be computed: {error_message(exc)}")
+
+
 def drift_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
-                  profiles: dict[str, D.Profile]) -> tuple[list[dict], dict]:
+                  profiles: dict[str, D.Profile], importance: dict[str, float] | None = None
+                  ) -> tuple[list[dict], dict]:
     """Drift rows for every feature, the prediction and the label; and the model's summary row."""
     # The model-day's rows, joined with their labels once: the counts, both scans and the label's drift
     # read them from memory rather than each reading the files and joining again.
     held = f"_drift_rows_{threading.get_ident()}"
     con.register(held, con.sql(_day_rows(con, config, model), params={"day": day, "model": model.id}).to_arrow_table())
     try:
-        return _drift_of_rows(con, config, model, day, profiles, f"SELECT * FROM {held}")
+        return _drift_of_rows(con, config, model, day, profiles, f"SELECT * FROM {held}", importance)
     finally:
         con.unregister(held)
 
 
 def _drift_of_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
-                   profiles: dict[str, D.Profile], rows_sql: str) -> tuple[list[dict], dict]:
+                   profiles: dict[str, D.Profile], rows_sql: str, importance: dict[str, float] | None = None
+                   ) -> tuple[list[dict], dict]:
     n = con.execute(f"SELECT count(*) FROM ({rows_sql})").fetchall()[0][0]
-    summary = {"partition_date": day, "model_id": model.id, "n_features": len(model.features), "n_drifted": None,
-               "drift_share": None, "dataset_drift": None, "prediction_drift": None, "label_drift": None,
-               "n_missing_drift": None, "n_unseen_drift": None, "n_all_missing": None, "n_all_unseen": None}
+    summary = empty_summary(model, day)
     if n == 0:
         return [], summary
     specs = drift_specs(model)
@@ -244,6 +367,8 @@ def _drift_of_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model:
     if con.execute(f"SELECT count(*) FROM ({labelled})").fetchall()[0][0] and LABEL in profiles:
         results += D.compute_drift(con, labelled, [label_spec], profiles)
     roles = {s.name: r for r, s in specs}
+    importance = importance or {}
+    keys = set(D.key_features(model.key_features, importance, config.key_features_top_k))
     out = []
     for r in results:
         out.append({
@@ -258,6 +383,10 @@ def _drift_of_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model:
             "expected_unseen_share": r.expected_unseen_share, "unseen_p_value": _finite(r.unseen_p_value),
             "unseen_drift": r.unseen_drift, "all_unseen": r.all_unseen, "all_missing": r.all_missing,
             "unseen_summary": r.unseen_summary, "message": r.message,
+            "importance": _finite(importance.get(r.feature)) if roles[r.feature] == "feature" else None,
+            "key_feature": r.feature in keys and roles[r.feature] == "feature",
+            "strong_drift": D.strong_drift(r.method, r.statistic, r.p_value_adjusted, r.p_value, r.threshold,
+                                           r.drifted),
         })
     features = [o for o in out if o["role"] == "feature"]
     drifted = sum(o["drifted"] for o in features)
@@ -273,8 +402,25 @@ def _drift_of_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model:
     return out, summary
 
 
+def isolated_fairness(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
+                      reference: dict[str, float] | None = None) -> pd.DataFrame:
+    """`fairness_for_day`; an error (not a transient one) becomes one row with attribute NULL and
+    `analysis_error`, so that every other model is analysed and this one's check fails with the reason."""
+    try:
+        return fairness_for_day(con, config, model, day, reference)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded for this model-day
+        return pd.DataFrame([{"partition_date": day, "model_id": model.id, "attribute": None, "grp": None,
+                              "analysis_error": f"fairness could not be computed: {error_message(exc)}"}])
+
+
 def fairness_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
-                     day: dt.date) -> pd.DataFrame:
+                     day: dt.date, reference: dict[str, float] | None = None) -> pd.DataFrame:
+    """Per attribute and group, rates and disparities (`fairness_table`), with the reference's own
+    disparities beside them (`reference`: the `FAIRNESS_BASELINE` metrics) and the baseline they are judged
+    against: `fairness_baseline` is the config's, or 'absolute' with a `baseline_note` when the reference
+    has no disparity for the attribute (it lacks the column, or has fewer than two eligible groups)."""
     attributes = [a.name for a in model.sensitive_attributes]
     if not attributes:
         return pd.DataFrame()
@@ -287,6 +433,16 @@ def fairness_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, mode
     if not table.empty:
         table.insert(0, "model_id", model.id)
         table.insert(0, "partition_date", day)
+        reference = reference or {}
+        for metric in FAIRNESS_METRICS:
+            table[f"reference_{metric}"] = [reference.get(FAIRNESS_BASELINE.format(metric=metric, attribute=a), math.nan)
+                                            for a in table.attribute]
+        known = table.reference_demographic_parity_ratio.notna() | table.reference_equalized_odds_difference.notna()
+        wanted = config.fairness_baseline == "reference"
+        table["fairness_baseline"] = np.where(wanted & known, "reference", "absolute")
+        table["baseline_note"] = np.where(wanted & ~known, "the reference has no disparity for this attribute (the "
+                                          "column is missing or it has fewer than two eligible groups): judged in "
+                                          "absolute terms", "")
     return table
 
 

@@ -10,7 +10,10 @@ small count vectors:
 * PSI: on 10 reference-quantile bins (snapped to the fine grid) plus a bin for missing values.
 * Jensen-Shannon distance (base 2, so in [0, 1]): on the same bins, or the categories.
 * Wasserstein-1 distance divided by the reference standard deviation: each fine bin's mass at its
-  centre (under- and overflow at their mean), so the error is at most half a fine bin width.
+  centre (each side's under- and overflow at that side's own mean), so the error is at most half a fine
+  bin width plus the spread within the tails. Huge values (1e154 and up overflow when squared) are
+  summed scaled down by a power of 2 (`NumericCounts.scale`): every figure stays finite and equals
+  scipy's on the scaled data.
 * Kolmogorov-Smirnov: the largest gap between the two CDFs at the fine-bin edges (exact when no two
   distinct values share a fine bin), p-value from scipy's asymptotic distribution (`kstwo`).
 * Chi-square: scipy's `chi2_contingency` on the reference-versus-current category counts, with
@@ -74,6 +77,10 @@ MIN_EXPECTED = 5.0  # chi-square pools categories expected fewer times than this
 MISSING_MIN_CHANGE = 0.05  # missing share must move at least this much (and significantly) to flag
 UNSEEN_MIN_EXCESS = 0.05  # unseen share must exceed the reference's expected unseen mass by this much
 CONSTANT_MIN_SHARE = 0.01  # a constant reference flags when at least this share of values differ
+# Sums are scaled down (by a power of 2) once a |value| passes this: squares stay below 2**960 (~1e289),
+# so a sum of squares of up to 1e19 such values is still finite.
+SCALE_ABOVE = 2.0 ** 480
+FLOAT_MAX = float(np.finfo(float).max)
 PROFILE_VERSION = 2  # 2: categories normalised by `category_sql`; version 1 profiles are counted raw
 TRUE_FALSE = ("true", "false")
 ONE_ZERO = ("1", "0")
@@ -82,7 +89,11 @@ _NUMBER_TEXT = r"[+-]?(0|[1-9][0-9]*)(\.[0-9]*)?([eE][+-]?[0-9]+)?"
 
 @dataclass
 class NumericCounts:
-    """Counts of one numeric feature on the fine grid [lo, hi]: under, FINE_BINS bins, over."""
+    """Counts of one numeric feature on the fine grid [lo, hi]: under, FINE_BINS bins, over.
+
+    The sums are in units of `scale` (a power of two, 1 unless some |value| passed `SCALE_ABOVE`): the
+    real sum is `total * scale`, the real sum of squares `total_sq * scale * scale`. A finite value of
+    1e154 and up overflows when squared, so huge data is summed scaled down (exactly, by a power of 2)."""
 
     n: int  # all rows, missing included
     n_missing: int
@@ -91,6 +102,7 @@ class NumericCounts:
     counts: np.ndarray  # length bins + 2
     under_sum: float
     over_sum: float
+    scale: float = 1.0
 
     @property
     def n_valid(self) -> int:
@@ -98,14 +110,15 @@ class NumericCounts:
 
     @property
     def mean(self) -> float:
-        return self.total / self.n_valid if self.n_valid else math.nan
+        return self.total / self.n_valid * self.scale if self.n_valid else math.nan
 
     @property
     def std(self) -> float:
         if self.n_valid < 2:
             return math.nan
-        var = (self.total_sq - self.total ** 2 / self.n_valid) / (self.n_valid - 1)
-        return math.sqrt(max(var, 0.0))
+        # No `**` on Python floats: it raises OverflowError where a product gives inf.
+        var = (self.total_sq - self.total * self.total / self.n_valid) / (self.n_valid - 1)
+        return math.sqrt(max(var, 0.0)) * self.scale if math.isfinite(var) else math.inf
 
 
 @dataclass
@@ -118,7 +131,7 @@ class NumericProfile:
 
     @property
     def width(self) -> float:
-        return (self.hi - self.lo) / self.bins
+        return _span(self.lo, self.hi) / self.bins
 
     @property
     def is_constant(self) -> bool:
@@ -129,14 +142,18 @@ class NumericProfile:
 
     def to_json(self) -> dict:
         c = self.counts
-        return {"lo": self.lo, "hi": self.hi, "bins": self.bins, "psi_cuts": self.psi_cuts,
-                "n": c.n, "n_missing": c.n_missing, "total": c.total, "total_sq": c.total_sq,
-                "counts": c.counts.tolist(), "under_sum": c.under_sum, "over_sum": c.over_sum}
+        out = {"lo": self.lo, "hi": self.hi, "bins": self.bins, "psi_cuts": self.psi_cuts,
+               "n": c.n, "n_missing": c.n_missing, "total": c.total, "total_sq": c.total_sq,
+               "counts": c.counts.tolist(), "under_sum": c.under_sum, "over_sum": c.over_sum}
+        if c.scale != 1.0:  # profiles of ordinary data keep their old form
+            out["scale"] = c.scale
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> NumericProfile:
         counts = NumericCounts(d["n"], d["n_missing"], d["total"], d["total_sq"],
-                               np.asarray(d["counts"], dtype=np.int64), d["under_sum"], d["over_sum"])
+                               np.asarray(d["counts"], dtype=np.int64), d["under_sum"], d["over_sum"],
+                               float(d.get("scale", 1.0)))
         return cls(d["lo"], d["hi"], d["bins"], counts, d["psi_cuts"])
 
 
@@ -290,7 +307,7 @@ def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dic
     names = list(numeric)
     if names:
         cols = ", ".join(f"{quote_ident(n)}::DOUBLE AS v{i}" for i, n in enumerate(names))
-        state = {n: [0, 0, 0.0, 0.0, np.zeros(numeric[n][2] + 2, dtype=np.int64), 0.0, 0.0] for n in names}
+        state = {n: [0, 0, 0.0, 0.0, np.zeros(numeric[n][2] + 2, dtype=np.int64), 0.0, 0.0, 1.0] for n in names}
         reader = con.sql(f"SELECT {cols} FROM ({relation})", params=params or None).to_arrow_reader(batch_rows)
         for batch in reader:
             for i, name in enumerate(names):
@@ -298,18 +315,20 @@ def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dic
                 st = state[name]
                 x = batch.column(i).to_numpy(zero_copy_only=False)
                 st[0] += len(x)
-                x = x[~np.isnan(x)]
+                x = x[np.isfinite(x)]  # NaN and +-inf count as missing (inf has no place on any grid)
                 st[1] += len(x)
-                st[2] += float(x.sum())
-                st[3] += float(np.dot(x, x))
-                idx = np.floor((x - lo) * (bins / (hi - lo)))
-                np.clip(idx, -1, bins, out=idx)
+                if len(x):
+                    _rescale(st, float(np.max(np.abs(x))))
+                xs = x / st[7] if st[7] != 1.0 else x
+                st[2] += float(xs.sum())
+                st[3] += float(np.dot(xs, xs))
+                idx = _bin_index(x, lo, hi, bins)
                 st[4] += np.bincount(idx.astype(np.int64) + 1, minlength=bins + 2)
-                st[5] += float(x[idx < 0].sum())
-                st[6] += float(x[idx >= bins].sum())
+                st[5] += float(xs[idx < 0].sum())
+                st[6] += float(xs[idx >= bins].sum())
         for name in names:
-            n, valid, total, total_sq, counts, under, over = state[name]
-            out[name] = NumericCounts(n, n - valid, total, total_sq, counts, under, over)
+            n, valid, total, total_sq, counts, under, over, scale = state[name]
+            out[name] = NumericCounts(n, n - valid, total, total_sq, counts, under, over, scale)
     if categorical or not names:
         exprs = ", ".join(["count(*)"] + [f"histogram(coalesce({quote_ident(c)}::VARCHAR, '{MISSING}'))"
                                           for c in categorical])
@@ -319,6 +338,37 @@ def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dic
         if normalize:
             out.update(_normalize_many(con, {c: (out[c], normalize[c]) for c in categorical if c in normalize}))
     return out
+
+
+def _rescale(st: list, largest: float) -> None:
+    """Raise a counting state's scale (item 7) to a power of 2 above `largest` when it passes SCALE_ABOVE,
+    rescaling the sums kept so far (exact: powers of 2)."""
+    if largest <= SCALE_ABOVE or largest <= st[7]:
+        return
+    scale = math.ldexp(1.0, math.frexp(largest)[1] - 1)  # |x / scale| < 2; 2**1024 would overflow
+    factor = st[7] / scale
+    st[2] *= factor
+    st[3] *= factor * factor
+    st[5] *= factor
+    st[6] *= factor
+    st[7] = scale
+
+
+def _span(lo: float, hi: float) -> float:
+    """hi - lo, finite even when the difference of two huge floats is not (halves first)."""
+    span = hi - lo
+    return span if math.isfinite(span) else min(2.0 * (hi / 2 - lo / 2), FLOAT_MAX)
+
+
+def _bin_index(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Fine-bin index of each value, -1 for underflow and `bins` for overflow; no NaN for huge values."""
+    span = hi - lo
+    if math.isfinite(span):
+        with np.errstate(over="ignore"):  # a huge value's index overflows to inf: clipped to overflow below
+            idx = np.floor((x - lo) * (bins / span))
+    else:  # a grid wider than the largest float: work in halves
+        idx = np.floor((x / 2 - lo / 2) * (bins / (hi / 2 - lo / 2)))
+    return np.clip(idx, -1, bins, out=idx)
 
 
 def profile_reference(con: duckdb.DuckDBPyConnection, relation: str, features: list[FeatureSpec],
@@ -344,7 +394,8 @@ def profile_reference(con: duckdb.DuckDBPyConnection, relation: str, features: l
             if not hi > lo:  # a constant feature
                 lo, hi = lo - 0.5, lo + 0.5
             # The grid is [lo, hi] with hi itself inside (x >= the grid's end is overflow).
-            bounds[name] = (float(lo), float(hi) + (float(hi) - float(lo)) * 1e-9, bins)
+            end = float(hi) + _span(float(lo), float(hi)) * 1e-9
+            bounds[name] = (float(lo), end if math.isfinite(end) else FLOAT_MAX, bins)
     categorical = [f.name for f in features if f.kind == "categorical"]
     counted = count_histograms(con, relation, bounds, categorical, params)  # categories as raw text
     # Two normalising queries for all categoricals (not two per feature: hundreds of models add up).
@@ -481,10 +532,10 @@ def wasserstein_scale(profile: NumericProfile) -> float | None:
     cdf = np.cumsum(c.counts)[:-1] / c.n_valid  # at the right edge of the underflow and each inner bin
     spread = np.sqrt(cdf * (1 - cdf))
     inner = float(spread[1:].sum() * profile.width)
-    under = spread[0] * max(profile.lo - (c.under_sum / c.counts[0] if c.counts[0] else profile.lo), 0.0)
+    under = spread[0] * max(profile.lo - (c.under_sum / c.counts[0] * c.scale if c.counts[0] else profile.lo), 0.0)
     over_cdf = 1 - c.counts[-1] / c.n_valid
-    over = math.sqrt(over_cdf * (1 - over_cdf)) * max((c.over_sum / c.counts[-1] if c.counts[-1] else profile.hi)
-                                                       - profile.hi, 0.0)
+    over = math.sqrt(over_cdf * (1 - over_cdf)) * max((c.over_sum / c.counts[-1] * c.scale if c.counts[-1]
+                                                        else profile.hi) - profile.hi, 0.0)
     return (inner + float(under) + over) / std
 
 
@@ -550,12 +601,15 @@ def numeric_drift(spec: FeatureSpec, profile: NumericProfile, current: NumericCo
     threshold = _threshold(spec, method, profile.counts.n_valid, current.n_valid, len(profile.psi_cuts) + 1, scale)
     ref_psi, cur_psi = _psi_vectors(profile, current)
     ref_std = profile.counts.std
-    w1 = wasserstein_binned(_positions(profile, current), profile.counts.counts, current.counts)
+    # W1 in units of `unit` (a power of 2: 1 for ordinary data), so huge values give a huge, finite figure.
+    positions, ref_counts, cur_counts, unit = _positions(profile, current)
+    w1_units = wasserstein_binned(positions, ref_counts, cur_counts)
     values = {
         "psi": psi(ref_psi, cur_psi),
         "jensenshannon": js_distance(ref_psi, cur_psi),
-        "wasserstein": w1 / ref_std if ref_std and ref_std > 0 and not constant else math.nan,
-        "wasserstein_absolute": w1,
+        "wasserstein": w1_units * (unit / ref_std) if ref_std and 0 < ref_std < math.inf and not constant
+        else math.nan,
+        "wasserstein_absolute": w1_units * unit,
     }
     d, p = ks_binned(profile.counts.counts, current.counts)
     values["ks"] = d
@@ -591,15 +645,29 @@ def numeric_drift(spec: FeatureSpec, profile: NumericProfile, current: NumericCo
     return result
 
 
-def _positions(profile: NumericProfile, current: NumericCounts) -> np.ndarray:
-    """Mass positions shared by both histograms: bin centres, and under/overflow at the pooled mean."""
+def _positions(profile: NumericProfile, current: NumericCounts) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Mass positions and the two count vectors on them, in units of the returned power of 2 (1 for
+    ordinary data; the larger of the two sums' scales for huge data, so that no difference overflows):
+    bin centres, and each side's under- and overflow at that side's own mean (pooled, one far outlier
+    would be averaged with the other side's tail and its distance shrunk by their count)."""
     ref = profile.counts
-    inner = profile.lo + (np.arange(profile.bins) + 0.5) * profile.width
-    under_n = ref.counts[0] + current.counts[0]
-    over_n = ref.counts[-1] + current.counts[-1]
-    under = (ref.under_sum + current.under_sum) / under_n if under_n else profile.lo
-    over = (ref.over_sum + current.over_sum) / over_n if over_n else profile.hi
-    return np.concatenate([[min(under, profile.lo)], inner, [max(over, profile.hi)]])
+    unit = max(ref.scale, current.scale)
+    r, c = ref.scale / unit, current.scale / unit
+    lo, hi = profile.lo / unit, profile.hi / unit
+    inner = lo + (np.arange(profile.bins) + 0.5) * (profile.width / unit)
+
+    def tail(total: float, n: int, edge: float, low: bool) -> float:
+        mean = total / n if n else edge
+        return min(mean, edge) if low else max(mean, edge)
+
+    under = sorted([(tail(ref.under_sum * r, ref.counts[0], lo, True), ref.counts[0], 0),
+                    (tail(current.under_sum * c, current.counts[0], lo, True), 0, current.counts[0])])
+    over = sorted([(tail(ref.over_sum * r, ref.counts[-1], hi, False), ref.counts[-1], 0),
+                   (tail(current.over_sum * c, current.counts[-1], hi, False), 0, current.counts[-1])])
+    positions = np.concatenate([[u[0] for u in under], inner, [o[0] for o in over]])
+    ref_counts = np.concatenate([[u[1] for u in under], ref.counts[1:-1], [o[1] for o in over]])
+    cur_counts = np.concatenate([[u[2] for u in under], current.counts[1:-1], [o[2] for o in over]])
+    return positions, ref_counts, cur_counts, unit
 
 
 def expected_unseen_share(counts: dict[str, int]) -> float:
@@ -730,3 +798,61 @@ def compute_drift(con: duckdb.DuckDBPyConnection, relation: str, specs: list[Fea
     counted = count_histograms(con, relation, numeric, categorical, params, normalize=normalize)
     results = [feature_drift(s, profiles[s.name], counted[s.name]) for s in specs]
     return control_false_alarms(results) if control_across_features else results
+
+
+# ---------------------------------------------------------------------------------------------
+# Strong drift and the features that matter most (for the alerts that need no tuning).
+
+STRONG_DISTANCE_FACTOR = 2.0  # a distance is strong drift at twice its (noise-floored) threshold
+STRONG_P_FACTOR = 0.01  # a p-value test is strong drift at 1/100 of its threshold (1e-4 at the default 0.01)
+KEY_MIN_ASSOCIATION = 0.1  # a measured key feature is associated with the score at least this much
+
+
+def strong_drift(method: str, statistic: float | None, p_value_adjusted: float | None, p_value: float | None,
+                 threshold: float, drifted: bool) -> bool:
+    """Drift well beyond the threshold: a distance at `STRONG_DISTANCE_FACTOR` times it, a p-value test
+    (Benjamini-Hochberg adjusted where available) at `STRONG_P_FACTOR` times it."""
+    if not drifted:
+        return False
+    if method in P_VALUE_METHODS:
+        p = p_value_adjusted if p_value_adjusted is not None and not math.isnan(p_value_adjusted) else p_value
+        return p is not None and not math.isnan(p) and p <= threshold * STRONG_P_FACTOR
+    return statistic is not None and not math.isnan(statistic) and statistic >= threshold * STRONG_DISTANCE_FACTOR
+
+
+def score_association(con: duckdb.DuckDBPyConnection, relation: str, features: list[FeatureSpec], target: str,
+                      params: list | None = None) -> dict[str, float]:
+    """How strongly each feature goes with `target` (the score) on `relation`, in [0, 1]: |Pearson r| for
+    a numeric feature, the correlation ratio (eta) for a categorical one (missing as its own category).
+    NaN where undefined (constant feature or score, fewer than 3 rows). Huge values are fine: DuckDB's
+    corr works in doubles and gives NaN, never an exception, on overflow."""
+    out: dict[str, float] = {}
+    y = f"nullif({quote_ident(target)}::DOUBLE, 'NaN'::DOUBLE)"
+    numeric = [f.name for f in features if f.kind == "numeric"]
+    if numeric:
+        row = con.execute(f"SELECT {', '.join(f'abs(corr({_numeric_value(n)}, {y}))' for n in numeric)} "
+                          f"FROM ({relation})", params or []).fetchall()[0]
+        out.update({n: float(v) if v is not None and math.isfinite(v) else math.nan
+                    for n, v in zip(numeric, row, strict=True)})
+    for f in features:
+        if f.kind != "categorical":
+            continue
+        g = f"coalesce({quote_ident(f.name)}::VARCHAR, '{MISSING}')"
+        between, total = con.execute(f"""
+            WITH d AS (SELECT {g} AS g, {y} AS y FROM ({relation}) WHERE {y} IS NOT NULL),
+                 m AS (SELECT avg(y) AS mu FROM d)
+            SELECT (SELECT sum(n * (mg - mu) * (mg - mu)) FROM (SELECT count(*) AS n, avg(y) AS mg FROM d GROUP BY g), m),
+                   (SELECT sum((y - mu) * (y - mu)) FROM d, m)""", params or []).fetchall()[0]
+        out[f.name] = (math.sqrt(min(max(between / total, 0.0), 1.0))
+                       if between is not None and total and math.isfinite(total) else math.nan)
+    return out
+
+
+def key_features(declared: tuple[str, ...] | list[str], importance: dict[str, float], top_k: int) -> list[str]:
+    """The features whose strong drift alerts on its own: those declared (config `key_features`), else the
+    `top_k` most associated with the score on the reference (at least `KEY_MIN_ASSOCIATION`)."""
+    if declared:
+        return list(declared)
+    ranked = sorted(((v, k) for k, v in importance.items() if v is not None and not math.isnan(v)
+                     and v >= KEY_MIN_ASSOCIATION), reverse=True)
+    return [k for _, k in ranked[:top_k]]

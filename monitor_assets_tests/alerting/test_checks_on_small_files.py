@@ -236,9 +236,10 @@ def test_a_dot_in_a_json_feature_name_is_refused_at_config_load(tmp_path):
     assert "nested path (features.unit.price)" in err.value.problem and "source:" in err.value.problem
 
 
-def test_a_reference_too_small_fails_at_once_without_retries(tmp_path):
-    """Deterministic errors are not retried (the step's retry policy is for locks and I/O): one attempt,
-    one clear message naming model and file, in seconds rather than minutes of backoff."""
+def test_a_reference_too_small_is_recorded_for_that_model_the_others_are_analysed_without_retries(tmp_path):
+    """A deterministic error in one model's reference is not retried and does not stop the others: one
+    attempt, the reason (naming model and file) recorded for that model and failing its drift check, the
+    other model analysed as usual."""
     rng = np.random.default_rng(5)
     shop, y = _shop_day(rng, 0, DAYS[0])
     write(tmp_path / "export" / "2025-06-01" / "shop.csv", shop.to_csv(index=False))
@@ -252,15 +253,29 @@ def test_a_reference_too_small_fails_at_once_without_retries(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     start = time.monotonic()
     result = run_job(config, "2025-06-01", instance=instance, raise_on_error=False)
-    assert not result.success and time.monotonic() - start < 60
+    assert result.success and time.monotonic() - start < 60
     events = result.all_events
     step = "monitoring__reference_profiles"
-    assert [e for e in events if e.step_key == step and e.event_type_value == "STEP_START"].__len__() == 1
-    assert not [e for e in events if e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED")]
-    failure = next(e for e in events if e.step_key == step and e.event_type_value == "STEP_FAILURE")
-    message = failure.event_specific_data.error.message
-    assert f"model shop: reference {tmp_path / 'shop.parquet'}: only 0 usable rows of 1" in message
-    assert "at least 100 are needed" in message
+    assert len([e for e in events if e.step_key == step and e.event_type_value == "STEP_START"]) == 1
+    assert not [e for e in events if e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED", "STEP_FAILURE")]
+    meta = next(iter(result.asset_materializations_for_node(step))).metadata
+    assert meta["reference_errors"].value == 1
+    assert f"model shop: reference {tmp_path / 'shop.parquet'}: only 0 usable rows of 1" in \
+        meta["reference_error_details"].value
+    con = open_warehouse(config.warehouse_path, read_only=True)
+    try:
+        summary = dict(con.execute("SELECT model_id, analysis_error FROM monitoring.drift_summary").fetchall())
+        assert summary["demand"] is None
+        assert summary["shop"].startswith("no reference profile: ReferenceError: model shop: reference ")
+        assert "at least 100 are needed" in summary["shop"] and "\n" not in summary["shop"]
+        assert con.execute("SELECT count(*) FROM monitoring.feature_drift WHERE model_id = 'demand'").fetchone()[0] == 5
+        assert con.execute("SELECT count(*) FROM monitoring.feature_drift WHERE model_id = 'shop'").fetchone()[0] == 0
+        evaluated = A.evaluate(con, config, [DAYS[0].date()])
+    finally:
+        con.close()
+    drift = evaluated[evaluated.check_name == A.DRIFT].set_index("model_id")
+    assert not drift.loc["shop"].passed and drift.loc["shop"].severity == "ERROR"
+    assert drift.loc["shop"].message == summary["shop"] and drift.loc["demand"].passed
 
 
 def test_drift_p_values_are_controlled_across_a_model_days_features(small_run):
