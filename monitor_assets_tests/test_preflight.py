@@ -167,10 +167,16 @@ models:
     took = time.perf_counter() - began
     print(f"preflight over 365 days x 2 sources: {took * 1000:.0f} ms")
     assert problems == [] and took < 1.0
-    (tmp_path / "labels" / "20250704.csv").unlink()
-    assert lines(preflight(config)) == [
-        f"{config.file}: sources.labels.path: no file matches labels/{{date:%Y%m%d}}.csv on 1 of 365 days: "
+    # A day without predictions is an error; a day without labels a warning (labels come late).
+    (tmp_path / "preds" / "2025-07-04.csv").unlink()
+    (tmp_path / "labels" / "20250705.csv").unlink()
+    problems = preflight(config)
+    assert lines(problems) == [
+        f"{config.file}: sources.predictions.path: no file matches preds/{{date}}.csv on 1 of 365 days: "
         "2025-07-04 (set allow_empty: true if days without files are expected)"]
+    assert lines(problems, warning=True) == [
+        f"{config.file}: sources.labels.path: no file matches labels/{{date:%Y%m%d}}.csv on 1 of 365 days: "
+        "2025-07-05 (set allow_empty: true if days without files are expected)"]
 
 
 def runner_env(tmp: Path, config: Path) -> dict[str, str]:
@@ -205,9 +211,11 @@ def test_cli_exit_status_and_output(demo_copy):
     assert len(errors) == 5 and errors[-1].startswith(f"preflight: 4 problems in {path} (")
 
 
-def test_a_run_started_elsewhere_fails_its_first_step_once_without_loading_anything(demo_copy, tmp_path):
+def test_a_run_started_elsewhere_checks_each_source_in_its_own_step_and_fails_it_once(demo_copy, tmp_path):
     """As from the UI or a schedule (no run_pipeline, no preflight tag): the predictions step runs the preflight
-    and fails without a retry; no prediction or label is loaded."""
+    on its own source, which is sound here, so it loads (one model's feature typo and another's reference typo
+    are those models' problems, warned in its log); the labels glob that matches nothing fails the labels step
+    once, without a retry, naming the glob, and nothing downstream of the labels runs."""
     import dagster as dg
 
     from .conftest import run_job
@@ -218,15 +226,15 @@ def test_a_run_started_elsewhere_fails_its_first_step_once_without_loading_anyth
     result = run_job(config, "2026-10-01", raise_on_error=False)
     assert not result.success
     failures = {e.step_key: e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE}
-    message = failures["raw__predictions"].event_specific_data.error.message
-    assert "preflight found 4 problems, nothing run: " in message and "(did you mean 'labels'?)" in message
+    assert set(failures) == {"raw__labels"}
+    message = failures["raw__labels"].event_specific_data.error.message
+    assert f"labels 2026-10-01: no file matches {demo_copy}/labls/2026-10-01.csv.gz; nothing of the day was " \
+           "replaced" in message
     assert not any(e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY for e in result.all_events)
-    # Nothing downstream of predictions ran: no prediction or label table. (Steps that do not depend on it,
-    # interactions, sales and reference profiles, do run in such a run: only run_pipeline stops them all.)
     raw = {p.name for p in (tmp_path / "wh" / "monitor_lake" / "raw").iterdir()}
-    assert not {name for name in raw if name.startswith(("predictions", "labels"))}, raw
+    assert any(name.startswith("predictions") for name in raw) and "labels" not in raw, raw
     succeeded = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SUCCESS}
-    assert "raw__sales" in succeeded  # not downstream of predictions
+    assert {"raw__predictions", "raw__sales"} <= succeeded
     assert not succeeded & {"raw__labels", "monitoring__feature_drift", "monitoring__performance_daily"}
 
 

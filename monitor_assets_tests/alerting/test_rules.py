@@ -127,9 +127,9 @@ def test_alerts_table_updates_in_place_and_resolves(demo_run, tmp_path):
 
 
 def test_run_failure_sensor_writes_to_the_file_channel(demo_config, tmp_path):
+    # A labels path that matches nothing fails the run (a missing reference no longer does: it is that model's).
     broken = replace(demo_config, warehouse_path=str(tmp_path / "w.duckdb"), reports_dir=str(tmp_path),
-                     models=(replace(demo_config.models[0], reference_path=str(tmp_path / "missing.parquet")),
-                             *demo_config.models[1:]))
+                     labels=replace(demo_config.labels, path=str(tmp_path / "nowhere" / "{date}.csv")))
     with dg.DagsterInstance.ephemeral() as instance:
         from monitor_assets.definitions import MONITORING_JOB
 

@@ -4,6 +4,7 @@ the metrics, its rule checker, and its rule unit tests evaluating the rules on t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import shutil
@@ -20,7 +21,7 @@ from monitor_assets.config import load_config
 from monitor_assets.constants import ERROR_RATE_CHECK, LATENCY_CHECK, PERFORMANCE_CHECK, VOLUME_CHECK
 from monitor_assets.export.defs import export_folder
 from monitor_assets.export.grafana import DASHBOARD_FILE
-from monitor_assets.export.prometheus import TEXTFILE
+from monitor_assets.export.prometheus import TEXTFILE, export_metrics
 from monitor_assets.export.rules import AVAILABILITY_OBJECTIVE, RULES_FILE, alert_rules, model_matcher
 
 PROMETHEUS_SEVERITY = {"WARN": "warning", "ERROR": "critical"}
@@ -150,12 +151,14 @@ def test_promtool_checks_the_metrics_and_rules_of_the_demo_run(demo_run):
 
 
 @needs_promtool
-def test_promtool_evaluates_the_rules_on_the_exported_values(demo_run, tmp_path):
+def test_promtool_evaluates_the_rules_on_the_exported_values(demo_run, demo_db, tmp_path):
     """Prometheus' rule engine, fed the exported series as constant series, fires exactly the alerts the
-    config's thresholds imply for the exported values."""
+    config's thresholds imply for the exported values (an export of 2026-10-27, the concept drift's last day
+    before the retrained conversion_recommender took over)."""
     config, _ = demo_run
     folder = export_folder(config)
-    families = list(text_string_to_metric_families((folder / TEXTFILE).read_text()))
+    exported = export_metrics(demo_db, config, dt.date(2026, 10, 27), tmp_path / "export").path
+    families = list(text_string_to_metric_families(exported.read_text()))
     # The export is fresh at the rule evaluation's time 0: shift the timestamp series to 0.
     series = []
     for f in families:
@@ -179,7 +182,7 @@ def test_promtool_evaluates_the_rules_on_the_exported_values(demo_run, tmp_path)
                     "exp_labels": {**labels, "severity": PROMETHEUS_SEVERITY[severity(model, check)],
                                    "check": check, "team": "mlops"},
                     "exp_annotations": {k: render(t, labels, v) for k, t in annotations[alert].items()}})
-    # The demo's last day: conversion_recommender's ROC AUC is far below its baseline.
+    # 2026-10-27: conversion_recommender's ROC AUC is far below its baseline.
     assert any(a["exp_labels"]["model_id"] == "conversion_recommender"
                for a in expected["ModelMainMetricBelowBaseline"])
     alerts = [{"eval_time": "5m", "alertname": alert, "exp_alerts": expected.get(alert, [])}
