@@ -19,12 +19,10 @@ import datetime as dt
 import decimal
 import json
 import os
-import random
 import re
 import sqlite3
 import sys
 import tempfile
-import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -39,7 +37,7 @@ from monitor_assets.notify.state import SCHEMA as STATE_SCHEMA
 from monitor_assets.notify.state import STATE_TABLES
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, PREDICTIONS, TABLES, Lake, model_table, registered
 from monitor_assets.storage.sql import quote_ident, sql_str
-from monitor_assets.storage.warehouse import SCHEMA_SQL
+from monitor_assets.storage.warehouse import SCHEMA_SQL, waiting_out_locks
 
 PROMPT = "monitor> "
 CONTINUE = "    ...> "
@@ -128,16 +126,8 @@ def _fsspec_form(uri: str) -> str:
 def _copy_file_tables(con: duckdb.DuckDBPyConnection, path: Path, retries: int, base_delay: float) -> None:
     """Copy the DuckDB file's tables (not its views: those point at relations of the writer's connection) into
     `con`, then let the file go. A writer holding the file's lock is waited out with backoff and jitter."""
-    attempt = 0
-    while True:
-        try:
-            con.execute(f"ATTACH {sql_str(str(path))} AS {_FILE_ALIAS} (READ_ONLY)")
-            break
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or attempt >= retries:
-                raise
-            time.sleep(base_delay * 2 ** attempt * (0.5 + random.random()))
-            attempt += 1
+    waiting_out_locks(lambda: con.execute(f"ATTACH {sql_str(str(path))} AS {_FILE_ALIAS} (READ_ONLY)"),
+                      retries, base_delay)
     try:
         tables = con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
                              "AND schema_name <> 'main'", [_FILE_ALIAS]).fetchall()

@@ -15,13 +15,16 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
 from monitor_assets.storage.lake import TABLES, Lake
+
+T = TypeVar("T")
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS raw;
@@ -186,6 +189,20 @@ def replace_partitions_from_frame(con: duckdb.DuckDBPyConnection, table: str, da
         con.unregister("_frame")
 
 
+def waiting_out_locks(open_it: Callable[[], T], retries: int = 8, base_delay: float = 0.25) -> T:
+    """`open_it()`, retried with exponential backoff and jitter while another process holds the DuckDB
+    file's lock (one writer per file); any other error at once."""
+    attempt = 0
+    while True:
+        try:
+            return open_it()
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or attempt >= retries:
+                raise
+            time.sleep(base_delay * 2 ** attempt * (0.5 + random.random()))
+            attempt += 1
+
+
 def open_warehouse(path: str | None, lake_path: str | None = None, models: Iterable[str] | None = None,
                    read_only: bool = False, retries: int = 8, base_delay: float = 0.25) -> duckdb.DuckDBPyConnection:
     """The warehouse with the lake attached (`lake_path`: a folder or a bucket URI, default `<file>_lake`
@@ -202,16 +219,8 @@ def open_warehouse(path: str | None, lake_path: str | None = None, models: Itera
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     if path is not None and read_only and not Path(path).exists():
         path = None  # only per-model steps ran yet (they write the lake alone): read the lake's tables
-    attempt = 0
-    while True:
-        try:
-            con = duckdb.connect(path or ":memory:", read_only=read_only and path is not None)
-            break
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or attempt >= retries:
-                raise
-            time.sleep(base_delay * 2 ** attempt * (0.5 + random.random()))
-            attempt += 1
+    con = waiting_out_locks(lambda: duckdb.connect(path or ":memory:", read_only=read_only and path is not None),
+                            retries, base_delay)
     lake = Lake(lake_path)
     _LAKES[id(con)] = lake
     try:
