@@ -57,7 +57,8 @@ def make_frame(rows: int, rng: np.random.Generator, drifted: bool) -> pd.DataFra
 OURS = """
 import json, resource, sys, time
 import duckdb
-from monitor_assets.stats.drift import FeatureSpec, compute_drift, profile_reference
+from monitor_assets.analysis.queries import compute_drift, profile_reference
+from monitor_assets.stats.drift import FeatureSpec
 ref_path, cur_path, numeric, categorical = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4].split(",")
 specs = [FeatureSpec(n, "numeric") for n in numeric] + [FeatureSpec(c, "categorical") for c in categorical]
 t0 = time.perf_counter()

@@ -27,6 +27,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from monitor_assets.analysis import queries as Q
 from monitor_assets.stats import drift as D
 
 SIZES = (150, 500, 2_000, 50_000)
@@ -79,11 +80,11 @@ def simulate(days: int, seed: int) -> dict:
         flags = {m: [] for m in ("stable", "shifted")}
         for block in range(0, n_days, DAYS_PER_REFERENCE):
             con.register("ref", frame(rng, REFERENCE_ROWS, False, True))
-            profiles = D.profile_reference(con, "SELECT * FROM ref", specs)
+            profiles = Q.profile_reference(con, "SELECT * FROM ref", specs)
             for _ in range(min(DAYS_PER_REFERENCE, n_days - block)):
                 for model in flags:
                     con.register("cur", frame(rng, size, model == "shifted", False))
-                    flags[model].append({r.feature: r for r in D.compute_drift(con, "SELECT * FROM cur", specs, profiles)})
+                    flags[model].append({r.feature: r for r in Q.compute_drift(con, "SELECT * FROM cur", specs, profiles)})
         stable, shifted = flags["stable"], flags["shifted"]
 
         def rate(days_, names, attr="drifted"):

@@ -15,7 +15,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from monitor_assets.stats.fairness import fairness_table, group_counts
+from monitor_assets.analysis.queries import group_counts
+from monitor_assets.stats.fairness import fairness_table
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from monitor_assets.constants import THRESHOLD_CHECKS
-from monitor_assets.stats.performance import MAIN_METRICS  # selectable main metrics per task
+from monitor_assets.constants import DEFAULT_SEVERITY, THRESHOLD_CHECKS
+from monitor_assets.stats.metrics_spec import MAIN_METRICS  # selectable main metrics per task
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -153,6 +153,10 @@ class ModelConfig:
     @property
     def is_classifier(self) -> bool:
         return self.task == "binary_classification"
+
+    def severity(self, check: str) -> str:
+        """WARN or ERROR: the model's `thresholds.severity` for this threshold check, else its default."""
+        return self.thresholds.severity.get(check, DEFAULT_SEVERITY[check])
 
 
 @dataclass(frozen=True)
@@ -734,9 +738,8 @@ def default_locations(file: Path) -> tuple[str, str]:
     return str(REPO_ROOT / "warehouse" / key / "monitor.duckdb"), str(REPO_ROOT / "reports" / key)
 
 
-def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
-    """Load and validate a monitoring config; `path` defaults to $MONITOR_CONFIG, then the demo's."""
-    file = Path(path or os.environ.get("MONITOR_CONFIG") or DEMO_CONFIG).resolve()
+def _read_root(file: Path) -> tuple[_Reader, dict]:
+    """The file's top-level mapping and a reader for it; only known top-level keys."""
     if not file.exists():
         raise ConfigError(file, "(file)", "config file not found")
     try:
@@ -751,25 +754,32 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
     r.unknown_keys(root, "", {"partitions", "label_delay_days", "sources", "models", "alerts", "drift",
                               "fairness", "anomalies", "thresholds", "warehouse", "reports_dir",
                               "allow_outside_paths"})
+    return r, root
+
+
+def _partitions(r: _Reader, root: dict) -> tuple[dt.date, dt.date | None]:
     parts = r.mapping(r.require(root, "partitions", ""), "partitions")
     r.unknown_keys(parts, "partitions", {"start_date", "end_date"})  # `end_dat` must not mean "up to today"
     start = r.date(r.require(parts, "start_date", "partitions"), "partitions.start_date")
     end = r.date(parts["end_date"], "partitions.end_date") if parts.get("end_date") else None
     if end is not None and end < start:
         raise r.fail("partitions.end_date", f"expected a date on or after start_date {start}, got {end}")
-    sources = r.mapping(r.require(root, "sources", ""), "sources")
-    r.unknown_keys(sources, "sources", {"predictions", "labels", "interactions", "sales"})
-    defaults = _thresholds(r, root.get("thresholds"), "thresholds", Thresholds())
-    models_data = r.require(root, "models", "")
-    if not isinstance(models_data, list) or not models_data:
-        raise r.fail("models", "expected a non-empty list of models")
-    predictions = _source(r, r.require(sources, "predictions", "sources"), "sources.predictions", "predictions")
+    return start, end
+
+
+def _models(r: _Reader, models_data: list, predictions: SourceConfig, defaults: Thresholds) -> tuple[ModelConfig, ...]:
+    """Every model, ids unique."""
     models = tuple(_model(r, m, f"models[{i}]", predictions, defaults) for i, m in enumerate(models_data))
     seen: set[str] = set()
     for i, m in enumerate(models):
         if m.id in seen:
             raise r.fail(f"models[{i}].id", f"duplicate model id {m.id!r}")
         seen.add(m.id)
+    return models
+
+
+def _alerts(r: _Reader, root: dict, models: tuple[ModelConfig, ...]) -> tuple[dict, dict[str, ChannelConfig]]:
+    """The alerts section and its channels; every channel a model names must be defined."""
     alerts = r.mapping(root.get("alerts") or {}, "alerts")
     r.unknown_keys(alerts, "alerts", {"channels", "cooldown_hours", "give_up_hours", "ui_url"})
     channels = _channels(r, alerts.get("channels"))
@@ -777,12 +787,33 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
         for ch in m.alert_channels:
             if ch not in channels:
                 raise r.fail(f"models[{i}].alert_channels", f"unknown channel {ch!r}; defined: {', '.join(channels)}")
-    drift = r.mapping(root.get("drift") or {}, "drift")
-    r.unknown_keys(drift, "drift", {"dataset_drift_share", "key_features_top_k"})
-    fairness = r.mapping(root.get("fairness") or {}, "fairness")
-    r.unknown_keys(fairness, "fairness", {"min_group_size", "baseline", "tolerance", "floor_ratio", "ceiling_odds"})
-    anomalies = r.mapping(root.get("anomalies") or {}, "anomalies")
-    r.unknown_keys(anomalies, "anomalies", {"window_days", "threshold"})
+    return alerts, channels
+
+
+def _section(r: _Reader, root: dict, key: str, known: set[str]) -> dict:
+    """An optional top-level mapping with only `known` keys."""
+    section = r.mapping(root.get(key) or {}, key)
+    r.unknown_keys(section, key, known)
+    return section
+
+
+def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
+    """Load and validate a monitoring config; `path` defaults to $MONITOR_CONFIG, then the demo's."""
+    file = Path(path or os.environ.get("MONITOR_CONFIG") or DEMO_CONFIG).resolve()
+    r, root = _read_root(file)
+    start, end = _partitions(r, root)
+    sources = r.mapping(r.require(root, "sources", ""), "sources")
+    r.unknown_keys(sources, "sources", {"predictions", "labels", "interactions", "sales"})
+    defaults = _thresholds(r, root.get("thresholds"), "thresholds", Thresholds())
+    models_data = r.require(root, "models", "")
+    if not isinstance(models_data, list) or not models_data:
+        raise r.fail("models", "expected a non-empty list of models")
+    predictions = _source(r, r.require(sources, "predictions", "sources"), "sources.predictions", "predictions")
+    models = _models(r, models_data, predictions, defaults)
+    alerts, channels = _alerts(r, root, models)
+    drift = _section(r, root, "drift", {"dataset_drift_share", "key_features_top_k"})
+    fairness = _section(r, root, "fairness", {"min_group_size", "baseline", "tolerance", "floor_ratio", "ceiling_odds"})
+    anomalies = _section(r, root, "anomalies", {"window_days", "threshold"})
     warehouse_default, reports_default = default_locations(file)
     label_delay = root.get("label_delay_days", 3)
     if isinstance(label_delay, bool) or not isinstance(label_delay, int) or not 0 <= label_delay <= 60:

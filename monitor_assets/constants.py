@@ -26,6 +26,10 @@ KEY_FEATURE_DRIFT_CHECK = "key_feature_drift_below_threshold"  # a key feature d
 THRESHOLD_CHECKS = (PERFORMANCE_CHECK, LATENCY_CHECK, ERROR_RATE_CHECK, VOLUME_CHECK, DRIFT_CHECK, FAIRNESS_CHECK,
                     ANOMALY_CHECK, FEATURE_VALUES_CHECK, EQUALIZED_ODDS_CHECK, PREDICTION_DRIFT_CHECK,
                     KEY_FEATURE_DRIFT_CHECK)
+# The severity of each threshold check unless a model's `thresholds.severity` says otherwise.
+DEFAULT_SEVERITY = {PERFORMANCE_CHECK: "ERROR", LATENCY_CHECK: "WARN", ERROR_RATE_CHECK: "ERROR", VOLUME_CHECK: "ERROR",
+                    DRIFT_CHECK: "WARN", FAIRNESS_CHECK: "ERROR", ANOMALY_CHECK: "WARN", FEATURE_VALUES_CHECK: "ERROR",
+                    EQUALIZED_ODDS_CHECK: "ERROR", PREDICTION_DRIFT_CHECK: "WARN", KEY_FEATURE_DRIFT_CHECK: "WARN"}
 
 # Data-quality checks on raw/predictions.
 QUALITY_CHECK = "predictions_are_complete_and_valid"

@@ -252,7 +252,7 @@ class _Checker:
 
     def source_fields(self, kind: str, src: SourceConfig, sample: str, models: list[ModelConfig],
                       per_model: bool) -> None:
-        """Every column the readers will ask the sample file for (see ingestion.readers' plans)."""
+        """Every column the readers will ask the sample file for (see ingestion.plans)."""
         wanted: list[tuple[str, str, bool]] = []  # (key, field, required)
         defaults = SOURCE_DEFAULT_FIELDS[kind]
         for canonical, column in src.fields.items():

@@ -33,8 +33,8 @@ from typing import TextIO
 import duckdb
 
 from monitor_assets.config import ConfigError, load_config
-from monitor_assets.notify.state import SCHEMA as STATE_SCHEMA
-from monitor_assets.notify.state import STATE_TABLES
+from monitor_assets.storage.alert_state import SCHEMA as STATE_SCHEMA
+from monitor_assets.storage.alert_state import STATE_TABLES
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, PREDICTIONS, TABLES, Lake, model_table, registered
 from monitor_assets.storage.sql import quote_ident, sql_str
 from monitor_assets.storage.warehouse import SCHEMA_SQL, waiting_out_locks

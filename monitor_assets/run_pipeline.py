@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,24 +35,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from monitor_assets.config import REPO_ROOT, ConfigError, load_config, parse_shard
+from monitor_assets.config import ConfigError, load_config, parse_shard
 from monitor_assets.constants import SHARD_TAG
 from monitor_assets.preflight import PREFLIGHT_TAG, preflight, report, run_days
+from monitor_assets.runner import (
+    execute_logged,
+    format_event,
+    library_logs_to,
+    one_line,
+    prepare_dagster_home,
+    run_log_path,
+)
 
 if TYPE_CHECKING:
     import dagster as dg
-    from dagster._utils.error import SerializableErrorInfo
 
-# The Dagster instance per $MONITOR_ENV: local (default) SQLite in DAGSTER_HOME; prod PostgreSQL and the
-# daemon's run queue (settings from DAGSTER_PG_* environment variables; README, "From development to production").
-INSTANCE_TEMPLATES = {env: REPO_ROOT / "deploy" / env / "dagster.yaml" for env in ("local", "prod")}
-INSTANCE_TEMPLATE = INSTANCE_TEMPLATES["local"]
 # Tags on every run this runner launches: which process on which machine runs it.
 PID_TAG = "monitor_assets/pid"
 HOST_TAG = "monitor_assets/host"
 PROCESS_TAG = "monitor_assets/process"  # boot id + start time: a reused pid is not the run's process
-# Dagster's console logger would print every event at DEBUG; the event listener below reports instead.
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+MAX_RETRIES_TAG = "dagster/max_retries"  # Dagster's documented run-retry tag (`dagster.yaml` run_retries)
 # Materialization metadata shown in a step's line, in this order, with the words after the number.
 SUMMARY_KEYS = (
     ("records_loaded", "records loaded"),
@@ -67,26 +68,6 @@ SUMMARY_KEYS = (
     ("dagster/row_count", "rows"),
 )
 OPTIONAL_KEYS = {"records_quarantined", "alerts_resolved"}  # shown only when not zero
-
-
-def instance_template(env: str | None = None) -> Path:
-    """The instance template of `env` (default $MONITOR_ENV, else local)."""
-    env = env or os.environ.get("MONITOR_ENV") or "local"
-    if env not in INSTANCE_TEMPLATES:
-        raise ValueError(f"MONITOR_ENV={env!r}: expected one of {', '.join(INSTANCE_TEMPLATES)}")
-    return INSTANCE_TEMPLATES[env]
-
-
-def prepare_dagster_home() -> Path:
-    """$DAGSTER_HOME (default .dagster_home), given the instance template of $MONITOR_ENV when it has no
-    dagster.yaml. An existing one is left alone (it may point at Postgres); `make run` refreshes it from the
-    template."""
-    template = instance_template()
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copy(template, home / "dagster.yaml")
-    return home
 
 
 # --- processes ---------------------------------------------------------------------------------------
@@ -167,12 +148,11 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     runs that are over (dead, finished or deleted). Returns one line per run it changed, and one per run
     that still holds a slot this run will wait for."""
     import dagster as dg
-    from dagster._core.storage.dagster_run import FINISHED_STATUSES
-    from dagster._core.storage.tags import MAX_RETRIES_TAG
 
     host = socket.gethostname()
     dead: dict[str, str] = {}  # run id -> why
-    unfinished = [s for s in dg.DagsterRunStatus if s not in FINISHED_STATUSES]
+    finished = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+    unfinished = [s for s in dg.DagsterRunStatus if s not in finished]
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=unfinished, tags={HOST_TAG: host})):
         try:
             pid = int(run.tags.get(PID_TAG, ""))
@@ -206,21 +186,6 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 
 
 # --- reporting ---------------------------------------------------------------------------------------
-
-def one_line(error: SerializableErrorInfo | None) -> str:
-    """The innermost cause of a Dagster error, first line only (`ValueError: ...`)."""
-    if error is None:
-        return "no error recorded"
-    while error.cause is not None:  # Dagster wraps the user's exception ("Error occurred while executing")
-        error = error.cause
-    first = next((line.strip() for line in error.message.splitlines() if line.strip()), "")
-    if error.cls_name and error.cls_name not in first:
-        first = f"{error.cls_name}: {first}"
-    name, sep, rest = first.partition(": ")
-    if " " not in name and "." in name:  # dagster._core.errors.DagsterExecutionInterruptedError
-        first = name.rsplit(".", 1)[-1] + sep + rest
-    return first
-
 
 def _number(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.3g}"
@@ -281,18 +246,6 @@ class StepRecord:
         return ", ".join(parts)
 
 
-def format_event(entry: Any) -> str:
-    """An event as Dagster's console logger writes it, with the traceback of any error after it."""
-    when = dt.datetime.fromtimestamp(entry.timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S %z")
-    event = entry.dagster_event
-    fields = [when, "dagster", logging.getLevelName(entry.level), entry.job_name or "-", entry.run_id]
-    fields += [entry.step_key] if entry.step_key else []
-    fields += [event.event_type.name] if event else []  # RUN_SUCCESS, as Dagster prints it
-    text = " - ".join([*fields, entry.message])
-    error = entry.error_info or (getattr(event.event_specific_data, "error", None) if event else None)
-    return f"{text}\n{error.to_string().rstrip()}" if error else text
-
-
 class RunReporter:
     """Receives every event of the run as Dagster stores it: writes each to the log file and prints one
     line per step when it finishes, fails, retries, is skipped or waits for a pool."""
@@ -302,7 +255,7 @@ class RunReporter:
         self.steps: dict[str, StepRecord] = {}
         self.failed: list[str] = []
         self.not_run: list[str] = []  # steps whose upstream failed: listed once at the end
-        self.run_error: SerializableErrorInfo | None = None
+        self.run_error = None  # the run's SerializableErrorInfo when it failed
 
     def say(self, line: str) -> None:
         try:
@@ -405,7 +358,7 @@ def run_preflight(config: Any, start: str, end: str) -> int | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--start", help="first day (default: the config's first partition)")
     parser.add_argument("--end", help="last day (default: the config's last partition)")
@@ -415,7 +368,133 @@ def main(argv: list[str] | None = None) -> int:
                         help="shard processes at once (default: --shards)")
     parser.add_argument("--shard", help=argparse.SUPPRESS)  # i/N: one shard's run of --job (what --shards starts)
     parser.add_argument("--job", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Plan:
+    """What this invocation runs: the job, its extra tags, the line that says so."""
+
+    job_name: str
+    tags: dict[str, str]
+    what: str
+
+
+class Stop(Exception):
+    """Ends `main` early with this exit status (the message is already printed)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _days(args: argparse.Namespace, config: Any, partition_keys: list[str]) -> tuple[str, str, str]:
+    """The run's first and last day (default: every partition) and how they read: `a..b (n days`."""
+    start, end = args.start or partition_keys[0], args.end or partition_keys[-1]
+    for flag, day in (("--start", start), ("--end", end)):
+        if day not in partition_keys:
+            raise Stop(_fail(f"{flag} {day}: not a day of {config.file} "
+                             f"(its days are {partition_keys[0]}..{partition_keys[-1]})"))
+    if start > end:
+        raise Stop(_fail(f"--start {start} is after --end {end}"))
+    days = partition_keys.index(end) - partition_keys.index(start) + 1
+    return start, end, f"{start}..{end} ({days} day{'s' * (days != 1)}"
+
+
+def _run_all_shards(args: argparse.Namespace, config: Any, home: Path, start: str, end: str, span: str) -> Plan:
+    """--shards N: every shard's per-model runs in processes of their own, then the fleet job here."""
+    import dagster as dg
+
+    from monitor_assets.definitions import FLEET_JOB, SHARD_JOBS
+
+    workers = min(args.workers or args.shards, args.shards)
+    print(f"{args.shards} shards of {len(config.models)} models over {span}), {workers} at once, "
+          f"then {FLEET_JOB}", flush=True)
+    try:  # made here, once: shard processes creating a new home's storage at once collide ("table runs already exists")
+        with dg.DagsterInstance.get() as instance:
+            for line in recover_dead_runs(instance):
+                print(line, flush=True)
+    except dg.DagsterInvalidConfigError as exc:
+        raise Stop(_fail(f"instance config error: {home / 'dagster.yaml'}: {exc}")) from None
+    began = time.perf_counter()
+    for job_name in SHARD_JOBS:
+        failed = run_shards(job_name, args.shards, workers, start, end)
+        if failed:
+            print(f"{job_name}: shard(s) {', '.join(failed)} failed; {FLEET_JOB} not started", flush=True)
+            raise Stop(1)
+    print(f"shards done in {time.perf_counter() - began:.1f} s", flush=True)
+    return Plan(FLEET_JOB, {}, f"{FLEET_JOB} over {span}, {len(config.models)} models)")
+
+
+def _plan(args: argparse.Namespace, config: Any, home: Path, start: str, end: str, span: str) -> Plan:
+    """The job this process runs: the fleet job after the shards, one shard's job, or the whole pipeline."""
+    from monitor_assets.definitions import MONITORING_JOB, SHARD_JOBS
+
+    if args.shards > 1:
+        return _run_all_shards(args, config, home, start, end, span)
+    if args.shard:
+        try:
+            index, count = parse_shard(args.shard)
+        except ValueError as exc:
+            raise Stop(_fail(f"--shard: {exc}")) from None
+        if args.job not in SHARD_JOBS:
+            raise Stop(_fail(f"--shard needs --job, one of {', '.join(SHARD_JOBS)}"))
+        shard = config.for_shard(index, count)
+        return Plan(args.job, {SHARD_TAG: args.shard},
+                    f"{args.job} over {span}, shard {args.shard}: {len(shard.models)} of {len(config.models)} models)")
+    return Plan(MONITORING_JOB, {}, f"{MONITORING_JOB} over {span}, {len(config.models)} models)")
+
+
+def _run_tags(plan: Plan, start: str, end: str) -> dict[str, str]:
+    """The run's tags: its range, this process (for recovery after a kill), the preflight that passed."""
+    tags = {**plan.tags, "dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
+            PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), PREFLIGHT_TAG: "passed"}
+    if started := process_start(os.getpid()):
+        tags[PROCESS_TAG] = started
+    return tags
+
+
+def _execute(job: dg.JobDefinition, plan: Plan, config: Any, home: Path, start: str, end: str) -> int:
+    """Run the job in this process: a line per step on the terminal, the full event log in its file."""
+    import dagster as dg
+
+    from monitor_assets.definitions import SHARD_JOBS
+
+    try:
+        instance = dg.DagsterInstance.get()
+    except dg.DagsterInvalidConfigError as exc:
+        return _fail(f"instance config error: {home / 'dagster.yaml'}: {exc}")
+    run_id = str(uuid.uuid4())
+    log_path = run_log_path(home, run_id)
+    with instance, open(log_path, "a", encoding="utf-8") as log, library_logs_to(log):
+        reporter = RunReporter(instance, log)
+        for line in recover_dead_runs(instance):
+            reporter.say(line)
+        reporter.say(f"{plan.what} with {config.file}")
+        reporter.say(f"warehouse {config.warehouse_path}, lake {config.lake_path}, reports {config.reports_dir}, "
+                     f"Dagster home {home}")
+        reporter.say(f"run {run_id}, full log in {log_path}")
+        began, wall_start = time.perf_counter(), time.time()
+        try:
+            success = execute_logged(job, instance, run_id, reporter, tags=_run_tags(plan, start, end)).success
+        except Exception as exc:  # outside any step (e.g. the plan could not be built)
+            log.write(traceback.format_exc())
+            first = next(iter(str(exc).strip().splitlines()), "")
+            success, reporter.run_error = False, None
+            reporter.say(f"  error: {type(exc).__name__}: {first}")
+        reporter.say(f"run {run_id}: {'SUCCESS' if success else 'FAILURE'} in {time.perf_counter() - began:.1f} s")
+        if not success:
+            reporter.say_failures()
+        if plan.job_name not in SHARD_JOBS:
+            dashboard = Path(config.reports_dir) / "dashboard.html"
+            fresh = dashboard.exists() and dashboard.stat().st_mtime >= wall_start
+            reporter.say(f"dashboard {dashboard}" + ("" if fresh else " (not updated by this run)"))
+        reporter.say(f"full log  {log_path}")
+    return 0 if success else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.shards < 1 or (args.workers is not None and args.workers < 1):
         return _fail("--shards and --workers must be at least 1")
     try:
@@ -426,107 +505,22 @@ def main(argv: list[str] | None = None) -> int:
         home = prepare_dagster_home()
     except ValueError as exc:  # an unknown MONITOR_ENV
         return _fail(str(exc))
-
-    import dagster as dg
-
     try:  # importing the definitions module loads the config again
-        from monitor_assets.definitions import FLEET_JOB, MONITORING_JOB, SHARD_JOBS, build_definitions
+        from monitor_assets.definitions import MONITORING_JOB, build_definitions
 
         definitions = build_definitions(config)
-        keys = definitions.resolve_job_def(MONITORING_JOB).partitions_def.get_partition_keys()
+        partition_keys = definitions.resolve_job_def(MONITORING_JOB).partitions_def.get_partition_keys()
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
-    start, end = args.start or keys[0], args.end or keys[-1]
-    for flag, day in (("--start", start), ("--end", end)):
-        if day not in keys:
-            return _fail(f"{flag} {day}: not a day of {config.file} (its days are {keys[0]}..{keys[-1]})")
-    if start > end:
-        return _fail(f"--start {start} is after --end {end}")
-    days = keys.index(end) - keys.index(start) + 1
-    span = f"{start}..{end} ({days} day{'s' * (days != 1)}"
-    # Every input checked before anything is written; a shard's process was started by a runner that did it.
-    if not args.shard and (status := run_preflight(config, start, end)) is not None:
-        return status
-
-    if args.shards > 1:
-        workers = min(args.workers or args.shards, args.shards)
-        print(f"{args.shards} shards of {len(config.models)} models over {span}), {workers} at once, "
-              f"then {FLEET_JOB}", flush=True)
-        try:  # made here, once: shard processes creating a new home's storage at once collide ("table runs already exists")
-            with dg.DagsterInstance.get() as instance:
-                for line in recover_dead_runs(instance):
-                    print(line, flush=True)
-        except dg.DagsterInvalidConfigError as exc:
-            return _fail(f"instance config error: {home / 'dagster.yaml'}: {exc}")
-        began = time.perf_counter()
-        for job_name in SHARD_JOBS:
-            failed = run_shards(job_name, args.shards, workers, start, end)
-            if failed:
-                print(f"{job_name}: shard(s) {', '.join(failed)} failed; {FLEET_JOB} not started", flush=True)
-                return 1
-        print(f"shards done in {time.perf_counter() - began:.1f} s", flush=True)
-        job_name, tags, what = FLEET_JOB, {}, f"{FLEET_JOB} over {span}, {len(config.models)} models)"
-    elif args.shard:
-        try:
-            index, count = parse_shard(args.shard)
-        except ValueError as exc:
-            return _fail(f"--shard: {exc}")
-        if args.job not in SHARD_JOBS:
-            return _fail(f"--shard needs --job, one of {', '.join(SHARD_JOBS)}")
-        shard = config.for_shard(index, count)
-        job_name, tags = args.job, {SHARD_TAG: args.shard}
-        what = f"{args.job} over {span}, shard {args.shard}: {len(shard.models)} of {len(config.models)} models)"
-    else:
-        job_name, tags, what = MONITORING_JOB, {}, f"{MONITORING_JOB} over {span}, {len(config.models)} models)"
-    job = definitions.resolve_job_def(job_name)
-
     try:
-        instance = dg.DagsterInstance.get()
-    except dg.DagsterInvalidConfigError as exc:
-        return _fail(f"instance config error: {home / 'dagster.yaml'}: {exc}")
-    run_id = str(uuid.uuid4())
-    log_path = home / "run_logs" / f"{run_id}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with instance, open(log_path, "a", encoding="utf-8") as log:
-        reporter = RunReporter(instance, log)
-        # Library warnings and log records go to the file too, not between the step lines.
-        handler = logging.StreamHandler(log)
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-        logging.captureWarnings(True)
-        logging.getLogger().addHandler(handler)
-        try:
-            for line in recover_dead_runs(instance):
-                reporter.say(line)
-            reporter.say(f"{what} with {config.file}")
-            reporter.say(f"warehouse {config.warehouse_path}, lake {config.lake_path}, reports {config.reports_dir}, "
-                         f"Dagster home {home}")
-            reporter.say(f"run {run_id}, full log in {log_path}")
-            instance.add_event_listener(run_id, reporter)
-            tags = {**tags, "dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
-                    PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), PREFLIGHT_TAG: "passed"}
-            if started := process_start(os.getpid()):
-                tags[PROCESS_TAG] = started
-            began, wall_start = time.perf_counter(), time.time()
-            try:
-                success = job.execute_in_process(instance=instance, run_id=run_id, tags=tags,
-                                                 run_config=QUIET_CONSOLE, raise_on_error=False).success
-            except Exception as exc:  # outside any step (e.g. the plan could not be built)
-                log.write(traceback.format_exc())
-                first = next(iter(str(exc).strip().splitlines()), "")
-                success, reporter.run_error = False, None
-                reporter.say(f"  error: {type(exc).__name__}: {first}")
-            reporter.say(f"run {run_id}: {'SUCCESS' if success else 'FAILURE'} in {time.perf_counter() - began:.1f} s")
-            if not success:
-                reporter.say_failures()
-            if job_name not in SHARD_JOBS:
-                dashboard = Path(config.reports_dir) / "dashboard.html"
-                fresh = dashboard.exists() and dashboard.stat().st_mtime >= wall_start
-                reporter.say(f"dashboard {dashboard}" + ("" if fresh else " (not updated by this run)"))
-            reporter.say(f"full log  {log_path}")
-        finally:
-            logging.getLogger().removeHandler(handler)
-            logging.captureWarnings(False)
-    return 0 if success else 1
+        start, end, span = _days(args, config, partition_keys)
+        # Every input checked before anything is written; a shard's process was started by a runner that did it.
+        if not args.shard and (status := run_preflight(config, start, end)) is not None:
+            return status
+        plan = _plan(args, config, home, start, end, span)
+    except Stop as stop:
+        return stop.status
+    return _execute(definitions.resolve_job_def(plan.job_name), plan, config, home, start, end)
 
 
 def run_shards(job_name: str, shards: int, workers: int, start: str, end: str) -> list[str]:

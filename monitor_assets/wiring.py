@@ -5,6 +5,7 @@ import contextlib
 import datetime as dt
 import json
 import math
+import typing
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,7 +15,7 @@ import duckdb
 
 from monitor_assets.config import MonitorConfig, parse_shard
 from monitor_assets.constants import SHARD_TAG
-from monitor_assets.notify.messages import fmt_day
+from monitor_assets.formatting import fmt_day
 from monitor_assets.storage.warehouse import date_range
 
 # backfill_policy is marked beta (single-run backfills keep 30 days to one run) and partitioned check
@@ -143,20 +144,21 @@ def check_metadata(failures: list[dict], evaluated: int, **extra) -> dict:
     }
 
 
+# The type of `AssetCheckEvaluation.target_materialization_data`: Dagster does not export it by name, so it
+# is read from the public class's field annotation (`X | None`) rather than imported from a private module.
+_TARGET_DATA = typing.get_args(typing.get_type_hints(dg.AssetCheckEvaluation)["target_materialization_data"])[0]
+
+
 def latest_materializations(instance: dg.DagsterInstance, asset_key: dg.AssetKey,
                             days: Sequence[dt.date]) -> dict[dt.date, object]:
     """Each day's latest materialization of the asset, as the target an evaluation judged: the UI counts
     a check result for a partition only while it targets that partition's latest materialization."""
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-        AssetCheckEvaluationTargetMaterializationData,
-    )
-
     targets = {}
     for day in days:
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[str(day)]), limit=1).records
         if records:
-            targets[day] = AssetCheckEvaluationTargetMaterializationData(
+            targets[day] = _TARGET_DATA(
                 run_id=records[0].event_log_entry.run_id, storage_id=records[0].storage_id,
                 timestamp=records[0].timestamp)
     return targets

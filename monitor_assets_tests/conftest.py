@@ -31,7 +31,7 @@ def demo_config(tmp_path_factory):
 
 def instance_template() -> Path:
     """The repo's instance settings (what `make run` / `make dev` copy into DAGSTER_HOME)."""
-    from monitor_assets.run_pipeline import INSTANCE_TEMPLATE
+    from monitor_assets.runner import INSTANCE_TEMPLATE
 
     return INSTANCE_TEMPLATE
 

@@ -19,7 +19,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from monitor_assets.run_pipeline import INSTANCE_TEMPLATES, instance_template
+from monitor_assets.runner import INSTANCE_TEMPLATES, instance_template
 from monitor_assets_tests.postgres import PostgresServer, postgres_server  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]

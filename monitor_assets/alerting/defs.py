@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from monitor_assets import keys
 from monitor_assets.alerting import rules as A
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import (
@@ -13,9 +14,7 @@ from monitor_assets.constants import (
     GROUP_ALERTING,
     OWNERS,
 )
-from monitor_assets.stats.anomaly import find_anomalies
 from monitor_assets.storage.resource import WarehouseResource
-from monitor_assets.storage.warehouse import replace_partitions_from_frame
 from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
@@ -32,27 +31,32 @@ from monitor_assets.wiring import (
 
 # Which asset each threshold check is about (its result shows on that asset in the UI).
 CHECK_TARGETS = {
-    A.PERFORMANCE: "performance_daily", A.LATENCY: "performance_daily", A.ERROR_RATE: "performance_daily",
-    A.VOLUME: "performance_daily", A.DRIFT: "feature_drift", A.FAIRNESS: "fairness", A.ANOMALIES: "anomaly_report",
-    A.FEATURE_VALUES: "feature_drift", A.EQUALIZED_ODDS: "fairness", A.PREDICTION_DRIFT: "feature_drift",
-    A.KEY_FEATURE_DRIFT: "feature_drift",
+    A.PERFORMANCE: keys.PERFORMANCE_DAILY, A.LATENCY: keys.PERFORMANCE_DAILY, A.ERROR_RATE: keys.PERFORMANCE_DAILY,
+    A.VOLUME: keys.PERFORMANCE_DAILY, A.DRIFT: keys.FEATURE_DRIFT, A.FAIRNESS: keys.FAIRNESS,
+    A.ANOMALIES: keys.ANOMALY_REPORT, A.FEATURE_VALUES: keys.FEATURE_DRIFT, A.EQUALIZED_ODDS: keys.FAIRNESS,
+    A.PREDICTION_DRIFT: keys.FEATURE_DRIFT, A.KEY_FEATURE_DRIFT: keys.FEATURE_DRIFT,
 }
 ALERT_COLUMNS = {"partition_date": "DATE", "model_id": "VARCHAR", "check_name": "VARCHAR", "severity": "VARCHAR",
                  "value": "DOUBLE", "threshold": "DOUBLE", "message": "VARCHAR", "status": "VARCHAR (open, resolved)",
                  "first_seen": "TIMESTAMP", "last_seen": "TIMESTAMP"}
 
 
-def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey]) -> list:
+def build_alerting_definitions(config: MonitorConfig) -> dg.Definitions:
+    """Anomalies, the alerts table and the threshold checks, after history and the daily figures."""
     partitions = daily_partitions(config)
+    return dg.Definitions(assets=[_anomaly_report_asset(config, partitions), _alerts_asset(config, partitions)],
+                          asset_checks=[_threshold_checks(config, partitions)])
 
+
+def _anomaly_report_asset(config: MonitorConfig, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
-        key=dg.AssetKey(["monitoring", "anomaly_report"]),
+        key=keys.ANOMALY_REPORT,
         description="Unusual days in the metric history: a robust z-score (median and MAD of the trailing "
                     "window, weekend-aware) per model and metric; rows in `monitoring.anomalies` and a markdown "
                     "report `anomaly_report.md` in the reports folder.",
         group_name=GROUP_ALERTING, kinds={"duckdb", "python"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
-        deps=[upstream["history"]],
+        deps=[keys.HISTORY],
         metadata={"dagster/table_name": "monitoring.anomalies", "dagster/column_schema": table_schema({
             "partition_date": "DATE", "model_id": "VARCHAR", "metric": "VARCHAR", "segment": "VARCHAR",
             "value": "DOUBLE", "expected": "DOUBLE", "robust_z": "DOUBLE", "direction": "VARCHAR (up, down)",
@@ -60,15 +64,8 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
     )
     def anomaly_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = days_with_label_refresh(run_days(context), config)
-        first = min(days) - dt.timedelta(days=config.anomaly_window_days)
         with fail_fast(), warehouse.connect() as con:
-            history = con.execute("""SELECT partition_date, model_id, metric, segment, value FROM monitoring.history
-                                     WHERE partition_date BETWEEN ? AND ? AND segment = ''""",
-                                  [first, max(days)]).df()
-            found = find_anomalies(history, days, config.anomaly_window_days, config.anomaly_threshold)
-            replace_partitions_from_frame(con, "monitoring.anomalies", days, found)
-            report = con.execute("""SELECT partition_date, model_id, metric, value, expected, robust_z, direction
-                                    FROM monitoring.anomalies ORDER BY partition_date, model_id, metric""").df()
+            found, report = A.store_anomalies(con, config, days)
         path = Path(config.reports_dir) / "anomaly_report.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         text = ["# Anomaly report", "",
@@ -88,8 +85,12 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
             "anomalies": dg.MetadataValue.md(frame_markdown(found) if len(found) else "none"),
         })
 
+    return anomaly_report
+
+
+def _alerts_asset(config: MonitorConfig, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
-        key=dg.AssetKey(["monitoring", "alerts"]),
+        key=keys.ALERTS,
         description="One row per day, model and failed check (main metric vs baseline, latency and error-rate "
                     "SLAs, logging volume, drift share, missing or unseen feature values, demographic parity, "
                     "equalized odds, anomalies) with value, threshold, "
@@ -97,7 +98,7 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
                     "that passes again resolves its alert.",
         group_name=GROUP_ALERTING, kinds={"duckdb"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
-        deps=[upstream[k] for k in ("performance_daily", "feature_drift", "fairness")] + [anomaly_report.key],
+        deps=[keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ANOMALY_REPORT],
         metadata={"dagster/table_name": "monitoring.alerts", "dagster/column_schema": table_schema(ALERT_COLUMNS)},
     )
     def alerts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -106,9 +107,7 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
         with fail_fast(), warehouse.connect() as con:
             evaluated = A.evaluate(con, config, days)
             counts = A.upsert_alerts(con, evaluated, now)
-            open_alerts = con.execute("""SELECT partition_date, model_id, check_name, severity, value, threshold,
-                                                message FROM monitoring.alerts WHERE status = 'open'
-                                         ORDER BY partition_date DESC, severity, model_id""").df()
+            open_alerts = A.open_alerts(con)
         failing = evaluated[~evaluated.passed].assign(day=lambda e: pd.to_datetime(e.partition_date).dt.date)
         add_partition_metadata(context, {day: {
             "failed_checks": int((failing.day == day).sum()),
@@ -122,7 +121,11 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
             "open_alerts_preview": dg.MetadataValue.md(frame_markdown(open_alerts) if len(open_alerts) else "none"),
         })
 
-    specs = {name: dg.AssetCheckSpec(name, asset=dg.AssetKey(["monitoring", target]), additional_deps=[alerts.key],
+    return alerts
+
+
+def _threshold_checks(config: MonitorConfig, partitions: dg.PartitionsDefinition) -> dg.AssetChecksDefinition:
+    specs = {name: dg.AssetCheckSpec(name, asset=target, additional_deps=[keys.ALERTS],
                                      partitions_def=partitions,
                                      description=f"`{name}` for every model and day of the run (thresholds from "
                                                  "the config); fails with the breaches, values and thresholds in "
@@ -145,4 +148,4 @@ def build_alerting_assets(config: MonitorConfig, upstream: dict[str, dg.AssetKey
             yield from partition_check_results(context, spec, days, failed, part.groupby("day").size().to_dict(),
                                                targets[spec.asset_key])
 
-    return [anomaly_report, alerts], [threshold_checks]
+    return threshold_checks

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from dataclasses import dataclass
 
 import duckdb
 import pandas as pd
@@ -24,14 +25,13 @@ from monitor_assets.constants import LATENCY_CHECK as LATENCY
 from monitor_assets.constants import PERFORMANCE_CHECK as PERFORMANCE
 from monitor_assets.constants import PREDICTION_DRIFT_CHECK as PREDICTION_DRIFT
 from monitor_assets.constants import VOLUME_CHECK as VOLUME
-from monitor_assets.notify.messages import fmt_num, fmt_p, fmt_pct, plural
+from monitor_assets.formatting import fmt_num, fmt_p, fmt_pct, plural
+from monitor_assets.stats.anomaly import find_anomalies
 from monitor_assets.stats.drift import P_VALUE_METHODS
-from monitor_assets.stats.performance import HIGHER, METRIC_DIRECTION, degradation
-from monitor_assets.storage.warehouse import lake_of, transaction
+from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
+from monitor_assets.stats.performance import degradation
+from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame, transaction
 
-DEFAULT_SEVERITY = {PERFORMANCE: "ERROR", LATENCY: "WARN", ERROR_RATE: "ERROR", VOLUME: "ERROR", DRIFT: "WARN",
-                    FAIRNESS: "ERROR", ANOMALIES: "WARN", FEATURE_VALUES: "ERROR", EQUALIZED_ODDS: "ERROR",
-                    PREDICTION_DRIFT: "WARN", KEY_FEATURE_DRIFT: "WARN"}
 # A model-day that could not be analysed (see analysis.logic.TRANSIENT_ERRORS) fails its check at this
 # severity whatever the config says: a check that could not run must not look like a quiet day.
 ANALYSIS_ERROR_SEVERITY = "ERROR"
@@ -42,14 +42,22 @@ COLUMNS = ["partition_date", "model_id", "check_name", "severity", "value", "thr
            "details"]
 
 
-def severity(model: ModelConfig, check: str) -> str:
-    return model.thresholds.severity.get(check, DEFAULT_SEVERITY[check])
-
-
 def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> pd.DataFrame:
     """Every threshold check for every model on `days`: one row each, `passed` True or False.
     A check whose input is not known yet (no labels, no rows) yields no row rather than a pass."""
-    rows = []
+    inputs = _by_model(**_read_inputs(con, config, days))
+    rows = _Rows()
+    for model in config.models:
+        _judge_service(rows, model, inputs)
+        _judge_drift(rows, model, inputs)
+        _judge_fairness(rows, model, inputs, config)
+        _judge_anomalies(rows, model, inputs, config, days)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _read_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> dict:
+    """What the checks judge, for `days`: the daily figures, the baselines, drift, fairness, which optional
+    fields were logged, anomalies."""
     perf = con.execute("""SELECT * FROM monitoring.performance_daily
                           WHERE partition_date IN (SELECT unnest(?::DATE[]))""", [days]).df()
     # Days whose logs were never ingested tell nothing (a label refresh reaches back before the first
@@ -105,82 +113,124 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
     anomalies = con.execute("""SELECT partition_date, model_id, metric, value, expected, robust_z
                                FROM monitoring.anomalies WHERE partition_date IN (SELECT unnest(?::DATE[]))""",
                             [days]).df()
+    return {"perf": perf, "base": base, "drift": drift, "fair": fair, "features": features,
+            "predictions": predictions, "logged": logged, "anomalies": anomalies}
 
-    def add(day, model: ModelConfig, check, value, threshold, passed, message, details=None, level=None):
-        value = None if not _known(value) else float(value)
-        rows.append((day, model.id, check, level or severity(model, check), value, threshold, bool(passed), message,
-                     json.dumps(details or {}, default=str)))
 
+@dataclass
+class _Inputs:
+    """The inputs split by model (and day): each check family looks its model's rows up."""
+
+    base: dict
+    logged: dict
+    perf_by: dict
+    drift_by: dict
+    drifted_by: dict
+    errors_by: dict
+    prediction_by: dict
+    key_by: dict
+    values_by: dict
+    fair_by: dict
+    anomalies_by: dict
+
+
+def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies) -> _Inputs:
     # Every frame is split by model (and day) once: filtering frames of 500 models per model took 15 s.
     features = features.assign(excess=_excess(features))
-    perf_by, drift_by = _rows_by(perf, "model_id"), _rows_by(drift[drift.drift_share.notna()], "model_id")
-    drifted_by = _rows_by(features[features.drifted.fillna(False).astype(bool)], "model_id", "day")
-    errors_by = _rows_by(drift[drift.analysis_error.notna()], "model_id")
-    prediction_by = _rows_by(predictions, "model_id", "day")
-    key_by = _rows_by(features[features.key_feature.fillna(False).astype(bool)], "model_id", "day")
-    values_by = _rows_by(features[_values_changed(features)], "model_id", "day")
-    fair_by, anomalies_by = _rows_by(fair, "model_id", "day"), _rows_by(anomalies, "model_id", "day")
-    for model in config.models:
-        t = model.thresholds
-        for r in perf_by.get((model.id,), ()):
-            day = r.day
-            add(day, model, VOLUME, float(r.volume), 1.0, r.volume > 0,
-                "no predictions were logged" if r.volume == 0 else f"{r.volume} predictions logged")
-            if r.volume == 0:
-                continue
-            n_latency, n_status = logged.get((day, model.id), (0, 0))
-            if _known(r.latency_p95_ms) and n_latency:
-                add(day, model, LATENCY, r.latency_p95_ms, t.latency_p95_ms, r.latency_p95_ms <= t.latency_p95_ms,
-                    f"latency p95 {fmt_num(r.latency_p95_ms)} ms (SLA {fmt_num(t.latency_p95_ms)} ms)")
-            else:  # nothing to judge: never a breach (NULL is not above any SLA)
-                add(day, model, LATENCY, None, t.latency_p95_ms, True, "latency not logged: nothing to judge")
-            if not n_status:
-                add(day, model, ERROR_RATE, None, t.error_rate, True,
-                    "status not logged: every request counts as served, no error rate to judge")
-            elif _known(r.error_rate):
-                add(day, model, ERROR_RATE, r.error_rate, t.error_rate, r.error_rate <= t.error_rate,
-                    f"error rate {fmt_pct(r.error_rate)} (SLA {fmt_pct(t.error_rate)}), "
-                    f"{plural(int(r.n_errors), 'failed request')}")
-            judged = performance_judgement(model, r, base.get((model.id, model.main_metric)))
-            if judged is not None:
-                add(day, model, PERFORMANCE, *judged)
-        for r in drift_by.get((model.id,), ()):
-            day = r.day
-            flagged = sorted(drifted_by.get((model.id, day), ()),
-                             key=lambda f: (not _known(f.excess), -f.excess if _known(f.excess) else 0))
-            names = ", ".join(f.feature for f in flagged[:5]) + (", …" if len(flagged) > 5 else "")
-            add(day, model, DRIFT, r.drift_share, t.drift_share, r.drift_share <= t.drift_share,
-                f"{int(r.n_drifted)} of {plural(int(r.n_features), 'feature')} drifted (share "
-                f"{fmt_pct(r.drift_share)}, threshold {fmt_pct(t.drift_share)})" + (f": {names}" if names else ""),
-                {"drifted_features": [_pick(f, DRIFTED_DETAILS) for f in flagged]})
-            add(day, model, *feature_values_judgement(values_by.get((model.id, day), [])))
-            for p in prediction_by.get((model.id, day), ()):
-                add(day, model, *prediction_drift_judgement(p))
-            add(day, model, *key_feature_judgement(key_by.get((model.id, day), [])))
-        for r in errors_by.get((model.id,), ()):  # not analysed: the drift checks fail with the reason
-            for check in (DRIFT, PREDICTION_DRIFT):
-                add(r.day, model, check, None, t.drift_share if check == DRIFT else 0.0, False, r.analysis_error,
-                    level=ANALYSIS_ERROR_SEVERITY)
-        for day in sorted(k[1] for k in fair_by if k[0] == model.id):
-            day_rows = fair_by[(model.id, day)]
-            for r in [r for r in day_rows if _known(r.analysis_error)]:
-                add(day, model, FAIRNESS, None, t.demographic_parity_ratio, False, r.analysis_error,
-                    level=ANALYSIS_ERROR_SEVERITY)
-            day_rows = [r for r in day_rows if not _known(r.analysis_error)]
-            for check, value, threshold, passed, message in fairness_judgements(model, day_rows, config):
-                add(day, model, check, value, threshold, passed, message)
-        for day in days:
-            unusual = anomalies_by.get((model.id, day))
-            if unusual:
-                top = max(unusual, key=lambda a: abs(a.robust_z))
-                add(day, model, ANOMALIES, float(abs(top.robust_z)), config.anomaly_threshold, False,
-                    f"{plural(len(unusual), 'unusual metric')}; largest: {top.metric} {fmt_num(top.value)} vs "
-                    f"expected {fmt_num(top.expected)} (robust z {top.robust_z:+.1f})")
-            elif any(r.day == day for r in perf_by.get((model.id,), ())):
-                # Days with no anomaly for this model pass the anomaly check (resolving earlier alerts).
-                add(day, model, ANOMALIES, 0.0, config.anomaly_threshold, True, "no unusual metrics")
-    frame = pd.DataFrame(rows, columns=COLUMNS)
-    return frame
+    return _Inputs(
+        base=base, logged=logged,
+        perf_by=_rows_by(perf, "model_id"), drift_by=_rows_by(drift[drift.drift_share.notna()], "model_id"),
+        drifted_by=_rows_by(features[features.drifted.fillna(False).astype(bool)], "model_id", "day"),
+        errors_by=_rows_by(drift[drift.analysis_error.notna()], "model_id"),
+        prediction_by=_rows_by(predictions, "model_id", "day"),
+        key_by=_rows_by(features[features.key_feature.fillna(False).astype(bool)], "model_id", "day"),
+        values_by=_rows_by(features[_values_changed(features)], "model_id", "day"),
+        fair_by=_rows_by(fair, "model_id", "day"), anomalies_by=_rows_by(anomalies, "model_id", "day"))
+
+
+class _Rows(list):
+    """The evaluated rows, in `COLUMNS` order."""
+
+    def add(self, day, model: ModelConfig, check, value, threshold, passed, message, details=None, level=None):
+        value = None if not _known(value) else float(value)
+        self.append((day, model.id, check, level or model.severity(check), value, threshold, bool(passed), message,
+                     json.dumps(details or {}, default=str)))
+
+
+def _judge_service(rows: _Rows, model: ModelConfig, inputs: _Inputs) -> None:
+    """Volume, latency and error-rate SLAs, and the main metric against its baseline."""
+    add, t = rows.add, model.thresholds
+    for r in inputs.perf_by.get((model.id,), ()):
+        day = r.day
+        add(day, model, VOLUME, float(r.volume), 1.0, r.volume > 0,
+            "no predictions were logged" if r.volume == 0 else f"{r.volume} predictions logged")
+        if r.volume == 0:
+            continue
+        n_latency, n_status = inputs.logged.get((day, model.id), (0, 0))
+        if _known(r.latency_p95_ms) and n_latency:
+            add(day, model, LATENCY, r.latency_p95_ms, t.latency_p95_ms, r.latency_p95_ms <= t.latency_p95_ms,
+                f"latency p95 {fmt_num(r.latency_p95_ms)} ms (SLA {fmt_num(t.latency_p95_ms)} ms)")
+        else:  # nothing to judge: never a breach (NULL is not above any SLA)
+            add(day, model, LATENCY, None, t.latency_p95_ms, True, "latency not logged: nothing to judge")
+        if not n_status:
+            add(day, model, ERROR_RATE, None, t.error_rate, True,
+                "status not logged: every request counts as served, no error rate to judge")
+        elif _known(r.error_rate):
+            add(day, model, ERROR_RATE, r.error_rate, t.error_rate, r.error_rate <= t.error_rate,
+                f"error rate {fmt_pct(r.error_rate)} (SLA {fmt_pct(t.error_rate)}), "
+                f"{plural(int(r.n_errors), 'failed request')}")
+        judged = performance_judgement(model, r, inputs.base.get((model.id, model.main_metric)))
+        if judged is not None:
+            add(day, model, PERFORMANCE, *judged)
+
+
+def _judge_drift(rows: _Rows, model: ModelConfig, inputs: _Inputs) -> None:
+    """Drift share, feature values, prediction drift and key features; a day not analysed fails with why."""
+    add, t = rows.add, model.thresholds
+    for r in inputs.drift_by.get((model.id,), ()):
+        day = r.day
+        flagged = sorted(inputs.drifted_by.get((model.id, day), ()),
+                         key=lambda f: (not _known(f.excess), -f.excess if _known(f.excess) else 0))
+        names = ", ".join(f.feature for f in flagged[:5]) + (", …" if len(flagged) > 5 else "")
+        add(day, model, DRIFT, r.drift_share, t.drift_share, r.drift_share <= t.drift_share,
+            f"{int(r.n_drifted)} of {plural(int(r.n_features), 'feature')} drifted (share "
+            f"{fmt_pct(r.drift_share)}, threshold {fmt_pct(t.drift_share)})" + (f": {names}" if names else ""),
+            {"drifted_features": [_pick(f, DRIFTED_DETAILS) for f in flagged]})
+        add(day, model, *feature_values_judgement(inputs.values_by.get((model.id, day), [])))
+        for p in inputs.prediction_by.get((model.id, day), ()):
+            add(day, model, *prediction_drift_judgement(p))
+        add(day, model, *key_feature_judgement(inputs.key_by.get((model.id, day), [])))
+    for r in inputs.errors_by.get((model.id,), ()):  # not analysed: the drift checks fail with the reason
+        for check in (DRIFT, PREDICTION_DRIFT):
+            add(r.day, model, check, None, t.drift_share if check == DRIFT else 0.0, False, r.analysis_error,
+                level=ANALYSIS_ERROR_SEVERITY)
+
+
+def _judge_fairness(rows: _Rows, model: ModelConfig, inputs: _Inputs, config: MonitorConfig) -> None:
+    """Demographic parity and equalized odds per attribute; a day not analysed fails with why."""
+    for day in sorted(k[1] for k in inputs.fair_by if k[0] == model.id):
+        day_rows = inputs.fair_by[(model.id, day)]
+        for r in [r for r in day_rows if _known(r.analysis_error)]:
+            rows.add(day, model, FAIRNESS, None, model.thresholds.demographic_parity_ratio, False, r.analysis_error,
+                     level=ANALYSIS_ERROR_SEVERITY)
+        day_rows = [r for r in day_rows if not _known(r.analysis_error)]
+        for check, value, threshold, passed, message in fairness_judgements(model, day_rows, config):
+            rows.add(day, model, check, value, threshold, passed, message)
+
+
+def _judge_anomalies(rows: _Rows, model: ModelConfig, inputs: _Inputs, config: MonitorConfig,
+                     days: list[dt.date]) -> None:
+    """The largest unusual figure of each day; a day with figures and none unusual passes."""
+    for day in days:
+        unusual = inputs.anomalies_by.get((model.id, day))
+        if unusual:
+            top = max(unusual, key=lambda a: abs(a.robust_z))
+            rows.add(day, model, ANOMALIES, float(abs(top.robust_z)), config.anomaly_threshold, False,
+                     f"{plural(len(unusual), 'unusual metric')}; largest: {top.metric} {fmt_num(top.value)} vs "
+                     f"expected {fmt_num(top.expected)} (robust z {top.robust_z:+.1f})")
+        elif any(r.day == day for r in inputs.perf_by.get((model.id,), ())):
+            # Days with no anomaly for this model pass the anomaly check (resolving earlier alerts).
+            rows.add(day, model, ANOMALIES, 0.0, config.anomaly_threshold, True, "no unusual metrics")
 
 
 def metric_standard_error(metric: str, value: float, n: int, positive_rate: float | None = None,
@@ -438,3 +488,24 @@ def upsert_alerts(con: duckdb.DuckDBPyConnection, evaluated: pd.DataFrame, now: 
     finally:
         con.unregister("_evaluated")
     return {"resolved": resolved[0][0], "refreshed": refreshed[0][0], "opened": opened[0][0]}
+
+
+def store_anomalies(con: duckdb.DuckDBPyConnection, config: MonitorConfig,
+                    days: list[dt.date]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The days' unusual figures (robust z-score over the trailing window), stored in `monitoring.anomalies`;
+    returns (found on these days, every stored anomaly for the report)."""
+    first = min(days) - dt.timedelta(days=config.anomaly_window_days)
+    history = con.execute("""SELECT partition_date, model_id, metric, segment, value FROM monitoring.history
+                             WHERE partition_date BETWEEN ? AND ? AND segment = ''""", [first, max(days)]).df()
+    found = find_anomalies(history, days, config.anomaly_window_days, config.anomaly_threshold)
+    replace_partitions_from_frame(con, "monitoring.anomalies", days, found)
+    report = con.execute("""SELECT partition_date, model_id, metric, value, expected, robust_z, direction
+                            FROM monitoring.anomalies ORDER BY partition_date, model_id, metric""").df()
+    return found, report
+
+
+def open_alerts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The open alerts, newest day first."""
+    return con.execute("""SELECT partition_date, model_id, check_name, severity, value, threshold,
+                                 message FROM monitoring.alerts WHERE status = 'open'
+                          ORDER BY partition_date DESC, severity, model_id""").df()

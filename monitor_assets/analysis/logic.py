@@ -21,22 +21,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from monitor_assets.config import ModelConfig, MonitorConfig
-from monitor_assets.ingestion.readers import latest_labels_sql, model_feature_select
-from monitor_assets.stats import drift as D
-from monitor_assets.stats.fairness import MIN_GROUP_SIZE, fairness_table, group_counts
-from monitor_assets.stats.performance import (
-    CLASSIFICATION_METRICS,
-    REGRESSION_METRICS,
-    performance_sql,
-    predicted_class_sql,
-)
-from monitor_assets.stats.reference import (
-    MIN_REFERENCE_ROWS,
-    ReferenceCheck,
-    ReferenceTooSmall,
+from monitor_assets.analysis.queries import (
+    compute_drift,
+    group_counts,
+    profile_reference,
+    score_association,
     validate_reference,
 )
+from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.stats import drift as D
+from monitor_assets.stats.fairness import MIN_GROUP_SIZE, fairness_table
+from monitor_assets.stats.metrics_spec import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from monitor_assets.stats.performance import performance_sql, predicted_class_sql
+from monitor_assets.stats.reference import MIN_REFERENCE_ROWS, ReferenceCheck, ReferenceTooSmall
+from monitor_assets.storage.reads import latest_labels_sql, model_feature_select
 from monitor_assets.storage.sql import quote_ident, sql_str
 from monitor_assets.storage.warehouse import close, lake_of, thread_cursor
 
@@ -144,11 +142,11 @@ def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig, min_group_
                   ) -> tuple[dict, dict[str, float], ReferenceCheck, dict[str, float]]:
     """Profiles of every drift column of a model's reference set, its baseline metrics (with the
     reference's own fairness disparities), the validation (rows left out and why) and each feature's
-    association with the score (`D.score_association`), all on the usable rows only."""
+    association with the score (`score_association`), all on the usable rows only."""
     check = validate_model_reference(con, model)
     relation = reference_relation(model, check.where)
     try:
-        profiles = D.profile_reference(con, relation, [s for _, s in drift_specs(model)])
+        profiles = profile_reference(con, relation, [s for _, s in drift_specs(model)])
     except duckdb.BinderException as exc:
         raise ReferenceError(f"model {model.id}: reference {model.reference_path} lacks a configured column: "
                              f"{' '.join(str(exc).split())}") from None
@@ -163,7 +161,7 @@ def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig, min_group_
                  if m in row and not pd.isna(row[m])}
     baselines.update(reference_fairness(con, model, check, min_group_size))
     features = [s for r, s in drift_specs(model) if r == "feature"]
-    importance = D.score_association(con, relation, features, PREDICTION)
+    importance = score_association(con, relation, features, PREDICTION)
     return profiles, baselines, check, importance
 
 
@@ -311,7 +309,7 @@ def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
         SELECT {model_feature_select(config, model.id, 'p.')}, p.score AS {PREDICTION}, l.label AS label_value,
                p.decision AS {quote_ident(DECISION)}
         FROM {table} AS p
-        LEFT JOIN ({latest_labels_sql("$day", [model.id])}) AS l USING (prediction_id)
+        LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
         WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok"""
 
 
@@ -361,11 +359,11 @@ def _drift_of_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model:
         return [], summary
     specs = drift_specs(model)
     input_specs = [s for r, s in specs if r != LABEL]
-    results = D.compute_drift(con, rows_sql, input_specs, profiles)
+    results = compute_drift(con, rows_sql, input_specs, profiles)
     labelled = f"SELECT {_label_expr(model, 'label_value')} AS {LABEL} FROM ({rows_sql}) WHERE label_value IS NOT NULL"
     label_spec = next(s for r, s in specs if r == LABEL)
     if con.execute(f"SELECT count(*) FROM ({labelled})").fetchall()[0][0] and LABEL in profiles:
-        results += D.compute_drift(con, labelled, [label_spec], profiles)
+        results += compute_drift(con, labelled, [label_spec], profiles)
     roles = {s.name: r for r, s in specs}
     importance = importance or {}
     keys = set(D.key_features(model.key_features, importance, config.key_features_top_k))
@@ -448,3 +446,94 @@ def fairness_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, mode
 
 def _finite(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+# ---------------------------------------------------------------------------------------------
+# What the assets need beside the analysis: versions to profile, stored inputs, per-day summaries.
+# Tables in the returned dicts are frames; the wiring shows them as markdown.
+
+
+def reference_versions(models: list[ModelConfig]) -> tuple[dict[str, str], dict[str, str]]:
+    """Each model's reference version (`reference_version`); a model whose reference file cannot be read:
+    its error instead (that model's problem, not the step's)."""
+    versions, errors = {}, {}
+    for m in models:
+        try:
+            versions[m.id] = reference_version(m)
+        except ValueError as exc:
+            errors[m.id] = error_message(exc)
+    return versions, errors
+
+
+def stored_baselines(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> pd.DataFrame:
+    """The stored reference baselines (model_id, metric, value) of these models."""
+    return con.execute("SELECT model_id, metric, value FROM monitoring.reference_baselines "
+                       "WHERE model_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY model_id, metric",
+                       [model_ids]).df()
+
+
+def drift_inputs(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]
+                 ) -> tuple[dict[str, dict[str, D.Profile]], dict[str, dict[str, float]], dict[str, str]]:
+    """Per model, its stored profiles and key-feature importance; and why a model has no profile."""
+    return ({m.id: load_profiles(con, m.id) for m in models}, {m.id: load_importance(con, m.id) for m in models},
+            profile_errors(con))
+
+
+def drift_day_summary(frame: pd.DataFrame, summary: pd.DataFrame, day: dt.date) -> dict:
+    """One day's drift at a glance: models not analysed, all-missing / all-unseen features, drift shares and
+    the most drifted features (frames, for markdown)."""
+    d_summary = summary[summary.partition_date == day] if len(summary) else summary
+    d_rows = frame[frame.partition_date == day] if len(frame) else frame
+    shares = d_summary.drift_share.dropna() if len(d_summary) else pd.Series(dtype=float)
+    worst = (d_rows[d_rows.role == "feature"].sort_values(["drifted", "statistic"], ascending=False)
+             [["model_id", "feature", "method", "statistic", "threshold", "drifted", "current_summary",
+               "reference_summary"]] if len(d_rows) else d_rows)
+    loud = (d_rows[(d_rows.role == "feature") & (d_rows.message.fillna("") != "")]
+            [["model_id", "feature", "message"]] if len(d_rows) else d_rows)
+    failed = (d_summary[d_summary.analysis_error.notna()][["model_id", "analysis_error"]]
+              if len(d_summary) else d_summary)
+    return {
+        "models_not_analysed": len(failed),
+        "analysis_errors": failed,
+        "features_all_missing": int(d_rows.all_missing.fillna(False).sum()) if len(d_rows) else 0,
+        "features_all_unseen": int(d_rows.all_unseen.fillna(False).sum()) if len(d_rows) else 0,
+        "missing_or_unseen": loud,
+        "max_drift_share": float(shares.max()) if len(shares) else None,
+        "mean_drift_share": float(shares.mean()) if len(shares) else None,
+        "models_with_dataset_drift": int(d_summary.dataset_drift.fillna(False).sum()) if len(d_summary) else 0,
+        "drifted_features": int(d_rows[d_rows.role == "feature"].drifted.sum()) if len(d_rows) else 0,
+        "most_drifted": worst,
+    }
+
+
+def fairness_frame(parts: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The model-days' fairness tables as one frame (without the raw confusion counts), and its error rows."""
+    parts = [p for p in parts if len(p)]
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if len(frame):
+        frame = frame.drop(columns=["selected", "tp", "fp", "fn", "tn", "abs_error"], errors="ignore")
+    errors = frame[frame.analysis_error.notna()] if "analysis_error" in frame else frame.iloc[0:0]
+    return frame, errors
+
+
+def fairness_day_summary(frame: pd.DataFrame, errors: pd.DataFrame, day: dt.date) -> dict:
+    """One day's fairness at a glance: models not analysed, the lowest demographic parity ratio, the largest
+    equalized odds difference and the worst disparities (frames, for markdown)."""
+    d_rows = frame[frame.partition_date == day] if len(frame) else frame
+    d_errors = errors[errors.partition_date == day] if len(errors) else errors
+    d_rows = d_rows[d_rows.attribute.notna()] if len(d_rows) else d_rows
+    per_attr = (d_rows.drop_duplicates(["model_id", "attribute"])
+                [["model_id", "attribute", "demographic_parity_ratio", "demographic_parity_p_value",
+                  "most_favoured_group", "most_favoured_n", "least_favoured_group", "least_favoured_n",
+                  "equalized_odds_difference", "equalized_odds_p_value", "passes_four_fifths"]]
+                .sort_values("demographic_parity_ratio") if len(d_rows) else d_rows)
+    ratios = per_attr.demographic_parity_ratio.dropna() if len(per_attr) else pd.Series(dtype=float)
+    odds = per_attr.equalized_odds_difference.dropna() if len(per_attr) else pd.Series(dtype=float)
+    return {
+        "models_not_analysed": len(d_errors),
+        "analysis_errors": d_errors[["model_id", "analysis_error"]] if len(d_errors) else d_errors,
+        "lowest_demographic_parity_ratio": float(ratios.min()) if len(ratios) else None,
+        "largest_equalized_odds_difference": float(odds.max()) if len(odds) else None,
+        "attributes_below_four_fifths": int((ratios < 0.8).sum()),
+        "worst_disparities": per_attr,
+    }

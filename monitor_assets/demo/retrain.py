@@ -24,9 +24,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from monitor_assets.config import load_config
-from monitor_assets.ingestion.readers import EARLY_LABEL_DAYS
 from monitor_assets.retraining.logic import RetrainingRequest
 from monitor_assets.storage.lake import model_table
+from monitor_assets.storage.reads import latest_labels_sql
 from monitor_assets.storage.sql import quote_ident
 from monitor_assets.storage.warehouse import connect
 
@@ -51,9 +51,7 @@ def retrain(request: RetrainingRequest) -> dict:
         picks = ", ".join(f"p.{quote_ident(c)} AS {quote_ident(n)}" for n, c in columns.items())
         data = con.execute(f"""
             SELECT {picks}, l.label FROM {table} AS p
-            JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
-                  WHERE partition_date >= ?::DATE - INTERVAL {EARLY_LABEL_DAYS} DAY GROUP BY prediction_id) AS l
-              USING (prediction_id)
+            JOIN ({latest_labels_sql(since="?::DATE")}) AS l USING (prediction_id)
             WHERE p.partition_date BETWEEN ? AND ? AND p.is_ok AND l.label IS NOT NULL""",
                            [first, first, last]).df()
     if len(data) < MIN_ROWS:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from monitor_assets.config import REPO_ROOT, load_config
 from monitor_assets.devtools.webserver import graphql, running_webserver
-from monitor_assets.reporting.dashboard import model_page
+from monitor_assets.links import model_page
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--disable-quic"]

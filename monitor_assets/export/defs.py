@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from monitor_assets import keys
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_REPORTING, OWNERS
 from monitor_assets.export.grafana import write_dashboard
@@ -23,9 +24,11 @@ def export_folder(config: MonitorConfig) -> Path:
     return Path(config.reports_dir) / EXPORT_FOLDER
 
 
-def build_export_assets(config: MonitorConfig, upstream: list[dg.AssetKey]) -> list[dg.AssetsDefinition]:
+def build_export_definitions(config: MonitorConfig) -> dg.Definitions:
+    """The Prometheus/Grafana export, after the alerts."""
+
     @dg.asset(
-        key=dg.AssetKey(["reports", "prometheus_metrics"]),
+        key=keys.PROMETHEUS_METRICS,
         description="The models' service levels for Prometheus and Grafana, for the latest day of the run: per "
                     "model (and version) volume, error rate, availability (requests served, hours with traffic), "
                     "latency p50/p95/p99, main metric against baseline, drift share, open alerts by severity, "
@@ -34,7 +37,7 @@ def build_export_assets(config: MonitorConfig, upstream: list[dg.AssetKey]) -> l
                     "rules from the config's thresholds) and grafana_dashboard.json in the reports folder.",
         group_name=GROUP_REPORTING, kinds={"prometheus", "grafana"}, owners=OWNERS,
         partitions_def=daily_partitions(config), backfill_policy=dg.BackfillPolicy.single_run(),
-        retry_policy=IO_RETRY, pool=DUCKDB_POOL, deps=upstream,
+        retry_policy=IO_RETRY, pool=DUCKDB_POOL, deps=[keys.ALERTS],
     )
     def prometheus_metrics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         day = max(run_days(context))
@@ -57,4 +60,4 @@ def build_export_assets(config: MonitorConfig, upstream: list[dg.AssetKey]) -> l
             "grafana_dashboard": dg.MetadataValue.path(str(dashboard)),
         })
 
-    return [prometheus_metrics]
+    return dg.Definitions(assets=[prometheus_metrics])

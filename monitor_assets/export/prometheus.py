@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,10 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 
 from monitor_assets.config import MonitorConfig
-from monitor_assets.stats.performance import HIGHER, METRIC_DIRECTION, performance_sql
+from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
+from monitor_assets.stats.performance import performance_sql
+from monitor_assets.stats.versions import current_champions
+from monitor_assets.storage.reads import champion_days, latest_labels_sql
 from monitor_assets.storage.sql import quote_ident
 from monitor_assets.storage.warehouse import lake_of
 
@@ -108,7 +112,7 @@ def _versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[
     with several versions (a canary) is computed per version, from the logged predictions the way
     performance_daily computes them per model: a full pass over every model's rows cost seconds and
     gigabytes at a hundred models."""
-    from monitor_assets.metrics.defs import models_values_sql
+    from monitor_assets.storage.reads import performance_models_sql
 
     daily = con.sql("""SELECT * EXCLUDE (model_versions), coalesce(model_versions, '') AS model_version
                        FROM monitoring.performance_daily
@@ -117,15 +121,14 @@ def _versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[
     daily = daily.drop(index=several.index)
     if several.empty:
         return daily
-    models, params = models_values_sql(config.models)
+    models, params = performance_models_sql(config.models)
     logged = bool(config.predictions.fields.get("decision"))  # as performance_daily takes the predicted class
     source = f"""
         SELECT p.partition_date, p.model_id, coalesce(p.model_version, '') AS model_version, p.is_ok,
                p.latency_ms, p.score, l.label, m.threshold, m.task{', p.decision' if logged else ''}
         FROM ({lake_of(con).predictions_union(con, sorted(set(several.model_id)))}) AS p
         JOIN {models} AS m USING (model_id)
-        LEFT JOIN (SELECT prediction_id, arg_max(label, partition_date) AS label FROM raw.labels
-                   WHERE prediction_date IN (SELECT unnest(?::DATE[])) GROUP BY prediction_id) AS l USING (prediction_id)
+        LEFT JOIN ({latest_labels_sql(prediction_dates="?::DATE[]")}) AS l USING (prediction_id)
         WHERE (p.partition_date, p.model_id) IN (SELECT (unnest(?::DATE[]), unnest(?::VARCHAR[])))"""
     sql = performance_sql(source, ["partition_date", "model_id", "model_version"],
                           decision="decision" if logged else None)
@@ -146,7 +149,6 @@ def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day:
         SELECT model_id, count(DISTINCT date_trunc('hour', ts)) AS hours
         FROM ({lake_of(con).predictions_union(con, models)})
         WHERE partition_date = ? GROUP BY model_id""", params=[day]).df()
-    from monitor_assets.reporting.dashboard import champion_days, current_champions
 
     current = current_champions(champion_days(con, day))
     champions = pd.DataFrame([(m, v, s) for m, (v, s) in current.items()], columns=["model_id", "model_version", "since"])
@@ -156,7 +158,7 @@ def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day:
                     params=[day]).df()
     alerts = con.sql("""SELECT partition_date, model_id, check_name, severity, status FROM monitoring.alerts
                         WHERE status = 'open' AND partition_date <= ?""", params=[day]).df()
-    from monitor_assets.notify.state import AlertState
+    from monitor_assets.storage.alert_state import AlertState
 
     alerts = AlertState(config.state_path).annotate(alerts)
     alerts = (alerts.groupby(["model_id", "severity", "state"]).size().rename("n").reset_index()
@@ -189,12 +191,23 @@ def main_metric_ratio(metric: str, value: float, baseline: float | None) -> floa
 
 
 def build_registry(data: ExportData, config: MonitorConfig, now: float | None = None) -> CollectorRegistry:
-    """A fresh registry holding every series of the export."""
+    """A fresh registry holding every series of the export (in this order: they are written so)."""
     registry = CollectorRegistry(auto_describe=True)
 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(PREFIX + name, doc, labels, registry=registry)
 
+    _model_info_series(gauge, data, config, now)
+    _service_series(gauge, data)
+    _main_metric_series(gauge, data)
+    _version_series(gauge, data)
+    _drift_alert_retraining_series(gauge, data, config)
+    return registry
+
+
+def _model_info_series(gauge: Callable[..., Gauge], data: ExportData, config: MonitorConfig,
+                       now: float | None) -> None:
+    """When and which day, and every configured model with its champion."""
     gauge("export_timestamp_seconds", "When monitor_assets wrote these figures (Unix time).").set(
         time.time() if now is None else now)
     gauge("day_timestamp_seconds", "The day the figures describe: its midnight UTC (Unix time).").set(
@@ -210,6 +223,9 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
         info.labels(m.id, m.task, m.main_metric, c.model_version if c else m.version, m.owner, m.version,
                     str(pd.Timestamp(c.since).date()) if c else "").set(1)
 
+
+def _service_series(gauge: Callable[..., Gauge], data: ExportData) -> None:
+    """Volume, errors, availability, latency and label coverage per model."""
     m_ = ("model_id",)
     volume = gauge("daily_predictions", "Requests logged on the day (served or failed).", m_)
     errors = gauge("error_ratio", "Share of the day's requests that failed (status not ok).", m_)
@@ -231,6 +247,10 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
         if _known(r.label_coverage):
             coverage.labels(r.model_id).set(r.label_coverage)
 
+
+def _main_metric_series(gauge: Callable[..., Gauge], data: ExportData) -> None:
+    """The main metric, its baseline and their ratio per model."""
+    m_ = ("model_id",)
     mm = ("model_id", "metric")
     main = gauge("main_metric", "The model's main metric on its latest day with labels on at least 80% of "
                  "served requests since its current champion version took over (that day: "
@@ -247,6 +267,9 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
         if (value := main_metric_ratio(r.metric, r.value, r.baseline)) is not None:
             ratio.labels(r.model_id, r.metric).set(value)
 
+
+def _version_series(gauge: Callable[..., Gauge], data: ExportData) -> None:
+    """Volume, errors, latency and the main metric per model version."""
     mv = ("model_id", "model_version")
     v_volume = gauge("version_daily_predictions", "Requests logged on the day per model version.", mv)
     v_errors = gauge("version_error_ratio", "Share of failed requests on the day per model version.", mv)
@@ -267,6 +290,10 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
         if day == r.day and _known(value := getattr(r, metric)):
             v_main.labels(r.model_id, r.model_version, metric).set(value)
 
+
+def _drift_alert_retraining_series(gauge: Callable[..., Gauge], data: ExportData, config: MonitorConfig) -> None:
+    """Drift share, open alerts by severity and state, retraining requests by status."""
+    m_ = ("model_id",)
     drift = gauge("drift_share_ratio", "Share of the model's input features drifted on the day.", m_)
     for r in data.drift.itertuples(index=False):
         if _known(r.drift_share):
@@ -289,7 +316,6 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
     if data.retraining is not None:
         for r in data.retraining.itertuples(index=False):
             requests.labels(r.model_id, r.status).set(r.n)
-    return registry
 
 
 @dataclass

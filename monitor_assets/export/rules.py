@@ -26,7 +26,6 @@ from pathlib import Path
 
 import yaml
 
-from monitor_assets.alerting.rules import severity
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.constants import ERROR_RATE_CHECK, LATENCY_CHECK, PERFORMANCE_CHECK, VOLUME_CHECK
 from monitor_assets.export.prometheus import PREFIX
@@ -102,7 +101,7 @@ def alert_rules(config: MonitorConfig) -> dict:
     for key, alert, series, extra, threshold_of, check, summary, description in RULES:
         groups: dict[tuple[float, str], list[str]] = defaultdict(list)
         for model in config.models:
-            groups[(float(threshold_of(model)), severity(model, check))].append(model.id)
+            groups[(float(threshold_of(model)), model.severity(check))].append(model.id)
         for (threshold, level), models in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1])):
             matchers = ",".join(part for part in (extra, model_matcher(models)) if part)
             op = ">" if key in ABOVE else "<"

@@ -19,9 +19,16 @@ from monitor_assets.constants import (
     QUALITY_CHECK,
     VOLUME_RANGE_CHECK,
 )
+from monitor_assets.formatting import fmt_pct
+from monitor_assets.ingestion.log import (
+    log_ingestion,
+    models_without_records,
+    quarantine_preview,
+    quarantined_shares,
+    volumes_with_trailing_mean,
+)
 from monitor_assets.ingestion.quality import StreamingValidator, stored_verdicts, validate_day
-from monitor_assets.ingestion.readers import MissingInput, ingest_day, log_ingestion, quarantine_preview
-from monitor_assets.notify.messages import fmt_pct
+from monitor_assets.ingestion.readers import MissingInput, ingest_day
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
@@ -139,11 +146,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
             silent: list[str] = []
             if source == "predictions" and logged:  # no day stored: no model's table is registered
                 # A configured model that logged nothing on a day is an incident, not a zero.
-                silent = [f"{d}: {m}" for d, m in con.execute(
-                    """SELECT d, m FROM unnest(?::DATE[]) AS t(d), unnest(?::VARCHAR[]) AS u(m)
-                       WHERE NOT EXISTS (SELECT 1 FROM raw.predictions p
-                                         WHERE p.partition_date = d AND p.model_id = m)
-                       ORDER BY d, m""", [days, cfg.model_ids]).fetchall()]
+                silent = models_without_records(con, days, cfg.model_ids)
         assert totals["read"] == totals["loaded"] + totals["quarantined"]  # nothing is lost
         metadata = {
             "days": day_label(days),
@@ -252,21 +255,9 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
         cfg = in_shard(context, config)
         days = run_days(context)
         with warehouse.connect_lake(models=cfg.model_ids) as con:
-            table = con.execute("""
-                WITH vol AS (SELECT d, m, (SELECT count(*) FROM raw.predictions p
-                                           WHERE p.partition_date = d AND p.model_id = m) AS n
-                             FROM unnest(range(?::DATE - INTERVAL 7 DAY, ?::DATE + INTERVAL 1 DAY, INTERVAL 1 DAY)) t(d),
-                                  unnest(?::VARCHAR[]) u(m))
-                SELECT d::DATE AS day, m AS model_id, n,
-                       (SELECT avg(n) FROM vol v2 WHERE v2.m = v.m AND v2.d < v.d AND v2.d >= v.d - INTERVAL 7 DAY
-                        AND v2.n > 0) AS trailing
-                FROM vol v WHERE d::DATE IN (SELECT unnest(?::DATE[]))""",
-                                [min(days), max(days), cfg.model_ids, days]).df()
+            table = volumes_with_trailing_mean(con, days, cfg.model_ids)
             # The whole day's share (every shard's rows), judged once: by shard 0, or the unsharded run.
-            quarantine = [] if not cfg.owns_shared else con.execute(
-                """SELECT partition_date, sum(records_quarantined) / nullif(sum(records_read), 0)
-                   FROM raw.ingestion_log WHERE source = 'predictions'
-                   AND partition_date IN (SELECT unnest(?::DATE[])) GROUP BY 1""", [days]).fetchall()
+            quarantine = quarantined_shares(con, days) if cfg.owns_shared else []
         table["ratio"] = table.n / table.trailing
         odd = table[table.trailing.notna() & ((table.ratio < 0.5) | (table.ratio > 2.0))]
         failures = [{"partition_date": r.day, "model_id": r.model_id, "check_name": VOLUME_RANGE_CHECK,

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from monitor_assets.config import ModelConfig, MonitorConfig
-from monitor_assets.ingestion.readers import feature_columns
+from monitor_assets.storage.reads import feature_columns
 from monitor_assets.storage.sql import quote_ident
 from monitor_assets.storage.warehouse import close, lake_of, thread_cursor
 
@@ -304,16 +304,6 @@ class StreamingValidator:
 
 def validate_day(con, config: MonitorConfig, day: dt.date, batch_rows: int = BATCH_ROWS) -> list[Verdict]:
     return validate_days(con, config, [day], batch_rows)
-
-
-def held_models(con, days: list[dt.date]) -> dict[dt.date, set[str]]:
-    """The models whose predictions failed the data-quality suite, per day: downstream work skips them."""
-    held: dict[dt.date, set[str]] = {d: set() for d in days}
-    for day, model_id in con.execute("""SELECT partition_date, model_id FROM monitoring.quality_verdicts
-                                        WHERE NOT passed AND partition_date IN (SELECT unnest(?::DATE[]))""",
-                                     [days]).fetchall():
-        held.setdefault(day, set()).add(model_id)
-    return held
 
 
 def stored_verdicts(con, config: MonitorConfig, day: dt.date) -> list[Verdict] | None:

@@ -19,7 +19,7 @@ import sys
 
 from monitor_assets.config import ConfigError, load_config
 from monitor_assets.notify.actions import acknowledge, lift_silence, silence
-from monitor_assets.notify.state import STATE_TABLES, AlertState
+from monitor_assets.storage.alert_state import STATE_TABLES, AlertState
 
 
 def main(argv: list[str] | None = None) -> int:

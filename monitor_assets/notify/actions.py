@@ -7,7 +7,8 @@ import datetime as dt
 
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import QUALITY_CHECK, RETRAINING_CHECKS, THRESHOLD_CHECKS, VOLUME_RANGE_CHECK
-from monitor_assets.notify.state import AlertState, iso
+from monitor_assets.formatting import iso
+from monitor_assets.storage.alert_state import AlertState
 
 CHECK_NAMES = (*THRESHOLD_CHECKS, QUALITY_CHECK, VOLUME_RANGE_CHECK, *RETRAINING_CHECKS)
 

@@ -19,10 +19,11 @@ from pydantic import Field
 
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import ALL_MODELS
+from monitor_assets.formatting import fmt_day
+from monitor_assets.keys import ALERTS
 from monitor_assets.notify.actions import acknowledge, lift_silence, silence
-from monitor_assets.notify.messages import fmt_day
 from monitor_assets.notify.outbox import channels_by_model, dispatch
-from monitor_assets.notify.state import AlertState
+from monitor_assets.storage.alert_state import AlertState
 
 ALERT_SENSOR = "alert_notification_sensor"
 FAILURE_SENSOR = "run_failure_notification_sensor"
@@ -38,6 +39,10 @@ FIRST_LOOKBACK_S = 24 * 3600.0
 SENSOR_INTERVAL_S = int(os.environ.get("MONITOR_ALERT_SENSOR_INTERVAL", "30"))
 
 
+# An evaluation is complete once its execution record says so (planned ones are still running).
+DONE = ("SUCCEEDED", "FAILED")
+
+
 def _metadata_value(metadata: dict, key: str):
     value = metadata.get(key)
     return getattr(value, "value", getattr(value, "data", value))
@@ -47,18 +52,15 @@ def read_evaluations(instance: dg.DagsterInstance, check_keys: Sequence[dg.Asset
                      since: float) -> list[dict]:
     """Completed check evaluations recorded after `since` (epoch seconds), oldest first, as plain dicts:
     check_name, partition, passed, severity, failures, run_id, timestamp."""
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
-
-    done = {Status.SUCCEEDED, Status.FAILED}
     out = []
     for key in check_keys:
         cursor = None
         while True:
             records = instance.event_log_storage.get_asset_check_execution_history(
-                key, limit=PAGE, cursor=cursor, status=done)
+                key, limit=PAGE, cursor=cursor)
             for record in records:
                 event = record.event
-                if event is None or event.timestamp <= since or event.dagster_event is None:
+                if record.status.value not in DONE or event is None or event.timestamp <= since or event.dagster_event is None:
                     continue
                 evaluation = event.dagster_event.event_specific_data
                 failures = _metadata_value(evaluation.metadata, "failures")
@@ -96,9 +98,17 @@ def record_evaluations(state: AlertState, config: MonitorConfig, evaluations: li
     return enqueued, resolved
 
 
+def build_notify_definitions(config: MonitorConfig, check_keys: Sequence[dg.AssetCheckKey],
+                             monitored_jobs: Sequence[dg.JobDefinition]) -> dg.Definitions:
+    """The alert and run-failure sensors (delivering the given checks' failures and the monitored jobs'
+    failed runs) and the acknowledge/silence jobs."""
+    return dg.Definitions(jobs=build_alert_action_jobs(config),
+                          sensors=build_sensors(config, check_keys, monitored_jobs=monitored_jobs))
+
+
 def build_sensors(config: MonitorConfig, check_keys: Sequence[dg.AssetCheckKey],
-                  alerts_asset: dg.AssetKey | None = None, monitored_jobs: Sequence | None = None) -> list:
-    alerts_asset = alerts_asset or dg.AssetKey(["monitoring", "alerts"])
+                  monitored_jobs: Sequence | None = None) -> list:
+    alerts_asset = ALERTS  # delivery problems are reported on the alerts asset
 
     @dg.sensor(name=ALERT_SENSOR, minimum_interval_seconds=SENSOR_INTERVAL_S,
                default_status=dg.DefaultSensorStatus.RUNNING,

@@ -1,4 +1,4 @@
-"""The text of an alert message, and numbers, dates and p-values written for people. No Dagster here.
+"""The text of an alert message (numbers and days written by `monitor_assets.formatting`). No Dagster here.
 
 A message is one model, one check and the days it failed on (one channel's pending alerts, grouped):
 severity, days, the latest value against its threshold, what the check saw (for drift: the drifted
@@ -9,62 +9,8 @@ model's part of the dashboard.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Sequence
 
-import pandas as pd
-
-
-def fmt_num(x) -> str:
-    """4 significant digits, thousands separated, never scientific for everyday magnitudes."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    x = float(x)
-    if x != 0 and (abs(x) >= 1e9 or abs(x) < 1e-4):
-        return f"{x:.2e}"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    text = f"{x:.4g}"
-    return text if "e" not in text else f"{x:.4f}"
-
-
-def fmt_p(p) -> str:
-    """'p < 1e-300' below what a double can tell apart, 'p = 3.2e-07' for small, 'p = 0.012' else."""
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "p n/a"
-    p = float(p)
-    if p < 1e-300:
-        return "p < 1e-300"
-    if p < 1e-3:
-        return f"p = {p:.1e}"
-    return f"p = {p:.3f}"
-
-
-def fmt_pct(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{float(x):.0%}" if abs(float(x)) >= 0.1 else f"{float(x):.2%}"
-
-
-def fmt_day(value) -> str:
-    """A partition date without a time part."""
-    if value is None:
-        return ""
-    try:
-        return str(pd.Timestamp(value).date())
-    except (ValueError, TypeError):
-        return str(value)
-
-
-def plural(n: int, word: str, words: str | None = None) -> str:
-    return f"{n} {word if n == 1 else (words or word + 's')}"
-
-
-def day_span(days: Sequence[str]) -> str:
-    days = sorted(set(days))
-    if not days:
-        return "(no day)"
-    return days[0] if len(days) == 1 else f"{days[0]} .. {days[-1]} ({plural(len(days), 'day')})"
+from monitor_assets.formatting import day_span, fmt_day, fmt_num, plural
 
 
 def drift_details(features: list[dict], limit: int = 8) -> str:

@@ -23,9 +23,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import groupby
-from pathlib import Path
 
 from monitor_assets.config import ChannelConfig, MonitorConfig
+from monitor_assets.formatting import iso, plural
+from monitor_assets.links import dashboard_url
 from monitor_assets.notify.channels import (
     DEFAULT_TIMEOUT_S,
     ChannelError,
@@ -33,8 +34,8 @@ from monitor_assets.notify.channels import (
     PartialDelivery,
     deliver,
 )
-from monitor_assets.notify.messages import compose, plural
-from monitor_assets.notify.state import AlertState, iso
+from monitor_assets.notify.messages import compose
+from monitor_assets.storage.alert_state import AlertState
 
 BASE_BACKOFF_S = 30.0
 MAX_BACKOFF_S = 1800.0
@@ -76,14 +77,6 @@ def channels_by_model(config: MonitorConfig) -> dict[str, list[str]]:
     return mapping
 
 
-def dashboard_url(config: MonitorConfig, model_id: str) -> str:
-    """The model's own dashboard page (the index for findings that concern no single model)."""
-    from monitor_assets.reporting.dashboard import INDEX_PAGE, model_page
-
-    page = model_page(model_id) if model_id in config.model_ids else INDEX_PAGE
-    return (Path(config.reports_dir) / page).resolve().as_uri()
-
-
 def send_timeout(channel: ChannelConfig) -> float:
     """How long one send through the channel may take (the file channel: no network, no timeout)."""
     return float(channel.options.get("timeout", DEFAULT_TIMEOUT_S)) if channel.type in ("email", "slack") else 0.0
@@ -94,71 +87,96 @@ def dispatch(state: AlertState, config: MonitorConfig, now: float | None = None,
              = deliver, clock: Callable[[], float] = time.monotonic) -> DispatchReport:
     """Send every due message once; record what happened to each row."""
     now = time.time() if now is None else now
-    started = clock()
-    report = DispatchReport()
-    report.closed = state.close_muted(now)
-    report.gave_up = state.give_up(now, config.alert_give_up_hours * 3600)
-    if report.gave_up:
-        _announce_give_up(config, report.gave_up, send)
-    lock = threading.Lock()
+    tick = _Tick(state, config, now, clock(), budget_s, send, clock, DispatchReport())
+    tick.report.closed = state.close_muted(now)
+    tick.report.gave_up = state.give_up(now, config.alert_give_up_hours * 3600)
+    if tick.report.gave_up:
+        _announce_give_up(config, tick.report.gave_up, send)
     by_channel = {name: list(rows) for name, rows in groupby(state.due(now), key=lambda r: r["channel"])}
-
-    def run_channel(channel_name: str, rows: list[dict]) -> None:
-        channel = config.channels.get(channel_name) or config.channels["file"]
-        # A send starts only when its whole timeout fits in what is left of the tick (one longer than
-        # the whole budget is cut to it), so the tick ends within its budget.
-        timeout = min(send_timeout(channel), budget_s)
-        if timeout and timeout != send_timeout(channel):
-            channel = replace(channel, options={**channel.options, "timeout": timeout})
-        cooldown_s = config.alert_cooldown_hours * 3600
-        # Rows that already reached some e-mail recipients go apart: each message goes to the ones missing it.
-        for (model_id, check, delivered_json), group in groupby(
-                rows, key=lambda r: (r["model_id"], r["check_name"], r.get("delivered_to"))):
-            group = list(group)
-            if clock() - started + timeout > budget_s:
-                with lock:
-                    report.out_of_time = True
-                return
-            last = state.last_sent(channel_name, model_id, check)
-            if last is not None and cooldown_s and now - last < cooldown_s:
-                state.defer([r["alert_key"] for r in group], channel_name, last + cooldown_s)
-                with lock:
-                    report.deferred += len(group)
-                continue
-            token = uuid.uuid4().hex
-            claimed = state.claim([r["alert_key"] for r in group], channel_name, token, now, CLAIM_TTL_S)
-            if not claimed:
-                continue  # another tick has them
-            note = _notification(config, state, claimed)
-            delivered = set(json.loads(delivered_json or "[]"))
-            if channel.type == "email":
-                note.recipients = [str(t) for t in _recipients(channel) if str(t) not in delivered]
-            try:
-                took = send(channel, note, config.reports_dir) if note.recipients != [] else []
-            except PartialDelivery as exc:
-                state.mark_partial(token, exc.delivered, exc.refused, str(exc), now + clock() - started,
-                                   BASE_BACKOFF_S, MAX_BACKOFF_S)
-                with lock:
-                    report.failed.append(f"{channel_name}: {exc}")
-                return  # one failure per channel and tick: the rest waits for the channel's next attempt
-            except ChannelError as exc:
-                state.mark_failed(token, str(exc), now + clock() - started, BASE_BACKOFF_S, MAX_BACKOFF_S)
-                with lock:
-                    report.failed.append(f"{channel_name}: {exc}")
-                return
-            sent_rows = state.mark_sent(token, now + clock() - started, took)
-            with lock:
-                report.alerts_sent += sent_rows
-                report.sent += 1
-
     if len(by_channel) <= 1:
         for name, rows in by_channel.items():
-            run_channel(name, rows)
+            _run_channel(tick, name, rows)
     else:
         with ThreadPoolExecutor(max_workers=min(len(by_channel), MAX_PARALLEL_CHANNELS)) as pool:
-            for future in [pool.submit(run_channel, name, rows) for name, rows in by_channel.items()]:
+            for future in [pool.submit(_run_channel, tick, name, rows) for name, rows in by_channel.items()]:
                 future.result()  # a bug in one channel's thread is raised here, not lost
-    return report
+    return tick.report
+
+
+@dataclass
+class _Tick:
+    """What the channels' senders of one tick share; `lock` guards `report`."""
+
+    state: AlertState
+    config: MonitorConfig
+    now: float
+    started: float  # clock() at the start of the tick
+    budget_s: float
+    send: Callable[[ChannelConfig, Notification, str], list[str] | None]
+    clock: Callable[[], float]
+    report: DispatchReport
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def at(self) -> float:
+        """The time now, on the tick's `now` scale."""
+        return self.now + self.clock() - self.started
+
+
+def _run_channel(tick: _Tick, channel_name: str, rows: list[dict]) -> None:
+    """One channel's due rows: a message per model and check, in turn, until one fails or time runs out."""
+    channel = tick.config.channels.get(channel_name) or tick.config.channels["file"]
+    # A send starts only when its whole timeout fits in what is left of the tick (one longer than
+    # the whole budget is cut to it), so the tick ends within its budget.
+    timeout = min(send_timeout(channel), tick.budget_s)
+    if timeout and timeout != send_timeout(channel):
+        channel = replace(channel, options={**channel.options, "timeout": timeout})
+    cooldown_s = tick.config.alert_cooldown_hours * 3600
+    # Rows that already reached some e-mail recipients go apart: each message goes to the ones missing it.
+    for (model_id, check, delivered_json), group in groupby(
+            rows, key=lambda r: (r["model_id"], r["check_name"], r.get("delivered_to"))):
+        group = list(group)
+        if tick.clock() - tick.started + timeout > tick.budget_s:
+            with tick.lock:
+                tick.report.out_of_time = True
+            return
+        last = tick.state.last_sent(channel_name, model_id, check)
+        if last is not None and cooldown_s and tick.now - last < cooldown_s:
+            tick.state.defer([r["alert_key"] for r in group], channel_name, last + cooldown_s)
+            with tick.lock:
+                tick.report.deferred += len(group)
+            continue
+        if not _send_group(tick, channel_name, channel, group, delivered_json):
+            return  # one failure per channel and tick: the rest waits for the channel's next attempt
+
+
+def _send_group(tick: _Tick, channel_name: str, channel: ChannelConfig, group: list[dict],
+                delivered_json: str | None) -> bool:
+    """Claim the rows, send them as one message and record the outcome; False when the send failed."""
+    token = uuid.uuid4().hex
+    claimed = tick.state.claim([r["alert_key"] for r in group], channel_name, token, tick.now, CLAIM_TTL_S)
+    if not claimed:
+        return True  # another tick has them
+    note = _notification(tick.config, tick.state, claimed)
+    delivered = set(json.loads(delivered_json or "[]"))
+    if channel.type == "email":
+        note.recipients = [str(t) for t in _recipients(channel) if str(t) not in delivered]
+    try:
+        took = tick.send(channel, note, tick.config.reports_dir) if note.recipients != [] else []
+    except PartialDelivery as exc:
+        tick.state.mark_partial(token, exc.delivered, exc.refused, str(exc), tick.at(), BASE_BACKOFF_S, MAX_BACKOFF_S)
+        with tick.lock:
+            tick.report.failed.append(f"{channel_name}: {exc}")
+        return False
+    except ChannelError as exc:
+        tick.state.mark_failed(token, str(exc), tick.at(), BASE_BACKOFF_S, MAX_BACKOFF_S)
+        with tick.lock:
+            tick.report.failed.append(f"{channel_name}: {exc}")
+        return False
+    sent_rows = tick.state.mark_sent(token, tick.at(), took)
+    with tick.lock:
+        tick.report.alerts_sent += sent_rows
+        tick.report.sent += 1
+    return True
 
 
 def _recipients(channel: ChannelConfig) -> list:

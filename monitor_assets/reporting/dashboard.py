@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import html
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +41,12 @@ from monitor_assets.constants import (
     PERFORMANCE_CHECK,
     VOLUME_CHECK,
 )
-from monitor_assets.notify.messages import fmt_num
-from monitor_assets.notify.state import AlertState
+from monitor_assets.formatting import fmt_day, fmt_num
+from monitor_assets.links import INDEX_PAGE, MODELS_DIR, model_page
 from monitor_assets.stats.drift import P_VALUE_METHODS
+from monitor_assets.stats.versions import current_champions
+from monitor_assets.storage.alert_state import AlertState
+from monitor_assets.storage.reads import CHAMPION_COLUMNS, champion_days
 
 STATUS_ORDER = {"healthy": 0, "watch": 1, "action needed": 2, "retrain suggested": 3}
 RECENT_DAYS = 7  # an alert older than this (that has not recurred) no longer drives the status on its own
@@ -80,7 +81,6 @@ REQUEST_COLUMNS = ["request_id", "model_id", "model_version", "opened_on", "stat
 VERSION_COLUMNS = ["model_id", "model_version", "first_seen", "last_seen", "traffic_share", "role", "champion_since"]
 COMPARISON_COLUMNS = ["partition_date", "model_id", "champion_version", "challenger_version", "metric",
                       "champion_value", "challenger_value", "p_value", "gate", "verdict"]
-CHAMPION_COLUMNS = ["partition_date", "model_id", "model_version"]
 REQUESTS_SHOWN = 20  # per model page: the newest requests
 
 
@@ -124,24 +124,6 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
     )
 
 
-def champion_days(con: duckdb.DuckDBPyConnection, through: dt.date) -> pd.DataFrame:
-    """The champion of each model on each day with traffic up to `through` (retraining's own rule: the
-    version serving most requests), from monitoring.version_daily."""
-    from monitor_assets.retraining.logic import champions, version_daily
-
-    return champions(version_daily(con, through))[CHAMPION_COLUMNS]
-
-
-def current_champions(days: pd.DataFrame) -> dict[str, tuple[str, dt.date]]:
-    """Per model: its latest champion and the first day of that version's current, unbroken reign (a day
-    another version was champion resets it; days without traffic do not)."""
-    out: dict[str, tuple[str, dt.date]] = {}
-    for r in days.sort_values("partition_date", kind="stable").itertuples(index=False):
-        version, since = out.get(r.model_id, (None, None))
-        out[r.model_id] = (r.model_version, since if version == r.model_version else pd.Timestamp(r.partition_date).date())
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Summaries
 
@@ -167,7 +149,6 @@ def _mean(values: list) -> float | None:
 def model_summaries(data: ReportData, recent_days: int = RECENT_DAYS) -> list[dict]:
     """Per model: status (ranked as the module says), why, the current champion's headline figure and trend,
     top drifted features, open alerts."""
-    out = []
     open_alerts = data.alerts[data.alerts.status == "open"]  # acknowledged and silenced ones stay open
     perf_by = _rows_by_model(data.performance.assign(partition_date=pd.to_datetime(data.performance.partition_date))
                              .sort_values("partition_date", kind="stable"))
@@ -175,74 +156,93 @@ def model_summaries(data: ReportData, recent_days: int = RECENT_DAYS) -> list[di
     drift_by = _rows_by_model(drifted.assign(partition_date=pd.to_datetime(drifted.partition_date)))
     alerts_by = _rows_by_model(open_alerts.assign(partition_date=pd.to_datetime(open_alerts.partition_date)))
     champions = current_champions(data.champions)
-    for m in data.models.itertuples():
-        perf = perf_by.get(m.model_id, [])
-        last_day = max(r.partition_date for r in perf) if perf else None
-        recent_start = last_day - pd.Timedelta(days=recent_days - 1) if last_day is not None else None
-        version, since = champions.get(m.model_id, (None, None))
-        since = pd.Timestamp(since) if since is not None else None
-        # first: the current champion's first day (its figures); window: also within the recent days (status).
-        window = max((d for d in (recent_start, since) if d is not None), default=pd.Timestamp.min)
-        first = since if since is not None else pd.Timestamp.min
-        labelled = [r for r in perf if _num(r.label_coverage) is not None and r.label_coverage >= 0.8
-                    and _num(r.main_metric) is not None and r.partition_date >= first]
-        recent = [r for r in labelled if recent_start is None or r.partition_date >= recent_start]
-        before = [r for r in labelled if recent_start is not None and r.partition_date < recent_start]
-        trend = None
-        if recent and before:
-            trend = float(_mean([r.main_metric for r in recent]) - _mean([r.main_metric for r in before[-recent_days:]]))
-        drift = [r for r in drift_by.get(m.model_id, []) if r.partition_date >= window]
-        counts: dict[str, int] = {}
-        for r in drift:
-            counts[r.feature] = counts.get(r.feature, 0) + 1
-        top_drift = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:3])
-        alerts = alerts_by.get(m.model_id, [])
-        now = [a for a in alerts if a.partition_date >= window]
-        errors_now = [a for a in now if a.severity == "ERROR"]
-        old_errors = [a for a in alerts if a.partition_date < window and a.severity == "ERROR"]
-        old = [a for a in alerts if a.partition_date < window]
-        perf_alert = max((a.partition_date for a in now if a.check_name == PERFORMANCE_CHECK), default=None)
-        drift_days = len({r.partition_date for r in drift})
-        not_since = (f"since {version} became champion on {since.date()}" if since is not None and window == since
-                     else f"in the last {recent_days} days")
-        if perf_alert is not None or (drift_days >= 3 and len(top_drift) >= 2):
-            status, why = "retrain suggested", (
-                f"performance below baseline on {perf_alert.date()}" + (f" (version {version})" if version else "")
-                if perf_alert is not None else f"inputs drifted on {drift_days} of the last {recent_days} days")
-        elif errors_now:
-            status, why = "action needed", (f"{len(errors_now)} open ERROR alert(s) in the last {recent_days} days: "
-                                            + ", ".join(sorted({a.check_name for a in errors_now})))
-        elif now:
-            status, why = "watch", f"{len(now)} open WARN alert(s) in the last {recent_days} days"
-        elif old_errors:  # an open ERROR alert is never "healthy", however old
-            latest_error = max(a.partition_date for a in old_errors).date()
-            status, why = "watch", f"{len(old_errors)} open ERROR alert(s), latest {latest_error}, none {not_since}"
-        else:
-            status, why = "healthy", f"no open alerts {not_since}" + (f" ({len(old)} older open WARN alert(s))"
-                                                                       if old else "")
-        latest = perf[-1] if perf else None
-        states = [a.state for a in alerts]
-        out.append({
-            "model_id": m.model_id, "task": m.task, "status": status, "recommendation": status, "why": why,
-            "last_day": str(last_day.date()) if last_day is not None else None,
-            "main_metric": m.main_metric,
-            "latest_main_metric": _num(labelled[-1].main_metric) if labelled else None,
-            "main_metric_day": str(labelled[-1].partition_date.date()) if labelled else None,
-            "champion_version": version, "champion_since": str(since.date()) if since is not None else None,
-            "baseline": _num(m.baseline), "trend_vs_previous_week": _num(trend),
-            "latest_latency_p95_ms": _num(latest.latency_p95_ms) if latest is not None else None,
-            "latest_error_rate": _num(latest.error_rate) if latest is not None else None,
-            "latest_volume": int(latest.volume) if latest is not None else 0,
-            "top_drifted_features": top_drift,
-            "open_alerts": [{"date": str(a.partition_date.date()), "check": a.check_name,
-                             "severity": a.severity, "message": a.message, "state": a.state,
-                             "state_note": a.state_note} for a in alerts[:10]],
-            "open_alert_count": len(alerts),
-            "unhandled_alert_count": states.count("open"),
-            "acknowledged_alert_count": states.count("acknowledged"),
-            "silenced_alert_count": states.count("silenced"),
-        })
-    return out
+    return [_model_summary(m, perf_by.get(m.model_id, []), drift_by.get(m.model_id, []),
+                           alerts_by.get(m.model_id, []), champions.get(m.model_id, (None, None)), recent_days)
+            for m in data.models.itertuples()]
+
+
+def _model_summary(m, perf: list, drifted: list, alerts: list, champion: tuple, recent_days: int) -> dict:
+    """One model's summary from its rows (days in order), drifted rows, open alerts and (champion, since)."""
+    last_day = max(r.partition_date for r in perf) if perf else None
+    recent_start = last_day - pd.Timedelta(days=recent_days - 1) if last_day is not None else None
+    version, since = champion
+    since = pd.Timestamp(since) if since is not None else None
+    # first: the current champion's first day (its figures); window: also within the recent days (status).
+    window = max((d for d in (recent_start, since) if d is not None), default=pd.Timestamp.min)
+    first = since if since is not None else pd.Timestamp.min
+    labelled, trend = _headline(perf, first, recent_start, recent_days)
+    drift = [r for r in drifted if r.partition_date >= window]
+    top_drift = _top_drifted(drift)
+    not_since = (f"since {version} became champion on {since.date()}" if since is not None and window == since
+                 else f"in the last {recent_days} days")
+    status, why = _status(alerts, window, len({r.partition_date for r in drift}), len(top_drift), version,
+                          not_since, recent_days)
+    latest = perf[-1] if perf else None
+    states = [a.state for a in alerts]
+    return {
+        "model_id": m.model_id, "task": m.task, "status": status, "recommendation": status, "why": why,
+        "last_day": str(last_day.date()) if last_day is not None else None,
+        "main_metric": m.main_metric,
+        "latest_main_metric": _num(labelled[-1].main_metric) if labelled else None,
+        "main_metric_day": str(labelled[-1].partition_date.date()) if labelled else None,
+        "champion_version": version, "champion_since": str(since.date()) if since is not None else None,
+        "baseline": _num(m.baseline), "trend_vs_previous_week": _num(trend),
+        "latest_latency_p95_ms": _num(latest.latency_p95_ms) if latest is not None else None,
+        "latest_error_rate": _num(latest.error_rate) if latest is not None else None,
+        "latest_volume": int(latest.volume) if latest is not None else 0,
+        "top_drifted_features": top_drift,
+        "open_alerts": [{"date": str(a.partition_date.date()), "check": a.check_name,
+                         "severity": a.severity, "message": a.message, "state": a.state,
+                         "state_note": a.state_note} for a in alerts[:10]],
+        "open_alert_count": len(alerts),
+        "unhandled_alert_count": states.count("open"),
+        "acknowledged_alert_count": states.count("acknowledged"),
+        "silenced_alert_count": states.count("silenced"),
+    }
+
+
+def _headline(perf: list, first, recent_start, recent_days: int) -> tuple[list, float | None]:
+    """The well-labelled days since `first` (the current champion's) and the main metric's mean over the
+    recent days minus its mean over the `recent_days` before them (None without both)."""
+    labelled = [r for r in perf if _num(r.label_coverage) is not None and r.label_coverage >= 0.8
+                and _num(r.main_metric) is not None and r.partition_date >= first]
+    recent = [r for r in labelled if recent_start is None or r.partition_date >= recent_start]
+    before = [r for r in labelled if recent_start is not None and r.partition_date < recent_start]
+    trend = None
+    if recent and before:
+        trend = float(_mean([r.main_metric for r in recent]) - _mean([r.main_metric for r in before[-recent_days:]]))
+    return labelled, trend
+
+
+def _top_drifted(drift: list) -> dict[str, int]:
+    """The three features drifted on most days: feature -> days."""
+    counts: dict[str, int] = {}
+    for r in drift:
+        counts[r.feature] = counts.get(r.feature, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+
+
+def _status(alerts: list, window, drift_days: int, drifted_features: int, version: str | None, not_since: str,
+            recent_days: int) -> tuple[str, str]:
+    """Status and why, by the rules in the module's docstring; `window`: where "current" starts."""
+    now = [a for a in alerts if a.partition_date >= window]
+    errors_now = [a for a in now if a.severity == "ERROR"]
+    old_errors = [a for a in alerts if a.partition_date < window and a.severity == "ERROR"]
+    old = [a for a in alerts if a.partition_date < window]
+    perf_alert = max((a.partition_date for a in now if a.check_name == PERFORMANCE_CHECK), default=None)
+    if perf_alert is not None or (drift_days >= 3 and drifted_features >= 2):
+        return "retrain suggested", (
+            f"performance below baseline on {perf_alert.date()}" + (f" (version {version})" if version else "")
+            if perf_alert is not None else f"inputs drifted on {drift_days} of the last {recent_days} days")
+    if errors_now:
+        return "action needed", (f"{len(errors_now)} open ERROR alert(s) in the last {recent_days} days: "
+                                 + ", ".join(sorted({a.check_name for a in errors_now})))
+    if now:
+        return "watch", f"{len(now)} open WARN alert(s) in the last {recent_days} days"
+    if old_errors:  # an open ERROR alert is never "healthy", however old
+        latest_error = max(a.partition_date for a in old_errors).date()
+        return "watch", f"{len(old_errors)} open ERROR alert(s), latest {latest_error}, none {not_since}"
+    return "healthy", f"no open alerts {not_since}" + (f" ({len(old)} older open WARN alert(s))" if old else "")
 
 
 def summaries_markdown(summaries: list[dict]) -> str:
@@ -251,12 +251,12 @@ def summaries_markdown(summaries: list[dict]) -> str:
         trend = s["trend_vs_previous_week"]
         lines += [f"## {s['model_id']}: {s['recommendation']}", "",
                   f"- why: {s['why']}",
-                  f"- {s['main_metric']}: {_fmt(s['latest_main_metric'])}"
+                  f"- {s['main_metric']}: {fmt_num(s['latest_main_metric'])}"
                   + (f" on {s['main_metric_day']}" if s["main_metric_day"] else "")
-                  + f" (baseline {_fmt(s['baseline'])}, week-over-week {'n/a' if trend is None else f'{trend:+.3f}'})",
+                  + f" (baseline {fmt_num(s['baseline'])}, week-over-week {'n/a' if trend is None else f'{trend:+.3f}'})",
                   *([f"- champion: version {s['champion_version']} since {s['champion_since']}"]
                     if s["champion_version"] else []),
-                  f"- latency p95 {_fmt(s['latest_latency_p95_ms'])} ms, error rate {_fmt(s['latest_error_rate'])}, "
+                  f"- latency p95 {fmt_num(s['latest_latency_p95_ms'])} ms, error rate {fmt_num(s['latest_error_rate'])}, "
                   f"volume {s['latest_volume']:,}",
                   f"- most drifted features (days, last week): "
                   f"{', '.join(f'{k} ({v})' for k, v in s['top_drifted_features'].items()) or 'none'}",
@@ -273,33 +273,13 @@ def _num(x):
     return None if x is None or (isinstance(x, float) and np.isnan(x)) or pd.isna(x) else float(x)
 
 
-def _fmt(x) -> str:
-    return fmt_num(x)
-
-
 # ---------------------------------------------------------------------------------------------
 # Dashboard: an index page with one row per model, and one page per model with its Plotly charts.
 # plotly.js is written once beside them and referenced relatively, so every page opens offline
 # from file:// and a model page stays small however many models there are.
 
-INDEX_PAGE = "dashboard.html"  # public; its rows keep id="model-<model_id>" for old links
-MODELS_DIR = "models"
 PLOTLY_ASSET = "assets/plotly.min.js"
 TABLE_LIMIT = 200  # rows per alert or quality table; the rest is counted
-
-_PLAIN_NAME = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,79}")
-_RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
-
-
-def model_page(model_id: str) -> str:
-    """A model's page, relative to the reports folder. Plain lower-case ids keep their name
-    (`models/fraud_detector.html`); anything else is cleaned and gets a short hash of the id, so no two
-    ids share a page, also on case-insensitive disks, and the name needs no URL escaping."""
-    stem = model_id
-    if not _PLAIN_NAME.fullmatch(model_id) or model_id.split(".")[0] in _RESERVED_NAMES:
-        clean = re.sub(r"[^A-Za-z0-9_-]+", "_", model_id).strip("_")[:60] or "model"
-        stem = f"{clean}-{hashlib.sha1(model_id.encode()).hexdigest()[:10]}"
-    return f"{MODELS_DIR}/{stem}.html"
 
 
 @dataclass
@@ -412,7 +392,7 @@ def _templates():
 
 def _cell(v) -> str:
     """A value as table text (the template escapes it): counts and whole numbers with thousands separators,
-    others with notify's `fmt_num` (4 significant digits, no scientific notation for everyday magnitudes)."""
+    others with `fmt_num` (4 significant digits, no scientific notation for everyday magnitudes)."""
     if v is None or v is pd.NA or v is pd.NaT:
         return ""
     if isinstance(v, bool | np.bool_):
@@ -422,10 +402,9 @@ def _cell(v) -> str:
     if isinstance(v, float | np.floating):
         if np.isnan(v):
             return ""
-        # A sum of counts comes back as a float (115800.0): still a count.
-        return f"{int(v):,}" if float(v).is_integer() and abs(v) < 1e15 else fmt_num(v)
+        return fmt_num(v, whole=True)  # a sum of counts comes back as a float (115800.0): still a count
     if isinstance(v, pd.Timestamp | dt.date):
-        return str(pd.Timestamp(v).date())
+        return fmt_day(v)
     return str(v)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from monitor_assets import keys
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import GROUP_REPORTING, OWNERS
 from monitor_assets.reporting.dashboard import (
@@ -17,18 +18,22 @@ from monitor_assets.reporting.dashboard import (
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import daily_partitions, frame_markdown, run_days
 
+# The dashboard shows the retraining state too, so it is drawn after retraining's assets.
+DASHBOARD_AFTER = (keys.MODEL_VERSIONS, keys.RETRAINING_TRIGGER, keys.VERSION_COMPARISON)
 
-def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey, after: list[dg.AssetKey] | None = None) -> list:
+
+def build_reporting_definitions(config: MonitorConfig) -> dg.Definitions:
+    """The per-model summaries and the dashboard, after the alerts."""
     partitions = daily_partitions(config)
 
     @dg.asset(
-        key=dg.AssetKey(["reports", "model_performance_summary"]),
+        key=keys.MODEL_PERFORMANCE_SUMMARY,
         description="Per model: status by its most severe current problem (retrain suggested / action needed: "
                     "an ERROR alert in the last 7 days / watch / healthy), the current champion version and its "
                     "main metric with the trend against the previous week, most drifted features and open alerts, "
                     "written as model_summaries.md and model_summaries.json in the reports folder.",
         group_name=GROUP_REPORTING, kinds={"python", "markdown"}, owners=OWNERS, partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(), deps=[alerts],
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[keys.ALERTS],
     )
     def model_performance_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         with warehouse.connect() as con:
@@ -52,7 +57,7 @@ def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey, after: li
         })
 
     @dg.asset(
-        key=dg.AssetKey(["reports", "monitoring_dashboard"]),
+        key=keys.MONITORING_DASHBOARD,
         description="The HTML dashboard, offline from file://: dashboard.html lists every model (status, why, "
                     "main metric against baseline, open / acknowledged / silenced alerts, latency p95, error rate, "
                     "volume, a sparkline), sortable and filterable, plus the data-quality summary; "
@@ -60,7 +65,7 @@ def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey, after: li
                     "feature x day drift heatmap, selection rate by group and its alerts. plotly.js is written "
                     "once to assets/plotly.min.js in the reports folder.",
         group_name=GROUP_REPORTING, kinds={"html", "plotly"}, owners=OWNERS, partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(), deps=[alerts, model_performance_summary.key, *(after or [])],
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[keys.ALERTS, keys.MODEL_PERFORMANCE_SUMMARY, *DASHBOARD_AFTER],
     )
     def monitoring_dashboard(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         with warehouse.connect() as con:
@@ -78,4 +83,4 @@ def build_reporting_assets(config: MonitorConfig, alerts: dg.AssetKey, after: li
             "silenced_alerts": int((open_alerts.state == "silenced").sum()),
         })
 
-    return [model_performance_summary, monitoring_dashboard]
+    return dg.Definitions(assets=[model_performance_summary, monitoring_dashboard])

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import sys
 import uuid
 
@@ -110,7 +109,7 @@ class EventLog:
     def __call__(self, entry) -> None:
         from dagster import DagsterEventType
 
-        from monitor_assets.run_pipeline import format_event, one_line
+        from monitor_assets.runner import format_event, one_line
 
         self.log.write(format_event(entry) + "\n")
         self.log.flush()
@@ -124,38 +123,28 @@ def approve(config, request_id: int, by: str, note: str) -> int:
     goes to $DAGSTER_HOME/run_logs/<run id>.log and the terminal gets what happened."""
     import dagster as dg
 
-    from monitor_assets.definitions import build_definitions
-    from monitor_assets.retraining.defs import APPROVE_JOB
-    from monitor_assets.run_pipeline import QUIET_CONSOLE, prepare_dagster_home
+    from monitor_assets.retraining.defs import APPROVE_JOB, build_retraining_definitions
+    from monitor_assets.runner import execute_logged, library_logs_to, prepare_dagster_home, run_log_path
+    from monitor_assets.storage.resource import WarehouseResource
 
     with connect(config.warehouse_path, config.lake_path, models=[]) as con:
         before = L.get_request(con, request_id)  # a wrong id: one line and exit 2, no run recorded
     home = prepare_dagster_home()
-    job = build_definitions(config).resolve_job_def(APPROVE_JOB)
+    # The stage's own definitions with the warehouse resource the entry point gives every stage.
+    stage = dg.Definitions.merge(build_retraining_definitions(config), dg.Definitions(
+        resources={"warehouse": WarehouseResource(path=config.warehouse_path, lake_path=config.lake_path)}))
+    job = stage.resolve_job_def(APPROVE_JOB)
     run_id = str(uuid.uuid4())
-    log_path = home / "run_logs" / f"{run_id}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    run_config = {**QUIET_CONSOLE, "ops": {
-        "approve_retraining_request": {"config": {"request_id": request_id, "by": by, "note": note}}}}
+    log_path = run_log_path(home, run_id)
+    run_config = {"ops": {"approve_retraining_request": {"config": {"request_id": request_id, "by": by,
+                                                                     "note": note}}}}
     version = f" {before['model_version']}" if before["model_version"] else ""
     opened = before["opened_on"].date() if isinstance(before["opened_on"], dt.datetime) else before["opened_on"]
     print(f"request #{request_id}: approving retraining of {before['model_id']}{version}, opened on "
           f"{cell(opened)} (run {run_id})", flush=True)
-    with open(log_path, "a", encoding="utf-8") as log, dg.DagsterInstance.get() as instance:
+    with open(log_path, "a", encoding="utf-8") as log, dg.DagsterInstance.get() as instance, library_logs_to(log):
         events = EventLog(log)
-        # Library log records and warnings go to the file too, not to the terminal.
-        handler = logging.StreamHandler(log)
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-        root = logging.getLogger()
-        root.addHandler(handler)
-        logging.captureWarnings(True)
-        try:
-            instance.add_event_listener(run_id, events)
-            result = job.execute_in_process(instance=instance, run_id=run_id, run_config=run_config,
-                                            raise_on_error=False)
-        finally:
-            root.removeHandler(handler)
-            logging.captureWarnings(False)
+        result = execute_logged(job, instance, run_id, events, run_config=run_config)
     with connect(config.warehouse_path, config.lake_path, models=[]) as con:
         request = L.get_request(con, request_id)
     if request["status"] == "done":

@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from monitor_assets import keys
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import CANARY_CHECK, DUCKDB_POOL, OWNERS, RETRAINING_CHECK
 from monitor_assets.retraining import logic as L
@@ -51,19 +52,28 @@ COMPARISON_COLUMNS = {
     "verdict": "VARCHAR (promote, hold, rollback)", "reason": "VARCHAR", "computed_at": "TIMESTAMP"}
 
 
-def build_retraining_assets(config: MonitorConfig, predictions: dg.AssetKey, labels: dg.AssetKey
-                            ) -> tuple[list[dg.AssetsDefinition], list]:
-    partitions = daily_partitions(config)
-    common = {"group_name": GROUP_RETRAINING, "owners": OWNERS, "partitions_def": partitions,
-              "backfill_policy": dg.BackfillPolicy.single_run(), "retry_policy": IO_RETRY, "pool": DUCKDB_POOL}
+def build_retraining_definitions(config: MonitorConfig) -> dg.Definitions:
+    """The closed loop: its daily assets and checks, the decision jobs and the auto-approval sensor."""
+    jobs, sensors = build_retraining_jobs(config)
+    return dg.Definitions(assets=build_retraining_assets(config), asset_checks=[_retraining_checks(config)],
+                          jobs=jobs, sensors=sensors)
 
+
+def build_retraining_assets(config: MonitorConfig) -> list[dg.AssetsDefinition]:
+    """Model versions from the logs, then the trigger and the champion/challenger comparison on them."""
+    common = {"group_name": GROUP_RETRAINING, "owners": OWNERS, "partitions_def": daily_partitions(config),
+              "backfill_policy": dg.BackfillPolicy.single_run(), "retry_policy": IO_RETRY, "pool": DUCKDB_POOL}
+    return [_model_versions_asset(config, common), _trigger_asset(config, common), _comparison_asset(config, common)]
+
+
+def _model_versions_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinition:
     @dg.asset(
-        key=dg.AssetKey(["monitoring", "model_versions"]),
+        key=keys.MODEL_VERSIONS,
         description="Model versions from the logs' version field: per model and version first and last day seen, "
                     "share of the traffic on the model's last day, role (champion serves most, challengers serve "
                     "too, retired ones no longer serve) and the day it became champion. Daily volume, errors and "
                     "latency p95 per version go to `monitoring.version_daily`.",
-        kinds={"duckdb", "python"}, deps=[predictions],
+        kinds={"duckdb", "python"}, deps=[keys.PREDICTIONS],
         metadata={"dagster/table_name": "monitoring.model_versions",
                   "dagster/column_schema": table_schema(VERSION_COLUMNS)}, **common)
     def model_versions(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -76,8 +86,26 @@ def build_retraining_assets(config: MonitorConfig, predictions: dg.AssetKey, lab
             "dagster/row_count": len(versions),
             "versions_table": dg.MetadataValue.md(frame_markdown(versions) if len(versions) else "none")})
 
+    return model_versions
+
+
+def _trigger_day_metadata(rows: pd.DataFrame, opened: list[dict], day) -> dict:
+    """One day's trigger figures for its partition: models tested and flagged, requests opened."""
+    part = rows[rows.partition_date == day] if len(rows) else rows
+    return {
+        "models_tested": int(part.p_value.notna().sum()) if len(part) else 0,
+        "models_flagged": int(part.flagged.sum()) if len(part) else 0,
+        "requests_opened": len([r for r in opened if r["opened_on"] == day]),
+        "smallest_adjusted_p": float(part.p_adjusted.min()) if len(part) and part.p_adjusted.notna().any()
+        else None,
+        "flagged": dg.MetadataValue.md(frame_markdown(part[part.flagged][[
+            "model_id", "model_version", "mean_current", "mean_reference", "p_adjusted"]])
+            if len(part) and part.flagged.any() else "none")}
+
+
+def _trigger_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinition:
     @dg.asset(
-        key=dg.AssetKey(["monitoring", "retraining_trigger"]),
+        key=keys.RETRAINING_TRIGGER,
         description="The retraining trigger, per model and day: per-prediction losses (log loss for classifiers, "
                     "squared or absolute error for regressors) of the champion since its reference loss batch (its "
                     "first labelled production days; `monitoring.reference_losses`): a one-sided CUSUM of the daily "
@@ -85,57 +113,49 @@ def build_retraining_assets(config: MonitorConfig, predictions: dg.AssetKey, lab
                     "models, and persistence "
                     "(k of the last n days) before a request opens in `monitoring.retraining_requests`. Each run "
                     "also refreshes the `label_delay_days` before it.",
-        kinds={"duckdb", "python"}, deps=[model_versions.key, labels],
+        kinds={"duckdb", "python"}, deps=[keys.MODEL_VERSIONS, keys.LABELS],
         metadata={"dagster/table_name": "monitoring.retraining_trigger",
                   "dagster/column_schema": table_schema(TRIGGER_COLUMNS)}, **common)
     def retraining_trigger(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = days_with_label_refresh(run_days(context), config)
         with warehouse.connect() as con:
             result = L.run_trigger(con, config, days)
-            open_requests = con.execute("""SELECT request_id, model_id, model_version, opened_on, status, reason
-                                           FROM monitoring.retraining_requests WHERE status IN ('proposed', 'approved')
-                                           ORDER BY opened_on DESC""").df()
+            open_requests = L.open_requests(con)
         rows = result.rows
-        by_day = {}
-        for day in run_days(context):
-            part = rows[rows.partition_date == day] if len(rows) else rows
-            opened = [r for r in result.opened if r["opened_on"] == day]
-            by_day[day] = {
-                "models_tested": int(part.p_value.notna().sum()) if len(part) else 0,
-                "models_flagged": int(part.flagged.sum()) if len(part) else 0,
-                "requests_opened": len(opened),
-                "smallest_adjusted_p": float(part.p_adjusted.min()) if len(part) and part.p_adjusted.notna().any()
-                else None,
-                "flagged": dg.MetadataValue.md(frame_markdown(part[part.flagged][[
-                    "model_id", "model_version", "mean_current", "mean_reference", "p_adjusted"]])
-                    if len(part) and part.flagged.any() else "none")}
-        add_partition_metadata(context, by_day)
+        add_partition_metadata(context, {day: _trigger_day_metadata(rows, result.opened, day)
+                                         for day in run_days(context)})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "requests_opened": len(result.opened), "requests_superseded": result.superseded,
             "open_requests": len(open_requests), "dagster/row_count": len(rows),
             "open_requests_table": dg.MetadataValue.md(frame_markdown(open_requests) if len(open_requests) else "none"),
         })
 
+    return retraining_trigger
+
+
+def _comparison_day_metadata(frame: pd.DataFrame, day) -> dict:
+    """One day's comparison figures for its partition: challengers, rollbacks and promotions."""
+    part = frame[frame.partition_date == day] if len(frame) else frame
+    verdicts = part.drop_duplicates(["model_id", "challenger_version"]) if len(part) else part
+    return {"challengers": len(verdicts),
+            "rollbacks": int((verdicts.verdict == "rollback").sum()) if len(verdicts) else 0,
+            "promotions": int((verdicts.verdict == "promote").sum()) if len(verdicts) else 0}
+
+
+def _comparison_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinition:
     @dg.asset(
-        key=dg.AssetKey(["monitoring", "version_comparison"]),
+        key=keys.VERSION_COMPARISON,
         description="Champion vs challenger, per model and day a challenger serves: over the days both served "
                     "since the challenger appeared, latency p95, error rate (two-proportion z-test), loss "
                     "(Mann-Whitney U) and accuracy; canary gates recommend promote, hold or rollback.",
-        kinds={"duckdb", "python"}, deps=[model_versions.key, labels],
+        kinds={"duckdb", "python"}, deps=[keys.MODEL_VERSIONS, keys.LABELS],
         metadata={"dagster/table_name": "monitoring.version_comparison",
                   "dagster/column_schema": table_schema(COMPARISON_COLUMNS)}, **common)
     def version_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         days = days_with_label_refresh(run_days(context), config)
         with warehouse.connect() as con:
             frame = L.run_comparison(con, config, days)
-        by_day = {}
-        for day in run_days(context):
-            part = frame[frame.partition_date == day] if len(frame) else frame
-            verdicts = part.drop_duplicates(["model_id", "challenger_version"]) if len(part) else part
-            by_day[day] = {"challengers": len(verdicts),
-                           "rollbacks": int((verdicts.verdict == "rollback").sum()) if len(verdicts) else 0,
-                           "promotions": int((verdicts.verdict == "promote").sum()) if len(verdicts) else 0}
-        add_partition_metadata(context, by_day)
+        add_partition_metadata(context, {day: _comparison_day_metadata(frame, day) for day in run_days(context)})
         latest = frame[frame.partition_date == frame.partition_date.max()] if len(frame) else frame
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),
@@ -143,12 +163,17 @@ def build_retraining_assets(config: MonitorConfig, predictions: dg.AssetKey, lab
                                                                  "champion_value", "challenger_value", "p_value",
                                                                  "gate", "verdict"]]) if len(latest) else "none")})
 
+    return version_comparison
+
+
+def _retraining_checks(config: MonitorConfig) -> dg.AssetChecksDefinition:
+    partitions = daily_partitions(config)
     trigger_spec = dg.AssetCheckSpec(
-        RETRAINING_CHECK, asset=retraining_trigger.key, partitions_def=partitions,
+        RETRAINING_CHECK, asset=keys.RETRAINING_TRIGGER, partitions_def=partitions,
         description="Fails on the day a retraining request opens for a model (losses persistently above its "
                     "reference batch); the alert sensor sends it to the model's channels.")
     canary_spec = dg.AssetCheckSpec(
-        CANARY_CHECK, asset=version_comparison.key, partitions_def=partitions,
+        CANARY_CHECK, asset=keys.VERSION_COMPARISON, partitions_def=partitions,
         description="Fails (ERROR) when a challenger version fails its canary gates: roll it back.")
 
     @dg.multi_asset_check(name="retraining_checks", specs=[trigger_spec, canary_spec], retry_policy=IO_RETRY,
@@ -157,19 +182,15 @@ def build_retraining_assets(config: MonitorConfig, predictions: dg.AssetKey, lab
         days = days_with_label_refresh(run_days(context), config)
         with warehouse.connect() as con:
             requests = L.trigger_failures(con, config, days, RETRAINING_CHECK)
-            tested = con.execute("""SELECT partition_date, count(*) FILTER (WHERE p_value IS NOT NULL)
-                                    FROM monitoring.retraining_trigger WHERE partition_date IN (SELECT unnest(?::DATE[]))
-                                    GROUP BY 1""", [days]).fetchall()
-            comparison = con.execute("""SELECT * FROM monitoring.version_comparison
-                                        WHERE partition_date IN (SELECT unnest(?::DATE[]))""", [days]).df()
+            tested = L.models_tested(con, days)
+            comparison = L.comparisons(con, days)
         compared = (comparison.drop_duplicates(["partition_date", "model_id", "challenger_version"])
                     .groupby(pd.to_datetime(comparison.partition_date).dt.date).size().to_dict() if len(comparison) else {})
-        yield from partition_check_results(context, trigger_spec, days, requests,
-                                           {pd.Timestamp(d).date(): int(n) for d, n in tested})
+        yield from partition_check_results(context, trigger_spec, days, requests, tested)
         yield from partition_check_results(context, canary_spec, days,
                                            L.rollback_failures(comparison, CANARY_CHECK), compared)
 
-    return [model_versions, retraining_trigger, version_comparison], [retraining_checks]
+    return retraining_checks
 
 
 # -- decisions: jobs launched from the Launchpad (typed config), the CLI runs the same jobs ---------------
@@ -278,6 +299,10 @@ def build_retraining_jobs(monitor: MonitorConfig) -> tuple[list[dg.JobDefinition
     def reanchor_job():
         reanchor_op()
 
+    return [approve_job, reject_job, open_job, reanchor_job], [_auto_approval_sensor(monitor, approve_job)]
+
+
+def _auto_approval_sensor(monitor: MonitorConfig, approve_job: dg.JobDefinition) -> dg.SensorDefinition:
     auto = [m.id for m in monitor.models if m.retraining.auto_approve]
 
     @dg.sensor(name=AUTO_APPROVAL_SENSOR, job=approve_job, minimum_interval_seconds=60,
@@ -291,15 +316,13 @@ def build_retraining_jobs(monitor: MonitorConfig) -> tuple[list[dg.JobDefinition
 
         try:
             with connect(monitor.warehouse_path, monitor.lake_path, models=[]) as c:
-                rows = c.execute("""SELECT request_id FROM monitoring.retraining_requests WHERE status = 'proposed'
-                                    AND model_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY request_id""",
-                                 [auto]).fetchall()
+                rows = L.proposed_requests(c, auto)
         except duckdb.IOException as exc:  # a run holds the warehouse: next tick
             return dg.SkipReason(f"warehouse busy: {exc}")
         if not rows:
             return dg.SkipReason(f"no proposed request for {', '.join(auto)}")
         return [dg.RunRequest(run_key=f"auto-approve-{rid}", run_config={"ops": {"approve_retraining_request": {
             "config": {"request_id": int(rid), "by": "auto-approval", "note": "retraining.auto_approve is on"}}}})
-            for (rid,) in rows]
+            for rid in rows]
 
-    return [approve_job, reject_job, open_job, reanchor_job], [auto_approval_sensor]
+    return auto_approval_sensor

@@ -31,8 +31,7 @@ import numpy as np
 import pandas as pd
 
 from monitor_assets.config import ModelConfig, MonitorConfig
-from monitor_assets.ingestion.readers import latest_labels_sql
-from monitor_assets.notify.messages import fmt_num, fmt_p
+from monitor_assets.formatting import fmt_num, fmt_p
 from monitor_assets.stats.loss import default_loss, loss_sql
 from monitor_assets.stats.trigger import (
     Calibration,
@@ -46,8 +45,9 @@ from monitor_assets.stats.trigger import (
     reference_band,
     welch_greater,
 )
-from monitor_assets.stats.versions import Gates, VersionStats, compare_versions
+from monitor_assets.stats.versions import Gates, VersionStats, champions, compare_versions
 from monitor_assets.storage.lake import MODELS_PER_QUERY
+from monitor_assets.storage.reads import latest_labels_sql, models_values_sql, version_daily
 from monitor_assets.storage.warehouse import lake_of, replace_partitions, transaction
 
 STATUSES = ("proposed", "approved", "rejected", "done", "superseded")
@@ -68,20 +68,13 @@ def loss_of(model: ModelConfig) -> str:
     return model.retraining.loss or default_loss(model.task)
 
 
-def _models_values(config: MonitorConfig, models: Iterable[ModelConfig] | None = None) -> tuple[str, list]:
-    models = list(models or config.models)
-    rows = ", ".join("(?, ?, ?)" for _ in models)
-    params = [v for m in models for v in (m.id, loss_of(m), m.decision_threshold)]
-    return f"(SELECT * FROM (VALUES {rows}) AS v(model_id, loss, threshold))", params
-
-
 def labelled_losses_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, first: dt.date, last: dt.date,
                         models: Iterable[ModelConfig] | None = None) -> tuple[str, list]:
     """Labelled, served predictions of `models` (default all) on `first`..`last` with their loss (each model's
     own), as SQL and params: model_id, model_version, partition_date, ts, prediction_id, score, label,
     threshold, loss. Reads only those models' prediction files and label row groups."""
     models = list(models or config.models)
-    values, params = _models_values(config, models)
+    values, params = models_values_sql(models, {"loss": loss_of, "threshold": lambda m: m.decision_threshold})
     losses = " ".join(f"WHEN '{name}' THEN {loss_sql(name, 'l.label', 'p.score')}"
                       for name in ("log_loss", "squared_error", "absolute_error"))
     sql = f"""
@@ -89,7 +82,7 @@ def labelled_losses_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, f
                p.score, l.label, m.threshold, CASE m.loss {losses} END AS loss
         FROM ({lake_of(con).predictions_union(con, [m.id for m in models])}) AS p
         JOIN {values} AS m USING (model_id)
-        JOIN ({latest_labels_sql("?::DATE", [m.id for m in models])}) AS l USING (prediction_id)
+        JOIN ({latest_labels_sql([m.id for m in models], since="?::DATE")}) AS l USING (prediction_id)
         WHERE p.partition_date BETWEEN ? AND ? AND p.is_ok AND p.score IS NOT NULL AND l.label IS NOT NULL
               AND isfinite(p.score)"""
     return sql, [*params, first, first, last]
@@ -116,28 +109,6 @@ def refresh_versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days
                            SELECT *, now()::TIMESTAMP AS computed_at FROM _versions""")
             con.unregister("_versions")
     return versions
-
-
-def version_daily(con: duckdb.DuckDBPyConnection, through: dt.date | None = None) -> pd.DataFrame:
-    sql = "SELECT partition_date, model_id, model_version, volume, n_errors, latency_p95_ms FROM monitoring.version_daily"
-    frame = con.execute(sql + (" WHERE partition_date <= ?" if through else "") + " ORDER BY 1, 2, 3",
-                        [through] if through else []).df()
-    frame["partition_date"] = pd.to_datetime(frame.partition_date).dt.date
-    return frame
-
-
-def champions(daily: pd.DataFrame) -> pd.DataFrame:
-    """The champion of each model on each day with traffic: the version serving the most predictions
-    (ties: the one seen first, then by name)."""
-    if daily.empty:
-        return pd.DataFrame(columns=["partition_date", "model_id", "model_version", "share"])
-    first = daily.groupby(["model_id", "model_version"]).partition_date.min().rename("first_seen")
-    d = daily.join(first, on=["model_id", "model_version"])
-    d["share"] = d.volume / d.groupby(["partition_date", "model_id"]).volume.transform("sum")
-    d = d.sort_values(["partition_date", "model_id", "volume", "first_seen", "model_version"],
-                      ascending=[True, True, False, True, True])
-    return d.groupby(["partition_date", "model_id"], as_index=False).first()[
-        ["partition_date", "model_id", "model_version", "share"]]
 
 
 def model_versions(daily: pd.DataFrame) -> pd.DataFrame:
@@ -265,26 +236,9 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     champ = champions(daily)
     longest = max(m.retraining.window_days for m in config.models)
     first = min(days) - dt.timedelta(days=longest - 1)
-    parts = []
-    for i in range(0, len(config.models), MODELS_PER_QUERY):  # memory holds a few models' rows at a time
-        sql, params = labelled_losses_sql(con, config, first, max(days), config.models[i:i + MODELS_PER_QUERY])
-        parts.append(con.execute(f"""SELECT model_id, model_version, partition_date, count(*) AS n, sum(loss) AS s,
-                                            sum(loss * loss) AS ss
-                                     FROM ({sql}) GROUP BY ALL""", params).df())
-    sums = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
-    sums["partition_date"] = pd.to_datetime(sums.partition_date).dt.date
-    sums = sums.set_index(["model_id", "model_version", "partition_date"]).sort_index()
+    sums = _loss_sums(con, config, first, max(days))
     since = champ.groupby(["model_id", "model_version"]).partition_date.min()
-    # Earlier days: their losses feed the CUSUM, their flags persistence.
-    history = con.execute("""SELECT model_id, model_version, reference_anchor, partition_date, n_day, mean_loss_day,
-                                    p_value, flagged
-                             FROM monitoring.retraining_trigger WHERE partition_date < ? ORDER BY partition_date""",
-                          [min(days)]).df()
-    history["partition_date"] = pd.to_datetime(history.partition_date).dt.date
-    history["reference_anchor"] = pd.to_datetime(history.reference_anchor).dt.date
-    flags: dict[tuple[str, str, dt.date], list[bool]] = {}
-    for r in history[history.p_value.notna()].itertuples():
-        flags.setdefault((r.model_id, r.model_version, r.reference_anchor), []).append(bool(r.flagged))
+    history, flags = _trigger_history(con, min(days))
     requests = con.execute("SELECT * FROM monitoring.retraining_requests").df()
     versions: dict[tuple[str, str], _Version] = {}
     out, opened = [], []
@@ -352,6 +306,41 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
                     opened.append(request)
                     requests = pd.concat([requests, pd.DataFrame([request])], ignore_index=True)
     rows = pd.DataFrame(out)
+    _write_trigger_rows(con, days, rows)
+    superseded = supersede(con, champ)
+    return TriggerRun(rows, opened, superseded)
+
+
+def _loss_sums(con: duckdb.DuckDBPyConnection, config: MonitorConfig, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """Per model, version and day: labelled rows, sum and sum of squares of their losses."""
+    parts = []
+    for i in range(0, len(config.models), MODELS_PER_QUERY):  # memory holds a few models' rows at a time
+        sql, params = labelled_losses_sql(con, config, first, last, config.models[i:i + MODELS_PER_QUERY])
+        parts.append(con.execute(f"""SELECT model_id, model_version, partition_date, count(*) AS n, sum(loss) AS s,
+                                            sum(loss * loss) AS ss
+                                     FROM ({sql}) GROUP BY ALL""", params).df())
+    sums = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
+    sums["partition_date"] = pd.to_datetime(sums.partition_date).dt.date
+    return sums.set_index(["model_id", "model_version", "partition_date"]).sort_index()
+
+
+def _trigger_history(con: duckdb.DuckDBPyConnection, before: dt.date
+                     ) -> tuple[pd.DataFrame, dict[tuple[str, str, dt.date], list[bool]]]:
+    """Earlier days: their losses feed the CUSUM, their flags (per model, version, anchor) persistence."""
+    history = con.execute("""SELECT model_id, model_version, reference_anchor, partition_date, n_day, mean_loss_day,
+                                    p_value, flagged
+                             FROM monitoring.retraining_trigger WHERE partition_date < ? ORDER BY partition_date""",
+                          [before]).df()
+    history["partition_date"] = pd.to_datetime(history.partition_date).dt.date
+    history["reference_anchor"] = pd.to_datetime(history.reference_anchor).dt.date
+    flags: dict[tuple[str, str, dt.date], list[bool]] = {}
+    for r in history[history.p_value.notna()].itertuples():
+        flags.setdefault((r.model_id, r.model_version, r.reference_anchor), []).append(bool(r.flagged))
+    return history, flags
+
+
+def _write_trigger_rows(con: duckdb.DuckDBPyConnection, days: list[dt.date], rows: pd.DataFrame) -> None:
+    """Replace the days' rows of monitoring.retraining_trigger, in one transaction."""
     with transaction(con):
         con.execute("DELETE FROM monitoring.retraining_trigger WHERE partition_date IN (SELECT unnest(?::DATE[]))",
                     [days])
@@ -360,8 +349,6 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
             con.execute("""INSERT INTO monitoring.retraining_trigger BY NAME
                            SELECT *, now()::TIMESTAMP AS computed_at FROM _rows""")
             con.unregister("_rows")
-    superseded = supersede(con, champ)
-    return TriggerRun(rows, opened, superseded)
 
 
 def _load_reference(con, config: MonitorConfig, v: _Version, history: pd.DataFrame, sums: pd.DataFrame,
@@ -690,3 +677,31 @@ def rollback_failures(frame: pd.DataFrame, check_name: str) -> list[dict]:
                     "details": {"champion": champion, "challenger": challenger}})
     return out
 
+
+
+def open_requests(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The requests still waiting for a decision or a training run, newest first."""
+    return con.execute("""SELECT request_id, model_id, model_version, opened_on, status, reason
+                          FROM monitoring.retraining_requests WHERE status IN ('proposed', 'approved')
+                          ORDER BY opened_on DESC""").df()
+
+
+def models_tested(con: duckdb.DuckDBPyConnection, days: list[dt.date]) -> dict[dt.date, int]:
+    """Per day, how many models the trigger tested (those with a p-value)."""
+    rows = con.execute("""SELECT partition_date, count(*) FILTER (WHERE p_value IS NOT NULL)
+                          FROM monitoring.retraining_trigger WHERE partition_date IN (SELECT unnest(?::DATE[]))
+                          GROUP BY 1""", [days]).fetchall()
+    return {pd.Timestamp(d).date(): int(n) for d, n in rows}
+
+
+def comparisons(con: duckdb.DuckDBPyConnection, days: list[dt.date]) -> pd.DataFrame:
+    """The stored champion/challenger comparisons of `days`."""
+    return con.execute("""SELECT * FROM monitoring.version_comparison
+                          WHERE partition_date IN (SELECT unnest(?::DATE[]))""", [days]).df()
+
+
+def proposed_requests(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> list[int]:
+    """The ids of the proposed requests of these models, oldest first."""
+    rows = con.execute("""SELECT request_id FROM monitoring.retraining_requests WHERE status = 'proposed'
+                          AND model_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY request_id""", [model_ids]).fetchall()
+    return [rid for (rid,) in rows]

@@ -1,6 +1,7 @@
-"""Data drift between a reference profile and current data, from histograms counted in DuckDB.
+"""Data drift between a reference profile and current data, from histograms (pure: numpy and scipy).
 
-The heavy part is one DuckDB scan of the current rows that counts, for every numeric feature, a fine
+The heavy part is one scan of the current rows (DuckDB, in `monitor_assets.analysis.queries`, feeding
+`NumericCounter` batch by batch) that counts, for every numeric feature, a fine
 equal-width histogram (`FINE_BINS` bins between the reference's 0.1% and 99.9% quantiles, plus an
 underflow and an overflow bin that keep their sums) and, for every categorical feature, the count
 per category (missing values and categories the reference never saw are counted, not dropped).
@@ -54,16 +55,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import duckdb
 import numpy as np
 from scipy import stats
 from scipy.spatial import distance
 
-from monitor_assets.storage.sql import quote_ident
+from monitor_assets.stats.categories import MISSING
+from monitor_assets.stats.multiple_testing import benjamini_hochberg
 
 FINE_BINS = 2000
 PSI_BINS = 10
-MISSING = "\x00missing"  # a category name no real data uses
 SMALL_SAMPLE = 500  # at most this many current values: p-value tests; above: distances
 P_VALUE_ALPHA = 0.01  # p-value tests flag below this (after Benjamini-Hochberg across a model's features)
 DEFAULT_THRESHOLDS = {"ks": P_VALUE_ALPHA, "chisquare": P_VALUE_ALPHA, "constant": P_VALUE_ALPHA,
@@ -82,9 +82,6 @@ CONSTANT_MIN_SHARE = 0.01  # a constant reference flags when at least this share
 SCALE_ABOVE = 2.0 ** 480
 FLOAT_MAX = float(np.finfo(float).max)
 PROFILE_VERSION = 2  # 2: categories normalised by `category_sql`; version 1 profiles are counted raw
-TRUE_FALSE = ("true", "false")
-ONE_ZERO = ("1", "0")
-_NUMBER_TEXT = r"[+-]?(0|[1-9][0-9]*)(\.[0-9]*)?([eE][+-]?[0-9]+)?"
 
 
 @dataclass
@@ -229,129 +226,57 @@ class DriftResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Counting (the only part that touches data; one scan per call).
+# Counting: the fine grid and its counts, from values handed over in batches (the SQL that reads
+# them, `profile_reference` and `compute_drift`, is in `monitor_assets.analysis.queries`).
 
 
-def _numeric_value(name: str) -> str:
-    return f"nullif({quote_ident(name)}::DOUBLE, 'NaN'::DOUBLE)"  # NaN counts as missing
+class NumericCounter:
+    """Running counts of one numeric feature on the fine grid [lo, hi] (`bins` bins), fed batch by
+    batch (memory stays bounded by the batch, whatever the row count); numpy's bincount bins them,
+    faster than any SQL aggregate for this. NaN and +-inf count as missing."""
 
+    def __init__(self, lo: float, hi: float, bins: int):
+        self.lo, self.hi, self.bins = lo, hi, bins
+        self.n = 0
+        self.n_valid = 0
+        self.total = 0.0
+        self.total_sq = 0.0
+        self.counts = np.zeros(bins + 2, dtype=np.int64)
+        self.under_sum = 0.0
+        self.over_sum = 0.0
+        self.scale = 1.0
 
-def category_sql(expr: str, booleans: tuple[str, str] | None = None) -> str:
-    """SQL normalising a categorical value to text, NULL when missing.
+    def add(self, x: np.ndarray) -> None:
+        """Count one batch of values (a float array, NaN for missing)."""
+        self.n += len(x)
+        x = x[np.isfinite(x)]  # NaN and +-inf count as missing (inf has no place on any grid)
+        self.n_valid += len(x)
+        if len(x):
+            self._rescale(float(np.max(np.abs(x))))
+        xs = x / self.scale if self.scale != 1.0 else x
+        self.total += float(xs.sum())
+        self.total_sq += float(np.dot(xs, xs))
+        idx = _bin_index(x, self.lo, self.hi, self.bins)
+        self.counts += np.bincount(idx.astype(np.int64) + 1, minlength=self.bins + 2)
+        self.under_sum += float(xs[idx < 0].sum())
+        self.over_sum += float(xs[idx >= self.bins].sum())
 
-    Spaces around the value are dropped; '' and 'NaN' (any case) are missing; true/false in any
-    case are 'true'/'false'; a number written as text has one spelling ('1', '1.0' and '1e0' are
-    '1'; '0.50' is '0.5'; '007' stays text, it is an identifier). With `booleans` = (t, f), the
-    feature is boolean-like: true and 1 are t, false and 0 are f (the reference's spelling)."""
-    v = f"trim(({expr})::VARCHAR)"
-    num = f"TRY_CAST({v} AS DOUBLE)"
-    is_number = f"regexp_full_match({v}, '{_NUMBER_TEXT}')"
-    boolean = ""
-    if booleans:
-        t, f = (str(b).replace("'", "''") for b in booleans)
-        boolean = (f"WHEN lower({v}) = 'true' OR ({is_number} AND {num} = 1) THEN '{t}' "
-                   f"WHEN lower({v}) = 'false' OR ({is_number} AND {num} = 0) THEN '{f}' ")
-    return (f"CASE WHEN {v} IS NULL OR {v} = '' OR lower({v}) = 'nan' THEN NULL {boolean}"
-            f"WHEN lower({v}) IN ('true', 'false') THEN lower({v}) "
-            f"WHEN {is_number} THEN (CASE WHEN {num} = trunc({num}) AND abs({num}) < 1e15 "
-            f"THEN CAST(CAST({num} AS BIGINT) AS VARCHAR) ELSE CAST({num} AS VARCHAR) END) "
-            f"ELSE {v} END")
+    def _rescale(self, largest: float) -> None:
+        """Raise the scale to a power of 2 above `largest` when it passes SCALE_ABOVE, rescaling the sums
+        kept so far (exact: powers of 2)."""
+        if largest <= SCALE_ABOVE or largest <= self.scale:
+            return
+        scale = math.ldexp(1.0, math.frexp(largest)[1] - 1)  # |x / scale| < 2; 2**1024 would overflow
+        factor = self.scale / scale
+        self.total *= factor
+        self.total_sq *= factor * factor
+        self.under_sum *= factor
+        self.over_sum *= factor
+        self.scale = scale
 
-
-def boolean_spelling(counts: dict[str, int]) -> tuple[str, str] | None:
-    """The (true, false) spelling of a boolean-like feature, from its normalised counts: None unless
-    every value is true/false or 1/0; text if the reference wrote any true/false, else '1'/'0'."""
-    values = {c for c, v in counts.items() if c != MISSING and v}
-    if not values or not values <= {*TRUE_FALSE, *ONE_ZERO}:
-        return None
-    return TRUE_FALSE if values & set(TRUE_FALSE) else ONE_ZERO
-
-
-def normalize_counts(con: duckdb.DuckDBPyConnection, raw: dict[str, int],
-                     booleans: tuple[str, str] | None = None) -> dict[str, int]:
-    """Counts of raw text values merged by `category_sql`: DuckDB normalises each distinct value once
-    (the same expression as on every row, at the cost of the distinct values only)."""
-    return _normalize_many(con, {"_": (raw, booleans)})["_"]
-
-
-def _normalize_many(con: duckdb.DuckDBPyConnection,
-                    raws: dict[str, tuple[dict[str, int], tuple[str, str] | None]]) -> dict[str, dict[str, int]]:
-    """`normalize_counts` for several features, one query per boolean spelling."""
-    spellings = {b for _, b in raws.values()}
-    keys = {b: sorted({k for raw, bb in raws.values() if bb == b for k in raw if k != MISSING}) for b in spellings}
-    mapped = {b: dict(con.execute(f"SELECT k, {category_sql('k', b)} FROM unnest(?::VARCHAR[]) AS t(k)",
-                                  [keys[b]]).fetchall()) if keys[b] else {} for b in spellings}
-    out = {}
-    for name, (raw, b) in raws.items():
-        counts: dict[str, int] = {}
-        for key, v in raw.items():
-            norm = MISSING if key == MISSING else mapped[b][key]
-            norm = MISSING if norm is None else norm
-            counts[norm] = counts.get(norm, 0) + v
-        out[name] = counts
-    return out
-
-
-def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dict[str, tuple[float, float, int]],
-                     categorical: list[str], params: list | None = None,
-                     batch_rows: int = 1 << 18,
-                     normalize: dict[str, tuple[str, str] | None] | None = None) -> dict[str, NumericCounts | dict]:
-    """Fine histograms for `numeric` {name: (lo, hi, bins)} and category counts for `categorical`.
-
-    DuckDB scans and casts; numeric columns stream out in Arrow batches (memory stays bounded by
-    the batch, whatever the row count) and are binned with numpy's bincount, which is faster than
-    any SQL aggregate for this; categories are counted by DuckDB's `histogram`. NaN counts as missing.
-    Categoricals named in `normalize` {name: booleans} are normalised by `category_sql` with those
-    booleans (`normalize_counts`); the others are counted as their raw text."""
-    out: dict[str, NumericCounts | dict] = {}
-    names = list(numeric)
-    if names:
-        cols = ", ".join(f"{quote_ident(n)}::DOUBLE AS v{i}" for i, n in enumerate(names))
-        state = {n: [0, 0, 0.0, 0.0, np.zeros(numeric[n][2] + 2, dtype=np.int64), 0.0, 0.0, 1.0] for n in names}
-        reader = con.sql(f"SELECT {cols} FROM ({relation})", params=params or None).to_arrow_reader(batch_rows)
-        for batch in reader:
-            for i, name in enumerate(names):
-                lo, hi, bins = numeric[name]
-                st = state[name]
-                x = batch.column(i).to_numpy(zero_copy_only=False)
-                st[0] += len(x)
-                x = x[np.isfinite(x)]  # NaN and +-inf count as missing (inf has no place on any grid)
-                st[1] += len(x)
-                if len(x):
-                    _rescale(st, float(np.max(np.abs(x))))
-                xs = x / st[7] if st[7] != 1.0 else x
-                st[2] += float(xs.sum())
-                st[3] += float(np.dot(xs, xs))
-                idx = _bin_index(x, lo, hi, bins)
-                st[4] += np.bincount(idx.astype(np.int64) + 1, minlength=bins + 2)
-                st[5] += float(xs[idx < 0].sum())
-                st[6] += float(xs[idx >= bins].sum())
-        for name in names:
-            n, valid, total, total_sq, counts, under, over, scale = state[name]
-            out[name] = NumericCounts(n, n - valid, total, total_sq, counts, under, over, scale)
-    if categorical or not names:
-        exprs = ", ".join(["count(*)"] + [f"histogram(coalesce({quote_ident(c)}::VARCHAR, '{MISSING}'))"
-                                          for c in categorical])
-        row = con.execute(f"SELECT {exprs} FROM ({relation})", params or []).fetchall()[0]
-        for name, hist in zip(categorical, row[1:], strict=True):
-            out[name] = dict(hist or {})
-        if normalize:
-            out.update(_normalize_many(con, {c: (out[c], normalize[c]) for c in categorical if c in normalize}))
-    return out
-
-
-def _rescale(st: list, largest: float) -> None:
-    """Raise a counting state's scale (item 7) to a power of 2 above `largest` when it passes SCALE_ABOVE,
-    rescaling the sums kept so far (exact: powers of 2)."""
-    if largest <= SCALE_ABOVE or largest <= st[7]:
-        return
-    scale = math.ldexp(1.0, math.frexp(largest)[1] - 1)  # |x / scale| < 2; 2**1024 would overflow
-    factor = st[7] / scale
-    st[2] *= factor
-    st[3] *= factor * factor
-    st[5] *= factor
-    st[6] *= factor
-    st[7] = scale
+    def result(self) -> NumericCounts:
+        return NumericCounts(self.n, self.n - self.n_valid, self.total, self.total_sq, self.counts,
+                             self.under_sum, self.over_sum, self.scale)
 
 
 def _span(lo: float, hi: float) -> float:
@@ -371,46 +296,48 @@ def _bin_index(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
     return np.clip(idx, -1, bins, out=idx)
 
 
-def profile_reference(con: duckdb.DuckDBPyConnection, relation: str, features: list[FeatureSpec],
-                      params: list | None = None, bins: int = FINE_BINS) -> dict[str, Profile]:
-    """Profile a reference set once: grid bounds from its quantiles, then its counts on that grid.
-    Categories are normalised (`category_sql`); a boolean-like one keeps the reference's spelling."""
-    numeric = [f.name for f in features if f.kind == "numeric"]
-    bounds: dict[str, tuple[float, float, int]] = {}
-    if numeric:
-        parts = ", ".join(f"quantile_cont({_numeric_value(n)}, [0.001, 0.999]), min({_numeric_value(n)}), "
-                          f"max({_numeric_value(n)})" for n in numeric)
-        # Grid bounds need not be exact: quantiles of a fixed 100k-row sample (exact for smaller sets).
-        columns = ", ".join(quote_ident(n) for n in numeric)
-        row = con.execute(f"SELECT {parts} FROM (SELECT {columns} FROM ({relation})) "
-                          "USING SAMPLE reservoir(100000 ROWS) REPEATABLE (7)", params or []).fetchall()[0]
-        for i, name in enumerate(numeric):
-            qs, lo_all, hi_all = row[3 * i: 3 * i + 3]
-            lo, hi = (qs or [None, None])
-            if lo is None:  # no values at all
-                lo, hi = 0.0, 1.0
-            if not hi > lo:  # heavy ties at the quantiles: use the sample's min..max
-                lo, hi = lo_all, hi_all
-            if not hi > lo:  # a constant feature
-                lo, hi = lo - 0.5, lo + 0.5
-            # The grid is [lo, hi] with hi itself inside (x >= the grid's end is overflow).
-            end = float(hi) + _span(float(lo), float(hi)) * 1e-9
-            bounds[name] = (float(lo), end if math.isfinite(end) else FLOAT_MAX, bins)
-    categorical = [f.name for f in features if f.kind == "categorical"]
-    counted = count_histograms(con, relation, bounds, categorical, params)  # categories as raw text
-    # Two normalising queries for all categoricals (not two per feature: hundreds of models add up).
-    plain = _normalize_many(con, {c: (counted[c], None) for c in categorical})
-    spelling = {c: boolean_spelling(plain[c]) for c in categorical}
-    normalized = _normalize_many(con, {c: (counted[c], spelling[c]) for c in categorical})
+def grid_bounds(quantiles: list[float] | None, lo_all: float | None, hi_all: float | None,
+                bins: int = FINE_BINS) -> tuple[float, float, int]:
+    """A numeric feature's fine grid (lo, hi, bins) from the reference's 0.1% and 99.9% quantiles (None:
+    no values), falling back to its min..max under heavy ties and to the constant +- 0.5."""
+    lo, hi = (quantiles or [None, None])
+    if lo is None:  # no values at all
+        lo, hi = 0.0, 1.0
+    if not hi > lo:  # heavy ties at the quantiles: use the sample's min..max
+        lo, hi = lo_all, hi_all
+    if not hi > lo:  # a constant feature
+        lo, hi = lo - 0.5, lo + 0.5
+    # The grid is [lo, hi] with hi itself inside (x >= the grid's end is overflow).
+    end = float(hi) + _span(float(lo), float(hi)) * 1e-9
+    return float(lo), end if math.isfinite(end) else FLOAT_MAX, bins
+
+
+def build_profiles(features: list[FeatureSpec], bounds: dict[str, tuple[float, float, int]],
+                   numeric: dict[str, NumericCounts], categories: dict[str, dict[str, int]],
+                   booleans: dict[str, tuple[str, str] | None]) -> dict[str, Profile]:
+    """The reference's profiles from its counts: numeric counts on their grids (`bounds`) with PSI bins
+    at the reference's deciles; categories normalised (`category_sql`) with their boolean spelling."""
     profiles: dict[str, Profile] = {}
     for f in features:
         if f.kind == "numeric":
             lo, hi, b = bounds[f.name]
-            counts = counted[f.name]
+            counts = numeric[f.name]
             profiles[f.name] = NumericProfile(lo, hi, b, counts, _quantile_cuts(counts.counts, PSI_BINS))
         else:
-            profiles[f.name] = CategoricalProfile(normalized[f.name], normalized=True, booleans=spelling[f.name])
+            profiles[f.name] = CategoricalProfile(categories[f.name], normalized=True, booleans=booleans[f.name])
     return profiles
+
+
+def counting_plan(specs: list[FeatureSpec], profiles: dict[str, Profile]
+                  ) -> tuple[dict[str, tuple[float, float, int]], list[str], dict[str, tuple[str, str] | None]]:
+    """What to count in the current rows to compare them with `profiles`: each numeric feature's grid
+    {name: (lo, hi, bins)}, the categorical features, and those to normalise {name: booleans} as their
+    profile was (a version 1 profile counted raw text)."""
+    numeric = {s.name: (profiles[s.name].lo, profiles[s.name].hi, profiles[s.name].bins)
+               for s in specs if isinstance(profiles[s.name], NumericProfile)}
+    categorical = [s.name for s in specs if isinstance(profiles[s.name], CategoricalProfile)]
+    normalize = {c: profiles[c].booleans for c in categorical if profiles[c].normalized}
+    return numeric, categorical, normalize
 
 
 def _quantile_cuts(counts: np.ndarray, k: int) -> list[int]:
@@ -766,7 +693,7 @@ def control_false_alarms(results: list[DriftResult], alpha: float = P_VALUE_ALPH
 def _bh(p_values: list[float]) -> list[float]:
     if not p_values:
         return []
-    return [float(q) for q in stats.false_discovery_control(np.clip(p_values, 0.0, 1.0), method="bh")]
+    return [float(q) for q in benjamini_hochberg(np.clip(p_values, 0.0, 1.0))]
 
 
 def _numeric_summary(c: NumericCounts) -> str:
@@ -783,19 +710,12 @@ def _top_categories(counts: dict[str, int], k: int = 3, n: int | None = None) ->
     return ", ".join(f"{'(missing)' if c == MISSING else c} {v / n:.0%}" for c, v in top)
 
 
-def compute_drift(con: duckdb.DuckDBPyConnection, relation: str, specs: list[FeatureSpec],
-                  profiles: dict[str, Profile], params: list | None = None,
-                  control_across_features: bool = True) -> list[DriftResult]:
-    """Count the current rows in one scan and compare each feature with its reference profile.
+def drift_from_counts(specs: list[FeatureSpec], profiles: dict[str, Profile], counted: dict[str, NumericCounts | dict],
+                      control_across_features: bool = True) -> list[DriftResult]:
+    """Compare each feature's current counts (`counting_plan` says what to count) with its reference profile.
 
-    Call it once per model and day with all the model's features: with `control_across_features`
-    (default) the p-value tests are corrected together (`control_false_alarms`). Categories are
-    normalised as the profile was (`category_sql`)."""
-    numeric = {s.name: (profiles[s.name].lo, profiles[s.name].hi, profiles[s.name].bins)
-               for s in specs if isinstance(profiles[s.name], NumericProfile)}
-    categorical = [s.name for s in specs if isinstance(profiles[s.name], CategoricalProfile)]
-    normalize = {c: profiles[c].booleans for c in categorical if profiles[c].normalized}
-    counted = count_histograms(con, relation, numeric, categorical, params, normalize=normalize)
+    Give it all of one model-day's features: with `control_across_features` (default) the p-value tests
+    are corrected together (`control_false_alarms`)."""
     results = [feature_drift(s, profiles[s.name], counted[s.name]) for s in specs]
     return control_false_alarms(results) if control_across_features else results
 
@@ -818,34 +738,6 @@ def strong_drift(method: str, statistic: float | None, p_value_adjusted: float |
         p = p_value_adjusted if p_value_adjusted is not None and not math.isnan(p_value_adjusted) else p_value
         return p is not None and not math.isnan(p) and p <= threshold * STRONG_P_FACTOR
     return statistic is not None and not math.isnan(statistic) and statistic >= threshold * STRONG_DISTANCE_FACTOR
-
-
-def score_association(con: duckdb.DuckDBPyConnection, relation: str, features: list[FeatureSpec], target: str,
-                      params: list | None = None) -> dict[str, float]:
-    """How strongly each feature goes with `target` (the score) on `relation`, in [0, 1]: |Pearson r| for
-    a numeric feature, the correlation ratio (eta) for a categorical one (missing as its own category).
-    NaN where undefined (constant feature or score, fewer than 3 rows). Huge values are fine: DuckDB's
-    corr works in doubles and gives NaN, never an exception, on overflow."""
-    out: dict[str, float] = {}
-    y = f"nullif({quote_ident(target)}::DOUBLE, 'NaN'::DOUBLE)"
-    numeric = [f.name for f in features if f.kind == "numeric"]
-    if numeric:
-        row = con.execute(f"SELECT {', '.join(f'abs(corr({_numeric_value(n)}, {y}))' for n in numeric)} "
-                          f"FROM ({relation})", params or []).fetchall()[0]
-        out.update({n: float(v) if v is not None and math.isfinite(v) else math.nan
-                    for n, v in zip(numeric, row, strict=True)})
-    for f in features:
-        if f.kind != "categorical":
-            continue
-        g = f"coalesce({quote_ident(f.name)}::VARCHAR, '{MISSING}')"
-        between, total = con.execute(f"""
-            WITH d AS (SELECT {g} AS g, {y} AS y FROM ({relation}) WHERE {y} IS NOT NULL),
-                 m AS (SELECT avg(y) AS mu FROM d)
-            SELECT (SELECT sum(n * (mg - mu) * (mg - mu)) FROM (SELECT count(*) AS n, avg(y) AS mg FROM d GROUP BY g), m),
-                   (SELECT sum((y - mu) * (y - mu)) FROM d, m)""", params or []).fetchall()[0]
-        out[f.name] = (math.sqrt(min(max(between / total, 0.0), 1.0))
-                       if between is not None and total and math.isfinite(total) else math.nan)
-    return out
 
 
 def key_features(declared: tuple[str, ...] | list[str], importance: dict[str, float], top_k: int) -> list[str]:

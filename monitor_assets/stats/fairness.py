@@ -1,6 +1,6 @@
 """Group fairness from confusion counts per group, with fairlearn's definitions.
 
-DuckDB counts, per sensitive attribute and group, the rows, the selected (predicted positive) rows
+DuckDB counts (`monitor_assets.analysis.queries.group_counts`), per sensitive attribute and group, the rows, the selected (predicted positive) rows
 and the confusion matrix on labelled rows; the rates and disparities are then a few divisions:
 
 * selection rate: share predicted positive (on every scored row: labels are not needed for it);
@@ -26,36 +26,12 @@ alert or be its comparison group. On the eligible groups' rows, the numbers equa
 
 from __future__ import annotations
 
-import duckdb
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from monitor_assets.storage.sql import quote_ident, sql_str
-
 FOUR_FIFTHS = 0.8
 MIN_GROUP_SIZE = 30  # groups with fewer rows are reported but left out of disparities, tests and messages
-
-
-def group_counts(con: duckdb.DuckDBPyConnection, relation: str, attributes: list[str],
-                 params: list | None = None) -> pd.DataFrame:
-    """Per attribute and group: n, selected, n_labelled, tp, fp, fn, tn and the absolute error sum.
-
-    `relation` has `y_pred` (0/1 for classifiers, the prediction for regressors), `y_true`
-    (NULL until labelled) and the attribute columns; a missing attribute value is its own group."""
-    parts = []
-    for attr in attributes:
-        parts.append(f"""
-            SELECT {sql_str(attr)} AS attribute, coalesce({quote_ident(attr)}::VARCHAR, '(missing)') AS grp,
-                   count(*) AS n, sum(y_pred) AS selected, count(y_true) AS n_labelled,
-                   count(*) FILTER (WHERE y_pred = 1 AND y_true = 1) AS tp,
-                   count(*) FILTER (WHERE y_pred = 1 AND y_true = 0) AS fp,
-                   count(*) FILTER (WHERE y_pred = 0 AND y_true = 1) AS fn,
-                   count(*) FILTER (WHERE y_pred = 0 AND y_true = 0) AS tn,
-                   sum(abs(y_pred - y_true)) AS abs_error
-            FROM src GROUP BY grp""")
-    sql = f"WITH src AS MATERIALIZED ({relation}) " + " UNION ALL ".join(parts) + " ORDER BY attribute, grp"
-    return con.execute(sql, params or []).df() if parts else pd.DataFrame()
 
 
 def _ratio(num, den):

@@ -8,7 +8,7 @@ cannot be known yet is NULL, never zero. Definitions follow scikit-learn's (test
 MAPE, which leaves out zero labels and says how many (`mape_zero_labels`).
 
 The predicted class is the logged decision when the caller names one (`decision`), else
-`score >= threshold`. `METRIC_DIRECTION` says for every selectable main metric which way is better.
+`score >= threshold`. The metrics' names and which way is better are in `metrics_spec`.
 """
 
 from __future__ import annotations
@@ -18,26 +18,11 @@ import math
 import duckdb
 import pandas as pd
 
-from monitor_assets.stats.drift import ONE_ZERO, category_sql
+from monitor_assets.stats.categories import ONE_ZERO, category_sql
+from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
 
 # scikit-learn clips probabilities for log loss.
 EPS = 2.220446049250313e-16
-
-CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier_score",
-                          "positive_rate", "predicted_positive_rate")
-REGRESSION_METRICS = ("mae", "rmse", "mape", "r2", "mean_error")
-
-HIGHER, LOWER = "higher", "lower"
-# Every metric a model may choose as its main metric, and which way is better.
-METRIC_DIRECTION = {
-    "accuracy": HIGHER, "f1": HIGHER, "precision": HIGHER, "recall": HIGHER, "roc_auc": HIGHER,
-    "log_loss": LOWER, "brier_score": LOWER,
-    "mae": LOWER, "rmse": LOWER, "mape": LOWER, "r2": HIGHER,
-}
-MAIN_METRICS = {"binary_classification": ("accuracy", "f1", "precision", "recall", "roc_auc", "log_loss", "brier_score"),
-                "regression": ("mae", "rmse", "mape", "r2")}
-# Metrics computed on the predicted class (the logged decision, else score >= threshold).
-CLASS_METRICS = ("accuracy", "precision", "recall", "f1", "predicted_positive_rate")
 
 
 def degradation(metric: str, baseline: float | None, current: float | None) -> float | None:

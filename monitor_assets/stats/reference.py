@@ -4,17 +4,14 @@ counted and left out, and a reference too small to be a baseline is refused.
 A NULL, NaN, infinite or non-numeric label or score (and, for a classifier, a label other than 0
 or 1) makes a row unusable: a NaN label stops the profiling query ("Conversion Error" casting it to
 an integer class), NaN scores distort the baseline metrics, NULL labels look like label drift every
-day. The caller keeps the rows matching `ReferenceCheck.where`, shows `warning` in its metadata and
-reports `ReferenceTooSmall` with the model and file it was checking.
+day. The counting is SQL (`monitor_assets.analysis.queries.validate_reference`); `reference_check` judges
+the counts. The caller keeps the rows matching `ReferenceCheck.where`, shows `warning` in its metadata
+and reports `ReferenceTooSmall` with the model and file it was checking.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import duckdb
-
-from monitor_assets.storage.sql import quote_ident
 
 MIN_REFERENCE_ROWS = 100
 
@@ -44,24 +41,11 @@ class ReferenceTooSmall(ValueError):
                          f"{check.n_rows:,}, at least {min_rows:,} are needed to be a baseline{detail}")
 
 
-def usable_sql(column: str, classes: bool = False) -> str:
-    """SQL true when `column` holds a finite number (and, with `classes`, 0 or 1); never NULL."""
-    value = f"TRY_CAST({quote_ident(column)} AS DOUBLE)"
-    test = f"isfinite({value})" + (f" AND {value} IN (0, 1)" if classes else "")
-    return f"coalesce({test}, false)"
-
-
-def validate_reference(con: duckdb.DuckDBPyConnection, relation: str, label: str, score: str,
-                       params: list | None = None, min_rows: int = MIN_REFERENCE_ROWS,
-                       classifier: bool = False) -> ReferenceCheck:
-    """Count the reference rows whose `label` or `score` column cannot be used, in one scan.
-
-    Returns the counts, the WHERE condition keeping the usable rows and a warning text; raises
-    `ReferenceTooSmall` when fewer than `min_rows` rows are usable."""
-    label_ok, score_ok = usable_sql(label, classifier), usable_sql(score)
-    n, bad_label, bad_score, usable = con.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE NOT {label_ok}), count(*) FILTER (WHERE NOT {score_ok}), "
-        f"count(*) FILTER (WHERE {label_ok} AND {score_ok}) FROM ({relation})", params or []).fetchall()[0]
+def reference_check(n: int, bad_label: int, bad_score: int, usable: int, where: str, classifier: bool = False,
+                    min_rows: int = MIN_REFERENCE_ROWS) -> ReferenceCheck:
+    """The verdict on a reference's counts (rows, rows with an unusable label, an unusable score, rows
+    usable on both): the check with its warning text; raises `ReferenceTooSmall` when fewer than
+    `min_rows` rows are usable. `where` is the SQL condition that keeps the usable rows."""
     parts = []
     if bad_label:
         kind = "0 or 1" if classifier else "a finite number"
@@ -69,7 +53,7 @@ def validate_reference(con: duckdb.DuckDBPyConnection, relation: str, label: str
     if bad_score:
         parts.append(f"{bad_score:,} with a score that is missing, NaN or not a finite number")
     warning = f"{n - usable:,} of {n:,} reference rows left out: " + ", ".join(parts) if parts else ""
-    check = ReferenceCheck(n, bad_label, bad_score, usable, f"{label_ok} AND {score_ok}", warning)
+    check = ReferenceCheck(n, bad_label, bad_score, usable, where, warning)
     if usable < min_rows:
         raise ReferenceTooSmall(check, min_rows)
     return check

@@ -88,8 +88,9 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from monitor_assets.stats.multiple_testing import CORRECTIONS, adjust_p_values
+
 METHODS = ("welch", "mann_whitney")
-CORRECTIONS = ("benjamini_hochberg", "bonferroni")
 # Siegmund's correction for the overshoot of a Gaussian random walk over a barrier: 0.583 standard
 # deviations of one step at each barrier (Siegmund 1985, "Sequential Analysis").
 OVERSHOOT = 2 * 0.583
@@ -339,32 +340,6 @@ def cusum_threshold(calibration: Calibration, level: float, horizon_days: int) -
             return math.inf  # the reference batch is too small for this level: no value gets there
         high *= 2
     return float(optimize.brentq(gap, 0.0, high, xtol=1e-6))
-
-
-def adjust_p_values(p_values, correction: str = "benjamini_hochberg", family_size: float | None = None) -> np.ndarray:
-    """p-values adjusted for the family (NaN stays NaN and is not counted), capped at 1: Benjamini-Hochberg
-    step-up (as scipy.stats.false_discovery_control when `family_size` is the number of p-values) or
-    Bonferroni, with `family_size` models counted (default: the p-values given)."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    m = int(ok.sum())
-    if m == 0:
-        return out
-    size = float(m if family_size is None else family_size)
-    if correction == "bonferroni":
-        out[ok] = np.minimum(p[ok] * size, 1.0)
-        return out
-    if correction != "benjamini_hochberg":
-        raise ValueError(f"unknown correction {correction!r}; expected one of {', '.join(CORRECTIONS)}")
-    values = p[ok]
-    order = np.argsort(values)
-    ranked = values[order] * size / np.arange(1, m + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(ranked, 1.0)
-    out[ok] = adjusted
-    return out
 
 
 def persistence_met(flags: Sequence[bool], k: int, n: int) -> bool:

@@ -16,10 +16,12 @@ No Dagster, no I/O.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
@@ -155,3 +157,29 @@ def compare_versions(champion: VersionStats, challenger: VersionStats, gates: Ga
     gates_seen = [r["gate"] for r in rows]
     verdict = ROLLBACK if FAIL in gates_seen else (HOLD if WAIT in gates_seen else PROMOTE)
     return verdict, rows
+
+
+# -- champions ----------------------------------------------------------------------------------------
+
+def champions(daily: pd.DataFrame) -> pd.DataFrame:
+    """The champion of each model on each day with traffic: the version serving the most predictions
+    (ties: the one seen first, then by name)."""
+    if daily.empty:
+        return pd.DataFrame(columns=["partition_date", "model_id", "model_version", "share"])
+    first = daily.groupby(["model_id", "model_version"]).partition_date.min().rename("first_seen")
+    d = daily.join(first, on=["model_id", "model_version"])
+    d["share"] = d.volume / d.groupby(["partition_date", "model_id"]).volume.transform("sum")
+    d = d.sort_values(["partition_date", "model_id", "volume", "first_seen", "model_version"],
+                      ascending=[True, True, False, True, True])
+    return d.groupby(["partition_date", "model_id"], as_index=False).first()[
+        ["partition_date", "model_id", "model_version", "share"]]
+
+
+def current_champions(days: pd.DataFrame) -> dict[str, tuple[str, dt.date]]:
+    """Per model: its latest champion and the first day of that version's current, unbroken reign (a day
+    another version was champion resets it; days without traffic do not)."""
+    out: dict[str, tuple[str, dt.date]] = {}
+    for r in days.sort_values("partition_date", kind="stable").itertuples(index=False):
+        version, since = out.get(r.model_id, (None, None))
+        out[r.model_id] = (r.model_version, since if version == r.model_version else pd.Timestamp(r.partition_date).date())
+    return out

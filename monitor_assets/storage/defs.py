@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from monitor_assets import keys
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, OWNERS
 from monitor_assets.storage.lake import Lake
@@ -15,7 +16,6 @@ from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import IO_RETRY, markdown_table
 
 GROUP_STORAGE = "storage"
-LAKE_MAINTENANCE_KEY = dg.AssetKey(["monitoring", "lake_maintenance"])
 LAKE_MAINTENANCE_JOB = "lake_maintenance_job"
 LAKE_MAINTENANCE_SCHEDULE = "lake_maintenance_schedule"
 LAKE_MAINTENANCE_CRON = "0 3 * * 0"  # Sundays 03:00, between two daily runs (06:00)
@@ -43,7 +43,7 @@ def build_storage_definitions(config: MonitorConfig) -> tuple[list[dg.AssetsDefi
     """The maintenance asset, its job (that asset only) and its weekly schedule."""
 
     @dg.asset(
-        key=LAKE_MAINTENANCE_KEY,
+        key=keys.LAKE_MAINTENANCE,
         description=f"Weekly upkeep of the Delta lake: compacts each table's small files and deletes the files "
                     f"no version of the last {RETENTION_HOURS:g} hours uses. Rows are unchanged.",
         group_name=GROUP_STORAGE, kinds={"deltalake"}, owners=OWNERS,

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor_assets.export.defs import export_folder
 from monitor_assets.export.prometheus import TEXTFILE, export_metrics
-from monitor_assets.stats.performance import METRIC_DIRECTION
+from monitor_assets.stats.metrics_spec import METRIC_DIRECTION
 from monitor_assets.storage.warehouse import connect
 
 DAY = dt.date(2026, 10, 30)  # the demo run's last day

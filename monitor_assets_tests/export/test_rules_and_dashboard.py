@@ -16,7 +16,6 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor_assets.alerting.rules import severity
 from monitor_assets.config import load_config
 from monitor_assets.constants import ERROR_RATE_CHECK, LATENCY_CHECK, PERFORMANCE_CHECK, VOLUME_CHECK
 from monitor_assets.export.defs import export_folder
@@ -75,7 +74,7 @@ def check_rules_match_config(rules: dict, config) -> None:
             for m in models:
                 model = config.model(m)
                 assert float(parsed["threshold"]) == pytest.approx(threshold_of(model), rel=1e-12), (alert, m)
-                assert rule["labels"]["severity"] == PROMETHEUS_SEVERITY[severity(model, check)], (alert, m)
+                assert rule["labels"]["severity"] == PROMETHEUS_SEVERITY[model.severity(check)], (alert, m)
         assert sorted(covered) == sorted(config.model_ids), alert
 
 
@@ -179,7 +178,7 @@ def test_promtool_evaluates_the_rules_on_the_exported_values(demo_run, demo_db, 
             threshold = threshold_of(model)
             if (v > threshold) if op == ">" else (v < threshold):
                 expected.setdefault(alert, []).append({
-                    "exp_labels": {**labels, "severity": PROMETHEUS_SEVERITY[severity(model, check)],
+                    "exp_labels": {**labels, "severity": PROMETHEUS_SEVERITY[model.severity(check)],
                                    "check": check, "team": "mlops"},
                     "exp_annotations": {k: render(t, labels, v) for k, t in annotations[alert].items()}})
     # 2026-10-27: conversion_recommender's ROC AUC is far below its baseline.

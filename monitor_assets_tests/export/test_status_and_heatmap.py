@@ -17,13 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor_assets.constants import LATENCY_CHECK, PERFORMANCE_CHECK
 from monitor_assets.export.defs import export_folder
 from monitor_assets.export.prometheus import TEXTFILE
+from monitor_assets.links import INDEX_PAGE, model_page
 from monitor_assets.reporting.dashboard import (
-    INDEX_PAGE,
     ReportData,
     _cell,
     drift_evidence,
     load_report_data,
-    model_page,
     model_summaries,
     render_dashboard,
 )

@@ -14,9 +14,11 @@ import pytest
 
 from monitor_assets.config import load_config
 from monitor_assets.constants import QUALITY_CHECK
-from monitor_assets.ingestion import readers as ingest
+from monitor_assets.ingestion import fields
+from monitor_assets.ingestion import formats as ingest
 from monitor_assets.ingestion.defs import build_ingestion_assets, build_quality_checks
-from monitor_assets.ingestion.readers import REASONS, MissingInput, ingest_day
+from monitor_assets.ingestion.fields import REASONS
+from monitor_assets.ingestion.readers import MissingInput, ingest_day
 from monitor_assets.preflight import PREFLIGHT_TAG
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.warehouse import connect, open_warehouse
@@ -226,7 +228,7 @@ def test_a_gzip_bomb_and_a_huge_line_are_refused_and_memory_stays_bounded(tmp_pa
 
 
 def test_every_category_has_a_pattern_and_every_pattern_a_documented_category():
-    assert {c for _, c in ingest._CATEGORY_PATTERNS} == set(REASONS)
+    assert {c for _, c in fields._CATEGORY_PATTERNS} == set(REASONS)
 
 
 def materialize(config, tags=None):

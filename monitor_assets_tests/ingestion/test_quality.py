@@ -8,13 +8,13 @@ import pytest
 
 from monitor_assets.config import load_config
 from monitor_assets.ingestion.quality import (
-    held_models,
     stored_verdicts,
     validate_day,
     validate_days,
     validation_batches,
 )
 from monitor_assets.ingestion.readers import ingest_day
+from monitor_assets.storage.reads import held_models
 from monitor_assets.storage.warehouse import connect, lake_of
 from monitor_assets_tests.conftest import write
 

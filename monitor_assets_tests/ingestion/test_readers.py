@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from monitor_assets.config import load_config
-from monitor_assets.ingestion import readers as ingest
-from monitor_assets.ingestion.readers import ingest_day, model_feature_select
+from monitor_assets.ingestion import formats as ingest
+from monitor_assets.ingestion.readers import ingest_day
+from monitor_assets.storage.reads import model_feature_select
 from monitor_assets.storage.warehouse import connect
 from monitor_assets_tests.conftest import write
 
@@ -389,7 +390,7 @@ def test_a_prediction_id_seen_on_an_earlier_day_is_a_duplicate(tmp_path, con):
 
 
 def test_a_corrected_label_replaces_the_old_one_and_is_counted(tmp_path, con):
-    from monitor_assets.metrics.defs import _performance_statement
+    from monitor_assets.metrics.logic import performance_statement as _performance_statement
 
     config = load_config(write(tmp_path / "m.yaml", CONFIG))
     write(tmp_path / "logs" / "2026-03-01.jsonl", good(1, score=0.9) + "\n" + good(2, score=0.9) + "\n")

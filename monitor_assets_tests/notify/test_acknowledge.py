@@ -12,8 +12,8 @@ import pandas as pd
 from monitor_assets.config import REPO_ROOT, load_config
 from monitor_assets.definitions import build_definitions
 from monitor_assets.notify.defs import ACK_JOB, LIFT_SILENCE_JOB, SILENCE_JOB
-from monitor_assets.notify.state import AlertState
 from monitor_assets.reporting.dashboard import ReportData, model_summaries
+from monitor_assets.storage.alert_state import AlertState
 
 
 def cli(tmp_path, *args: str) -> subprocess.CompletedProcess:

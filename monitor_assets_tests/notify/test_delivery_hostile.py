@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from monitor_assets.config import ChannelConfig
 from monitor_assets.notify.outbox import channels_by_model, dispatch
-from monitor_assets.notify.state import SCHEMA, AlertState
+from monitor_assets.storage.alert_state import SCHEMA, AlertState
 
 from ..servers import smtp_server, trickling_server, webhook_server
 from .test_acknowledge import cli

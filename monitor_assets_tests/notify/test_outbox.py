@@ -13,7 +13,7 @@ import pytest
 from monitor_assets.config import ChannelConfig, load_config
 from monitor_assets.notify.channels import ChannelError, deliver
 from monitor_assets.notify.outbox import channels_by_model, dispatch
-from monitor_assets.notify.state import AlertState
+from monitor_assets.storage.alert_state import AlertState
 
 from ..servers import silent_server, smtp_server, webhook_server
 

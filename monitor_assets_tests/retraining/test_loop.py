@@ -17,6 +17,7 @@ from monitor_assets.demo.generate import RETRAINED_VERSION
 from monitor_assets.retraining import logic as L
 from monitor_assets.retraining.__main__ import main as cli
 from monitor_assets.retraining.defs import APPROVE_JOB, REJECT_JOB
+from monitor_assets.stats.versions import champions
 from monitor_assets.storage.warehouse import connect
 from monitor_assets_tests.conftest import persistent_home
 
@@ -133,7 +134,7 @@ def test_roles_and_champions_from_daily_traffic():
         "partition_date": [d[0], d[1], d[1], d[2], d[2]], "model_id": ["m"] * 5,
         "model_version": ["v1", "v1", "v2", "v1", "v2"], "volume": [100, 90, 10, 20, 80],
         "n_errors": [0] * 5, "latency_p95_ms": [10.0] * 5})
-    champ = L.champions(daily)
+    champ = champions(daily)
     assert list(champ.model_version) == ["v1", "v1", "v2"]
     versions = L.model_versions(daily).set_index("model_version")
     assert versions.loc["v2", "role"] == "champion" and versions.loc["v1", "role"] == "challenger"
@@ -145,8 +146,8 @@ def test_requests_and_rollbacks_reach_the_alert_outbox(demo_run, demo_instance, 
     """Requests notify through the alert channels: the sensor's own reading of check evaluations puts the
     request's failure into the outbox, once per channel of the model."""
     from monitor_assets.notify.defs import read_evaluations, record_evaluations
-    from monitor_assets.notify.state import AlertState
     from monitor_assets.retraining.defs import CANARY_CHECK, RETRAINING_CHECK
+    from monitor_assets.storage.alert_state import AlertState
 
     config, _ = demo_run
     defs = build_definitions(config)

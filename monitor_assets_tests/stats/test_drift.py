@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 from scipy.spatial import distance
 
+from monitor_assets.analysis import queries as Q
 from monitor_assets.stats import drift as D
 
 
@@ -14,8 +15,8 @@ def run(ref: pd.DataFrame, cur: pd.DataFrame, specs):
     con = duckdb.connect()
     con.register("ref", ref)
     con.register("cur", cur)
-    profiles = D.profile_reference(con, "SELECT * FROM ref", specs)
-    return {r.feature: r for r in D.compute_drift(con, "SELECT * FROM cur", specs, profiles)}, profiles
+    profiles = Q.profile_reference(con, "SELECT * FROM ref", specs)
+    return {r.feature: r for r in Q.compute_drift(con, "SELECT * FROM cur", specs, profiles)}, profiles
 
 
 @pytest.fixture

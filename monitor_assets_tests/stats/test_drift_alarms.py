@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from monitor_assets.analysis import queries as Q
+from monitor_assets.stats import categories as C
 from monitor_assets.stats import drift as D
 
 
@@ -16,8 +18,8 @@ def run(ref, cur, specs, con=None, cur_sql="SELECT * FROM cur", **kw):
     con.register("ref", ref)
     if cur is not None:
         con.register("cur", cur)
-    profiles = D.profile_reference(con, "SELECT * FROM ref", specs)
-    return {r.feature: r for r in D.compute_drift(con, cur_sql, specs, profiles, **kw)}, profiles
+    profiles = Q.profile_reference(con, "SELECT * FROM ref", specs)
+    return {r.feature: r for r in Q.compute_drift(con, cur_sql, specs, profiles, **kw)}, profiles
 
 
 # --- false alarms -------------------------------------------------------------------------------
@@ -43,11 +45,11 @@ def test_stable_features_at_a_few_hundred_rows_flag_at_most_one_day_in_30():
         D.FeatureSpec(n, "categorical") for n in ("plan", "city", "member")]
     con = duckdb.connect()
     con.register("ref", frame(5000))
-    profiles = D.profile_reference(con, "SELECT * FROM ref", specs)
+    profiles = Q.profile_reference(con, "SELECT * FROM ref", specs)
     days = []
     for _ in range(300):
         con.register("cur", frame(300))
-        days.append(D.compute_drift(con, "SELECT * FROM cur", specs, profiles))
+        days.append(Q.compute_drift(con, "SELECT * FROM cur", specs, profiles))
     assert {r.method for d in days for r in d} == {"ks", "chisquare"}
     raw = np.mean([r.p_value < 0.05 for d in days for r in d])
     per_feature = np.mean([r.drifted for d in days for r in d])
@@ -169,14 +171,14 @@ def test_a_rare_unseen_value_in_a_small_day_is_not_drift():
 def test_category_sql_gives_one_spelling_per_value():
     values = ["True", "TRUE", " false ", "1", "1.0", "1e0", "0.50", "007", "-0.0", "", "NaN", None, "Paris", "2"]
     con = duckdb.connect()
-    plain = [r[0] for r in con.execute(f"SELECT {D.category_sql('v')} FROM unnest(?::VARCHAR[]) AS t(v)",
+    plain = [r[0] for r in con.execute(f"SELECT {C.category_sql('v')} FROM unnest(?::VARCHAR[]) AS t(v)",
                                        [values]).fetchall()]
     assert plain == ["true", "true", "false", "1", "1", "1", "0.5", "007", "0", None, None, None, "Paris", "2"]
-    as_bool = [r[0] for r in con.execute(f"SELECT {D.category_sql('v', D.TRUE_FALSE)} FROM unnest(?::VARCHAR[]) "
+    as_bool = [r[0] for r in con.execute(f"SELECT {C.category_sql('v', C.TRUE_FALSE)} FROM unnest(?::VARCHAR[]) "
                                          "AS t(v)", [values]).fetchall()]
     assert as_bool[:9] == ["true", "true", "false", "true", "true", "true", "0.5", "007", "false"]
-    typed = con.execute(f"SELECT {D.category_sql('true')}, {D.category_sql('1.0::DOUBLE')}, "
-                        f"{D.category_sql('3::BIGINT')}, {D.category_sql(chr(39) + 'nan' + chr(39) + '::DOUBLE')}").fetchall()
+    typed = con.execute(f"SELECT {C.category_sql('true')}, {C.category_sql('1.0::DOUBLE')}, "
+                        f"{C.category_sql('3::BIGINT')}, {C.category_sql(chr(39) + 'nan' + chr(39) + '::DOUBLE')}").fetchall()
     assert typed == [("true", "1", "3", None)]
 
 
@@ -191,27 +193,27 @@ def test_parquet_boolean_reference_against_csv_text_booleans_is_not_drift(tmp_pa
     day.to_csv(tmp_path / "day.csv", index=False)
     con = duckdb.connect()
     specs = [D.FeatureSpec("member", "categorical"), D.FeatureSpec("segment", "categorical")]
-    profiles = D.profile_reference(con, f"SELECT * FROM read_parquet('{tmp_path / 'reference.parquet'}')", specs)
-    assert profiles["member"].booleans == D.TRUE_FALSE and set(profiles["member"].counts) == {"true", "false"}
-    out = {r.feature: r for r in D.compute_drift(
+    profiles = Q.profile_reference(con, f"SELECT * FROM read_parquet('{tmp_path / 'reference.parquet'}')", specs)
+    assert profiles["member"].booleans == C.TRUE_FALSE and set(profiles["member"].counts) == {"true", "false"}
+    out = {r.feature: r for r in Q.compute_drift(
         con, f"SELECT * FROM read_csv('{tmp_path / 'day.csv'}', header=true, all_varchar=true)", specs, profiles)}
     for name in ("member", "segment"):
         assert out[name].unseen_share == 0 and not out[name].drifted and out[name].message == ""
     ones = pd.DataFrame({"member": np.where(rng.random(n) < 0.3, 1, 0), "segment": 2})  # 1/0 for a boolean
     con.register("ones", ones)
-    r = D.compute_drift(con, "SELECT * FROM ones", specs[:1], profiles)[0]
+    r = Q.compute_drift(con, "SELECT * FROM ones", specs[:1], profiles)[0]
     assert r.unseen_share == 0 and not r.drifted
 
 
 def test_a_zero_one_reference_keeps_its_spelling_and_old_profiles_are_counted_raw():
     con = duckdb.connect()
     con.register("ref", pd.DataFrame({"label": ["0"] * 70 + ["1"] * 30}))
-    profile = D.profile_reference(con, "SELECT * FROM ref", [D.FeatureSpec("label", "categorical")])["label"]
-    assert profile.booleans == D.ONE_ZERO and profile.counts == {"0": 70, "1": 30}
+    profile = Q.profile_reference(con, "SELECT * FROM ref", [D.FeatureSpec("label", "categorical")])["label"]
+    assert profile.booleans == C.ONE_ZERO and profile.counts == {"0": 70, "1": 30}
     again = D.CategoricalProfile.from_json(profile.to_json())
     assert again == profile
     old = D.CategoricalProfile.from_json({"counts": {"True": 70, "False": 30}})  # stored before PROFILE_VERSION 2
     assert not old.normalized
     con.register("cur", pd.DataFrame({"label": ["True"] * 7 + ["False"] * 3}))
-    r = D.compute_drift(con, "SELECT * FROM cur", [D.FeatureSpec("label", "categorical")], {"label": old})[0]
+    r = Q.compute_drift(con, "SELECT * FROM cur", [D.FeatureSpec("label", "categorical")], {"label": old})[0]
     assert r.unseen_share == 0  # counted as raw text, like the profile it is compared with

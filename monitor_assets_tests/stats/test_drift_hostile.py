@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from monitor_assets.analysis import queries as Q
 from monitor_assets.config import load_config
 from monitor_assets.stats import drift as D
 from monitor_assets.storage.warehouse import open_warehouse
@@ -26,8 +27,8 @@ def _drift(ref: pd.DataFrame, cur: pd.DataFrame, method: str = "auto") -> D.Drif
     con.register("ref", ref)
     con.register("cur", cur)
     spec = [D.FeatureSpec("x", "numeric", method)]
-    profiles = D.profile_reference(con, "SELECT * FROM ref", spec)
-    return D.compute_drift(con, "SELECT * FROM cur", spec, profiles)[0]
+    profiles = Q.profile_reference(con, "SELECT * FROM ref", spec)
+    return Q.compute_drift(con, "SELECT * FROM cur", spec, profiles)[0]
 
 
 @pytest.mark.parametrize("huge", [2e154, 1e300, -1.5e308])
@@ -66,13 +67,13 @@ def test_a_huge_value_in_the_reference_profiles_and_round_trips():
     ref = pd.DataFrame({"x": np.r_[rng.normal(0, 1, 3000), 2e154]})
     con = duckdb.connect()
     con.register("ref", ref)
-    profile = D.profile_reference(con, "SELECT * FROM ref", [D.FeatureSpec("x", "numeric")])["x"]
+    profile = Q.profile_reference(con, "SELECT * FROM ref", [D.FeatureSpec("x", "numeric")])["x"]
     again = D.NumericProfile.from_json(profile.to_json())
     s = 2.0 ** 1000
     assert again.counts.scale > 1 and again.counts.std == pytest.approx(float(np.std(ref.x / s, ddof=1)) * s)
     assert again.counts.mean == pytest.approx(float(np.mean(ref.x / s)) * s)
     # Ordinary data keeps its profile form (no scale key): stored profiles stay valid.
-    plain = D.profile_reference(con, "SELECT x FROM ref WHERE abs(x) < 10", [D.FeatureSpec("x", "numeric")])["x"]
+    plain = Q.profile_reference(con, "SELECT x FROM ref WHERE abs(x) < 10", [D.FeatureSpec("x", "numeric")])["x"]
     assert "scale" not in plain.to_json() and plain.counts.scale == 1.0
 
 

@@ -16,7 +16,8 @@ from fairlearn.metrics import (
 from scipy.stats import chi2_contingency, fisher_exact
 from sklearn.metrics import accuracy_score
 
-from monitor_assets.stats.fairness import MIN_GROUP_SIZE, fairness_table, group_counts
+from monitor_assets.analysis.queries import group_counts
+from monitor_assets.stats.fairness import MIN_GROUP_SIZE, fairness_table
 
 
 def frame(n=6000, seed=0):

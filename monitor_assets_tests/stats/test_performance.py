@@ -4,9 +4,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from monitor_assets.stats.metrics_spec import MAIN_METRICS, METRIC_DIRECTION
 from monitor_assets.stats.performance import (
-    MAIN_METRICS,
-    METRIC_DIRECTION,
     compute_performance,
     degradation,
     predicted_class_sql,

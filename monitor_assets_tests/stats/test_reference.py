@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from monitor_assets.analysis import queries as Q
+from monitor_assets.analysis.queries import validate_reference
 from monitor_assets.stats import drift as D
 from monitor_assets.stats.performance import compute_performance
-from monitor_assets.stats.reference import ReferenceTooSmall, validate_reference
+from monitor_assets.stats.reference import ReferenceTooSmall
 
 
 @pytest.fixture
@@ -54,10 +56,10 @@ def test_nan_labels_no_longer_crash_profiling_and_the_baseline_is_right(messy):
     specs = [D.FeatureSpec("age", "numeric"), D.FeatureSpec("plan", "categorical"),
              D.FeatureSpec("prediction", "numeric"), D.FeatureSpec("label", "categorical")]
     with pytest.raises(duckdb.ConversionException):
-        D.profile_reference(con, caller.format(relation), specs)
+        Q.profile_reference(con, caller.format(relation), specs)
     check = validate_reference(con, relation, "label", "score", classifier=True)
     clean = caller.format(f"SELECT * FROM ({relation}) WHERE {check.where}")
-    profiles = D.profile_reference(con, clean, specs)
+    profiles = Q.profile_reference(con, clean, specs)
     good = df[pd.to_numeric(df.score, errors="coerce").notna() & df.label.isin([0, 1])]
     assert profiles["label"].counts == {"0": (good.label == 0).sum(), "1": (good.label == 1).sum()}
     perf = compute_performance(con, f"""SELECT 'ref' AS g, true AS is_ok, NULL::DOUBLE AS latency_ms,

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from monitor_assets.stats.multiple_testing import adjust_p_values
 from monitor_assets.stats.trigger import (
     Calibration,
     Moments,
     TriggerSettings,
-    adjust_p_values,
     calibrate,
     cusum,
     cusum_threshold,

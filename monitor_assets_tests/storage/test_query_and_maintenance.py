@@ -16,6 +16,7 @@ from deltalake import DeltaTable
 
 from monitor_assets.config import load_config
 from monitor_assets.definitions import MONITORING_JOB, build_definitions
+from monitor_assets.keys import LAKE_MAINTENANCE
 from monitor_assets.storage import defs as storage_defs
 from monitor_assets.storage.lake import Lake
 from monitor_assets.storage.resource import WarehouseResource
@@ -202,10 +203,10 @@ def test_weekly_maintenance_schedule_and_the_daily_job_without_it(demo_config):
     schedule = defs.get_repository_def().get_schedule_def(storage_defs.LAKE_MAINTENANCE_SCHEDULE)
     assert schedule.cron_schedule == "0 3 * * 0" and schedule.job_name == storage_defs.LAKE_MAINTENANCE_JOB
     maintenance = defs.resolve_job_def(storage_defs.LAKE_MAINTENANCE_JOB)
-    assert set(maintenance.asset_layer.executable_asset_keys) == {storage_defs.LAKE_MAINTENANCE_KEY}
+    assert set(maintenance.asset_layer.executable_asset_keys) == {LAKE_MAINTENANCE}
     daily = defs.resolve_job_def(MONITORING_JOB)
     keys = set(daily.asset_layer.executable_asset_keys)
-    assert dg.AssetKey(["monitoring", "history"]) in keys and storage_defs.LAKE_MAINTENANCE_KEY not in keys
+    assert dg.AssetKey(["monitoring", "history"]) in keys and LAKE_MAINTENANCE not in keys
     context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 3, 8, 3, 0))
     assert len(list(schedule.evaluate_tick(context).run_requests)) == 1
 

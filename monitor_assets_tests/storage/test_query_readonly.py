@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from monitor_assets.notify.state import STATE_TABLES, AlertState
 from monitor_assets.query import QueryError, check_read_only, open_read_only
+from monitor_assets.storage.alert_state import STATE_TABLES, AlertState
 from monitor_assets.storage.lake import TABLES, Lake
 from monitor_assets.storage.warehouse import SCHEMA_SQL
 from monitor_assets_tests.storage.test_query_and_maintenance import DAY1, predictions, query, rows
@@ -201,7 +201,7 @@ def test_show_tables_and_information_schema_list_exactly_the_documented_names(en
 
 
 def test_every_table_readme_names_answers(env, state):
-    readme = (ROOT / "README.md").read_text()
+    readme = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
     named = set(re.findall(r'\b((?:raw|monitoring|reporting|history)\.(?:"[^"]+"|[a-z_]+))', readme))
     names = {n for n in named if "<model>" not in n} | {f'raw."predictions__{m}"' for m in MODELS}
     assert {"monitoring.alert_deliveries", "monitoring.alert_silences", "raw.ingestion_log"} <= names

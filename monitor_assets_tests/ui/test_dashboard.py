@@ -12,12 +12,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from monitor_assets.notify.outbox import dashboard_url
+from monitor_assets.links import dashboard_url, model_page
 from monitor_assets.reporting.dashboard import (
     ReportData,
     build_dashboard,
     load_report_data,
-    model_page,
     model_summaries,
 )
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from monitor_assets.formatting import iso, plain_number
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_deliveries (
     alert_key TEXT NOT NULL,             -- model_id|check_name|partition_date (or run|<run id>)
@@ -108,30 +110,6 @@ STATE_TABLES = {"monitoring.alert_deliveries": "alert_deliveries",
 
 def alert_key(model_id: str, check_name: str, partition_date) -> str:
     return f"{model_id}|{check_name}|{partition_date}"
-
-
-def iso_seconds(ts: float | None) -> str:
-    """An epoch time as ISO 8601 UTC to the second: '2026-11-23T14:05:09Z' ('' for none)."""
-    if ts is None or pd.isna(ts):
-        return ""
-    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def plain_number(x) -> str:
-    """A number as people read it: 3, 0.0812, 1346.5 (6 significant digits), '' for none."""
-    if x is None or pd.isna(x):
-        return ""
-    x = float(x)
-    if x.is_integer() and abs(x) < 1e15:
-        return str(int(x))
-    return f"{x:.6g}"
-
-
-def iso(ts: float | None) -> str:
-    """An epoch time for people: '2026-11-23 14:05 UTC'."""
-    if ts is None or pd.isna(ts):
-        return ""
-    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 class AlertState:
@@ -353,7 +331,7 @@ class AlertState:
         out = self.table(name).astype(object)
         for column in out.columns:
             if column in TIME_COLUMNS:
-                out[column] = out[column].map(iso_seconds)
+                out[column] = out[column].map(lambda ts: iso(ts, seconds=True))
             elif column in ("value", "threshold", "attempts", "id"):
                 out[column] = out[column].map(plain_number)
         return out

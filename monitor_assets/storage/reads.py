@@ -1,0 +1,130 @@
+"""The reads every stage shares, spelled once: each prediction's latest label, and a VALUES relation of models.
+
+Stages ask here rather than write their own copy, so "the label of a prediction" means the same thing in
+performance, drift, fairness, retraining and the exports. (The predictions of several models, one after
+the other, are `Lake.predictions_union`.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+
+import duckdb
+import pandas as pd
+
+from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.stats.versions import champions
+from monitor_assets.storage.sql import quote_ident, sql_str
+
+EARLY_LABEL_DAYS = 7  # a label may be logged this many days before its prediction (clocks, time zones)
+
+
+def latest_labels_sql(model_ids: Sequence[str] | None = None, *, since: str | None = None, before: str | None = None,
+                      prediction_dates: str | None = None, ids: str | None = None, labels: str = "raw.labels") -> str:
+    """SQL (prediction_id, label): each prediction's newest label (the label of the newest partition, so a
+    corrected one replaces the old), among the labels of table `labels` in a window. Every bound is an SQL
+    expression, and each is optional:
+
+    * `since`: labels logged from this date less EARLY_LABEL_DAYS (a label may arrive before its prediction);
+    * `before`: labels logged before this date (the newest earlier label);
+    * `prediction_dates`: labels matched to a prediction made on one of these dates (a DATE[] expression);
+    * `ids`: labels of these prediction ids (a subquery);
+    * `model_ids`: labels of these models' predictions and those no prediction matched yet. Labels are stored
+      sorted by model, so the scan skips the other models' row groups.
+    """
+    where = []
+    if since is not None:
+        where.append(f"partition_date >= {since} - INTERVAL {EARLY_LABEL_DAYS} DAY")
+    if before is not None:
+        where.append(f"partition_date < {before}")
+    if prediction_dates is not None:
+        where.append(f"prediction_date IN (SELECT unnest({prediction_dates}))")
+    if ids is not None:
+        where.append(f"prediction_id IN ({ids})")
+    if model_ids is not None:
+        where.append(f"(model_id IN ({', '.join(sql_str(m) for m in model_ids)}) OR model_id IS NULL)")
+    return f"""SELECT prediction_id, arg_max(label, partition_date) AS label FROM {labels}
+               {'WHERE ' + ' AND '.join(where) if where else ''}
+               GROUP BY prediction_id"""
+
+
+def models_values_sql(models: Sequence[ModelConfig],
+                      columns: Mapping[str, Callable[[ModelConfig], object]]) -> tuple[str, list]:
+    """A VALUES relation (model_id, *columns) of these models, as SQL and params: `columns` maps each column's
+    name to how a model's value is found."""
+    row = "(" + ", ".join("?" for _ in range(len(columns) + 1)) + ")"
+    params = [v for m in models for v in (m.id, *(value(m) for value in columns.values()))]
+    names = ", ".join(["model_id", *columns])
+    return f"(SELECT * FROM (VALUES {', '.join(row for _ in models)}) AS v({names}))", params
+
+
+def version_daily(con: duckdb.DuckDBPyConnection, through: dt.date | None = None) -> pd.DataFrame:
+    """monitoring.version_daily up to `through` (all days when None), as a frame with dates."""
+    sql = "SELECT partition_date, model_id, model_version, volume, n_errors, latency_p95_ms FROM monitoring.version_daily"
+    frame = con.execute(sql + (" WHERE partition_date <= ?" if through else "") + " ORDER BY 1, 2, 3",
+                        [through] if through else []).df()
+    frame["partition_date"] = pd.to_datetime(frame.partition_date).dt.date
+    return frame
+
+
+CHAMPION_COLUMNS = ["partition_date", "model_id", "model_version"]
+
+
+def champion_days(con: duckdb.DuckDBPyConnection, through: dt.date) -> pd.DataFrame:
+    """The champion of each model on each day with traffic up to `through` (the version serving most
+    requests, `stats.versions.champions`), from monitoring.version_daily."""
+    return champions(version_daily(con, through))[CHAMPION_COLUMNS]
+
+
+def held_models(con: duckdb.DuckDBPyConnection, days: list[dt.date]) -> dict[dt.date, set[str]]:
+    """The models whose predictions failed the data-quality suite, per day: downstream work skips them."""
+    held: dict[dt.date, set[str]] = {d: set() for d in days}
+    for day, model_id in con.execute("""SELECT partition_date, model_id FROM monitoring.quality_verdicts
+                                        WHERE NOT passed AND partition_date IN (SELECT unnest(?::DATE[]))""",
+                                     [days]).fetchall():
+        held.setdefault(day, set()).add(model_id)
+    return held
+
+
+# -- the models' predictions tables: one column per (field, type) of their features ---------------------
+
+def feature_columns(config: MonitorConfig) -> dict[tuple[str, str], str]:
+    """(source, type) of every feature and attribute -> its column in the models' predictions tables.
+    Kept per config: with hundreds of models it is asked for once per model-day."""
+    cached = _FEATURE_COLUMNS.get(id(config))
+    if cached is None or cached[0] is not config:
+        cached = _FEATURE_COLUMNS[id(config)] = (config, feature_columns_of(config.models))
+    return cached[1]
+
+
+_FEATURE_COLUMNS: dict[int, tuple[MonitorConfig, dict]] = {}
+
+
+def feature_columns_of(models) -> dict[tuple[str, str], str]:
+    """(source, type) of these models' features and attributes -> their column name: the field they come
+    from (`features.amount`), with `#num` added when the same field is also read as a category."""
+    pairs = list(dict.fromkeys((f.source, f.type) for m in models for f in m.features + m.sensitive_attributes))
+    kinds: dict[str, set] = {}
+    for source, ftype in pairs:
+        kinds.setdefault(source, set()).add(ftype)
+    return {(source, ftype): source + ("#num" if ftype == "numeric" and len(kinds[source]) > 1 else "")
+            for source, ftype in pairs}
+
+
+def model_feature_select(config: MonitorConfig, model_id: str, prefix: str = "") -> str:
+    """SELECT list exposing a model's features and attributes from raw.predictions under their names."""
+    columns = feature_columns(config)
+    m = config.model(model_id)
+    return ", ".join(f"{prefix}{quote_ident(columns[(f.source, f.type)])} AS {quote_ident(f.name)}"
+                     for f in m.features + m.sensitive_attributes)
+
+
+# The models' columns performance is computed with: (model_id, task, threshold, main_metric).
+PERFORMANCE_MODEL_COLUMNS = {"task": lambda m: m.task, "threshold": lambda m: m.decision_threshold,
+                             "main_metric": lambda m: m.main_metric}
+
+
+def performance_models_sql(models: Sequence[ModelConfig]) -> tuple[str, list]:
+    """A VALUES relation (model_id, task, threshold, main_metric) of these models, as SQL and params."""
+    return models_values_sql(models, PERFORMANCE_MODEL_COLUMNS)
