@@ -6,6 +6,7 @@ Every record is loaded or quarantined with a reason; metadata shows read = loade
 
 import datetime as dt
 import time
+from dataclasses import dataclass, field
 
 import dagster as dg
 import pandas as pd
@@ -88,115 +89,151 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
     def _asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         cfg = in_shard(context, config) if per_model else config
         days = run_days(context)
-        if source == "predictions":  # the first step: a run launched from the UI is checked before it writes
-            from monitor_assets.preflight import PREFLIGHT_TAG, require
-
-            if context.run.tags.get(PREFLIGHT_TAG) != "passed":  # run_pipeline sets it after its own preflight
-                with fail_fast():  # a missing file or column is not healed by retrying
-                    for warning in require(cfg, days, only="sources.predictions"):
-                        context.log.warning(str(warning))
-        totals = {"files": 0, "read": 0, "loaded": 0, "quarantined": 0, "corrected": 0}
-        reasons: dict[str, int] = {}
-        missing_days, per_day, held, logged = [], [], [], []
-        refused: list[str] = []  # source-days whose glob matched nothing: not replaced, the step fails
-        notes: list[str] = []  # about whole files: refused, too large, unreadable, lacking a column
-        started = time.perf_counter()
+        if source == "predictions":
+            _preflight_in_step(context, cfg, days)
+        run = _IngestRun(source)
         # No model registered up front: ingest_day registers every model's table after writing predictions.
         with fail_fast(), (warehouse.connect_lake() if per_model else warehouse.connect()) as con:
             # The data-quality suite runs on another thread as each model-day lands, so its pandas work
             # overlaps the reading; a failed model-day is held alone.
             validator = StreamingValidator(con, cfg) if source == "predictions" else None
             try:
-                for i, day in enumerate(days, 1):
-                    try:
-                        result = ingest_day(con, cfg, source, day, validator.add if validator else None, log=False)
-                    except MissingInput as exc:  # the other days load; this one keeps its rows, and fails the step
-                        refused.append(str(exc))
-                        (context.log.warning if source == "labels" else context.log.error)(str(exc))
-                        continue
-                    logged.append((day, result))
-                    notes += [f"{day}: {n}" for n in result.notes if not n.startswith("no_file:")]
-                    # Shared files are shard 0's to count (and to miss); a model's own files its shard's.
-                    own = cfg.owns_shared or (source == "predictions" and cfg.predictions.per_model)
-                    if not result.files and own:
-                        missing_days.append(str(day))
-                    for k, v in (("files", len(result.files)), ("read", result.read), ("loaded", result.loaded),
-                                 ("quarantined", result.quarantined), ("corrected", result.labels_corrected)):
-                        totals[k] += v
-                    for reason, n in result.reasons.items():
-                        reasons[reason] = reasons.get(reason, 0) + n
-                    per_day.append((str(day), len(result.files), result.read, result.loaded, result.quarantined,
-                                    result.labels_corrected))
-                    if should_log_progress(i, len(days)):
-                        rate = totals["read"] / max(time.perf_counter() - started, 1e-9)
-                        context.log.info(f"{source}: {i}/{len(days)} days done ({day}), {rate:,.0f} records/s")
+                _ingest_days(context, con, cfg, source, days, run, validator)
             except BaseException:
                 if validator is not None:
                     validator.abandon()
                 raise
-            log_ingestion(con, cfg, source, logged)  # one commit for the run's days, not one a day
+            log_ingestion(con, cfg, source, run.logged)  # one commit for the run's days, not one a day
             if validator is not None:
                 # Only the days stored now: a refused day keeps its earlier verdicts with its rows.
-                stored = [d for d, _ in logged]
+                stored = [d for d, _ in run.logged]
                 if stored:
-                    held = [f"{v.partition_date}: {v.model_id}" for v in validator.finish(stored) if not v.passed]
+                    run.held = [f"{v.partition_date}: {v.model_id}" for v in validator.finish(stored) if not v.passed]
                 else:
                     validator.abandon()
-            preview = quarantine_preview(con, source, days)
-            silent: list[str] = []
-            if source == "predictions" and logged:  # no day stored: no model's table is registered
+            run.preview = quarantine_preview(con, source, days)
+            if source == "predictions" and run.logged:  # no day stored: no model's table is registered
                 # A configured model that logged nothing on a day is an incident, not a zero.
-                silent = models_without_records(con, days, cfg.model_ids)
-        assert totals["read"] == totals["loaded"] + totals["quarantined"]  # nothing is lost
-        metadata = {
-            "days": day_label(days),
-            **({"shard": cfg.shard_label, "models": len(cfg.models)} if cfg.sharded else {}),
-            "files": totals["files"],
-            "records_read": totals["read"],
-            "records_loaded": totals["loaded"],
-            "records_quarantined": totals["quarantined"],
-            "dagster/row_count": totals["loaded"],
-            "quarantine_share": totals["quarantined"] / totals["read"] if totals["read"] else 0.0,
-            "quarantine_reasons": dg.MetadataValue.json(reasons),
-            "days_without_files": dg.MetadataValue.json(missing_days),
-            "per_day": dg.MetadataValue.md(markdown_table(
-                ["day", "files", "read", "loaded", "quarantined", "labels corrected"], per_day, limit=40)),
-        }
-        if preview:
-            metadata["quarantine_preview"] = dg.MetadataValue.md(markdown_table(
-                ["day", "file", "line", "reason", "raw record"], preview))
-        if source == "labels":
-            metadata["labels_corrected"] = totals["corrected"]  # a later file changed an earlier label
-        if source == "predictions":
-            metadata["models_without_records"] = dg.MetadataValue.json(silent)
-            metadata["model_days_held"] = dg.MetadataValue.json(held)  # failed the data-quality suite
-            for item in held:
-                context.log.warning(f"predictions of {item} failed the data-quality suite: held from metrics, "
-                                    "drift and fairness")
-            for item in silent:
-                context.log.warning(f"no prediction records for model {item}")
-        if missing_days:
-            context.log.warning(f"{source}: no input file for {', '.join(missing_days)}")
-        for note in notes:
-            context.log.warning(f"{source} {note}")
-        if notes:
-            metadata["file_notes"] = dg.MetadataValue.json(notes[:100])
+                run.silent = models_without_records(con, days, cfg.model_ids)
+        assert run.totals["read"] == run.totals["loaded"] + run.totals["quarantined"]  # nothing is lost
+        metadata = _run_metadata(cfg, source, days, run)
+        _warn(context, source, run)
         # Labels come late: a day whose file is not there yet keeps its rows and warns; a labels path
         # that matches nothing on any day of the run is a typo and fails like any other source.
-        if refused and (source != "labels" or len(refused) == len(days)):
+        if run.refused and (source != "labels" or len(run.refused) == len(days)):
             # After the other days are stored: one line, the first day's reason, and how many more.
-            more = f" (and {len(refused) - 1} more day(s) without files)" if len(refused) > 1 else ""
-            raise dg.Failure(description=refused[0] + more, allow_retries=False,
-                             metadata={"days_refused": dg.MetadataValue.json(refused)})
+            more = f" (and {len(run.refused) - 1} more day(s) without files)" if len(run.refused) > 1 else ""
+            raise dg.Failure(description=run.refused[0] + more, allow_retries=False,
+                             metadata={"days_refused": dg.MetadataValue.json(run.refused)})
         # Each day's own counts on its partition (the totals above stay on the run's other keys).
         add_partition_metadata(context, {dt.date.fromisoformat(d): {
             "files": files, "records_read": read, "records_loaded": loaded, "records_quarantined": quarantined,
             "dagster/row_count": loaded, "quarantine_share": quarantined / read if read else 0.0,
             "days": d, **({"labels_corrected": corrected} if source == "labels" else {})}
-            for d, files, read, loaded, quarantined, corrected in per_day})
+            for d, files, read, loaded, quarantined, corrected in run.per_day})
         return dg.MaterializeResult(metadata=metadata)
 
     return _asset
+
+
+@dataclass
+class _IngestRun:
+    """What one ingestion step saw over its days: counts, reasons, notes, and the days it refused."""
+
+    source: str
+    totals: dict = field(default_factory=lambda: {"files": 0, "read": 0, "loaded": 0, "quarantined": 0, "corrected": 0})
+    reasons: dict = field(default_factory=dict)
+    missing_days: list = field(default_factory=list)
+    per_day: list = field(default_factory=list)
+    logged: list = field(default_factory=list)
+    refused: list = field(default_factory=list)  # source-days whose glob matched nothing: not replaced, the step fails
+    notes: list = field(default_factory=list)  # about whole files: refused, too large, unreadable, lacking a column
+    held: list = field(default_factory=list)
+    silent: list = field(default_factory=list)
+    preview: list = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, day: dt.date, result, own_files: bool) -> None:
+        self.logged.append((day, result))
+        self.notes += [f"{day}: {n}" for n in result.notes if not n.startswith("no_file:")]
+        if not result.files and own_files:
+            self.missing_days.append(str(day))
+        for k, v in (("files", len(result.files)), ("read", result.read), ("loaded", result.loaded),
+                     ("quarantined", result.quarantined), ("corrected", result.labels_corrected)):
+            self.totals[k] += v
+        for reason, n in result.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+        self.per_day.append((str(day), len(result.files), result.read, result.loaded, result.quarantined,
+                             result.labels_corrected))
+
+
+def _preflight_in_step(context, cfg: MonitorConfig, days: list[dt.date]) -> None:
+    """The first step: a run launched from the UI checks its predictions source before it writes (run_pipeline
+    ran the whole preflight already and says so in a tag)."""
+    from monitor_assets.preflight import PREFLIGHT_TAG, require
+
+    if context.run.tags.get(PREFLIGHT_TAG) != "passed":
+        with fail_fast():  # a missing file or column is not healed by retrying
+            for warning in require(cfg, days, only="sources.predictions"):
+                context.log.warning(str(warning))
+
+
+def _ingest_days(context, con, cfg: MonitorConfig, source: str, days: list[dt.date], run: _IngestRun,
+                 validator) -> None:
+    """Each day in turn; a day whose input matched nothing keeps its rows and is set aside in `run.refused`."""
+    for i, day in enumerate(days, 1):
+        try:
+            result = ingest_day(con, cfg, source, day, validator.add if validator else None, log=False)
+        except MissingInput as exc:  # the other days load; this one keeps its rows, and fails the step
+            run.refused.append(str(exc))
+            (context.log.warning if source == "labels" else context.log.error)(str(exc))
+            continue
+        # Shared files are shard 0's to count (and to miss); a model's own files its shard's.
+        run.add(day, result, cfg.owns_shared or (source == "predictions" and cfg.predictions.per_model))
+        if should_log_progress(i, len(days)):
+            rate = run.totals["read"] / max(time.perf_counter() - run.started, 1e-9)
+            context.log.info(f"{source}: {i}/{len(days)} days done ({day}), {rate:,.0f} records/s")
+
+
+def _run_metadata(cfg: MonitorConfig, source: str, days: list[dt.date], run: _IngestRun) -> dict:
+    totals = run.totals
+    metadata = {
+        "days": day_label(days),
+        **({"shard": cfg.shard_label, "models": len(cfg.models)} if cfg.sharded else {}),
+        "files": totals["files"],
+        "records_read": totals["read"],
+        "records_loaded": totals["loaded"],
+        "records_quarantined": totals["quarantined"],
+        "dagster/row_count": totals["loaded"],
+        "quarantine_share": totals["quarantined"] / totals["read"] if totals["read"] else 0.0,
+        "quarantine_reasons": dg.MetadataValue.json(run.reasons),
+        "days_without_files": dg.MetadataValue.json(run.missing_days),
+        "per_day": dg.MetadataValue.md(markdown_table(
+            ["day", "files", "read", "loaded", "quarantined", "labels corrected"], run.per_day, limit=40)),
+    }
+    if run.preview:
+        metadata["quarantine_preview"] = dg.MetadataValue.md(markdown_table(
+            ["day", "file", "line", "reason", "raw record"], run.preview))
+    if source == "labels":
+        metadata["labels_corrected"] = totals["corrected"]  # a later file changed an earlier label
+    if source == "predictions":
+        metadata["models_without_records"] = dg.MetadataValue.json(run.silent)
+        metadata["model_days_held"] = dg.MetadataValue.json(run.held)  # failed the data-quality suite
+    if run.notes:
+        metadata["file_notes"] = dg.MetadataValue.json(run.notes[:100])
+    return metadata
+
+
+def _warn(context, source: str, run: _IngestRun) -> None:
+    for item in run.held:
+        context.log.warning(f"predictions of {item} failed the data-quality suite: held from metrics, "
+                            "drift and fairness")
+    for item in run.silent:
+        context.log.warning(f"no prediction records for model {item}")
+    if run.missing_days:
+        context.log.warning(f"{source}: no input file for {', '.join(run.missing_days)}")
+    for note in run.notes:
+        context.log.warning(f"{source} {note}")
 
 
 def build_ingestion_assets(config: MonitorConfig) -> list[dg.AssetsDefinition]:
