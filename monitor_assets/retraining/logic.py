@@ -37,10 +37,14 @@ from monitor_assets.stats.trigger import (
     Calibration,
     Moments,
     TriggerSettings,
+    baseline_means,
     calibrate,
+    cap_quantile_for,
+    capped,
     cusum,
     cusum_threshold,
     evaluate_day,
+    loss_cap,
     persistence_met,
     reference_band,
     welch_greater,
@@ -61,7 +65,8 @@ def settings_for(model: ModelConfig) -> TriggerSettings:
     """The model's own trigger settings (retraining.*); the family's levels stay FAMILY's."""
     r = model.retraining
     return TriggerSettings(window_days=r.window_days, persistence_k=r.persistence_k, persistence_n=r.persistence_n,
-                           min_rows=r.min_rows, shift_se=r.shift_se)
+                           min_rows=r.min_rows, shift_se=r.shift_se,
+                           cap_quantile=cap_quantile_for(model.main_metric) if model.is_classifier else 1.0)
 
 
 def loss_of(model: ModelConfig) -> str:
@@ -215,7 +220,9 @@ class _Version:
     model: ModelConfig
     version: str
     anchor: dt.date
-    reference: np.ndarray | None = None
+    reference: np.ndarray | None = None  # its losses, capped at `cap`
+    cap: float = math.inf  # the largest loss the trigger counts (TriggerSettings.cap_quantile of the reference)
+    reference_daily: tuple[list[float], list[float]] | None = None  # per reference day: count and capped sum
     calibration: Calibration | None = None
     path_days: list[dt.date] | None = None
     path: tuple[np.ndarray, np.ndarray] | None = None  # CUSUM values and run starts (indexes into path_days)
@@ -236,11 +243,21 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     champ = champions(daily)
     longest = max(m.retraining.window_days for m in config.models)
     first = min(days) - dt.timedelta(days=longest - 1)
-    sums = _loss_sums(con, config, first, max(days))
     since = champ.groupby(["model_id", "model_version"]).partition_date.min()
     history, flags = _trigger_history(con, min(days))
     requests = con.execute("SELECT * FROM monitoring.retraining_requests").df()
     versions: dict[tuple[str, str], _Version] = {}
+    for day in days:  # the champions of the run's days, their reference batches (and caps) first
+        for model in config.models:
+            served = champ[(champ.model_id == model.id) & (champ.partition_date <= day)]
+            if len(served) and (model.id, served.model_version.iloc[-1]) not in versions:
+                champion = served.model_version.iloc[-1]
+                v = versions[(model.id, champion)] = _Version(
+                    model, champion, anchor_day(con, model.id, champion, since[(model.id, champion)]))
+                _load_reference(con, config, v, max(days))
+    sums = _loss_sums(con, config, first, max(days), {k: v.cap for k, v in versions.items()})
+    for v in versions.values():
+        _build_path(v, history, sums, days)
     out, opened = [], []
     for day in days:
         statistics, calibrations, meta = {}, {}, {}
@@ -250,11 +267,7 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
             if served.empty:
                 continue
             version = served.model_version.iloc[-1]
-            v = versions.get((model.id, version))
-            if v is None:
-                v = versions[(model.id, version)] = _Version(
-                    model, version, anchor_day(con, model.id, version, since[(model.id, version)]))
-                _load_reference(con, config, v, history, sums, days)
+            v = versions[(model.id, version)]
             ready = v.reference is not None and day >= v.first_test_day
             window_start = max(day - dt.timedelta(days=r.window_days - 1), v.first_test_day)
             window = _window_moments(sums, model.id, version, window_start, day)
@@ -311,14 +324,26 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     return TriggerRun(rows, opened, superseded)
 
 
-def _loss_sums(con: duckdb.DuckDBPyConnection, config: MonitorConfig, first: dt.date, last: dt.date) -> pd.DataFrame:
-    """Per model, version and day: labelled rows, sum and sum of squares of their losses."""
+def _loss_sums(con: duckdb.DuckDBPyConnection, config: MonitorConfig, first: dt.date, last: dt.date,
+               caps: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """Per model, version and day: labelled rows, sum and sum of squares of their losses, each capped at its
+    version's cap (`caps`; a version not there, or with an infinite cap, keeps its whole losses)."""
     parts = []
-    for i in range(0, len(config.models), MODELS_PER_QUERY):  # memory holds a few models' rows at a time
-        sql, params = labelled_losses_sql(con, config, first, last, config.models[i:i + MODELS_PER_QUERY])
-        parts.append(con.execute(f"""SELECT model_id, model_version, partition_date, count(*) AS n, sum(loss) AS s,
-                                            sum(loss * loss) AS ss
-                                     FROM ({sql}) GROUP BY ALL""", params).df())
+    capped_versions = pd.DataFrame([(m, v, c) for (m, v), c in caps.items() if math.isfinite(c)],
+                                   columns=["model_id", "model_version", "cap"]).astype({"cap": float})
+    con.register("_caps", capped_versions)
+    try:
+        for i in range(0, len(config.models), MODELS_PER_QUERY):  # memory holds a few models' rows at a time
+            sql, params = labelled_losses_sql(con, config, first, last, config.models[i:i + MODELS_PER_QUERY])
+            parts.append(con.execute(f"""
+                SELECT model_id, model_version, partition_date, count(*) AS n, sum(c_loss) AS s,
+                       sum(c_loss * c_loss) AS ss
+                FROM (SELECT l.model_id, l.model_version, l.partition_date,
+                             CASE WHEN c.cap IS NULL THEN l.loss ELSE least(l.loss, c.cap) END AS c_loss
+                      FROM ({sql}) AS l LEFT JOIN _caps AS c USING (model_id, model_version))
+                GROUP BY ALL""", params).df())
+    finally:
+        con.unregister("_caps")
     sums = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
     sums["partition_date"] = pd.to_datetime(sums.partition_date).dt.date
     return sums.set_index(["model_id", "model_version", "partition_date"]).sort_index()
@@ -351,19 +376,30 @@ def _write_trigger_rows(con: duckdb.DuckDBPyConnection, days: list[dt.date], row
             con.unregister("_rows")
 
 
-def _load_reference(con, config: MonitorConfig, v: _Version, history: pd.DataFrame, sums: pd.DataFrame,
-                    days: list[dt.date]) -> None:
-    """The version's reference batch as of the run's last day (None while its days are not over), its
-    calibration and its CUSUM over the days from the reference's end to the run's last day: stored days
-    before the run, fresh sums for the run's days."""
-    reference = reference_batch(con, config, v.model, v.version, v.anchor, max(days))
+def _load_reference(con, config: MonitorConfig, v: _Version, as_of: dt.date) -> None:
+    """The version's reference batch as of `as_of` (None while its days are not over), its cap, its capped
+    losses per reference day (the rolling baseline's first days and the weekday profile) and its calibration."""
+    reference = reference_batch(con, config, v.model, v.version, v.anchor, as_of)
     if reference is None:
         return
-    v.reference = reference
-    ref_days = con.execute("""SELECT count(DISTINCT partition_date) FROM monitoring.reference_losses
-                              WHERE model_id = ? AND model_version = ?""", [v.model.id, v.version]).fetchone()[0]
     settings = settings_for(v.model)
-    v.calibration = calibrate(Moments.of(reference), int(ref_days) or v.model.retraining.reference_days, settings)
+    v.cap = loss_cap(reference, settings.cap_quantile)
+    v.reference = capped(reference, v.cap)
+    per_day = dict(con.execute("""SELECT partition_date, [count(*), sum(least(loss, ?))]
+                                  FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?
+                                  GROUP BY 1""", [v.cap, v.model.id, v.version]).fetchall())
+    ref_days = [v.anchor + dt.timedelta(days=i) for i in range(v.model.retraining.reference_days)]
+    v.reference_daily = ([float(per_day.get(d, [0, 0])[0]) for d in ref_days],
+                         [float(per_day.get(d, [0, 0])[1] or 0.0) for d in ref_days])
+    v.calibration = calibrate(Moments.of(v.reference), sum(1 for c in v.reference_daily[0] if c)
+                              or v.model.retraining.reference_days, settings)
+
+
+def _build_path(v: _Version, history: pd.DataFrame, sums: pd.DataFrame, days: list[dt.date]) -> None:
+    """The version's CUSUM over the days from the reference's end to the run's last day (stored days before
+    the run, fresh capped sums for the run's days) against its baseline (TriggerSettings.baseline_lag_days)."""
+    if v.reference is None:
+        return
     stored = history[(history.model_id == v.model.id) & (history.model_version == v.version)
                      & (history.reference_anchor == v.anchor) & (history.partition_date >= v.first_test_day)
                      & (history.n_day.fillna(0) > 0)]
@@ -380,7 +416,11 @@ def _load_reference(con, config: MonitorConfig, v: _Version, history: pd.DataFra
     counts = [v.daily.get(d, (0.0, 0.0))[0] for d in v.path_days]
     totals = [v.daily.get(d, (0.0, 0.0))[1] for d in v.path_days]
     if v.calibration.usable and v.path_days:
-        v.path = cusum(counts, totals, v.calibration)
+        ref_counts, ref_sums = v.reference_daily
+        weekdays = [(v.anchor + dt.timedelta(days=i)).weekday() for i in range(len(ref_counts) + len(counts))]
+        baseline = baseline_means(ref_counts + counts, ref_sums + totals, weekdays, len(ref_counts),
+                                  settings_for(v.model))
+        v.path = cusum(counts, totals, v.calibration, baseline)
 
 
 def _path_moments(v: _Version, start: dt.date, end: dt.date) -> tuple[int, float]:
@@ -427,7 +467,9 @@ def _maybe_open(con, requests: pd.DataFrame, v: _Version, day: dt.date, start: d
               f"{threshold:.1f} (tuned for +{cal.delta:.3f} sd), sequential {fmt_p(t.p_value)} within "
               f"{FAMILY.horizon_days} days, {fmt_p(t.p_adjusted).replace('p', 'adjusted p', 1)} across the day's "
               f"{family} models{welch}; over the threshold on {settings.persistence_k}+ of the last "
-              f"{settings.persistence_n} tested days")
+              f"{settings.persistence_n} tested days"
+              + (f"; losses capped at {fmt_num(v.cap)} (the reference's {settings.cap_quantile:g} quantile, as the "
+                 f"main metric {model.main_metric} counts rows)" if math.isfinite(v.cap) else ""))
     return insert_request(con, model.id, version, day, reason, float(t.statistic), float(t.p_value),
                           f"{start}..{day}", "trigger")
 
