@@ -21,7 +21,11 @@ from typing import Any
 import yaml
 
 from monitor_assets.constants import DEFAULT_SEVERITY, THRESHOLD_CHECKS
-from monitor_assets.stats.metrics_spec import MAIN_METRICS  # selectable main metrics per task
+from monitor_assets.stats.metrics_spec import (  # selectable main metrics per task, what can be estimated
+    ESTIMABLE_METRICS,
+    ESTIMATION_METHODS,
+    MAIN_METRICS,
+)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -127,6 +131,17 @@ class RetrainingConfig:
 
 
 @dataclass(frozen=True)
+class EstimationConfig:
+    """Performance estimated before the labels arrive (`monitoring.estimated_performance`): on by default.
+    `method` auto: confidence-based (CBPE) for classifiers, the loss model (DLE) for regressors; none: off.
+    `metrics`: empty means every metric the task can estimate; the main metric is always added when estimable."""
+
+    enabled: bool = True
+    method: str = "auto"
+    metrics: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     id: str
     task: str
@@ -145,6 +160,7 @@ class ModelConfig:
     # Features whose strong drift alerts on its own (`key_feature_drift_below_threshold`); empty: the
     # reference's `drift.key_features_top_k` features most correlated with the score.
     key_features: tuple[str, ...] = ()
+    estimation: EstimationConfig = field(default_factory=EstimationConfig)
 
     def __post_init__(self):
         if not self.main_metric:
@@ -153,6 +169,23 @@ class ModelConfig:
     @property
     def is_classifier(self) -> bool:
         return self.task == "binary_classification"
+
+    @property
+    def estimation_method(self) -> str:
+        """'confidence', 'loss_model' or 'none' (estimation off)."""
+        e = self.estimation
+        if not e.enabled or e.method == "none":
+            return "none"
+        return e.method if e.method != "auto" else ("confidence" if self.is_classifier else "loss_model")
+
+    @property
+    def estimated_metrics(self) -> tuple[str, ...]:
+        """The metrics to estimate: the configured ones (default all the task can), the main metric first
+        when it can be estimated."""
+        possible = ESTIMABLE_METRICS[self.task]
+        chosen = self.estimation.metrics or possible
+        main = (self.main_metric,) if self.main_metric in possible else ()
+        return tuple(dict.fromkeys((*main, *chosen)))
 
     def severity(self, check: str) -> str:
         """WARN or ERROR: the model's `thresholds.severity` for this threshold check, else its default."""
@@ -555,7 +588,7 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
     r.unknown_keys(data, key, {
         "id", "task", "version", "features", "sensitive_attributes", "reference", "reference_fields",
         "score_field", "decision_threshold", "thresholds", "alert_channels", "owner", "main_metric",
-        "retraining", "key_features",
+        "retraining", "key_features", "estimation",
     })
     model_id = r.require(data, "id", key)
     if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
@@ -603,7 +636,22 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
         main_metric=main_metric,
         retraining=_retraining(r, data.get("retraining"), f"{key}.retraining", task),
         key_features=_key_features(r, data.get("key_features"), f"{key}.key_features", features),
+        estimation=_estimation(r, data.get("estimation"), f"{key}.estimation", task),
     )
+
+
+def _estimation(r: _Reader, data: Any, key: str, task: str) -> EstimationConfig:
+    """Model-level `estimation: {enabled, method, metrics}`."""
+    data = r.mapping(data or {}, key)
+    r.unknown_keys(data, key, set(EstimationConfig.__dataclass_fields__))
+    enabled = r.flag(data["enabled"], f"{key}.enabled") if "enabled" in data else True
+    method = r.choice(data.get("method", "auto"), f"{key}.method", ESTIMATION_METHODS[task])
+    metrics = data.get("metrics") or []
+    if not isinstance(metrics, list):
+        raise r.fail(f"{key}.metrics", "expected a list of metric names")
+    for i, m in enumerate(metrics):
+        r.choice(m, f"{key}.metrics[{i}]", ESTIMABLE_METRICS[task])
+    return EstimationConfig(enabled, method, tuple(dict.fromkeys(metrics)))
 
 
 def _key_features(r: _Reader, data: Any, key: str, features: tuple) -> tuple[str, ...]:

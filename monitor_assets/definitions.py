@@ -15,6 +15,7 @@ from monitor_assets import keys
 from monitor_assets.alerting.defs import build_alerting_definitions
 from monitor_assets.analysis.defs import build_analysis_assets
 from monitor_assets.config import MonitorConfig, load_config
+from monitor_assets.estimation.defs import build_estimation_definitions
 from monitor_assets.export.defs import build_export_definitions
 from monitor_assets.history.defs import build_history_definitions
 from monitor_assets.ingestion.defs import build_ingestion_assets, build_quality_checks
@@ -34,7 +35,7 @@ MONITORING_JOB = "monitoring_job"
 SHARD_JOBS = ("shard_ingest_job", "shard_analysis_job")
 FLEET_JOB = "fleet_job"
 SHARD_INGEST = (keys.PREDICTIONS, keys.REFERENCE_PROFILES)
-SHARD_ANALYSIS = (keys.LABELS, keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS)
+SHARD_ANALYSIS = (keys.LABELS, keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ESTIMATED_PERFORMANCE)
 
 
 # -- the stages whose builders return lists: wrapped into Definitions here ------------------------------
@@ -92,7 +93,7 @@ def pipeline_jobs(config: MonitorConfig, assets: list[dg.AssetKey],
         SHARD_JOBS[1], selection=dg.AssetSelection.assets(*SHARD_ANALYSIS).without_checks(),
         partitions_def=partitions,
         description="One shard's models (run tag monitor_assets/shard = i/N): labels, performance, drift, "
-                    "fairness; after every shard's predictions.")
+                    "fairness, estimated performance; after every shard's predictions.")
     fleet = dg.define_asset_job(
         FLEET_JOB, selection=(every_asset - dg.AssetSelection.assets(*SHARD_INGEST, *SHARD_ANALYSIS))
         | dg.AssetSelection.checks(*[c for c in checks if c not in quality]),
@@ -105,12 +106,13 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     ingestion = build_ingestion_definitions(config)
     metrics = build_metrics_definitions(config)
     analysis = build_analysis_definitions(config)
+    estimation = build_estimation_definitions(config)
     history = build_history_definitions(config, upstream=asset_keys(metrics, analysis))
     alerting = build_alerting_definitions(config)
     retraining = build_retraining_definitions(config)
     reporting = build_reporting_definitions(config)
     export = build_export_definitions(config)
-    pipeline = (ingestion, metrics, analysis, history, alerting, retraining, reporting, export)
+    pipeline = (ingestion, metrics, analysis, estimation, history, alerting, retraining, reporting, export)
 
     checks = check_keys(ingestion, alerting, retraining)
     jobs = pipeline_jobs(config, asset_keys(*pipeline), checks)

@@ -11,6 +11,7 @@ SALES = dg.AssetKey(["raw", "sales"])
 # monitoring: the figures
 REFERENCE_PROFILES = dg.AssetKey(["monitoring", "reference_profiles"])
 PERFORMANCE_DAILY = dg.AssetKey(["monitoring", "performance_daily"])
+ESTIMATED_PERFORMANCE = dg.AssetKey(["monitoring", "estimated_performance"])
 BUSINESS_KPIS_DAILY = dg.AssetKey(["monitoring", "business_kpis_daily"])
 FEATURE_DRIFT = dg.AssetKey(["monitoring", "feature_drift"])
 FAIRNESS = dg.AssetKey(["monitoring", "fairness"])

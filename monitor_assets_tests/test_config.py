@@ -222,3 +222,26 @@ def test_own_configs_get_their_own_warehouse_and_reports(tmp_path, monkeypatch):
     assert load_config(mine.file).warehouse_path == str(tmp_path / "wh.duckdb")
     keyed = load_config(write(tmp_path / "k.yaml", f"reports_dir: {tmp_path}/r\n" + BASE))
     assert keyed.reports_dir == str(tmp_path / "r")
+
+
+def test_estimation_is_on_by_default_checked_by_task_and_refuses_unknown_keys(tmp_path):
+    model = load_config(write(tmp_path / "e.yaml", BASE)).models[0]
+    assert model.estimation.enabled and model.estimation_method == "confidence"
+    assert model.estimated_metrics[0] == "roc_auc" and "specificity" in model.estimated_metrics
+    chosen = load_config(write(tmp_path / "f.yaml", BASE.replace(
+        "task: binary_classification", "task: binary_classification\n    main_metric: f1\n"
+        "    estimation: {method: confidence, metrics: [accuracy]}"))).models[0]
+    assert chosen.estimated_metrics == ("f1", "accuracy")  # the main metric always comes first
+    off = load_config(write(tmp_path / "g.yaml", BASE.replace(
+        "task: binary_classification", "task: binary_classification\n    estimation: {enabled: false}"))).models[0]
+    assert off.estimation_method == "none"
+    regressor = load_config(write(tmp_path / "h.yaml", BASE.replace("binary_classification", "regression"))).models[0]
+    assert regressor.estimation_method == "loss_model" and regressor.estimated_metrics == ("mae", "rmse")
+    for change, key in (("estimation: {metod: auto}", "models[0].estimation.metod"),
+                        ("estimation: {method: loss_model}", "models[0].estimation.method"),
+                        ("estimation: {metrics: [mae]}", "models[0].estimation.metrics[0]"),
+                        ("estimation: {enabled: yes please}", "models[0].estimation.enabled")):
+        with pytest.raises(ConfigError) as err:
+            load_config(write(tmp_path / "x.yaml", BASE.replace(
+                "task: binary_classification", f"task: binary_classification\n    {change}")))
+        assert err.value.key == key, change

@@ -35,6 +35,7 @@ CHECK_TARGETS = {
     A.VOLUME: keys.PERFORMANCE_DAILY, A.DRIFT: keys.FEATURE_DRIFT, A.FAIRNESS: keys.FAIRNESS,
     A.ANOMALIES: keys.ANOMALY_REPORT, A.FEATURE_VALUES: keys.FEATURE_DRIFT, A.EQUALIZED_ODDS: keys.FAIRNESS,
     A.PREDICTION_DRIFT: keys.FEATURE_DRIFT, A.KEY_FEATURE_DRIFT: keys.FEATURE_DRIFT,
+    A.ESTIMATED_PERFORMANCE: keys.ESTIMATED_PERFORMANCE,
 }
 ALERT_COLUMNS = {"partition_date": "DATE", "model_id": "VARCHAR", "check_name": "VARCHAR", "severity": "VARCHAR",
                  "value": "DOUBLE", "threshold": "DOUBLE", "message": "VARCHAR", "status": "VARCHAR (open, resolved)",
@@ -98,7 +99,7 @@ def _alerts_asset(config: MonitorConfig, partitions: dg.PartitionsDefinition) ->
                     "that passes again resolves its alert.",
         group_name=GROUP_ALERTING, kinds={"duckdb"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
-        deps=[keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ANOMALY_REPORT],
+        deps=[keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ANOMALY_REPORT, keys.ESTIMATED_PERFORMANCE],
         metadata={"dagster/table_name": "monitoring.alerts", "dagster/column_schema": table_schema(ALERT_COLUMNS)},
     )
     def alerts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:

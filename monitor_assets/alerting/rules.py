@@ -18,6 +18,7 @@ from monitor_assets.constants import ANOMALY_CHECK as ANOMALIES
 from monitor_assets.constants import DRIFT_CHECK as DRIFT
 from monitor_assets.constants import EQUALIZED_ODDS_CHECK as EQUALIZED_ODDS
 from monitor_assets.constants import ERROR_RATE_CHECK as ERROR_RATE
+from monitor_assets.constants import ESTIMATED_PERFORMANCE_CHECK as ESTIMATED_PERFORMANCE
 from monitor_assets.constants import FAIRNESS_CHECK as FAIRNESS
 from monitor_assets.constants import FEATURE_VALUES_CHECK as FEATURE_VALUES
 from monitor_assets.constants import KEY_FEATURE_DRIFT_CHECK as KEY_FEATURE_DRIFT
@@ -28,6 +29,7 @@ from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.formatting import fmt_num, fmt_p, fmt_pct, plural
 from monitor_assets.stats.anomaly import find_anomalies
 from monitor_assets.stats.drift import P_VALUE_METHODS
+from monitor_assets.stats.estimation import CUSUM_DAYS, CUSUM_H, shortfall_test
 from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
 from monitor_assets.stats.performance import degradation
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame, transaction
@@ -52,6 +54,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
         _judge_drift(rows, model, inputs)
         _judge_fairness(rows, model, inputs, config)
         _judge_anomalies(rows, model, inputs, config, days)
+        _judge_estimate(rows, model, inputs, days)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -113,8 +116,13 @@ def _read_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: li
     anomalies = con.execute("""SELECT partition_date, model_id, metric, value, expected, robust_z
                                FROM monitoring.anomalies WHERE partition_date IN (SELECT unnest(?::DATE[]))""",
                             [days]).df()
+    # The estimates of the days and the CUSUM_DAYS - 1 before each (the sequential test's window).
+    estimated = con.execute("""SELECT partition_date, model_id, metric, estimate, lower, upper, n_rows
+                               FROM monitoring.estimated_performance
+                               WHERE partition_date BETWEEN ? AND ?""",
+                            [min(days) - dt.timedelta(days=CUSUM_DAYS - 1), max(days)]).df()
     return {"perf": perf, "base": base, "drift": drift, "fair": fair, "features": features,
-            "predictions": predictions, "logged": logged, "anomalies": anomalies}
+            "predictions": predictions, "logged": logged, "anomalies": anomalies, "estimated": estimated}
 
 
 @dataclass
@@ -132,9 +140,10 @@ class _Inputs:
     values_by: dict
     fair_by: dict
     anomalies_by: dict
+    estimated_by: dict
 
 
-def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies) -> _Inputs:
+def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies, estimated) -> _Inputs:
     # Every frame is split by model (and day) once: filtering frames of 500 models per model took 15 s.
     features = features.assign(excess=_excess(features))
     return _Inputs(
@@ -145,7 +154,8 @@ def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies)
         prediction_by=_rows_by(predictions, "model_id", "day"),
         key_by=_rows_by(features[features.key_feature.fillna(False).astype(bool)], "model_id", "day"),
         values_by=_rows_by(features[_values_changed(features)], "model_id", "day"),
-        fair_by=_rows_by(fair, "model_id", "day"), anomalies_by=_rows_by(anomalies, "model_id", "day"))
+        fair_by=_rows_by(fair, "model_id", "day"), anomalies_by=_rows_by(anomalies, "model_id", "day"),
+        estimated_by=_rows_by(estimated, "model_id", "metric"))
 
 
 class _Rows(list):
@@ -231,6 +241,53 @@ def _judge_anomalies(rows: _Rows, model: ModelConfig, inputs: _Inputs, config: M
         elif any(r.day == day for r in inputs.perf_by.get((model.id,), ())):
             # Days with no anomaly for this model pass the anomaly check (resolving earlier alerts).
             rows.add(day, model, ANOMALIES, 0.0, config.anomaly_threshold, True, "no unusual metrics")
+
+
+def _judge_estimate(rows: _Rows, model: ModelConfig, inputs: _Inputs, days: list[dt.date]) -> None:
+    """The estimated main metric against the baseline, on each day with an estimate."""
+    by_day = {r.day: r for r in inputs.estimated_by.get((model.id, model.main_metric), ())}
+    baseline = inputs.base.get((model.id, model.main_metric))
+    for day in days:
+        if day in by_day:
+            window = [by_day.get(day - dt.timedelta(days=i)) for i in range(CUSUM_DAYS - 1, -1, -1)]
+            judged = estimate_judgement(model, window, baseline)
+            if judged is not None:
+                rows.add(day, model, ESTIMATED_PERFORMANCE, *judged)
+
+
+def estimate_judgement(model: ModelConfig, window: list, baseline: float | None):
+    """(value, threshold, passed, message, details) of `estimated_performance_within_baseline` for the last day
+    of `window` (a model's estimate rows of its main metric over CUSUM_DAYS days, None for a day without one),
+    or None when it cannot be judged (no estimate or band that day, no baseline, a baseline of 0).
+
+    The floor is `min_metric_ratio` x baseline (for a lower-is-better metric the ceiling (2 - ratio) x
+    baseline, as the performance check's ratio). It fails when the day's estimate and its whole 95% band are on
+    the wrong side of the floor, or when the one-sided CUSUM of the standardized daily shortfalls
+    (floor - estimate) / se over the window passes its level (`stats.estimation.shortfall_test`)."""
+    metric, ratio, last = model.main_metric, model.thresholds.min_metric_ratio, window[-1]
+    if last is None or not _known(last.estimate) or not _known(last.lower) or not _known(baseline) or baseline == 0:
+        return None
+    higher = METRIC_DIRECTION[metric] == HIGHER
+    floor = ratio * baseline if higher else (2 - ratio) * baseline
+
+    def se(r) -> float:
+        return (r.upper - r.lower) / (2 * 1.959963984540054) if r is not None and _known(r.lower) else math.nan
+
+    verdict = shortfall_test([r.estimate if r is not None else math.nan for r in window], [se(r) for r in window],
+                             floor, higher_is_better=higher)
+    score = 1 - degradation(metric, baseline, last.estimate) / abs(baseline)
+    why = ("its band is below the floor" if verdict.level_fails else
+           f"the shortfall accumulated over {CUSUM_DAYS} days passed {CUSUM_H:g} standard errors" if verdict.fails
+           else "within the baseline")
+    word = "lower" if higher else "higher"
+    return (score, ratio, not verdict.fails,
+            f"estimated {metric} {fmt_num(last.estimate)} (95% band {fmt_num(last.lower)} to {fmt_num(last.upper)}, "
+            f"{int(last.n_rows)} rows, no labels needed) vs baseline {fmt_num(baseline)}: "
+            f"{abs(last.estimate - baseline) / abs(baseline):.1%} {word if score < 1 else 'better'}; alert when "
+            f"{'below' if higher else 'above'} {fmt_num(floor)} ({ratio:.0%} of the baseline): {why} "
+            f"(CUSUM {verdict.cusum:.2f})",
+            {"estimate": last.estimate, "lower": last.lower, "upper": last.upper, "floor": floor,
+             "cusum": verdict.cusum, "level_fails": verdict.level_fails, "cusum_fails": verdict.cusum_fails})
 
 
 def metric_standard_error(metric: str, value: float, n: int, positive_rate: float | None = None,

@@ -35,6 +35,7 @@ from monitor_assets.stats.metrics_spec import CLASSIFICATION_METRICS, REGRESSION
 from monitor_assets.stats.performance import performance_sql, predicted_class_sql
 from monitor_assets.stats.reference import MIN_REFERENCE_ROWS, ReferenceCheck, ReferenceTooSmall
 from monitor_assets.storage.reads import latest_labels_sql, model_feature_select
+from monitor_assets.storage.reads import reference_reader_sql as _reader
 from monitor_assets.storage.sql import quote_ident, sql_str
 from monitor_assets.storage.warehouse import close, lake_of, thread_cursor
 
@@ -54,13 +55,6 @@ FAIRNESS_METRICS = ("demographic_parity_ratio", "equalized_odds_difference")
 TRANSIENT_ERRORS = (duckdb.IOException, OSError, MemoryError)
 
 
-def _reader(path: str) -> str:
-    low = path.lower().removesuffix(".gz")
-    if low.endswith(".parquet"):
-        return f"read_parquet({sql_str(path)})"
-    if low.endswith(".csv"):
-        return f"read_csv({sql_str(path)}, header=true)"
-    return f"read_json({sql_str(path)}, format='newline_delimited')"
 
 
 def drift_specs(model: ModelConfig) -> list[tuple[str, D.FeatureSpec]]:

@@ -17,3 +17,8 @@ MAIN_METRICS = {"binary_classification": ("accuracy", "f1", "precision", "recall
                 "regression": ("mae", "rmse", "mape", "r2")}
 # Metrics computed on the predicted class (the logged decision, else score >= threshold).
 CLASS_METRICS = ("accuracy", "precision", "recall", "f1", "predicted_positive_rate")
+# Metrics estimated before the labels arrive (stats.estimation): confidence-based for classifiers, direct
+# loss estimation for regressors.
+ESTIMABLE_METRICS = {"binary_classification": ("accuracy", "precision", "recall", "f1", "specificity", "roc_auc"),
+                     "regression": ("mae", "rmse")}
+ESTIMATION_METHODS = {"binary_classification": ("auto", "confidence", "none"), "regression": ("auto", "loss_model", "none")}

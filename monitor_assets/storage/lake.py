@@ -75,6 +75,15 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "mape": "DOUBLE", "r2": "DOUBLE", "mean_error": "DOUBLE", "mean_score": "DOUBLE",
         "computed_at": "TIMESTAMPTZ", "mape_zero_labels": "BIGINT", "n_decision_missing": "BIGINT",
         "main_metric_value": "DOUBLE"}, ("partition_date",)),
+    "monitoring.estimated_performance": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "metric": "VARCHAR",
+        "estimate": "DOUBLE", "lower": "DOUBLE", "upper": "DOUBLE", "n_rows": "BIGINT", "method": "VARCHAR",
+        "realized": "DOUBLE", "n_labelled": "BIGINT", "within_band": "BOOLEAN", "computed_at": "TIMESTAMPTZ"},
+        ("partition_date",)),
+    # Fitted estimators (stats.estimation), one per model and reference version: fitted once, reused daily.
+    "monitoring.estimators": ({"model_id": "VARCHAR", "fit_key": "VARCHAR", "method": "VARCHAR",
+                               "estimator": "VARCHAR", "reference_rows": "BIGINT", "fit_seconds": "DOUBLE",
+                               "computed_at": "TIMESTAMP"}, ()),
     "monitoring.feature_drift": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR", "kind": "VARCHAR",
         "method": "VARCHAR", "statistic": "DOUBLE", "p_value": "DOUBLE", "threshold": "DOUBLE", "drifted": "BOOLEAN",

@@ -87,6 +87,16 @@ def held_models(con: duckdb.DuckDBPyConnection, days: list[dt.date]) -> dict[dt.
     return held
 
 
+def reference_reader_sql(path: str) -> str:
+    """The DuckDB table function reading a reference file (Parquet, CSV or JSON lines; .gz allowed)."""
+    low = path.lower().removesuffix(".gz")
+    if low.endswith(".parquet"):
+        return f"read_parquet({sql_str(path)})"
+    if low.endswith(".csv"):
+        return f"read_csv({sql_str(path)}, header=true)"
+    return f"read_json({sql_str(path)}, format='newline_delimited')"
+
+
 # -- the models' predictions tables: one column per (field, type) of their features ---------------------
 
 def feature_columns(config: MonitorConfig) -> dict[tuple[str, str], str]:

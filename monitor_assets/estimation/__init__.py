@@ -1,0 +1,1 @@
+"""Performance estimated before the labels arrive (see `stats.estimation`)."""

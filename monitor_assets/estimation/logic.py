@@ -1,0 +1,236 @@
+"""Performance estimated before the labels arrive, per model and day: the reads and writes around
+`stats.estimation`.
+
+Each model's estimator is fitted once per reference version (and method, and scikit-learn version) and kept in
+`monitoring.estimators`; each day's rows are then estimated from their scores (and features, for regressors).
+Where labels have landed, the realized metric of the same rows and whether it fell inside the band are written
+beside the estimate; the asset refreshes the `label_delay_days` before its days, as performance does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.stats import estimation as E
+from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
+from monitor_assets.stats.performance import decision_class_sql
+from monitor_assets.storage.lake import TABLES
+from monitor_assets.storage.reads import (
+    held_models,
+    latest_labels_sql,
+    model_feature_select,
+    reference_reader_sql,
+)
+from monitor_assets.storage.sql import quote_ident
+from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
+
+ESTIMATES = "monitoring.estimated_performance"
+ESTIMATORS = "monitoring.estimators"
+COLUMNS = [c for c in TABLES[ESTIMATES][0] if c != "computed_at"]
+FIT_FORMAT = 1  # part of the fit key: a change of the estimator's layout refits every model once
+
+
+def fit_key(model: ModelConfig, reference_version: str) -> str:
+    """What a stored estimator was fitted from: a change of any refits it."""
+    import sklearn
+
+    return (f"{reference_version}:{model.estimation_method}:{model.decision_threshold}:"
+            f"{sklearn.__version__}:{FIT_FORMAT}")
+
+
+def reference_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Each model's profiled reference version (from monitoring.reference_profiles; none while it errs)."""
+    return dict(con.execute("""SELECT model_id, any_value(reference_version) FROM monitoring.reference_profiles
+                               WHERE kind <> 'error' GROUP BY model_id
+                               HAVING count(DISTINCT reference_version) = 1""").fetchall())
+
+
+def _feature_arrays(frame: pd.DataFrame, model: ModelConfig,
+                    categories: dict[int, list[str]] | None) -> tuple[np.ndarray, list[bool], dict[int, list[str]]]:
+    """The model's features as a float matrix: numeric as they are, categories as codes into the reference's."""
+    columns, flags, cats = [], [], dict(categories or {})
+    for i, f in enumerate(model.features):
+        values = frame[f.name]
+        if f.type == "categorical":
+            if categories is None:
+                cats[i] = sorted({str(v) for v in values.dropna()})[:250]
+            columns.append(E.encode_categories(values.where(values.notna(), None), cats[i]))
+            flags.append(True)
+        else:
+            columns.append(pd.to_numeric(values, errors="coerce").to_numpy(float))
+            flags.append(False)
+    return np.column_stack(columns), flags, cats
+
+
+def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.DataFrame:
+    """The reference rows an estimator is fitted on: score, label, logged decision (1/0/NULL), features; rows
+    whose score or label is not a finite number are left out (as the reference profile does)."""
+    fields = model.reference_fields
+    score, label = quote_ident(fields["score"]), quote_ident(fields["label"])
+    decision = (decision_class_sql(f"{quote_ident(fields['decision'])}::VARCHAR") if fields.get("decision")
+                else "NULL::INT")
+    features = "".join(f", {quote_ident(f.name)}" for f in model.features) if model.estimation_method == E.LOSS_MODEL else ""
+    return con.execute(f"""
+        SELECT * FROM (SELECT TRY_CAST({score} AS DOUBLE) AS score, TRY_CAST({label} AS DOUBLE) AS label,
+                              {decision} AS decision{features}
+                       FROM {reference_reader_sql(model.reference_path)})
+        WHERE isfinite(score) AND isfinite(label)""").df()
+
+
+def fit_estimator(model: ModelConfig, reference: pd.DataFrame) -> E.ConfidenceEstimator | E.LossEstimator:
+    """The model's estimator fitted on its reference rows."""
+    if model.estimation_method == E.CONFIDENCE:
+        return E.ConfidenceEstimator.fit(reference.score.to_numpy(), reference.label.to_numpy(),
+                                         reference.decision.to_numpy(float), threshold=model.decision_threshold)
+    x, flags, cats = _feature_arrays(reference, model, None)
+    fitted = E.LossEstimator.fit(x, reference.score.to_numpy(), reference.label.to_numpy(), categorical=flags)
+    fitted.categories = cats
+    return fitted
+
+
+def estimators(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> tuple[dict, dict[str, str]]:
+    """Each model's fitted estimator: the stored one when its fit key still holds, else fitted now and stored.
+    Returns (model id -> estimator, model id -> why it has none)."""
+    versions = reference_versions(con)
+    stored = {m: (k, text) for m, k, text in con.execute(
+        f"SELECT model_id, fit_key, estimator FROM {ESTIMATORS}").fetchall()}
+    found, missing, fitted_rows = {}, {}, []
+    for model in models:
+        if model.id not in versions:
+            missing[model.id] = "no profiled reference"
+            continue
+        key = fit_key(model, versions[model.id])
+        if model.id in stored and stored[model.id][0] == key:
+            found[model.id] = E.from_text(stored[model.id][1])
+            continue
+        started = time.perf_counter()
+        reference = reference_frame(con, model)
+        if model.is_classifier and reference.label.nunique() < 2:
+            missing[model.id] = "the reference has one class only"
+            continue
+        found[model.id] = fit_estimator(model, reference)
+        fitted_rows.append({"model_id": model.id, "fit_key": key, "method": model.estimation_method,
+                            "estimator": E.to_text(found[model.id]), "reference_rows": len(reference),
+                            "fit_seconds": time.perf_counter() - started,
+                            "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None)})
+    if fitted_rows:
+        lake = lake_of(con)
+        lake.replace(ESTIMATORS, pa.Table.from_pandas(pd.DataFrame(fitted_rows), preserve_index=False), None,
+                     models=[r["model_id"] for r in fitted_rows])
+        lake.refresh(con, ESTIMATORS)
+    return found, missing
+
+
+def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date) -> pd.DataFrame:
+    """One model-day's served, scored rows: score, logged decision (1/0/NULL), version, latest label, features."""
+    lake = lake_of(con)
+    if not lake.has_table(lake.model_path(model.id)):
+        return pd.DataFrame()
+    table = lake.model_relation(con, model.id)
+    logged = config.predictions.fields.get("decision")
+    decision = decision_class_sql("p.decision") if logged else "NULL::INT"
+    features = f", {model_feature_select(config, model.id, 'p.')}" if model.estimation_method == E.LOSS_MODEL else ""
+    return con.execute(f"""
+        SELECT p.score, {decision} AS decision, p.model_version, l.label{features}
+        FROM {table} AS p
+        LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
+        WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok AND isfinite(p.score)""",
+                       {"day": day, "model": model.id}).df()
+
+
+def _realized(model: ModelConfig, frame: pd.DataFrame) -> dict[str, float]:
+    """The metrics of the labelled rows (NaN where there are none or the metric is undefined)."""
+    labelled = frame[frame.label.notna()]
+    if not len(labelled):
+        return {}
+    s, y = labelled.score.to_numpy(float), labelled.label.to_numpy(float)
+    if model.is_classifier:
+        d = E.predicted_class(s, labelled.decision.to_numpy(float), model.decision_threshold)
+        return E.realized_classifier_metrics(y, d, s)
+    error = y - s
+    return {"mae": float(np.mean(np.abs(error))), "rmse": float(np.sqrt(np.mean(error ** 2)))}
+
+
+def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.date) -> list[dict]:
+    """The estimated metrics of one model-day, with the realized ones where labels have landed."""
+    if not len(frame):
+        return []
+    metrics = model.estimated_metrics
+    if isinstance(estimator, E.ConfidenceEstimator):
+        found = estimator.estimate(frame.score.to_numpy(float), frame.decision.to_numpy(float), metrics,
+                                   seed=day.toordinal())
+    else:
+        x, _, _ = _feature_arrays(frame, model, estimator.categories)
+        found = estimator.estimate(x, frame.score.to_numpy(float), metrics)
+    realized = _realized(model, frame)
+    n_labelled = int(frame.label.notna().sum())
+    versions = ",".join(sorted({str(v) for v in frame.model_version.dropna()}))
+    rows = []
+    for e in found:
+        r = realized.get(e.metric, math.nan)
+        known = math.isfinite(r) and math.isfinite(e.lower)
+        rows.append({"partition_date": day, "model_id": model.id, "model_version": versions, "metric": e.metric,
+                     "estimate": e.estimate, "lower": e.lower, "upper": e.upper, "n_rows": e.n_rows,
+                     "method": e.method, "realized": r if math.isfinite(r) else None, "n_labelled": n_labelled,
+                     "within_band": bool(e.lower <= r <= e.upper) if known else None})
+    return rows
+
+
+def write_estimates(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> tuple[pd.DataFrame, dict]:
+    """Replace `days` of monitoring.estimated_performance for the config's models. Returns (the rows written,
+    model id -> why it was not estimated)."""
+    models = [m for m in config.models if m.estimation_method != "none"]
+    fitted, missing = estimators(con, models)
+    held = held_models(con, days)
+    rows = []
+    for model in models:
+        if model.id not in fitted:
+            continue
+        for day in days:
+            if model.id in held.get(day, set()):
+                continue
+            rows += estimate_day(model, fitted[model.id], day_frame(con, config, model, day), day)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    replace_partitions_from_frame(con, ESTIMATES, days, frame, models=config.written_models)
+    return frame, missing
+
+
+def baseline_ratio(metric: str, baseline: float | None, value: float) -> float | None:
+    """A value as a share of the baseline in the good direction (current / baseline for higher-is-better,
+    1 - (current - baseline) / baseline for lower-is-better), as the performance check reports it."""
+    if baseline is None or not math.isfinite(baseline) or baseline == 0 or not math.isfinite(value):
+        return None
+    if METRIC_DIRECTION.get(metric) == HIGHER:
+        return value / baseline
+    return 1 - (value - baseline) / abs(baseline)
+
+
+def day_summary(con: duckdb.DuckDBPyConnection, config: MonitorConfig, frame: pd.DataFrame, day: dt.date) -> dict:
+    """A day's figures for the UI: models estimated, the worst estimated main metric as a share of its baseline,
+    and how often the band has held on the labelled days up to this one."""
+    base = {(m, k): v for m, k, v in con.execute(
+        "SELECT model_id, metric, value FROM monitoring.reference_baselines").fetchall()}
+    today = frame[pd.to_datetime(frame.partition_date).dt.date == day]
+    ratios = []
+    for model in config.models:
+        main = today[(today.model_id == model.id) & (today.metric == model.main_metric)]
+        for r in main.itertuples():
+            ratio = baseline_ratio(model.main_metric, base.get((model.id, model.main_metric)), r.estimate)
+            if ratio is not None:
+                ratios.append((ratio, model.id, r.estimate, r.lower, r.upper))
+    held = con.execute(f"""SELECT count(*) FILTER (WHERE within_band), count(within_band) FROM {ESTIMATES}
+                           WHERE partition_date <= ? AND model_id IN (SELECT unnest(?::VARCHAR[]))""",
+                       [day, config.model_ids]).fetchall()[0]
+    worst = min(ratios) if ratios else None
+    return {"models_estimated": int(today.model_id.nunique()), "estimates": len(today),
+            "worst_main_metric_ratio": worst[0] if worst else None,
+            "worst_model": worst[1] if worst else "none",
+            "band_coverage_so_far": held[0] / held[1] if held[1] else None, "labelled_estimates_so_far": int(held[1])}

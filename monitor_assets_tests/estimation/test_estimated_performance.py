@@ -1,0 +1,167 @@
+"""The estimated_performance asset through the daily job: estimates for every day, labelled or not, a check
+that fails after a shift while the labels are still missing, and reconciliation once they land."""
+
+import math
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from monitor_assets import keys
+from monitor_assets.config import load_config
+from monitor_assets.constants import ESTIMATED_PERFORMANCE_CHECK
+from monitor_assets.storage.warehouse import open_warehouse
+from monitor_assets_tests.conftest import run_job, write
+
+DAYS = pd.date_range("2025-06-01", periods=8, freq="D")
+SHIFT = 5  # from the sixth day the classifier's inputs move to where it is unsure
+LABELLED_AT_FIRST = 4  # labels of the first four days only; the rest land later
+
+CONFIG = """
+partitions: {{start_date: 2025-06-01, end_date: 2025-06-08}}
+label_delay_days: 7
+warehouse: {tmp}/wh.duckdb
+reports_dir: {tmp}/reports
+sources:
+  predictions:
+    path: export/{{date}}/{{model}}.csv
+    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
+  labels:
+    path: truth/{{date}}.csv
+    fields: {{prediction_id: request_id, label: y}}
+models:
+  - id: risk
+    task: binary_classification
+    main_metric: accuracy
+    reference: risk.parquet
+    reference_fields: {{score: proba}}
+    features: {{x: numeric}}
+  - id: demand
+    task: regression
+    reference: demand.parquet
+    reference_fields: {{score: proba}}
+    features: {{x: numeric, colour: categorical}}
+    estimation: {{metrics: [mae]}}
+"""
+
+
+def _risk(rng, n, shifted=False):
+    x = rng.normal(0, 0.6 if shifted else 2.0, n)
+    p = 1 / (1 + np.exp(-(2.0 * x + 0.3)))
+    return pd.DataFrame({"x": x, "proba": p}), (rng.random(n) < p).astype(int)
+
+
+def _demand(rng, n):
+    x, colour = rng.normal(0, 1, n), rng.choice(["red", "blue"], n)
+    prediction = 3 * x
+    y = prediction + rng.normal(0, np.where(colour == "red", 2.0, 0.5))
+    return pd.DataFrame({"x": x, "colour": colour, "proba": prediction}), y
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("estimation")
+    rng = np.random.default_rng(5)
+    ref, y = _risk(rng, 4000)
+    ref.assign(label=y).to_parquet(tmp / "risk.parquet")
+    ref, y = _demand(rng, 3000)
+    ref.assign(label=y).to_parquet(tmp / "demand.parquet")
+    truth = {}
+    for i, day in enumerate(DAYS):
+        risk, y_risk = _risk(rng, 600, shifted=i >= SHIFT)
+        demand, y_demand = _demand(rng, 400)
+        for name, frame in (("risk", risk), ("demand", demand)):
+            frame = frame.assign(request_id=[f"{name}{i}-{k}" for k in range(len(frame))], ts=f"{day:%Y-%m-%d} 12:00")
+            write(tmp / "export" / f"{day:%Y-%m-%d}" / f"{name}.csv", frame.to_csv(index=False))
+        truth[day.date()] = pd.DataFrame({"request_id": [f"risk{i}-{k}" for k in range(600)]
+                                          + [f"demand{i}-{k}" for k in range(400)],
+                                          "y": list(y_risk) + list(y_demand)})
+        if i < LABELLED_AT_FIRST:
+            truth[day.date()].to_csv(write(tmp / "truth" / f"{day:%Y-%m-%d}.csv", ""), index=False)
+    config = load_config(write(tmp / "monitor.yaml", CONFIG.format(tmp=tmp)))
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_job(config, "2025-06-01", "2025-06-08", instance=instance).success
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
+        before = con.execute("SELECT * FROM monitoring.estimated_performance ORDER BY ALL").df()
+        alerts = con.execute("SELECT * FROM monitoring.alerts WHERE check_name = ?",
+                             [ESTIMATED_PERFORMANCE_CHECK]).df()
+        fits = con.execute("SELECT model_id, fit_key, computed_at FROM monitoring.estimators ORDER BY 1").df()
+    # The late labels land on the last day: that day's run reconciles the seven days before it.
+    late = pd.concat([truth[d.date()] for d in DAYS[LABELLED_AT_FIRST:]])
+    late.to_csv(write(tmp / "truth" / "2025-06-08.csv", ""), index=False)
+    assert run_job(config, "2025-06-08", instance=instance).success
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
+        after = con.execute("SELECT * FROM monitoring.estimated_performance ORDER BY ALL").df()
+        refits = con.execute("SELECT model_id, fit_key, computed_at FROM monitoring.estimators ORDER BY 1").df()
+    return {"config": config, "instance": instance, "before": before, "after": after, "alerts": alerts,
+            "truth": truth, "fits": fits, "refits": refits, "tmp": tmp}
+
+
+def test_every_day_is_estimated_labelled_or_not(world):
+    before = world["before"]
+    risk = before[before.model_id == "risk"]
+    assert set(risk.metric) == {"accuracy", "precision", "recall", "f1", "specificity", "roc_auc"}
+    assert len(risk) == 8 * 6 and (risk.n_rows == 600).all() and (risk.method == "confidence").all()
+    assert (risk.lower <= risk.estimate).all() and (risk.estimate <= risk.upper).all()
+    labelled = risk[risk.n_labelled > 0]
+    assert set(pd.to_datetime(labelled.partition_date).dt.day) == {1, 2, 3, 4}
+    assert risk[risk.n_labelled == 0].realized.isna().all() and risk[risk.n_labelled == 0].within_band.isna().all()
+    demand = before[before.model_id == "demand"]
+    assert set(demand.metric) == {"mae"} and (demand.method == "loss_model").all()
+
+
+def test_realized_values_match_scikit_learn(world):
+    tmp, before = world["tmp"], world["before"]
+    day = DAYS[0]
+    frame = pd.read_csv(tmp / "export" / f"{day:%Y-%m-%d}" / "risk.csv").merge(world["truth"][day.date()])
+    y, s = frame.y.to_numpy(), frame.proba.to_numpy()
+    row = before[(before.model_id == "risk") & (pd.to_datetime(before.partition_date) == day)].set_index("metric")
+    assert row.loc["accuracy", "realized"] == pytest.approx(skm.accuracy_score(y, s >= 0.5))
+    assert row.loc["f1", "realized"] == pytest.approx(skm.f1_score(y, s >= 0.5))
+    assert row.loc["roc_auc", "realized"] == pytest.approx(skm.roc_auc_score(y, s))
+    assert row.loc["accuracy", "n_labelled"] == 600
+
+
+def test_the_check_fails_after_the_shift_before_any_label(world):
+    alerts = world["alerts"]
+    failing = sorted(pd.to_datetime(alerts[alerts.model_id == "risk"].partition_date).dt.day)
+    assert failing and min(failing) == SHIFT + 1 and set(failing) <= set(range(SHIFT + 1, 9))
+    assert (alerts.severity == "WARN").all()
+    assert "estimated accuracy" in alerts.message.iloc[0] and "no labels needed" in alerts.message.iloc[0]
+    history = world["instance"].event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(keys.ESTIMATED_PERFORMANCE, ESTIMATED_PERFORMANCE_CHECK), limit=50)
+    assert {r.partition for r in history} >= {f"2025-06-0{d}" for d in range(1, 9)}
+
+
+def test_labels_that_land_later_reconcile_the_estimates(world):
+    after = world["after"]
+    risk = after[(after.model_id == "risk") & (after.metric == "accuracy")]
+    assert (risk.n_labelled == 600).all() and risk.realized.notna().all()
+    # the shift lowered the realized accuracy and the estimate said so before the labels came
+    shifted = risk[pd.to_datetime(risk.partition_date).dt.day > SHIFT]
+    assert (shifted.realized < 0.75).all() and (abs(shifted.estimate - shifted.realized) < 0.06).all()
+    held = after[after.within_band.notna()]
+    assert held.within_band.mean() >= 0.8  # the band held on most labelled model-days
+    assert world["refits"].equals(world["fits"])  # fitted once per reference version, then reused
+
+
+def test_regressor_estimate_tracks_the_realized_mae(world):
+    demand = world["after"][world["after"].model_id == "demand"]
+    assert demand.realized.notna().all()
+    assert (abs(demand.estimate - demand.realized) / demand.realized < 0.1).all()
+    assert not math.isnan(demand.lower.iloc[0])
+
+
+def test_each_partition_has_its_own_plottable_figures(world):
+    instance = world["instance"]
+    figures = {}
+    for day in ("2025-06-02", "2025-06-07"):
+        record = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=keys.ESTIMATED_PERFORMANCE, asset_partitions=[day]), limit=1).records[0]
+        figures[day] = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    assert figures["2025-06-02"]["models_estimated"] == 2
+    assert figures["2025-06-07"]["worst_model"] == "risk"
+    assert figures["2025-06-07"]["worst_main_metric_ratio"] < figures["2025-06-02"]["worst_main_metric_ratio"]
+    assert 0.8 <= figures["2025-06-07"]["band_coverage_so_far"] <= 1.0
