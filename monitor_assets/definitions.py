@@ -107,7 +107,7 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     metrics = build_metrics_definitions(config)
     analysis = build_analysis_definitions(config)
     estimation = build_estimation_definitions(config)
-    history = build_history_definitions(config, upstream=asset_keys(metrics, analysis))
+    history = build_history_definitions(config, upstream=asset_keys(metrics, analysis, estimation))
     alerting = build_alerting_definitions(config)
     retraining = build_retraining_definitions(config)
     reporting = build_reporting_definitions(config)

@@ -22,7 +22,8 @@ from monitor_assets.wiring import (
 
 # The figures history gathers, by the asset that computes them (a part is left out when its asset is).
 HISTORY_SOURCES = {"performance_daily": keys.PERFORMANCE_DAILY, "business_kpis_daily": keys.BUSINESS_KPIS_DAILY,
-                   "feature_drift": keys.FEATURE_DRIFT, "fairness": keys.FAIRNESS}
+                   "feature_drift": keys.FEATURE_DRIFT, "fairness": keys.FAIRNESS,
+                   "estimated_performance": keys.ESTIMATED_PERFORMANCE}
 
 
 def build_history_definitions(config: MonitorConfig, upstream: Collection[dg.AssetKey]) -> dg.Definitions:

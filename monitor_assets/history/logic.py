@@ -43,6 +43,13 @@ HISTORY_PARTS = {
         SELECT DISTINCT partition_date, model_id, 'equalized_odds_difference', attribute, equalized_odds_difference
         FROM monitoring.fairness WHERE partition_date IN (SELECT d FROM _days)
               AND equalized_odds_difference IS NOT NULL""",
+    # The estimate before labels and its band: `estimated.<metric>`, with `lower` / `upper` as the segment.
+    "estimated_performance": """
+        SELECT partition_date, model_id, 'estimated.' || metric, CASE bound WHEN 'estimate' THEN '' ELSE bound END,
+               value FROM (
+            UNPIVOT (SELECT partition_date, model_id, metric, estimate, lower, upper
+                     FROM monitoring.estimated_performance WHERE partition_date IN (SELECT d FROM _days))
+            ON estimate, lower, upper INTO NAME bound VALUE value)""",
 }
 
 

@@ -94,9 +94,11 @@ def world(tmp_path_factory):
     assert run_job(config, "2025-06-08", instance=instance).success
     with open_warehouse(config.warehouse_path, read_only=True) as con:
         after = con.execute("SELECT * FROM monitoring.estimated_performance ORDER BY ALL").df()
+        history = con.execute("""SELECT partition_date, model_id, metric, segment, value FROM monitoring.history
+                                 WHERE metric LIKE 'estimated.%' ORDER BY ALL""").df()
         refits = con.execute("SELECT model_id, fit_key, computed_at FROM monitoring.estimators ORDER BY 1").df()
     return {"config": config, "instance": instance, "before": before, "after": after, "alerts": alerts,
-            "truth": truth, "fits": fits, "refits": refits, "tmp": tmp}
+            "truth": truth, "fits": fits, "refits": refits, "tmp": tmp, "history": history}
 
 
 def test_every_day_is_estimated_labelled_or_not(world):
@@ -165,3 +167,17 @@ def test_each_partition_has_its_own_plottable_figures(world):
     assert figures["2025-06-07"]["worst_model"] == "risk"
     assert figures["2025-06-07"]["worst_main_metric_ratio"] < figures["2025-06-02"]["worst_main_metric_ratio"]
     assert 0.8 <= figures["2025-06-07"]["band_coverage_so_far"] <= 1.0
+
+
+def test_history_keeps_each_estimate_and_its_band(world):
+    """monitoring.history has `estimated.<metric>` per model-day (segment '') and its band ('lower', 'upper'),
+    equal to the table's values (the run of the last day rewrote the days it refreshed)."""
+    after, history = world["after"], world["history"]
+    refreshed = after[pd.to_datetime(after.partition_date) >= pd.Timestamp("2025-06-08") - pd.Timedelta(days=3)]
+    assert len(refreshed) >= 4 * 7  # four days, both models' metrics
+    for r in refreshed.itertuples():
+        rows = history[(history.partition_date == r.partition_date) & (history.model_id == r.model_id)
+                       & (history.metric == f"estimated.{r.metric}")].set_index("segment").value
+        assert rows[""] == pytest.approx(r.estimate) and rows["lower"] == pytest.approx(r.lower)
+        assert rows["upper"] == pytest.approx(r.upper)
+    assert set(history.segment) == {"", "lower", "upper"}
