@@ -89,3 +89,26 @@ def iso(ts: float | None, seconds: bool = False) -> str:
         return ""
     return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ" if seconds
                                                                    else "%Y-%m-%d %H:%M UTC")
+
+
+def fmt_cell(value: object, column: str = "", widest: int = 60) -> str:
+    """One value of a table or record as a person reads it: ISO dates, '-' for missing (NaN, NaT), numbers
+    rounded, shares in %, text on one line and cut at `widest` characters."""
+    if value is None or value != value:  # NaN and NaT are not equal to themselves
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ", timespec="seconds" if value.second else "minutes")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, float):
+        if column == "traffic_share":
+            return f"{value:.0%}"
+        if column == "p_value":
+            return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+        return f"{value:,.0f}" if value.is_integer() and abs(value) < 1e15 else f"{value:,.4g}"
+    if isinstance(value, int):
+        return f"{value:,}" if column != "request_id" else str(value)
+    text = " ".join(str(value).split())  # one line per row
+    return text if len(text) <= widest else text[:widest - 1] + "…"

@@ -23,6 +23,7 @@ import sys
 import uuid
 
 from monitor_assets.config import ConfigError, load_config
+from monitor_assets.formatting import fmt_cell
 from monitor_assets.retraining import logic as L
 from monitor_assets.storage.warehouse import connect
 
@@ -49,28 +50,6 @@ ORDER = {"requests": "request_id", "versions": "model_id, first_seen", "comparis
 WIDEST = 60  # longer text is cut (with "…"): --csv has it whole
 
 
-def cell(value: object, column: str = "") -> str:
-    """One value as a person reads it: ISO dates, '-' for missing, numbers rounded, shares in %."""
-    if value is None or value != value:  # NaN and NaT are not equal to themselves
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, dt.datetime):
-        return value.isoformat(sep=" ", timespec="seconds" if value.second else "minutes")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, float):
-        if column == "traffic_share":
-            return f"{value:.0%}"
-        if column == "p_value":
-            return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
-        return f"{value:,.0f}" if value.is_integer() and abs(value) < 1e15 else f"{value:,.4g}"
-    if isinstance(value, int):
-        return f"{value:,}" if column != "request_id" else str(value)
-    text = " ".join(str(value).split())  # one line per row
-    return text if len(text) <= WIDEST else text[:WIDEST - 1] + "…"
-
-
 def aligned(headings: list[str], rows: list[list[str]], right: list[bool]) -> str:
     """A plain-text table: columns padded to their widest cell, numbers right-aligned."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headings)]
@@ -92,7 +71,7 @@ def show(con, table: str, csv: bool) -> None:
         print(f"{TABLES[table]} is empty")
         return
     shown = [(c, h) for c, h in SHOWN[table] if c in names]
-    rows = [[cell(rec[c], c) for c, _ in shown] for rec in records]
+    rows = [[fmt_cell(rec[c], c, WIDEST) for c, _ in shown] for rec in records]
     right = [all(isinstance(rec[c], int | float) and not isinstance(rec[c], bool) or rec[c] is None
                  for rec in records) and any(rec[c] is not None for rec in records) for c, _ in shown]
     print(aligned([h for _, h in shown], rows, right))
@@ -141,7 +120,7 @@ def approve(config, request_id: int, by: str, note: str) -> int:
     version = f" {before['model_version']}" if before["model_version"] else ""
     opened = before["opened_on"].date() if isinstance(before["opened_on"], dt.datetime) else before["opened_on"]
     print(f"request #{request_id}: approving retraining of {before['model_id']}{version}, opened on "
-          f"{cell(opened)} (run {run_id})", flush=True)
+          f"{fmt_cell(opened)} (run {run_id})", flush=True)
     with open(log_path, "a", encoding="utf-8") as log, dg.DagsterInstance.get() as instance, library_logs_to(log):
         events = EventLog(log)
         result = execute_logged(job, instance, run_id, events, run_config=run_config)
@@ -195,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "open":
                 request = L.open_by_hand(con, config, args.model, args.by, args.reason, args.version)
                 print(f"request #{request['request_id']}: proposed for {request['model_id']} "
-                      f"{request['model_version'] or '(no version)'}, opened on {cell(request['opened_on'])}")
+                      f"{request['model_version'] or '(no version)'}, opened on {fmt_cell(request['opened_on'])}")
             else:
                 print(L.reanchor(con, config, args.model, args.version, args.day, args.by, args.reason))
     except (ConfigError, ValueError) as exc:

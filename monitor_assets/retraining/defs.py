@@ -11,6 +11,7 @@ from pydantic import Field
 from monitor_assets import keys
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import CANARY_CHECK, DUCKDB_POOL, OWNERS, RETRAINING_CHECK
+from monitor_assets.formatting import fmt_cell
 from monitor_assets.retraining import logic as L
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.warehouse import connect
@@ -223,12 +224,6 @@ class ReanchorConfig(dg.Config):
     reason: str = Field(description="why (recorded)")
 
 
-def _plain(value) -> str:
-    if value is None or (not isinstance(value, str | bytes) and pd.isna(value) is True):
-        return "-"
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
 def build_retraining_jobs(monitor: MonitorConfig) -> tuple[list[dg.JobDefinition], list]:
     def con():
         return connect(monitor.warehouse_path, monitor.lake_path, models=[])
@@ -240,7 +235,7 @@ def build_retraining_jobs(monitor: MonitorConfig) -> tuple[list[dg.JobDefinition
         except ValueError as exc:  # a wrong id, model or state: say so, do not retry
             raise dg.Failure(description=str(exc), allow_retries=False) from None
         # Read by a person in the run's log: dates as ISO text, missing as '-', not Timestamp(...)/NaT reprs.
-        context.log.info(", ".join(f"{k}={_plain(v)}" for k, v in result.items()) if isinstance(result, dict)
+        context.log.info(", ".join(f"{k}={fmt_cell(v, k)}" for k, v in result.items()) if isinstance(result, dict)
                          else str(result))
         return result
 
