@@ -29,9 +29,9 @@ from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.formatting import fmt_num, fmt_p, fmt_pct, plural
 from monitor_assets.stats.anomaly import find_anomalies
 from monitor_assets.stats.drift import P_VALUE_METHODS
-from monitor_assets.stats.estimation import CUSUM_DAYS, CUSUM_H, shortfall_test
+from monitor_assets.stats.estimation import CUSUM_DAYS, CUSUM_H, band_standard_error, shortfall_test
 from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
-from monitor_assets.stats.performance import degradation
+from monitor_assets.stats.performance import share_of_baseline
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame, transaction
 
 # A model-day that could not be analysed (see analysis.logic.TRANSIENT_ERRORS) fails its check at this
@@ -271,11 +271,11 @@ def estimate_judgement(model: ModelConfig, window: list, baseline: float | None)
     floor = ratio * baseline if higher else (2 - ratio) * baseline
 
     def se(r) -> float:
-        return (r.upper - r.lower) / (2 * 1.959963984540054) if r is not None and _known(r.lower) else math.nan
+        return band_standard_error(r.lower, r.upper) if r is not None and _known(r.lower) else math.nan
 
     verdict = shortfall_test([r.estimate if r is not None else math.nan for r in window], [se(r) for r in window],
                              floor, higher_is_better=higher)
-    score = 1 - degradation(metric, baseline, last.estimate) / abs(baseline)
+    score = share_of_baseline(metric, baseline, last.estimate)
     why = ("its band is below the floor" if verdict.level_fails else
            f"the shortfall accumulated over {CUSUM_DAYS} days passed {CUSUM_H:g} standard errors" if verdict.fails
            else "within the baseline")
@@ -347,8 +347,8 @@ def performance_judgement(model: ModelConfig, r, baseline: float | None):
     se = metric_standard_error(metric, current, r.n_labelled, getattr(r, "positive_rate", None),
                                getattr(r, "predicted_positive_rate", None))
     higher = METRIC_DIRECTION[metric] == HIGHER
-    score = 1 - degradation(metric, baseline, current) / abs(baseline)
-    optimistic = 1 - degradation(metric, baseline, current + 2 * se if higher else current - 2 * se) / abs(baseline)
+    score = share_of_baseline(metric, baseline, current)
+    optimistic = share_of_baseline(metric, baseline, current + 2 * se if higher else current - 2 * se)
     extra = ""
     if metric == "mape" and _known(getattr(r, "mape_zero_labels", None)) and r.mape_zero_labels:
         extra = f", {plural(int(r.mape_zero_labels), 'zero label')} left out of MAPE"

@@ -20,8 +20,7 @@ import pyarrow as pa
 
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.stats import estimation as E
-from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
-from monitor_assets.stats.performance import decision_class_sql
+from monitor_assets.stats.performance import decision_class_sql, share_of_baseline
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.reads import (
     held_models,
@@ -203,16 +202,6 @@ def write_estimates(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days:
     return frame, missing
 
 
-def baseline_ratio(metric: str, baseline: float | None, value: float) -> float | None:
-    """A value as a share of the baseline in the good direction (current / baseline for higher-is-better,
-    1 - (current - baseline) / baseline for lower-is-better), as the performance check reports it."""
-    if baseline is None or not math.isfinite(baseline) or baseline == 0 or not math.isfinite(value):
-        return None
-    if METRIC_DIRECTION.get(metric) == HIGHER:
-        return value / baseline
-    return 1 - (value - baseline) / abs(baseline)
-
-
 def day_summary(con: duckdb.DuckDBPyConnection, config: MonitorConfig, frame: pd.DataFrame, day: dt.date) -> dict:
     """A day's figures for the UI: models estimated, the worst estimated main metric as a share of its baseline,
     and how often the band has held on the labelled days up to this one."""
@@ -223,7 +212,7 @@ def day_summary(con: duckdb.DuckDBPyConnection, config: MonitorConfig, frame: pd
     for model in config.models:
         main = today[(today.model_id == model.id) & (today.metric == model.main_metric)]
         for r in main.itertuples():
-            ratio = baseline_ratio(model.main_metric, base.get((model.id, model.main_metric)), r.estimate)
+            ratio = share_of_baseline(model.main_metric, base.get((model.id, model.main_metric)), r.estimate)
             if ratio is not None:
                 ratios.append((ratio, model.id, r.estimate, r.lower, r.upper))
     held = con.execute(f"""SELECT count(*) FILTER (WHERE within_band), count(within_band) FROM {ESTIMATES}

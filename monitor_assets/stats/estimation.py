@@ -56,7 +56,12 @@ class Estimate:
 
     @property
     def standard_error(self) -> float:
-        return (self.upper - self.lower) / (2 * Z95)
+        return band_standard_error(self.lower, self.upper)
+
+
+def band_standard_error(lower: float, upper: float) -> float:
+    """The standard error a stored 95% band stands for (the band is estimate ± Z95 sd)."""
+    return (upper - lower) / (2 * Z95)
 
 
 # -- classifiers: the expected confusion matrix -----------------------------------------------------------

@@ -33,6 +33,15 @@ def degradation(metric: str, baseline: float | None, current: float | None) -> f
     return baseline - current if METRIC_DIRECTION[metric] == HIGHER else current - baseline
 
 
+def share_of_baseline(metric: str, baseline: float | None, value: float | None) -> float | None:
+    """`value` as a share of the baseline in the metric's good direction, 1 - degradation / |baseline| (for a
+    higher-is-better metric, current / baseline): what the performance checks compare with `min_metric_ratio`.
+    None when either is unknown or not finite, or the baseline is 0."""
+    if baseline is None or value is None or not math.isfinite(baseline) or not math.isfinite(value) or baseline == 0:
+        return None
+    return 1 - degradation(metric, baseline, value) / abs(baseline)
+
+
 def decision_class_sql(expr: str) -> str:
     """SQL reading a logged decision as the predicted class 1 / 0: booleans in any spelling, 1 / 0
     as numbers or text ('1.0'); anything else is NULL (unknown)."""
