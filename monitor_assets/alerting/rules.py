@@ -29,9 +29,11 @@ from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.formatting import fmt_num, fmt_p, fmt_pct, plural
 from monitor_assets.stats.anomaly import find_anomalies
 from monitor_assets.stats.drift import P_VALUE_METHODS
-from monitor_assets.stats.estimation import CUSUM_DAYS, CUSUM_H, band_standard_error, shortfall_test
+from monitor_assets.stats.estimation import band_standard_error
 from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
 from monitor_assets.stats.performance import share_of_baseline
+from monitor_assets.stats.shortfall import ALPHA as ESTIMATE_ALPHA
+from monitor_assets.stats.shortfall import CUSUM_DAYS, adjusted_fails, family_size, shortfall_test
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame, transaction
 
 # A model-day that could not be analysed (see analysis.logic.TRANSIENT_ERRORS) fails its check at this
@@ -54,7 +56,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
         _judge_drift(rows, model, inputs)
         _judge_fairness(rows, model, inputs, config)
         _judge_anomalies(rows, model, inputs, config, days)
-        _judge_estimate(rows, model, inputs, days)
+    _judge_estimates(rows, config, inputs, days)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -243,27 +245,34 @@ def _judge_anomalies(rows: _Rows, model: ModelConfig, inputs: _Inputs, config: M
             rows.add(day, model, ANOMALIES, 0.0, config.anomaly_threshold, True, "no unusual metrics")
 
 
-def _judge_estimate(rows: _Rows, model: ModelConfig, inputs: _Inputs, days: list[dt.date]) -> None:
-    """The estimated main metric against the baseline, on each day with an estimate."""
-    by_day = {r.day: r for r in inputs.estimated_by.get((model.id, model.main_metric), ())}
-    baseline = inputs.base.get((model.id, model.main_metric))
+def _judge_estimates(rows: _Rows, config: MonitorConfig, inputs: _Inputs, days: list[dt.date]) -> None:
+    """The estimated main metric of every model against its baseline, on each day with an estimate: each model's
+    evidence first, then the day's p-values judged together (`stats.shortfall.adjusted_fails`), so the fleet's
+    false alerts stay bounded however many models are monitored."""
     for day in days:
-        if day in by_day:
-            window = [by_day.get(day - dt.timedelta(days=i)) for i in range(CUSUM_DAYS - 1, -1, -1)]
-            judged = estimate_judgement(model, window, baseline)
-            if judged is not None:
-                rows.add(day, model, ESTIMATED_PERFORMANCE, *judged)
+        judged = []
+        for model in config.models:
+            by_day = {r.day: r for r in inputs.estimated_by.get((model.id, model.main_metric), ())}
+            if day in by_day:
+                window = [by_day.get(day - dt.timedelta(days=i)) for i in range(CUSUM_DAYS - 1, -1, -1)]
+                evidence = estimate_evidence(model, window, inputs.base.get((model.id, model.main_metric)))
+                if evidence is not None:
+                    judged.append((model, evidence))
+        adjusted, fails = adjusted_fails([e["p_value"] for _, e in judged])
+        size = family_size(len(judged))
+        for (model, evidence), p_adjusted, failed in zip(judged, adjusted, fails, strict=True):
+            rows.add(day, model, ESTIMATED_PERFORMANCE, *estimate_verdict(model, evidence, p_adjusted, bool(failed),
+                                                                           size))
 
 
-def estimate_judgement(model: ModelConfig, window: list, baseline: float | None):
-    """(value, threshold, passed, message, details) of `estimated_performance_within_baseline` for the last day
-    of `window` (a model's estimate rows of its main metric over CUSUM_DAYS days, None for a day without one),
-    or None when it cannot be judged (no estimate or band that day, no baseline, a baseline of 0).
+def estimate_evidence(model: ModelConfig, window: list, baseline: float | None) -> dict | None:
+    """A model's evidence for `estimated_performance_within_baseline` on the last day of `window` (its estimate
+    rows of the main metric over CUSUM_DAYS days, None for a day without one), or None when it cannot be judged
+    (no estimate or band that day, no baseline, a baseline of 0).
 
     The floor is `min_metric_ratio` x baseline (for a lower-is-better metric the ceiling (2 - ratio) x
-    baseline, as the performance check's ratio). It fails when the day's estimate and its whole 95% band are on
-    the wrong side of the floor, or when the one-sided CUSUM of the standardized daily shortfalls
-    (floor - estimate) / se over the window passes its level (`stats.estimation.shortfall_test`)."""
+    baseline, as the performance check's ratio); the evidence is the day's standardized shortfall and the
+    CUSUM of the window's shortfalls, with their p-value (`stats.shortfall.shortfall_test`)."""
     metric, ratio, last = model.main_metric, model.thresholds.min_metric_ratio, window[-1]
     if last is None or not _known(last.estimate) or not _known(last.lower) or not _known(baseline) or baseline == 0:
         return None
@@ -273,21 +282,34 @@ def estimate_judgement(model: ModelConfig, window: list, baseline: float | None)
     def se(r) -> float:
         return band_standard_error(r.lower, r.upper) if r is not None and _known(r.lower) else math.nan
 
-    verdict = shortfall_test([r.estimate if r is not None else math.nan for r in window], [se(r) for r in window],
-                             floor, higher_is_better=higher)
-    score = share_of_baseline(metric, baseline, last.estimate)
-    why = ("its band is below the floor" if verdict.level_fails else
-           f"the shortfall accumulated over {CUSUM_DAYS} days passed {CUSUM_H:g} standard errors" if verdict.fails
-           else "within the baseline")
+    test = shortfall_test([r.estimate if r is not None else math.nan for r in window], [se(r) for r in window],
+                          floor, higher_is_better=higher)
+    if not _known(test.p_value):
+        return None
+    return {"estimate": last.estimate, "lower": last.lower, "upper": last.upper, "n_rows": int(last.n_rows),
+            "baseline": baseline, "floor": floor, "cusum": test.cusum, "cusum_days": test.steps,
+            "z": test.z_last, "level_fails": test.level_fails, "p_value": test.p_value}
+
+
+def estimate_verdict(model: ModelConfig, e: dict, p_adjusted: float, failed: bool, size: float):
+    """(value, threshold, passed, message, details) of the check from a model's evidence and the day's
+    adjusted p-value."""
+    metric, ratio = model.main_metric, model.thresholds.min_metric_ratio
+    higher = METRIC_DIRECTION[metric] == HIGHER
+    score = share_of_baseline(metric, e["baseline"], e["estimate"])
+    across = f", {size:.3g} models counted" if size > 1 else ""
+    why = (f"{'its band is beyond the floor' if e['level_fails'] else 'the shortfall accumulated'} "
+           f"(p = {fmt_p(e['p_value'])}, {fmt_p(p_adjusted)} adjusted{across})" if failed else
+           f"within the baseline (p = {fmt_p(e['p_value'])}{across})")
     word = "lower" if higher else "higher"
-    return (score, ratio, not verdict.fails,
-            f"estimated {metric} {fmt_num(last.estimate)} (95% band {fmt_num(last.lower)} to {fmt_num(last.upper)}, "
-            f"{int(last.n_rows)} rows, no labels needed) vs baseline {fmt_num(baseline)}: "
-            f"{abs(last.estimate - baseline) / abs(baseline):.1%} {word if score < 1 else 'better'}; alert when "
-            f"{'below' if higher else 'above'} {fmt_num(floor)} ({ratio:.0%} of the baseline): {why} "
-            f"(CUSUM {verdict.cusum:.2f})",
-            {"estimate": last.estimate, "lower": last.lower, "upper": last.upper, "floor": floor,
-             "cusum": verdict.cusum, "level_fails": verdict.level_fails, "cusum_fails": verdict.cusum_fails})
+    message = (f"estimated {metric} {fmt_num(e['estimate'])} (95% band {fmt_num(e['lower'])} to {fmt_num(e['upper'])}, "
+               f"{e['n_rows']} rows, no labels needed) vs baseline {fmt_num(e['baseline'])}: "
+               f"{abs(e['estimate'] - e['baseline']) / abs(e['baseline']):.1%} {word if score < 1 else 'better'}; "
+               f"alert when {'below' if higher else 'above'} {fmt_num(e['floor'])} ({ratio:.0%} of the baseline) "
+               f"beyond chance: {why}; CUSUM {e['cusum']:.2f} over {e['cusum_days']} days")
+    return (score, ratio, not failed, message,
+            {**{k: v for k, v in e.items() if k != "n_rows"}, "p_adjusted": p_adjusted, "family_size": size,
+             "alpha": ESTIMATE_ALPHA})
 
 
 def metric_standard_error(metric: str, value: float, n: int, positive_rate: float | None = None,
