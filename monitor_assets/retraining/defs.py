@@ -113,8 +113,10 @@ def _trigger_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinition:
                     "losses against the batch, its sequential p-value per 90 days, a correction across the day's "
                     "models, and persistence "
                     "(k of the last n days) before a request opens in `monitoring.retraining_requests`. Each run "
-                    "also refreshes the `label_delay_days` before it.",
-        kinds={"duckdb", "python"}, deps=[keys.MODEL_VERSIONS, keys.LABELS],
+                    "also refreshes the `label_delay_days` before it. Until a classifier's labels land, its "
+                    "unlabelled rows count with their expected log loss from the estimator's calibrated scores "
+                    "(`monitoring.estimators`).",
+        kinds={"duckdb", "python"}, deps=[keys.MODEL_VERSIONS, keys.LABELS, keys.ESTIMATED_PERFORMANCE],
         metadata={"dagster/table_name": "monitoring.retraining_trigger",
                   "dagster/column_schema": table_schema(TRIGGER_COLUMNS)}, **common)
     def retraining_trigger(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.formatting import fmt_num, fmt_p
-from monitor_assets.stats.loss import default_loss, loss_sql
+from monitor_assets.stats.loss import default_loss, expected_losses, loss_sql
 from monitor_assets.stats.trigger import (
     Calibration,
     Moments,
@@ -256,6 +256,7 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
                     model, champion, anchor_day(con, model.id, champion, since[(model.id, champion)]))
                 _load_reference(con, config, v, max(days))
     sums = _loss_sums(con, config, first, max(days), {k: v.cap for k, v in versions.items()})
+    sums, estimated = _with_expected_losses(con, config, days, versions, sums)
     for v in versions.values():
         _build_path(v, history, sums, days)
     out, opened = [], []
@@ -288,6 +289,10 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
                 if not note:
                     statistics[model.id], calibrations[model.id] = value, v.calibration
             current = _path_moments(v, start, day) if ready else (0, math.nan)
+            unlabelled = estimated.get((model.id, version, day), 0)
+            if unlabelled:
+                note = "; ".join(filter(None, [note, f"{unlabelled} of the day's rows have no label yet: their "
+                                                     f"expected losses (calibrated scores) are counted"]))
             meta[model.id] = (v, ready, start, today, band, note, value, current, (window_start, window))
         # One family: every model tested today.
         tested = evaluate_day(statistics, calibrations, FAMILY) if statistics else None
@@ -314,7 +319,10 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
                 "p_adjusted": float(t.p_adjusted) if t is not None else None, "flagged": flagged, "note": note})
             settings = settings_for(model)
             if flagged and persistence_met(flags[key], settings.persistence_k, settings.persistence_n):
-                request = _maybe_open(con, requests, v, day, start, current, window, t, len(statistics), settings)
+                expected = sum(n for (m, ver, d), n in estimated.items()
+                               if m == model.id and ver == v.version and start <= d <= day)
+                request = _maybe_open(con, requests, v, day, start, current, window, t, len(statistics), settings,
+                                      expected)
                 if request is not None:
                     opened.append(request)
                     requests = pd.concat([requests, pd.DataFrame([request])], ignore_index=True)
@@ -347,6 +355,59 @@ def _loss_sums(con: duckdb.DuckDBPyConnection, config: MonitorConfig, first: dt.
     sums = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
     sums["partition_date"] = pd.to_datetime(sums.partition_date).dt.date
     return sums.set_index(["model_id", "model_version", "partition_date"]).sort_index()
+
+
+def _with_expected_losses(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
+                          versions: dict[tuple[str, str], _Version], sums: pd.DataFrame
+                          ) -> tuple[pd.DataFrame, dict[tuple[str, str, dt.date], int]]:
+    """`sums` with, on the run's days whose labels may still come (the last `label_delay_days`), each unlabelled
+    row's expected loss added: what a classifier's calibrated score says its log loss will be (the estimator of
+    `monitoring.estimators`, capped like the realized losses), where the day's expected mean is above the
+    reference's. So a shift that makes the model unsure moves the trigger before the labels land; when they land,
+    the refreshed days count the realized losses instead.
+    Returns (the sums, (model, version, day) -> rows counted by expectation)."""
+    recent = [d for d in days if d > max(days) - dt.timedelta(days=config.label_delay_days + 1)]
+    models = [v.model for v in versions.values()
+              if v.model.is_classifier and loss_of(v.model) == "log_loss" and v.model.estimation_method != "none"]
+    if not recent or not models:
+        return sums, {}
+    from monitor_assets.estimation.logic import estimators  # the estimation stage fits and stores them
+    from monitor_assets.stats.estimation import ConfidenceEstimator
+
+    fitted, _ = estimators(con, list({m.id: m for m in models}.values()))
+    extra, counted = [], {}
+    for model in {m.id: m for m in models}.values():
+        estimator = fitted.get(model.id)
+        if not isinstance(estimator, ConfidenceEstimator):
+            continue
+        rows = con.execute(f"""
+            SELECT coalesce(p.model_version, '') AS model_version, p.partition_date, p.score
+            FROM ({lake_of(con).predictions_union(con, [model.id])}) AS p
+            ANTI JOIN ({latest_labels_sql([model.id], since="?::DATE")}) AS l USING (prediction_id)
+            WHERE p.partition_date IN (SELECT unnest(?::DATE[])) AND p.is_ok AND p.score IS NOT NULL
+                  AND isfinite(p.score)""", [min(recent), recent]).df()
+        if not len(rows):
+            continue
+        rows["partition_date"] = pd.to_datetime(rows.partition_date).dt.date
+        for (version, day), part in rows.groupby(["model_version", "partition_date"]):
+            v = versions.get((model.id, version))
+            if v is None or v.reference is None:
+                continue
+            score = part.score.to_numpy(float)
+            mean, square = expected_losses("log_loss", estimator.calibration(score), score, v.cap)
+            # Estimates only add evidence of harm: rows expected to do no worse than the reference wait for
+            # their labels (counting them would pull the sum down and could hide a concept shift, which the
+            # calibrated scores cannot see, until the labels land).
+            if not v.calibration.usable or mean.mean() <= v.calibration.reference_mean:
+                continue
+            extra.append({"model_id": model.id, "model_version": version, "partition_date": day,
+                          "n": len(score), "s": float(mean.sum()), "ss": float(square.sum())})
+            counted[(model.id, version, day)] = len(score)
+    if not extra:
+        return sums, {}
+    both = pd.concat([sums.reset_index(), pd.DataFrame(extra)], ignore_index=True)
+    merged = both.groupby(["model_id", "model_version", "partition_date"])[["n", "s", "ss"]].sum()
+    return merged.sort_index(), counted
 
 
 def _trigger_history(con: duckdb.DuckDBPyConnection, before: dt.date
@@ -444,7 +505,8 @@ def _window_moments(sums: pd.DataFrame, model_id: str, version: str, start: dt.d
 
 
 def _maybe_open(con, requests: pd.DataFrame, v: _Version, day: dt.date, start: dt.date, current: tuple[int, float],
-                window: tuple[dt.date, Moments], t, family: int, settings: TriggerSettings) -> dict | None:
+                window: tuple[dt.date, Moments], t, family: int, settings: TriggerSettings,
+                expected_rows: int = 0) -> dict | None:
     """A request, unless this version has one proposed or approved, or one superseded (it is no longer
     champion: a rerun of its last days must not ask again), or one opened within the last window."""
     model, version = v.model, v.version
@@ -462,14 +524,16 @@ def _maybe_open(con, requests: pd.DataFrame, v: _Version, day: dt.date, start: d
         wt, wp = welch_greater([moments], [Moments.of(v.reference)])
         welch = (f"; {window_start}..{day}: mean {fmt_num(moments.mean)} ({moments.n} rows), "
                  f"Welch t {wt[0]:.2f}, {fmt_p(float(wp[0]))}")
-    reason = (f"mean {loss_of(model)} {fmt_num(current[1])} since {start} ({current[0]} labelled rows) vs reference "
+    reason = (f"mean {loss_of(model)} {fmt_num(current[1])} since {start} ({current[0]} rows) vs reference "
               f"{fmt_num(cal.reference_mean)} ({cal.n_reference} rows): CUSUM {t.statistic:.1f} over its threshold "
               f"{threshold:.1f} (tuned for +{cal.delta:.3f} sd), sequential {fmt_p(t.p_value)} within "
               f"{FAMILY.horizon_days} days, {fmt_p(t.p_adjusted).replace('p', 'adjusted p', 1)} across the day's "
               f"{family} models{welch}; over the threshold on {settings.persistence_k}+ of the last "
               f"{settings.persistence_n} tested days"
               + (f"; losses capped at {fmt_num(v.cap)} (the reference's {settings.cap_quantile:g} quantile, as the "
-                 f"main metric {model.main_metric} counts rows)" if math.isfinite(v.cap) else ""))
+                 f"main metric {model.main_metric} counts rows)" if math.isfinite(v.cap) else "")
+              + (f"; {expected_rows} of these rows have no label yet and count with their expected loss from "
+                 f"calibrated scores (a request to confirm when the labels land)" if expected_rows else ""))
     return insert_request(con, model.id, version, day, reason, float(t.statistic), float(t.p_value),
                           f"{start}..{day}", "trigger")
 

@@ -58,3 +58,16 @@ def loss_sql(loss: str, label: str = "label", score: str = "score", eps: float =
     if loss == "absolute_error":
         return f"abs({label}::DOUBLE - {score}::DOUBLE)"
     raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+
+
+def expected_losses(loss: str, probability, score, cap: float = float("inf"), eps: float = EPS
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the expected loss and expected squared loss of a classifier's `score` when its label is 1 with
+    `probability` (a calibrated score: what the retraining trigger counts for rows whose labels have not
+    arrived). Each outcome's loss is capped at `cap` first, as the trigger caps realized losses."""
+    if loss != "log_loss":
+        raise ValueError(f"expected losses from probabilities are defined for log_loss only, not {loss!r}")
+    p = np.clip(np.asarray(probability, dtype=float), 0.0, 1.0)
+    one = np.minimum(loss_values(loss, np.ones(len(p)), score, eps), cap)
+    zero = np.minimum(loss_values(loss, np.zeros(len(p)), score, eps), cap)
+    return p * one + (1 - p) * zero, p * one ** 2 + (1 - p) * zero ** 2

@@ -1,0 +1,113 @@
+"""The retraining trigger before the labels land: unlabelled rows of a classifier count with their expected log
+loss from calibrated scores, so a shift that makes the model unsure opens a request while its labels are late;
+a stable model stays quiet."""
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitor_assets.config import load_config
+from monitor_assets.stats.loss import expected_losses, loss_values
+from monitor_assets.storage.warehouse import open_warehouse
+from monitor_assets_tests.conftest import run_job, write
+
+DAYS = pd.date_range("2025-06-01", periods=16, freq="D")
+SHIFT = 10  # from the eleventh day the shifted model's inputs move to where it is unsure
+LABELLED = 10  # labels of the first ten days only
+
+CONFIG = """
+partitions: {{start_date: 2025-06-01, end_date: 2025-06-16}}
+label_delay_days: 7
+warehouse: {tmp}/wh.duckdb
+reports_dir: {tmp}/reports
+sources:
+  predictions:
+    path: export/{{date}}/{{model}}.csv
+    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
+  labels:
+    path: truth/{{date}}.csv
+    fields: {{prediction_id: request_id, label: y}}
+models:
+{models}
+"""
+MODEL = """  - id: {id}
+    task: binary_classification
+    main_metric: roc_auc
+    reference: ref.parquet
+    reference_fields: {{score: proba}}
+    features: {{x: numeric}}
+    retraining: {{reference_days: 5, window_days: 3, min_rows: 100}}
+"""
+
+
+def _rows(rng, n, shifted=False):
+    x = rng.normal(0, 0.4 if shifted else 2.0, n)
+    p = 1 / (1 + np.exp(-(2.0 * x + 0.3)))
+    return pd.DataFrame({"x": x, "proba": p}), (rng.random(n) < p).astype(int)
+
+
+def test_expected_losses_match_simulated_labels():
+    rng = np.random.default_rng(3)
+    score = rng.uniform(0.01, 0.99, 2000)
+    p = np.clip(score + rng.normal(0, 0.1, 2000), 0, 1)  # calibration moved away from the score
+    labels = rng.random((4000, 2000)) < p
+    for cap in (np.inf, 1.2):
+        mean, square = expected_losses("log_loss", p, score, cap)
+        simulated = np.minimum(np.stack([loss_values("log_loss", y, score) for y in labels[:400]]), cap)
+        assert mean.sum() == pytest.approx(simulated.sum(axis=1).mean(), rel=0.01)
+        assert square.sum() == pytest.approx((simulated ** 2).sum(axis=1).mean(), rel=0.01)
+        by_hand = p[0] * min(-np.log(score[0]), cap) + (1 - p[0]) * min(-np.log(1 - score[0]), cap)
+        assert mean[0] == pytest.approx(by_hand)
+    with pytest.raises(ValueError, match="log_loss only"):
+        expected_losses("squared_error", p, score)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("expected_losses")
+    rng = np.random.default_rng(11)
+    ref, y = _rows(rng, 4000)
+    ref.assign(label=y).to_parquet(tmp / "ref.parquet")
+    for i, day in enumerate(DAYS):
+        truth = []
+        for name in ("shifted", "steady"):
+            frame, labels = _rows(rng, 400, shifted=name == "shifted" and i >= SHIFT)
+            ids = [f"{name}{i}-{k}" for k in range(len(frame))]
+            frame = frame.assign(request_id=ids, ts=f"{day:%Y-%m-%d} 12:00")
+            write(tmp / "export" / f"{day:%Y-%m-%d}" / f"{name}.csv", frame.drop(columns=[]).to_csv(index=False))
+            truth.append(pd.DataFrame({"request_id": ids, "y": labels}))
+        if i < LABELLED:
+            pd.concat(truth).to_csv(write(tmp / "truth" / f"{day:%Y-%m-%d}.csv", ""), index=False)
+    models = "".join(MODEL.format(id=m) for m in ("shifted", "steady"))
+    config = load_config(write(tmp / "monitor.yaml", CONFIG.format(tmp=tmp, models=models)))
+    assert run_job(config, "2025-06-01", "2025-06-16").success
+    with open_warehouse(config.warehouse_path, read_only=True) as con:
+        trigger = con.execute("SELECT * FROM monitoring.retraining_trigger ORDER BY ALL").df()
+        requests = con.execute("SELECT * FROM monitoring.retraining_requests").df()
+    trigger["partition_date"] = pd.to_datetime(trigger.partition_date).dt.date
+    return trigger, requests
+
+
+def test_a_shift_opens_a_request_before_its_labels_land(world):
+    trigger, requests = world
+    shifted = requests[requests.model_id == "shifted"]
+    assert len(shifted) == 1
+    opened = pd.to_datetime(shifted.opened_on).dt.date.iloc[0]
+    assert DAYS[SHIFT].date() <= opened <= DAYS[SHIFT].date() + dt.timedelta(days=4)
+    assert opened >= DAYS[LABELLED].date()  # no label of that day or after was known
+    assert "have no label yet and count with their expected loss" in shifted.reason.iloc[0]
+    counted = trigger[(trigger.model_id == "shifted") & trigger.note.str.contains("expected losses", na=False)]
+    assert set(counted.partition_date) == {d.date() for d in DAYS[SHIFT:]}
+    assert (counted.mean_loss_day > counted.mean_reference).all()
+
+
+def test_a_stable_model_waits_for_its_labels(world):
+    trigger, requests = world
+    assert not (requests.model_id == "steady").any()
+    steady = trigger[trigger.model_id == "steady"]
+    assert not steady.flagged.any()
+    # its unlabelled days count with expected losses near the reference's: the sum stays low
+    late = steady[steady.partition_date >= DAYS[LABELLED].date()]
+    assert late.p_value.notna().all() and (late.p_value > 0.1).all()
