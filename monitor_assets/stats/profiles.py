@@ -1,0 +1,636 @@
+"""Mergeable daily profiles: one small record per model, day, version and segment from which any window (week,
+month, quarter, rolling N days) is computed by adding, never by scanning the rows again.
+
+Everything in a profile is a count or a sum on a layout fixed by the reference (`ProfileBins`, one per reference
+version), so `merge` is addition: counts add exactly; float sums are added with `math.fsum` (correctly rounded,
+so a merge of many profiles does not depend on their order; merging in steps differs in the last bits at most).
+
+Per numeric feature: rows, missing, min, max, sum and sum of squares (scaled by a power of 2 for huge values, as
+drift.py's `NumericCounter` does: the counting is its own), and counts on `bins` bins (default `BINS`) whose edges
+are the reference's quantiles snapped to drift.py's fine grid, with the out-of-range rows (below the grid, above
+it) apart. The bins include drift.py's PSI bins, so from a profile, against the reference's profile on the same bins:
+
+* PSI and Jensen-Shannon equal drift.py's on the raw rows (error 0);
+* Kolmogorov-Smirnov at the bin edges is at most the exact statistic and at most `ks_bound` = the largest share
+  of either side in one bin below it;
+* Wasserstein-1 / reference std puts each bin's mass at its centre (each side's out-of-range mass at its own
+  mean); it is within `wasserstein_bound` = sum over bins of (reference share + current share) * bin width / 2,
+  over the reference std, of scipy's on the raw rows (bins below and above the grid span min..lo and hi..max);
+* a quantile lies in the returned [lower, upper] (the bins holding its order statistics), the estimate
+  interpolates inside it.
+
+Per categorical feature (values normalised as the drift counts are: `categories.category_sql`): rows, missing,
+counts of the reference's `top_k` commonest categories, one count for the reference's other categories and one
+for categories it never had. Jensen-Shannon and chi-square equal drift.py's when the reference's categories are all
+tracked (top_k at least its cardinality; categories it never had pool without loss for these two, PSI is exact
+only when there are none); otherwise JS is at most `jensenshannon_bound` below the exact value (pooling only
+loses divergence, at most half the pooled mass in bits).
+
+Performance, as sufficient statistics: binary classifiers keep the confusion counts at the threshold, a score
+histogram per label on the reference's score quantiles (ROC AUC within +- half the share of positive-negative
+pairs that share a bin, returned as `roc_auc_bound`), the log-loss and Brier sums; regressors keep n and the
+sums of errors, absolute errors, squared errors and of the label, shifted by the reference's label mean (for a
+stable R^2); fairness keeps per attribute and group n, selected, labelled, tp, fp, fn, tn and the absolute error.
+Accuracy, precision, recall, F1, MAE, RMSE and R^2 from a merged profile equal scikit-learn's on the rows.
+
+No Dagster, no I/O: arrays in, dataclasses and JSON-able dicts out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from monitor_assets.stats import drift as D
+from monitor_assets.stats.categories import MISSING
+
+BINS = 20  # numeric bins of a profile (plus the out-of-range two; drift's PSI bins are added where they differ)
+TOP_K = 20  # tracked categories per categorical feature
+SCORE_BINS = 100  # bins of the score histograms (at the reference's score quantiles)
+EPS = float(np.finfo(float).eps)  # probabilities are clipped to [EPS, 1 - EPS] for the log loss, as scikit-learn does
+PROFILE_FORMAT = 1
+FAIRNESS_FIELDS = ("n", "selected", "n_labelled", "tp", "fp", "fn", "tn", "abs_error")
+
+
+def as_text(values) -> pd.Series:
+    """Category values as text, None where missing (None, NaN, '')."""
+    s = pd.Series(values)
+    text = s.astype(str).astype(object)  # pandas' C loop; str() of each value
+    return text.where(s.notna().to_numpy() & (text != "").to_numpy(), None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The layout a reference fixes
+
+
+@dataclass(frozen=True)
+class NumericBins:
+    """One numeric feature's bins: drift.py's fine grid (lo, hi, fine) and the fine-count indices where each
+    profile bin starts (0: below the grid, fine + 1: above it), a superset of drift's PSI cuts."""
+
+    lo: float
+    hi: float
+    fine: int
+    cuts: tuple[int, ...]
+    psi_cuts: tuple[int, ...]
+
+    @classmethod
+    def from_reference(cls, profile: D.NumericProfile, bins: int = BINS) -> NumericBins:
+        """Bins at the reference's quantiles (on its fine grid), plus its PSI bins' edges."""
+        fine = profile.bins
+        cuts = {0, 1, fine + 1, *D._quantile_cuts(profile.counts.counts, bins), *profile.psi_cuts}
+        return cls(profile.lo, profile.hi, fine, tuple(sorted(c for c in cuts if c <= fine + 1)),
+                   tuple(profile.psi_cuts))
+
+    @classmethod
+    def from_values(cls, values: np.ndarray, bins: int = BINS, fine: int = D.FINE_BINS) -> NumericBins:
+        """The same from raw reference values (grid from their 0.1% and 99.9% quantiles, as the reference profile)."""
+        v = np.asarray(values, float)
+        v = v[np.isfinite(v)]
+        q = list(np.quantile(v, [0.001, 0.999])) if len(v) else None
+        lo, hi, fine = D.grid_bounds(q, float(v.min()) if len(v) else None, float(v.max()) if len(v) else None, fine)
+        counter = D.NumericCounter(lo, hi, fine)
+        counter.add(v)
+        counts = counter.result()
+        return cls.from_reference(D.NumericProfile(lo, hi, fine, counts, D._quantile_cuts(counts.counts, D.PSI_BINS)),
+                                  bins)
+
+    @property
+    def edges(self) -> np.ndarray:
+        """Value edges between the profile bins (len(cuts) - 1 of them: lo, ..., hi)."""
+        width = D._span(self.lo, self.hi) / self.fine
+        return np.array([self.lo + (c - 1) * width if c <= self.fine else self.hi for c in self.cuts[1:]])
+
+    def to_dict(self) -> dict:
+        return {"lo": self.lo, "hi": self.hi, "fine": self.fine, "cuts": list(self.cuts), "psi_cuts": list(self.psi_cuts)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NumericBins:
+        return cls(d["lo"], d["hi"], d["fine"], tuple(d["cuts"]), tuple(d["psi_cuts"]))
+
+
+@dataclass(frozen=True)
+class CategoricalBins:
+    """One categorical feature's tracked categories (the reference's commonest) and every category it had."""
+
+    tracked: tuple[str, ...]
+    known: frozenset[str]
+
+    @classmethod
+    def from_values(cls, values, top_k: int = TOP_K) -> CategoricalBins:
+        counts = as_text(values).value_counts(dropna=True)
+        return cls(tuple(counts.index[:top_k]), frozenset(counts.index))
+
+    def to_dict(self) -> dict:
+        return {"tracked": list(self.tracked), "known": sorted(self.known)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CategoricalBins:
+        return cls(tuple(d["tracked"]), frozenset(d["known"]))
+
+
+@dataclass(frozen=True)
+class ProfileBins:
+    """The layout of one model's profiles, fixed per reference version: feature bins, the task, the decision
+    threshold and score edges (binary), the label shift (regression), the sensitive attributes."""
+
+    numeric: dict[str, NumericBins]
+    categorical: dict[str, CategoricalBins]
+    task: str | None = None  # binary_classification | regression | None (features only)
+    threshold: float = 0.5
+    score_edges: tuple[float, ...] = ()
+    label_shift: float = 0.0
+    attributes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_reference(cls, reference: pd.DataFrame, features: list[D.FeatureSpec], task: str | None = None,
+                       score: str = "score", label: str = "label", threshold: float = 0.5,
+                       attributes: tuple[str, ...] = (), bins: int = BINS, top_k: int = TOP_K,
+                       score_bins: int = SCORE_BINS) -> ProfileBins:
+        """The layout from the reference rows (drift's reference profiles give the same numeric bins through
+        `NumericBins.from_reference`)."""
+        numeric = {f.name: NumericBins.from_values(reference[f.name].to_numpy(float), bins)
+                   for f in features if f.kind == "numeric"}
+        categorical = {f.name: CategoricalBins.from_values(reference[f.name], top_k)
+                       for f in features if f.kind == "categorical"}
+        edges, shift = (), 0.0
+        if task == "binary_classification":
+            s = reference[score].to_numpy(float)
+            s = s[np.isfinite(s)]
+            edges = tuple(float(e) for e in np.unique(np.quantile(s, np.linspace(0, 1, score_bins + 1)[1:-1])))
+        elif task == "regression":
+            y = reference[label].to_numpy(float)
+            shift = float(np.mean(y[np.isfinite(y)])) if np.isfinite(y).any() else 0.0
+        return cls(numeric, categorical, task, threshold, edges, shift, tuple(attributes))
+
+    def to_dict(self) -> dict:
+        return {"numeric": {k: v.to_dict() for k, v in self.numeric.items()},
+                "categorical": {k: v.to_dict() for k, v in self.categorical.items()},
+                "task": self.task, "threshold": self.threshold, "score_edges": list(self.score_edges),
+                "label_shift": self.label_shift, "attributes": list(self.attributes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProfileBins:
+        return cls({k: NumericBins.from_dict(v) for k, v in d["numeric"].items()},
+                   {k: CategoricalBins.from_dict(v) for k, v in d["categorical"].items()},
+                   d["task"], d["threshold"], tuple(d["score_edges"]), d["label_shift"], tuple(d["attributes"]))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Short hash of the layout: profiles merge only with profiles on the same layout."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Columns
+
+
+@dataclass
+class NumericColumn:
+    n: int
+    n_missing: int
+    minimum: float | None
+    maximum: float | None
+    total: float  # in units of `scale` (drift.py's NumericCounts convention)
+    total_sq: float
+    under_sum: float
+    over_sum: float
+    scale: float
+    counts: np.ndarray  # one per profile bin: below the grid, the bins, above the grid
+
+    @classmethod
+    def build(cls, values: np.ndarray, bins: NumericBins) -> NumericColumn:
+        x = np.asarray(values, float)
+        counter = D.NumericCounter(bins.lo, bins.hi, bins.fine)  # the drift counts' own binning, so PSI is exact
+        counter.add(x)
+        finite = x[np.isfinite(x)]
+        return cls.from_counts(counter.result(), bins, float(finite.min()) if len(finite) else None,
+                               float(finite.max()) if len(finite) else None)
+
+    @classmethod
+    def from_counts(cls, c: D.NumericCounts, bins: NumericBins, minimum: float | None,
+                    maximum: float | None) -> NumericColumn:
+        """From drift's fine counts on the bins' grid (what `analysis.queries.count_histograms` returns for
+        {name: (bins.lo, bins.hi, bins.fine)}) and the finite minimum and maximum."""
+        return cls(c.n, c.n_missing, minimum, maximum, c.total, c.total_sq, c.under_sum, c.over_sum, c.scale,
+                   np.add.reduceat(c.counts, list(bins.cuts)))
+
+    @property
+    def n_valid(self) -> int:
+        return self.n - self.n_missing
+
+    def summary(self) -> D.NumericCounts:
+        """drift.py's counts record (mean and std with its overflow guard; `counts` are the profile bins)."""
+        return D.NumericCounts(self.n, self.n_missing, self.total, self.total_sq, self.counts, self.under_sum,
+                               self.over_sum, self.scale)
+
+    @staticmethod
+    def merge(columns: list[NumericColumn]) -> NumericColumn:
+        unit = max(c.scale for c in columns)  # powers of 2: rescaling is exact
+
+        def add(attr: str, power: int = 1) -> float:
+            return math.fsum(getattr(c, attr) * (c.scale / unit) ** power for c in columns)
+
+        mins = [c.minimum for c in columns if c.minimum is not None]
+        maxs = [c.maximum for c in columns if c.maximum is not None]
+        return NumericColumn(sum(c.n for c in columns), sum(c.n_missing for c in columns),
+                             min(mins) if mins else None, max(maxs) if maxs else None, add("total"),
+                             add("total_sq", 2), add("under_sum"), add("over_sum"), unit,
+                             np.sum([c.counts for c in columns], axis=0))
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "n_missing": self.n_missing, "min": self.minimum, "max": self.maximum,
+                "sum": self.total, "sum_sq": self.total_sq, "under_sum": self.under_sum, "over_sum": self.over_sum,
+                "scale": self.scale, "counts": [int(v) for v in self.counts]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NumericColumn:
+        return cls(d["n"], d["n_missing"], d["min"], d["max"], d["sum"], d["sum_sq"], d["under_sum"], d["over_sum"],
+                   d["scale"], np.asarray(d["counts"], dtype=np.int64))
+
+
+@dataclass
+class CategoricalColumn:
+    n: int
+    n_missing: int
+    counts: dict[str, int]  # tracked categories seen
+    other: int  # the reference's categories beyond the tracked ones
+    unseen: int  # categories the reference never had
+
+    @classmethod
+    def build(cls, values, bins: CategoricalBins) -> CategoricalColumn:
+        return cls.from_counts(as_text(values).fillna(MISSING).value_counts().to_dict(), bins)
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int], bins: CategoricalBins) -> CategoricalColumn:
+        """From category counts with missing values under `categories.MISSING` (as drift counts them)."""
+        tracked = set(bins.tracked)
+        out = {str(c): int(v) for c, v in counts.items() if c in tracked and v}
+        missing = int(counts.get(MISSING, 0))
+        other = int(sum(v for c, v in counts.items() if c not in tracked and c in bins.known))
+        n = int(sum(counts.values()))
+        return cls(n, missing, out, other, n - missing - other - sum(out.values()))
+
+    def vector(self, bins: CategoricalBins) -> np.ndarray:
+        """[tracked..., other, unseen, missing]."""
+        return np.array([self.counts.get(c, 0) for c in bins.tracked] + [self.other, self.unseen, self.n_missing],
+                        dtype=float)
+
+    @staticmethod
+    def merge(columns: list[CategoricalColumn]) -> CategoricalColumn:
+        counts: dict[str, int] = {}
+        for c in columns:
+            for k, v in c.counts.items():
+                counts[k] = counts.get(k, 0) + v
+        return CategoricalColumn(sum(c.n for c in columns), sum(c.n_missing for c in columns), counts,
+                                 sum(c.other for c in columns), sum(c.unseen for c in columns))
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "n_missing": self.n_missing, "counts": self.counts, "other": self.other,
+                "unseen": self.unseen}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CategoricalColumn:
+        return cls(d["n"], d["n_missing"], {k: int(v) for k, v in d["counts"].items()}, d["other"], d["unseen"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Performance and fairness
+
+
+@dataclass
+class BinaryStats:
+    n: int  # scored rows
+    predicted_positive: int
+    n_labelled: int
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+    log_loss_sum: float
+    brier_sum: float
+    positives: np.ndarray  # labelled positives per score bin (len(score_edges) + 1)
+    negatives: np.ndarray
+
+    @classmethod
+    def build(cls, scores: np.ndarray, labels: np.ndarray, bins: ProfileBins,
+              predicted: np.ndarray | None = None) -> BinaryStats:
+        """`labels`: 1, 0 or NaN (not known yet); `predicted`: the logged class, else score >= threshold."""
+        s, y = np.asarray(scores, float), np.asarray(labels, float)
+        scored = np.isfinite(s)
+        d = (s >= bins.threshold) if predicted is None else np.asarray(predicted, float) == 1
+        lab = scored & np.isfinite(y)
+        yl, dl, sl = y[lab] == 1, d[lab], s[lab]
+        p = np.clip(sl, EPS, 1 - EPS)
+        edges = np.asarray(bins.score_edges)
+        idx = np.searchsorted(edges, sl, side="right")
+        return cls(int(scored.sum()), int(np.sum(d & scored)), int(lab.sum()), int(np.sum(yl & dl)),
+                   int(np.sum(~yl & dl)), int(np.sum(yl & ~dl)), int(np.sum(~yl & ~dl)),
+                   float(-np.sum(np.where(yl, np.log(p), np.log1p(-p)))), float(np.sum((sl - yl) ** 2)),
+                   np.bincount(idx[yl], minlength=len(edges) + 1), np.bincount(idx[~yl], minlength=len(edges) + 1))
+
+    @staticmethod
+    def merge(parts: list[BinaryStats]) -> BinaryStats:
+        ints = {k: sum(getattr(p, k) for p in parts) for k in ("n", "predicted_positive", "n_labelled", "tp", "fp",
+                                                                 "fn", "tn")}
+        return BinaryStats(**ints, log_loss_sum=math.fsum(p.log_loss_sum for p in parts),
+                           brier_sum=math.fsum(p.brier_sum for p in parts),
+                           positives=np.sum([p.positives for p in parts], axis=0),
+                           negatives=np.sum([p.negatives for p in parts], axis=0))
+
+    def metrics(self) -> dict[str, float]:
+        """scikit-learn's definitions on the labelled rows (NaN where undefined); AUC with its error bound."""
+        auc, bound = auc_from_histograms(self.positives, self.negatives)
+        n = self.n_labelled
+        return {"accuracy": _div(self.tp + self.tn, n), "precision": _div(self.tp, self.tp + self.fp),
+                "recall": _div(self.tp, self.tp + self.fn), "f1": _div(2 * self.tp, 2 * self.tp + self.fp + self.fn),
+                "roc_auc": auc, "roc_auc_bound": bound, "log_loss": _div(self.log_loss_sum, n),
+                "brier_score": _div(self.brier_sum, n), "positive_rate": _div(self.tp + self.fn, n),
+                "predicted_positive_rate": _div(self.predicted_positive, self.n), "n_labelled": float(n)}
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "predicted_positive": self.predicted_positive, "n_labelled": self.n_labelled,
+                "tp": self.tp, "fp": self.fp, "fn": self.fn, "tn": self.tn, "log_loss_sum": self.log_loss_sum,
+                "brier_sum": self.brier_sum, "positives": [int(v) for v in self.positives],
+                "negatives": [int(v) for v in self.negatives]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BinaryStats:
+        return cls(**{**d, "positives": np.asarray(d["positives"], np.int64),
+                      "negatives": np.asarray(d["negatives"], np.int64)})
+
+
+def auc_from_histograms(positives: np.ndarray, negatives: np.ndarray) -> tuple[float, float]:
+    """ROC AUC from score histograms per label (pairs in one bin count one half) and the bound on its error:
+    the exact AUC is within +- half the share of positive-negative pairs that share a bin."""
+    pos, neg = np.asarray(positives, float), np.asarray(negatives, float)
+    n1, n0 = pos.sum(), neg.sum()
+    if not (n1 and n0):
+        return math.nan, math.nan
+    below = np.cumsum(neg) - neg
+    auc = float(np.sum(pos * (below + neg / 2)) / (n1 * n0))
+    return auc, float(np.sum(pos * neg) / (2 * n1 * n0))
+
+
+@dataclass
+class RegressionStats:
+    n_labelled: int
+    shift: float  # labels are summed as y - shift (the reference's mean label): R^2 without cancellation
+    sum_error: float  # prediction - label
+    sum_abs_error: float
+    sum_sq_error: float
+    sum_y: float  # of y - shift
+    sum_y_sq: float
+
+    @classmethod
+    def build(cls, predictions: np.ndarray, labels: np.ndarray, bins: ProfileBins) -> RegressionStats:
+        p, y = np.asarray(predictions, float), np.asarray(labels, float)
+        ok = np.isfinite(p) & np.isfinite(y)
+        e, yc = p[ok] - y[ok], y[ok] - bins.label_shift
+        return cls(int(ok.sum()), bins.label_shift, float(e.sum()), float(np.abs(e).sum()), float(np.dot(e, e)),
+                   float(yc.sum()), float(np.dot(yc, yc)))
+
+    @staticmethod
+    def merge(parts: list[RegressionStats]) -> RegressionStats:
+        return RegressionStats(sum(p.n_labelled for p in parts), parts[0].shift,
+                               *(math.fsum(getattr(p, k) for p in parts)
+                                 for k in ("sum_error", "sum_abs_error", "sum_sq_error", "sum_y", "sum_y_sq")))
+
+    def metrics(self) -> dict[str, float]:
+        n = self.n_labelled
+        ss_tot = self.sum_y_sq - self.sum_y * self.sum_y / n if n else math.nan
+        return {"mae": _div(self.sum_abs_error, n), "rmse": math.sqrt(self.sum_sq_error / n) if n else math.nan,
+                "r2": 1 - self.sum_sq_error / ss_tot if n and ss_tot > 0 else math.nan,
+                "mean_error": _div(self.sum_error, n), "n_labelled": float(n)}
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RegressionStats:
+        return cls(**d)
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+def fairness_counts(groups: dict[str, np.ndarray], predicted: np.ndarray, labels: np.ndarray,
+                    predictions: np.ndarray | None = None) -> dict[str, dict[str, list]]:
+    """Per attribute and group: n, selected, n_labelled, tp, fp, fn, tn, abs_error (`predictions` for regressors:
+    the absolute error on labelled rows). Missing group values are a group of their own (MISSING)."""
+    d = np.asarray(predicted, float) == 1
+    y = np.asarray(labels, float)
+    lab = np.isfinite(y)
+    err = np.abs(np.asarray(predictions, float) - y) if predictions is not None else np.zeros(len(y))
+    cells = {"n": np.ones(len(y), bool), "selected": d, "n_labelled": lab, "tp": lab & d & (y == 1),
+             "fp": lab & d & (y == 0), "fn": lab & ~d & (y == 1), "tn": lab & ~d & (y == 0)}
+    out: dict[str, dict[str, list]] = {}
+    for attribute, values in groups.items():
+        codes, names = pd.factorize(as_text(values).fillna(MISSING))
+        k = len(names)
+        sums = [np.bincount(codes, weights=cells[f], minlength=k) for f in FAIRNESS_FIELDS[:-1]]
+        errors = np.bincount(codes, weights=np.where(lab, err, 0.0), minlength=k)
+        out[attribute] = {str(name): [int(v[i]) for v in sums] + [float(errors[i])] for i, name in enumerate(names)}
+    return out
+
+
+def _merge_fairness(parts: list[dict[str, dict[str, list]]]) -> dict[str, dict[str, list]]:
+    out: dict[str, dict[str, list]] = {}
+    for attribute in sorted({a for p in parts for a in p}):
+        groups = sorted({g for p in parts for g in p.get(attribute, {})})
+        out[attribute] = {}
+        for grp in groups:
+            rows = [p[attribute][grp] for p in parts if grp in p.get(attribute, {})]
+            out[attribute][grp] = [sum(r[i] for r in rows) for i in range(7)] + [math.fsum(r[7] for r in rows)]
+    return out
+
+
+def fairness_frame(counts: dict[str, dict[str, list]]) -> pd.DataFrame:
+    """The counts in the form `fairness.fairness_table` takes (attribute, grp, n, selected, ...)."""
+    rows = [{"attribute": a, "grp": g, **dict(zip(FAIRNESS_FIELDS, v, strict=True))}
+            for a, groups in counts.items() for g, v in groups.items()]
+    return pd.DataFrame(rows, columns=["attribute", "grp", *FAIRNESS_FIELDS])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The profile
+
+
+@dataclass
+class Profile:
+    """One model-day (or, merged, a window): keys, the days it covers, and the mergeable parts."""
+
+    layout: str  # ProfileBins.fingerprint
+    keys: dict[str, str]  # model_id, model_version, segment ...: '*' once profiles that differ are merged
+    start: str  # first day (ISO)
+    end: str  # last day
+    days: int  # daily profiles merged into it
+    n_rows: int
+    numeric: dict[str, NumericColumn]
+    categorical: dict[str, CategoricalColumn]
+    binary: BinaryStats | None = None
+    regression: RegressionStats | None = None
+    fairness: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": PROFILE_FORMAT, "layout": self.layout, "keys": self.keys, "start": self.start,
+                "end": self.end, "days": self.days, "n_rows": self.n_rows,
+                "numeric": {k: v.to_dict() for k, v in self.numeric.items()},
+                "categorical": {k: v.to_dict() for k, v in self.categorical.items()},
+                "binary": self.binary.to_dict() if self.binary else None,
+                "regression": self.regression.to_dict() if self.regression else None, "fairness": self.fairness}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Profile:
+        if d.get("format") != PROFILE_FORMAT:
+            raise ValueError(f"profile format {d.get('format')!r}, this code reads {PROFILE_FORMAT}")
+        return cls(d["layout"], dict(d["keys"]), d["start"], d["end"], d["days"], d["n_rows"],
+                   {k: NumericColumn.from_dict(v) for k, v in d["numeric"].items()},
+                   {k: CategoricalColumn.from_dict(v) for k, v in d["categorical"].items()},
+                   BinaryStats.from_dict(d["binary"]) if d["binary"] else None,
+                   RegressionStats.from_dict(d["regression"]) if d["regression"] else None,
+                   {a: {g: list(v) for g, v in groups.items()} for a, groups in d["fairness"].items()})
+
+    def metrics(self) -> dict[str, float]:
+        if self.binary is not None:
+            return self.binary.metrics()
+        return self.regression.metrics() if self.regression is not None else {}
+
+
+def build_profile(rows: pd.DataFrame, bins: ProfileBins, keys: dict[str, str], day: str, score: str = "score",
+                  label: str = "label", predicted: str | None = None) -> Profile:
+    """One model-day's (segment's) profile of `rows`: the features in `bins`, the score and label (NaN label: not
+    known yet), the logged class in `predicted` (else score >= threshold), the sensitive attributes."""
+    numeric = {k: NumericColumn.build(rows[k].to_numpy(float), b) for k, b in bins.numeric.items()}
+    categorical = {k: CategoricalColumn.build(rows[k], b) for k, b in bins.categorical.items()}
+    binary = regression = None
+    fairness: dict = {}
+    if bins.task in ("binary_classification", "regression"):
+        s = rows[score].to_numpy(float)
+        y = pd.to_numeric(rows[label], errors="coerce").to_numpy(float) if label in rows else np.full(len(rows), np.nan)
+        d = rows[predicted].to_numpy(float) if predicted else None
+        if bins.task == "binary_classification":
+            binary = BinaryStats.build(s, y, bins, d)
+            cls = (s >= bins.threshold).astype(float) if d is None else (d == 1).astype(float)
+            fairness = fairness_counts({a: rows[a] for a in bins.attributes}, cls, y)
+        else:
+            regression = RegressionStats.build(s, y, bins)
+            fairness = fairness_counts({a: rows[a] for a in bins.attributes}, np.zeros(len(rows)), y, s)
+    return Profile(bins.fingerprint, {k: str(v) for k, v in keys.items()}, day, day, 1, len(rows), numeric,
+                   categorical, binary, regression, fairness)
+
+
+def merge(profiles: list[Profile]) -> Profile:
+    """One profile of all of them (a window, or segments into a total): counts add exactly, float sums are
+    `math.fsum`med (order-independent). Refuses profiles on different layouts (reference versions)."""
+    if not profiles:
+        raise ValueError("nothing to merge")
+    layouts = {p.layout for p in profiles}
+    if len(layouts) > 1:
+        raise ValueError(f"profiles on different layouts (reference versions) cannot be merged: {sorted(layouts)}")
+    first = profiles[0]
+    keys = {k: v if all(p.keys.get(k) == v for p in profiles) else "*" for k, v in first.keys.items()}
+    binaries = [p.binary for p in profiles if p.binary is not None]
+    regressions = [p.regression for p in profiles if p.regression is not None]
+    return Profile(first.layout, keys, min(p.start for p in profiles), max(p.end for p in profiles),
+                   sum(p.days for p in profiles), sum(p.n_rows for p in profiles),
+                   {k: NumericColumn.merge([p.numeric[k] for p in profiles]) for k in first.numeric},
+                   {k: CategoricalColumn.merge([p.categorical[k] for p in profiles]) for k in first.categorical},
+                   BinaryStats.merge(binaries) if binaries else None,
+                   RegressionStats.merge(regressions) if regressions else None,
+                   _merge_fairness([p.fairness for p in profiles]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures from a profile: quantiles and drift distances with their error bounds
+
+
+def _bin_ranges(col: NumericColumn, bins: NumericBins) -> tuple[np.ndarray, np.ndarray]:
+    """Each profile bin's value range: below the grid from the minimum, above it to the maximum."""
+    edges = bins.edges
+    lo = np.r_[min(col.minimum, bins.lo) if col.minimum is not None else bins.lo, edges]
+    hi = np.r_[edges, max(col.maximum, bins.hi) if col.maximum is not None else bins.hi]
+    return lo, hi
+
+
+def quantile(col: NumericColumn, bins: NumericBins, q: float) -> tuple[float, float, float]:
+    """(estimate, lower, upper) of numpy's (linear) q-quantile of the valid values: it lies in [lower, upper],
+    the ranges of the bins holding the two order statistics it interpolates; the estimate interpolates within."""
+    n = col.n_valid
+    if not n:
+        return math.nan, math.nan, math.nan
+    lo, hi = _bin_ranges(col, bins)
+    cum = np.cumsum(col.counts)
+    pos = (n - 1) * q
+    b_low = int(np.searchsorted(cum, math.floor(pos), side="right"))
+    b_high = int(np.searchsorted(cum, math.ceil(pos), side="right"))
+    pad = D._span(bins.lo, bins.hi) * 1e-9  # a value on an edge may be binned either side of it
+    lower = max(lo[b_low] - pad, col.minimum)
+    upper = min(hi[b_high] + pad, col.maximum)
+    before = cum[b_low] - col.counts[b_low]
+    share = (pos + 0.5 - before) / col.counts[b_low]  # the order statistic's place among its bin's values
+    estimate = lo[b_low] + min(max(share, 0.0), 1.0) * (hi[b_low] - lo[b_low])
+    return float(min(max(estimate, lower), upper)), float(lower), float(upper)
+
+
+def numeric_distances(reference: NumericColumn, current: NumericColumn, bins: NumericBins) -> dict[str, float]:
+    """drift.py's distances of `current` from `reference` (both profiled on `bins`), with their error bounds
+    against the same statistics on the raw rows (see the module docstring)."""
+    cuts = list(bins.cuts)
+    psi_groups = [cuts.index(c) for c in bins.psi_cuts]  # PSI bins start at these profile bins
+    ref_psi = np.append(np.add.reduceat(reference.counts, psi_groups), reference.n_missing)
+    cur_psi = np.append(np.add.reduceat(current.counts, psi_groups), current.n_missing)
+    ks, ks_p = D.ks_binned(reference.counts, current.counts)
+    p = reference.counts / max(reference.n_valid, 1)
+    q = current.counts / max(current.n_valid, 1)
+    out = {"psi": D.psi(ref_psi, cur_psi), "jensenshannon": D.js_distance(ref_psi, cur_psi), "ks": ks,
+           "ks_p_value": ks_p, "ks_bound": float(np.max(np.maximum(p, q))) if reference.n_valid and current.n_valid
+           else math.nan}
+    std = reference.summary().std
+    if not (reference.n_valid and current.n_valid and std and math.isfinite(std) and std > 0):
+        return {**out, "wasserstein": math.nan, "wasserstein_bound": math.nan}
+    # masses: inner bins at their centres, each side's out-of-range rows at that side's own mean
+    edges = bins.edges
+    centres = (edges[:-1] + edges[1:]) / 2
+    w = np.diff(edges)
+    points = [(c, pr, qc) for c, pr, qc in zip(centres, p[1:-1], q[1:-1], strict=True)]
+    bound = float(np.sum((p[1:-1] + q[1:-1]) * w)) / 2
+    for col, share, side in ((reference, p, 0), (current, q, 1)):
+        for b, total, edge, extreme in ((0, col.under_sum, bins.lo, col.minimum), (-1, col.over_sum, bins.hi,
+                                                                                  col.maximum)):
+            if col.counts[b]:
+                mean = total * col.scale / col.counts[b]
+                points.append((mean, share[b] if side == 0 else 0.0, share[b] if side == 1 else 0.0))
+                bound += share[b] * abs(edge - extreme) / 2
+    points.sort(key=lambda t: t[0])
+    pos = np.array([t[0] for t in points])
+    w1 = D.wasserstein_binned(pos, np.array([t[1] for t in points]), np.array([t[2] for t in points]))
+    return {**out, "wasserstein": w1 / std, "wasserstein_bound": bound / std}
+
+
+def categorical_distances(reference: CategoricalColumn, current: CategoricalColumn,
+                          bins: CategoricalBins) -> dict[str, float]:
+    """drift.py's categorical statistics on [tracked..., other, unseen, missing], and the JS bound (0 when the
+    reference's categories are all tracked)."""
+    ref, cur = reference.vector(bins), current.vector(bins)
+    keep = (ref + cur) > 0  # drift.py sees only categories present on either side
+    ref, cur = ref[keep], cur[keep]
+    chi, p = D.chisquare_counts(*D.pool_sparse(ref, cur))
+    js = D.js_distance(ref, cur)
+    pooled = (reference.other / max(reference.n, 1) + current.other / max(current.n, 1)) / 2  # bits at most
+    return {"psi": D.psi(ref, cur), "jensenshannon": js, "chisquare": chi, "chisquare_p_value": p,
+            "jensenshannon_bound": math.sqrt(js * js + pooled) - js if pooled else 0.0,
+            "exact_psi": bool(reference.other == current.other == current.unseen == 0)}
+
+
+def profile_size(profile: Profile) -> int:
+    """Bytes of the profile as compact JSON (what a table cell holds)."""
+    return len(json.dumps(profile.to_dict(), separators=(",", ":")).encode())
