@@ -133,12 +133,35 @@ class RetrainingConfig:
 @dataclass(frozen=True)
 class EstimationConfig:
     """Performance estimated before the labels arrive (`monitoring.estimated_performance`): on by default.
-    `method` auto: confidence-based (CBPE) for classifiers, the loss model (DLE) for regressors; none: off.
-    `metrics`: empty means every metric the task can estimate; the main metric is always added when estimable."""
+    `method`: confidence (CBPE) or confidence_reweighted for classifiers, loss_model (DLE) or
+    loss_model_reweighted for regressors (the reweighted ones reweight the reference by a density ratio on days
+    whose inputs have shifted); auto: the one that measured best per task (`stats.estimation.AUTO_METHOD`);
+    none: off. `metrics`: empty means every metric the task can estimate; the main metric is always added when
+    estimable."""
 
     enabled: bool = True
     method: str = "auto"
     metrics: tuple[str, ...] = ()
+
+    def resolved(self, task: str) -> str:
+        """The estimator that runs for a model of `task`: a method name, or 'none'."""
+        from monitor_assets.stats.estimation import AUTO_METHOD
+
+        if not self.enabled or self.method == "none":
+            return "none"
+        return AUTO_METHOD[task] if self.method == "auto" else self.method
+
+
+@dataclass(frozen=True)
+class SegmentsConfig:
+    """Where a model is judged piecewise (README, "Segments"): `by` lists the segmentations, each one column
+    (`market`) or a cross of several (`[market, device]`); a segment with fewer than `min_rows` labelled rows on
+    a day is reported but not judged. `columns` are the segment columns that are neither features nor sensitive
+    attributes (categorical, read from `context.<name>` in JSON logs, `<name>` in CSV/Parquet, or `source:`)."""
+
+    by: tuple[tuple[str, ...], ...] = ()
+    min_rows: int = 100
+    columns: tuple[FeatureConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,10 +184,17 @@ class ModelConfig:
     # reference's `drift.key_features_top_k` features most correlated with the score.
     key_features: tuple[str, ...] = ()
     estimation: EstimationConfig = field(default_factory=EstimationConfig)
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
 
     def __post_init__(self):
         if not self.main_metric:
             object.__setattr__(self, "main_metric", DEFAULT_MAIN_METRIC[self.task])
+
+    @property
+    def logged_columns(self) -> tuple[FeatureConfig, ...]:
+        """Every column read from the model's log records beside the shared fields: features, sensitive
+        attributes and segment-only columns."""
+        return self.features + self.sensitive_attributes + self.segments.columns
 
     @property
     def is_classifier(self) -> bool:
@@ -172,11 +202,9 @@ class ModelConfig:
 
     @property
     def estimation_method(self) -> str:
-        """'confidence', 'loss_model' or 'none' (estimation off)."""
-        e = self.estimation
-        if not e.enabled or e.method == "none":
-            return "none"
-        return e.method if e.method != "auto" else ("confidence" if self.is_classifier else "loss_model")
+        """The estimator that runs ('confidence', 'confidence_reweighted', 'loss_model', 'loss_model_reweighted'),
+        or 'none' (estimation off)."""
+        return self.estimation.resolved(self.task)
 
     @property
     def estimated_metrics(self) -> tuple[str, ...]:
@@ -588,7 +616,7 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
     r.unknown_keys(data, key, {
         "id", "task", "version", "features", "sensitive_attributes", "reference", "reference_fields",
         "score_field", "decision_threshold", "thresholds", "alert_channels", "owner", "main_metric",
-        "retraining", "key_features", "estimation",
+        "retraining", "key_features", "estimation", "segments",
     })
     model_id = r.require(data, "id", key)
     if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
@@ -637,7 +665,55 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
         retraining=_retraining(r, data.get("retraining"), f"{key}.retraining", task),
         key_features=_key_features(r, data.get("key_features"), f"{key}.key_features", features),
         estimation=_estimation(r, data.get("estimation"), f"{key}.estimation", task),
+        segments=_segments(r, data.get("segments"), f"{key}.segments", features + attributes,
+                           "context.{name}" if json_like else "{name}"),
     )
+
+
+def _segments(r: _Reader, data: Any, key: str, known: tuple[FeatureConfig, ...], default_source: str
+              ) -> SegmentsConfig:
+    """`segments: [market, [market, device]]`, or `segments: {by: [...], min_rows: 100, columns: {...}}`."""
+    if data is None:
+        return SegmentsConfig()
+    if isinstance(data, list):
+        data = {"by": data}
+    data = r.mapping(data, key)
+    r.unknown_keys(data, key, {"by", "min_rows", "columns"})
+    declared = {c.name: c for c in _named_features(r, data.get("columns"), f"{key}.columns", default_source,
+                                                   "categorical")}
+    by_key = f"{key}.by"
+    items = data.get("by")
+    if not isinstance(items, list) or not items:
+        raise r.fail(by_key, "expected a list of segment columns, each a name or a list of names (a cross)")
+    names = {c.name: c for c in known}
+    extra: dict[str, FeatureConfig] = {}
+    by = []
+    for i, item in enumerate(items):
+        cross = item if isinstance(item, list) else [item]
+        if not cross or not all(isinstance(n, str) and n for n in cross) or len(set(cross)) < len(cross):
+            raise r.fail(f"{by_key}[{i}]", f"expected a column name or a list of distinct names, got {item!r}")
+        for n in cross:
+            if n in names:
+                if names[n].type != "categorical" and n not in declared:
+                    raise r.fail(f"{by_key}[{i}]", f"{n} is a numeric feature; segments need categories "
+                                                   "(bucket it in the log, or declare it under segments.columns)")
+            elif n not in extra:
+                extra[n] = declared.get(n) or _feature(r, n, {}, f"{by_key}[{i}]", default_source, "categorical")
+        by.append(tuple(cross))
+    unused = sorted(set(declared) - {n for cross in by for n in cross})
+    if unused:
+        raise r.fail(f"{key}.columns.{unused[0]}", "declared but not used in segments.by")
+    read = {(c.source, c.type): c.name for c in known}
+    for n, c in extra.items():
+        if c.type != "categorical":
+            raise r.fail(f"{key}.columns.{n}", "segment columns are categorical")
+        if (c.source, c.type) in read:
+            raise r.fail(f"{key}.columns.{n}", f"reads the same field {c.source!r} as {read[(c.source, c.type)]}; "
+                                               f"segment by {read[(c.source, c.type)]} instead")
+    min_rows = data.get("min_rows", SegmentsConfig.min_rows)
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or not 1 <= min_rows <= 10_000_000:
+        raise r.fail(f"{key}.min_rows", f"expected a whole number in [1, 10000000], got {min_rows!r}")
+    return SegmentsConfig(tuple(dict.fromkeys(by)), min_rows, tuple(extra.values()))
 
 
 def _estimation(r: _Reader, data: Any, key: str, task: str) -> EstimationConfig:
@@ -645,7 +721,11 @@ def _estimation(r: _Reader, data: Any, key: str, task: str) -> EstimationConfig:
     data = r.mapping(data or {}, key)
     r.unknown_keys(data, key, set(EstimationConfig.__dataclass_fields__))
     enabled = r.flag(data["enabled"], f"{key}.enabled") if "enabled" in data else True
-    method = r.choice(data.get("method", "auto"), f"{key}.method", ESTIMATION_METHODS[task])
+    from monitor_assets.stats.estimation import METHODS
+
+    # the estimator's own list of methods (a superset of metrics_spec.ESTIMATION_METHODS until that follows it)
+    methods = tuple(dict.fromkeys((*ESTIMATION_METHODS[task], *METHODS[task])))
+    method = r.choice(data.get("method", "auto"), f"{key}.method", methods)
     metrics = data.get("metrics") or []
     if not isinstance(metrics, list):
         raise r.fail(f"{key}.metrics", "expected a list of metric names")

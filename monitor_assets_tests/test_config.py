@@ -236,7 +236,7 @@ def test_estimation_is_on_by_default_checked_by_task_and_refuses_unknown_keys(tm
         "task: binary_classification", "task: binary_classification\n    estimation: {enabled: false}"))).models[0]
     assert off.estimation_method == "none"
     regressor = load_config(write(tmp_path / "h.yaml", BASE.replace("binary_classification", "regression"))).models[0]
-    assert regressor.estimation_method == "loss_model" and regressor.estimated_metrics == ("mae", "rmse")
+    assert regressor.estimation_method == "loss_model_reweighted" and regressor.estimated_metrics == ("mae", "rmse")
     for change, key in (("estimation: {metod: auto}", "models[0].estimation.metod"),
                         ("estimation: {method: loss_model}", "models[0].estimation.method"),
                         ("estimation: {metrics: [mae]}", "models[0].estimation.metrics[0]"),

@@ -29,9 +29,10 @@ def build_estimation_definitions(config: MonitorConfig) -> dg.Definitions:
         key=keys.ESTIMATED_PERFORMANCE,
         description="Per model and day, performance estimated from the logged scores alone, before the labels "
                     "arrive: confidence-based estimation (calibrated scores -> expected confusion matrix: accuracy, "
-                    "precision, recall, F1, specificity, ROC AUC) for classifiers, direct loss estimation (a "
-                    "gradient-boosted model of |error| and error²: MAE, RMSE) for regressors, each with a 95% band "
-                    "(`lower`, `upper`). Assumes no concept shift: P(label | score) as in the reference. When labels "
+                    "precision, recall, F1, specificity, ROC AUC) for classifiers, by default with the reference "
+                    "reweighted by a density ratio on days whose inputs have shifted; direct loss estimation (a "
+                    "gradient-boosted model of |error| and error²: MAE, RMSE) for regressors; each with a 95% band "
+                    "(`lower`, `upper`). Assumes no concept shift: P(label | inputs) as in the reference. When labels "
                     "land, `realized`, `n_labelled` and `within_band` fill in (each run refreshes the "
                     "`label_delay_days` before it). Estimators are fitted once per reference version "
                     "(`monitoring.estimators`).",

@@ -34,14 +34,24 @@ from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_fr
 ESTIMATES = "monitoring.estimated_performance"
 ESTIMATORS = "monitoring.estimators"
 COLUMNS = [c for c in TABLES[ESTIMATES][0] if c != "computed_at"]
-FIT_FORMAT = 1  # part of the fit key: a change of the estimator's layout refits every model once
+FIT_FORMAT = 2  # part of the fit key: a change of the estimator's layout refits every model once
+
+
+def method_of(model: ModelConfig) -> str:
+    """The estimator the model runs ('none' when off); `auto` resolves to the one that measured best."""
+    return model.estimation.resolved(model.task)
+
+
+def needs_features(method: str) -> bool:
+    """The loss model reads the features; a reweighted method compares them with the reference's."""
+    return method in (E.LOSS_MODEL, *E.REWEIGHTED)
 
 
 def fit_key(model: ModelConfig, reference_version: str) -> str:
     """What a stored estimator was fitted from: a change of any refits it."""
     import sklearn
 
-    return (f"{reference_version}:{model.estimation_method}:{model.decision_threshold}:"
+    return (f"{reference_version}:{method_of(model)}:{model.decision_threshold}:"
             f"{sklearn.__version__}:{FIT_FORMAT}")
 
 
@@ -55,6 +65,8 @@ def reference_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
 def _feature_arrays(frame: pd.DataFrame, model: ModelConfig,
                     categories: dict[int, list[str]] | None) -> tuple[np.ndarray, list[bool], dict[int, list[str]]]:
     """The model's features as a float matrix: numeric as they are, categories as codes into the reference's."""
+    if not model.features:
+        return np.empty((len(frame), 0)), [], {}
     columns, flags, cats = [], [], dict(categories or {})
     for i, f in enumerate(model.features):
         values = frame[f.name]
@@ -76,7 +88,7 @@ def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.Da
     score, label = quote_ident(fields["score"]), quote_ident(fields["label"])
     decision = (decision_class_sql(f"{quote_ident(fields['decision'])}::VARCHAR") if fields.get("decision")
                 else "NULL::INT")
-    features = "".join(f", {quote_ident(f.name)}" for f in model.features) if model.estimation_method == E.LOSS_MODEL else ""
+    features = "".join(f", {quote_ident(f.name)}" for f in model.features) if needs_features(method_of(model)) else ""
     return con.execute(f"""
         SELECT * FROM (SELECT TRY_CAST({score} AS DOUBLE) AS score, TRY_CAST({label} AS DOUBLE) AS label,
                               {decision} AS decision{features}
@@ -86,11 +98,17 @@ def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.Da
 
 def fit_estimator(model: ModelConfig, reference: pd.DataFrame) -> E.ConfidenceEstimator | E.LossEstimator:
     """The model's estimator fitted on its reference rows."""
-    if model.estimation_method == E.CONFIDENCE:
-        return E.ConfidenceEstimator.fit(reference.score.to_numpy(), reference.label.to_numpy(),
-                                         reference.decision.to_numpy(float), threshold=model.decision_threshold)
-    x, flags, cats = _feature_arrays(reference, model, None)
-    fitted = E.LossEstimator.fit(x, reference.score.to_numpy(), reference.label.to_numpy(), categorical=flags)
+    method = method_of(model)
+    reweight = method in E.REWEIGHTED
+    x, flags, cats = (_feature_arrays(reference, model, None) if needs_features(method)
+                      else (None, None, {}))
+    if method in (E.CONFIDENCE, E.CONFIDENCE_REWEIGHTED):
+        fitted = E.ConfidenceEstimator.fit(reference.score.to_numpy(), reference.label.to_numpy(),
+                                           reference.decision.to_numpy(float), threshold=model.decision_threshold,
+                                           features=x, categorical=flags, reweight=reweight)
+    else:
+        fitted = E.LossEstimator.fit(x, reference.score.to_numpy(), reference.label.to_numpy(), categorical=flags,
+                                     reweight=reweight)
     fitted.categories = cats
     return fitted
 
@@ -116,7 +134,7 @@ def estimators(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> tup
             missing[model.id] = "the reference has one class only"
             continue
         found[model.id] = fit_estimator(model, reference)
-        fitted_rows.append({"model_id": model.id, "fit_key": key, "method": model.estimation_method,
+        fitted_rows.append({"model_id": model.id, "fit_key": key, "method": method_of(model),
                             "estimator": E.to_text(found[model.id]), "reference_rows": len(reference),
                             "fit_seconds": time.perf_counter() - started,
                             "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None)})
@@ -136,7 +154,8 @@ def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
     table = lake.model_relation(con, model.id)
     logged = config.predictions.fields.get("decision")
     decision = decision_class_sql("p.decision") if logged else "NULL::INT"
-    features = f", {model_feature_select(config, model.id, 'p.')}" if model.estimation_method == E.LOSS_MODEL else ""
+    features = (f", {model_feature_select(config, model.id, 'p.')}"
+                if needs_features(method_of(model)) and model.features else "")
     return con.execute(f"""
         SELECT p.score, {decision} AS decision, p.model_version, l.label{features}
         FROM {table} AS p
@@ -163,12 +182,13 @@ def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.dat
     if not len(frame):
         return []
     metrics = model.estimated_metrics
+    x = (_feature_arrays(frame, model, estimator.categories)[0]
+         if isinstance(estimator, E.LossEstimator) or estimator.sample is not None else None)
     if isinstance(estimator, E.ConfidenceEstimator):
         found = estimator.estimate(frame.score.to_numpy(float), frame.decision.to_numpy(float), metrics,
-                                   seed=day.toordinal())
+                                   seed=day.toordinal(), features=x)
     else:
-        x, _, _ = _feature_arrays(frame, model, estimator.categories)
-        found = estimator.estimate(x, frame.score.to_numpy(float), metrics)
+        found = estimator.estimate(x, frame.score.to_numpy(float), metrics, seed=day.toordinal())
     realized = _realized(model, frame)
     n_labelled = int(frame.label.notna().sum())
     versions = ",".join(sorted({str(v) for v in frame.model_version.dropna()}))
@@ -186,7 +206,7 @@ def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.dat
 def write_estimates(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> tuple[pd.DataFrame, dict]:
     """Replace `days` of monitoring.estimated_performance for the config's models. Returns (the rows written,
     model id -> why it was not estimated)."""
-    models = [m for m in config.models if m.estimation_method != "none"]
+    models = [m for m in config.models if method_of(m) != "none"]
     fitted, missing = estimators(con, models)
     held = held_models(con, days)
     rows = []

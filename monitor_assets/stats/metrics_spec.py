@@ -21,4 +21,5 @@ CLASS_METRICS = ("accuracy", "precision", "recall", "f1", "predicted_positive_ra
 # loss estimation for regressors.
 ESTIMABLE_METRICS = {"binary_classification": ("accuracy", "precision", "recall", "f1", "specificity", "roc_auc"),
                      "regression": ("mae", "rmse")}
-ESTIMATION_METHODS = {"binary_classification": ("auto", "confidence", "none"), "regression": ("auto", "loss_model", "none")}
+ESTIMATION_METHODS = {"binary_classification": ("auto", "confidence", "confidence_reweighted", "none"),
+                      "regression": ("auto", "loss_model", "loss_model_reweighted", "none")}

@@ -111,7 +111,7 @@ def test_every_day_is_estimated_labelled_or_not(world):
     assert set(pd.to_datetime(labelled.partition_date).dt.day) == {1, 2, 3, 4}
     assert risk[risk.n_labelled == 0].realized.isna().all() and risk[risk.n_labelled == 0].within_band.isna().all()
     demand = before[before.model_id == "demand"]
-    assert set(demand.metric) == {"mae"} and (demand.method == "loss_model").all()
+    assert set(demand.metric) == {"mae"} and (demand.method == "loss_model_reweighted").all()
 
 
 def test_realized_values_match_scikit_learn(world):
@@ -181,3 +181,32 @@ def test_history_keeps_each_estimate_and_its_band(world):
         assert rows[""] == pytest.approx(r.estimate) and rows["lower"] == pytest.approx(r.lower)
         assert rows["upper"] == pytest.approx(r.upper)
     assert set(history.segment) == {"", "lower", "upper"}
+
+
+@pytest.mark.parametrize("method,classifier,regressor", [
+    ("auto", "confidence", "loss_model_reweighted"),  # auto: what measured best (benchmarks/estimation_bench.py)
+    ("none", "none", "none"),
+])
+def test_methods_resolve_per_task(tmp_path, method, classifier, regressor):
+    from monitor_assets.estimation.logic import method_of, needs_features
+
+    text = CONFIG.format(tmp=tmp_path).replace("estimation: {metrics: [mae]}", f"estimation: {{method: {method}}}")
+    text = text.replace("    features: {x: numeric}\n", f"    features: {{x: numeric}}\n    estimation: {{method: {method}}}\n", 1)
+    config = load_config(write(tmp_path / "monitor.yaml", text))
+    risk, demand = config.models
+    assert (method_of(risk), method_of(demand)) == (classifier, regressor)
+    assert needs_features(method_of(risk)) == (classifier == "confidence_reweighted")
+
+
+def test_explicit_methods_are_kept_and_checked_per_task(tmp_path):
+    from monitor_assets.estimation.logic import method_of
+
+    for risk_method, demand_method in (("confidence", "loss_model_reweighted"), ("confidence_reweighted", "loss_model")):
+        text = CONFIG.format(tmp=tmp_path).replace("estimation: {metrics: [mae]}", f"estimation: {{method: {demand_method}}}")
+        text = text.replace("    features: {x: numeric}\n", f"    features: {{x: numeric}}\n    estimation: {{method: {risk_method}}}\n", 1)
+        risk, demand = load_config(write(tmp_path / "monitor.yaml", text)).models
+        assert (method_of(risk), method_of(demand)) == (risk_method, demand_method)
+    text = CONFIG.format(tmp=tmp_path).replace("    features: {x: numeric}\n",
+                                               "    features: {x: numeric}\n    estimation: {method: loss_model_reweighted}\n", 1)
+    with pytest.raises(Exception, match="models\\[0\\].estimation.method"):
+        load_config(write(tmp_path / "monitor.yaml", text))

@@ -1,5 +1,6 @@
-"""The estimation core: expected confusion matrices by hand, bands that cover the realized value, estimates
-that follow a covariate shift, direct loss estimation, and the check's sequential test."""
+"""The estimation core: expected confusion matrices by hand (binary and multiclass), bands that cover the
+realized value, estimates that follow a covariate shift (plain and reweighted by a density ratio), direct loss
+estimation, and the check's sequential test."""
 
 import math
 
@@ -7,18 +8,28 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from monitor_assets.stats.density_ratio import density_ratio
 from monitor_assets.stats.estimation import (
     CLASSIFIER_METRICS,
+    CONFIDENCE_REWEIGHTED,
     Calibration,
     ConfidenceEstimator,
     LossEstimator,
     classifier_sampling_sd,
     confusion_metrics,
+    estimate_multiclass,
     expected_auc,
     expected_confusion,
+    expected_multiclass_confusion,
+    fit_multiclass_calibration,
     from_text,
+    multiclass_confusion_metrics,
+    multiclass_point_estimates,
+    multiclass_predicted,
+    multiclass_sampling_sd,
     predicted_class,
     realized_classifier_metrics,
+    realized_multiclass_metrics,
     shortfall_test,
     to_text,
 )
@@ -89,21 +100,34 @@ def test_sampling_sd_matches_simulation():
 
 # -- simulated classifiers ------------------------------------------------------------------------------------
 
-def simulate(rng, n, shifted=False):
+def simulate(rng, n, shifted=False, with_x=False):
     """A model whose true probability is known: p = sigmoid(2x + 0.3); its score is p**0.8 (a monotone
     miscalibration the isotonic step can undo). The shift moves a third of the rows near the boundary,
-    where the model is less accurate."""
+    where the model is less accurate. `with_x`: the feature comes first."""
     x = rng.normal(0, 2.0, n)
     if shifted:
         x = np.where(rng.random(n) < 0.33, rng.normal(0, 0.6, n), x)
     p = 1 / (1 + np.exp(-(2.0 * x + 0.3)))
-    return p ** 0.8, (rng.random(n) < p).astype(float)
+    out = (p ** 0.8, (rng.random(n) < p).astype(float))
+    return (x[:, None], *out) if with_x else out
 
 
 @pytest.fixture(scope="module")
 def fitted():
     rng = np.random.default_rng(7)
     return ConfidenceEstimator.fit(*simulate(rng, 20_000))
+
+
+@pytest.fixture(scope="module")
+def reweighted():
+    x, s, y = simulate(np.random.default_rng(7), 20_000, with_x=True)
+    return ConfidenceEstimator.fit(s, y, features=x, reweight=True)
+
+
+def estimates_of(estimator, x, s, **kw):
+    """{metric: Estimate} of one day, with the features when the estimator reweights."""
+    extra = {"features": x} if estimator.sample is not None else {}
+    return {e.metric: e for e in estimator.estimate(s, **kw, **extra)}
 
 
 def test_calibration_is_chosen_by_cross_validation(fitted):
@@ -115,32 +139,126 @@ def test_calibration_is_chosen_by_cross_validation(fitted):
     assert calibrated.calibration.identity  # already calibrated: isotonic does not help out of fold
 
 
-@pytest.mark.parametrize("shifted,rows", [(False, 1000), (True, 5000)])
-def test_bands_cover_the_realized_value(fitted, shifted, rows):
+@pytest.mark.parametrize("kind", ["fitted", "reweighted"])
+@pytest.mark.parametrize("shifted,rows,days", [(False, 1000, 200), (True, 5000, 100)])
+def test_bands_cover_the_realized_value(request, kind, shifted, rows, days):
+    estimator = request.getfixturevalue(kind)
     rng = np.random.default_rng(11 + shifted)
     covered = {m: 0 for m in ("accuracy", "f1", "roc_auc")}
-    for day in range(200):
-        s, y = simulate(rng, rows, shifted)
-        estimates = {e.metric: e for e in fitted.estimate(s, seed=day)}
+    for day in range(days):
+        x, s, y = simulate(rng, rows, shifted, with_x=True)
+        estimates = estimates_of(estimator, x, s, seed=day)
         real = realized_classifier_metrics(y, predicted_class(s, None, 0.5), s)
         for m in covered:
             covered[m] += estimates[m].lower <= real[m] <= estimates[m].upper
-    assert all(c >= 180 for c in covered.values()), covered  # >= 90% of 200 days
+    assert all(c >= 0.9 * days for c in covered.values()), covered  # >= 90% of the days
 
 
-def test_estimate_follows_a_covariate_shift(fitted):
+@pytest.mark.parametrize("kind", ["fitted", "reweighted"])
+def test_estimate_follows_a_covariate_shift(request, kind):
+    estimator = request.getfixturevalue(kind)
     rng = np.random.default_rng(21)
     stable = [realized_classifier_metrics(y, predicted_class(s, None, 0.5), s)["accuracy"]
               for s, y in (simulate(rng, 5000) for _ in range(20))]
-    errors, drops = [], []
-    for _ in range(30):
-        s, y = simulate(rng, 5000, shifted=True)
+    errors, drops, applied = [], [], []
+    for day in range(30):
+        x, s, y = simulate(rng, 5000, shifted=True, with_x=True)
         real = realized_classifier_metrics(y, predicted_class(s, None, 0.5), s)["accuracy"]
-        estimate = next(e for e in fitted.estimate(s, metrics=("accuracy",)))
+        estimate = estimates_of(estimator, x, s, metrics=("accuracy",), seed=day)["accuracy"]
         errors.append(estimate.estimate - real)
         drops.append(np.mean(stable) - real)
+        applied.append(estimate.reweighted)
     assert 0.04 <= np.mean(drops) <= 0.07  # the shift costs about 5 points of accuracy
     assert max(abs(e) for e in errors) <= 0.015  # followed within 1.5 points on every day
+    assert all(applied) == (kind == "reweighted")  # the domain classifier saw the shift every day
+
+
+# -- a shift the score does not see: reweighting by a density ratio -------------------------------------------
+
+SD1 = 1.5
+
+
+def underused_score(index):
+    """P(y = 1 | 1.5 x1 + 0.3 x2 = index) on the reference (x1 ~ N(0, SD1), x2 ~ N(0, 1)), by Gauss-Hermite
+    quadrature over x2 given the index: the model's score is calibrated on the reference."""
+    var = 2.25 * SD1 ** 2 + 0.09
+    mean = index + 0.9 * 0.3 * index / var
+    sd = math.sqrt(0.81 * (1 - 0.09 / var))
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    return (1 / (1 + np.exp(-(mean[:, None] + sd * nodes[None, :])))) @ weights / weights.sum()
+
+
+def simulate_underused(rng, n, shift=0.0):
+    """True P(y = 1 | x) = sigmoid(1.5 x1 + 1.2 x2); the model's index 1.5 x1 + 0.3 x2 under-uses x2. A shift
+    of x2 is a covariate shift (P(y | x) holds) that moves P(y | score): plain CBPE's assumption breaks."""
+    x1, x2 = rng.normal(0, SD1, n), rng.normal(shift, 1.0, n)
+    p = 1 / (1 + np.exp(-(1.5 * x1 + 1.2 * x2)))
+    return np.column_stack([x1, x2]), underused_score(1.5 * x1 + 0.3 * x2), (rng.random(n) < p).astype(float)
+
+
+def test_score_calibrated_on_the_reference():
+    """The quadrature is right: on reference rows, binned mean labels match the score."""
+    _, s, y = simulate_underused(np.random.default_rng(0), 200_000)
+    bins = np.digitize(s, np.linspace(0, 1, 11))
+    gaps = [abs(y[bins == b].mean() - s[bins == b].mean()) for b in np.unique(bins) if (bins == b).sum() > 2000]
+    assert max(gaps) < 0.01
+
+
+@pytest.fixture(scope="module")
+def underused():
+    x, s, y = simulate_underused(np.random.default_rng(3), 20_000)
+    return ConfidenceEstimator.fit(s, y), ConfidenceEstimator.fit(s, y, features=x, reweight=True)
+
+
+def test_reweighting_costs_nothing_on_a_stable_day(underused):
+    plain, reweighted = underused
+    x, s, _ = simulate_underused(np.random.default_rng(4), 5000)
+    got = reweighted.estimate(s, seed=1, features=x)
+    assert not any(e.reweighted for e in got) and got[0].shift_auc < 0.55
+    assert [(e.estimate, e.lower, e.upper) for e in got] == [(e.estimate, e.lower, e.upper)
+                                                            for e in plain.estimate(s, seed=1)]
+    assert reweighted.method == CONFIDENCE_REWEIGHTED and len(reweighted.sample.x) == 20_000
+
+
+def test_reweighting_follows_a_shift_the_score_does_not_see(underused):
+    plain, reweighted = underused
+    rng = np.random.default_rng(5)
+    errors = {"plain": [], "reweighted": []}
+    covered = {"plain": 0, "reweighted": 0}
+    days = 20
+    for day in range(days):
+        x, s, y = simulate_underused(rng, 5000, shift=1.0)
+        real = realized_classifier_metrics(y, predicted_class(s, None, 0.5), s)
+        for name, got in (("plain", estimates_of(plain, x, s, seed=day)),
+                          ("reweighted", estimates_of(reweighted, x, s, seed=day))):
+            errors[name].append([got[m].estimate - real[m] for m in ("accuracy", "f1")])
+            covered[name] += got["f1"].lower <= real["f1"] <= got["f1"].upper
+    plain_err, reweighted_err = np.array(errors["plain"]), np.array(errors["reweighted"])
+    # plain CBPE: off by about a point, always the same way, on accuracy and F1
+    assert abs(plain_err.mean(axis=0)).min() >= 0.007
+    # reweighted: unbiased within a third of a point, every day within 1.5 points, and its band holds
+    assert abs(reweighted_err.mean(axis=0)).max() <= 0.004
+    assert abs(reweighted_err).max() <= 0.015
+    assert covered["reweighted"] >= 0.9 * days > covered["plain"]
+
+
+def test_density_ratio_skips_a_stable_day_and_recovers_a_shift():
+    rng = np.random.default_rng(9)
+    ref = np.column_stack([rng.normal(0, 1, 20_000), rng.choice([0.0, 1.0, 2.0], 20_000, p=[0.5, 0.3, 0.2])])
+    same = np.column_stack([rng.normal(0, 1, 5000), rng.choice([0.0, 1.0, 2.0], 5000, p=[0.5, 0.3, 0.2])])
+    stable = density_ratio(ref, same, [False, True])
+    assert not stable.applied and stable.auc < 0.55 and (stable.weights == 1).all()
+    cur = np.column_stack([rng.normal(0.5, 1, 5000), rng.choice([0.0, 1.0, 2.0], 5000, p=[0.2, 0.3, 0.5])])
+    shifted = density_ratio(ref, cur, [False, True])
+    w = shifted.weights
+    assert shifted.applied and shifted.auc > 0.6 and w.mean() == pytest.approx(1.0)
+    # the weighted reference looks like the current rows: mean 0.5, categories 0.2 / 0.3 / 0.5
+    assert np.average(ref[:, 0], weights=w) == pytest.approx(0.5, abs=0.04)
+    for code, share in ((0.0, 0.2), (1.0, 0.3), (2.0, 0.5)):
+        assert np.average(ref[:, 1] == code, weights=w) == pytest.approx(share, abs=0.03)
+    # and the weights follow the true ratio exp(0.5 x - 0.125) x (category ratio)
+    true = 0.5 * ref[:, 0] + np.log(np.select([ref[:, 1] == 0, ref[:, 1] == 1], [0.4, 1.0], 2.5))
+    assert np.corrcoef(np.log(w), true)[0, 1] > 0.95
 
 
 def test_estimator_survives_text_round_trip(fitted):
@@ -178,6 +296,103 @@ def test_direct_loss_estimation_tracks_mae_and_rmse():
         assert got["rmse"].estimate == pytest.approx(rmse, rel=0.06), shifted
         assert got["mae"].lower <= mae <= got["mae"].upper
     assert from_text(to_text(estimator)).estimate(x, prediction) == estimator.estimate(x, prediction)
+
+
+def test_reweighted_loss_model_is_plain_on_stable_days_and_widens_under_shift():
+    rng = np.random.default_rng(31)
+    x, prediction, y = simulate_regression(rng, 20_000)
+    plain, reweighted = LossEstimator.fit(x, prediction, y), LossEstimator.fit(x, prediction, y, reweight=True)
+    x, prediction, y = simulate_regression(rng, 5000)
+    assert reweighted.estimate(x, prediction) == [
+        e.__class__(**{**e.__dict__, "method": reweighted.method, "shift_auc": e2.shift_auc})
+        for e, e2 in zip(plain.estimate(x, prediction), reweighted.estimate(x, prediction), strict=True)]
+    x, prediction, y = simulate_regression(rng, 5000, shifted=True)
+    p, r = ({e.metric: e for e in est.estimate(x, prediction)} for est in (plain, reweighted))
+    mae = skm.mean_absolute_error(y, prediction)
+    assert r["mae"].reweighted and r["mae"].upper - r["mae"].lower > p["mae"].upper - p["mae"].lower
+    assert r["mae"].estimate == pytest.approx(mae, rel=0.08)
+
+
+# -- multiclass CBPE ---------------------------------------------------------------------------------------------
+
+def test_multiclass_confusion_by_hand():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1]])
+    predicted = multiclass_predicted(probs)
+    assert list(predicted) == [0, 1, 2, 0]
+    assert list(multiclass_predicted(probs, np.array([np.nan, 2, -1, 1]))) == [0, 2, 2, 1]  # logged where given
+    m = expected_multiclass_confusion(probs, predicted)
+    # rows: true class; columns: predicted. Column 0 holds rows 1 and 4: (0.7 + 0.5, 0.2 + 0.4, 0.1 + 0.1)
+    assert m == pytest.approx(np.array([[1.2, 0.1, 0.2], [0.6, 0.6, 0.2], [0.2, 0.3, 0.6]]))
+    got = multiclass_confusion_metrics(m)
+    assert got["accuracy"] == pytest.approx((1.2 + 0.6 + 0.6) / 4)
+    assert got["precision_0"] == pytest.approx(1.2 / 2.0) and got["recall_0"] == pytest.approx(1.2 / 1.5)
+    assert got["precision_1"] == pytest.approx(0.6 / 1.0) and got["recall_1"] == pytest.approx(0.6 / 1.4)
+    assert got["precision_2"] == pytest.approx(0.6 / 1.0) and got["recall_2"] == pytest.approx(0.6 / 1.1)
+    f1 = [2 * 1.2 / (1.5 + 2.0), 2 * 0.6 / (1.4 + 1.0), 2 * 0.6 / (1.1 + 1.0)]
+    assert got["f1_macro"] == pytest.approx(sum(f1) / 3)
+    assert got["f1_weighted"] == pytest.approx((1.5 * f1[0] + 1.4 * f1[1] + 1.1 * f1[2]) / 4)
+
+
+def test_multiclass_realized_metrics_match_scikit_learn():
+    rng = np.random.default_rng(12)
+    scores = rng.dirichlet([1.0, 2.0, 3.0, 1.5], 3000)
+    y = np.array([rng.choice(4, p=p) for p in scores])
+    predicted = multiclass_predicted(scores)
+    got = realized_multiclass_metrics(y, predicted, scores)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted))
+    assert got["f1_macro"] == pytest.approx(skm.f1_score(y, predicted, average="macro"))
+    assert got["f1_weighted"] == pytest.approx(skm.f1_score(y, predicted, average="weighted"))
+    precision = skm.precision_score(y, predicted, average=None)
+    recall = skm.recall_score(y, predicted, average=None)
+    for c in range(4):
+        assert got[f"precision_{c}"] == pytest.approx(precision[c]) and got[f"recall_{c}"] == pytest.approx(recall[c])
+        assert got[f"roc_auc_{c}"] == pytest.approx(skm.roc_auc_score(y == c, scores[:, c]))
+    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, scores, multi_class="ovr", average="macro"))
+
+
+def test_multiclass_expectations_and_spread_match_simulated_labels():
+    """Labels drawn from known calibrated probabilities: the mean of scikit-learn's realized metrics over the
+    draws is the expected value; their spread is the sampling sd."""
+    rng = np.random.default_rng(13)
+    probs = rng.dirichlet([2.0, 1.0, 1.0], 2000)
+    scores = probs + rng.normal(0, 0.02, probs.shape)  # the AUC ranks by raw scores, not by the probabilities
+    predicted = multiclass_predicted(scores)
+    expected = multiclass_point_estimates(probs, predicted, scores)
+    sd = multiclass_sampling_sd(probs, predicted, scores, seed=1)
+    cumulative = np.cumsum(probs, axis=1)
+    draws = {"accuracy": [], "f1_macro": [], "f1_weighted": [], "roc_auc": [], "recall_1": []}
+    for _ in range(400):
+        y = (rng.random(2000)[:, None] > cumulative).sum(axis=1)
+        draws["accuracy"].append(skm.accuracy_score(y, predicted))
+        draws["f1_macro"].append(skm.f1_score(y, predicted, average="macro"))
+        draws["f1_weighted"].append(skm.f1_score(y, predicted, average="weighted"))
+        draws["roc_auc"].append(skm.roc_auc_score(y, scores / scores.sum(axis=1, keepdims=True), multi_class="ovr"))
+        draws["recall_1"].append(skm.recall_score(y, predicted, average=None)[1])
+    for m, values in draws.items():
+        assert expected[m] == pytest.approx(np.mean(values), abs=0.003), m
+        assert sd[m] == pytest.approx(np.std(values), rel=0.2), m
+
+
+def test_multiclass_calibration_renormalises_and_estimates_a_day():
+    rng = np.random.default_rng(14)
+
+    def day(n):
+        probs = rng.dirichlet([1.0, 1.0, 1.0], n)
+        raw = probs ** 2  # overconfident scores; each class's calibration undoes its part
+        return raw / raw.sum(axis=1, keepdims=True), (rng.random(n)[:, None] > np.cumsum(probs, axis=1)).sum(axis=1)
+
+    scores, y = day(20_000)
+    calibration = fit_multiclass_calibration(scores, y)
+    calibrated = calibration(scores)
+    assert calibrated.sum(axis=1) == pytest.approx(np.ones(len(y)))
+    onehot = np.eye(3)[y]
+    assert np.mean((calibrated - onehot) ** 2) < np.mean((scores - onehot) ** 2)
+    scores, y = day(5000)
+    got = {e.metric: e for e in estimate_multiclass(calibration, scores, seed=2)}
+    real = realized_multiclass_metrics(y, multiclass_predicted(scores), scores)
+    for m in ("accuracy", "f1_macro", "f1_weighted", "roc_auc"):
+        assert got[m].estimate == pytest.approx(real[m], abs=0.015), m
+        assert got[m].lower <= real[m] <= got[m].upper, m
 
 
 # -- the check's sequential test ------------------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""Density-ratio weights between a reference sample and one day's rows, from a domain classifier: what lets an
+estimate fitted on the reference hold when the inputs have shifted (a covariate shift).
+
+A logistic regression tells reference rows (0) from current rows (1) on standardized numeric columns and their
+squares (a quadratic log density ratio: exact for Gaussian shifts of location and scale) and one-hot categories.
+Two-fold cross-fitting gives every reference row a probability q from a model that never saw it, and an honest
+AUC. The weight w = q / (1 - q) * n_ref / n_cur estimates p_cur(x) / p_ref(x); weights are renormalised to mean
+1 and clipped at `clip` so a few rows cannot carry the day. Below `auc_floor` the two sets are not told apart and
+the weights are 1 (nothing is refitted downstream: a stable day costs one small logistic fit).
+
+Measured once on 5,000 + 5,000 rows of 10 features (a mean shift of 0.5 sd and a scale change to 0.5 in one
+feature), two-fold: the quadratic logistic model reached AUC 0.64 / 0.70 against 0.63 / 0.69 for a 20-iteration
+HistGradientBoostingClassifier, in 0.14 / 0.26 s against 1.9 / 1.6 s on a busy two-core machine, so it is the
+domain classifier here. With Newton steps a day without shift now costs a few ms.
+
+No Dagster, no I/O: arrays in, a dataclass out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_ROWS = 5000  # rows of each side the domain classifier learns from
+SAMPLE_ROWS = 20_000  # reference rows a reweighted estimator keeps (and weights): at 5,000 the weighted
+# calibration's effective rows fell below 1,000 on a 1.5 sd shift and its small-sample bias showed
+AUC_FLOOR = 0.55  # below: no shift worth reweighting for
+CLIP = 20.0  # largest weight, in units of the mean weight
+MAX_CATEGORIES = 20  # one-hot columns per categorical feature (the reference's most frequent codes)
+
+
+@dataclass(frozen=True)
+class DensityRatio:
+    """Weights of the reference rows (mean 1), the domain classifier's cross-validated AUC, whether the weights
+    are applied (AUC at or above the floor), and their effective sample size (sum w)^2 / sum w^2."""
+
+    weights: np.ndarray
+    auc: float
+    applied: bool
+
+    @property
+    def effective_rows(self) -> float:
+        w = self.weights
+        return float(w.sum() ** 2 / np.sum(w * w)) if len(w) else 0.0
+
+
+def one_thread():
+    """A context with one thread for OpenMP and BLAS pools. The loss models' gradient boosting and the domain
+    classifier are small per model-day; on a busy two-core machine their spinning pools made a 20,000-row DLE
+    fit take 84 s against 2 to 3 s on one thread (measured here at load 17)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """At most `size` row indices out of `n`, seeded, in ascending order (all rows when n <= size)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def rank_auc(y: np.ndarray, q: np.ndarray) -> float:
+    """ROC AUC of 0/1 labels `y` against scores `q` (Mann-Whitney, mid-ranks for ties)."""
+    from scipy.stats import rankdata
+
+    n1 = float(np.sum(y))
+    n0 = len(y) - n1
+    if not (n1 and n0):
+        return math.nan
+    return float((np.sum(rankdata(q)[y > 0.5]) - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def _design(reference: np.ndarray, current: np.ndarray, categorical: list[bool] | None) -> np.ndarray:
+    """The domain classifier's columns for the stacked rows: standardized numeric values (missing -> 0, plus a
+    missing flag where any is missing) and their squares; one-hot reference categories."""
+    both = np.vstack([reference, current])
+    flags = list(categorical or [False] * both.shape[1])
+    columns = []
+    for j in range(both.shape[1]):
+        v = both[:, j]
+        missing = ~np.isfinite(v)
+        if flags[j]:
+            ref = reference[:, j]
+            codes, counts = np.unique(ref[np.isfinite(ref)], return_counts=True)
+            for c in codes[np.argsort(-counts)][:MAX_CATEGORIES]:
+                columns.append((v == c).astype(float))
+        else:
+            ref = reference[:, j][np.isfinite(reference[:, j])]
+            mu, sd = (float(np.mean(ref)), float(np.std(ref))) if len(ref) else (0.0, 0.0)
+            z = np.where(missing, 0.0, (v - mu) / (sd if sd > 0 else 1.0))
+            z = np.clip(z, -10, 10)  # a wild value should not dominate the fit
+            columns += [z, z * z / math.sqrt(2)]
+        if missing.any():
+            columns.append(missing.astype(float))
+    return np.column_stack(columns) if columns else np.zeros((len(both), 1))
+
+
+def density_ratio(reference: np.ndarray, current: np.ndarray, categorical: list[bool] | None = None,
+                  seed: int = 0, max_rows: int = MAX_ROWS, auc_floor: float = AUC_FLOOR,
+                  clip: float = CLIP) -> DensityRatio:
+    """Weights p_cur(x) / p_ref(x) for every row of `reference` (rows x columns): the classifier learns from at
+    most `max_rows` rows of each side, then weighs every reference row. Both are float matrices with the same
+    columns (categories as codes)."""
+    reference = np.asarray(reference, float).reshape(len(reference), -1)
+    current = np.asarray(current, float).reshape(len(current), -1)
+    n_ref = len(reference)
+    if n_ref < 20 or len(current) < 20:
+        return DensityRatio(np.ones(n_ref), math.nan, False)
+    with one_thread():
+        return _density_ratio(reference, current, categorical, seed, max_rows, auc_floor, clip)
+
+
+def _density_ratio(reference, current, categorical, seed, max_rows, auc_floor, clip) -> DensityRatio:
+    from sklearn.linear_model import LogisticRegression
+
+    n_ref = len(reference)
+    learn = sample_rows(n_ref, max_rows, seed + 1)  # the reference rows the classifier learns from
+    cur = current[sample_rows(len(current), max_rows, seed)]
+    design = _design(reference, cur, categorical)
+    x = np.vstack([design[:n_ref][learn], design[n_ref:]])
+    n_learn = len(learn)
+    y = np.r_[np.zeros(n_learn), np.ones(len(cur))]
+    rng = np.random.default_rng(seed)
+    fold = np.r_[rng.permutation(n_learn) % 2, rng.permutation(len(cur)) % 2]
+    q = np.full(len(y), np.nan)
+    models = []
+    for k in (1, 0):
+        train = fold != k
+        # Newton steps: a handful of columns, and a day without shift converges in one or two iterations
+        models.append(LogisticRegression(C=1.0, solver="newton-cholesky", max_iter=100).fit(x[train], y[train]))
+        q[~train] = models[-1].predict_proba(x[~train])[:, 1]
+        auc = rank_auc(y[~np.isnan(q)], q[~np.isnan(q)])
+        if k == 1 and auc < auc_floor - 0.02:  # plainly no shift on the first held-out half: skip the second fit
+            return DensityRatio(np.ones(n_ref), auc, False)
+    if auc < auc_floor:
+        return DensityRatio(np.ones(n_ref), auc, False)
+    # log odds of every reference row: out of fold for the rows learnt from, else the two models' mean
+    log_odds = np.mean([m.decision_function(design[:n_ref]) for m in models], axis=0)
+    qr = np.clip(q[:n_learn], 1e-6, 1 - 1e-6)
+    log_odds[learn] = np.log(qr / (1 - qr))
+    w = np.exp(np.clip(log_odds, -30, 30)) * n_learn / len(cur)
+    w = w / w.mean()
+    for _ in range(3):  # clipping moves the mean: clip, renormalise, a few times
+        w = np.minimum(w, clip)
+        w = w / w.mean()
+    return DensityRatio(w, auc, True)
