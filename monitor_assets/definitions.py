@@ -4,10 +4,14 @@ Each stage builds its own `Definitions` (wired to the others by the asset keys i
 merges them and adds what spans stages: the daily job, its cut for shards, its schedule, the resources.
 
 The config comes from $MONITOR_CONFIG (default: the bundled demo's) and is validated here, so a wrong
-config fails when the code location loads, before any run starts.
+config fails when the code location loads, before any run starts. So does a Dagster instance that is not the
+one $MONITOR_ENV asks for (prod: PostgreSQL): every service loads this module (the code servers of the
+webserver, the daemon and `dagster dev`, run workers, `run_pipeline`), so none of them works on the wrong one.
 """
 
 from __future__ import annotations
+
+import os
 
 import dagster as dg
 
@@ -20,14 +24,19 @@ from monitor_assets.export.defs import build_export_definitions
 from monitor_assets.history.defs import build_history_definitions
 from monitor_assets.ingestion.defs import build_ingestion_assets, build_quality_checks
 from monitor_assets.metrics.defs import build_metrics_assets
+from monitor_assets.multivariate.defs import build_multivariate_definitions
 from monitor_assets.notify.defs import build_notify_definitions
 from monitor_assets.reporting.defs import build_reporting_definitions
 from monitor_assets.retraining.defs import build_retraining_definitions
+from monitor_assets.segments.defs import build_segments_definitions
 from monitor_assets.storage.defs import build_storage_definitions
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import daily_partitions
 
 MONITORING_JOB = "monitoring_job"
+# Run tags of every monitoring_job run (schedule, backfills, the UI): the prod instance's "one monitoring_job
+# at a time" limit keys on them. Dagster puts no job-name tag on runs.
+MONITORING_JOB_TAGS = {"monitor_assets/job": MONITORING_JOB}
 # The same pipeline cut for shards (`run_pipeline --shards N`): each shard's runs (tag monitor_assets/shard
 # "i/N") handle its models, first the predictions and reference profiles of every shard, then labels (matched
 # to any shard's predictions, so after all of them) and the per-model figures; then one fleet run does the
@@ -35,7 +44,8 @@ MONITORING_JOB = "monitoring_job"
 SHARD_JOBS = ("shard_ingest_job", "shard_analysis_job")
 FLEET_JOB = "fleet_job"
 SHARD_INGEST = (keys.PREDICTIONS, keys.REFERENCE_PROFILES)
-SHARD_ANALYSIS = (keys.LABELS, keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ESTIMATED_PERFORMANCE)
+SHARD_ANALYSIS = (keys.LABELS, keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ESTIMATED_PERFORMANCE,
+                  keys.MULTIVARIATE_DRIFT)
 
 
 # -- the stages whose builders return lists: wrapped into Definitions here ------------------------------
@@ -83,7 +93,7 @@ def pipeline_jobs(config: MonitorConfig, assets: list[dg.AssetKey],
     every_asset = dg.AssetSelection.assets(*assets).without_checks()
     quality = [c for c in checks if c.asset_key == keys.PREDICTIONS]
     job = dg.define_asset_job(MONITORING_JOB, selection=every_asset | dg.AssetSelection.checks(*checks),
-                              partitions_def=partitions,
+                              partitions_def=partitions, tags=MONITORING_JOB_TAGS,
                               description="The daily monitoring pipeline for every configured model.")
     shard_ingest = dg.define_asset_job(
         SHARD_JOBS[0], selection=dg.AssetSelection.assets(*SHARD_INGEST).without_checks()
@@ -107,12 +117,16 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     metrics = build_metrics_definitions(config)
     analysis = build_analysis_definitions(config)
     estimation = build_estimation_definitions(config)
-    history = build_history_definitions(config, upstream=asset_keys(metrics, analysis, estimation))
+    segments = build_segments_definitions(config)
+    multivariate = build_multivariate_definitions(config)
+    history = build_history_definitions(config, upstream=asset_keys(metrics, analysis, estimation, segments,
+                                                                    multivariate))
     alerting = build_alerting_definitions(config)
     retraining = build_retraining_definitions(config)
     reporting = build_reporting_definitions(config)
     export = build_export_definitions(config)
-    pipeline = (ingestion, metrics, analysis, estimation, history, alerting, retraining, reporting, export)
+    pipeline = (ingestion, metrics, analysis, estimation, segments, multivariate, history, alerting, retraining,
+                reporting, export)
 
     checks = check_keys(ingestion, alerting, retraining)
     jobs = pipeline_jobs(config, asset_keys(*pipeline), checks)
@@ -127,4 +141,32 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     )
 
 
+class WrongInstanceError(RuntimeError):
+    """The Dagster instance in $DAGSTER_HOME is not the one $MONITOR_ENV asks for."""
+
+
+def check_instance_for_env() -> None:
+    """With MONITOR_ENV=prod, refuse to load unless $DAGSTER_HOME's instance keeps runs, events and schedules
+    in PostgreSQL: a service started without the prod dagster.yaml would otherwise run on SQLite of its own.
+    Reads the instance's settings only (no connection); an unknown MONITOR_ENV fails as in `run_pipeline`."""
+    from monitor_assets.runner import INSTANCE_TEMPLATES, instance_template
+
+    if instance_template() != INSTANCE_TEMPLATES["prod"]:
+        return
+    home = os.environ.get("DAGSTER_HOME")
+    fix = "copy deploy/prod/dagster.yaml there (make run and make dev do) and set the DAGSTER_PG_* variables"
+    if not home or not os.path.isdir(home):
+        raise WrongInstanceError(f"MONITOR_ENV=prod needs DAGSTER_HOME set to an existing folder "
+                                 f"(got {home!r}): {fix}")
+    from dagster._core.instance.ref import InstanceRef
+
+    ref = InstanceRef.from_dir(home)
+    storages = (ref.run_storage_data, ref.event_storage_data, ref.schedule_storage_data)
+    wrong = sorted({s.class_name for s in storages if not s.module_name.startswith("dagster_postgres")})
+    if wrong:
+        raise WrongInstanceError(f"MONITOR_ENV=prod, but the instance in DAGSTER_HOME={home} uses "
+                                 f"{', '.join(wrong)}, not PostgreSQL: {fix}")
+
+
+check_instance_for_env()
 defs = build_definitions(load_config())

@@ -269,7 +269,8 @@ class _Checker:
                 if m not in models:
                     continue
                 wanted.append((f"models[{i}].score_field", m.score_field, True))
-                for group, items in (("features", m.features), ("sensitive_attributes", m.sensitive_attributes)):
+                for group, items in (("features", m.features), ("sensitive_attributes", m.sensitive_attributes),
+                                     ("segments.columns", m.segments.columns)):
                     wanted += [(f"models[{i}].{group}.{f.name}", f.source, True) for f in items]
         try:
             found = columns_of(sample, src.format)

@@ -23,15 +23,17 @@ from monitor_assets.constants import FAIRNESS_CHECK as FAIRNESS
 from monitor_assets.constants import FEATURE_VALUES_CHECK as FEATURE_VALUES
 from monitor_assets.constants import KEY_FEATURE_DRIFT_CHECK as KEY_FEATURE_DRIFT
 from monitor_assets.constants import LATENCY_CHECK as LATENCY
+from monitor_assets.constants import MULTIVARIATE_DRIFT_CHECK as MULTIVARIATE_DRIFT
 from monitor_assets.constants import PERFORMANCE_CHECK as PERFORMANCE
 from monitor_assets.constants import PREDICTION_DRIFT_CHECK as PREDICTION_DRIFT
+from monitor_assets.constants import SEGMENT_PERFORMANCE_CHECK as SEGMENT_PERFORMANCE
 from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.formatting import fmt_num, fmt_p, fmt_pct, plural
 from monitor_assets.stats.anomaly import find_anomalies
 from monitor_assets.stats.drift import P_VALUE_METHODS
 from monitor_assets.stats.estimation import band_standard_error
 from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
-from monitor_assets.stats.performance import share_of_baseline
+from monitor_assets.stats.performance import metric_standard_error, share_of_baseline
 from monitor_assets.stats.shortfall import ALPHA as ESTIMATE_ALPHA
 from monitor_assets.stats.shortfall import CUSUM_DAYS, adjusted_fails, family_size, shortfall_test
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame, transaction
@@ -57,6 +59,8 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
         _judge_fairness(rows, model, inputs, config)
         _judge_anomalies(rows, model, inputs, config, days)
     _judge_estimates(rows, config, inputs, days)
+    _judge_segments(rows, config, inputs)
+    _judge_multivariate(rows, config, inputs)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -123,8 +127,17 @@ def _read_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: li
                                FROM monitoring.estimated_performance
                                WHERE partition_date BETWEEN ? AND ?""",
                             [min(days) - dt.timedelta(days=CUSUM_DAYS - 1), max(days)]).df()
+    segments = con.execute("""SELECT partition_date, model_id, segment, n_labelled, metric, value, reference_value,
+                                     reference_source, floor, p_value, p_adjusted, below_floor
+                              FROM monitoring.segment_performance WHERE partition_date IN (SELECT unnest(?::DATE[]))
+                              AND p_value IS NOT NULL""", [days]).df()
+    multivariate = con.execute("""SELECT partition_date, model_id, method, statistic, threshold, drifted, n_current,
+                                         top_features, analysis_error
+                                  FROM monitoring.multivariate_drift WHERE partition_date IN (SELECT unnest(?::DATE[]))
+                                  ORDER BY model_id, partition_date, method""", [days]).df()
     return {"perf": perf, "base": base, "drift": drift, "fair": fair, "features": features,
-            "predictions": predictions, "logged": logged, "anomalies": anomalies, "estimated": estimated}
+            "predictions": predictions, "logged": logged, "anomalies": anomalies, "estimated": estimated,
+            "segments": segments, "multivariate": multivariate}
 
 
 @dataclass
@@ -143,9 +156,12 @@ class _Inputs:
     fair_by: dict
     anomalies_by: dict
     estimated_by: dict
+    segments_by: dict
+    multivariate_by: dict
 
 
-def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies, estimated) -> _Inputs:
+def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies, estimated, segments,
+              multivariate) -> _Inputs:
     # Every frame is split by model (and day) once: filtering frames of 500 models per model took 15 s.
     features = features.assign(excess=_excess(features))
     return _Inputs(
@@ -157,7 +173,8 @@ def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies,
         key_by=_rows_by(features[features.key_feature.fillna(False).astype(bool)], "model_id", "day"),
         values_by=_rows_by(features[_values_changed(features)], "model_id", "day"),
         fair_by=_rows_by(fair, "model_id", "day"), anomalies_by=_rows_by(anomalies, "model_id", "day"),
-        estimated_by=_rows_by(estimated, "model_id", "metric"))
+        estimated_by=_rows_by(estimated, "model_id", "metric"), segments_by=_rows_by(segments, "model_id", "day"),
+        multivariate_by=_rows_by(multivariate, "model_id", "day"))
 
 
 class _Rows(list):
@@ -265,6 +282,75 @@ def _judge_estimates(rows: _Rows, config: MonitorConfig, inputs: _Inputs, days: 
                                                                            size))
 
 
+def _judge_segments(rows: _Rows, config: MonitorConfig, inputs: _Inputs) -> None:
+    """Each segmented model-day: fails when a segment's main metric is below its floor beyond chance
+    (`monitoring.segment_performance.below_floor`, adjusted across the model-day's segments), naming the
+    segments, worst first."""
+    by_model = {}
+    for (model_id, day), found in inputs.segments_by.items():
+        by_model.setdefault(model_id, []).append((day, found))
+    for model in config.models:
+        for day, found in by_model.get(model.id, ()):
+            ranked = sorted(found, key=lambda r: (r.p_adjusted, r.p_value))
+            below = [r for r in ranked if _flag(r.below_floor)]
+            worst = below[0] if below else ranked[0]
+            score = share_of_baseline(worst.metric, worst.reference_value, worst.value)
+            details = {"segments_tested": len(found), "segments_below_floor": len(below),
+                       "segments": [{"segment": r.segment, "value": r.value, "reference_value": r.reference_value,
+                                     "n_labelled": int(r.n_labelled), "p_adjusted": r.p_adjusted}
+                                    for r in (below or ranked)[:5]]}
+            if below:
+                named = "; ".join(
+                    f"{r.segment}: {r.metric} {fmt_num(r.value)} on {int(r.n_labelled)} labelled rows vs "
+                    f"{fmt_num(r.reference_value)} in the {'segment' if r.reference_source == 'segment' else 'whole'}"
+                    f" reference (floor {fmt_num(r.floor)}, adjusted {fmt_p(r.p_adjusted)})" for r in below[:3])
+                more = f"; and {plural(len(below) - 3, 'more segment')}" if len(below) > 3 else ""
+                message = (f"{plural(len(below), 'segment')} of {len(found)} below {model.thresholds.min_metric_ratio:.0%}"
+                           f" of their reference beyond chance: {named}{more}")
+            else:
+                message = (f"{plural(len(found), 'segment')} tested, none below its floor beyond chance (closest: "
+                           f"{worst.segment}, {worst.metric} {fmt_num(worst.value)} vs {fmt_num(worst.reference_value)}"
+                           f", adjusted {fmt_p(worst.p_adjusted)})")
+            rows.add(day, model, SEGMENT_PERFORMANCE, score, model.thresholds.min_metric_ratio, not below, message,
+                     details)
+
+
+def _judge_multivariate(rows: _Rows, config: MonitorConfig, inputs: _Inputs) -> None:
+    """Each model-day with multivariate drift figures: fails when either method's statistic reaches its
+    threshold (`monitoring.multivariate_drift.drifted`), naming the method, statistic vs threshold and the
+    features that carried it; a model-day that could not be computed fails with why. A day too small for a
+    verdict (no statistic) yields no row."""
+    by_model: dict[str, list] = {}
+    for (model_id, day), found in inputs.multivariate_by.items():
+        by_model.setdefault(model_id, []).append((day, found))
+    for model in config.models:
+        for day, found in sorted(by_model.get(model.id, ()), key=lambda item: item[0]):
+            failed = [r for r in found if _known(r.analysis_error)]
+            if failed:
+                rows.add(day, model, MULTIVARIATE_DRIFT, None, None, False, failed[0].analysis_error,
+                         level=ANALYSIS_ERROR_SEVERITY)
+                continue
+            judged = [r for r in found if _known(r.statistic)]
+            if not judged:
+                continue
+            drifted = [r for r in judged if _flag(r.drifted)]
+            shown = drifted or judged
+            details = {"n_current": int(judged[0].n_current), "methods": [
+                {"method": r.method, "statistic": r.statistic, "threshold": r.threshold, "drifted": _flag(r.drifted),
+                 "top_features": r.top_features} for r in judged]}
+            if drifted:
+                named = "; ".join(f"{r.method} {fmt_num(r.statistic)} >= threshold {fmt_num(r.threshold)}"
+                                  + (f" (features: {r.top_features})" if _known(r.top_features) else "")
+                                  for r in drifted)
+                message = (f"the features go together unlike the reference on {int(judged[0].n_current):,} rows: "
+                           f"{named}")
+            else:
+                message = "no multivariate drift: " + "; ".join(
+                    f"{r.method} {fmt_num(r.statistic)} < {fmt_num(r.threshold)}" for r in judged)
+            rows.add(day, model, MULTIVARIATE_DRIFT, shown[0].statistic, shown[0].threshold, not drifted, message,
+                     details)
+
+
 def estimate_evidence(model: ModelConfig, window: list, baseline: float | None) -> dict | None:
     """A model's evidence for `estimated_performance_within_baseline` on the last day of `window` (its estimate
     rows of the main metric over CUSUM_DAYS days, None for a day without one), or None when it cannot be judged
@@ -310,48 +396,6 @@ def estimate_verdict(model: ModelConfig, e: dict, p_adjusted: float, failed: boo
     return (score, ratio, not failed, message,
             {**{k: v for k, v in e.items() if k != "n_rows"}, "p_adjusted": p_adjusted, "family_size": size,
              "alpha": ESTIMATE_ALPHA})
-
-
-def metric_standard_error(metric: str, value: float, n: int, positive_rate: float | None = None,
-                          predicted_positive_rate: float | None = None) -> float:
-    """Approximate standard error of a day's metric on `n` labelled rows, for the guard that keeps a
-    noisy day from alerting: Hanley & McNeil (1982) for ROC AUC; a binomial proportion for accuracy,
-    precision and recall (on the rows each is a share of) and F1 (on the smaller of those); for MAE and
-    MAPE that of a mean of absolute errors, taking their spread as for normal errors
-    (sd = mean * sqrt(pi/2 - 1)); RMSE / sqrt(2n); for Brier the largest a mean of values in [0, 1]
-    can have; R² by Olkin-Finn, 2|R²|(1 - R²)/sqrt(n). Log loss: 0 (no bound; judged on the value)."""
-    n = max(int(n), 1)
-    pos = max(round(n * positive_rate), 1) if _known(positive_rate) else n
-    sel = max(round(n * predicted_positive_rate), 1) if _known(predicted_positive_rate) else n
-
-    def binomial(m: int) -> float:
-        return math.sqrt(max(value * (1 - value), 0.0) / max(m, 1))
-
-    if metric == "roc_auc":
-        if not _known(positive_rate):
-            return 0.0
-        n_neg = max(n - pos, 1)
-        a = value
-        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-        var = (a * (1 - a) + (pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (pos * n_neg)
-        return math.sqrt(max(var, 0.0))
-    if metric == "accuracy":
-        return binomial(n)
-    if metric == "recall":
-        return binomial(pos)
-    if metric == "precision":
-        return binomial(sel)
-    if metric == "f1":
-        return binomial(min(pos, sel))
-    if metric in ("mae", "mape"):
-        return value * math.sqrt(math.pi / 2 - 1) / math.sqrt(n)
-    if metric == "rmse":
-        return value / math.sqrt(2 * n)
-    if metric == "brier_score":
-        return binomial(n)
-    if metric == "r2":
-        return 2 * abs(value) * abs(1 - value) / math.sqrt(n)
-    return 0.0
 
 
 def performance_judgement(model: ModelConfig, r, baseline: float | None):

@@ -23,7 +23,9 @@ from monitor_assets.wiring import (
 # The figures history gathers, by the asset that computes them (a part is left out when its asset is).
 HISTORY_SOURCES = {"performance_daily": keys.PERFORMANCE_DAILY, "business_kpis_daily": keys.BUSINESS_KPIS_DAILY,
                    "feature_drift": keys.FEATURE_DRIFT, "fairness": keys.FAIRNESS,
-                   "estimated_performance": keys.ESTIMATED_PERFORMANCE}
+                   "estimated_performance": keys.ESTIMATED_PERFORMANCE,
+                   "segment_performance": keys.SEGMENT_PERFORMANCE,
+                   "multivariate_drift": keys.MULTIVARIATE_DRIFT}
 
 
 def build_history_definitions(config: MonitorConfig, upstream: Collection[dg.AssetKey]) -> dg.Definitions:

@@ -50,6 +50,20 @@ HISTORY_PARTS = {
             UNPIVOT (SELECT partition_date, model_id, metric, estimate, lower, upper
                      FROM monitoring.estimated_performance WHERE partition_date IN (SELECT d FROM _days))
             ON estimate, lower, upper INTO NAME bound VALUE value)""",
+    # Each segment's figures: `segment.<metric>` (the main metric, labelled rows, volume), segment `market=DE`.
+    "segment_performance": """
+        SELECT partition_date, model_id, 'segment.' || metric, segment, value
+        FROM monitoring.segment_performance WHERE partition_date IN (SELECT d FROM _days) AND value IS NOT NULL
+        UNION ALL
+        SELECT partition_date, model_id, 'segment.n_labelled', segment, n_labelled
+        FROM monitoring.segment_performance WHERE partition_date IN (SELECT d FROM _days)
+        UNION ALL
+        SELECT partition_date, model_id, 'segment.volume', segment, volume
+        FROM monitoring.segment_performance WHERE partition_date IN (SELECT d FROM _days)""",
+    # Each multivariate statistic: `multivariate.<method>`, the whole model (segment '').
+    "multivariate_drift": """
+        SELECT partition_date, model_id, 'multivariate.' || method, '', statistic
+        FROM monitoring.multivariate_drift WHERE partition_date IN (SELECT d FROM _days) AND statistic IS NOT NULL""",
 }
 
 

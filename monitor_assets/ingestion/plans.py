@@ -38,7 +38,7 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
             fields.append(Field(alias, m.score_field, NUMBER, False, label=m.score_field))
     feature_aliases: dict[tuple[str, str], str] = {}
     for m in models:
-        for f in m.features + m.sensitive_attributes:
+        for f in m.logged_columns:
             key = (f.source, f.type)
             if key not in feature_aliases:
                 alias = f"feat_{len(feature_aliases)}"
@@ -51,7 +51,7 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
     parents: dict[str, str] = {}
     if config.predictions.format == "jsonl":
         for m in models:
-            for f in m.features + m.sensitive_attributes:
+            for f in m.logged_columns:
                 parent = f.source.rpartition(".")[0]
                 if parent and parent not in parents:
                     parents[parent] = f"obj_{len(parents)}"
@@ -80,7 +80,7 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
         if m.is_classifier:
             rules.append((f"{in_model} AND {score} NOT BETWEEN 0 AND 1",
                           f"'out of range: ' || {sql_str(m.score_field)} || '=' || {score} || ' is outside [0, 1]'"))
-        for parent in dict.fromkeys(f.source.rpartition(".")[0] for f in m.features + m.sensitive_attributes):
+        for parent in dict.fromkeys(f.source.rpartition(".")[0] for f in m.logged_columns):
             if parent in parents:
                 obj = parents[parent]
                 rules.append((f"{in_model} AND {obj} IS NOT NULL AND {obj} <> 'OBJECT'",

@@ -345,7 +345,7 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
         columns = feature_columns(config)
         for m in group.models:
             picks = ", ".join(shared + [f"{plan.feature_aliases[(f.source, f.type)]} AS {quote_ident(columns[(f.source, f.type)])}"
-                                        for f in m.features + m.sensitive_attributes])
+                                        for f in m.logged_columns])
             rows = stage.sql(f"SELECT {picks} FROM raw.predictions WHERE model_id = $1", params=[m.id]).to_arrow_table()
             lake.replace_model_day(m.id, rows, day)
             if committed is not None:

@@ -179,9 +179,11 @@ def _retraining_checks(config: MonitorConfig) -> dg.AssetChecksDefinition:
         CANARY_CHECK, asset=keys.VERSION_COMPARISON, partitions_def=partitions,
         description="Fails (ERROR) when a challenger version fails its canary gates: roll it back.")
 
+    # Subsettable: an asset-graph backfill may run version_comparison and retraining_trigger in different runs.
     @dg.multi_asset_check(name="retraining_checks", specs=[trigger_spec, canary_spec], retry_policy=IO_RETRY,
-                          pool=DUCKDB_POOL)
+                          pool=DUCKDB_POOL, can_subset=True)
     def retraining_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+        selected = context.selected_asset_check_keys
         days = days_with_label_refresh(run_days(context), config)
         with warehouse.connect() as con:
             requests = L.trigger_failures(con, config, days, RETRAINING_CHECK)
@@ -189,9 +191,11 @@ def _retraining_checks(config: MonitorConfig) -> dg.AssetChecksDefinition:
             comparison = L.comparisons(con, days)
         compared = (comparison.drop_duplicates(["partition_date", "model_id", "challenger_version"])
                     .groupby(pd.to_datetime(comparison.partition_date).dt.date).size().to_dict() if len(comparison) else {})
-        yield from partition_check_results(context, trigger_spec, days, requests, tested)
-        yield from partition_check_results(context, canary_spec, days,
-                                           L.rollback_failures(comparison, CANARY_CHECK), compared)
+        if trigger_spec.key in selected:
+            yield from partition_check_results(context, trigger_spec, days, requests, tested)
+        if canary_spec.key in selected:
+            yield from partition_check_results(context, canary_spec, days,
+                                               L.rollback_failures(comparison, CANARY_CHECK), compared)
 
     return retraining_checks
 

@@ -51,7 +51,12 @@ from monitor_assets.stats.trigger import (
 )
 from monitor_assets.stats.versions import Gates, VersionStats, champions, compare_versions
 from monitor_assets.storage.lake import MODELS_PER_QUERY
-from monitor_assets.storage.reads import latest_labels_sql, models_values_sql, version_daily
+from monitor_assets.storage.reads import (
+    latest_labels_sql,
+    models_values_sql,
+    stored_estimators,
+    version_daily,
+)
 from monitor_assets.storage.warehouse import lake_of, replace_partitions, transaction
 
 STATUSES = ("proposed", "approved", "rejected", "done", "superseded")
@@ -371,10 +376,9 @@ def _with_expected_losses(con: duckdb.DuckDBPyConnection, config: MonitorConfig,
               if v.model.is_classifier and loss_of(v.model) == "log_loss" and v.model.estimation_method != "none"]
     if not recent or not models:
         return sums, {}
-    from monitor_assets.estimation.logic import estimators  # the estimation stage fits and stores them
-    from monitor_assets.stats.estimation import ConfidenceEstimator
+    from monitor_assets.stats.estimation import ConfidenceEstimator, from_text
 
-    fitted, _ = estimators(con, list({m.id: m for m in models}.values()))
+    fitted = {m: from_text(text) for m, text in stored_estimators(con, [m.id for m in models]).items()}
     extra, counted = [], {}
     for model in {m.id: m for m in models}.values():
         estimator = fitted.get(model.id)

@@ -137,3 +137,49 @@ def performance_sql(source_sql: str, keys: list[str], decision: str | None = Non
 def compute_performance(con: duckdb.DuckDBPyConnection, source_sql: str, keys: list[str],
                         params: list | None = None, decision: str | None = None) -> pd.DataFrame:
     return con.execute(performance_sql(source_sql, keys, decision), params or []).df()
+
+
+def _known_number(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def metric_standard_error(metric: str, value: float, n: int, positive_rate: float | None = None,
+                          predicted_positive_rate: float | None = None) -> float:
+    """Approximate standard error of a day's metric on `n` labelled rows, for the guard that keeps a
+    noisy day from alerting: Hanley & McNeil (1982) for ROC AUC; a binomial proportion for accuracy,
+    precision and recall (on the rows each is a share of) and F1 (on the smaller of those); for MAE and
+    MAPE that of a mean of absolute errors, taking their spread as for normal errors
+    (sd = mean * sqrt(pi/2 - 1)); RMSE / sqrt(2n); for Brier the largest a mean of values in [0, 1]
+    can have; R² by Olkin-Finn, 2|R²|(1 - R²)/sqrt(n). Log loss: 0 (no bound; judged on the value)."""
+    n = max(int(n), 1)
+    pos = max(round(n * positive_rate), 1) if _known_number(positive_rate) else n
+    sel = max(round(n * predicted_positive_rate), 1) if _known_number(predicted_positive_rate) else n
+
+    def binomial(m: int) -> float:
+        return math.sqrt(max(value * (1 - value), 0.0) / max(m, 1))
+
+    if metric == "roc_auc":
+        if not _known_number(positive_rate):
+            return 0.0
+        n_neg = max(n - pos, 1)
+        a = value
+        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+        var = (a * (1 - a) + (pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (pos * n_neg)
+        return math.sqrt(max(var, 0.0))
+    if metric == "accuracy":
+        return binomial(n)
+    if metric == "recall":
+        return binomial(pos)
+    if metric == "precision":
+        return binomial(sel)
+    if metric == "f1":
+        return binomial(min(pos, sel))
+    if metric in ("mae", "mape"):
+        return value * math.sqrt(math.pi / 2 - 1) / math.sqrt(n)
+    if metric == "rmse":
+        return value / math.sqrt(2 * n)
+    if metric == "brier_score":
+        return binomial(n)
+    if metric == "r2":
+        return 2 * abs(value) * abs(1 - value) / math.sqrt(n)
+    return 0.0

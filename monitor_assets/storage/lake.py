@@ -80,6 +80,24 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "estimate": "DOUBLE", "lower": "DOUBLE", "upper": "DOUBLE", "n_rows": "BIGINT", "method": "VARCHAR",
         "realized": "DOUBLE", "n_labelled": "BIGINT", "within_band": "BOOLEAN", "computed_at": "TIMESTAMPTZ"},
         ("partition_date",)),
+    # Per model, day and segment (segments.logic): the performance figures and the main metric's test.
+    "monitoring.segment_performance": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "segment_by": "VARCHAR", "segment": "VARCHAR",
+        "volume": "BIGINT", "n_labelled": "BIGINT", "label_coverage": "DOUBLE", "error_rate": "DOUBLE",
+        "accuracy": "DOUBLE", "precision": "DOUBLE", "recall": "DOUBLE", "f1": "DOUBLE", "roc_auc": "DOUBLE",
+        "log_loss": "DOUBLE", "brier_score": "DOUBLE", "mae": "DOUBLE", "rmse": "DOUBLE", "mape": "DOUBLE",
+        "r2": "DOUBLE", "metric": "VARCHAR", "value": "DOUBLE", "reference_value": "DOUBLE",
+        "reference_source": "VARCHAR", "floor": "DOUBLE", "standard_error": "DOUBLE", "p_value": "DOUBLE",
+        "p_adjusted": "DOUBLE", "below_floor": "BOOLEAN", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    # Per model, day and method (multivariate.logic): the joint-drift statistic against its threshold.
+    "monitoring.multivariate_drift": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "method": "VARCHAR", "statistic": "DOUBLE",
+        "threshold": "DOUBLE", "drifted": "BOOLEAN", "n_current": "BIGINT", "n_reference": "BIGINT",
+        "top_features": "VARCHAR", "analysis_error": "VARCHAR", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    # Fitted multivariate references (stats.multivariate), one per model and reference version: fitted once.
+    "monitoring.multivariate_references": ({"model_id": "VARCHAR", "fit_key": "VARCHAR", "reference": "VARCHAR",
+                                            "reference_rows": "BIGINT", "n_features": "BIGINT",
+                                            "fit_seconds": "DOUBLE", "computed_at": "TIMESTAMP"}, ()),
     # Fitted estimators (stats.estimation), one per model and reference version: fitted once, reused daily.
     "monitoring.estimators": ({"model_id": "VARCHAR", "fit_key": "VARCHAR", "method": "VARCHAR",
                                "estimator": "VARCHAR", "reference_rows": "BIGINT", "fit_seconds": "DOUBLE",

@@ -114,7 +114,7 @@ _FEATURE_COLUMNS: dict[int, tuple[MonitorConfig, dict]] = {}
 def feature_columns_of(models) -> dict[tuple[str, str], str]:
     """(source, type) of these models' features and attributes -> their column name: the field they come
     from (`features.amount`), with `#num` added when the same field is also read as a category."""
-    pairs = list(dict.fromkeys((f.source, f.type) for m in models for f in m.features + m.sensitive_attributes))
+    pairs = list(dict.fromkeys((f.source, f.type) for m in models for f in m.logged_columns))
     kinds: dict[str, set] = {}
     for source, ftype in pairs:
         kinds.setdefault(source, set()).add(ftype)
@@ -127,7 +127,7 @@ def model_feature_select(config: MonitorConfig, model_id: str, prefix: str = "")
     columns = feature_columns(config)
     m = config.model(model_id)
     return ", ".join(f"{prefix}{quote_ident(columns[(f.source, f.type)])} AS {quote_ident(f.name)}"
-                     for f in m.features + m.sensitive_attributes)
+                     for f in m.logged_columns)
 
 
 # The models' columns performance is computed with: (model_id, task, threshold, main_metric).
@@ -138,3 +138,10 @@ PERFORMANCE_MODEL_COLUMNS = {"task": lambda m: m.task, "threshold": lambda m: m.
 def performance_models_sql(models: Sequence[ModelConfig]) -> tuple[str, list]:
     """A VALUES relation (model_id, task, threshold, main_metric) of these models, as SQL and params."""
     return models_values_sql(models, PERFORMANCE_MODEL_COLUMNS)
+
+
+def stored_estimators(con, model_ids: Sequence[str]) -> dict[str, str]:
+    """The stored estimator (text, `stats.estimation.from_text`) of each of these models that has one: what
+    the estimation stage last fitted (it refits a stale one before any step that depends on it runs)."""
+    return dict(con.execute("""SELECT model_id, estimator FROM monitoring.estimators
+                               WHERE model_id IN (SELECT unnest(?::VARCHAR[]))""", [list(model_ids)]).fetchall())

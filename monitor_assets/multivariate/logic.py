@@ -1,0 +1,222 @@
+"""Multivariate drift per model and day (README, issue 24): the reads and writes around `stats.multivariate`.
+
+Every model with at least two input features gets both statistics each day (a domain classifier's AUC and a PCA
+reconstruction error; the latter only with numeric features), each against a threshold calibrated on the model's
+reference. The calibration is the costly part: it runs once per reference version and is kept in
+`monitoring.multivariate_references`, like the fitted estimators in `monitoring.estimators`. Each side is sampled
+to MAX_ROWS rows, so a day's cost does not grow with its traffic.
+
+Categories are read through `category_sql` with the reference profile's boolean spelling, on both sides, so they
+are the categories the per-feature drift counts. A model-day that fails (a reference that cannot be fitted, a
+column that will not read) is one row with `analysis_error` and no method; the other models go on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from monitor_assets.analysis.logic import (
+    TRANSIENT_ERRORS,
+    error_message,
+    load_profiles,
+    map_models,
+    profile_errors,
+)
+from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.estimation.logic import reference_versions
+from monitor_assets.stats import multivariate as MV
+from monitor_assets.stats.categories import category_sql
+from monitor_assets.stats.drift import FeatureSpec
+from monitor_assets.storage.lake import TABLES
+from monitor_assets.storage.reads import feature_columns, held_models, reference_reader_sql
+from monitor_assets.storage.sql import quote_ident
+from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
+
+MULTIVARIATE = "monitoring.multivariate_drift"
+REFERENCES = "monitoring.multivariate_references"
+COLUMNS = [c for c in TABLES[MULTIVARIATE][0] if c != "computed_at"]
+# Rows of each side a comparison sees (config has no `multivariate:` section yet): 5,000 + 5,000 rows take about
+# 0.1 s per model-day with one thread; the threshold is calibrated at this size.
+MAX_ROWS = 5000
+MIN_FEATURES = 2  # one feature's drift is the per-feature tests' job
+FIT_FORMAT = 1  # part of the fit key: a change of the stored reference's layout refits every model once
+
+
+def feature_specs(model: ModelConfig) -> list[FeatureSpec]:
+    """The model's input features as the multivariate core sees them (numeric or categorical)."""
+    return [FeatureSpec(f.name, f.type) for f in model.features if f.type in ("numeric", "categorical")]
+
+
+def monitored(config: MonitorConfig) -> list[ModelConfig]:
+    """The models multivariate drift runs for: those with at least MIN_FEATURES features."""
+    return [m for m in config.models if len(feature_specs(m)) >= MIN_FEATURES]
+
+
+def fit_key(version: str) -> str:
+    """What a stored reference was fitted from: the reference version (file, features, profile format), the
+    sample size and scikit-learn's version (its trees calibrate the threshold)."""
+    import sklearn
+
+    return f"{version}:{MAX_ROWS}:{sklearn.__version__}:{FIT_FORMAT}"
+
+
+def _booleans(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> dict[str, tuple[str, str] | None]:
+    """Each categorical feature's boolean spelling, as its reference profile records it (None: not boolean)."""
+    profiles = load_profiles(con, model.id)
+    return {f.name: getattr(profiles.get(f.name), "booleans", None) for f in feature_specs(model)}
+
+
+def _select(model: ModelConfig, column_of: dict[str, str], booleans: dict[str, tuple[str, str] | None]) -> str:
+    """SELECT list of the model's features under their names: numbers as DOUBLE, categories normalised."""
+    picks = []
+    for f in feature_specs(model):
+        column = column_of[f.name]
+        value = (category_sql(column, booleans.get(f.name)) if f.kind == "categorical"
+                 else f"TRY_CAST({column} AS DOUBLE)")
+        picks.append(f"{value} AS {quote_ident(f.name)}")
+    return ", ".join(picks)
+
+
+def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig,
+                    booleans: dict[str, tuple[str, str] | None]) -> pd.DataFrame:
+    """The reference's feature columns, every row in file order (the calibration's chunks follow it)."""
+    column_of = {f.name: quote_ident(f.name) for f in feature_specs(model)}
+    return con.execute(f"SELECT {_select(model, column_of, booleans)} "
+                       f"FROM {reference_reader_sql(model.reference_path)}").df()
+
+
+def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
+              booleans: dict[str, tuple[str, str] | None]) -> pd.DataFrame:
+    """One model-day's served rows, the feature columns only."""
+    lake = lake_of(con)
+    if not lake.has_table(lake.model_path(model.id)):
+        return pd.DataFrame()
+    stored = feature_columns(config)
+    column_of = {f.name: "p." + quote_ident(stored[(f.source, f.type)]) for f in model.features}
+    return con.execute(f"""SELECT {_select(model, column_of, booleans)} FROM {lake.model_relation(con, model.id)} AS p
+                           WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok""",
+                       {"day": day, "model": model.id}).df()
+
+
+def references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]
+               ) -> tuple[dict[str, MV.MultivariateReference], dict[str, str]]:
+    """Each model's fitted reference: the stored one while its fit key holds, else fitted now and stored.
+    Returns (model id -> reference, model id -> why it has none); one model's failure leaves the others."""
+    versions = reference_versions(con)
+    why_unprofiled = profile_errors(con)
+    stored = {m: (k, text) for m, k, text in con.execute(
+        f"SELECT model_id, fit_key, reference FROM {REFERENCES}").fetchall()}
+    found, missing, fitted_rows = {}, {}, []
+    for model in models:
+        if model.id not in versions:
+            missing[model.id] = f"no profiled reference: {why_unprofiled.get(model.id) or 'none stored'}"
+            continue
+        key = fit_key(versions[model.id])
+        try:
+            if model.id in stored and stored[model.id][0] == key:
+                found[model.id] = MV.MultivariateReference.from_text(stored[model.id][1])
+                continue
+            started = time.perf_counter()
+            frame = reference_frame(con, model, _booleans(con, model))
+            found[model.id] = MV.fit_reference(frame, feature_specs(model), max_rows=MAX_ROWS)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are fitted
+            missing[model.id] = f"reference could not be fitted: {error_message(exc)}"
+            continue
+        fitted_rows.append({"model_id": model.id, "fit_key": key, "reference": found[model.id].to_text(),
+                            "reference_rows": len(frame), "n_features": len(feature_specs(model)),
+                            "fit_seconds": time.perf_counter() - started,
+                            "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None)})
+    if fitted_rows:
+        lake = lake_of(con)
+        lake.replace(REFERENCES, pa.Table.from_pandas(pd.DataFrame(fitted_rows), preserve_index=False), None,
+                     models=[r["model_id"] for r in fitted_rows])
+        lake.refresh(con, REFERENCES)
+    return found, missing
+
+
+def top_text(top: list[tuple[str, float]]) -> str | None:
+    """The features that carried a statistic as text: `x0 (0.21), x1 (0.18)`, largest first."""
+    return ", ".join(f"{name} ({value:.3g})" for name, value in top) or None
+
+
+def error_row(model: ModelConfig, day: dt.date, error: str) -> dict:
+    """A model-day that could not be computed: no method, the reason."""
+    return {"partition_date": day, "model_id": model.id, "method": None, "statistic": None, "threshold": None,
+            "drifted": None, "n_current": None, "n_reference": None, "top_features": None, "analysis_error": error}
+
+
+def keeps_every_component(ref: MV.MultivariateReference) -> bool:
+    """Whether the reference's PCA kept as many components as numeric features: then every row is reconstructed
+    exactly, the error is rounding noise (about 1e-16) against a threshold of rounding noise, and says nothing."""
+    return ref.pca is not None and len(ref.pca.components) >= int(ref.numeric.sum())
+
+
+def drift_rows(model: ModelConfig, ref: MV.MultivariateReference, frame: pd.DataFrame, day: dt.date) -> list[dict]:
+    """Both statistics of one model-day (none for a day without rows; no reconstruction error when the PCA
+    keeps every component). The features are named on flagged rows only: on a quiet day they are noise."""
+    if not len(frame):
+        return []
+    found = MV.multivariate_drift(ref, frame, seed=day.toordinal())
+    if keeps_every_component(ref):
+        found = [r for r in found if r.method != MV.RECONSTRUCTION]
+    return [{"partition_date": day, "model_id": model.id, "method": r.method,
+             "statistic": r.statistic if math.isfinite(r.statistic) else None, "threshold": r.threshold,
+             "drifted": r.drifted, "n_current": r.n_current, "n_reference": r.n_reference,
+             "top_features": top_text(r.top_features) if r.drifted else None, "analysis_error": None}
+            for r in found]
+
+
+def isolated_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
+                 ref: MV.MultivariateReference, day: dt.date, booleans: dict) -> list[dict]:
+    """`drift_rows` of one model-day; an error (not a transient one) becomes its `analysis_error` row."""
+    try:
+        return drift_rows(model, ref, day_frame(con, config, model, day, booleans), day)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are computed
+        return [error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}")]
+
+
+def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
+                       workers: int | None = None) -> pd.DataFrame:
+    """Replace `days` of monitoring.multivariate_drift for the config's models; returns the rows written.
+    Model-days run a few at once (`map_models`: each thread on its own cursor; the trees use one core each)."""
+    models = monitored(config)
+    fitted, missing = references(con, models)
+    held = held_models(con, days)
+    rows = [error_row(m, day, missing[m.id]) for m in models if m.id in missing for day in days]
+    booleans = {m.id: _booleans(con, m) for m in models if m.id in fitted}
+    work = [(m, day) for m in models if m.id in fitted for day in days if m.id not in held.get(day, set())]
+    for found in map_models(con, lambda c, item: isolated_day(c, config, item[0], fitted[item[0].id], item[1],
+                                                              booleans[item[0].id]), work, workers):
+        rows += found
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    replace_partitions_from_frame(con, MULTIVARIATE, days, frame, models=config.written_models)
+    return frame
+
+
+def day_summary(frame: pd.DataFrame, day: dt.date) -> dict:
+    """A day's figures for the UI: models computed, models flagged (by either method), models in error."""
+    today = frame[pd.to_datetime(frame.partition_date).dt.date == day] if len(frame) else frame
+    ok = today[today.analysis_error.isna()] if len(today) else today
+    flagged = ok[ok.drifted.fillna(False).astype(bool)] if len(ok) else ok
+    return {"models_computed": int(ok.model_id.nunique()) if len(ok) else 0,
+            "models_drifted": int(flagged.model_id.nunique()) if len(flagged) else 0,
+            "models_in_error": int(today.analysis_error.notna().sum()) if len(today) else 0}
+
+
+def flagged(frame: pd.DataFrame, limit: int = 15) -> pd.DataFrame:
+    """The drifted model-days and the errors, largest margin over the threshold first."""
+    if not len(frame):
+        return frame
+    bad = frame[frame.drifted.fillna(False).astype(bool) | frame.analysis_error.notna()]
+    margin = bad.statistic - bad.threshold
+    return bad.assign(_m=margin).sort_values("_m", ascending=False, na_position="first").drop(columns="_m").head(limit)

@@ -1,0 +1,1 @@
+"""Per-segment performance: each model judged per market, channel, device (or their crosses)."""

@@ -1,0 +1,170 @@
+"""Per-segment performance (README, "Segments"): each model's configured segmentations (a column such as
+`market`, or a cross such as `[market, device]`) computed with the same SQL as `monitoring.performance_daily`,
+judged against the segment's own reference value.
+
+A segment with at least `segments.min_rows` labelled rows is tested: one-sided, is its main metric below the
+floor `min_metric_ratio` x its reference value (above (2 - ratio) x for lower-is-better metrics) beyond
+chance, z = (floor - value) / se with the metric's standard error at its labelled rows
+(`stats.performance.metric_standard_error`); the p-values of a model-day's tested segments are adjusted
+together (Benjamini-Hochberg), so a model with forty segments does not alert four times more often than one
+with ten. A segment too small or too new in the reference (fewer than `min_rows` reference rows) is judged
+against the model's whole reference.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import duckdb
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
+from monitor_assets.stats.multiple_testing import benjamini_hochberg
+from monitor_assets.stats.performance import metric_standard_error, performance_sql
+from monitor_assets.storage.lake import TABLES
+from monitor_assets.storage.reads import feature_columns, latest_labels_sql, reference_reader_sql
+from monitor_assets.storage.sql import quote_ident, sql_str
+from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
+
+SEGMENTS = "monitoring.segment_performance"
+COLUMNS = [c for c in TABLES[SEGMENTS][0] if c != "computed_at"]
+ALPHA = 0.05  # a model-day's segments, after the Benjamini-Hochberg adjustment
+MISSING = "(missing)"
+METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier_score", "mae", "rmse", "mape",
+           "r2")
+
+
+def segment_sql(cross: tuple[str, ...], column_of: dict[str, str]) -> str:
+    """The segment's name as SQL: `market=DE` or `market=DE, device=mobile` (NULL reads `(missing)`)."""
+    parts = [f"{sql_str(name + '=')} || coalesce(CAST({column_of[name]} AS VARCHAR), {sql_str(MISSING)})"
+             for name in cross]
+    return " || ', ' || ".join(parts)
+
+
+def _by(model: ModelConfig, column_of: dict[str, str]) -> str:
+    """One row per (row, segmentation): the segment columns as `segment_by`, `segment`."""
+    return ", ".join(f"({sql_str(','.join(cross))}, {segment_sql(cross, column_of)})" for cross in model.segments.by)
+
+
+def _rows_sql(source: str, model: ModelConfig, column_of: dict[str, str]) -> str:
+    """`source` with each row once per segmentation, tagged with its segment."""
+    return f"""SELECT s.*, g.segment_by, g.segment FROM ({source}) AS s
+               CROSS JOIN LATERAL (VALUES {_by(model, {n: f's.{c}' for n, c in column_of.items()})})
+               AS g(segment_by, segment)"""
+
+
+def _decision(config: MonitorConfig) -> str | None:
+    return "decision" if config.predictions.fields.get("decision") else None
+
+
+def day_segments(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
+                 days: list[dt.date]) -> pd.DataFrame:
+    """The model's segments' figures on `days`, from its predictions table and the labels."""
+    lake = lake_of(con)
+    if not lake.has_table(lake.model_path(model.id)):
+        return pd.DataFrame()
+    stored = feature_columns(config)
+    columns = {c.name: c for c in model.logged_columns}
+    picks = ", ".join(f"p.{quote_ident(stored[(c.source, c.type)])} AS {quote_ident('seg:' + n)}"
+                      for n, c in columns.items() if any(n in cross for cross in model.segments.by))
+    source = f"""
+        SELECT p.partition_date, p.model_id, p.is_ok, p.latency_ms, p.score, l.label,
+               {model.decision_threshold}::DOUBLE AS threshold, {sql_str(model.task)} AS task, p.decision, {picks}
+        FROM {lake.model_relation(con, model.id)} AS p
+        LEFT JOIN ({latest_labels_sql([model.id], since="?::DATE")}) AS l USING (prediction_id)
+        WHERE p.model_id = ? AND p.partition_date IN (SELECT unnest(?::DATE[]))"""
+    column_of = {n: quote_ident("seg:" + n) for n in columns}
+    sql = performance_sql(_rows_sql(source, model, column_of), ["partition_date", "model_id", "segment_by", "segment"],
+                          decision=_decision(config))
+    return con.execute(sql, [min(days), model.id, days]).df()
+
+
+def reference_segments(model: ModelConfig) -> pd.DataFrame:
+    """The main metric of each segment in the model's reference set (and its rows): segment_by, segment, n,
+    value. Empty when the reference lacks a segment column or the label."""
+    f = model.reference_fields
+    con = duckdb.connect()
+    try:
+        reader = reference_reader_sql(model.reference_path)
+        present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()}
+        names = {n for cross in model.segments.by for n in cross}
+        if not {f["score"], f["label"], *names} <= present:
+            return pd.DataFrame(columns=["segment_by", "segment", "n", "value"])
+        picks = ", ".join(f"{quote_ident(n)} AS {quote_ident('seg:' + n)}" for n in names)
+        source = f"""SELECT 'reference' AS partition_date, {sql_str(model.id)} AS model_id, TRUE AS is_ok,
+                            NULL::DOUBLE AS latency_ms, {quote_ident(f['score'])}::DOUBLE AS score,
+                            {quote_ident(f['label'])}::DOUBLE AS label, {model.decision_threshold}::DOUBLE AS threshold,
+                            {sql_str(model.task)} AS task, NULL AS decision, {picks}
+                     FROM {reader}"""
+        column_of = {n: quote_ident("seg:" + n) for n in names}
+        frame = con.execute(performance_sql(_rows_sql(source, model, column_of),
+                                            ["partition_date", "model_id", "segment_by", "segment"])).df()
+    finally:
+        con.close()
+    return pd.DataFrame({"segment_by": frame.segment_by, "segment": frame.segment, "n": frame.n_labelled,
+                         "value": frame[model.main_metric]})
+
+
+def judge(model: ModelConfig, day: pd.DataFrame, reference: pd.DataFrame, baseline: float | None) -> pd.DataFrame:
+    """One model-day's segments with their reference value, floor, standard error, p-value, adjusted p-value
+    and `below_floor` (adjusted p < ALPHA)."""
+    metric, ratio = model.main_metric, model.thresholds.min_metric_ratio
+    higher = METRIC_DIRECTION[metric] == HIGHER
+    ref = reference.set_index(["segment_by", "segment"]) if len(reference) else None
+    out = day.copy()
+    out["metric"] = metric
+    out["value"] = out[metric]
+    values, sources, floors, ses, ps = [], [], [], [], []
+    for r in out.itertuples():
+        own = ref.loc[(r.segment_by, r.segment)] if ref is not None and (r.segment_by, r.segment) in ref.index else None
+        if own is not None and own.n >= model.segments.min_rows and np.isfinite(own.value):
+            reference_value, source = float(own.value), "segment"
+        else:
+            reference_value, source = (baseline if baseline is not None else math.nan), "model"
+        floor = ratio * reference_value if higher else (2 - ratio) * reference_value
+        se = metric_standard_error(metric, r.value, r.n_labelled, getattr(r, "positive_rate", None),
+                                   getattr(r, "predicted_positive_rate", None)) if np.isfinite(r.value) else math.nan
+        tested = (r.n_labelled >= model.segments.min_rows and np.isfinite(r.value) and np.isfinite(floor)
+                  and se > 0)
+        z = ((floor - r.value) if higher else (r.value - floor)) / se if tested else math.nan
+        values.append(reference_value)
+        sources.append(source)
+        floors.append(floor)
+        ses.append(se)
+        ps.append(float(stats.norm.sf(z)) if tested else math.nan)
+    out["reference_value"], out["reference_source"], out["floor"] = values, sources, floors
+    out["standard_error"], out["p_value"] = ses, ps
+    out["p_adjusted"] = benjamini_hochberg(out.p_value.to_numpy(float)) if len(out) else []
+    out["below_floor"] = np.nan_to_num(out.p_adjusted.to_numpy(float), nan=1.0) < ALPHA
+    return out
+
+
+def write_segments(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
+                   baselines: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """Replace `days` of monitoring.segment_performance for the config's segmented models; returns the rows."""
+    parts = []
+    for model in config.models:
+        if not model.segments.by:
+            continue
+        day = day_segments(con, config, model, days)
+        if not len(day):
+            continue
+        reference = reference_segments(model)
+        for _, one in day.groupby("partition_date"):
+            parts.append(judge(model, one, reference, baselines.get((model.id, model.main_metric))))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+    frame = frame[[c for c in COLUMNS if c in frame.columns]].reindex(columns=COLUMNS)
+    replace_partitions_from_frame(con, SEGMENTS, days, frame, models=config.written_models)
+    return frame
+
+
+def worst(frame: pd.DataFrame, limit: int = 10) -> pd.DataFrame:
+    """The most significant segments first (then the furthest below their reference)."""
+    if not len(frame):
+        return frame
+    gap = (frame.value - frame.reference_value) / frame.reference_value.abs()
+    return frame.assign(_gap=gap).sort_values(["p_adjusted", "_gap"], na_position="last").drop(columns="_gap").head(limit)
