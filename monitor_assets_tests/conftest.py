@@ -76,3 +76,17 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+# The middle of a test world's config (str.format'ed with `tmp`): its warehouse and reports in `tmp`, CSV
+# prediction logs export/<date>/<model>.csv (request_id, ts, proba) and labels truth/<date>.csv (request_id, y).
+CSV_WORLD = """warehouse: {tmp}/wh.duckdb
+reports_dir: {tmp}/reports
+sources:
+  predictions:
+    path: export/{{date}}/{{model}}.csv
+    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
+  labels:
+    path: truth/{{date}}.csv
+    fields: {{prediction_id: request_id, label: y}}
+"""

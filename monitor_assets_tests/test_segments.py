@@ -10,7 +10,7 @@ from sklearn import metrics as skm
 from monitor_assets.config import ConfigError, load_config
 from monitor_assets.constants import PERFORMANCE_CHECK, SEGMENT_PERFORMANCE_CHECK
 from monitor_assets.storage.warehouse import open_warehouse
-from monitor_assets_tests.conftest import run_job, write
+from monitor_assets_tests.conftest import CSV_WORLD, run_job, write
 
 DAYS = pd.date_range("2025-03-01", periods=6, freq="D")
 INCIDENT = 4  # from the fifth day DE mobile traffic gets the wrong answer half the time
@@ -20,16 +20,7 @@ DEVICES, DEVICE_P = ["mobile", "desktop"], [0.4, 0.6]
 CONFIG = """
 partitions: {{start_date: 2025-03-01, end_date: 2025-03-06}}
 label_delay_days: 1
-warehouse: {tmp}/wh.duckdb
-reports_dir: {tmp}/reports
-sources:
-  predictions:
-    path: export/{{date}}/{{model}}.csv
-    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
-  labels:
-    path: truth/{{date}}.csv
-    fields: {{prediction_id: request_id, label: y}}
-models:
+""" + CSV_WORLD + """models:
   - id: checkout
     task: binary_classification
     main_metric: accuracy

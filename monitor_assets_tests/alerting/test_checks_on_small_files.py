@@ -13,7 +13,7 @@ from sklearn.metrics import mean_absolute_percentage_error, roc_auc_score
 from monitor_assets.alerting import rules as A
 from monitor_assets.config import ConfigError, load_config
 from monitor_assets.storage.warehouse import open_warehouse
-from monitor_assets_tests.conftest import run_job, write
+from monitor_assets_tests.conftest import CSV_WORLD, run_job, write
 
 DAYS = pd.date_range("2025-06-01", periods=3, freq="D")
 N = 300  # rows a day per model
@@ -78,16 +78,7 @@ def _reference(rng, n: int = 600) -> tuple[pd.DataFrame, pd.DataFrame]:
 CONFIG = """
 partitions: {{start_date: 2025-06-01, end_date: 2025-06-03}}
 label_delay_days: 0
-warehouse: {tmp}/wh.duckdb
-reports_dir: {tmp}/reports
-sources:
-  predictions:
-    path: export/{{date}}/{{model}}.csv
-    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
-  labels:
-    path: truth/{{date}}.csv
-    fields: {{prediction_id: request_id, label: y}}
-models:
+""" + CSV_WORLD + """models:
   - id: shop
     task: binary_classification
     reference: shop.parquet

@@ -12,23 +12,14 @@ from monitor_assets.alerting import rules as A
 from monitor_assets.config import load_config
 from monitor_assets.stats.fairness import fairness_table
 from monitor_assets.storage.warehouse import open_warehouse
-from monitor_assets_tests.conftest import run_job, write
+from monitor_assets_tests.conftest import CSV_WORLD, run_job, write
 
 N = 500
 FEATURES = [f"f{i}" for i in range(1, 7)]
 CONFIG = """
 partitions: {{start_date: 2025-06-01, end_date: 2025-06-01}}
 label_delay_days: 0
-warehouse: {tmp}/wh.duckdb
-reports_dir: {tmp}/reports
-sources:
-  predictions:
-    path: export/{{date}}/{{model}}.csv
-    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
-  labels:
-    path: truth/{{date}}.csv
-    fields: {{prediction_id: request_id, label: y}}
-models:
+""" + CSV_WORLD + """models:
   - id: moved
     task: binary_classification
     reference: ref.parquet

@@ -13,7 +13,7 @@ from monitor_assets import keys
 from monitor_assets.config import load_config
 from monitor_assets.constants import ESTIMATED_PERFORMANCE_CHECK
 from monitor_assets.storage.warehouse import open_warehouse
-from monitor_assets_tests.conftest import run_job, write
+from monitor_assets_tests.conftest import CSV_WORLD, run_job, write
 
 DAYS = pd.date_range("2025-06-01", periods=8, freq="D")
 SHIFT = 5  # from the sixth day the classifier's inputs move to where it is unsure
@@ -22,16 +22,7 @@ LABELLED_AT_FIRST = 4  # labels of the first four days only; the rest land later
 CONFIG = """
 partitions: {{start_date: 2025-06-01, end_date: 2025-06-08}}
 label_delay_days: 7
-warehouse: {tmp}/wh.duckdb
-reports_dir: {tmp}/reports
-sources:
-  predictions:
-    path: export/{{date}}/{{model}}.csv
-    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
-  labels:
-    path: truth/{{date}}.csv
-    fields: {{prediction_id: request_id, label: y}}
-models:
+""" + CSV_WORLD + """models:
   - id: risk
     task: binary_classification
     main_metric: accuracy

@@ -18,7 +18,7 @@ from monitor_assets.multivariate.logic import MULTIVARIATE, REFERENCES  # noqa: 
 from monitor_assets.stats.multivariate import DOMAIN_CLASSIFIER, RECONSTRUCTION  # noqa: E402
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.warehouse import open_warehouse
-from monitor_assets_tests.conftest import write
+from monitor_assets_tests.conftest import CSV_WORLD, write
 
 DAYS = pd.date_range("2025-04-01", periods=6, freq="D")
 FLIP = 4  # from the fifth day basket's x0 and x1 go together the other way round
@@ -28,16 +28,7 @@ CHECK = MULTIVARIATE_DRIFT_CHECK
 
 CONFIG = """
 partitions: {{start_date: 2025-04-01, end_date: 2025-04-06}}
-warehouse: {tmp}/wh.duckdb
-reports_dir: {tmp}/reports
-sources:
-  predictions:
-    path: export/{{date}}/{{model}}.csv
-    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
-  labels:
-    path: truth/{{date}}.csv
-    fields: {{prediction_id: request_id, label: y}}
-models:
+""" + CSV_WORLD + """models:
   - id: basket
     task: binary_classification
     reference: basket.parquet

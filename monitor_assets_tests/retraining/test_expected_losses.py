@@ -11,7 +11,7 @@ import pytest
 from monitor_assets.config import load_config
 from monitor_assets.stats.loss import expected_losses, loss_values
 from monitor_assets.storage.warehouse import open_warehouse
-from monitor_assets_tests.conftest import run_job, write
+from monitor_assets_tests.conftest import CSV_WORLD, run_job, write
 
 DAYS = pd.date_range("2025-06-01", periods=16, freq="D")
 SHIFT = 10  # from the eleventh day the shifted model's inputs move to where it is unsure
@@ -20,16 +20,7 @@ LABELLED = 10  # labels of the first ten days only
 CONFIG = """
 partitions: {{start_date: 2025-06-01, end_date: 2025-06-16}}
 label_delay_days: 7
-warehouse: {tmp}/wh.duckdb
-reports_dir: {tmp}/reports
-sources:
-  predictions:
-    path: export/{{date}}/{{model}}.csv
-    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
-  labels:
-    path: truth/{{date}}.csv
-    fields: {{prediction_id: request_id, label: y}}
-models:
+""" + CSV_WORLD + """models:
 {models}
 """
 MODEL = """  - id: {id}
