@@ -92,7 +92,8 @@ def test_late_labels_refresh_earlier_days_and_history_never_duplicates(demo_conf
     db = tmp_path / "daily.duckdb"
     shutil.copy(demo_config.warehouse_path, db)
     shutil.copytree(demo_config.lake_path, replace(demo_config, warehouse_path=str(db)).lake_path)
-    config = replace(demo_config, warehouse_path=str(db))
+    # its own reports: the demo's dashboard and Prometheus files are what later tests read
+    config = replace(demo_config, warehouse_path=str(db), reports_dir=str(tmp_path / "reports"))
     lake = Lake(config.lake_path)
     lake.delete("raw.labels", "partition_date >= CAST('2026-10-12' AS DATE)")
     lake.delete("monitoring.performance_daily", "partition_date >= CAST('2026-10-10' AS DATE)")
@@ -129,7 +130,8 @@ def test_injected_drift_is_flagged_on_its_dates_and_nothing_else_is(demo_db):
     drift = incident("feature_drift")
     flagged = demo_db.execute("""SELECT model_id, feature, partition_date::VARCHAR FROM monitoring.feature_drift
                                  WHERE drifted AND role = 'feature'""").fetchall()
-    expected = {(drift["model_id"], f, d) for f in drift["features"] for d in drift["dates"]}
+    expected = {(i["model_id"], f, d) for i in (drift, incident("covariate_shift")) for f in i["features"]
+                for d in i["dates"]}
     assert set(flagged) == expected  # every injected (feature, date), and no stable feature on any day
     share = dict(demo_db.execute("""SELECT partition_date::VARCHAR, drift_share FROM monitoring.drift_summary
                                     WHERE model_id = ?""", [drift["model_id"]]).fetchall())
@@ -161,8 +163,79 @@ def test_reference_profiles_are_reused_when_the_reference_is_unchanged(demo_conf
         shutil.copytree(demo_config.lake_path, replace(demo_config, warehouse_path=db).lake_path)
         before = open_warehouse(db, read_only=True).execute(
             "SELECT max(computed_at) FROM monitoring.reference_profiles").fetchall()[0][0]
-        result = run_job(replace(demo_config, warehouse_path=db), "2026-10-30")
+        result = run_job(replace(demo_config, warehouse_path=db, reports_dir=f"{tmp}/reports"), "2026-10-30")
         assert result.success
         after = open_warehouse(db, read_only=True).execute(
             "SELECT max(computed_at) FROM monitoring.reference_profiles").fetchall()[0][0]
         assert before == after
+
+
+def _estimates(con, model_id: str, metric: str, days: list[str]) -> dict:
+    rows = con.execute("""SELECT partition_date::VARCHAR, estimate, lower, upper, realized, n_rows, n_labelled, within_band
+                          FROM monitoring.estimated_performance WHERE model_id = ? AND metric = ?
+                          AND partition_date::VARCHAR IN (SELECT unnest(?::VARCHAR[]))""", [model_id, metric, days])
+    return {r[0]: r[1:] for r in rows.fetchall()}
+
+
+def test_covariate_shift_is_found_by_the_estimate_while_its_labels_are_late(demo_config, demo_db):
+    from monitor_assets.constants import ESTIMATED_PERFORMANCE_CHECK
+
+    shift = incident("covariate_shift")
+    model = demo_config.model(shift["model_id"])
+    failed = {d for d, in demo_db.execute("""SELECT partition_date::VARCHAR FROM monitoring.alerts
+                                              WHERE model_id = ? AND check_name = ?""",
+                                           [model.id, ESTIMATED_PERFORMANCE_CHECK]).fetchall()}
+    assert failed == set(shift["dates"])  # on every day of the shift, and on no other day of this model
+    baseline = demo_db.execute("SELECT value FROM monitoring.reference_baselines WHERE model_id = ? AND metric = ?",
+                               [model.id, shift["metric"]]).fetchone()[0]
+    floor = model.thresholds.min_metric_ratio * baseline
+    for day, (_, _, upper, realized, n_rows, n_labelled, within) in _estimates(
+            demo_db, model.id, shift["metric"], shift["dates"]).items():
+        assert n_labelled == 0 and realized is None and within is None, day  # no label of the day yet
+        assert n_rows > 1000 and upper < floor, day  # the whole band below the floor
+
+
+def test_covariate_shift_is_confirmed_when_its_late_labels_land(demo_config, demo_run, demo_db, tmp_path):
+    """The generator run for more days writes the shift's labels on their arrival day; that day's run reconciles
+    the shift's days, and the realized ROC AUC (scikit-learn's, on the warehouse rows) is inside the band."""
+    import shutil
+    from dataclasses import replace
+
+    from monitor_assets.config import load_config
+    from monitor_assets.demo.generate import generate
+
+    shift = incident("covariate_shift")
+    landed = dt.date.fromisoformat(shift["details"]["labels_arrive"])
+    start = dt.date.fromisoformat(INCIDENTS["start_date"])
+    out = tmp_path / "demo"
+    generate(out, days=(landed - start).days + 1)
+    demo = Path(__file__).parents[1] / "data" / "demo"
+    for day in shift["dates"]:  # the days the demo holds come out the same
+        path = f"predictions/{day}/{shift['model_id']}.jsonl.gz"
+        assert (out / path).read_bytes() == (demo / path).read_bytes()
+    (out / "monitor.yaml").write_text((demo / "monitor.yaml").read_text().replace(
+        f"end_date: {start + dt.timedelta(days=INCIDENTS['days'] - 1)}", f"end_date: {landed}"))
+    db = tmp_path / "late.duckdb"
+    shutil.copy(demo_config.warehouse_path, db)
+    config = replace(load_config(out / "monitor.yaml"), warehouse_path=str(db), reports_dir=str(tmp_path / "r"),
+                     label_delay_days=(landed - dt.date.fromisoformat(shift["dates"][0])).days)
+    shutil.copytree(demo_config.lake_path, config.lake_path)
+    assert run_job(config, str(landed)).success
+    model = shift["model_id"]
+    with open_warehouse(str(db), read_only=True) as c:
+        after = _estimates(c, model, shift["metric"], shift["dates"])
+        assert sorted(after) == shift["dates"]
+        for day, (*_, realized, n_rows, n_labelled, _) in after.items():
+            rows = c.execute("""SELECT p.score, l.label FROM raw.predictions p JOIN raw.labels l USING (prediction_id)
+                                WHERE p.partition_date = ? AND p.model_id = ? AND p.is_ok""", [day, model]).fetchall()
+            scores, labels = np.array(rows).T
+            assert n_labelled == n_rows == len(rows), day
+            assert abs(realized - roc_auc_score(labels, scores)) < 1e-12, day
+    # The labels confirm the drop the estimate had found: below the check's floor on every day. The realized value
+    # is inside the band or short of its lower end by less than half the band's width: far out of the reference's
+    # inputs, the reweighted estimate errs high.
+    baseline = demo_db.execute("SELECT value FROM monitoring.reference_baselines WHERE model_id = ? AND metric = ?",
+                               [model, shift["metric"]]).fetchone()[0]
+    for day, (_, lower, upper, realized, *_) in after.items():
+        assert realized < config.model(model).thresholds.min_metric_ratio * baseline, day
+        assert lower - (upper - lower) / 2 <= realized <= upper, day

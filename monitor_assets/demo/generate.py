@@ -45,8 +45,13 @@ BIAS_DAYS = range(23, 27)  # fraud_detector: customers aged 65+ get inflated fra
 CANARY_FROM = 23           # conversion_recommender: a version retrained on recent data serves 10% ...
 CANARY_SHARE = 0.10
 PROMOTED_FROM = 27         # ... and all traffic from here on
+SHIFT_DAYS = range(27, 30)  # fraud_detector: a reseller's orders, all alike, take over its traffic ...
+SHIFT_LABELS_DAY = 31       # ... and their labels (chargebacks) all land on this day, after the demo's 30 days
 RETRAINED_VERSION = "2026.10.1"
 LABEL_DELAY_LATE = 8
+# Fraud is rare (about 2.5% of orders): 5,000 reference rows hold about 125 frauds, too few for a narrow band on
+# its estimated ROC AUC (the band's own-error part comes from reference chunks); 20,000 hold about 500.
+REFERENCE_EXTRA = {"fraud_detector": 15000}
 
 
 @dataclass
@@ -75,7 +80,9 @@ MODELS = (FRAUD, CONVERSION, DEMAND)
 AGE_BANDS, AGE_P = ["18-25", "26-40", "41-65", "65+"], [0.2, 0.4, 0.3, 0.1]
 PAYMENTS, PAY_P = ["card", "paypal", "gift_card", "bnpl"], [0.55, 0.25, 0.08, 0.12]
 PAY_P_DRIFT = [0.35, 0.2, 0.3, 0.15]
+PAY_P_SHIFT = [0.7, 0.3, 0.0, 0.0]
 DEVICES, DEV_P = ["mobile", "desktop", "app"], [0.5, 0.3, 0.2]
+DEV_P_SHIFT = [0.6, 0.4, 0.0]
 CATEGORIES = ["electronics", "fashion", "home", "beauty", "sports", "toys"]
 CAT_P = [0.2, 0.3, 0.2, 0.12, 0.1, 0.08]
 GENDERS, GEN_P = ["female", "male", "unspecified"], [0.5, 0.45, 0.05]
@@ -86,16 +93,29 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def fraud_rows(rng: np.random.Generator, n: int, drifted: bool = False) -> pd.DataFrame:
+def fraud_rows(rng: np.random.Generator, n: int, drifted: bool = False, shifted: bool = False) -> pd.DataFrame:
+    """`drifted`: larger amounts, more gift cards. `shifted`: a covariate shift that leaves the fraud mechanism as
+    it is but moves the orders to where the model cannot tell them apart (a reseller's web checkout: new accounts,
+    business hours, near-identical baskets and distances, card or PayPal, no app), so its ROC AUC falls to about
+    0.55 and the estimate can see it. Both draw the same numbers from `rng` as an ordinary day (then transform
+    them), so every later day stays as it was."""
     amount = rng.lognormal(3.8, 0.7, n) * (1.6 if drifted else 1.0)
+    hour = rng.integers(0, 24, n)
+    age = rng.exponential(400, n)
+    items = rng.poisson(2.0, n) + 1
+    distance = rng.gamma(2.0, 60.0, n)
+    payment = rng.choice(PAYMENTS, n, p=PAY_P_DRIFT if drifted else PAY_P_SHIFT if shifted else PAY_P)
+    if shifted:
+        amount = np.exp(3.8 + 0.1 * (np.log(amount) - 3.8))
+        hour, age, distance = 8 + hour % 12, age * 0.02, 120 + 0.1 * (distance - 120)
     df = pd.DataFrame({
         "amount": amount.round(2),
-        "hour_of_day": rng.integers(0, 24, n),
-        "account_age_days": rng.exponential(400, n).round(0),
-        "items_in_cart": rng.poisson(2.0, n) + 1,
-        "shipping_distance_km": rng.gamma(2.0, 60.0, n).round(1),
-        "payment_method": rng.choice(PAYMENTS, n, p=PAY_P_DRIFT if drifted else PAY_P),
-        "device": rng.choice(DEVICES, n, p=DEV_P),
+        "hour_of_day": hour,
+        "account_age_days": age.round(0),
+        "items_in_cart": items,
+        "shipping_distance_km": distance.round(1),
+        "payment_method": payment,
+        "device": rng.choice(DEVICES, n, p=DEV_P_SHIFT if shifted else DEV_P),
         "customer_age_band": rng.choice(AGE_BANDS, n, p=AGE_P),
     })
     # The true fraud mechanism: large, late-night, new-account, far, gift-card orders.
@@ -248,6 +268,9 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
     for model in MODELS:
         pipe, _ = train(model, rng)
         ref = ROWS[model.id](rng, int(5000 * max(scale, 0.2)))
+        if extra := int(REFERENCE_EXTRA.get(model.id, 0) * max(scale, 0.2)):
+            # from a generator of its own, so every other number of the demo is what it was before
+            ref = pd.concat([ref, ROWS[model.id](np.random.default_rng(seed + 2), extra)], ignore_index=True)
         ref["score"] = score(model, pipe, ref).round(4)
         ref_path = out / "reference" / f"{model.id}.parquet"
         ref_path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,7 +289,7 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
         for model in MODELS:
             size = int(model.per_day * scale * (1.0 + 0.15 * (d.weekday() >= 5)) * rng.normal(1.0, 0.04))
             if model is FRAUD:
-                df = fraud_rows(rng, size, drifted=n in DRIFT_DAYS)
+                df = fraud_rows(rng, size, drifted=n in DRIFT_DAYS, shifted=n in SHIFT_DAYS)
             elif model is CONVERSION:
                 df = conversion_rows(rng, size, concept_changed=n >= CONCEPT_FROM)
             else:
@@ -292,10 +315,12 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
             else:
                 lines = [json.dumps(r, separators=(",", ":")) for r in records]
             write_jsonl_gz(out / "predictions" / f"{d}" / f"{model.id}.jsonl.gz", lines)
-            # Labels: 1-3 days later (8 for the late day), for served predictions only.
+            # Labels: 1-3 days later (8 for the late day; the shift's on SHIFT_LABELS_DAY), for served predictions only.
             delays = rng.integers(1, 4, len(df))
             if n == LATE_LABEL_DAY and model is not DEMAND:
                 delays[:] = LABEL_DELAY_LATE
+            if model is FRAUD and n in SHIFT_DAYS:
+                delays[:] = SHIFT_LABELS_DAY - n
             for rec, delay, label in zip(records, delays, df["label"], strict=True):
                 if rec["status"] != "ok" or rec.get("prediction_id") is None:
                     continue
@@ -334,6 +359,12 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
              "dates": [str(day(n)) for n in range(CANARY_FROM, PROMOTED_FROM)],
              "details": {"traffic_share": CANARY_SHARE, "all_traffic_from": str(day(PROMOTED_FROM)),
                          "trained_on": "data after the concept drift"}},
+            # labels late: the estimate finds the drop (check estimated_performance_within_baseline) before
+            # any label of these days lands; the run of labels_arrive reconciles it with the realized metric
+            {"kind": "covariate_shift", "model_id": FRAUD.id, "dates": [str(day(n)) for n in SHIFT_DAYS if n < days],
+             "features": ["amount", "hour_of_day", "account_age_days", "shipping_distance_km", "payment_method",
+                          "device"],
+             "metric": "roc_auc", "details": {"labels_arrive": str(day(SHIFT_LABELS_DAY))}},
         ],
     }
     (out / "incidents.yaml").write_text(yaml.safe_dump(incidents, sort_keys=False))

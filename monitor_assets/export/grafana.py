@@ -87,8 +87,25 @@ def dashboard() -> dict:
                [_target(f"{m}main_metric_day_timestamp_seconds{{{MODEL}}} * 1000", "{{model_id}}")], (0, 44, 24, 4),
                unit="dateTimeAsIso", description="The latest day with labels on at least 80% of served requests: "
                "the day monitor_main_metric describes (labels arrive late)."),
+        # The main metric only: the estimates of every metric joined with each model's main_metric label.
+        _panel(15, "Main metric estimated before labels", "timeseries",
+               [_target(f"{m}estimated_performance{{{MODEL}}} and on (model_id, metric) "
+                        f'label_replace({m}model_info{{{MODEL}}}, "metric", "$1", "main_metric", "(.*)")',
+                        "{{model_id}} {{metric}} {{bound}}")], (0, 48, 12, 8),
+               description="The estimate from the day's scores alone and its 95% band (bound=lower, upper), on "
+                           "the latest estimated day; it does not wait for labels."),
+        _panel(16, "Estimate's band held", "timeseries",
+               [_target(f"{m}estimated_band_coverage_ratio{{{MODEL}}}", "{{model_id}} {{metric}}")], (12, 48, 12, 8),
+               unit="percentunit", thresholds=[(None, "orange"), (0.9, "green")],
+               description="Share of the days whose labels have landed on which the realized value fell inside "
+                           "the estimate's 95% band."),
+        _panel(17, "Estimates: day and reconciled days", "table",
+               [_target(f"{m}estimated_performance_day_timestamp_seconds{{{MODEL}}} * 1000", "estimated day"),
+                _target(f"{m}estimated_band_reconciled{{{MODEL}}}", "reconciled days")], (0, 56, 24, 6),
+               description="Per model and metric: the day the estimate describes, and over how many reconciled "
+                           "days the band's share is."),
     ]
-    for panel in panels[12:13]:
+    for panel in (panels[12], panels[16]):
         for target in panel["targets"]:
             target.update(instant=True, format="table")
     return {

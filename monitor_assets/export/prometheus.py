@@ -17,6 +17,11 @@ replaced is never shown as the model's figure (no labelled day since the switch:
 `monitor_model_info`'s `version` is that champion (the configured version while no traffic is recorded;
 `configured_version` keeps the config's) and its `champion_since` label says since when.
 
+Performance estimated before labels (monitoring.estimated_performance): per model and metric the latest
+estimate up to the day with its 95% band (`monitor_estimated_performance`, bound=estimate|lower|upper; the day
+in `monitor_estimated_performance_day_timestamp_seconds`), and how often the band held once labels landed: the
+share of reconciled days whose realized value fell inside the band, and how many days that share is over.
+
 Plain Python (prometheus_client, DuckDB): no Dagster here.
 """
 
@@ -51,6 +56,8 @@ RETRAINING_TABLE = ("monitoring", "retraining_requests")
 # Alert severities always written (0 when none is open), so a panel or rule sees a series per model.
 SEVERITIES = ("WARN", "ERROR")
 ALERT_STATES = ("open", "acknowledged", "silenced")
+ESTIMATED_COLUMNS = ["model_id", "metric", "day", "estimate", "lower", "upper", "held", "reconciled"]
+BOUNDS = ("estimate", "lower", "upper")
 
 
 @dataclass
@@ -67,6 +74,9 @@ class ExportData:
     retraining: pd.DataFrame | None  # status, n; None when the table does not exist (yet)
     # model_version, since: each model's current champion up to the day (empty: no version records)
     champions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["model_id", "model_version", "since"]))
+    # metric, day, estimate, lower, upper, held, reconciled: the latest estimate per model and metric up to the
+    # day, and its band's record over every reconciled day up to it (empty: nothing estimated)
+    estimated: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ESTIMATED_COLUMNS))
 
 
 def _metric_column(metric: str) -> str:
@@ -169,7 +179,21 @@ def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day:
                                 GROUP BY ALL""").df()
     return ExportData(day=day, performance=performance, hours_with_traffic=hours, main_metric=main,
                       versions=_versions(con, config, version_days), drift=drift, alerts=alerts,
-                      retraining=retraining, champions=champions)
+                      retraining=retraining, champions=champions, estimated=_estimated(con, config, day))
+
+
+def _estimated(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> pd.DataFrame:
+    """Per model and metric: the latest day up to `day` with an estimate, that estimate and its band, and over
+    every day up to `day` whose labels have landed, how many realized values fell inside the band."""
+    return con.sql("""
+        SELECT model_id, metric, max(partition_date) FILTER (WHERE isfinite(estimate)) AS day,
+               arg_max(estimate, partition_date) FILTER (WHERE isfinite(estimate)) AS estimate,
+               arg_max(lower, partition_date) FILTER (WHERE isfinite(estimate)) AS lower,
+               arg_max(upper, partition_date) FILTER (WHERE isfinite(estimate)) AS upper,
+               count(*) FILTER (WHERE within_band) AS held, count(within_band) AS reconciled
+        FROM monitoring.estimated_performance
+        WHERE partition_date <= ? AND model_id IN (SELECT unnest(?::VARCHAR[]))
+        GROUP BY ALL ORDER BY ALL""", params=[day, config.model_ids]).df()
 
 
 def _known(value) -> bool:
@@ -202,6 +226,7 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
     _main_metric_series(gauge, data)
     _version_series(gauge, data)
     _drift_alert_retraining_series(gauge, data, config)
+    _estimated_series(gauge, data)
     return registry
 
 
@@ -316,6 +341,29 @@ def _drift_alert_retraining_series(gauge: Callable[..., Gauge], data: ExportData
     if data.retraining is not None:
         for r in data.retraining.itertuples(index=False):
             requests.labels(r.model_id, r.status).set(r.n)
+
+
+def _estimated_series(gauge: Callable[..., Gauge], data: ExportData) -> None:
+    """The latest estimate per model and metric with its band, its day, and how often the band held."""
+    mm = ("model_id", "metric")
+    estimate = gauge("estimated_performance", "The metric estimated before labels on the model's latest estimated "
+                     "day (monitor_estimated_performance_day_timestamp_seconds): bound=estimate, or the 95% band's "
+                     "lower and upper ends.", (*mm, "bound"))
+    day = gauge("estimated_performance_day_timestamp_seconds", "The day monitor_estimated_performance describes "
+                "(midnight UTC).", mm)
+    coverage = gauge("estimated_band_coverage_ratio", "Share of the reconciled days (labels landed) whose realized "
+                     "value fell inside the estimate's 95% band, over every day up to the export's.", mm)
+    reconciled = gauge("estimated_band_reconciled", "How many days monitor_estimated_band_coverage_ratio is "
+                       "over: the days up to the export's whose labels have landed.", mm)
+    for r in data.estimated.itertuples(index=False):
+        if pd.notna(r.day):  # a metric never estimated (no predicted positives, say) has no day
+            day.labels(r.model_id, r.metric).set(_day_seconds(r.day))
+            for bound in BOUNDS:
+                if _known(getattr(r, bound)):
+                    estimate.labels(r.model_id, r.metric, bound).set(getattr(r, bound))
+        reconciled.labels(r.model_id, r.metric).set(r.reconciled)
+        if r.reconciled:
+            coverage.labels(r.model_id, r.metric).set(r.held / r.reconciled)
 
 
 @dataclass

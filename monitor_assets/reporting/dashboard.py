@@ -37,11 +37,12 @@ import pandas as pd
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import (
     ERROR_RATE_CHECK,
+    ESTIMATED_PERFORMANCE_CHECK,
     LATENCY_CHECK,
     PERFORMANCE_CHECK,
     VOLUME_CHECK,
 )
-from monitor_assets.formatting import fmt_day, fmt_num
+from monitor_assets.formatting import fmt_day, fmt_num, plural
 from monitor_assets.links import INDEX_PAGE, MODELS_DIR, model_page
 from monitor_assets.stats.drift import P_VALUE_METHODS
 from monitor_assets.stats.versions import current_champions
@@ -72,6 +73,9 @@ class ReportData:
     comparison: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COMPARISON_COLUMNS))
     # The champion of each model on each day with traffic (empty: no version records, every day counts).
     champions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CHAMPION_COLUMNS))
+    # The main metric estimated before labels, per model and day, with its band and, once labels have landed,
+    # the realized value and whether it fell inside the band (monitoring.estimated_performance; empty: none).
+    estimated: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ESTIMATE_COLUMNS))
 
 
 LOSS_COLUMNS = ["partition_date", "model_id", "model_version", "loss", "mean_loss_day", "band_low", "band_high",
@@ -81,6 +85,7 @@ REQUEST_COLUMNS = ["request_id", "model_id", "model_version", "opened_on", "stat
 VERSION_COLUMNS = ["model_id", "model_version", "first_seen", "last_seen", "traffic_share", "role", "champion_since"]
 COMPARISON_COLUMNS = ["partition_date", "model_id", "champion_version", "challenger_version", "metric",
                       "champion_value", "challenger_value", "p_value", "gate", "verdict"]
+ESTIMATE_COLUMNS = ["partition_date", "model_id", "metric", "estimate", "lower", "upper", "realized", "within_band"]
 REQUESTS_SHOWN = 20  # per model page: the newest requests
 
 
@@ -121,6 +126,11 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
                          WHERE partition_date <= ? QUALIFY partition_date = max(partition_date) OVER (PARTITION BY
                          model_id, challenger_version) ORDER BY model_id, challenger_version, metric"""),
         champions=champion_days(con, last_day),
+        estimated=con.execute(f"""
+            SELECT {', '.join(f'e.{c}' for c in ESTIMATE_COLUMNS)} FROM monitoring.estimated_performance AS e
+            JOIN (SELECT unnest(?::VARCHAR[]) AS model_id, unnest(?::VARCHAR[]) AS metric) USING (model_id, metric)
+            WHERE e.partition_date <= ? ORDER BY e.partition_date""",
+                              [list(models.model_id), list(models.main_metric), last_day]).df(),
     )
 
 
@@ -324,6 +334,7 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
     env = _templates()
     summaries = {s["model_id"]: s for s in model_summaries(data)}
     perf_by, loss_by = _by_model(data.performance), _by_model(data.loss)
+    estimated_by = _by_model(_dated(data.estimated))
     drift = data.drift.assign(ratio=drift_evidence(data.drift))
     drift_by, fair_by = _rows_by_model(_dated(drift)), _rows_by_model(_dated(data.fairness))
     alerts_by = _rows_by_model(_dated(data.alerts))
@@ -353,11 +364,15 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
         fair = fair_by.get(m.model_id)
         if fair and any(_num(r.selection_rate) is not None for r in fair):
             figures.append({"id": "fair", "title": "Fairness by group", "figure": _fairness_figure(fair)})
+        estimated = estimated_by.get(m.model_id)
+        if estimated is not None and estimated.estimate.notna().any():
+            figures.append({"id": "estimated", "title": f"Estimated {m.main_metric} before labels, and realized",
+                            "figure": _estimate_figure(estimated, m, alerts), "note": estimate_note(estimated)})
         loss = loss_by.get(m.model_id)
         if loss is not None and loss.mean_loss_day.notna().any():
             figures.append({"id": "loss", "title": "Loss against the reference band", "figure": _loss_figure(loss)})
         pages[model_page(m.model_id)] = env.get_template("dashboard/model.html.j2").render(
-            common, root="../", model=row, summary=s, figures=figures,
+            common, root="../", model=row, summary=s, figures=figures, estimate=_latest_estimate(estimated),
             alerts=_alerts_by_state([a for a in alerts if a.status == "open"]), closed_loop=_loop_tables(
                 requests_by.get(m.model_id), versions_by.get(m.model_id), comparison_by.get(m.model_id)))
     rows.sort(key=lambda r: -STATUS_ORDER[r["status"]])  # worst first; stable, so config order within a status
@@ -667,6 +682,73 @@ def _loss_figure(loss: pd.DataFrame) -> dict:
     return {"data": data, "layout": {"height": 260, "margin": {"l": 40, "r": 10, "t": 30, "b": 30},
                                      "legend": {"orientation": "h"}, "xaxis": {"type": "date", **AXIS}, "yaxis": AXIS,
                                      **LAYOUT}}
+
+
+def band_coverage(estimated: pd.DataFrame) -> tuple[int, int]:
+    """(days the realized value fell inside the estimate's band, reconciled days): a day counts once its labels
+    have landed (`within_band` known)."""
+    known = estimated.within_band.dropna().astype(bool)
+    return int(known.sum()), len(known)
+
+
+def coverage_text(held: int, reconciled: int) -> str:
+    if not reconciled:
+        return "no day reconciled yet (its labels are still to come)"
+    return (f"realized inside the band on {held} of {plural(reconciled, 'reconciled day')} "
+            f"({held / reconciled:.0%})")
+
+
+def estimate_note(estimated: pd.DataFrame) -> str:
+    return (f"Shaded: the 95% band of the estimate, computed from the day's scores alone (no labels needed). "
+            f"Solid: the realized value once the day's labels have landed. Red crosses: "
+            f"{ESTIMATED_PERFORMANCE_CHECK} failed. The {coverage_text(*band_coverage(estimated))}.")
+
+
+def _latest_estimate(estimated: pd.DataFrame | None) -> dict | None:
+    """The model page's line: the latest estimate with its band and day, and how often the band held."""
+    if estimated is None or not estimated.estimate.notna().any():
+        return None
+    last = estimated[estimated.estimate.notna()].sort_values("partition_date").iloc[-1]
+    return {"metric": last.metric, "estimate": _num(last.estimate), "lower": _num(last.lower),
+            "upper": _num(last.upper), "day": fmt_day(last.partition_date),
+            "coverage": coverage_text(*band_coverage(estimated))}
+
+
+def _estimate_figure(estimated: pd.DataFrame, model, alerts: list) -> dict:
+    """The estimated main metric with its 95% band (shaded), the realized value over it where labels have landed,
+    the baseline (dashed), and the days `estimated_performance_within_baseline` failed (red x)."""
+    est = estimated.sort_values("partition_date")
+    x = _days(est.partition_date)
+    band = {"mode": "lines", "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip"}
+    data = [{"type": "scatter", "x": x, "y": _round(est.lower), **band},
+            {"type": "scatter", "x": x, "y": _round(est.upper), "fill": "tonexty",
+             "fillcolor": "rgba(37,99,235,0.15)", **band, "showlegend": True, "name": "95% band"},
+            {"type": "scatter", "x": x, "y": _round(est.estimate), "mode": "lines", "name": "estimated",
+             "line": {"color": "#2563eb", "width": 1.5, "dash": "dot"}},
+            {"type": "scatter", "x": x, "y": _round(est.realized), "mode": "lines+markers", "name": "realized",
+             "line": {"color": "#111827", "width": 1.5}, "marker": {"size": 4}}]
+    outside = est[est.within_band.notna() & ~est.within_band.fillna(True).astype(bool)]
+    if len(outside):
+        data.append({"type": "scatter", "x": _days(outside.partition_date), "y": _round(outside.realized),
+                     "mode": "markers", "name": "realized outside the band",
+                     "marker": {"color": "#f59e0b", "size": 9, "symbol": "circle-open", "line": {"width": 2}}})
+    hit: dict[pd.Timestamp, list[str]] = {}
+    for a in alerts:
+        if a.check_name == ESTIMATED_PERFORMANCE_CHECK:
+            hit.setdefault(a.partition_date, []).append(_label(a.message))
+    if hit:
+        value = dict(zip(pd.DatetimeIndex(est.partition_date), est.estimate.tolist(), strict=True))
+        days = sorted(hit)
+        data.append({"type": "scatter", "x": _days(days), "y": _round([value.get(d, np.nan) for d in days]),
+                     "mode": "markers", "name": "check failed", "marker": ALERT_MARKER,
+                     "text": ["<br>".join(hit[d]) for d in days], "hovertemplate": "%{x}<br>%{text}<extra>alert</extra>"})
+    shapes = []
+    if _num(model.baseline) is not None:
+        shapes.append({"type": "line", "xref": "x domain", "x0": 0, "x1": 1, "yref": "y", "y0": float(model.baseline),
+                       "y1": float(model.baseline), "line": {"dash": "dash", "color": "#9ca3af", "width": 1}})
+    return {"data": data, "layout": {"height": 260, "margin": {"l": 40, "r": 10, "t": 30, "b": 30},
+                                     "legend": {"orientation": "h"}, "shapes": shapes,
+                                     "xaxis": {"type": "date", **AXIS}, "yaxis": AXIS, **LAYOUT}}
 
 
 def _loop_tables(requests: dict | None, versions: dict | None, comparison: dict | None) -> dict:

@@ -62,7 +62,9 @@ def test_demo_incidents_send_one_email_each_and_a_restart_sends_nothing_again(de
         drift = next(b for s, b in bodies.items() if f"{A.DRIFT} failed" in s)
         # The drifted features by name, with statistic, threshold, reference and current, most drifted first.
         lines = [x for x in drift.splitlines() if x.startswith("  - ")]
-        assert [x.split(":")[0].strip(" -") for x in lines] == ["amount", "payment_method"]
+        # fraud_detector's last drift day is the covariate shift's: its features, the e-mail shows the latest day
+        shift = next(i for i in INCIDENTS["incidents"] if i["kind"] == "covariate_shift")
+        assert sorted(x.split(":")[0].strip(" -") for x in lines) == sorted(shift["features"])
         assert "wasserstein" in lines[0] and "threshold" in lines[0] and "reference" in lines[0]
         fairness = next(b for s, b in bodies.items() if f"{A.FAIRNESS} failed" in s)
         assert "p < 1e-300" in fairness or "p = " in fairness

@@ -12,12 +12,14 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor_assets.export.defs import export_folder
-from monitor_assets.export.prometheus import TEXTFILE, export_metrics
+from monitor_assets.export.prometheus import TEXTFILE, build_registry, export_metrics, load_export_data
 from monitor_assets.stats.metrics_spec import METRIC_DIRECTION
 from monitor_assets.storage.warehouse import connect
 
@@ -240,3 +242,39 @@ def test_retraining_requests_are_counted_once_the_table_exists(demo_run, tmp_pat
         frozenset({("model_id", "fraud_detector"), ("status", "proposed")}): 2,
         frozenset({("model_id", "demand_forecaster"), ("status", "proposed")}): 0,
     }
+
+
+def test_estimated_performance_and_band_coverage_equal_the_table(exported, demo_db):
+    """Per model and metric: the latest estimate with its band and its day, and the share of reconciled days
+    whose realized value fell inside the band, as monitoring.estimated_performance holds them."""
+    config, _, series = exported
+    rows = demo_db.execute("""SELECT model_id, metric, partition_date, estimate, lower, upper, within_band
+                              FROM monitoring.estimated_performance WHERE partition_date <= ?""", [DAY]).df()
+    assert set(rows.model_id) == set(config.model_ids)
+    for (model, metric), g in rows.groupby(["model_id", "metric"]):
+        estimated = g[g.estimate.notna()].sort_values("partition_date")
+        last = estimated.iloc[-1]
+        for bound in ("estimate", "lower", "upper"):  # a band end that is not known is left out
+            assert value(series, "monitor_estimated_performance", model_id=model, metric=metric, bound=bound) == \
+                (None if pd.isna(last[bound]) else last[bound]), (model, metric, bound)
+        assert value(series, "monitor_estimated_performance_day_timestamp_seconds", model_id=model, metric=metric) == \
+            dt.datetime.combine(last.partition_date.date(), dt.time(), dt.UTC).timestamp()
+        known = g.within_band.dropna().astype(bool)
+        assert value(series, "monitor_estimated_band_reconciled", model_id=model, metric=metric) == len(known) > 0
+        assert value(series, "monitor_estimated_band_coverage_ratio", model_id=model, metric=metric) == \
+            pytest.approx(known.mean(), rel=1e-12)
+    # The demo's covariate shift: on its last day fraud_detector's estimated ROC AUC and its whole band are below
+    # the floor of the estimated-performance check, days before any label of those days can land.
+    shift = next(i for i in INCIDENTS["incidents"] if i["kind"] == "covariate_shift")
+    model = config.model(shift["model_id"])
+    baseline = value(series, "monitor_main_metric_baseline", model_id=model.id, metric=shift["metric"])
+    upper = value(series, "monitor_estimated_performance", model_id=model.id, metric=shift["metric"], bound="upper")
+    assert upper < model.thresholds.min_metric_ratio * baseline
+    # While no day is reconciled the coverage is unknown and left out (never 0); the count says 0.
+    data = load_export_data(demo_db, config, DAY)
+    data.estimated = data.estimated.assign(held=0, reconciled=0)
+    fresh = samples(generate_latest(build_registry(data, config)).decode())
+    assert value(fresh, "monitor_estimated_band_reconciled", model_id=model.id, metric=shift["metric"]) == 0
+    assert by_name(fresh, "monitor_estimated_band_coverage_ratio") == {}
+    assert value(fresh, "monitor_estimated_performance", model_id=model.id, metric=shift["metric"], bound="upper") \
+        == upper

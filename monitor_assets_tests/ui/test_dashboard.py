@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from monitor_assets.links import dashboard_url, model_page
@@ -24,6 +25,7 @@ from .browser import browser_page
 
 INCIDENTS = yaml.safe_load((Path(__file__).parents[2] / "data" / "demo" / "incidents.yaml").read_text())
 CONCEPT = next(i for i in INCIDENTS["incidents"] if i["kind"] == "concept_drift")
+SHIFT = next(i for i in INCIDENTS["incidents"] if i["kind"] == "covariate_shift")
 VISIBLE_IDS = "rows => rows.map(r => r.id.slice('model-'.length))"
 
 
@@ -113,6 +115,11 @@ def test_model_pages_draw_their_charts_with_the_shared_plotly(demo_run, demo_db)
             if m == CONCEPT["model_id"]:
                 assert page.locator("tr.alert-row", has_text="performance_within_baseline").count() > 0
                 page.screenshot(path=str(reports / "dashboard_model.png"), full_page=True)
+            # every model is estimated before labels: its chart draws, band, estimate and realized line
+            assert page.locator("#estimated.js-plotly-plot").count() == 1
+            assert page.locator("#estimated .scatterlayer .trace").count() >= 4
+            if m == SHIFT["model_id"]:
+                page.locator("#estimated").screenshot(path=str(reports / "dashboard_estimated.png"))
             page.locator("#back").click()  # and back to the model's row
             assert page.url.endswith(f"dashboard.html#model-{m}")
     assert errors == []
@@ -131,11 +138,12 @@ def test_summaries_recommend_retraining_where_performance_dropped(demo_run, demo
                                                                        dt.date.fromisoformat(CONCEPT["dates"][-1])))}
     assert then[CONCEPT["model_id"]]["recommendation"] == "retrain suggested"
     assert then[CONCEPT["model_id"]]["trend_vs_previous_week"] < -0.1
-    # Its latency spike is long past, but the error-rate ERROR alert of that day is still open: never "healthy",
-    # and below fraud_detector's current fairness ERROR alerts.
+    # Its latency spike is long past, but the error-rate ERROR alert of that day is still open: never "healthy".
     assert summaries["demand_forecaster"]["recommendation"] == "watch"
     assert summaries["demand_forecaster"]["why"] == "1 open ERROR alert(s), latest 2026-10-14, none in the last 7 days"
-    assert summaries["fraud_detector"]["recommendation"] == "action needed"
+    # fraud_detector's inputs shifted on the last days (several features on each): retraining comes first.
+    assert summaries[SHIFT["model_id"]]["recommendation"] == "retrain suggested"
+    assert summaries[SHIFT["model_id"]]["why"] == f"inputs drifted on {len(SHIFT['dates'])} of the last 7 days"
     assert "retrain suggested" in (Path(config.reports_dir) / "model_summaries.md").read_text()
 
 
@@ -221,3 +229,42 @@ def test_names_from_data_are_escaped_and_files_named_safely(tmp_path):
         page.locator("#back").click()
         assert page.evaluate("document.querySelector(':target').id") == f"model-{EVIL_ID}"
     assert errors == []
+
+
+def _figures(page: str) -> dict[str, dict]:
+    """The Plotly figures a model page draws, by chart id (the JSON the page hands to Plotly.newPlot)."""
+    return {f["id"]: f for f in json.loads(re.search(r"const figures = (.*);\n", page).group(1))}
+
+
+def test_model_page_plots_the_estimate_its_band_and_the_realized_value(demo_run, demo_db):
+    config, _ = demo_run
+    model = config.model(SHIFT["model_id"])
+    page = (Path(config.reports_dir) / model_page(model.id)).read_text()
+    rows = demo_db.execute("""SELECT partition_date::VARCHAR, estimate, lower, upper, realized, within_band
+                              FROM monitoring.estimated_performance WHERE model_id = ? AND metric = ?
+                              ORDER BY partition_date""", [model.id, model.main_metric]).fetchall()
+    held, reconciled = sum(r[5] is True for r in rows), sum(r[5] is not None for r in rows)
+    assert 0 < held < reconciled  # the demo's bias days push realized values out of the band
+    sentence = f"realized inside the band on {held} of {reconciled} reconciled days ({held / reconciled:.0%})"
+    assert sentence in page
+    assert re.search(rf'<dd id="estimate">{rows[-1][1]:.4f} on {rows[-1][0]} \(95% band ', page)
+    figure = _figures(page)["estimated"]
+    assert figure["title"] == f"Estimated {model.main_metric} before labels, and realized"
+    traces = {t.get("name"): t for t in figure["figure"]["data"]}
+    assert traces["95% band"]["fill"] == "tonexty"  # shaded down to the lower bound drawn just before it
+    lower = figure["figure"]["data"][0]
+
+    def drawn(trace: dict) -> dict:
+        return dict(zip(trace["x"], trace["y"], strict=True))
+
+    # the table's values to 4 significant digits, day by day; gaps where labels are still to come
+    for trace, column in ((lower, 2), (traces["95% band"], 3), (traces["estimated"], 1), (traces["realized"], 4)):
+        expected = {r[0]: r[column] for r in rows}
+        got = drawn(trace)
+        assert set(got) == set(expected)
+        assert all((got[d] is None) == (v is None) for d, v in expected.items())
+        assert all(got[d] == pytest.approx(v, rel=5e-4) for d, v in expected.items() if v is not None)
+    assert traces["realized outside the band"]["x"] == [r[0] for r in rows if r[5] is False]
+    assert traces["check failed"]["x"] == SHIFT["dates"]  # the days the estimate found the shift
+    for m in config.models:  # every estimated model has the chart, and the page the line
+        assert "estimated" in _figures((Path(config.reports_dir) / model_page(m.id)).read_text())
