@@ -385,8 +385,8 @@ def estimate_verdict(model: ModelConfig, e: dict, p_adjusted: float, failed: boo
     score = share_of_baseline(metric, e["baseline"], e["estimate"])
     across = f", {size:.3g} models counted" if size > 1 else ""
     why = (f"{'its band is beyond the floor' if e['level_fails'] else 'the shortfall accumulated'} "
-           f"(p = {fmt_p(e['p_value'])}, {fmt_p(p_adjusted)} adjusted{across})" if failed else
-           f"within the baseline (p = {fmt_p(e['p_value'])}{across})")
+           f"({fmt_p(e['p_value'])}; adjusted {fmt_p(p_adjusted)}{across})" if failed else
+           f"within the baseline ({fmt_p(e['p_value'])}{across})")
     word = "lower" if higher else "higher"
     message = (f"estimated {metric} {fmt_num(e['estimate'])} (95% band {fmt_num(e['lower'])} to {fmt_num(e['upper'])}, "
                f"{e['n_rows']} rows, no labels needed) vs baseline {fmt_num(e['baseline'])}: "
