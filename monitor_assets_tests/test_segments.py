@@ -117,3 +117,21 @@ def test_config_mistakes_get_one_line(world, segments, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(path)
     assert "\n" not in str(info.value) and "segments" in str(info.value)
+
+
+def test_one_models_unreadable_reference_stops_only_its_segments(world, tmp_path):
+    """A model whose reference is not a Parquet file: its segments are skipped with why, and nothing of it is
+    replaced; with its reference readable again the same day is computed (11 segments)."""
+    from dataclasses import replace
+
+    from monitor_assets.segments.logic import write_segments
+    from monitor_assets.storage.warehouse import connect
+
+    config = load_config(world["tmp"] / "monitor.yaml")
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    broken = replace(config, models=(replace(config.models[0], reference_path=str(tmp_path / "broken.parquet")),))
+    with connect(None, config.lake_path, None) as con:
+        frame, failed = write_segments(con, broken, [DAYS[0].date()], {})
+        assert list(failed) == ["checkout"] and "parquet" in failed["checkout"].lower() and frame.empty
+        frame, failed = write_segments(con, config, [DAYS[0].date()], {})
+    assert not failed and set(frame.model_id) == {"checkout"} and len(frame) == 11

@@ -46,12 +46,16 @@ def build_segments_definitions(config: MonitorConfig) -> dg.Definitions:
         with fail_fast(), warehouse.connect_lake() as con:
             baselines = {(m, k): v for m, k, v in con.execute(
                 "SELECT model_id, metric, value FROM monitoring.reference_baselines").fetchall()}
-            frame = write_segments(con, config, refreshed, baselines)
+            frame, failed = write_segments(con, config, refreshed, baselines)
+        for model_id, why in failed.items():
+            context.log.warning(f"model {model_id}: segments not computed ({why})")
         dates = pd.to_datetime(frame.partition_date).dt.date if len(frame) else pd.Series([], dtype=object)
         add_partition_metadata(context, {day: _day_metadata(frame[dates == day]) for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),
             "segmented_models": sum(1 for m in config.models if m.segments.by),
+            "models_not_segmented": dg.MetadataValue.md("\n".join(f"- {m}: {why}" for m, why in failed.items())
+                                                        or "none"),
             "worst_segments": dg.MetadataValue.md(frame_markdown(worst(frame)[SHOWN]) if len(frame) else "none"),
         })
 

@@ -144,22 +144,28 @@ def judge(model: ModelConfig, day: pd.DataFrame, reference: pd.DataFrame, baseli
 
 
 def write_segments(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
-                   baselines: dict[tuple[str, str], float]) -> pd.DataFrame:
-    """Replace `days` of monitoring.segment_performance for the config's segmented models; returns the rows."""
-    parts = []
+                   baselines: dict[tuple[str, str], float]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Replace `days` of monitoring.segment_performance for the config's segmented models. Returns (the rows,
+    model id -> why its segments could not be computed): one model's unreadable reference or table stops only
+    its own segments."""
+    parts, failed = [], {}
     for model in config.models:
         if not model.segments.by:
             continue
-        day = day_segments(con, config, model, days)
-        if not len(day):
+        try:
+            day = day_segments(con, config, model, days)
+            reference = reference_segments(model) if len(day) else None
+        except (duckdb.Error, OSError, ValueError) as exc:
+            failed[model.id] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             continue
-        reference = reference_segments(model)
-        for _, one in day.groupby("partition_date"):
+        for _, one in (day.groupby("partition_date") if len(day) else ()):
             parts.append(judge(model, one, reference, baselines.get((model.id, model.main_metric))))
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
     frame = frame[[c for c in COLUMNS if c in frame.columns]].reindex(columns=COLUMNS)
-    replace_partitions_from_frame(con, SEGMENTS, days, frame, models=config.written_models)
-    return frame
+    # a failed model keeps its earlier rows: only the models computed here are replaced
+    written = config.written_models if not failed else [m.id for m in config.models if m.id not in failed]
+    replace_partitions_from_frame(con, SEGMENTS, days, frame, models=written)
+    return frame, failed
 
 
 def worst(frame: pd.DataFrame, limit: int = 10) -> pd.DataFrame:
