@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import time
 
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.stats import estimation as E
 from monitor_assets.stats.performance import decision_class_sql, share_of_baseline
+from monitor_assets.storage.fits import stored_or_fitted
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.reads import (
     held_models,
@@ -53,13 +52,6 @@ def fit_key(model: ModelConfig, reference_version: str) -> str:
 
     return (f"{reference_version}:{method_of(model)}:{model.decision_threshold}:"
             f"{sklearn.__version__}:{FIT_FORMAT}")
-
-
-def reference_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Each model's profiled reference version (from monitoring.reference_profiles; none while it errs)."""
-    return dict(con.execute("""SELECT model_id, any_value(reference_version) FROM monitoring.reference_profiles
-                               WHERE kind <> 'error' GROUP BY model_id
-                               HAVING count(DISTINCT reference_version) = 1""").fetchall())
 
 
 def _feature_arrays(frame: pd.DataFrame, model: ModelConfig,
@@ -116,34 +108,14 @@ def fit_estimator(model: ModelConfig, reference: pd.DataFrame) -> E.ConfidenceEs
 def estimators(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> tuple[dict, dict[str, str]]:
     """Each model's fitted estimator: the stored one when its fit key still holds, else fitted now and stored.
     Returns (model id -> estimator, model id -> why it has none)."""
-    versions = reference_versions(con)
-    stored = {m: (k, text) for m, k, text in con.execute(
-        f"SELECT model_id, fit_key, estimator FROM {ESTIMATORS}").fetchall()}
-    found, missing, fitted_rows = {}, {}, []
-    for model in models:
-        if model.id not in versions:
-            missing[model.id] = "no profiled reference"
-            continue
-        key = fit_key(model, versions[model.id])
-        if model.id in stored and stored[model.id][0] == key:
-            found[model.id] = E.from_text(stored[model.id][1])
-            continue
-        started = time.perf_counter()
+    def fit(model: ModelConfig):
         reference = reference_frame(con, model)
         if model.is_classifier and reference.label.nunique() < 2:
-            missing[model.id] = "the reference has one class only"
-            continue
-        found[model.id] = fit_estimator(model, reference)
-        fitted_rows.append({"model_id": model.id, "fit_key": key, "method": method_of(model),
-                            "estimator": E.to_text(found[model.id]), "reference_rows": len(reference),
-                            "fit_seconds": time.perf_counter() - started,
-                            "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None)})
-    if fitted_rows:
-        lake = lake_of(con)
-        lake.replace(ESTIMATORS, pa.Table.from_pandas(pd.DataFrame(fitted_rows), preserve_index=False), None,
-                     models=[r["model_id"] for r in fitted_rows])
-        lake.refresh(con, ESTIMATORS)
-    return found, missing
+            return "the reference has one class only"
+        fitted = fit_estimator(model, reference)
+        return fitted, E.to_text(fitted), {"method": method_of(model), "reference_rows": len(reference)}
+
+    return stored_or_fitted(con, ESTIMATORS, "estimator", models, fit_key, lambda _, text: E.from_text(text), fit)
 
 
 def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date) -> pd.DataFrame:

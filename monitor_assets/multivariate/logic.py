@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import time
+from collections.abc import Callable
 
 import duckdb
 import pandas as pd
-import pyarrow as pa
 
 from monitor_assets.analysis.logic import (
     TRANSIENT_ERRORS,
@@ -29,10 +28,10 @@ from monitor_assets.analysis.logic import (
     profile_errors,
 )
 from monitor_assets.config import ModelConfig, MonitorConfig
-from monitor_assets.estimation.logic import reference_versions
 from monitor_assets.stats import multivariate as MV
 from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.drift import FeatureSpec
+from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.reads import feature_columns, held_models, reference_reader_sql
 from monitor_assets.storage.sql import quote_ident
@@ -108,38 +107,29 @@ def references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]
                ) -> tuple[dict[str, MV.MultivariateReference], dict[str, str]]:
     """Each model's fitted reference: the stored one while its fit key holds, else fitted now and stored.
     Returns (model id -> reference, model id -> why it has none); one model's failure leaves the others."""
-    versions = reference_versions(con)
-    why_unprofiled = profile_errors(con)
-    stored = {m: (k, text) for m, k, text in con.execute(
-        f"SELECT model_id, fit_key, reference FROM {REFERENCES}").fetchall()}
-    found, missing, fitted_rows = {}, {}, []
-    for model in models:
-        if model.id not in versions:
-            missing[model.id] = f"no profiled reference: {why_unprofiled.get(model.id) or 'none stored'}"
-            continue
-        key = fit_key(versions[model.id])
+    def guarded(why: str, work: Callable[[], object]):
         try:
-            if model.id in stored and stored[model.id][0] == key:
-                found[model.id] = MV.MultivariateReference.from_text(stored[model.id][1])
-                continue
-            started = time.perf_counter()
-            frame = reference_frame(con, model, _booleans(con, model))
-            found[model.id] = MV.fit_reference(frame, feature_specs(model), max_rows=MAX_ROWS)
+            return work()
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are fitted
-            missing[model.id] = f"reference could not be fitted: {error_message(exc)}"
-            continue
-        fitted_rows.append({"model_id": model.id, "fit_key": key, "reference": found[model.id].to_text(),
-                            "reference_rows": len(frame), "n_features": len(feature_specs(model)),
-                            "fit_seconds": time.perf_counter() - started,
-                            "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None)})
-    if fitted_rows:
-        lake = lake_of(con)
-        lake.replace(REFERENCES, pa.Table.from_pandas(pd.DataFrame(fitted_rows), preserve_index=False), None,
-                     models=[r["model_id"] for r in fitted_rows])
-        lake.refresh(con, REFERENCES)
-    return found, missing
+            return f"{why}: {error_message(exc)}"
+
+    def fit(model: ModelConfig):
+        def work():
+            frame = reference_frame(con, model, _booleans(con, model))
+            fitted = MV.fit_reference(frame, feature_specs(model), max_rows=MAX_ROWS)
+            return fitted, fitted.to_text(), {"reference_rows": len(frame), "n_features": len(feature_specs(model))}
+        return guarded("reference could not be fitted", work)
+
+    def load(model: ModelConfig, text: str):
+        return guarded("reference could not be fitted", lambda: MV.MultivariateReference.from_text(text))
+
+    found, missing = stored_or_fitted(con, REFERENCES, "reference", models, lambda _, version: fit_key(version),
+                                      load, fit)
+    why_unprofiled = profile_errors(con)
+    return found, {m: (f"{NO_REFERENCE}: {why_unprofiled.get(m) or 'none stored'}" if why == NO_REFERENCE else why)
+                   for m, why in missing.items()}
 
 
 def top_text(top: list[tuple[str, float]]) -> str | None:

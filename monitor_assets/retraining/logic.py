@@ -50,11 +50,11 @@ from monitor_assets.stats.trigger import (
     welch_greater,
 )
 from monitor_assets.stats.versions import Gates, VersionStats, champions, compare_versions
+from monitor_assets.storage.fits import stored_estimators
 from monitor_assets.storage.lake import MODELS_PER_QUERY
 from monitor_assets.storage.reads import (
     latest_labels_sql,
     models_values_sql,
-    stored_estimators,
     version_daily,
 )
 from monitor_assets.storage.warehouse import lake_of, replace_partitions, transaction

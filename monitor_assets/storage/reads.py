@@ -138,10 +138,3 @@ PERFORMANCE_MODEL_COLUMNS = {"task": lambda m: m.task, "threshold": lambda m: m.
 def performance_models_sql(models: Sequence[ModelConfig]) -> tuple[str, list]:
     """A VALUES relation (model_id, task, threshold, main_metric) of these models, as SQL and params."""
     return models_values_sql(models, PERFORMANCE_MODEL_COLUMNS)
-
-
-def stored_estimators(con, model_ids: Sequence[str]) -> dict[str, str]:
-    """The stored estimator (text, `stats.estimation.from_text`) of each of these models that has one: what
-    the estimation stage last fitted (it refits a stale one before any step that depends on it runs)."""
-    return dict(con.execute("""SELECT model_id, estimator FROM monitoring.estimators
-                               WHERE model_id IN (SELECT unnest(?::VARCHAR[]))""", [list(model_ids)]).fetchall())

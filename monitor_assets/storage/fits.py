@@ -1,0 +1,68 @@
+"""Objects fitted once per model and reference version and kept in a lake table (the performance estimators,
+the multivariate drift references): reused while their fit key holds, fitted again and stored when it changes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from monitor_assets.config import ModelConfig
+from monitor_assets.storage.warehouse import lake_of
+
+NO_REFERENCE = "no profiled reference"
+
+
+def profiled_reference_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Each model's profiled reference version (from monitoring.reference_profiles; none while it errs)."""
+    return dict(con.execute("""SELECT model_id, any_value(reference_version) FROM monitoring.reference_profiles
+                               WHERE kind <> 'error' GROUP BY model_id
+                               HAVING count(DISTINCT reference_version) = 1""").fetchall())
+
+
+def stored_or_fitted(con: duckdb.DuckDBPyConnection, table: str, column: str, models: list[ModelConfig],
+                     key_of: Callable[[ModelConfig, str], str], load: Callable[[ModelConfig, str], object | str],
+                     fit: Callable[[ModelConfig], tuple[object, str, dict] | str]) -> tuple[dict, dict[str, str]]:
+    """Each model's fitted object: the one stored in `table` (its text in `column`) while its fit key
+    (`key_of(model, reference version)`) holds, else `fit(model)` -> (object, its text, more columns of the
+    row) and stored. `load` and `fit` return a string instead to say why a model has none.
+    Returns (model id -> object, model id -> why it has none)."""
+    versions = profiled_reference_versions(con)
+    stored = {m: (k, text) for m, k, text in con.execute(
+        f"SELECT model_id, fit_key, {column} FROM {table}").fetchall()}
+    found, missing, fitted_rows = {}, {}, []
+    for model in models:
+        if model.id not in versions:
+            missing[model.id] = NO_REFERENCE
+            continue
+        key = key_of(model, versions[model.id])
+        started = time.perf_counter()
+        if model.id in stored and stored[model.id][0] == key:
+            result = load(model, stored[model.id][1])
+        else:
+            result = fit(model)
+            if not isinstance(result, str):
+                result, text, extra = result
+                fitted_rows.append({"model_id": model.id, "fit_key": key, column: text, **extra,
+                                    "fit_seconds": time.perf_counter() - started,
+                                    "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None)})
+        if isinstance(result, str):
+            missing[model.id] = result
+        else:
+            found[model.id] = result
+    if fitted_rows:
+        lake = lake_of(con)
+        lake.replace(table, pa.Table.from_pandas(pd.DataFrame(fitted_rows), preserve_index=False), None,
+                     models=[r["model_id"] for r in fitted_rows])
+        lake.refresh(con, table)
+    return found, missing
+
+
+def stored_estimators(con, model_ids: list[str]) -> dict[str, str]:
+    """The stored estimator (text, `stats.estimation.from_text`) of each of these models that has one: what
+    the estimation stage last fitted (it refits a stale one before any step that depends on it runs)."""
+    return dict(con.execute("""SELECT model_id, estimator FROM monitoring.estimators
+                               WHERE model_id IN (SELECT unnest(?::VARCHAR[]))""", [list(model_ids)]).fetchall())
