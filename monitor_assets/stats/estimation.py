@@ -1,6 +1,6 @@
 """Performance estimated before the labels arrive: confidence-based estimation (CBPE) for binary classifiers
-and direct loss estimation (DLE) for regressors, each with a 95% band, and the sequential test the
-`estimated_performance_within_baseline` check runs on the daily estimates.
+and direct loss estimation (DLE) for regressors, each with a 95% band (the test the
+`estimated_performance_within_baseline` check runs on the daily estimates is `stats.shortfall`).
 
 CBPE. Scores are calibrated on the reference set (isotonic regression, kept only where 5-fold
 cross-validation on the reference shows it lowers the Brier score; otherwise the score is the probability).
@@ -677,47 +677,3 @@ def from_text(text: str) -> ConfidenceEstimator | LossEstimator:
     if not isinstance(estimator, ConfidenceEstimator | LossEstimator):
         raise ValueError(f"not a fitted estimator: {type(estimator).__name__}")
     return estimator
-
-
-# -- the check: a level test and a one-sided CUSUM on the daily shortfall -----------------------------------
-
-CUSUM_DAYS = 7  # the window the sequential sum looks back over
-CUSUM_K = 0.25  # allowance per day, in standard errors
-CUSUM_H = 4.0  # alarm level
-
-
-@dataclass(frozen=True)
-class Shortfall:
-    """The check's verdict on one day: level test, CUSUM statistic, and whether it fails."""
-
-    level_fails: bool
-    cusum: float
-    cusum_fails: bool
-
-    @property
-    def fails(self) -> bool:
-        return self.level_fails or self.cusum_fails
-
-
-def shortfall_test(estimates: list[float], standard_errors: list[float], floor: float, higher_is_better: bool = True,
-                   k: float = CUSUM_K, h: float = CUSUM_H) -> Shortfall:
-    """Judge the last of a model's daily estimates (oldest first, at most CUSUM_DAYS, NaN for a day without one)
-    against `floor` (min_metric_ratio x baseline).
-
-    Level: the day's estimate and its band's good end are both on the wrong side of the floor (a one-sided
-    2.5% test each day). CUSUM: S_t = max(0, S_{t-1} + z_t - k) with z_t = (floor - estimate_t) / se_t (sign
-    flipped for lower-is-better metrics), over the window; it fails when S passes h. With k = 0.25 and h = 4
-    a model sitting half a standard error above its floor raises a CUSUM alarm in about 0.5% of 60-day runs,
-    and a shortfall of about 1 se a day (a 3-point accuracy drop at 300 rows a day against a floor of 0.99 x
-    baseline) is found within 7 days in about 85% of runs (simulated in the tests). Days count as
-    independent; the band's se includes the estimator's own error, which makes the sum conservative."""
-    s, z_last = 0.0, math.nan
-    for e, se in zip(estimates[-CUSUM_DAYS:], standard_errors[-CUSUM_DAYS:], strict=True):
-        if not (np.isfinite(e) and np.isfinite(se)) or se <= 0:
-            continue
-        z_last = ((floor - e) if higher_is_better else (e - floor)) / se
-        s = max(0.0, s + z_last - k)
-    last_e, last_se = estimates[-1], standard_errors[-1]
-    level = bool(np.isfinite(last_e) and np.isfinite(last_se)
-                 and ((last_e + Z95 * last_se < floor) if higher_is_better else (last_e - Z95 * last_se > floor)))
-    return Shortfall(level, s, s > h)

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from monitor_assets.stats.estimation import Z95
+
 CUSUM_DAYS = 7  # the window the sequential sum looks back over
 CUSUM_K = 0.25  # allowance per day, in standard errors
-Z95 = 1.959963984540054
 ALPHA = 0.05  # one model alone: its chance of a false alert on a day when it sits at its floor
 FLEET_ALPHA = 0.25  # many models: expected false alerts a day across the fleet, all at their floors
 _STEPS_CACHED = 7  # one grid computation serves every window up to the check's 7 days
@@ -109,6 +110,16 @@ class Shortfall:
     def level_fails(self) -> bool:
         """The day's estimate and its whole 95% band on the wrong side of the floor."""
         return bool(np.isfinite(self.z_last) and self.z_last > Z95)
+
+    @property
+    def cusum_fails(self) -> bool:
+        """The CUSUM alone past its half of ALPHA (S_7 above about 4)."""
+        return bool(self.steps and cusum_survival(self.cusum, self.steps, CUSUM_K) < ALPHA / 2)
+
+    @property
+    def fails(self) -> bool:
+        """The verdict for one model judged alone (a fleet is judged with `adjusted_fails`)."""
+        return bool(np.isfinite(self.p_value) and self.p_value < ALPHA)
 
 
 def shortfall_test(estimates: list[float], standard_errors: list[float], floor: float, higher_is_better: bool = True,

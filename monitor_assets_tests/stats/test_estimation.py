@@ -30,9 +30,9 @@ from monitor_assets.stats.estimation import (
     predicted_class,
     realized_classifier_metrics,
     realized_multiclass_metrics,
-    shortfall_test,
     to_text,
 )
+from monitor_assets.stats.shortfall import shortfall_test
 
 # -- hand-computed ------------------------------------------------------------------------------------------
 
@@ -396,6 +396,8 @@ def test_multiclass_calibration_renormalises_and_estimates_a_day():
 
 
 # -- the check's sequential test ------------------------------------------------------------------------------
+
+
 
 def daily_accuracy(rng, days, rows, base=0.90, drop_from=None, drop=0.03):
     """Estimated accuracy per day with its standard error: the truth plus the day's sampling noise."""
