@@ -31,10 +31,14 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 DEMO_CONFIG = REPO_ROOT / "data" / "demo" / "monitor.yaml"
 
-TASKS = ("binary_classification", "regression")
+TASKS = ("binary_classification", "regression", "multiclass_classification")
 # The metric the performance check judges, per task, unless a model sets `main_metric`: ROC AUC ranks
 # without a threshold; MAE is in the label's unit and, unlike MAPE or R², defined on every day.
-DEFAULT_MAIN_METRIC = {"binary_classification": "roc_auc", "regression": "mae"}
+# Multiclass: accuracy, the least noisy of its metrics on a few hundred rows a day and estimable before labels.
+DEFAULT_MAIN_METRIC = {"binary_classification": "roc_auc", "regression": "mae", "multiclass_classification": "accuracy"}
+# A multiclass model's own columns in its predictions table, after its features: the predicted class code
+# (0..K-1 in `classes` order) and the logged class probabilities (NULL when not logged).
+CLASS_CODE_COLUMN, CLASS_PROBABILITIES_COLUMN = "class_code", "class_probabilities"
 FEATURE_TYPES = ("numeric", "categorical")
 DRIFT_METHODS = ("auto", "psi", "jensenshannon", "wasserstein", "ks", "chisquare")
 FORMATS = ("jsonl", "csv", "parquet")
@@ -149,7 +153,8 @@ class EstimationConfig:
 
         if not self.enabled or self.method == "none":
             return "none"
-        return AUTO_METHOD[task] if self.method == "auto" else self.method
+        # multiclass: the confidence-based estimator (expected confusion matrix) is the only one
+        return AUTO_METHOD.get(task, "confidence") if self.method == "auto" else self.method
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,9 @@ class ModelConfig:
     key_features: tuple[str, ...] = ()
     estimation: EstimationConfig = field(default_factory=EstimationConfig)
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
+    # multiclass_classification: the class names; their order fixes the codes 0..K-1 (and the order of a
+    # logged probability array)
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.main_metric:
@@ -198,7 +206,12 @@ class ModelConfig:
 
     @property
     def is_classifier(self) -> bool:
+        """A binary classifier (score = P(class 1)); multiclass models are `is_multiclass`."""
         return self.task == "binary_classification"
+
+    @property
+    def is_multiclass(self) -> bool:
+        return self.task == "multiclass_classification"
 
     @property
     def estimation_method(self) -> str:
@@ -260,6 +273,7 @@ class MonitorConfig:
     allow_outside_paths: bool = False  # inputs (and what their links resolve to) may lie outside the folder
     # One shard's view of the config (`for_shard`): `models` are the shard's, `fleet_model_ids` every model's.
     shard: tuple[int, int] = (0, 1)
+    evaluation: Any = None  # evaluation.settings.EvaluationConfig: the evaluation store's windows
     fleet_model_ids: tuple[str, ...] = ()
 
     def for_shard(self, index: int, count: int) -> MonitorConfig:
@@ -422,7 +436,10 @@ PREDICTION_FIELDS = {
     "latency_ms": "latency_ms",
     "status": "status",
     "score": "score",
-    "decision": "decision",  # the logged predicted class (optional): used instead of score >= threshold
+    "decision": "decision",  # the logged predicted class (optional): used instead of score >= threshold;
+    # a multiclass model's predicted class name
+    "probabilities": "probabilities",  # multiclass: class probabilities, a JSON array in `classes` order or
+    # an object {class: probability} (optional)
 }
 LABEL_FIELDS = {"prediction_id": "prediction_id", "label": "label"}
 INTERACTION_FIELDS = {
@@ -442,7 +459,7 @@ SALES_FIELDS = {
     "unit_price": "unit_price",
 }
 # Fields a source may lack: mapped to null (or absent from a CSV or Parquet file) they load as NULL.
-OPTIONAL_FIELDS = {"predictions": ("model_version", "latency_ms", "status", "decision")}
+OPTIONAL_FIELDS = {"predictions": ("model_version", "latency_ms", "status", "decision", "probabilities")}
 SOURCE_DEFAULT_FIELDS = {
     "predictions": PREDICTION_FIELDS,
     "labels": LABEL_FIELDS,
@@ -561,7 +578,9 @@ def _thresholds(r: _Reader, data: Any, key: str, defaults: Thresholds) -> Thresh
     return Thresholds(**values)
 
 
-RETRAINING_LOSSES = {"binary_classification": ("log_loss",), "regression": ("squared_error", "absolute_error")}
+# multiclass log_loss: -ln p(true class) where probabilities were logged, else the 0/1 error (stats.multiclass.row_loss)
+RETRAINING_LOSSES = {"binary_classification": ("log_loss",), "regression": ("squared_error", "absolute_error"),
+                     "multiclass_classification": ("log_loss",)}
 
 
 def _retraining(r: _Reader, data: Any, key: str, task: str) -> RetrainingConfig:
@@ -616,7 +635,7 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
     r.unknown_keys(data, key, {
         "id", "task", "version", "features", "sensitive_attributes", "reference", "reference_fields",
         "score_field", "decision_threshold", "thresholds", "alert_channels", "owner", "main_metric",
-        "retraining", "key_features", "estimation", "segments",
+        "retraining", "key_features", "estimation", "segments", "classes",
     })
     model_id = r.require(data, "id", key)
     if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
@@ -629,9 +648,12 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
         raise r.fail(f"{key}.features", "expected at least one feature")
     attributes = _named_features(r, data.get("sensitive_attributes"), f"{key}.sensitive_attributes",
                                  "context.{name}" if json_like else "{name}", "categorical")
-    ref_fields = {"score": "score", "label": "label"}
+    # A multiclass reference has no score: its label (class names), and the predicted class (`decision`) and
+    # probabilities (`probabilities`) under those default names unless mapped (MULTICLASS_REFERENCE_FIELDS).
+    ref_fields = {"label": "label"} if task == "multiclass_classification" else {"score": "score", "label": "label"}
     given_ref = r.mapping(data.get("reference_fields") or {}, f"{key}.reference_fields")
-    r.unknown_keys(given_ref, f"{key}.reference_fields", {"score", "label", "decision"})
+    r.unknown_keys(given_ref, f"{key}.reference_fields", {"label", "decision", "probabilities"}
+                   if task == "multiclass_classification" else {"score", "label", "decision"})
     for k, v in given_ref.items():
         ref_fields[k] = r.text(v, f"{key}.reference_fields.{k}")
     # Two features read from one field (same type) become two columns of one name in the model's table,
@@ -645,6 +667,13 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
                                     "a model reads each field once (remove one, or set a different `source:`)")
             first[(f.source, f.type)] = where
     main_metric = r.choice(data.get("main_metric", DEFAULT_MAIN_METRIC[task]), f"{key}.main_metric", MAIN_METRICS[task])
+    classes = _classes(r, data.get("classes"), f"{key}.classes", task)
+    if classes:
+        for group, items in (("features", features), ("sensitive_attributes", attributes)):
+            for f in items:
+                if f.source in (CLASS_CODE_COLUMN, CLASS_PROBABILITIES_COLUMN):
+                    raise r.fail(f"{key}.{group}.{f.name}", f"the field {f.source!r} names a column a multiclass "
+                                                            "model keeps for itself; set a different `source:`")
     channels = data.get("alert_channels", ["file"])
     if isinstance(channels, str):
         channels = [channels]
@@ -656,7 +685,10 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
         sensitive_attributes=attributes,
         reference_path=r.path(r.require(data, "reference", key), f"{key}.reference", inside=True),
         reference_fields=ref_fields,
-        score_field=r.text(data.get("score_field") or predictions.fields["score"], f"{key}.score_field"),
+        # a multiclass model has no score field: its output is the predicted class (the score is derived)
+        score_field=r.text(data.get("score_field") or (
+            (predictions.fields["decision"] or predictions.fields["probabilities"] or "decision")
+            if task == "multiclass_classification" else predictions.fields["score"]), f"{key}.score_field"),
         decision_threshold=r.number(data.get("decision_threshold", 0.5), f"{key}.decision_threshold", 0, 1),
         thresholds=_thresholds(r, data.get("thresholds"), f"{key}.thresholds", defaults),
         alert_channels=tuple(channels),
@@ -667,7 +699,33 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
         estimation=_estimation(r, data.get("estimation"), f"{key}.estimation", task),
         segments=_segments(r, data.get("segments"), f"{key}.segments", features + attributes,
                            "context.{name}" if json_like else "{name}"),
+        classes=classes,
     )
+
+
+MAX_CLASSES = 1000
+MULTICLASS_REFERENCE_FIELDS = {"decision": "decision", "probabilities": "probabilities"}  # defaults
+
+
+def _classes(r: _Reader, data: Any, key: str, task: str) -> tuple[str, ...]:
+    """`classes: [a, b, c]` of a multiclass model: at least 2 distinct non-empty names (2 is allowed: a
+    two-class model logged by class name is a multiclass model with K = 2). Other tasks have none."""
+    if task != "multiclass_classification":
+        if data is not None:
+            raise r.fail(key, f"only multiclass_classification models have classes (this model is {task})")
+        return ()
+    if data is None:
+        raise r.fail(key, "is required for multiclass_classification: the class names, in the order of a "
+                          "logged probability array")
+    if not isinstance(data, list) or not 2 <= len(data) <= MAX_CLASSES:
+        raise r.fail(key, f"expected a list of 2 to {MAX_CLASSES} class names, got {data!r}"[:300])
+    names = [r.text(c, f"{key}[{i}]") for i, c in enumerate(data)]
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise r.fail(f"{key}[{i}]", "expected a non-empty class name")
+        if name in names[:i]:
+            raise r.fail(f"{key}[{i}]", f"duplicate class {name!r}")
+    return tuple(names)
 
 
 def _segments(r: _Reader, data: Any, key: str, known: tuple[FeatureConfig, ...], default_source: str
@@ -724,7 +782,7 @@ def _estimation(r: _Reader, data: Any, key: str, task: str) -> EstimationConfig:
     from monitor_assets.stats.estimation import METHODS
 
     # the estimator's own list of methods (a superset of metrics_spec.ESTIMATION_METHODS until that follows it)
-    methods = tuple(dict.fromkeys((*ESTIMATION_METHODS[task], *METHODS[task])))
+    methods = tuple(dict.fromkeys((*ESTIMATION_METHODS[task], *METHODS.get(task, ()))))
     method = r.choice(data.get("method", "auto"), f"{key}.method", methods)
     metrics = data.get("metrics") or []
     if not isinstance(metrics, list):
@@ -881,7 +939,7 @@ def _read_root(file: Path) -> tuple[_Reader, dict]:
     root = r.mapping(root, "(top level)")
     r.unknown_keys(root, "", {"partitions", "label_delay_days", "sources", "models", "alerts", "drift",
                               "fairness", "anomalies", "thresholds", "warehouse", "reports_dir",
-                              "allow_outside_paths"})
+                              "allow_outside_paths", "evaluation"})
     return r, root
 
 
@@ -943,6 +1001,9 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
     fairness = _section(r, root, "fairness", {"min_group_size", "baseline", "tolerance", "floor_ratio", "ceiling_odds"})
     anomalies = _section(r, root, "anomalies", {"window_days", "threshold"})
     warehouse_default, reports_default = default_locations(file)
+    # Imported here: the evaluation stage's settings use this module's ConfigError.
+    from monitor_assets.evaluation.settings import parse_evaluation
+    evaluation = parse_evaluation(root.get("evaluation"), file)
     label_delay = root.get("label_delay_days", 3)
     if isinstance(label_delay, bool) or not isinstance(label_delay, int) or not 0 <= label_delay <= 60:
         raise r.fail("label_delay_days", f"expected a whole number of days in [0, 60], got {label_delay!r}")
@@ -953,6 +1014,7 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
         end_date=end,
         label_delay_days=label_delay,
         models=models,
+        evaluation=evaluation,
         predictions=predictions,
         labels=_source(r, r.require(sources, "labels", "sources"), "sources.labels", "labels"),
         interactions=_source(r, sources["interactions"], "sources.interactions", "interactions")

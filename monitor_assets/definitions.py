@@ -20,12 +20,14 @@ from monitor_assets.alerting.defs import build_alerting_definitions
 from monitor_assets.analysis.defs import build_analysis_assets
 from monitor_assets.config import MonitorConfig, load_config
 from monitor_assets.estimation.defs import build_estimation_definitions
+from monitor_assets.evaluation.defs import build_evaluation_definitions
 from monitor_assets.export.defs import build_export_definitions
 from monitor_assets.history.defs import build_history_definitions
 from monitor_assets.ingestion.defs import build_ingestion_assets, build_quality_checks
 from monitor_assets.metrics.defs import build_metrics_assets
 from monitor_assets.multivariate.defs import build_multivariate_definitions
 from monitor_assets.notify.defs import build_notify_definitions
+from monitor_assets.pictures.defs import build_pictures_definitions
 from monitor_assets.reporting.defs import build_reporting_definitions
 from monitor_assets.retraining.defs import build_retraining_definitions
 from monitor_assets.segments.defs import build_segments_definitions
@@ -45,7 +47,7 @@ SHARD_JOBS = ("shard_ingest_job", "shard_analysis_job")
 FLEET_JOB = "fleet_job"
 SHARD_INGEST = (keys.PREDICTIONS, keys.REFERENCE_PROFILES)
 SHARD_ANALYSIS = (keys.LABELS, keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ESTIMATED_PERFORMANCE,
-                  keys.MULTIVARIATE_DRIFT)
+                  keys.MULTIVARIATE_DRIFT, keys.DRIFT_DISTRIBUTIONS, keys.DAILY_PROFILES, keys.EVALUATION_STORE)
 
 
 # -- the stages whose builders return lists: wrapped into Definitions here ------------------------------
@@ -119,14 +121,16 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     estimation = build_estimation_definitions(config)
     segments = build_segments_definitions(config)
     multivariate = build_multivariate_definitions(config)
+    pictures = build_pictures_definitions(config)
+    evaluation = build_evaluation_definitions(config)
     history = build_history_definitions(config, upstream=asset_keys(metrics, analysis, estimation, segments,
                                                                     multivariate))
     alerting = build_alerting_definitions(config)
     retraining = build_retraining_definitions(config)
     reporting = build_reporting_definitions(config)
     export = build_export_definitions(config)
-    pipeline = (ingestion, metrics, analysis, estimation, segments, multivariate, history, alerting, retraining,
-                reporting, export)
+    pipeline = (ingestion, metrics, analysis, estimation, segments, multivariate, pictures, evaluation, history,
+                alerting, retraining, reporting, export)
 
     checks = check_keys(ingestion, alerting, retraining)
     jobs = pipeline_jobs(config, asset_keys(*pipeline), checks)

@@ -20,7 +20,9 @@ models:
 
 def test_demo_config_loads_every_model():
     config = load_config()
-    assert [m.id for m in config.models] == ["fraud_detector", "conversion_recommender", "demand_forecaster"]
+    assert [m.id for m in config.models] == ["fraud_detector", "conversion_recommender", "demand_forecaster",
+                                             "product_categoriser"]
+    assert config.model("product_categoriser").classes == ("electronics", "fashion", "home", "beauty", "toys")
     assert config.model("demand_forecaster").score_field == "prediction"
     assert config.predictions.paths_for(config.start_date).endswith("2026-10-01/*.jsonl.gz")
 
@@ -154,7 +156,7 @@ EMAIL = MODEL_END + "\nalerts:\n  channels:\n    mail: {type: email, host: smtp.
      "models[0].reference_fields.lable: unknown key; did you mean 'label'? expected one of decision, label, score"),
     (("fields: {score: proba}", "fields: {scroe: proba}"),
      "sources.predictions.fields.scroe: unknown key; did you mean 'score'? expected one of decision, latency_ms, "
-     "model_id, model_version, prediction_id, score, status, timestamp"),
+     "model_id, model_version, prediction_id, probabilities, score, status, timestamp"),
     (('labels/{date}.csv"}', 'labels/{date}.csv", allow_empty: "yes"}'),
      "sources.labels.allow_empty: expected true or false, got 'yes'"),
     # E-mail settings fail at load, not when the first alert is sent.

@@ -201,7 +201,7 @@ def test_run_pipeline_refuses_to_start_and_writes_nothing(demo_copy, tmp_path):
 def test_cli_exit_status_and_output(demo_copy):
     ok = subprocess.run([sys.executable, "-m", "monitor_assets.preflight", "--config", str(DEMO_CONFIG)],
                         cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and ok.stdout.startswith(f"preflight ok: {DEMO_CONFIG}, 30 days, 3 models (")
+    assert ok.returncode == 0 and ok.stdout.startswith(f"preflight ok: {DEMO_CONFIG}, 30 days, 4 models (")
     assert ok.stderr.startswith("warning: ") and len(ok.stderr.splitlines()) == 1
     path = with_typos(demo_copy)
     bad = subprocess.run([sys.executable, "-m", "monitor_assets.preflight", "--config", str(path)],

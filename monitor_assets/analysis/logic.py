@@ -28,12 +28,27 @@ from monitor_assets.analysis.queries import (
     score_association,
     validate_reference,
 )
-from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.config import CLASS_CODE_COLUMN, MULTICLASS_REFERENCE_FIELDS, ModelConfig, MonitorConfig
 from monitor_assets.stats import drift as D
 from monitor_assets.stats.fairness import MIN_GROUP_SIZE, fairness_table
 from monitor_assets.stats.metrics_spec import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from monitor_assets.stats.multiclass import (
+    class_code_sql,
+    classes_sql,
+    probabilities_problem_sql,
+    probabilities_sql,
+    selection_rates,
+)
+from monitor_assets.stats.multiclass import (
+    daily_metrics as multiclass_daily_metrics,
+)
 from monitor_assets.stats.performance import performance_sql, predicted_class_sql
-from monitor_assets.stats.reference import MIN_REFERENCE_ROWS, ReferenceCheck, ReferenceTooSmall
+from monitor_assets.stats.reference import (
+    MIN_REFERENCE_ROWS,
+    ReferenceCheck,
+    ReferenceTooSmall,
+    reference_check,
+)
 from monitor_assets.storage.reads import latest_labels_sql, model_feature_select
 from monitor_assets.storage.reads import reference_reader_sql as _reader
 from monitor_assets.storage.sql import quote_ident, sql_str
@@ -60,13 +75,17 @@ TRANSIENT_ERRORS = (duckdb.IOException, OSError, MemoryError)
 def drift_specs(model: ModelConfig) -> list[tuple[str, D.FeatureSpec]]:
     """(role, spec) for every input feature, the model output and the label."""
     specs = [("feature", D.FeatureSpec(f.name, f.type, f.drift_method, f.drift_threshold)) for f in model.features]
-    specs.append((PREDICTION, D.FeatureSpec(PREDICTION, "numeric")))
-    specs.append((LABEL, D.FeatureSpec(LABEL, "categorical" if model.is_classifier else "numeric")))
+    # A multiclass model's output is its predicted class: its drift is that of the class distribution.
+    specs.append((PREDICTION, D.FeatureSpec(PREDICTION, "categorical" if model.is_multiclass else "numeric")))
+    specs.append((LABEL, D.FeatureSpec(LABEL, "categorical" if model.is_classifier or model.is_multiclass
+                                       else "numeric")))
     return specs
 
 
 def _label_expr(model: ModelConfig, column: str) -> str:
-    # Classes compare as text ('0', '1') whatever numeric type the file used.
+    # Classes compare as text ('0', '1') whatever numeric type the file used; a multiclass code as its name.
+    if model.is_multiclass:
+        return f"{classes_sql(model.classes)}[CAST({column} AS BIGINT) + 1]"
     return f"CAST(CAST({column} AS DOUBLE) AS BIGINT)::VARCHAR" if model.is_classifier else f"CAST({column} AS DOUBLE)"
 
 
@@ -82,9 +101,39 @@ def reference_file(model: ModelConfig) -> str:
     return f"SELECT * FROM {_reader(model.reference_path)}"
 
 
+MC_LABEL, MC_CODE, MC_PROBA, MC_SCORE = "__label_code", "__class_code", "__class_proba", "__class_score"
+
+
+def multiclass_reference(model: ModelConfig) -> str:
+    """A multiclass reference's rows with its classes as codes: the label (`MC_LABEL`, NULL for a name not in
+    `classes`), the predicted class (`MC_CODE`: the `decision` column's name, else the most probable), the
+    probabilities (`MC_PROBA`, DOUBLE[]; the column is JSON text or a list) and the predicted class's
+    probability (`MC_SCORE`)."""
+    f = {**MULTICLASS_REFERENCE_FIELDS, **model.reference_fields}
+    with duckdb.connect() as c:
+        names = {n.lower() for (n,) in c.sql(f"SELECT column_name FROM (DESCRIBE {reference_file(model)})").fetchall()}
+    text = f"CAST({quote_ident(f['probabilities'])} AS VARCHAR)" if f["probabilities"].lower() in names else "NULL"
+    decision = f"CAST({quote_ident(f['decision'])} AS VARCHAR)" if f["decision"].lower() in names else "NULL"
+    proba = probabilities_sql(model.classes, text)
+    code = class_code_sql(model.classes, decision, f"CASE WHEN ({probabilities_problem_sql(model.classes, text, proba)}) "
+                                                   f"IS NULL THEN {proba} END")
+    return f"""SELECT *, (list_position({classes_sql(model.classes)}, CAST({quote_ident(f['label'])} AS VARCHAR))
+                          - 1)::DOUBLE AS {MC_LABEL},
+                      {code} AS {MC_CODE},
+                      CASE WHEN ({probabilities_problem_sql(model.classes, text, proba)}) IS NULL THEN {proba} END
+                          AS {MC_PROBA}
+               FROM {_reader(model.reference_path)}"""
+
+
 def reference_relation(model: ModelConfig, where: str = "true") -> str:
     """The reference's drift columns (features, prediction, label) and `label_value`, on the rows
     matching `where` (the usable rows, see `validate_model_reference`)."""
+    if model.is_multiclass:
+        features = ", ".join(f"{quote_ident(f.name)}" for f in model.features)
+        return (f"SELECT {features}, {classes_sql(model.classes)}[{MC_CODE}::BIGINT + 1] AS {PREDICTION}, "
+                f"{_label_expr(model, MC_LABEL)} AS {LABEL}, {MC_LABEL} AS label_value, {MC_CODE} AS class_code, "
+                f"{MC_PROBA} AS class_probabilities, {MC_PROBA}[{MC_CODE}::BIGINT + 1] AS {MC_SCORE} "
+                f"FROM ({multiclass_reference(model)}) WHERE {where}")
     features = ", ".join(f"{quote_ident(f.name)}" for f in model.features)
     score, label = quote_ident(model.reference_fields["score"]), quote_ident(model.reference_fields["label"])
     decision = model.reference_fields.get("decision")
@@ -97,6 +146,21 @@ def validate_model_reference(con: duckdb.DuckDBPyConnection, model: ModelConfig)
     """Count and leave out the reference rows whose label or score is NULL, NaN or not a number; a
     reference with fewer than MIN_REFERENCE_ROWS usable rows is refused, naming model and file."""
     where = f"model {model.id}: reference {model.reference_path}"
+    if model.is_multiclass:
+        try:
+            n, bad_label, bad_pred = con.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE {MC_LABEL} IS NULL), count(*) FILTER (WHERE {MC_CODE} IS NULL) "
+                f"FROM ({multiclass_reference(model)})").fetchall()[0]
+            usable = con.execute(f"SELECT count(*) FROM ({multiclass_reference(model)}) WHERE {MC_LABEL} IS NOT NULL "
+                                 f"AND {MC_CODE} IS NOT NULL").fetchall()[0][0]
+            return reference_check(n, bad_label, bad_pred, usable,
+                                   f"{MC_LABEL} IS NOT NULL AND {MC_CODE} IS NOT NULL")
+        except ReferenceTooSmall as exc:
+            raise ReferenceError(f"{where}: {exc} (a multiclass reference needs a label among the classes and a "
+                                 "predicted class or valid probabilities)") from None
+        except duckdb.BinderException as exc:
+            raise ReferenceError(f"{where}: lacks the configured label column ({model.reference_fields['label']}): "
+                                 f"{' '.join(str(exc).split())}") from None
     try:
         return validate_reference(con, reference_file(model), model.reference_fields["label"],
                                   model.reference_fields["score"], classifier=model.is_classifier)
@@ -144,6 +208,11 @@ def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig, min_group_
     except duckdb.BinderException as exc:
         raise ReferenceError(f"model {model.id}: reference {model.reference_path} lacks a configured column: "
                              f"{' '.join(str(exc).split())}") from None
+    if model.is_multiclass:
+        baselines = multiclass_baselines(con, model, relation)
+        features = [s for r, s in drift_specs(model) if r == "feature"]
+        importance = score_association(con, relation, features, MC_SCORE)
+        return profiles, baselines, check, importance
     decision = DECISION if model.reference_fields.get("decision") else None
     perf = con.execute(performance_sql(
         f"""SELECT 'reference' AS g, true AS is_ok, NULL::DOUBLE AS latency_ms, {PREDICTION} AS score,
@@ -157,6 +226,15 @@ def profile_model(con: duckdb.DuckDBPyConnection, model: ModelConfig, min_group_
     features = [s for r, s in drift_specs(model) if r == "feature"]
     importance = score_association(con, relation, features, PREDICTION)
     return profiles, baselines, check, importance
+
+
+def multiclass_baselines(con: duckdb.DuckDBPyConnection, model: ModelConfig, relation: str) -> dict[str, float]:
+    """The reference's multiclass metrics (`stats.multiclass`), named as in performance_daily; log loss and
+    ROC AUC only when every usable row has probabilities."""
+    rows = con.execute(f"SELECT label_value, class_code, class_probabilities FROM ({relation})").fetchall()
+    y, pred = np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.int64)
+    proba = (np.array([r[2] for r in rows], dtype=float) if rows and all(r[2] is not None for r in rows) else None)
+    return {k: v for k, v in multiclass_daily_metrics(y, pred, len(model.classes), proba).items() if math.isfinite(v)}
 
 
 def reference_fairness(con: duckdb.DuckDBPyConnection, model: ModelConfig, check: ReferenceCheck,
@@ -299,8 +377,11 @@ def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
     model's own table, so a pass reads that model's rows only. Labels are matched on the prediction id,
     also those logged before their prediction arrived (up to EARLY_LABEL_DAYS)."""
     table = lake_of(con).model_relation(con, model.id)
+    # A multiclass model's prediction is its class name (`decision`); its code and probabilities come along.
+    output = (f"p.decision AS {PREDICTION}, p.{CLASS_CODE_COLUMN} AS class_code" if model.is_multiclass
+              else f"p.score AS {PREDICTION}")
     return f"""
-        SELECT {model_feature_select(config, model.id, 'p.')}, p.score AS {PREDICTION}, l.label AS label_value,
+        SELECT {model_feature_select(config, model.id, 'p.')}, {output}, l.label AS label_value,
                p.decision AS {quote_ident(DECISION)}
         FROM {table} AS p
         LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
@@ -417,6 +498,8 @@ def fairness_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, mode
     if not attributes:
         return pd.DataFrame()
     # The predicted class as the performance metrics take it: the logged decision, else the threshold.
+    if model.is_multiclass:
+        return multiclass_fairness(con, config, model, day)
     y_pred = (predicted_class_sql(quote_ident(DECISION), PREDICTION, repr(model.decision_threshold))
               if model.is_classifier else PREDICTION)
     relation = f"SELECT {y_pred} AS y_pred, label_value AS y_true, * FROM ({_day_rows(con, config, model)})"
@@ -435,6 +518,41 @@ def fairness_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, mode
         table["baseline_note"] = np.where(wanted & ~known, "the reference has no disparity for this attribute (the "
                                           "column is missing or it has fewer than two eligible groups): judged in "
                                           "absolute terms", "")
+    return table
+
+
+def multiclass_fairness(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
+                        day: dt.date) -> pd.DataFrame:
+    """Fairness of a multiclass model: per class, its selection rate (share predicted that class) and
+    one-vs-rest rates by group, judged as a binary classifier's; the class is named in `attribute`
+    (`segment (class books)`). The reference has no multiclass disparity: judged in absolute terms."""
+    attributes = [a.name for a in model.sensitive_attributes]
+    frame = con.sql(_day_rows(con, config, model), params={"day": day, "model": model.id}).df()
+    if frame.empty:
+        return pd.DataFrame()
+    labelled = frame.label_value.notna().to_numpy()
+    y_true = np.where(labelled, frame.label_value.fillna(-1), -1).astype(np.int64)
+    y_pred = frame.class_code.to_numpy(dtype=float)
+    y_pred = np.where(np.isfinite(y_pred), y_pred, -1).astype(np.int64)
+    parts = []
+    for attribute in attributes:
+        groups = frame[attribute].astype(object).where(frame[attribute].notna(), "(missing)").astype(str)
+        rates = selection_rates(y_pred, len(model.classes), groups, y_true, labelled)
+        names = np.asarray(model.classes, dtype=object)[rates["class"].to_numpy()]
+        parts.append(rates.drop(columns=["selection_rate"]).assign(
+            attribute=[f"{attribute} (class {n})" for n in names], abs_error=np.nan))
+    # one table: fairness_table judges each attribute (here: attribute and class) on its own
+    counts = (pd.concat(parts, ignore_index=True).sort_values(["class", "attribute", "grp"]).drop(columns="class")
+              .reset_index(drop=True) if parts else pd.DataFrame())
+    table = fairness_table(counts, True, config.min_group_size) if len(counts) else pd.DataFrame()
+    if table.empty:
+        return table
+    table.insert(0, "model_id", model.id)
+    table.insert(0, "partition_date", day)
+    for metric in FAIRNESS_METRICS:
+        table[f"reference_{metric}"] = math.nan
+    table["fairness_baseline"] = "absolute"
+    table["baseline_note"] = "multiclass: the reference's per-class disparities are not profiled; judged in absolute terms"
     return table
 
 

@@ -327,14 +327,17 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
                 arrival = d + dt.timedelta(days=int(delay))
                 labels_by_arrival.setdefault(arrival, []).append((rec["prediction_id"], model.id, label))
 
+    categorised = categoriser_data(out, days, scale, seed)
     for n in range(days):
         d = day(n)
         rows = labels_by_arrival.get(d, [])
+        # the categoriser's labels are class names, after the others' (whose rows stay as they were)
+        rows = [(pid, m, f"{label:.0f}") for pid, m, label in rows] + categorised.get(d, [])
         frame = pd.DataFrame(rows, columns=["prediction_id", "model_id", "label"])
         path = out / "labels" / f"{d}.csv.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
         with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as f:
-            f.write(frame.to_csv(index=False, float_format="%.0f").encode())
+            f.write(frame.to_csv(index=False).encode())
         write_business_day(out, d, rng, scale, concept_changed=n >= CONCEPT_FROM)
 
     incidents = {
@@ -404,6 +407,72 @@ def write_business_day(out: Path, d: dt.date, rng: np.random.Generator, scale: f
         path.parent.mkdir(parents=True, exist_ok=True)
         with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as f:
             f.write(frame.to_csv(index=False).encode())
+
+
+# The product categoriser (multiclass): its own generator, so every other number of the demo is unchanged.
+PRODUCT_CLASSES = ["electronics", "fashion", "home", "beauty", "toys"]
+CATEGORISER_ID, CATEGORISER_VERSION, CATEGORISER_PER_DAY = "product_categoriser", "2026.09.1", 600
+
+
+def product_rows(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """Catalogue items: price, title length, image count and the seller tier; the true class drives them."""
+    y = rng.choice(len(PRODUCT_CLASSES), n, p=[0.25, 0.3, 0.2, 0.15, 0.1])
+    centre = np.array([4.8, 3.6, 4.0, 3.0, 3.3])[y]
+    return pd.DataFrame({
+        "price": np.exp(rng.normal(centre, 0.45)).round(2),
+        "title_words": (rng.poisson(np.array([9, 6, 7, 5, 8])[y]) + 1).astype(float),
+        "image_count": (rng.poisson(np.array([5, 3, 4, 2, 3])[y]) + 1).astype(float),
+        "seller_tier": rng.choice(["small", "pro"], n, p=[0.6, 0.4]),
+        "label": y,
+    })
+
+
+def categoriser_data(out: Path, days: int, scale: float, seed: int) -> dict[dt.date, list[tuple]]:
+    """The categoriser's reference and logs; returns its labels by arrival day (prediction_id, model, class)."""
+    rng = np.random.default_rng(seed + 3)
+    numeric = ["price", "title_words", "image_count"]
+    train_rows = product_rows(rng, 8000)
+    # the seller tier is a sensitive attribute, not an input: the model never sees it
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(train_rows[numeric], train_rows.label)
+
+    def probabilities(df: pd.DataFrame) -> np.ndarray:
+        p = pipe.predict_proba(df[numeric]).round(4)
+        # rounded, still summing to 1: the largest takes the rounding (the last could go below 0)
+        top = p.argmax(axis=1)
+        rows = np.arange(len(p))
+        p[rows, top] = 0.0
+        p[rows, top] = (1 - p.sum(axis=1)).round(4)
+        return p
+
+    ref = product_rows(rng, int(5000 * max(scale, 0.2)))
+    p = probabilities(ref)
+    ref_out = ref.drop(columns="label").assign(
+        label=[PRODUCT_CLASSES[i] for i in ref.label], decision=[PRODUCT_CLASSES[i] for i in p.argmax(axis=1)],
+        probabilities=[json.dumps([float(v) for v in row]) for row in p])
+    ref_out.to_parquet(out / "reference" / f"{CATEGORISER_ID}.parquet", index=False)
+    labels: dict[dt.date, list[tuple]] = {}
+    for n in range(days):
+        d = day(n)
+        df = product_rows(rng, int(CATEGORISER_PER_DAY * scale * rng.normal(1.0, 0.04)))
+        p = probabilities(df)
+        seconds = np.sort(rng.integers(0, 86400, len(df)))
+        latency = rng.gamma(4.0, 10.0, len(df))
+        lines = []
+        for i, row in enumerate(df.itertuples(index=False)):
+            ts = dt.datetime.combine(d, dt.time()) + dt.timedelta(seconds=int(seconds[i]))
+            pid = f"cat-{d:%Y%m%d}-{i:06d}"
+            lines.append(json.dumps({
+                "timestamp": ts.isoformat(timespec="milliseconds") + "Z", "prediction_id": pid,
+                "model_id": CATEGORISER_ID, "model_version": CATEGORISER_VERSION,
+                "latency_ms": round(float(latency[i]), 1), "status": "ok",
+                "features": {"price": row.price, "title_words": row.title_words, "image_count": row.image_count},
+                "context": {"seller_tier": row.seller_tier},
+                "decision": PRODUCT_CLASSES[int(p[i].argmax())], "probabilities": [float(v) for v in p[i]],
+            }, separators=(",", ":")))
+            arrival = d + dt.timedelta(days=int(rng.integers(1, 4)))
+            labels.setdefault(arrival, []).append((pid, CATEGORISER_ID, PRODUCT_CLASSES[row.label]))
+        write_jsonl_gz(out / "predictions" / f"{d}" / f"{CATEGORISER_ID}.jsonl.gz", lines)
+    return labels
 
 
 def main() -> None:

@@ -9,16 +9,27 @@ beside the estimate; the asset refreshes the `label_delay_days` before its days,
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import math
+import pickle
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.config import (
+    CLASS_CODE_COLUMN,
+    CLASS_PROBABILITIES_COLUMN,
+    MULTICLASS_REFERENCE_FIELDS,
+    ModelConfig,
+    MonitorConfig,
+)
 from monitor_assets.stats import estimation as E
+from monitor_assets.stats import multiclass as MC
 from monitor_assets.stats.performance import decision_class_sql, share_of_baseline
+from monitor_assets.stats.reference import MIN_REFERENCE_ROWS
 from monitor_assets.storage.fits import stored_or_fitted
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.reads import (
@@ -33,7 +44,7 @@ from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_fr
 ESTIMATES = "monitoring.estimated_performance"
 ESTIMATORS = "monitoring.estimators"
 COLUMNS = [c for c in TABLES[ESTIMATES][0] if c != "computed_at"]
-FIT_FORMAT = 2  # part of the fit key: a change of the estimator's layout refits every model once
+FIT_FORMAT = 3  # part of the fit key: a change of the estimator's layout refits every model once
 
 
 def method_of(model: ModelConfig) -> str:
@@ -105,17 +116,71 @@ def fit_estimator(model: ModelConfig, reference: pd.DataFrame) -> E.ConfidenceEs
     return fitted
 
 
+@dataclass
+class MulticlassEstimator:
+    """A multiclass model's estimator: per-class calibration of its logged probabilities fitted on the reference
+    (`stats.estimation.fit_multiclass_calibration`); the day's estimate is the expected confusion matrix's."""
+
+    calibration: E.MulticlassCalibration
+    categories: dict = field(default_factory=dict)
+    sample: None = None
+
+    def to_text(self) -> str:
+        return base64.b64encode(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
+
+    @staticmethod
+    def from_text(text: str) -> MulticlassEstimator:
+        fitted = pickle.loads(base64.b64decode(text))  # noqa: S301 - written by this pipeline, in its own lake
+        if not isinstance(fitted, MulticlassEstimator):
+            raise ValueError(f"not a multiclass estimator: {type(fitted).__name__}")
+        return fitted
+
+
+def multiclass_reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.DataFrame:
+    """A multiclass reference's rows with logged probabilities: label code, predicted code, probabilities."""
+    f = {**MULTICLASS_REFERENCE_FIELDS, **model.reference_fields}
+    names = {c.lower() for (c,) in con.execute(
+        f"SELECT column_name FROM (DESCRIBE SELECT * FROM {reference_reader_sql(model.reference_path)})").fetchall()}
+    if f["probabilities"].lower() not in names:
+        return pd.DataFrame(columns=["label", "code", "proba"])
+    text = f"CAST({quote_ident(f['probabilities'])} AS VARCHAR)"
+    proba = MC.probabilities_sql(model.classes, text)
+    decision = f"CAST({quote_ident(f['decision'])} AS VARCHAR)" if f["decision"].lower() in names else "NULL"
+    return con.execute(f"""
+        SELECT (list_position({MC.classes_sql(model.classes)}, CAST({quote_ident(f['label'])} AS VARCHAR)) - 1)
+                   AS label, {MC.class_code_sql(model.classes, decision, proba)} AS code, {proba} AS proba
+        FROM {reference_reader_sql(model.reference_path)}
+        WHERE ({MC.probabilities_problem_sql(model.classes, text, proba)}) IS NULL AND {text} IS NOT NULL""").df(
+    ).dropna(subset=["label", "code"])
+
+
+def fit_multiclass(con: duckdb.DuckDBPyConnection, model: ModelConfig):
+    reference = multiclass_reference_frame(con, model)
+    if len(reference) < MIN_REFERENCE_ROWS:
+        return (f"the reference has {len(reference)} rows with a known label and valid probabilities, "
+                f"at least {MIN_REFERENCE_ROWS} are needed")
+    calibration = E.fit_multiclass_calibration(np.array(reference.proba.tolist(), dtype=float),
+                                               reference.label.to_numpy(np.int64))
+    fitted = MulticlassEstimator(calibration)
+    return fitted, fitted.to_text(), {"method": method_of(model), "reference_rows": len(reference)}
+
+
 def estimators(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> tuple[dict, dict[str, str]]:
     """Each model's fitted estimator: the stored one when its fit key still holds, else fitted now and stored.
     Returns (model id -> estimator, model id -> why it has none)."""
     def fit(model: ModelConfig):
+        if model.is_multiclass:
+            return fit_multiclass(con, model)
         reference = reference_frame(con, model)
         if model.is_classifier and reference.label.nunique() < 2:
             return "the reference has one class only"
         fitted = fit_estimator(model, reference)
         return fitted, E.to_text(fitted), {"method": method_of(model), "reference_rows": len(reference)}
 
-    return stored_or_fitted(con, ESTIMATORS, "estimator", models, fit_key, lambda _, text: E.from_text(text), fit)
+    def load(model: ModelConfig, text: str):
+        return MulticlassEstimator.from_text(text) if model.is_multiclass else E.from_text(text)
+
+    return stored_or_fitted(con, ESTIMATORS, "estimator", models, fit_key, load, fit)
 
 
 def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date) -> pd.DataFrame:
@@ -124,6 +189,13 @@ def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
     if not lake.has_table(lake.model_path(model.id)):
         return pd.DataFrame()
     table = lake.model_relation(con, model.id)
+    if model.is_multiclass:  # the rows with logged probabilities
+        return con.execute(f"""
+            SELECT p.{CLASS_PROBABILITIES_COLUMN} AS proba, p.{CLASS_CODE_COLUMN} AS code, p.model_version, l.label
+            FROM {table} AS p
+            LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
+            WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok
+                  AND p.{CLASS_PROBABILITIES_COLUMN} IS NOT NULL""", {"day": day, "model": model.id}).df()
     logged = config.predictions.fields.get("decision")
     decision = decision_class_sql("p.decision") if logged else "NULL::INT"
     features = (f", {model_feature_select(config, model.id, 'p.')}"
@@ -141,6 +213,9 @@ def _realized(model: ModelConfig, frame: pd.DataFrame) -> dict[str, float]:
     labelled = frame[frame.label.notna()]
     if not len(labelled):
         return {}
+    if model.is_multiclass:
+        return E.realized_multiclass_metrics(labelled.label.to_numpy(np.int64), labelled.code.to_numpy(np.int64),
+                                             np.array(labelled.proba.tolist(), dtype=float))
     s, y = labelled.score.to_numpy(float), labelled.label.to_numpy(float)
     if model.is_classifier:
         d = E.predicted_class(s, labelled.decision.to_numpy(float), model.decision_threshold)
@@ -155,8 +230,12 @@ def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.dat
         return []
     metrics = model.estimated_metrics
     x = (_feature_arrays(frame, model, estimator.categories)[0]
-         if isinstance(estimator, E.LossEstimator) or estimator.sample is not None else None)
-    if isinstance(estimator, E.ConfidenceEstimator):
+         if isinstance(estimator, E.LossEstimator) or getattr(estimator, "sample", None) is not None else None)
+    if isinstance(estimator, MulticlassEstimator):
+        # sampling error only: the estimator's own error from reference chunks is not measured for multiclass yet
+        found = E.estimate_multiclass(estimator.calibration, np.array(frame.proba.tolist(), dtype=float),
+                                      frame.code.to_numpy(np.int64), metrics, seed=day.toordinal())
+    elif isinstance(estimator, E.ConfidenceEstimator):
         found = estimator.estimate(frame.score.to_numpy(float), frame.decision.to_numpy(float), metrics,
                                    seed=day.toordinal(), features=x)
     else:

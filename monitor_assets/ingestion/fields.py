@@ -71,7 +71,10 @@ REASONS = {
     "out_of_range": "a score, label, latency, quantity or price out of its range",
     "unknown_model": "a model_id that is not configured",
     "model_mismatch": "a model_id that does not belong in the file it is in",
-    "unknown_category": "a categorical value outside the feature's allowed_values",
+    "unknown_category": "a categorical value outside the feature's allowed_values; a class name outside a multiclass "
+                        "model's classes (predicted class or label)",
+    "bad_probabilities": "multiclass class probabilities that are not numbers in [0, 1], of the wrong length or "
+                         "classes, or do not sum to 1 (within 0.01)",
     "bad_features": "the object holding a model's features is missing, null or not an object",
     "duplicate": "a key seen earlier that day or on an earlier day",
     "no_file": "note: the day's glob matched no file",
@@ -87,7 +90,7 @@ _CATEGORY_PATTERNS = [
     ("^(wrong number of fields|malformed CSV)", "malformed_csv"), ("^missing required field", "missing_field"),
     ("(?s)^wrong type: .* is not a timestamp$", "bad_timestamp"), ("^wrong type", "bad_type"),
     ("^out of range", "out_of_range"), ("^unknown model_id", "unknown_model"), ("^model_id ", "model_mismatch"),
-    ("^unknown category", "unknown_category"), ("^bad features", "bad_features"), ("^duplicate", "duplicate"),
+    ("^unknown category", "unknown_category"), ("^bad probabilities", "bad_probabilities"), ("^bad features", "bad_features"), ("^duplicate", "duplicate"),
     ("^no input file", "no_file"), ("^outside the config folder", "outside_folder"),
     ("^missing column", "missing_column"), ("^unreadable file", "unreadable_file"),
 ]

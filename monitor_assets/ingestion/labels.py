@@ -9,7 +9,9 @@ import duckdb
 
 from monitor_assets.config import MonitorConfig
 from monitor_assets.ingestion.fields import StagingPlan, move_to_quarantine
+from monitor_assets.ingestion.plans import LABEL_TEXT
 from monitor_assets.storage.reads import latest_labels_sql
+from monitor_assets.storage.sql import sql_str
 
 
 def check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan, day: dt.date) -> None:
@@ -28,10 +30,43 @@ def check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: St
             ON p.prediction_id = l.prediction_id AND l.partition_date = ?""", [day])
     con.execute("DROP TABLE raw.labels")
     con.execute("ALTER TABLE raw.labels_matched RENAME TO labels")
+    if LABEL_TEXT in plan.targets:
+        _type_labels(con, config, plan, day)
     classifiers = [m.id for m in config.models if m.is_classifier] or [""]
     move_to_quarantine(con, plan, day, "t.model_id IN (SELECT unnest(?::VARCHAR[])) AND t.label NOT IN (0, 1)",
                        "'out of range: label=' || t.label || ' for classifier ' || t.model_id || ', expected 0 or 1'",
                        [classifiers])
+
+
+def _type_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan, day: dt.date) -> None:
+    """Labels read as text (a multiclass model is configured): a multiclass model's label is a class name,
+    stored as its code (0..K-1 in `classes` order), an unknown name quarantined; every other label must be a
+    finite number, as when labels are read as numbers (a label whose prediction has not arrived is one of
+    those: a class name must come after its prediction)."""
+    multiclass = [m for m in config.models if m.is_multiclass]
+    con.execute("""CREATE OR REPLACE TEMP TABLE _classes AS SELECT unnest(?::VARCHAR[]) AS model_id,
+                   unnest(?::VARCHAR[]) AS name, unnest(?::DOUBLE[]) AS code""",
+                [[m.id for m in multiclass for _ in m.classes], [c for m in multiclass for c in m.classes],
+                 [float(i) for m in multiclass for i in range(len(m.classes))]])
+    mc = "coalesce(t.model_id IN (SELECT model_id FROM _classes), false)"
+    # In a shard, another shard's labels are set aside after this (`readers._keep_shard`): its multiclass models'
+    # classes are not in this shard's config, so their class names are not judged here.
+    others = sorted(set(config.fleet_model_ids) - set(config.model_ids)) if config.sharded else []
+    numeric = (f"NOT {mc} AND NOT coalesce(t.model_id IN ({', '.join(sql_str(m) for m in others)}), false)"
+               if others else f"NOT {mc}")
+    move_to_quarantine(con, plan, day, f"{mc} AND NOT EXISTS (SELECT 1 FROM _classes AS c "
+                                       "WHERE c.model_id = t.model_id AND c.name = t.label_text)",
+                       "'unknown category: label ' || left(t.label_text, 80) || ' is not a class of ' || t.model_id")
+    number = "TRY_CAST(t.label_text AS DOUBLE)"
+    move_to_quarantine(con, plan, day, f"{numeric} AND {number} IS NULL",
+                       "'wrong type: label=' || left(t.label_text, 40) || ' is not a number'")
+    move_to_quarantine(con, plan, day, f"{numeric} AND NOT isfinite({number})",
+                       "'non-finite number: label=' || t.label_text")
+    con.execute(f"""CREATE TABLE raw.labels_typed AS
+                    SELECT t.* REPLACE (CASE WHEN {mc} THEN c.code ELSE {number} END AS label)
+                    FROM raw.labels AS t LEFT JOIN _classes AS c ON c.model_id = t.model_id AND c.name = t.label_text""")
+    con.execute("DROP TABLE raw.labels")
+    con.execute("ALTER TABLE raw.labels_typed RENAME TO labels")
 
 
 def count_corrected_labels(con: duckdb.DuckDBPyConnection, day: dt.date) -> int:

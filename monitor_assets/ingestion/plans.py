@@ -5,8 +5,35 @@ from __future__ import annotations
 
 from monitor_assets.config import ModelConfig, MonitorConfig, SourceConfig
 from monitor_assets.ingestion.fields import NUMBER, TEXT, TIME, Field, StagingPlan
+from monitor_assets.stats.multiclass import (
+    class_code_sql,
+    classes_sql,
+    probabilities_problem_sql,
+    probabilities_sql,
+)
 from monitor_assets.storage.lake import PREDICTION_COLUMNS
 from monitor_assets.storage.sql import sql_str
+
+# Staging columns of multiclass models' rows: the predicted class code and the probabilities in class order.
+CLASS_CODE, CLASS_PROBABILITIES = "mc_code", "mc_proba"
+MULTICLASS_STAGE = {CLASS_CODE: "DOUBLE", CLASS_PROBABILITIES: "DOUBLE[]"}
+
+
+def multiclass_rules(m: ModelConfig, in_model: str, is_ok: str, decision_label: str, proba_label: str,
+                     proba: str) -> list[tuple[str, str]]:
+    """A multiclass model's record rules: a predicted class or probabilities where served, the class one of
+    `classes`, the probabilities K numbers in [0, 1] summing to 1 (an object: exactly the classes as keys)."""
+    names = ", ".join(m.classes)
+    return [
+        (f"{in_model} AND {is_ok} AND decision IS NULL AND probabilities IS NULL",
+         f"'missing required field: ' || {sql_str(decision_label)} || ' or ' || {sql_str(proba_label)} "
+         "|| ' (status is ok)'"),
+        (f"{in_model} AND decision IS NOT NULL AND NOT list_contains({classes_sql(m.classes)}, decision)",
+         f"'unknown category: predicted class ' || left(decision, 80) || ' is not a class of {m.id} (' "
+         f"|| {sql_str(names[:200])} || ')'"),
+        (f"{in_model} AND ({probabilities_problem_sql(m.classes, 'probabilities', proba)}) IS NOT NULL",
+         f"'bad probabilities: ' || ({probabilities_problem_sql(m.classes, 'probabilities', proba)})"),
+    ]
 
 
 def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = None,
@@ -31,7 +58,12 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
     is_ok = f"(coalesce(status, {sql_str(config.predictions.ok_status[0])}) IN ({ok_list}))"
     # Each model may log its output under its own field; read each distinct one once.
     score_aliases: dict[str, str] = {}
+    multiclass = [m for m in models if m.is_multiclass]
+    if multiclass:
+        fields.append(Field("probabilities", src.get("probabilities"), optional=True))
     for m in models:
+        if m.is_multiclass:
+            continue  # no score field: the probability of the predicted class becomes its score
         if m.score_field not in score_aliases:
             alias = f"score_{len(score_aliases)}"
             score_aliases[m.score_field] = alias
@@ -72,10 +104,14 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
         mine = ", ".join(sql_str(m.id) for m in models) or "NULL"
         rules.append((f"model_id NOT IN ({mine})",
                       "'model_id ' || model_id || ' is read from its own files (sources.predictions.path {model})'"))
+    proba = {m.id: probabilities_sql(m.classes, "probabilities") for m in multiclass}
     for m in models:
-        score = score_aliases[m.score_field]
         in_model = f"model_id = {sql_str(m.id)}"
-        rules.append((f"{in_model} AND {is_ok} AND {score} IS NULL",
+        if m.is_multiclass:
+            rules += multiclass_rules(m, in_model, is_ok, src["decision"] or "decision",
+                                      src.get("probabilities") or "probabilities", proba[m.id])
+        score = score_aliases.get(m.score_field, "NULL")
+        rules.append((f"{in_model} AND NOT {str(m.is_multiclass).lower()} AND {is_ok} AND {score} IS NULL",
                       f"'missing required field: ' || {sql_str(m.score_field)} || ' (status is ok)'"))
         if m.is_classifier:
             rules.append((f"{in_model} AND {score} NOT BETWEEN 0 AND 1",
@@ -93,25 +129,45 @@ def predictions_plan(config: MonitorConfig, models: list[ModelConfig] | None = N
                 alias = feature_aliases[(f.source, f.type)]
                 rules.append((f"{in_model} AND {alias} IS NOT NULL AND {alias} NOT IN ({allowed})",
                               f"'unknown category: ' || {sql_str(f.name)} || '=' || {alias}"))
-    score_case = " ".join(f"WHEN {sql_str(m.id)} THEN {score_aliases[m.score_field]}" for m in models)
+    codes = {m.id: class_code_sql(m.classes, "decision", proba[m.id]) for m in multiclass}
+    score_case = " ".join(f"WHEN {sql_str(m.id)} THEN "
+                          + (f"{proba[m.id]}[({codes[m.id]})::BIGINT + 1]" if m.is_multiclass
+                             else score_aliases[m.score_field]) for m in models)
+    # A multiclass model's decision is its predicted class's name as configured (logged, or the most probable).
+    decision = ("CASE model_id " + " ".join(f"WHEN {sql_str(m.id)} THEN {classes_sql(m.classes)}[({codes[m.id]})::BIGINT + 1]"
+                                           for m in multiclass) + " ELSE decision END") if multiclass else "decision"
     # The staging table keeps each distinct (field, type) once, as feat_<i>; every model's table gets its
     # own features from them, in columns named after the field (see feature_columns).
     outputs = ["model_id", "prediction_id", "ts", "model_version", "latency_ms", "status", is_ok,
-               f"CASE model_id {score_case or 'WHEN NULL THEN NULL'} END", "source_file", "line_no", "decision",
+               f"CASE model_id {score_case or 'WHEN NULL THEN NULL'} END", "source_file", "line_no", decision,
                *feature_aliases.values()]
     targets = [*PREDICTION_COLUMNS, *feature_aliases.values()]
+    if multiclass:
+        outputs += ["CASE model_id " + " ".join(f"WHEN {sql_str(m.id)} THEN {codes[m.id]}" for m in multiclass) + " END",
+                    "CASE model_id " + " ".join(f"WHEN {sql_str(m.id)} THEN {proba[m.id]}" for m in multiclass) + " END"]
+        targets += list(MULTICLASS_STAGE)
     return StagingPlan("predictions", fields, rules, key="prediction_id", outputs=outputs, targets=targets,
                        unique_across_days=True, feature_aliases=feature_aliases,
                        known_models=tuple(config.known_model_ids))
 
 
+LABEL_TEXT = "label_text"  # staging only: a label as logged, before check_labels types it
+
+
 def labels_plan(config: MonitorConfig) -> StagingPlan:
     src = config.labels.fields
+    # With a multiclass model, a label may be a class name: it is read as text and typed after it is matched
+    # to its prediction (`labels.check_labels`: a class code for a multiclass model, a number for the others).
+    # A shard reads every model's labels and does not know the other shards' tasks: it reads them as text too.
+    named = config.sharded or any(m.is_multiclass for m in config.models)
     fields = [Field("prediction_id", src["prediction_id"], TEXT, True),
-              Field("label", src["label"], NUMBER, True)]
+              Field("label", src["label"], TEXT if named else NUMBER, True)]
     # model_id and prediction_date are filled from the matching prediction after loading.
+    outputs = ["NULL", "prediction_id", "NULL", "NULL" if named else "label", "source_file", "line_no"]
     return StagingPlan("labels", fields, [], key="prediction_id",
-                       outputs=["NULL", "prediction_id", "NULL", "label", "source_file", "line_no"])
+                       outputs=outputs + (["label"] if named else []),
+                       targets=(["partition_date", "model_id", "prediction_id", "prediction_date", "label",
+                                 "source_file", "line_no", LABEL_TEXT] if named else []))
 
 
 def interactions_plan(source: SourceConfig) -> StagingPlan:

@@ -23,7 +23,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from monitor_assets.config import ModelConfig, MonitorConfig, SourceConfig
+from monitor_assets.config import (
+    CLASS_CODE_COLUMN,
+    CLASS_PROBABILITIES_COLUMN,
+    ModelConfig,
+    MonitorConfig,
+    SourceConfig,
+)
 from monitor_assets.ingestion.fields import (
     QUARANTINE_STAGE,
     StagingPlan,
@@ -36,7 +42,14 @@ from monitor_assets.ingestion.fields import (
 from monitor_assets.ingestion.formats import LOADERS
 from monitor_assets.ingestion.labels import check_labels, count_corrected_labels
 from monitor_assets.ingestion.log import StageResult, log_ingestion
-from monitor_assets.ingestion.plans import plan_for, predictions_plan
+from monitor_assets.ingestion.plans import (
+    CLASS_CODE,
+    CLASS_PROBABILITIES,
+    LABEL_TEXT,
+    MULTICLASS_STAGE,
+    plan_for,
+    predictions_plan,
+)
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES, Lake, registered
 from monitor_assets.storage.reads import feature_columns
 from monitor_assets.storage.sql import quote_ident, sql_str
@@ -182,9 +195,10 @@ def _stage_columns(wh: duckdb.DuckDBPyConnection, plan: StagingPlan) -> dict[str
     if plan.source == "predictions":
         types = {alias: ("DOUBLE" if ftype == "numeric" else "VARCHAR")
                  for (_, ftype), alias in plan.feature_aliases.items()}
-        return {**PREDICTION_COLUMNS, **types}
+        extra = MULTICLASS_STAGE if CLASS_CODE in plan.targets else {}
+        return {**PREDICTION_COLUMNS, **types, **extra}
     if f"raw.{plan.source}" in TABLES:
-        return TABLES[f"raw.{plan.source}"][0]
+        return {**TABLES[f"raw.{plan.source}"][0], **({LABEL_TEXT: "VARCHAR"} if LABEL_TEXT in plan.targets else {})}
     return {name: ctype for name, ctype in wh.execute(
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'raw' "
         "AND table_name = ? ORDER BY ordinal_position", [plan.source]).fetchall()}
@@ -345,7 +359,9 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
         columns = feature_columns(config)
         for m in group.models:
             picks = ", ".join(shared + [f"{plan.feature_aliases[(f.source, f.type)]} AS {quote_ident(columns[(f.source, f.type)])}"
-                                        for f in m.logged_columns])
+                                        for f in m.logged_columns]
+                              + ([f"{CLASS_CODE} AS {CLASS_CODE_COLUMN}", f"{CLASS_PROBABILITIES} AS {CLASS_PROBABILITIES_COLUMN}"]
+                                 if m.is_multiclass else []))
             rows = stage.sql(f"SELECT {picks} FROM raw.predictions WHERE model_id = $1", params=[m.id]).to_arrow_table()
             lake.replace_model_day(m.id, rows, day)
             if committed is not None:

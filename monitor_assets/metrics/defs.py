@@ -8,6 +8,7 @@ from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_METRICS, OWNERS
 from monitor_assets.metrics.logic import (
     business_kpis,
+    class_metrics_by_day,
     performance_by_day,
     write_business_kpis,
     write_performance,
@@ -55,8 +56,13 @@ def build_metrics_assets(config: MonitorConfig, predictions: dg.AssetKey, labels
         with fail_fast(), warehouse.connect_lake() as con:  # each chunk registers its own models
             inserted = write_performance(con, cfg, refreshed)
             per_day = performance_by_day(con, days, cfg.model_ids)
-        add_partition_metadata(context, {day.date(): _performance_day_metadata(g)
-                                         for day, g in per_day.groupby("partition_date")})
+            per_class = class_metrics_by_day(con, cfg, days)
+        metadata = {day.date(): _performance_day_metadata(g) for day, g in per_day.groupby("partition_date")}
+        for (day, model_id), g in (per_class.groupby(["partition_date", "model_id"]) if len(per_class) else ()):
+            # a multiclass model's per-class precision and recall, where its day's figures are read
+            metadata.setdefault(day.date(), {})[f"per_class_{model_id}"] = dg.MetadataValue.md(
+                frame_markdown(g.drop(columns=["partition_date", "model_id"]), limit=50))
+        add_partition_metadata(context, metadata)
         return dg.MaterializeResult(metadata={
             "days": day_label(days),
             "days_refreshed_for_late_labels": dg.MetadataValue.json([str(d) for d in refreshed if d not in days]),

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.config import CLASS_CODE_COLUMN, CLASS_PROBABILITIES_COLUMN, ModelConfig, MonitorConfig
 from monitor_assets.stats.metrics_spec import METRIC_DIRECTION
+from monitor_assets.stats.multiclass import daily_metrics, multiclass_metrics
 from monitor_assets.stats.performance import performance_sql
-from monitor_assets.storage.lake import MODELS_PER_QUERY
+from monitor_assets.storage.lake import MODELS_PER_QUERY, TABLES
 from monitor_assets.storage.reads import latest_labels_sql, performance_models_sql
 from monitor_assets.storage.sql import quote_ident, sql_str
 from monitor_assets.storage.warehouse import lake_of, replace_partitions
@@ -24,8 +27,12 @@ def write_performance(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
     con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [days])
     parts = []
     for i in range(0, len(config.models), MODELS_PER_QUERY):
-        sql, params = performance_statement(con, config, config.models[i:i + MODELS_PER_QUERY])
-        parts.append(con.sql(sql, params=params).to_arrow_table())
+        chunk = config.models[i:i + MODELS_PER_QUERY]
+        sql, params = performance_statement(con, config, chunk)
+        part = con.sql(sql, params=params).to_arrow_table()
+        if any(m.is_multiclass for m in chunk):
+            part = with_multiclass_metrics(con, config, [m for m in chunk if m.is_multiclass], part)
+        parts.append(part)
     con.register("_performance", pa.concat_tables(parts) if parts else _empty_performance(con))
     inserted = replace_partitions(con, "monitoring.performance_daily", days,
                                   "SELECT * FROM _performance", models=config.written_models)
@@ -68,14 +75,16 @@ def performance_statement(con, config: MonitorConfig, chunk: list[ModelConfig] |
         WHERE p.partition_date IN (SELECT d FROM _days)"""
     metrics = performance_sql(source, ["partition_date", "model_id"], decision=decision)
     main_value = "CASE m.main_metric " + " ".join(
-        f"WHEN {sql_str(k)} THEN r.{quote_ident(k)}" for k in sorted(METRIC_DIRECTION)) + " END"
+        f"WHEN {sql_str(k)} THEN r.{quote_ident(k)}" for k in sorted(METRIC_DIRECTION)
+        if k not in ("f1_macro", "f1_weighted")) + " END"  # multiclass only: filled in by with_multiclass_metrics
     sql = f"""
         SELECT d AS partition_date, m.model_id, m.task, v.versions AS model_versions,
                coalesce(r.volume, 0), coalesce(r.n_ok, 0), coalesce(r.n_errors, 0), r.error_rate,
                r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, coalesce(r.n_labelled, 0), r.label_coverage,
                r.accuracy, r."precision", r.recall, r.f1, r.roc_auc, r.log_loss, r.brier_score, r.positive_rate,
                r.predicted_positive_rate, r.mae, r.rmse, r.mape, r.r2, r.mean_error, r.mean_score,
-               now(), r.mape_zero_labels, r.n_decision_missing, {main_value}
+               now(), r.mape_zero_labels, r.n_decision_missing, {main_value}, NULL::DOUBLE AS f1_macro,
+               NULL::DOUBLE AS f1_weighted
         FROM ({metrics}) AS r
         RIGHT JOIN (SELECT d, model_id, task, main_metric FROM _days CROSS JOIN {models} AS c
                     -- a model-day that failed the data-quality suite is held: no figures from it
@@ -86,6 +95,72 @@ def performance_statement(con, config: MonitorConfig, chunk: list[ModelConfig] |
                    FROM {predictions} WHERE partition_date IN (SELECT d FROM _days)
                    GROUP BY ALL) AS v ON v.partition_date = m.d AND v.model_id = m.model_id"""
     return sql, params + params
+
+
+MULTICLASS_COLUMNS = ("accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted", "log_loss", "roc_auc")
+
+
+def multiclass_rows(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.DataFrame:
+    """A multiclass model's served rows of the days in `_days`: day, predicted code, probabilities (a list,
+    or None) and the latest label (code, NaN until it arrives)."""
+    lake = lake_of(con)
+    if not lake.has_table(lake.model_path(model.id)):  # nothing logged yet
+        return pd.DataFrame(columns=["partition_date", "code", "proba", "label"])
+    table = lake.model_relation(con, model.id)
+    return con.execute(f"""
+        SELECT p.partition_date, p.{CLASS_CODE_COLUMN} AS code, p.{CLASS_PROBABILITIES_COLUMN} AS proba,
+               l.label
+        FROM {table} AS p
+        LEFT JOIN ({latest_labels_sql([model.id], since="(SELECT min(d) FROM _days)")}) AS l USING (prediction_id)
+        WHERE p.partition_date IN (SELECT d FROM _days) AND p.is_ok AND p.{CLASS_CODE_COLUMN} IS NOT NULL""").df()
+
+
+def multiclass_day(model: ModelConfig, rows: pd.DataFrame) -> dict[str, float]:
+    """One model-day's multiclass figures (`stats.multiclass.daily_metrics`) on its labelled rows, with
+    `n_labelled` and `label_coverage`; log loss and ROC AUC on the rows with probabilities when all labelled
+    rows have them (else NULL: a mean over a part would not be the day's)."""
+    labelled = rows[rows.label.notna()]
+    out = {"n_labelled": len(labelled), "label_coverage": len(labelled) / len(rows) if len(rows) else math.nan}
+    if labelled.empty:
+        return out | dict.fromkeys(MULTICLASS_COLUMNS, math.nan)
+    with_proba = labelled.proba.notna().all()
+    proba = np.array(labelled.proba.tolist(), dtype=float) if with_proba else None
+    return out | daily_metrics(labelled.label.to_numpy(np.int64), labelled.code.to_numpy(np.int64),
+                               len(model.classes), proba)
+
+
+def class_metrics_by_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> pd.DataFrame:
+    """Per multiclass model, day and class: support (labelled), predicted, precision, recall, F1 (and one-vs-rest
+    ROC AUC where probabilities were logged), on the labelled rows; for the UI."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [days])
+    parts = []
+    for model in (m for m in config.models if m.is_multiclass):
+        rows = multiclass_rows(con, model)
+        for day, group in rows[rows.label.notna()].groupby("partition_date"):
+            proba = np.array(group.proba.tolist(), dtype=float) if group.proba.notna().all() else None
+            per = multiclass_metrics(group.label.to_numpy(np.int64), group.code.to_numpy(np.int64),
+                                     len(model.classes), proba).per_class
+            per.insert(0, "class", per.pop("class").map(dict(enumerate(model.classes))))
+            parts.append(per.assign(partition_date=pd.Timestamp(day), model_id=model.id))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def with_multiclass_metrics(con: duckdb.DuckDBPyConnection, config: MonitorConfig, models: list[ModelConfig],
+                            part: pa.Table) -> pa.Table:
+    """The performance rows with the multiclass models' figures filled in (the shared SQL computes volume,
+    errors and latency for every task; the class metrics of a multiclass model come from its codes)."""
+    frame = part.to_pandas()
+    names = [f.name for f in part.schema]
+    for model in models:
+        rows = multiclass_rows(con, model)
+        for day, group in rows.groupby("partition_date"):
+            at = (frame.iloc[:, 1] == model.id) & (pd.to_datetime(frame.iloc[:, 0]) == pd.Timestamp(day))
+            figures = multiclass_day(model, group)
+            for column in ("n_labelled", "label_coverage", *MULTICLASS_COLUMNS):
+                frame.loc[at, names[list(TABLES["monitoring.performance_daily"][0]).index(column)]] = figures[column]
+            main = names[list(TABLES["monitoring.performance_daily"][0]).index("main_metric_value")]
+            frame.loc[at, main] = figures.get(model.main_metric, math.nan)
+    return pa.Table.from_pandas(frame, schema=part.schema, preserve_index=False)
 
 
 def write_business_kpis(con: duckdb.DuckDBPyConnection, days: list[dt.date]) -> int:

@@ -42,8 +42,9 @@ from monitor_assets.constants import (
     PERFORMANCE_CHECK,
     VOLUME_CHECK,
 )
-from monitor_assets.formatting import fmt_day, fmt_num, plural
+from monitor_assets.formatting import fmt_day, fmt_num, fmt_p, plural
 from monitor_assets.links import INDEX_PAGE, MODELS_DIR, model_page
+from monitor_assets.stats.distributions import P_FLOOR, Comparison, drift_evidence  # noqa: F401 - P_FLOOR: public
 from monitor_assets.stats.drift import P_VALUE_METHODS
 from monitor_assets.stats.versions import current_champions
 from monitor_assets.storage.alert_state import AlertState
@@ -76,6 +77,9 @@ class ReportData:
     # The main metric estimated before labels, per model and day, with its band and, once labels have landed,
     # the realized value and whether it fell inside the band (monitoring.estimated_performance; empty: none).
     estimated: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ESTIMATE_COLUMNS))
+    # Reference against current distributions of the drifted feature-days (monitoring.drift_distributions;
+    # empty: none drawn yet).
+    distributions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DISTRIBUTION_COLUMNS))
 
 
 LOSS_COLUMNS = ["partition_date", "model_id", "model_version", "loss", "mean_loss_day", "band_low", "band_high",
@@ -86,7 +90,10 @@ VERSION_COLUMNS = ["model_id", "model_version", "first_seen", "last_seen", "traf
 COMPARISON_COLUMNS = ["partition_date", "model_id", "champion_version", "challenger_version", "metric",
                       "champion_value", "challenger_value", "p_value", "gate", "verdict"]
 ESTIMATE_COLUMNS = ["partition_date", "model_id", "metric", "estimate", "lower", "upper", "realized", "within_band"]
+DISTRIBUTION_COLUMNS = ["partition_date", "model_id", "feature", "role", "kind", "method", "statistic", "p_value",
+                        "threshold", "evidence", "bins", "n_current", "n_reference"]
 REQUESTS_SHOWN = 20  # per model page: the newest requests
+PICTURES_SHOWN = 12  # per model page: drifted features drawn side by side, the latest drift first
 
 
 def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last_day: dt.date) -> ReportData:
@@ -131,6 +138,8 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
             JOIN (SELECT unnest(?::VARCHAR[]) AS model_id, unnest(?::VARCHAR[]) AS metric) USING (model_id, metric)
             WHERE e.partition_date <= ? ORDER BY e.partition_date""",
                               [list(models.model_id), list(models.main_metric), last_day]).df(),
+        distributions=q(f"""SELECT {', '.join(DISTRIBUTION_COLUMNS)} FROM monitoring.drift_distributions
+                           WHERE partition_date <= ? ORDER BY partition_date"""),
     )
 
 
@@ -337,6 +346,7 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
     estimated_by = _by_model(_dated(data.estimated))
     drift = data.drift.assign(ratio=drift_evidence(data.drift))
     drift_by, fair_by = _rows_by_model(_dated(drift)), _rows_by_model(_dated(data.fairness))
+    pictures_by = _rows_by_model(_dated(drawable(data.distributions, data.drift)))
     alerts_by = _rows_by_model(_dated(data.alerts))
     requests_by, versions_by, comparison_by = (_table_rows_by_model(data.requests), _table_rows_by_model(data.versions),
                                                _table_rows_by_model(data.comparison))
@@ -361,6 +371,7 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
         if drift:
             figures.append({"id": "drift", "title": "Feature drift by day", "figure": _drift_figure(drift),
                             "note": DRIFT_LEGEND})
+        figures += _distribution_figures(pictures_by.get(m.model_id, []))
         fair = fair_by.get(m.model_id)
         if fair and any(_num(r.selection_rate) is not None for r in fair):
             figures.append({"id": "fair", "title": "Fairness by group", "figure": _fairness_figure(fair)})
@@ -583,36 +594,6 @@ DRIFT_LEGEND = ("Colour: evidence of drift against the feature's own alert thres
                 "drifted. Distances (psi, jensenshannon, wasserstein): statistic / threshold. Tests (ks, "
                 "chisquare): log(p) / log(threshold), with the p-value the flag is decided on (adjusted "
                 "across the model's features).")
-P_FLOOR = 1e-300  # a p-value of 0 (underflow) reads as this: very strong, finite evidence
-
-
-def drift_evidence(drift: pd.DataFrame) -> np.ndarray:
-    """Per drift row, how strongly it says "drifted" relative to its own threshold, on one scale for every
-    method (1 = at the threshold, > 1 drifted). A distance flags at statistic >= threshold: statistic /
-    threshold. A test flags at p < threshold, where the threshold is a p-value, so the statistic says
-    nothing comparable (a stable KS day at 500 rows has statistic 0.03 against 0.01): log(p) / log(threshold),
-    with the BH-adjusted p where there is one (what `drifted` is decided on). A test row the table calls not
-    drifted stays below 1 (the constant check also needs enough differing values). Rows without `method`
-    are read as distances (frames of the first release)."""
-    stat = drift.statistic.to_numpy(dtype=float)
-    threshold = drift.threshold.to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = stat / threshold
-        if "method" not in drift or "p_value" not in drift:
-            return out
-        p = drift.p_value.to_numpy(dtype=float)
-        if "p_value_adjusted" in drift:
-            adjusted = drift.p_value_adjusted.to_numpy(dtype=float)
-            p = np.where(np.isnan(adjusted), p, adjusted)
-        usable = (threshold > 0) & (threshold < 1)
-        evidence = np.where(usable, np.log(np.clip(p, P_FLOOR, 1.0)) / np.log(np.where(usable, threshold, 0.5)),
-                            np.nan)
-        test = drift.method.isin(P_VALUE_METHODS).to_numpy()
-        flagged = drift.drifted.fillna(False).astype(bool).to_numpy()
-        evidence = np.where(flagged, evidence, np.minimum(evidence, 0.99))
-        return np.where(test, evidence, out)
-
-
 def _drift_figure(drift: list) -> dict:
     """Feature x day heatmap of `drift_evidence` (1 = at the threshold); `drift`: one model's rows with their
     `ratio` (the evidence). The hover text gives the method, statistic, p-value, threshold and the flag."""
@@ -644,6 +625,99 @@ def _drift_hover(r) -> str:
     else:
         parts.append(f"vs {_cell(_num(r.threshold))}")
     return " ".join(parts) + (": drifted" if bool(_num(r.drifted)) else ": not drifted")
+
+
+def drawable(distributions: pd.DataFrame, drift: pd.DataFrame) -> pd.DataFrame:
+    """The pictures a model page may draw: an input feature's only while `drift` (monitoring.feature_drift) flags
+    it on that day, so a stable feature is never drawn as drifted, even beside pictures left from an older run.
+    (Prediction and label rows are not in `drift`; their pictures exist only for flagged rows.)"""
+    if not len(distributions) or "role" not in distributions:
+        return distributions
+    flagged = drift[drift.drifted.fillna(False).astype(bool)] if len(drift) else drift
+    keys = set(zip(pd.to_datetime(flagged.partition_date), flagged.model_id, flagged.feature, strict=True))
+    feature = (distributions.role == "feature").to_numpy()
+    held = [(d, m, f) in keys for d, m, f in zip(pd.to_datetime(distributions.partition_date),
+                                                 distributions.model_id, distributions.feature, strict=True)]
+    return distributions[~feature | np.asarray(held, dtype=bool)]
+
+
+PICTURE_NOTE = ("Grey: the reference; blue: the day, each as shares of its own rows (missing values included). "
+                "Numbers on the reference's quantile bins, so each grey bar holds about the same share; values "
+                "outside the reference's range, and missing ones, have bars of their own. Categories: the largest "
+                "of either side, the rest as 'other'.")
+
+
+def _picture_name(role: str, feature: str) -> str:
+    """An input feature by its name; the model's output and the label as such."""
+    return feature if role in ("feature", feature) else f"{feature} ({role})"
+
+
+def _picture_title(r) -> str:
+    """The figure's title for one drift day: feature, day, method, statistic (and p-value) against the threshold."""
+    name = _picture_name(r.role, r.feature)
+    figures = f"{r.method} {fmt_num(_num(r.statistic))}"
+    if r.method in P_VALUE_METHODS:
+        figures += f", {fmt_p(_num(r.p_value))} against threshold {fmt_num(_num(r.threshold))}"
+    else:
+        figures += f" against threshold {fmt_num(_num(r.threshold))}"
+    return _label(f"{name} on {fmt_day(r.partition_date)}: {figures}")
+
+
+def _unique(labels: list[str]) -> list[str]:
+    """Bin labels as distinct category names (two narrow bins may print alike; Plotly would merge them)."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return out
+
+
+def _distribution_figures(pictures: list) -> list[dict]:
+    """Per drifted feature (the latest drift first, at most PICTURES_SHOWN), reference against current as grouped
+    bars; a feature drifted on several days has a menu of those days (the latest shown first)."""
+    by_feature: dict[tuple[str, str], list] = {}
+    for r in pictures:
+        by_feature.setdefault((r.role, r.feature), []).append(r)
+    for rows in by_feature.values():
+        rows.sort(key=lambda r: r.partition_date, reverse=True)
+    order = sorted(by_feature, key=lambda k: (by_feature[k][0].partition_date, _num(by_feature[k][0].evidence) or 0),
+                   reverse=True)
+    figures = []
+    for i, key in enumerate(order[:PICTURES_SHOWN]):
+        views = []
+        for r in by_feature[key]:
+            buckets = Comparison.buckets_from_json(r.bins)
+            views.append({"x": _unique([_label(b.label) for b in buckets]), "title": _picture_title(r),
+                          "day": fmt_day(r.partition_date),
+                          "reference": _round([b.reference_share for b in buckets]),
+                          "current": _round([b.current_share for b in buckets]),
+                          "reference_n": [b.reference_count for b in buckets],
+                          "current_n": [b.current_count for b in buckets]})
+        first = views[0]
+        hover = "%{x}<br>%{y:.2%} of its rows (%{customdata:,})<extra>%{fullData.name}</extra>"
+        data = [{"type": "bar", "name": "reference", "x": first["x"], "y": first["reference"],
+                 "customdata": first["reference_n"], "marker": {"color": "#9ca3af"}, "hovertemplate": hover},
+                {"type": "bar", "name": "current day", "x": first["x"], "y": first["current"],
+                 "customdata": first["current_n"], "marker": {"color": "#2563eb"}, "hovertemplate": hover}]
+        layout = {"height": 300, "barmode": "group", "bargap": 0.15, "margin": {"l": 50, "r": 10, "t": 60, "b": 60},
+                  "title": {"text": first["title"], "font": {"size": 13}, "x": 0.5, "y": 0.97}, "legend": {"orientation": "h", "y": -0.3},
+                  "xaxis": {"type": "category", **AXIS}, "yaxis": {"tickformat": ".0%", **AXIS}, **LAYOUT}
+        if len(views) > 1:
+            layout["updatemenus"] = [{
+                "type": "dropdown", "direction": "down", "showactive": True, "active": 0, "x": 0, "xanchor": "left",
+                "y": 1.02, "yanchor": "bottom", "pad": {"r": 2, "t": 2},
+                "buttons": [{"label": v["day"] + (" (latest)" if j == 0 else ""), "method": "update",
+                             "args": [{"x": [v["x"], v["x"]], "y": [v["reference"], v["current"]],
+                                       "customdata": [v["reference_n"], v["current_n"]]},
+                                      {"title.text": v["title"]}]} for j, v in enumerate(views)]}]
+        role, feature = key
+        days = [v["day"] for v in views]
+        note = (f"Drifted on {plural(len(days), 'day')}: {', '.join(days)}"
+                + (" (choose one in the menu). " if len(days) > 1 else ". ") + PICTURE_NOTE)
+        figures.append({"id": f"dist-{i}", "note": note, "figure": {"data": data, "layout": layout},
+                        "title": f"What changed: {_picture_name(role, feature)}"})
+    return figures
 
 
 def _fairness_figure(fair: list) -> dict:

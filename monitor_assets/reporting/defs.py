@@ -19,7 +19,7 @@ from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import daily_partitions, frame_markdown, run_days
 
 # The dashboard shows the retraining state too, so it is drawn after retraining's assets.
-DASHBOARD_AFTER = (keys.MODEL_VERSIONS, keys.RETRAINING_TRIGGER, keys.VERSION_COMPARISON)
+DASHBOARD_AFTER = (keys.MODEL_VERSIONS, keys.RETRAINING_TRIGGER, keys.VERSION_COMPARISON, keys.DRIFT_DISTRIBUTIONS)
 
 
 def build_reporting_definitions(config: MonitorConfig) -> dg.Definitions:
@@ -62,7 +62,8 @@ def build_reporting_definitions(config: MonitorConfig) -> dg.Definitions:
                     "main metric against baseline, open / acknowledged / silenced alerts, latency p95, error rate, "
                     "volume, a sparkline), sortable and filterable, plus the data-quality summary; "
                     "models/<model>.html holds each model's time series with thresholds and alert markers, "
-                    "feature x day drift heatmap, selection rate by group and its alerts. plotly.js is written "
+                    "feature x day drift heatmap, the reference against the day's distribution of each drifted feature "
+                    "(a menu of its drift days), selection rate by group and its alerts. plotly.js is written "
                     "once to assets/plotly.min.js in the reports folder.",
         group_name=GROUP_REPORTING, kinds={"html", "plotly"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), deps=[keys.ALERTS, keys.MODEL_PERFORMANCE_SUMMARY, *DASHBOARD_AFTER],

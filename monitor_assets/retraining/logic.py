@@ -84,10 +84,15 @@ def labelled_losses_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, f
     own), as SQL and params: model_id, model_version, partition_date, ts, prediction_id, score, label,
     threshold, loss. Reads only those models' prediction files and label row groups."""
     models = list(models or config.models)
+    multiclass = [m for m in models if m.is_multiclass]
+    models = [m for m in models if not m.is_multiclass]
     values, params = models_values_sql(models, {"loss": loss_of, "threshold": lambda m: m.decision_threshold})
     losses = " ".join(f"WHEN '{name}' THEN {loss_sql(name, 'l.label', 'p.score')}"
                       for name in ("log_loss", "squared_error", "absolute_error"))
-    sql = f"""
+    if not models:  # multiclass models only
+        sql, params = "SELECT NULL::VARCHAR AS model_id WHERE false", []
+    else:
+        sql = f"""
         SELECT p.model_id, coalesce(p.model_version, '') AS model_version, p.partition_date, p.ts, p.prediction_id,
                p.score, l.label, m.threshold, CASE m.loss {losses} END AS loss
         FROM ({lake_of(con).predictions_union(con, [m.id for m in models])}) AS p
@@ -95,7 +100,28 @@ def labelled_losses_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, f
         JOIN ({latest_labels_sql([m.id for m in models], since="?::DATE")}) AS l USING (prediction_id)
         WHERE p.partition_date BETWEEN ? AND ? AND p.is_ok AND p.score IS NOT NULL AND l.label IS NOT NULL
               AND isfinite(p.score)"""
-    return sql, [*params, first, first, last]
+        params = [*params, first, first, last]
+    parts = ([sql] if models else []) + [_multiclass_losses_sql(con, m) for m in multiclass]
+    params = params + [first, first, last] * len(multiclass)
+    return " UNION ALL ".join(f"SELECT * FROM ({part})" for part in parts) or sql, params
+
+
+def _multiclass_losses_sql(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> str:
+    """`labelled_losses_sql`'s rows of one multiclass model (params: first, first, last): its loss is -ln p(true
+    class) where probabilities were logged, else the 0/1 error (`stats.multiclass.row_loss`); `score` is the
+    predicted class's probability, `threshold` NULL."""
+    from monitor_assets.config import CLASS_CODE_COLUMN, CLASS_PROBABILITIES_COLUMN
+    from monitor_assets.stats.loss import multiclass_loss_sql
+    from monitor_assets.storage.sql import sql_str
+
+    loss = multiclass_loss_sql("l.label", f"p.{CLASS_CODE_COLUMN}", f"p.{CLASS_PROBABILITIES_COLUMN}")
+    return f"""
+        SELECT p.model_id, coalesce(p.model_version, '') AS model_version, p.partition_date, p.ts, p.prediction_id,
+               p.score, l.label, NULL::DOUBLE AS threshold, {loss} AS loss
+        FROM {lake_of(con).model_relation(con, model.id)} AS p
+        JOIN ({latest_labels_sql([model.id], since="?::DATE")}) AS l USING (prediction_id)
+        WHERE p.partition_date BETWEEN ? AND ? AND p.model_id = {sql_str(model.id)} AND p.is_ok
+              AND p.{CLASS_CODE_COLUMN} IS NOT NULL AND l.label IS NOT NULL AND {loss} IS NOT NULL"""
 
 
 # -- versions ------------------------------------------------------------------------------------------
@@ -297,7 +323,7 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
             unlabelled = estimated.get((model.id, version, day), 0)
             if unlabelled:
                 note = "; ".join(filter(None, [note, f"{unlabelled} of the day's rows have no label yet: their "
-                                                     f"expected losses (calibrated scores) are counted"]))
+                                                     f"expected losses (from the model's estimator) are counted"]))
             meta[model.id] = (v, ready, start, today, band, note, value, current, (window_start, window))
         # One family: every model tested today.
         tested = evaluate_day(statistics, calibrations, FAMILY) if statistics else None
@@ -366,42 +392,45 @@ def _with_expected_losses(con: duckdb.DuckDBPyConnection, config: MonitorConfig,
                           versions: dict[tuple[str, str], _Version], sums: pd.DataFrame
                           ) -> tuple[pd.DataFrame, dict[tuple[str, str, dt.date], int]]:
     """`sums` with, on the run's days whose labels may still come (the last `label_delay_days`), each unlabelled
-    row's expected loss added: what a classifier's calibrated score says its log loss will be (the estimator of
-    `monitoring.estimators`, capped like the realized losses), where the day's expected mean is above the
-    reference's. So a shift that makes the model unsure moves the trigger before the labels land; when they land,
-    the refreshed days count the realized losses instead.
+    row's expected loss added, from the estimator of `monitoring.estimators`, capped like the realized losses:
+    - a classifier's log loss: what its calibrated score says (exact for each outcome, given the calibration);
+    - a regressor's squared or absolute error: the DLE loss models' predicted loss for the row (bias-corrected,
+      by the density ratio where the inputs have shifted), its second moment and capping from the assumption
+      that the loss is the prediction times a ratio of the reference's own realized / predicted losses at
+      similar predicted loss (`stats.estimation.LossEstimator.expected_losses`).
+    Only where the day's expected mean is above the reference's. So a shift that moves a model to where it does
+    worse moves the trigger before the labels land; when they land, the refreshed days count the realized
+    losses instead.
     Returns (the sums, (model, version, day) -> rows counted by expectation)."""
     recent = [d for d in days if d > max(days) - dt.timedelta(days=config.label_delay_days + 1)]
-    models = [v.model for v in versions.values()
-              if v.model.is_classifier and loss_of(v.model) == "log_loss" and v.model.estimation_method != "none"]
+    models = {v.model.id: v.model for v in versions.values()
+              if v.model.estimation_method != "none" and loss_of(v.model) in _EXPECTABLE.get(v.model.task, ())}
     if not recent or not models:
         return sums, {}
-    from monitor_assets.stats.estimation import ConfidenceEstimator, from_text
+    from monitor_assets.stats.estimation import ConfidenceEstimator, LossEstimator, feature_matrix, from_text
 
-    fitted = {m: from_text(text) for m, text in stored_estimators(con, [m.id for m in models]).items()}
+    fitted = {m: from_text(text) for m, text in stored_estimators(con, list(models)).items()}
     extra, counted = [], {}
-    for model in {m.id: m for m in models}.values():
+    for model in models.values():
         estimator = fitted.get(model.id)
-        if not isinstance(estimator, ConfidenceEstimator):
+        if not isinstance(estimator, ConfidenceEstimator | LossEstimator) or (
+                isinstance(estimator, LossEstimator) and not estimator.ratios):  # a fit from before the ratios
             continue
-        rows = con.execute(f"""
-            SELECT coalesce(p.model_version, '') AS model_version, p.partition_date, p.score
-            FROM ({lake_of(con).predictions_union(con, [model.id])}) AS p
-            ANTI JOIN ({latest_labels_sql([model.id], since="?::DATE")}) AS l USING (prediction_id)
-            WHERE p.partition_date IN (SELECT unnest(?::DATE[])) AND p.is_ok AND p.score IS NOT NULL
-                  AND isfinite(p.score)""", [min(recent), recent]).df()
-        if not len(rows):
-            continue
-        rows["partition_date"] = pd.to_datetime(rows.partition_date).dt.date
-        for (version, day), part in rows.groupby(["model_version", "partition_date"]):
+        rows = _unlabelled_rows(con, config, model, recent, isinstance(estimator, LossEstimator))
+        for (version, day), part in rows.groupby(["model_version", "partition_date"]) if len(rows) else ():
             v = versions.get((model.id, version))
             if v is None or v.reference is None:
                 continue
             score = part.score.to_numpy(float)
-            mean, square = expected_losses("log_loss", estimator.calibration(score), score, v.cap)
+            if isinstance(estimator, ConfidenceEstimator):
+                mean, square = expected_losses("log_loss", estimator.calibration(score), score, v.cap)
+            else:
+                x = feature_matrix(part, [(f.name, f.type == "categorical") for f in model.features],
+                                   estimator.categories)
+                mean, square = estimator.expected_losses(x, score, loss_of(model), v.cap, seed=day.toordinal())
             # Estimates only add evidence of harm: rows expected to do no worse than the reference wait for
             # their labels (counting them would pull the sum down and could hide a concept shift, which the
-            # calibrated scores cannot see, until the labels land).
+            # estimator cannot see, until the labels land).
             if not v.calibration.usable or mean.mean() <= v.calibration.reference_mean:
                 continue
             extra.append({"model_id": model.id, "model_version": version, "partition_date": day,
@@ -412,6 +441,34 @@ def _with_expected_losses(con: duckdb.DuckDBPyConnection, config: MonitorConfig,
     both = pd.concat([sums.reset_index(), pd.DataFrame(extra)], ignore_index=True)
     merged = both.groupby(["model_id", "model_version", "partition_date"])[["n", "s", "ss"]].sum()
     return merged.sort_index(), counted
+
+
+# The losses whose expectation an estimator gives, per task.
+_EXPECTABLE = {"binary_classification": ("log_loss",), "regression": ("squared_error", "absolute_error")}
+
+
+def _unlabelled_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
+                     recent: list[dt.date], with_features: bool) -> pd.DataFrame:
+    """A model's served rows on `recent` days whose label has not landed: version, day, score (and features)."""
+    from monitor_assets.storage.reads import model_feature_select
+
+    lake = lake_of(con)
+    if with_features:
+        if not lake.has_table(lake.model_path(model.id)):
+            return pd.DataFrame()
+        source = lake.model_relation(con, model.id)
+        features = f", {model_feature_select(config, model.id, 'p.')}" if model.features else ""
+    else:
+        source, features = f"({lake.predictions_union(con, [model.id])})", ""
+    rows = con.execute(f"""
+        SELECT coalesce(p.model_version, '') AS model_version, p.partition_date, p.score{features}
+        FROM {source} AS p
+        ANTI JOIN ({latest_labels_sql([model.id], since="?::DATE")}) AS l USING (prediction_id)
+        WHERE p.partition_date IN (SELECT unnest(?::DATE[])) AND p.model_id = ? AND p.is_ok
+              AND p.score IS NOT NULL AND isfinite(p.score)""", [min(recent), recent, model.id]).df()
+    if len(rows):
+        rows["partition_date"] = pd.to_datetime(rows.partition_date).dt.date
+    return rows
 
 
 def _trigger_history(con: duckdb.DuckDBPyConnection, before: dt.date
@@ -537,7 +594,7 @@ def _maybe_open(con, requests: pd.DataFrame, v: _Version, day: dt.date, start: d
               + (f"; losses capped at {fmt_num(v.cap)} (the reference's {settings.cap_quantile:g} quantile, as the "
                  f"main metric {model.main_metric} counts rows)" if math.isfinite(v.cap) else "")
               + (f"; {expected_rows} of these rows have no label yet and count with their expected loss from "
-                 f"calibrated scores (a request to confirm when the labels land)" if expected_rows else ""))
+                 f"the model's estimator (calibrated scores, or a regressor's loss models; a request to confirm when the labels land)" if expected_rows else ""))
     return insert_request(con, model.id, version, day, reason, float(t.statistic), float(t.p_value),
                           f"{start}..{day}", "trigger")
 

@@ -46,13 +46,18 @@ class DensityRatio:
         return float(w.sum() ** 2 / np.sum(w * w)) if len(w) else 0.0
 
 
+_CONTROLLER = []  # threadpoolctl's controller, found once: looking the libraries up costs about 2 ms a call
+
+
 def one_thread():
     """A context with one thread for OpenMP and BLAS pools. The loss models' gradient boosting and the domain
     classifier are small per model-day; on a busy two-core machine their spinning pools made a 20,000-row DLE
     fit take 84 s against 2 to 3 s on one thread (measured here at load 17)."""
-    from threadpoolctl import threadpool_limits
+    if not _CONTROLLER:
+        from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(limits=1)
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1)
 
 
 def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
@@ -73,54 +78,88 @@ def rank_auc(y: np.ndarray, q: np.ndarray) -> float:
     return float((np.sum(rankdata(q)[y > 0.5]) - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def _design(reference: np.ndarray, current: np.ndarray, categorical: list[bool] | None) -> np.ndarray:
-    """The domain classifier's columns for the stacked rows: standardized numeric values (missing -> 0, plus a
-    missing flag where any is missing) and their squares; one-hot reference categories."""
-    both = np.vstack([reference, current])
-    flags = list(categorical or [False] * both.shape[1])
-    columns = []
-    for j in range(both.shape[1]):
-        v = both[:, j]
-        missing = ~np.isfinite(v)
-        if flags[j]:
-            ref = reference[:, j]
-            codes, counts = np.unique(ref[np.isfinite(ref)], return_counts=True)
-            for c in codes[np.argsort(-counts)][:MAX_CATEGORIES]:
-                columns.append((v == c).astype(float))
-        else:
+@dataclass(frozen=True)
+class Columns:
+    """The domain classifier's column layout, learnt from the reference once: per numeric column its mean and
+    sd (values standardized, clipped at 10 sd, and squared), per categorical column its most frequent codes
+    (one-hot). Also the loss models' cheap surrogate reads the same columns (`estimation.LossEstimator`)."""
+
+    numeric: list[tuple[int, float, float]]  # (column, mean, sd)
+    categorical: list[tuple[int, np.ndarray]]  # (column, codes)
+
+    @classmethod
+    def of(cls, reference: np.ndarray, categorical: list[bool] | None) -> Columns:
+        flags = list(categorical or [False] * reference.shape[1])
+        numeric, cats = [], []
+        for j in range(reference.shape[1]):
             ref = reference[:, j][np.isfinite(reference[:, j])]
-            mu, sd = (float(np.mean(ref)), float(np.std(ref))) if len(ref) else (0.0, 0.0)
-            z = np.where(missing, 0.0, (v - mu) / (sd if sd > 0 else 1.0))
+            if flags[j]:
+                codes, counts = np.unique(ref, return_counts=True)
+                cats.append((j, codes[np.argsort(-counts, kind="stable")][:MAX_CATEGORIES]))
+            else:
+                numeric.append((j, *((float(np.mean(ref)), float(np.std(ref))) if len(ref) else (0.0, 0.0))))
+        return cls(numeric, cats)
+
+    def transform(self, rows: np.ndarray, flag_missing=()) -> np.ndarray:
+        """The design of `rows`: standardized values (missing -> 0) and their squares, one-hot categories, and a
+        missing flag for each column in `flag_missing` (a constant column counts as standardized by 1)."""
+        columns = []
+        for j, mu, sd in self.numeric:
+            v = rows[:, j]
+            z = np.where(np.isfinite(v), (v - mu) / (sd if sd > 0 else 1.0), 0.0)
             z = np.clip(z, -10, 10)  # a wild value should not dominate the fit
             columns += [z, z * z / math.sqrt(2)]
-        if missing.any():
-            columns.append(missing.astype(float))
-    return np.column_stack(columns) if columns else np.zeros((len(both), 1))
+        for j, codes in self.categorical:
+            columns += [(rows[:, j] == c).astype(float) for c in codes]
+        columns += [(~np.isfinite(rows[:, j])).astype(float) for j in flag_missing]
+        return np.column_stack(columns) if columns else np.zeros((len(rows), 1))
 
 
-def density_ratio(reference: np.ndarray, current: np.ndarray, categorical: list[bool] | None = None,
-                  seed: int = 0, max_rows: int = MAX_ROWS, auc_floor: float = AUC_FLOOR,
-                  clip: float = CLIP) -> DensityRatio:
-    """Weights p_cur(x) / p_ref(x) for every row of `reference` (rows x columns): the classifier learns from at
-    most `max_rows` rows of each side, then weighs every reference row. Both are float matrices with the same
-    columns (categories as codes)."""
-    reference = np.asarray(reference, float).reshape(len(reference), -1)
+class PreparedReference:
+    """A reference sample with what does not change from day to day computed once: its column layout, its
+    design matrix and which of its columns have missing values (a day only adds missing flags of its own)."""
+
+    def __init__(self, reference: np.ndarray, categorical: list[bool] | None = None):
+        self.rows = np.asarray(reference, float).reshape(len(reference), -1)
+        self.categorical = categorical
+        self.columns = Columns.of(self.rows, categorical)
+        self.missing = ~np.isfinite(self.rows).all(axis=0)
+        self.design = self.columns.transform(self.rows)
+
+    def designs(self, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(reference design, current design) with a missing flag for every column missing on either side."""
+        flag = np.flatnonzero(self.missing | ~np.isfinite(current).all(axis=0))
+        if not len(flag):
+            return self.design, self.columns.transform(current)
+        ref_flags = (~np.isfinite(self.rows[:, flag])).astype(float)
+        return np.column_stack([self.design, ref_flags]), self.columns.transform(current, flag)
+
+
+def density_ratio(reference: np.ndarray | PreparedReference, current: np.ndarray,
+                  categorical: list[bool] | None = None, seed: int = 0, max_rows: int = MAX_ROWS,
+                  auc_floor: float = AUC_FLOOR, clip: float = CLIP) -> DensityRatio:
+    """Weights p_cur(x) / p_ref(x) for every row of `reference` (rows x columns, or a `PreparedReference` kept from
+    an earlier day): the classifier learns from at most `max_rows` rows of each side, then weighs every reference
+    row. Both are float matrices with the same columns (categories as codes)."""
+    prepared = reference if isinstance(reference, PreparedReference) else None
+    reference = prepared.rows if prepared else np.asarray(reference, float).reshape(len(reference), -1)
     current = np.asarray(current, float).reshape(len(current), -1)
     n_ref = len(reference)
     if n_ref < 20 or len(current) < 20:
         return DensityRatio(np.ones(n_ref), math.nan, False)
     with one_thread():
-        return _density_ratio(reference, current, categorical, seed, max_rows, auc_floor, clip)
+        return _density_ratio(prepared or PreparedReference(reference, categorical), current, seed, max_rows,
+                              auc_floor, clip)
 
 
-def _density_ratio(reference, current, categorical, seed, max_rows, auc_floor, clip) -> DensityRatio:
+def _density_ratio(prepared: PreparedReference, current, seed, max_rows, auc_floor, clip) -> DensityRatio:
     from sklearn.linear_model import LogisticRegression
 
-    n_ref = len(reference)
+    n_ref = len(prepared.rows)
     learn = sample_rows(n_ref, max_rows, seed + 1)  # the reference rows the classifier learns from
     cur = current[sample_rows(len(current), max_rows, seed)]
-    design = _design(reference, cur, categorical)
-    x = np.vstack([design[:n_ref][learn], design[n_ref:]])
+    ref_design, cur_design = prepared.designs(cur)
+    x = np.vstack([ref_design[learn], cur_design])
     n_learn = len(learn)
     y = np.r_[np.zeros(n_learn), np.ones(len(cur))]
     rng = np.random.default_rng(seed)
@@ -138,7 +177,7 @@ def _density_ratio(reference, current, categorical, seed, max_rows, auc_floor, c
     if auc < auc_floor:
         return DensityRatio(np.ones(n_ref), auc, False)
     # log odds of every reference row: out of fold for the rows learnt from, else the two models' mean
-    log_odds = np.mean([m.decision_function(design[:n_ref]) for m in models], axis=0)
+    log_odds = np.mean([m.decision_function(ref_design) for m in models], axis=0)
     qr = np.clip(q[:n_learn], 1e-6, 1 - 1e-6)
     log_odds[learn] = np.log(qr / (1 - qr))
     w = np.exp(np.clip(log_odds, -30, 30)) * n_learn / len(cur)

@@ -13,7 +13,10 @@ import numpy as np
 # scikit-learn's clipping for log loss (float64 machine epsilon): the largest loss is about 36.04.
 EPS = float(np.finfo(np.float64).eps)
 LOSSES = ("log_loss", "squared_error", "absolute_error")
-DEFAULT_LOSS = {"binary_classification": "log_loss", "regression": "squared_error"}
+# Multiclass log_loss is -ln p(true class), or the 0/1 error for a row logged without probabilities
+# (`stats.multiclass.row_loss`, and `multiclass_loss_sql` in the same form for DuckDB).
+DEFAULT_LOSS = {"binary_classification": "log_loss", "regression": "squared_error",
+                "multiclass_classification": "log_loss"}
 
 
 def default_loss(task: str) -> str:
@@ -25,8 +28,9 @@ def check_loss(loss: str, task: str) -> None:
     """Log loss needs probabilities: it is for classifiers only."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
-    if loss == "log_loss" and task != "binary_classification":
-        raise ValueError("log_loss needs a probability score: it is for binary_classification models")
+    if loss == "log_loss" and task not in ("binary_classification", "multiclass_classification"):
+        raise ValueError("log_loss needs probabilities: it is for binary_classification and "
+                         "multiclass_classification models")
 
 
 def loss_values(loss: str, label, score, eps: float = EPS) -> np.ndarray:
@@ -58,6 +62,15 @@ def loss_sql(loss: str, label: str = "label", score: str = "score", eps: float =
     if loss == "absolute_error":
         return f"abs({label}::DOUBLE - {score}::DOUBLE)"
     raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+
+
+def multiclass_loss_sql(label: str, code: str, probabilities: str, eps: float = EPS) -> str:
+    """DuckDB expression of `multiclass.row_loss` for one row: `label` and `code` (predicted) are class codes,
+    `probabilities` a DOUBLE[] in class order (NULL when not logged: the 0/1 error). A label outside the
+    list has no probability: NULL (the row is left out, as `row_loss` gives NaN)."""
+    p = f"least(greatest({probabilities}[({label})::BIGINT + 1], {eps!r}), {1 - eps!r})"
+    return (f"(CASE WHEN {probabilities} IS NULL THEN ((({label})::BIGINT) IS DISTINCT FROM (({code})::BIGINT))::DOUBLE "
+            f"WHEN ({label}) >= 0 AND ({label}) < len({probabilities}) THEN -ln({p}) END)")
 
 
 def expected_losses(loss: str, probability, score, cap: float = float("inf"), eps: float = EPS

@@ -236,6 +236,20 @@ class MulticlassSums:
         return np.full(self.n_classes, np.nan) if self.pos is None else _auc_binned(self.pos, self.neg)[1]
 
 
+def daily_metrics(y_true, y_pred, n_classes: int, proba=None, eps: float = EPS) -> dict[str, float]:
+    """The figures of `monitoring.performance_daily` for a multiclass model's labelled rows: accuracy, macro
+    and weighted F1 (`f1_macro`, `f1_weighted`; `f1` repeats the macro value), macro `precision` and `recall`
+    (over the classes present, a present class never predicted or never labelled counting 0, as
+    scikit-learn's `precision_score(..., labels=present, average='macro')`), and with probabilities
+    `log_loss` and `roc_auc` (one-vs-rest, macro). NaN where unknown."""
+    m = multiclass_metrics(y_true, y_pred, n_classes, proba, eps)
+    present = (m.per_class.support + m.per_class.predicted) > 0
+    macro = {k: float(m.per_class[k][present].fillna(0.0).mean()) if present.any() else math.nan
+             for k in ("precision", "recall")}
+    return {"accuracy": m.accuracy, "precision": macro["precision"], "recall": macro["recall"], "f1": m.macro_f1,
+            "f1_macro": m.macro_f1, "f1_weighted": m.weighted_f1, "log_loss": m.log_loss, "roc_auc": m.roc_auc}
+
+
 def selection_rates(y_pred, n_classes: int, group=None, y_true=None, labelled=None) -> pd.DataFrame:
     """Per (group, class): `n` scored rows of the group, `selected` (predicted k) and `selection_rate`;
     an unknown prediction selects no known class. With `y_true` (and `labelled`, a mask of rows whose
@@ -269,3 +283,53 @@ def selection_rates(y_pred, n_classes: int, group=None, y_true=None, labelled=No
     if group is None:
         out = out.drop(columns="grp")
     return out
+
+
+# -- the same definitions as DuckDB SQL over logged rows (the pipeline's reads) ------------------------------
+
+PROBABILITY_SUM_TOLERANCE = 0.01  # logged probabilities are rounded; more than this off 1 is a broken record
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def classes_sql(classes: tuple[str, ...]) -> str:
+    """The class names as a DuckDB VARCHAR[] literal (index i + 1 holds code i)."""
+    # parenthesised: a subscript right after the type (`VARCHAR[][i]`) would parse as an array type
+    return "([" + ", ".join(_literal(c) for c in classes) + "]::VARCHAR[])"
+
+
+def probabilities_sql(classes: tuple[str, ...], text: str) -> str:
+    """SQL: logged probabilities (`text`, VARCHAR: a JSON array in class order, or an object {class: p}) as a
+    DOUBLE[] in class order; NULL when `text` is not JSON, or not an array or object. An object's missing
+    class, and an array entry that is not a number, become NULL elements (callers reject both)."""
+    def path(c: str) -> str:
+        return _literal('$."' + c.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    picks = ", ".join(f"TRY_CAST(json_extract_string({text}, {path(c)}) AS DOUBLE)" for c in classes)
+    return (f"CASE WHEN NOT coalesce(json_valid({text}), false) THEN NULL "
+            f"WHEN json_type({text}) = 'OBJECT' THEN list_value({picks}) "
+            f"WHEN json_type({text}) = 'ARRAY' THEN TRY_CAST({text} AS DOUBLE[]) END)").replace("CASE WHEN NOT", "(CASE WHEN NOT", 1)
+
+
+def class_code_sql(classes: tuple[str, ...], name: str, probabilities: str) -> str:
+    """SQL: the predicted class code 0..K-1: the class `name` (a logged class name), else the most probable
+    class of `probabilities` (DOUBLE[]; the first of ties); NULL when neither is known."""
+    return (f"(coalesce(list_position({classes_sql(classes)}, {name}), "
+            f"list_position({probabilities}, list_max({probabilities}))) - 1)::DOUBLE")
+
+
+def probabilities_problem_sql(classes: tuple[str, ...], text: str, probabilities: str) -> str:
+    """SQL: why logged probabilities (`text`, parsed as `probabilities`) cannot be used, NULL when they can
+    (or are not logged): not JSON numbers, the wrong length or keys, outside [0, 1], not summing to 1."""
+    k = len(classes)
+    shown = f"left({text}, 80)"
+    return f"""CASE WHEN {text} IS NULL THEN NULL
+        WHEN {probabilities} IS NULL THEN {shown} || ' is not a JSON array or object of numbers'
+        WHEN json_type({text}) = 'OBJECT' AND (list_count({probabilities}) < {k} OR len(json_keys({text})) <> {k})
+            THEN 'the keys of ' || {shown} || ' are not the {k} classes'
+        WHEN len({probabilities}) <> {k} THEN len({probabilities}) || ' values, expected {k} (one per class)'
+        WHEN list_count({probabilities}) < {k} THEN {shown} || ' has values that are not numbers'
+        WHEN list_min({probabilities}) < 0 OR list_max({probabilities}) > 1 THEN {shown} || ' has values outside [0, 1]'
+        WHEN abs(list_sum({probabilities}) - 1) > {PROBABILITY_SUM_TOLERANCE}
+            THEN 'they sum to ' || round(list_sum({probabilities}), 4) || ', expected 1' END"""

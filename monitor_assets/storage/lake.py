@@ -74,7 +74,7 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "positive_rate": "DOUBLE", "predicted_positive_rate": "DOUBLE", "mae": "DOUBLE", "rmse": "DOUBLE",
         "mape": "DOUBLE", "r2": "DOUBLE", "mean_error": "DOUBLE", "mean_score": "DOUBLE",
         "computed_at": "TIMESTAMPTZ", "mape_zero_labels": "BIGINT", "n_decision_missing": "BIGINT",
-        "main_metric_value": "DOUBLE"}, ("partition_date",)),
+        "main_metric_value": "DOUBLE", "f1_macro": "DOUBLE", "f1_weighted": "DOUBLE"}, ("partition_date",)),
     "monitoring.estimated_performance": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "metric": "VARCHAR",
         "estimate": "DOUBLE", "lower": "DOUBLE", "upper": "DOUBLE", "n_rows": "BIGINT", "method": "VARCHAR",
@@ -112,6 +112,12 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "unseen_p_value": "DOUBLE", "unseen_drift": "BOOLEAN", "all_unseen": "BOOLEAN", "all_missing": "BOOLEAN",
         "unseen_summary": "VARCHAR", "message": "VARCHAR", "importance": "DOUBLE", "key_feature": "BOOLEAN",
         "strong_drift": "BOOLEAN"}, ("partition_date",)),
+    # Per drifted feature-day (pictures.logic): reference and current distributions on shared bins, as JSON.
+    "monitoring.drift_distributions": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "feature": "VARCHAR", "role": "VARCHAR", "kind": "VARCHAR",
+        "method": "VARCHAR", "statistic": "DOUBLE", "p_value": "DOUBLE", "threshold": "DOUBLE", "evidence": "DOUBLE",
+        "bins": "VARCHAR", "n_current": "BIGINT", "n_reference": "BIGINT", "computed_at": "TIMESTAMPTZ"},
+        ("partition_date",)),
     "monitoring.drift_summary": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "n_features": "BIGINT", "n_drifted": "BIGINT",
         "drift_share": "DOUBLE", "dataset_drift": "BOOLEAN", "prediction_drift": "BOOLEAN", "label_drift": "BOOLEAN",
@@ -149,6 +155,22 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "monitoring.history": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "metric": "VARCHAR", "segment": "VARCHAR",
         "value": "DOUBLE", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    # The evaluation store (evaluation.logic): a mergeable profile per model, day and version (JSON); per model
+    # and reference version the profile layout and the reference's profile; per model, version, window, metric
+    # the window's value beside the reference's and the previous window's.
+    "monitoring.daily_profiles": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "layout": "VARCHAR",
+        "n_rows": "BIGINT", "n_labelled": "BIGINT", "bytes": "BIGINT", "profile": "VARCHAR", "error": "VARCHAR",
+        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    "monitoring.evaluation_references": ({"model_id": "VARCHAR", "fit_key": "VARCHAR", "reference": "VARCHAR",
+                                          "reference_rows": "BIGINT", "layout": "VARCHAR", "fit_seconds": "DOUBLE",
+                                          "computed_at": "TIMESTAMP"}, ()),
+    "monitoring.evaluation_store": ({
+        "window_id": "VARCHAR", "window_name": "VARCHAR", "window_kind": "VARCHAR", "window_start": "DATE",
+        "window_end": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "metric": "VARCHAR",
+        "value": "DOUBLE", "reference_value": "DOUBLE", "previous_value": "DOUBLE", "n_rows": "BIGINT",
+        "n_labelled": "BIGINT", "days_profiled": "BIGINT", "complete": "BOOLEAN", "computed_at": "TIMESTAMPTZ"},
+        ("window_name",)),
 }
 MODEL_DIR = "model_id="
 # Lake roots with one of these schemes are on object storage (anything else is a local folder).

@@ -58,7 +58,7 @@ def test_pipeline_wrote_each_models_series_equal_to_the_tables(exported, demo_db
     hours = dict(demo_db.execute("""SELECT model_id, count(DISTINCT hour(ts)) FROM raw.predictions
                                     WHERE partition_date = ? GROUP BY 1""", [DAY]).fetchall())
     assert set(perf.model_id) == set(config.model_ids) == {"fraud_detector", "conversion_recommender",
-                                                          "demand_forecaster"}
+                                                          "demand_forecaster", "product_categoriser"}
     for r in perf.itertuples():
         m = r.model_id
         # version: the current champion (the demo's retrained conversion_recommender took over on 10-28).
@@ -241,6 +241,7 @@ def test_retraining_requests_are_counted_once_the_table_exists(demo_run, tmp_pat
         frozenset({("model_id", "conversion_recommender"), ("status", "approved")}): 1,
         frozenset({("model_id", "fraud_detector"), ("status", "proposed")}): 2,
         frozenset({("model_id", "demand_forecaster"), ("status", "proposed")}): 0,
+        frozenset({("model_id", "product_categoriser"), ("status", "proposed")}): 0,
     }
 
 

@@ -94,7 +94,7 @@ def test_rules_from_the_demo_run_hold_the_configs_thresholds(demo_run):
 
 def test_models_with_their_own_thresholds_and_odd_ids_get_their_own_rules():
     base = load_config()
-    fraud, reco, demand = base.models
+    fraud, reco, demand = base.models[:3]
     models = (
         replace(fraud, id="fraud.eu|1 (canary)", thresholds=replace(fraud.thresholds, latency_p95_ms=120.0,
                                                                     severity={LATENCY_CHECK: "ERROR"})),

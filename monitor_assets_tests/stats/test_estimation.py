@@ -313,6 +313,33 @@ def test_reweighted_loss_model_is_plain_on_stable_days_and_widens_under_shift():
     assert r["mae"].estimate == pytest.approx(mae, rel=0.08)
 
 
+def test_large_days_are_estimated_by_difference_without_bias(monkeypatch):
+    """Above EXACT_ROWS the loss models run on a sample and the additive surrogate on every row: across sample
+    seeds the estimate scatters around the every-row estimate by no more than the band's added spread, the
+    added spread is small beside the band, and the band still covers the realized value."""
+    import monitor_assets.stats.estimation as estimation
+
+    rng = np.random.default_rng(41)
+    estimator = LossEstimator.fit(*simulate_regression(rng, 20_000), reweight=True)
+    for shifted in (False, True):
+        x, prediction, y = simulate_regression(rng, 50_000, shifted)
+        realized = {"mae": skm.mean_absolute_error(y, prediction),
+                    "rmse": math.sqrt(skm.mean_squared_error(y, prediction))}
+        z = {"mae": [], "rmse": []}
+        for seed in range(5):  # the same seed on both sides: the same density ratio, only the sample differs
+            with monkeypatch.context() as m:
+                m.setattr(estimation, "EXACT_ROWS", 10 ** 9)
+                exact = {e.metric: e for e in estimator.estimate(x, prediction, seed=seed)}
+            for e in estimator.estimate(x, prediction, seed=seed):
+                added = e.standard_error ** 2 - exact[e.metric].standard_error ** 2
+                assert 0 < added < 0.5 * exact[e.metric].standard_error ** 2  # the band widens by < 23%
+                z[e.metric].append((e.estimate - exact[e.metric].estimate) / math.sqrt(added))
+                assert e.lower <= realized[e.metric] <= e.upper or shifted
+        for metric, values in z.items():
+            # the sample's own error is what the added variance says: mean near 0, spread at most about 1
+            assert abs(np.mean(values)) < 1.5 and np.std(values) < 1.8, (shifted, metric, values)
+
+
 # -- multiclass CBPE ---------------------------------------------------------------------------------------------
 
 def test_multiclass_confusion_by_hand():

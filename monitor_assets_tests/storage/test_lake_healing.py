@@ -79,7 +79,7 @@ def test_truncated_predictions_file_fails_only_its_partition_and_a_rerun_of_the_
     performance = per_day(site, "monitoring.performance_daily")
     alerts = rows(site, "SELECT count(*) FROM monitoring.alerts")
     assert [d for d, _ in predictions] == [DAY1, DAY2] and all(int(n) > 1000 for _, n in predictions)
-    assert [int(n) for _, n in performance] == [3, 3]
+    assert [int(n) for _, n in performance] == [4, 4]
     damaged = only_file(site, "raw/predictions/model_id=fraud_detector", DAY1)
     data = damaged.read_bytes()
     damaged.write_bytes(data[: len(data) // 2])  # a copy cut short

@@ -9,12 +9,14 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from monitor_assets.links import dashboard_url, model_page
 from monitor_assets.reporting.dashboard import (
+    DISTRIBUTION_COLUMNS,
     ReportData,
     build_dashboard,
     load_report_data,
@@ -268,3 +270,97 @@ def test_model_page_plots_the_estimate_its_band_and_the_realized_value(demo_run,
     assert traces["check failed"]["x"] == SHIFT["dates"]  # the days the estimate found the shift
     for m in config.models:  # every estimated model has the chart, and the page the line
         assert "estimated" in _figures((Path(config.reports_dir) / model_page(m.id)).read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# What changed: reference against current distributions of the drifted feature-days.
+
+def _pictured_report() -> tuple[ReportData, dict]:
+    """tiny_report with `age` drifted on its last two days (pictures of both), and a picture of `income` on a day
+    feature_drift calls stable (left by an older run): it must not be drawn."""
+    from monitor_assets.stats.distributions import compare
+
+    data = tiny_report(["shop"])
+    days = sorted(data.drift.partition_date.unique())
+    rng = np.random.default_rng(3)
+    ref = rng.normal(40, 10, 2000)
+    found = {days[-1]: compare(ref, rng.normal(55, 10, 500), "numeric"),
+             days[-2]: compare(ref, rng.normal(50, 10, 400), "numeric")}
+    drift = data.drift.copy()
+    drift.loc[(drift.feature == "age") & drift.partition_date.isin(days[-2:]), ["statistic", "drifted"]] = [0.3, True]
+    rows = [(d, "shop", "age", "feature", "numeric", "wasserstein", 0.3, None, 0.1, 3.0, c.to_json(), c.n_current,
+             c.n_reference) for d, c in found.items()]
+    stale = compare(ref, ref[:300], "numeric")
+    rows.append((days[-1], "shop", "income", "feature", "numeric", "wasserstein", 0.2, None, 0.1, 2.0,
+                 stale.to_json(), stale.n_current, stale.n_reference))
+    data.drift = drift
+    data.distributions = pd.DataFrame(rows, columns=DISTRIBUTION_COLUMNS)
+    return data, found
+
+
+def test_model_page_draws_reference_against_current_for_each_drifted_feature_day(tmp_path):
+    data, found = _pictured_report()
+    dashboard = build_dashboard(data, tmp_path)
+    page = dashboard.model_pages["shop"].read_text()
+    figures = _figures(page)
+    pictures = {k: f for k, f in figures.items() if k.startswith("dist-")}
+    assert list(pictures) == ["dist-0"]  # age only: income is stable in feature_drift that day
+    assert pictures["dist-0"]["title"] == "What changed: age"
+    latest, earlier = sorted(found, reverse=True)
+    figure = pictures["dist-0"]["figure"]
+    reference, current = figure["data"]
+    # the latest drift day is shown first: the bars are its shares, to 4 significant digits
+    assert current["y"] == pytest.approx([b.current_share for b in found[latest].buckets], rel=5e-4)
+    assert reference["y"] == pytest.approx([b.reference_share for b in found[latest].buckets], rel=5e-4)
+    assert current["customdata"] == [b.current_count for b in found[latest].buckets]
+    layout = figure["layout"]
+    assert layout["title"]["text"] == f"age on {latest:%Y-%m-%d}: wasserstein 0.3 against threshold 0.1"
+    menu = layout["updatemenus"][0]["buttons"]
+    assert [b["label"] for b in menu] == [f"{latest:%Y-%m-%d} (latest)", f"{earlier:%Y-%m-%d}"]
+    assert menu[1]["args"][0]["y"][1] == pytest.approx([b.current_share for b in found[earlier].buckets], rel=5e-4)
+    with browser_page() as (browser, errors):
+        browser.goto(dashboard.model_pages["shop"].as_uri())
+        browser.wait_for_selector("#dist-0 .main-svg", timeout=30000)
+        assert browser.locator("#dist-0 .barlayer .trace").count() == 2
+        assert browser.locator("#dist-0 .gtitle").text_content().startswith(f"age on {latest:%Y-%m-%d}")
+        browser.locator("#dist-0 .updatemenu-header-group").click()  # the menu of drift days
+        browser.locator("#dist-0 .updatemenu-item-text", has_text=f"{earlier:%Y-%m-%d}").click()
+        browser.wait_for_function(
+            f"document.querySelector('#dist-0 .gtitle').textContent.includes('{earlier:%Y-%m-%d}')")
+        shown = browser.evaluate("document.getElementById('dist-0').data[1].y")
+        assert shown == pytest.approx([b.current_share for b in found[earlier].buckets], rel=5e-4)
+    assert errors == []
+
+
+def test_demo_model_page_shows_what_changed_on_the_drift_days_and_nothing_stable(demo_run, demo_db):
+    config, _ = demo_run
+    drifted = {(m, f, str(d)) for m, f, d in demo_db.execute(
+        "SELECT model_id, feature, partition_date FROM monitoring.feature_drift WHERE drifted").fetchall()}
+    incidents = [i for i in INCIDENTS["incidents"] if i["kind"] in ("feature_drift", "covariate_shift")]
+    for m in config.model_ids:
+        figures = _figures((Path(config.reports_dir) / model_page(m)).read_text())
+        for key, f in figures.items():
+            if not key.startswith("dist-"):
+                continue
+            feature = f["title"].removeprefix("What changed: ").split(" (")[0]
+            menu = f["figure"]["layout"].get("updatemenus")
+            days = [b["label"].split(" ")[0] for b in menu[0]["buttons"]] if menu else [
+                f["figure"]["layout"]["title"]["text"].split(" on ")[1][:10]]
+            assert days == sorted(days, reverse=True)  # the latest drift day first
+            for day in days:  # never a picture of a day the drift table calls stable
+                assert (m, feature, day) in drifted, (m, feature, day)
+    for incident in incidents:  # every drifted feature of the demo's incidents, on each of its days
+        figures = _figures((Path(config.reports_dir) / model_page(incident["model_id"])).read_text())
+        menus = {f["title"].removeprefix("What changed: "): [b["label"].split(" ")[0] for b in
+                                                             f["figure"]["layout"]["updatemenus"][0]["buttons"]]
+                 for k, f in figures.items() if k.startswith("dist-") and f["figure"]["layout"].get("updatemenus")}
+        for feature in incident["features"]:
+            assert set(incident["dates"]) <= set(menus[feature]), (feature, menus.get(feature))
+    with browser_page() as (page, errors):
+        shift = next(i for i in incidents if i["kind"] == "feature_drift")
+        page.goto((Path(config.reports_dir) / model_page(shift["model_id"])).as_uri())
+        page.wait_for_selector("#dist-0 .barlayer .trace", timeout=30000)
+        assert page.locator("[id^=dist-].js-plotly-plot").count() == sum(
+            1 for k in _figures(page.content()) if k.startswith("dist-"))
+        page.locator("#dist-0").screenshot(path=str(Path(config.reports_dir) / "dashboard_drift_picture.png"))
+    assert errors == []

@@ -1,0 +1,111 @@
+"""The evaluation store: the daily profiles asset and the evaluation windows asset."""
+
+import dagster as dg
+
+from monitor_assets import keys
+from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import GROUP_METRICS, OWNERS
+from monitor_assets.evaluation.logic import (
+    PROFILES,
+    STORE,
+    day_figures,
+    latest_windows,
+    profiled,
+    settings,
+    write_profiles,
+    write_reports,
+    write_store,
+)
+from monitor_assets.storage.lake import TABLES
+from monitor_assets.storage.resource import WarehouseResource
+from monitor_assets.wiring import (
+    IO_RETRY,
+    add_partition_metadata,
+    daily_partitions,
+    day_label,
+    days_with_label_refresh,
+    fail_fast,
+    frame_markdown,
+    in_shard,
+    markdown_table,
+    run_days,
+    table_schema,
+)
+
+
+def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
+    """The daily_profiles and evaluation_store assets."""
+    partitions = daily_partitions(config)
+    window_names = ", ".join(s.name for s in settings(config).windows)
+
+    @dg.asset(
+        key=keys.DAILY_PROFILES,
+        description="Per model, day and model version, a mergeable profile of the day's served rows with the "
+                    "labels known so far (JSON): per feature counts on bins fixed by the reference (quantile bins, "
+                    "tracked categories), the performance metrics' sufficient statistics (confusion counts, score "
+                    "histograms per label, loss sums; regression error sums) and fairness counts per group. Windows "
+                    "of any length are computed by adding them. Each run also rebuilds the `label_delay_days` "
+                    "before it, so late labels reach the profiles. Layouts are made once per reference version "
+                    "(`monitoring.evaluation_references`).",
+        group_name=GROUP_METRICS, kinds={"python", "duckdb"}, owners=OWNERS,
+        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=IO_RETRY, deps=[keys.PREDICTIONS, keys.LABELS, keys.REFERENCE_PROFILES],  # lake only
+        metadata={"dagster/table_name": PROFILES, "dagster/column_schema": table_schema(TABLES[PROFILES][0])},
+    )
+    def daily_profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        cfg = in_shard(context, config)
+        days = run_days(context)
+        refreshed = days_with_label_refresh(days, cfg)
+        with fail_fast(), warehouse.connect_lake() as con:
+            run = write_profiles(con, cfg, refreshed)
+        for model_id, why in run.notes.items():
+            context.log.warning(f"daily profiles: model {model_id} skipped: {why}")
+        add_partition_metadata(context, {day: day_figures(run, day) for day in days})
+        errors = run.frame[run.frame.error.notna()] if len(run.frame) else run.frame
+        return dg.MaterializeResult(metadata={
+            "days": day_label(days),
+            "days_refreshed_for_late_labels": dg.MetadataValue.json([str(d) for d in refreshed if d not in days]),
+            "dagster/row_count": len(run.frame), "profiled_models": len(profiled(cfg)[0]),
+            "seconds": round(run.seconds, 2),
+            "skipped": dg.MetadataValue.md(markdown_table(["model", "why"], sorted(run.notes.items()))
+                                           if run.notes else "none"),
+            "errors": dg.MetadataValue.md(frame_markdown(errors[["partition_date", "model_id", "error"]])
+                                          if len(errors) else "none"),
+        })
+
+    @dg.asset(
+        key=keys.EVALUATION_STORE,
+        description=f"Per model, version ('*': every version together), evaluation window ({window_names}) and "
+                    "metric: the value on the window beside the reference's and the previous window's of the same "
+                    "kind; performance, drift per feature (`drift.<feature>.<statistic>`) and fairness disparities "
+                    "(`fairness.<attribute>.<disparity>`). Computed from the merged daily profiles only, never "
+                    "from the prediction files; each run recomputes the windows holding its days and the "
+                    "late-label days before them, and writes a report (markdown and HTML) for each window that "
+                    "closed in its days.",
+        group_name=GROUP_METRICS, kinds={"python"}, owners=OWNERS,
+        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=IO_RETRY, deps=[keys.DAILY_PROFILES],
+        metadata={"dagster/table_name": STORE, "dagster/column_schema": table_schema(TABLES[STORE][0])},
+    )
+    def evaluation_store(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        cfg = in_shard(context, config)
+        days = run_days(context)
+        with fail_fast(), warehouse.connect_lake() as con:
+            run = write_store(con, cfg, days, days_with_label_refresh(days, cfg))
+        reports = write_reports(run.frame, cfg, run.closed)
+        for model_id, why in run.notes.items():
+            context.log.warning(f"evaluation store: model {model_id}: {why}")
+        add_partition_metadata(context, {day: {"windows_closed": sum(w.end == day for w in run.closed)}
+                                         for day in days})
+        latest = latest_windows(run.frame, cfg)
+        return dg.MaterializeResult(metadata={
+            "days": day_label(days), "dagster/row_count": len(run.frame), "windows": len(run.windows),
+            "windows_closed": dg.MetadataValue.json([w.key for w in run.closed]), "reports_written": len(reports),
+            "seconds": round(run.seconds, 2),
+            "latest_windows": dg.MetadataValue.md(frame_markdown(latest, limit=40) if len(latest) else "none"),
+            "notes": dg.MetadataValue.md(markdown_table(["model", "note"], sorted(run.notes.items()))
+                                         if run.notes else "none"),
+        })
+
+    return dg.Definitions(assets=[daily_profiles, evaluation_store])
+

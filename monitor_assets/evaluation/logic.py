@@ -1,0 +1,559 @@
+"""The model evaluation store (issue 24): daily mergeable profiles, and windows computed from them alone.
+
+* `monitoring.evaluation_references`: per model and reference version, the profile layout (`ProfileBins`: bins at
+  the reference's quantiles, tracked categories, score edges) and the reference's own profile on it, as JSON.
+  Fitted once, like the multivariate references (`storage.fits.stored_or_fitted`).
+* `monitoring.daily_profiles`: per model, day and model version, one profile (`stats.profiles.Profile`, compact
+  JSON) of that day's served rows with the labels known so far. A run rebuilds the `label_delay_days` before its
+  days too, as performance_daily does, so late labels reach the profiles. A model whose reference cannot be
+  profiled, or whose day cannot be read, gets one row with `error` and no profile; the other models go on.
+* `monitoring.evaluation_store`: per model, version (and '*', every version together), window and metric: the
+  value on the window, the reference's value, the previous window's value. Read from the daily profiles and the
+  stored reference only: never from the prediction files.
+
+Metric names: the performance metrics as `stats.profiles` names them (`accuracy`, `roc_auc`, `roc_auc_bound`,
+`mae`, ...); `drift.<feature>.<statistic>` with psi, jensenshannon, ks, ks_bound, wasserstein (/ reference std),
+wasserstein_bound for numeric features and psi, jensenshannon, jensenshannon_bound, chisquare_p_value for
+categorical ones, and `drift.<feature>.missing_share`; `fairness.<attribute>.<disparity>` with
+demographic_parity_ratio and demographic_parity_difference (selection rates among groups of at least
+`min_group_size` rows) and equalized_odds_difference (classifiers), mae_ratio (regressors).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.evaluation.settings import DEFAULT, EvaluationConfig, Window, previous, windows_touching
+from monitor_assets.stats import profiles as P
+from monitor_assets.stats.categories import category_sql
+from monitor_assets.stats.drift import FeatureSpec
+from monitor_assets.stats.fairness import fairness_table
+from monitor_assets.stats.performance import predicted_class_sql
+from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
+from monitor_assets.storage.lake import TABLES
+from monitor_assets.storage.reads import feature_columns, held_models, latest_labels_sql, reference_reader_sql
+from monitor_assets.storage.sql import quote_ident, sql_str
+from monitor_assets.storage.warehouse import close, lake_of, replace_partitions_from_frame, thread_cursor
+
+log = logging.getLogger(__name__)
+
+PROFILES = "monitoring.daily_profiles"
+REFERENCES = "monitoring.evaluation_references"
+STORE = "monitoring.evaluation_store"
+PROFILE_COLUMNS = [c for c in TABLES[PROFILES][0] if c != "computed_at"]
+STORE_COLUMNS = [c for c in TABLES[STORE][0] if c != "computed_at"]
+TASKS = ("binary_classification", "regression")  # what stats.profiles keeps performance statistics for
+ALL_VERSIONS = "*"
+FIT_FORMAT = 1  # part of the fit key: a change of the stored layout refits every model once
+# Errors a retry can heal (a lock, the disk): they fail the step; any other error is one model's.
+TRANSIENT_ERRORS = (duckdb.IOException, OSError, MemoryError)
+NUMERIC_DRIFT = ("psi", "jensenshannon", "ks", "ks_bound", "wasserstein", "wasserstein_bound")
+CATEGORICAL_DRIFT = ("psi", "jensenshannon", "jensenshannon_bound", "chisquare_p_value")
+
+
+def settings(config: MonitorConfig) -> EvaluationConfig:
+    """The config's `evaluation:` section (week and month until config.py carries one)."""
+    return getattr(config, "evaluation", None) or DEFAULT
+
+
+def profiled(config: MonitorConfig) -> tuple[list[ModelConfig], dict[str, str]]:
+    """(the models profiles are kept for, model id -> why not) : tasks stats.profiles supports."""
+    kept = [m for m in config.models if m.task in TASKS]
+    return kept, {m.id: f"task {m.task} has no evaluation profile yet" for m in config.models if m.task not in TASKS}
+
+
+def error_message(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split()) or "no message"
+    line = f"{type(exc).__name__}: {text}"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference: layout and profile, once per reference version
+
+
+@dataclass
+class Reference:
+    bins: P.ProfileBins
+    profile: P.Profile
+
+    def to_text(self) -> str:
+        return json.dumps({"bins": self.bins.to_dict(), "profile": self.profile.to_dict()}, separators=(",", ":"))
+
+    @classmethod
+    def from_text(cls, text: str) -> Reference:
+        d = json.loads(text)
+        return cls(P.ProfileBins.from_dict(d["bins"]), P.Profile.from_dict(d["profile"]))
+
+
+def feature_specs(model: ModelConfig) -> list[FeatureSpec]:
+    return [FeatureSpec(f.name, f.type) for f in model.features if f.type in ("numeric", "categorical")]
+
+
+def _values(specs: list[FeatureSpec], column_of: dict[str, str], attributes: dict[str, str | None]) -> list[str]:
+    """SELECT items: numbers as DOUBLE, categories (features and attributes) normalised as drift counts them."""
+    picks = [(category_sql(column_of[f.name]) if f.kind == "categorical" else f"TRY_CAST({column_of[f.name]} AS DOUBLE)")
+             + f" AS {quote_ident(f.name)}" for f in specs]
+    picks += [f"{category_sql(c) if c else 'NULL::VARCHAR'} AS {quote_ident(a)}" for a, c in attributes.items()]
+    return picks
+
+
+def fit_key(model: ModelConfig, version: str) -> str:
+    """What a stored layout was made from: the reference version, the decision threshold and the sizes."""
+    return (f"{version}:{model.task}:{model.decision_threshold!r}:{P.BINS}:{P.TOP_K}:{P.SCORE_BINS}:"
+            f"{P.PROFILE_FORMAT}:{FIT_FORMAT}")
+
+
+def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.DataFrame:
+    """The reference's usable rows (a finite score and label; classifiers: a 0/1 label): features, score, label,
+    the predicted class, the sensitive attributes it has (NULL for those it lacks)."""
+    reader = reference_reader_sql(model.reference_path)
+    names = {c.lower() for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {reader})").fetchall()}
+    specs = feature_specs(model)
+    lacking = [f.name for f in specs if f.name.lower() not in names]
+    if lacking:
+        raise ValueError(f"model {model.id}: reference {model.reference_path} lacks feature column(s) "
+                         f"{', '.join(lacking)}")
+    score = f"TRY_CAST({quote_ident(model.reference_fields['score'])} AS DOUBLE)"
+    label = f"TRY_CAST({quote_ident(model.reference_fields['label'])} AS DOUBLE)"
+    decision = model.reference_fields.get("decision")
+    predicted = (predicted_class_sql(f"{quote_ident(decision)}::VARCHAR" if decision else None, score,
+                                     repr(model.decision_threshold)) if model.is_classifier else "NULL::INT")
+    attributes = {a.name: quote_ident(a.name) if a.name.lower() in names else None for a in model.sensitive_attributes}
+    usable = f"isfinite({score}) AND isfinite({label})" + (f" AND {label} IN (0, 1)" if model.is_classifier else "")
+    select = _values(specs, {f.name: quote_ident(f.name) for f in specs}, attributes)
+    frame = con.execute(f"SELECT {', '.join(select)}, {score} AS score, {label} AS label, "
+                        f"{predicted}::DOUBLE AS predicted FROM {reader} WHERE {usable}").df()
+    if not len(frame):
+        raise ValueError(f"model {model.id}: reference {model.reference_path} has no row with a usable score and label")
+    return frame
+
+
+def fit_reference(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[Reference, int]:
+    frame = reference_frame(con, model)
+    bins = P.ProfileBins.from_reference(frame, feature_specs(model), model.task, threshold=model.decision_threshold,
+                                        attributes=tuple(a.name for a in model.sensitive_attributes))
+    profile = P.build_profile(frame, bins, {"model_id": model.id, "model_version": "reference"}, "reference",
+                              predicted="predicted" if model.is_classifier else None)
+    return Reference(bins, profile), len(frame)
+
+
+def references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], fit: bool = True
+               ) -> tuple[dict[str, Reference], dict[str, str]]:
+    """Each model's layout and reference profile: the stored one while its fit key holds, else (with `fit`)
+    made now and stored. Returns (model id -> reference, model id -> why it has none); one model's failure
+    leaves the others."""
+    def guarded(work):
+        try:
+            return work()
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are profiled
+            return f"reference could not be profiled: {error_message(exc)}"
+
+    def make(model: ModelConfig):
+        if not fit:
+            return "no stored evaluation reference (the daily profiles have not run)"
+
+        def work():
+            ref, rows = fit_reference(con, model)
+            return ref, ref.to_text(), {"reference_rows": rows, "layout": ref.bins.fingerprint}
+        return guarded(work)
+
+    found, missing = stored_or_fitted(con, REFERENCES, "reference", models, fit_key,
+                                      lambda _, text: guarded(lambda: Reference.from_text(text)), make)
+    if any(why == NO_REFERENCE for why in missing.values()):
+        unprofiled = reference_errors(con)
+        missing = {m: f"{why}: {unprofiled[m]}" if why == NO_REFERENCE and m in unprofiled else why
+                   for m, why in missing.items()}
+    return found, missing
+
+
+def reference_errors(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Why a model's reference could not be profiled (the reference profiles' error rows)."""
+    rows = con.execute("SELECT model_id, profile FROM monitoring.reference_profiles WHERE kind = 'error'").fetchall()
+    return {m: json.loads(p).get("error", "") for m, p in rows}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Daily profiles
+
+
+def day_rows_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig) -> str:
+    """One model-day's served rows (params: day, model) with the latest label known: the features as the reference
+    side reads them, score, label, the predicted class, the sensitive attributes, the model version."""
+    stored = feature_columns(config)
+    specs = feature_specs(model)
+    column_of = {f.name: "p." + quote_ident(stored[(f.source, f.type)]) for f in model.features}
+    attributes = {a.name: "p." + quote_ident(stored[(a.source, a.type)]) for a in model.sensitive_attributes}
+    decision = "p.decision" if config.predictions.fields.get("decision") else None
+    predicted = (predicted_class_sql(decision, "p.score", repr(model.decision_threshold)) if model.is_classifier
+                 else "NULL::INT")
+    return f"""
+        SELECT {', '.join(_values(specs, column_of, attributes))}, p.score AS score, l.label AS label,
+               {predicted}::DOUBLE AS predicted, coalesce(p.model_version, '') AS model_version
+        FROM {lake_of(con).model_relation(con, model.id)} AS p
+        LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
+        WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok"""
+
+
+def profile_rows(model: ModelConfig, ref: Reference, frame: pd.DataFrame, day: dt.date) -> list[dict]:
+    """One row per model version of the day's rows: the profile as JSON and its sizes."""
+    out = []
+    for version, rows in frame.groupby("model_version", sort=True) if len(frame) else ():
+        profile = P.build_profile(rows, ref.bins, {"model_id": model.id, "model_version": str(version)},
+                                  day.isoformat(), predicted="predicted" if model.is_classifier else None)
+        text = json.dumps(profile.to_dict(), separators=(",", ":"))
+        stats = profile.binary or profile.regression
+        out.append({"partition_date": day, "model_id": model.id, "model_version": str(version),
+                    "layout": profile.layout, "n_rows": profile.n_rows,
+                    "n_labelled": stats.n_labelled if stats is not None else 0, "bytes": len(text.encode()),
+                    "profile": text, "error": None})
+    return out
+
+
+def error_row(model: ModelConfig, day: dt.date, error: str) -> dict:
+    return {"partition_date": day, "model_id": model.id, "model_version": None, "layout": None, "n_rows": None,
+            "n_labelled": None, "bytes": None, "profile": None, "error": error}
+
+
+def isolated_profiles(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, ref: Reference,
+                      day: dt.date) -> list[dict]:
+    """`profile_rows` of one model-day; an error (not a transient one) becomes its error row."""
+    lake = lake_of(con)
+    if not lake.has_table(lake.model_path(model.id)):
+        return []
+    try:
+        frame = con.execute(day_rows_sql(con, config, model), {"day": day, "model": model.id}).df()
+        return profile_rows(model, ref, frame, day)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are profiled
+        return [error_row(model, day, f"profile could not be built: {error_message(exc)}")]
+
+
+@dataclass
+class ProfileRun:
+    frame: pd.DataFrame
+    notes: dict[str, str] = field(default_factory=dict)  # model id -> why it has no profiles
+    seconds: float = 0.0
+
+
+def per_model(con: duckdb.DuckDBPyConnection, work, items: list, workers: int | None = None) -> Iterator:
+    """`work(cursor, item)` for each (model, day), a few at once, each thread on its own cursor (DuckDB and numpy
+    work outside the GIL); results in the items' order. MONITOR_ANALYSIS_WORKERS sets how many, as for drift."""
+    workers = min(workers or int(os.environ.get("MONITOR_ANALYSIS_WORKERS") or min(4, os.cpu_count() or 1)),
+                  len(items))
+    if workers <= 1:
+        yield from (work(con, item) for item in items)
+        return
+    local, cursors = threading.local(), []
+
+    def one(item):
+        if not hasattr(local, "cursor"):
+            local.cursor = thread_cursor(con)
+            cursors.append(local.cursor)
+        return work(local.cursor, item)
+
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="profiles") as pool:
+            yield from pool.map(one, items)
+    finally:
+        for cursor in cursors:
+            close(cursor)
+
+
+def write_profiles(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
+                   workers: int | None = None) -> ProfileRun:
+    """Replace `days` of monitoring.daily_profiles for the config's models; returns the rows written and the
+    models left out with the reason (a task without profiles, a reference that cannot be profiled)."""
+    started = time.perf_counter()
+    models, notes = profiled(config)
+    fitted, missing = references(con, models)
+    notes.update(missing)
+    held = held_models(con, days)
+    rows = [error_row(m, day, missing[m.id]) for m in models if m.id in missing for day in days]
+    work = [(m, day) for m in models if m.id in fitted for day in days if m.id not in held.get(day, set())]
+    for found in per_model(con, lambda c, item: isolated_profiles(c, config, item[0], fitted[item[0].id], item[1]),
+                           work, workers):
+        rows += found
+    for model_id, why in notes.items():
+        log.warning("daily profiles: model %s skipped: %s", model_id, why)
+    frame = pd.DataFrame(rows, columns=PROFILE_COLUMNS)
+    replace_partitions_from_frame(con, PROFILES, days, frame, models=config.written_models)
+    return ProfileRun(frame, notes, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Windows
+
+
+def stored_references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> dict[str, Reference]:
+    """The stored layouts and reference profiles (current fit key only), without fitting any."""
+    found, _ = references(con, models, fit=False)
+    return found
+
+
+def load_profiles(con: duckdb.DuckDBPyConnection, model_ids: list[str], days: list[dt.date]
+                  ) -> dict[str, dict[dt.date, list[P.Profile]]]:
+    """The stored daily profiles of these models and days: model id -> day -> one per version."""
+    rows = con.execute(f"""SELECT model_id, partition_date, profile FROM {PROFILES}
+                           WHERE partition_date IN (SELECT unnest(?::DATE[])) AND model_id IN (SELECT unnest(?::VARCHAR[]))
+                           AND error IS NULL AND profile IS NOT NULL""", [days, model_ids]).fetchall()
+    out: dict[str, dict[dt.date, list[P.Profile]]] = {}
+    for model_id, day, text in rows:
+        out.setdefault(model_id, {}).setdefault(day, []).append(P.Profile.from_dict(json.loads(text)))
+    return out
+
+
+def window_metrics(profile: P.Profile, ref: Reference, min_group_size: int) -> dict[str, float]:
+    """Every metric of a merged profile (see the module docstring), drift against the reference's profile."""
+    out = {k: v for k, v in profile.metrics().items() if k != "n_labelled"}
+    for name, col in profile.numeric.items():
+        d = P.numeric_distances(ref.profile.numeric[name], col, ref.bins.numeric[name], p_values=False)
+        out.update({f"drift.{name}.{k}": d[k] for k in NUMERIC_DRIFT})
+        out[f"drift.{name}.missing_share"] = P._div(col.n_missing, col.n)
+    for name, col in profile.categorical.items():
+        d = P.categorical_distances(ref.profile.categorical[name], col, ref.bins.categorical[name])
+        out.update({f"drift.{name}.{k}": d[k] for k in CATEGORICAL_DRIFT})
+        out[f"drift.{name}.missing_share"] = P._div(col.n_missing, col.n)
+    out.update(fairness_metrics(profile, ref.bins.task == "binary_classification", min_group_size))
+    return {k: float(v) for k, v in out.items()}
+
+
+def fairness_metrics(profile: P.Profile, classifier: bool, min_group_size: int) -> dict[str, float]:
+    """Per attribute: disparities among groups of at least `min_group_size` rows (stats.fairness' definitions)."""
+    counts = P.fairness_frame(profile.fairness)
+    if counts.empty:
+        return {}
+    table = fairness_table(counts, classifier, min_group_size)
+    out = {}
+    for attribute, part in table.groupby("attribute", sort=True):
+        first = part.iloc[0]
+        if classifier:
+            for metric in ("demographic_parity_ratio", "demographic_parity_difference", "equalized_odds_difference"):
+                out[f"fairness.{attribute}.{metric}"] = first[metric]
+        else:
+            eligible = part[~part.below_min_size.astype(bool)]
+            lo, hi = eligible.mae.min(), eligible.mae.max()
+            out[f"fairness.{attribute}.mae_ratio"] = lo / hi if len(eligible) > 1 and hi > 0 else math.nan
+    return out
+
+
+def _finite(x) -> float | None:
+    return float(x) if x is not None and isinstance(x, int | float) and math.isfinite(x) else None
+
+
+def _merged(by_day: dict[dt.date, list[P.Profile]], window: Window, layout: str, version: str | None
+            ) -> P.Profile | None:
+    """The merge of the window's daily profiles on `layout` (of one version; None: every version)."""
+    parts = [p for day in window.days() for p in by_day.get(day, ())
+             if p.layout == layout and (version is None or p.keys.get("model_version") == version)]
+    return P.merge(parts) if parts else None
+
+
+def model_window_rows(model: ModelConfig, ref: Reference, by_day: dict[dt.date, list[P.Profile]], window: Window,
+                      last_day: dt.date, min_group_size: int, reference: dict[str, float] | None = None) -> list[dict]:
+    """One model's rows of one window: per version seen in it and '*' (every version), per metric. `reference`:
+    the reference profile's own metrics (`window_metrics` of it), computed here if not given."""
+    layout = ref.bins.fingerprint
+    before = previous(window)
+    versions = sorted({p.keys.get("model_version", "") for day in window.days() for p in by_day.get(day, ())
+                       if p.layout == layout})
+    if reference is None:
+        reference = window_metrics(ref.profile, ref, min_group_size)
+    rows, figures = [], {}
+    for version in [*versions, ALL_VERSIONS] if versions else []:
+        pick = None if version == ALL_VERSIONS else version
+        if pick is None and len(versions) == 1:  # one version served: '*' is the same merge
+            figures[version] = figures[versions[0]]
+        else:
+            current = _merged(by_day, window, layout, pick)
+            if current is None:
+                continue
+            prior = _merged(by_day, before, layout, pick)
+            figures[version] = (current, window_metrics(current, ref, min_group_size),
+                                window_metrics(prior, ref, min_group_size) if prior is not None else {})
+        current, values, earlier = figures[version]
+        stats = current.binary or current.regression
+        common = {"window_id": window.key, "window_name": window.spec.name, "window_kind": window.spec.kind,
+                  "window_start": window.start, "window_end": window.end, "model_id": model.id,
+                  "model_version": version, "n_rows": current.n_rows,
+                  "n_labelled": stats.n_labelled if stats is not None else 0, "days_profiled": current.days,
+                  "complete": window.end <= last_day}
+        for metric, value in values.items():
+            rows.append({**common, "metric": metric, "value": _finite(value),
+                         "reference_value": None if metric.startswith("drift.") and not metric.endswith(
+                             ".missing_share") else _finite(reference.get(metric)),
+                         "previous_value": _finite(earlier.get(metric))})
+    return rows
+
+
+@dataclass
+class StoreRun:
+    frame: pd.DataFrame
+    windows: list[Window]
+    closed: list[Window]
+    notes: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def compute_windows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, windows: list[Window], last_day: dt.date
+                    ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The store's rows of these windows for the config's models, from the stored daily profiles and reference."""
+    models, notes = profiled(config)
+    refs = stored_references(con, models)
+    notes.update({m.id: "no stored evaluation reference" for m in models if m.id not in refs})
+    needed = sorted({d for w in windows for d in (*w.days(), *previous(w).days())})
+    by_model = load_profiles(con, [m.id for m in models if m.id in refs], needed)
+    rows = []
+    for model in models:
+        if model.id not in refs:
+            continue
+        reference = window_metrics(refs[model.id].profile, refs[model.id], config.min_group_size)
+        for window in windows:
+            try:
+                rows += model_window_rows(model, refs[model.id], by_model.get(model.id, {}), window, last_day,
+                                          config.min_group_size, reference)
+            except Exception as exc:  # noqa: BLE001 - one model's window; the others are computed
+                notes[model.id] = f"window {window.key} could not be computed: {error_message(exc)}"
+                log.warning("evaluation store: model %s: %s", model.id, notes[model.id])
+    return pd.DataFrame(rows, columns=STORE_COLUMNS), notes
+
+
+def write_store(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
+                refreshed: list[dt.date] | None = None) -> StoreRun:
+    """Recompute every window holding one of `refreshed` (default `days`) and replace its rows."""
+    started = time.perf_counter()
+    touched = windows_touching(settings(config).windows, sorted(set(refreshed or days)))
+    last_day = max(days)
+    frame, notes = compute_windows(con, config, touched, last_day)
+    replace_windows(con, frame, [w.key for w in touched], config.written_models)
+    closed = [w for w in touched if w.end in set(days)]
+    return StoreRun(frame, touched, closed, notes, time.perf_counter() - started)
+
+
+def replace_windows(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, window_ids: list[str],
+                    models: list[str] | None) -> None:
+    """One commit replacing these windows' rows (of `models`; None: every model's)."""
+    if not window_ids:
+        return
+    lake = lake_of(con)
+    if len(frame):
+        con.register("_store_frame", frame)
+        try:
+            data = con.sql("SELECT *, now() AS computed_at FROM _store_frame").to_arrow_table()
+        finally:
+            con.unregister("_store_frame")
+    else:  # no rows: the windows' old rows go (`replace` fills the table's columns in)
+        data = pa.table({"window_id": pa.array([], pa.string())})
+    where = "window_id IN (" + ", ".join(sql_str(k) for k in sorted(set(window_ids))) + ")"
+    lake.replace(STORE, data, None, models=models, where=where)
+    lake.refresh(con, STORE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the asset shows and the reports per closed window
+
+
+def latest_windows(frame: pd.DataFrame, config: MonitorConfig) -> pd.DataFrame:
+    """Per model and window name, the latest window (every version together): its main metric against the
+    reference and the previous window, and the feature that drifted most (Jensen-Shannon)."""
+    if not len(frame):
+        return pd.DataFrame()
+    main = {m.id: m.main_metric for m in config.models}
+    f = frame[frame.model_version == ALL_VERSIONS]
+    out = []
+    for (model_id, name), part in f.groupby(["model_id", "window_name"], sort=True):
+        last = part[part.window_start == part.window_start.max()]
+        metric = main.get(model_id, "")
+        row = last[last.metric == metric]
+        js = last[last.metric.str.endswith(".jensenshannon")].sort_values("value", ascending=False)
+        first = last.iloc[0]
+        out.append({"model_id": model_id, "window": name, "start": str(first.window_start),
+                    "end": str(first.window_end), "complete": bool(first.complete), "n_rows": int(first.n_rows),
+                    "n_labelled": int(first.n_labelled), "metric": metric,
+                    "value": row.value.iloc[0] if len(row) else None,
+                    "reference": row.reference_value.iloc[0] if len(row) else None,
+                    "previous": row.previous_value.iloc[0] if len(row) else None,
+                    "most_drifted": (f"{js.metric.iloc[0].split('.')[1]} ({js.value.iloc[0]:.3g})"
+                                     if len(js) and pd.notna(js.value.iloc[0]) else None)})
+    return pd.DataFrame(out)
+
+
+REPORT_FOLDER = "evaluation"
+
+
+def report_context(frame: pd.DataFrame, model: ModelConfig, window: Window, top: int = 5) -> dict | None:
+    """What a window's report says for one model (every version together), or None without rows."""
+    part = frame[(frame.model_id == model.id) & (frame.window_id == window.key) & (frame.model_version == ALL_VERSIONS)]
+    if not len(part):
+        return None
+    perf = part[~part.metric.str.contains(".", regex=False)]
+    drift = part[part.metric.str.endswith(".jensenshannon")].sort_values("value", ascending=False).head(top)
+    fair = part[part.metric.str.startswith("fairness.")]
+
+    def rows(p, name=lambda m: m):
+        return [{"metric": name(r.metric), "value": _fmt(r.value), "reference": _fmt(r.reference_value),
+                 "previous": _fmt(r.previous_value)} for r in p.itertuples()]
+
+    first = part.iloc[0]
+    return {"model": model.id, "task": model.task, "main_metric": model.main_metric, "window": window.spec.name,
+            "start": window.start.isoformat(), "end": window.end.isoformat(), "n_rows": int(first.n_rows),
+            "n_labelled": int(first.n_labelled), "days_profiled": int(first.days_profiled),
+            "versions": sorted(v for v in frame[(frame.model_id == model.id) & (frame.window_id == window.key)]
+                               .model_version.unique() if v != ALL_VERSIONS),
+            "performance": rows(perf), "drift": rows(drift, lambda m: m.split(".")[1]), "fairness": rows(fair)}
+
+
+def _fmt(x) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+
+
+def write_reports(frame: pd.DataFrame, config: MonitorConfig, closed: list[Window]) -> list[Path]:
+    """For each closed window, one markdown and one HTML report per model under `<reports>/evaluation/<model>/`."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             autoescape=lambda name: bool(name) and name.endswith(".html.j2"))
+    written = []
+    for window in closed:
+        for model in config.models:
+            context = report_context(frame, model, window)
+            if context is None:
+                continue
+            folder = Path(config.reports_dir) / REPORT_FOLDER / model.id
+            folder.mkdir(parents=True, exist_ok=True)
+            for ext in ("md", "html"):
+                path = folder / f"{window.spec.name}_{window.start.isoformat()}.{ext}"
+                path.write_text(env.get_template(f"window_report.{ext}.j2").render(**context))
+                written.append(path)
+    return written
+
+
+def day_figures(run: ProfileRun, day: dt.date) -> dict:
+    """A day's profile figures for the UI: models profiled, rows, bytes per model-day, errors."""
+    today = run.frame[pd.to_datetime(run.frame.partition_date).dt.date == day] if len(run.frame) else run.frame
+    ok = today[today.error.isna()] if len(today) else today
+    per_model = ok.groupby("model_id").bytes.sum() if len(ok) else pd.Series(dtype=float)
+    return {"models_profiled": int(ok.model_id.nunique()) if len(ok) else 0,
+            "rows_profiled": int(ok.n_rows.sum()) if len(ok) else 0,
+            "bytes_per_model_day": float(np.median(per_model)) if len(per_model) else None,
+            "models_in_error": int(today.error.notna().sum()) if len(today) else 0}

@@ -1,0 +1,1 @@
+"""Drift a person can see: reference against current distributions of the drifted feature-days."""
