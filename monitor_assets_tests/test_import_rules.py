@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = "monitor_assets"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE  # parsed, not imported
 STAGES = ("ingestion", "metrics", "analysis", "history", "alerting", "reporting", "notify", "export",
-          "retraining", "storage", "estimation", "segments", "evaluation")
+          "retraining", "storage", "estimation", "segments", "evaluation", "multivariate")
 OPEN_TO_STAGES = ("storage", "config", "constants", "keys", "formatting", "wiring")
 ENTRY_POINTS = (f"{PACKAGE}.definitions", f"{PACKAGE}.run_pipeline")
 

@@ -10,10 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -49,25 +46,27 @@ from monitor_assets.stats.reference import (
     ReferenceTooSmall,
     reference_check,
 )
-from monitor_assets.storage.reads import latest_labels_sql, model_feature_select
+from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_models
+from monitor_assets.storage.reads import (
+    ERROR_KIND,
+    latest_labels_sql,
+    load_importance,
+    load_profiles,
+    model_feature_select,
+    profile_errors,
+)
 from monitor_assets.storage.reads import reference_reader_sql as _reader
 from monitor_assets.storage.sql import quote_ident, sql_str
-from monitor_assets.storage.warehouse import close, lake_of, thread_cursor
+from monitor_assets.storage.warehouse import lake_of
 
-# Models analysed at once (threads); MONITOR_ANALYSIS_WORKERS overrides (1: one after the other).
-ANALYSIS_WORKERS = int(os.environ.get("MONITOR_ANALYSIS_WORKERS") or min(4, os.cpu_count() or 1))
 PREDICTION = "prediction"
 LABEL = "label"
 DECISION = "_logged_decision"  # the logged decision (predicted class), in reference and daily rows
 # What a profile holds beside the histograms (part of the reference version: a change re-profiles once).
 # 1: each feature's association with the score (key features) and the reference's fairness disparities.
 REFERENCE_EXTRAS = 1
-ERROR_KIND = "error"  # a reference_profiles row recording why a model's reference could not be profiled
 FAIRNESS_BASELINE = "fairness.{metric}:{attribute}"  # reference_baselines metric name of a reference disparity
 FAIRNESS_METRICS = ("demographic_parity_ratio", "equalized_odds_difference")
-# Errors a retry can heal (a lock, the disk): they fail the step, whose retry policy takes them. Any other
-# error analysing one model is recorded for that model and the others go on.
-TRANSIENT_ERRORS = (duckdb.IOException, OSError, MemoryError)
 
 
 
@@ -268,29 +267,6 @@ def reference_fairness(con: duckdb.DuckDBPyConnection, model: ModelConfig, check
     return out
 
 
-def map_models(con: duckdb.DuckDBPyConnection, work: Callable, items: list, workers: int | None = None) -> Iterator:
-    """`work(cursor, item)` for each item (a model, or a (model, day)), a few at once, each thread on its own
-    cursor (DuckDB, numpy and scipy's kernels work outside the GIL); results in the items' order."""
-    workers = min(workers or ANALYSIS_WORKERS, len(items))
-    if workers <= 1:
-        yield from (work(con, item) for item in items)
-        return
-    local, cursors = threading.local(), []
-
-    def one(item):
-        if not hasattr(local, "cursor"):
-            local.cursor = thread_cursor(con)
-            cursors.append(local.cursor)
-        return work(local.cursor, item)
-
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="per-model") as pool:
-            yield from pool.map(one, items)
-    finally:
-        for cursor in cursors:
-            close(cursor)
-
-
 def profile_models(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], workers: int | None = None,
                    min_group_size: int = MIN_GROUP_SIZE):
     """`profile_model` for each model, a few at once, yielded in the models' order as (model, result); a
@@ -304,13 +280,6 @@ def profile_models(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], wo
         except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are profiled
             return exc
     yield from zip(models, map_models(con, one, models, workers), strict=True)
-
-
-def error_message(exc: BaseException, limit: int = 400) -> str:
-    """An exception as one line: its type and message, whitespace folded, at most `limit` characters."""
-    text = " ".join(str(exc).split()) or "no message"
-    line = f"{type(exc).__name__}: {text}"
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def save_profiles(con: duckdb.DuckDBPyConnection, saved: list[tuple], errors: dict[str, str] | None = None) -> None:
@@ -343,27 +312,6 @@ def save_profiles(con: duckdb.DuckDBPyConnection, saved: list[tuple], errors: di
         if models:
             lake.replace(table, pa.Table.from_pandas(frame, preserve_index=False), None, models=models)
             lake.refresh(con, table)
-
-
-def load_profiles(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, D.Profile]:
-    rows = con.execute("SELECT feature, kind, profile FROM monitoring.reference_profiles WHERE model_id = ? "
-                       "AND kind <> ?", [model_id, ERROR_KIND]).fetchall()
-    return {name: (D.NumericProfile.from_json(json.loads(p)) if kind == "numeric"
-                   else D.CategoricalProfile.from_json(json.loads(p))) for name, kind, p in rows}
-
-
-def load_importance(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, float]:
-    """Each feature's stored association with the score on the reference (NaN where unknown)."""
-    rows = con.execute("SELECT feature, importance FROM monitoring.reference_profiles WHERE model_id = ? "
-                       "AND role = 'feature'", [model_id]).fetchall()
-    return {f: (math.nan if v is None else float(v)) for f, v in rows}
-
-
-def profile_errors(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Per model whose reference could not be profiled, why (the last attempt's one-line message)."""
-    rows = con.execute("SELECT model_id, profile FROM monitoring.reference_profiles WHERE kind = ?",
-                       [ERROR_KIND]).fetchall()
-    return {m: json.loads(p).get("error", "") for m, p in rows}
 
 
 def reference_disparities(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, float]:

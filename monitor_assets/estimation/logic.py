@@ -9,11 +9,8 @@ beside the estimate; the asset refreshes the `label_delay_days` before its days,
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import math
-import pickle
-from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -116,26 +113,6 @@ def fit_estimator(model: ModelConfig, reference: pd.DataFrame) -> E.ConfidenceEs
     return fitted
 
 
-@dataclass
-class MulticlassEstimator:
-    """A multiclass model's estimator: per-class calibration of its logged probabilities fitted on the reference
-    (`stats.estimation.fit_multiclass_calibration`); the day's estimate is the expected confusion matrix's."""
-
-    calibration: E.MulticlassCalibration
-    categories: dict = field(default_factory=dict)
-    sample: None = None
-
-    def to_text(self) -> str:
-        return base64.b64encode(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
-
-    @staticmethod
-    def from_text(text: str) -> MulticlassEstimator:
-        fitted = pickle.loads(base64.b64decode(text))  # noqa: S301 - written by this pipeline, in its own lake
-        if not isinstance(fitted, MulticlassEstimator):
-            raise ValueError(f"not a multiclass estimator: {type(fitted).__name__}")
-        return fitted
-
-
 def multiclass_reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.DataFrame:
     """A multiclass reference's rows with logged probabilities: label code, predicted code, probabilities."""
     f = {**MULTICLASS_REFERENCE_FIELDS, **model.reference_fields}
@@ -161,8 +138,8 @@ def fit_multiclass(con: duckdb.DuckDBPyConnection, model: ModelConfig):
                 f"at least {MIN_REFERENCE_ROWS} are needed")
     calibration = E.fit_multiclass_calibration(np.array(reference.proba.tolist(), dtype=float),
                                                reference.label.to_numpy(np.int64))
-    fitted = MulticlassEstimator(calibration)
-    return fitted, fitted.to_text(), {"method": method_of(model), "reference_rows": len(reference)}
+    fitted = E.MulticlassEstimator(calibration)
+    return fitted, E.to_text(fitted), {"method": method_of(model), "reference_rows": len(reference)}
 
 
 def estimators(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> tuple[dict, dict[str, str]]:
@@ -178,7 +155,7 @@ def estimators(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> tup
         return fitted, E.to_text(fitted), {"method": method_of(model), "reference_rows": len(reference)}
 
     def load(model: ModelConfig, text: str):
-        return MulticlassEstimator.from_text(text) if model.is_multiclass else E.from_text(text)
+        return E.from_text(text)
 
     return stored_or_fitted(con, ESTIMATORS, "estimator", models, fit_key, load, fit)
 
@@ -231,7 +208,7 @@ def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.dat
     metrics = model.estimated_metrics
     x = (_feature_arrays(frame, model, estimator.categories)[0]
          if isinstance(estimator, E.LossEstimator) or getattr(estimator, "sample", None) is not None else None)
-    if isinstance(estimator, MulticlassEstimator):
+    if isinstance(estimator, E.MulticlassEstimator):
         # sampling error only: the estimator's own error from reference chunks is not measured for multiclass yet
         found = E.estimate_multiclass(estimator.calibration, np.array(frame.proba.tolist(), dtype=float),
                                       frame.code.to_numpy(np.int64), metrics, seed=day.toordinal())

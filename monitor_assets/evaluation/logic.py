@@ -25,11 +25,7 @@ import datetime as dt
 import json
 import logging
 import math
-import os
-import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +43,10 @@ from monitor_assets.stats.fairness import fairness_table
 from monitor_assets.stats.performance import predicted_class_sql
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
+from monitor_assets.storage.per_model import error_message, map_models
 from monitor_assets.storage.reads import feature_columns, held_models, latest_labels_sql, reference_reader_sql
 from monitor_assets.storage.sql import quote_ident, sql_str
-from monitor_assets.storage.warehouse import close, lake_of, replace_partitions_from_frame, thread_cursor
+from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +73,6 @@ def profiled(config: MonitorConfig) -> tuple[list[ModelConfig], dict[str, str]]:
     """(the models profiles are kept for, model id -> why not) : tasks stats.profiles supports."""
     kept = [m for m in config.models if m.task in TASKS]
     return kept, {m.id: f"task {m.task} has no evaluation profile yet" for m in config.models if m.task not in TASKS}
-
-
-def error_message(exc: BaseException, limit: int = 400) -> str:
-    text = " ".join(str(exc).split()) or "no message"
-    line = f"{type(exc).__name__}: {text}"
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,30 +246,6 @@ class ProfileRun:
     seconds: float = 0.0
 
 
-def per_model(con: duckdb.DuckDBPyConnection, work, items: list, workers: int | None = None) -> Iterator:
-    """`work(cursor, item)` for each (model, day), a few at once, each thread on its own cursor (DuckDB and numpy
-    work outside the GIL); results in the items' order. MONITOR_ANALYSIS_WORKERS sets how many, as for drift."""
-    workers = min(workers or int(os.environ.get("MONITOR_ANALYSIS_WORKERS") or min(4, os.cpu_count() or 1)),
-                  len(items))
-    if workers <= 1:
-        yield from (work(con, item) for item in items)
-        return
-    local, cursors = threading.local(), []
-
-    def one(item):
-        if not hasattr(local, "cursor"):
-            local.cursor = thread_cursor(con)
-            cursors.append(local.cursor)
-        return work(local.cursor, item)
-
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="profiles") as pool:
-            yield from pool.map(one, items)
-    finally:
-        for cursor in cursors:
-            close(cursor)
-
-
 def write_profiles(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
                    workers: int | None = None) -> ProfileRun:
     """Replace `days` of monitoring.daily_profiles for the config's models; returns the rows written and the
@@ -290,7 +257,7 @@ def write_profiles(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: 
     held = held_models(con, days)
     rows = [error_row(m, day, missing[m.id]) for m in models if m.id in missing for day in days]
     work = [(m, day) for m in models if m.id in fitted for day in days if m.id not in held.get(day, set())]
-    for found in per_model(con, lambda c, item: isolated_profiles(c, config, item[0], fitted[item[0].id], item[1]),
+    for found in map_models(con, lambda c, item: isolated_profiles(c, config, item[0], fitted[item[0].id], item[1]),
                            work, workers):
         rows += found
     for model_id, why in notes.items():

@@ -20,20 +20,20 @@ from collections.abc import Callable
 import duckdb
 import pandas as pd
 
-from monitor_assets.analysis.logic import (
-    TRANSIENT_ERRORS,
-    error_message,
-    load_profiles,
-    map_models,
-    profile_errors,
-)
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.stats import multivariate as MV
 from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.drift import FeatureSpec
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.reads import feature_columns, held_models, reference_reader_sql
+from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_models
+from monitor_assets.storage.reads import (
+    feature_columns,
+    held_models,
+    load_profiles,
+    profile_errors,
+    reference_reader_sql,
+)
 from monitor_assets.storage.sql import quote_ident
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
 

@@ -21,12 +21,9 @@ import pandas as pd
 
 from monitor_assets.analysis.logic import (
     LABEL,
-    TRANSIENT_ERRORS,
     _day_rows,
     _label_expr,
-    error_message,
     load_profiles,
-    map_models,
     reference_relation,
     validate_model_reference,
 )
@@ -36,6 +33,7 @@ from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.distributions import Comparison, compare, drift_evidence
 from monitor_assets.stats.drift import P_VALUE_METHODS
 from monitor_assets.storage.lake import TABLES
+from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_models
 from monitor_assets.storage.sql import quote_ident
 from monitor_assets.storage.warehouse import replace_partitions_from_frame
 

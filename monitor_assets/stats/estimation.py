@@ -896,13 +896,26 @@ def _dump(estimator) -> bytes:
     return pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def to_text(estimator: ConfidenceEstimator | LossEstimator) -> str:
+@dataclass
+class MulticlassEstimator:
+    """A multiclass model's estimator: per-class calibration of its logged probabilities fitted on the reference
+    (`fit_multiclass_calibration`); the day's estimate is the expected confusion matrix's."""
+
+    calibration: MulticlassCalibration
+    categories: dict = field(default_factory=dict)
+    sample: None = None
+
+    def to_bytes(self) -> bytes:
+        return _dump(self)
+
+
+def to_text(estimator: ConfidenceEstimator | LossEstimator | MulticlassEstimator) -> str:
     """A fitted estimator as text (base64 pickle) for a table cell. Only the pipeline's own writes are read back."""
     return base64.b64encode(estimator.to_bytes()).decode("ascii")
 
 
-def from_text(text: str) -> ConfidenceEstimator | LossEstimator:
+def from_text(text: str) -> ConfidenceEstimator | LossEstimator | MulticlassEstimator:
     estimator = pickle.loads(base64.b64decode(text))  # noqa: S301 - written by this pipeline, in its own lake
-    if not isinstance(estimator, ConfidenceEstimator | LossEstimator):
+    if not isinstance(estimator, ConfidenceEstimator | LossEstimator | MulticlassEstimator):
         raise ValueError(f"not a fitted estimator: {type(estimator).__name__}")
     return estimator

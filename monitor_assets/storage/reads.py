@@ -8,12 +8,15 @@ the other, are `Lake.predictions_union`.)
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import duckdb
 import pandas as pd
 
 from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.stats import drift as D
 from monitor_assets.stats.versions import champions
 from monitor_assets.storage.sql import quote_ident, sql_str
 
@@ -138,3 +141,29 @@ PERFORMANCE_MODEL_COLUMNS = {"task": lambda m: m.task, "threshold": lambda m: m.
 def performance_models_sql(models: Sequence[ModelConfig]) -> tuple[str, list]:
     """A VALUES relation (model_id, task, threshold, main_metric) of these models, as SQL and params."""
     return models_values_sql(models, PERFORMANCE_MODEL_COLUMNS)
+
+
+# -- the stored reference profiles (monitoring.reference_profiles, written by the analysis stage) ----------------
+
+ERROR_KIND = "error"  # a reference_profiles row recording why a model's reference could not be profiled
+
+
+def load_profiles(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, D.Profile]:
+    rows = con.execute("SELECT feature, kind, profile FROM monitoring.reference_profiles WHERE model_id = ? "
+                       "AND kind <> ?", [model_id, ERROR_KIND]).fetchall()
+    return {name: (D.NumericProfile.from_json(json.loads(p)) if kind == "numeric"
+                   else D.CategoricalProfile.from_json(json.loads(p))) for name, kind, p in rows}
+
+
+def load_importance(con: duckdb.DuckDBPyConnection, model_id: str) -> dict[str, float]:
+    """Each feature's stored association with the score on the reference (NaN where unknown)."""
+    rows = con.execute("SELECT feature, importance FROM monitoring.reference_profiles WHERE model_id = ? "
+                       "AND role = 'feature'", [model_id]).fetchall()
+    return {f: (math.nan if v is None else float(v)) for f, v in rows}
+
+
+def profile_errors(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Per model whose reference could not be profiled, why (the last attempt's one-line message)."""
+    rows = con.execute("SELECT model_id, profile FROM monitoring.reference_profiles WHERE kind = ?",
+                       [ERROR_KIND]).fetchall()
+    return {m: json.loads(p).get("error", "") for m, p in rows}
