@@ -17,6 +17,11 @@ wasserstein_bound for numeric features and psi, jensenshannon, jensenshannon_bou
 categorical ones, and `drift.<feature>.missing_share`; `fairness.<attribute>.<disparity>` with
 demographic_parity_ratio and demographic_parity_difference (selection rates among groups of at least
 `min_group_size` rows) and equalized_odds_difference (classifiers), mae_ratio (regressors).
+
+Multiclass models: performance as stats.multiclass names it (accuracy, precision, recall, f1, f1_macro,
+f1_weighted, log_loss over the rows with logged probabilities, roc_auc with roc_auc_bound), the predicted class as
+a categorical over the class names (`drift.prediction.<statistic>`, as analysis names a model's output), no
+fairness (the daily multiclass fairness of analysis is per class; it is not profiled here).
 """
 
 from __future__ import annotations
@@ -34,12 +39,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.config import (
+    CLASS_CODE_COLUMN,
+    CLASS_PROBABILITIES_COLUMN,
+    MULTICLASS_REFERENCE_FIELDS,
+    ModelConfig,
+    MonitorConfig,
+)
 from monitor_assets.evaluation.settings import DEFAULT, EvaluationConfig, Window, previous, windows_touching
 from monitor_assets.stats import profiles as P
 from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.drift import FeatureSpec
 from monitor_assets.stats.fairness import fairness_table
+from monitor_assets.stats.multiclass import (
+    class_code_sql,
+    classes_sql,
+    probabilities_problem_sql,
+    probabilities_sql,
+)
 from monitor_assets.stats.performance import predicted_class_sql
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
@@ -55,13 +72,14 @@ REFERENCES = "monitoring.evaluation_references"
 STORE = "monitoring.evaluation_store"
 PROFILE_COLUMNS = [c for c in TABLES[PROFILES][0] if c != "computed_at"]
 STORE_COLUMNS = [c for c in TABLES[STORE][0] if c != "computed_at"]
-TASKS = ("binary_classification", "regression")  # what stats.profiles keeps performance statistics for
+TASKS = ("binary_classification", "regression", "multiclass_classification")  # what stats.profiles profiles
 ALL_VERSIONS = "*"
 FIT_FORMAT = 1  # part of the fit key: a change of the stored layout refits every model once
 # Errors a retry can heal (a lock, the disk): they fail the step; any other error is one model's.
 TRANSIENT_ERRORS = (duckdb.IOException, OSError, MemoryError)
 NUMERIC_DRIFT = ("psi", "jensenshannon", "ks", "ks_bound", "wasserstein", "wasserstein_bound")
 CATEGORICAL_DRIFT = ("psi", "jensenshannon", "jensenshannon_bound", "chisquare_p_value")
+PREDICTION = "prediction"  # a multiclass model's predicted class, as analysis.logic names the output's drift
 
 
 def settings(config: MonitorConfig) -> EvaluationConfig:
@@ -108,12 +126,14 @@ def _values(specs: list[FeatureSpec], column_of: dict[str, str], attributes: dic
 def fit_key(model: ModelConfig, version: str) -> str:
     """What a stored layout was made from: the reference version, the decision threshold and the sizes."""
     return (f"{version}:{model.task}:{model.decision_threshold!r}:{P.BINS}:{P.TOP_K}:{P.SCORE_BINS}:"
-            f"{P.PROFILE_FORMAT}:{FIT_FORMAT}")
+            f"{P.PROFILE_FORMAT}:{FIT_FORMAT}" + (f":{list(model.classes)!r}" if model.is_multiclass else ""))
 
 
 def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.DataFrame:
     """The reference's usable rows (a finite score and label; classifiers: a 0/1 label): features, score, label,
-    the predicted class, the sensitive attributes it has (NULL for those it lacks)."""
+    the predicted class, the sensitive attributes it has (NULL for those it lacks). Multiclass: `multiclass_frame`."""
+    if model.is_multiclass:
+        return multiclass_frame(con, model)
     reader = reference_reader_sql(model.reference_path)
     names = {c.lower() for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {reader})").fetchall()}
     specs = feature_specs(model)
@@ -136,12 +156,43 @@ def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.Da
     return frame
 
 
+def multiclass_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.DataFrame:
+    """A multiclass reference's rows with a known label and predicted class: features, `label` and `predicted`
+    as codes (the `decision` column's class, else the most probable), `proba` (DOUBLE[], NULL where the logged
+    probabilities are missing or unusable), no score."""
+    reader = reference_reader_sql(model.reference_path)
+    names = {c.lower() for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {reader})").fetchall()}
+    specs = feature_specs(model)
+    lacking = [f.name for f in specs if f.name.lower() not in names]
+    if lacking:
+        raise ValueError(f"model {model.id}: reference {model.reference_path} lacks feature column(s) "
+                         f"{', '.join(lacking)}")
+    f = {**MULTICLASS_REFERENCE_FIELDS, **model.reference_fields}
+    text = f"CAST({quote_ident(f['probabilities'])} AS VARCHAR)" if f["probabilities"].lower() in names else "NULL"
+    decision = f"CAST({quote_ident(f['decision'])} AS VARCHAR)" if f["decision"].lower() in names else "NULL"
+    parsed = probabilities_sql(model.classes, text)
+    proba = f"CASE WHEN ({probabilities_problem_sql(model.classes, text, parsed)}) IS NULL THEN {parsed} END"
+    select = _values(specs, {s.name: quote_ident(s.name) for s in specs}, {})
+    frame = con.execute(f"""
+        SELECT * FROM (
+            SELECT {', '.join(select)}, NULL::DOUBLE AS score,
+                   (list_position({classes_sql(model.classes)}, CAST({quote_ident(f['label'])} AS VARCHAR)) - 1)::DOUBLE
+                       AS label,
+                   {class_code_sql(model.classes, decision, proba)} AS predicted, {proba} AS proba
+            FROM {reader}) WHERE label IS NOT NULL AND predicted IS NOT NULL""").df()
+    if not len(frame):
+        raise ValueError(f"model {model.id}: reference {model.reference_path} has no row with a label among the "
+                         "classes and a predicted class")
+    return frame
+
+
 def fit_reference(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[Reference, int]:
     frame = reference_frame(con, model)
     bins = P.ProfileBins.from_reference(frame, feature_specs(model), model.task, threshold=model.decision_threshold,
-                                        attributes=tuple(a.name for a in model.sensitive_attributes))
+                                        attributes=tuple(a.name for a in model.sensitive_attributes),
+                                        classes=tuple(model.classes or ()))
     profile = P.build_profile(frame, bins, {"model_id": model.id, "model_version": "reference"}, "reference",
-                              predicted="predicted" if model.is_classifier else None)
+                              predicted=_predicted(model))
     return Reference(bins, profile), len(frame)
 
 
@@ -192,16 +243,25 @@ def day_rows_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: M
     stored = feature_columns(config)
     specs = feature_specs(model)
     column_of = {f.name: "p." + quote_ident(stored[(f.source, f.type)]) for f in model.features}
-    attributes = {a.name: "p." + quote_ident(stored[(a.source, a.type)]) for a in model.sensitive_attributes}
+    # multiclass profiles keep no fairness counts (stats.profiles), so their attributes are not read
+    attributes = ({} if model.is_multiclass else
+                  {a.name: "p." + quote_ident(stored[(a.source, a.type)]) for a in model.sensitive_attributes})
     decision = "p.decision" if config.predictions.fields.get("decision") else None
     predicted = (predicted_class_sql(decision, "p.score", repr(model.decision_threshold)) if model.is_classifier
-                 else "NULL::INT")
+                 else f"p.{CLASS_CODE_COLUMN}" if model.is_multiclass else "NULL::INT")
+    # multiclass: the stored code and probabilities (ingestion has checked them); labels are codes already
+    proba = f", p.{CLASS_PROBABILITIES_COLUMN} AS proba" if model.is_multiclass else ""
     return f"""
         SELECT {', '.join(_values(specs, column_of, attributes))}, p.score AS score, l.label AS label,
-               {predicted}::DOUBLE AS predicted, coalesce(p.model_version, '') AS model_version
+               {predicted}::DOUBLE AS predicted{proba}, coalesce(p.model_version, '') AS model_version
         FROM {lake_of(con).model_relation(con, model.id)} AS p
         LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
         WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok"""
+
+
+def _predicted(model: ModelConfig) -> str | None:
+    """The frame column holding the predicted class (classifiers' 0/1, multiclass codes), None for regressors."""
+    return "predicted" if model.is_classifier or model.is_multiclass else None
 
 
 def profile_rows(model: ModelConfig, ref: Reference, frame: pd.DataFrame, day: dt.date) -> list[dict]:
@@ -209,12 +269,11 @@ def profile_rows(model: ModelConfig, ref: Reference, frame: pd.DataFrame, day: d
     out = []
     for version, rows in frame.groupby("model_version", sort=True) if len(frame) else ():
         profile = P.build_profile(rows, ref.bins, {"model_id": model.id, "model_version": str(version)},
-                                  day.isoformat(), predicted="predicted" if model.is_classifier else None)
+                                  day.isoformat(), predicted=_predicted(model))
         text = json.dumps(profile.to_dict(), separators=(",", ":"))
-        stats = profile.binary or profile.regression
         out.append({"partition_date": day, "model_id": model.id, "model_version": str(version),
                     "layout": profile.layout, "n_rows": profile.n_rows,
-                    "n_labelled": stats.n_labelled if stats is not None else 0, "bytes": len(text.encode()),
+                    "n_labelled": profile.n_labelled, "bytes": len(text.encode()),
                     "profile": text, "error": None})
     return out
 
@@ -300,6 +359,10 @@ def window_metrics(profile: P.Profile, ref: Reference, min_group_size: int) -> d
         d = P.categorical_distances(ref.profile.categorical[name], col, ref.bins.categorical[name])
         out.update({f"drift.{name}.{k}": d[k] for k in CATEGORICAL_DRIFT})
         out[f"drift.{name}.missing_share"] = P._div(col.n_missing, col.n)
+    if profile.prediction is not None:  # multiclass: the predicted class, named as analysis names the output
+        d = P.categorical_distances(ref.profile.prediction, profile.prediction, ref.bins.prediction)
+        out.update({f"drift.{PREDICTION}.{k}": d[k] for k in CATEGORICAL_DRIFT})
+        out[f"drift.{PREDICTION}.missing_share"] = P._div(profile.prediction.n_missing, profile.prediction.n)
     out.update(fairness_metrics(profile, ref.bins.task == "binary_classification", min_group_size))
     return {k: float(v) for k, v in out.items()}
 
@@ -358,11 +421,10 @@ def model_window_rows(model: ModelConfig, ref: Reference, by_day: dict[dt.date, 
             figures[version] = (current, window_metrics(current, ref, min_group_size),
                                 window_metrics(prior, ref, min_group_size) if prior is not None else {})
         current, values, earlier = figures[version]
-        stats = current.binary or current.regression
         common = {"window_id": window.key, "window_name": window.spec.name, "window_kind": window.spec.kind,
                   "window_start": window.start, "window_end": window.end, "model_id": model.id,
                   "model_version": version, "n_rows": current.n_rows,
-                  "n_labelled": stats.n_labelled if stats is not None else 0, "days_profiled": current.days,
+                  "n_labelled": current.n_labelled, "days_profiled": current.days,
                   "complete": window.end <= last_day}
         for metric, value in values.items():
             rows.append({**common, "metric": metric, "value": _finite(value),

@@ -30,7 +30,10 @@ Performance, as sufficient statistics: binary classifiers keep the confusion cou
 histogram per label on the reference's score quantiles (ROC AUC within +- half the share of positive-negative
 pairs that share a bin, returned as `roc_auc_bound`), the log-loss and Brier sums; regressors keep n and the
 sums of errors, absolute errors, squared errors and of the label, shifted by the reference's label mean (for a
-stable R^2); fairness keeps per attribute and group n, selected, labelled, tp, fp, fn, tn and the absolute error.
+stable R^2); multiclass models keep `multiclass.MulticlassSums` (confusion matrix; log-loss sums and per-class
+histograms of p_k over the labelled rows that logged probabilities: log loss is exact over those rows, ROC AUC
+binned within `roc_auc_bound`) and the predicted class's distribution over the class names (a categorical with
+every class tracked, so its drift is exact); fairness is not kept for them. Fairness keeps per attribute and group n, selected, labelled, tp, fp, fn, tn and the absolute error.
 Accuracy, precision, recall, F1, MAE, RMSE and R^2 from a merged profile equal scikit-learn's on the rows.
 
 No Dagster, no I/O: arrays in, dataclasses and JSON-able dicts out.
@@ -49,12 +52,14 @@ import pandas as pd
 
 from monitor_assets.stats import drift as D
 from monitor_assets.stats.categories import MISSING
+from monitor_assets.stats.multiclass import MulticlassSums
 
 BINS = 20  # numeric bins of a profile (plus the out-of-range two; drift's PSI bins are added where they differ)
 TOP_K = 20  # tracked categories per categorical feature
 SCORE_BINS = 100  # bins of the score histograms (at the reference's score quantiles)
 EPS = float(np.finfo(float).eps)  # probabilities are clipped to [EPS, 1 - EPS] for the log loss, as scikit-learn does
 PROFILE_FORMAT = 1
+MULTICLASS = "multiclass_classification"
 FAIRNESS_FIELDS = ("n", "selected", "n_labelled", "tp", "fp", "fn", "tn", "abs_error")
 
 
@@ -147,12 +152,13 @@ class ProfileBins:
     score_edges: tuple[float, ...] = ()
     label_shift: float = 0.0
     attributes: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()  # multiclass: the class names, code k is classes[k]
 
     @classmethod
     def from_reference(cls, reference: pd.DataFrame, features: list[D.FeatureSpec], task: str | None = None,
                        score: str = "score", label: str = "label", threshold: float = 0.5,
                        attributes: tuple[str, ...] = (), bins: int = BINS, top_k: int = TOP_K,
-                       score_bins: int = SCORE_BINS) -> ProfileBins:
+                       score_bins: int = SCORE_BINS, classes: tuple[str, ...] = ()) -> ProfileBins:
         """The layout from the reference rows (drift's reference profiles give the same numeric bins through
         `NumericBins.from_reference`)."""
         numeric = {f.name: NumericBins.from_values(reference[f.name].to_numpy(float), bins)
@@ -167,19 +173,32 @@ class ProfileBins:
         elif task == "regression":
             y = reference[label].to_numpy(float)
             shift = float(np.mean(y[np.isfinite(y)])) if np.isfinite(y).any() else 0.0
-        return cls(numeric, categorical, task, threshold, edges, shift, tuple(attributes))
+        if task == MULTICLASS and len(classes) < 2:
+            raise ValueError(f"a multiclass layout needs at least 2 class names, got {list(classes)}")
+        # multiclass: no fairness counts (see the module docstring), so no attributes
+        return cls(numeric, categorical, task, threshold, edges, shift,
+                   () if task == MULTICLASS else tuple(attributes), tuple(classes) if task == MULTICLASS else ())
+
+    @property
+    def prediction(self) -> CategoricalBins | None:
+        """Multiclass: the predicted class's categories, every class tracked (so its drift is exact)."""
+        return CategoricalBins(self.classes, frozenset(self.classes)) if self.classes else None
 
     def to_dict(self) -> dict:
-        return {"numeric": {k: v.to_dict() for k, v in self.numeric.items()},
-                "categorical": {k: v.to_dict() for k, v in self.categorical.items()},
-                "task": self.task, "threshold": self.threshold, "score_edges": list(self.score_edges),
-                "label_shift": self.label_shift, "attributes": list(self.attributes)}
+        out = {"numeric": {k: v.to_dict() for k, v in self.numeric.items()},
+               "categorical": {k: v.to_dict() for k, v in self.categorical.items()},
+               "task": self.task, "threshold": self.threshold, "score_edges": list(self.score_edges),
+               "label_shift": self.label_shift, "attributes": list(self.attributes)}
+        if self.classes:  # only then: the other layouts keep the fingerprint they were stored with
+            out["classes"] = list(self.classes)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> ProfileBins:
         return cls({k: NumericBins.from_dict(v) for k, v in d["numeric"].items()},
                    {k: CategoricalBins.from_dict(v) for k, v in d["categorical"].items()},
-                   d["task"], d["threshold"], tuple(d["score_edges"]), d["label_shift"], tuple(d["attributes"]))
+                   d["task"], d["threshold"], tuple(d["score_edges"]), d["label_shift"], tuple(d["attributes"]),
+                   tuple(d.get("classes", ())))
 
     @cached_property
     def fingerprint(self) -> str:
@@ -418,6 +437,99 @@ class RegressionStats:
         return cls(**d)
 
 
+def _sparse(counts: np.ndarray) -> list[list[int]]:
+    """[flat indices, counts] of the nonzero cells: a day's AUC histograms are mostly empty."""
+    flat = np.asarray(counts).ravel()
+    at = np.flatnonzero(flat)
+    return [at.tolist(), flat[at].tolist()]
+
+
+def _dense(pair: list[list[int]], shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape[0] * shape[1], np.int64)
+    out[np.asarray(pair[0], np.int64)] = np.asarray(pair[1], np.int64)
+    return out.reshape(shape)
+
+
+@dataclass
+class MulticlassStats:
+    """A multiclass model's labelled rows as `multiclass.MulticlassSums`: the confusion matrix of every labelled
+    row with a predicted class, and the log-loss sums and AUC histograms of those that also logged usable
+    probabilities (so log loss and ROC AUC are over the rows that have them)."""
+
+    sums: MulticlassSums
+
+    @classmethod
+    def build(cls, labels: np.ndarray, predicted: np.ndarray, probabilities, n_classes: int) -> MulticlassStats:
+        """`labels` and `predicted`: codes (NaN: not known); a code outside 0..K-1 is an unknown class, as
+        stats.multiclass counts it. `probabilities`: per row a sequence of K numbers, or None."""
+        y, d = np.asarray(labels, float), np.asarray(predicted, float)
+        lab = np.isfinite(y) & np.isfinite(d)
+        # a non-integer label code names no class: unknown (-1) rather than an error
+        yl = np.where(y[lab] == np.floor(y[lab]), y[lab], -1).astype(np.int64)
+        dl = np.where(d[lab] == np.floor(d[lab]), d[lab], -1).astype(np.int64)
+        everything = MulticlassSums.of(yl, dl, n_classes)
+        rows = [probabilities[i] for i in np.flatnonzero(lab)] if probabilities is not None else [None] * len(yl)
+        usable = np.array([_usable(r, n_classes) for r in rows], bool)
+        if not usable.any():
+            return cls(everything)
+        proba = np.array([np.asarray(rows[i], float) for i in np.flatnonzero(usable)])
+        part = MulticlassSums.of(yl[usable], dl[usable], n_classes, proba)
+        return cls(MulticlassSums(everything.confusion, part.loss_n, part.loss_sum, part.loss_sq, part.pos, part.neg))
+
+    @property
+    def n_labelled(self) -> int:
+        return int(self.sums.confusion.sum())
+
+    @staticmethod
+    def merge(parts: list[MulticlassStats]) -> MulticlassStats:
+        total = parts[0].sums
+        for p in parts[1:]:
+            total = total + p.sums
+        # `+` adds the loss sums in order; fsum keeps a window's value independent of the order of its days
+        return MulticlassStats(MulticlassSums(total.confusion, total.loss_n, math.fsum(p.sums.loss_sum for p in parts),
+                                              math.fsum(p.sums.loss_sq for p in parts), total.pos, total.neg))
+
+    def metrics(self) -> dict[str, float]:
+        """stats.multiclass's figures, named as performance_daily names them (`daily_metrics`): accuracy, macro
+        precision and recall (a present class never predicted or never labelled counting 0), f1 (= f1_macro),
+        f1_weighted, log_loss and roc_auc (one-vs-rest, macro, binned) with `roc_auc_bound`: the exact AUC is
+        within it (the mean over the classes counted of half the share of their pairs sharing a bin)."""
+        m = self.sums.metrics()
+        present = (m.per_class.support + m.per_class.predicted) > 0
+        macro = {k: float(m.per_class[k][present].fillna(0.0).mean()) if present.any() else math.nan
+                 for k in ("precision", "recall")}
+        ties = self.sums.auc_tie_share()
+        defined = np.isfinite(ties) & np.isfinite(m.per_class.roc_auc.to_numpy(float))
+        return {"accuracy": m.accuracy, "precision": macro["precision"], "recall": macro["recall"], "f1": m.macro_f1,
+                "f1_macro": m.macro_f1, "f1_weighted": m.weighted_f1, "log_loss": m.log_loss, "roc_auc": m.roc_auc,
+                "roc_auc_bound": float(np.mean(ties[defined]) / 2) if defined.any() else math.nan,
+                "n_labelled": float(m.n)}
+
+    def to_dict(self) -> dict:
+        s = self.sums
+        return {"confusion": s.confusion.tolist(), "loss_n": s.loss_n, "loss_sum": s.loss_sum, "loss_sq": s.loss_sq,
+                "bins": None if s.pos is None else s.pos.shape[1],
+                "pos": None if s.pos is None else _sparse(s.pos), "neg": None if s.neg is None else _sparse(s.neg)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MulticlassStats:
+        cm = np.asarray(d["confusion"], np.int64)
+        shape = (cm.shape[0] - 1, d["bins"]) if d["bins"] else None
+        return cls(MulticlassSums(cm, d["loss_n"], d["loss_sum"], d["loss_sq"],
+                                  _dense(d["pos"], shape) if shape else None, _dense(d["neg"], shape) if shape else None))
+
+
+def _usable(row, n_classes: int) -> bool:
+    """Logged probabilities stats.multiclass can take: K finite numbers >= 0 (others: as if not logged)."""
+    if row is None or (isinstance(row, float) and math.isnan(row)):
+        return False
+    try:
+        v = np.asarray(row, float)
+    except (TypeError, ValueError):
+        return False
+    return v.shape == (n_classes,) and bool(np.isfinite(v).all()) and bool((v >= 0).all())
+
+
 def _div(a: float, b: float) -> float:
     return a / b if b else math.nan
 
@@ -479,9 +591,13 @@ class Profile:
     binary: BinaryStats | None = None
     regression: RegressionStats | None = None
     fairness: dict[str, dict[str, list]] = field(default_factory=dict)
+    multiclass: MulticlassStats | None = None
+    prediction: CategoricalColumn | None = None  # multiclass: the predicted class's distribution over the names
 
     def to_dict(self) -> dict:
-        return {"format": PROFILE_FORMAT, "layout": self.layout, "keys": self.keys, "start": self.start,
+        extra = {} if self.multiclass is None else {"multiclass": self.multiclass.to_dict(),
+                                                    "prediction": self.prediction.to_dict()}
+        return {**extra, "format": PROFILE_FORMAT, "layout": self.layout, "keys": self.keys, "start": self.start,
                 "end": self.end, "days": self.days, "n_rows": self.n_rows,
                 "numeric": {k: v.to_dict() for k, v in self.numeric.items()},
                 "categorical": {k: v.to_dict() for k, v in self.categorical.items()},
@@ -497,22 +613,44 @@ class Profile:
                    {k: CategoricalColumn.from_dict(v) for k, v in d["categorical"].items()},
                    BinaryStats.from_dict(d["binary"]) if d["binary"] else None,
                    RegressionStats.from_dict(d["regression"]) if d["regression"] else None,
-                   {a: {g: list(v) for g, v in groups.items()} for a, groups in d["fairness"].items()})
+                   {a: {g: list(v) for g, v in groups.items()} for a, groups in d["fairness"].items()},
+                   MulticlassStats.from_dict(d["multiclass"]) if d.get("multiclass") else None,
+                   CategoricalColumn.from_dict(d["prediction"]) if d.get("prediction") else None)
+
+    @property
+    def performance(self) -> BinaryStats | RegressionStats | MulticlassStats | None:
+        return self.binary or self.regression or self.multiclass
+
+    @property
+    def n_labelled(self) -> int:
+        return self.performance.n_labelled if self.performance is not None else 0
 
     def metrics(self) -> dict[str, float]:
-        if self.binary is not None:
-            return self.binary.metrics()
-        return self.regression.metrics() if self.regression is not None else {}
+        return self.performance.metrics() if self.performance is not None else {}
 
 
 def build_profile(rows: pd.DataFrame, bins: ProfileBins, keys: dict[str, str], day: str, score: str = "score",
-                  label: str = "label", predicted: str | None = None) -> Profile:
+                  label: str = "label", predicted: str | None = None, probabilities: str = "proba") -> Profile:
     """One model-day's (segment's) profile of `rows`: the features in `bins`, the score and label (NaN label: not
-    known yet), the logged class in `predicted` (else score >= threshold), the sensitive attributes."""
+    known yet), the logged class in `predicted` (else score >= threshold), the sensitive attributes.
+    Multiclass: `predicted` and `label` hold class codes, `probabilities` the logged probabilities (a sequence
+    per row or None); no score and no fairness counts (the multiclass fairness of analysis is per class and day,
+    not kept here)."""
     numeric = {k: NumericColumn.build(rows[k].to_numpy(float), b) for k, b in bins.numeric.items()}
     categorical = {k: CategoricalColumn.build(rows[k], b) for k, b in bins.categorical.items()}
-    binary = regression = None
+    binary = regression = multiclass = prediction = None
     fairness: dict = {}
+    if bins.task == MULTICLASS:
+        y = pd.to_numeric(rows[label], errors="coerce").to_numpy(float) if label in rows else np.full(len(rows), np.nan)
+        d = pd.to_numeric(rows[predicted], errors="coerce").to_numpy(float)
+        names = np.asarray(bins.classes, dtype=object)
+        known = np.isfinite(d) & (d >= 0) & (d < len(names)) & (d == np.floor(d))
+        # an unknown code is a category the reference never had; no code at all is missing
+        shown = np.where(known, names[np.where(known, d, 0).astype(np.int64)],
+                         np.where(np.isfinite(d), "code " + pd.Series(d).astype(str).to_numpy(object), None))
+        prediction = CategoricalColumn.build(shown, bins.prediction)
+        multiclass = MulticlassStats.build(y, d, rows[probabilities].tolist() if probabilities in rows else None,
+                                           len(bins.classes))
     if bins.task in ("binary_classification", "regression"):
         s = rows[score].to_numpy(float)
         y = pd.to_numeric(rows[label], errors="coerce").to_numpy(float) if label in rows else np.full(len(rows), np.nan)
@@ -525,7 +663,7 @@ def build_profile(rows: pd.DataFrame, bins: ProfileBins, keys: dict[str, str], d
             regression = RegressionStats.build(s, y, bins)
             fairness = fairness_counts({a: rows[a] for a in bins.attributes}, np.zeros(len(rows)), y, s)
     return Profile(bins.fingerprint, {k: str(v) for k, v in keys.items()}, day, day, 1, len(rows), numeric,
-                   categorical, binary, regression, fairness)
+                   categorical, binary, regression, fairness, multiclass, prediction)
 
 
 def merge(profiles: list[Profile]) -> Profile:
@@ -540,13 +678,17 @@ def merge(profiles: list[Profile]) -> Profile:
     keys = {k: v if all(p.keys.get(k) == v for p in profiles) else "*" for k, v in first.keys.items()}
     binaries = [p.binary for p in profiles if p.binary is not None]
     regressions = [p.regression for p in profiles if p.regression is not None]
+    multiclass = [p.multiclass for p in profiles if p.multiclass is not None]
+    predictions = [p.prediction for p in profiles if p.prediction is not None]
     return Profile(first.layout, keys, min(p.start for p in profiles), max(p.end for p in profiles),
                    sum(p.days for p in profiles), sum(p.n_rows for p in profiles),
                    {k: NumericColumn.merge([p.numeric[k] for p in profiles]) for k in first.numeric},
                    {k: CategoricalColumn.merge([p.categorical[k] for p in profiles]) for k in first.categorical},
                    BinaryStats.merge(binaries) if binaries else None,
                    RegressionStats.merge(regressions) if regressions else None,
-                   _merge_fairness([p.fairness for p in profiles]))
+                   _merge_fairness([p.fairness for p in profiles]),
+                   MulticlassStats.merge(multiclass) if multiclass else None,
+                   CategoricalColumn.merge(predictions) if predictions else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------

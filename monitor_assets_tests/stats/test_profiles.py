@@ -277,3 +277,79 @@ def test_a_typical_profile_is_a_few_kilobytes():
     profile = P.build_profile(frame, bins, {"model_id": "m"}, "2026-10-01")
     assert all(len(c.counts) <= P.BINS + 2 + D.PSI_BINS for c in profile.numeric.values())
     assert P.profile_size(profile) < 12_000
+
+
+CLASSES = ("books", "electronics", "fashion", "home")
+
+
+def multiclass_rows(rng: np.random.Generator, n: int, tilt: float = 0.0) -> pd.DataFrame:
+    """A categoriser's day: softmax probabilities (some rows without them), the argmax as predicted code (a few
+    unknown codes), labels drawn from the probabilities (some not known yet, a few naming an unknown class)."""
+    logits = rng.normal(0, 1.5, (n, len(CLASSES))) + np.array([tilt, 0, 0, -tilt])
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(len(CLASSES), p=row) for row in p], float)
+    pred = p.argmax(axis=1).astype(float)
+    pred[rng.random(n) < 0.01] = 7  # a class the model does not know
+    y[rng.random(n) < 0.01] = -1
+    y[rng.random(n) < 0.1] = np.nan
+    proba = [None if rng.random() < 0.1 else list(row) for row in p]
+    return pd.DataFrame({"x": rng.normal(tilt, 1, n), "label": y, "predicted": pred, "proba": proba})
+
+
+def test_merged_multiclass_profile_equals_scikit_learn_on_the_window_rows():
+    rng = np.random.default_rng(5)
+    features = [D.FeatureSpec("x", "numeric")]
+    reference = multiclass_rows(rng, 3000)
+    bins = P.ProfileBins.from_reference(reference, features, task=P.MULTICLASS, classes=CLASSES)
+    days = [multiclass_rows(rng, 400 + 50 * i, tilt=0.2 * i) for i in range(5)]
+    profiles = [P.Profile.from_dict(json.loads(json.dumps(
+        P.build_profile(d, bins, {"model_id": "m"}, f"2025-01-0{i + 1}", predicted="predicted").to_dict())))
+        for i, d in enumerate(days)]
+    merged = P.merge(profiles[::-1])  # the order of the days does not matter
+    got = merged.metrics()
+    rows = pd.concat(days, ignore_index=True)
+    lab = rows[rows.label.notna()]
+    y, d = lab.label.to_numpy(int), lab.predicted.to_numpy(int)
+    present = sorted(set(y) | set(d))  # as stats.multiclass: unknown codes are classes of their own for sklearn
+    assert got["n_labelled"] == len(lab)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, d), abs=1e-12)
+    known = [c for c in present if 0 <= c < len(CLASSES)]
+    assert got["f1_macro"] == pytest.approx(skm.f1_score(y, d, labels=known, average="macro"), abs=1e-12)
+    assert got["f1_weighted"] == pytest.approx(
+        skm.f1_score(y, d, labels=known, average="weighted"), abs=1e-12)
+    assert got["precision"] == pytest.approx(skm.precision_score(y, d, labels=known, average="macro",
+                                                                 zero_division=0), abs=1e-12)
+    assert got["recall"] == pytest.approx(skm.recall_score(y, d, labels=known, average="macro",
+                                                           zero_division=0), abs=1e-12)
+    # log loss and AUC over the rows that logged probabilities and name a known class
+    with_p = lab[lab.proba.notna() & lab.label.between(0, len(CLASSES) - 1)]
+    proba = np.array(with_p.proba.tolist())
+    assert got["log_loss"] == pytest.approx(skm.log_loss(with_p.label.astype(int), proba, labels=range(4)), rel=1e-12)
+    with_p_all = lab[lab.proba.notna()]  # an unknown label is a negative for every class's AUC
+    pa = np.array(with_p_all.proba.tolist())
+    exact = np.mean([skm.roc_auc_score(with_p_all.label.to_numpy() == k, pa[:, k]) for k in range(4)])
+    assert abs(got["roc_auc"] - exact) <= got["roc_auc_bound"] + 1e-12
+    assert 0 < got["roc_auc_bound"] < 0.01
+    # the predicted class's distribution: names, the unknown code apart, drift exact against the raw counts
+    assert merged.prediction.n == len(rows) and merged.prediction.unseen == int((rows.predicted == 7).sum())
+    assert merged.prediction.counts == {c: int((rows.predicted == k).sum()) for k, c in enumerate(CLASSES)}
+    ref = P.build_profile(reference, bins, {}, "reference", predicted="predicted")
+    js = P.categorical_distances(ref.prediction, merged.prediction, bins.prediction)["jensenshannon"]
+    names = lambda f: f.predicted.map(dict(enumerate(CLASSES))).fillna("other")  # noqa: E731
+    a, b = names(reference).value_counts(), names(rows).value_counts()
+    keys = sorted(set(a.index) | set(b.index))
+    from scipy.spatial.distance import jensenshannon
+    assert js == pytest.approx(jensenshannon(a.reindex(keys, fill_value=0), b.reindex(keys, fill_value=0), base=2),
+                               abs=1e-9)
+    assert merged.fairness == {} and bins.attributes == ()
+
+
+def test_a_multiclass_layout_keeps_other_layouts_fingerprints():
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=200), "score": rng.random(200), "label": rng.integers(0, 2, 200)})
+    bins = P.ProfileBins.from_reference(frame, [D.FeatureSpec("x", "numeric")], task="binary_classification")
+    assert "classes" not in bins.to_dict()  # a stored binary layout keeps its fingerprint
+    mc = P.ProfileBins.from_reference(frame, [D.FeatureSpec("x", "numeric")], task=P.MULTICLASS, classes=("a", "b"))
+    assert P.ProfileBins.from_dict(mc.to_dict()) == mc and mc.fingerprint != bins.fingerprint
+    with pytest.raises(ValueError, match="at least 2 class names"):
+        P.ProfileBins.from_reference(frame, [D.FeatureSpec("x", "numeric")], task=P.MULTICLASS, classes=("a",))
