@@ -233,6 +233,75 @@ class ModelConfig:
         return self.thresholds.severity.get(check, DEFAULT_SEVERITY[check])
 
 
+# Ranking (recommenders, search): not in TASKS, whose models every per-model stage iterates; rankers are kept
+# apart in `MonitorConfig.rankers` and only the ranking stage (monitor_assets/ranking) reads them.
+RANKING_TASK = "ranking"
+RANKING_SHAPES = ("lists", "impressions")  # one record per request with its list, or one row per shown item
+# Per-request metrics of stats.ranking.AT_K, spelled `<metric>_at_<k>` in config and tables, and the others.
+RANKING_AT_K = ("ndcg", "precision", "recall", "map", "hit_rate", "mrr")
+RANKING_OTHER_METRICS = ("mrr", "catalogue_coverage", "novelty", "popularity_concentration")
+RANKING_LOWER_IS_BETTER = ("popularity_concentration",)
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """A ranker's `ranking:` section: cut-offs, the names of its log and label fields, the event -> grade map.
+
+    Log fields: `request_id`; a list record's `items` (objects with `item_id` and `score`, or plain ids with a
+    parallel `scores` list); an impression row's `item_id`, `rank` and/or `score`. Label (interaction) fields:
+    `request_id`, `item_id` and `event` (graded by `relevance`) or `grade` (a number, used as it is)."""
+
+    ks: tuple[int, ...] = (5, 10)
+    shape: str = "lists"
+    request_id: str = "request_id"
+    item_id: str = "item_id"
+    rank: str = "rank"
+    score: str = "score"
+    items: str = "items"
+    scores: str = "scores"
+    model_version: str | None = "model_version"
+    event: str = "event"
+    grade: str | None = None
+    relevance: tuple[tuple[str, float], ...] = (("click", 1.0), ("add_to_cart", 2.0), ("purchase", 3.0))
+    gain: str = "linear"
+    no_relevant: str = "zero"
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Every metric the stage computes, as named in config and in `monitoring.ranking_performance`."""
+        return tuple(f"{m}_at_{k}" for k in self.ks for m in RANKING_AT_K) + RANKING_OTHER_METRICS
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """A `task: ranking` model: its own log source (a glob with {date}), its interactions as labels, an optional
+    reference file of impressions (with grades or events where known), and the metric its check judges."""
+
+    id: str
+    version: str
+    source: SourceConfig
+    labels: SourceConfig | None
+    reference_path: str
+    ranking: RankingConfig
+    main_metric: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    alert_channels: tuple[str, ...] = ("file",)
+    owner: str = ""
+    task: str = RANKING_TASK
+
+    @property
+    def main_k(self) -> int:
+        """The cut-off of the per-request loss 1 - NDCG@k: the main metric's, else 10 if configured, else the
+        largest."""
+        _, _, k = self.main_metric.rpartition("_at_")
+        if k.isdigit():
+            return int(k)
+        return 10 if 10 in self.ranking.ks else max(self.ranking.ks)
+
+    def severity(self, check: str) -> str:
+        return self.thresholds.severity.get(check, "ERROR")
+
+
 @dataclass(frozen=True)
 class ChannelConfig:
     name: str
@@ -275,6 +344,7 @@ class MonitorConfig:
     shard: tuple[int, int] = (0, 1)
     evaluation: Any = None  # evaluation.settings.EvaluationConfig: the evaluation store's windows
     fleet_model_ids: tuple[str, ...] = ()
+    rankers: tuple[RankerConfig, ...] = ()  # `task: ranking` models: only the ranking stage reads them
 
     def for_shard(self, index: int, count: int) -> MonitorConfig:
         """The config of shard `index` of `count`: a contiguous slice of the models in config order, sizes
@@ -465,6 +535,10 @@ SOURCE_DEFAULT_FIELDS = {
     "labels": LABEL_FIELDS,
     "interactions": INTERACTION_FIELDS,
     "sales": SALES_FIELDS,
+    # a ranker's log and interactions: their field names are in the ranker's `ranking:` section; its interactions
+    # may name theirs apart ('' : the `ranking:` section's name)
+    "ranking": {},
+    "ranking_labels": {"request_id": "", "item_id": "", "event": "", "grade": ""},
 }
 
 
@@ -640,7 +714,7 @@ def _model(r: _Reader, data: Any, key: str, predictions: SourceConfig, defaults:
     model_id = r.require(data, "id", key)
     if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
         raise r.fail(f"{key}.id", f"expected letters, digits, '_', '-' or '.', got {model_id!r}")
-    task = r.choice(r.require(data, "task", key), f"{key}.task", TASKS)
+    task = r.choice(r.require(data, "task", key), f"{key}.task", (*TASKS, RANKING_TASK))  # rankers: `_rankers`
     json_like = predictions.format == "jsonl"
     features = _named_features(r, r.require(data, "features", key), f"{key}.features",
                                "features.{name}" if json_like else "{name}", "numeric")
@@ -953,18 +1027,107 @@ def _partitions(r: _Reader, root: dict) -> tuple[dt.date, dt.date | None]:
     return start, end
 
 
+def _is_ranker(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("task") == RANKING_TASK
+
+
 def _models(r: _Reader, models_data: list, predictions: SourceConfig, defaults: Thresholds) -> tuple[ModelConfig, ...]:
-    """Every model, ids unique."""
-    models = tuple(_model(r, m, f"models[{i}]", predictions, defaults) for i, m in enumerate(models_data))
+    """Every model but the rankers (`_rankers`), ids unique among all."""
+    indexed = [(i, m) for i, m in enumerate(models_data) if not _is_ranker(m)]
+    models = tuple(_model(r, m, f"models[{i}]", predictions, defaults) for i, m in indexed)
     seen: set[str] = set()
-    for i, m in enumerate(models):
+    for (i, _), m in zip(indexed, models, strict=True):
         if m.id in seen:
             raise r.fail(f"models[{i}].id", f"duplicate model id {m.id!r}")
         seen.add(m.id)
+    for i, data in enumerate(models_data):
+        if _is_ranker(data) and data.get("id") in seen:
+            raise r.fail(f"models[{i}].id", f"duplicate model id {data.get('id')!r}")
+        if _is_ranker(data):
+            seen.add(data.get("id"))
     return models
 
 
-def _alerts(r: _Reader, root: dict, models: tuple[ModelConfig, ...]) -> tuple[dict, dict[str, ChannelConfig]]:
+def _ranker_source(r: _Reader, data: Any, key: str, kind: str) -> SourceConfig:
+    """A ranker's `source:` or `labels:`: a path with {date}, or a mapping {path, format, timezone, allow_empty};
+    `labels:` may also map its own field names (`fields: {request_id, item_id, event, grade}`)."""
+    if isinstance(data, str):
+        data = {"path": data}
+    data = r.mapping(data, key)
+    if "fields" in data and kind == "ranking":
+        raise r.fail(f"{key}.fields", "a ranker names its fields in its `ranking:` section (request_id, item_id, ...)")
+    path = data.get("path")
+    if isinstance(path, str) and not DATE_PLACEHOLDER.search(path):
+        raise r.fail(f"{key}.path", "expected a {date} placeholder (for example rankings/{date}.jsonl)")
+    return _source(r, data, key, kind)
+
+
+RANKING_KEYS = {"k", "shape", "request_id", "item_id", "rank", "score", "items", "scores", "model_version", "event",
+                "grade", "relevance", "gain", "no_relevant"}
+
+
+def _ranking(r: _Reader, data: Any, key: str, fmt: str) -> RankingConfig:
+    """A ranker's `ranking:` section (RankingConfig); `shape` defaults to lists for JSON lines, else impressions."""
+    from monitor_assets.stats.ranking import GAINS, NO_RELEVANT
+
+    data = r.mapping(data or {}, key)
+    r.unknown_keys(data, key, RANKING_KEYS)
+    ks = data.get("k", [5, 10])
+    ks = [ks] if isinstance(ks, int) and not isinstance(ks, bool) else ks
+    if not isinstance(ks, list) or not ks:
+        raise r.fail(f"{key}.k", f"expected a cut-off or a list of cut-offs, got {ks!r}")
+    ks = tuple(sorted({r.integer(k, f"{key}.k[{i}]", 1, 1000) for i, k in enumerate(ks)}))
+    values: dict[str, Any] = {"ks": ks, "shape": r.choice(data.get("shape", "lists" if fmt == "jsonl" else "impressions"),
+                                                          f"{key}.shape", RANKING_SHAPES)}
+    for name in ("request_id", "item_id", "rank", "score", "items", "scores", "event"):
+        if name in data:
+            values[name] = r.text(data[name], f"{key}.{name}")
+    for name in ("model_version", "grade"):
+        if name in data:
+            values[name] = None if data[name] is None else r.text(data[name], f"{key}.{name}")
+    if "relevance" in data:
+        grades = r.mapping(data["relevance"], f"{key}.relevance")
+        if not grades:
+            raise r.fail(f"{key}.relevance", "expected at least one event: grade")
+        values["relevance"] = tuple((str(e), r.number(g, f"{key}.relevance.{e}", 0, 1000)) for e, g in grades.items())
+    values["gain"] = r.choice(data.get("gain", "linear"), f"{key}.gain", GAINS)
+    values["no_relevant"] = r.choice(data.get("no_relevant", "zero"), f"{key}.no_relevant", NO_RELEVANT)
+    return RankingConfig(**values)
+
+
+def _rankers(r: _Reader, models_data: list, defaults: Thresholds) -> tuple[RankerConfig, ...]:
+    """The `task: ranking` entries of `models:` (RankerConfig), in config order."""
+    out = []
+    for i, data in enumerate(models_data):
+        if not _is_ranker(data):
+            continue
+        key = f"models[{i}]"
+        r.unknown_keys(data, key, {"id", "task", "version", "source", "labels", "reference", "ranking", "main_metric",
+                                   "thresholds", "alert_channels", "owner"})
+        model_id = r.require(data, "id", key)
+        if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
+            raise r.fail(f"{key}.id", f"expected letters, digits, '_', '-' or '.', got {model_id!r}")
+        source = _ranker_source(r, r.require(data, "source", key), f"{key}.source", "ranking")
+        labels = _ranker_source(r, data["labels"], f"{key}.labels", "ranking_labels") if data.get("labels") else None
+        ranking = _ranking(r, data.get("ranking"), f"{key}.ranking", source.format)
+        default_main = "ndcg_at_10" if 10 in ranking.ks else f"ndcg_at_{max(ranking.ks)}"
+        main = data.get("main_metric", default_main)
+        if main not in ranking.metrics:
+            raise r.fail(f"{key}.main_metric", f"expected one of {', '.join(ranking.metrics)} (cut-offs from "
+                                               f"ranking.k), got {main!r}")
+        channels = data.get("alert_channels", ["file"])
+        out.append(RankerConfig(
+            id=model_id, version=r.text(_or_empty(data.get("version")), f"{key}.version"), source=source,
+            labels=labels,
+            reference_path=r.path(data["reference"], f"{key}.reference", inside=True) if data.get("reference") else "",
+            ranking=ranking, main_metric=main,
+            thresholds=_thresholds(r, data.get("thresholds"), f"{key}.thresholds", defaults),
+            alert_channels=tuple([channels] if isinstance(channels, str) else channels),
+            owner=r.text(_or_empty(data.get("owner")), f"{key}.owner")))
+    return tuple(out)
+
+
+def _alerts(r: _Reader, root: dict, models: tuple[ModelConfig | RankerConfig, ...]) -> tuple[dict, dict[str, ChannelConfig]]:
     """The alerts section and its channels; every channel a model names must be defined."""
     alerts = r.mapping(root.get("alerts") or {}, "alerts")
     r.unknown_keys(alerts, "alerts", {"channels", "cooldown_hours", "give_up_hours", "ui_url"})
@@ -972,8 +1135,15 @@ def _alerts(r: _Reader, root: dict, models: tuple[ModelConfig, ...]) -> tuple[di
     for i, m in enumerate(models):
         for ch in m.alert_channels:
             if ch not in channels:
-                raise r.fail(f"models[{i}].alert_channels", f"unknown channel {ch!r}; defined: {', '.join(channels)}")
+                raise r.fail(f"models[{_entry_index(root, m.id, i)}].alert_channels",
+                             f"unknown channel {ch!r}; defined: {', '.join(channels)}")
     return alerts, channels
+
+
+def _entry_index(root: dict, model_id: str, fallback: int) -> int:
+    """Where the model is in the file's `models:` list (rankers are kept apart, so tuple positions differ)."""
+    ids = [m.get("id") if isinstance(m, dict) else None for m in root.get("models") or []]
+    return ids.index(model_id) if model_id in ids else fallback
 
 
 def _section(r: _Reader, root: dict, key: str, known: set[str]) -> dict:
@@ -996,7 +1166,8 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
         raise r.fail("models", "expected a non-empty list of models")
     predictions = _source(r, r.require(sources, "predictions", "sources"), "sources.predictions", "predictions")
     models = _models(r, models_data, predictions, defaults)
-    alerts, channels = _alerts(r, root, models)
+    rankers = _rankers(r, models_data, defaults)
+    alerts, channels = _alerts(r, root, models + rankers)
     drift = _section(r, root, "drift", {"dataset_drift_share", "key_features_top_k"})
     fairness = _section(r, root, "fairness", {"min_group_size", "baseline", "tolerance", "floor_ratio", "ceiling_odds"})
     anomalies = _section(r, root, "anomalies", {"window_days", "threshold"})
@@ -1014,6 +1185,7 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
         end_date=end,
         label_delay_days=label_delay,
         models=models,
+        rankers=rankers,
         evaluation=evaluation,
         predictions=predictions,
         labels=_source(r, r.require(sources, "labels", "sources"), "sources.labels", "labels"),

@@ -28,6 +28,7 @@ from monitor_assets.metrics.defs import build_metrics_assets
 from monitor_assets.multivariate.defs import build_multivariate_definitions
 from monitor_assets.notify.defs import build_notify_definitions
 from monitor_assets.pictures.defs import build_pictures_definitions
+from monitor_assets.ranking.defs import build_ranking_definitions
 from monitor_assets.reporting.defs import build_reporting_definitions
 from monitor_assets.retraining.defs import build_retraining_definitions
 from monitor_assets.segments.defs import build_segments_definitions
@@ -129,10 +130,11 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     retraining = build_retraining_definitions(config)
     reporting = build_reporting_definitions(config)
     export = build_export_definitions(config)
+    ranking = build_ranking_definitions(config)  # nothing without a `task: ranking` model
     pipeline = (ingestion, metrics, analysis, estimation, segments, multivariate, pictures, evaluation, history,
-                alerting, retraining, reporting, export)
+                alerting, retraining, reporting, export, ranking)
 
-    checks = check_keys(ingestion, alerting, retraining)
+    checks = check_keys(ingestion, alerting, retraining, ranking)
     jobs = pipeline_jobs(config, asset_keys(*pipeline), checks)
     schedule = dg.build_schedule_from_partitioned_job(jobs[MONITORING_JOB], hour_of_day=6, minute_of_hour=0,
                                                       name="daily_monitoring_schedule")

@@ -14,8 +14,9 @@ CHECK_NAMES = (*THRESHOLD_CHECKS, QUALITY_CHECK, VOLUME_RANGE_CHECK, *RETRAINING
 
 
 def _validate(config: MonitorConfig, model_id: str | None, check_name: str | None, by: str, reason: str) -> None:
-    if model_id and model_id not in config.model_ids:
-        raise ValueError(f"unknown model {model_id!r}; configured: {', '.join(config.model_ids)}")
+    known = [*config.model_ids, *(r.id for r in config.rankers)]
+    if model_id and model_id not in known:
+        raise ValueError(f"unknown model {model_id!r}; configured: {', '.join(known)}")
     if check_name and check_name not in CHECK_NAMES:
         raise ValueError(f"unknown check {check_name!r}; expected one of {', '.join(CHECK_NAMES)}")
     if not by.strip() or not reason.strip():

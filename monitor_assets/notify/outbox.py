@@ -72,7 +72,7 @@ class DispatchReport:
 
 def channels_by_model(config: MonitorConfig) -> dict[str, list[str]]:
     """Each model's channel names; '*' (anything not a configured model) gets every model's channels."""
-    mapping = {m.id: list(m.alert_channels) or ["file"] for m in config.models}
+    mapping = {m.id: list(m.alert_channels) or ["file"] for m in (*config.models, *config.rankers)}
     mapping["*"] = sorted({c for names in mapping.values() for c in names}) or ["file"]
     return mapping
 

@@ -345,3 +345,59 @@ def catalogue_metrics(current: ItemCounts, reference: ItemCounts, catalogue=None
     p = (ref_count + alpha) / denominator
     out["novelty"] = float(np.dot(current.counts, -np.log2(p)) / total)
     return out
+
+
+# Item-distribution drift keeps this many most shown items of each side as bins, the rest in one "other" bin: a
+# catalogue of millions of items costs as much as a hundred, and a collapse onto a few items shows in full.
+DRIFT_TOP_ITEMS = 100
+
+
+def item_distribution_drift(current: ItemCounts, reference: ItemCounts, top: int = DRIFT_TOP_ITEMS) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between the shares of impressions of the current and the
+    reference over the bins: the `top` most shown items of either side, and one bucket for every other item.
+    NaN when either side has no impressions."""
+    if current.total == 0 or reference.total == 0:
+        return math.nan
+
+    def top_items(counts: ItemCounts) -> np.ndarray:
+        order = np.lexsort((np.arange(len(counts.counts)), -counts.counts))  # most shown first, ties in order
+        return counts.items[order[:top]]
+
+    bins = pd.Index(pd.unique(np.concatenate([top_items(reference), top_items(current)])))
+
+    def shares(counts: ItemCounts) -> np.ndarray:
+        pos = bins.get_indexer(counts.items)
+        binned = np.bincount(np.where(pos >= 0, pos, len(bins)), counts.counts.astype(float), len(bins) + 1)
+        return binned / binned.sum()
+
+    p, q = shares(current), shares(reference)
+    m = 0.5 * (p + q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = lambda a: float(np.sum(np.where(a > 0, a * np.log2(a / m), 0.0)))  # noqa: E731
+        js = 0.5 * kl(p) + 0.5 * kl(q)
+    return math.sqrt(max(js, 0.0))
+
+
+def score_drift(current, reference) -> float:
+    """Kolmogorov-Smirnov statistic (largest gap between the two empirical CDFs) of the logged scores against
+    the reference's; NaN when either side has no finite score."""
+    a = np.asarray(current, dtype=float)
+    b = np.asarray(reference, dtype=float)
+    a, b = np.sort(a[np.isfinite(a)]), np.sort(b[np.isfinite(b)])
+    if not len(a) or not len(b):
+        return math.nan
+    grid = np.concatenate([a, b])
+    gap = np.searchsorted(a, grid, side="right") / len(a) - np.searchsorted(b, grid, side="right") / len(b)
+    return float(np.abs(gap).max())
+
+
+def below_floor_p_value(mean: float, standard_error: float, floor: float, higher_is_better: bool = True) -> float:
+    """One-sided p-value of "the metric is at least `floor`" (at most, when lower is better) for a mean of
+    requests with its standard error (normal approximation, `RankingSums.standard_error`): small when the day is
+    clearly below the floor, large on a small day whose mean is below it by chance. NaN without a standard error."""
+    if not all(math.isfinite(x) for x in (mean, standard_error, floor)):
+        return math.nan
+    if standard_error == 0:
+        return 0.0 if (mean < floor if higher_is_better else mean > floor) else 1.0
+    z = (mean - floor) / standard_error if higher_is_better else (floor - mean) / standard_error
+    return 0.5 * math.erfc(-z / math.sqrt(2))

@@ -171,6 +171,21 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "value": "DOUBLE", "reference_value": "DOUBLE", "previous_value": "DOUBLE", "n_rows": "BIGINT",
         "n_labelled": "BIGINT", "days_profiled": "BIGINT", "complete": "BOOLEAN", "computed_at": "TIMESTAMPTZ"},
         ("window_name",)),
+    # The ranking task (ranking.logic): impressions and interactions as logged, and ranking quality per model,
+    # day, version and metric (long: one row per metric, so a ranker's k list does not change the columns).
+    "raw.ranking_impressions": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "request_id": "VARCHAR",
+        "item_id": "VARCHAR", "rank": "BIGINT", "score": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT"},
+        ("partition_date",)),
+    "raw.ranking_interactions": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "request_id": "VARCHAR", "item_id": "VARCHAR",
+        "event": "VARCHAR", "grade": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT"}, ("partition_date",)),
+    "monitoring.ranking_performance": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "metric": "VARCHAR",
+        "value": "DOUBLE", "standard_error": "DOUBLE", "n_requests": "BIGINT", "n_labelled_requests": "BIGINT",
+        "label_coverage": "DOUBLE", "unmatched_interactions": "BIGINT", "labels_complete": "BOOLEAN",
+        "reference_value": "DOUBLE", "floor": "DOUBLE", "p_value": "DOUBLE", "below_baseline": "BOOLEAN",
+        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
 }
 MODEL_DIR = "model_id="
 # Lake roots with one of these schemes are on object storage (anything else is a local folder).

@@ -4,6 +4,7 @@ plain per-request loop written from the definitions (not from the vectorised cod
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.metrics import average_precision_score, ndcg_score
@@ -11,12 +12,15 @@ from sklearn.metrics import average_precision_score, ndcg_score
 from monitor_assets.stats.ranking import (
     ItemCounts,
     RankingSums,
+    below_floor_p_value,
     catalogue_metrics,
+    item_distribution_drift,
     metric_names,
     ranking_sums,
     ranks_from_scores,
     request_loss,
     request_metrics,
+    score_drift,
 )
 from monitor_assets.stats.trigger import Moments
 
@@ -252,3 +256,44 @@ def test_item_counts_add_across_days_and_respect_k():
         zip(whole.items.tolist(), whole.counts.tolist(), strict=True))
     top2 = ItemCounts.of(["x", "y", "z", "x"], rank=[1, 2, 3, 1], k=2)
     assert dict(zip(top2.items.tolist(), top2.counts.tolist(), strict=True)) == {"x": 2, "y": 1}
+
+
+def test_item_distribution_drift_is_scipy_jensen_shannon_over_the_top_items_and_an_other_bucket():
+    from scipy.spatial.distance import jensenshannon
+
+    rng = np.random.default_rng(3)
+    ref_items = rng.zipf(1.3, 5000) % 1000
+    cur_items = rng.zipf(1.8, 3000) % 1000
+    reference, current = ItemCounts.of(ref_items), ItemCounts.of(cur_items)
+    top = 20
+    # Bins written out from the definition: the 20 most shown items of each side (ties: first seen), the rest.
+    def most_shown(values):
+        counts = pd.Series(values).value_counts(sort=False)  # in order of first appearance
+        return list(counts.sort_values(ascending=False, kind="stable").index[:top])
+    bins = list(dict.fromkeys(most_shown(ref_items) + most_shown(cur_items)))
+    def shares(values):
+        s = pd.Series(values)
+        binned = [float((s == b).sum()) for b in bins] + [float((~s.isin(bins)).sum())]
+        return np.array(binned) / len(values)
+    expected = jensenshannon(shares(cur_items), shares(ref_items), base=2)
+    assert item_distribution_drift(current, reference, top=top) == pytest.approx(expected, abs=1e-12)
+    assert item_distribution_drift(reference, reference) == pytest.approx(0.0, abs=1e-7)
+    # A collapse onto items the reference never shows is as far as it gets.
+    assert item_distribution_drift(ItemCounts.of(["new"] * 50), ItemCounts.of(["a", "b"] * 10)) == pytest.approx(1.0)
+    assert math.isnan(item_distribution_drift(ItemCounts.of([]), reference))
+
+
+def test_score_drift_is_scipy_ks_statistic():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0, 1, 700), np.round(rng.normal(0.3, 1.2, 900), 1)  # ties on one side
+    b[:5] = np.nan  # missing scores are left out
+    assert score_drift(a, b) == pytest.approx(stats.ks_2samp(a, b[5:]).statistic, abs=1e-12)
+    assert math.isnan(score_drift([], b))
+
+
+def test_below_floor_p_value_is_the_one_sided_normal_tail():
+    assert below_floor_p_value(0.40, 0.02, 0.45) == pytest.approx(stats.norm.cdf((0.40 - 0.45) / 0.02))
+    assert below_floor_p_value(0.50, 0.02, 0.45) == pytest.approx(stats.norm.cdf(2.5))
+    # lower is better (concentration): a value above its ceiling is what is tested
+    assert below_floor_p_value(0.30, 0.05, 0.20, higher_is_better=False) == pytest.approx(stats.norm.cdf(-2.0))
+    assert math.isnan(below_floor_p_value(0.4, math.nan, 0.45))

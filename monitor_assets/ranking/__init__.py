@@ -1,0 +1,1 @@
+"""The ranking task: ranked lists and their interactions in, ranking quality per model, day and version out."""

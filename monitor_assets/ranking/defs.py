@@ -1,0 +1,157 @@
+"""The ranking stage's Dagster wiring: ranked lists loaded, their daily quality, and its baseline check.
+
+Rankers (`task: ranking`) are `MonitorConfig.rankers`, not `models`: every other stage iterates `models` and never
+sees them. Without a ranker in the config this stage defines nothing.
+"""
+
+import datetime as dt
+
+import dagster as dg
+import pandas as pd
+
+from monitor_assets.config import MonitorConfig
+from monitor_assets.constants import GROUP_INGESTION, GROUP_METRICS, OWNERS
+from monitor_assets.ranking.logic import (
+    ALL_VERSIONS,
+    IMPRESSIONS,
+    PERFORMANCE,
+    RANKING_TABLES,
+    baseline_failures,
+    ingest_rankers,
+    write_performance,
+)
+from monitor_assets.storage.resource import WarehouseResource
+from monitor_assets.wiring import (
+    IO_RETRY,
+    add_partition_metadata,
+    daily_partitions,
+    day_label,
+    days_with_label_refresh,
+    fail_fast,
+    frame_markdown,
+    partition_check_results,
+    run_days,
+    table_schema,
+)
+
+# Asset keys and the check's name (keys.py and constants.py hold the other stages'; here until moved there).
+RANKING_IMPRESSIONS = dg.AssetKey(["raw", "ranking_impressions"])
+RANKING_PERFORMANCE = dg.AssetKey(["monitoring", "ranking_performance"])
+RANKING_PERFORMANCE_CHECK = "ranking_performance_within_baseline"
+SHOWN = ["model_id", "metric", "value", "standard_error", "n_requests", "label_coverage", "reference_value", "p_value"]
+
+
+def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
+    """The ranking assets and check; empty when the config has no ranker."""
+    if not config.rankers:
+        return dg.Definitions()
+    partitions = daily_partitions(config)
+
+    @dg.asset(
+        key=RANKING_IMPRESSIONS,
+        description="Each ranker's ranked lists of the day (its `source:` glob; one record per request with its "
+                    "items, or one row per shown item), one row per impression (request_id, item_id, rank, score, "
+                    "model_version), and its interactions (`labels:` glob, graded by `ranking.relevance`) in "
+                    "`raw.ranking_interactions`. Bad records go to `raw.quarantine` (sources `ranking`, "
+                    "`ranking_labels`) with their reason; read = loaded + quarantined.",
+        group_name=GROUP_INGESTION, kinds={"duckdb", "python"}, owners=OWNERS, partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY,
+        metadata={"dagster/table_name": IMPRESSIONS,
+                  "dagster/column_schema": table_schema(RANKING_TABLES[IMPRESSIONS][0])},
+    )
+    def ranking_impressions(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        days = run_days(context)
+        counts: dict[dt.date, dict[str, dict]] = {}
+        with fail_fast(), warehouse.connect_lake() as con:
+            for day in days:
+                counts[day] = ingest_rankers(con, config, day)
+        totals = {k: sum(c.get(k, 0) for day in counts.values() for c in day.values())
+                  for k in ("records_read", "records_loaded", "records_quarantined", "impressions",
+                            "interactions_read", "interactions_loaded", "interactions_quarantined")}
+        assert totals["records_read"] == totals["records_loaded"] + totals["records_quarantined"]
+        add_partition_metadata(context, {day: {
+            **{k: sum(c.get(k, 0) for c in by_ranker.values()) for k in totals},
+            "per_ranker": dg.MetadataValue.md(frame_markdown(pd.DataFrame(
+                [{"ranker": r, **{k: c.get(k) for k in ("records_read", "records_loaded", "records_quarantined",
+                                                         "impressions", "interactions_loaded")},
+                  "reasons": ", ".join(f"{k}: {v}" for k, v in {**c.get("reasons", {}),
+                                                                  **c.get("interaction_reasons", {})}.items())}
+                 for r, c in by_ranker.items()]))),
+            "notes": dg.MetadataValue.md("\n".join(f"- {r}: {n}" for r, c in by_ranker.items()
+                                                   for n in c.get("notes", [])) or "none"),
+        } for day, by_ranker in counts.items()})
+        return dg.MaterializeResult(metadata={"days": day_label(days), "rankers": len(config.rankers), **totals,
+                                              "dagster/row_count": totals["impressions"]})
+
+    check = dg.AssetCheckSpec(
+        RANKING_PERFORMANCE_CHECK, asset=RANKING_PERFORMANCE, partitions_def=partitions,
+        description="Each ranker's main metric (`main_metric`, default ndcg_at_10) against `thresholds."
+                    "min_metric_ratio` x its value on the reference: fails when it is below with a one-sided "
+                    "p-value under 0.05 (a standard error over requests, so a small day does not alarm). Judged once "
+                    "the interactions of the day and the `label_delay_days` after it are read.")
+
+    @dg.asset(
+        key=RANKING_PERFORMANCE,
+        description="Per ranker, day and version (`*`: all versions): requests, labelled requests and label "
+                    "coverage; NDCG, precision, recall, MAP, hit rate and MRR at every cut-off in `ranking.k`, MRR "
+                    "over the whole list; catalogue coverage, popularity concentration (share of impressions to the "
+                    "top 1% of items), novelty, the drift of recommended items (Jensen-Shannon over the top items and "
+                    "an other bucket) and of scores (Kolmogorov-Smirnov) against the reference; the mean per-request "
+                    "loss 1 - NDCG@k. One row per metric. Refreshes the `label_delay_days` before its days.",
+        group_name=GROUP_METRICS, kinds={"duckdb", "python"}, owners=OWNERS, partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, deps=[RANKING_IMPRESSIONS],
+        metadata={"dagster/table_name": PERFORMANCE,
+                  "dagster/column_schema": table_schema(RANKING_TABLES[PERFORMANCE][0])},
+    )
+    def ranking_performance(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        days = run_days(context)
+        refreshed = days_with_label_refresh(days, config)
+        with fail_fast(), warehouse.connect_lake() as con:
+            frame, failed = write_performance(con, config, refreshed)
+        for ranker_id, why in failed.items():
+            context.log.warning(f"ranker {ranker_id}: ranking figures not computed ({why})")
+        overall = frame[frame.model_version == ALL_VERSIONS]
+        add_partition_metadata(context, {day: _day_metadata(config, overall[overall.partition_date == day])
+                                         for day in days})
+        main = overall[[m == _main(config, i) for i, m in zip(overall.model_id, overall.metric, strict=True)]]
+        return dg.MaterializeResult(metadata={
+            "days": day_label(days), "dagster/row_count": len(frame),
+            "rankers_failed": dg.MetadataValue.md("\n".join(f"- {m}: {why}" for m, why in failed.items()) or "none"),
+            "main_metrics": dg.MetadataValue.md(frame_markdown(main[["partition_date", *SHOWN]], limit=20)
+                                                if len(main) else "none"),
+        })
+
+    @dg.multi_asset_check(specs=[check], name=RANKING_PERFORMANCE_CHECK, retry_policy=IO_RETRY)
+    def ranking_performance_within_baseline(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+        days = days_with_label_refresh(run_days(context), config)
+        with fail_fast(), warehouse.connect_lake() as con:
+            failures, evaluated = baseline_failures(con, config, days, RANKING_PERFORMANCE_CHECK)
+        yield from partition_check_results(context, check, days, failures, evaluated)
+
+    return dg.Definitions(assets=[ranking_impressions, ranking_performance],
+                          asset_checks=[ranking_performance_within_baseline])
+
+
+def _main(config: MonitorConfig, model_id: str) -> str:
+    return next((r.main_metric for r in config.rankers if r.id == model_id), "")
+
+
+def _day_metadata(config: MonitorConfig, day: pd.DataFrame) -> dict:
+    """A day's figures for the UI's plots: each ranker's main metric, coverage and concentration (the first
+    ranker's under plain names, every ranker's in the table)."""
+    if not len(day):
+        return {"rankers_with_rows": 0}
+    out: dict = {"rankers_with_rows": int(day.model_id.nunique())}
+    for ranker in config.rankers:
+        mine = day[day.model_id == ranker.id].set_index("metric")
+        if not len(mine):
+            continue
+        prefix = "" if len(config.rankers) == 1 else f"{ranker.id}/"
+        for metric in (ranker.main_metric, "mean_loss", "catalogue_coverage", "popularity_concentration", "novelty"):
+            if metric in mine.index:
+                out[f"{prefix}{metric}"] = float(mine.value[metric])
+        out[f"{prefix}n_requests"] = int(mine.n_requests.iloc[0])
+        out[f"{prefix}label_coverage"] = float(mine.label_coverage.iloc[0])
+    main = day[[m == _main(config, i) for i, m in zip(day.model_id, day.metric, strict=True)]]
+    out["main_metrics"] = dg.MetadataValue.md(frame_markdown(main[SHOWN]) if len(main) else "none")
+    return out

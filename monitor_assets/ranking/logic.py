@@ -1,0 +1,585 @@
+"""The ranking task (`task: ranking`): ranked lists in, ranking quality per model, day and version out.
+
+Ingestion. A ranker's log (its own `source:` glob with {date}) comes in one of two shapes (`ranking.shape`):
+* lists: one record per request, `items: [{item_id, score}, ...]` or `items: [id, ...]` with `scores: [...]`;
+  the position in the list is the rank;
+* impressions: one row per shown item (request_id, item_id, rank and/or score; without a rank, the order is by
+  score within the request).
+Files are read by the ingestion stage's readers (`ingestion.formats.LOADERS`: JSON lines, CSV, Parquet, gzip caps,
+the folder check), each record checked in the same pass; then whole-request checks run on the staged rows. A bad
+record goes to `raw.quarantine` (source `ranking`) with its reason: no request id, an empty or missing list, a
+score that is not a number, an item twice in one request, a rank below 1. Read = loaded + quarantined, per file
+group, or the day fails. Rows land in `raw.ranking_impressions`.
+
+Labels are interactions (request_id, item_id, event or a numeric grade) from the ranker's `labels:` glob, graded
+by `ranking.relevance`, into `raw.ranking_interactions` by the day of their file (source `ranking_labels` in the
+quarantine). A day's impressions are matched by (request_id, item_id) to the interactions of that day and the
+`label_delay_days` after it; one on an item that was not shown is counted (`unmatched_interactions`).
+
+Figures (`monitoring.ranking_performance`, long: one row per model, day, version and metric; version `*` is the
+whole model-day): every metric of `stats.ranking` at every cut-off, catalogue coverage, popularity concentration,
+novelty and the drift of scores and recommended items against the reference, and the mean per-request loss
+1 - NDCG@k of the main metric's k. The main metric's row carries the reference value and the one-sided test
+against `thresholds.min_metric_ratio` x it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from monitor_assets.config import (
+    RANKING_AT_K,
+    RANKING_LOWER_IS_BETTER,
+    MonitorConfig,
+    RankerConfig,
+    SourceConfig,
+    _format_of,
+)
+from monitor_assets.ingestion.fields import (
+    NUMBER,
+    QUARANTINE_STAGE,
+    TEXT,
+    Field,
+    StagingPlan,
+    json_path,
+    move_to_quarantine,
+    note_file,
+    quarantine_duplicates,
+    reason_category_sql,
+)
+from monitor_assets.ingestion.formats import LOADERS
+from monitor_assets.ingestion.log import StageResult, log_ingestion
+from monitor_assets.ingestion.readers import FileGroup, _refuse_outside, _staging_database, files_for
+from monitor_assets.stats import ranking as R
+from monitor_assets.storage.lake import TABLES
+from monitor_assets.storage.sql import quote_ident, sql_str
+from monitor_assets.storage.warehouse import lake_of
+
+IMPRESSIONS = "raw.ranking_impressions"
+INTERACTIONS = "raw.ranking_interactions"
+PERFORMANCE = "monitoring.ranking_performance"
+LOG_SOURCE, LABEL_SOURCE = "ranking", "ranking_labels"  # raw.quarantine.source, raw.ingestion_log.source
+ALL_VERSIONS = "*"  # model_version of the whole model-day's rows
+ALPHA = 0.05  # the baseline test's one-sided level
+RANKING_TABLES = {name: TABLES[name] for name in (IMPRESSIONS, INTERACTIONS, PERFORMANCE)}
+
+# Staging column aliases (short: `rank` is also a SQL function).
+REQ, VER, ITEMS, SCORES, ITEM, RANK, SCORE, EVENT, GRADE = "req", "ver", "lst", "scs", "itm", "rnk", "scr", "evt", "grd"
+
+
+# ---- reading a ranker's files ------------------------------------------------------------------------------
+
+def log_plan(ranker: RankerConfig, shape: str, graded: bool = False) -> StagingPlan:
+    """How a ranker's log records are read and checked, per record (the list's items are checked after)."""
+    rc = ranker.ranking
+    fields = [Field(REQ, rc.request_id, TEXT, True), Field(VER, rc.model_version, TEXT, optional=True)]
+    if shape == "lists":
+        fields += [Field(ITEMS, rc.items, TEXT, True), Field(SCORES, rc.scores, TEXT, optional=True)]
+        array = "CASE WHEN json_valid({0}) THEN json_type({0}) END = 'ARRAY'"
+        rules = [(f"NOT coalesce({array.format(ITEMS)}, false)",
+                  f"'wrong type: ' || {sql_str(rc.items)} || ' is not a list'"),
+                 (f"json_array_length({ITEMS}) = 0", f"'missing required field: ' || {sql_str(rc.items)} || ' is empty'"),
+                 (f"{SCORES} IS NOT NULL AND NOT coalesce({array.format(SCORES)}, false)",
+                  f"'wrong type: ' || {sql_str(rc.scores)} || ' is not a list'")]
+        columns = [ITEMS, SCORES]
+    else:
+        fields += [Field(ITEM, rc.item_id, TEXT, True), Field(RANK, rc.rank, NUMBER, optional=True),
+                   Field(SCORE, rc.score, NUMBER, optional=True)]
+        rules = [(f"{RANK} < 1", f"'out of range: ' || {sql_str(rc.rank)} || '=' || {RANK} || ' is below 1'"),
+                 (f"{RANK} <> floor({RANK})", f"'out of range: ' || {sql_str(rc.rank)} || '=' || {RANK} "
+                                              "|| ' is not a whole number'"),
+                 (f"{RANK} IS NULL AND {SCORE} IS NULL",
+                  f"'missing required field: ' || {sql_str(rc.rank)} || ' or ' || {sql_str(rc.score)}")]
+        columns = [ITEM, RANK, SCORE]
+        if graded:  # a reference's impressions may carry their grade or event
+            fields += [Field(EVENT, rc.event, TEXT, optional=True), Field(GRADE, rc.grade, NUMBER, optional=True)]
+            columns += [EVENT, GRADE]
+    outputs = [REQ, VER, *columns, "source_file", "line_no"]
+    return StagingPlan(LOG_SOURCE, fields, rules, key=REQ if shape == "lists" else None, outputs=outputs,
+                       targets=["partition_date", *outputs])
+
+
+def label_field(ranker: RankerConfig, name: str) -> str | None:
+    """The interactions' field `name` (request_id, item_id, event, grade): mapped in `labels.fields`, else as in
+    the `ranking:` section."""
+    mapped = ranker.labels.fields.get(name) if ranker.labels is not None else None
+    return mapped or getattr(ranker.ranking, name)
+
+
+def grade_sql(ranker: RankerConfig, interactions: bool = True) -> str:
+    """SQL: an interaction's relevance grade (a reference impression's: `interactions` False), the numeric `grade`
+    field if configured, else its event's grade."""
+    if label_field(ranker, "grade") if interactions else ranker.ranking.grade:
+        return GRADE
+    cases = " ".join(f"WHEN {sql_str(e)} THEN {g!r}" for e, g in ranker.ranking.relevance)
+    return f"CAST(CASE {EVENT} {cases} END AS DOUBLE)"
+
+
+def labels_plan(ranker: RankerConfig) -> StagingPlan:
+    """How a ranker's interactions are read: request and item ids, and an event of `ranking.relevance` (or a grade)."""
+    rc = ranker.ranking
+    name = {f: label_field(ranker, f) for f in ("request_id", "item_id", "event", "grade")}
+    fields = [Field(REQ, name["request_id"], TEXT, True), Field(ITEM, name["item_id"], TEXT, True)]
+    if name["grade"]:
+        fields += [Field(GRADE, name["grade"], NUMBER, True), Field(EVENT, name["event"], TEXT, optional=True)]
+        rules = [(f"{GRADE} < 0", f"'out of range: ' || {sql_str(name['grade'])} || '=' || {GRADE} || ' is negative'")]
+    else:
+        fields += [Field(EVENT, name["event"], TEXT, True)]
+        known = ", ".join(e for e, _ in rc.relevance)
+        rules = [(f"{grade_sql(ranker)} IS NULL",
+                  f"'unknown category: ' || {sql_str(name['event'])} || '=' || left({EVENT}, 80) || ' is not in "
+                  f"ranking.relevance (' || {sql_str(known[:200])} || ')'")]
+    return StagingPlan(LABEL_SOURCE, fields, rules, outputs=[REQ, ITEM, EVENT, grade_sql(ranker), "source_file", "line_no"],
+                       targets=["partition_date", REQ, ITEM, EVENT, GRADE, "source_file", "line_no"])
+
+
+def _reset(stage: duckdb.DuckDBPyConnection, plan: StagingPlan) -> None:
+    """The staging database's `raw.<source>` (the plan's targets as columns) and `raw.quarantine`, empty."""
+    types = {"partition_date": "DATE", RANK: "DOUBLE", SCORE: "DOUBLE", GRADE: "DOUBLE", "line_no": "BIGINT"}
+    stage.execute("DROP SCHEMA IF EXISTS raw CASCADE; CREATE SCHEMA raw")
+    cols = ", ".join(f"{quote_ident(c)} {types.get(c, 'VARCHAR')}" for c in plan.targets)
+    stage.execute(f"CREATE TABLE raw.{plan.source} ({cols})")
+    stage.execute("CREATE TABLE raw.quarantine (" + ", ".join(f"{c} {t}" for c, t in QUARANTINE_STAGE.items()) + ")")
+
+
+def _read_group(stage: duckdb.DuckDBPyConnection, src: SourceConfig, plan: StagingPlan, group: FileGroup,
+                day: dt.date) -> int:
+    """Each file of the group through its format's reader into the staging tables; a file the reader cannot open
+    is noted (not read) and its half-staged rows removed. Returns the records read."""
+    read = 0
+    for path, detail in group.refused:
+        note_file(stage, plan, day, path, detail)
+    for path in group.files:
+        try:
+            read += LOADERS[src.format](stage, plan, path, day)
+        except duckdb.Error as exc:
+            for table in (f"raw.{plan.source}", "raw.quarantine"):
+                stage.execute(f"DELETE FROM {table} WHERE source_file = ?", [path])
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            note_file(stage, plan, day, path, f"unreadable file: cannot be read as {src.format} "
+                                              f"({type(exc).__name__}: {first}); not read")
+    if not group.files and not group.refused:
+        note_file(stage, plan, day, group.expected, f"no input file: nothing matched {group.expected}")
+    return read
+
+
+def _check_lists(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: StagingPlan, day: dt.date) -> None:
+    """Whole-request checks of list records: a request id seen before that day, then each item (an id, a numeric
+    score, as many scores as items, no item twice); a record with a bad item is quarantined whole, naming it.
+    Leaves `_impressions` (one row per item of the good records)."""
+    rc = ranker.ranking
+    quarantine_duplicates(stage, plan, day)
+    item, score = sql_str(json_path(rc.item_id)), sql_str(json_path(rc.score))
+    stage.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _items AS
+        SELECT source_file, line_no, {REQ}, {VER}, pos, kind, n_items, n_scores,
+               CASE WHEN kind = 'OBJECT' THEN json_extract_string(e, {item}) ELSE json_extract_string(e, '$') END AS item,
+               CASE WHEN kind = 'OBJECT' THEN json_extract_string(e, {score})
+                    ELSE json_extract_string(sl[pos], '$') END AS score_text
+        FROM (SELECT *, json_type(e) AS kind FROM (
+              SELECT *, unnest(l) AS e, generate_subscripts(l, 1) AS pos, len(l) AS n_items, len(sl) AS n_scores
+              FROM (SELECT *, json_extract({ITEMS}, '$[*]') AS l,
+                           CASE WHEN {SCORES} IS NOT NULL THEN json_extract({SCORES}, '$[*]') END AS sl
+                    FROM raw.{plan.source})))""")
+    stage.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _bad AS
+        SELECT source_file, line_no, arg_min(problem, pos) AS reason FROM (
+            SELECT *, CASE
+                WHEN item IS NULL OR trim(item) = ''
+                    THEN 'missing required field: ' || {sql_str(rc.item_id)} || ' (item ' || pos || ')'
+                WHEN kind = 'ARRAY' THEN 'wrong type: item ' || pos || ' is a list, expected an id'
+                WHEN score_text IS NOT NULL AND TRY_CAST(score_text AS DOUBLE) IS NULL
+                    THEN 'wrong type: ' || {sql_str(rc.score)} || '=' || left(score_text, 40) || ' is not a number (item '
+                         || pos || ')'
+                WHEN NOT isfinite(TRY_CAST(score_text AS DOUBLE))
+                    THEN 'non-finite number: ' || {sql_str(rc.score)} || '=' || score_text || ' (item ' || pos || ')'
+                WHEN n_scores IS NOT NULL AND n_scores <> n_items
+                    THEN 'out of range: ' || {sql_str(rc.scores)} || ' has ' || n_scores || ' values for ' || n_items
+                         || ' items'
+                WHEN count(*) OVER (PARTITION BY source_file, line_no, item) > 1
+                    THEN 'duplicate ' || {sql_str(rc.item_id)} || ': ' || left(item, 80) || ' twice in the list of request '
+                         || left({REQ}, 80)
+                END AS problem
+            FROM _items)
+        WHERE problem IS NOT NULL GROUP BY ALL""")
+    if stage.execute("SELECT count(*) FROM _bad").fetchall()[0][0]:
+        move_to_quarantine(stage, plan, day, "(t.source_file, t.line_no) IN (SELECT (source_file, line_no) FROM _bad)",
+                           "(SELECT b.reason FROM _bad b WHERE b.source_file = t.source_file AND b.line_no = t.line_no)")
+    stage.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _impressions AS
+        SELECT {VER} AS model_version, {REQ} AS request_id, item AS item_id, pos::BIGINT AS rank,
+               TRY_CAST(score_text AS DOUBLE) AS score, NULL::DOUBLE AS grade, source_file, line_no
+        FROM _items WHERE (source_file, line_no) IN (SELECT (source_file, line_no) FROM raw.{plan.source})""")
+
+
+def _check_impressions(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: StagingPlan, day: dt.date,
+                       graded: bool) -> None:
+    """An item shown twice in one request keeps its first row (by file, line); later ones are quarantined. Leaves
+    `_impressions`, ranked: the logged rank, or (a request with a row without one) the order by score."""
+    rc = ranker.ranking
+    stage.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dupes AS
+        SELECT source_file, line_no, first_file, first_line FROM (
+            SELECT source_file, line_no, first_value(source_file) OVER w AS first_file,
+                   first_value(line_no) OVER w AS first_line, row_number() OVER w AS nth
+            FROM raw.{plan.source} WINDOW w AS (PARTITION BY {REQ}, {ITEM} ORDER BY source_file, line_no))
+        WHERE nth > 1""")
+    if stage.execute("SELECT count(*) FROM _dupes").fetchall()[0][0]:
+        move_to_quarantine(
+            stage, plan, day, "(t.source_file, t.line_no) IN (SELECT (source_file, line_no) FROM _dupes)",
+            f"(SELECT 'duplicate ' || {sql_str(rc.item_id)} || ': ' || left(t.{ITEM}, 80) || ' twice in request ' "
+            f"|| left(t.{REQ}, 80) || ', first in ' || d.first_file || ' line ' || d.first_line FROM _dupes d "
+            "WHERE d.source_file = t.source_file AND d.line_no = t.line_no)")
+    grade = grade_sql(ranker, interactions=False) if graded else "NULL::DOUBLE"
+    stage.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _impressions AS
+        SELECT {VER} AS model_version, {REQ} AS request_id, {ITEM} AS item_id,
+               CASE WHEN bool_and({RANK} IS NOT NULL) OVER (PARTITION BY {REQ}) THEN {RANK}::BIGINT
+                    ELSE row_number() OVER (PARTITION BY {REQ} ORDER BY {SCORE} DESC NULLS LAST, source_file, line_no)
+               END AS rank, {SCORE} AS score, {grade} AS grade, source_file, line_no
+        FROM raw.{plan.source}""")
+
+
+def _counted(stage: duckdb.DuckDBPyConnection, plan: StagingPlan, read: int, what: str) -> tuple[int, int]:
+    """(loaded, quarantined) records; read must equal their sum, or nothing is written."""
+    loaded = stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
+    quarantined = stage.execute("SELECT count(*) FROM raw.quarantine WHERE line_no IS NOT NULL").fetchall()[0][0]
+    if read != loaded + quarantined:
+        raise RuntimeError(f"{what}: read {read} records but loaded {loaded} and quarantined {quarantined}")
+    return loaded, quarantined
+
+
+def _quarantine_rows(stage: duckdb.DuckDBPyConnection, model_id: str) -> pa.Table:
+    """The staged quarantine as `raw.quarantine` rows: the reason's category, the text as `detail`."""
+    return stage.sql(f"SELECT * REPLACE ({reason_category_sql('reason')} AS reason), reason AS detail, "
+                     "$1::VARCHAR AS model_id FROM raw.quarantine", params=[model_id]).to_arrow_table()
+
+
+@dataclass
+class Staged:
+    """One ranker's file group of one day, read and checked: counts, rows to write, quarantine rows."""
+
+    result: StageResult
+    rows: pa.Table | None  # None: no file matched (rows loaded before stay)
+    quarantine: pa.Table
+
+
+def stage_log(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, src: SourceConfig,
+              files: list[str], expected: str, day: dt.date, shape: str, graded: bool = False) -> Staged:
+    """Read and check a ranker's log files (or its reference): impressions with their request, rank and score."""
+    plan = log_plan(ranker, shape, graded)
+    _reset(stage, plan)
+    group = _refuse_outside(config, FileGroup([], files, expected, ranker.id))
+    read = _read_group(stage, src, plan, group, day)
+    if shape == "lists":
+        _check_lists(stage, ranker, plan, day)
+    else:
+        _check_impressions(stage, ranker, plan, day, graded)
+    loaded, quarantined = _counted(stage, plan, read, f"{ranker.id} {LOG_SOURCE} {day}")
+    version = sql_str(ranker.version)
+    rows = stage.sql(f"""SELECT ?::DATE AS partition_date, ? AS model_id,
+                                coalesce(nullif(trim(model_version), ''), {version}) AS model_version,
+                                request_id, item_id, rank, score, grade, source_file, line_no
+                         FROM _impressions ORDER BY source_file, line_no, rank""", params=[day, ranker.id]).to_arrow_table()
+    q = _quarantine_rows(stage, ranker.id)
+    return Staged(_result(group.files, read, loaded, q), rows if group.files or src.allow_empty else None, q)
+
+
+def stage_labels(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig,
+                 day: dt.date) -> Staged:
+    """Read and check a ranker's interactions of one day's files."""
+    plan = labels_plan(ranker)
+    _reset(stage, plan)
+    src = ranker.labels
+    group = _refuse_outside(config, FileGroup([], files_for(src, day), src.paths_for(day), ranker.id))
+    read = _read_group(stage, src, plan, group, day)
+    loaded, quarantined = _counted(stage, plan, read, f"{ranker.id} {LABEL_SOURCE} {day}")
+    rows = stage.sql(f"""SELECT partition_date, ? AS model_id, {REQ} AS request_id, {ITEM} AS item_id,
+                                {EVENT} AS event, {GRADE} AS grade, source_file, line_no FROM raw.{plan.source}""",
+                     params=[ranker.id]).to_arrow_table()
+    q = _quarantine_rows(stage, ranker.id)
+    return Staged(_result(group.files, read, loaded, q), rows if group.files or src.allow_empty else None, q)
+
+
+def _result(files: list[str], read: int, loaded: int, quarantine: pa.Table) -> StageResult:
+    records = quarantine.filter(pc.is_valid(quarantine["line_no"]))
+    reasons = {v["values"]: v["counts"] for v in pc.value_counts(records["reason"]).to_pylist()} if records.num_rows else {}
+    notes = quarantine.filter(pc.is_null(quarantine["line_no"]))
+    return StageResult(files, read, loaded, records.num_rows, reasons, 0,
+                       [f"{r}: {d}" for r, d in zip(notes["reason"].to_pylist(), notes["detail"].to_pylist(), strict=True)])
+
+
+def _merge(results: list[StageResult]) -> StageResult:
+    reasons: dict[str, int] = {}
+    for r in results:
+        for k, v in r.reasons.items():
+            reasons[k] = reasons.get(k, 0) + v
+    return StageResult([f for r in results for f in r.files], sum(r.read for r in results),
+                       sum(r.loaded for r in results), sum(r.quarantined for r in results), reasons, 0,
+                       [n for r in results for n in r.notes])
+
+
+def ingest_rankers(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> dict[str, dict]:
+    """One day of every ranker's log and interactions into `raw.ranking_impressions`, `raw.ranking_interactions`
+    and `raw.quarantine`, counted in `raw.ingestion_log` (sources `ranking`, `ranking_labels`). A ranker whose
+    glob matched nothing keeps the rows loaded before (unless its source allows empty days). Returns per ranker
+    the day's counts."""
+    lake = lake_of(con)
+    out: dict[str, dict] = {}
+    logs, labels = [], []
+    q_log, q_labels = [], []
+    stage = _staging_database()
+    try:
+        for ranker in config.rankers:
+            src = ranker.source
+            staged = stage_log(stage, config, ranker, src, files_for(src, day), src.paths_for(day), day,
+                               ranker.ranking.shape)
+            if staged.rows is not None:
+                lake.replace(IMPRESSIONS, staged.rows.drop_columns(["grade"]), [day], models=[ranker.id])
+            logs.append(staged.result)
+            q_log.append(staged.quarantine)
+            counts = {"records_read": staged.result.read, "records_loaded": staged.result.loaded,
+                      "records_quarantined": staged.result.quarantined,
+                      "impressions": staged.rows.num_rows if staged.rows is not None else 0,
+                      "reasons": staged.result.reasons, "notes": staged.result.notes}
+            if ranker.labels is not None:
+                inter = stage_labels(stage, config, ranker, day)
+                if inter.rows is not None:
+                    lake.replace(INTERACTIONS, inter.rows, [day], models=[ranker.id])
+                labels.append(inter.result)
+                q_labels.append(inter.quarantine)
+                counts.update({"interactions_read": inter.result.read, "interactions_loaded": inter.result.loaded,
+                               "interactions_quarantined": inter.result.quarantined,
+                               "interaction_reasons": inter.result.reasons})
+            out[ranker.id] = counts
+    finally:
+        stage.close()
+    mine = "model_id IN (" + ", ".join(sql_str(r.id) for r in config.rankers) + ")"
+    for source, tables, results in ((LOG_SOURCE, q_log, logs), (LABEL_SOURCE, q_labels, labels)):
+        if not results:
+            continue
+        lake.replace("raw.quarantine", pa.concat_tables(tables), [day], source=source, where=mine)
+        log_ingestion(con, config, source, [(day, _merge(results))])
+    for table in (IMPRESSIONS, INTERACTIONS, "raw.quarantine"):
+        lake.refresh(con, table)
+    return out
+
+
+# ---- the reference -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reference:
+    """What a ranker's reference file gives: impressions per item, scores, and (graded) the metrics' values."""
+
+    items: R.ItemCounts
+    scores: np.ndarray
+    values: dict[str, float]
+    n_requests: int
+    n_quarantined: int
+
+
+_REFERENCES: dict[tuple, Reference] = {}
+
+
+def reference_of(config: MonitorConfig, ranker: RankerConfig) -> Reference | None:
+    """The ranker's reference (None without one), read by the same readers as its log: impressions in the log's
+    shape when the file has the log's format, else lists for JSON lines and impressions otherwise; grades from
+    its `event` or `grade` column when an impressions file has one. Read once per file version per process."""
+    if not ranker.reference_path:
+        return None
+    path = ranker.reference_path
+    stat = os.stat(path)
+    key = (ranker.id, path, ranker.ranking, ranker.main_metric, stat.st_mtime_ns, stat.st_size)
+    if key in _REFERENCES:
+        return _REFERENCES[key]
+    fmt = _format_of(path) or ranker.source.format
+    shape = ranker.ranking.shape if fmt == ranker.source.format else ("lists" if fmt == "jsonl" else "impressions")
+    src = SourceConfig("reference", path, fmt, {})
+    stage = _staging_database()
+    try:
+        staged = stage_log(stage, config, ranker, src, [path], path, config.start_date, shape, graded=True)
+    finally:
+        stage.close()
+    frame = staged.rows.to_pandas() if staged.rows is not None else pd.DataFrame()
+    values: dict[str, float] = {}
+    items = R.ItemCounts.of(frame.item_id.to_numpy()) if len(frame) else R.ItemCounts(np.array([], object),
+                                                                                         np.array([], np.int64))
+    if len(frame) and frame.grade.notna().any():
+        values = {m: v for m, (v, _) in request_figures(frame.assign(grade=frame.grade.fillna(0.0)), ranker).items()}
+    values.update(_catalogue(items, items, frame.score.to_numpy() if len(frame) else np.array([]), None))
+    ref = Reference(items, frame.score.to_numpy(dtype=float) if len(frame) else np.array([]), values,
+                    int(frame.request_id.nunique()) if len(frame) else 0, staged.result.quarantined)
+    _REFERENCES[key] = ref
+    return ref
+
+
+# ---- figures -----------------------------------------------------------------------------------------------
+
+def request_figures(frame: pd.DataFrame, ranker: RankerConfig) -> dict[str, tuple[float, float]]:
+    """(mean, standard error) of every per-request metric, named as in config (`ndcg_at_10`, `mrr`), and of the
+    per-request loss 1 - NDCG@k (`mean_loss`), over the requests of `frame` (request_id, rank, grade)."""
+    rc = ranker.ranking
+    sums = R.ranking_sums(frame.request_id.to_numpy(), frame.grade.to_numpy(dtype=float),
+                          rank=frame["rank"].to_numpy(dtype=float), ks=rc.ks, gain=rc.gain)
+    out = {}
+    for k in rc.ks:
+        for m in RANKING_AT_K:
+            out[f"{m}_at_{k}"] = (sums.mean(f"{m}@{k}", rc.no_relevant), sums.standard_error(f"{m}@{k}", rc.no_relevant))
+    out["mrr"] = (sums.mean("mrr", rc.no_relevant), sums.standard_error("mrr", rc.no_relevant))
+    loss = sums.loss_moments(ranker.main_k, rc.no_relevant)
+    out["mean_loss"] = (loss.mean, math.sqrt(loss.var / loss.n) if loss.n > 1 else math.nan)
+    return out
+
+
+def _catalogue(items: R.ItemCounts, reference: R.ItemCounts | None, scores: np.ndarray,
+               ref: Reference | None) -> dict[str, float]:
+    """Coverage, concentration and novelty against the reference's items, and the drift of items and scores.
+    Without a reference only the concentration (over the day's own items) is known."""
+    if reference is None or reference.total == 0:
+        figures = R.catalogue_metrics(items, items)
+        return {"catalogue_coverage": math.nan, "popularity_concentration": figures["concentration"],
+                "novelty": math.nan, "item_drift_js": math.nan, "score_drift_ks": math.nan}
+    figures = R.catalogue_metrics(items, reference)
+    return {"catalogue_coverage": figures["coverage"], "popularity_concentration": figures["concentration"],
+            "novelty": figures["novelty"], "item_drift_js": R.item_distribution_drift(items, reference),
+            "score_drift_ks": R.score_drift(scores, ref.scores) if ref is not None else math.nan}
+
+
+def day_frame(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: dt.date,
+              delay: int) -> tuple[pd.DataFrame, int]:
+    """A ranker's impressions of `day` with their grades (0 without an interaction), whether their request had
+    any interaction, and how many interactions of those requests were on items not shown; the interactions are
+    those of the day's files and the `delay` days after."""
+    window = [ranker.id, day, day + dt.timedelta(days=delay)]
+    inter = f"""SELECT request_id, item_id, max(grade) AS grade FROM {INTERACTIONS}
+                WHERE model_id = $1 AND partition_date BETWEEN $2 AND $3 GROUP BY ALL"""
+    frame = con.execute(f"""
+        WITH inter AS ({inter}),
+             imp AS (SELECT * FROM {IMPRESSIONS} WHERE model_id = $1 AND partition_date = $2)
+        SELECT imp.model_version, imp.request_id, imp.item_id, imp.rank, imp.score,
+               coalesce(inter.grade, 0.0) AS grade,
+               imp.request_id IN (SELECT request_id FROM inter) AS labelled
+        FROM imp LEFT JOIN inter USING (request_id, item_id)
+        ORDER BY imp.source_file, imp.line_no, imp.rank""", window).df()
+    unmatched = con.execute(f"""
+        WITH inter AS ({inter})
+        SELECT count(*) FROM inter
+        WHERE request_id IN (SELECT request_id FROM {IMPRESSIONS} WHERE model_id = $1 AND partition_date = $2)
+          AND NOT EXISTS (SELECT 1 FROM {IMPRESSIONS} i WHERE i.model_id = $1 AND i.partition_date = $2
+                          AND i.request_id = inter.request_id AND i.item_id = inter.item_id)""", window).fetchall()[0][0]
+    return frame, int(unmatched)
+
+
+def labels_complete(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: dt.date, delay: int) -> bool:
+    """Whether the interactions of `day` and the `delay` days after it have all been read."""
+    if ranker.labels is None:
+        return False
+    read = con.execute(f"""SELECT count(DISTINCT partition_date) FROM raw.ingestion_log
+                           WHERE source = {sql_str(LABEL_SOURCE)} AND partition_date BETWEEN ? AND ?""",
+                       [day, day + dt.timedelta(days=delay)]).fetchall()[0][0]
+    return read == delay + 1
+
+
+def ranker_day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, day: dt.date,
+                    ref: Reference | None) -> list[dict]:
+    """The rows of one ranker-day in `monitoring.ranking_performance`: per version and for all (`*`)."""
+    frame, unmatched = day_frame(con, ranker, day, config.label_delay_days)
+    if not len(frame):
+        return []
+    complete = labels_complete(con, ranker, day, config.label_delay_days)
+    rows = []
+    groups = [(ALL_VERSIONS, frame), *frame.groupby("model_version", sort=True)]
+    for version, part in groups:
+        n_requests = int(part.request_id.nunique())
+        n_labelled = int(part.loc[part.labelled, "request_id"].nunique())
+        figures: dict[str, tuple[float, float]] = {}
+        if ranker.labels is not None:
+            figures.update(request_figures(part, ranker))
+        items = R.ItemCounts.of(part.item_id.to_numpy())
+        figures.update({m: (v, math.nan) for m, v in _catalogue(items, ref.items if ref else None,
+                                                                 part.score.to_numpy(dtype=float), ref).items()})
+        common = {"partition_date": day, "model_id": ranker.id, "model_version": str(version),
+                  "n_requests": n_requests, "n_labelled_requests": n_labelled,
+                  "label_coverage": n_labelled / n_requests if n_requests else math.nan,
+                  "unmatched_interactions": unmatched if version == ALL_VERSIONS else None,
+                  "labels_complete": complete}
+        for metric, (value, se) in figures.items():
+            row = {**common, "metric": metric, "value": value, "standard_error": se}
+            if metric == ranker.main_metric and version == ALL_VERSIONS:
+                row.update(judge(ranker, value, se, ref, complete))
+            rows.append(row)
+    return rows
+
+
+def judge(ranker: RankerConfig, value: float, se: float, ref: Reference | None, complete: bool) -> dict:
+    """The main metric against `min_metric_ratio` x its reference value: a one-sided test where the metric has a
+    standard error (per request), a plain comparison otherwise; label-based metrics only once the labels are in."""
+    reference = ref.values.get(ranker.main_metric, math.nan) if ref is not None else math.nan
+    ratio = ranker.thresholds.min_metric_ratio
+    lower_better = ranker.main_metric in RANKING_LOWER_IS_BETTER
+    floor = reference / ratio if lower_better and ratio else reference * ratio
+    labelled = ranker.main_metric not in ("catalogue_coverage", "novelty", "popularity_concentration")
+    if not math.isfinite(reference) or not math.isfinite(value) or (labelled and not complete):
+        return {"reference_value": reference, "floor": floor, "p_value": math.nan, "below_baseline": None}
+    if math.isfinite(se):
+        p = R.below_floor_p_value(value, se, floor, higher_is_better=not lower_better)
+        below = p < ALPHA
+    else:
+        p = math.nan
+        below = value > floor if lower_better else value < floor
+    return {"reference_value": reference, "floor": floor, "p_value": p, "below_baseline": bool(below)}
+
+
+def write_performance(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]
+                      ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every ranker's rows of `days`, replacing theirs in one commit. Returns the rows and, per ranker that failed
+    (an unreadable reference, say), why; the other rankers are written."""
+    rows, failed = [], {}
+    for ranker in config.rankers:
+        try:
+            ref = reference_of(config, ranker)
+            for day in days:
+                rows += ranker_day_rows(con, config, ranker, day, ref)
+        except (ValueError, OSError, duckdb.Error) as exc:
+            failed[ranker.id] = " ".join(str(exc).split())[:300] or type(exc).__name__
+    columns = RANKING_TABLES[PERFORMANCE][0]
+    frame = pd.DataFrame(rows, columns=[c for c in columns if c != "computed_at"])
+    frame["computed_at"] = pd.Timestamp.now(tz="UTC")
+    frame["partition_date"] = pd.to_datetime(frame.partition_date).dt.date
+    written = [r.id for r in config.rankers if r.id not in failed]
+    lake = lake_of(con)
+    lake.replace(PERFORMANCE, pa.Table.from_pandas(frame, preserve_index=False), days, models=written)
+    lake.refresh(con, PERFORMANCE)
+    return frame, failed
+
+
+def baseline_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check: str
+                      ) -> tuple[list[dict], dict[dt.date, int]]:
+    """The check's failures (main metric below its floor) and how many ranker-days it judged, per day."""
+    rankers = {r.id: r for r in config.rankers}
+    frame = con.execute(f"""SELECT * FROM {PERFORMANCE} WHERE model_version = ? AND partition_date IN
+                            (SELECT unnest(?::DATE[]))""", [ALL_VERSIONS, days]).df()
+    frame = frame[[rankers.get(m) is not None and rankers[m].main_metric == k
+                   for m, k in zip(frame.model_id, frame.metric, strict=True)]]
+    judged = frame[frame.below_baseline.notna()]
+    evaluated = {pd.Timestamp(d).date(): n for d, n in judged.groupby("partition_date").size().items()}
+    failures = []
+    for r in judged[judged.below_baseline.astype(bool)].itertuples():
+        ranker = rankers[r.model_id]
+        test = f"one-sided p = {r.p_value:.2g}, " if np.isfinite(r.p_value) else ""
+        failures.append({
+            "partition_date": pd.Timestamp(r.partition_date).date(), "model_id": r.model_id, "check_name": check,
+            "severity": ranker.severity(check), "value": float(r.value), "threshold": float(r.floor),
+            "message": f"{r.metric} {r.value:.4g} below {ranker.thresholds.min_metric_ratio:g} x reference "
+                       f"{r.reference_value:.4g} = {r.floor:.4g} ({test}{r.n_requests:,} requests)"})
+    return failures, evaluated
+
