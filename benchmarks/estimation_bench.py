@@ -20,7 +20,8 @@ Cases (reference 20,000 rows; DAYS days of 5,000 rows each):
 Reported: (a) agreement, mean |ours plain - NannyML| per metric over all case-days; (b) mean |estimate -
 realized| per case, metric and estimator, and our bands' coverage; (c) time for MODELS models x ROWS rows x 1
 day, median of RUNS runs (each run times NannyML, then ours: the same load on a shared machine), fit excluded
-and fit included, NannyML timed on --nannyml-models models and scaled linearly (said in the output); (d) what
+and fit included, NannyML timed on --nannyml-models models and scaled linearly (said in the output), its
+LightGBM held to one thread as ours is (its scikit-learn wrapper otherwise takes every physical core); (d) what
 DLE's sampled estimate on days of 50,000 rows costs in band width against running the trees on every row. The markdown goes to stdout and benchmarks/out/estimation_bench.md.
 """
 
@@ -118,8 +119,11 @@ def _nannyml(task: str, chunk_size: int | None):
     if task == "classifier":
         return nml.CBPE(y_pred_proba="y_pred_proba", y_pred="y_pred", y_true="y_true", chunker=chunker,
                         problem_type="classification_binary", metrics=list(CLASSIFIER_METRICS))
+    # LightGBM's defaults otherwise, on one thread: left alone its scikit-learn wrapper takes every physical core
+    # whatever OMP_NUM_THREADS says, and on a shared two-core machine its spinning threads made a fit 3 to 7
+    # times slower (measured: 0.3 s a model on one thread, 0.9 to 2 s on its default)
     return nml.DLE(feature_column_names=FEATURES, y_pred="y_pred", y_true="y_true", chunker=chunker,
-                   metrics=list(REGRESSOR_METRICS))
+                   metrics=list(REGRESSOR_METRICS), hyperparameters={"n_jobs": 1})
 
 
 def _analysis_values(result, metrics) -> dict[str, list[float]]:
@@ -198,9 +202,9 @@ def fit_ours(task: str, reference: pd.DataFrame, reweight: bool):
 
 
 def estimate_ours(task: str, estimator, day: pd.DataFrame, metrics, seed: int = 0):
-    if task == "classifier":
+    if task == "classifier":  # plain CBPE reads no features (nor does the pipeline read them for it)
         return estimator.estimate(day.y_pred_proba.to_numpy(), day.y_pred.to_numpy(float), metrics, seed=seed,
-                                  features=day[FEATURES].to_numpy())
+                                  features=day[FEATURES].to_numpy() if estimator.sample is not None else None)
     return estimator.estimate(day[FEATURES].to_numpy(), day.y_pred.to_numpy(), metrics, seed=seed)
 
 
@@ -354,9 +358,11 @@ def report(ours: dict, nml: dict | None, timing: dict, args, large: list | None 
         trows.append([label, "NannyML", "stable", round(nml_est, 2), round(nml_est + nml_fit, 2), 1.0, 1.0])
     lines += [f"(c) Seconds for {args.models} models x {args.rows:,} rows x 1 day, median of {args.runs} runs, one "
               f"OpenMP thread each side, each run NannyML then ours (the same load); fit excluded = estimating only (ours reuses a stored fit), fit included = "
-              f"fitting on {REF_ROWS:,} reference rows too. Timed on fewer models and scaled linearly: NannyML on "
-              f"{args.nannyml_models} (x{scale:g}), our DLE on {args.dle_models} (x{args.models / args.dle_models:g}); "
-              f"our CBPE on all {args.models}. Shifted day: x2 ~ N(1, 1) / x1 ~ N(1, 1) (reweighting applied).", "",
+              f"fitting on {REF_ROWS:,} reference rows too. NannyML timed on {args.nannyml_models} models and scaled "
+              f"linearly (x{scale:g}), its LightGBM on one thread; ours on "
+              + (f"all {args.models}" if args.dle_models == args.models else
+                 f"all {args.models} (CBPE) and {args.dle_models} (DLE, x{args.models / args.dle_models:g})")
+              + ". Shifted day: x2 ~ N(1, 1) / x1 ~ N(1, 1) (reweighting applied).", "",
               markdown_table(["estimator", "who", "day", "s fit excluded", "s fit included", "NannyML / ours (excl.)",
                               "NannyML / ours (incl.)"], trows, limit=100), ""]
     if large is not None:
@@ -374,11 +380,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--days", type=int, default=20)
     parser.add_argument("--nannyml-models", type=int, default=10)
-    parser.add_argument("--dle-models", type=int, default=10, help="models our DLE is timed on (then scaled)")
+    parser.add_argument("--dle-models", type=int, default=None,
+                        help="models our DLE is timed on, then scaled (default: all of --models)")
     parser.add_argument("--setup-nannyml", action="store_true")
     parser.add_argument("--no-nannyml", action="store_true")
     parser.add_argument("--nannyml-worker", help=argparse.SUPPRESS)  # internal: the NannyML side, as JSON
     args = parser.parse_args()
+    args.dle_models = args.dle_models or args.models
     if args.nannyml_worker:
         print(json.dumps(nannyml_worker(json.loads(args.nannyml_worker))))
         return

@@ -8,19 +8,23 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from monitor_assets.stats.density_ratio import density_ratio
+from monitor_assets.stats.density_ratio import density_ratio, logistic_fit, rank_auc
 from monitor_assets.stats.estimation import (
     CLASSIFIER_METRICS,
     CONFIDENCE_REWEIGHTED,
+    Z95,
+    AdditiveSurrogate,
     Calibration,
     ConfidenceEstimator,
     LossEstimator,
+    classifier_point_estimates,
     classifier_sampling_sd,
     confusion_metrics,
     estimate_multiclass,
     expected_auc,
     expected_confusion,
     expected_multiclass_confusion,
+    fit_isotonic,
     fit_multiclass_calibration,
     from_text,
     multiclass_confusion_metrics,
@@ -67,6 +71,36 @@ def test_expected_auc_by_hand_and_brute_force():
     np.fill_diagonal(w, 0)
     cmp = (s[:, None] > s[None, :]) + 0.5 * (s[:, None] == s[None, :])
     assert expected_auc(p, s) == pytest.approx((w * cmp).sum() / w.sum())
+
+
+@pytest.mark.parametrize("decimals", [None, 2])  # distinct scores (the fast path without ties), and ties
+def test_expected_auc_with_probabilities_as_labels_matches_scikit_learn(decimals):
+    """With soft labels p the expected AUC is scikit-learn's AUC of the two-row expansion (each row once as a
+    positive of weight p, once as a negative of weight 1 - p), less the pairs of a row with itself."""
+    rng = np.random.default_rng(4)
+    s = rng.random(3000)
+    s = s if decimals is None else np.round(s, decimals)
+    p = rng.beta(2, 2, 3000)
+    labels, weights = np.r_[np.ones(3000), np.zeros(3000)], np.r_[p, 1 - p]
+    auc = skm.roc_auc_score(labels, np.r_[s, s], sample_weight=weights)
+    pairs = p.sum() * (1 - p).sum()
+    self_pairs = np.sum(p * (1 - p))  # each counted one half (a tie with itself) in scikit-learn's AUC
+    assert expected_auc(p, s) == pytest.approx((auc * pairs - 0.5 * self_pairs) / (pairs - self_pairs), abs=1e-12)
+    order = np.argsort(s)  # already sorted input reads the same
+    assert expected_auc(p[order], s[order]) == pytest.approx(expected_auc(p, s), abs=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_isotonic_calibration_matches_scikit_learn(weighted):
+    from sklearn.isotonic import IsotonicRegression
+
+    rng = np.random.default_rng(6)
+    s = np.round(rng.random(4000) * 1.2 - 0.1, 3)  # ties, and scores outside [0, 1] that are clipped
+    y = (rng.random(4000) < np.clip(s, 0, 1) ** 0.7).astype(float)
+    w = rng.exponential(size=4000) if weighted else None
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(np.clip(s, 0, 1), y, sample_weight=w)
+    at = np.linspace(-0.2, 1.2, 1001)
+    assert np.allclose(fit_isotonic(s, y, w)(at), iso.predict(np.clip(at, 0, 1)), atol=1e-12)
 
 
 def test_realized_metrics_match_scikit_learn():
@@ -137,6 +171,24 @@ def test_calibration_is_chosen_by_cross_validation(fitted):
     p = rng.random(5000)
     calibrated = ConfidenceEstimator.fit(p, (rng.random(5000) < p).astype(float))
     assert calibrated.calibration.identity  # already calibrated: isotonic does not help out of fold
+
+
+@pytest.mark.parametrize("logged", [False, True])
+@pytest.mark.parametrize("decimals", [None, 2])
+def test_estimate_equals_the_metrics_of_the_unsorted_rows(fitted, logged, decimals):
+    """The day's rows are sorted once inside `estimate` (by np.sort where the decisions follow the threshold, else
+    by argsort); the result is what the pure functions give on the rows as they came."""
+    rng = np.random.default_rng(12)
+    s, _ = simulate(rng, 3000)
+    s = s if decimals is None else np.round(s, decimals)
+    decisions = np.where(rng.random(3000) < 0.1, 1 - (s >= 0.5), s >= 0.5).astype(float) if logged else None
+    d = predicted_class(s, decisions, 0.5)
+    p = fitted.calibration(s)
+    point, sd = classifier_point_estimates(p, d, s), classifier_sampling_sd(p, d, s)
+    for e in fitted.estimate(s, decisions):
+        assert e.estimate == pytest.approx(point[e.metric], abs=1e-12), e.metric
+        half = Z95 * math.sqrt(sd[e.metric] ** 2 + fitted.bias_var[e.metric])
+        assert e.upper == pytest.approx(min(point[e.metric] + half, 1.0), abs=1e-12), e.metric
 
 
 @pytest.mark.parametrize("kind", ["fitted", "reweighted"])
@@ -261,6 +313,21 @@ def test_density_ratio_skips_a_stable_day_and_recovers_a_shift():
     assert np.corrcoef(np.log(w), true)[0, 1] > 0.95
 
 
+@pytest.mark.parametrize("c", [1.0, 0.01])
+def test_domain_classifier_is_scikit_learns_logistic_regression(c):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(10)
+    x = np.column_stack([rng.normal(0, 1, 4000), rng.normal(0, 1, 4000) ** 2, rng.random(4000) < 0.3])
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(0.8 * x[:, 0] - 0.5 * x[:, 1] + x[:, 2])))).astype(float)
+    w, b = logistic_fit(x, y, c)
+    reference = LogisticRegression(C=c, tol=1e-10, max_iter=1000).fit(x, y)
+    assert np.allclose(w, reference.coef_[0], atol=1e-6) and b == pytest.approx(reference.intercept_[0], abs=1e-6)
+    # the AUC it is judged by is scikit-learn's too, ties included
+    q = np.round(x @ w + b, 1)
+    assert rank_auc(y, q) == pytest.approx(skm.roc_auc_score(y, q), abs=1e-12)
+
+
 def test_estimator_survives_text_round_trip(fitted):
     again = from_text(to_text(fitted))
     s, _ = simulate(np.random.default_rng(5), 500)
@@ -338,6 +405,32 @@ def test_large_days_are_estimated_by_difference_without_bias(monkeypatch):
         for metric, values in z.items():
             # the sample's own error is what the added variance says: mean near 0, spread at most about 1
             assert abs(np.mean(values)) < 1.5 and np.std(values) < 1.8, (shifted, metric, values)
+        # the surrogate's mean over every row, from column means and bin counts, is the mean of its predictions
+        design = np.column_stack([x, prediction])  # the surrogate reads the features and the prediction
+        means, at = estimator.surrogate.mean_and_rows(design, np.arange(0, len(x), 7))
+        every = estimator.surrogate.predict(design)
+        for loss in means:
+            assert means[loss] == pytest.approx(float(np.mean(every[loss])), rel=1e-9)
+            assert np.allclose(at[loss], every[loss][::7])
+
+
+def test_surrogate_mean_over_a_day_equals_the_mean_of_its_predictions():
+    """The day's mean of the additive surrogate comes from column means and bin counts (a sort per numeric
+    column); with missing values, a category the reference never had and values beyond its bins, it is the
+    mean of the surrogate's row-by-row predictions."""
+    rng = np.random.default_rng(43)
+    x = np.column_stack([rng.normal(0, 1, 5000), rng.choice([0.0, 1.0, 2.0], 5000), rng.exponential(1, 5000)])
+    targets = {"abs": np.abs(x[:, 0]) + x[:, 1], "sq": x[:, 2] ** 2}
+    surrogate = AdditiveSurrogate.fit(x, [False, True, False], targets)
+    day = np.column_stack([rng.normal(0.5, 2, 3000), rng.choice([0.0, 2.0, 3.0, np.nan], 3000),
+                           np.where(rng.random(3000) < 0.1, np.nan, rng.exponential(2, 3000))])
+    means, at = surrogate.mean_and_rows(day, np.array([0, 5, 2999]))
+    every = {loss: surrogate.means[loss] + surrogate.columns.transform(day[:, [0, 2]]) @ surrogate.quadratic[loss]
+             + sum(t[b] for t, b in zip(surrogate.tables[loss], surrogate._bins(day), strict=True))
+             for loss in targets}
+    for loss in targets:
+        assert means[loss] == pytest.approx(float(np.mean(every[loss])), rel=1e-10)
+        assert np.allclose(at[loss], every[loss][[0, 5, 2999]])
 
 
 # -- multiclass CBPE ---------------------------------------------------------------------------------------------
