@@ -44,6 +44,14 @@ VOLUME_RANGE_CHECK = "prediction_volume_within_expected_range"
 RETRAINING_CHECK = "loss_within_reference"  # fails on the day a retraining request opens
 CANARY_CHECK = "canary_passes_gates"  # fails when a challenger should be rolled back
 RETRAINING_CHECKS = (RETRAINING_CHECK, CANARY_CHECK)
+# Shared by the daily checks and the evaluation windows' verdicts.
+MIN_LABELLED = 100  # fewer labelled rows than this: the performance check waits for more labels
+FAIRNESS_MAX_P = 0.001  # a disparity must also be unlikely to be chance (see stats.fairness)
+# A closed evaluation window (week, month, ...) against the reference.
+EVALUATION_WINDOW_CHECK = "evaluation_window_within_baseline"
+# Rankers' checks (the ranking stage).
+RANKING_PERFORMANCE_CHECK = "ranking_performance_within_baseline"
+RANKING_DRIFT_CHECK = "ranking_drift_within_threshold"
 # The model id of a finding that concerns no single model (e.g. a row with an unknown model id).
 ALL_MODELS = "all models"
 # Run tag naming the shard ("i/N") whose models a run's per-model steps handle; no tag: every model.

@@ -20,6 +20,7 @@ from monitor_assets.constants import EQUALIZED_ODDS_CHECK as EQUALIZED_ODDS
 from monitor_assets.constants import ERROR_RATE_CHECK as ERROR_RATE
 from monitor_assets.constants import ESTIMATED_PERFORMANCE_CHECK as ESTIMATED_PERFORMANCE
 from monitor_assets.constants import FAIRNESS_CHECK as FAIRNESS
+from monitor_assets.constants import FAIRNESS_MAX_P, MIN_LABELLED
 from monitor_assets.constants import FEATURE_VALUES_CHECK as FEATURE_VALUES
 from monitor_assets.constants import KEY_FEATURE_DRIFT_CHECK as KEY_FEATURE_DRIFT
 from monitor_assets.constants import LATENCY_CHECK as LATENCY
@@ -41,8 +42,6 @@ from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_fr
 # A model-day that could not be analysed (see analysis.logic.TRANSIENT_ERRORS) fails its check at this
 # severity whatever the config says: a check that could not run must not look like a quiet day.
 ANALYSIS_ERROR_SEVERITY = "ERROR"
-MIN_LABELLED = 100  # fewer labelled rows than this: the performance check waits for more labels
-FAIRNESS_MAX_P = 0.001  # a disparity must also be unlikely to be chance (see stats.fairness)
 
 COLUMNS = ["partition_date", "model_id", "check_name", "severity", "value", "threshold", "passed", "message",
            "details"]

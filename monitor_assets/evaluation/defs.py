@@ -8,10 +8,16 @@ from monitor_assets.constants import GROUP_METRICS, OWNERS
 from monitor_assets.evaluation.logic import (
     PROFILES,
     STORE,
+    WINDOW_CHECK,
+    WINDOW_PICTURES,
+    closed_windows,
     day_figures,
+    judged_counts,
     latest_windows,
     profiled,
+    read_windows,
     settings,
+    window_failures,
     write_profiles,
     write_reports,
     write_store,
@@ -28,9 +34,12 @@ from monitor_assets.wiring import (
     frame_markdown,
     in_shard,
     markdown_table,
+    partition_check_results,
     run_days,
     table_schema,
 )
+
+PICTURES_SHOWN = ["window_id", "model_id", "feature", "method", "statistic", "threshold", "evidence", "n_current"]
 
 
 def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
@@ -81,7 +90,9 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
                     "(`fairness.<attribute>.<disparity>`). Computed from the merged daily profiles only, never "
                     "from the prediction files; each run recomputes the windows holding its days and the "
                     "late-label days before them, and writes a report (markdown and HTML) for each window that "
-                    "closed in its days.",
+                    "closed in its days, saying which checks warned. Each judged feature's window drift verdict "
+                    "(`drift.<feature>.threshold`, `.evidence`, `.drifted`) is decided as the daily drift decides; "
+                    f"the drifted features' reference-vs-window distributions go to `{WINDOW_PICTURES}`.",
         group_name=GROUP_METRICS, kinds={"python"}, owners=OWNERS,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=IO_RETRY, deps=[keys.DAILY_PROFILES],
@@ -92,7 +103,7 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
         days = run_days(context)
         with fail_fast(), warehouse.connect_lake() as con:
             run = write_store(con, cfg, days, days_with_label_refresh(days, cfg))
-        reports = write_reports(run.frame, cfg, run.closed)
+        reports = write_reports(run.frame, cfg, run.closed, run.pictures)
         for model_id, why in run.notes.items():
             context.log.warning(f"evaluation store: model {model_id}: {why}")
         add_partition_metadata(context, {day: {"windows_closed": sum(w.end == day for w in run.closed)}
@@ -103,9 +114,34 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
             "windows_closed": dg.MetadataValue.json([w.key for w in run.closed]), "reports_written": len(reports),
             "seconds": round(run.seconds, 2),
             "latest_windows": dg.MetadataValue.md(frame_markdown(latest, limit=40) if len(latest) else "none"),
+            "window_pictures": len(run.pictures),
+            "drifted_window_features": dg.MetadataValue.md(
+                frame_markdown(run.pictures.sort_values("evidence", ascending=False)[PICTURES_SHOWN], limit=40)
+                if len(run.pictures) else "none"),
             "notes": dg.MetadataValue.md(markdown_table(["model", "note"], sorted(run.notes.items()))
                                          if run.notes else "none"),
         })
 
-    return dg.Definitions(assets=[daily_profiles, evaluation_store])
+    return dg.Definitions(assets=[daily_profiles, evaluation_store],
+                          asset_checks=[_window_check(config, partitions)])
+
+
+def _window_check(config: MonitorConfig, partitions: dg.PartitionsDefinition) -> dg.AssetChecksDefinition:
+    spec = dg.AssetCheckSpec(
+        WINDOW_CHECK, asset=keys.EVALUATION_STORE, partitions_def=partitions,
+        description="For each evaluation window that closed on the day, per model (every version together): warns "
+                    "when the main metric is below `min_metric_ratio` of the reference's (from 100 labelled rows), "
+                    "a feature's window drift is over its threshold, or a fairness disparity is beyond its bound "
+                    "beyond chance; the message names the window and points to its report.")
+
+    @dg.multi_asset_check(name="evaluation_window_checks", specs=[spec], retry_policy=IO_RETRY)
+    def evaluation_window_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+        days = run_days(context)
+        windows = closed_windows(config, days)
+        with fail_fast(), warehouse.connect_lake() as con:
+            frame = read_windows(con, windows, config.model_ids)
+        failures = window_failures(frame, config, windows)
+        yield from partition_check_results(context, spec, days, failures, judged_counts(frame, windows, days))
+
+    return evaluation_window_checks
 

@@ -14,9 +14,17 @@
 Metric names: the performance metrics as `stats.profiles` names them (`accuracy`, `roc_auc`, `roc_auc_bound`,
 `mae`, ...); `drift.<feature>.<statistic>` with psi, jensenshannon, ks, ks_bound, wasserstein (/ reference std),
 wasserstein_bound for numeric features and psi, jensenshannon, jensenshannon_bound, chisquare_p_value for
-categorical ones, and `drift.<feature>.missing_share`; `fairness.<attribute>.<disparity>` with
-demographic_parity_ratio and demographic_parity_difference (selection rates among groups of at least
-`min_group_size` rows) and equalized_odds_difference (classifiers), mae_ratio (regressors).
+categorical ones, and `drift.<feature>.missing_share`; per feature the window's drift verdict, decided as the daily
+drift decides (`stats.profiles.window_drift`: method by sample size or the feature's own, threshold raised to the
+noise floor, p-value tests corrected together): `drift.<feature>.threshold`, `.evidence` (1 = at the threshold, the
+heatmap's scale) and `.drifted` (1 or 0); `fairness.<attribute>.<disparity>` with demographic_parity_ratio and
+demographic_parity_difference (selection rates among groups of at least `min_group_size` rows),
+equalized_odds_difference and the p-values of both tests (classifiers), mae_ratio (regressors).
+
+`monitoring.window_distributions`: per window, model and feature whose window drift is over its threshold (every
+version together), the reference's and the window's distributions from the two profiles (`distributions.Comparison`
+JSON, as `monitoring.drift_distributions` holds the daily ones). The check `evaluation_window_within_baseline`
+(`window_failures`) judges each window on the day it closes; the reports say what it found.
 
 Multiclass models: performance as stats.multiclass names it (accuracy, precision, recall, f1, f1_macro,
 f1_weighted, log_loss over the rows with logged probabilities, roc_auc with roc_auc_bound), the predicted class as
@@ -46,9 +54,13 @@ from monitor_assets.config import (
     ModelConfig,
     MonitorConfig,
 )
+from monitor_assets.constants import EVALUATION_WINDOW_CHECK, FAIRNESS_MAX_P, MIN_LABELLED
 from monitor_assets.evaluation.settings import DEFAULT, EvaluationConfig, Window, previous, windows_touching
+from monitor_assets.formatting import fmt_num, fmt_p, fmt_pct, plural
+from monitor_assets.stats import drift as D
 from monitor_assets.stats import profiles as P
 from monitor_assets.stats.categories import category_sql
+from monitor_assets.stats.distributions import Comparison
 from monitor_assets.stats.drift import FeatureSpec
 from monitor_assets.stats.fairness import fairness_table
 from monitor_assets.stats.multiclass import (
@@ -57,11 +69,17 @@ from monitor_assets.stats.multiclass import (
     probabilities_problem_sql,
     probabilities_sql,
 )
-from monitor_assets.stats.performance import predicted_class_sql
+from monitor_assets.stats.performance import predicted_class_sql, share_of_baseline
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.per_model import error_message, map_models
-from monitor_assets.storage.reads import feature_columns, held_models, latest_labels_sql, reference_reader_sql
+from monitor_assets.storage.reads import (
+    feature_columns,
+    held_models,
+    latest_labels_sql,
+    reference_reader_sql,
+)
+from monitor_assets.storage.reads import load_profiles as load_reference_profiles
 from monitor_assets.storage.sql import quote_ident, sql_str
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
 
@@ -72,6 +90,9 @@ REFERENCES = "monitoring.evaluation_references"
 STORE = "monitoring.evaluation_store"
 PROFILE_COLUMNS = [c for c in TABLES[PROFILES][0] if c != "computed_at"]
 STORE_COLUMNS = [c for c in TABLES[STORE][0] if c != "computed_at"]
+# Pictures of the windows' drifted features (issue 24 item 4).
+WINDOW_PICTURES = "monitoring.window_distributions"
+WINDOW_PICTURE_COLUMNS = [c for c in TABLES[WINDOW_PICTURES][0] if c != "computed_at"]
 TASKS = ("binary_classification", "regression", "multiclass_classification")  # what stats.profiles profiles
 ALL_VERSIONS = "*"
 FIT_FORMAT = 1  # part of the fit key: a change of the stored layout refits every model once
@@ -348,8 +369,10 @@ def load_profiles(con: duckdb.DuckDBPyConnection, model_ids: list[str], days: li
     return out
 
 
-def window_metrics(profile: P.Profile, ref: Reference, min_group_size: int) -> dict[str, float]:
-    """Every metric of a merged profile (see the module docstring), drift against the reference's profile."""
+def window_metrics(profile: P.Profile, ref: Reference, min_group_size: int,
+                   verdicts: dict[str, P.WindowVerdict] | None = None) -> dict[str, float]:
+    """Every metric of a merged profile (see the module docstring), drift against the reference's profile;
+    with `verdicts` (`P.window_drift` of it) each judged feature's threshold, evidence and drifted (1 or 0)."""
     out = {k: v for k, v in profile.metrics().items() if k != "n_labelled"}
     for name, col in profile.numeric.items():
         d = P.numeric_distances(ref.profile.numeric[name], col, ref.bins.numeric[name], p_values=False)
@@ -363,6 +386,9 @@ def window_metrics(profile: P.Profile, ref: Reference, min_group_size: int) -> d
         d = P.categorical_distances(ref.profile.prediction, profile.prediction, ref.bins.prediction)
         out.update({f"drift.{PREDICTION}.{k}": d[k] for k in CATEGORICAL_DRIFT})
         out[f"drift.{PREDICTION}.missing_share"] = P._div(profile.prediction.n_missing, profile.prediction.n)
+    for name, v in (verdicts or {}).items():
+        out.update({f"drift.{name}.threshold": v.threshold, f"drift.{name}.evidence": v.evidence,
+                    f"drift.{name}.drifted": float(v.drifted)})
     out.update(fairness_metrics(profile, ref.bins.task == "binary_classification", min_group_size))
     return {k: float(v) for k, v in out.items()}
 
@@ -377,7 +403,8 @@ def fairness_metrics(profile: P.Profile, classifier: bool, min_group_size: int) 
     for attribute, part in table.groupby("attribute", sort=True):
         first = part.iloc[0]
         if classifier:
-            for metric in ("demographic_parity_ratio", "demographic_parity_difference", "equalized_odds_difference"):
+            for metric in ("demographic_parity_ratio", "demographic_parity_difference", "equalized_odds_difference",
+                           "demographic_parity_p_value", "equalized_odds_p_value"):
                 out[f"fairness.{attribute}.{metric}"] = first[metric]
         else:
             eligible = part[~part.below_min_size.astype(bool)]
@@ -398,17 +425,41 @@ def _merged(by_day: dict[dt.date, list[P.Profile]], window: Window, layout: str,
     return P.merge(parts) if parts else None
 
 
+def judged_specs(model: ModelConfig) -> list[FeatureSpec]:
+    """The features whose window drift is judged, with their own method and threshold as the daily drift has them."""
+    return [FeatureSpec(f.name, f.type, f.drift_method, f.drift_threshold) for f in model.features
+            if f.type in ("numeric", "categorical")]
+
+
+def reference_scales(con: duckdb.DuckDBPyConnection, model: ModelConfig, ref: Reference) -> dict[str, float | None]:
+    """The daily drift's Wasserstein noise scale of each numeric feature (`drift.wasserstein_scale` of the stored
+    reference profile on its fine grid), where that profile is on the same grid as the evaluation layout."""
+    try:
+        stored = load_reference_profiles(con, model.id)
+    except duckdb.CatalogException:  # no reference profiles table yet: the profile bins' approximation
+        return {}
+    out = {}
+    for name, b in ref.bins.numeric.items():
+        fine = stored.get(name)
+        if isinstance(fine, D.NumericProfile) and (fine.lo, fine.hi, fine.bins) == (b.lo, b.hi, b.fine):
+            out[name] = D.wasserstein_scale(fine)
+    return out
+
+
 def model_window_rows(model: ModelConfig, ref: Reference, by_day: dict[dt.date, list[P.Profile]], window: Window,
-                      last_day: dt.date, min_group_size: int, reference: dict[str, float] | None = None) -> list[dict]:
-    """One model's rows of one window: per version seen in it and '*' (every version), per metric. `reference`:
-    the reference profile's own metrics (`window_metrics` of it), computed here if not given."""
+                      last_day: dt.date, min_group_size: int, reference: dict[str, float] | None = None,
+                      scales: dict[str, float | None] | None = None) -> tuple[list[dict], list[dict]]:
+    """One model's rows of one window: per version seen in it and '*' (every version), per metric; and the
+    pictures of its drifted features ('*' only: `window_picture_rows`). `reference`: the reference profile's own
+    metrics (`window_metrics` of it), computed here if not given; `scales`: `reference_scales`."""
     layout = ref.bins.fingerprint
     before = previous(window)
     versions = sorted({p.keys.get("model_version", "") for day in window.days() for p in by_day.get(day, ())
                        if p.layout == layout})
     if reference is None:
         reference = window_metrics(ref.profile, ref, min_group_size)
-    rows, figures = [], {}
+    rows, figures, pictures = [], {}, []
+    specs = judged_specs(model)
     for version in [*versions, ALL_VERSIONS] if versions else []:
         pick = None if version == ALL_VERSIONS else version
         if pick is None and len(versions) == 1:  # one version served: '*' is the same merge
@@ -418,9 +469,14 @@ def model_window_rows(model: ModelConfig, ref: Reference, by_day: dict[dt.date, 
             if current is None:
                 continue
             prior = _merged(by_day, before, layout, pick)
-            figures[version] = (current, window_metrics(current, ref, min_group_size),
-                                window_metrics(prior, ref, min_group_size) if prior is not None else {})
-        current, values, earlier = figures[version]
+            verdicts = P.window_drift(specs, ref.profile, current, ref.bins, scales=scales)
+            figures[version] = (current, window_metrics(current, ref, min_group_size, verdicts),
+                                window_metrics(prior, ref, min_group_size,
+                                               P.window_drift(specs, ref.profile, prior, ref.bins, scales=scales))
+                                if prior is not None else {}, verdicts)
+        current, values, earlier, verdicts = figures[version]
+        if version == ALL_VERSIONS:
+            pictures = window_picture_rows(model, ref, current, window, verdicts)
         common = {"window_id": window.key, "window_name": window.spec.name, "window_kind": window.spec.kind,
                   "window_start": window.start, "window_end": window.end, "model_id": model.id,
                   "model_version": version, "n_rows": current.n_rows,
@@ -431,7 +487,25 @@ def model_window_rows(model: ModelConfig, ref: Reference, by_day: dict[dt.date, 
                          "reference_value": None if metric.startswith("drift.") and not metric.endswith(
                              ".missing_share") else _finite(reference.get(metric)),
                          "previous_value": _finite(earlier.get(metric))})
-    return rows
+    return rows, pictures
+
+
+def window_picture_rows(model: ModelConfig, ref: Reference, current: P.Profile, window: Window,
+                        verdicts: dict[str, P.WindowVerdict]) -> list[dict]:
+    """`monitoring.window_distributions` rows: for each feature whose window drift is over its threshold, the
+    reference's and the window's distributions from the two profiles (no rows read), the strongest first."""
+    out = []
+    for v in sorted((v for v in verdicts.values() if v.drifted), key=lambda v: (-v.evidence, v.feature)):
+        cols = (ref.profile.numeric, current.numeric, ref.bins.numeric) if v.kind == "numeric" else (
+            ref.profile.categorical, current.categorical, ref.bins.categorical)
+        found = P.window_comparison(v.kind, cols[0][v.feature], cols[1][v.feature], cols[2][v.feature])
+        out.append({"window_id": window.key, "window_name": window.spec.name, "window_start": window.start,
+                    "window_end": window.end, "model_id": model.id, "feature": v.feature, "kind": v.kind,
+                    "method": v.method, "statistic": _finite(v.statistic),
+                    "p_value": _finite(v.p_value_adjusted if v.p_value_adjusted is not None else v.p_value),
+                    "threshold": _finite(v.threshold), "evidence": _finite(v.evidence), "bins": found.to_json(),
+                    "n_current": found.n_current, "n_reference": found.n_reference})
+    return out
 
 
 @dataclass
@@ -441,29 +515,35 @@ class StoreRun:
     closed: list[Window]
     notes: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    pictures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=WINDOW_PICTURE_COLUMNS))
 
 
 def compute_windows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, windows: list[Window], last_day: dt.date
-                    ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The store's rows of these windows for the config's models, from the stored daily profiles and reference."""
+                    ) -> tuple[pd.DataFrame, dict[str, str], pd.DataFrame]:
+    """The store's rows of these windows for the config's models, from the stored daily profiles and reference,
+    and the pictures of the windows' drifted features."""
     models, notes = profiled(config)
     refs = stored_references(con, models)
     notes.update({m.id: "no stored evaluation reference" for m in models if m.id not in refs})
     needed = sorted({d for w in windows for d in (*w.days(), *previous(w).days())})
     by_model = load_profiles(con, [m.id for m in models if m.id in refs], needed)
-    rows = []
+    rows, pictures = [], []
     for model in models:
         if model.id not in refs:
             continue
         reference = window_metrics(refs[model.id].profile, refs[model.id], config.min_group_size)
+        scales = reference_scales(con, model, refs[model.id])
         for window in windows:
             try:
-                rows += model_window_rows(model, refs[model.id], by_model.get(model.id, {}), window, last_day,
-                                          config.min_group_size, reference)
+                found, drawn = model_window_rows(model, refs[model.id], by_model.get(model.id, {}), window, last_day,
+                                                 config.min_group_size, reference, scales)
+                rows += found
+                pictures += drawn
             except Exception as exc:  # noqa: BLE001 - one model's window; the others are computed
                 notes[model.id] = f"window {window.key} could not be computed: {error_message(exc)}"
                 log.warning("evaluation store: model %s: %s", model.id, notes[model.id])
-    return pd.DataFrame(rows, columns=STORE_COLUMNS), notes
+    return (pd.DataFrame(rows, columns=STORE_COLUMNS), notes,
+            pd.DataFrame(pictures, columns=WINDOW_PICTURE_COLUMNS))
 
 
 def write_store(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
@@ -472,15 +552,16 @@ def write_store(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     started = time.perf_counter()
     touched = windows_touching(settings(config).windows, sorted(set(refreshed or days)))
     last_day = max(days)
-    frame, notes = compute_windows(con, config, touched, last_day)
+    frame, notes, pictures = compute_windows(con, config, touched, last_day)
     replace_windows(con, frame, [w.key for w in touched], config.written_models)
+    replace_windows(con, pictures, [w.key for w in touched], config.written_models, WINDOW_PICTURES)
     closed = [w for w in touched if w.end in set(days)]
-    return StoreRun(frame, touched, closed, notes, time.perf_counter() - started)
+    return StoreRun(frame, touched, closed, notes, time.perf_counter() - started, pictures)
 
 
 def replace_windows(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, window_ids: list[str],
-                    models: list[str] | None) -> None:
-    """One commit replacing these windows' rows (of `models`; None: every model's)."""
+                    models: list[str] | None, table: str = STORE) -> None:
+    """One commit replacing these windows' rows of `table` (of `models`; None: every model's)."""
     if not window_ids:
         return
     lake = lake_of(con)
@@ -493,8 +574,8 @@ def replace_windows(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, window_
     else:  # no rows: the windows' old rows go (`replace` fills the table's columns in)
         data = pa.table({"window_id": pa.array([], pa.string())})
     where = "window_id IN (" + ", ".join(sql_str(k) for k in sorted(set(window_ids))) + ")"
-    lake.replace(STORE, data, None, models=models, where=where)
-    lake.refresh(con, STORE)
+    lake.replace(table, data, None, models=models, where=where)
+    lake.refresh(con, table)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -527,13 +608,161 @@ def latest_windows(frame: pd.DataFrame, config: MonitorConfig) -> pd.DataFrame:
 
 
 REPORT_FOLDER = "evaluation"
+WINDOW_CHECK = EVALUATION_WINDOW_CHECK  # the check on evaluation_store (severity WARN)
+WINDOW_CHECK_SEVERITY = "WARN"
 
 
-def report_context(frame: pd.DataFrame, model: ModelConfig, window: Window, top: int = 5) -> dict | None:
-    """What a window's report says for one model (every version together), or None without rows."""
+def window_label(window: Window) -> str:
+    """How a message names a window: 'week 2026-10-19..10-25' (the year once when both days share it)."""
+    end = window.end.strftime("%m-%d") if window.end.year == window.start.year else window.end.isoformat()
+    return f"{window.spec.name} {window.start.isoformat()}..{end}"
+
+
+def report_path(config: MonitorConfig, model_id: str, window: Window, ext: str = "html") -> Path:
+    """Where the window's report for this model is written."""
+    return Path(config.reports_dir) / REPORT_FOLDER / model_id / f"{window.spec.name}_{window.start.isoformat()}.{ext}"
+
+
+@dataclass(frozen=True)
+class Warned:
+    """One thing that warned on a window: which check family, what it saw, its value against its threshold."""
+
+    kind: str  # performance | drift | fairness
+    text: str
+    value: float | None
+    threshold: float | None
+
+
+def window_warnings(part: pd.DataFrame, model: ModelConfig, config: MonitorConfig) -> list[Warned]:
+    """What warns on one model's window, from its store rows (every version together): the main metric below
+    `min_metric_ratio` of the reference's (judged from MIN_LABELLED labelled rows, as the daily check), features
+    whose window drift is over their threshold (`drift.<f>.drifted`, decided as the daily drift decides), and
+    disparities beyond the configured bounds that are unlikely to be chance (judged against the reference as the
+    daily fairness checks are, with the config's tolerance, floor and ceiling)."""
+    values = dict(zip(part.metric, part.value, strict=False))
+    refs = dict(zip(part.metric, part.reference_value, strict=False))
+    n_labelled = int(part.n_labelled.iloc[0]) if len(part) else 0
+    t = model.thresholds
+    out = []
+    metric = model.main_metric
+    share = share_of_baseline(metric, _finite(refs.get(metric)), _finite(values.get(metric)))
+    if share is not None and n_labelled >= MIN_LABELLED and share < t.min_metric_ratio:
+        out.append(Warned("performance", f"{metric} {fmt_num(values[metric])} is {fmt_pct(share)} of the "
+                                          f"reference's {fmt_num(refs[metric])} (alert below "
+                                          f"{fmt_pct(t.min_metric_ratio)}; {n_labelled:,} labelled rows)",
+                           share, t.min_metric_ratio))
+    drifted = sorted(((m.split(".")[1], values.get(f"drift.{m.split('.')[1]}.evidence")) for m, v in values.items()
+                      if m.startswith("drift.") and m.endswith(".drifted") and v == 1.0),
+                     key=lambda fv: (-(_finite(fv[1]) or 0.0), fv[0]))
+    if drifted:
+        names = ", ".join(f"{f} ({fmt_num(e)}x its threshold)" for f, e in drifted[:5])
+        more = f" and {plural(len(drifted) - 5, 'more')}" if len(drifted) > 5 else ""
+        out.append(Warned("drift", f"{plural(len(drifted), 'feature')} drifted past the threshold: {names}{more}",
+                           _finite(drifted[0][1]), 1.0))
+    out += _fairness_warnings(values, refs, model, config)
+    return out
+
+
+def _fairness_warnings(values: dict, refs: dict, model: ModelConfig, config: MonitorConfig) -> list[Warned]:
+    t, out = model.thresholds, []
+    against = config.fairness_baseline == "reference"
+    for metric in sorted(values):
+        if not metric.startswith("fairness."):
+            continue
+        attribute, name = metric.split(".")[1], metric.split(".")[2]
+        value, ref = _finite(values[metric]), _finite(refs.get(metric))
+        if name == "demographic_parity_ratio":
+            p, bound, worse = _finite(values.get(f"fairness.{attribute}.demographic_parity_p_value")), \
+                t.demographic_parity_ratio, "below"
+            beyond = value is not None and (value < config.fairness_floor_ratio or value < bound and not (
+                against and ref is not None and value >= ref - config.fairness_tolerance))
+        elif name == "equalized_odds_difference":
+            p, bound, worse = _finite(values.get(f"fairness.{attribute}.equalized_odds_p_value")), \
+                t.equalized_odds_difference, "above"
+            beyond = value is not None and (value > config.fairness_ceiling_odds or value > bound and not (
+                against and ref is not None and value <= ref + config.fairness_tolerance))
+        else:
+            continue
+        if beyond and p is not None and p < FAIRNESS_MAX_P:
+            out.append(Warned("fairness", f"{attribute}: {name.replace('_', ' ')} {fmt_num(value)} {worse} "
+                                           f"{fmt_num(bound)} ({fmt_p(p)}; reference {fmt_num(ref)})", value, bound))
+    return out
+
+
+def window_failures(frame: pd.DataFrame, config: MonitorConfig, windows: list[Window]) -> list[dict]:
+    """The check's failures for these (closed) windows: one per model and closing day, in the shape the alert
+    sensor reads (partition_date, model_id, check_name, severity, value, threshold, message, details). The
+    message names each window and what warned, and points to its report; `details.windows` lists them."""
+    if not settings(config).alerts or not len(frame):
+        return []
+    frame = frame[frame.model_version == ALL_VERSIONS]
+    by_key = {key: part for key, part in frame.groupby(["model_id", "window_id"], sort=False)}
+    found: dict[tuple[str, dt.date], list] = {}
+    for window in sorted(windows, key=lambda w: (w.end, w.spec.name)):
+        for model in config.models:
+            part = by_key.get((model.id, window.key))
+            warned = window_warnings(part, model, config) if part is not None else []
+            if warned:
+                found.setdefault((model.id, window.end), []).append((window, warned))
+    out = []
+    for (model_id, day), items in sorted(found.items()):
+        first = items[0][1][0]
+        text = " | ".join(f"{window_label(w)}: " + "; ".join(x.text for x in warned)
+                          + f"; report: {report_path(config, model_id, w)}" for w, warned in items)
+        out.append({"partition_date": day, "model_id": model_id, "check_name": WINDOW_CHECK,
+                    "severity": WINDOW_CHECK_SEVERITY, "value": first.value, "threshold": first.threshold,
+                    "message": text, "details": {"windows": [
+                        {"window_id": w.key, "window": window_label(w), "report": str(report_path(config, model_id, w)),
+                         "warned": [vars(x) for x in warned]} for w, warned in items]}})
+    return out
+
+
+def judged_counts(frame: pd.DataFrame, windows: list[Window], days: list[dt.date]) -> dict[dt.date, int]:
+    """Per day, how many (model, window) pairs closing on it were judged."""
+    if not len(frame):
+        return {}
+    f = frame[frame.model_version == ALL_VERSIONS]
+    pairs = set(zip(f.model_id, f.window_id, strict=True))
+    return {day: sum(1 for w in windows if w.end == day for (_, k) in pairs if k == w.key) for day in days}
+
+
+def closed_windows(config: MonitorConfig, days: list[dt.date]) -> list[Window]:
+    """The configured windows that close on one of `days` (end on it)."""
+    return [w for w in windows_touching(settings(config).windows, sorted(set(days))) if w.end in set(days)]
+
+
+def read_windows(con: duckdb.DuckDBPyConnection, windows: list[Window], model_ids: list[str]) -> pd.DataFrame:
+    """The store's rows of these windows (every version together) for these models."""
+    if not windows:
+        return pd.DataFrame(columns=STORE_COLUMNS)
+    return con.execute(f"""SELECT {', '.join(quote_ident(c) for c in STORE_COLUMNS)} FROM {STORE}
+                           WHERE window_id IN (SELECT unnest(?::VARCHAR[])) AND model_version = ?
+                           AND model_id IN (SELECT unnest(?::VARCHAR[]))""",
+                       [[w.key for w in windows], ALL_VERSIONS, model_ids]).df()
+
+
+def report_context(frame: pd.DataFrame, model: ModelConfig, window: Window, top: int = 5,
+                   config: MonitorConfig | None = None, pictures: pd.DataFrame | None = None) -> dict | None:
+    """What a window's report says for one model (every version together), or None without rows: the figures,
+    what warned (with `config`: `window_warnings`) and the pictures of its drifted features."""
     part = frame[(frame.model_id == model.id) & (frame.window_id == window.key) & (frame.model_version == ALL_VERSIONS)]
     if not len(part):
         return None
+    warned = window_warnings(part, model, config) if config is not None and settings(config).alerts else []
+    drawn = []
+    if pictures is not None and len(pictures):
+        mine = pictures[(pictures.model_id == model.id) & (pictures.window_id == window.key)]
+        for r in mine.sort_values("evidence", ascending=False).itertuples():
+            buckets = Comparison.buckets_from_json(r.bins)
+            largest = max([b.reference_share for b in buckets] + [b.current_share for b in buckets] + [1e-12])
+            drawn.append({"feature": r.feature, "method": r.method, "statistic": _fmt(r.statistic),
+                          "threshold": _fmt(r.threshold), "evidence": _fmt(r.evidence),
+                          "n_current": int(r.n_current), "n_reference": int(r.n_reference),
+                          # bar widths relative to the largest share, so a 5% bin is not a sliver
+                          "buckets": [{"label": b.label, "reference_width": round(100 * b.reference_share / largest, 1),
+                                       "current_width": round(100 * b.current_share / largest, 1),
+                                       "reference_pct": fmt_pct(b.reference_share),
+                                       "current_pct": fmt_pct(b.current_share)} for b in buckets]})
     perf = part[~part.metric.str.contains(".", regex=False)]
     drift = part[part.metric.str.endswith(".jensenshannon")].sort_values("value", ascending=False).head(top)
     fair = part[part.metric.str.startswith("fairness.")]
@@ -547,16 +776,21 @@ def report_context(frame: pd.DataFrame, model: ModelConfig, window: Window, top:
             "start": window.start.isoformat(), "end": window.end.isoformat(), "n_rows": int(first.n_rows),
             "n_labelled": int(first.n_labelled), "days_profiled": int(first.days_profiled),
             "versions": sorted(v for v in frame[(frame.model_id == model.id) & (frame.window_id == window.key)]
-                               .model_version.unique() if v != ALL_VERSIONS),
-            "performance": rows(perf), "drift": rows(drift, lambda m: m.split(".")[1]), "fairness": rows(fair)}
+                               .model_version.unique() if v and v != ALL_VERSIONS),
+            "performance": rows(perf), "drift": rows(drift, lambda m: m.split(".")[1]),
+            "fairness": rows(fair[~fair.metric.str.endswith("_p_value")]),
+            "warned": [vars(w) for w in warned], "warned_kinds": sorted({w.kind for w in warned}),
+            "check": WINDOW_CHECK, "pictures": drawn}
 
 
 def _fmt(x) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
-def write_reports(frame: pd.DataFrame, config: MonitorConfig, closed: list[Window]) -> list[Path]:
-    """For each closed window, one markdown and one HTML report per model under `<reports>/evaluation/<model>/`."""
+def write_reports(frame: pd.DataFrame, config: MonitorConfig, closed: list[Window],
+                  pictures: pd.DataFrame | None = None) -> list[Path]:
+    """For each closed window, one markdown and one HTML report per model under `<reports>/evaluation/<model>/`,
+    saying which checks warned and showing the drifted features' distributions."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -565,13 +799,12 @@ def write_reports(frame: pd.DataFrame, config: MonitorConfig, closed: list[Windo
     written = []
     for window in closed:
         for model in config.models:
-            context = report_context(frame, model, window)
+            context = report_context(frame, model, window, config=config, pictures=pictures)
             if context is None:
                 continue
-            folder = Path(config.reports_dir) / REPORT_FOLDER / model.id
-            folder.mkdir(parents=True, exist_ok=True)
             for ext in ("md", "html"):
-                path = folder / f"{window.spec.name}_{window.start.isoformat()}.{ext}"
+                path = report_path(config, model.id, window, ext)
+                path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(env.get_template(f"window_report.{ext}.j2").render(**context))
                 written.append(path)
     return written

@@ -2,6 +2,7 @@
 
     evaluation:
       windows: [week, month, quarter, {rolling_days: 28}, {name: black_friday, start: 2026-11-20, end: 2026-11-30}]
+      alerts: true   # the evaluation_window_within_baseline check judges each closed window (false: never warns)
 
 A window is a span of whole days: a calendar week (Monday to Sunday), month or quarter; the N days ending on a day
 (one rolling window per day); or a fixed date range (a release period). Each is compared with the reference and
@@ -62,6 +63,9 @@ class Window:
 @dataclass(frozen=True)
 class EvaluationConfig:
     windows: tuple[WindowSpec, ...] = (WindowSpec("week", "week"), WindowSpec("month", "month"))
+    # The `evaluation_window_within_baseline` check judges closed windows (false: it passes every day, and the
+    # reports say nothing warned).
+    alerts: bool = True
 
 
 DEFAULT = EvaluationConfig()
@@ -73,12 +77,15 @@ def parse_evaluation(data: Any, file: Path | str = "config", key: str = "evaluat
         return DEFAULT
     if not isinstance(data, dict):
         raise ConfigError(file, key, f"expected a mapping, got {type(data).__name__}")
-    extra = sorted(set(data) - {"windows"}, key=str)
+    extra = sorted(set(data) - {"windows", "alerts"}, key=str)
     if extra:
-        raise ConfigError(file, f"{key}.{extra[0]}", "unknown key; expected windows")
+        raise ConfigError(file, f"{key}.{extra[0]}", "unknown key; expected windows, alerts")
+    alerts = data.get("alerts", True)
+    if not isinstance(alerts, bool):
+        raise ConfigError(file, f"{key}.alerts", f"expected true or false, got {alerts!r}")
     items = data.get("windows")
     if items is None:
-        return DEFAULT
+        return EvaluationConfig(alerts=alerts)
     if not isinstance(items, list) or not items:
         raise ConfigError(file, f"{key}.windows", "expected a non-empty list of windows")
     specs = [_window(item, file, f"{key}.windows[{i}]") for i, item in enumerate(items)]
@@ -86,7 +93,7 @@ def parse_evaluation(data: Any, file: Path | str = "config", key: str = "evaluat
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(file, f"{key}.windows[{i}]", f"window {name!r} is listed twice")
-    return EvaluationConfig(tuple(specs))
+    return EvaluationConfig(tuple(specs), alerts)
 
 
 def _window(item: Any, file: Path | str, key: str) -> WindowSpec:

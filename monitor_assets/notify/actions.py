@@ -6,11 +6,20 @@ from __future__ import annotations
 import datetime as dt
 
 from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import QUALITY_CHECK, RETRAINING_CHECKS, THRESHOLD_CHECKS, VOLUME_RANGE_CHECK
+from monitor_assets.constants import (
+    EVALUATION_WINDOW_CHECK,
+    QUALITY_CHECK,
+    RANKING_DRIFT_CHECK,
+    RANKING_PERFORMANCE_CHECK,
+    RETRAINING_CHECKS,
+    THRESHOLD_CHECKS,
+    VOLUME_RANGE_CHECK,
+)
 from monitor_assets.formatting import iso
 from monitor_assets.storage.alert_state import AlertState
 
-CHECK_NAMES = (*THRESHOLD_CHECKS, QUALITY_CHECK, VOLUME_RANGE_CHECK, *RETRAINING_CHECKS)
+CHECK_NAMES = (*THRESHOLD_CHECKS, QUALITY_CHECK, VOLUME_RANGE_CHECK, *RETRAINING_CHECKS, EVALUATION_WINDOW_CHECK,
+               RANKING_PERFORMANCE_CHECK, RANKING_DRIFT_CHECK)
 
 
 def _validate(config: MonitorConfig, model_id: str | None, check_name: str | None, by: str, reason: str) -> None:

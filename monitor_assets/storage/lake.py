@@ -171,6 +171,12 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "value": "DOUBLE", "reference_value": "DOUBLE", "previous_value": "DOUBLE", "n_rows": "BIGINT",
         "n_labelled": "BIGINT", "days_profiled": "BIGINT", "complete": "BOOLEAN", "computed_at": "TIMESTAMPTZ"},
         ("window_name",)),
+    # The reference against a closed window for each feature the window's drift verdict flagged.
+    "monitoring.window_distributions": ({
+        "window_id": "VARCHAR", "window_name": "VARCHAR", "window_start": "DATE", "window_end": "DATE",
+        "model_id": "VARCHAR", "feature": "VARCHAR", "kind": "VARCHAR", "method": "VARCHAR", "statistic": "DOUBLE",
+        "p_value": "DOUBLE", "threshold": "DOUBLE", "evidence": "DOUBLE", "bins": "VARCHAR", "n_current": "BIGINT",
+        "n_reference": "BIGINT", "computed_at": "TIMESTAMPTZ"}, ("window_name",)),
     # The ranking task (ranking.logic): impressions and interactions as logged, and ranking quality per model,
     # day, version and metric (long: one row per metric, so a ranker's k list does not change the columns).
     "raw.ranking_impressions": ({
@@ -499,6 +505,13 @@ class Lake:
         """Replace one model's predictions of one day (an empty table deletes them)."""
         self._write(self.model_path(model_id), data, _days_predicate([day]), ["partition_date"],
                     {"partition_date": {day.isoformat()}})
+
+    def replace_model_days(self, model_id: str, data: pa.Table, days: Iterable[dt.date]) -> None:
+        """Replace one model's predictions of these days in one commit (days without rows in `data` end
+        up empty)."""
+        days = sorted(set(days))
+        self._write(self.model_path(model_id), data, _days_predicate(days), ["partition_date"],
+                    {"partition_date": {d.isoformat() for d in days}})
 
     def delete(self, table: str, predicate: str) -> None:
         """Delete the rows matching a SQL predicate (one commit); for repairs and tests."""

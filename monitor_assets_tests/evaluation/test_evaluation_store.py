@@ -21,8 +21,17 @@ from sklearn import metrics as skm
 from monitor_assets import keys
 from monitor_assets.config import load_config
 from monitor_assets.definitions import build_definitions
-from monitor_assets.evaluation.logic import ALL_VERSIONS, PROFILES, REFERENCES, STORE, write_store
+from monitor_assets.evaluation import logic as E
+from monitor_assets.evaluation.logic import (
+    ALL_VERSIONS,
+    PROFILES,
+    REFERENCES,
+    STORE,
+    WINDOW_PICTURES,
+    write_store,
+)
 from monitor_assets.evaluation.settings import parse_evaluation
+from monitor_assets.stats.distributions import Comparison
 from monitor_assets.stats.profiles import Profile
 from monitor_assets.storage.warehouse import connect
 from monitor_assets_tests.conftest import CSV_WORLD, write
@@ -276,3 +285,46 @@ def test_reports_for_closed_windows(world):
     assert html.startswith("<!doctype html>") and "region" in html
     # a month still open at the last day has no report
     assert not (folder / "month_2025-06-01.md").exists()
+
+
+def test_window_drift_verdicts_pictures_and_warnings(world):
+    # x0 moves by half a standard deviation from 2025-06-09: the week of 06-16 has drifted past the threshold, the
+    # week of 06-02 has not (nor has any other feature of either)
+    store = world["after"][1]
+    late, _ = _window(store, "clf", "week", dt.date(2025, 6, 16))
+    early, _ = _window(store, "clf", "week", dt.date(2025, 6, 2))
+    assert late["drift.x0.drifted"] == 1.0 and late["drift.x0.evidence"] > 1
+    assert late["drift.x0.evidence"] == pytest.approx(late["drift.x0.wasserstein"] / late["drift.x0.threshold"])
+    assert {m: v for m, v in early.items() if m.endswith(".drifted")} == {
+        "drift.x0.drifted": 0.0, "drift.x1.drifted": 0.0, "drift.shop.drifted": 0.0}
+    with connect(None, world["config"].lake_path) as con:
+        pictures = con.execute(f"SELECT * FROM {WINDOW_PICTURES} WHERE model_id = 'clf'").df()
+        # the threshold is the daily drift's: the noise scale comes from the stored fine reference counts
+        ref = E.stored_references(con, [m for m in world["config"].models if m.id == "clf"])["clf"]
+        scales = E.reference_scales(con, next(m for m in world["config"].models if m.id == "clf"), ref)
+    assert set(scales) == {"x0", "x1"}
+    week = pictures[(pictures.window_id == "week:2025-06-16") & (pictures.feature == "x0")]
+    assert len(week) == 1 and week.method.iloc[0] == "wasserstein"
+    buckets = Comparison.buckets_from_json(week.bins.iloc[0])
+    rows = _rows(world, "clf", dt.date(2025, 6, 16), dt.date(2025, 6, 22))
+    assert sum(b.current_count for b in buckets) == len(rows) == week.n_current.iloc[0]
+    inner = [b for b in buckets if b.lo is not None and b.hi is not None]
+    counts, _ = np.histogram(rows.x0, bins=np.r_[[b.lo for b in inner], inner[-1].hi])
+    assert [b.current_count for b in inner] == counts.tolist()
+    assert not len(pictures[pictures.window_id == "week:2025-06-02"])
+    # the closed week's report shows it and says the check warned on drift; the check's failure names the window
+    folder = world["tmp"] / "reports" / "evaluation" / "clf"
+    html = (folder / "week_2025-06-16.html").read_text()
+    assert "Drifted features: reference against the window" in html and "warned</strong> on drift" in html
+    assert "nothing warned" in (folder / "week_2025-06-02.md").read_text()
+    windows = [w for w in E.closed_windows(world["config"], DAYS) if w.spec.name == "week"]
+    failures = E.window_failures(store, world["config"], windows)
+    flagged = {(f["model_id"], str(f["partition_date"])): f for f in failures}
+    assert ("clf", "2025-06-22") in flagged and ("clf", "2025-06-08") not in flagged
+    assert flagged[("clf", "2025-06-22")]["message"].startswith("week 2025-06-16..06-22: ")
+    assert "x0 (" in flagged[("clf", "2025-06-22")]["message"]
+    # before the shift no week warns on performance or drift (clf's reference itself has a parity ratio near the
+    # four-fifths bound, so a week may warn on fairness, judged as the daily fairness check judges a day)
+    early_kinds = {x["kind"] for k, f in flagged.items() if k[1] < "2025-06-09"
+                   for w in f["details"]["windows"] for x in w["warned"]}
+    assert early_kinds <= {"fairness"}, [f["message"] for f in failures]

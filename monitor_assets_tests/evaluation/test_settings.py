@@ -2,11 +2,13 @@
 
 import datetime as dt
 
+import dagster as dg
 import pytest
 
 from monitor_assets import keys
 from monitor_assets.config import ConfigError
 from monitor_assets.definitions import build_definitions
+from monitor_assets.evaluation.logic import WINDOW_CHECK
 from monitor_assets.evaluation.settings import (
     DEFAULT,
     RANGE,
@@ -24,7 +26,13 @@ D = dt.date
 
 def test_default_is_week_and_month():
     assert [s.name for s in parse_evaluation(None).windows] == ["week", "month"]
-    assert parse_evaluation({}) == DEFAULT
+    assert parse_evaluation({}) == DEFAULT and DEFAULT.alerts
+
+
+def test_window_alerts_can_be_turned_off():
+    off = parse_evaluation({"alerts": False})
+    assert not off.alerts and off.windows == DEFAULT.windows
+    assert not parse_evaluation({"windows": ["quarter"], "alerts": False}).alerts
 
 
 def test_every_kind_parses():
@@ -47,6 +55,7 @@ def test_every_kind_parses():
     ({"windows": []}, "evaluation.windows"),
     ({"window": ["week"]}, "evaluation.window"),
     ({"windows": [{"rolling_days": 7, "name": "x"}]}, "evaluation.windows[0].name"),
+    ({"alerts": "no"}, "evaluation.alerts"),
 ])
 def test_errors_are_one_line_naming_the_key(data, key):
     with pytest.raises(ConfigError) as err:
@@ -94,3 +103,6 @@ def test_definitions_load_with_the_pipeline(demo_config):
     for job in defs.jobs or []:
         defs.resolve_job_def(job.name)
     assert defs.resolve_implicit_global_asset_job_def() is not None
+    # the window check sits on the store, partitioned like it
+    check = graph.get_check_spec(dg.AssetCheckKey(keys.EVALUATION_STORE, WINDOW_CHECK))
+    assert check.partitions_def == graph.get(keys.EVALUATION_STORE).partitions_def
