@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 $(DAGSTER_HOME)/dagster.yaml: $(INSTANCE_TEMPLATE)
 	@mkdir -p "$(DAGSTER_HOME)"
 	@if [ -f "$@" ]; then cp "$@" "$@.bak" && echo "refreshed $@ from $(INSTANCE_TEMPLATE) (previous: $@.bak)"; fi
-	@cp $(INSTANCE_TEMPLATE) "$@"
+	@sed 's#{env: DAGSTER_HOME}#"$(DAGSTER_HOME)"#' $(INSTANCE_TEMPLATE) > "$@"  # runner.instance_yaml does the same
 
 run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	@$(BIN)/python -m monitor_assets.run_pipeline

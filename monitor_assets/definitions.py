@@ -134,7 +134,7 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     pipeline = (ingestion, metrics, analysis, estimation, segments, multivariate, pictures, evaluation, history,
                 alerting, retraining, reporting, export, ranking)
 
-    checks = check_keys(ingestion, alerting, retraining, ranking)
+    checks = check_keys(ingestion, alerting, retraining, evaluation, ranking)
     jobs = pipeline_jobs(config, asset_keys(*pipeline), checks)
     schedule = dg.build_schedule_from_partitioned_job(jobs[MONITORING_JOB], hour_of_day=6, minute_of_hour=0,
                                                       name="daily_monitoring_schedule")
@@ -167,7 +167,9 @@ def check_instance_for_env() -> None:
     from dagster._core.instance.ref import InstanceRef
 
     ref = InstanceRef.from_dir(home)
-    storages = (ref.run_storage_data, ref.event_storage_data, ref.schedule_storage_data)
+    # A `storage: custom:` class (the local template's) stands behind Dagster's Legacy* wrappers: name it instead.
+    storages = [s for s in (ref.storage_data, ref.run_storage_data, ref.event_storage_data, ref.schedule_storage_data)
+                if s is not None and not s.class_name.startswith("Legacy")]
     wrong = sorted({s.class_name for s in storages if not s.module_name.startswith("dagster_postgres")})
     if wrong:
         raise WrongInstanceError(f"MONITOR_ENV=prod, but the instance in DAGSTER_HOME={home} uses "

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -37,6 +37,15 @@ def instance_template(env: str | None = None) -> Path:
     return INSTANCE_TEMPLATES[env]
 
 
+HOME_PLACEHOLDER = "{env: DAGSTER_HOME}"
+
+
+def instance_yaml(template: Path, home: Path) -> str:
+    """The template's text for `home`: the local storage's folder written out, so the instance also loads
+    where $DAGSTER_HOME is not set (`DagsterInstance.from_config(home)`)."""
+    return template.read_text().replace(HOME_PLACEHOLDER, json.dumps(str(home)))
+
+
 def prepare_dagster_home() -> Path:
     """$DAGSTER_HOME (default .dagster_home), given the instance template of $MONITOR_ENV when it has no
     dagster.yaml. An existing one is left alone (it may point at Postgres); `make run` refreshes it from the
@@ -45,7 +54,7 @@ def prepare_dagster_home() -> Path:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copy(template, home / "dagster.yaml")
+        (home / "dagster.yaml").write_text(instance_yaml(template, home))
     return home
 
 

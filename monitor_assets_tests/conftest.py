@@ -39,7 +39,9 @@ def instance_template() -> Path:
 def persistent_home(path: Path) -> Path:
     """A DAGSTER_HOME made from the repo's template: SQLite storage, as users run it."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "dagster.yaml").write_text(instance_template().read_text())
+    from monitor_assets.runner import instance_yaml
+
+    (path / "dagster.yaml").write_text(instance_yaml(instance_template(), path))
     return path
 
 

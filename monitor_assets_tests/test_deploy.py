@@ -54,7 +54,9 @@ def test_monitor_env_selects_the_instance_template(monkeypatch):
     with pytest.raises(ValueError, match="MONITOR_ENV='staging': expected one of local, prod"):
         instance_template()
     local = yaml.safe_load(INSTANCE_TEMPLATES["local"].read_text())
-    assert "storage" not in local  # local: SQLite in DAGSTER_HOME, Dagster's default
+    # local: Dagster's SQLite files in DAGSTER_HOME, the event log writing batches in one transaction
+    assert local["storage"]["custom"]["class"] == "BatchedSqliteStorage"
+    assert local["storage"]["custom"]["config"] == {"base_dir": {"env": "DAGSTER_HOME"}}
 
 
 def test_run_pipeline_refuses_an_unknown_monitor_env(tmp_path):
@@ -83,8 +85,8 @@ def test_prod_definitions_refuse_an_instance_that_is_not_postgres(postgres_serve
     assert refused.returncode == 1
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith(f"monitor_assets.definitions.WrongInstanceError: MONITOR_ENV=prod, but the instance in "
-                           f"DAGSTER_HOME={sqlite_home} uses SqliteEventLogStorage, SqliteRunStorage, "
-                           f"SqliteScheduleStorage, not PostgreSQL: copy deploy/prod/dagster.yaml there"), last
+                           f"DAGSTER_HOME={sqlite_home} uses BatchedSqliteStorage, not PostgreSQL: copy "
+                           f"deploy/prod/dagster.yaml there"), last
     no_home = load_definitions({k: v for k, v in env.items() if k != "DAGSTER_HOME"})
     assert no_home.returncode == 1
     assert no_home.stderr.strip().splitlines()[-1].startswith(

@@ -1,0 +1,98 @@
+"""The local instance's batched SQLite event log (monitor_assets/event_log.py): a run's events land as with
+Dagster's own storage, in fewer transactions, and a failed batch leaves nothing behind."""
+
+import dagster as dg
+import pytest
+from dagster._core.storage.event_log import SqliteEventLogStorage
+
+from monitor_assets.event_log import BatchedSqliteEventLogStorage
+from monitor_assets.runner import INSTANCE_TEMPLATES, instance_yaml
+
+DAYS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_date="2026-01-08")
+
+
+@dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
+def daily(context: dg.AssetExecutionContext) -> None:
+    for key in context.partition_keys:
+        context.log.info(f"day {key}")
+
+
+@dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run(), deps=[daily])
+def downstream(context: dg.AssetExecutionContext):
+    return dg.MaterializeResult(metadata={"days": len(context.partition_keys)})
+
+
+JOB = dg.define_asset_job("two_steps", [daily, downstream], partitions_def=DAYS)
+DEFS = dg.Definitions(assets=[daily, downstream], jobs=[JOB])
+
+
+def home_with(tmp_path, name: str, template: bool):
+    home = tmp_path / name
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_yaml(INSTANCE_TEMPLATES["local"], home) if template
+                                       else "telemetry:\n  enabled: false\n")
+    return home
+
+
+def run_range(home) -> tuple[dg.DagsterInstance, str]:
+    instance = dg.DagsterInstance.from_config(str(home))
+    result = DEFS.resolve_job_def("two_steps").execute_in_process(
+        instance=instance, tags={"dagster/asset_partition_range_start": "2026-01-01",
+                                 "dagster/asset_partition_range_end": "2026-01-07"})
+    assert result.success
+    return instance, result.run_id
+
+
+def summary(instance: dg.DagsterInstance, run_id: str) -> dict:
+    logs = instance.all_logs(run_id)
+    kinds = {}
+    for entry in logs:
+        if entry.dagster_event is not None:
+            kinds[entry.dagster_event.event_type_value] = kinds.get(entry.dagster_event.event_type_value, 0) + 1
+    materialized = {key.to_user_string(): sorted(instance.get_materialized_partitions(key))
+                    for key in (dg.AssetKey("daily"), dg.AssetKey("downstream"))}
+    return {"kinds": kinds, "materialized": materialized}
+
+
+def test_a_run_stores_the_same_events_as_dagsters_own_sqlite_storage(tmp_path, monkeypatch):
+    batches = []
+    original = BatchedSqliteEventLogStorage.store_event_batch
+
+    def spy(self, events):
+        batches.append(len(events))
+        return original(self, events)
+
+    monkeypatch.setattr(BatchedSqliteEventLogStorage, "store_event_batch", spy)
+    batched, batched_run = run_range(home_with(tmp_path, "batched", template=True))
+    # The planned events of the run (2 assets x 7 days) and each step's 7 materializations came as batches.
+    assert max(batches) >= 14 and batches.count(7) >= 2, batches
+    plain, plain_run = run_range(home_with(tmp_path, "plain", template=False))
+    with batched, plain:
+        assert type(batched.event_log_storage) is BatchedSqliteEventLogStorage
+        assert type(plain.event_log_storage) is SqliteEventLogStorage
+        got, expected = summary(batched, batched_run), summary(plain, plain_run)
+        assert got == expected
+        # 7 days x 2 assets, planned and materialized, each kept per partition (the UI's per-day view).
+        assert got["kinds"]["ASSET_MATERIALIZATION"] == 14 and got["kinds"]["ASSET_MATERIALIZATION_PLANNED"] == 14
+        assert got["materialized"]["daily"] == [f"2026-01-0{d}" for d in range(1, 8)]
+        # The cross-run index answers as Dagster's does (the asset's latest materialization and its metadata).
+        event = batched.get_latest_materialization_event(dg.AssetKey("downstream"))
+        assert event.asset_materialization.metadata["days"].value == 7
+
+
+def test_a_failed_batch_leaves_nothing_and_the_events_can_be_stored_again(tmp_path):
+    instance, run_id = run_range(home_with(tmp_path, "batched", template=True))
+    with instance:
+        storage = instance.event_log_storage
+        events = [e for e in instance.all_logs(run_id) if e.dagster_event is not None
+                  and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"]
+        before = len(instance.all_logs(run_id))
+
+        class Broken:  # not an event: storing it raises halfway through the batch
+            is_dagster_event = False
+
+        with pytest.raises(AttributeError):
+            storage.store_event_batch([*events[:3], Broken()])
+        assert len(instance.all_logs(run_id)) == before  # the three stored before the failure were rolled back
+        storage.store_event_batch(events[:3])
+        assert len(instance.all_logs(run_id)) == before + 3
