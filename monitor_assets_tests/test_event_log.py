@@ -4,6 +4,7 @@ Dagster's own storage, in fewer transactions, and a failed batch leaves nothing 
 import dagster as dg
 import pytest
 from dagster._core.storage.event_log import SqliteEventLogStorage
+from dagster_shared.check.functions import ParameterCheckError
 
 from monitor_assets.event_log import BatchedSqliteEventLogStorage
 from monitor_assets.runner import INSTANCE_TEMPLATES, instance_yaml
@@ -91,7 +92,7 @@ def test_a_failed_batch_leaves_nothing_and_the_events_can_be_stored_again(tmp_pa
         class Broken:  # not an event: storing it raises halfway through the batch
             is_dagster_event = False
 
-        with pytest.raises(AttributeError):
+        with pytest.raises(ParameterCheckError):
             storage.store_event_batch([*events[:3], Broken()])
         assert len(instance.all_logs(run_id)) == before  # the three stored before the failure were rolled back
         storage.store_event_batch(events[:3])
