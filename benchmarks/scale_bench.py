@@ -23,6 +23,16 @@ the drifted models, and only they, were found (monitoring.drift_summary and moni
 models split into N shards, each shard's steps in a process of its own, W at once, then the fleet run;
 memory is the whole process tree's, and step times are listed per shard. The floors set for this benchmark are printed beside them; the last
 line is one JSON object.
+
+Ranking mode (--ranking): N rankers (`task: ranking`) x R requests x --items items x D days instead, e.g.
+`--ranking --models 100 --rows 50000 --days 1` (issue 23: 100 rankers x 50,000 requests x 10 items x 1 day, peak
+memory bound 2 GB). Each ranker logs one JSON line per request with its ranked list (`items`, `scores`;
+rankings/{date}/<ranker>.jsonl), its interactions (clicks and purchases, more often near the top of the list) in
+interactions/{date}/<ranker>.csv the same day, and has a reference Parquet file of 5,000 graded requests in the
+impressions shape. A seeded set of rankers (--drifted-share) collapses on the last day (a popularity collapse: the
+lists fill with the same 30 items and the interactions no longer follow the rank), which the ranking check must
+find: reported is which rankers `monitoring.ranking_performance` judged below their floor on the last day, and on
+any other day.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +68,13 @@ SHIFT_SD = 0.5
 GB = 1024**3
 # (models, rows, days) -> (seconds, GB) that the scale issue asks for.
 FLOORS = {(100, 50_000, 2): (240.0, 2.0), (500, 10_000, 1): (240.0, 2.0)}
+# Ranking mode: (rankers, requests, days) -> (seconds or None: no time bound set, GB).
+RANKING_FLOORS = {(100, 50_000, 1): (None, 2.0)}
 FORMAT_VERSION = 2  # bump when the generated data changes, so old folders are not reused
+CATALOGUE = 20_000  # items per ranker's catalogue
+COLLAPSED_ITEMS = 30  # a collapsed ranker's lists come from this many items
+REFERENCE_REQUESTS = 5_000
+CLASSIFIER_ROWS = 1_000  # the one classifier beside the rankers, per day
 
 
 @dataclass(frozen=True)
@@ -70,9 +86,14 @@ class Params:
     drifted_share: float = 0.1
     seed: int = 7
     gzip: bool = False
+    ranking: bool = False  # rankers: `models` rankers x `rows` requests x `items` items
+    items: int = 10
 
     @property
     def slug(self) -> str:
+        if self.ranking:
+            return (f"rank_m{self.models}_r{self.rows}_i{self.items}_d{self.days}_drift{self.drifted_share:g}"
+                    f"_s{self.seed}{'_gz' if self.gzip else ''}")
         return (f"m{self.models}_r{self.rows}_d{self.days}_{'shared' if self.shared else 'distinct'}"
                 f"_drift{self.drifted_share:g}_s{self.seed}{'_gz' if self.gzip else ''}")
 
@@ -263,18 +284,136 @@ def write_config(p: Params, specs: list[ModelSpec], folder: Path, ext: str) -> P
     return path
 
 
+# --- ranking mode: rankers' lists and interactions ------------------------------------------------
+
+def ranker_ids(p: Params) -> tuple[list[str], list[str]]:
+    """Every ranker's id and, seeded, the ones that collapse on the last day (at least one when the share is
+    above 0)."""
+    import numpy as np
+
+    width = max(3, len(str(p.models - 1)))
+    ids = [f"r{i:0{width}d}" for i in range(p.models)]
+    n = 0 if p.drifted_share <= 0 else max(1, round(p.drifted_share * p.models))
+    chosen = np.random.default_rng([p.seed, 11]).choice(p.models, min(n, p.models), replace=False)
+    return ids, sorted(ids[i] for i in chosen)
+
+
+def ranked_lists(rng: np.random.Generator, n: int, items: int, collapsed: bool) -> dict:
+    """n requests' lists: item codes (n x items, distinct within a list), scores falling with the rank, and each
+    shown item's grade (0 none, 1 click, 3 purchase). A healthy ranker's lists start from a Zipf-popular item and
+    step through the catalogue; its interactions fall off with the rank. A collapsed one shows items of the same
+    COLLAPSED_ITEMS and is clicked regardless of the rank, less often."""
+    import numpy as np
+
+    pos = np.arange(items)
+    if collapsed:
+        start = rng.integers(0, COLLAPSED_ITEMS, n)
+        codes = (start[:, None] + pos[None, :]) % COLLAPSED_ITEMS
+        p_act = np.full(items, 0.04)
+    else:
+        start = np.minimum(rng.zipf(1.3, n) - 1, CATALOGUE - 1)
+        codes = (start[:, None] + pos[None, :] * 997) % CATALOGUE  # 997 is prime to CATALOGUE: no repeats
+        p_act = 0.25 / (1 + pos)
+    acted = rng.random((n, items)) < p_act[None, :]
+    grades = np.where(acted, np.where(rng.random((n, items)) < 0.2, 3, 1), 0).astype(np.int8)
+    scores = np.round(np.sort(rng.random((n, items)), axis=1)[:, ::-1], 4)
+    return {"codes": codes, "scores": scores, "grades": grades}
+
+
+def generate_ranking(p: Params, folder: Path) -> dict:
+    """Rankers' logs (one JSON line per request with its list), interactions, references and monitor.yaml;
+    manifest.json last. Lines are written by DuckDB's JSON writer from Arrow lists, not a Python loop."""
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
+
+    started = time.perf_counter()
+    # One small classifier beside the rankers (CLASSIFIER_ROWS a day, no drift): the classifier stages run as in
+    # any deployment, and a config with rankers alone is not run through yet (see write_ranking_config).
+    generate(replace(p, models=1, rows=CLASSIFIER_ROWS, ranking=False, drifted_share=0.0, gzip=False), folder)
+    ids, collapsed = ranker_ids(p)
+    con = duckdb.connect()
+    con.execute("SET preserve_insertion_order = false")
+    ext = ".jsonl.gz" if p.gzip else ".jsonl"
+    options = "FORMAT JSON, COMPRESSION gzip" if p.gzip else "FORMAT JSON"
+    item_names = pa.array([f"i{k:05d}" for k in range(CATALOGUE)])
+
+    def names(codes: np.ndarray) -> pa.Array:
+        return item_names.take(pa.array(codes.ravel()))
+
+    for i, rid in enumerate(ids):
+        lists = ranked_lists(np.random.default_rng([p.seed, 12, i]), REFERENCE_REQUESTS, p.items, False)
+        n = REFERENCE_REQUESTS
+        grades = lists["grades"].ravel()
+        ref = pa.table({"request_id": pa.array([f"ref-{k}" for k in range(n) for _ in range(p.items)]),
+                        "item_id": names(lists["codes"]), "rank": np.tile(np.arange(1, p.items + 1), n),
+                        "score": lists["scores"].ravel(),
+                        "event": pa.array(np.where(grades == 3, "purchase", np.where(grades == 1, "click", None)))})
+        con.register("ref", ref)
+        con.execute(f"COPY ref TO '{folder / 'reference' / f'{rid}.parquet'}' (FORMAT PARQUET)")
+        con.unregister("ref")
+    for d, day in enumerate(p.dates):
+        for sub in ("rankings", "interactions"):
+            (folder / sub / day.isoformat()).mkdir(parents=True)
+        last = d == p.days - 1
+        for i, rid in enumerate(ids):
+            lists = ranked_lists(np.random.default_rng([p.seed, 13, i, d]), p.rows, p.items, last and rid in collapsed)
+            n = p.rows
+            offsets = pa.array(np.arange(0, n * p.items + 1, p.items, dtype=np.int32))
+            requests = pa.array([f"{rid}-{day:%Y%m%d}-{k:07d}" for k in range(n)])
+            log = pa.table({"request_id": requests, "model_version": pa.array(["v1"] * n),
+                            "items": pa.ListArray.from_arrays(offsets, names(lists["codes"])),
+                            "scores": pa.ListArray.from_arrays(offsets, pa.array(lists["scores"].ravel()))})
+            con.register("log", log)
+            con.execute(f"COPY log TO '{folder / 'rankings' / day.isoformat() / f'{rid}{ext}'}' ({options})")
+            con.unregister("log")
+            hit = np.flatnonzero(lists["grades"].ravel())
+            acts = pa.table({"request_id": requests.take(pa.array(hit // p.items)),
+                             "item_id": names(lists["codes"].ravel()[hit]),
+                             "event": pa.array(np.where(lists["grades"].ravel()[hit] == 3, "purchase", "click"))})
+            con.register("acts", acts)
+            con.execute(f"COPY acts TO '{folder / 'interactions' / day.isoformat() / f'{rid}.csv'}' (FORMAT CSV, HEADER)")
+            con.unregister("acts")
+    con.close()
+    write_ranking_config(p, ids, folder, ext)
+    manifest = {"format": FORMAT_VERSION, "mode": "ranking", "params": asdict(p), "first": str(p.dates[0]),
+                "last": str(p.dates[-1]), "drifted": collapsed, "models": [{"id": r} for r in ids],
+                "lines": p.models * p.rows * p.days, "impressions": p.models * p.rows * p.items * p.days,
+                "log_bytes": sum(f.stat().st_size for f in (folder / "rankings").rglob("*") if f.is_file()),
+                "generate_seconds": round(time.perf_counter() - started, 2)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def write_ranking_config(p: Params, ids: list[str], folder: Path, ext: str) -> Path:
+    """The rankers added to the small classifier's monitor.yaml. (With rankers alone, preflight wants the shared
+    `sources:` to match files, and retraining_trigger and alerts fail on an empty model list: checked 2026-12-06.)"""
+    import yaml
+
+    path = folder / "monitor.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["models"] += [{"id": rid, "task": "ranking", "version": "v1", "source": f"rankings/{{date}}/{rid}{ext}",
+                          "labels": f"interactions/{{date}}/{rid}.csv", "reference": f"reference/{rid}.parquet",
+                          "ranking": {"k": [5, 10]}, "thresholds": {"min_metric_ratio": 0.9}}
+                         for rid in ids]
+    path.write_text("# Generated by benchmarks/scale_bench.py --ranking; paths are relative to this file.\n"
+                    + yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=110))
+    return path
+
+
 def existing_data(p: Params, folder: Path) -> dict | None:
     """The manifest of a complete data set made from the same parameters and seed, if `folder` has one."""
     path = folder / "manifest.json"
     if not path.exists():
         return None
     manifest = json.loads(path.read_text())
-    return manifest if manifest.get("format") == FORMAT_VERSION and manifest.get("params") == asdict(p) else None
+    params = {"ranking": False, "items": 10, **manifest.get("params", {})}  # folders made before the ranking mode
+    return manifest if manifest.get("format") == FORMAT_VERSION and params == asdict(p) else None
 
 
 def ensure_data(p: Params, folder: Path) -> dict:
     """The manifest of the data in `folder`, generated unless an identical set is there."""
-    return existing_data(p, folder) or generate(p, folder)
+    return existing_data(p, folder) or (generate_ranking if p.ranking else generate)(p, folder)
 
 
 # --- running and measuring -----------------------------------------------------------------------
@@ -382,10 +521,25 @@ with dg.DagsterInstance.from_config(home) as instance:
             out["steps"] += [{"key": s.step_key + (f" [{shard}]" if shard else ""),
                               "status": s.status.value if s.status else None, "start": s.start_time, "end": s.end_time}
                              for s in instance.get_run_step_stats(r.run_id)]
+    if runs:  # ranking mode: the ranking check's failed evaluations, per partition
+        key = dg.AssetCheckKey(dg.AssetKey(["monitoring", "ranking_performance"]), "ranking_performance_within_baseline")
+        records = instance.event_log_storage.get_asset_check_execution_history(key, limit=100000)
+        for r in records:
+            e = r.event.dagster_event.event_specific_data if r.event and r.event.dagster_event else None
+            if e is not None and getattr(e, "passed", True) is False:
+                out.setdefault("ranking_check_failed", []).append(r.partition)
 if os.path.exists(warehouse):
     from monitor_assets.storage.warehouse import open_warehouse
     con = open_warehouse(warehouse, read_only=True)  # the lake beside it, under the documented names
     q = lambda sql: con.execute(sql).fetchall()
+    try:  # ranking mode
+        out["ranking"] = q("SELECT partition_date::VARCHAR, model_id, below_baseline FROM monitoring.ranking_performance "
+                           "WHERE model_version = '*' AND metric = 'ndcg_at_10'")
+        out["rows"]["raw.ranking_impressions"] = q("SELECT count(*) FROM raw.ranking_impressions")[0][0]
+        out["rows"]["monitoring.ranking_performance"] = q("SELECT count(*) FROM monitoring.ranking_performance")[0][0]
+        out["rows"]["raw.quarantine"] = q("SELECT count(*) FROM raw.quarantine")[0][0]
+    except duckdb.Error:
+        pass
     try:
         out["drift"] = q("SELECT partition_date::VARCHAR, model_id, n_drifted, drift_share, dataset_drift "
                          "FROM monitoring.drift_summary")
@@ -464,10 +618,16 @@ def run_once(folder: Path, manifest: dict, name: str, max_gb: float, timeout: fl
                                        default=None) for s in steps}
     startup = steps[0]["start"] - watched.started if steps else watched.wall  # no step: it all was start-up
     last = manifest["last"]
-    found = sorted(m for d, m, _, _, flagged in info["drift"] if d == last and flagged)
-    flagged_features = {m: n for d, m, n, _, _ in sorted(info["drift"]) if d == last and n}
-    alerted = sorted(m for d, m in info["drift_alerts"] if d == last)
-    other = sorted(f"{d} {m}" for d, m, _, _, flagged in info["drift"] if d != last and flagged)
+    if manifest.get("mode") == "ranking":  # rankers judged below their floor; the check failed on the day
+        found = sorted(m for d, m, below in info.get("ranking", []) if d == last and below)
+        flagged_features = {}
+        alerted = found if last in info.get("ranking_check_failed", []) else []
+        other = sorted(f"{d} {m}" for d, m, below in info.get("ranking", []) if d != last and below)
+    else:
+        found = sorted(m for d, m, _, _, flagged in info["drift"] if d == last and flagged)
+        flagged_features = {m: n for d, m, n, _, _ in sorted(info["drift"]) if d == last and n}
+        alerted = sorted(m for d, m in info["drift_alerts"] if d == last)
+        other = sorted(f"{d} {m}" for d, m, _, _, flagged in info["drift"] if d != last and flagged)
     return RunResult(
         wall=watched.wall, peak_gb=watched.peak_rss / GB, ru_maxrss_gb=watched.ru_maxrss / GB,
         returncode=watched.returncode, killed=watched.killed,
@@ -495,8 +655,9 @@ def summarize(p: Params, manifest: dict, runs: list[RunResult]) -> dict:
     wall, peak = med(r.wall for r in runs), med(r.peak_gb for r in runs)
     ok = all(r.returncode == 0 and r.killed is None for r in runs)
     exact = all(r.found == drifted and r.alerted == drifted and not r.false_other_days for r in runs)
-    floor = FLOORS.get((p.models, p.rows, p.days))
+    floor = (RANKING_FLOORS if p.ranking else FLOORS).get((p.models, p.rows, p.days))
     return {
+        "mode": "ranking" if p.ranking else "classifiers", "items": p.items if p.ranking else None,
         "models": p.models, "rows": p.rows, "days": p.days, "shared": p.shared, "gzip": p.gzip, "seed": p.seed,
         "lines": manifest["lines"], "log_mb": round(manifest["log_bytes"] / 1e6, 1), "runs": len(runs),
         "ok": ok, "killed": next((r.killed for r in runs if r.killed), None),
@@ -513,7 +674,7 @@ def summarize(p: Params, manifest: dict, runs: list[RunResult]) -> dict:
         "exact": exact, "alerts": runs[-1].alerts, "warehouse_rows": runs[-1].rows,
         "warehouse_mb": round(runs[-1].warehouse_mb, 1),
         "floor": {"seconds": floor[0], "gb": floor[1]} if floor else None,
-        "floor_pass": (ok and wall <= floor[0] and peak <= floor[1]) if floor else None,
+        "floor_pass": (ok and (floor[0] is None or wall <= floor[0]) and peak <= floor[1]) if floor else None,
     }
 
 
@@ -525,8 +686,12 @@ def _max_or_none(values: Iterable[float | None]) -> float | None:
 def report(p: Params, manifest: dict, reused: bool, runs: list[RunResult], s: dict) -> None:
     schema = "one shared schema" if p.shared else "distinct features per model"
     made = "reused" if reused else f"generated in {manifest['generate_seconds']:.1f} s"
-    print(f"{p.models} models x {p.rows:,} rows x {p.days} day(s), {schema}: {s['lines']:,} log lines, "
-          f"{s['log_mb']:,.1f} MB ({made})")
+    if p.ranking:
+        print(f"{p.models} rankers x {p.rows:,} requests x {p.items} items x {p.days} day(s): {s['lines']:,} log "
+              f"lines, {manifest['impressions']:,} impressions, {s['log_mb']:,.1f} MB ({made})")
+    else:
+        print(f"{p.models} models x {p.rows:,} rows x {p.days} day(s), {schema}: {s['lines']:,} log lines, "
+              f"{s['log_mb']:,.1f} MB ({made})")
     if s.get("shards", 1) > 1:
         print(f"{s['shards']} shards, {s['workers']} at once: step times are per shard and overlap, so the "
               "'between steps' line is not meaningful")
@@ -545,6 +710,9 @@ def report(p: Params, manifest: dict, reused: bool, runs: list[RunResult], s: di
     print(f"  {'(between steps, shutdown)':<44} {s['other_seconds']:>12.2f}")
     print(f"  {'whole run (wall)':<44} {s['wall_seconds']:>12.2f} {s['peak_rss_gb']:>8.2f}")
     rows = s["warehouse_rows"]
+    if p.ranking:
+        report_ranking(p, s)
+        return
     if rows:
         print(f"\nwarehouse {s['warehouse_mb']:,.1f} MB: raw.predictions {rows.get('raw.predictions', 0):,} rows x "
               f"{rows.get('raw.predictions columns', 0):,} columns, raw.labels {rows.get('raw.labels', 0):,}, "
@@ -572,6 +740,24 @@ def report(p: Params, manifest: dict, reused: bool, runs: list[RunResult], s: di
                   f"(this size {within})")
 
 
+def report_ranking(p: Params, s: dict) -> None:
+    """The ranking mode's lines after the step table: rows, detection of the collapsed rankers, the floor."""
+    rows = s["warehouse_rows"]
+    print(f"\nwarehouse {s['warehouse_mb']:,.1f} MB: raw.ranking_impressions {rows.get('raw.ranking_impressions', 0):,} "
+          f"rows, monitoring.ranking_performance {rows.get('monitoring.ranking_performance', 0):,}, quarantined "
+          f"{rows.get('raw.quarantine', 0):,}; {s['lines_per_second']:,} requests/s end to end")
+    print(f"collapse on the last day: {len(s['found'])} rankers below their floor, {len(s['drifted'])} collapsed "
+          f"({', '.join(s['drifted']) or 'none'}); missed {s['missed'] or 'none'}, false {s['false_positives'] or 'none'}; "
+          f"ranking check failed on the last day: {bool(s['alerted'])} -> {'EXACT' if s['exact'] else 'NOT EXACT'}")
+    for (m, r, d), (sec, gb) in RANKING_FLOORS.items():
+        bound = (f"<= {sec:g} s and " if sec is not None else "") + f"<= {gb:g} GB"
+        if (m, r, d) == (p.models, p.rows, p.days):
+            print(f"bound {m} rankers x {r:,} requests x {d} day(s): {bound}: {s['wall_seconds']:.1f} s, "
+                  f"{s['peak_rss_gb']:.2f} GB -> {'PASS' if s['floor_pass'] else 'FAIL'}")
+        else:
+            print(f"bound {m} rankers x {r:,} requests x {d} day(s): {bound}: not this size")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=5)
@@ -579,6 +765,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=2)
     parser.add_argument("--shared", action="store_true", help="one feature schema for all models")
     parser.add_argument("--gzip", action="store_true", help="write .jsonl.gz logs")
+    parser.add_argument("--ranking", action="store_true",
+                        help="rankers instead of classifiers: --models rankers x --rows requests x --items items")
+    parser.add_argument("--items", type=int, default=10, help="items per ranked list (--ranking)")
     parser.add_argument("--drifted-share", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-gb", type=float, default=8.0, help="kill the run's process tree above this RSS")
@@ -592,7 +781,10 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.models, args.rows, args.days, args.runs) < 1:
         parser.error("--models, --rows, --days and --runs must be at least 1")
-    p = Params(args.models, args.rows, args.days, args.shared, args.drifted_share, args.seed, args.gzip)
+    if args.items < 1:
+        parser.error("--items must be at least 1")
+    p = Params(args.models, args.rows, args.days, args.shared, args.drifted_share, args.seed, args.gzip,
+               args.ranking, args.items if args.ranking else 10)
     folder = args.out / p.slug
     if args.generate_only:
         ensure_data(p, folder)

@@ -12,6 +12,7 @@ from monitor_assets.constants import DUCKDB_POOL, GROUP_REPORTING, OWNERS
 from monitor_assets.export.grafana import write_dashboard
 from monitor_assets.export.prometheus import export_metrics
 from monitor_assets.export.rules import alert_rules, write_rules
+from monitor_assets.ranking.defs import RANKING_PERFORMANCE  # keys.py holds the others' (read-only here)
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import IO_RETRY, daily_partitions, run_days
 
@@ -32,12 +33,14 @@ def build_export_definitions(config: MonitorConfig) -> dg.Definitions:
         description="The models' service levels for Prometheus and Grafana, for the latest day of the run: per "
                     "model (and version) volume, error rate, availability (requests served, hours with traffic), "
                     "latency p50/p95/p99, main metric against baseline, drift share, open alerts by severity, "
-                    "retraining requests. Writes prometheus/monitor_assets.prom (node_exporter's textfile "
-                    "collector; pushed to $MONITOR_PUSHGATEWAY too when set), monitor_assets.rules.yml (alert "
+                    "retraining requests; per ranker (task: ranking) its metrics on its latest fully labelled day "
+                    "(monitor_ranking_metric), floor, label coverage and requests. Writes "
+                    "prometheus/monitor_assets.prom (node_exporter's textfile collector; pushed to $MONITOR_PUSHGATEWAY too when set), monitor_assets.rules.yml (alert "
                     "rules from the config's thresholds) and grafana_dashboard.json in the reports folder.",
         group_name=GROUP_REPORTING, kinds={"prometheus", "grafana"}, owners=OWNERS,
         partitions_def=daily_partitions(config), backfill_policy=dg.BackfillPolicy.single_run(),
-        retry_policy=IO_RETRY, pool=DUCKDB_POOL, deps=[keys.ALERTS],
+        retry_policy=IO_RETRY, pool=DUCKDB_POOL,
+        deps=[keys.ALERTS, *([RANKING_PERFORMANCE] if config.rankers else [])],
     )
     def prometheus_metrics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         day = max(run_days(context))

@@ -104,6 +104,30 @@ def dashboard() -> dict:
                 _target(f"{m}estimated_band_reconciled{{{MODEL}}}", "reconciled days")], (0, 56, 24, 6),
                description="Per model and metric: the day the estimate describes, and over how many reconciled "
                            "days the band's share is."),
+        # Rankers (task=ranking): their own metrics, on the latest day whose interactions are all read.
+        _panel(18, "Ranker: main metric against its floor", "timeseries",
+               [_target(f"{m}ranking_metric{{{MODEL}}} and on (model_id, metric) "
+                        f"{m}ranking_main_metric_floor{{{MODEL}}}", "{{model_id}} {{metric}}"),
+                _target(f"{m}ranking_main_metric_floor{{{MODEL}}}", "{{model_id}} {{metric}} floor"),
+                _target(f"{m}ranking_main_metric_baseline{{{MODEL}}}", "{{model_id}} {{metric}} reference")],
+               (0, 62, 12, 8), description="The ranker's main metric on its latest fully labelled day, its floor "
+               "(min_metric_ratio x the reference) and its reference value."),
+        _panel(19, "Ranker: NDCG at each cut-off", "timeseries",
+               [_target(f'{m}ranking_metric{{{MODEL},metric=~"ndcg_at_.*"}}', "{{model_id}} {{metric}}")],
+               (12, 62, 12, 8)),
+        _panel(20, "Ranker: popularity concentration and catalogue coverage", "timeseries",
+               [_target(f'{m}ranking_metric{{{MODEL},metric=~"popularity_concentration|catalogue_coverage"}}',
+                        "{{model_id}} {{metric}}")], (0, 70, 12, 8), unit="percentunit",
+               description="popularity_concentration: share of impressions going to the top 1% of items (a "
+                           "collapse onto a few items raises it); catalogue_coverage: share of the catalogue shown."),
+        _panel(21, "Ranker: requests and label coverage", "timeseries",
+               [_target(f"{m}ranking_requests{{{MODEL}}}", "{{model_id}} requests"),
+                _target(f"{m}ranking_label_coverage_ratio{{{MODEL}}}", "{{model_id}} label coverage")],
+               (12, 70, 12, 8), description="Requests on the exported day; share of the metric day's requests "
+               "with an interaction."),
+        _panel(22, "Ranker: day of the ranking metrics", "stat",
+               [_target(f"{m}ranking_day_timestamp_seconds{{{MODEL}}} * 1000", "{{model_id}}")], (0, 78, 24, 4),
+               unit="dateTimeAsIso", description="The latest day whose interactions (labels) are all read."),
     ]
     for panel in (panels[12], panels[16]):
         for target in panel["targets"]:

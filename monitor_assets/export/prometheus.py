@@ -22,6 +22,12 @@ estimate up to the day with its 95% band (`monitor_estimated_performance`, bound
 in `monitor_estimated_performance_day_timestamp_seconds`), and how often the band held once labels landed: the
 share of reconciled days whose realized value fell inside the band, and how many days that share is over.
 
+Rankers (`task: ranking`, monitoring.ranking_performance, the whole day's rows): every metric of the ranker's
+latest day up to the export's whose interactions are all read (`labels_complete`; a ranker without `labels:` its
+latest day) in `monitor_ranking_metric{model_id, metric}`, that day in `monitor_ranking_day_timestamp_seconds`, its
+label coverage, the main metric's floor and reference value, and the export day's requests. Rankers are in
+`monitor_model_info` (task=ranking) but not in the per-model service series, which their logs do not carry.
+
 Plain Python (prometheus_client, DuckDB): no Dagster here.
 """
 
@@ -57,6 +63,8 @@ RETRAINING_TABLE = ("monitoring", "retraining_requests")
 SEVERITIES = ("WARN", "ERROR")
 ALERT_STATES = ("open", "acknowledged", "silenced")
 ESTIMATED_COLUMNS = ["model_id", "metric", "day", "estimate", "lower", "upper", "held", "reconciled"]
+RANKING_COLUMNS = ["model_id", "metric", "value", "day", "label_coverage", "reference_value", "floor"]
+RANKING_TABLE = ("monitoring", "ranking_performance")
 BOUNDS = ("estimate", "lower", "upper")
 
 
@@ -77,6 +85,10 @@ class ExportData:
     # metric, day, estimate, lower, upper, held, reconciled: the latest estimate per model and metric up to the
     # day, and its band's record over every reconciled day up to it (empty: nothing estimated)
     estimated: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ESTIMATED_COLUMNS))
+    # metric, value, day, label_coverage, reference_value, floor: each ranker's metrics on its latest day with its
+    # interactions read (empty: no ranker); ranking_requests: model_id, n_requests on the export day
+    ranking: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANKING_COLUMNS))
+    ranking_requests: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["model_id", "n_requests"]))
 
 
 def _metric_column(metric: str) -> str:
@@ -179,7 +191,29 @@ def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day:
                                 GROUP BY ALL""").df()
     return ExportData(day=day, performance=performance, hours_with_traffic=hours, main_metric=main,
                       versions=_versions(con, config, version_days), drift=drift, alerts=alerts,
-                      retraining=retraining, champions=champions, estimated=_estimated(con, config, day))
+                      retraining=retraining, champions=champions, estimated=_estimated(con, config, day),
+                      **_ranking(con, config, day))
+
+
+def _ranking(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> dict[str, pd.DataFrame]:
+    """Per ranker: every metric (version `*`) on its latest day up to `day` whose interactions are all read (a
+    ranker without interactions: its latest day), with that day's label coverage and the main metric's reference
+    and floor; and the requests of `day` itself."""
+    if not config.rankers or not table_exists(con, *RANKING_TABLE):
+        return {}
+    ids = [r.id for r in config.rankers]
+    unlabelled = [r.id for r in config.rankers if r.labels is None]
+    ranking = con.sql("""
+        SELECT model_id, metric, value, partition_date AS day, label_coverage, reference_value, floor
+        FROM monitoring.ranking_performance
+        WHERE model_version = '*' AND partition_date <= ? AND model_id IN (SELECT unnest(?::VARCHAR[]))
+              AND (labels_complete OR model_id IN (SELECT unnest(?::VARCHAR[])))
+        QUALIFY partition_date = max(partition_date) OVER (PARTITION BY model_id)
+        ORDER BY model_id, metric""", params=[day, ids, unlabelled]).df()
+    requests = con.sql("""SELECT model_id, max(n_requests) AS n_requests FROM monitoring.ranking_performance
+                          WHERE model_version = '*' AND partition_date = ? AND model_id IN (SELECT unnest(?::VARCHAR[]))
+                          GROUP BY model_id ORDER BY model_id""", params=[day, ids]).df()
+    return {"ranking": ranking, "ranking_requests": requests}
 
 
 def _estimated(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> pd.DataFrame:
@@ -227,6 +261,7 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
     _version_series(gauge, data)
     _drift_alert_retraining_series(gauge, data, config)
     _estimated_series(gauge, data)
+    _ranking_series(gauge, data, config)
     return registry
 
 
@@ -247,6 +282,8 @@ def _model_info_series(gauge: Callable[..., Gauge], data: ExportData, config: Mo
         c = champion.get(m.id)
         info.labels(m.id, m.task, m.main_metric, c.model_version if c else m.version, m.owner, m.version,
                     str(pd.Timestamp(c.since).date()) if c else "").set(1)
+    for r in config.rankers:  # no version records for rankers: the configured version
+        info.labels(r.id, r.task, r.main_metric, r.version, r.owner, r.version, "").set(1)
 
 
 def _service_series(gauge: Callable[..., Gauge], data: ExportData) -> None:
@@ -364,6 +401,37 @@ def _estimated_series(gauge: Callable[..., Gauge], data: ExportData) -> None:
         reconciled.labels(r.model_id, r.metric).set(r.reconciled)
         if r.reconciled:
             coverage.labels(r.model_id, r.metric).set(r.held / r.reconciled)
+
+
+def _ranking_series(gauge: Callable[..., Gauge], data: ExportData, config: MonitorConfig) -> None:
+    """Each ranker's metrics on its latest fully labelled day, that day, its label coverage, the main metric's
+    reference and floor, and the export day's requests."""
+    mm = ("model_id", "metric")
+    metric = gauge("ranking_metric", "A ranker's metric (ndcg_at_10, precision_at_5, mrr, catalogue_coverage, "
+                   "popularity_concentration, novelty, item_drift_js, mean_loss, ...) on its latest day whose "
+                   "interactions are all read (monitor_ranking_day_timestamp_seconds).", mm)
+    day = gauge("ranking_day_timestamp_seconds", "The day monitor_ranking_metric describes (midnight UTC).",
+                ("model_id",))
+    coverage = gauge("ranking_label_coverage_ratio", "Share of that day's requests with an interaction.",
+                     ("model_id",))
+    baseline = gauge("ranking_main_metric_baseline", "The ranker's main metric on its reference set.", mm)
+    floor = gauge("ranking_main_metric_floor", "The main metric's floor: min_metric_ratio x its reference value "
+                  "(the reference divided by it for popularity_concentration, where lower is better).", mm)
+    requests = gauge("ranking_requests", "Requests the ranker served on the exported day.", ("model_id",))
+    mains = {r.id: r.main_metric for r in config.rankers}
+    for r in data.ranking.itertuples(index=False):
+        if _known(r.value):
+            metric.labels(r.model_id, r.metric).set(r.value)
+        day.labels(r.model_id).set(_day_seconds(r.day))  # every row of a ranker has its day and coverage
+        if _known(r.label_coverage):
+            coverage.labels(r.model_id).set(r.label_coverage)
+        if r.metric == mains.get(r.model_id):
+            if _known(r.reference_value):
+                baseline.labels(r.model_id, r.metric).set(r.reference_value)
+            if _known(r.floor):
+                floor.labels(r.model_id, r.metric).set(r.floor)
+    for r in data.ranking_requests.itertuples(index=False):
+        requests.labels(r.model_id).set(r.n_requests)
 
 
 @dataclass

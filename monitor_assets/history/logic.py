@@ -60,6 +60,22 @@ HISTORY_PARTS = {
         UNION ALL
         SELECT partition_date, model_id, 'segment.volume', segment, volume
         FROM monitoring.segment_performance WHERE partition_date IN (SELECT d FROM _days)""",
+    # Each ranker's whole-day figures (version `*`): `ranking.<metric>` (ndcg_at_10, popularity_concentration, ...)
+    # and its volume and labels (`ranking.n_requests`, `ranking.n_labelled_requests`, `ranking.label_coverage`),
+    # every row of a ranker-day carrying the same counts. Versions' rows stay in the ranking table.
+    "ranking_performance": """
+        SELECT partition_date, model_id, 'ranking.' || metric, '', value
+        FROM monitoring.ranking_performance
+        WHERE partition_date IN (SELECT d FROM _days) AND model_version = '*' AND isfinite(value)
+        UNION ALL
+        SELECT partition_date, model_id, 'ranking.' || name, '', value FROM (
+            UNPIVOT (SELECT partition_date, model_id, any_value(n_requests)::DOUBLE AS n_requests,
+                            any_value(n_labelled_requests)::DOUBLE AS n_labelled_requests,
+                            any_value(label_coverage) AS label_coverage
+                     FROM monitoring.ranking_performance
+                     WHERE partition_date IN (SELECT d FROM _days) AND model_version = '*' GROUP BY ALL)
+            ON n_requests, n_labelled_requests, label_coverage INTO NAME name VALUE value)
+        WHERE isfinite(value)""",
     # Each multivariate statistic: `multivariate.<method>`, the whole model (segment '').
     "multivariate_drift": """
         SELECT partition_date, model_id, 'multivariate.' || method, '', statistic

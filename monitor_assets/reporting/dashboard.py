@@ -29,6 +29,7 @@ import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import numpy as np
@@ -80,6 +81,12 @@ class ReportData:
     # Reference against current distributions of the drifted feature-days (monitoring.drift_distributions;
     # empty: none drawn yet).
     distributions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DISTRIBUTION_COLUMNS))
+    # Rankers (`task: ranking`, config.rankers, kept apart from `models`): one row each, and their whole-day rows
+    # of monitoring.ranking_performance (empty: no ranker).
+    rankers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANKER_COLUMNS))
+    ranking: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANKING_COLUMNS))
+    # The segments of segmented models, per day (monitoring.segment_performance; empty: none).
+    segments: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEGMENT_COLUMNS))
 
 
 LOSS_COLUMNS = ["partition_date", "model_id", "model_version", "loss", "mean_loss_day", "band_low", "band_high",
@@ -92,6 +99,13 @@ COMPARISON_COLUMNS = ["partition_date", "model_id", "champion_version", "challen
 ESTIMATE_COLUMNS = ["partition_date", "model_id", "metric", "estimate", "lower", "upper", "realized", "within_band"]
 DISTRIBUTION_COLUMNS = ["partition_date", "model_id", "feature", "role", "kind", "method", "statistic", "p_value",
                         "threshold", "evidence", "bins", "n_current", "n_reference"]
+RANKER_COLUMNS = ["model_id", "main_metric", "ks", "labelled", "check"]  # labelled: has interactions configured
+RANKING_COLUMNS = ["partition_date", "model_id", "metric", "value", "n_requests", "label_coverage", "labels_complete",
+                   "reference_value", "floor", "p_value", "below_baseline"]
+SEGMENT_COLUMNS = ["partition_date", "model_id", "segment", "volume", "n_labelled", "metric", "value",
+                   "reference_value", "floor", "p_adjusted", "below_floor"]
+SEGMENTS_SHOWN = 15  # per model page: the worst segments of the latest judged day
+SEGMENT_LINES = 5  # per model page: the worst segments drawn over the days
 REQUESTS_SHOWN = 20  # per model page: the newest requests
 PICTURES_SHOWN = 12  # per model page: drifted features drawn side by side, the latest drift first
 
@@ -140,7 +154,27 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
                               [list(models.model_id), list(models.main_metric), last_day]).df(),
         distributions=q(f"""SELECT {', '.join(DISTRIBUTION_COLUMNS)} FROM monitoring.drift_distributions
                            WHERE partition_date <= ? ORDER BY partition_date"""),
+        **_ranking_data(con, config, last_day),
+        segments=q(f"""SELECT {', '.join(SEGMENT_COLUMNS)} FROM monitoring.segment_performance
+                       WHERE partition_date <= ? ORDER BY partition_date""")
+        if any(m.segments.by for m in config.models) else pd.DataFrame(columns=SEGMENT_COLUMNS),
     )
+
+
+def _ranking_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last_day: dt.date) -> dict:
+    """The rankers and their whole-day rows up to `last_day` (nothing without a ranker)."""
+    if not config.rankers:
+        return {}
+    # The check's name lives with the ranking stage's wiring (imported here, where Dagster is loaded anyway).
+    from monitor_assets.ranking.defs import RANKING_PERFORMANCE_CHECK
+
+    rankers = pd.DataFrame([{"model_id": r.id, "main_metric": r.main_metric, "ks": list(r.ranking.ks),
+                             "labelled": r.labels is not None, "check": RANKING_PERFORMANCE_CHECK}
+                            for r in config.rankers], columns=RANKER_COLUMNS)
+    ranking = con.execute(f"""SELECT {', '.join(RANKING_COLUMNS)} FROM monitoring.ranking_performance
+                              WHERE model_version = '*' AND partition_date <= ? ORDER BY partition_date, metric""",
+                          [last_day]).df()
+    return {"rankers": rankers, "ranking": ranking}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,13 +276,14 @@ def _top_drifted(drift: list) -> dict[str, int]:
 
 
 def _status(alerts: list, window, drift_days: int, drifted_features: int, version: str | None, not_since: str,
-            recent_days: int) -> tuple[str, str]:
-    """Status and why, by the rules in the module's docstring; `window`: where "current" starts."""
+            recent_days: int, performance_check: str = PERFORMANCE_CHECK) -> tuple[str, str]:
+    """Status and why, by the rules in the module's docstring; `window`: where "current" starts;
+    `performance_check`: the check whose failure suggests retraining (a ranker's is its own)."""
     now = [a for a in alerts if a.partition_date >= window]
     errors_now = [a for a in now if a.severity == "ERROR"]
     old_errors = [a for a in alerts if a.partition_date < window and a.severity == "ERROR"]
     old = [a for a in alerts if a.partition_date < window]
-    perf_alert = max((a.partition_date for a in now if a.check_name == PERFORMANCE_CHECK), default=None)
+    perf_alert = max((a.partition_date for a in now if a.check_name == performance_check), default=None)
     if perf_alert is not None or (drift_days >= 3 and drifted_features >= 2):
         return "retrain suggested", (
             f"performance below baseline on {perf_alert.date()}" + (f" (version {version})" if version else "")
@@ -333,7 +368,7 @@ def build_dashboard(data: ReportData, folder: str | Path, generated: dt.datetime
         if old not in written:
             old.unlink()
     return Dashboard(index=folder / INDEX_PAGE, plotly_js=plotly_js,
-                     model_pages={m: folder / model_page(m) for m in data.models.model_id})
+                     model_pages={m: folder / model_page(m) for m in [*data.models.model_id, *data.rankers.model_id]})
 
 
 def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
@@ -350,6 +385,7 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
     alerts_by = _rows_by_model(_dated(data.alerts))
     requests_by, versions_by, comparison_by = (_table_rows_by_model(data.requests), _table_rows_by_model(data.versions),
                                                _table_rows_by_model(data.comparison))
+    segments_by = _by_model(data.segments)
     open_alerts = data.alerts[data.alerts.status == "open"]
     last = data.performance.partition_date.max()
     common = {
@@ -382,15 +418,31 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
         loss = loss_by.get(m.model_id)
         if loss is not None and loss.mean_loss_day.notna().any():
             figures.append({"id": "loss", "title": "Loss against the reference band", "figure": _loss_figure(loss)})
+        segments = _segment_view(segments_by.get(m.model_id))
+        if segments is not None and segments["figure"] is not None:
+            figures.append(segments["figure"])
         pages[model_page(m.model_id)] = env.get_template("dashboard/model.html.j2").render(
             common, root="../", model=row, summary=s, figures=figures, estimate=_latest_estimate(estimated),
+            segments=segments,
             alerts=_alerts_by_state([a for a in alerts if a.status == "open"]), closed_loop=_loop_tables(
                 requests_by.get(m.model_id), versions_by.get(m.model_id), comparison_by.get(m.model_id)))
     rows.sort(key=lambda r: -STATUS_ORDER[r["status"]])  # worst first; stable, so config order within a status
     quality = data.quality.groupby("source", as_index=False)[["records_read", "records_loaded",
                                                               "records_quarantined"]].sum()
+    rankers = ranker_summaries(data)
+    ranking_by = _by_model(data.ranking)
+    for r, spec in zip(rankers, data.rankers.itertuples(), strict=True):
+        rows_of = ranking_by.get(r["model_id"])
+        days = _ranker_days(rows_of, bool(spec.labelled)) if rows_of is not None else pd.DataFrame()
+        alerts = alerts_by.get(r["model_id"], [])
+        main = rows_of[rows_of.metric == spec.main_metric] if rows_of is not None else data.ranking.iloc[0:0]
+        marked = [*alerts, *_ranker_failures(main, spec)]
+        pages[model_page(r["model_id"])] = env.get_template("dashboard/ranker.html.j2").render(
+            common, root="../", ranker=r, figures=_ranker_figures(days, r, list(spec.ks), marked) if len(days) else [],
+            alerts=_alerts_by_state([a for a in alerts if a.status == "open"]))
+    rankers.sort(key=lambda r: -r["status_rank"])
     pages[INDEX_PAGE] = env.get_template("dashboard/index.html.j2").render(
-        common, root="", rows=rows,
+        common, root="", rows=rows, rankers=rankers,
         status_counts={k: sum(r["status"] == k for r in rows) for k in STATUS_ORDER},
         quality=_frame_rows(quality), quarantine=_frame_rows(data.quarantine_reasons))
     return pages
@@ -550,12 +602,18 @@ def _label(text) -> str:
     return html.escape(str(text), quote=False)
 
 
-def _model_figure(perf: pd.DataFrame, model, alerts: pd.DataFrame) -> dict:
+def _model_figure(perf: pd.DataFrame, model, alerts: list) -> dict:
     """Main metric, latency p95, error rate and volume side by side, thresholds dashed, alert days marked."""
-    panels = [("main_metric", f"{model.main_metric} (baseline dashed)", model.baseline, [PERFORMANCE_CHECK]),
-              ("latency_p95_ms", "latency p95 (ms)", model.latency_sla, [LATENCY_CHECK]),
-              ("error_rate", "error rate", model.error_sla, [ERROR_RATE_CHECK]),
-              ("volume", "volume", None, [VOLUME_CHECK])]
+    return _panels_figure(perf, [
+        ("main_metric", f"{model.main_metric} (baseline dashed)", model.baseline, [PERFORMANCE_CHECK]),
+        ("latency_p95_ms", "latency p95 (ms)", model.latency_sla, [LATENCY_CHECK]),
+        ("error_rate", "error rate", model.error_sla, [ERROR_RATE_CHECK]),
+        ("volume", "volume", None, [VOLUME_CHECK])], alerts)
+
+
+def _panels_figure(perf: pd.DataFrame, panels: list[tuple], alerts: list) -> dict:
+    """Columns of `perf` (one row per day) side by side: per panel (column, title, threshold drawn dashed or
+    None, checks whose alert days are marked)."""
     gap = 0.06
     width = (1 - gap * (len(panels) - 1)) / len(panels)
     x = _days(perf.partition_date)
@@ -835,3 +893,173 @@ def _loop_tables(requests: dict | None, versions: dict | None, comparison: dict 
         "versions": versions or empty,
         "comparison": comparison or empty,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Rankers (`task: ranking`): a row each on the index, a page each like a model's.
+
+# Figures computed without interactions; the others are left out on days whose interactions are still arriving.
+LABEL_FREE = ("catalogue_coverage", "popularity_concentration", "novelty", "item_drift_js", "score_drift_ks")
+RANKER_PANELS = (("popularity_concentration", "popularity concentration (top 1% of items)"),
+                 ("catalogue_coverage", "catalogue coverage"), ("label_coverage", "label coverage"))
+
+
+def _ranker_days(rows: pd.DataFrame, labelled: bool) -> pd.DataFrame:
+    """One ranker's rows as one row per day and a column per metric (plus label coverage, requests and whether
+    the day's interactions are all read); label-based figures of unfinished days blanked."""
+    rows = _dated(rows)
+    wide = rows.pivot_table(index="partition_date", columns="metric", values="value", aggfunc="first", dropna=False)
+    per_day = rows.groupby("partition_date").agg(label_coverage=("label_coverage", "first"),
+                                                 n_requests=("n_requests", "first"),
+                                                 labels_complete=("labels_complete", "first"))
+    days = wide.join(per_day).sort_index()
+    complete = days.labels_complete.fillna(False).astype(bool) | (not labelled)
+    days["labels_complete"] = complete
+    for metric in days.columns:
+        if metric not in (*LABEL_FREE, "label_coverage", "n_requests", "labels_complete"):
+            days.loc[~complete, metric] = np.nan
+    if labelled:
+        days.loc[~complete, "label_coverage"] = np.nan
+    return days.rename_axis("partition_date").reset_index()
+
+
+def ranker_summaries(data: ReportData, recent_days: int = RECENT_DAYS) -> list[dict]:
+    """Per ranker: status (as a model's, its own check suggesting retraining), why, and the figures of its latest
+    day whose interactions are all read: the main metric against its reference and floor, NDCG at each k,
+    popularity concentration, catalogue coverage, label coverage; and the latest day's requests."""
+    by_ranker = _by_model(data.ranking)
+    alerts_by = _rows_by_model(_dated(data.alerts[data.alerts.status == "open"]))
+    out = []
+    for r in data.rankers.itertuples():
+        rows = by_ranker.get(r.model_id, data.ranking.iloc[0:0])
+        days = _ranker_days(rows, bool(r.labelled)) if len(rows) else pd.DataFrame()
+        alerts = alerts_by.get(r.model_id, [])
+        last = days.partition_date.max() if len(days) else None
+        done = days[days.labels_complete] if len(days) else days
+        metric_day = done.iloc[-1] if len(done) else None
+        main = rows[(rows.metric == r.main_metric)] if len(rows) else rows
+        judged = _dated(main).set_index("partition_date") if len(main) else None
+        at = judged.loc[metric_day.partition_date] if judged is not None and metric_day is not None \
+            and metric_day.partition_date in judged.index else None
+        recent_start = last - pd.Timedelta(days=recent_days - 1) if last is not None else pd.Timestamp.min
+        # The check's failures are the table's verdicts (they reach people as check results, not alert rows).
+        # Only recent ones count: an older shortfall the ranker recovered from is history, not an open alert.
+        failed = _ranker_failures(main, r)
+        recent = [f for f in failed if f.partition_date >= recent_start]
+        status, why = _status([*alerts, *recent], recent_start, 0, 0, None, f"in the last {recent_days} days",
+                              recent_days, performance_check=r.check)
+        if recent:  # said in the ranker's terms
+            why = f"{r.main_metric} below its floor on {max(f.partition_date for f in recent).date()}"
+        elif failed:
+            why += (f"; {r.main_metric} below its floor on {plural(len(failed), 'earlier day')}, latest "
+                    f"{max(f.partition_date for f in failed).date()}")
+        figures = {m: _num(metric_day.get(m)) if metric_day is not None else None
+                   for m in (*(f"ndcg_at_{k}" for k in r.ks), "popularity_concentration", "catalogue_coverage",
+                             "label_coverage")}
+        states = [a.state for a in alerts]
+        out.append({
+            "model_id": r.model_id, "task": "ranking", "check": r.check, "status": status, "why": why, "main_metric": r.main_metric,
+            "href": model_page(r.model_id), "status_rank": STATUS_ORDER[status],
+            "last_day": str(last.date()) if last is not None else None,
+            "metric_day": str(metric_day.partition_date.date()) if metric_day is not None else None,
+            "latest_main_metric": _num(metric_day.get(r.main_metric)) if metric_day is not None else None,
+            "reference": _num(at.reference_value) if at is not None else None,
+            "floor": _num(at.floor) if at is not None else None,
+            "p_value": _num(at.p_value) if at is not None else None,
+            "below_floor": bool(at.below_baseline) if at is not None and pd.notna(at.below_baseline) else None,
+            "figures": figures,
+            "latest_requests": int(days.n_requests.iloc[-1]) if len(days) else 0,
+            "open_alert_count": len(alerts), "unhandled_alert_count": states.count("open"),
+            "acknowledged_alert_count": states.count("acknowledged"), "silenced_alert_count": states.count("silenced"),
+            "sparkline": _sparkline(days.assign(main_metric=days.get(r.main_metric, np.nan)), r.main_metric,
+                                    _num(at.floor) if at is not None else None) if len(days) else None,
+        })
+    return out
+
+
+def _ranker_failures(main: pd.DataFrame, ranker) -> list:
+    """The days a ranker's main metric was judged below its floor, as open ERROR alerts of its check (for the
+    status rules and the charts' markers)."""
+    if not len(main):
+        return []
+    below = _dated(main[main.below_baseline.fillna(False).astype(bool)])
+    return [SimpleNamespace(partition_date=b.partition_date, check_name=ranker.check, severity="ERROR",
+                            state="open", message=f"{b.metric} {_cell(b.value)} below its floor {_cell(b.floor)} "
+                                                  f"(one-sided p {fmt_p(_num(b.p_value))})")
+            for b in below.itertuples()]
+
+
+def _ranker_figures(days: pd.DataFrame, summary: dict, ks: list[int], alerts: list) -> list[dict]:
+    """A ranker page's charts: its main metric (floor dashed, failed days marked), popularity concentration,
+    catalogue coverage and label coverage side by side; NDCG at each k."""
+    main = summary["main_metric"]
+    if main not in days:
+        days = days.assign(**{main: np.nan})
+    panels = [(main, f"{main} (floor dashed)", summary["floor"], [summary["check"]]),
+              *((c, title, None, []) for c, title in RANKER_PANELS if c in days)]
+    note = (f"Days whose interactions are still arriving are left out of the label-based figures; red crosses: "
+            f"days {summary['check']} judged the main metric below its floor.")
+    figures = [{"id": "ranking", "title": "Ranking quality and popularity", "note": note,
+                "figure": _panels_figure(days, panels, alerts)}]
+    lines = [c for c in (f"ndcg_at_{k}" for k in ks) if c in days and days[c].notna().any()]
+    if lines:
+        x = _days(days.partition_date)
+        figures.append({"id": "ndcg", "title": "NDCG at each cut-off", "figure": {
+            "data": [{"type": "scatter", "x": x, "y": _round(days[c]), "mode": "lines+markers", "name": c,
+                      "marker": {"size": 4}} for c in lines],
+            "layout": {"height": 240, "margin": {"l": 40, "r": 10, "t": 30, "b": 30}, "legend": {"orientation": "h"},
+                       "xaxis": {"type": "date", **AXIS}, "yaxis": AXIS, **LAYOUT}}})
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------
+# Segments: on a segmented model's page, the worst segments of its latest judged day first.
+
+
+def _segment_view(rows: pd.DataFrame | None, recent_days: int = RECENT_DAYS) -> dict | None:
+    """The latest day with a judged segment (else the latest day): its segments, the most significant shortfall
+    first (adjusted p-value, then the furthest below the floor), with the days each was below its floor in the
+    last `recent_days`; and the worst few drawn over the days against their floors."""
+    if rows is None or not len(rows):
+        return None
+    rows = _dated(rows)
+    judged = rows[rows.p_adjusted.notna()]
+    day = (judged if len(judged) else rows).partition_date.max()
+    today = rows[rows.partition_date == day]
+    shortfall = (today.floor - today.value) / today.floor.abs().where(today.floor.abs() > 0)
+    order = today.assign(_short=shortfall).sort_values(["p_adjusted", "_short"], ascending=[True, False],
+                                                       na_position="last", kind="stable")
+    recent = rows[rows.partition_date > day - pd.Timedelta(days=recent_days)]
+    below_days = recent[recent.below_floor.fillna(False).astype(bool)].groupby("segment").size()
+    table = [{"segment": r.segment, "n_labelled": r.n_labelled, "volume": r.volume, "metric": r.metric,
+              "value": _num(r.value), "reference": _num(r.reference_value), "floor": _num(r.floor),
+              "p_adjusted": _num(r.p_adjusted), "below": bool(r.below_floor) if pd.notna(r.below_floor) else False,
+              "below_days": int(below_days.get(r.segment, 0))}
+             for r in order.head(SEGMENTS_SHOWN).itertuples()]
+    worst = [t["segment"] for t in table[:SEGMENT_LINES]]
+    data = []
+    for i, segment in enumerate(worst):
+        mine = rows[rows.segment == segment].sort_values("partition_date")
+        color = PALETTE[i % len(PALETTE)]
+        data.append({"type": "scatter", "x": _days(mine.partition_date), "y": _round(mine.value),
+                     "mode": "lines+markers", "name": _label(segment), "line": {"color": color, "width": 1.5},
+                     "marker": {"size": 4}, "legendgroup": str(i)})
+        data.append({"type": "scatter", "x": _days(mine.partition_date), "y": _round(mine.floor), "mode": "lines",
+                     "name": _label(f"{segment} floor"), "line": {"color": color, "width": 1, "dash": "dash"},
+                     "showlegend": False, "legendgroup": str(i), "hoverinfo": "skip"})
+        below = mine[mine.below_floor.fillna(False).astype(bool)]
+        if len(below):
+            data.append({"type": "scatter", "x": _days(below.partition_date), "y": _round(below.value),
+                         "mode": "markers", "name": "below floor", "marker": ALERT_MARKER, "showlegend": False,
+                         "legendgroup": str(i), "hovertemplate": f"%{{x}}<br>{_label(segment)} below its floor"
+                                                                 "<extra></extra>"})
+    metric = today.metric.dropna().iloc[0] if today.metric.notna().any() else "main metric"
+    figure = {"id": "segments", "title": f"Worst segments: {metric} over the days (floors dashed)", "figure": {
+        "data": data, "layout": {"height": 280, "margin": {"l": 40, "r": 10, "t": 30, "b": 30},
+                                 "legend": {"orientation": "h"}, "xaxis": {"type": "date", **AXIS}, "yaxis": AXIS,
+                                 **LAYOUT}}}
+    return {"day": fmt_day(day), "rows": table, "total": len(today), "metric": metric,
+            "below": int(today.below_floor.fillna(False).astype(bool).sum()), "figure": figure if data else None}
+
+
+PALETTE = ["#dc2626", "#2563eb", "#059669", "#d97706", "#7c3aed"]

@@ -9,6 +9,7 @@ import dagster as dg
 from monitor_assets import keys
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import GROUP_REPORTING, OWNERS
+from monitor_assets.ranking.defs import RANKING_PERFORMANCE  # keys.py holds the others' (read-only here)
 from monitor_assets.reporting.dashboard import (
     build_dashboard,
     load_report_data,
@@ -63,10 +64,15 @@ def build_reporting_definitions(config: MonitorConfig) -> dg.Definitions:
                     "volume, a sparkline), sortable and filterable, plus the data-quality summary; "
                     "models/<model>.html holds each model's time series with thresholds and alert markers, "
                     "feature x day drift heatmap, the reference against the day's distribution of each drifted feature "
-                    "(a menu of its drift days), selection rate by group and its alerts. plotly.js is written "
+                    "(a menu of its drift days), selection rate by group, the worst segments first (segmented models) "
+                    "and its alerts; a ranker (task: ranking) has a row in the index's Ranking models and a page with "
+                    "its main metric against its floor, NDCG at each k, popularity concentration, catalogue and "
+                    "label coverage. plotly.js is written "
                     "once to assets/plotly.min.js in the reports folder.",
         group_name=GROUP_REPORTING, kinds={"html", "plotly"}, owners=OWNERS, partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(), deps=[keys.ALERTS, keys.MODEL_PERFORMANCE_SUMMARY, *DASHBOARD_AFTER],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[keys.ALERTS, keys.MODEL_PERFORMANCE_SUMMARY, *DASHBOARD_AFTER,
+              *([RANKING_PERFORMANCE] if config.rankers else [])],
     )
     def monitoring_dashboard(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         with warehouse.connect() as con:

@@ -213,7 +213,7 @@ def test_demo_dashboard_and_prometheus_file_name_the_new_champion(demo_run, demo
     assert (info[model]["version"], info[model]["champion_since"], info[model]["configured_version"]) == \
         ("2026.10.1", "2026-10-28", "2026.08.1")
     assert config.model(model).version == "2026.08.1"  # the config still names the old one
-    assert len(info) == len(config.models)
+    assert len(info) == len(config.models) + len(config.rankers)  # rankers are listed too (task=ranking)
     # Its main metric is the new version's or absent, never the old version's 10-27 figure.
     mains = [s for f in text_string_to_metric_families(text) for s in f.samples
              if s.name == "monitor_main_metric" and s.labels["model_id"] == model]
