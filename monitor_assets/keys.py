@@ -7,6 +7,7 @@ PREDICTIONS = dg.AssetKey(["raw", "predictions"])
 LABELS = dg.AssetKey(["raw", "labels"])
 INTERACTIONS = dg.AssetKey(["raw", "interactions"])
 SALES = dg.AssetKey(["raw", "sales"])
+RANKING_IMPRESSIONS = dg.AssetKey(["raw", "ranking_impressions"])
 
 # monitoring: the figures
 REFERENCE_PROFILES = dg.AssetKey(["monitoring", "reference_profiles"])
@@ -27,6 +28,7 @@ VERSION_COMPARISON = dg.AssetKey(["monitoring", "version_comparison"])
 LAKE_MAINTENANCE = dg.AssetKey(["monitoring", "lake_maintenance"])
 DAILY_PROFILES = dg.AssetKey(["monitoring", "daily_profiles"])
 EVALUATION_STORE = dg.AssetKey(["monitoring", "evaluation_store"])
+RANKING_PERFORMANCE = dg.AssetKey(["monitoring", "ranking_performance"])
 
 # reports: what people read
 MODEL_PERFORMANCE_SUMMARY = dg.AssetKey(["reports", "model_performance_summary"])

@@ -30,9 +30,12 @@ def test_thirty_partitions_of_every_daily_table(demo_db):
 def test_counts_add_up_and_corrupted_batch_is_quarantined(demo_db):
     log = demo_db.execute("""SELECT source, sum(records_read), sum(records_loaded), sum(records_quarantined)
                              FROM raw.ingestion_log GROUP BY 1""").fetchall()
+    # a ranker's records are its requests (one row per shown item) and its interactions
+    tables = {"ranking": "(SELECT DISTINCT partition_date, request_id FROM raw.ranking_impressions)",
+              "ranking_labels": "raw.ranking_interactions"}
     for source, read, loaded, quarantined in log:
         assert read == loaded + quarantined, source
-        table_rows = demo_db.execute(f"SELECT count(*) FROM raw.{source}").fetchone()[0]
+        table_rows = demo_db.execute(f"SELECT count(*) FROM {tables.get(source, f'raw.{source}')}").fetchone()[0]
         q_rows = demo_db.execute("SELECT count(*) FROM raw.quarantine WHERE source = ? AND line_no IS NOT NULL",
                                  [source]).fetchone()[0]
         assert (table_rows, q_rows) == (loaded, quarantined), source

@@ -19,11 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor_assets import keys
 from monitor_assets.config import load_config
+from monitor_assets.constants import RANKING_PERFORMANCE_CHECK
 from monitor_assets.definitions import build_definitions
 from monitor_assets.export.grafana import dashboard
 from monitor_assets.export.prometheus import export_metrics
+from monitor_assets.keys import RANKING_PERFORMANCE
 from monitor_assets.links import model_page
-from monitor_assets.ranking.defs import RANKING_PERFORMANCE, RANKING_PERFORMANCE_CHECK
 from monitor_assets.reporting.dashboard import load_report_data, ranker_summaries, render_dashboard
 from monitor_assets.storage.warehouse import open_warehouse
 

@@ -11,7 +11,8 @@ import pytest
 from sklearn.metrics import ndcg_score, roc_auc_score
 
 from monitor_assets.config import ConfigError, load_config
-from monitor_assets.ranking.defs import RANKING_PERFORMANCE, RANKING_PERFORMANCE_CHECK
+from monitor_assets.constants import RANKING_DRIFT_CHECK, RANKING_PERFORMANCE_CHECK
+from monitor_assets.keys import RANKING_PERFORMANCE
 from monitor_assets.storage.warehouse import open_warehouse
 
 from .conftest import run_job, write
@@ -316,3 +317,85 @@ def test_ranker_defaults_and_without_a_date_in_its_path(tmp_path):
   - id: churn
     task: ranking
     source: recs/{date}.csv""")
+
+
+SMALL_CATALOGUE = CATALOGUE[:90]  # under the drift's 100 top items: every item has its own bin
+POPULARITY = 1 / np.arange(1, 91) ** 0.8
+
+
+def _shown(rng, n, collapse=False):
+    """The lists of `n` requests (the drift check needs no label): 10 of 90 items by a long-tailed popularity, or
+    (collapsed) 10 of the 15 most popular ones."""
+    pool, p = (SMALL_CATALOGUE[:15], None) if collapse else (SMALL_CATALOGUE, POPULARITY / POPULARITY.sum())
+    return [list(rng.choice(pool, 10, replace=False, p=p)) for _ in range(n)]
+
+
+def test_drift_thresholds_by_hand_and_no_false_alarm_on_stable_days():
+    """The thresholds are the upper prediction bound over the reference's day-sized chunks (scipy's t), the
+    chunk's drift is scipy's Jensen-Shannon distance against the rest of the reference, and 300 stable days drawn
+    like the reference raise nothing while every collapsed day's drift is above its threshold (its concentration
+    is not: 15 items shown evenly give the top item less of the impressions than a stable day's bestseller)."""
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import t as student_t
+
+    from monitor_assets.ranking import drift as D
+    from monitor_assets.stats import ranking as R
+
+    rng = np.random.default_rng(11)
+    ref = _shown(rng, 3000)
+    request_index = np.repeat(np.arange(len(ref)), 10)
+    items = np.array([i for lst in ref for i in lst], dtype=object)
+    thresholds = D.calibrate(request_index, items, 250)
+    js = thresholds["item_drift_js"]
+    assert js.chunk_requests == 250 and len(js.values) == 12  # 3,000 requests in chunks of 250
+    m, values = len(js.values), np.array(js.values)
+    by_hand = values.mean() + student_t.isf(D.ALPHA, m - 1) * values.std(ddof=1) * np.sqrt(1 + 1 / m)
+    assert js.value == pytest.approx(by_hand, rel=1e-12)
+    # chunk 0 against the rest: shares of impressions per item (90 items: each its own bin, the other bucket empty)
+    chunk, rest = pd.Series(items[:2500]).value_counts(), pd.Series(items[2500:]).value_counts()
+    p, q = [chunk.get(b, 0) for b in SMALL_CATALOGUE], [rest.get(b, 0) for b in SMALL_CATALOGUE]
+    assert js.values[0] == pytest.approx(jensenshannon(p, q, base=2), abs=1e-12)
+    # concentration of chunk 0: its most shown item (1% of the 90 items the reference shows, at least one)
+    assert thresholds["popularity_concentration"].values[0] == pytest.approx(chunk.iloc[0] / 2500)
+    whole = R.ItemCounts.of(items)
+
+    def above(day):
+        counts = R.ItemCounts.of(np.array([i for lst in day for i in lst], dtype=object))
+        return (R.item_distribution_drift(counts, whole) > js.value,
+                R.catalogue_metrics(counts, whole)["concentration"] > thresholds["popularity_concentration"].value)
+
+    assert sum(any(above(_shown(rng, 250))) for _ in range(300)) == 0
+    assert all(above(_shown(rng, 250, collapse=True)) == (True, False) for _ in range(20))
+    with pytest.raises(ValueError, match="too small to calibrate"):
+        D.calibrate(request_index[:500], items[:500], 250)  # 50 requests: chunks of 10
+
+
+def test_drift_check_finds_a_collapse_on_its_day_without_any_label(tmp_path):
+    """A ranker with a reference and no interactions at all: the label-based check judges nothing, the drift
+    check (WARN) passes the stable day and fails the collapsed one, naming the statistic and the day's size."""
+
+    rng = np.random.default_rng(13)
+    days = pd.date_range("2025-06-01", periods=2, freq="D")
+    _classifier_files(tmp_path, rng, days)
+    for i, day in enumerate(days):
+        lines = [{"request_id": f"{day:%m%d}-{k}", "items": items}
+                 for k, items in enumerate(_shown(rng, 250, collapse=i == 1))]
+        write(tmp_path / "lists" / f"{day:%Y-%m-%d}.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    ref = _shown(rng, 2500)
+    pd.DataFrame([{"request_id": f"ref-{k}", "item_id": item, "rank": pos + 1}
+                  for k, items in enumerate(ref) for pos, item in enumerate(items)]).to_parquet(tmp_path / "ref.parquet")
+    config = _config(tmp_path, """
+  - id: home_recs
+    task: ranking
+    source: lists/{date}.jsonl
+    reference: ref.parquet""")
+    result = run_job(config, "2025-06-01", "2025-06-02")
+    assert result.success
+    evaluations = {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}
+    assert evaluations[(RANKING_DRIFT_CHECK, "2025-06-01")].passed
+    collapsed = evaluations[(RANKING_DRIFT_CHECK, "2025-06-02")]
+    assert not collapsed.passed and collapsed.severity == dg.AssetCheckSeverity.WARN
+    message = collapsed.metadata["reason"].value
+    assert message.startswith("item_drift_js") and message.endswith("on 250 requests")
+    assert collapsed.metadata["evaluated"].value == 1
+    assert evaluations[(RANKING_PERFORMANCE_CHECK, "2025-06-02")].metadata["evaluated"].value == 0  # no labels

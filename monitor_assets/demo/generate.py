@@ -1,9 +1,12 @@
 """Deterministic demo data for a retail e-commerce shop.
 
 Three models are trained with scikit-learn on a seeded training set and score every logged request,
-so an injected drift or concept change moves real model outputs and real metrics. Incidents are
+so an injected drift or concept change moves real model outputs and real metrics; a product categoriser
+(multiclass) and a home page recommender (a ranker: ranked lists, clicks, carts and purchases as late
+interactions) have generators of their own. Every request carries a market (a segment column). Incidents are
 injected on fixed dates and listed in `incidents.yaml`; every other day is drawn from the training
-distribution.
+distribution. Whatever was added later (markets, the categoriser, the recommender) draws from generators of its
+own, so every value the demo had before is unchanged.
 
     python -m monitor_assets.demo.generate [--out data/demo] [--days 30] [--scale 1.0]
 """
@@ -47,6 +50,8 @@ CANARY_SHARE = 0.10
 PROMOTED_FROM = 27         # ... and all traffic from here on
 SHIFT_DAYS = range(27, 30)  # fraud_detector: a reseller's orders, all alike, take over its traffic ...
 SHIFT_LABELS_DAY = 31       # ... and their labels (chargebacks) all land on this day, after the demo's 30 days
+SEGMENT_DAYS = range(11, 13)  # conversion_recommender: a DE mobile app release swaps features, its scores go wrong
+COLLAPSE_DAYS = range(16, 18)  # home_recommender: the candidate service fails, lists fill with the same bestsellers
 RETRAINED_VERSION = "2026.10.1"
 LABEL_DELAY_LATE = 8
 # Fraud is rare (about 2.5% of orders): 5,000 reference rows hold about 125 frauds, too few for a narrow band on
@@ -87,6 +92,16 @@ CATEGORIES = ["electronics", "fashion", "home", "beauty", "sports", "toys"]
 CAT_P = [0.2, 0.3, 0.2, 0.12, 0.1, 0.08]
 GENDERS, GEN_P = ["female", "male", "unspecified"], [0.5, 0.45, 0.05]
 REGIONS, REG_P = ["north", "south", "east", "west"], [0.3, 0.3, 0.2, 0.2]
+# Every model serves four markets (a segment column: `segments:` in monitor.yaml). Markets come from generators of
+# their own (MARKET_SEED, CATEGORISER_MARKET_SEED offsets), so every value the demo had before markets is unchanged.
+MARKETS, MARKET_P = ["DE", "FR", "NL", "ES"], [0.4, 0.25, 0.15, 0.2]
+MARKET_SEED, CATEGORISER_MARKET_SEED, RANKER_SEED = 4, 5, 6
+SEGMENT_MARKET, SEGMENT_DEVICE = "DE", "mobile"
+SEGMENT_BROKEN_SHARE = 0.3  # 30% of DE mobile's requests get a score from swapped features (shown as 1 - score)
+
+
+def markets(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.choice(MARKETS, n, p=MARKET_P)
 
 
 def _sigmoid(x):
@@ -212,11 +227,15 @@ def log_lines(model: Model, df: pd.DataFrame, d: dt.date, rng: np.random.Generat
             "status": "error" if errors[i] else "ok",
             "features": {f: (_r(row[f], 2) if f in model.numeric else row[f])
                          for f in model.numeric + model.categorical},
-            "context": {a: row[a] for a in model.attributes},
+            "context": {a: row[a] for a in [*model.attributes, "market"] if a in row},
             out_key: None if errors[i] else _r(row["model_output"], 4),
         }
         records.append(rec)
     return records
+
+
+def _without_market(rec: dict) -> dict:
+    return {**rec, "context": {k: v for k, v in rec["context"].items() if k != "market"}}
 
 
 def corrupt(records: list[dict], rng: np.random.Generator) -> tuple[list[str], dict]:
@@ -230,8 +249,8 @@ def corrupt(records: list[dict], rng: np.random.Generator) -> tuple[list[str], d
     for kind, k in counts.items():
         for j in idx[pos:pos + k]:
             rec = dict(records[j])
-            if kind == "malformed_json":
-                lines[j] = lines[j][: len(lines[j]) // 2]
+            if kind == "malformed_json":  # cut where it was cut before markets were logged: the same bytes
+                lines[j] = lines[j][: len(json.dumps(_without_market(rec), separators=(",", ":"))) // 2]
                 continue
             if kind == "missing_prediction_id":
                 rec["prediction_id"] = None
@@ -263,6 +282,7 @@ def write_jsonl_gz(path: Path, lines: list[str]) -> None:
 
 def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) -> dict:
     rng = np.random.default_rng(seed)
+    market_rng = np.random.default_rng(seed + MARKET_SEED)
     out.mkdir(parents=True, exist_ok=True)
     fitted = {}
     for model in MODELS:
@@ -272,6 +292,7 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
             # from a generator of its own, so every other number of the demo is what it was before
             ref = pd.concat([ref, ROWS[model.id](np.random.default_rng(seed + 2), extra)], ignore_index=True)
         ref["score"] = score(model, pipe, ref).round(4)
+        ref["market"] = markets(market_rng, len(ref))
         ref_path = out / "reference" / f"{model.id}.parquet"
         ref_path.parent.mkdir(parents=True, exist_ok=True)
         ref.to_parquet(ref_path, index=False)
@@ -298,6 +319,11 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
             if model is FRAUD and n in BIAS_DAYS:  # a bad feature join inflates scores for one group
                 senior = (df.customer_age_band == "65+").to_numpy()
                 s = np.where(senior, np.clip(s * 4 + 0.35, 0, 1), s)
+            market = markets(market_rng, len(df))
+            if model is CONVERSION and n in SEGMENT_DAYS:  # one market's mobile traffic scored wrongly
+                hit = ((market == SEGMENT_MARKET) & (df.device == SEGMENT_DEVICE).to_numpy()
+                       & (market_rng.random(len(df)) < SEGMENT_BROKEN_SHARE))
+                s = np.where(hit, 1 - s, s)
             versions = None
             if model is CONVERSION and n >= CANARY_FROM:
                 share = 1.0 if n >= PROMOTED_FROM else CANARY_SHARE
@@ -305,6 +331,7 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
                 s = np.where(new, score(model, retrained, df), s)
                 versions = np.where(new, RETRAINED_VERSION, model.version)
             df["model_output"] = s
+            df["market"] = market
             spike = model is DEMAND and n == SPIKE_DAY
             records = log_lines(model, df, d, rng, latency_factor=6.0 if spike else 1.0,
                                 error_share=0.08 if spike else 0.002, versions=versions)
@@ -328,6 +355,7 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
                 labels_by_arrival.setdefault(arrival, []).append((rec["prediction_id"], model.id, label))
 
     categorised = categoriser_data(out, days, scale, seed)
+    ranker_data(out, days, scale, seed)
     for n in range(days):
         d = day(n)
         rows = labels_by_arrival.get(d, [])
@@ -368,6 +396,16 @@ def generate(out: Path, days: int = 30, scale: float = 1.0, seed: int = SEED) ->
              "features": ["amount", "hour_of_day", "account_age_days", "shipping_distance_km", "payment_method",
                           "device"],
              "metric": "roc_auc", "details": {"labels_arrive": str(day(SHIFT_LABELS_DAY))}},
+            # one segment breaks while the whole model stays within its threshold (check
+            # segment_performance_within_baseline names the segment)
+            {"kind": "segment_degradation", "model_id": CONVERSION.id, "dates": [str(day(n)) for n in SEGMENT_DAYS],
+             "segment": f"market={SEGMENT_MARKET}, device={SEGMENT_DEVICE}", "metric": "roc_auc",
+             "details": {"scored_wrongly": SEGMENT_BROKEN_SHARE}},
+            # found without labels on its first day (check ranking_drift_within_threshold); its NDCG@10 falls below
+            # the baseline once the interactions land (ranking_performance_within_baseline)
+            {"kind": "popularity_collapse", "model_id": RANKER_ID, "dates": [str(day(n)) for n in COLLAPSE_DAYS],
+             "metric": "ndcg_at_10", "details": {"bestsellers_shown": COLLAPSE_POOL,
+                                                 "labels_complete": str(day(max(COLLAPSE_DAYS) + 3))}},
         ],
     }
     (out / "incidents.yaml").write_text(yaml.safe_dump(incidents, sort_keys=False))
@@ -430,6 +468,7 @@ def product_rows(rng: np.random.Generator, n: int) -> pd.DataFrame:
 def categoriser_data(out: Path, days: int, scale: float, seed: int) -> dict[dt.date, list[tuple]]:
     """The categoriser's reference and logs; returns its labels by arrival day (prediction_id, model, class)."""
     rng = np.random.default_rng(seed + 3)
+    market_rng = np.random.default_rng(seed + CATEGORISER_MARKET_SEED)
     numeric = ["price", "title_words", "image_count"]
     train_rows = product_rows(rng, 8000)
     # the seller tier is a sensitive attribute, not an input: the model never sees it
@@ -448,7 +487,7 @@ def categoriser_data(out: Path, days: int, scale: float, seed: int) -> dict[dt.d
     p = probabilities(ref)
     ref_out = ref.drop(columns="label").assign(
         label=[PRODUCT_CLASSES[i] for i in ref.label], decision=[PRODUCT_CLASSES[i] for i in p.argmax(axis=1)],
-        probabilities=[json.dumps([float(v) for v in row]) for row in p])
+        probabilities=[json.dumps([float(v) for v in row]) for row in p], market=markets(market_rng, len(ref)))
     ref_out.to_parquet(out / "reference" / f"{CATEGORISER_ID}.parquet", index=False)
     labels: dict[dt.date, list[tuple]] = {}
     for n in range(days):
@@ -457,6 +496,7 @@ def categoriser_data(out: Path, days: int, scale: float, seed: int) -> dict[dt.d
         p = probabilities(df)
         seconds = np.sort(rng.integers(0, 86400, len(df)))
         latency = rng.gamma(4.0, 10.0, len(df))
+        market = markets(market_rng, len(df))
         lines = []
         for i, row in enumerate(df.itertuples(index=False)):
             ts = dt.datetime.combine(d, dt.time()) + dt.timedelta(seconds=int(seconds[i]))
@@ -466,13 +506,109 @@ def categoriser_data(out: Path, days: int, scale: float, seed: int) -> dict[dt.d
                 "model_id": CATEGORISER_ID, "model_version": CATEGORISER_VERSION,
                 "latency_ms": round(float(latency[i]), 1), "status": "ok",
                 "features": {"price": row.price, "title_words": row.title_words, "image_count": row.image_count},
-                "context": {"seller_tier": row.seller_tier},
+                "context": {"seller_tier": row.seller_tier, "market": str(market[i])},
                 "decision": PRODUCT_CLASSES[int(p[i].argmax())], "probabilities": [float(v) for v in p[i]],
             }, separators=(",", ":")))
             arrival = d + dt.timedelta(days=int(rng.integers(1, 4)))
             labels.setdefault(arrival, []).append((pid, CATEGORISER_ID, PRODUCT_CLASSES[row.label]))
         write_jsonl_gz(out / "predictions" / f"{d}" / f"{CATEGORISER_ID}.jsonl.gz", lines)
     return labels
+
+
+# The home page recommender (task: ranking): its own generator, so every other number of the demo is unchanged.
+RANKER_ID, RANKER_VERSION, RANKER_PER_DAY, RANKER_LIST = "home_recommender", "2026.09.4", 400, 10
+CATALOGUE = [f"p{i:04d}" for i in range(1, 401)]  # the ids the shop's interaction and sales logs use
+CANDIDATES = 40  # the candidate generator's pool per request; the model ranks it and shows the top RANKER_LIST
+COLLAPSE_POOL = 12  # on a collapse day the pool falls back to this many bestsellers, the same for everyone
+RANKER_REFERENCE_REQUESTS = 6000  # 15 days' worth: the drift check calibrates on day-sized chunks of it
+
+
+def _popularity(rng: np.random.Generator) -> np.ndarray:
+    """Long-tailed popularity (Zipf-like, exponent 0.9) over the catalogue in a shuffled order: a few
+    bestsellers take a large share of views, most products few."""
+    weight = 1.0 / np.arange(1, len(CATALOGUE) + 1) ** 0.9
+    return rng.permutation(weight / weight.sum())
+
+
+def ranked_requests(rng: np.random.Generator, n: int, popularity: np.ndarray, collapsed: bool = False) -> dict:
+    """`n` requests: each draws a candidate pool by popularity (without replacement, Gumbel top-k), the user's
+    appeal of each candidate (personal taste plus a little popularity), the model's score (the appeal seen with
+    noise) and shows the top RANKER_LIST by score. What the user does comes from the appeal and the position:
+    click, then add to cart, then purchase. A collapsed day's pool is the COLLAPSE_POOL bestsellers ranked by
+    popularity alone, whatever the user likes. Returns item codes, scores and grades (0-3) in shown order."""
+    log_pop = np.log(popularity)
+    if collapsed:
+        pool = np.tile(np.argsort(-popularity)[:COLLAPSE_POOL], (n, 1))
+    else:
+        keys = log_pop + rng.gumbel(size=(n, len(CATALOGUE)))
+        pool = np.argpartition(-keys, CANDIDATES, axis=1)[:, :CANDIDATES]
+    appeal = rng.normal(0.0, 1.0, pool.shape) + 0.3 * (log_pop[pool] - log_pop.mean())
+    noise = rng.normal(0.0, 0.8, pool.shape)
+    raw = log_pop[pool] + 0.05 * noise if collapsed else appeal + noise
+    order = np.argsort(-raw, axis=1, kind="stable")[:, :RANKER_LIST]
+    items = np.take_along_axis(pool, order, 1)
+    shown_appeal = np.take_along_axis(appeal, order, 1)
+    scores = _sigmoid(np.take_along_axis(raw, order, 1) - (log_pop.max() if collapsed else 1.0)).round(4)
+    position = np.arange(RANKER_LIST)
+    click = rng.random(items.shape) < _sigmoid(-4.2 + 1.3 * shown_appeal - 0.12 * position)
+    cart = click & (rng.random(items.shape) < _sigmoid(-1.0 + 0.7 * shown_appeal))
+    bought = cart & (rng.random(items.shape) < 0.45)
+    grades = click.astype(int) + cart.astype(int) + bought.astype(int)
+    return {"items": items, "scores": scores, "grades": grades}
+
+
+EVENTS = ("click", "add_to_cart", "purchase")  # grades 1, 2, 3 (ranking.relevance in monitor.yaml)
+
+
+def ranker_data(out: Path, days: int, scale: float, seed: int) -> None:
+    """The recommender's reference (impressions with their best event), its daily logs (one JSON line per request
+    with its ranked list) and its interactions (clicks, carts, purchases), which land 1-3 days after the request
+    like every label of the demo, in files of their own."""
+    rng = np.random.default_rng(seed + RANKER_SEED)
+    popularity = _popularity(rng)
+    ref = ranked_requests(rng, int(RANKER_REFERENCE_REQUESTS * max(scale, 0.2)), popularity)
+    n_ref, k = ref["items"].shape
+    pd.DataFrame({
+        "request_id": np.repeat([f"ref-{i:06d}" for i in range(n_ref)], k),
+        "item_id": np.asarray(CATALOGUE)[ref["items"].ravel()],
+        "rank": np.tile(np.arange(1, k + 1), n_ref),
+        "score": ref["scores"].ravel(),
+        "event": [EVENTS[g - 1] if g else None for g in ref["grades"].ravel()],
+    }).to_parquet(out / "reference" / f"{RANKER_ID}.parquet", index=False)
+    events_by_arrival: dict[dt.date, list[tuple]] = {}
+    for n in range(days):
+        d = day(n)
+        size = int(RANKER_PER_DAY * scale * (1.0 + 0.15 * (d.weekday() >= 5)) * rng.normal(1.0, 0.04))
+        req = ranked_requests(rng, size, popularity, collapsed=n in COLLAPSE_DAYS)
+        seconds = np.sort(rng.integers(0, 86400, size))
+        latency = rng.gamma(4.0, 20.0, size)
+        market = markets(rng, size)
+        device = rng.choice(DEVICES, size, p=DEV_P)
+        delays = rng.integers(1, 4, size)
+        lines = []
+        for i in range(size):
+            ts = dt.datetime.combine(d, dt.time()) + dt.timedelta(seconds=int(seconds[i]))
+            rid = f"rec-{d:%Y%m%d}-{i:05d}"
+            shown = [CATALOGUE[j] for j in req["items"][i]]
+            lines.append(json.dumps({
+                "timestamp": ts.isoformat(timespec="milliseconds") + "Z", "request_id": rid, "model_id": RANKER_ID,
+                "model_version": RANKER_VERSION, "latency_ms": round(float(latency[i]), 1), "status": "ok",
+                "context": {"market": str(market[i]), "device": str(device[i])},
+                "items": [{"item_id": item, "score": float(sc)} for item, sc in zip(shown, req["scores"][i],
+                                                                                   strict=True)],
+            }, separators=(",", ":")))
+            arrival = d + dt.timedelta(days=int(delays[i]))
+            for item, g in zip(shown, req["grades"][i], strict=True):
+                for e in EVENTS[:g]:  # a purchase follows an add to cart, which follows a click
+                    events_by_arrival.setdefault(arrival, []).append((rid, item, e))
+        write_jsonl_gz(out / "rankings" / f"{d}" / f"{RANKER_ID}.jsonl.gz", lines)
+    for n in range(days):
+        d = day(n)
+        frame = pd.DataFrame(events_by_arrival.get(d, []), columns=["request_id", "item_id", "event"])
+        path = out / "ranking_events" / f"{d}.csv.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as f:
+            f.write(frame.to_csv(index=False).encode())
 
 
 def main() -> None:

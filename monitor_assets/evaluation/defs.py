@@ -52,8 +52,9 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
         description="Per model, day and model version, a mergeable profile of the day's served rows with the "
                     "labels known so far (JSON): per feature counts on bins fixed by the reference (quantile bins, "
                     "tracked categories), the performance metrics' sufficient statistics (confusion counts, score "
-                    "histograms per label, loss sums; regression error sums) and fairness counts per group. Windows "
-                    "of any length are computed by adding them. Each run also rebuilds the `label_delay_days` "
+                    "histograms per label, loss sums; regression error sums) and fairness counts per group; for a model "
+                    "with `segments:`, also one per segment of each segmentation (`segment` 'market=DE, "
+                    "device=mobile'; '' is the whole model). Windows of any length are computed by adding them. Each run also rebuilds the `label_delay_days` "
                     "before it, so late labels reach the profiles. Layouts are made once per reference version "
                     "(`monitoring.evaluation_references`).",
         group_name=GROUP_METRICS, kinds={"python", "duckdb"}, owners=OWNERS,
@@ -87,7 +88,10 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
         description=f"Per model, version ('*': every version together), evaluation window ({window_names}) and "
                     "metric: the value on the window beside the reference's and the previous window's of the same "
                     "kind; performance, drift per feature (`drift.<feature>.<statistic>`) and fairness disparities "
-                    "(`fairness.<attribute>.<disparity>`). Computed from the merged daily profiles only, never "
+                    "(`fairness.<attribute>.<disparity>`); for a segmented model the same per segment (every version "
+                    "together; `n_rows` alone below `segments.min_rows`), against the segment's own reference rows "
+                    "where it has `min_rows` of them (`reference_source`). Computed from the merged daily profiles "
+                    "only, never "
                     "from the prediction files; each run recomputes the windows holding its days and the "
                     "late-label days before them, and writes a report (markdown and HTML) for each window that "
                     "closed in its days, saying which checks warned. Each judged feature's window drift verdict "
@@ -129,7 +133,8 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
 def _window_check(config: MonitorConfig, partitions: dg.PartitionsDefinition) -> dg.AssetChecksDefinition:
     spec = dg.AssetCheckSpec(
         WINDOW_CHECK, asset=keys.EVALUATION_STORE, partitions_def=partitions,
-        description="For each evaluation window that closed on the day, per model (every version together): warns "
+        description="For each evaluation window that closed on the day, per model (every version together, the "
+                    "whole model: segments are in the store and not judged here): warns "
                     "when the main metric is below `min_metric_ratio` of the reference's (from 100 labelled rows), "
                     "a feature's window drift is over its threshold, or a fairness disparity is beyond its bound "
                     "beyond chance; the message names the window and points to its report.")

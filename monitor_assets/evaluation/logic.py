@@ -26,6 +26,16 @@ version together), the reference's and the window's distributions from the two p
 JSON, as `monitoring.drift_distributions` holds the daily ones). The check `evaluation_window_within_baseline`
 (`window_failures`) judges each window on the day it closes; the reports say what it found.
 
+Segments (a model's `segments:`, issue 23): the daily profiles are also kept per model, day, version and segment
+of each segmentation (`segment` 'market=DE' or 'market=DE, device=mobile', spelt as monitoring.segment_performance
+spells them; '' is the whole model, and rows written before the column read NULL, taken as ''). Per segmentation
+the SEGMENT_CAP segments largest in the reference are kept apart, the rest pooled as 'market=(other)' (a reference
+without the columns: the day's largest). The store holds, per window and segment (every version together), a row
+`n_rows` (the reference's rows of it beside), and unless the window has fewer than `segments.min_rows` rows of it,
+every metric above from the segment's own daily profiles, judged against its own reference rows when the reference
+holds `min_rows` of them (`reference_source` 'segment', else 'model'). The whole model's rows are those it had
+without segments. The check and the reports judge the whole model only.
+
 Multiclass models: performance as stats.multiclass names it (accuracy, precision, recall, f1, f1_macro,
 f1_weighted, log_loss over the rows with logged probabilities, roc_auc with roc_auc_bound), the predicted class as
 a categorical over the class names (`drift.prediction.<statistic>`, as analysis names a model's output), no
@@ -62,7 +72,6 @@ from monitor_assets.stats import profiles as P
 from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.distributions import Comparison
 from monitor_assets.stats.drift import FeatureSpec
-from monitor_assets.stats.fairness import fairness_table
 from monitor_assets.stats.multiclass import (
     class_code_sql,
     classes_sql,
@@ -80,7 +89,7 @@ from monitor_assets.storage.reads import (
     reference_reader_sql,
 )
 from monitor_assets.storage.reads import load_profiles as load_reference_profiles
-from monitor_assets.storage.sql import quote_ident, sql_str
+from monitor_assets.storage.sql import quote_ident, segment_sql, sql_str
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
 
 log = logging.getLogger(__name__)
@@ -101,6 +110,12 @@ TRANSIENT_ERRORS = (duckdb.IOException, OSError, MemoryError)
 NUMERIC_DRIFT = ("psi", "jensenshannon", "ks", "ks_bound", "wasserstein", "wasserstein_bound")
 CATEGORICAL_DRIFT = ("psi", "jensenshannon", "jensenshannon_bound", "chisquare_p_value")
 PREDICTION = "prediction"  # a multiclass model's predicted class, as analysis.logic names the output's drift
+WHOLE = ""  # the `segment` of the whole model's rows (NULL in rows written before segments: read as this)
+# Segments kept apart per segmentation: the reference's largest; the rest pool into '<column>=(other)' (bounds the
+# profiles per model-day at 1 + SEGMENT_CAP per segmentation and version).
+SEGMENT_CAP = 50
+OTHER_SEGMENT = "(other)"
+SEGMENT_COLUMN = "__segment:"  # + segmentation key ('market,device'): a frame column holding each row's segment
 
 
 def settings(config: MonitorConfig) -> EvaluationConfig:
@@ -122,14 +137,53 @@ def profiled(config: MonitorConfig) -> tuple[list[ModelConfig], dict[str, str]]:
 class Reference:
     bins: P.ProfileBins
     profile: P.Profile
+    # Segmented models: per segmentation key ('market,device') the segments kept apart (the reference's largest,
+    # at most SEGMENT_CAP; absent when the reference lacks a column of it), and each segment's reference profile
+    # on the model's layout (the capped rest as '<column>=(other)').
+    kept: dict[str, list[str]] = field(default_factory=dict)
+    segments: dict[str, P.Profile] = field(default_factory=dict)
 
     def to_text(self) -> str:
-        return json.dumps({"bins": self.bins.to_dict(), "profile": self.profile.to_dict()}, separators=(",", ":"))
+        d = {"bins": self.bins.to_dict(), "profile": self.profile.to_dict()}
+        if self.kept:  # only then: unsegmented models keep the text they were stored with
+            d.update(kept=self.kept, segments={k: p.to_dict() for k, p in self.segments.items()})
+        return json.dumps(d, separators=(",", ":"))
 
     @classmethod
     def from_text(cls, text: str) -> Reference:
         d = json.loads(text)
-        return cls(P.ProfileBins.from_dict(d["bins"]), P.Profile.from_dict(d["profile"]))
+        return cls(P.ProfileBins.from_dict(d["bins"]), P.Profile.from_dict(d["profile"]), d.get("kept", {}),
+                   {k: P.Profile.from_dict(p) for k, p in d.get("segments", {}).items()})
+
+
+def segment_key(cross: tuple[str, ...]) -> str:
+    """A segmentation's key, as monitoring.segment_performance's `segment_by` spells it: 'market,device'."""
+    return ",".join(cross)
+
+
+def other_segment(cross: tuple[str, ...]) -> str:
+    """Where a segmentation's segments beyond the cap pool: 'market=(other)', 'market=(other), device=(other)'."""
+    return ", ".join(f"{name}={OTHER_SEGMENT}" for name in cross)
+
+
+def _segment_picks(model: ModelConfig, column_of: dict[str, str]) -> list[str]:
+    """SELECT items naming each row's segment per segmentation whose columns are all in `column_of`, spelt as
+    segment_performance spells them (`storage.sql.segment_sql`)."""
+    return [f"{segment_sql(cross, column_of)} AS {quote_ident(SEGMENT_COLUMN + segment_key(cross))}"
+            for cross in model.segments.by if all(n in column_of for n in cross)]
+
+
+def cap_segments(names: pd.Series, cross: tuple[str, ...], kept: list[str] | None) -> pd.Series:
+    """Each row's segment with those beyond the cap pooled as `other_segment`: the reference's kept segments, and
+    (while fewer than SEGMENT_CAP are kept) the day's largest segments the reference never had; without a
+    reference for this segmentation (`kept` None) the day's SEGMENT_CAP largest."""
+    counts = names.value_counts()
+    keep = set(kept or ())
+    room = SEGMENT_CAP - len(keep)
+    if room > 0:
+        new = sorted(((-int(n), s) for s, n in counts.items() if s not in keep))
+        keep.update(s for _, s in new[:room])
+    return names.where(names.isin(keep), other_segment(cross))
 
 
 def feature_specs(model: ModelConfig) -> list[FeatureSpec]:
@@ -145,9 +199,12 @@ def _values(specs: list[FeatureSpec], column_of: dict[str, str], attributes: dic
 
 
 def fit_key(model: ModelConfig, version: str) -> str:
-    """What a stored layout was made from: the reference version, the decision threshold and the sizes."""
+    """What a stored layout was made from: the reference version, the decision threshold and the sizes (and the
+    segmentations with the cap, for segmented models only: the others keep their key)."""
     return (f"{version}:{model.task}:{model.decision_threshold!r}:{P.BINS}:{P.TOP_K}:{P.SCORE_BINS}:"
-            f"{P.PROFILE_FORMAT}:{FIT_FORMAT}" + (f":{list(model.classes)!r}" if model.is_multiclass else ""))
+            f"{P.PROFILE_FORMAT}:{FIT_FORMAT}" + (f":{list(model.classes)!r}" if model.is_multiclass else "")
+            + (f":segments={[segment_key(c) for c in model.segments.by]!r}:{SEGMENT_CAP}"
+               if model.segments.by else ""))
 
 
 def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.DataFrame:
@@ -170,6 +227,7 @@ def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.Da
     attributes = {a.name: quote_ident(a.name) if a.name.lower() in names else None for a in model.sensitive_attributes}
     usable = f"isfinite({score}) AND isfinite({label})" + (f" AND {label} IN (0, 1)" if model.is_classifier else "")
     select = _values(specs, {f.name: quote_ident(f.name) for f in specs}, attributes)
+    select += _segment_picks(model, {n: quote_ident(n) for c in model.segments.by for n in c if n.lower() in names})
     frame = con.execute(f"SELECT {', '.join(select)}, {score} AS score, {label} AS label, "
                         f"{predicted}::DOUBLE AS predicted FROM {reader} WHERE {usable}").df()
     if not len(frame):
@@ -194,6 +252,7 @@ def multiclass_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.D
     parsed = probabilities_sql(model.classes, text)
     proba = f"CASE WHEN ({probabilities_problem_sql(model.classes, text, parsed)}) IS NULL THEN {parsed} END"
     select = _values(specs, {s.name: quote_ident(s.name) for s in specs}, {})
+    select += _segment_picks(model, {n: quote_ident(n) for c in model.segments.by for n in c if n.lower() in names})
     frame = con.execute(f"""
         SELECT * FROM (
             SELECT {', '.join(select)}, NULL::DOUBLE AS score,
@@ -212,9 +271,21 @@ def fit_reference(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> tuple[R
     bins = P.ProfileBins.from_reference(frame, feature_specs(model), model.task, threshold=model.decision_threshold,
                                         attributes=tuple(a.name for a in model.sensitive_attributes),
                                         classes=tuple(model.classes or ()))
-    profile = P.build_profile(frame, bins, {"model_id": model.id, "model_version": "reference"}, "reference",
-                              predicted=_predicted(model))
-    return Reference(bins, profile), len(frame)
+    keys = {"model_id": model.id, "model_version": "reference"}
+    profile = P.build_profile(frame, bins, keys, "reference", predicted=_predicted(model))
+    kept, segments = {}, {}
+    for cross in model.segments.by:
+        column = SEGMENT_COLUMN + segment_key(cross)
+        if column not in frame:  # the reference lacks a column of it: segments judged on the model's reference
+            continue
+        counts = frame[column].value_counts()
+        ranked = sorted((-int(n), s) for s, n in counts.items())
+        kept[segment_key(cross)] = [s for _, s in ranked[:SEGMENT_CAP]]
+        names = cap_segments(frame[column], cross, kept[segment_key(cross)])
+        for name, rows in frame.groupby(names.to_numpy(), sort=True):
+            segments[str(name)] = P.build_profile(rows, bins, {**keys, "segment": str(name)}, "reference",
+                                                  predicted=_predicted(model))
+    return Reference(bins, profile, kept, segments), len(frame)
 
 
 def references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], fit: bool = True
@@ -272,8 +343,10 @@ def day_rows_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: M
                  else f"p.{CLASS_CODE_COLUMN}" if model.is_multiclass else "NULL::INT")
     # multiclass: the stored code and probabilities (ingestion has checked them); labels are codes already
     proba = f", p.{CLASS_PROBABILITIES_COLUMN} AS proba" if model.is_multiclass else ""
+    segments = _segment_picks(model, {c.name: "p." + quote_ident(stored[(c.source, c.type)])
+                                      for c in model.logged_columns})
     return f"""
-        SELECT {', '.join(_values(specs, column_of, attributes))}, p.score AS score, l.label AS label,
+        SELECT {', '.join(_values(specs, column_of, attributes) + segments)}, p.score AS score, l.label AS label,
                {predicted}::DOUBLE AS predicted{proba}, coalesce(p.model_version, '') AS model_version
         FROM {lake_of(con).model_relation(con, model.id)} AS p
         LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
@@ -286,22 +359,35 @@ def _predicted(model: ModelConfig) -> str | None:
 
 
 def profile_rows(model: ModelConfig, ref: Reference, frame: pd.DataFrame, day: dt.date) -> list[dict]:
-    """One row per model version of the day's rows: the profile as JSON and its sizes."""
+    """One row per model version of the day's rows (segment ''), and for a segmented model one per version and
+    segment of each segmentation (capped: `cap_segments`): the profile as JSON and its sizes."""
     out = []
-    for version, rows in frame.groupby("model_version", sort=True) if len(frame) else ():
-        profile = P.build_profile(rows, ref.bins, {"model_id": model.id, "model_version": str(version)},
-                                  day.isoformat(), predicted=_predicted(model))
-        text = json.dumps(profile.to_dict(), separators=(",", ":"))
-        out.append({"partition_date": day, "model_id": model.id, "model_version": str(version),
-                    "layout": profile.layout, "n_rows": profile.n_rows,
-                    "n_labelled": profile.n_labelled, "bytes": len(text.encode()),
-                    "profile": text, "error": None})
+    if not len(frame):
+        return out
+    groups = [(WHOLE, None)]
+    for cross in model.segments.by:
+        column = SEGMENT_COLUMN + segment_key(cross)
+        if column in frame:
+            frame[column] = cap_segments(frame[column], cross, ref.kept.get(segment_key(cross)))
+            groups.append((segment_key(cross), column))
+    for version, rows in frame.groupby("model_version", sort=True):
+        keys = {"model_id": model.id, "model_version": str(version)}
+        for _, column in groups:
+            parts = [(WHOLE, rows)] if column is None else rows.groupby(column, sort=True)
+            for segment, part in parts:
+                profile = P.build_profile(part, ref.bins, {**keys, "segment": str(segment)} if column else keys,
+                                          day.isoformat(), predicted=_predicted(model))
+                text = json.dumps(profile.to_dict(), separators=(",", ":"))
+                out.append({"partition_date": day, "model_id": model.id, "model_version": str(version),
+                            "layout": profile.layout, "n_rows": profile.n_rows,
+                            "n_labelled": profile.n_labelled, "bytes": len(text.encode()),
+                            "profile": text, "error": None, "segment": str(segment)})
     return out
 
 
 def error_row(model: ModelConfig, day: dt.date, error: str) -> dict:
     return {"partition_date": day, "model_id": model.id, "model_version": None, "layout": None, "n_rows": None,
-            "n_labelled": None, "bytes": None, "profile": None, "error": error}
+            "n_labelled": None, "bytes": None, "profile": None, "error": error, "segment": WHOLE}
 
 
 def isolated_profiles(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, ref: Reference,
@@ -357,15 +443,19 @@ def stored_references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig])
     return found
 
 
-def load_profiles(con: duckdb.DuckDBPyConnection, model_ids: list[str], days: list[dt.date]
-                  ) -> dict[str, dict[dt.date, list[P.Profile]]]:
-    """The stored daily profiles of these models and days: model id -> day -> one per version."""
-    rows = con.execute(f"""SELECT model_id, partition_date, profile FROM {PROFILES}
+def load_profiles(con: duckdb.DuckDBPyConnection, model_ids: list[str], days: list[dt.date],
+                  segments: bool = True) -> dict[str, dict[str, dict[dt.date, list[P.Profile]]]]:
+    """The stored daily profiles of these models and days: model id -> segment ('' the whole model; rows written
+    before segments have none and are the whole model's) -> day -> one per version. `segments=False`: the
+    whole model's only."""
+    rows = con.execute(f"""SELECT model_id, coalesce(segment, '') AS segment, partition_date, profile FROM {PROFILES}
                            WHERE partition_date IN (SELECT unnest(?::DATE[])) AND model_id IN (SELECT unnest(?::VARCHAR[]))
-                           AND error IS NULL AND profile IS NOT NULL""", [days, model_ids]).fetchall()
-    out: dict[str, dict[dt.date, list[P.Profile]]] = {}
-    for model_id, day, text in rows:
-        out.setdefault(model_id, {}).setdefault(day, []).append(P.Profile.from_dict(json.loads(text)))
+                           AND error IS NULL AND profile IS NOT NULL {'' if segments else "AND coalesce(segment, '') = ''"}""",
+                       [days, model_ids]).fetchall()
+    out: dict[str, dict[str, dict[dt.date, list[P.Profile]]]] = {}
+    for model_id, segment, day, text in rows:
+        out.setdefault(model_id, {}).setdefault(segment, {}).setdefault(day, []).append(
+            P.Profile.from_dict(json.loads(text)))
     return out
 
 
@@ -394,23 +484,11 @@ def window_metrics(profile: P.Profile, ref: Reference, min_group_size: int,
 
 
 def fairness_metrics(profile: P.Profile, classifier: bool, min_group_size: int) -> dict[str, float]:
-    """Per attribute: disparities among groups of at least `min_group_size` rows (stats.fairness' definitions)."""
-    counts = P.fairness_frame(profile.fairness)
-    if counts.empty:
-        return {}
-    table = fairness_table(counts, classifier, min_group_size)
-    out = {}
-    for attribute, part in table.groupby("attribute", sort=True):
-        first = part.iloc[0]
-        if classifier:
-            for metric in ("demographic_parity_ratio", "demographic_parity_difference", "equalized_odds_difference",
-                           "demographic_parity_p_value", "equalized_odds_p_value"):
-                out[f"fairness.{attribute}.{metric}"] = first[metric]
-        else:
-            eligible = part[~part.below_min_size.astype(bool)]
-            lo, hi = eligible.mae.min(), eligible.mae.max()
-            out[f"fairness.{attribute}.mae_ratio"] = lo / hi if len(eligible) > 1 and hi > 0 else math.nan
-    return out
+    """Per attribute: disparities among groups of at least `min_group_size` rows (stats.fairness' definitions,
+    `P.fairness_summary`)."""
+    summary = P.fairness_summary(profile.fairness, classifier, min_group_size)
+    return {f"fairness.{attribute}.{metric}": value for attribute in sorted(summary)
+            for metric, value in summary[attribute].items()}
 
 
 def _finite(x) -> float | None:
@@ -477,17 +555,71 @@ def model_window_rows(model: ModelConfig, ref: Reference, by_day: dict[dt.date, 
         current, values, earlier, verdicts = figures[version]
         if version == ALL_VERSIONS:
             pictures = window_picture_rows(model, ref, current, window, verdicts)
-        common = {"window_id": window.key, "window_name": window.spec.name, "window_kind": window.spec.kind,
-                  "window_start": window.start, "window_end": window.end, "model_id": model.id,
-                  "model_version": version, "n_rows": current.n_rows,
-                  "n_labelled": current.n_labelled, "days_profiled": current.days,
-                  "complete": window.end <= last_day}
-        for metric, value in values.items():
-            rows.append({**common, "metric": metric, "value": _finite(value),
-                         "reference_value": None if metric.startswith("drift.") and not metric.endswith(
-                             ".missing_share") else _finite(reference.get(metric)),
-                         "previous_value": _finite(earlier.get(metric))})
+        rows += _metric_rows(_common(model, window, version, current, last_day), values, reference, earlier)
     return rows, pictures
+
+
+def _common(model: ModelConfig, window: Window, version: str, current: P.Profile, last_day: dt.date,
+            segment: str = WHOLE, reference_source: str = "model") -> dict:
+    return {"window_id": window.key, "window_name": window.spec.name, "window_kind": window.spec.kind,
+            "window_start": window.start, "window_end": window.end, "model_id": model.id, "model_version": version,
+            "n_rows": current.n_rows, "n_labelled": current.n_labelled, "days_profiled": current.days,
+            "complete": window.end <= last_day, "segment": segment, "reference_source": reference_source}
+
+
+def _metric_rows(common: dict, values: dict[str, float], reference: dict[str, float], earlier: dict[str, float]
+                 ) -> list[dict]:
+    """One store row per metric: the window's value beside the reference's (none for drift distances) and the
+    previous window's."""
+    return [{**common, "metric": metric, "value": _finite(value),
+             "reference_value": None if metric.startswith("drift.") and not metric.endswith(".missing_share")
+             else _finite(reference.get(metric)), "previous_value": _finite(earlier.get(metric))}
+            for metric, value in values.items()]
+
+
+def segment_window_rows(model: ModelConfig, ref: Reference, by_segment: dict[str, dict[dt.date, list[P.Profile]]],
+                        window: Window, last_day: dt.date, min_group_size: int,
+                        references: dict[str, tuple[dict[str, float], dict[str, float | None] | None]],
+                        scales: dict[str, float | None] | None = None) -> list[dict]:
+    """A segmented model's rows of one window per segment (every version together; `by_segment`: segment ->
+    day -> profiles, from that segment's daily profiles only). Each segment has a row `n_rows` (the reference's
+    rows of it as `reference_value`); one with fewer than `segments.min_rows` rows in the window has no other.
+    The others get every metric of `window_metrics`, drift and reference values against the segment's own
+    reference profile when the reference holds at least `min_rows` of its rows (`reference_source` 'segment'),
+    else against the model's ('model'). The previous window's figures are without the drift verdict (threshold,
+    evidence, drifted): it doubles the cost of the segments' windows. `references`: by segment ('' the model's)
+    the reference's metrics and Wasserstein noise scales, filled in as needed (once per run, not per window);
+    `scales`: the model's (`reference_scales`)."""
+    layout, before, min_rows = ref.bins.fingerprint, previous(window), model.segments.min_rows
+    specs = judged_specs(model)
+    rows = []
+    for segment in sorted(s for s in by_segment if s != WHOLE):
+        days = by_segment[segment]
+        current = _merged(days, window, layout, None)
+        if current is None:
+            continue
+        prior = _merged(days, before, layout, None)
+        own = ref.segments.get(segment)
+        source = "segment" if own is not None and own.n_rows >= min_rows else "model"
+        common = _common(model, window, ALL_VERSIONS, current, last_day, segment, source)
+        rows.append({**common, "metric": "n_rows", "value": float(current.n_rows),
+                     "reference_value": float(own.n_rows) if own is not None else None,
+                     "previous_value": float(prior.n_rows) if prior is not None else None})
+        if current.n_rows < min_rows:  # reported, not measured: too few rows for its figures to mean much
+            continue
+        against = Reference(ref.bins, own) if source == "segment" else ref
+        key = segment if source == "segment" else WHOLE
+        if key not in references:
+            # the model's scales come from its fine-grid reference; a segment's own from the profile bins
+            references[key] = (window_metrics(against.profile, against, min_group_size), scales if key == WHOLE else
+                               {n: P.wasserstein_scale(c, ref.bins.numeric[n]) for n, c in own.numeric.items()})
+        reference, noise = references[key]
+        verdicts = P.window_drift(specs, against.profile, current, ref.bins, scales=noise)
+        values = window_metrics(current, against, min_group_size, verdicts)
+        earlier = (window_metrics(prior, against, min_group_size)
+                   if prior is not None and prior.n_rows >= min_rows else {})
+        rows += _metric_rows(common, values, reference, earlier)
+    return rows
 
 
 def window_picture_rows(model: ModelConfig, ref: Reference, current: P.Profile, window: Window,
@@ -526,17 +658,23 @@ def compute_windows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, windo
     refs = stored_references(con, models)
     notes.update({m.id: "no stored evaluation reference" for m in models if m.id not in refs})
     needed = sorted({d for w in windows for d in (*w.days(), *previous(w).days())})
-    by_model = load_profiles(con, [m.id for m in models if m.id in refs], needed)
+    by_model = load_profiles(con, [m.id for m in models if m.id in refs], needed,
+                             segments=any(m.segments.by for m in models))
     rows, pictures = [], []
     for model in models:
         if model.id not in refs:
             continue
         reference = window_metrics(refs[model.id].profile, refs[model.id], config.min_group_size)
         scales = reference_scales(con, model, refs[model.id])
+        by_segment = by_model.get(model.id, {})
+        segment_references = {WHOLE: (reference, scales)}
         for window in windows:
             try:
-                found, drawn = model_window_rows(model, refs[model.id], by_model.get(model.id, {}), window, last_day,
+                found, drawn = model_window_rows(model, refs[model.id], by_segment.get(WHOLE, {}), window, last_day,
                                                  config.min_group_size, reference, scales)
+                if model.segments.by:
+                    found += segment_window_rows(model, refs[model.id], by_segment, window, last_day,
+                                                 config.min_group_size, segment_references, scales)
                 rows += found
                 pictures += drawn
             except Exception as exc:  # noqa: BLE001 - one model's window; the others are computed
@@ -582,9 +720,17 @@ def replace_windows(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, window_
 # What the asset shows and the reports per closed window
 
 
+def whole_model(frame: pd.DataFrame) -> pd.DataFrame:
+    """The whole model's store rows (segment '' or, written before segments, NULL)."""
+    if "segment" not in frame or not len(frame):
+        return frame
+    return frame[frame.segment.fillna(WHOLE) == WHOLE]
+
+
 def latest_windows(frame: pd.DataFrame, config: MonitorConfig) -> pd.DataFrame:
     """Per model and window name, the latest window (every version together): its main metric against the
     reference and the previous window, and the feature that drifted most (Jensen-Shannon)."""
+    frame = whole_model(frame)
     if not len(frame):
         return pd.DataFrame()
     main = {m.id: m.main_metric for m in config.models}
@@ -693,6 +839,7 @@ def window_failures(frame: pd.DataFrame, config: MonitorConfig, windows: list[Wi
     """The check's failures for these (closed) windows: one per model and closing day, in the shape the alert
     sensor reads (partition_date, model_id, check_name, severity, value, threshold, message, details). The
     message names each window and what warned, and points to its report; `details.windows` lists them."""
+    frame = whole_model(frame)  # segments are in the store and the reports, not judged by the check
     if not settings(config).alerts or not len(frame):
         return []
     frame = frame[frame.model_version == ALL_VERSIONS]
@@ -719,6 +866,7 @@ def window_failures(frame: pd.DataFrame, config: MonitorConfig, windows: list[Wi
 
 def judged_counts(frame: pd.DataFrame, windows: list[Window], days: list[dt.date]) -> dict[dt.date, int]:
     """Per day, how many (model, window) pairs closing on it were judged."""
+    frame = whole_model(frame)
     if not len(frame):
         return {}
     f = frame[frame.model_version == ALL_VERSIONS]
@@ -737,14 +885,17 @@ def read_windows(con: duckdb.DuckDBPyConnection, windows: list[Window], model_id
         return pd.DataFrame(columns=STORE_COLUMNS)
     return con.execute(f"""SELECT {', '.join(quote_ident(c) for c in STORE_COLUMNS)} FROM {STORE}
                            WHERE window_id IN (SELECT unnest(?::VARCHAR[])) AND model_version = ?
-                           AND model_id IN (SELECT unnest(?::VARCHAR[]))""",
+                           AND model_id IN (SELECT unnest(?::VARCHAR[])) AND coalesce(segment, '') = ''""",
                        [[w.key for w in windows], ALL_VERSIONS, model_ids]).df()
 
 
 def report_context(frame: pd.DataFrame, model: ModelConfig, window: Window, top: int = 5,
                    config: MonitorConfig | None = None, pictures: pd.DataFrame | None = None) -> dict | None:
     """What a window's report says for one model (every version together), or None without rows: the figures,
-    what warned (with `config`: `window_warnings`) and the pictures of its drifted features."""
+    what warned (with `config`: `window_warnings`), the pictures of its drifted features and its segments'
+    main metric (`segment_summary`)."""
+    segments = segment_summary(frame, model, window, top)
+    frame = whole_model(frame)
     part = frame[(frame.model_id == model.id) & (frame.window_id == window.key) & (frame.model_version == ALL_VERSIONS)]
     if not len(part):
         return None
@@ -780,7 +931,28 @@ def report_context(frame: pd.DataFrame, model: ModelConfig, window: Window, top:
             "performance": rows(perf), "drift": rows(drift, lambda m: m.split(".")[1]),
             "fairness": rows(fair[~fair.metric.str.endswith("_p_value")]),
             "warned": [vars(w) for w in warned], "warned_kinds": sorted({w.kind for w in warned}),
-            "check": WINDOW_CHECK, "pictures": drawn}
+            "check": WINDOW_CHECK, "pictures": drawn, "segments": segments}
+
+
+def segment_summary(frame: pd.DataFrame, model: ModelConfig, window: Window, top: int = 5) -> list[dict]:
+    """A window's segments for its report: the main metric beside the segment's reference value, the furthest
+    below it first (up to 4 x `top`), then those with too few rows to measure."""
+    if "segment" not in frame or not len(frame):
+        return []
+    part = frame[(frame.model_id == model.id) & (frame.window_id == window.key) & (frame.model_version == ALL_VERSIONS)
+                 & (frame.segment.fillna(WHOLE) != WHOLE)]
+    out = []
+    for segment, rows in part.groupby("segment", sort=True):
+        main = rows[rows.metric == model.main_metric]
+        first = rows.iloc[0]
+        value = _finite(main.value.iloc[0]) if len(main) else None
+        ref = _finite(main.reference_value.iloc[0]) if len(main) else None
+        out.append({"segment": segment, "n_rows": int(first.n_rows), "n_labelled": int(first.n_labelled),
+                    "value": _fmt(value), "reference": _fmt(ref), "source": first.reference_source or "",
+                    "previous": _fmt(_finite(main.previous_value.iloc[0])) if len(main) else "",
+                    "share": share_of_baseline(model.main_metric, ref, value)})
+    measured = sorted((r for r in out if r["share"] is not None), key=lambda r: (r["share"], r["segment"]))
+    return (measured + [r for r in out if r["share"] is None])[:4 * top]
 
 
 def _fmt(x) -> str:
@@ -814,8 +986,10 @@ def day_figures(run: ProfileRun, day: dt.date) -> dict:
     """A day's profile figures for the UI: models profiled, rows, bytes per model-day, errors."""
     today = run.frame[pd.to_datetime(run.frame.partition_date).dt.date == day] if len(run.frame) else run.frame
     ok = today[today.error.isna()] if len(today) else today
-    per_model = ok.groupby("model_id").bytes.sum() if len(ok) else pd.Series(dtype=float)
+    per_model = ok.groupby("model_id").bytes.sum() if len(ok) else pd.Series(dtype=float)  # segments included
+    whole = ok[ok.segment.fillna(WHOLE) == WHOLE] if len(ok) else ok
     return {"models_profiled": int(ok.model_id.nunique()) if len(ok) else 0,
-            "rows_profiled": int(ok.n_rows.sum()) if len(ok) else 0,
+            "rows_profiled": int(whole.n_rows.sum()) if len(whole) else 0,
+            "segment_profiles": int(len(ok) - len(whole)),
             "bytes_per_model_day": float(np.median(per_model)) if len(per_model) else None,
             "models_in_error": int(today.error.notna().sum()) if len(today) else 0}

@@ -12,7 +12,6 @@ from monitor_assets.constants import DUCKDB_POOL, GROUP_REPORTING, OWNERS
 from monitor_assets.export.grafana import write_dashboard
 from monitor_assets.export.prometheus import export_metrics
 from monitor_assets.export.rules import alert_rules, write_rules
-from monitor_assets.ranking.defs import RANKING_PERFORMANCE  # keys.py holds the others' (read-only here)
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import IO_RETRY, daily_partitions, run_days
 
@@ -40,7 +39,7 @@ def build_export_definitions(config: MonitorConfig) -> dg.Definitions:
         group_name=GROUP_REPORTING, kinds={"prometheus", "grafana"}, owners=OWNERS,
         partitions_def=daily_partitions(config), backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=IO_RETRY, pool=DUCKDB_POOL,
-        deps=[keys.ALERTS, *([RANKING_PERFORMANCE] if config.rankers else [])],
+        deps=[keys.ALERTS, *([keys.RANKING_PERFORMANCE] if config.rankers else [])],
     )
     def prometheus_metrics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         day = max(run_days(context))

@@ -8,7 +8,6 @@ from monitor_assets import keys
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import DUCKDB_POOL, GROUP_REPORTING, OWNERS
 from monitor_assets.history.logic import write_history
-from monitor_assets.ranking.defs import RANKING_PERFORMANCE  # keys.py holds the others' (read-only here)
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
@@ -26,14 +25,14 @@ HISTORY_SOURCES = {"performance_daily": keys.PERFORMANCE_DAILY, "business_kpis_d
                    "feature_drift": keys.FEATURE_DRIFT, "fairness": keys.FAIRNESS,
                    "estimated_performance": keys.ESTIMATED_PERFORMANCE,
                    "segment_performance": keys.SEGMENT_PERFORMANCE,
-                   "multivariate_drift": keys.MULTIVARIATE_DRIFT, "ranking_performance": RANKING_PERFORMANCE}
+                   "multivariate_drift": keys.MULTIVARIATE_DRIFT, "ranking_performance": keys.RANKING_PERFORMANCE}
 
 
 def build_history_definitions(config: MonitorConfig, upstream: Collection[dg.AssetKey]) -> dg.Definitions:
     """The history asset over whichever of its sources `upstream` holds; the rankers' figures whenever the config
     has a ranker (the ranking stage defines its asset exactly then)."""
     sources = {part: key for part, key in HISTORY_SOURCES.items()
-               if key in upstream or (key == RANKING_PERFORMANCE and config.rankers)}
+               if key in upstream or (key == keys.RANKING_PERFORMANCE and config.rankers)}
     parts = list(sources)
 
     @dg.asset(

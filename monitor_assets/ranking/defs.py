@@ -10,13 +10,21 @@ import dagster as dg
 import pandas as pd
 
 from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import GROUP_INGESTION, GROUP_METRICS, OWNERS
+from monitor_assets.constants import (
+    GROUP_INGESTION,
+    GROUP_METRICS,
+    OWNERS,
+    RANKING_DRIFT_CHECK,
+    RANKING_PERFORMANCE_CHECK,
+)
+from monitor_assets.keys import RANKING_IMPRESSIONS, RANKING_PERFORMANCE
 from monitor_assets.ranking.logic import (
     ALL_VERSIONS,
     IMPRESSIONS,
     PERFORMANCE,
     RANKING_TABLES,
     baseline_failures,
+    drift_failures,
     ingest_rankers,
     write_performance,
 )
@@ -34,10 +42,6 @@ from monitor_assets.wiring import (
     table_schema,
 )
 
-# Asset keys and the check's name (keys.py and constants.py hold the other stages'; here until moved there).
-RANKING_IMPRESSIONS = dg.AssetKey(["raw", "ranking_impressions"])
-RANKING_PERFORMANCE = dg.AssetKey(["monitoring", "ranking_performance"])
-RANKING_PERFORMANCE_CHECK = "ranking_performance_within_baseline"
 SHOWN = ["model_id", "metric", "value", "standard_error", "n_requests", "label_coverage", "reference_value", "p_value"]
 
 
@@ -70,6 +74,7 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
                             "interactions_read", "interactions_loaded", "interactions_quarantined")}
         assert totals["records_read"] == totals["records_loaded"] + totals["records_quarantined"]
         add_partition_metadata(context, {day: {
+            "days": str(day),  # the run's summary sums a day's own counts (run_pipeline.StepRecord.total)
             **{k: sum(c.get(k, 0) for c in by_ranker.values()) for k in totals},
             "per_ranker": dg.MetadataValue.md(frame_markdown(pd.DataFrame(
                 [{"ranker": r, **{k: c.get(k) for k in ("records_read", "records_loaded", "records_quarantined",
@@ -89,6 +94,14 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
                     "min_metric_ratio` x its value on the reference: fails when it is below with a one-sided "
                     "p-value under 0.05 (a standard error over requests, so a small day does not alarm). Judged once "
                     "the interactions of the day and the `label_delay_days` after it are read.")
+
+    drift_check = dg.AssetCheckSpec(
+        RANKING_DRIFT_CHECK, asset=RANKING_PERFORMANCE, partitions_def=partitions,
+        description="Each ranker's recommended items against its reference, without labels (so a popularity "
+                    "collapse alerts on its day, before the clicks land): fails (WARN unless `thresholds.severity` "
+                    "says otherwise) when the item drift (Jensen-Shannon) or the popularity concentration (top 1% "
+                    "of items' share of impressions) is above the upper prediction bound of its values on the "
+                    "reference's own day-sized chunks (mean + about 3 sd; monitor_assets/ranking/drift.py).")
 
     @dg.asset(
         key=RANKING_PERFORMANCE,
@@ -121,15 +134,24 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
                                                 if len(main) else "none"),
         })
 
-    @dg.multi_asset_check(specs=[check], name=RANKING_PERFORMANCE_CHECK, retry_policy=IO_RETRY)
-    def ranking_performance_within_baseline(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-        days = days_with_label_refresh(run_days(context), config)
-        with fail_fast(), warehouse.connect_lake() as con:
-            failures, evaluated = baseline_failures(con, config, days, RANKING_PERFORMANCE_CHECK)
-        yield from partition_check_results(context, check, days, failures, evaluated)
+    specs = {RANKING_PERFORMANCE_CHECK: check, RANKING_DRIFT_CHECK: drift_check}
 
-    return dg.Definitions(assets=[ranking_impressions, ranking_performance],
-                          asset_checks=[ranking_performance_within_baseline])
+    # Both checks in one step (one process start and one warehouse connection fewer), subsettable like the
+    # threshold checks: a run evaluates the checks it selected.
+    @dg.multi_asset_check(specs=list(specs.values()), name="ranking_checks", retry_policy=IO_RETRY, can_subset=True)
+    def ranking_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+        selected = [name for name, spec in specs.items() if spec.key in context.selected_asset_check_keys]
+        # The drift is label-free (a day's figures do not change when later interactions land); the baseline
+        # check also re-judges the label_delay_days before the run's days.
+        days = {RANKING_PERFORMANCE_CHECK: days_with_label_refresh(run_days(context), config),
+                RANKING_DRIFT_CHECK: run_days(context)}
+        judge = {RANKING_PERFORMANCE_CHECK: baseline_failures, RANKING_DRIFT_CHECK: drift_failures}
+        with fail_fast(), warehouse.connect_lake() as con:
+            judged = {name: judge[name](con, config, days[name], name) for name in selected}
+        for name, (failures, evaluated) in judged.items():
+            yield from partition_check_results(context, specs[name], days[name], failures, evaluated)
+
+    return dg.Definitions(assets=[ranking_impressions, ranking_performance], asset_checks=[ranking_checks])
 
 
 def _main(config: MonitorConfig, model_id: str) -> str:

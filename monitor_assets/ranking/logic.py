@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -59,6 +59,7 @@ from monitor_assets.ingestion.fields import (
 from monitor_assets.ingestion.formats import LOADERS
 from monitor_assets.ingestion.log import StageResult, log_ingestion
 from monitor_assets.ingestion.readers import FileGroup, _refuse_outside, _staging_database, files_for
+from monitor_assets.ranking import drift as D
 from monitor_assets.stats import ranking as R
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.sql import quote_ident, sql_str
@@ -378,13 +379,23 @@ def ingest_rankers(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: d
 
 @dataclass(frozen=True)
 class Reference:
-    """What a ranker's reference file gives: impressions per item, scores, and (graded) the metrics' values."""
+    """What a ranker's reference file gives: impressions per item, scores, and (graded) the metrics' values; each
+    impression's request (0.. in file order) and item, for the item drift's calibration (`drift.calibrate`)."""
 
     items: R.ItemCounts
     scores: np.ndarray
     values: dict[str, float]
     n_requests: int
     n_quarantined: int
+    request_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    item_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    thresholds: dict = field(default_factory=dict, compare=False)  # day size -> drift thresholds, filled on use
+
+    def drift_thresholds(self, n_requests: int) -> dict[str, D.Threshold]:
+        """The item drift's thresholds for a day of `n_requests` requests (calibrated once per size)."""
+        if n_requests not in self.thresholds:
+            self.thresholds[n_requests] = D.calibrate(self.request_index, self.item_ids, n_requests)
+        return self.thresholds[n_requests]
 
 
 _REFERENCES: dict[tuple, Reference] = {}
@@ -417,7 +428,9 @@ def reference_of(config: MonitorConfig, ranker: RankerConfig) -> Reference | Non
         values = {m: v for m, (v, _) in request_figures(frame.assign(grade=frame.grade.fillna(0.0)), ranker).items()}
     values.update(_catalogue(items, items, frame.score.to_numpy() if len(frame) else np.array([]), None))
     ref = Reference(items, frame.score.to_numpy(dtype=float) if len(frame) else np.array([]), values,
-                    int(frame.request_id.nunique()) if len(frame) else 0, staged.result.quarantined)
+                    int(frame.request_id.nunique()) if len(frame) else 0, staged.result.quarantined,
+                    pd.factorize(frame.request_id)[0] if len(frame) else np.zeros(0, np.int64),
+                    frame.item_id.to_numpy() if len(frame) else np.zeros(0, object))
     _REFERENCES[key] = ref
     return ref
 
@@ -583,3 +596,45 @@ def baseline_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
                        f"{r.reference_value:.4g} = {r.floor:.4g} ({test}{r.n_requests:,} requests)"})
     return failures, evaluated
 
+
+def drift_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check: str
+                   ) -> tuple[list[dict], dict[dt.date, int]]:
+    """The item drift check (`drift`): a ranker-day fails when its recommended items' drift or popularity
+    concentration (the whole day's, version `*`) is above the threshold calibrated on its reference's day-sized
+    chunks. Needs no label, so a collapse alerts on its day. Rankers without a reference are not judged. Returns
+    the failures (one per ranker-day, naming each statistic above its threshold) and the ranker-days judged."""
+    frame = con.execute(f"""SELECT partition_date, model_id, metric, value, n_requests FROM {PERFORMANCE}
+                            WHERE model_version = ? AND metric IN (SELECT unnest(?::VARCHAR[]))
+                              AND partition_date IN (SELECT unnest(?::DATE[]))
+                            ORDER BY partition_date, model_id, metric""",
+                        [ALL_VERSIONS, list(D.STATISTICS), days]).df()
+    failures, evaluated = [], {}
+    for ranker in config.rankers:
+        ref = reference_of(config, ranker)
+        mine = frame[frame.model_id == ranker.id]
+        if ref is None or ref.n_requests == 0 or not len(mine):
+            continue
+        for day, rows in mine.groupby("partition_date", sort=True):
+            day = pd.Timestamp(day).date()
+            n = int(rows.n_requests.iloc[0])
+            thresholds = ref.drift_thresholds(n)
+            above = [(r.metric, float(r.value), thresholds[r.metric]) for r in rows.itertuples()
+                     if np.isfinite(r.value)]
+            if not above:
+                continue
+            evaluated[day] = evaluated.get(day, 0) + 1
+            above = [(m, v, t) for m, v, t in above if v > t.value]
+            if not above:
+                continue
+            # the statistic furthest beyond its threshold, in the chunks' standard deviations, leads
+            above.sort(key=lambda a: -(a[1] - a[2].value) / a[2].sd if a[2].sd > 0 else -math.inf)
+            metric, value, t = above[0]
+            failures.append({
+                "partition_date": day, "model_id": ranker.id, "check_name": check,
+                "severity": ranker.thresholds.severity.get(check, "WARN"), "value": value, "threshold": t.value,
+                "message": "; ".join(f"{m} {v:.3g} above {t.value:.3g} (reference chunks of {t.chunk_requests:,} "
+                                     f"requests: {t.mean:.3g} +- {t.sd:.2g})" for m, v, t in above)
+                           + f" on {n:,} requests",
+                "details": {m: {"value": v, "threshold": t.value, "chunk_mean": t.mean, "chunk_sd": t.sd,
+                                "chunks": len(t.values), "chunk_requests": t.chunk_requests} for m, v, t in above}})
+    return failures, evaluated

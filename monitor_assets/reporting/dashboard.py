@@ -41,6 +41,7 @@ from monitor_assets.constants import (
     ESTIMATED_PERFORMANCE_CHECK,
     LATENCY_CHECK,
     PERFORMANCE_CHECK,
+    RANKING_PERFORMANCE_CHECK,
     VOLUME_CHECK,
 )
 from monitor_assets.formatting import fmt_day, fmt_num, fmt_p, plural
@@ -166,7 +167,6 @@ def _ranking_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last_da
     if not config.rankers:
         return {}
     # The check's name lives with the ranking stage's wiring (imported here, where Dagster is loaded anyway).
-    from monitor_assets.ranking.defs import RANKING_PERFORMANCE_CHECK
 
     rankers = pd.DataFrame([{"model_id": r.id, "main_metric": r.main_metric, "ks": list(r.ranking.ks),
                              "labelled": r.labels is not None, "check": RANKING_PERFORMANCE_CHECK}

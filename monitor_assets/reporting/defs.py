@@ -9,7 +9,6 @@ import dagster as dg
 from monitor_assets import keys
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import GROUP_REPORTING, OWNERS
-from monitor_assets.ranking.defs import RANKING_PERFORMANCE  # keys.py holds the others' (read-only here)
 from monitor_assets.reporting.dashboard import (
     build_dashboard,
     load_report_data,
@@ -72,7 +71,7 @@ def build_reporting_definitions(config: MonitorConfig) -> dg.Definitions:
         group_name=GROUP_REPORTING, kinds={"html", "plotly"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[keys.ALERTS, keys.MODEL_PERFORMANCE_SUMMARY, *DASHBOARD_AFTER,
-              *([RANKING_PERFORMANCE] if config.rankers else [])],
+              *([keys.RANKING_PERFORMANCE] if config.rankers else [])],
     )
     def monitoring_dashboard(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         with warehouse.connect() as con:

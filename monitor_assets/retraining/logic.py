@@ -272,7 +272,7 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     days = sorted(days)
     daily = version_daily(con, max(days))
     champ = champions(daily)
-    longest = max(m.retraining.window_days for m in config.models)
+    longest = max((m.retraining.window_days for m in config.models), default=1)  # a config of rankers only
     first = min(days) - dt.timedelta(days=longest - 1)
     since = champ.groupby(["model_id", "model_version"]).partition_date.min()
     history, flags = _trigger_history(con, min(days))

@@ -27,22 +27,14 @@ from monitor_assets.stats.multiple_testing import benjamini_hochberg
 from monitor_assets.stats.performance import metric_standard_error, performance_sql
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.reads import feature_columns, latest_labels_sql, reference_reader_sql
-from monitor_assets.storage.sql import quote_ident, sql_str
+from monitor_assets.storage.sql import quote_ident, segment_sql, sql_str
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
 
 SEGMENTS = "monitoring.segment_performance"
 COLUMNS = [c for c in TABLES[SEGMENTS][0] if c != "computed_at"]
 ALPHA = 0.05  # a model-day's segments, after the Benjamini-Hochberg adjustment
-MISSING = "(missing)"
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier_score", "mae", "rmse", "mape",
            "r2")
-
-
-def segment_sql(cross: tuple[str, ...], column_of: dict[str, str]) -> str:
-    """The segment's name as SQL: `market=DE` or `market=DE, device=mobile` (NULL reads `(missing)`)."""
-    parts = [f"{sql_str(name + '=')} || coalesce(CAST({column_of[name]} AS VARCHAR), {sql_str(MISSING)})"
-             for name in cross]
-    return " || ', ' || ".join(parts)
 
 
 def _by(model: ModelConfig, column_of: dict[str, str]) -> str:

@@ -573,6 +573,48 @@ def _merge_fairness(parts: list[dict[str, dict[str, list]]]) -> dict[str, dict[s
     return out
 
 
+def fairness_summary(counts: dict[str, dict[str, list]], classifier: bool, min_group_size: int
+                     ) -> dict[str, dict[str, float]]:
+    """Per attribute, the disparities `fairness.fairness_table` gives for these counts, among groups of at least
+    `min_group_size` rows, without its per-group frame (it costs ~40 ms an attribute in pandas, which a model's
+    segments times its windows multiply; tests check the figures equal): classifiers demographic_parity_ratio,
+    demographic_parity_difference, equalized_odds_difference and the p-values of both tests; regressors
+    mae_ratio (smallest over largest group MAE)."""
+    from monitor_assets.stats.fairness import selection_independence_p
+
+    out: dict[str, dict[str, float]] = {}
+    for attribute, groups in counts.items():
+        v = np.array([groups[g] for g in groups], float).reshape(-1, len(FAIRNESS_FIELDS))
+        n, selected, n_labelled, tp, fp, fn, tn, abs_error = v[v[:, 0] >= min_group_size].T
+        if not classifier:
+            mae = abs_error[n_labelled > 0] / n_labelled[n_labelled > 0]
+            hi = float(mae.max()) if len(mae) else math.nan
+            out[attribute] = {"mae_ratio": float(mae.min()) / hi if len(n) > 1 and hi > 0 else math.nan}
+            continue
+        figures = dict.fromkeys(("demographic_parity_ratio", "demographic_parity_difference",
+                                 "equalized_odds_difference", "demographic_parity_p_value",
+                                 "equalized_odds_p_value"), math.nan)
+        out[attribute] = figures
+        if len(n) < 2:
+            continue
+        rate = selected[n > 0] / n[n > 0]
+        if len(rate) >= 2:
+            figures["demographic_parity_difference"] = float(rate.max() - rate.min())
+            figures["demographic_parity_ratio"] = float(rate.min() / rate.max()) if rate.max() > 0 else math.nan
+        figures["demographic_parity_p_value"] = selection_independence_p(selected, n)
+        gaps = []
+        for hit, miss in ((tp, fn), (fp, tn)):  # TPR first: it wins a tie, as in fairness_table
+            known = (hit + miss) > 0
+            if known.sum() >= 2:
+                r = hit[known] / (hit[known] + miss[known])
+                gaps.append((float(r.max() - r.min()),
+                             selection_independence_p(hit[known], (hit + miss)[known])))
+        if gaps:
+            gap, p = max(gaps, key=lambda g: g[0])
+            figures["equalized_odds_difference"], figures["equalized_odds_p_value"] = gap, p
+    return out
+
+
 def fairness_frame(counts: dict[str, dict[str, list]]) -> pd.DataFrame:
     """The counts in the form `fairness.fairness_table` takes (attribute, grp, n, selected, ...)."""
     rows = [{"attribute": a, "grp": g, **dict(zip(FAIRNESS_FIELDS, v, strict=True))}

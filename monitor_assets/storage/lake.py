@@ -161,7 +161,7 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "monitoring.daily_profiles": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "layout": "VARCHAR",
         "n_rows": "BIGINT", "n_labelled": "BIGINT", "bytes": "BIGINT", "profile": "VARCHAR", "error": "VARCHAR",
-        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+        "computed_at": "TIMESTAMPTZ", "segment": "VARCHAR"}, ("partition_date",)),
     "monitoring.evaluation_references": ({"model_id": "VARCHAR", "fit_key": "VARCHAR", "reference": "VARCHAR",
                                           "reference_rows": "BIGINT", "layout": "VARCHAR", "fit_seconds": "DOUBLE",
                                           "computed_at": "TIMESTAMP"}, ()),
@@ -169,8 +169,8 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "window_id": "VARCHAR", "window_name": "VARCHAR", "window_kind": "VARCHAR", "window_start": "DATE",
         "window_end": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "metric": "VARCHAR",
         "value": "DOUBLE", "reference_value": "DOUBLE", "previous_value": "DOUBLE", "n_rows": "BIGINT",
-        "n_labelled": "BIGINT", "days_profiled": "BIGINT", "complete": "BOOLEAN", "computed_at": "TIMESTAMPTZ"},
-        ("window_name",)),
+        "n_labelled": "BIGINT", "days_profiled": "BIGINT", "complete": "BOOLEAN", "computed_at": "TIMESTAMPTZ",
+        "segment": "VARCHAR", "reference_source": "VARCHAR"}, ("window_name",)),
     # The reference against a closed window for each feature the window's drift verdict flagged.
     "monitoring.window_distributions": ({
         "window_id": "VARCHAR", "window_name": "VARCHAR", "window_start": "DATE", "window_end": "DATE",

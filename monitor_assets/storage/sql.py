@@ -9,3 +9,14 @@ def quote_ident(name: str) -> str:
 def sql_str(value: str) -> str:
     """A string literal."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+SEGMENT_MISSING = "(missing)"  # a segment column's NULL, as segment names spell it
+
+
+def segment_sql(cross: tuple[str, ...], column_of: dict[str, str]) -> str:
+    """A row's segment name as SQL: `market=DE` or `market=DE, device=mobile` (NULL reads `(missing)`), as
+    monitoring.segment_performance, monitoring.history and the evaluation store spell it; `column_of`: name ->
+    SQL of its column."""
+    return " || ', ' || ".join(f"{sql_str(name + '=')} || coalesce(CAST({column_of[name]} AS VARCHAR), "
+                               f"{sql_str(SEGMENT_MISSING)})" for name in cross)
