@@ -28,8 +28,8 @@ from monitor_assets.ingestion.log import (
     quarantined_shares,
     volumes_with_trailing_mean,
 )
-from monitor_assets.ingestion.quality import StreamingValidator, stored_verdicts, validate_day
-from monitor_assets.ingestion.readers import MissingInput, ingest_day
+from monitor_assets.ingestion.quality import StreamingValidator, stored_verdicts_of, validate_day
+from monitor_assets.ingestion.readers import MissingInput, ingest_days
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
@@ -92,7 +92,7 @@ def _ingestion_asset(config: MonitorConfig, source: str, deps: list) -> dg.Asset
         if source == "predictions":
             _preflight_in_step(context, cfg, days)
         run = _IngestRun(source)
-        # No model registered up front: ingest_day registers every model's table after writing predictions.
+        # No model registered up front: ingest_days registers every model's table after writing predictions.
         with fail_fast(), (warehouse.connect_lake() if per_model else warehouse.connect()) as con:
             # The data-quality suite runs on another thread as each model-day lands, so its pandas work
             # overlaps the reading; a failed model-day is held alone.
@@ -180,19 +180,24 @@ def _preflight_in_step(context, cfg: MonitorConfig, days: list[dt.date]) -> None
 
 def _ingest_days(context, con, cfg: MonitorConfig, source: str, days: list[dt.date], run: _IngestRun,
                  validator) -> None:
-    """Each day in turn; a day whose input matched nothing keeps its rows and is set aside in `run.refused`."""
-    for i, day in enumerate(days, 1):
-        try:
-            result = ingest_day(con, cfg, source, day, validator.add if validator else None, log=False)
-        except MissingInput as exc:  # the other days load; this one keeps its rows, and fails the step
-            run.refused.append(str(exc))
-            (context.log.warning if source == "labels" else context.log.error)(str(exc))
-            continue
+    """The run's days, read in chunks (`ingest_days`); a day whose input matched nothing keeps its rows and is
+    set aside in `run.refused`."""
+    counted = 0
+
+    def done(day: dt.date, outcome) -> None:
+        nonlocal counted
+        counted += 1
+        if isinstance(outcome, MissingInput):  # the other days load; this one keeps its rows, and fails the step
+            run.refused.append(str(outcome))
+            (context.log.warning if source == "labels" else context.log.error)(str(outcome))
+            return
         # Shared files are shard 0's to count (and to miss); a model's own files its shard's.
-        run.add(day, result, cfg.owns_shared or (source == "predictions" and cfg.predictions.per_model))
-        if should_log_progress(i, len(days)):
+        run.add(day, outcome, cfg.owns_shared or (source == "predictions" and cfg.predictions.per_model))
+        if should_log_progress(counted, len(days)):
             rate = run.totals["read"] / max(time.perf_counter() - run.started, 1e-9)
-            context.log.info(f"{source}: {i}/{len(days)} days done ({day}), {rate:,.0f} records/s")
+            context.log.info(f"{source}: {counted}/{len(days)} days done ({day}), {rate:,.0f} records/s")
+
+    ingest_days(con, cfg, source, days, validator.add if validator else None, log=False, done=done)
 
 
 def _run_metadata(cfg: MonitorConfig, source: str, days: list[dt.date], run: _IngestRun) -> dict:
@@ -268,8 +273,9 @@ def build_quality_checks(config: MonitorConfig, predictions: dg.AssetKey) -> lis
         days = run_days(context)
         failures, checked = [], {}
         with fail_fast(), warehouse.connect_lake() as con:
+            stored = stored_verdicts_of(con, cfg, days)
             for day in days:
-                verdicts = stored_verdicts(con, cfg, day)
+                verdicts = stored[day]
                 if verdicts is None:  # loaded before verdicts were kept: validate now
                     verdicts = validate_day(con, cfg, day)
                 checked[day] = len(verdicts)

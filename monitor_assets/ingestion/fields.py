@@ -150,15 +150,17 @@ def note_file(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date, p
     con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, NULL, ?, NULL)", [day, plan.source, path, detail])
 
 
-def move_to_quarantine(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date,
+def move_to_quarantine(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date | None,
                        where: str, reason: str, params: list | None = None) -> None:
-    """Move loaded rows matching `where` to quarantine with `reason` (SQL), keeping them as JSON."""
+    """Move loaded rows (of `day`; None: of every staged day) matching `where` to quarantine with `reason`
+    (SQL), keeping them as JSON."""
     table = f"raw.{plan.source}"
+    on_day, days = ("partition_date = ?", [day]) if day is not None else ("true", [])
     con.execute(f"""
         INSERT INTO raw.quarantine
         SELECT partition_date, ?, source_file, line_no, {reason}, CAST(to_json(t) AS VARCHAR)
-        FROM {table} AS t WHERE partition_date = ? AND ({where})""", [plan.source, day, *(params or [])])
-    con.execute(f"DELETE FROM {table} AS t WHERE partition_date = ? AND ({where})", [day, *(params or [])])
+        FROM {table} AS t WHERE {on_day} AND ({where})""", [plan.source, *days, *(params or [])])
+    con.execute(f"DELETE FROM {table} AS t WHERE {on_day} AND ({where})", [*days, *(params or [])])
 
 
 def quarantine_duplicates(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date) -> None:

@@ -71,13 +71,15 @@ def _reason_case(plan: StagingPlan, pretyped: frozenset[str] = frozenset()) -> s
     return f"CASE WHEN {any_bad} THEN {named} END"
 
 
-def _check(plan: StagingPlan, relation: str, path: str, pretyped: set[str] = frozenset()) -> str:
+def _check(plan: StagingPlan, relation: str, path: str | None, pretyped: set[str] = frozenset()) -> str:
     """Typed aliases and the first failing reason (NULL when good) for each row of `relation`, which
-    yields (line_no, raw, problem, parse_ok, r_<alias>...); `problem` is a reason found before parsing."""
+    yields (line_no, raw, problem, parse_ok, r_<alias>...); `problem` is a reason found before parsing.
+    `path` None: the relation's rows come from several files and days (its `source_file`, `partition_date`)."""
     typed_cols = ", ".join(f"{typed_sql(f, f.alias in pretyped)} AS {f.alias}" for f in plan.fields)
     aliases = ", ".join(f.alias for f in plan.fields)
+    origin = f"{sql_str(path)} AS source_file" if path is not None else "source_file, partition_date"
     return f"""
-        SELECT {sql_str(path)} AS source_file, line_no, reason, raw, {aliases}
+        SELECT {origin}, line_no, reason, raw, {aliases}
         FROM (SELECT *, {_reason_case(plan, frozenset(pretyped))} AS reason
               FROM (SELECT *, {typed_cols} FROM ({relation})))"""
 
@@ -87,19 +89,42 @@ def _target_columns(plan: StagingPlan) -> str:
     return f"({', '.join(quote_ident(c) for c in plan.targets)})" if plan.targets else ""
 
 
-def _load_checked(con: duckdb.DuckDBPyConnection, plan: StagingPlan, relation: str, params: list, path: str,
-                  day: dt.date) -> None:
+def _load_checked(con: duckdb.DuckDBPyConnection, plan: StagingPlan, relation: str, params: list, path: str | None,
+                  day: dt.date | None) -> None:
     """The records of `relation` checked in one pass, then good ones to the raw table, bad ones to quarantine.
-    Only bad records keep their raw text, so the checked rows stay about the size of the loaded ones."""
+    Only bad records keep their raw text, so the checked rows stay about the size of the loaded ones.
+    `path` and `day` None: the relation's rows carry their `source_file` and `partition_date`."""
     # JSON lines keep their line end until here (JSON ignores it, and trimming every line costs more than
     # parsing it): only a bad record's text is kept, trimmed.
     con.execute("CREATE OR REPLACE TEMP TABLE _checked AS SELECT * REPLACE (CASE WHEN reason IS NOT NULL THEN "
                 f"rtrim(raw, chr(13) || chr(10)) END AS raw) FROM ({_check(plan, relation, path)})", params)
-    con.execute(f"INSERT INTO raw.{plan.source} {_target_columns(plan)} SELECT ?::DATE, {', '.join(plan.outputs)} "
-                "FROM _checked WHERE reason IS NULL", [day])
-    con.execute("INSERT INTO raw.quarantine SELECT ?::DATE, ?, source_file, line_no, reason, raw "
-                "FROM _checked WHERE reason IS NOT NULL", [day, plan.source])
+    on_day, days = ("?::DATE", [day]) if path is not None else ("partition_date", [])
+    con.execute(f"INSERT INTO raw.{plan.source} {_target_columns(plan)} SELECT {on_day}, {', '.join(plan.outputs)} "
+                "FROM _checked WHERE reason IS NULL", days)
+    con.execute(f"INSERT INTO raw.quarantine SELECT {on_day}, ?, source_file, line_no, reason, raw "
+                "FROM _checked WHERE reason IS NOT NULL", [*days, plan.source])
     con.execute("DROP TABLE _checked")
+
+
+PENDING = "_pending_records"
+
+
+def _check_later(con: duckdb.DuckDBPyConnection, relation: str, params: list, path: str, day: dt.date) -> None:
+    """Keep the rows of `relation` with their file and day, to be checked with other files' (`check_pending`)."""
+    exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?",
+                         [PENDING]).fetchall()[0][0]
+    head = f"INSERT INTO {PENDING} BY NAME" if exists else f"CREATE TEMP TABLE {PENDING} AS"
+    con.execute(f"{head} SELECT ? AS source_file, ?::DATE AS partition_date, * FROM ({relation})", [path, day, *params])
+
+
+def check_pending(con: duckdb.DuckDBPyConnection, plan: StagingPlan) -> None:
+    """Check the rows kept by the loaders' `later` calls in one pass (a file's check costs tens of milliseconds
+    whatever its size: the statement's planning), then forget them."""
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?", [PENDING]).fetchall()[0][0]:
+        try:
+            _load_checked(con, plan, f"SELECT * FROM {PENDING}", [], None, None)
+        finally:
+            con.execute(f"DROP TABLE {PENDING}")
 
 
 def _report_damage(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date, path: str, damage: str) -> None:
@@ -110,9 +135,9 @@ def _report_damage(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.da
 BLANK = "(raw IS NULL OR (length(raw) < 256 AND trim(rtrim(raw, chr(13) || chr(10))) = ''))"
 
 
-def _lines_relation(plan: StagingPlan, lines: str) -> tuple[str, list]:
+def _lines_relation(plan: StagingPlan, lines: str, tagged: bool = False) -> tuple[str, list]:
     """SQL yielding (line_no, raw, problem, parse_ok, r_<alias>...) for the JSON lines of table `lines`
-    (line_no, text, problem), and its parameters."""
+    (line_no, text, problem; `tagged`: and source_file, partition_date), and its parameters."""
     paths, picks = [], []
     for f in plan.fields:
         if f.source is None:
@@ -123,10 +148,11 @@ def _lines_relation(plan: StagingPlan, lines: str) -> tuple[str, list]:
             paths.append(json_path(f.source))
             picks.append(f"v[{len(paths)}] AS {f.raw}")
     sql = f"""
-        SELECT line_no, raw, problem, parse_ok, {', '.join(picks)} FROM (
+        SELECT {'source_file, partition_date, ' if tagged else ''}line_no, raw, problem, parse_ok, {', '.join(picks)} FROM (
             SELECT *, CASE WHEN parse_ok THEN json_extract_string(raw, ?::VARCHAR[]) END AS v
             FROM (SELECT *, CASE WHEN problem IS NULL AND NOT {BLANK} THEN json_valid(raw) END AS parse_ok
-                  FROM (SELECT line_no, problem, text AS raw FROM {lines})))"""
+                  FROM (SELECT {'source_file, partition_date, ' if tagged else ''}line_no, problem, text AS raw
+                        FROM {lines})))"""
     return sql, [paths]
 
 
@@ -267,6 +293,62 @@ def _load_json(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day
     return index.count
 
 
+# Small JSON files are checked together, up to about this many bytes of lines a statement: a file's check
+# costs tens of milliseconds whatever its size (the statement's planning), a day's file of a few hundred lines
+# about nothing more.
+BATCH_LINE_BYTES = 64 << 20
+
+
+def load_json_files(con: duckdb.DuckDBPyConnection, plan: StagingPlan, files: list[tuple[str, dt.date]]) -> list[int]:
+    """`_load_json` of each (path, day), the small files checked together by the careful reader (one statement
+    for many files: the same SQL over their lines, each line with its file and day). Returns each file's
+    records read."""
+    read = [0] * len(files)
+    pending: list[tuple[int, LineIndex]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        tables = []
+        for i, index in pending:
+            lines = index.lines()
+            path, day = files[i]
+            tables.append(lines.append_column("source_file", pa.repeat(pa.scalar(path), lines.num_rows))
+                          .append_column("partition_date", pa.repeat(pa.scalar(day, pa.date32()), lines.num_rows)))
+        con.register("_lines", pa.concat_tables(tables))
+        try:
+            _load_checked(con, plan, *_lines_relation(plan, "_lines", tagged=True), None, None)
+        finally:
+            con.unregister("_lines")
+        for i, index in pending:  # after the records, as `_load_json` notes them
+            if index.damage:
+                _report_damage(con, plan, files[i][1], files[i][0], index.damage)
+        pending.clear()
+
+    size = 0
+    small = [Path(path).stat().st_size < FAST_PATH_MIN_BYTES for path, _ in files]
+    indexes: dict[int, LineIndex] = {}
+    for i, (path, day) in enumerate(files):
+        if not small[i]:  # a big file: the parallel reader, alone
+            read[i] = _load_json(con, plan, path, day)
+            continue
+        for j in range(i, min(i + 8, len(files))):  # the next files' lines are found while this one waits
+            if small[j] and j not in indexes:
+                indexes[j] = LineIndex(files[j][0])
+        index = indexes.pop(i).wait()
+        if index.too_large:
+            note_file(con, plan, day, path, index.too_large)
+            continue
+        read[i] = index.count
+        pending.append((i, index))
+        size += index.size
+        if size >= BATCH_LINE_BYTES:
+            flush()
+            size = 0
+    flush()
+    return read
+
+
 def _column_picks(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date, columns: list[str],
                   prefix: str) -> str:
     """SELECT list with each field's column as text. A column the file lacks is NULL, as a JSON key it
@@ -300,7 +382,8 @@ CSV_REJECTED = f"""CASE
     ELSE 'malformed CSV: ' || e.m END"""
 
 
-def _load_csv_file(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, label: str, day: dt.date) -> int:
+def _load_csv_file(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, label: str, day: dt.date,
+                   later: bool = False) -> int:
     """Reads a CSV file (its records named after `label`); the rows the reader rejects (wrong number of
     fields, not UTF-8, too long) are records with a problem on their own line. Returns the records read.
 
@@ -326,12 +409,16 @@ def _load_csv_file(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str,
         FROM (SELECT line, any_value(csv_line) AS csv_line,
                      arg_min({{'t': error_type, 'm': error_message}}, coalesce(column_idx, 0)) AS e
               FROM _csv_rejects GROUP BY line)"""
-    _load_checked(con, plan, relation, [], label, day)
+    if later:
+        _check_later(con, relation, [], label, day)
+    else:
+        _load_checked(con, plan, relation, [], label, day)
     return good + rejected
 
 
-def _load_csv(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date) -> int:
-    """A CSV file, or of a damaged gzip one the lines before the damage. Returns the records read."""
+def _load_csv(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date, later: bool = False) -> int:
+    """A CSV file, or of a damaged gzip one the lines before the damage. Returns the records read. `later`: its
+    records are checked with other files' (`check_pending`)."""
     damage = None
     if path.endswith(".gz"):  # DuckDB fails on a damaged gzip file as a whole: check it first
         try:
@@ -343,7 +430,7 @@ def _load_csv(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day:
             note_file(con, plan, day, path, str(exc))
             return 0
     if damage is None:
-        return _load_csv_file(con, plan, path, path, day)
+        return _load_csv_file(con, plan, path, path, day, later)
     # Read the complete lines before the damage from a temporary copy; the line cut off is a record.
     newlines, tail = 0, b""
     with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as copy:
@@ -357,7 +444,7 @@ def _load_csv(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day:
         except DamagedGzip:
             pass
     try:
-        read = _load_csv_file(con, plan, copy.name, path, day)
+        read = _load_csv_file(con, plan, copy.name, path, day, later)
     finally:
         os.unlink(copy.name)
     if tail:
@@ -369,13 +456,16 @@ def _load_csv(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day:
     return read
 
 
-def _load_parquet(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date) -> int:
+def _load_parquet(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date, later: bool = False) -> int:
     columns = [d[0] for d in con.execute("SELECT * FROM read_parquet(?) LIMIT 0", [path]).description]
     relation = f"""
         SELECT row_number() OVER () AS line_no, CAST(to_json({ROW}) AS VARCHAR) AS raw, NULL::VARCHAR AS problem,
                true AS parse_ok, {_column_picks(con, plan, path, day, columns, ROW + ".")}
         FROM read_parquet(?) AS {ROW}"""
-    _load_checked(con, plan, relation, [path], path, day)
+    if later:
+        _check_later(con, relation, [path], path, day)
+    else:
+        _load_checked(con, plan, relation, [path], path, day)
     return con.execute("SELECT count(*) FROM read_parquet(?)", [path]).fetchall()[0][0]
 
 

@@ -14,10 +14,11 @@ from monitor_assets.storage.reads import latest_labels_sql
 from monitor_assets.storage.sql import sql_str
 
 
-def check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan, day: dt.date) -> None:
-    """Labels are matched to their logged prediction (model and day, from `lake.predictions`); a label whose
-    prediction has not arrived yet is kept, unmatched, and is joined when it does (metrics join on the id).
-    A classifier's label must be 0 or 1."""
+def check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan,
+                 day: dt.date | None = None) -> None:
+    """Labels (of `day`; None: of every staged day) are matched to their logged prediction (model and day,
+    from `lake.predictions`); a label whose prediction has not arrived yet is kept, unmatched, and is joined
+    when it does (metrics join on the id). A classifier's label must be 0 or 1."""
     # A join into a new table: an UPDATE of millions of rows through a join took three times as long.
     con.execute("""
         CREATE TABLE raw.labels_matched AS
@@ -27,7 +28,7 @@ def check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: St
         LEFT JOIN (SELECT prediction_id, any_value(model_id) AS model_id, min(partition_date) AS partition_date
                    FROM lake.predictions WHERE prediction_id IN (SELECT prediction_id FROM raw.labels)
                    GROUP BY 1) AS p
-            ON p.prediction_id = l.prediction_id AND l.partition_date = ?""", [day])
+            ON p.prediction_id = l.prediction_id AND (l.partition_date = ? OR ?::DATE IS NULL)""", [day, day])
     con.execute("DROP TABLE raw.labels")
     con.execute("ALTER TABLE raw.labels_matched RENAME TO labels")
     if LABEL_TEXT in plan.targets:
@@ -38,7 +39,8 @@ def check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: St
                        [classifiers])
 
 
-def _type_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan, day: dt.date) -> None:
+def _type_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan,
+                 day: dt.date | None) -> None:
     """Labels read as text (a multiclass model is configured): a multiclass model's label is a class name,
     stored as its code (0..K-1 in `classes` order), an unknown name quarantined; every other label must be a
     finite number, as when labels are read as numbers (a label whose prediction has not arrived is one of
@@ -76,4 +78,4 @@ def count_corrected_labels(con: duckdb.DuckDBPyConnection, day: dt.date) -> int:
     return con.execute(f"""
         SELECT count(*) FROM raw.labels AS l
         JOIN ({earlier}) AS earlier USING (prediction_id)
-        WHERE l.label IS DISTINCT FROM earlier.label""", [day]).fetchall()[0][0]
+        WHERE l.partition_date = ? AND l.label IS DISTINCT FROM earlier.label""", [day, day]).fetchall()[0][0]

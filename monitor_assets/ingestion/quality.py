@@ -309,12 +309,21 @@ def validate_day(con, config: MonitorConfig, day: dt.date, batch_rows: int = BAT
 def stored_verdicts(con, config: MonitorConfig, day: dt.date) -> list[Verdict] | None:
     """The verdicts kept for `day` (of the config's models), or None when the day has predictions but no
     verdicts yet."""
-    rows = con.execute("SELECT partition_date, model_id, rows, passed, unexpected, message FROM monitoring.quality_verdicts "
-                       "WHERE partition_date = ? AND model_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY model_id",
-                       [day, config.model_ids]).fetchall()
-    if rows:
-        return [Verdict(*r) for r in rows]
-    loaded = con.execute("""SELECT coalesce(sum(records_loaded), 0) FROM raw.ingestion_log
-                            WHERE source = 'predictions' AND partition_date = ? AND (shard = ? OR NOT ?)""",
-                         [day, config.shard_label, config.sharded]).fetchall()[0][0]
-    return None if loaded else []
+    return stored_verdicts_of(con, config, [day])[day]
+
+
+def stored_verdicts_of(con, config: MonitorConfig, days: list[dt.date]) -> dict[dt.date, list[Verdict] | None]:
+    """`stored_verdicts` of each day, in two queries whatever the number of days (a query a day took a
+    fifth of a second over a year's tables)."""
+    by_day: dict[dt.date, list[Verdict] | None] = {}
+    for r in con.execute("SELECT partition_date, model_id, rows, passed, unexpected, message "
+                         "FROM monitoring.quality_verdicts WHERE partition_date IN (SELECT unnest(?::DATE[])) "
+                         "AND model_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY partition_date, model_id",
+                         [days, config.model_ids]).fetchall():
+        by_day.setdefault(r[0], []).append(Verdict(*r))
+    missing = [d for d in days if d not in by_day]
+    loaded = dict(con.execute("""SELECT partition_date, coalesce(sum(records_loaded), 0) FROM raw.ingestion_log
+                                 WHERE source = 'predictions' AND partition_date IN (SELECT unnest(?::DATE[]))
+                                 AND (shard = ? OR NOT ?) GROUP BY 1""",
+                              [missing, config.shard_label, config.sharded]).fetchall()) if missing else {}
+    return {d: by_day[d] if d in by_day else (None if loaded.get(d) else []) for d in days}

@@ -1,10 +1,12 @@
-"""Reading a day of one source into the warehouse with every record accounted for.
+"""Reading days of one source into the warehouse with every record accounted for.
 
 Each record of a day's files ends up loaded or in `raw.quarantine` with its file, line number, the
 first reason it failed, and its raw text. Files are read in groups (one model's, or the shared ones),
-each into its own in-memory staging database by the loader of its format (`formats`), checked there
-(`fields`, `labels`), and then written; read = loaded + quarantined is verified before the group is
-written.
+each group's files of several days (a chunk, up to CHUNK_BYTES) into one in-memory staging database by
+the loader of its format (`formats`), checked there (`fields`, `labels`) day by day as if the days came
+one after the other, and then written; read = loaded + quarantined is verified for each day before the
+group is written. A range of small days costs what its records cost: one staging database per group, one
+Delta commit per model and one quarantine commit per chunk, not one of each per day.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from monitor_assets.ingestion.fields import (
     quarantine_earlier_keys,
     reason_category_sql,
 )
-from monitor_assets.ingestion.formats import LOADERS
+from monitor_assets.ingestion.formats import LOADERS, check_pending, load_json_files
 from monitor_assets.ingestion.labels import check_labels, count_corrected_labels
 from monitor_assets.ingestion.log import StageResult, log_ingestion
 from monitor_assets.ingestion.plans import (
@@ -117,15 +119,23 @@ def shard_rows(config: MonitorConfig) -> str | None:
 
 
 def _keep_shard(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan,
-                group: FileGroup) -> int:
+                constant_model: str | None, day: dt.date | None = None) -> dict[dt.date, int]:
     """In a shard, set aside what another shard reads from shared files: other shards' models' rows and,
-    outside shard 0, records of no model (quarantined ones, unmatched labels). Returns how many records."""
-    if group.constant_model is not None:
-        return 0  # the file of one of this shard's models
+    outside shard 0, records of no model (quarantined ones, unmatched labels), of one day (None: every day).
+    Returns how many records, per day."""
+    if constant_model is not None:
+        return {}  # the file of one of this shard's models
+    on_day, params = ("", []) if day is None else (" AND partition_date = ?", [day])
     owned = f"coalesce({shard_rows(config)}, false)"
-    gone = stage.execute(f"DELETE FROM raw.{plan.source} WHERE NOT {owned}").fetchall()[0][0]
+    wheres = [(f"raw.{plan.source}", f"NOT {owned}{on_day}")]
     if not config.owns_shared:
-        gone += stage.execute("DELETE FROM raw.quarantine WHERE line_no IS NOT NULL").fetchall()[0][0]
+        wheres.append(("raw.quarantine", f"line_no IS NOT NULL{on_day}"))
+    gone: dict[dt.date, int] = {}
+    for table, where in wheres:
+        for d, n in stage.execute(f"SELECT partition_date, count(*) FROM {table} WHERE {where} GROUP BY 1",
+                                  params).fetchall():
+            gone[d] = gone.get(d, 0) + n
+        stage.execute(f"DELETE FROM {table} WHERE {where}", params)
     return gone
 
 
@@ -173,7 +183,9 @@ def _staging_database(threads: int | None = None) -> duckdb.DuckDBPyConnection:
 def _staging(con: duckdb.DuckDBPyConnection, plan: StagingPlan, columns: dict[str, str], lake: Lake,
              models: list[str]) -> duckdb.DuckDBPyConnection:
     """Reset the staging database for one group of files: `raw.<source>` and `raw.quarantine` hold what is
-    read, `lake.<source>` (and `lake.predictions` for labels) the stored earlier days."""
+    read (of several days: every row has its `partition_date`). The stored earlier days (`lake.<source>`)
+    are made after the files are read (`_lake_views`): they are the stored rows of the days this group
+    does not replace, and the staged ones of the days it does."""
     con.execute("DROP SCHEMA IF EXISTS raw CASCADE; DROP SCHEMA IF EXISTS lake CASCADE; CREATE SCHEMA raw; "
                 "CREATE SCHEMA lake")
     if plan.known_models:  # the same for every group of a day: made once per staging database
@@ -181,14 +193,40 @@ def _staging(con: duckdb.DuckDBPyConnection, plan: StagingPlan, columns: dict[st
                     [list(plan.known_models)])
     _create(con, f"raw.{plan.source}", columns)
     _create(con, "raw.quarantine", QUARANTINE_STAGE)
-    if plan.source == "predictions":
-        con.execute(f"CREATE VIEW lake.predictions AS {lake.predictions_union(con, models)}")
     if plan.source == "labels":
         lake.attach_models(con, models or lake.models())
         con.execute("CREATE VIEW lake.predictions AS SELECT * FROM raw.predictions")
         lake.refresh(con, "raw.labels")
-        con.execute(f"CREATE VIEW lake.labels AS SELECT * FROM {registered('raw.labels')}")
     return con
+
+
+def _dates_sql(days: list[dt.date]) -> str:
+    """SQL: `partition_date` is one of these days (typed literals, for a view: it takes no parameters)."""
+    return "partition_date IN (" + ", ".join(f"DATE {sql_str(d.isoformat())}" for d in days) + ")"
+
+
+def _stored_and_staged(con: duckdb.DuckDBPyConnection, plan: StagingPlan, stored: str, columns: str,
+                       writes: list[dt.date], owned: str | None = None) -> None:
+    """`lake.<source>`: what the table holds once the earlier days of this group are written: the stored rows,
+    less those the group replaces (its days, the rows it owns), and the staged ones. Reading days in order
+    against it is reading them one at a time against the table as each landed."""
+    replaced = _dates_sql(writes) + (f" AND ({owned})" if owned else "")
+    con.execute(f"""CREATE VIEW lake.{plan.source} AS
+                    SELECT {columns} FROM {stored} WHERE NOT coalesce({replaced}, false)
+                    UNION ALL SELECT {columns} FROM raw.{plan.source}""")
+
+
+def _days_to_recheck(stage: duckdb.DuckDBPyConnection, plan: StagingPlan) -> set[dt.date]:
+    """The days with a key seen more than once (that day, on another staged day, or stored): only those can
+    have a duplicate, so only those run the duplicate checks. Most runs have none."""
+    key, table = plan.key, f"raw.{plan.source}"
+    # The stored predictions' keys are those of the staged ones already (`lake.stored_keys`); labels' are not.
+    among = f" WHERE {key} IN (SELECT {key} FROM {table})" if plan.source == "labels" else ""
+    seen = f"SELECT {key} FROM lake.{plan.source}{among}"
+    repeated = (f"SELECT {key} FROM ({seen}) GROUP BY {key} HAVING count(*) > 1" if plan.unique_across_days else
+                f"SELECT {key} FROM {table} GROUP BY partition_date, {key} HAVING count(*) > 1")
+    return {d for (d,) in stage.execute(f"SELECT DISTINCT partition_date FROM {table} "
+                                        f"WHERE {key} IN ({repeated})").fetchall()}
 
 
 def _stage_columns(wh: duckdb.DuckDBPyConnection, plan: StagingPlan) -> dict[str, str]:
@@ -204,88 +242,196 @@ def _stage_columns(wh: duckdb.DuckDBPyConnection, plan: StagingPlan) -> dict[str
         "AND table_name = ? ORDER BY ordinal_position", [plan.source]).fetchall()}
 
 
-def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, day: dt.date,
-               committed: Callable[[dt.date, str, int], None] | None = None, log: bool = True) -> StageResult:
-    """Replace one day of one source: every record loaded or quarantined, read = loaded + quarantined.
+def _env_mb(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return (int(value) if value.isdigit() and int(value) > 0 else default) << 20
 
-    Each group of files (one model's, or the shared ones) is read into an in-memory DuckDB, checked there,
-    then written: predictions one Delta commit per model-day, labels and the day's quarantine one commit
-    each, interactions and sales one DuckDB transaction. Memory holds one group at a time. `committed(day,
-    model id, rows)` is called as each model-day of predictions lands (from the ingesting thread). `log`
-    False: the caller writes `raw.ingestion_log` (`log_ingestion`, one commit for many days)."""
-    lake = lake_of(con)
+
+# Days are read together, up to about this many bytes of input files a chunk (a gzip file counts 8 times its
+# size): a backfill of small days costs what its rows cost (one staging database per group, one Delta commit
+# per model and one quarantine commit for the chunk), and a long range of big days is split into chunks that
+# memory holds. A day is never split: a day bigger than this is a chunk of its own (its staging database
+# spills past STAGING_MEMORY).
+CHUNK_BYTES = _env_mb("MONITOR_INGEST_CHUNK_MB", 256)
+# and at most this many days: memory grows with the partitions (days) a commit writes (a year of one model of
+# 200 rows a day: 790 MB peak in one chunk, 430 MB in chunks of 62 days, about as fast).
+_days = os.environ.get("MONITOR_INGEST_CHUNK_DAYS", "").strip()
+CHUNK_DAYS = int(_days) if _days.isdigit() and int(_days) > 0 else 62
+
+
+def _input_bytes(groups: list[FileGroup]) -> int:
+    total = 0
+    for path in (p for g in groups for p in g.files):
+        try:
+            total += os.path.getsize(path) * (8 if path.endswith(".gz") else 1)
+        except OSError:
+            pass  # gone since the glob: the reader notes it
+    return total
+
+
+def day_chunks(days: list[dt.date], sizes: list[int], budget: int, one_day: bool = False,
+               max_days: int | None = None) -> list[list[dt.date]]:
+    """Consecutive runs of at most `max_days` of `days` whose `sizes` add up to at most `budget` (a day over it
+    alone); `one_day`: each day alone (files that span days are read whole for each day)."""
+    chunks: list[list[dt.date]] = []
+    used = 0
+    for day, size in zip(days, sizes, strict=True):
+        if not chunks or one_day or used + size > budget or (max_days and len(chunks[-1]) >= max_days):
+            chunks.append([])
+            used = 0
+        chunks[-1].append(day)
+        used += size
+    return chunks
+
+
+def _groups_of(config: MonitorConfig, source: str, src: SourceConfig, day: dt.date) -> list[FileGroup]:
     if source == "predictions":
-        src = config.predictions
-        groups = [(g, predictions_plan(config, g.models, g.constant_model)) for g in prediction_groups(config, day)]
+        groups = prediction_groups(config, day)
     else:
-        src, plan = plan_for(config, source)
         # Labels are matched to every model's predictions; outside shard 0 only to the shard's own (a label of
         # another shard's prediction is that shard's, whether matched or not), which halves that shard's join.
         matched_to = list(config.models) if source == "labels" and not config.owns_shared else []
-        groups = [(FileGroup(matched_to, files_for(src, day), src.paths_for(day)), plan)]
-    groups = [(_refuse_outside(config, g), plan) for g, plan in groups]
+        groups = [FileGroup(matched_to, files_for(src, day), src.paths_for(day))]
+    return [_refuse_outside(config, g) for g in groups]
+
+
+Outcome = StageResult | MissingInput
+
+
+def ingest_days(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, days: list[dt.date],
+                committed: Callable[[dt.date, str, int], None] | None = None, log: bool = True,
+                done: Callable[[dt.date, Outcome], None] | None = None) -> list[tuple[dt.date, Outcome]]:
+    """Replace these days of one source: every record loaded or quarantined, read = loaded + quarantined on
+    each day. Returns each day's `StageResult`, or the `MissingInput` of a day whose glob matched nothing
+    (nothing of that day is written; the other days load).
+
+    Days are read in chunks (`CHUNK_BYTES`). In a chunk each group of files (one model's, or the shared ones)
+    is read for all its days into one in-memory DuckDB, checked there day by day as if the days came one
+    after the other, then written: predictions one Delta commit per model, labels and the quarantine one
+    commit each, interactions and sales one DuckDB transaction. `committed(day, model id, rows)` is called for
+    each model-day of predictions as it lands (from the ingesting thread); `done(day, outcome)` for each day
+    in order as its chunk is stored. `log` False: the caller writes `raw.ingestion_log`."""
+    src = config.predictions if source == "predictions" else plan_for(config, source)[0]
     allow_empty = bool(getattr(src, "allow_empty", False))
-    if not allow_empty and not any(g.files or g.refused for g, _ in groups):
-        # A wrong path (a typo) matches nothing on every day: replacing the days' rows with nothing would
-        # hide it behind "0 rows, all checks passed". Nothing is written; the rows loaded before stay.
-        raise MissingInput(f"{source} {day}: no file matches {src.paths_for(day)}; nothing of the day was "
-                           f"replaced (rows loaded before stay): check sources.{source}.path, or set "
-                           f"allow_empty: true on sources.{source} if days without files are expected")
-    # A group whose glob matched nothing among groups that did (one model's file missing): its rows loaded
-    # before are kept, not replaced with nothing; its `no_file` note replaces its earlier notes.
-    kept = [g.constant_model for g, _ in groups if not g.files and not allow_empty and g.constant_model]
+    by_day = {day: _groups_of(config, source, src, day) for day in days}
+    outcomes: dict[dt.date, Outcome] = {}
+    for day in days:
+        if not allow_empty and not any(g.files or g.refused for g in by_day[day]):
+            # A wrong path (a typo) matches nothing on every day: replacing the days' rows with nothing would
+            # hide it behind "0 rows, all checks passed". Nothing is written; the rows loaded before stay.
+            outcomes[day] = MissingInput(
+                f"{source} {day}: no file matches {src.paths_for(day)}; nothing of the day was replaced (rows "
+                f"loaded before stay): check sources.{source}.path, or set allow_empty: true on "
+                f"sources.{source} if days without files are expected")
+    ready = [d for d in days if d not in outcomes]
+    if ready:  # the groups are the same every day (the models' files, or the shared ones)
+        first = by_day[ready[0]]
+        plans = ([predictions_plan(config, g.models, g.constant_model) for g in first] if source == "predictions"
+                 else [plan_for(config, source)[1]])
+    reported = 0
+
+    def report() -> None:  # each day in order, once its chunk is stored
+        nonlocal reported
+        while reported < len(days) and days[reported] in outcomes:
+            if done is not None:
+                done(days[reported], outcomes[days[reported]])
+            reported += 1
+
+    report()
+    sizes = [_input_bytes(by_day[d]) for d in ready]
+    for chunk in day_chunks(ready, sizes, CHUNK_BYTES, src.split_by_time, CHUNK_DAYS):
+        outcomes.update(_ingest_chunk(con, config, source, src, plans, {d: by_day[d] for d in chunk}, committed))
+        report()
+    results = [(d, outcomes[d]) for d in days]
+    if log:
+        log_ingestion(con, config, source, [(d, r) for d, r in results if isinstance(r, StageResult)])
+    return results
+
+
+def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, day: dt.date,
+               committed: Callable[[dt.date, str, int], None] | None = None, log: bool = True) -> StageResult:
+    """Replace one day of one source (`ingest_days` of one day); raises its `MissingInput`."""
+    [(_, outcome)] = ingest_days(con, config, source, [day], committed, log)
+    if isinstance(outcome, MissingInput):
+        raise outcome
+    return outcome
+
+
+def _ingest_chunk(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, src: SourceConfig,
+                  plans: list[StagingPlan], by_day: dict[dt.date, list[FileGroup]],
+                  committed: Callable[[dt.date, str, int], None] | None) -> dict[dt.date, StageResult]:
+    lake = lake_of(con)
+    days = list(by_day)
+    allow_empty = bool(getattr(src, "allow_empty", False))
+    # A group whose glob matched nothing on a day among groups that did (one model's file missing): its rows
+    # loaded before are kept, not replaced with nothing; its `no_file` note replaces its earlier notes.
+    kept = {d: [g.constant_model for g in groups if not g.files and not allow_empty and g.constant_model]
+            for d, groups in by_day.items()}
     # Groups are independent (their own files, their own model's table): a few are read at once, each in
     # its own staging database (DuckDB, numpy and the Delta writer work outside the GIL). Results keep the
     # groups' order, so the outcome is the same with one worker or several.
-    workers = min(ingest_workers(), len(groups)) if source == "predictions" else 1
+    workers = min(ingest_workers(), len(plans)) if source == "predictions" else 1
     stages: queue.SimpleQueue = queue.SimpleQueue()
     for _ in range(workers):
         stages.put(_staging_database(threads=1 if workers > 1 else None))
 
-    def one(group_plan: tuple[FileGroup, StagingPlan]) -> tuple[int, int, int, pa.Table]:
-        group, plan = group_plan
+    def one(i: int) -> tuple[dict[dt.date, tuple[int, int, int]], pa.Table]:
+        plan, groups = plans[i], {d: by_day[d][i] for d in days}
+        models = groups[days[0]].models
+        writes = [d for d, g in groups.items() if g.files or allow_empty or g.constant_model is None]
         stage = stages.get()
         try:
-            _staging(stage, plan, _stage_columns(con, plan), lake, [m.id for m in group.models])
-            r, n_loaded, n_corrected = _stage_group(stage, config, src, plan, group, day)
-            if group.files or allow_empty or group.constant_model is None:
-                _commit_group(con, config, lake, stage, plan, group, day, committed)
+            _staging(stage, plan, _stage_columns(con, plan), lake, [m.id for m in models])
+            counts = _stage_days(stage, config, src, plan, groups, writes, lake, [m.id for m in models])
+            if writes:
+                _commit_group(con, config, lake, stage, plan, models, writes, committed)
             # `reason` becomes the category; the text the checks wrote is kept as `detail`.
-            return r, n_loaded, n_corrected, stage.sql(
+            return counts, stage.sql(
                 f"SELECT * REPLACE ({reason_category_sql('reason')} AS reason), reason AS detail, "
-                "$1::VARCHAR AS model_id FROM raw.quarantine", params=[group.constant_model]).to_arrow_table()
+                "$1::VARCHAR AS model_id FROM raw.quarantine", params=[groups[days[0]].constant_model]).to_arrow_table()
         finally:
             stages.put(stage)
 
     try:
         if workers > 1:
             with ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
-                outcomes = list(pool.map(one, groups))
+                outcomes = list(pool.map(one, range(len(plans))))
         else:
-            outcomes = [one(g) for g in groups]
+            outcomes = [one(i) for i in range(len(plans))]
     finally:
         while not stages.empty():
             stages.get().close()
-    # Shared files are read by every shard and counted by shard 0, so the shards' counts add up to the day's.
-    files = [f for group, _ in groups for f in group.files
-             if config.owns_shared or group.constant_model is not None]
-    read, loaded, corrected = (sum(o[i] for o in outcomes) for i in range(3))
-    quarantine = [o[3] for o in outcomes]
-    rows = pa.concat_tables(quarantine) if quarantine else pa.table({})
+    rows = pa.concat_tables([o[1] for o in outcomes])
     owned = shard_rows(config) if source in ("predictions", "labels") else None
     replaced = owned
-    if kept:  # the kept model-days' record rows stay with their loaded rows
-        keep = f"NOT (line_no IS NOT NULL AND coalesce(model_id IN ({', '.join(sql_str(m) for m in kept)}), false))"
+    keeping: dict[tuple[str, ...], list[dt.date]] = {}
+    for d in days:
+        if kept[d]:
+            keeping.setdefault(tuple(kept[d]), []).append(d)
+    if keeping:  # the kept model-days' record rows stay with their loaded rows
+        which = " OR ".join(f"({_dates_sql(ds)} AND coalesce(model_id IN ({', '.join(sql_str(m) for m in ms)}), false))"
+                            for ms, ds in keeping.items())
+        keep = f"NOT (line_no IS NOT NULL AND ({which}))"
         replaced = f"({owned}) AND {keep}" if owned else keep
-    lake.replace("raw.quarantine", rows, [day], source=source, where=replaced)
+    lake.replace("raw.quarantine", rows, days, source=source, where=replaced)
     lake.refresh(con, "raw.quarantine")
     if source == "predictions":
         lake.attach_models(con, config.model_ids if config.sharded else lake.models())
     elif f"raw.{source}" in TABLES:
         lake.refresh(con, f"raw.{source}")
-    # Counted from what this run staged (a kept model-day's old rows are not this run's).
+    return {d: _day_result(config, by_day[d], [o[0][d] for o in outcomes], rows, d) for d in days}
+
+
+def _day_result(config: MonitorConfig, groups: list[FileGroup], counts: list[tuple[int, int, int]],
+                quarantine: pa.Table, day: dt.date) -> StageResult:
+    """A day's counts from its groups', and its reasons and notes from what was staged (a kept model-day's
+    old rows are not this run's)."""
+    # Shared files are read by every shard and counted by shard 0, so the shards' counts add up to the day's.
+    files = [f for group in groups for f in group.files if config.owns_shared or group.constant_model is not None]
+    read, loaded, corrected = (sum(c[i] for c in counts) for i in range(3))
     reasons: dict[str, int] = {}
     notes: list[str] = []
+    rows = quarantine.filter(pc.equal(quarantine["partition_date"], pa.scalar(day, pa.date32())))
     if rows.num_rows:
         records = rows.filter(pc.is_valid(rows["line_no"]))
         counted = [(v["values"], v["counts"]) for v in pc.value_counts(records["reason"]).to_pylist()]
@@ -293,82 +439,114 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
         files_noted = rows.filter(pc.is_null(rows["line_no"]))
         notes = [f"{r}: {d}" for r, d in zip(files_noted["reason"].to_pylist(), files_noted["detail"].to_pylist(),
                                              strict=True)]
-    result = StageResult(files, read, loaded, sum(reasons.values()), reasons, corrected, notes)
-    if log:
-        log_ingestion(con, config, source, [(day, result)])
-    return result
+    return StageResult(files, read, loaded, sum(reasons.values()), reasons, corrected, notes)
 
 
-def _stage_group(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: SourceConfig, plan: StagingPlan,
-                 group: FileGroup, day: dt.date) -> tuple[int, int, int]:
-    """Read and check one group's files in the staging database. Returns (read, loaded, labels corrected)."""
-    read = corrected = 0
-    for path, detail in group.refused:
-        note_file(stage, plan, day, path, detail)
-    for path in group.files:
-        try:
-            read += LOADERS[src.format](stage, plan, path, day)
-        except duckdb.Error as exc:
-            # One file DuckDB cannot open (not Parquet, say) is noted and skipped: the group's other files
-            # and the other models load. The note keeps the error's first line only, cut: never the file.
-            _forget_file(stage, plan, path, exc)
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-            note_file(stage, plan, day, path, f"unreadable file: cannot be read as {src.format} "
-                                              f"({type(exc).__name__}: {first}); not read")
-    if group.files and src.split_by_time:
-        read -= _keep_day(stage, src, plan, day)
-    if group.files:
-        if plan.unique_across_days:
-            quarantine_earlier_keys(stage, plan, day)
-        if plan.key:
-            quarantine_duplicates(stage, plan, day)
+def _stage_days(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: SourceConfig, plan: StagingPlan,
+                groups: dict[dt.date, FileGroup], writes: list[dt.date], lake: Lake,
+                models: list[str]) -> dict[dt.date, tuple[int, int, int]]:
+    """Read and check one group's files of several days in the staging database, each day's checks as if
+    the days were read one after the other. Returns each day's (read, loaded, labels corrected)."""
+    read = dict.fromkeys(groups, 0)
+    corrected = dict.fromkeys(groups, 0)
+    for day, group in groups.items():
+        for path, detail in group.refused:
+            note_file(stage, plan, day, path, detail)
+    if src.format == "jsonl":  # small files checked together: a file costs its lines, not a statement
+        files = [(path, day) for day, group in groups.items() for path in group.files]
+        for (_, day), n in zip(files, load_json_files(stage, plan, files), strict=True):
+            read[day] += n
+    for day, group in groups.items():
+        for path in group.files if src.format != "jsonl" else ():
+            try:
+                read[day] += LOADERS[src.format](stage, plan, path, day, later=True)
+            except duckdb.Error as exc:
+                # One file DuckDB cannot open (not Parquet, say) is noted and skipped: the group's other files
+                # and the other models load. The note keeps the error's first line only, cut: never the file.
+                _forget_file(stage, plan, path, day, exc)
+                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+                note_file(stage, plan, day, path, f"unreadable file: cannot be read as {src.format} "
+                                                  f"({type(exc).__name__}: {first}); not read")
+    check_pending(stage, plan)
+    for day, group in groups.items():
+        if group.files and src.split_by_time:  # a chunk of one day (`day_chunks`)
+            read[day] -= _keep_day(stage, src, plan, day)
+        if not group.files and not group.refused and (config.owns_shared or group.constant_model is not None):
+            # A shared file's absence is shard 0's to say.
+            note_file(stage, plan, day, group.expected, f"no input file: nothing matched {group.expected}")
+    constant_model = next(iter(groups.values())).constant_model
+    with_files = [d for d, g in groups.items() if g.files]
+    if with_files:
+        if plan.unique_across_days:  # the stored keys of the staged ones, of the days this group keeps
+            stage.execute(f"""CREATE TABLE lake.stored_keys AS SELECT partition_date, {plan.key}
+                              FROM ({lake.predictions_union(stage, models)})
+                              WHERE {plan.key} IN (SELECT {plan.key} FROM raw.{plan.source})""")
+            _stored_and_staged(stage, plan, "lake.stored_keys", f"partition_date, {plan.key}", writes)
+        recheck = _days_to_recheck(stage, plan) if plan.key else set()
+        for day in with_files:
+            if day in recheck:
+                if plan.unique_across_days:
+                    quarantine_earlier_keys(stage, plan, day)
+                quarantine_duplicates(stage, plan, day)
+                if config.sharded and plan.source != "labels":  # before the next day looks back at this one
+                    for d, n in _keep_shard(stage, config, plan, constant_model, day).items():
+                        read[d] -= n
         if plan.source == "labels":
-            check_labels(stage, config, plan, day)
+            check_labels(stage, config, plan)  # every day at once: each label to its prediction
         if config.sharded:
-            read -= _keep_shard(stage, config, plan, group)
+            for d, n in _keep_shard(stage, config, plan, constant_model).items():
+                read[d] -= n
         if plan.source == "labels":
-            corrected = count_corrected_labels(stage, day)
-    elif not group.refused and (config.owns_shared or group.constant_model is not None):
-        # A shared file's absence is shard 0's to say.
-        note_file(stage, plan, day, group.expected, f"no input file: nothing matched {group.expected}")
-    loaded = stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
-    quarantined = stage.execute("SELECT count(*) FROM raw.quarantine WHERE line_no IS NOT NULL").fetchall()[0][0]
-    if read != loaded + quarantined:  # nothing may be lost: abort the day rather than write a gap
-        raise RuntimeError(f"{plan.source} {day}: read {read} records but loaded {loaded} and "
-                           f"quarantined {quarantined}")
-    return read, loaded, corrected
+            _stored_and_staged(stage, plan, registered("raw.labels"), "partition_date, prediction_id, label",
+                               writes, shard_rows(config))
+            for day in _days_to_recheck(stage, replace(plan, unique_across_days=True)) & set(with_files):
+                corrected[day] = count_corrected_labels(stage, day)
+    loaded = dict(stage.execute(f"SELECT partition_date, count(*) FROM raw.{plan.source} GROUP BY 1").fetchall())
+    quarantined = dict(stage.execute("SELECT partition_date, count(*) FROM raw.quarantine WHERE line_no IS NOT NULL "
+                                     "GROUP BY 1").fetchall())
+    counts = {}
+    for day in groups:
+        n_loaded, n_quarantined = loaded.get(day, 0), quarantined.get(day, 0)
+        if read[day] != n_loaded + n_quarantined:  # nothing may be lost: abort rather than write a gap
+            raise RuntimeError(f"{plan.source} {day}: read {read[day]} records but loaded {n_loaded} and "
+                               f"quarantined {n_quarantined}")
+        counts[day] = (read[day], n_loaded, corrected[day])
+    return counts
 
 
-def _forget_file(stage: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, exc: duckdb.Error) -> None:
+def _forget_file(stage: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date,
+                 exc: duckdb.Error) -> None:
     """Remove what a file that failed half-way staged (its rows name their file); a table that keeps no
     file name cannot be cleaned, and then the file fails the step as before."""
-    stage.execute("DELETE FROM raw.quarantine WHERE source_file = ?", [path])
+    stage.execute("DELETE FROM raw.quarantine WHERE source_file = ? AND partition_date = ?", [path, day])
     columns = [d[0] for d in stage.execute(f"SELECT * FROM raw.{plan.source} LIMIT 0").description]
     if "source_file" in columns:
-        stage.execute(f"DELETE FROM raw.{plan.source} WHERE source_file = ?", [path])
-    elif stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]:
+        stage.execute(f"DELETE FROM raw.{plan.source} WHERE source_file = ? AND partition_date = ?", [path, day])
+    elif stage.execute(f"SELECT count(*) FROM raw.{plan.source} WHERE partition_date = ?", [day]).fetchall()[0][0]:
         raise SourceError(f"{path}: cannot be read as {plan.source} data: {type(exc).__name__}") from None
 
 
 def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: Lake, stage: duckdb.DuckDBPyConnection,
-                  plan: StagingPlan, group: FileGroup, day: dt.date,
+                  plan: StagingPlan, models: list[ModelConfig], days: list[dt.date],
                   committed: Callable[[dt.date, str, int], None] | None = None) -> None:
-    """Write one group's loaded rows where their table lives."""
+    """Write one group's loaded rows of these days where their table lives."""
     if plan.source == "predictions":
         shared = [quote_ident(c) for c in PREDICTION_COLUMNS]
         columns = feature_columns(config)
-        for m in group.models:
+        for m in models:
             picks = ", ".join(shared + [f"{plan.feature_aliases[(f.source, f.type)]} AS {quote_ident(columns[(f.source, f.type)])}"
                                         for f in m.logged_columns]
                               + ([f"{CLASS_CODE} AS {CLASS_CODE_COLUMN}", f"{CLASS_PROBABILITIES} AS {CLASS_PROBABILITIES_COLUMN}"]
                                  if m.is_multiclass else []))
             rows = stage.sql(f"SELECT {picks} FROM raw.predictions WHERE model_id = $1", params=[m.id]).to_arrow_table()
-            lake.replace_model_day(m.id, rows, day)
+            lake.replace_model_days(m.id, rows, days)  # one commit for the model's days
             if committed is not None:
-                committed(day, m.id, rows.num_rows)
+                per_day = {v["values"]: v["counts"] for v in pc.value_counts(rows["partition_date"]).to_pylist()}
+                for day in days:
+                    committed(day, m.id, per_day.get(day, 0))
         return
     # Labels sorted by model: a model's drift and fairness read only its own row groups.
-    order = " ORDER BY model_id NULLS LAST" if plan.source == "labels" else ""
+    order = " ORDER BY partition_date, model_id NULLS LAST" if plan.source == "labels" else ""
     if f"raw.{plan.source}" in TABLES:  # streamed: millions of labels are not copied into one Arrow table
         empty = not stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
 
@@ -376,13 +554,13 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
             rows = stage.sql(f"SELECT * FROM raw.{plan.source}{order}")
             return rows.to_arrow_table() if empty else rows.fetch_record_batch(1 << 17)
 
-        lake.replace(f"raw.{plan.source}", staged, [day], where=shard_rows(config))
+        lake.replace(f"raw.{plan.source}", staged, days, where=shard_rows(config))
         return
     rows = stage.sql(f"SELECT * FROM raw.{plan.source}{order}").to_arrow_table()
     con.register("_staged", rows)
     try:
         with transaction(con):
-            con.execute(f"DELETE FROM raw.{plan.source} WHERE partition_date = ?", [day])
+            con.execute(f"DELETE FROM raw.{plan.source} WHERE partition_date IN (SELECT unnest(?::DATE[]))", [days])
             con.execute(f"INSERT INTO raw.{plan.source} BY NAME SELECT * FROM _staged")
     finally:
         con.unregister("_staged")
