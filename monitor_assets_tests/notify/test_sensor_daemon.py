@@ -33,6 +33,11 @@ def demo_config_file(folder: Path, smtp_port: int) -> Path:
         source["path"] = str(DEMO / source["path"])
     for model in data["models"]:
         model["reference"] = str(DEMO / model["reference"])
+        for key in ("source", "labels"):  # a ranker's own files
+            if isinstance(model.get(key), dict):
+                model[key]["path"] = str(DEMO / model[key]["path"])
+            elif isinstance(model.get(key), str):
+                model[key] = str(DEMO / model[key])
         model["alert_channels"] = ["email", "file"]
     data["allow_outside_paths"] = True  # the demo's files stay where they are
     data["alerts"] = {"cooldown_hours": 0, "channels": {"email": {
