@@ -28,7 +28,7 @@ from monitor_assets.links import model_page
 from monitor_assets.reporting.dashboard import load_report_data, ranker_summaries, render_dashboard
 from monitor_assets.storage.warehouse import open_warehouse
 
-from .conftest import run_job, write
+from .conftest import CSV_WORLD, run_job, write
 from .test_ranking_task import _requests
 
 DAYS = pd.date_range("2025-06-01", periods=4, freq="D")
@@ -39,16 +39,7 @@ MARKETS, DEVICES = ["DE", "FR", "UK"], ["mobile", "desktop"]
 CONFIG = """
 partitions: {{start_date: 2025-06-01, end_date: 2025-06-04}}
 label_delay_days: 1
-warehouse: {tmp}/wh.duckdb
-reports_dir: {tmp}/reports
-sources:
-  predictions:
-    path: export/{{date}}/{{model}}.csv
-    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
-  labels:
-    path: truth/{{date}}.csv
-    fields: {{prediction_id: request_id, label: y}}
-models:
+""" + CSV_WORLD + """models:
   - id: checkout
     task: binary_classification
     main_metric: accuracy

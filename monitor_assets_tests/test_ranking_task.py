@@ -15,7 +15,7 @@ from monitor_assets.constants import RANKING_DRIFT_CHECK, RANKING_PERFORMANCE_CH
 from monitor_assets.keys import RANKING_PERFORMANCE
 from monitor_assets.storage.warehouse import open_warehouse
 
-from .conftest import run_job, write
+from .conftest import CSV_WORLD, run_job, write
 
 CATALOGUE = [f"sku{i:03d}" for i in range(300)]
 EVENT_GRADE = {"click": 1, "purchase": 3}
@@ -68,16 +68,7 @@ def _config(tmp_path, rankers: str, delay: int = 0):
     return load_config(write(tmp_path / "mine.yaml", f"""
 partitions: {{start_date: 2025-06-01, end_date: 2025-06-03}}
 label_delay_days: {delay}
-warehouse: {tmp_path}/wh.duckdb
-reports_dir: {tmp_path}/reports
-sources:
-  predictions:
-    path: export/{{date}}/{{model}}.csv
-    fields: {{prediction_id: request_id, timestamp: ts, score: proba}}
-  labels:
-    path: truth/{{date}}.csv
-    fields: {{prediction_id: request_id, label: y}}
-models:{CLASSIFIER}
+{CSV_WORLD.format(tmp=tmp_path)}models:{CLASSIFIER}
 {rankers}
 """))
 
