@@ -272,6 +272,10 @@ def test_ranker_page_and_index_row(pages):
     assert {t["name"] for t in figures[1]["figure"]["data"]} == {"ndcg_at_5", "ndcg_at_10"}
     crosses = [t for t in figures[0]["figure"]["data"] if t.get("name") == "alert"]
     assert [c["x"] for c in crosses] == [[str(METRIC_DAY)]]  # the day judged below the floor, on the main metric
+    # the page lists that day under its own heading (the check's failures are not in monitoring.alerts)
+    below = page[page.index('id="below-baseline"'):page.index('id="alerts-open"')]
+    assert "Days judged below the baseline (1)" in below and below.count('class="alert-row"') == 1
+    assert str(METRIC_DAY) in below and RANKING_PERFORMANCE_CHECK in below
 
 
 def test_segmented_models_page_lists_its_worst_segments_first(world, pages):
