@@ -390,3 +390,38 @@ def test_drift_check_finds_a_collapse_on_its_day_without_any_label(tmp_path):
     assert message.startswith("item_drift_js") and message.endswith("on 250 requests")
     assert collapsed.metadata["evaluated"].value == 1
     assert evaluations[(RANKING_PERFORMANCE_CHECK, "2025-06-02")].metadata["evaluated"].value == 0  # no labels
+
+
+def test_many_days_load_in_one_commit_and_a_day_without_its_file_keeps_its_rows(tmp_path):
+    """A run's days of a ranker go in one Delta commit per table (not one a day); re-run with one day's file gone,
+    that day keeps the rows loaded before (a typo must not wipe a day) and the other days are replaced."""
+    from deltalake import DeltaTable
+
+    from monitor_assets.ranking.logic import IMPRESSIONS, ingest_rankers
+    from monitor_assets.storage.warehouse import connect, lake_of
+
+    rng = np.random.default_rng(4)
+    days = pd.date_range("2025-06-01", periods=3, freq="D")
+    for day in days:
+        lines = [{"rid": r, "recs": items} for r, items, _ in _requests(rng, day, 50, per_list=5)]
+        write(tmp_path / "lists" / f"{day:%Y-%m-%d}.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    _classifier_files(tmp_path, rng, days)
+    config = _config(tmp_path, """
+  - id: search
+    task: ranking
+    source: lists/{date}.jsonl
+    ranking: {k: 5, request_id: rid, items: recs}""")
+    dates = [d.date() for d in days]
+    with connect(config.warehouse_path) as con:
+        lake = lake_of(con)
+        ingest_rankers(con, config, dates)
+        path = lake.path(IMPRESSIONS)
+        first = DeltaTable(str(path)).version()
+        counts = dict(con.execute("SELECT partition_date, count(*) FROM raw.ranking_impressions GROUP BY 1").fetchall())
+        assert [counts[d] for d in dates] == [250, 250, 250]
+        (tmp_path / "lists" / "2025-06-02.jsonl").unlink()
+        per_day = ingest_rankers(con, config, dates)
+        assert DeltaTable(str(path)).version() == first + 1  # days 1 and 3 replaced in one commit
+        assert per_day[dates[1]]["search"]["records_read"] == 0 and per_day[dates[0]]["search"]["records_read"] == 50
+        again = dict(con.execute("SELECT partition_date, count(*) FROM raw.ranking_impressions GROUP BY 1").fetchall())
+        assert again == counts  # day 2 kept its rows

@@ -67,8 +67,7 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
         days = run_days(context)
         counts: dict[dt.date, dict[str, dict]] = {}
         with fail_fast(), warehouse.connect_lake() as con:
-            for day in days:
-                counts[day] = ingest_rankers(con, config, day)
+            counts = ingest_rankers(con, config, days)
         totals = {k: sum(c.get(k, 0) for day in counts.values() for c in day.values())
                   for k in ("records_read", "records_loaded", "records_quarantined", "impressions",
                             "interactions_read", "interactions_loaded", "interactions_quarantined")}

@@ -329,47 +329,71 @@ def _merge(results: list[StageResult]) -> StageResult:
                        [n for r in results for n in r.notes])
 
 
-def ingest_rankers(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> dict[str, dict]:
-    """One day of every ranker's log and interactions into `raw.ranking_impressions`, `raw.ranking_interactions`
-    and `raw.quarantine`, counted in `raw.ingestion_log` (sources `ranking`, `ranking_labels`). A ranker whose
-    glob matched nothing keeps the rows loaded before (unless its source allows empty days). Returns per ranker
-    the day's counts."""
+FLUSH_ROWS = 2_000_000  # a ranker's staged rows kept before they are written (memory bound of a long backfill)
+
+
+def ingest_rankers(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]
+                   ) -> dict[dt.date, dict[str, dict]]:
+    """The days of every ranker's log and interactions into `raw.ranking_impressions`, `raw.ranking_interactions`
+    and `raw.quarantine`, counted in `raw.ingestion_log` (sources `ranking`, `ranking_labels`). Each ranker-day is
+    read and checked on its own; the rows are written a ranker at a time for many days in one commit (flushed at
+    FLUSH_ROWS), the quarantine and the log once for all days: a long backfill costs its rows, not a commit per
+    day. A ranker-day whose glob matched nothing keeps the rows loaded before (unless its source allows empty
+    days). Returns per day and ranker the counts."""
     lake = lake_of(con)
-    out: dict[str, dict] = {}
-    logs, labels = [], []
+    out: dict[dt.date, dict[str, dict]] = {day: {} for day in days}
+    logs: dict[dt.date, list[StageResult]] = {day: [] for day in days}
+    labels: dict[dt.date, list[StageResult]] = {day: [] for day in days}
     q_log, q_labels = [], []
+
+    def flush(table: str, ranker_id: str, pending: list[tuple[dt.date, pa.Table]]) -> None:
+        if pending:
+            lake.replace(table, pa.concat_tables([t for _, t in pending]), [d for d, _ in pending], models=[ranker_id])
+            pending.clear()
+
     stage = _staging_database()
     try:
         for ranker in config.rankers:
             src = ranker.source
-            staged = stage_log(stage, config, ranker, src, files_for(src, day), src.paths_for(day), day,
-                               ranker.ranking.shape)
-            if staged.rows is not None:
-                lake.replace(IMPRESSIONS, staged.rows.drop_columns(["grade"]), [day], models=[ranker.id])
-            logs.append(staged.result)
-            q_log.append(staged.quarantine)
-            counts = {"records_read": staged.result.read, "records_loaded": staged.result.loaded,
-                      "records_quarantined": staged.result.quarantined,
-                      "impressions": staged.rows.num_rows if staged.rows is not None else 0,
-                      "reasons": staged.result.reasons, "notes": staged.result.notes}
-            if ranker.labels is not None:
-                inter = stage_labels(stage, config, ranker, day)
-                if inter.rows is not None:
-                    lake.replace(INTERACTIONS, inter.rows, [day], models=[ranker.id])
-                labels.append(inter.result)
-                q_labels.append(inter.quarantine)
-                counts.update({"interactions_read": inter.result.read, "interactions_loaded": inter.result.loaded,
-                               "interactions_quarantined": inter.result.quarantined,
-                               "interaction_reasons": inter.result.reasons})
-            out[ranker.id] = counts
+            shown: list[tuple[dt.date, pa.Table]] = []
+            acted: list[tuple[dt.date, pa.Table]] = []
+            for day in days:
+                staged = stage_log(stage, config, ranker, src, files_for(src, day), src.paths_for(day), day,
+                                   ranker.ranking.shape)
+                if staged.rows is not None:
+                    shown.append((day, staged.rows.drop_columns(["grade"])))
+                    if sum(t.num_rows for _, t in shown) >= FLUSH_ROWS:
+                        flush(IMPRESSIONS, ranker.id, shown)
+                logs[day].append(staged.result)
+                q_log.append(staged.quarantine)
+                counts = {"records_read": staged.result.read, "records_loaded": staged.result.loaded,
+                          "records_quarantined": staged.result.quarantined,
+                          "impressions": staged.rows.num_rows if staged.rows is not None else 0,
+                          "reasons": staged.result.reasons, "notes": staged.result.notes}
+                if ranker.labels is not None:
+                    inter = stage_labels(stage, config, ranker, day)
+                    if inter.rows is not None:
+                        acted.append((day, inter.rows))
+                        if sum(t.num_rows for _, t in acted) >= FLUSH_ROWS:
+                            flush(INTERACTIONS, ranker.id, acted)
+                    labels[day].append(inter.result)
+                    q_labels.append(inter.quarantine)
+                    counts.update({"interactions_read": inter.result.read,
+                                   "interactions_loaded": inter.result.loaded,
+                                   "interactions_quarantined": inter.result.quarantined,
+                                   "interaction_reasons": inter.result.reasons})
+                out[day][ranker.id] = counts
+            flush(IMPRESSIONS, ranker.id, shown)
+            flush(INTERACTIONS, ranker.id, acted)
     finally:
         stage.close()
     mine = "model_id IN (" + ", ".join(sql_str(r.id) for r in config.rankers) + ")"
     for source, tables, results in ((LOG_SOURCE, q_log, logs), (LABEL_SOURCE, q_labels, labels)):
-        if not results:
+        judged = [(day, _merge(r)) for day, r in results.items() if r]
+        if not judged:
             continue
-        lake.replace("raw.quarantine", pa.concat_tables(tables), [day], source=source, where=mine)
-        log_ingestion(con, config, source, [(day, _merge(results))])
+        lake.replace("raw.quarantine", pa.concat_tables(tables), [d for d, _ in judged], source=source, where=mine)
+        log_ingestion(con, config, source, judged)
     for table in (IMPRESSIONS, INTERACTIONS, "raw.quarantine"):
         lake.refresh(con, table)
     return out
