@@ -464,9 +464,7 @@ def _stage_days(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: So
                 # One file DuckDB cannot open (not Parquet, say) is noted and skipped: the group's other files
                 # and the other models load. The note keeps the error's first line only, cut: never the file.
                 _forget_file(stage, plan, path, day, exc)
-                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-                note_file(stage, plan, day, path, f"unreadable file: cannot be read as {src.format} "
-                                                  f"({type(exc).__name__}: {first}); not read")
+                note_file(stage, plan, day, path, unreadable(src.format, exc))
     check_pending(stage, plan)
     for day, group in groups.items():
         if group.files and src.split_by_time:  # a chunk of one day (`day_chunks`)
@@ -512,6 +510,12 @@ def _stage_days(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: So
                                f"quarantined {n_quarantined}")
         counts[day] = (read[day], n_loaded, corrected[day])
     return counts
+
+
+def unreadable(fmt: str, exc: duckdb.Error) -> str:
+    """The note of a file DuckDB could not open: the error's first line only, cut (never the file's content)."""
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    return f"unreadable file: cannot be read as {fmt} ({type(exc).__name__}: {first}); not read"
 
 
 def _forget_file(stage: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date,

@@ -58,7 +58,13 @@ from monitor_assets.ingestion.fields import (
 )
 from monitor_assets.ingestion.formats import LOADERS
 from monitor_assets.ingestion.log import StageResult, log_ingestion
-from monitor_assets.ingestion.readers import FileGroup, _refuse_outside, _staging_database, files_for
+from monitor_assets.ingestion.readers import (
+    FileGroup,
+    _refuse_outside,
+    _staging_database,
+    files_for,
+    unreadable,
+)
 from monitor_assets.ranking import drift as D
 from monitor_assets.stats import ranking as R
 from monitor_assets.storage.lake import TABLES
@@ -165,9 +171,7 @@ def _read_group(stage: duckdb.DuckDBPyConnection, src: SourceConfig, plan: Stagi
         except duckdb.Error as exc:
             for table in (f"raw.{plan.source}", "raw.quarantine"):
                 stage.execute(f"DELETE FROM {table} WHERE source_file = ?", [path])
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-            note_file(stage, plan, day, path, f"unreadable file: cannot be read as {src.format} "
-                                              f"({type(exc).__name__}: {first}); not read")
+            note_file(stage, plan, day, path, unreadable(src.format, exc))
     if not group.files and not group.refused:
         note_file(stage, plan, day, group.expected, f"no input file: nothing matched {group.expected}")
     return read
