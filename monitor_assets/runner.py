@@ -11,6 +11,8 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -85,8 +87,15 @@ def execute_logged(job: dg.JobDefinition, instance: dg.DagsterInstance, run_id: 
     """Run `job` in process on `instance`, every stored event to `listener`, Dagster's console quiet;
     a failed step does not raise (the result says)."""
     instance.add_event_listener(run_id, listener)
-    return job.execute_in_process(instance=instance, run_id=run_id, tags=tags,
-                                  run_config={**QUIET_CONSOLE, **(run_config or {})}, raise_on_error=False)
+    # Dagster leaves SIGTERM mapped to SIGINT's handler after a run; SIGINT is ignored in a process started
+    # with `&` (nohup, a script), and an ignored SIGTERM is inherited by every child: put it back.
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        return job.execute_in_process(instance=instance, run_id=run_id, tags=tags,
+                                      run_config={**QUIET_CONSOLE, **(run_config or {})}, raise_on_error=False)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, term)
 
 
 # --- what the terminal and the log file get ---------------------------------------------------------------
