@@ -342,8 +342,12 @@ class MonitorConfig:
     allow_outside_paths: bool = False  # inputs (and what their links resolve to) may lie outside the folder
     # One shard's view of the config (`for_shard`): `models` are the shard's, `fleet_model_ids` every model's.
     shard: tuple[int, int] = (0, 1)
+    # `shards:` (or $MONITOR_SHARDS): above 1, the schedule and backfills run the day as one run per shard
+    # through Dagster's queue (monitor_assets.sharding); 1, one monitoring_job run.
+    shard_count: int = 1
     evaluation: Any = None  # evaluation.settings.EvaluationConfig: the evaluation store's windows
     fleet_model_ids: tuple[str, ...] = ()
+    fleet_has_multiclass: bool = False  # in a shard's config: a model of any shard is multiclass
     rankers: tuple[RankerConfig, ...] = ()  # `task: ranking` models: only the ranking stage reads them
 
     def for_shard(self, index: int, count: int) -> MonitorConfig:
@@ -354,7 +358,8 @@ class MonitorConfig:
             raise ValueError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
         n = len(self.models)
         mine = self.models[n * index // count:n * (index + 1) // count]
-        return replace(self, models=mine, shard=(index, count), fleet_model_ids=tuple(self.known_model_ids))
+        return replace(self, models=mine, shard=(index, count), fleet_model_ids=tuple(self.known_model_ids),
+                       fleet_has_multiclass=any(m.is_multiclass for m in self.models))
 
     @property
     def sharded(self) -> bool:
@@ -1013,7 +1018,7 @@ def _read_root(file: Path) -> tuple[_Reader, dict]:
     root = r.mapping(root, "(top level)")
     r.unknown_keys(root, "", {"partitions", "label_delay_days", "sources", "models", "alerts", "drift",
                               "fairness", "anomalies", "thresholds", "warehouse", "reports_dir",
-                              "allow_outside_paths", "evaluation"})
+                              "allow_outside_paths", "evaluation", "shards"})
     return r, root
 
 
@@ -1153,6 +1158,19 @@ def _section(r: _Reader, root: dict, key: str, known: set[str]) -> dict:
     return section
 
 
+def _shard_count(r: _Reader, root: dict) -> int:
+    """$MONITOR_SHARDS (the platform's setting, as Helm or compose pass it) over `shards:`; 1 by default."""
+    text = os.environ.get("MONITOR_SHARDS", "").strip()
+    if text:
+        if not text.isdigit() or not 1 <= int(text) <= 1000:
+            raise r.fail("$MONITOR_SHARDS", f"expected a whole number of shards in [1, 1000], got {text!r}")
+        return int(text)
+    value = root.get("shards", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise r.fail("shards", f"expected a whole number of shards in [1, 1000], got {value!r}")
+    return value
+
+
 def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
     """Load and validate a monitoring config; `path` defaults to $MONITOR_CONFIG, then the demo's."""
     file = Path(path or os.environ.get("MONITOR_CONFIG") or DEMO_CONFIG).resolve()
@@ -1180,6 +1198,7 @@ def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:
         raise r.fail("label_delay_days", f"expected a whole number of days in [0, 60], got {label_delay!r}")
     return MonitorConfig(
         file=file,
+        shard_count=_shard_count(r, root),
         allow_outside_paths=r.allow_outside_paths,
         start_date=start,
         end_date=end,

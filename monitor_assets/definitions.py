@@ -32,6 +32,7 @@ from monitor_assets.ranking.defs import build_ranking_definitions
 from monitor_assets.reporting.defs import build_reporting_definitions
 from monitor_assets.retraining.defs import build_retraining_definitions
 from monitor_assets.segments.defs import build_segments_definitions
+from monitor_assets.sharding.defs import build_sharding_definitions
 from monitor_assets.storage.defs import build_storage_definitions
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import daily_partitions
@@ -91,7 +92,9 @@ def check_keys(*stages: dg.Definitions) -> list[dg.AssetCheckKey]:
 
 def pipeline_jobs(config: MonitorConfig, assets: list[dg.AssetKey],
                   checks: list[dg.AssetCheckKey]) -> dict[str, dg.UnresolvedAssetJobDefinition]:
-    """The daily job over every pipeline asset and check, and its cut into shard and fleet jobs."""
+    """The daily job over every pipeline asset and check, and its cut into shard and fleet jobs. A shard or
+    fleet run is one process (in-process executor, as `run_pipeline` runs them): the parallelism is the shards,
+    one run (one pod under Kubernetes) each, not a process per step."""
     partitions = daily_partitions(config)
     every_asset = dg.AssetSelection.assets(*assets).without_checks()
     quality = [c for c in checks if c.asset_key == keys.PREDICTIONS]
@@ -100,17 +103,17 @@ def pipeline_jobs(config: MonitorConfig, assets: list[dg.AssetKey],
                               description="The daily monitoring pipeline for every configured model.")
     shard_ingest = dg.define_asset_job(
         SHARD_JOBS[0], selection=dg.AssetSelection.assets(*SHARD_INGEST).without_checks()
-        | dg.AssetSelection.checks(*quality), partitions_def=partitions,
+        | dg.AssetSelection.checks(*quality), partitions_def=partitions, executor_def=dg.in_process_executor,
         description="One shard's models (run tag monitor_assets/shard = i/N): predictions and reference profiles.")
     shard_analysis = dg.define_asset_job(
         SHARD_JOBS[1], selection=dg.AssetSelection.assets(*SHARD_ANALYSIS).without_checks(),
-        partitions_def=partitions,
+        partitions_def=partitions, executor_def=dg.in_process_executor,
         description="One shard's models (run tag monitor_assets/shard = i/N): labels, performance, drift, "
                     "fairness, estimated performance; after every shard's predictions.")
     fleet = dg.define_asset_job(
         FLEET_JOB, selection=(every_asset - dg.AssetSelection.assets(*SHARD_INGEST, *SHARD_ANALYSIS))
         | dg.AssetSelection.checks(*[c for c in checks if c not in quality]),
-        partitions_def=partitions,
+        partitions_def=partitions, executor_def=dg.in_process_executor,
         description="Every model's cross-model steps, after the shards: alerts, history, retraining, dashboard, export.")
     return {j.name: j for j in (job, shard_ingest, shard_analysis, fleet)}
 
@@ -138,9 +141,14 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     jobs = pipeline_jobs(config, asset_keys(*pipeline), checks)
     schedule = dg.build_schedule_from_partitioned_job(jobs[MONITORING_JOB], hour_of_day=6, minute_of_hour=0,
                                                       name="daily_monitoring_schedule")
-    notify = build_notify_definitions(config, checks, monitored_jobs=[jobs[MONITORING_JOB]])
+    sharded = [build_sharding_definitions(config, dict(zip(("ingest", "analysis", "fleet"),
+                                                           (jobs[SHARD_JOBS[0]], jobs[SHARD_JOBS[1]], jobs[FLEET_JOB]),
+                                                           strict=True)))] if config.shard_count > 1 else []
+    # A failed shard or fleet run is reported like a failed monitoring_job run.
+    monitored = [jobs[MONITORING_JOB], *([jobs[j] for j in (*SHARD_JOBS, FLEET_JOB)] if sharded else [])]
+    notify = build_notify_definitions(config, checks, monitored_jobs=monitored)
     return dg.Definitions.merge(
-        *pipeline, notify, build_maintenance_definitions(config),
+        *pipeline, notify, build_maintenance_definitions(config), *sharded,
         dg.Definitions(jobs=list(jobs.values()), schedules=[schedule],
                        resources={"warehouse": WarehouseResource(path=config.warehouse_path,
                                                                  lake_path=config.lake_path)}),

@@ -247,3 +247,21 @@ def test_estimation_is_on_by_default_checked_by_task_and_refuses_unknown_keys(tm
             load_config(write(tmp_path / "x.yaml", BASE.replace(
                 "task: binary_classification", f"task: binary_classification\n    {change}")))
         assert err.value.key == key, change
+
+
+def test_shards_from_the_config_or_the_environment_which_wins(tmp_path, monkeypatch):
+    monkeypatch.delenv("MONITOR_SHARDS", raising=False)
+    assert load_config(write(tmp_path / "one.yaml", BASE)).shard_count == 1
+    path = write(tmp_path / "three.yaml", BASE + "shards: 3\n")
+    assert load_config(path).shard_count == 3
+    monkeypatch.setenv("MONITOR_SHARDS", "8")
+    assert load_config(path).shard_count == 8
+    for bad, key in (("0", "$MONITOR_SHARDS"), ("two", "$MONITOR_SHARDS")):
+        monkeypatch.setenv("MONITOR_SHARDS", bad)
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert str(err.value) == f"{path}: {key}: expected a whole number of shards in [1, 1000], got {bad!r}"
+    monkeypatch.delenv("MONITOR_SHARDS")
+    bad_path = write(tmp_path / "bad.yaml", BASE + "shards: 2.5\n")
+    with pytest.raises(ConfigError, match=r"shards: expected a whole number of shards in \[1, 1000\], got 2.5"):
+        load_config(bad_path)

@@ -158,8 +158,9 @@ def labels_plan(config: MonitorConfig) -> StagingPlan:
     src = config.labels.fields
     # With a multiclass model, a label may be a class name: it is read as text and typed after it is matched
     # to its prediction (`labels.check_labels`: a class code for a multiclass model, a number for the others).
-    # A shard reads every model's labels and does not know the other shards' tasks: it reads them as text too.
-    named = config.sharded or any(m.is_multiclass for m in config.models)
+    # A shard reads every model's labels: as text too when a model of another shard is multiclass, as numbers
+    # otherwise (as one unsharded run would: the same rows, the same quarantine records).
+    named = config.fleet_has_multiclass or any(m.is_multiclass for m in config.models)
     fields = [Field("prediction_id", src["prediction_id"], TEXT, True),
               Field("label", src["label"], TEXT if named else NUMBER, True)]
     # model_id and prediction_date are filled from the matching prediction after loading.

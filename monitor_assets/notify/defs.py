@@ -18,7 +18,7 @@ import dagster as dg
 from pydantic import Field
 
 from monitor_assets.config import MonitorConfig
-from monitor_assets.constants import ALL_MODELS
+from monitor_assets.constants import ALL_MODELS, SHARD_TAG
 from monitor_assets.formatting import fmt_day
 from monitor_assets.keys import ALERTS
 from monitor_assets.notify.actions import acknowledge, lift_silence, silence
@@ -149,7 +149,11 @@ def build_sensors(config: MonitorConfig, check_keys: Sequence[dg.AssetCheckKey],
                                        "through the same outbox as the alerts.")
     def run_failure_sensor(context: dg.RunFailureSensorContext):
         run = context.dagster_run
+        if run.tags.get("dagster/will_retry") == "true":  # run retries start it again: its retry reports
+            context.log.info(f"run {run.run_id} of {run.job_name} failed and will be retried: no message yet")
+            return
         error = " ".join((context.failure_event.message or "run failed").split())
+        shard = run.tags.get(SHARD_TAG)
         partition = (run.tags.get("dagster/partition") or
                      "..".join(filter(None, (run.tags.get("dagster/asset_partition_range_start"),
                                              run.tags.get("dagster/asset_partition_range_end")))))
@@ -157,8 +161,9 @@ def build_sensors(config: MonitorConfig, check_keys: Sequence[dg.AssetCheckKey],
         state.enqueue([{
             "alert_key": f"run|{run.run_id}", "model_id": ALL_MODELS, "check_name": RUN_FAILED,
             "partition_date": partition or time.strftime("%Y-%m-%d", time.gmtime()), "severity": "ERROR",
-            "value": None, "threshold": None, "message": f"run of {run.job_name} failed: {error[:1000]}",
-            "details": {"job": run.job_name, "partitions": partition}}],
+            "value": None, "threshold": None,
+            "message": f"run of {run.job_name}{f' (shard {shard})' if shard else ''} failed: {error[:1000]}",
+            "details": {"job": run.job_name, "partitions": partition, **({"shard": shard} if shard else {})}}],
             channels_by_model(config), run.run_id, time.time())
         report = dispatch(state, config)
         for failure in report.failed:

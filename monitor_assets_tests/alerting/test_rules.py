@@ -139,10 +139,16 @@ def test_run_failure_sensor_writes_to_the_file_channel(demo_config, tmp_path):
         result = job.execute_in_process(instance=instance, partition_key="2026-10-01", raise_on_error=False)
         assert not result.success
         sensor = sensor_named(broken, "run_failure_notification_sensor")
-        context = dg.build_run_status_sensor_context(
-            sensor_name=sensor.name, dagster_instance=instance, dagster_run=result.dagster_run,
-            dagster_event=result.get_run_failure_event()).for_run_failure()
-        sensor(context)
-    lines = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+        out = tmp_path / "alerts.jsonl"
+        # A shard's run that run retries will start again says nothing yet; its last attempt names the shard.
+        for will_retry in ("true", "false"):
+            run = result.dagster_run.with_tags({**result.dagster_run.tags, "dagster/will_retry": will_retry,
+                                                "monitor_assets/shard": "1/2"})
+            sensor(dg.build_run_status_sensor_context(
+                sensor_name=sensor.name, dagster_instance=instance, dagster_run=run,
+                dagster_event=result.get_run_failure_event()).for_run_failure())
+            assert out.exists() == (will_retry == "false")
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 1
     assert lines[-1]["subject"] == "[ERROR] run failed: monitoring_job" and lines[-1]["run_id"] == result.run_id
-    assert "2026-10-01" in lines[-1]["body"]
+    assert "2026-10-01" in lines[-1]["body"] and "monitoring_job (shard 1/2) failed" in lines[-1]["body"]

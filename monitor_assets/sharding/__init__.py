@@ -1,0 +1,1 @@
+"""Shards as Dagster runs: the plan job, its schedule and the shard sensor."""
