@@ -23,8 +23,20 @@ def downstream(context: dg.AssetExecutionContext):
     return dg.MaterializeResult(metadata={"days": len(context.partition_keys)})
 
 
+CHECK = dg.AssetCheckSpec("positive", asset="daily", partitions_def=DAYS)
+
+
+@dg.multi_asset_check(specs=[CHECK])
+def daily_check(context: dg.AssetCheckExecutionContext):
+    """One evaluation per day (events Dagster never batches: each goes through the per-event path)."""
+    for key in context.partition_keys:
+        yield dg.AssetCheckEvaluation(asset_key=CHECK.asset_key, check_name=CHECK.name, partition=key,
+                                      passed=key != "2026-01-03", metadata={"day": key})
+    yield dg.Output(None, output_name=CHECK.get_python_identifier())
+
+
 JOB = dg.define_asset_job("two_steps", [daily, downstream], partitions_def=DAYS)
-DEFS = dg.Definitions(assets=[daily, downstream], jobs=[JOB])
+DEFS = dg.Definitions(assets=[daily, downstream], asset_checks=[daily_check], jobs=[JOB])
 
 
 def home_with(tmp_path, name: str, template: bool):
@@ -52,7 +64,9 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> dict:
             kinds[entry.dagster_event.event_type_value] = kinds.get(entry.dagster_event.event_type_value, 0) + 1
     materialized = {key.to_user_string(): sorted(instance.get_materialized_partitions(key))
                     for key in (dg.AssetKey("daily"), dg.AssetKey("downstream"))}
-    return {"kinds": kinds, "materialized": materialized}
+    checks = sorted((r.partition, r.status.value) for r in
+                    instance.event_log_storage.get_asset_check_execution_history(CHECK.key, limit=100))
+    return {"kinds": kinds, "materialized": materialized, "checks": checks}
 
 
 def test_a_run_stores_the_same_events_as_dagsters_own_sqlite_storage(tmp_path, monkeypatch):
@@ -76,6 +90,7 @@ def test_a_run_stores_the_same_events_as_dagsters_own_sqlite_storage(tmp_path, m
         # 7 days x 2 assets, planned and materialized, each kept per partition (the UI's per-day view).
         assert got["kinds"]["ASSET_MATERIALIZATION"] == 14 and got["kinds"]["ASSET_MATERIALIZATION_PLANNED"] == 14
         assert got["materialized"]["daily"] == [f"2026-01-0{d}" for d in range(1, 8)]
+        assert got["checks"] == [(f"2026-01-0{d}", "FAILED" if d == 3 else "SUCCEEDED") for d in range(1, 8)]
         # The cross-run index answers as Dagster's does (the asset's latest materialization and its metadata).
         event = batched.get_latest_materialization_event(dg.AssetKey("downstream"))
         assert event.asset_materialization.metadata["days"].value == 7
@@ -97,3 +112,16 @@ def test_a_failed_batch_leaves_nothing_and_the_events_can_be_stored_again(tmp_pa
         assert len(instance.all_logs(run_id)) == before  # the three stored before the failure were rolled back
         storage.store_event_batch(events[:3])
         assert len(instance.all_logs(run_id)) == before + 3
+
+
+def test_the_kept_engines_survive_a_wipe(tmp_path):
+    """The storage keeps one engine per database file; a wipe deletes the files, and the next run must make
+    their tables again rather than write into empty files."""
+    home = home_with(tmp_path, "batched", template=True)
+    instance, _ = run_range(home)
+    with instance:
+        instance.wipe()
+        assert instance.get_runs() == []
+        result = DEFS.resolve_job_def("two_steps").execute_in_process(instance=instance, partition_key="2026-01-02")
+        assert result.success
+        assert summary(instance, result.run_id)["checks"] == [("2026-01-02", "SUCCEEDED")]
