@@ -44,6 +44,19 @@ def test_popularity_collapse_alerts_on_its_first_day_and_no_stable_day_does(demo
     assert all(drift[d].metadata["evaluated"].value == 1 for d in ALL_DAYS)  # every day judged, none skipped
 
 
+def test_ranker_alerts_are_in_the_alerts_table_as_their_checks_judge_them(demo_run, demo_db):
+    """monitoring.alerts (the dashboard's and Prometheus' open alerts) holds the ranker's failed days of both
+    checks, the same days the check steps failed, with the checks' severities."""
+    _, result = demo_run
+    model = incident("popularity_collapse")["model_id"]
+    rows = demo_db.execute("""SELECT check_name, partition_date::VARCHAR, severity, status FROM monitoring.alerts
+                              WHERE model_id = ?""", [model]).fetchall()
+    for check, severity in ((RANKING_DRIFT_CHECK, "WARN"), (RANKING_PERFORMANCE_CHECK, "ERROR")):
+        failed = {d for d, e in _evaluations(result, check).items() if not e.passed}
+        assert failed and {d for c, d, _, _ in rows if c == check} == failed, check
+        assert {(s, st) for c, _, s, st in rows if c == check} == {(severity, "open")}
+
+
 def test_popularity_collapse_fails_ndcg_once_its_interactions_land(demo_run, demo_db):
     """NDCG@10 is judged once the interactions of the day and the 3 after it are read: the collapsed days fall
     below 0.95 x the reference's (a one-sided test), no judged stable day does; the figure equals scikit-learn's

@@ -95,12 +95,13 @@ def _alerts_asset(config: MonitorConfig, partitions: dg.PartitionsDefinition) ->
         key=keys.ALERTS,
         description="One row per day, model and failed check (main metric vs baseline, latency and error-rate "
                     "SLAs, logging volume, drift share, missing or unseen feature values, demographic parity, "
-                    "equalized odds, anomalies) with value, threshold, "
+                    "equalized odds, anomalies, rankers' baseline and item drift) with value, threshold, "
                     "message, status (open/resolved), first_seen and last_seen. Re-runs update rows; a check "
                     "that passes again resolves its alert.",
         group_name=GROUP_ALERTING, kinds={"duckdb"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
-        deps=[keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ANOMALY_REPORT, keys.ESTIMATED_PERFORMANCE],
+        deps=[keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ANOMALY_REPORT, keys.ESTIMATED_PERFORMANCE,
+              *([keys.RANKING_PERFORMANCE] if config.rankers else [])],
         metadata={"dagster/table_name": "monitoring.alerts", "dagster/column_schema": table_schema(ALERT_COLUMNS)},
     )
     def alerts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:

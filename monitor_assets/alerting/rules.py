@@ -27,6 +27,8 @@ from monitor_assets.constants import LATENCY_CHECK as LATENCY
 from monitor_assets.constants import MULTIVARIATE_DRIFT_CHECK as MULTIVARIATE_DRIFT
 from monitor_assets.constants import PERFORMANCE_CHECK as PERFORMANCE
 from monitor_assets.constants import PREDICTION_DRIFT_CHECK as PREDICTION_DRIFT
+from monitor_assets.constants import RANKING_DRIFT_CHECK as RANKING_DRIFT
+from monitor_assets.constants import RANKING_PERFORMANCE_CHECK as RANKING_PERFORMANCE
 from monitor_assets.constants import SEGMENT_PERFORMANCE_CHECK as SEGMENT_PERFORMANCE
 from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.formatting import fmt_num, fmt_p, fmt_pct, plural
@@ -60,7 +62,28 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
     _judge_estimates(rows, config, inputs, days)
     _judge_segments(rows, config, inputs)
     _judge_multivariate(rows, config, inputs)
+    if config.rankers:
+        _judge_rankers(rows, con, config, days)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _judge_rankers(rows: _Rows, con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> None:
+    """Rankers' two checks, judged as their own check step judges them (`ranking.logic`), so their alerts
+    open, stay and resolve in `monitoring.alerts` like every other model's: a failure row per failed ranker-day,
+    a pass per judged one."""
+    from monitor_assets.ranking.logic import baseline_failures, drift_failures
+
+    rankers = {r.id: r for r in config.rankers}
+    for check, judge in ((RANKING_PERFORMANCE, baseline_failures), (RANKING_DRIFT, drift_failures)):
+        judged: list[tuple[dt.date, str]] = []
+        failures, _ = judge(con, config, days, check, judged)
+        failed = {(f["partition_date"], f["model_id"]): f for f in failures}
+        for day, model_id in judged:
+            if (f := failed.get((day, model_id))) is not None:
+                rows.add(day, rankers[model_id], check, f["value"], f["threshold"], False, f["message"],
+                         f.get("details"), level=f["severity"])
+            else:
+                rows.add(day, rankers[model_id], check, None, None, True, "within the reference's range")
 
 
 def _read_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> dict:

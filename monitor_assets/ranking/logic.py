@@ -603,9 +603,10 @@ def write_performance(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
     return frame, failed
 
 
-def baseline_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check: str
-                      ) -> tuple[list[dict], dict[dt.date, int]]:
-    """The check's failures (main metric below its floor) and how many ranker-days it judged, per day."""
+def baseline_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check: str,
+                      judged_days: list | None = None) -> tuple[list[dict], dict[dt.date, int]]:
+    """The check's failures (main metric below its floor) and how many ranker-days it judged, per day;
+    `judged_days` (if given) gets each judged (day, ranker id)."""
     rankers = {r.id: r for r in config.rankers}
     frame = con.execute(f"""SELECT * FROM {PERFORMANCE} WHERE model_version = ? AND partition_date IN
                             (SELECT unnest(?::DATE[]))""", [ALL_VERSIONS, days]).df()
@@ -613,6 +614,8 @@ def baseline_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
                    for m, k in zip(frame.model_id, frame.metric, strict=True)]]
     judged = frame[frame.below_baseline.notna()]
     evaluated = {pd.Timestamp(d).date(): n for d, n in judged.groupby("partition_date").size().items()}
+    if judged_days is not None:
+        judged_days += [(pd.Timestamp(d).date(), m) for d, m in zip(judged.partition_date, judged.model_id, strict=True)]
     failures = []
     for r in judged[judged.below_baseline.astype(bool)].itertuples():
         ranker = rankers[r.model_id]
@@ -625,12 +628,13 @@ def baseline_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
     return failures, evaluated
 
 
-def drift_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check: str
-                   ) -> tuple[list[dict], dict[dt.date, int]]:
+def drift_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check: str,
+                   judged_days: list | None = None) -> tuple[list[dict], dict[dt.date, int]]:
     """The item drift check (`drift`): a ranker-day fails when its recommended items' drift or popularity
     concentration (the whole day's, version `*`) is above the threshold calibrated on its reference's day-sized
     chunks. Needs no label, so a collapse alerts on its day. Rankers without a reference are not judged. Returns
-    the failures (one per ranker-day, naming each statistic above its threshold) and the ranker-days judged."""
+    the failures (one per ranker-day, naming each statistic above its threshold) and the ranker-days judged
+    (`judged_days`, if given, gets each judged (day, ranker id))."""
     frame = con.execute(f"""SELECT partition_date, model_id, metric, value, n_requests FROM {PERFORMANCE}
                             WHERE model_version = ? AND metric IN (SELECT unnest(?::VARCHAR[]))
                               AND partition_date IN (SELECT unnest(?::DATE[]))
@@ -651,6 +655,8 @@ def drift_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: 
             if not above:
                 continue
             evaluated[day] = evaluated.get(day, 0) + 1
+            if judged_days is not None:
+                judged_days.append((day, ranker.id))
             above = [(m, v, t) for m, v, t in above if v > t.value]
             if not above:
                 continue

@@ -436,7 +436,7 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
         days = _ranker_days(rows_of, bool(spec.labelled)) if rows_of is not None else pd.DataFrame()
         alerts = alerts_by.get(r["model_id"], [])
         main = rows_of[rows_of.metric == spec.main_metric] if rows_of is not None else data.ranking.iloc[0:0]
-        marked = [*alerts, *_ranker_failures(main, spec)]
+        marked = alerts  # both checks' failures, as alert rows
         pages[model_page(r["model_id"])] = env.get_template("dashboard/ranker.html.j2").render(
             common, root="../", ranker=r, figures=_ranker_figures(days, r, list(spec.ks), marked) if len(days) else [],
             alerts=_alerts_by_state([a for a in alerts if a.status == "open"]),
@@ -943,11 +943,10 @@ def ranker_summaries(data: ReportData, recent_days: int = RECENT_DAYS) -> list[d
         at = judged.loc[metric_day.partition_date] if judged is not None and metric_day is not None \
             and metric_day.partition_date in judged.index else None
         recent_start = last - pd.Timedelta(days=recent_days - 1) if last is not None else pd.Timestamp.min
-        # The check's failures are the table's verdicts (they reach people as check results, not alert rows).
-        # Only recent ones count: an older shortfall the ranker recovered from is history, not an open alert.
+        # Its checks' failures are alert rows like every model's; the table's verdicts word the why.
         failed = _ranker_failures(main, r)
         recent = [f for f in failed if f.partition_date >= recent_start]
-        status, why = _status([*alerts, *recent], recent_start, 0, 0, None, f"in the last {recent_days} days",
+        status, why = _status(alerts, recent_start, 0, 0, None, f"in the last {recent_days} days",
                               recent_days, performance_check=r.check)
         if recent:  # said in the ranker's terms
             why = f"{r.main_metric} below its floor on {max(f.partition_date for f in recent).date()}"

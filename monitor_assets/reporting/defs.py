@@ -13,6 +13,7 @@ from monitor_assets.reporting.dashboard import (
     build_dashboard,
     load_report_data,
     model_summaries,
+    ranker_summaries,
     summaries_markdown,
 )
 from monitor_assets.storage.resource import WarehouseResource
@@ -52,7 +53,7 @@ def build_reporting_definitions(config: MonitorConfig) -> dg.Definitions:
             "summary": dg.MetadataValue.md(frame_markdown(table)),
             "models_needing_retraining": sum(s["recommendation"] == "retrain suggested" for s in summaries),
             "models_needing_action": sum(s["recommendation"] == "action needed" for s in summaries),
-            "open_alerts": sum(s["open_alert_count"] for s in summaries),
+            "open_alerts": sum(s["open_alert_count"] for s in [*summaries, *ranker_summaries(data)]),
             "path": dg.MetadataValue.path(str(folder / "model_summaries.md")),
         })
 

@@ -21,6 +21,7 @@ from monitor_assets.reporting.dashboard import (
     build_dashboard,
     load_report_data,
     model_summaries,
+    ranker_summaries,
 )
 
 from .browser import browser_page
@@ -98,8 +99,15 @@ def test_model_pages_draw_their_charts_with_the_shared_plotly(demo_run, demo_db)
     config, _ = demo_run
     reports = Path(config.reports_dir)
     summaries = summaries_of(config)
-    open_alerts = demo_db.execute("SELECT count(*) FROM monitoring.alerts WHERE status = 'open'").fetchall()[0][0]
-    assert open_alerts == sum(s["open_alert_count"] for s in summaries.values()) > 0
+    open_alerts = dict(demo_db.execute("SELECT model_id, count(*) FROM monitoring.alerts WHERE status = 'open' "
+                                       "GROUP BY ALL").fetchall())
+    assert sum(n for m, n in open_alerts.items() if m in config.model_ids) == sum(
+        s["open_alert_count"] for s in summaries.values()) > 0
+    # rankers' alerts are alert rows too, counted on their own rows of the index
+    rankers = ranker_summaries(load_report_data(demo_db, config, config.end_date))
+    assert {r["model_id"]: r["open_alert_count"] for r in rankers} == {
+        r.id: open_alerts.get(r.id, 0) for r in config.rankers}
+    assert any(r["open_alert_count"] for r in rankers)
     charts = rendered = alert_rows = 0
     with browser_page() as (page, errors):
         scripts: list[str] = []
