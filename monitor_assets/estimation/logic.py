@@ -41,7 +41,7 @@ from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_fr
 ESTIMATES = "monitoring.estimated_performance"
 ESTIMATORS = "monitoring.estimators"
 COLUMNS = [c for c in TABLES[ESTIMATES][0] if c != "computed_at"]
-FIT_FORMAT = 4  # part of the fit key: a change of the estimator's layout refits every model once
+FIT_FORMAT = 5  # part of the fit key: a change of the estimator's layout refits every model once
 
 
 def method_of(model: ModelConfig) -> str:

@@ -141,9 +141,16 @@ def test_labels_that_land_later_reconcile_the_estimates(world):
 
 
 def test_regressor_estimate_tracks_the_realized_mae(world):
+    """Judged as the estimate promises, not by a fixed 10% on every day: a day's realized MAE over 400 rows scatters
+    about 5.5% around the truth, so 10% on all 8 days held in only about 3 of 4 simulated worlds (seeded data
+    passes or fails by luck). Here: the band holds on at least 5 of the 8 days, and the mean relative error over the
+    days is below 10% (a sound estimate averages about 4.5%). Simulated on 200 worlds of this data, this test always
+    held (at most 3 days missed the band, in 4 worlds); with the estimate and band 15% too high it failed in 98%."""
     demand = world["after"][world["after"].model_id == "demand"]
-    assert demand.realized.notna().all()
-    assert (abs(demand.estimate - demand.realized) / demand.realized < 0.1).all()
+    assert demand.realized.notna().all() and len(demand) == len(DAYS)
+    inside = (demand.lower <= demand.realized) & (demand.realized <= demand.upper)
+    assert inside.sum() >= 5, demand[["partition_date", "estimate", "lower", "upper", "realized"]]
+    assert (abs(demand.estimate - demand.realized) / demand.realized).mean() < 0.1
     assert not math.isnan(demand.lower.iloc[0])
 
 
