@@ -66,7 +66,9 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> dict:
                     for key in (dg.AssetKey("daily"), dg.AssetKey("downstream"))}
     checks = sorted((r.partition, r.status.value) for r in
                     instance.event_log_storage.get_asset_check_execution_history(CHECK.key, limit=100))
-    return {"kinds": kinds, "materialized": materialized, "checks": checks}
+    # in storage order: held-back check evaluations land before the step's next event, as Dagster stores them
+    sequence = [(e.dagster_event.event_type_value, e.step_key) for e in logs if e.dagster_event is not None]
+    return {"kinds": kinds, "materialized": materialized, "checks": checks, "sequence": sequence}
 
 
 def test_a_run_stores_the_same_events_as_dagsters_own_sqlite_storage(tmp_path, monkeypatch):
@@ -125,3 +127,15 @@ def test_the_kept_engines_survive_a_wipe(tmp_path):
         result = DEFS.resolve_job_def("two_steps").execute_in_process(instance=instance, partition_key="2026-01-02")
         assert result.success
         assert summary(instance, result.run_id)["checks"] == [("2026-01-02", "SUCCEEDED")]
+
+
+def test_held_back_check_evaluations_are_written_one_by_one_if_their_batch_fails(tmp_path, monkeypatch):
+    def broken(self, events):
+        raise RuntimeError("disk full, say")
+
+    monkeypatch.setattr(BatchedSqliteEventLogStorage, "_write_batch", broken)
+    instance, run_id = run_range(home_with(tmp_path, "batched", template=True))
+    with instance:
+        got = summary(instance, run_id)
+    assert got["checks"] == [(f"2026-01-0{d}", "FAILED" if d == 3 else "SUCCEEDED") for d in range(1, 8)]
+    assert got["kinds"]["ASSET_CHECK_EVALUATION"] == 7
