@@ -82,3 +82,37 @@ def test_models_keep_their_own_columns_counts_add_up_and_a_rerun_changes_nothing
         before = snapshot()
         again = ingest_day(con, config, "predictions", DAYS[1])
         assert snapshot() == before and again.loaded == result.loaded
+
+
+def test_views_read_files_of_one_schema_and_of_several(tmp_path):
+    """A view over files of one column list skips DuckDB's union by name (which reads every footer whenever a
+    view is made); files whose columns differ, in set or in order, still read each column by its name."""
+    import duckdb
+    import pyarrow as pa
+
+    from monitor_assets.storage import lake as L
+
+    def day(d: int, columns: dict) -> pa.Table:
+        base = {"partition_date": [dt.date(2026, 1, d)] * 2, "model_id": ["m"] * 2,
+                "prediction_id": [f"{d}-0", f"{d}-1"], "score": [0.1 * d, 0.2 * d]}
+        return pa.table({**base, **columns})
+
+    lake = L.Lake(tmp_path / "lake")
+    lake.replace_model_day("m", day(1, {"amount": [1.0, 2.0]}), dt.date(2026, 1, 1))
+    lake.replace_model_day("m", day(2, {"amount": [3.0, 4.0]}), dt.date(2026, 1, 2))
+    files = lake._current_files(lake.model_path("m"))[0]
+    assert len(files) == 2 and L._one_schema(files)
+    assert "union_by_name" not in lake.scan(lake.model_path("m"), L.PREDICTION_COLUMNS, ["partition_date"], True)
+    # A feature added on day 3, and a day written with its columns in another order: read by name.
+    lake.replace_model_day("m", day(3, {"amount": [5.0, 6.0], "channel": ["web", "app"]}), dt.date(2026, 1, 3))
+    swapped = day(4, {"amount": [7.0, 8.0]})
+    lake.replace_model_day("m", swapped.select(["score", *[c for c in swapped.column_names if c != "score"]]),
+                           dt.date(2026, 1, 4))
+    files = lake._current_files(lake.model_path("m"))[0]
+    assert not L._one_schema(files)
+    con = duckdb.connect()
+    lake.attach(con, ["m"])
+    rows = con.execute('SELECT prediction_id, score, amount, channel FROM raw."predictions__m" ORDER BY 1').fetchall()
+    assert rows == [("1-0", 0.1, 1.0, None), ("1-1", 0.2, 2.0, None), ("2-0", 0.2, 3.0, None), ("2-1", 0.4, 4.0, None),
+                    ("3-0", 0.30000000000000004, 5.0, "web"), ("3-1", 0.6000000000000001, 6.0, "app"),
+                    ("4-0", 0.4, 7.0, None), ("4-1", 0.8, 8.0, None)]
