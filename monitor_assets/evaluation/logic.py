@@ -691,8 +691,9 @@ def write_store(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     touched = windows_touching(settings(config).windows, sorted(set(refreshed or days)))
     last_day = max(days)
     frame, notes, pictures = compute_windows(con, config, touched, last_day)
-    replace_windows(con, frame, [w.key for w in touched], config.written_models)
-    replace_windows(con, pictures, [w.key for w in touched], config.written_models, WINDOW_PICTURES)
+    # the models' rows only: the rankers' windows of the same store are the ranking stage's (`ranking.windows`)
+    replace_windows(con, frame, [w.key for w in touched], config.model_ids)
+    replace_windows(con, pictures, [w.key for w in touched], config.model_ids, WINDOW_PICTURES)
     closed = [w for w in touched if w.end in set(days)]
     return StoreRun(frame, touched, closed, notes, time.perf_counter() - started, pictures)
 

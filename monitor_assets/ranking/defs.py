@@ -26,8 +26,10 @@ from monitor_assets.ranking.logic import (
     baseline_failures,
     drift_failures,
     ingest_rankers,
+    reference_of,
     write_performance,
 )
+from monitor_assets.ranking.windows import write_windows
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
     IO_RETRY,
@@ -109,7 +111,9 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
                     "over the whole list; catalogue coverage, popularity concentration (share of impressions to the "
                     "top 1% of items), novelty, the drift of recommended items (Jensen-Shannon over the top items and "
                     "an other bucket) and of scores (Kolmogorov-Smirnov) against the reference; the mean per-request "
-                    "loss 1 - NDCG@k. One row per metric. Refreshes the `label_delay_days` before its days.",
+                    "loss 1 - NDCG@k. One row per metric. Refreshes the `label_delay_days` before its days, and the "
+                    "rankers' windows in monitoring.evaluation_store (per-request metrics and label coverage merged "
+                    "from the days: monitor_assets/ranking/windows.py).",
         group_name=GROUP_METRICS, kinds={"duckdb", "python"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, deps=[RANKING_IMPRESSIONS],
         metadata={"dagster/table_name": PERFORMANCE,
@@ -120,6 +124,10 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
         refreshed = days_with_label_refresh(days, config)
         with fail_fast(), warehouse.connect_lake() as con:
             frame, failed = write_performance(con, config, refreshed)
+            # the evaluation store's windows of the rankers, merged from the days just written
+            references = {r.id: ref.values for r in config.rankers if r.id not in failed
+                          and (ref := reference_of(config, r)) is not None}
+            windows = write_windows(con, config, refreshed, references)
         for ranker_id, why in failed.items():
             context.log.warning(f"ranker {ranker_id}: ranking figures not computed ({why})")
         overall = frame[frame.model_version == ALL_VERSIONS]
@@ -128,6 +136,7 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
         main = overall[[m == _main(config, i) for i, m in zip(overall.model_id, overall.metric, strict=True)]]
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),
+            "evaluation_store_rows": len(windows),
             "rankers_failed": dg.MetadataValue.md("\n".join(f"- {m}: {why}" for m, why in failed.items()) or "none"),
             "main_metrics": dg.MetadataValue.md(frame_markdown(main[["partition_date", *SHOWN]], limit=20)
                                                 if len(main) else "none"),

@@ -76,6 +76,7 @@ INTERACTIONS = "raw.ranking_interactions"
 PERFORMANCE = "monitoring.ranking_performance"
 LOG_SOURCE, LABEL_SOURCE = "ranking", "ranking_labels"  # raw.quarantine.source, raw.ingestion_log.source
 ALL_VERSIONS = "*"  # model_version of the whole model-day's rows
+RELEVANT = "relevant_requests"  # a day's requests with a relevant item: a row of its own
 ALPHA = 0.05  # the baseline test's one-sided level
 RANKING_TABLES = {name: TABLES[name] for name in (IMPRESSIONS, INTERACTIONS, PERFORMANCE)}
 
@@ -545,6 +546,8 @@ def ranker_day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranke
         figures: dict[str, tuple[float, float]] = {}
         if ranker.labels is not None:
             figures.update(request_figures(part, ranker))
+            # the weight of the day's means in a window's (`ranking.windows`) when requests without one are excluded
+            figures[RELEVANT] = (float(part.loc[part.grade > 0, "request_id"].nunique()), math.nan)
         items = R.ItemCounts.of(part.item_id.to_numpy())
         figures.update({m: (v, math.nan) for m, v in _catalogue(items, ref.items if ref else None,
                                                                  part.score.to_numpy(dtype=float), ref).items()})
