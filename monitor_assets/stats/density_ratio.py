@@ -55,6 +55,10 @@ def one_thread():
     classifier are small per model-day; on a busy two-core machine their spinning pools made a 20,000-row DLE
     fit take 84 s against 2 to 3 s on one thread (measured here at load 17)."""
     if not _CONTROLLER:
+        # scikit-learn's gradient boosting loads its OpenMP library on import: a controller made before that
+        # does not know the library and limits nothing (a DLE fit then took 54 ms instead of 30, most of the
+        # difference joblib polling the binning threads every 10 ms).
+        import sklearn.ensemble  # noqa: F401
         from threadpoolctl import ThreadpoolController
 
         _CONTROLLER.append(ThreadpoolController())

@@ -59,3 +59,21 @@ def test_the_band_covers_the_bias_uncertainty_on_large_days():
         assert 0.6 < np.std(z[metric]) < 1.35, (metric, np.std(z[metric]))
         assert np.std(narrow[metric]) > 1.35, (metric, np.std(narrow[metric]))  # what the term is for
     assert np.mean(inside) >= 0.85
+
+
+def test_one_thread_limits_scikit_learns_openmp_even_when_first_called_before_its_import():
+    """In a fresh process, `one_thread()` called before scikit-learn's gradient boosting is imported still holds
+    its OpenMP pool to one thread (the controller made first knew no OpenMP library and limited nothing)."""
+    import subprocess
+    import sys
+
+    script = ("from monitor_assets.stats.density_ratio import one_thread\n"
+              "from threadpoolctl import threadpool_info\n"
+              "with one_thread():\n"
+              "    from sklearn.ensemble import HistGradientBoostingRegressor\n"
+              "    print([i['num_threads'] for i in threadpool_info() if i['user_api'] == 'openmp'])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "OMP_NUM_THREADS"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    threads = __import__("ast").literal_eval(done.stdout.strip())
+    assert threads and set(threads) == {1}
