@@ -2,12 +2,16 @@
 
     python benchmarks/scale_bench.py [--models 5] [--rows 2000] [--days 2] [--shared] [--gzip]
         [--drifted-share 0.1] [--seed 7] [--max-gb 8] [--timeout 900] [--runs 1] [--keep] [--out DIR]
-        [--shards N [--workers W]]
+        [--shards N [--workers W]] [--layout named|unnamed|mixed] [--ingest-only]
 
 Generates N models x R rows x D days of JSON-line prediction logs shaped like the demo's (one file per
 model and day, predictions/{date}/<model>.jsonl), same-day labels for every prediction
 (labels/{date}.csv), a reference Parquet file per model and a monitor.yaml for them, in
-benchmarks/out/scale/<parameters>/ (reused when the parameters and seed match). Every model is a binary
+benchmarks/out/scale/<parameters>/ (reused when the parameters and seed match). --layout sets how the logs
+are laid out: `named` (the default) one file per model and day named by model with a `{model}` glob; `unnamed`
+the same files named part-NNNN.jsonl (a seeded order, not the model's) and the glob predictions/{date}/*.jsonl,
+as a serving fleet writes its logs; `mixed` the records of several models interleaved (shuffled) in at most 10
+files per day, with that same glob. Every model is a binary
 classifier with 12 features (8 numeric, 4 categorical) named after the model (m017_f03), or, with
 --shared, one schema for all (f03); its sensitive attribute is the shared context field `region`.
 A seeded set of models (--drifted-share, at least one) drifts on the last day only: two numeric
@@ -21,7 +25,9 @@ ru_maxrss), seconds and peak RSS per step (step times read back from the Dagster
 the drifted models, and only they, were found (monitoring.drift_summary and monitoring.alerts). With
 --runs K the figures are medians. With --shards N the run is `run_pipeline --shards N --workers W`: the
 models split into N shards, each shard's steps in a process of its own, W at once, then the fleet run;
-memory is the whole process tree's, and step times are listed per shard. The floors set for this benchmark are printed beside them; the last
+memory is the whole process tree's, and step times are listed per shard. With --ingest-only the run is the
+ingestion of predictions alone (`ingest_days` over every day, as the `raw/predictions` step calls it, in a
+fresh process with a fresh warehouse): its time, peak RSS and counts. The floors set for this benchmark are printed beside them; the last
 line is one JSON object.
 
 Ranking mode (--ranking): N rankers (`task: ranking`) x R requests x --items items x D days instead, e.g.
@@ -70,6 +76,8 @@ GB = 1024**3
 FLOORS = {(100, 50_000, 2): (240.0, 2.0), (500, 10_000, 1): (240.0, 2.0)}
 # Ranking mode: (rankers, requests, days) -> (seconds or None: no time bound set, GB).
 RANKING_FLOORS = {(100, 50_000, 1): (None, 2.0)}
+LAYOUTS = ("named", "unnamed", "mixed")
+MIXED_FILES = 10  # files per day in the mixed layout
 FORMAT_VERSION = 2  # bump when the generated data changes, so old folders are not reused
 CATALOGUE = 20_000  # items per ranker's catalogue
 COLLAPSED_ITEMS = 30  # a collapsed ranker's lists come from this many items
@@ -88,6 +96,7 @@ class Params:
     gzip: bool = False
     ranking: bool = False  # rankers: `models` rankers x `rows` requests x `items` items
     items: int = 10
+    layout: str = "named"  # named | unnamed | mixed: see the module docstring
 
     @property
     def slug(self) -> str:
@@ -95,7 +104,8 @@ class Params:
             return (f"rank_m{self.models}_r{self.rows}_i{self.items}_d{self.days}_drift{self.drifted_share:g}"
                     f"_s{self.seed}{'_gz' if self.gzip else ''}")
         return (f"m{self.models}_r{self.rows}_d{self.days}_{'shared' if self.shared else 'distinct'}"
-                f"_drift{self.drifted_share:g}_s{self.seed}{'_gz' if self.gzip else ''}")
+                f"_drift{self.drifted_share:g}_s{self.seed}{'_gz' if self.gzip else ''}"
+                f"{'' if self.layout == 'named' else '_' + self.layout}")
 
     @property
     def dates(self) -> list[dt.date]:
@@ -244,6 +254,7 @@ def generate(p: Params, folder: Path) -> dict:
             con.unregister("frame")
         con.execute(f"COPY labels TO '{folder / 'labels' / f'{day}.csv'}' (FORMAT CSV, HEADER)")
         con.execute("DELETE FROM labels")
+        relayout(p, [s.id for s in specs], folder / "predictions" / day.isoformat(), ext, d)
     con.close()
     write_config(p, specs, folder, ext)
     manifest = {"format": FORMAT_VERSION, "params": asdict(p), "first": str(p.dates[0]), "last": str(p.dates[-1]),
@@ -256,6 +267,38 @@ def generate(p: Params, folder: Path) -> dict:
     return manifest
 
 
+def _open(path: Path, mode: str):
+    import gzip
+
+    return gzip.open(path, mode) if path.suffix == ".gz" else open(path, mode)
+
+
+def relayout(p: Params, ids: list[str], day_dir: Path, ext: str, d: int) -> None:
+    """Turn one day's per-model files (<model><ext>) into the layout's: `unnamed` renames them part-NNNN in a
+    seeded order; `mixed` interleaves the lines of about models / 10 models into each of at most 10 files."""
+    import numpy as np
+
+    if p.layout == "named":
+        return
+    rng = np.random.default_rng([p.seed, 5, d])
+    order = rng.permutation(len(ids))
+    if p.layout == "unnamed":
+        for k, i in enumerate(order):
+            (day_dir / f"{ids[i]}{ext}").rename(day_dir / f"part-{k:04d}{ext}")
+        return
+    n_files = max(1, min(MIXED_FILES, len(ids) // 2))  # at least two models a file
+    for k in range(n_files):
+        members = [ids[i] for i in order[k::n_files]]
+        lines: list[bytes] = []
+        for mid in members:
+            with _open(day_dir / f"{mid}{ext}", "rb") as f:
+                lines += f.readlines()
+            (day_dir / f"{mid}{ext}").unlink()
+        with _open(day_dir / f"part-{k:04d}{ext}", "wb") as f:
+            f.writelines(lines[i] for i in rng.permutation(len(lines)))
+        del lines
+
+
 def write_config(p: Params, specs: list[ModelSpec], folder: Path, ext: str) -> Path:
     import yaml
 
@@ -263,7 +306,7 @@ def write_config(p: Params, specs: list[ModelSpec], folder: Path, ext: str) -> P
         "partitions": {"start_date": p.dates[0].isoformat(), "end_date": p.dates[-1].isoformat()},
         "label_delay_days": 0,  # every label arrives the day of its prediction
         "sources": {
-            "predictions": {"path": f"predictions/{{date}}/{{model}}{ext}",
+            "predictions": {"path": f"predictions/{{date}}/{'{model}' if p.layout == 'named' else '*'}{ext}",
                             "fields": {k: k for k in ("prediction_id", "timestamp", "model_id", "model_version",
                                                       "latency_ms", "status", "score")},
                             "ok_status": ["ok"]},
@@ -407,7 +450,8 @@ def existing_data(p: Params, folder: Path) -> dict | None:
     if not path.exists():
         return None
     manifest = json.loads(path.read_text())
-    params = {"ranking": False, "items": 10, **manifest.get("params", {})}  # folders made before the ranking mode
+    # Folders made before the ranking mode and the layouts.
+    params = {"ranking": False, "items": 10, "layout": "named", **manifest.get("params", {})}
     return manifest if manifest.get("format") == FORMAT_VERSION and params == asdict(p) else None
 
 
@@ -636,6 +680,76 @@ def run_once(folder: Path, manifest: dict, name: str, max_gb: float, timeout: fl
         alerts=info["alerts"], rows=info["rows"], warehouse_mb=info.get("warehouse_bytes", 0) / 1e6, log=str(log))
 
 
+INGEST_ONLY = r"""
+import datetime as dt, json, sys, time
+from monitor_assets.config import load_config
+from monitor_assets.ingestion.readers import ingest_days
+from monitor_assets.storage.warehouse import connect
+config = load_config(sys.argv[1])
+days = [dt.date.fromisoformat(sys.argv[3]) + dt.timedelta(days=i) for i in range(int(sys.argv[4]))]
+t = time.perf_counter()
+with connect(sys.argv[2]) as con:
+    results = [r for _, r in ingest_days(con, config, "predictions", days)]
+    rows = con.execute("SELECT count(*) FROM raw.predictions").fetchall()[0][0]
+print(json.dumps({"seconds": time.perf_counter() - t, "read": sum(r.read for r in results),
+                  "loaded": sum(r.loaded for r in results), "quarantined": sum(r.quarantined for r in results),
+                  "rows": rows}))
+"""
+
+
+@dataclass
+class IngestResult:
+    wall: float  # the child's process, imports included
+    seconds: float  # ingest_days alone
+    peak_gb: float
+    returncode: int
+    killed: str | None
+    counts: dict[str, int]
+    log: str
+
+
+def ingest_once(folder: Path, manifest: dict, name: str, max_gb: float, timeout: float, keep: bool) -> IngestResult:
+    """The ingestion of predictions alone over every day (what the `raw/predictions` step runs), in a fresh
+    process on a fresh warehouse, its tree's RSS polled as in `run_once`."""
+    run_dir = folder / "runs" / name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    log = folder / "runs" / f"{name}.log"
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-c", INGEST_ONLY, str(folder / "monitor.yaml"), str(run_dir / "monitor.duckdb"),
+           manifest["first"], str(manifest["params"]["days"])]
+    watched = run_watched(cmd, env, log, max_gb, timeout)
+    out = Path(log).read_text(errors="replace").strip().splitlines()
+    info = json.loads(out[-1]) if watched.returncode == 0 and out else {}
+    if not keep:
+        shutil.rmtree(run_dir)
+    return IngestResult(watched.wall, info.pop("seconds", float("nan")), watched.peak_rss / GB, watched.returncode,
+                        watched.killed, info, str(log))
+
+
+def report_ingest(p: Params, manifest: dict, runs: list[IngestResult]) -> dict:
+    """Medians of the ingest-only runs, printed, and the summary (the last line's JSON)."""
+    med = statistics.median
+    ok = all(r.returncode == 0 and r.killed is None for r in runs)
+    print(f"{p.models} models x {p.rows:,} rows x {p.days} day(s), layout {p.layout}: {manifest['lines']:,} log lines, "
+          f"{manifest['log_bytes'] / 1e6:,.1f} MB; ingestion of predictions only")
+    for i, r in enumerate(runs, 1):
+        outcome = r.killed or f"exit {r.returncode}"
+        print(f"run {i}: ingest {r.seconds:.1f} s (process {r.wall:.1f} s), peak RSS {r.peak_gb:.2f} GB, {outcome}, "
+              f"{r.counts}")
+        if r.returncode != 0 or r.killed:
+            print("  " + (tail(r.log) or "(no output)").replace("\n", "\n  "))
+    s = {"mode": "ingest-only", "layout": p.layout, "models": p.models, "rows": p.rows, "days": p.days,
+         "lines": manifest["lines"], "runs": len(runs), "ok": ok,
+         "ingest_seconds": round(med(r.seconds for r in runs), 2), "process_seconds": round(med(r.wall for r in runs), 2),
+         "peak_rss_gb": round(med(r.peak_gb for r in runs), 3), "counts": runs[-1].counts,
+         "load": os.getloadavg()[0]}
+    print(f"median of {len(runs)}: ingest {s['ingest_seconds']:.1f} s, process {s['process_seconds']:.1f} s, "
+          f"peak RSS {s['peak_rss_gb']:.2f} GB (load {s['load']:.2f})")
+    return s
+
+
 def _stage(step_key: str) -> str:
     return step_key.replace("__", "/")
 
@@ -657,7 +771,7 @@ def summarize(p: Params, manifest: dict, runs: list[RunResult]) -> dict:
     exact = all(r.found == drifted and r.alerted == drifted and not r.false_other_days for r in runs)
     floor = (RANKING_FLOORS if p.ranking else FLOORS).get((p.models, p.rows, p.days))
     return {
-        "mode": "ranking" if p.ranking else "classifiers", "items": p.items if p.ranking else None,
+        "mode": "ranking" if p.ranking else "classifiers", "items": p.items if p.ranking else None, "layout": p.layout,
         "models": p.models, "rows": p.rows, "days": p.days, "shared": p.shared, "gzip": p.gzip, "seed": p.seed,
         "lines": manifest["lines"], "log_mb": round(manifest["log_bytes"] / 1e6, 1), "runs": len(runs),
         "ok": ok, "killed": next((r.killed for r in runs if r.killed), None),
@@ -690,7 +804,7 @@ def report(p: Params, manifest: dict, reused: bool, runs: list[RunResult], s: di
         print(f"{p.models} rankers x {p.rows:,} requests x {p.items} items x {p.days} day(s): {s['lines']:,} log "
               f"lines, {manifest['impressions']:,} impressions, {s['log_mb']:,.1f} MB ({made})")
     else:
-        print(f"{p.models} models x {p.rows:,} rows x {p.days} day(s), {schema}: {s['lines']:,} log lines, "
+        print(f"{p.models} models x {p.rows:,} rows x {p.days} day(s), {schema}, layout {p.layout}: {s['lines']:,} log lines, "
               f"{s['log_mb']:,.1f} MB ({made})")
     if s.get("shards", 1) > 1:
         print(f"{s['shards']} shards, {s['workers']} at once: step times are per shard and overlap, so the "
@@ -775,6 +889,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--shards", type=int, default=1, help="split the models into N shards (run_pipeline --shards)")
     parser.add_argument("--workers", type=int, default=None, help="shard processes at once (default: --shards)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="named",
+                        help="named: a file per model named by it; unnamed: the same files, a glob without the model; "
+                             "mixed: several models' records shuffled in each of at most 10 files per day")
+    parser.add_argument("--ingest-only", action="store_true",
+                        help="run only the ingestion of predictions (ingest_days), not the whole pipeline")
     parser.add_argument("--keep", action="store_true", help="keep each run's warehouse, Dagster home and reports")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="parent of the work folders")
     parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)  # internal
@@ -783,8 +902,10 @@ def main() -> None:
         parser.error("--models, --rows, --days and --runs must be at least 1")
     if args.items < 1:
         parser.error("--items must be at least 1")
+    if args.ranking and args.layout != "named":
+        parser.error("--layout applies to classifiers' logs, not --ranking")
     p = Params(args.models, args.rows, args.days, args.shared, args.drifted_share, args.seed, args.gzip,
-               args.ranking, args.items if args.ranking else 10)
+               args.ranking, args.items if args.ranking else 10, args.layout)
     folder = args.out / p.slug
     if args.generate_only:
         ensure_data(p, folder)
@@ -798,6 +919,11 @@ def main() -> None:
         manifest = ensure_data(p, folder)
     if args.shards < 1 or (args.workers is not None and args.workers < 1):
         parser.error("--shards and --workers must be at least 1")
+    if args.ingest_only:
+        runs = [ingest_once(folder, manifest, f"ingest{k}", args.max_gb, args.timeout, args.keep)
+                for k in range(1, args.runs + 1)]
+        print(json.dumps(report_ingest(p, manifest, runs)))
+        return
     runs = [run_once(folder, manifest, f"run{k}", args.max_gb, args.timeout, args.keep, args.shards, args.workers)
             for k in range(1, args.runs + 1)]
     s = summarize(p, manifest, runs)

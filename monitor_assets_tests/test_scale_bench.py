@@ -90,3 +90,28 @@ def test_a_headless_run_finds_exactly_the_drifted_models(bench, toy):
     assert 0 < result.peak_gb < 4 and result.wall > sum(result.steps.values())
     summary = bench.summarize(params, manifest, [result])
     assert summary["exact"] and summary["floor"] is None
+
+
+@pytest.mark.parametrize("layout", ["unnamed", "mixed"])
+def test_layouts_hold_the_same_records_under_a_glob_without_the_model(bench, tmp_path, layout):
+    """unnamed: the named layout's files under names without the model; mixed: several models' records
+    shuffled together in each file. Both hold exactly the named layout's lines, and the config's glob does not
+    name the model."""
+    named, other = bench.Params(models=4, rows=50, days=2), bench.Params(models=4, rows=50, days=2, layout=layout)
+    assert other.slug == named.slug + f"_{layout}"
+    folders = {p.layout: tmp_path / p.slug for p in (named, other)}
+    for p in (named, other):
+        bench.ensure_data(p, folders[p.layout])
+    config = load_config(folders[layout] / "monitor.yaml")
+    assert config.predictions.path.endswith("predictions/{date}/*.jsonl")
+    con = duckdb.connect()
+    for day in named.dates:
+        files = sorted((folders[layout] / "predictions" / str(day)).iterdir())
+        assert [f.name for f in files] == [f"part-{k:04d}.jsonl" for k in range(4 if layout == "unnamed" else 2)]
+        models = [con.execute(f"SELECT list(DISTINCT model_id ORDER BY model_id) FROM read_json('{f}')").fetchone()[0]
+                  for f in files]
+        assert sorted(m for ms in models for m in ms) == ["m000", "m001", "m002", "m003"]
+        assert {len(ms) for ms in models} == ({1} if layout == "unnamed" else {2})
+        lines = {p.layout: sorted(line for f in (folders[p.layout] / "predictions" / str(day)).iterdir()
+                                  for line in f.read_text().splitlines()) for p in (named, other)}
+        assert lines[layout] == lines["named"] and len(lines["named"]) == 200

@@ -349,6 +349,12 @@ def load_json_files(con: duckdb.DuckDBPyConnection, plan: StagingPlan, files: li
     return read
 
 
+def load_split_lines(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str) -> None:
+    """The careful reader over a Parquet file of lines split out of their files (`readers._route`): each row
+    (source_file, partition_date, line_no, text, problem) a line as `LineIndex.lines` gives it."""
+    _load_checked(con, plan, *_lines_relation(plan, f"read_parquet({sql_str(path)})", tagged=True), None, None)
+
+
 def _column_picks(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date, columns: list[str],
                   prefix: str) -> str:
     """SELECT list with each field's column as text. A column the file lacks is NULL, as a JSON key it

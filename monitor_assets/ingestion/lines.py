@@ -192,12 +192,33 @@ class LineIndex:
                                       [None, pa.py_buffer(offsets), pa.py_buffer(self._data)])
         return lines if rows is None else lines.take(pa.array(rows, pa.int64()))
 
+    def block(self, start: int, stop: int) -> pa.Table:
+        """`lines` of the consecutive lines start:stop (0-based), read from a plain file with one read: a big
+        file is taken a block at a time without mapping (and so holding) all of it."""
+        if self._data is not None:  # a gzip file's bytes are in memory already
+            return self.lines(np.arange(start, stop, dtype=np.int64))
+        offsets = self._offsets()[start:stop + 1]
+        with open(self.path, "rb") as f:
+            data = os.pread(f.fileno(), int(offsets[-1] - offsets[0]), int(offsets[0]))
+        binary = pa.Array.from_buffers(pa.large_binary(), stop - start,
+                                       [None, pa.py_buffer(offsets - offsets[0]), pa.py_buffer(data)])
+        return self._table(binary, np.arange(start, stop, dtype=np.int64))
+
+    def block_ends(self, budget: int) -> list[int]:
+        """Line numbers (0-based, exclusive) that cut the file into blocks of about `budget` bytes each."""
+        offsets = self._offsets()
+        cuts = np.searchsorted(offsets, np.arange(offsets[0] + budget, offsets[-1], budget)).tolist()
+        return sorted({min(max(c, 1), self.count) for c in cuts} | {self.count}) if self.count else []
+
     def lines(self, rows: np.ndarray | None = None) -> pa.Table:
         """(line_no, text, problem) of the given lines (0-based; every line by default) for the careful
         reader. A line it must not parse has a problem (in a JSON array file, cut off by a damaged gzip,
         too long, not UTF-8), and a readable rendering as its text, for the quarantine."""
         binary = self.raw_lines(rows)
         rows = np.arange(self.count, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        return self._table(binary, rows)
+
+    def _table(self, binary: pa.Array, rows: np.ndarray) -> pa.Table:
         problems: dict[int, str] = {}  # position in rows -> reason
         if self.damage and self._open_end:
             for i in np.flatnonzero(rows == self.count - 1):

@@ -7,6 +7,12 @@ the loader of its format (`formats`), checked there (`fields`, `labels`) day by 
 one after the other, and then written; read = loaded + quarantined is verified for each day before the
 group is written. A range of small days costs what its records cost: one staging database per group, one
 Delta commit per model and one quarantine commit per chunk, not one of each per day.
+
+Prediction files shared by several models (no `{model}` in the path: files named otherwise, or mixing models)
+are first split by the model each record names, a block at a time, into a temporary file per model
+(`_route`); each model's records are then a group of their own, checked for its fields only as if they came
+from a file of its own. Memory is then what one model's group takes (its staging database spills past
+STAGING_MEMORY), whatever the number of models or files.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import datetime as dt
 import glob
 import os
 import queue
+import shutil
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +29,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from monitor_assets.config import (
     CLASS_CODE_COLUMN,
@@ -41,8 +50,14 @@ from monitor_assets.ingestion.fields import (
     quarantine_earlier_keys,
     reason_category_sql,
 )
-from monitor_assets.ingestion.formats import LOADERS, check_pending, load_json_files
+from monitor_assets.ingestion.formats import (
+    LOADERS,
+    check_pending,
+    load_json_files,
+    load_split_lines,
+)
 from monitor_assets.ingestion.labels import check_labels, count_corrected_labels
+from monitor_assets.ingestion.lines import LineIndex
 from monitor_assets.ingestion.log import StageResult, log_ingestion
 from monitor_assets.ingestion.plans import (
     CLASS_CODE,
@@ -80,6 +95,12 @@ class FileGroup:
     expected: str  # the glob, for the "no input file" reason
     constant_model: str | None = None
     refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why): matched but not read
+    # A model whose records are picked out of the shared files (`_route`): the group has no files of its own
+    # and reads its records from `spill`, `spilled` of them this day. The shared group keeps the rest.
+    route_to: str | None = None
+    spill: str | None = None
+    spilled: int = 0
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (path, note): a split file's damage or size
 
 
 def allowed_folder(config: MonitorConfig) -> Path | None:
@@ -106,7 +127,20 @@ def prediction_groups(config: MonitorConfig, day: dt.date) -> list[FileGroup]:
     src = config.predictions
     if src.per_model:
         return [FileGroup([m], files_for(src, day, m.id), src.paths_for(day, m.id), m.id) for m in config.models]
-    return [FileGroup(list(config.models), files_for(src, day), src.paths_for(day))]
+    shared = FileGroup(list(config.models), files_for(src, day), src.paths_for(day))
+    if not routed(src) or len(config.models) < 2:
+        return [shared]
+    # Each model's records are checked on their own (its fields only), as in a file of its own: checked
+    # together, every record would be read for every model's features (100 models of 12 features: 1,200
+    # columns a row) and a day's files would be held at once.
+    return [shared] + [FileGroup([m], [], shared.expected, route_to=m.id) for m in config.models]
+
+
+def routed(src: SourceConfig) -> bool:
+    """Shared prediction files whose records are split by model before they are checked (`_route`) when
+    they may hold several models: JSON lines with a {date} in the path (files that span days are read whole
+    for each day, as before)."""
+    return not src.per_model and src.format == "jsonl" and not src.split_by_time
 
 
 def shard_rows(config: MonitorConfig) -> str | None:
@@ -168,12 +202,13 @@ def ingest_workers() -> int:
 # A staging database holds one group of files; past this much memory DuckDB spills to a temporary folder
 # (a day's labels of hundreds of models, joined to their predictions, would otherwise take gigabytes).
 STAGING_MEMORY = os.environ.get("MONITOR_STAGING_MEMORY", "768MB")
+STAGING_TEMP = os.path.join(tempfile.gettempdir(), "monitor_assets_staging")
 
 
 def _staging_database(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB where groups of files are read and checked, one group at a time."""
     con = duckdb.connect(config={"preserve_insertion_order": False, "memory_limit": STAGING_MEMORY,
-                                 "temp_directory": os.path.join(tempfile.gettempdir(), "monitor_assets_staging"),
+                                 "temp_directory": STAGING_TEMP,
                                  **({"threads": threads} if threads else {})})
     # Naive timestamps are UTC for both readers: DuckDB's JSON reader ignores the session's time zone.
     con.execute("SET TimeZone = 'UTC'")
@@ -357,9 +392,86 @@ def ingest_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: st
     return outcome
 
 
+# The shared files are split by model a block of about this many bytes at a time (`_route`).
+ROUTE_BLOCK_BYTES = _env_mb("MONITOR_ROUTE_BLOCK_MB", 64)
+_ROUTE_COLUMNS = pa.schema([("source_file", pa.string()), ("partition_date", pa.date32()), ("line_no", pa.int64()),
+                            ("text", pa.large_string()), ("problem", pa.string())])
+
+
+def _route(config: MonitorConfig, src: SourceConfig, by_day: dict[dt.date, list[FileGroup]],
+           folder: str) -> dict[dt.date, list[FileGroup]]:
+    """Split the shared files' lines by the model their record names, a block at a time, into one Parquet file
+    per model in `folder` (on disk: a day of every model is not held in memory); the lines of no configured
+    model (unreadable, not JSON, no or an unknown model_id) go to the shared group's file, checked there
+    against every model's rules as before; another shard's models' lines are left to it. Returns the groups
+    with their spill files and counts set."""
+    path = json_path(src.fields["model_id"]) if src.fields.get("model_id") else None
+    groups0 = next(iter(by_day.values()))
+    slots = pa.array([g.route_to for g in groups0[1:]], pa.string())  # group i + 1 reads model i's records
+    # Another shard's models' records are that shard's to check and count (it reads the same files).
+    others = pa.array(sorted(set(config.known_model_ids) - {g.route_to for g in groups0}), pa.string())
+    spills = [os.path.join(folder, f"group_{i}.parquet") for i in range(len(groups0))]
+    writers: dict[int, pq.ParquetWriter] = {}
+    counts = {d: [0] * len(groups0) for d in by_day}
+    notes: dict[dt.date, list[tuple[str, str]]] = {d: [] for d in by_day}
+    # The model a line names, as the careful reader reads it; a line it cannot read (not JSON, a problem found
+    # before parsing) names none, and a line read differently would still get the same reason in any group.
+    # Insertion order is kept: row i is line i of the block.
+    router = duckdb.connect(config={"memory_limit": STAGING_MEMORY, "temp_directory": STAGING_TEMP})
+    pick = (f"SELECT CASE WHEN problem IS NULL THEN TRY(json_extract_string(text, {sql_str(path)})) END FROM _block"
+            if path else "SELECT NULL::VARCHAR FROM _block")
+    try:
+        for day, groups in by_day.items():
+            for file in groups[0].files:
+                index = LineIndex(file).wait()
+                if index.too_large:  # noted in the shared group, as `_load_json` does; none of it is read
+                    notes[day].append((file, index.too_large))
+                    continue
+                if index.damage:
+                    notes[day].append((file, f"{index.damage}; records after the damage are lost"))
+                start = 0
+                for stop in index.block_ends(ROUTE_BLOCK_BYTES):
+                    lines = index.block(start, stop)
+                    start = stop
+                    router.register("_block", lines)
+                    try:
+                        names = router.sql(pick).to_arrow_table().column(0)
+                    finally:
+                        router.unregister("_block")
+                    slot = pc.fill_null(pc.index_in(names, value_set=slots), -1).to_numpy() + 1
+                    if len(others):
+                        slot[pc.fill_null(pc.is_in(names, value_set=others), False).to_numpy(zero_copy_only=False)] = -1
+                    lines = (lines.add_column(0, "source_file", pa.repeat(pa.scalar(file), lines.num_rows))
+                             .add_column(1, "partition_date", pa.repeat(pa.scalar(day, pa.date32()), lines.num_rows)))
+                    for k in (k for k in np.unique(slot).tolist() if k >= 0):
+                        rows = lines.take(pa.array(np.flatnonzero(slot == k))).cast(_ROUTE_COLUMNS)
+                        if k not in writers:
+                            writers[k] = pq.ParquetWriter(spills[k], _ROUTE_COLUMNS, compression="none")
+                        writers[k].write_table(rows)
+                        counts[day][k] += rows.num_rows
+    finally:
+        router.close()
+        for w in writers.values():
+            w.close()
+    return {d: [replace(g, spill=spills[i] if i in writers else None, spilled=counts[d][i],
+                        notes=notes[d] if i == 0 else [])
+                for i, g in enumerate(groups)] for d, groups in by_day.items()}
+
+
 def _ingest_chunk(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: str, src: SourceConfig,
                   plans: list[StagingPlan], by_day: dict[dt.date, list[FileGroup]],
-                  committed: Callable[[dt.date, str, int], None] | None) -> dict[dt.date, StageResult]:
+                  committed: Callable[[dt.date, str, int], None] | None,
+                  spilled: bool = False) -> dict[dt.date, StageResult]:
+    """One chunk of days: each group read, checked and written (see `ingest_days`). Shared prediction files
+    are first split by model (`_route`; `spilled`: done)."""
+    if source == "predictions" and not spilled and any(g.route_to for g in next(iter(by_day.values()))):
+        os.makedirs(STAGING_TEMP, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="route_", dir=STAGING_TEMP)
+        try:
+            return _ingest_chunk(con, config, source, src, plans, _route(config, src, by_day, folder), committed,
+                                 spilled=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     lake = lake_of(con)
     days = list(by_day)
     allow_empty = bool(getattr(src, "allow_empty", False))
@@ -379,16 +491,26 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source:
         plan, groups = plans[i], {d: by_day[d][i] for d in days}
         models = groups[days[0]].models
         writes = [d for d, g in groups.items() if g.files or allow_empty or g.constant_model is None]
+        route_to = groups[days[0]].route_to
         stage = stages.get()
         try:
             _staging(stage, plan, _stage_columns(con, plan), lake, [m.id for m in models])
-            counts = _stage_days(stage, config, src, plan, groups, writes, lake, [m.id for m in models])
+            counts = _stage_days(stage, config, src, plan, groups, writes, lake, [m.id for m in models], spilled)
+            if spilled:  # a record loaded in another model's group would be counted but never written
+                stray = stage.execute("SELECT count(*) FROM raw.predictions WHERE model_id IS DISTINCT FROM ?",
+                                      [route_to]).fetchall()[0][0]
+                if stray:
+                    raise RuntimeError(f"predictions: {stray} records split to the group of "
+                                       f"{route_to or 'no model'} loaded for another model")
             if writes:
-                _commit_group(con, config, lake, stage, plan, models, writes, committed)
+                # The shared group of split files writes no model's rows: each model's group writes its own.
+                _commit_group(con, config, lake, stage, plan, [] if spilled and route_to is None else models,
+                              writes, committed)
             # `reason` becomes the category; the text the checks wrote is kept as `detail`.
             return counts, stage.sql(
                 f"SELECT * REPLACE ({reason_category_sql('reason')} AS reason), reason AS detail, "
-                "$1::VARCHAR AS model_id FROM raw.quarantine", params=[groups[days[0]].constant_model]).to_arrow_table()
+                "$1::VARCHAR AS model_id FROM raw.quarantine", params=[groups[days[0]].constant_model or route_to]
+            ).to_arrow_table()
         finally:
             stages.put(stage)
 
@@ -444,15 +566,24 @@ def _day_result(config: MonitorConfig, groups: list[FileGroup], counts: list[tup
 
 def _stage_days(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: SourceConfig, plan: StagingPlan,
                 groups: dict[dt.date, FileGroup], writes: list[dt.date], lake: Lake,
-                models: list[str]) -> dict[dt.date, tuple[int, int, int]]:
+                models: list[str], split: bool = False) -> dict[dt.date, tuple[int, int, int]]:
     """Read and check one group's files of several days in the staging database, each day's checks as if
-    the days were read one after the other. Returns each day's (read, loaded, labels corrected)."""
+    the days were read one after the other (`split`: its records from its split file, `_route`). Returns
+    each day's (read, loaded, labels corrected)."""
     read = dict.fromkeys(groups, 0)
     corrected = dict.fromkeys(groups, 0)
     for day, group in groups.items():
         for path, detail in group.refused:
             note_file(stage, plan, day, path, detail)
-    if src.format == "jsonl":  # small files checked together: a file costs its lines, not a statement
+    spill = next((g.spill for g in groups.values() if g.spill), None)
+    if split:  # records split out of shared files (`_route`)
+        if spill is not None:
+            load_split_lines(stage, plan, spill)
+        for day, group in groups.items():
+            read[day] += group.spilled
+            for path, detail in group.notes:
+                note_file(stage, plan, day, path, detail)
+    elif src.format == "jsonl":  # small files checked together: a file costs its lines, not a statement
         files = [(path, day) for day, group in groups.items() for path in group.files]
         for (_, day), n in zip(files, load_json_files(stage, plan, files), strict=True):
             read[day] += n
@@ -469,18 +600,22 @@ def _stage_days(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, src: So
     for day, group in groups.items():
         if group.files and src.split_by_time:  # a chunk of one day (`day_chunks`)
             read[day] -= _keep_day(stage, src, plan, day)
-        if not group.files and not group.refused and (config.owns_shared or group.constant_model is not None):
+        if (not group.files and not group.refused and group.route_to is None
+                and (config.owns_shared or group.constant_model is not None)):
             # A shared file's absence is shard 0's to say.
             note_file(stage, plan, day, group.expected, f"no input file: nothing matched {group.expected}")
-    constant_model = next(iter(groups.values())).constant_model
-    with_files = [d for d, g in groups.items() if g.files]
+    # A model's records split out of shared files are its shard's, quarantined ones included.
+    constant_model = next(iter(groups.values())).constant_model or next(iter(groups.values())).route_to
+    with_files = [d for d, g in groups.items() if g.files or g.spilled]
     if with_files:
-        if plan.unique_across_days:  # the stored keys of the staged ones, of the days this group keeps
+        # No record loaded (a split file's records of no model): no duplicate to look for, no stored keys to read.
+        keys = not split or stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0] > 0
+        if keys and plan.unique_across_days:  # the stored keys of the staged ones, of the days this group keeps
             stage.execute(f"""CREATE TABLE lake.stored_keys AS SELECT partition_date, {plan.key}
                               FROM ({lake.predictions_union(stage, models)})
                               WHERE {plan.key} IN (SELECT {plan.key} FROM raw.{plan.source})""")
             _stored_and_staged(stage, plan, "lake.stored_keys", f"partition_date, {plan.key}", writes)
-        recheck = _days_to_recheck(stage, plan) if plan.key else set()
+        recheck = _days_to_recheck(stage, plan) if plan.key and keys else set()
         for day in with_files:
             if day in recheck:
                 if plan.unique_across_days:
