@@ -109,7 +109,9 @@ class Params:
 
     @property
     def dates(self) -> list[dt.date]:
-        return [FIRST_DAY + dt.timedelta(days=i) for i in range(self.days)]
+        # Dagster has no partition for a day to come: a long run starts early enough to end before today.
+        first = min(FIRST_DAY, dt.date.today() - dt.timedelta(days=self.days + 1))
+        return [first + dt.timedelta(days=i) for i in range(self.days)]
 
 
 @dataclass
