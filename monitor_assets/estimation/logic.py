@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Iterator
 
 import duckdb
 import numpy as np
@@ -160,29 +161,47 @@ def estimators(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> tup
     return stored_or_fitted(con, ESTIMATORS, "estimator", models, fit_key, load, fit)
 
 
-def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date) -> pd.DataFrame:
-    """One model-day's served, scored rows: score, logged decision (1/0/NULL), version, latest label, features."""
+FRAME_DAYS = 31  # days of one model read in one query (`day_frames`): a backfill costs its rows, not a query a day
+
+
+def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
+               days: list[dt.date]) -> Iterator[tuple[dt.date, pd.DataFrame]]:
+    """Each of `days` with its served, scored rows (score, logged decision 1/0/NULL, version, latest label,
+    features; a multiclass model's rows with logged probabilities), FRAME_DAYS days a query."""
     lake = lake_of(con)
-    if not lake.has_table(lake.model_path(model.id)):
-        return pd.DataFrame()
+    if not days or not lake.has_table(lake.model_path(model.id)):
+        for day in days:
+            yield day, pd.DataFrame()
+        return
     table = lake.model_relation(con, model.id)
-    if model.is_multiclass:  # the rows with logged probabilities
-        return con.execute(f"""
-            SELECT p.{CLASS_PROBABILITIES_COLUMN} AS proba, p.{CLASS_CODE_COLUMN} AS code, p.model_version, l.label
+    if model.is_multiclass:
+        picks = (f"p.{CLASS_PROBABILITIES_COLUMN} AS proba, p.{CLASS_CODE_COLUMN} AS code, p.model_version, l.label",
+                 f"p.{CLASS_PROBABILITIES_COLUMN} IS NOT NULL")
+    else:
+        logged = config.predictions.fields.get("decision")
+        decision = decision_class_sql("p.decision") if logged else "NULL::INT"
+        features = (f", {model_feature_select(config, model.id, 'p.')}"
+                    if needs_features(method_of(model)) and model.features else "")
+        picks = (f"p.score, {decision} AS decision, p.model_version, l.label{features}", "isfinite(p.score)")
+    ordered = sorted(days)
+    for start in range(0, len(ordered), FRAME_DAYS):
+        chunk = ordered[start:start + FRAME_DAYS]
+        frame = con.execute(f"""
+            SELECT p.partition_date AS _day, {picks[0]}
             FROM {table} AS p
-            LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
-            WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok
-                  AND p.{CLASS_PROBABILITIES_COLUMN} IS NOT NULL""", {"day": day, "model": model.id}).df()
-    logged = config.predictions.fields.get("decision")
-    decision = decision_class_sql("p.decision") if logged else "NULL::INT"
-    features = (f", {model_feature_select(config, model.id, 'p.')}"
-                if needs_features(method_of(model)) and model.features else "")
-    return con.execute(f"""
-        SELECT p.score, {decision} AS decision, p.model_version, l.label{features}
-        FROM {table} AS p
-        LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
-        WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok AND isfinite(p.score)""",
-                       {"day": day, "model": model.id}).df()
+            LEFT JOIN ({latest_labels_sql([model.id], since="$first")}) AS l USING (prediction_id)
+            WHERE p.partition_date IN (SELECT unnest($days::DATE[])) AND p.model_id = $model AND p.is_ok
+                  AND {picks[1]}""", {"first": chunk[0], "days": chunk, "model": model.id}).df()
+        by_day = {pd.Timestamp(d).date(): g.drop(columns="_day").reset_index(drop=True)
+                  for d, g in frame.groupby("_day", sort=False)} if len(frame) else {}
+        empty = frame.drop(columns="_day").iloc[0:0]
+        for day in chunk:
+            yield day, by_day.get(day, empty)
+
+
+def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date) -> pd.DataFrame:
+    """One model-day's rows (`day_frames`)."""
+    return next(day_frames(con, config, model, [day]))[1]
 
 
 def _realized(model: ModelConfig, frame: pd.DataFrame) -> dict[str, float]:
@@ -241,10 +260,9 @@ def write_estimates(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days:
     for model in models:
         if model.id not in fitted:
             continue
-        for day in days:
-            if model.id in held.get(day, set()):
-                continue
-            rows += estimate_day(model, fitted[model.id], day_frame(con, config, model, day), day)
+        mine = [day for day in days if model.id not in held.get(day, set())]
+        for day, frame in day_frames(con, config, model, mine):
+            rows += estimate_day(model, fitted[model.id], frame, day)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     replace_partitions_from_frame(con, ESTIMATES, days, frame, models=config.written_models)
     return frame, missing

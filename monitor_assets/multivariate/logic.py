@@ -90,17 +90,29 @@ def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig,
                        f"FROM {reference_reader_sql(model.reference_path)}").df()
 
 
+def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, days: list[dt.date],
+               booleans: dict[str, tuple[str, str] | None]) -> dict[dt.date, pd.DataFrame]:
+    """Each of `days` with its served rows, the feature columns only, in one query (a backfill costs its rows,
+    not a query and a view a day)."""
+    lake = lake_of(con)
+    if not lake.has_table(lake.model_path(model.id)):
+        return {day: pd.DataFrame() for day in days}
+    stored = feature_columns(config)
+    column_of = {f.name: "p." + quote_ident(stored[(f.source, f.type)]) for f in model.features}
+    frame = con.execute(f"""SELECT p.partition_date AS _day, {_select(model, column_of, booleans)}
+                            FROM {lake.model_relation(con, model.id)} AS p
+                            WHERE p.partition_date IN (SELECT unnest($days::DATE[])) AND p.model_id = $model
+                                  AND p.is_ok""", {"days": days, "model": model.id}).df()
+    by_day = {pd.Timestamp(d).date(): g.drop(columns="_day").reset_index(drop=True)
+              for d, g in frame.groupby("_day", sort=False)} if len(frame) else {}
+    empty = frame.drop(columns="_day").iloc[0:0]
+    return {day: by_day.get(day, empty) for day in days}
+
+
 def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
               booleans: dict[str, tuple[str, str] | None]) -> pd.DataFrame:
     """One model-day's served rows, the feature columns only."""
-    lake = lake_of(con)
-    if not lake.has_table(lake.model_path(model.id)):
-        return pd.DataFrame()
-    stored = feature_columns(config)
-    column_of = {f.name: "p." + quote_ident(stored[(f.source, f.type)]) for f in model.features}
-    return con.execute(f"""SELECT {_select(model, column_of, booleans)} FROM {lake.model_relation(con, model.id)} AS p
-                           WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok""",
-                       {"day": day, "model": model.id}).df()
+    return day_frames(con, config, model, [day], booleans)[day]
 
 
 def references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]
@@ -175,6 +187,30 @@ def isolated_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: M
         return [error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}")]
 
 
+FRAME_DAYS = 31  # days of one model read in one query (`isolated_days`)
+
+
+def isolated_days(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
+                  ref: MV.MultivariateReference, days: list[dt.date], booleans: dict) -> list[dict]:
+    """`isolated_day` of several days of one model, their rows read in one query; if that read fails, day by
+    day, so a bad day stays that day's `analysis_error`."""
+    try:
+        frames = day_frames(con, config, model, days, booleans)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - each day read alone below, its own error recorded
+        return [row for day in days for row in isolated_day(con, config, model, ref, day, booleans)]
+    rows = []
+    for day in days:
+        try:
+            rows += drift_rows(model, ref, frames[day], day)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are computed
+            rows.append(error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}"))
+    return rows
+
+
 def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
                        workers: int | None = None) -> pd.DataFrame:
     """Replace `days` of monitoring.multivariate_drift for the config's models; returns the rows written.
@@ -184,9 +220,12 @@ def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, da
     held = held_models(con, days)
     rows = [error_row(m, day, missing[m.id]) for m in models if m.id in missing for day in days]
     booleans = {m.id: _booleans(con, m) for m in models if m.id in fitted}
-    work = [(m, day) for m in models if m.id in fitted for day in days if m.id not in held.get(day, set())]
-    for found in map_models(con, lambda c, item: isolated_day(c, config, item[0], fitted[item[0].id], item[1],
-                                                              booleans[item[0].id]), work, workers):
+    work = []
+    for m in (m for m in models if m.id in fitted):
+        mine = [day for day in days if m.id not in held.get(day, set())]
+        work += [(m, mine[k:k + FRAME_DAYS]) for k in range(0, len(mine), FRAME_DAYS)]
+    for found in map_models(con, lambda c, item: isolated_days(c, config, item[0], fitted[item[0].id], item[1],
+                                                               booleans[item[0].id]), work, workers):
         rows += found
     frame = pd.DataFrame(rows, columns=COLUMNS)
     replace_partitions_from_frame(con, MULTIVARIATE, days, frame, models=config.written_models)
