@@ -4,12 +4,13 @@ import dagster as dg
 import pandas as pd
 
 from monitor_assets.analysis.logic import (
+    DRIFT_DAYS,
     drift_day_summary,
     drift_inputs,
     error_message,
     fairness_day_summary,
     fairness_frame,
-    isolated_drift,
+    isolated_drift_days,
     isolated_fairness,
     map_models,
     profile_models,
@@ -137,18 +138,23 @@ def build_feature_drift(config: MonitorConfig, partitions: dg.PartitionsDefiniti
         with fail_fast(), warehouse.connect_lake() as con:
             profiles, importance, reference_errors = drift_inputs(con, cfg.models)
             held = held_models(con, refreshed)  # failed the data-quality suite
-            for i, day in enumerate(refreshed, 1):
-                todo = [m for m in cfg.models if m.id not in held[day]]
-                # One model-day's error is recorded on its summary row; the other models are analysed.
-                work = lambda c, m, day=day: isolated_drift(c, cfg, m, day, profiles[m.id], importance[m.id],  # noqa: E731
-                                                            reference_errors.get(m.id))
-                for out, summary in map_models(con, work, todo):
+            # Per model, its days (those that passed the data-quality suite) DRIFT_DAYS at a time: one read each.
+            work_items = []
+            for m in cfg.models:
+                mine = [day for day in refreshed if m.id not in held[day]]
+                work_items += [(m, mine[k:k + DRIFT_DAYS]) for k in range(0, len(mine), DRIFT_DAYS)]
+            # One model-day's error is recorded on its summary row; the other models and days are analysed.
+            work = lambda c, item: isolated_drift_days(c, cfg, item[0], item[1], profiles[item[0].id],  # noqa: E731
+                                                       importance[item[0].id], reference_errors.get(item[0].id))
+            for i, found in enumerate(map_models(con, work, work_items), 1):
+                for out, summary in found:
                     rows += out
                     summaries.append(summary)
                     if summary["analysis_error"]:
-                        context.log.warning(f"model {summary['model_id']} on {day}: {summary['analysis_error']}")
-                if should_log_progress(i, len(refreshed)):
-                    context.log.info(f"drift: {i}/{len(refreshed)} days done ({day})")
+                        context.log.warning(f"model {summary['model_id']} on {summary['partition_date']}: "
+                                            f"{summary['analysis_error']}")
+                if should_log_progress(i, len(work_items)):
+                    context.log.info(f"drift: {i}/{len(work_items)} model-day batches done")
             frame, summary = pd.DataFrame(rows), pd.DataFrame(summaries)
             replace_partitions_from_frame(con, "monitoring.feature_drift", refreshed, frame, cfg.written_models)
             replace_partitions_from_frame(con, "monitoring.drift_summary", refreshed, summary, cfg.written_models)

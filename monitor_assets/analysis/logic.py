@@ -17,6 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from monitor_assets.analysis.queries import (
     compute_drift,
@@ -320,20 +321,23 @@ def reference_disparities(con: duckdb.DuckDBPyConnection, model_id: str) -> dict
                             "AND metric LIKE 'fairness.%'", [model_id]).fetchall())
 
 
-def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig) -> str:
+def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, many: bool = False) -> str:
     """The served predictions of one model and day (params: day, model id), with the latest label: from the
     model's own table, so a pass reads that model's rows only. Labels are matched on the prediction id,
-    also those logged before their prediction arrived (up to EARLY_LABEL_DAYS)."""
+    also those logged before their prediction arrived (up to EARLY_LABEL_DAYS). `many`: of several days
+    (params: days, first, model id), each row with its `_day`."""
     table = lake_of(con).model_relation(con, model.id)
     # A multiclass model's prediction is its class name (`decision`); its code and probabilities come along.
     output = (f"p.decision AS {PREDICTION}, p.{CLASS_CODE_COLUMN} AS class_code" if model.is_multiclass
               else f"p.score AS {PREDICTION}")
+    day, where = (("$first", "p.partition_date IN (SELECT unnest($days::DATE[]))") if many
+                  else ("$day", "p.partition_date = $day"))
     return f"""
-        SELECT {model_feature_select(config, model.id, 'p.')}, {output}, l.label AS label_value,
-               p.decision AS {quote_ident(DECISION)}
+        SELECT {'p.partition_date AS _day, ' if many else ''}{model_feature_select(config, model.id, 'p.')},
+               {output}, l.label AS label_value, p.decision AS {quote_ident(DECISION)}
         FROM {table} AS p
-        LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
-        WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok"""
+        LEFT JOIN ({latest_labels_sql([model.id], since=day)}) AS l USING (prediction_id)
+        WHERE {where} AND p.model_id = $model AND p.is_ok"""
 
 
 def empty_summary(model: ModelConfig, day: dt.date, error: str | None = None) -> dict:
@@ -357,6 +361,37 @@ def isolated_drift(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded for this model-day
         return [], empty_summary(model, day, f"drift could not be computed: {error_message(exc)}")
+
+
+DRIFT_DAYS = 31  # days of one model read in one query (`isolated_drift_days`)
+
+
+def isolated_drift_days(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
+                        days: list[dt.date], profiles: dict[str, D.Profile], importance: dict[str, float] | None = None,
+                        reference_error: str | None = None) -> list[tuple[list[dict], dict]]:
+    """`isolated_drift` of several days of one model, their rows read once (a backfill costs its rows, not a
+    view and a read a day); each day's error stays that day's. If the read fails, day by day."""
+    if not profiles or not days:
+        return [isolated_drift(con, config, model, day, profiles, importance, reference_error) for day in days]
+    try:
+        rows = con.sql(_day_rows(con, config, model, many=True),
+                       params={"days": days, "first": min(days), "model": model.id}).to_arrow_table()
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - each day read alone, its own error recorded
+        return [isolated_drift(con, config, model, day, profiles, importance, reference_error) for day in days]
+    held, out = f"_drift_rows_{threading.get_ident()}", []
+    for day in days:
+        con.register(held, rows.filter(pc.equal(rows["_day"], pa.scalar(day, pa.date32()))).drop_columns(["_day"]))
+        try:
+            out.append(_drift_of_rows(con, config, model, day, profiles, f"SELECT * FROM {held}", importance))
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded for this model-day
+            out.append(([], empty_summary(model, day, f"drift could not be computed: {error_message(exc)}")))
+        finally:
+            con.unregister(held)
+    return out
 
 
 def drift_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
