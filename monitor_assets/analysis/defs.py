@@ -4,7 +4,6 @@ import dagster as dg
 import pandas as pd
 
 from monitor_assets.analysis.logic import (
-    DRIFT_DAYS,
     drift_day_summary,
     drift_inputs,
     error_message,
@@ -23,7 +22,7 @@ from monitor_assets.analysis.logic import (
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import GROUP_BIAS, GROUP_DRIFT, OWNERS
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.reads import held_models
+from monitor_assets.storage.reads import day_batches, held_models
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.warehouse import replace_partitions_from_frame
 from monitor_assets.wiring import (
@@ -138,11 +137,11 @@ def build_feature_drift(config: MonitorConfig, partitions: dg.PartitionsDefiniti
         with fail_fast(), warehouse.connect_lake() as con:
             profiles, importance, reference_errors = drift_inputs(con, cfg.models)
             held = held_models(con, refreshed)  # failed the data-quality suite
-            # Per model, its days (those that passed the data-quality suite) DRIFT_DAYS at a time: one read each.
+            # Per model, its days (those that passed the data-quality suite) in batches: one read each.
             work_items = []
             for m in cfg.models:
                 mine = [day for day in refreshed if m.id not in held[day]]
-                work_items += [(m, mine[k:k + DRIFT_DAYS]) for k in range(0, len(mine), DRIFT_DAYS)]
+                work_items += [(m, batch) for batch in day_batches(mine)]
             # One model-day's error is recorded on its summary row; the other models and days are analysed.
             work = lambda c, item: isolated_drift_days(c, cfg, item[0], item[1], profiles[item[0].id],  # noqa: E731
                                                        importance[item[0].id], reference_errors.get(item[0].id))

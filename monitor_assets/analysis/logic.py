@@ -49,6 +49,7 @@ from monitor_assets.stats.reference import (
 )
 from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_models
 from monitor_assets.storage.reads import (
+    DAY_COLUMN,
     ERROR_KIND,
     latest_labels_sql,
     load_importance,
@@ -325,7 +326,7 @@ def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
     """The served predictions of one model and day (params: day, model id), with the latest label: from the
     model's own table, so a pass reads that model's rows only. Labels are matched on the prediction id,
     also those logged before their prediction arrived (up to EARLY_LABEL_DAYS). `many`: of several days
-    (params: days, first, model id), each row with its `_day`."""
+    (params: days, first, model id), each row with its DAY_COLUMN."""
     table = lake_of(con).model_relation(con, model.id)
     # A multiclass model's prediction is its class name (`decision`); its code and probabilities come along.
     output = (f"p.decision AS {PREDICTION}, p.{CLASS_CODE_COLUMN} AS class_code" if model.is_multiclass
@@ -333,7 +334,7 @@ def _day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
     day, where = (("$first", "p.partition_date IN (SELECT unnest($days::DATE[]))") if many
                   else ("$day", "p.partition_date = $day"))
     return f"""
-        SELECT {'p.partition_date AS _day, ' if many else ''}{model_feature_select(config, model.id, 'p.')},
+        SELECT {f'p.partition_date AS {DAY_COLUMN}, ' if many else ''}{model_feature_select(config, model.id, 'p.')},
                {output}, l.label AS label_value, p.decision AS {quote_ident(DECISION)}
         FROM {table} AS p
         LEFT JOIN ({latest_labels_sql([model.id], since=day)}) AS l USING (prediction_id)
@@ -363,9 +364,6 @@ def isolated_drift(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model:
         return [], empty_summary(model, day, f"drift could not be computed: {error_message(exc)}")
 
 
-DRIFT_DAYS = 31  # days of one model read in one query (`isolated_drift_days`)
-
-
 def isolated_drift_days(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
                         days: list[dt.date], profiles: dict[str, D.Profile], importance: dict[str, float] | None = None,
                         reference_error: str | None = None) -> list[tuple[list[dict], dict]]:
@@ -382,7 +380,8 @@ def isolated_drift_days(con: duckdb.DuckDBPyConnection, config: MonitorConfig, m
         return [isolated_drift(con, config, model, day, profiles, importance, reference_error) for day in days]
     held, out = f"_drift_rows_{threading.get_ident()}", []
     for day in days:
-        con.register(held, rows.filter(pc.equal(rows["_day"], pa.scalar(day, pa.date32()))).drop_columns(["_day"]))
+        con.register(held, rows.filter(pc.equal(rows[DAY_COLUMN], pa.scalar(day, pa.date32())))
+                     .drop_columns([DAY_COLUMN]))
         try:
             out.append(_drift_of_rows(con, config, model, day, profiles, f"SELECT * FROM {held}", importance))
         except TRANSIENT_ERRORS:

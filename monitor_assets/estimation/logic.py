@@ -31,10 +31,13 @@ from monitor_assets.stats.reference import MIN_REFERENCE_ROWS
 from monitor_assets.storage.fits import stored_or_fitted
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.reads import (
+    DAY_COLUMN,
+    day_batches,
     held_models,
     latest_labels_sql,
     model_feature_select,
     reference_reader_sql,
+    split_by_day,
 )
 from monitor_assets.storage.sql import quote_ident
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
@@ -161,13 +164,10 @@ def estimators(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> tup
     return stored_or_fitted(con, ESTIMATORS, "estimator", models, fit_key, load, fit)
 
 
-FRAME_DAYS = 31  # days of one model read in one query (`day_frames`): a backfill costs its rows, not a query a day
-
-
 def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
                days: list[dt.date]) -> Iterator[tuple[dt.date, pd.DataFrame]]:
     """Each of `days` with its served, scored rows (score, logged decision 1/0/NULL, version, latest label,
-    features; a multiclass model's rows with logged probabilities), FRAME_DAYS days a query."""
+    features; a multiclass model's rows with logged probabilities), DAYS_PER_READ days a query."""
     lake = lake_of(con)
     if not days or not lake.has_table(lake.model_path(model.id)):
         for day in days:
@@ -183,25 +183,14 @@ def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mod
         features = (f", {model_feature_select(config, model.id, 'p.')}"
                     if needs_features(method_of(model)) and model.features else "")
         picks = (f"p.score, {decision} AS decision, p.model_version, l.label{features}", "isfinite(p.score)")
-    ordered = sorted(days)
-    for start in range(0, len(ordered), FRAME_DAYS):
-        chunk = ordered[start:start + FRAME_DAYS]
+    for chunk in day_batches(days):
         frame = con.execute(f"""
-            SELECT p.partition_date AS _day, {picks[0]}
+            SELECT p.partition_date AS {DAY_COLUMN}, {picks[0]}
             FROM {table} AS p
             LEFT JOIN ({latest_labels_sql([model.id], since="$first")}) AS l USING (prediction_id)
             WHERE p.partition_date IN (SELECT unnest($days::DATE[])) AND p.model_id = $model AND p.is_ok
                   AND {picks[1]}""", {"first": chunk[0], "days": chunk, "model": model.id}).df()
-        by_day = {pd.Timestamp(d).date(): g.drop(columns="_day").reset_index(drop=True)
-                  for d, g in frame.groupby("_day", sort=False)} if len(frame) else {}
-        empty = frame.drop(columns="_day").iloc[0:0]
-        for day in chunk:
-            yield day, by_day.get(day, empty)
-
-
-def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date) -> pd.DataFrame:
-    """One model-day's rows (`day_frames`)."""
-    return next(day_frames(con, config, model, [day]))[1]
+        yield from split_by_day(frame, chunk).items()
 
 
 def _realized(model: ModelConfig, frame: pd.DataFrame) -> dict[str, float]:

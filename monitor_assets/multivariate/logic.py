@@ -28,11 +28,14 @@ from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_models
 from monitor_assets.storage.reads import (
+    DAY_COLUMN,
+    day_batches,
     feature_columns,
     held_models,
     load_profiles,
     profile_errors,
     reference_reader_sql,
+    split_by_day,
 )
 from monitor_assets.storage.sql import quote_ident
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
@@ -99,14 +102,11 @@ def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mod
         return {day: pd.DataFrame() for day in days}
     stored = feature_columns(config)
     column_of = {f.name: "p." + quote_ident(stored[(f.source, f.type)]) for f in model.features}
-    frame = con.execute(f"""SELECT p.partition_date AS _day, {_select(model, column_of, booleans)}
+    frame = con.execute(f"""SELECT p.partition_date AS {DAY_COLUMN}, {_select(model, column_of, booleans)}
                             FROM {lake.model_relation(con, model.id)} AS p
                             WHERE p.partition_date IN (SELECT unnest($days::DATE[])) AND p.model_id = $model
                                   AND p.is_ok""", {"days": days, "model": model.id}).df()
-    by_day = {pd.Timestamp(d).date(): g.drop(columns="_day").reset_index(drop=True)
-              for d, g in frame.groupby("_day", sort=False)} if len(frame) else {}
-    empty = frame.drop(columns="_day").iloc[0:0]
-    return {day: by_day.get(day, empty) for day in days}
+    return split_by_day(frame, days)
 
 
 def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
@@ -187,9 +187,6 @@ def isolated_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: M
         return [error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}")]
 
 
-FRAME_DAYS = 31  # days of one model read in one query (`isolated_days`)
-
-
 def isolated_days(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
                   ref: MV.MultivariateReference, days: list[dt.date], booleans: dict) -> list[dict]:
     """`isolated_day` of several days of one model, their rows read in one query; if that read fails, day by
@@ -223,7 +220,7 @@ def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, da
     work = []
     for m in (m for m in models if m.id in fitted):
         mine = [day for day in days if m.id not in held.get(day, set())]
-        work += [(m, mine[k:k + FRAME_DAYS]) for k in range(0, len(mine), FRAME_DAYS)]
+        work += [(m, batch) for batch in day_batches(mine)]
     for found in map_models(con, lambda c, item: isolated_days(c, config, item[0], fitted[item[0].id], item[1],
                                                                booleans[item[0].id]), work, workers):
         rows += found

@@ -52,6 +52,27 @@ def latest_labels_sql(model_ids: Sequence[str] | None = None, *, since: str | No
                GROUP BY prediction_id"""
 
 
+# A model's days read in one query by the per-model-day steps (estimation, multivariate and feature drift): a
+# backfill costs its rows, not a view and a query a day.
+DAYS_PER_READ = 31
+DAY_COLUMN = "_day"  # the partition date of each row a many-day read returns
+
+
+def day_batches(days: Sequence[dt.date]) -> list[list[dt.date]]:
+    """`days` in order, DAYS_PER_READ at a time."""
+    ordered = sorted(days)
+    return [ordered[k:k + DAYS_PER_READ] for k in range(0, len(ordered), DAYS_PER_READ)]
+
+
+def split_by_day(frame: pd.DataFrame, days: Sequence[dt.date]) -> dict[dt.date, pd.DataFrame]:
+    """A many-day read's rows (with DAY_COLUMN) as one frame per day of `days`, without that column; a day
+    without rows gets an empty frame of the same columns."""
+    by_day = {pd.Timestamp(d).date(): g.drop(columns=DAY_COLUMN).reset_index(drop=True)
+              for d, g in frame.groupby(DAY_COLUMN, sort=False)} if len(frame) else {}
+    empty = frame.drop(columns=DAY_COLUMN).iloc[0:0]
+    return {day: by_day.get(day, empty) for day in days}
+
+
 def models_values_sql(models: Sequence[ModelConfig],
                       columns: Mapping[str, Callable[[ModelConfig], object]]) -> tuple[str, list]:
     """A VALUES relation (model_id, *columns) of these models, as SQL and params: `columns` maps each column's
