@@ -555,7 +555,7 @@ def model_window_rows(model: ModelConfig, ref: Reference, by_day: dict[dt.date, 
         current, values, earlier, verdicts = figures[version]
         if version == ALL_VERSIONS:
             pictures = window_picture_rows(model, ref, current, window, verdicts)
-        rows += _metric_rows(_common(model, window, version, current, last_day), values, reference, earlier)
+        rows += metric_rows(_common(model, window, version, current, last_day), values, reference, earlier)
     return rows, pictures
 
 
@@ -567,7 +567,7 @@ def _common(model: ModelConfig, window: Window, version: str, current: P.Profile
             "complete": window.end <= last_day, "segment": segment, "reference_source": reference_source}
 
 
-def _metric_rows(common: dict, values: dict[str, float], reference: dict[str, float], earlier: dict[str, float]
+def metric_rows(common: dict, values: dict[str, float], reference: dict[str, float], earlier: dict[str, float]
                  ) -> list[dict]:
     """One store row per metric: the window's value beside the reference's (none for drift distances) and the
     previous window's."""
@@ -618,7 +618,7 @@ def segment_window_rows(model: ModelConfig, ref: Reference, by_segment: dict[str
         values = window_metrics(current, against, min_group_size, verdicts)
         earlier = (window_metrics(prior, against, min_group_size)
                    if prior is not None and prior.n_rows >= min_rows else {})
-        rows += _metric_rows(common, values, reference, earlier)
+        rows += metric_rows(common, values, reference, earlier)
     return rows
 
 

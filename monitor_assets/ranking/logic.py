@@ -468,7 +468,8 @@ def reference_of(config: MonitorConfig, ranker: RankerConfig) -> Reference | Non
 
 def request_figures(frame: pd.DataFrame, ranker: RankerConfig) -> dict[str, tuple[float, float]]:
     """(mean, standard error) of every per-request metric, named as in config (`ndcg_at_10`, `mrr`), and of the
-    per-request loss 1 - NDCG@k (`mean_loss`), over the requests of `frame` (request_id, rank, grade)."""
+    per-request loss 1 - NDCG@k (`mean_loss`), over the requests of `frame` (request_id, rank, grade); and the
+    count of requests with a relevant item (`relevant_requests`, no standard error)."""
     rc = ranker.ranking
     sums = R.ranking_sums(frame.request_id.to_numpy(), frame.grade.to_numpy(dtype=float),
                           rank=frame["rank"].to_numpy(dtype=float), ks=rc.ks, gain=rc.gain)
@@ -479,6 +480,8 @@ def request_figures(frame: pd.DataFrame, ranker: RankerConfig) -> dict[str, tupl
     out["mrr"] = (sums.mean("mrr", rc.no_relevant), sums.standard_error("mrr", rc.no_relevant))
     loss = sums.loss_moments(ranker.main_k, rc.no_relevant)
     out["mean_loss"] = (loss.mean, math.sqrt(loss.var / loss.n) if loss.n > 1 else math.nan)
+    # the weight of the day's means in a window's (`ranking.windows`) when requests without one are excluded
+    out[RELEVANT] = (float(sums.n_with_relevant), math.nan)
     return out
 
 
@@ -546,8 +549,6 @@ def ranker_day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranke
         figures: dict[str, tuple[float, float]] = {}
         if ranker.labels is not None:
             figures.update(request_figures(part, ranker))
-            # the weight of the day's means in a window's (`ranking.windows`) when requests without one are excluded
-            figures[RELEVANT] = (float(part.loc[part.grade > 0, "request_id"].nunique()), math.nan)
         items = R.ItemCounts.of(part.item_id.to_numpy())
         figures.update({m: (v, math.nan) for m, v in _catalogue(items, ref.items if ref else None,
                                                                  part.score.to_numpy(dtype=float), ref).items()})

@@ -19,7 +19,7 @@ import duckdb
 import pandas as pd
 
 from monitor_assets.config import MonitorConfig, RankerConfig
-from monitor_assets.evaluation.logic import STORE_COLUMNS, WHOLE, replace_windows, settings
+from monitor_assets.evaluation.logic import STORE_COLUMNS, WHOLE, metric_rows, replace_windows, settings
 from monitor_assets.evaluation.settings import Window, previous, windows_touching
 from monitor_assets.ranking.logic import ALL_VERSIONS, PERFORMANCE, RELEVANT
 
@@ -70,13 +70,8 @@ def window_rows(frame: pd.DataFrame, ranker: RankerConfig, window: Window, last_
                   "window_start": window.start, "window_end": window.end, "model_id": ranker.id,
                   "model_version": str(version), "n_rows": requests, "n_labelled": labelled, "days_profiled": n_days,
                   "complete": window.end <= last_day, "segment": WHOLE, "reference_source": "model"}
-        rows += [{**common, "metric": metric, "value": _finite(value), "reference_value": _finite(reference.get(metric)),
-                  "previous_value": _finite(earlier.get(metric))} for metric, value in sorted(values.items())]
+        rows += metric_rows(common, dict(sorted(values.items())), reference, earlier)
     return rows
-
-
-def _finite(x) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def write_windows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
