@@ -74,6 +74,24 @@ def demo_db(demo_run):
     con.close()
 
 
+# Two models with their own features, a file per model and day: the ingestion and object-storage tests' config.
+TWO_MODELS_CONFIG = """
+partitions: {start_date: 2026-03-01}
+sources:
+  predictions: {path: "logs/{date}/{model}.jsonl"}
+  labels: {path: "labels/{date}.csv"}
+models:
+  - id: fraud
+    task: binary_classification
+    reference: ref.parquet
+    features: {amount: numeric}
+  - id: reco
+    task: binary_classification
+    reference: ref.parquet
+    features: {clicks: numeric, device: categorical}
+"""
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

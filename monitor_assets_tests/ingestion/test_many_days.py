@@ -11,24 +11,10 @@ from monitor_assets.config import load_config
 from monitor_assets.ingestion import formats, readers
 from monitor_assets.ingestion.readers import MissingInput, day_chunks, ingest_day, ingest_days
 from monitor_assets.storage.warehouse import connect, lake_of
+from monitor_assets_tests.conftest import TWO_MODELS_CONFIG as CONFIG
 from monitor_assets_tests.conftest import write
 
 DAYS = [dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(6)]
-CONFIG = """
-partitions: {start_date: 2026-03-01}
-sources:
-  predictions: {path: "logs/{date}/{model}.jsonl"}
-  labels: {path: "labels/{date}.csv"}
-models:
-  - id: fraud
-    task: binary_classification
-    reference: ref.parquet
-    features: {amount: numeric}
-  - id: reco
-    task: binary_classification
-    reference: ref.parquet
-    features: {clicks: numeric, device: categorical}
-"""
 
 
 def _line(model, day, pid, **over):

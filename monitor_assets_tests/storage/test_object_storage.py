@@ -26,6 +26,7 @@ from monitor_assets.config import load_config
 from monitor_assets.ingestion.readers import ingest_day
 from monitor_assets.storage.lake import Lake, s3_storage_options
 from monitor_assets.storage.warehouse import connect
+from monitor_assets_tests.conftest import TWO_MODELS_CONFIG as CONFIG
 from monitor_assets_tests.conftest import write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,21 +284,6 @@ def test_two_writers_on_distinct_partitions_at_once(s3, tmp_path):
     assert lake.table(lake.path("raw.labels")).version() == 8
 
 
-CONFIG = """
-partitions: {start_date: 2026-03-01}
-sources:
-  predictions: {path: "logs/{date}/{model}.jsonl"}
-  labels: {path: "labels/{date}.csv"}
-models:
-  - id: fraud
-    task: binary_classification
-    reference: ref.parquet
-    features: {amount: numeric}
-  - id: reco
-    task: binary_classification
-    reference: ref.parquet
-    features: {clicks: numeric, device: categorical}
-"""
 
 
 def test_ingestion_onto_the_bucket_and_the_query_command(s3, tmp_path, monkeypatch):
