@@ -185,11 +185,13 @@ def build_fairness(config: MonitorConfig, partitions: dg.PartitionsDefinition,
         refreshed = days_with_label_refresh(days, cfg)
         with fail_fast(), warehouse.connect_lake() as con:
             held = held_models(con, refreshed)  # failed the data-quality suite
-            todo = [(m, d) for d in refreshed for m in cfg.models if m.id not in held[d]]
+            # a model's days read together (DAYS_PER_READ at a time), the models a few at once
+            todo = [(m, batch) for m in cfg.models
+                    for batch in day_batches([d for d in refreshed if m.id not in held[d]])]
             reference = {m.id: reference_disparities(con, m.id) for m in cfg.models}
             # One model-day's error becomes a row with its reason; the other models are analysed.
-            frame, errors = fairness_frame(list(map_models(
-                con, lambda c, item: isolated_fairness(c, cfg, *item, reference[item[0].id]), todo)))
+            frame, errors = fairness_frame([t for tables in map_models(
+                con, lambda c, item: isolated_fairness(c, cfg, *item, reference[item[0].id]), todo) for t in tables])
             for r in errors.itertuples():
                 context.log.warning(f"model {r.model_id} on {r.partition_date}: {r.analysis_error}")
             replace_partitions_from_frame(con, "monitoring.fairness", refreshed, frame, cfg.written_models)

@@ -56,6 +56,7 @@ from monitor_assets.storage.reads import (
     load_profiles,
     model_feature_select,
     profile_errors,
+    split_by_day,
 )
 from monitor_assets.storage.reads import reference_reader_sql as _reader
 from monitor_assets.storage.sql import quote_ident, sql_str
@@ -457,35 +458,62 @@ def _drift_of_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model:
     return out, summary
 
 
-def isolated_fairness(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
-                      reference: dict[str, float] | None = None) -> pd.DataFrame:
-    """`fairness_for_day`; an error (not a transient one) becomes one row with attribute NULL and
-    `analysis_error`, so that every other model is analysed and this one's check fails with the reason."""
-    try:
-        return fairness_for_day(con, config, model, day, reference)
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception as exc:  # noqa: BLE001 - recorded for this model-day
+def isolated_fairness(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
+                      days: list[dt.date], reference: dict[str, float] | None = None) -> list[pd.DataFrame]:
+    """`fairness_for_day` of several days of one model, their rows read in one query; an error (not a transient one) becomes one row with
+    attribute NULL and `analysis_error` for its day (a failed read: each day read alone), so that every other
+    model-day is analysed and this one's check fails with the reason."""
+    def failed(day: dt.date, exc: Exception) -> pd.DataFrame:
         return pd.DataFrame([{"partition_date": day, "model_id": model.id, "attribute": None, "grp": None,
                               "analysis_error": f"fairness could not be computed: {error_message(exc)}"}])
 
+    try:
+        per_day = _fairness_inputs(con, config, model, days)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each day read alone, its own error recorded
+        if len(days) > 1:
+            return [t for day in days for t in isolated_fairness(con, config, model, [day], reference)]
+        return [failed(days[0], exc)]
+    tables = []
+    for day in days:
+        try:
+            tables.append(fairness_for_day(config, model, day, per_day[day], reference))
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded for this model-day
+            tables.append(failed(day, exc))
+    return tables
 
-def fairness_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
-                     day: dt.date, reference: dict[str, float] | None = None) -> pd.DataFrame:
-    """Per attribute and group, rates and disparities (`fairness_table`), with the reference's own
-    disparities beside them (`reference`: the `FAIRNESS_BASELINE` metrics) and the baseline they are judged
-    against: `fairness_baseline` is the config's, or 'absolute' with a `baseline_note` when the reference
-    has no disparity for the attribute (it lacks the column, or has fewer than two eligible groups)."""
+
+def _fairness_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
+                     days: list[dt.date]) -> dict[dt.date, pd.DataFrame]:
+    """Per day, what `fairness_for_day` judges: the group counts (`group_counts`), or for a multiclass model the
+    day's rows; one query for all `days`."""
     attributes = [a.name for a in model.sensitive_attributes]
     if not attributes:
-        return pd.DataFrame()
-    # The predicted class as the performance metrics take it: the logged decision, else the threshold.
+        return {day: pd.DataFrame() for day in days}
+    params = {"days": days, "first": min(days), "model": model.id}
     if model.is_multiclass:
-        return multiclass_fairness(con, config, model, day)
+        return split_by_day(con.sql(_day_rows(con, config, model, many=True), params=params).df(), days)
+    # The predicted class as the performance metrics take it: the logged decision, else the threshold.
     y_pred = (predicted_class_sql(quote_ident(DECISION), PREDICTION, repr(model.decision_threshold))
               if model.is_classifier else PREDICTION)
-    relation = f"SELECT {y_pred} AS y_pred, label_value AS y_true, * FROM ({_day_rows(con, config, model)})"
-    counts = group_counts(con, relation, attributes, {"day": day, "model": model.id})
+    relation = f"SELECT {y_pred} AS y_pred, label_value AS y_true, * FROM ({_day_rows(con, config, model, many=True)})"
+    return split_by_day(group_counts(con, relation, attributes, params, by=DAY_COLUMN), days)
+
+
+def fairness_for_day(config: MonitorConfig, model: ModelConfig, day: dt.date, counts: pd.DataFrame,
+                     reference: dict[str, float] | None = None) -> pd.DataFrame:
+    """Per attribute and group, rates and disparities (`fairness_table` of the day's group `counts`), with the
+    reference's own disparities beside them (`reference`: the `FAIRNESS_BASELINE` metrics) and the baseline they
+    are judged against: `fairness_baseline` is the config's, or 'absolute' with a `baseline_note` when the
+    reference has no disparity for the attribute (it lacks the column, or has fewer than two eligible groups).
+    A multiclass model's `counts` are the day's rows (`multiclass_fairness`)."""
+    if not model.sensitive_attributes:
+        return pd.DataFrame()
+    if model.is_multiclass:
+        return multiclass_fairness(config, model, day, counts)
     table = fairness_table(counts, model.is_classifier, config.min_group_size)
     if not table.empty:
         table.insert(0, "model_id", model.id)
@@ -503,13 +531,11 @@ def fairness_for_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, mode
     return table
 
 
-def multiclass_fairness(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
-                        day: dt.date) -> pd.DataFrame:
-    """Fairness of a multiclass model: per class, its selection rate (share predicted that class) and
-    one-vs-rest rates by group, judged as a binary classifier's; the class is named in `attribute`
+def multiclass_fairness(config: MonitorConfig, model: ModelConfig, day: dt.date, frame: pd.DataFrame) -> pd.DataFrame:
+    """Fairness of a multiclass model on a day's rows `frame`: per class, its selection rate (share predicted that
+    class) and one-vs-rest rates by group, judged as a binary classifier's; the class is named in `attribute`
     (`segment (class books)`). The reference has no multiclass disparity: judged in absolute terms."""
     attributes = [a.name for a in model.sensitive_attributes]
-    frame = con.sql(_day_rows(con, config, model), params={"day": day, "model": model.id}).df()
     if frame.empty:
         return pd.DataFrame()
     labelled = frame.label_value.notna().to_numpy()

@@ -165,23 +165,25 @@ def score_association(con: duckdb.DuckDBPyConnection, relation: str, features: l
 
 
 def group_counts(con: duckdb.DuckDBPyConnection, relation: str, attributes: list[str],
-                 params: list | None = None) -> pd.DataFrame:
+                 params: list | dict | None = None, by: str | None = None) -> pd.DataFrame:
     """Per attribute and group: n, selected, n_labelled, tp, fp, fn, tn and the absolute error sum.
 
     `relation` has `y_pred` (0/1 for classifiers, the prediction for regressors), `y_true`
-    (NULL until labelled) and the attribute columns; a missing attribute value is its own group."""
+    (NULL until labelled) and the attribute columns; a missing attribute value is its own group.
+    `by`: a column of `relation` (a day) the counts are also split by, first in the result."""
+    key = f"{quote_ident(by)}, " if by else ""
     parts = []
     for attr in attributes:
         parts.append(f"""
-            SELECT {sql_str(attr)} AS attribute, coalesce({quote_ident(attr)}::VARCHAR, '(missing)') AS grp,
+            SELECT {key}{sql_str(attr)} AS attribute, coalesce({quote_ident(attr)}::VARCHAR, '(missing)') AS grp,
                    count(*) AS n, sum(y_pred) AS selected, count(y_true) AS n_labelled,
                    count(*) FILTER (WHERE y_pred = 1 AND y_true = 1) AS tp,
                    count(*) FILTER (WHERE y_pred = 1 AND y_true = 0) AS fp,
                    count(*) FILTER (WHERE y_pred = 0 AND y_true = 1) AS fn,
                    count(*) FILTER (WHERE y_pred = 0 AND y_true = 0) AS tn,
                    sum(abs(y_pred - y_true)) AS abs_error
-            FROM src GROUP BY grp""")
-    sql = f"WITH src AS MATERIALIZED ({relation}) " + " UNION ALL ".join(parts) + " ORDER BY attribute, grp"
+            FROM src GROUP BY {key}grp""")
+    sql = f"WITH src AS MATERIALIZED ({relation}) " + " UNION ALL ".join(parts) + f" ORDER BY {key}attribute, grp"
     return con.execute(sql, params or []).df() if parts else pd.DataFrame()
 
 

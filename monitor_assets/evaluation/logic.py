@@ -83,10 +83,13 @@ from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.per_model import error_message, map_models
 from monitor_assets.storage.reads import (
+    DAY_COLUMN,
+    day_batches,
     feature_columns,
     held_models,
     latest_labels_sql,
     reference_reader_sql,
+    split_by_day,
 )
 from monitor_assets.storage.reads import load_profiles as load_reference_profiles
 from monitor_assets.storage.sql import quote_ident, segment_sql, sql_str
@@ -330,8 +333,9 @@ def reference_errors(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
 
 
 def day_rows_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig) -> str:
-    """One model-day's served rows (params: day, model) with the latest label known: the features as the reference
-    side reads them, score, label, the predicted class, the sensitive attributes, the model version."""
+    """Several model-days' served rows (params: days, model), each with its day (DAY_COLUMN) and the latest label
+    known: the features as the reference side reads them, score, label, the predicted class, the sensitive
+    attributes, the model version. Labels from the first day on, as performance and estimation read them."""
     stored = feature_columns(config)
     specs = feature_specs(model)
     column_of = {f.name: "p." + quote_ident(stored[(f.source, f.type)]) for f in model.features}
@@ -346,11 +350,13 @@ def day_rows_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: M
     segments = _segment_picks(model, {c.name: "p." + quote_ident(stored[(c.source, c.type)])
                                       for c in model.logged_columns})
     return f"""
-        SELECT {', '.join(_values(specs, column_of, attributes) + segments)}, p.score AS score, l.label AS label,
-               {predicted}::DOUBLE AS predicted{proba}, coalesce(p.model_version, '') AS model_version
+        SELECT p.partition_date AS {DAY_COLUMN}, {', '.join(_values(specs, column_of, attributes) + segments)},
+               p.score AS score, l.label AS label, {predicted}::DOUBLE AS predicted{proba},
+               coalesce(p.model_version, '') AS model_version
         FROM {lake_of(con).model_relation(con, model.id)} AS p
-        LEFT JOIN ({latest_labels_sql([model.id], since="$day")}) AS l USING (prediction_id)
-        WHERE p.partition_date = $day AND p.model_id = $model AND p.is_ok"""
+        LEFT JOIN ({latest_labels_sql([model.id], since="list_min($days::DATE[])")}) AS l USING (prediction_id)
+        WHERE p.partition_date IN (SELECT unnest($days::DATE[])) AND p.model_id = $model AND p.is_ok
+        ORDER BY p.partition_date, p.prediction_id"""  # a profile's float sums then do not depend on the read
 
 
 def _predicted(model: ModelConfig) -> str | None:
@@ -391,18 +397,31 @@ def error_row(model: ModelConfig, day: dt.date, error: str) -> dict:
 
 
 def isolated_profiles(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, ref: Reference,
-                      day: dt.date) -> list[dict]:
-    """`profile_rows` of one model-day; an error (not a transient one) becomes its error row."""
+                      days: list[dt.date]) -> list[dict]:
+    """`profile_rows` of several days of one model, their rows read in one query (a backfill costs its rows, not a
+    query a day); if that read fails, day by day, so a bad day stays that day's error row, as does an error (not a
+    transient one) in a day's profile."""
     lake = lake_of(con)
     if not lake.has_table(lake.model_path(model.id)):
         return []
     try:
-        frame = con.execute(day_rows_sql(con, config, model), {"day": day, "model": model.id}).df()
-        return profile_rows(model, ref, frame, day)
+        frames = split_by_day(con.execute(day_rows_sql(con, config, model), {"days": days, "model": model.id}).df(),
+                              days)
     except TRANSIENT_ERRORS:
         raise
-    except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are profiled
-        return [error_row(model, day, f"profile could not be built: {error_message(exc)}")]
+    except Exception as exc:  # noqa: BLE001 - each day read alone below, its own error recorded
+        if len(days) > 1:
+            return [row for day in days for row in isolated_profiles(con, config, model, ref, [day])]
+        return [error_row(model, days[0], f"profile could not be built: {error_message(exc)}")]
+    rows = []
+    for day in days:
+        try:
+            rows += profile_rows(model, ref, frames[day], day)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are profiled
+            rows.append(error_row(model, day, f"profile could not be built: {error_message(exc)}"))
+    return rows
 
 
 @dataclass
@@ -422,7 +441,8 @@ def write_profiles(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: 
     notes.update(missing)
     held = held_models(con, days)
     rows = [error_row(m, day, missing[m.id]) for m in models if m.id in missing for day in days]
-    work = [(m, day) for m in models if m.id in fitted for day in days if m.id not in held.get(day, set())]
+    work = [(m, batch) for m in models if m.id in fitted
+            for batch in day_batches([day for day in days if m.id not in held.get(day, set())])]
     for found in map_models(con, lambda c, item: isolated_profiles(c, config, item[0], fitted[item[0].id], item[1]),
                            work, workers):
         rows += found
