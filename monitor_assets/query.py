@@ -33,8 +33,7 @@ from typing import TextIO
 import duckdb
 
 from monitor_assets.config import ConfigError, load_config
-from monitor_assets.storage.alert_state import SCHEMA as STATE_SCHEMA
-from monitor_assets.storage.alert_state import STATE_TABLES
+from monitor_assets.storage.alert_state import AlertState
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, PREDICTIONS, TABLES, Lake, model_table, registered
 from monitor_assets.storage.sql import quote_ident, sql_str
 from monitor_assets.storage.warehouse import SCHEMA_SQL, waiting_out_locks
@@ -76,7 +75,7 @@ def warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
     if not path.is_file():
         raise QueryError(f"no warehouse at {path} (run the pipeline first, or set MONITOR_WAREHOUSE)")
     try:
-        con = open_read_only(path, config.lake_path, config.state_path)
+        con = open_read_only(path, config.lake_path, AlertState.for_config(config))
     except (duckdb.Error, OSError, sqlite3.Error, ValueError, RuntimeError) as exc:
         raise QueryError(_one_line(exc)) from None
     try:
@@ -85,7 +84,7 @@ def warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
-def open_read_only(path: str | os.PathLike, lake_path: str, state_path: str | os.PathLike | None = None,
+def open_read_only(path: str | os.PathLike, lake_path: str, state: AlertState | str | os.PathLike | None = None,
                    retries: int = 8, base_delay: float = 0.25) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB database holding exactly the documented tables, then locked: no file access but
     the lake's current data files, no extensions, no settings changed. The caller still checks statements
@@ -98,8 +97,8 @@ def open_read_only(path: str | os.PathLike, lake_path: str, state_path: str | os
         con.execute("SET enable_progress_bar = false")
         con.execute(SCHEMA_SQL)  # every documented table of the file exists, also on a file older than this code
         _copy_file_tables(con, Path(path), retries, base_delay)
-        if state_path is not None:
-            _copy_state_tables(con, Path(state_path))
+        if state is not None:  # a path: a local state file
+            _copy_state_tables(con, state if isinstance(state, AlertState) else AlertState(state))
         files = _lake_views(con, Lake(lake_path))
         con.execute("SET search_path = 'raw,monitoring'")  # SHOW TABLES lists the documented tables
         # Exactly the files the views read (DuckDB may name a remote one either way); everything else is closed.
@@ -141,34 +140,18 @@ def _copy_file_tables(con: duckdb.DuckDBPyConnection, path: Path, retries: int, 
         con.execute(f"DETACH {_FILE_ALIAS}")
 
 
-def _copy_state_tables(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """The alert state (`monitoring.alert_deliveries`, `...acknowledgements`, `...silences`) from the SQLite
-    file, opened read-only and read in one transaction; the tables are empty when there is no file yet."""
-    schema = sqlite3.connect(":memory:")
-    schema.executescript(STATE_SCHEMA)
-    source = None
-    if path.is_file():
-        source = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True,
-                                 isolation_level=None, timeout=30)
-    try:
-        if source is not None:
-            source.execute("BEGIN")  # one snapshot of the three tables
-            present = {n for (n,) in source.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        for name, table in STATE_TABLES.items():
-            db = source if source is not None and table in present else schema
-            columns = [(c[1], _SQLITE_TYPES.get(c[2].upper(), "VARCHAR"))
-                       for c in db.execute(f"PRAGMA table_info({quote_ident(table)})")]
-            rows = db.execute(f"SELECT * FROM {quote_ident(table)}").fetchall()  # noqa: S608 - fixed names
-            schema_name, view = name.split(".", 1)
-            con.execute(f"CREATE TABLE {schema_name}.{quote_ident(view)} ("
-                        + ", ".join(f"{quote_ident(c)} {t}" for c, t in columns) + ")")
-            if rows:
-                con.executemany(f"INSERT INTO {schema_name}.{quote_ident(view)} VALUES "
-                                f"({', '.join('?' * len(columns))})", rows)
-    finally:
-        schema.close()
-        if source is not None:
-            source.close()
+def _copy_state_tables(con: duckdb.DuckDBPyConnection, state: AlertState) -> None:
+    """The alert state (`monitoring.alert_deliveries`, `...acknowledgements`, `...silences`), read in one
+    transaction without writing (`AlertState.snapshot`: the SQLite file or, in prod, PostgreSQL); the tables
+    are empty when there is no state yet."""
+    for name, columns, rows in state.snapshot():
+        schema_name, view = name.split(".", 1)
+        con.execute(f"CREATE TABLE {schema_name}.{quote_ident(view)} ("
+                    + ", ".join(f"{quote_ident(c)} {_SQLITE_TYPES.get(t.upper(), 'VARCHAR')}" for c, t in columns)
+                    + ")")
+        if rows:
+            con.executemany(f"INSERT INTO {schema_name}.{quote_ident(view)} VALUES "
+                            f"({', '.join('?' * len(columns))})", rows)
 
 
 def _lake_views(con: duckdb.DuckDBPyConnection, lake: Lake) -> list[str]:

@@ -182,7 +182,7 @@ def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day:
                         WHERE status = 'open' AND partition_date <= ?""", params=[day]).df()
     from monitor_assets.storage.alert_state import AlertState
 
-    alerts = AlertState(config.state_path).annotate(alerts)
+    alerts = AlertState.for_config(config).annotate(alerts)
     alerts = (alerts.groupby(["model_id", "severity", "state"]).size().rename("n").reset_index()
               if len(alerts) else pd.DataFrame(columns=["model_id", "severity", "state", "n"]))
     retraining = None

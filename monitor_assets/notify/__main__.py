@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config()
-        state = AlertState(config.state_path)
+        state = AlertState.for_config(config)
         if args.command == "ack":
             print(acknowledge(config, state, args.model, args.check, args.day, args.by, args.reason))
         elif args.command == "silence":

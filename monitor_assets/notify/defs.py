@@ -117,7 +117,7 @@ def build_sensors(config: MonitorConfig, check_keys: Sequence[dg.AssetCheckKey],
                            "retried with backoff, quiet for the cooldown, never for acknowledged or silenced "
                            "alerts.")
     def alert_sensor(context: dg.SensorEvaluationContext):
-        state = AlertState(config.state_path)
+        state = AlertState.for_config(config)
         # A sensor turned on for the first time (or reset) looks back one day, not through all history:
         # last month's failures are on the dashboard, not worth a page now.
         watermark = (float(json.loads(context.cursor)["watermark"]) if context.cursor
@@ -157,7 +157,7 @@ def build_sensors(config: MonitorConfig, check_keys: Sequence[dg.AssetCheckKey],
         partition = (run.tags.get("dagster/partition") or
                      "..".join(filter(None, (run.tags.get("dagster/asset_partition_range_start"),
                                              run.tags.get("dagster/asset_partition_range_end")))))
-        state = AlertState(config.state_path)
+        state = AlertState.for_config(config)
         state.enqueue([{
             "alert_key": f"run|{run.run_id}", "model_id": ALL_MODELS, "check_name": RUN_FAILED,
             "partition_date": partition or time.strftime("%Y-%m-%d", time.gmtime()), "severity": "ERROR",
@@ -207,7 +207,7 @@ NO_RUN_RETRY = {"dagster/max_retries": "0"}
 
 def build_alert_action_jobs(monitor: MonitorConfig) -> list[dg.JobDefinition]:
     def state() -> AlertState:
-        return AlertState(monitor.state_path)
+        return AlertState.for_config(monitor)
 
     def run(context, action) -> None:
         try:

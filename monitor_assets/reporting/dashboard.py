@@ -132,7 +132,7 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
         drift_share=q("SELECT partition_date, model_id, drift_share FROM monitoring.drift_summary WHERE partition_date <= ?"),
         fairness=q("""SELECT partition_date, model_id, attribute, grp, selection_rate, below_min_size
                       FROM monitoring.fairness WHERE partition_date <= ?"""),
-        alerts=AlertState(config.state_path).annotate(alerts),
+        alerts=AlertState.for_config(config).annotate(alerts),
         quality=q("""SELECT partition_date, source, sum(records_read) AS records_read,
                             sum(records_loaded) AS records_loaded, sum(records_quarantined) AS records_quarantined
                      FROM raw.ingestion_log WHERE partition_date <= ? GROUP BY 1, 2 ORDER BY 1"""),

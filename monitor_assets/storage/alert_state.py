@@ -1,9 +1,12 @@
 """Alert state that changes between runs: the delivery outbox, acknowledgements and silences.
 
-It lives in a small SQLite file beside the warehouse (`<warehouse>_state.sqlite`), not in the DuckDB
-warehouse: the sensor (in the code server), the command line and the pipeline's steps all write it
-from different processes, and DuckDB admits one writer process per file while SQLite lets each
-take a short write lock in turn. Times are UTC epoch seconds. No Dagster here.
+Locally it lives in a small SQLite file beside the warehouse (`<warehouse>_state.sqlite`), not in the
+DuckDB warehouse: the sensor (in the code server), the command line and the pipeline's steps all write it
+from different processes, and DuckDB admits one writer process per file while SQLite lets each take a
+short write lock in turn. With MONITOR_ENV=prod, where those processes run on several machines, it lives
+in the Dagster instance's PostgreSQL database, schema `monitor_state` (`AlertState.for_config` chooses;
+state_sql.py holds the two stores and the few dialect differences). Times are UTC epoch seconds. No Dagster
+here.
 
 Tables (documented names; `python -m monitor_assets.notify list` shows them, with UTC dates):
   monitoring.alert_deliveries      one row per alert (model, check, day) and channel: the outbox; for
@@ -17,15 +20,28 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from monitor_assets.formatting import iso, plain_number
+from monitor_assets.storage.state_sql import (
+    POSTGRES,
+    PgLocation,
+    PostgresStore,
+    Session,
+    SqliteStore,
+    StateConfigError,
+)
+
+if TYPE_CHECKING:
+    from monitor_assets.config import MonitorConfig
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_deliveries (
@@ -106,6 +122,9 @@ _SILENCE_MATCH = """(SELECT min(s.id) FROM alert_silences s WHERE s.lifted_at IS
 STATE_TABLES = {"monitoring.alert_deliveries": "alert_deliveries",
                 "monitoring.alert_acknowledgements": "alert_acknowledgements",
                 "monitoring.alert_silences": "alert_silences"}
+# Row order of `table()` and the SQL shell's copy, the same on both stores (PostgreSQL keeps no insertion order).
+_ORDER = {"alert_deliveries": "enqueued_at, alert_key, channel", "alert_acknowledgements": "id",
+          "alert_silences": "id"}
 
 
 def alert_key(model_id: str, check_name: str, partition_date) -> str:
@@ -113,33 +132,52 @@ def alert_key(model_id: str, check_name: str, partition_date) -> str:
 
 
 class AlertState:
-    """The state file; every method opens a short connection, so any process may call it any time."""
+    """The alert state; every method opens a short connection, so any process may call it any time.
+    `AlertState(path)`: a SQLite file; `AlertState.for_config(config)`: the deployment's store."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, where: str | Path | SqliteStore | PostgresStore):
+        self.store = where if isinstance(where, SqliteStore | PostgresStore) else SqliteStore(where)
+
+    @classmethod
+    def for_config(cls, config: MonitorConfig, environ: Mapping[str, str] | None = None) -> AlertState:
+        """The state of `config`'s deployment, picked by $MONITOR_ENV: prod, the instance's PostgreSQL
+        database (the DAGSTER_PG_* variables; a missing one fails here, before anything is written), into
+        which a local state file of that deployment is copied once while PostgreSQL's tables are empty;
+        local (default), the SQLite file `config.state_path`."""
+        environ = os.environ if environ is None else environ
+        env = environ.get("MONITOR_ENV") or "local"
+        if env == "prod":
+            return cls(PostgresStore(PgLocation.from_env(environ), legacy_file=config.state_path))
+        if env != "local":
+            raise StateConfigError(f"MONITOR_ENV={env!r}: expected one of local, prod")
+        return cls(config.state_path)
+
+    def __repr__(self) -> str:
+        return f"AlertState({self.store!r})"
 
     @contextmanager
-    def connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        con.row_factory = sqlite3.Row
+    def connect(self, write: bool = False) -> Iterator[Session]:
+        """A session; `write`: one transaction, writers one at a time (claims cannot interleave)."""
+        with self.store.connect(SCHEMA, _add_columns, write=write) as session:
+            yield session
+
+    def snapshot(self) -> list[tuple[str, list[tuple[str, str]], list[tuple]]]:
+        """Every state table under its documented name, read in one transaction without writing anything:
+        (name, [(column, declared SQLite type)], rows); a table not made yet is empty (the read-only SQL
+        shell shows these)."""
+        declared = sqlite3.connect(":memory:")
         try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA busy_timeout=30000")
-            con.executescript(SCHEMA)
-            _add_columns(con)
-            if write:
-                con.execute("BEGIN IMMEDIATE")  # one writer at a time: claims cannot interleave
-                try:
-                    yield con
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-            else:
-                yield con
+            declared.executescript(SCHEMA)
+            types = {t: {c[1]: c[2] for c in declared.execute(f"PRAGMA table_info({t})")}  # noqa: S608
+                     for t in STATE_TABLES.values()}
         finally:
-            con.close()
+            declared.close()
+        found = self.store.snapshot(_ORDER)
+        out = []
+        for name, table in STATE_TABLES.items():
+            columns, rows = found.get(table, (list(types[table]), []))
+            out.append((name, [(c, types[table].get(c, "TEXT")) for c in columns], rows))
+        return out
 
     # -- the outbox --------------------------------------------------------------------------------
 
@@ -156,21 +194,19 @@ class AlertState:
         if not rows:
             return 0
         with self.connect(write=True) as con:
-            before = con.total_changes
-            con.executemany("""
-                INSERT INTO alert_deliveries (alert_key, channel, model_id, check_name, partition_date, severity,
+            return con.executemany("""
+                INSERT INTO alert_deliveries AS d (alert_key, channel, model_id, check_name, partition_date, severity,
                     value, threshold, message, details, run_id, evaluated_at, status, enqueued_at, next_attempt_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)
                 ON CONFLICT (alert_key, channel) DO UPDATE SET
                     severity = excluded.severity, value = excluded.value, threshold = excluded.threshold,
                     message = excluded.message, details = excluded.details, run_id = excluded.run_id,
                     evaluated_at = excluded.evaluated_at, resolved_at = NULL,
-                    status = CASE WHEN status = 'resolved' THEN 'pending' ELSE status END,
-                    enqueued_at = CASE WHEN status = 'resolved' THEN excluded.enqueued_at ELSE enqueued_at END,
-                    next_attempt_at = CASE WHEN status = 'resolved' THEN excluded.next_attempt_at
-                                           ELSE next_attempt_at END
-                WHERE excluded.evaluated_at > alert_deliveries.evaluated_at""", rows)
-            return con.total_changes - before
+                    status = CASE WHEN d.status = 'resolved' THEN 'pending' ELSE d.status END,
+                    enqueued_at = CASE WHEN d.status = 'resolved' THEN excluded.enqueued_at ELSE d.enqueued_at END,
+                    next_attempt_at = CASE WHEN d.status = 'resolved' THEN excluded.next_attempt_at
+                                           ELSE d.next_attempt_at END
+                WHERE excluded.evaluated_at > d.evaluated_at""", rows)
 
     def resolve(self, check_name: str, partition_date: str, failing_models: set[str], evaluated_at: float) -> int:
         """A newer evaluation of (check, day) in which these models no longer fail: pending rows are
@@ -207,9 +243,8 @@ class AlertState:
     def give_up(self, now: float, after_s: float) -> list[dict]:
         """Pending rows older than `after_s`: closed as gave_up and returned, so someone is told."""
         with self.connect(write=True) as con:
-            rows = [dict(r) for r in con.execute(
-                """SELECT * FROM alert_deliveries WHERE status = 'pending' AND enqueued_at < ?
-                   AND (claimed_until IS NULL OR claimed_until < ?)""", [now - after_s, now])]
+            rows = con.dicts("""SELECT * FROM alert_deliveries WHERE status = 'pending' AND enqueued_at < ?
+                                AND (claimed_until IS NULL OR claimed_until < ?)""", [now - after_s, now])
             con.executemany("""UPDATE alert_deliveries SET status = 'gave_up', closed_reason = ?
                                WHERE alert_key = ? AND channel = ?""",
                             [(f"gave up after {r['attempts']} attempt(s); last error: {r['last_error']}",
@@ -218,10 +253,9 @@ class AlertState:
 
     def due(self, now: float) -> list[dict]:
         with self.connect() as con:
-            return [dict(r) for r in con.execute(
-                """SELECT * FROM alert_deliveries WHERE status = 'pending' AND next_attempt_at <= ?
-                   AND (claimed_until IS NULL OR claimed_until < ?)
-                   ORDER BY channel, model_id, check_name, delivered_to, partition_date""", [now, now])]
+            return con.dicts("""SELECT * FROM alert_deliveries WHERE status = 'pending' AND next_attempt_at <= ?
+                                AND (claimed_until IS NULL OR claimed_until < ?)
+                                ORDER BY channel, model_id, check_name, delivered_to, partition_date""", [now, now])
 
     def last_sent(self, channel: str, model_id: str, check_name: str) -> float | None:
         with self.connect() as con:
@@ -242,9 +276,9 @@ class AlertState:
                                WHERE alert_key = ? AND channel = ? AND status = 'pending'
                                AND (claimed_until IS NULL OR claimed_until < ?)""",
                             [(token, now + ttl_s, k, channel, now) for k in keys])
-            return [dict(r) for r in con.execute(
+            return con.dicts(
                 "SELECT * FROM alert_deliveries WHERE claim_token = ? AND claimed_until > ? ORDER BY partition_date",
-                [token, now])]
+                [token, now])
 
     def mark_sent(self, token: str, now: float, delivered: list[str] | None = None) -> int:
         """The claimed rows went out; `delivered`: the e-mail recipients the server took this time."""
@@ -265,9 +299,10 @@ class AlertState:
     def mark_failed(self, token: str, error: str, now: float, base_backoff_s: float, max_backoff_s: float) -> int:
         """Another attempt later: backoff doubles with each failed attempt, up to `max_backoff_s`."""
         with self.connect(write=True) as con:
+            least = con.dialect.least  # SQLite's scalar min(a, b) is PostgreSQL's LEAST(a, b)
             return con.execute(
-                """UPDATE alert_deliveries SET attempts = attempts + 1, last_error = ?,
-                       next_attempt_at = ? + min(?, ? * (1 << min(attempts, 20))),
+                f"""UPDATE alert_deliveries SET attempts = attempts + 1, last_error = ?,
+                       next_attempt_at = ? + {least}(?, ? * (1 << {least}(attempts, 20))),
                        claim_token = NULL, claimed_until = NULL
                    WHERE claim_token = ?""", [error[:500], now, max_backoff_s, base_backoff_s, token]).rowcount
 
@@ -299,10 +334,10 @@ class AlertState:
                     f"no open alert to acknowledge for model {model_id}, check {check_name or 'any'}, day "
                     f"{partition_date or 'up to ' + through}; for alerts still to come use a silence, which "
                     f"ends: silence --model {model_id} --hours H")
-            cur = con.execute("""INSERT INTO alert_acknowledgements (model_id, check_name, partition_date,
-                                 through_date, acknowledged_by, acknowledged_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                              [model_id, check_name, partition_date, through, by, now, reason])
-            return int(cur.lastrowid)
+            return int(con.execute("""INSERT INTO alert_acknowledgements (model_id, check_name, partition_date,
+                                      through_date, acknowledged_by, acknowledged_at, reason)
+                                      VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                                   [model_id, check_name, partition_date, through, by, now, reason]).fetchone()[0])
 
     def silence(self, model_id: str | None, check_name: str | None, hours: float, by: str, reason: str,
                 now: float | None = None) -> int:
@@ -311,10 +346,10 @@ class AlertState:
             raise ValueError("a silence needs a model, a check, or both")
         now = time.time() if now is None else now
         with self.connect(write=True) as con:
-            cur = con.execute("""INSERT INTO alert_silences (model_id, check_name, starts_at, ends_at, created_by,
-                                 created_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                              [model_id or None, check_name or None, now, now + hours * 3600, by, now, reason])
-            return int(cur.lastrowid)
+            return int(con.execute("""INSERT INTO alert_silences (model_id, check_name, starts_at, ends_at,
+                                      created_by, created_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                                   [model_id or None, check_name or None, now, now + hours * 3600, by, now,
+                                    reason]).fetchone()[0])
 
     def lift_silence(self, silence_id: int, by: str, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -324,7 +359,8 @@ class AlertState:
 
     def table(self, name: str) -> pd.DataFrame:
         with self.connect() as con:
-            return pd.read_sql_query(f"SELECT * FROM {STATE_TABLES.get(name, name)}", con)  # noqa: S608 - fixed names
+            table = STATE_TABLES.get(name, name)
+            return con.frame(f"SELECT * FROM {table} ORDER BY {_ORDER[table]}")  # noqa: S608 - fixed names
 
     def listing(self, name: str) -> pd.DataFrame:
         """A state table for people: times as ISO UTC dates to the second, numbers without float noise."""
@@ -342,7 +378,7 @@ class AlertState:
         now = time.time() if now is None else now
         out = alerts.copy()
         out["state"], out["state_note"] = out.get("status", pd.Series(dtype=str)), ""
-        if out.empty or not self.path.exists():
+        if out.empty or not self.store.exists():
             return out
         rows = [(i, m, c, str(pd.Timestamp(d).date())) for i, (m, c, d, status) in enumerate(
             zip(out.model_id, out.check_name, out.partition_date, out.status, strict=True)) if status == "open"]
@@ -367,8 +403,14 @@ class AlertState:
 _migrated: set[Path] = set()
 
 
-def _add_columns(con: sqlite3.Connection) -> None:
-    """Bring a state file from an older release up to the current columns (once per file and process)."""
+def _add_columns(con: Session) -> None:
+    """Bring a state file from an older release up to the current columns (once per file and process; on
+    PostgreSQL once per process, under the writers' lock)."""
+    if con.dialect is POSTGRES:
+        for table, columns in _ADDED_COLUMNS.items():
+            for name, kind in columns:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {POSTGRES.ddl(kind)}")
+        return
     path = Path(con.execute("PRAGMA database_list").fetchone()[2])
     if path in _migrated:
         return
@@ -384,7 +426,7 @@ def _add_columns(con: sqlite3.Connection) -> None:
     _migrated.add(path)
 
 
-def _add_delivered(con: sqlite3.Connection, token: str, delivered: list[str], refused: dict | None) -> None:
+def _add_delivered(con: Session, token: str, delivered: list[str], refused: dict | None) -> None:
     """Add recipients to each claimed row's `delivered_to` (a set: nobody is listed twice)."""
     rows = con.execute("SELECT alert_key, channel, delivered_to FROM alert_deliveries WHERE claim_token = ?",
                        [token]).fetchall()

@@ -1,6 +1,6 @@
 """Acknowledge and silence from the command line and from the UI's jobs (typed run config, as the
 Launchpad sends it): who, when and why are recorded, notifications stop, and the dashboard shows
-open, acknowledged and silenced alerts apart."""
+open, acknowledged and silenced alerts apart. On both alert-state stores (`state_backend`)."""
 
 import os
 import subprocess
@@ -14,6 +14,7 @@ from monitor_assets.definitions import build_definitions
 from monitor_assets.notify.defs import ACK_JOB, LIFT_SILENCE_JOB, SILENCE_JOB
 from monitor_assets.reporting.dashboard import ReportData, model_summaries
 from monitor_assets.storage.alert_state import AlertState
+from monitor_assets_tests.storage.alert_state_backends import postgres_server, state_backend  # noqa: F401 - fixtures
 
 
 def cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -24,12 +25,12 @@ def cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 def open_alert(tmp_path, model_id: str, check_name: str, day: str = "2026-10-25") -> None:
     """An alert in the outbox, as the sensor puts it there (only those can be acknowledged)."""
-    state = AlertState(replace(load_config(), warehouse_path=str(tmp_path / "w.duckdb")).state_path)
+    state = AlertState.for_config(replace(load_config(), warehouse_path=str(tmp_path / "w.duckdb")))
     state.enqueue([{"partition_date": day, "model_id": model_id, "check_name": check_name, "severity": "ERROR",
                     "value": 0.5, "threshold": 0.8, "message": "m"}], {"*": ["file"]}, "run-1", 1.0, now=1.0)
 
 
-def test_command_line_acknowledges_silences_and_lists(tmp_path):
+def test_command_line_acknowledges_silences_and_lists(tmp_path, state_backend):  # noqa: F811
     open_alert(tmp_path, "fraud_detector", "drift_share_below_threshold")
     done = cli(tmp_path, "ack", "--model", "fraud_detector", "--check", "drift_share_below_threshold",
                "--by", "ana", "--reason", "planned payment-provider change")
@@ -50,7 +51,7 @@ def test_command_line_acknowledges_silences_and_lists(tmp_path):
     assert cli(tmp_path, "unsilence", "1", "--by", "bo").returncode == 2  # already lifted
 
 
-def test_launchpad_jobs_record_decisions_and_the_summary_tells_them_apart(tmp_path):
+def test_launchpad_jobs_record_decisions_and_the_summary_tells_them_apart(tmp_path, state_backend):  # noqa: F811
     config = replace(load_config(), warehouse_path=str(tmp_path / "w.duckdb"), reports_dir=str(tmp_path))
     defs = build_definitions(config)
     open_alert(tmp_path, "conversion_recommender", "performance_within_baseline")
@@ -74,7 +75,7 @@ def test_launchpad_jobs_record_decisions_and_the_summary_tells_them_apart(tmp_pa
         ("2026-10-01", "demand_forecaster", "error_rate_within_sla", "ERROR"),
     ], columns=["partition_date", "model_id", "check_name", "severity"]).assign(
         value=0.5, threshold=0.8, message="m", status="open", partition_date=lambda d: pd.to_datetime(d.partition_date))
-    state = AlertState(config.state_path)
+    state = AlertState.for_config(config)
     annotated = state.annotate(alerts).set_index("model_id")
     assert annotated.loc["conversion_recommender", "state"] == "acknowledged"
     assert "by ana" in annotated.loc["conversion_recommender", "state_note"]

@@ -1,6 +1,7 @@
 """The outbox against real servers: retries until a channel accepts, each channel on its own, a hanging
 server cannot stall a tick, overlapping ticks never send twice, acknowledgements and silences stop
-notifications, and a delivery that never succeeds is given up and announced."""
+notifications, and a delivery that never succeeds is given up and announced. Tests that keep alert state
+run on both stores (`state_backend`: the local SQLite file, and PostgreSQL as MONITOR_ENV=prod keeps it)."""
 
 import json
 import threading
@@ -16,6 +17,7 @@ from monitor_assets.notify.outbox import channels_by_model, dispatch
 from monitor_assets.storage.alert_state import AlertState
 
 from ..servers import silent_server, smtp_server, webhook_server
+from ..storage.alert_state_backends import postgres_server, state_backend  # noqa: F401 - fixtures
 
 T0 = 1_800_000_000.0  # a fixed "now" (2027-01-15): the tests move time by passing `now`
 
@@ -42,10 +44,10 @@ def file_lines(config) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_smtp_that_refuses_then_accepts_gets_the_alert_once(tmp_path):
+def test_smtp_that_refuses_then_accepts_gets_the_alert_once(tmp_path, state_backend):  # noqa: F811
     with smtp_server() as (port, inbox):
         config = make_config(tmp_path, {"email": email_channel(port)}, ("email",))
-        state = AlertState(config.state_path)
+        state = AlertState.for_config(config)
         state.enqueue([failure()], channels_by_model(config), "run-1", T0, now=T0)
         inbox.refusing = True
         first = dispatch(state, config, now=T0)
@@ -65,10 +67,10 @@ def test_smtp_that_refuses_then_accepts_gets_the_alert_once(tmp_path):
         assert final.status == "sent" and final.attempts == 2 and final.last_error is None
 
 
-def test_a_server_that_never_answers_cannot_stall_a_tick_and_the_alert_is_retried(tmp_path):
+def test_a_server_that_never_answers_cannot_stall_a_tick_and_the_alert_is_retried(tmp_path, state_backend):  # noqa: F811
     with silent_server() as port:
         config = make_config(tmp_path, {"email": email_channel(port, timeout=2)}, ("email",))
-        state = AlertState(config.state_path)
+        state = AlertState.for_config(config)
         # Three problems for the same channel: one hang per tick, the others wait for the next attempt.
         state.enqueue([failure(), failure(check="error_rate_within_sla", value=0.08),
                        failure(model="fraud_detector", check="drift_share_below_threshold", value=0.3)],
@@ -86,12 +88,12 @@ def test_a_server_that_never_answers_cannot_stall_a_tick_and_the_alert_is_retrie
         assert set(state.table("monitoring.alert_deliveries").status) == {"sent"}
 
 
-def test_slack_500_then_200_and_channels_retry_on_their_own(tmp_path, monkeypatch):
+def test_slack_500_then_200_and_channels_retry_on_their_own(tmp_path, monkeypatch, state_backend):  # noqa: F811
     with webhook_server() as hook, smtp_server() as (port, inbox):
         monkeypatch.setenv("TEST_SLACK_URL", hook.url)
         slack = ChannelConfig("slack", "slack", {"webhook_url_env": "TEST_SLACK_URL"})
         config = make_config(tmp_path, {"slack": slack, "email": email_channel(port)}, ("email", "slack"))
-        state = AlertState(config.state_path)
+        state = AlertState.for_config(config)
         state.enqueue([failure(message="from the log: <!channel> & <@U123> see <https://evil|here>")],
                       channels_by_model(config), "run-1", T0, now=T0)
         hook.statuses = [500]
@@ -109,10 +111,10 @@ def test_slack_500_then_200_and_channels_retry_on_their_own(tmp_path, monkeypatc
         assert "<!channel>" in inbox.parsed()[0].get_content()  # plain-text e-mail: shown as written
 
 
-def test_overlapping_ticks_send_each_message_once(tmp_path):
+def test_overlapping_ticks_send_each_message_once(tmp_path, state_backend):  # noqa: F811
     with smtp_server() as (port, inbox):
         config = make_config(tmp_path, {"email": email_channel(port)}, ("email",))
-        state = AlertState(config.state_path)
+        state = AlertState.for_config(config)
         state.enqueue([failure(day=f"2026-10-{d:02d}", check=c) for d in range(10, 20)
                        for c in ("latency_p95_within_sla", "error_rate_within_sla")],
                       channels_by_model(config), "run-1", T0, now=T0)
@@ -128,9 +130,9 @@ def test_overlapping_ticks_send_each_message_once(tmp_path):
             "demand_forecaster: error_rate_within_sla", "demand_forecaster: latency_p95_within_sla"]
 
 
-def test_enqueue_is_idempotent_and_a_newer_pass_resolves_before_sending(tmp_path):
+def test_enqueue_is_idempotent_and_a_newer_pass_resolves_before_sending(tmp_path, state_backend):  # noqa: F811
     config = make_config(tmp_path, {}, ("file",))
-    state = AlertState(config.state_path)
+    state = AlertState.for_config(config)
     channels = channels_by_model(config)
     assert state.enqueue([failure()], channels, "run-1", T0, now=T0) == 1
     assert state.enqueue([failure()], channels, "run-1", T0, now=T0) == 0  # same evaluation read twice
@@ -146,9 +148,9 @@ def test_enqueue_is_idempotent_and_a_newer_pass_resolves_before_sending(tmp_path
     assert "latency p95 900 ms" in file_lines(config)[0]["body"]
 
 
-def test_acknowledged_and_silenced_alerts_are_not_sent_and_the_cooldown_holds_repeats(tmp_path):
+def test_acknowledged_and_silenced_alerts_are_not_sent_and_the_cooldown_holds_repeats(tmp_path, state_backend):  # noqa: F811
     config = make_config(tmp_path, {}, ("file",), alert_cooldown_hours=24.0)
-    state = AlertState(config.state_path)
+    state = AlertState.for_config(config)
     channels = channels_by_model(config)
     silence = state.silence("fraud_detector", None, 2.0, "bo", "retraining today", now=T0)
     state.enqueue([failure(), failure(model="fraud_detector", check="drift_share_below_threshold"),
@@ -176,11 +178,11 @@ def test_acknowledged_and_silenced_alerts_are_not_sent_and_the_cooldown_holds_re
     assert later.sent == 1 and "2026-10-15 .. 2026-10-16 (2 days)" in file_lines(config)[-1]["subject"]
 
 
-def test_a_delivery_that_never_succeeds_is_given_up_and_announced(tmp_path, monkeypatch):
+def test_a_delivery_that_never_succeeds_is_given_up_and_announced(tmp_path, monkeypatch, state_backend):  # noqa: F811
     monkeypatch.setenv("TEST_SLACK_URL", "hooks.slack.com/services/T0/B0/not-a-url-secret")  # no scheme
     slack = ChannelConfig("slack", "slack", {"webhook_url_env": "TEST_SLACK_URL"})
     config = make_config(tmp_path, {"slack": slack}, ("slack",), alert_give_up_hours=24.0)
-    state = AlertState(config.state_path)
+    state = AlertState.for_config(config)
     state.enqueue([failure()], channels_by_model(config), "run-1", T0, now=T0)
     now = T0
     while now < T0 + 24 * 3600:
