@@ -22,6 +22,7 @@ from monitor_assets.notify.defs import ALERT_SENSOR
 from ..conftest import persistent_home, run_job
 from ..postgres import PASSWORD_ENV_VAR, postgres_server, write_postgres_instance  # noqa: F401 (fixture)
 from ..servers import smtp_server
+from ..storage.alert_state_backends import empty_pg_state, pg_connect, pg_env
 
 DEMO = REPO_ROOT / "data" / "demo"
 
@@ -120,6 +121,9 @@ def test_daemon_ticks_deliver_each_new_failure_exactly_once(tmp_path):
 
 def test_alert_sensor_on_a_postgres_instance(postgres_server, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv(PASSWORD_ENV_VAR, postgres_server.password)
+    for name, value in pg_env(postgres_server).items():  # MONITOR_ENV=prod: the alert state in PostgreSQL too
+        monkeypatch.setenv(name, value)
+    empty_pg_state(postgres_server)
     home = tmp_path / "pg_home"
     home.mkdir()
     write_postgres_instance(home, postgres_server)
@@ -143,3 +147,12 @@ def test_alert_sensor_on_a_postgres_instance(postgres_server, tmp_path, monkeypa
         assert "demand_forecaster|latency_p95_within_sla|2026-10-14" in sent
         assert "fraud_detector|drift_share_below_threshold|2026-10-16" in sent
         assert counts[0] < counts[1] == counts[2]  # the second run's failures once; the third tick: nothing
+    # the outbox the sensor worked through is PostgreSQL's: every file alert sent there, no state file written
+    con = pg_connect(postgres_server)
+    try:
+        with con, con.cursor() as cur:
+            cur.execute("SELECT count(*) FROM alert_deliveries WHERE channel = 'file' AND status = 'sent'")
+            assert cur.fetchone()[0] == len(sent)
+    finally:
+        con.close()
+    assert not list(tmp_path.rglob("*_state.sqlite"))
