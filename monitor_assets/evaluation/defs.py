@@ -7,6 +7,7 @@ from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import GROUP_METRICS, OWNERS
 from monitor_assets.evaluation.logic import (
     PROFILES,
+    SAMPLES,
     STORE,
     WINDOW_CHECK,
     WINDOW_PICTURES,
@@ -14,6 +15,7 @@ from monitor_assets.evaluation.logic import (
     day_figures,
     judged_counts,
     latest_windows,
+    multivariate_drifted,
     profiled,
     read_windows,
     settings,
@@ -96,10 +98,13 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
                     "late-label days before them, and writes a report (markdown and HTML) for each window that "
                     "closed in its days, saying which checks warned. Each judged feature's window drift verdict "
                     "(`drift.<feature>.threshold`, `.evidence`, `.drifted`) is decided as the daily drift decides; "
-                    f"the drifted features' reference-vs-window distributions go to `{WINDOW_PICTURES}`.",
+                    f"the drifted features' reference-vs-window distributions go to `{WINDOW_PICTURES}`. For each "
+                    "closed window, multivariate drift (`multivariate.<method>`: the statistic against its "
+                    "calibrated threshold, `.drifted`) on up to 5,000 rows drawn from the days' stored samples "
+                    f"(`{SAMPLES}`) in proportion to the days' rows, against the model's fitted reference.",
         group_name=GROUP_METRICS, kinds={"python"}, owners=OWNERS,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-        retry_policy=IO_RETRY, deps=[keys.DAILY_PROFILES],
+        retry_policy=IO_RETRY, deps=[keys.DAILY_PROFILES, keys.MULTIVARIATE_DRIFT],  # lake only (its samples)
         metadata={"dagster/table_name": STORE, "dagster/column_schema": table_schema(TABLES[STORE][0])},
     )
     def evaluation_store(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -119,6 +124,7 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
             "seconds": round(run.seconds, 2),
             "latest_windows": dg.MetadataValue.md(frame_markdown(latest, limit=40) if len(latest) else "none"),
             "window_pictures": len(run.pictures),
+            "multivariate_windows_drifted": multivariate_drifted(run.frame),
             "drifted_window_features": dg.MetadataValue.md(
                 frame_markdown(run.pictures.sort_values("evidence", ascending=False)[PICTURES_SHOWN], limit=40)
                 if len(run.pictures) else "none"),
@@ -136,8 +142,10 @@ def _window_check(config: MonitorConfig, partitions: dg.PartitionsDefinition) ->
         description="For each evaluation window that closed on the day, per model (every version together, the "
                     "whole model: segments are in the store and not judged here): warns "
                     "when the main metric is below `min_metric_ratio` of the reference's (from 100 labelled rows), "
-                    "a feature's window drift is over its threshold, or a fairness disparity is beyond its bound "
-                    "beyond chance; the message names the window and points to its report.")
+                    "a feature's window drift is over its threshold, a fairness disparity is beyond its bound "
+                    "beyond chance, or the window's multivariate drift reaches its calibrated threshold (as "
+                    "multivariate_drift_within_threshold judges a day); the message names the window and points "
+                    "to its report.")
 
     @dg.multi_asset_check(name="evaluation_window_checks", specs=[spec], retry_policy=IO_RETRY)
     def evaluation_window_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):

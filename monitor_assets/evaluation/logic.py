@@ -36,6 +36,16 @@ every metric above from the segment's own daily profiles, judged against its own
 holds `min_rows` of them (`reference_source` 'segment', else 'model'). The whole model's rows are those it had
 without segments. The check and the reports judge the whole model only.
 
+Multivariate drift per closed window (`multivariate_windows`), every version together, whole model: the window's rows
+drawn from the days' stored samples (`monitoring.multivariate_samples`, kept by the multivariate step) in proportion
+to the days' rows (`window_quotas`, at most stats.multivariate.MAX_ROWS), compared with the model's fitted reference
+(`monitoring.multivariate_references`) as a day is. Rows: `multivariate.<method>` (domain_classifier_auc,
+pca_reconstruction_error; value the statistic, reference_value its calibrated threshold at the sample's size, n_rows
+the window's rows), `multivariate.<method>.drifted` (1 or 0; NULL without a verdict: a sample of fewer than
+MIN_ROWS rows), `multivariate.<method>.feature.<feature>` (a drifted window's top features, their importance) and
+`multivariate.sample_rows` (the rows compared). A window recomputed only because late labels touched it keeps its
+stored rows (its samples did not change).
+
 Multiclass models: performance as stats.multiclass names it (accuracy, precision, recall, f1, f1_macro,
 f1_weighted, log_loss over the rows with logged probabilities, roc_auc with roc_auc_bound), the predicted class as
 a categorical over the class names (`drift.prediction.<statistic>`, as analysis names a model's output), no
@@ -49,6 +59,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +78,9 @@ from monitor_assets.config import (
 from monitor_assets.constants import EVALUATION_WINDOW_CHECK, FAIRNESS_MAX_P, MIN_LABELLED
 from monitor_assets.evaluation.settings import DEFAULT, EvaluationConfig, Window, previous, windows_touching
 from monitor_assets.formatting import fmt_num, fmt_p, fmt_pct, plural
+from monitor_assets.multivariate import logic as MVL
 from monitor_assets.stats import drift as D
+from monitor_assets.stats import multivariate as MV
 from monitor_assets.stats import profiles as P
 from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.distributions import Comparison
@@ -711,6 +724,11 @@ def write_store(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     touched = windows_touching(settings(config).windows, sorted(set(refreshed or days)))
     last_day = max(days)
     frame, notes, pictures = compute_windows(con, config, touched, last_day)
+    joint, joint_notes = multivariate_windows(con, config, touched, days, frame)
+    if len(joint):
+        frame = pd.concat([frame, joint], ignore_index=True) if len(frame) else joint
+    for model_id, why in joint_notes.items():
+        notes[model_id] = f"{notes[model_id]}; {why}" if model_id in notes else why
     # the models' rows only: the rankers' windows of the same store are the ranking stage's (`ranking.windows`)
     replace_windows(con, frame, [w.key for w in touched], config.model_ids)
     replace_windows(con, pictures, [w.key for w in touched], config.model_ids, WINDOW_PICTURES)
@@ -735,6 +753,197 @@ def replace_windows(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, window_
     where = "window_id IN (" + ", ".join(sql_str(k) for k in sorted(set(window_ids))) + ")"
     lake.replace(table, data, None, models=models, where=where)
     lake.refresh(con, table)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multivariate drift per window, from the days' stored samples
+
+SAMPLES = MVL.SAMPLES
+MULTIVARIATE_METHODS = (MV.DOMAIN_CLASSIFIER, MV.RECONSTRUCTION)
+MULTIVARIATE_PREFIX = "multivariate."
+SAMPLE_ROWS_METRIC = MULTIVARIATE_PREFIX + "sample_rows"
+
+
+def window_quotas(n_day_rows: dict[dt.date, int], stored: dict[dt.date, int], max_rows: int = MV.MAX_ROWS
+                  ) -> dict[dt.date, int]:
+    """Rows to take from each day's stored sample so that each day holds the window's sample in proportion to its
+    rows. The size is at most `max_rows` and at most what the samples allow in proportion (min over days of
+    stored x window rows / day rows: a busy day whose sample is a small share of its rows bounds the size, never
+    its share); it is split by largest remainder (ties: the earlier day). No day gets more than it stored."""
+    days = sorted(d for d, n in n_day_rows.items() if n > 0)
+    total = sum(n_day_rows[d] for d in days)
+    if not total:
+        return {}
+    size = min(max_rows, min(stored.get(d, 0) * total // n_day_rows[d] for d in days))
+    quotas = {d: size * n_day_rows[d] // total for d in days}
+    for d in sorted(days, key=lambda d: (-(size * n_day_rows[d] % total), d))[:size - sum(quotas.values())]:
+        quotas[d] += 1
+    return quotas
+
+
+def sample_counts(con: duckdb.DuckDBPyConnection, model_ids: list[str], days: list[dt.date]
+                  ) -> dict[str, tuple[dict[dt.date, int], dict[dt.date, int]]]:
+    """Per model, each day's rows and stored sample size (rows of `monitoring.multivariate_samples`)."""
+    out: dict[str, tuple[dict[dt.date, int], dict[dt.date, int]]] = {}
+    if not model_ids or not days:
+        return out
+    for model_id, day, n, stored in con.execute(
+            f"""SELECT model_id, partition_date, max(n_day_rows), max(sample_rank) + 1 FROM {SAMPLES}
+                WHERE partition_date IN (SELECT unnest(?::DATE[])) AND model_id IN (SELECT unnest(?::VARCHAR[]))
+                GROUP BY ALL""", [days, model_ids]).fetchall():
+        rows, kept = out.setdefault(model_id, ({}, {}))
+        rows[day], kept[day] = int(n), int(stored)
+    return out
+
+
+def read_window_samples(con: duckdb.DuckDBPyConnection, quotas: dict[str, dict[dt.date, int]]) -> pd.DataFrame:
+    """The first `quota` sampled rows of each model-day (model id -> day -> quota), long: model_id,
+    partition_date, sample_rank, feature, number, category. A prefix of a day's shuffled sample is a uniform
+    sample of the day."""
+    picks = pd.DataFrame([(m, d, q) for m, by_day in quotas.items() for d, q in by_day.items() if q > 0],
+                         columns=["model_id", "partition_date", "quota"])
+    if not len(picks):
+        return pd.DataFrame(columns=["model_id", "partition_date", "sample_rank", "feature", "number", "category"])
+    con.register("_window_quotas", picks)
+    try:
+        # the constant bounds let the scan skip partitions and the row groups past the largest quota
+        return con.execute(f"""SELECT s.model_id, s.partition_date, s.sample_rank, s.feature, s.number, s.category
+                               FROM {SAMPLES} AS s JOIN _window_quotas AS q
+                                 ON s.model_id = q.model_id AND s.partition_date = q.partition_date
+                               WHERE s.partition_date IN (SELECT unnest(?::DATE[])) AND s.sample_rank < ?
+                                 AND s.sample_rank < q.quota
+                               ORDER BY s.model_id, s.partition_date, s.sample_rank, s.feature""",
+                           [sorted({d for by_day in quotas.values() for d in by_day}), int(picks.quota.max())]).df()
+    finally:
+        con.unregister("_window_quotas")
+
+
+def sample_frame(long: pd.DataFrame, specs: list[FeatureSpec]) -> pd.DataFrame:
+    """One model's long sample rows as the core reads a day: a row per sampled row (day, rank order), a column
+    per feature (numbers as float, categories as text; missing where a feature was not stored)."""
+    index = pd.MultiIndex.from_frame(long[["partition_date", "sample_rank"]].drop_duplicates()
+                                     .sort_values(["partition_date", "sample_rank"]))
+    columns = {}
+    for f in specs:
+        part = long[long.feature == f.name].set_index(["partition_date", "sample_rank"])
+        if f.kind == "categorical":
+            columns[f.name] = part["category"].reindex(index).astype(object).to_numpy()
+        else:
+            columns[f.name] = pd.to_numeric(part["number"].reindex(index), errors="coerce").to_numpy(float)
+    return pd.DataFrame(columns, index=range(len(index)))
+
+
+def window_seed(model_id: str, window: Window) -> int:
+    return zlib.crc32(f"{model_id}:{window.key}".encode())
+
+
+def multivariate_metrics(found: list[MV.MultivariateDrift], n_sampled: int) -> dict[str, float | None]:
+    """A window's multivariate store metrics -> (value, reference_value) as the module docstring names them."""
+    out: dict[str, float | None] = {SAMPLE_ROWS_METRIC: (float(n_sampled), None)}
+    for r in found:
+        name = MULTIVARIATE_PREFIX + r.method
+        verdict = math.isfinite(r.statistic)
+        out[name] = (_finite(r.statistic), _finite(r.threshold))
+        out[f"{name}.drifted"] = (float(r.drifted) if verdict else None, None)
+        if r.drifted:
+            out.update({f"{name}.feature.{feature}": (_finite(v), None) for feature, v in r.top_features})
+    return out
+
+
+def multivariate_windows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, touched: list[Window],
+                         days: list[dt.date], frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The store's multivariate rows of the touched windows that are closed (end on or before the run's last day),
+    for the config's models with multivariate drift (`multivariate.logic.monitored`). A window holding one of the
+    run's `days` is computed from the stored samples; one touched only by the late-label refresh keeps its stored
+    rows (computed when missing). `frame`: the windows' other rows, whose `n_labelled` and `days_profiled` the
+    multivariate rows repeat. Returns (rows, model id -> why a window has none)."""
+    last_day, run = max(days), set(days)
+    closed = [w for w in touched if w.end <= last_day]
+    models = MVL.monitored(config)
+    if not closed or not models:
+        return pd.DataFrame(columns=STORE_COLUMNS), {}
+    ids = [m.id for m in models]
+    fresh = {w.key for w in closed if any(d in run for d in w.days())}
+    stored = con.execute(f"""SELECT {', '.join(quote_ident(c) for c in STORE_COLUMNS)} FROM {STORE}
+                             WHERE window_id IN (SELECT unnest(?::VARCHAR[])) AND model_version = ?
+                               AND model_id IN (SELECT unnest(?::VARCHAR[])) AND coalesce(segment, '') = ''
+                               AND starts_with(metric, ?)""",
+                         [sorted({w.key for w in closed} | {previous(w).key for w in closed}), ALL_VERSIONS, ids,
+                          MULTIVARIATE_PREFIX]).df()
+    for c in ("window_start", "window_end"):  # dates, as the computed rows have them
+        stored[c] = pd.to_datetime(stored[c]).dt.date
+    have = set(zip(stored.model_id, stored.window_id, strict=True))
+    todo = [(w, m) for w in sorted(closed, key=lambda w: (w.start, w.spec.name)) for m in models
+            if w.key in fresh or (m.id, w.key) not in have]
+    redone = {(m.id, w.key) for w, m in todo}
+    keep = {w.key for w in closed} - fresh
+    kept = stored[[k in keep and (m, k) not in redone
+                   for m, k in zip(stored.model_id, stored.window_id, strict=True)]]
+    values = {(r.model_id, r.window_id, r.metric): _finite(r.value) for r in stored.itertuples()}
+    notes: dict[str, str] = {}
+    rows: list[dict] = []
+    if todo:
+        fitted, missing = MVL.references(con, sorted({m.id: m for _, m in todo}.values(), key=lambda m: m.id))
+        notes.update({m: f"no window multivariate drift: {why}" for m, why in missing.items()})
+        todo = [(w, m) for w, m in todo if m.id in fitted]
+        counts = sample_counts(con, sorted({m.id for _, m in todo}), sorted({d for w, _ in todo for d in w.days()}))
+        profiled_rows = whole_model(frame)
+        profiled_rows = profiled_rows[profiled_rows.model_version == ALL_VERSIONS] if len(profiled_rows) else frame
+        figures = {(r.model_id, r.window_id): (r.n_labelled, r.days_profiled)
+                   for r in profiled_rows.drop_duplicates(["model_id", "window_id"]).itertuples()}
+        by_window: dict[str, list[ModelConfig]] = {}
+        windows = {w.key: w for w, _ in todo}
+        for w, m in todo:
+            by_window.setdefault(w.key, []).append(m)
+        for key in sorted(by_window, key=lambda k: (windows[k].start, k)):
+            window = windows[key]
+            quotas, n_rows = {}, {}
+            for m in by_window[key]:
+                day_rows, kept_rows = counts.get(m.id, ({}, {}))
+                mine = {d: day_rows[d] for d in window.days() if d in day_rows}
+                quotas[m.id] = window_quotas(mine, kept_rows)
+                n_rows[m.id] = sum(mine.values())
+            long = read_window_samples(con, quotas)
+            parts = dict(tuple(long.groupby("model_id", sort=False))) if len(long) else {}
+            for m in by_window[key]:
+                if m.id not in parts:  # no sampled day in the window: no figures, like a day without rows
+                    continue
+                try:
+                    sample = sample_frame(parts[m.id], MVL.feature_specs(m))
+                    found = MVL.judged(fitted[m.id], sample, window_seed(m.id, window))
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one model's window; the others are computed
+                    notes[m.id] = f"window {key} multivariate drift could not be computed: {error_message(exc)}"
+                    continue
+                labelled, profiled = figures.get((m.id, key), (0, len(quotas[m.id])))
+                common = {**_common_multivariate(m, window, n_rows[m.id], last_day), "n_labelled": labelled,
+                          "days_profiled": profiled}
+                before = previous(window).key
+                for metric, (value, reference) in multivariate_metrics(found, len(sample)).items():
+                    values[(m.id, key, metric)] = value
+                    rows.append({**common, "metric": metric, "value": value, "reference_value": reference,
+                                 "previous_value": values.get((m.id, before, metric))})
+    out = pd.DataFrame(rows, columns=STORE_COLUMNS)
+    if len(kept):
+        out = pd.concat([out, kept[STORE_COLUMNS]], ignore_index=True) if len(out) else kept[STORE_COLUMNS]
+    return out, notes
+
+
+def multivariate_drifted(frame: pd.DataFrame) -> int:
+    """How many (model, window) pairs of the store rows have a multivariate statistic over its threshold."""
+    if not len(frame):
+        return 0
+    flagged = frame[frame.metric.str.startswith(MULTIVARIATE_PREFIX) & frame.metric.str.endswith(".drifted")
+                    & (frame.value == 1.0)]
+    return int(flagged[["model_id", "window_id"]].drop_duplicates().shape[0])
+
+
+def _common_multivariate(model: ModelConfig, window: Window, n_rows: int, last_day: dt.date) -> dict:
+    return {"window_id": window.key, "window_name": window.spec.name, "window_kind": window.spec.kind,
+            "window_start": window.start, "window_end": window.end, "model_id": model.id,
+            "model_version": ALL_VERSIONS, "n_rows": n_rows, "complete": window.end <= last_day, "segment": WHOLE,
+            "reference_source": "model"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -803,9 +1012,10 @@ class Warned:
 def window_warnings(part: pd.DataFrame, model: ModelConfig, config: MonitorConfig) -> list[Warned]:
     """What warns on one model's window, from its store rows (every version together): the main metric below
     `min_metric_ratio` of the reference's (judged from MIN_LABELLED labelled rows, as the daily check), features
-    whose window drift is over their threshold (`drift.<f>.drifted`, decided as the daily drift decides), and
+    whose window drift is over their threshold (`drift.<f>.drifted`, decided as the daily drift decides),
     disparities beyond the configured bounds that are unlikely to be chance (judged against the reference as the
-    daily fairness checks are, with the config's tolerance, floor and ceiling)."""
+    daily fairness checks are, with the config's tolerance, floor and ceiling), and multivariate drift over its
+    calibrated threshold (`multivariate.<method>.drifted`)."""
     values = dict(zip(part.metric, part.value, strict=False))
     refs = dict(zip(part.metric, part.reference_value, strict=False))
     n_labelled = int(part.n_labelled.iloc[0]) if len(part) else 0
@@ -827,6 +1037,30 @@ def window_warnings(part: pd.DataFrame, model: ModelConfig, config: MonitorConfi
         out.append(Warned("drift", f"{plural(len(drifted), 'feature')} drifted past the threshold: {names}{more}",
                            _finite(drifted[0][1]), 1.0))
     out += _fairness_warnings(values, refs, model, config)
+    out += _multivariate_warnings(values, refs, part)
+    return out
+
+
+def _multivariate_warnings(values: dict, refs: dict, part: pd.DataFrame) -> list[Warned]:
+    """A window whose multivariate statistic reached its threshold (`multivariate.<method>.drifted` 1), as the
+    daily `multivariate_drift_within_threshold` judges a day: the method, statistic against threshold, the rows
+    compared and the features that carried it."""
+    out = []
+    for method in MULTIVARIATE_METHODS:
+        name = MULTIVARIATE_PREFIX + method
+        if values.get(f"{name}.drifted") != 1.0:
+            continue
+        value, threshold = _finite(values.get(name)), _finite(refs.get(name))
+        prefix = f"{name}.feature."
+        features = sorted(((m[len(prefix):], _finite(v) or 0.0) for m, v in values.items() if m.startswith(prefix)),
+                          key=lambda fv: (-fv[1], fv[0]))
+        rows = part[part.metric == name].n_rows
+        sampled = _finite(values.get(SAMPLE_ROWS_METRIC))
+        named = f"; features: {', '.join(f'{f} ({v:.3g})' for f, v in features)}" if features else ""
+        out.append(Warned("multivariate", f"the features go together unlike the reference: {method} "
+                                           f"{fmt_num(value)} >= threshold {fmt_num(threshold)} on "
+                                           f"{int(sampled or 0):,} of the window's {int(rows.iloc[0]) if len(rows) else 0:,} "
+                                           f"rows{named}", value, threshold))
     return out
 
 

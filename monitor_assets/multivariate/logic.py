@@ -6,6 +6,12 @@ reference. The calibration is the costly part: it runs once per reference versio
 `monitoring.multivariate_references`, like the fitted estimators in `monitoring.estimators`. Each side is sampled
 to MAX_ROWS rows, so a day's cost does not grow with its traffic.
 
+Each model-day's rows also leave a seeded, uniform sample of at most SAMPLE_ROWS feature rows in
+`monitoring.multivariate_samples` (long: one row per sampled row and feature, `number` or `category` as the core
+reads it, `sample_rank` the row's place in a seeded shuffle, so any prefix of a day's sample is itself uniform),
+with the day's row count `n_day_rows`: the evaluation store draws each window's rows from them (`evaluation.logic`),
+never from the prediction files.
+
 Categories are read through `category_sql` with the reference profile's boolean spelling, on both sides, so they
 are the categories the per-feature drift counts. A model-day that fails (a reference that cannot be fitted, a
 column that will not read) is one row with `analysis_error` and no method; the other models go on.
@@ -15,9 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import zlib
 from collections.abc import Callable
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from monitor_assets.config import ModelConfig, MonitorConfig
@@ -42,7 +50,15 @@ from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_fr
 
 MULTIVARIATE = "monitoring.multivariate_drift"
 REFERENCES = "monitoring.multivariate_references"
+SAMPLES = "monitoring.multivariate_samples"
 COLUMNS = [c for c in TABLES[MULTIVARIATE][0] if c != "computed_at"]
+SAMPLE_COLUMNS = [c for c in TABLES[SAMPLES][0] if c != "computed_at"]
+# Rows of each model-day kept for the windows: a 7-day window then has 7,000 rows to draw its MAX_ROWS = 5,000
+# from (the size the thresholds are calibrated at), and a window whose busiest day holds at most a fifth of its rows
+# draws the full 5,000 in proportion to the days' volumes. About 10 bytes per value on disk (measured: 12 features,
+# 1,000 rows: 115 kB per model-day, Parquet via Delta).
+SAMPLE_ROWS = 1000
+VERSION_COLUMN = "__model_version"  # the day frames' model version (kept with the sample; not a feature)
 # Rows of each side a comparison sees (config has no `multivariate:` section yet): 5,000 + 5,000 rows take about
 # 0.1 s per model-day with one thread; the threshold is calibrated at this size.
 MAX_ROWS = 5000
@@ -95,14 +111,15 @@ def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig,
 
 def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, days: list[dt.date],
                booleans: dict[str, tuple[str, str] | None]) -> dict[dt.date, pd.DataFrame]:
-    """Each of `days` with its served rows, the feature columns only, in one query (a backfill costs its rows,
+    """Each of `days` with its served rows, the feature columns and the model version (VERSION_COLUMN), in one query (a backfill costs its rows,
     not a query and a view a day)."""
     lake = lake_of(con)
     if not lake.has_table(lake.model_path(model.id)):
         return {day: pd.DataFrame() for day in days}
     stored = feature_columns(config)
     column_of = {f.name: "p." + quote_ident(stored[(f.source, f.type)]) for f in model.features}
-    frame = con.execute(f"""SELECT p.partition_date AS {DAY_COLUMN}, {_select(model, column_of, booleans)}
+    frame = con.execute(f"""SELECT p.partition_date AS {DAY_COLUMN}, {_select(model, column_of, booleans)},
+                                   coalesce(p.model_version, '') AS {quote_ident(VERSION_COLUMN)}
                             FROM {lake.model_relation(con, model.id)} AS p
                             WHERE p.partition_date IN (SELECT unnest($days::DATE[])) AND p.model_id = $model
                                   AND p.is_ok""", {"days": days, "model": model.id}).df()
@@ -111,7 +128,7 @@ def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mod
 
 def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, day: dt.date,
               booleans: dict[str, tuple[str, str] | None]) -> pd.DataFrame:
-    """One model-day's served rows, the feature columns only."""
+    """One model-day's served rows, the feature columns and the model version (VERSION_COLUMN)."""
     return day_frames(con, config, model, [day], booleans)[day]
 
 
@@ -161,57 +178,113 @@ def keeps_every_component(ref: MV.MultivariateReference) -> bool:
     return ref.pca is not None and len(ref.pca.components) >= int(ref.numeric.sum())
 
 
+def judged(ref: MV.MultivariateReference, frame: pd.DataFrame, seed: int) -> list[MV.MultivariateDrift]:
+    """Both statistics of some rows (a day's, a window's sample); no reconstruction error when the PCA keeps
+    every component. The features are named when a statistic is flagged."""
+    found = MV.multivariate_drift(ref, frame, seed=seed)
+    if keeps_every_component(ref):
+        found = [r for r in found if r.method != MV.RECONSTRUCTION]
+    return found
+
+
 def drift_rows(model: ModelConfig, ref: MV.MultivariateReference, frame: pd.DataFrame, day: dt.date) -> list[dict]:
     """Both statistics of one model-day (none for a day without rows; no reconstruction error when the PCA
     keeps every component). The features are named on flagged rows only: on a quiet day they are noise."""
     if not len(frame):
         return []
-    found = MV.multivariate_drift(ref, frame, seed=day.toordinal())
-    if keeps_every_component(ref):
-        found = [r for r in found if r.method != MV.RECONSTRUCTION]
     return [{"partition_date": day, "model_id": model.id, "method": r.method,
              "statistic": r.statistic if math.isfinite(r.statistic) else None, "threshold": r.threshold,
              "drifted": r.drifted, "n_current": r.n_current, "n_reference": r.n_reference,
              "top_features": top_text(r.top_features) if r.drifted else None, "analysis_error": None}
-            for r in found]
+            for r in judged(ref, frame, day.toordinal())]
 
 
-def isolated_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
-                 ref: MV.MultivariateReference, day: dt.date, booleans: dict) -> list[dict]:
-    """`drift_rows` of one model-day; an error (not a transient one) becomes its `analysis_error` row."""
+def sample_seed(model_id: str, day: dt.date) -> int:
+    """The seed of a model-day's sample: fixed by model and day, so a re-run keeps the same rows."""
+    return zlib.crc32(f"{model_id}:{day.isoformat()}".encode())
+
+
+def day_sample(model: ModelConfig, frame: pd.DataFrame, day: dt.date) -> pd.DataFrame:
+    """`monitoring.multivariate_samples` rows of one model-day: at most SAMPLE_ROWS of its rows, a seeded uniform
+    sample in shuffled order (`sample_rank`: a prefix of any length is a uniform sample too), one row per sampled
+    row and feature, numbers in `number`, categories in `category`, as the core reads them; `n_day_rows` the
+    day's rows. No rows for a day without rows."""
+    n = len(frame)
+    if not n:
+        return pd.DataFrame(columns=SAMPLE_COLUMNS)
+    rows = frame.iloc[np.random.default_rng(sample_seed(model.id, day)).permutation(n)[:SAMPLE_ROWS]]
+    k = len(rows)
+    versions = (rows[VERSION_COLUMN].astype(str).to_numpy(object) if VERSION_COLUMN in rows
+                else np.full(k, "", dtype=object))
+    parts = []
+    for f in feature_specs(model):
+        values = rows[f.name]
+        numeric = f.kind != "categorical"
+        parts.append(pd.DataFrame({
+            "partition_date": day, "model_id": model.id, "model_version": versions, "n_day_rows": n,
+            "sample_rank": np.arange(k), "feature": f.name,
+            "number": pd.to_numeric(values, errors="coerce").to_numpy(float) if numeric else np.nan,
+            "category": None if numeric else values.astype(object).where(values.notna(), None).to_numpy(object)}))
+    return pd.concat(parts, ignore_index=True)[SAMPLE_COLUMNS]
+
+
+def _day(model: ModelConfig, ref: MV.MultivariateReference, frame: pd.DataFrame, day: dt.date
+         ) -> tuple[list[dict], pd.DataFrame | None]:
+    """One model-day's drift rows and sample; an error (not a transient one) is its `analysis_error` row."""
     try:
-        return drift_rows(model, ref, day_frame(con, config, model, day, booleans), day)
+        return drift_rows(model, ref, frame, day), day_sample(model, frame, day)
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are computed
-        return [error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}")]
+        return [error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}")], None
+
+
+def isolated_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
+                 ref: MV.MultivariateReference, day: dt.date, booleans: dict
+                 ) -> tuple[list[dict], list[pd.DataFrame]]:
+    """`drift_rows` and `day_sample` of one model-day; an error (not a transient one) becomes its
+    `analysis_error` row, and the day keeps no sample."""
+    try:
+        frame = day_frame(con, config, model, day, booleans)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are computed
+        return [error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}")], []
+    rows, sample = _day(model, ref, frame, day)
+    return rows, [sample] if sample is not None and len(sample) else []
 
 
 def isolated_days(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
-                  ref: MV.MultivariateReference, days: list[dt.date], booleans: dict) -> list[dict]:
+                  ref: MV.MultivariateReference, days: list[dt.date], booleans: dict
+                  ) -> tuple[list[dict], list[pd.DataFrame]]:
     """`isolated_day` of several days of one model, their rows read in one query; if that read fails, day by
-    day, so a bad day stays that day's `analysis_error`."""
+    day, so a bad day stays that day's `analysis_error`. Returns (drift rows, the days' samples)."""
     try:
         frames = day_frames(con, config, model, days, booleans)
     except TRANSIENT_ERRORS:
         raise
     except Exception:  # noqa: BLE001 - each day read alone below, its own error recorded
-        return [row for day in days for row in isolated_day(con, config, model, ref, day, booleans)]
-    rows = []
+        rows, samples = [], []
+        for day in days:
+            found, sampled = isolated_day(con, config, model, ref, day, booleans)
+            rows += found
+            samples += sampled
+        return rows, samples
+    rows, samples = [], []
     for day in days:
-        try:
-            rows += drift_rows(model, ref, frames[day], day)
-        except TRANSIENT_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are computed
-            rows.append(error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}"))
-    return rows
+        found, sample = _day(model, ref, frames[day], day)
+        rows += found
+        if sample is not None and len(sample):
+            samples.append(sample)
+    return rows, samples
 
 
 def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
                        workers: int | None = None) -> pd.DataFrame:
-    """Replace `days` of monitoring.multivariate_drift for the config's models; returns the rows written.
-    Model-days run a few at once (`map_models`: each thread on its own cursor; the trees use one core each)."""
+    """Replace `days` of monitoring.multivariate_drift and monitoring.multivariate_samples for the config's models
+    (a shard: its models' rows only); returns the drift rows written. Model-days run a few at once (`map_models`:
+    each thread on its own cursor; the trees use one core each). Models without a fitted reference, and held
+    model-days, keep no sample."""
     models = monitored(config)
     fitted, missing = references(con, models)
     held = held_models(con, days)
@@ -221,11 +294,17 @@ def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, da
     for m in (m for m in models if m.id in fitted):
         mine = [day for day in days if m.id not in held.get(day, set())]
         work += [(m, batch) for batch in day_batches(mine)]
-    for found in map_models(con, lambda c, item: isolated_days(c, config, item[0], fitted[item[0].id], item[1],
-                                                               booleans[item[0].id]), work, workers):
+    samples = []
+    for found, sampled in map_models(con, lambda c, item: isolated_days(c, config, item[0], fitted[item[0].id],
+                                                                        item[1], booleans[item[0].id]), work, workers):
         rows += found
+        samples += sampled
     frame = pd.DataFrame(rows, columns=COLUMNS)
     replace_partitions_from_frame(con, MULTIVARIATE, days, frame, models=config.written_models)
+    # rank-major order: a window reading a short prefix of each day's sample skips the row groups past it
+    sample = (pd.concat(samples, ignore_index=True).sort_values(["sample_rank", "model_id", "feature"], kind="stable")
+              if samples else pd.DataFrame(columns=SAMPLE_COLUMNS))
+    replace_partitions_from_frame(con, SAMPLES, days, sample, models=config.written_models)
     return frame
 
 

@@ -94,6 +94,12 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "partition_date": "DATE", "model_id": "VARCHAR", "method": "VARCHAR", "statistic": "DOUBLE",
         "threshold": "DOUBLE", "drifted": "BOOLEAN", "n_current": "BIGINT", "n_reference": "BIGINT",
         "top_features": "VARCHAR", "analysis_error": "VARCHAR", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    # Per model and day (multivariate.logic): a seeded sample of the day's feature rows, long (one row per sampled
+    # row and feature), in shuffled order (`sample_rank`); the evaluation windows' multivariate drift draws from it.
+    "monitoring.multivariate_samples": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "n_day_rows": "BIGINT",
+        "sample_rank": "BIGINT", "feature": "VARCHAR", "number": "DOUBLE", "category": "VARCHAR",
+        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
     # Fitted multivariate references (stats.multivariate), one per model and reference version: fitted once.
     "monitoring.multivariate_references": ({"model_id": "VARCHAR", "fit_key": "VARCHAR", "reference": "VARCHAR",
                                             "reference_rows": "BIGINT", "n_features": "BIGINT",

@@ -295,7 +295,7 @@ def test_window_drift_verdicts_pictures_and_warnings(world):
     early, _ = _window(store, "clf", "week", dt.date(2025, 6, 2))
     assert late["drift.x0.drifted"] == 1.0 and late["drift.x0.evidence"] > 1
     assert late["drift.x0.evidence"] == pytest.approx(late["drift.x0.wasserstein"] / late["drift.x0.threshold"])
-    assert {m: v for m, v in early.items() if m.endswith(".drifted")} == {
+    assert {m: v for m, v in early.items() if m.startswith("drift.") and m.endswith(".drifted")} == {
         "drift.x0.drifted": 0.0, "drift.x1.drifted": 0.0, "drift.shop.drifted": 0.0}
     with connect(None, world["config"].lake_path) as con:
         pictures = con.execute(f"SELECT * FROM {WINDOW_PICTURES} WHERE model_id = 'clf'").df()
