@@ -614,8 +614,9 @@ def baseline_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
     rankers = {r.id: r for r in config.rankers}
     frame = con.execute(f"""SELECT * FROM {PERFORMANCE} WHERE model_version = ? AND partition_date IN
                             (SELECT unnest(?::DATE[]))""", [ALL_VERSIONS, days]).df()
-    frame = frame[[rankers.get(m) is not None and rankers[m].main_metric == k
-                   for m, k in zip(frame.model_id, frame.metric, strict=True)]]
+    # a boolean mask, not a list: an empty list would select no columns of an empty frame
+    frame = frame[np.array([rankers.get(m) is not None and rankers[m].main_metric == k
+                            for m, k in zip(frame.model_id, frame.metric, strict=True)], dtype=bool)]
     judged = frame[frame.below_baseline.notna()]
     evaluated = {pd.Timestamp(d).date(): n for d, n in judged.groupby("partition_date").size().items()}
     if judged_days is not None:
