@@ -288,6 +288,8 @@ class RankerConfig:
     alert_channels: tuple[str, ...] = ("file",)
     owner: str = ""
     task: str = RANKING_TASK
+    # The closed loop (`retraining:`, as a model's; no `loss`: a ranker's is 1 - NDCG@main_k per request).
+    retraining: RetrainingConfig = field(default_factory=RetrainingConfig)
 
     @property
     def main_k(self) -> int:
@@ -1108,7 +1110,7 @@ def _rankers(r: _Reader, models_data: list, defaults: Thresholds) -> tuple[Ranke
             continue
         key = f"models[{i}]"
         r.unknown_keys(data, key, {"id", "task", "version", "source", "labels", "reference", "ranking", "main_metric",
-                                   "thresholds", "alert_channels", "owner"})
+                                   "thresholds", "alert_channels", "owner", "retraining"})
         model_id = r.require(data, "id", key)
         if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
             raise r.fail(f"{key}.id", f"expected letters, digits, '_', '-' or '.', got {model_id!r}")
@@ -1121,6 +1123,10 @@ def _rankers(r: _Reader, models_data: list, defaults: Thresholds) -> tuple[Ranke
             raise r.fail(f"{key}.main_metric", f"expected one of {', '.join(ranking.metrics)} (cut-offs from "
                                                f"ranking.k), got {main!r}")
         channels = data.get("alert_channels", ["file"])
+        retraining = data.get("retraining")
+        if isinstance(retraining, dict) and "loss" in retraining:
+            raise r.fail(f"{key}.retraining.loss", "a ranker's loss is fixed: 1 - NDCG@k per request, k of its "
+                                                   "main metric (README, the closed loop)")
         out.append(RankerConfig(
             id=model_id, version=r.text(_or_empty(data.get("version")), f"{key}.version"), source=source,
             labels=labels,
@@ -1128,7 +1134,8 @@ def _rankers(r: _Reader, models_data: list, defaults: Thresholds) -> tuple[Ranke
             ranking=ranking, main_metric=main,
             thresholds=_thresholds(r, data.get("thresholds"), f"{key}.thresholds", defaults),
             alert_channels=tuple([channels] if isinstance(channels, str) else channels),
-            owner=r.text(_or_empty(data.get("owner")), f"{key}.owner")))
+            owner=r.text(_or_empty(data.get("owner")), f"{key}.owner"),
+            retraining=_retraining(r, retraining, f"{key}.retraining", RANKING_TASK)))
     return tuple(out)
 
 

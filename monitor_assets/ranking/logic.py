@@ -419,6 +419,8 @@ class Reference:
     request_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     item_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
     thresholds: dict = field(default_factory=dict, compare=False)  # day size -> drift thresholds, filled on use
+    # graded references: per request (file order) its version and loss 1 - NDCG@main_k (`frame_losses`)
+    losses: pd.DataFrame | None = field(default=None, compare=False)
 
     def drift_thresholds(self, n_requests: int) -> dict[str, D.Threshold]:
         """The item drift's thresholds for a day of `n_requests` requests (calibrated once per size)."""
@@ -459,7 +461,8 @@ def reference_of(config: MonitorConfig, ranker: RankerConfig) -> Reference | Non
     ref = Reference(items, frame.score.to_numpy(dtype=float) if len(frame) else np.array([]), values,
                     int(frame.request_id.nunique()) if len(frame) else 0, staged.result.quarantined,
                     pd.factorize(frame.request_id)[0] if len(frame) else np.zeros(0, np.int64),
-                    frame.item_id.to_numpy() if len(frame) else np.zeros(0, object))
+                    frame.item_id.to_numpy() if len(frame) else np.zeros(0, object),
+                    losses=frame_losses(frame, ranker) if len(frame) and frame.grade.notna().any() else None)
     _REFERENCES[key] = ref
     return ref
 
@@ -505,23 +508,32 @@ def day_frame(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: dt.date
     any interaction, and how many interactions of those requests were on items not shown; the interactions are
     those of the day's files and the `delay` days after."""
     window = [ranker.id, day, day + dt.timedelta(days=delay)]
-    inter = f"""SELECT request_id, item_id, max(grade) AS grade FROM {INTERACTIONS}
-                WHERE model_id = $1 AND partition_date BETWEEN $2 AND $3 GROUP BY ALL"""
-    frame = con.execute(f"""
-        WITH inter AS ({inter}),
+    frame = day_impressions(con, ranker, day, delay)
+    unmatched = con.execute(f"""
+        WITH inter AS ({_INTERACTIONS_SQL})
+        SELECT count(*) FROM inter
+        WHERE request_id IN (SELECT request_id FROM {IMPRESSIONS} WHERE model_id = $1 AND partition_date = $2)
+          AND NOT EXISTS (SELECT 1 FROM {IMPRESSIONS} i WHERE i.model_id = $1 AND i.partition_date = $2
+                          AND i.request_id = inter.request_id AND i.item_id = inter.item_id)""", window).fetchall()[0][0]
+    return frame, int(unmatched)
+
+
+_INTERACTIONS_SQL = f"""SELECT request_id, item_id, max(grade) AS grade FROM {INTERACTIONS}
+                        WHERE model_id = $1 AND partition_date BETWEEN $2 AND $3 GROUP BY ALL"""
+
+
+def day_impressions(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: dt.date, delay: int) -> pd.DataFrame:
+    """`day_frame`'s impressions (model_version, request_id, item_id, rank, score, grade, labelled), without the
+    count of unmatched interactions."""
+    window = [ranker.id, day, day + dt.timedelta(days=delay)]
+    return con.execute(f"""
+        WITH inter AS ({_INTERACTIONS_SQL}),
              imp AS (SELECT * FROM {IMPRESSIONS} WHERE model_id = $1 AND partition_date = $2)
         SELECT imp.model_version, imp.request_id, imp.item_id, imp.rank, imp.score,
                coalesce(inter.grade, 0.0) AS grade,
                imp.request_id IN (SELECT request_id FROM inter) AS labelled
         FROM imp LEFT JOIN inter USING (request_id, item_id)
         ORDER BY imp.source_file, imp.line_no, imp.rank""", window).df()
-    unmatched = con.execute(f"""
-        WITH inter AS ({inter})
-        SELECT count(*) FROM inter
-        WHERE request_id IN (SELECT request_id FROM {IMPRESSIONS} WHERE model_id = $1 AND partition_date = $2)
-          AND NOT EXISTS (SELECT 1 FROM {IMPRESSIONS} i WHERE i.model_id = $1 AND i.partition_date = $2
-                          AND i.request_id = inter.request_id AND i.item_id = inter.item_id)""", window).fetchall()[0][0]
-    return frame, int(unmatched)
 
 
 def labels_complete(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: dt.date, delay: int) -> bool:
@@ -532,6 +544,45 @@ def labels_complete(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: d
                            WHERE source = {sql_str(LABEL_SOURCE)} AND partition_date BETWEEN ? AND ?""",
                        [day, day + dt.timedelta(days=delay)]).fetchall()[0][0]
     return read == delay + 1
+
+
+def per_request_metric(ranker: RankerConfig) -> str | None:
+    """The `stats.ranking` name of the ranker's main metric when it has a value per request ('ndcg@10', 'mrr');
+    None for the catalogue metrics (coverage, novelty, concentration: one value a day)."""
+    metric, _, k = ranker.main_metric.rpartition("_at_")
+    if k.isdigit():
+        return f"{metric}@{k}"
+    return ranker.main_metric if ranker.main_metric in R.WHOLE_LIST else None
+
+
+def frame_losses(frame: pd.DataFrame, ranker: RankerConfig) -> pd.DataFrame:
+    """The per-request loss 1 - NDCG@main_k (`stats.ranking.request_loss`, under `ranking.no_relevant`: 'exclude'
+    leaves a request without a relevant item out) of the requests of `frame` (model_version, request_id, rank,
+    grade): one row per request, in order of first appearance, with its version and its value of the main metric
+    (`main`; NaN when the main metric has no value per request)."""
+    rc = ranker.ranking
+    if not len(frame):
+        return pd.DataFrame({"model_version": pd.Series(dtype=object), "request_id": pd.Series(dtype=object),
+                             "loss": pd.Series(dtype=float), "main": pd.Series(dtype=float)})
+    main = per_request_metric(ranker)
+    ks = {ranker.main_k} | ({int(main.rpartition("@")[2])} if main and "@" in main else set())
+    metrics = R.request_metrics(frame.request_id.to_numpy(), frame.grade.fillna(0.0).to_numpy(dtype=float),
+                                rank=frame["rank"].to_numpy(dtype=float), ks=sorted(ks), gain=rc.gain)
+    requests, loss = metrics.requests, R.request_loss(metrics, ranker.main_k, rc.no_relevant)
+    version = frame.drop_duplicates("request_id").set_index("request_id").model_version
+    out = pd.DataFrame({"model_version": version.reindex(requests).fillna("").astype(str).to_numpy(),
+                        "request_id": requests, "loss": loss,
+                        "main": metrics.values[main] if main else np.full(len(requests), np.nan)})
+    return out[out.loss.notna()].reset_index(drop=True)
+
+
+def request_losses(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig,
+                   day: dt.date) -> pd.DataFrame | None:
+    """The retraining trigger's losses of a ranker-day (`frame_losses`), once its interactions are all read
+    (`labels_complete`): a day whose interactions may still come would count late clicks as misses. None before."""
+    if not labels_complete(con, ranker, day, config.label_delay_days):
+        return None
+    return frame_losses(day_impressions(con, ranker, day, config.label_delay_days), ranker)
 
 
 def ranker_day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, day: dt.date,

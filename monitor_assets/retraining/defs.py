@@ -67,6 +67,12 @@ def build_retraining_assets(config: MonitorConfig) -> list[dg.AssetsDefinition]:
     return [_model_versions_asset(config, common), _trigger_asset(config, common), _comparison_asset(config, common)]
 
 
+def _ranker_deps(config: MonitorConfig, *more: dg.AssetKey) -> list[dg.AssetKey]:
+    """Rankers' impressions and interactions (one asset loads both) feed their versions and comparisons, their
+    daily figures (`more`: the per-request loss's daily sums) their trigger."""
+    return [keys.RANKING_IMPRESSIONS, *more] if config.rankers else []
+
+
 def _model_versions_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinition:
     @dg.asset(
         key=keys.MODEL_VERSIONS,
@@ -74,7 +80,7 @@ def _model_versions_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefin
                     "share of the traffic on the model's last day, role (champion serves most, challengers serve "
                     "too, retired ones no longer serve) and the day it became champion. Daily volume, errors and "
                     "latency p95 per version go to `monitoring.version_daily`.",
-        kinds={"duckdb", "python"}, deps=[keys.PREDICTIONS],
+        kinds={"duckdb", "python"}, deps=[keys.PREDICTIONS, *_ranker_deps(config)],
         metadata={"dagster/table_name": "monitoring.model_versions",
                   "dagster/column_schema": table_schema(VERSION_COLUMNS)}, **common)
     def model_versions(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -108,7 +114,8 @@ def _trigger_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinition:
     @dg.asset(
         key=keys.RETRAINING_TRIGGER,
         description="The retraining trigger, per model and day: per-prediction losses (log loss for classifiers, "
-                    "squared or absolute error for regressors) of the champion since its reference loss batch (its "
+                    "squared or absolute error for regressors; a ranker's 1 - NDCG@k per request whose interactions "
+                    "are all read, its reference batch from its reference file) of the champion since its reference loss batch (its "
                     "first labelled production days; `monitoring.reference_losses`): a one-sided CUSUM of the daily "
                     "losses against the batch, its sequential p-value per 90 days, a correction across the day's "
                     "models, and persistence "
@@ -116,7 +123,9 @@ def _trigger_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinition:
                     "also refreshes the `label_delay_days` before it. Until a classifier's labels land, its "
                     "unlabelled rows count with their expected log loss from the estimator's calibrated scores "
                     "(`monitoring.estimators`).",
-        kinds={"duckdb", "python"}, deps=[keys.MODEL_VERSIONS, keys.LABELS, keys.ESTIMATED_PERFORMANCE],
+        kinds={"duckdb", "python"},
+        deps=[keys.MODEL_VERSIONS, keys.LABELS, keys.ESTIMATED_PERFORMANCE,
+              *_ranker_deps(config, keys.RANKING_PERFORMANCE)],
         metadata={"dagster/table_name": "monitoring.retraining_trigger",
                   "dagster/column_schema": table_schema(TRIGGER_COLUMNS)}, **common)
     def retraining_trigger(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -151,7 +160,7 @@ def _comparison_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinitio
         description="Champion vs challenger, per model and day a challenger serves: over the days both served "
                     "since the challenger appeared, latency p95, error rate (two-proportion z-test), loss "
                     "(Mann-Whitney U) and accuracy; canary gates recommend promote, hold or rollback.",
-        kinds={"duckdb", "python"}, deps=[keys.MODEL_VERSIONS, keys.LABELS],
+        kinds={"duckdb", "python"}, deps=[keys.MODEL_VERSIONS, keys.LABELS, *_ranker_deps(config)],
         metadata={"dagster/table_name": "monitoring.version_comparison",
                   "dagster/column_schema": table_schema(COMPARISON_COLUMNS)}, **common)
     def version_comparison(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -304,7 +313,7 @@ def build_retraining_jobs(monitor: MonitorConfig) -> tuple[list[dg.JobDefinition
 
 
 def _auto_approval_sensor(monitor: MonitorConfig, approve_job: dg.JobDefinition) -> dg.SensorDefinition:
-    auto = [m.id for m in monitor.models if m.retraining.auto_approve]
+    auto = [m.id for m in L.subjects(monitor) if m.retraining.auto_approve]
 
     @dg.sensor(name=AUTO_APPROVAL_SENSOR, job=approve_job, minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING,

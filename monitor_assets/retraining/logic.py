@@ -30,9 +30,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.config import ModelConfig, MonitorConfig, RankerConfig
 from monitor_assets.formatting import fmt_num, fmt_p
-from monitor_assets.stats.loss import default_loss, expected_losses, loss_sql
+from monitor_assets.ranking import logic as RL
+from monitor_assets.stats.loss import default_loss, expected_losses, loss_sql, ranking_loss
 from monitor_assets.stats.trigger import (
     Calibration,
     Moments,
@@ -49,7 +50,7 @@ from monitor_assets.stats.trigger import (
     reference_band,
     welch_greater,
 )
-from monitor_assets.stats.versions import Gates, VersionStats, champions, compare_versions
+from monitor_assets.stats.versions import Gates, MetricSample, VersionStats, champions, compare_versions
 from monitor_assets.storage.fits import stored_estimators
 from monitor_assets.storage.lake import MODELS_PER_QUERY
 from monitor_assets.storage.reads import (
@@ -66,15 +67,29 @@ FAMILY = TriggerSettings()
 TRIGGER_ALPHA = FAMILY.alpha
 
 
-def settings_for(model: ModelConfig) -> TriggerSettings:
-    """The model's own trigger settings (retraining.*); the family's levels stay FAMILY's."""
+# What the loop judges: a model (one loss per labelled prediction) or a ranker (one loss per request whose
+# interactions are all read: 1 - NDCG@main_k). Both have an id, versions and `retraining` settings.
+Subject = ModelConfig | RankerConfig
+
+
+def subjects(config: MonitorConfig) -> list[Subject]:
+    """Every model and ranker of the config, models first: the trigger's one family."""
+    return [*config.models, *config.rankers]
+
+
+def settings_for(model: Subject) -> TriggerSettings:
+    """The model's own trigger settings (retraining.*); the family's levels stay FAMILY's. A ranker's loss is
+    bounded (in [0, 1]): never capped."""
     r = model.retraining
+    classifier = isinstance(model, ModelConfig) and model.is_classifier
     return TriggerSettings(window_days=r.window_days, persistence_k=r.persistence_k, persistence_n=r.persistence_n,
                            min_rows=r.min_rows, shift_se=r.shift_se,
-                           cap_quantile=cap_quantile_for(model.main_metric) if model.is_classifier else 1.0)
+                           cap_quantile=cap_quantile_for(model.main_metric) if classifier else 1.0)
 
 
-def loss_of(model: ModelConfig) -> str:
+def loss_of(model: Subject) -> str:
+    if isinstance(model, RankerConfig):
+        return ranking_loss(model.main_k)
     return model.retraining.loss or default_loss(model.task)
 
 
@@ -130,11 +145,24 @@ def _multiclass_losses_sql(con: duckdb.DuckDBPyConnection, model: ModelConfig) -
 def refresh_versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> pd.DataFrame:
     """Per day, model and version of `days` from the logs into monitoring.version_daily, then the whole
     monitoring.model_versions rebuilt from it (a small table: one row per model and version)."""
-    replace_partitions(con, "monitoring.version_daily", days, f"""
+    parts, params = [], []
+    if config.models:
+        parts.append(f"""
         SELECT partition_date, model_id, coalesce(model_version, ''), count(*), count(*) FILTER (WHERE NOT is_ok),
                quantile_cont(latency_ms, 0.95), now()::TIMESTAMP
         FROM ({lake_of(con).predictions_union(con, config.model_ids)})
-        WHERE partition_date IN (SELECT unnest(?::DATE[])) GROUP BY ALL""", [days])
+        WHERE partition_date IN (SELECT unnest(?::DATE[])) GROUP BY ALL""")
+        params.append(days)
+    if config.rankers:  # a ranker's volume is its requests; its log has no status or latency
+        parts.append(f"""
+        SELECT partition_date, model_id, coalesce(model_version, ''), count(DISTINCT request_id), 0, NULL::DOUBLE,
+               now()::TIMESTAMP
+        FROM {RL.IMPRESSIONS}
+        WHERE partition_date IN (SELECT unnest(?::DATE[])) AND model_id IN (SELECT unnest(?::VARCHAR[]))
+        GROUP BY ALL""")
+        params += [days, [r.id for r in config.rankers]]
+    replace_partitions(con, "monitoring.version_daily", days,
+                       " UNION ALL ".join(parts) if parts else None, params)
     daily = version_daily(con)
     versions = model_versions(daily)
     with transaction(con):
@@ -198,26 +226,29 @@ def reanchor(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model_id: st
                     [model_id, version, anchor, by.strip(), reason.strip()])
         con.execute("DELETE FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?",
                     [model_id, version])
-    days = config.model(model_id).retraining.reference_days
+    days = _known_model(config, model_id).retraining.reference_days
     return (f"{model_id} {version}: reference batch re-anchored on {anchor} ({days} days); the next run of "
             "monitoring/retraining_trigger rebuilds it")
 
 
-def reference_batch(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, version: str,
-                    anchor: dt.date, as_of: dt.date) -> np.ndarray | None:
+def reference_batch(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Subject, version: str,
+                    anchor: dt.date, as_of: dt.date, from_file: bool = False) -> np.ndarray | None:
     """The version's reference losses: its labelled predictions of `anchor` and the next
     `reference_days - 1` days, the earliest `reference_rows`. Stored once complete (the last reference
     day is `label_delay_days` behind `as_of`); recomputed while labels may still arrive. None while
-    the reference days are not over."""
+    the reference days are not over. A ranker's (`from_file`: its reference file's requests) in
+    `_ranker_reference`."""
     r = model.retraining
     end = anchor + dt.timedelta(days=r.reference_days - 1)
-    if as_of <= end:
+    if as_of <= end and not from_file:
         return None
     stored = con.execute("""SELECT loss, complete FROM monitoring.reference_losses
                             WHERE model_id = ? AND model_version = ? AND anchor_day = ?""",
                          [model.id, version, anchor]).df()
-    if len(stored) and stored.complete.all():
+    if len(stored) and stored.complete.all() and not from_file:
         return stored.loss.to_numpy(dtype=float)
+    if isinstance(model, RankerConfig):
+        return _ranker_reference(con, config, model, version, anchor, end, from_file)
     sql, params = labelled_losses_sql(con, config, anchor, end, [model])
     complete = as_of >= end + dt.timedelta(days=config.label_delay_days)
     with transaction(con):
@@ -231,6 +262,77 @@ def reference_batch(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model
                     [anchor, complete, *params, version, r.reference_rows])
     return con.execute("""SELECT loss FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?""",
                        [model.id, version]).fetchnumpy()["loss"].astype(float)
+
+
+def _file_losses(config: MonitorConfig, ranker: RankerConfig, version: str) -> pd.DataFrame | None:
+    """A ranker's reference file's per-request losses of `version` (file order), None without a graded
+    reference or without a request of that version in it."""
+    ref = RL.reference_of(config, ranker)
+    if ref is None or ref.losses is None:
+        return None
+    mine = ref.losses[ref.losses.model_version == version]
+    return mine if len(mine) else None
+
+
+def _ranker_reference(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, version: str,
+                      anchor: dt.date, end: dt.date, from_file: bool) -> np.ndarray:
+    """A ranker version's reference losses, stored in monitoring.reference_losses (prediction_id: the request):
+    - `from_file`: the requests of its reference file (impressions with grades or events), the first
+      `reference_rows` in file order, one loss 1 - NDCG@main_k each; no day (partition_date NULL); re-read on
+      every run (a new reference file counts at once);
+    - else its own requests of `anchor`..`end` whose interactions are all read, the earliest `reference_rows`;
+      complete once every day's interactions are read."""
+    r = ranker.retraining
+    if from_file:
+        losses = _file_losses(config, ranker, version)
+        frame = (losses if losses is not None else pd.DataFrame(columns=["request_id", "loss"])).head(r.reference_rows)
+        frame = frame.assign(partition_date=None, complete=True)
+    else:
+        frame, pending = _ranker_losses(con, config, ranker, anchor, end)
+        frame = frame[frame.model_version == version].head(r.reference_rows).assign(complete=not pending)
+    rows = pd.DataFrame({"model_id": ranker.id, "model_version": version, "anchor_day": anchor,
+                         "prediction_id": frame.request_id.astype(str).to_numpy(),
+                         "partition_date": pd.Series(frame.partition_date.to_numpy(), dtype=object),
+                         "loss": frame.loss.to_numpy(dtype=float), "complete": frame.complete.to_numpy(dtype=bool)})
+    with transaction(con):
+        con.execute("DELETE FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?",
+                    [ranker.id, version])
+        if len(rows):
+            con.register("_ref", rows)
+            con.execute("""INSERT INTO monitoring.reference_losses BY NAME
+                           SELECT *, now()::TIMESTAMP AS computed_at FROM _ref""")
+            con.unregister("_ref")
+    return rows.loss.to_numpy(dtype=float)
+
+
+def _ranker_losses(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, first: dt.date,
+                   last: dt.date) -> tuple[pd.DataFrame, list[dt.date]]:
+    """Per request of the ranker's days `first`..`last` whose interactions are all read (`ranking.logic.
+    request_losses`): model_version, request_id, loss, main (the main metric's value), partition_date; and the
+    days still waiting for theirs."""
+    frames, pending = [], []
+    for i in range((last - first).days + 1):
+        day = first + dt.timedelta(days=i)
+        losses = RL.request_losses(con, config, ranker, day)
+        if losses is None:
+            pending.append(day)
+        elif len(losses):
+            frames.append(losses.assign(partition_date=day))
+    columns = ["model_version", "request_id", "loss", "main", "partition_date"]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return frame, pending
+
+
+def _ranker_reference_source(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig,
+                             version: str, since: dt.date) -> tuple[dt.date, bool]:
+    """Where a ranker version's reference batch comes from: an anchor set by hand (`reanchor`) wins, and its
+    own days from there are the batch; else the reference file when it holds requests of that version (tested
+    from the day it became champion); else its own first `reference_days` days, as a model's."""
+    by_hand = con.execute("SELECT count(*) FROM monitoring.reference_anchors WHERE model_id = ? AND model_version = ?",
+                          [ranker.id, version]).fetchone()[0]
+    if not by_hand and _file_losses(config, ranker, version) is not None:
+        return since, True
+    return anchor_day(con, ranker.id, version, since), False
 
 
 # -- the trigger -----------------------------------------------------------------------------------------
@@ -248,9 +350,10 @@ class _Version:
     """One champion version's trigger inputs during a run: its reference and its daily losses since the
     reference ended (the stored days before the run, this run's fresh ones)."""
 
-    model: ModelConfig
+    model: Subject
     version: str
     anchor: dt.date
+    from_file: bool = False  # a ranker's reference file: tested from `anchor` on (no reference days)
     reference: np.ndarray | None = None  # its losses, capped at `cap`
     cap: float = math.inf  # the largest loss the trigger counts (TriggerSettings.cap_quantile of the reference)
     reference_daily: tuple[list[float], list[float]] | None = None  # per reference day: count and capped sum
@@ -261,7 +364,7 @@ class _Version:
 
     @property
     def first_test_day(self) -> dt.date:
-        return self.anchor + dt.timedelta(days=self.model.retraining.reference_days)
+        return self.anchor if self.from_file else self.anchor + dt.timedelta(days=self.model.retraining.reference_days)
 
 
 def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> TriggerRun:
@@ -272,28 +375,33 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
     days = sorted(days)
     daily = version_daily(con, max(days))
     champ = champions(daily)
-    longest = max((m.retraining.window_days for m in config.models), default=1)  # a config of rankers only
+    everyone = subjects(config)
+    longest = max((m.retraining.window_days for m in everyone), default=1)
     first = min(days) - dt.timedelta(days=longest - 1)
     since = champ.groupby(["model_id", "model_version"]).partition_date.min()
     history, flags = _trigger_history(con, min(days))
     requests = con.execute("SELECT * FROM monitoring.retraining_requests").df()
     versions: dict[tuple[str, str], _Version] = {}
     for day in days:  # the champions of the run's days, their reference batches (and caps) first
-        for model in config.models:
+        for model in everyone:
             served = champ[(champ.model_id == model.id) & (champ.partition_date <= day)]
             if len(served) and (model.id, served.model_version.iloc[-1]) not in versions:
                 champion = served.model_version.iloc[-1]
-                v = versions[(model.id, champion)] = _Version(
-                    model, champion, anchor_day(con, model.id, champion, since[(model.id, champion)]))
+                start = since[(model.id, champion)]
+                if isinstance(model, RankerConfig):
+                    anchor, from_file = _ranker_reference_source(con, config, model, champion, start)
+                else:
+                    anchor, from_file = anchor_day(con, model.id, champion, start), False
+                v = versions[(model.id, champion)] = _Version(model, champion, anchor, from_file)
                 _load_reference(con, config, v, max(days))
-    sums = _loss_sums(con, config, first, max(days), {k: v.cap for k, v in versions.items()})
+    sums, waiting = _loss_sums(con, config, first, max(days), {k: v.cap for k, v in versions.items()})
     sums, estimated = _with_expected_losses(con, config, days, versions, sums)
     for v in versions.values():
         _build_path(v, history, sums, days)
     out, opened = [], []
     for day in days:
         statistics, calibrations, meta = {}, {}, {}
-        for model in config.models:
+        for model in everyone:
             r = model.retraining
             served = champ[(champ.model_id == model.id) & (champ.partition_date <= day)]
             if served.empty:
@@ -320,15 +428,18 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
                 if not note:
                     statistics[model.id], calibrations[model.id] = value, v.calibration
             current = _path_moments(v, start, day) if ready else (0, math.nan)
+            if (model.id, day) in waiting:
+                note = "; ".join(filter(None, [note, "the day's interactions are not all read yet: its requests "
+                                                     "count once they are"]))
             unlabelled = estimated.get((model.id, version, day), 0)
             if unlabelled:
                 note = "; ".join(filter(None, [note, f"{unlabelled} of the day's rows have no label yet: their "
                                                      f"expected losses (from the model's estimator) are counted"]))
             meta[model.id] = (v, ready, start, today, band, note, value, current, (window_start, window))
-        # One family: every model tested today.
+        # One family: every model and ranker tested today.
         tested = evaluate_day(statistics, calibrations, FAMILY) if statistics else None
         by_model = tested.set_index("model_id") if tested is not None else pd.DataFrame()
-        for model in config.models:
+        for model in everyone:
             if model.id not in meta:
                 continue
             v, ready, start, today, band, note, value, current, window = meta[model.id]
@@ -364,10 +475,63 @@ def run_trigger(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: lis
 
 
 def _loss_sums(con: duckdb.DuckDBPyConnection, config: MonitorConfig, first: dt.date, last: dt.date,
-               caps: dict[tuple[str, str], float]) -> pd.DataFrame:
-    """Per model, version and day: labelled rows, sum and sum of squares of their losses, each capped at its
-    version's cap (`caps`; a version not there, or with an infinite cap, keeps its whole losses)."""
-    parts = []
+               caps: dict[tuple[str, str], float]) -> tuple[pd.DataFrame, set[tuple[str, dt.date]]]:
+    """Per model (and ranker), version and day: labelled rows (a ranker's requests whose interactions are all
+    read), sum and sum of squares of their losses, each capped at its version's cap (`caps`; a version not there,
+    or with an infinite cap, keeps its whole losses); and the (ranker, day)s still waiting for interactions."""
+    rankers, waiting = _ranker_loss_sums(con, config, first, last)
+    parts = [_model_loss_sums(con, config, first, last, caps), rankers]
+    sums = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
+    sums["partition_date"] = pd.to_datetime(sums.partition_date).dt.date
+    return sums.set_index(["model_id", "model_version", "partition_date"]).sort_index(), waiting
+
+
+def _ranker_loss_sums(con: duckdb.DuckDBPyConnection, config: MonitorConfig, first: dt.date, last: dt.date
+                      ) -> tuple[pd.DataFrame, set[tuple[str, dt.date]]]:
+    """`_loss_sums` of the rankers, from the ranking stage's own figures (`monitoring.ranking_performance`, per
+    version): the day's mean per-request loss 1 - NDCG@main_k and its standard error over its n requests (all of
+    them, or those with a relevant item under `no_relevant: exclude`) give n, the sum and the sum of squares
+    (sum x^2 = (n - 1) n se^2 + n mean^2), so the impressions are not read twice. Only days whose interactions
+    are all read (`labels_complete`) count; the others are returned as waiting. A ranker's loss is never capped
+    (`settings_for`), which sums could not do."""
+    empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in
+                          {"model_id": object, "model_version": object, "partition_date": object, "n": "int64",
+                           "s": float, "ss": float}.items()})
+    if not config.rankers:
+        return empty, set()
+    policy = pd.DataFrame({"model_id": [r.id for r in config.rankers],
+                           "exclude": [r.ranking.no_relevant == "exclude" for r in config.rankers]})
+    con.register("_policy", policy)
+    try:
+        rows = con.execute(f"""
+            SELECT p.model_id, p.model_version, p.partition_date, p.value AS mean, p.standard_error AS se,
+                   CASE WHEN x.exclude THEN r.value ELSE p.n_requests END AS n, p.labels_complete
+            FROM {RL.PERFORMANCE} AS p JOIN _policy AS x USING (model_id)
+            LEFT JOIN {RL.PERFORMANCE} AS r ON r.partition_date = p.partition_date AND r.model_id = p.model_id
+                 AND r.model_version = p.model_version AND r.metric = ?
+            WHERE p.metric = 'mean_loss' AND p.model_version <> ? AND p.partition_date BETWEEN ? AND ?""",
+                           [RL.RELEVANT, RL.ALL_VERSIONS, first, last]).df()
+    finally:
+        con.unregister("_policy")
+    waiting = {(m, pd.Timestamp(d).date()) for m, d, c in zip(rows.model_id, rows.partition_date,
+                                                               rows.labels_complete, strict=True) if not c}
+    rows = rows[rows.labels_complete.astype(bool) & (rows.n.fillna(0) > 0) & rows["mean"].notna()]
+    if rows.empty:
+        return empty, waiting
+    n = rows.n.to_numpy(dtype=float)
+    mean = rows["mean"].to_numpy(dtype=float)
+    se = np.nan_to_num(rows.se.to_numpy(dtype=float))  # one request: no standard error, no spread
+    return pd.DataFrame({"model_id": rows.model_id.to_numpy(), "model_version": rows.model_version.to_numpy(),
+                         "partition_date": rows.partition_date.to_numpy(), "n": n.astype(np.int64), "s": n * mean,
+                         "ss": (n - 1) * n * se ** 2 + n * mean ** 2}), waiting
+
+
+def _model_loss_sums(con: duckdb.DuckDBPyConnection, config: MonitorConfig, first: dt.date, last: dt.date,
+                     caps: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """`_loss_sums` of the models (not rankers), unindexed."""
+    columns = {"model_id": object, "model_version": object, "partition_date": object, "n": "int64", "s": float,
+               "ss": float}
+    parts = [pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})]
     capped_versions = pd.DataFrame([(m, v, c) for (m, v), c in caps.items() if math.isfinite(c)],
                                    columns=["model_id", "model_version", "cap"]).astype({"cap": float})
     con.register("_caps", capped_versions)
@@ -383,9 +547,7 @@ def _loss_sums(con: duckdb.DuckDBPyConnection, config: MonitorConfig, first: dt.
                 GROUP BY ALL""", params).df())
     finally:
         con.unregister("_caps")
-    sums = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
-    sums["partition_date"] = pd.to_datetime(sums.partition_date).dt.date
-    return sums.set_index(["model_id", "model_version", "partition_date"]).sort_index()
+    return pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
 
 
 def _with_expected_losses(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
@@ -404,7 +566,8 @@ def _with_expected_losses(con: duckdb.DuckDBPyConnection, config: MonitorConfig,
     Returns (the sums, (model, version, day) -> rows counted by expectation)."""
     recent = [d for d in days if d > max(days) - dt.timedelta(days=config.label_delay_days + 1)]
     models = {v.model.id: v.model for v in versions.values()
-              if v.model.estimation_method != "none" and loss_of(v.model) in _EXPECTABLE.get(v.model.task, ())}
+              if isinstance(v.model, ModelConfig) and v.model.estimation_method != "none"
+              and loss_of(v.model) in _EXPECTABLE.get(v.model.task, ())}
     if not recent or not models:
         return sums, {}
     from monitor_assets.stats.estimation import ConfidenceEstimator, LossEstimator, feature_matrix, from_text
@@ -501,20 +664,35 @@ def _write_trigger_rows(con: duckdb.DuckDBPyConnection, days: list[dt.date], row
 def _load_reference(con, config: MonitorConfig, v: _Version, as_of: dt.date) -> None:
     """The version's reference batch as of `as_of` (None while its days are not over), its cap, its capped
     losses per reference day (the rolling baseline's first days and the weekday profile) and its calibration."""
-    reference = reference_batch(con, config, v.model, v.version, v.anchor, as_of)
+    reference = reference_batch(con, config, v.model, v.version, v.anchor, as_of, v.from_file)
     if reference is None:
         return
     settings = settings_for(v.model)
     v.cap = loss_cap(reference, settings.cap_quantile)
     v.reference = capped(reference, v.cap)
+    days = v.model.retraining.reference_days
+    if v.from_file:  # no days: calibrated again (`_build_path`) once the tested days' requests are known
+        _calibrate_file(v, len(v.reference) / days)
+        return
     per_day = dict(con.execute("""SELECT partition_date, [count(*), sum(least(loss, ?))]
                                   FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?
                                   GROUP BY 1""", [v.cap, v.model.id, v.version]).fetchall())
-    ref_days = [v.anchor + dt.timedelta(days=i) for i in range(v.model.retraining.reference_days)]
+    ref_days = [v.anchor + dt.timedelta(days=i) for i in range(days)]
     v.reference_daily = ([float(per_day.get(d, [0, 0])[0]) for d in ref_days],
                          [float(per_day.get(d, [0, 0])[1] or 0.0) for d in ref_days])
     v.calibration = calibrate(Moments.of(v.reference), sum(1 for c in v.reference_daily[0] if c)
                               or v.model.retraining.reference_days, settings)
+
+
+def _calibrate_file(v: _Version, rows_per_day: float) -> None:
+    """A reference file has no days: it stands for `reference_days` alike days (no weekday profile) of
+    `rows_per_day` requests, the tested days' own rate (the CUSUM's shift and its p-value are per day of
+    traffic: a file of 2,000 requests tested against days of 250 is not 14 days of 143)."""
+    days = v.model.retraining.reference_days
+    mean = float(np.mean(v.reference)) if len(v.reference) else 0.0
+    v.reference_daily = ([rows_per_day] * days, [rows_per_day * mean] * days)
+    v.calibration = calibrate(Moments.of(v.reference), max(len(v.reference) / rows_per_day, 1e-9) if rows_per_day > 0
+                              else days, settings_for(v.model))
 
 
 def _build_path(v: _Version, history: pd.DataFrame, sums: pd.DataFrame, days: list[dt.date]) -> None:
@@ -536,10 +714,13 @@ def _build_path(v: _Version, history: pd.DataFrame, sums: pd.DataFrame, days: li
     first_day = v.first_test_day
     v.path_days = [first_day + dt.timedelta(days=i) for i in range(max((max(days) - first_day).days + 1, 0))]
     counts = [v.daily.get(d, (0.0, 0.0))[0] for d in v.path_days]
+    if v.from_file and any(counts):  # the median day with requests sets the file's rows a day
+        _calibrate_file(v, float(np.median([c for c in counts if c])))
     totals = [v.daily.get(d, (0.0, 0.0))[1] for d in v.path_days]
     if v.calibration.usable and v.path_days:
         ref_counts, ref_sums = v.reference_daily
-        weekdays = [(v.anchor + dt.timedelta(days=i)).weekday() for i in range(len(ref_counts) + len(counts))]
+        ref_start = v.first_test_day - dt.timedelta(days=len(ref_counts))
+        weekdays = [(ref_start + dt.timedelta(days=i)).weekday() for i in range(len(ref_counts) + len(counts))]
         baseline = baseline_means(ref_counts + counts, ref_sums + totals, weekdays, len(ref_counts),
                                   settings_for(v.model))
         v.path = cusum(counts, totals, v.calibration, baseline)
@@ -648,10 +829,12 @@ def trigger_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days
 # -- decisions -------------------------------------------------------------------------------------------
 
 
-def _known_model(config: MonitorConfig, model_id: str) -> ModelConfig:
-    if model_id not in config.model_ids:
-        raise ValueError(f"unknown model {model_id!r}; configured: {', '.join(config.model_ids)}")
-    return config.model(model_id)
+def _known_model(config: MonitorConfig, model_id: str) -> Subject:
+    """The model or ranker `model_id`."""
+    known = {m.id: m for m in subjects(config)}
+    if model_id not in known:
+        raise ValueError(f"unknown model {model_id!r}; configured: {', '.join(known)}")
+    return known[model_id]
 
 
 def get_request(con: duckdb.DuckDBPyConnection, request_id: int) -> dict:
@@ -682,13 +865,13 @@ def open_by_hand(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model_id
                  version: str | None = None, day: dt.date | None = None) -> dict:
     """A request the engineer opens (proposed, like the trigger's): for the model's current champion
     unless a version is named."""
-    _known_model(config, model_id)
+    model = _known_model(config, model_id)
     if not by.strip() or not reason.strip():
         raise ValueError("say who opens it (by) and why (reason): both are recorded")
     if version is None:
         row = con.execute("""SELECT model_version FROM monitoring.model_versions WHERE model_id = ? AND role = 'champion'""",
                           [model_id]).fetchone()
-        version = row[0] if row else (config.model(model_id).version or None)
+        version = row[0] if row else (model.version or None)
     day = day or dt.datetime.now(dt.UTC).date()
     return insert_request(con, model_id, version, day, f"opened by hand by {by.strip()}: {reason.strip()}",
                           None, None, None, by.strip())
@@ -767,10 +950,11 @@ def compare_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, daily: pd
     rows = []
     today = daily[daily.partition_date == day]
     champ = champions(daily[daily.partition_date <= day])
+    known = {m.id: m for m in subjects(config)}
     for model_id, serving in today.groupby("model_id"):
-        if len(serving) < 2 or model_id not in config.model_ids:
+        if len(serving) < 2 or model_id not in known:
             continue
-        model = config.model(model_id)
+        model = known[model_id]
         champion = champ[(champ.model_id == model_id) & (champ.partition_date == day)].model_version.iloc[0]
         for challenger in sorted(set(serving.model_version) - {champion}):
             mine = daily[(daily.model_id == model_id)]
@@ -778,19 +962,43 @@ def compare_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, daily: pd
             both = sorted(set(mine[mine.model_version == challenger].partition_date)
                           & set(mine[mine.model_version == champion].partition_date))
             both = [d for d in both if start <= d <= day]
-            champ_stats = _version_stats(con, config, model, champion, both)
-            stats = {champion: champ_stats,
-                     challenger: _version_stats(con, config, model, challenger, both, champ_stats.latency_p95_ms)}
             gates = Gates(latency_p95_ms=model.thresholds.latency_p95_ms, error_rate=model.thresholds.error_rate,
                           alpha=model.retraining.canary_alpha,
                           latency_tolerance=model.retraining.canary_latency_tolerance,
                           min_labelled=model.retraining.canary_min_labelled)
-            verdict, metrics = compare_versions(stats[champion], stats[challenger], gates)
+            if isinstance(model, RankerConfig):
+                verdict, metrics = _compare_ranker(con, config, model, mine, champion, challenger, both, gates)
+            else:
+                champ_stats = _version_stats(con, config, model, champion, both)
+                stats = {champion: champ_stats,
+                         challenger: _version_stats(con, config, model, challenger, both, champ_stats.latency_p95_ms)}
+                verdict, metrics = compare_versions(stats[champion], stats[challenger], gates)
             for m in metrics:
                 rows.append({"partition_date": day, "model_id": model_id, "champion_version": champion,
                              "challenger_version": challenger, **m, "verdict": verdict,
                              "reason": f"{m['reason']} (days {both[0]}..{both[-1]})" if both else m["reason"]})
     return pd.DataFrame(rows)
+
+
+def _compare_ranker(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, daily: pd.DataFrame,
+                    champion: str, challenger: str, days: list[dt.date], gates: Gates) -> tuple[str, list[dict]]:
+    """A ranker's champion vs challenger over `days`: their requests whose interactions are all read, the loss
+    1 - NDCG@main_k per request (Mann-Whitney, as a model's) and the main metric's per-request values (Welch);
+    no latency or error gate (the ranked lists carry neither)."""
+    losses = _ranker_losses(con, config, ranker, min(days), max(days))[0] if days else pd.DataFrame(
+        columns=["model_version", "request_id", "loss", "main", "partition_date"])
+    losses = losses[losses.partition_date.isin(days)]
+    per = {}
+    for version in (champion, challenger):
+        mine = losses[losses.model_version == version]
+        served = int(daily[(daily.model_version == version) & daily.partition_date.isin(days)].volume.sum())
+        per[version] = (VersionStats(version, n=served, n_errors=0, latency_p95_ms=None, n_labelled=len(mine),
+                                     n_correct=None, losses=mine.loss.to_numpy(dtype=float)),
+                        mine["main"].to_numpy(dtype=float))
+    main = RL.per_request_metric(ranker)
+    samples = (MetricSample(ranker.main_metric, per[champion][1], per[challenger][1],
+                            ranker.main_metric not in RL.RANKING_LOWER_IS_BETTER),) if main else ()
+    return compare_versions(per[champion][0], per[challenger][0], gates, samples, served=False)
 
 
 def _version_stats(con, config: MonitorConfig, model: ModelConfig, version: str, days: list[dt.date],

@@ -19,6 +19,11 @@ DEFAULT_LOSS = {"binary_classification": "log_loss", "regression": "squared_erro
                 "multiclass_classification": "log_loss"}
 
 
+def ranking_loss(k: int) -> str:
+    """The name of a ranker's per-request loss (`stats.ranking.request_losses`): 1 - NDCG@k."""
+    return f"1-ndcg@{k}"
+
+
 def default_loss(task: str) -> str:
     """The loss a model of `task` uses unless its config says otherwise."""
     return DEFAULT_LOSS[task]

@@ -209,6 +209,18 @@ def request_loss(metrics: RequestMetrics, k: int, no_relevant: str = "zero") -> 
     return loss if no_relevant == "zero" else np.where(metrics.n_relevant > 0, loss, np.nan)
 
 
+def request_losses(request, relevance, k: int, rank=None, score=None, gain: str = "linear", ties: str = "first",
+                   no_relevant: str = "zero") -> tuple[np.ndarray, np.ndarray]:
+    """The retraining trigger's per-request loss of a ranker: 1 - NDCG@k of each request, in [0, 1] (0: the
+    request's relevant items are shown in the ideal order). A request with no relevant item has no ideal
+    ranking: under `no_relevant="zero"` its NDCG is 0 and its loss 1 (as scikit-learn's `ndcg_score`); under
+    `"exclude"` its loss is NaN (left out of the trigger, as its NDCG is left out of the means). A list shorter
+    than k is discounted over its own positions; its ideal DCG is over its own items too. Returns the request ids
+    (in order of first appearance) and their losses."""
+    metrics = request_metrics(request, relevance, rank, score, ks=(k,), gain=gain, ties=ties)
+    return metrics.requests, request_loss(metrics, k, no_relevant)
+
+
 @dataclass(frozen=True)
 class RankingSums:
     """Sufficient statistics of a set of requests: counts, and per metric the sum and sum of squares of

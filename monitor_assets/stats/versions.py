@@ -11,6 +11,11 @@ recommend what to do with the challenger:
 * promote: every gate passes and the challenger has at least `min_labelled` labelled rows;
 * hold: no gate fails, but there is not enough data yet.
 
+A ranker's versions are compared on their requests (whose interactions are all read): the loss 1 - NDCG@k
+per request as a model's loss, and the main metric's per-request values (`MetricSample`) with Welch's
+one-sided t-test on their means (the means are what the ranking stage reports); a ranker's log has no status
+or latency, so those gates are left out (`served=False`).
+
 No Dagster, no I/O.
 """
 
@@ -94,12 +99,35 @@ def latency_p_value(challenger: VersionStats) -> float | None:
     return float(stats.binomtest(k, challenger.n, 0.05, alternative="greater").pvalue)
 
 
+@dataclass(frozen=True)
+class MetricSample:
+    """Per-request values of one metric for both versions over the compared days (a ranker's main metric)."""
+
+    name: str
+    champion: np.ndarray
+    challenger: np.ndarray
+    higher_is_better: bool = True
+
+
+def welch_worse(sample: MetricSample) -> float:
+    """One-sided p-value of Welch's t-test that the challenger's mean is worse than the champion's (lower, or
+    higher when lower is better); NaN with fewer than two values on a side or no spread at all."""
+    a, b = np.asarray(sample.challenger, float), np.asarray(sample.champion, float)
+    if len(a) < 2 or len(b) < 2 or (a.var() == 0 and b.var() == 0):
+        return math.nan
+    test = stats.ttest_ind(a, b, equal_var=False, alternative="less" if sample.higher_is_better else "greater")
+    return float(test.pvalue)
+
+
 COMPARISON_COLUMNS = ["metric", "champion_value", "challenger_value", "difference", "p_value", "gate", "reason"]
 
 
-def compare_versions(champion: VersionStats, challenger: VersionStats, gates: Gates) -> tuple[str, list[dict]]:
+def compare_versions(champion: VersionStats, challenger: VersionStats, gates: Gates,
+                     samples: tuple[MetricSample, ...] = (), served: bool = True) -> tuple[str, list[dict]]:
     """The verdict (promote / hold / rollback) and one row per compared metric: values, difference
-    (challenger - champion), the one-sided p-value of "challenger is worse" and the gate's outcome."""
+    (challenger - champion), the one-sided p-value of "challenger is worse" and the gate's outcome.
+    `samples`: further per-request metrics, gated like the loss (Welch); `served` False leaves out the latency
+    and error-rate gates (a log without them)."""
     rows = []
 
     def add(metric, champ, chall, p, gate, reason):
@@ -112,7 +140,9 @@ def compare_versions(champion: VersionStats, challenger: VersionStats, gates: Ga
     # (exact binomial test). A canary's p95 from a few hundred requests is noisy.
     lc, lh = champion.latency_p95_ms, challenger.latency_p95_ms
     slower_p = latency_p_value(challenger)
-    if lh is None or (isinstance(lh, float) and math.isnan(lh)):
+    if not served:
+        pass
+    elif lh is None or (isinstance(lh, float) and math.isnan(lh)):
         add("latency_p95_ms", lc, None, None, WAIT, "no latency logged for the challenger")
     elif lh > gates.latency_p95_ms:
         add("latency_p95_ms", lc, lh, slower_p, FAIL, f"over the SLA of {gates.latency_p95_ms:g} ms")
@@ -126,7 +156,9 @@ def compare_versions(champion: VersionStats, challenger: VersionStats, gates: Ga
     # Error rate: SLA, and not significantly above the champion's.
     err = two_proportion_ztest(champion.n_errors, champion.n, challenger.n_errors, challenger.n)
     ec, eh = champion.error_rate, challenger.error_rate
-    if not challenger.n:
+    if not served:
+        pass
+    elif not challenger.n:
         add("error_rate", ec, None, None, WAIT, "no challenger traffic")
     elif eh > gates.error_rate:
         add("error_rate", ec, eh, err.p_greater, FAIL, f"over the SLA of {gates.error_rate:.2%}")
@@ -153,6 +185,17 @@ def compare_versions(champion: VersionStats, challenger: VersionStats, gates: Ga
         acc = two_proportion_ztest(challenger.n_correct, challenger.n_labelled, champion.n_correct, champion.n_labelled)
         add("accuracy", champion.accuracy, challenger.accuracy, acc.p_greater, PASS if acc.p_greater >= gates.alpha
             else FAIL, "not significantly lower" if acc.p_greater >= gates.alpha else "significantly lower")
+
+    for sample in samples:
+        champ, chall = (float(np.mean(v)) if len(v) else None for v in (sample.champion, sample.challenger))
+        p = welch_worse(sample)
+        if not math.isnan(p) and p < gates.alpha:
+            add(sample.name, champ, chall, p, FAIL, "significantly worse than the champion's (Welch)")
+        elif len(sample.challenger) < gates.min_labelled:
+            add(sample.name, champ, chall, None if math.isnan(p) else p, WAIT,
+                f"{len(sample.challenger)} labelled requests, {gates.min_labelled} needed")
+        else:
+            add(sample.name, champ, chall, None if math.isnan(p) else p, PASS, "not worse than the champion's (Welch)")
 
     gates_seen = [r["gate"] for r in rows]
     verdict = ROLLBACK if FAIL in gates_seen else (HOLD if WAIT in gates_seen else PROMOTE)

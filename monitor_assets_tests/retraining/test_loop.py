@@ -35,8 +35,13 @@ def test_demo_opens_a_request_after_the_concept_drift_and_none_before(demo_db):
     assert not (requests.model_id == "demand_forecaster").any()
     trigger = demo_db.sql("SELECT * FROM monitoring.retraining_trigger").df()
     assert not trigger[trigger.model_id == "demand_forecaster"].flagged.any()
-    early = trigger[pd.to_datetime(trigger.partition_date).dt.date < dt.date(2026, 10, 15)]
+    early = trigger[(pd.to_datetime(trigger.partition_date).dt.date < dt.date(2026, 10, 15))
+                    & (trigger.model_id != "home_recommender")]  # a ranker is tested against its reference file from day 1
     assert early.p_value.isna().all() and early.note.str.contains("reference batch builds").all()
+    reco = requests[requests.model_id == "home_recommender"]
+    assert list(pd.to_datetime(reco.opened_on).dt.date) == [dt.date(2026, 10, 18)]  # the collapse: 10-17..18
+    ranker = trigger[trigger.model_id == "home_recommender"]
+    assert not ranker[pd.to_datetime(ranker.partition_date).dt.date < dt.date(2026, 10, 17)].flagged.any()
     assert not trigger[(trigger.model_id == "conversion_recommender")
                        & (pd.to_datetime(trigger.partition_date).dt.date < DRIFT_DAY)].flagged.any()
 
