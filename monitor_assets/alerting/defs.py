@@ -36,7 +36,7 @@ CHECK_TARGETS = {
     A.ANOMALIES: keys.ANOMALY_REPORT, A.FEATURE_VALUES: keys.FEATURE_DRIFT, A.EQUALIZED_ODDS: keys.FAIRNESS,
     A.PREDICTION_DRIFT: keys.FEATURE_DRIFT, A.KEY_FEATURE_DRIFT: keys.FEATURE_DRIFT,
     A.ESTIMATED_PERFORMANCE: keys.ESTIMATED_PERFORMANCE, A.SEGMENT_PERFORMANCE: keys.SEGMENT_PERFORMANCE,
-    A.MULTIVARIATE_DRIFT: keys.MULTIVARIATE_DRIFT,
+    A.MULTIVARIATE_DRIFT: keys.MULTIVARIATE_DRIFT, A.SEGMENT_DRIFT: keys.SEGMENT_DRIFT,
 }
 ALERT_COLUMNS = {"partition_date": "DATE", "model_id": "VARCHAR", "check_name": "VARCHAR", "severity": "VARCHAR",
                  "value": "DOUBLE", "threshold": "DOUBLE", "message": "VARCHAR", "status": "VARCHAR (open, resolved)",
@@ -101,7 +101,7 @@ def _alerts_asset(config: MonitorConfig, partitions: dg.PartitionsDefinition) ->
         group_name=GROUP_ALERTING, kinds={"duckdb"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
         deps=[keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ANOMALY_REPORT, keys.ESTIMATED_PERFORMANCE,
-              *([keys.RANKING_PERFORMANCE] if config.rankers else [])],
+              keys.SEGMENT_DRIFT, *([keys.RANKING_PERFORMANCE] if config.rankers else [])],
         metadata={"dagster/table_name": "monitoring.alerts", "dagster/column_schema": table_schema(ALERT_COLUMNS)},
     )
     def alerts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:

@@ -29,6 +29,7 @@ from monitor_assets.constants import PERFORMANCE_CHECK as PERFORMANCE
 from monitor_assets.constants import PREDICTION_DRIFT_CHECK as PREDICTION_DRIFT
 from monitor_assets.constants import RANKING_DRIFT_CHECK as RANKING_DRIFT
 from monitor_assets.constants import RANKING_PERFORMANCE_CHECK as RANKING_PERFORMANCE
+from monitor_assets.constants import SEGMENT_DRIFT_CHECK as SEGMENT_DRIFT
 from monitor_assets.constants import SEGMENT_PERFORMANCE_CHECK as SEGMENT_PERFORMANCE
 from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.formatting import fmt_num, fmt_p, fmt_pct, plural
@@ -61,6 +62,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
         _judge_anomalies(rows, model, inputs, config, days)
     _judge_estimates(rows, config, inputs, days)
     _judge_segments(rows, config, inputs)
+    _judge_segment_drift(rows, config, inputs)
     _judge_multivariate(rows, config, inputs)
     if config.rankers:
         _judge_rankers(rows, con, config, days)
@@ -153,13 +155,17 @@ def _read_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: li
                                      reference_source, floor, p_value, p_adjusted, below_floor
                               FROM monitoring.segment_performance WHERE partition_date IN (SELECT unnest(?::DATE[]))
                               AND p_value IS NOT NULL""", [days]).df()
+    segment_drift = con.execute("""SELECT partition_date, model_id, segment, feature, method, statistic, threshold,
+                                          evidence, test, p_value, p_adjusted, drifted, judged, n_rows, reference_source
+                                   FROM monitoring.segment_drift WHERE partition_date IN (SELECT unnest(?::DATE[]))""",
+                                [days]).df()
     multivariate = con.execute("""SELECT partition_date, model_id, method, statistic, threshold, drifted, n_current,
                                          top_features, analysis_error
                                   FROM monitoring.multivariate_drift WHERE partition_date IN (SELECT unnest(?::DATE[]))
                                   ORDER BY model_id, partition_date, method""", [days]).df()
     return {"perf": perf, "base": base, "drift": drift, "fair": fair, "features": features,
             "predictions": predictions, "logged": logged, "anomalies": anomalies, "estimated": estimated,
-            "segments": segments, "multivariate": multivariate}
+            "segments": segments, "segment_drift": segment_drift, "multivariate": multivariate}
 
 
 @dataclass
@@ -179,11 +185,12 @@ class _Inputs:
     anomalies_by: dict
     estimated_by: dict
     segments_by: dict
+    segment_drift_by: dict
     multivariate_by: dict
 
 
 def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies, estimated, segments,
-              multivariate) -> _Inputs:
+              segment_drift, multivariate) -> _Inputs:
     # Every frame is split by model (and day) once: filtering frames of 500 models per model took 15 s.
     features = features.assign(excess=_excess(features))
     return _Inputs(
@@ -196,6 +203,7 @@ def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies,
         values_by=_rows_by(features[_values_changed(features)], "model_id", "day"),
         fair_by=_rows_by(fair, "model_id", "day"), anomalies_by=_rows_by(anomalies, "model_id", "day"),
         estimated_by=_rows_by(estimated, "model_id", "metric"), segments_by=_rows_by(segments, "model_id", "day"),
+        segment_drift_by=_rows_by(segment_drift, "model_id", "day"),
         multivariate_by=_rows_by(multivariate, "model_id", "day"))
 
 
@@ -335,6 +343,60 @@ def _judge_segments(rows: _Rows, config: MonitorConfig, inputs: _Inputs) -> None
                            f", adjusted {fmt_p(worst.p_adjusted)})")
             rows.add(day, model, SEGMENT_PERFORMANCE, score, model.thresholds.min_metric_ratio, not below, message,
                      details)
+
+
+def _judge_segment_drift(rows: _Rows, config: MonitorConfig, inputs: _Inputs) -> None:
+    """Each segmented model-day with a judged segment: fails when any segment has a drifted feature after the
+    adjustment across the model-day's segments and features (`monitoring.segment_drift.drifted`), naming the
+    segments and features, worst first. A model-day whose segments were all too small yields no row."""
+    by_model: dict[str, list] = {}
+    for (model_id, day), found in inputs.segment_drift_by.items():
+        by_model.setdefault(model_id, []).append((day, found))
+    for model in config.models:
+        for day, found in sorted(by_model.get(model.id, ()), key=lambda item: item[0]):
+            judged = [r for r in found if _flag(r.judged)]
+            if not judged:
+                continue
+            rows.add(day, model, *segment_drift_judgement(judged, len(found) - len(judged)))
+
+
+def segment_drift_judgement(judged: list, too_small: int = 0) -> tuple:
+    """(check, value, threshold, passed, message, details) for a model-day's judged segment-features (rows of
+    monitoring.segment_drift): the value is the count of drifted segment-features; the message names each
+    drifted segment (the strongest evidence first) with its drifted features."""
+    def strength(r) -> float:
+        return -float(r.evidence) if _known(r.evidence) else 0.0
+
+    drifted = sorted([r for r in judged if _flag(r.drifted)], key=lambda r: (strength(r), r.segment, r.feature))
+    segments = sorted({r.segment for r in judged})
+    details = {"segments_judged": len(segments), "segments_too_small": too_small, "tests": len(judged),
+               "drifted": [{"segment": r.segment, "feature": r.feature, "method": r.method, "statistic": r.statistic,
+                            "threshold": r.threshold, "p_adjusted": r.p_adjusted, "evidence": r.evidence,
+                            "n_rows": int(r.n_rows), "reference_source": r.reference_source} for r in drifted[:10]]}
+    if not drifted:
+        closest = min(judged, key=lambda r: (strength(r), r.segment, r.feature))
+        return (SEGMENT_DRIFT, 0.0, 0.0, True,
+                f"{plural(len(segments), 'segment')} judged ({plural(len(judged), 'segment-feature')}), no feature "
+                f"drifted after the adjustment across them (closest: {closest.segment}: {closest.feature}, "
+                f"{_segment_drift_text(closest)})", details)
+    by_segment: dict[str, list] = {}
+    for r in drifted:  # dicts keep insertion order: the segment of the strongest drift first
+        by_segment.setdefault(r.segment, []).append(r)
+    named = "; ".join(f"{segment}: " + ", ".join(f"{r.feature} drifted ({_segment_drift_text(r)})" for r in feats[:3])
+                      + (f" and {plural(len(feats) - 3, 'more feature')}" if len(feats) > 3 else "")
+                      for segment, feats in list(by_segment.items())[:3])
+    more = f"; and {plural(len(by_segment) - 3, 'more segment')}" if len(by_segment) > 3 else ""
+    return (SEGMENT_DRIFT, float(len(drifted)), 0.0, False,
+            f"{plural(len(by_segment), 'segment')} of {len(segments)} with drifted features (false alarms "
+            f"controlled across {plural(len(judged), 'segment-feature')}): {named}{more}", details)
+
+
+def _segment_drift_text(r) -> str:
+    """'psi 0.31 over threshold 0.12', or for a test 'ks adjusted p = 2.1e-05 under 0.01'."""
+    if r.method in P_VALUE_METHODS:
+        return f"{r.method} adjusted {fmt_p(r.p_adjusted)} {'under' if _flag(r.drifted) else 'vs'} {fmt_num(r.threshold)}"
+    word = "over" if _known(r.statistic) and _known(r.threshold) and r.statistic >= r.threshold else "under"
+    return f"{r.method} {fmt_num(r.statistic)} {word} threshold {fmt_num(r.threshold)}"
 
 
 def _judge_multivariate(rows: _Rows, config: MonitorConfig, inputs: _Inputs) -> None:

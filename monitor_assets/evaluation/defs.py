@@ -1,6 +1,7 @@
 """The evaluation store: the daily profiles asset and the evaluation windows asset."""
 
 import dagster as dg
+import pandas as pd
 
 from monitor_assets import keys
 from monitor_assets.config import MonitorConfig
@@ -24,6 +25,12 @@ from monitor_assets.evaluation.logic import (
     write_reports,
     write_store,
 )
+from monitor_assets.evaluation.segment_drift import (
+    ALPHA_DRIFT,
+    SEGMENT_DRIFT,
+    worst_drift,
+    write_segment_drift,
+)
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
@@ -42,6 +49,8 @@ from monitor_assets.wiring import (
 )
 
 PICTURES_SHOWN = ["window_id", "model_id", "feature", "method", "statistic", "threshold", "evidence", "n_current"]
+DRIFT_SHOWN = ["model_id", "segment", "feature", "method", "statistic", "threshold", "evidence", "p_adjusted", "drifted",
+               "n_rows", "reference_source"]
 
 
 def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
@@ -132,8 +141,59 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
                                          if run.notes else "none"),
         })
 
-    return dg.Definitions(assets=[daily_profiles, evaluation_store],
+    return dg.Definitions(assets=[daily_profiles, evaluation_store, _segment_drift(config, partitions)],
                           asset_checks=[_window_check(config, partitions)])
+
+
+def _segment_drift(config: MonitorConfig, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """monitoring.segment_drift, from the daily profiles (evaluation/segment_drift.py)."""
+
+    @dg.asset(
+        key=keys.SEGMENT_DRIFT,
+        description="Per model, day, segment and feature: the segment's drift verdict from that day's stored segment "
+                    "profile (every version merged; no rescan) against the segment's own reference profile, or the "
+                    "whole model's when the reference holds fewer than `segments.min_rows` of its rows "
+                    "(`reference_source`), decided as the window drift decides, with the false-alarm rate "
+                    f"controlled across the model-day's segments and features (Benjamini-Hochberg at {ALPHA_DRIFT}; "
+                    "a distance over its threshold must also pass its test on the same counts). Segments under "
+                    "`segments.min_rows` rows that day are listed (`judged` false), not judged.",
+        group_name=GROUP_METRICS, kinds={"python", "duckdb"}, owners=OWNERS,
+        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=IO_RETRY, deps=[keys.DAILY_PROFILES],  # lake only
+        metadata={"dagster/table_name": SEGMENT_DRIFT,
+                  "dagster/column_schema": table_schema(TABLES[SEGMENT_DRIFT][0])},
+    )
+    def segment_drift(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        cfg = in_shard(context, config)
+        days = run_days(context)
+        with fail_fast(), warehouse.connect_lake() as con:
+            frame, notes = write_segment_drift(con, cfg, days)
+        for model_id, why in notes.items():
+            context.log.warning(f"model {model_id}: segment drift not computed ({why})")
+        dates = pd.to_datetime(frame.partition_date).dt.date if len(frame) else pd.Series([], dtype=object)
+        add_partition_metadata(context, {day: _drift_day_metadata(frame[dates == day]) for day in days})
+        shown = worst_drift(frame)
+        return dg.MaterializeResult(metadata={
+            "days": day_label(days), "dagster/row_count": len(frame),
+            "segmented_models": sum(1 for m in cfg.models if m.segments.by),
+            "models_not_judged": dg.MetadataValue.md("\n".join(f"- {m}: {why}" for m, why in notes.items())
+                                                     or "none"),
+            "worst_segments": dg.MetadataValue.md(frame_markdown(shown[DRIFT_SHOWN]) if len(shown) else "none"),
+        })
+
+    return segment_drift
+
+
+def _drift_day_metadata(day: pd.DataFrame) -> dict:
+    """A day's segment drift for the UI: segments judged and too small, drifted segment-features, the worst first."""
+    judged = day[day.judged.fillna(False).astype(bool)] if len(day) else day
+    drifted = judged[judged.drifted.fillna(False).astype(bool)] if len(judged) else judged
+    shown = worst_drift(day)
+    return {"segments_judged": int(judged.segment.nunique()) if len(judged) else 0,
+            "segments_too_small": int(len(day) - len(judged)),
+            "segments_drifted": int(drifted.segment.nunique()) if len(drifted) else 0,
+            "features_drifted": int(len(drifted)),
+            "worst_segments": dg.MetadataValue.md(frame_markdown(shown[DRIFT_SHOWN]) if len(shown) else "none")}
 
 
 def _window_check(config: MonitorConfig, partitions: dg.PartitionsDefinition) -> dg.AssetChecksDefinition:

@@ -9,6 +9,9 @@ chance, z = (floor - value) / se with the metric's standard error at its labelle
 together (Benjamini-Hochberg), so a model with forty segments does not alert four times more often than one
 with ten. A segment too small or too new in the reference (fewer than `min_rows` reference rows) is judged
 against the model's whole reference.
+
+Per-segment drift (`monitoring.segment_drift`) is judged from the stored daily profiles, beside the evaluation
+store that keeps them (`evaluation/segment_drift.py`).
 """
 
 from __future__ import annotations

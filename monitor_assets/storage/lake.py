@@ -89,6 +89,14 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "r2": "DOUBLE", "metric": "VARCHAR", "value": "DOUBLE", "reference_value": "DOUBLE",
         "reference_source": "VARCHAR", "floor": "DOUBLE", "standard_error": "DOUBLE", "p_value": "DOUBLE",
         "p_adjusted": "DOUBLE", "below_floor": "BOOLEAN", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    # Per model, day, segment and feature (evaluation.segment_drift): the segment's drift verdict from the daily profiles,
+    # adjusted across the model-day's segments and features; a segment under min_rows is one row, judged false.
+    "monitoring.segment_drift": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "segment_by": "VARCHAR", "segment": "VARCHAR",
+        "feature": "VARCHAR", "kind": "VARCHAR", "method": "VARCHAR", "statistic": "DOUBLE", "threshold": "DOUBLE",
+        "evidence": "DOUBLE", "test": "VARCHAR", "p_value": "DOUBLE", "p_adjusted": "DOUBLE", "drifted": "BOOLEAN",
+        "judged": "BOOLEAN", "n_rows": "BIGINT", "n_reference": "BIGINT", "reference_source": "VARCHAR",
+        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
     # Per model, day and method (multivariate.logic): the joint-drift statistic against its threshold.
     "monitoring.multivariate_drift": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "method": "VARCHAR", "statistic": "DOUBLE",
