@@ -440,7 +440,9 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
         pages[model_page(r["model_id"])] = env.get_template("dashboard/ranker.html.j2").render(
             common, root="../", ranker=r, figures=_ranker_figures(days, r, list(spec.ks), marked) if len(days) else [],
             alerts=_alerts_by_state([a for a in alerts if a.status == "open"]),
-            below=sorted(_ranker_failures(main, spec), key=lambda a: a.partition_date, reverse=True))
+            below=sorted(_ranker_failures(main, spec), key=lambda a: a.partition_date, reverse=True),
+            closed_loop=_loop_tables(requests_by.get(r["model_id"]), versions_by.get(r["model_id"]),
+                                     comparison_by.get(r["model_id"])))
     rankers.sort(key=lambda r: -r["status_rank"])
     pages[INDEX_PAGE] = env.get_template("dashboard/index.html.j2").render(
         common, root="", rows=rows, rankers=rankers,

@@ -761,13 +761,14 @@ def _maybe_open(con, requests: pd.DataFrame, v: _Version, day: dt.date, start: d
     cal = v.calibration
     threshold = cusum_threshold(cal, FAMILY.alpha / FAMILY.family_size(family), FAMILY.horizon_days)
     welch = ""
+    unit = "requests" if isinstance(model, RankerConfig) else "rows"  # a ranker's loss is per request
     window_start, moments = window
     if moments.n >= 2:
         wt, wp = welch_greater([moments], [Moments.of(v.reference)])
-        welch = (f"; {window_start}..{day}: mean {fmt_num(moments.mean)} ({moments.n} rows), "
+        welch = (f"; {window_start}..{day}: mean {fmt_num(moments.mean)} ({moments.n} {unit}), "
                  f"Welch t {wt[0]:.2f}, {fmt_p(float(wp[0]))}")
-    reason = (f"mean {loss_of(model)} {fmt_num(current[1])} since {start} ({current[0]} rows) vs reference "
-              f"{fmt_num(cal.reference_mean)} ({cal.n_reference} rows): CUSUM {t.statistic:.1f} over its threshold "
+    reason = (f"mean {loss_of(model)} {fmt_num(current[1])} since {start} ({current[0]} {unit}) vs reference "
+              f"{fmt_num(cal.reference_mean)} ({cal.n_reference} {unit}): CUSUM {t.statistic:.1f} over its threshold "
               f"{threshold:.1f} (tuned for +{cal.delta:.3f} sd), sequential {fmt_p(t.p_value)} within "
               f"{FAMILY.horizon_days} days, {fmt_p(t.p_adjusted).replace('p', 'adjusted p', 1)} across the day's "
               f"{family} models{welch}; over the threshold on {settings.persistence_k}+ of the last "

@@ -108,6 +108,13 @@ def test_model_pages_draw_their_charts_with_the_shared_plotly(demo_run, demo_db)
     assert {r["model_id"]: r["open_alert_count"] for r in rankers} == {
         r.id: open_alerts.get(r.id, 0) for r in config.rankers}
     assert any(r["open_alert_count"] for r in rankers)
+    # a ranker's page lists its retraining requests as a model's page does (rankers are in the closed loop)
+    for r in config.rankers:
+        requests = demo_db.execute("SELECT request_id FROM monitoring.retraining_requests WHERE model_id = ?",
+                                   [r.id]).fetchall()
+        text = (reports / model_page(r.id)).read_text()
+        assert f"Retraining requests ({len(requests)})" in text and "not in <code>monitoring.alerts</code>" not in text
+        assert all(f">{rid}<" in text for (rid,) in requests)
     charts = rendered = alert_rows = 0
     with browser_page() as (page, errors):
         scripts: list[str] = []
