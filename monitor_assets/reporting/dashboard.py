@@ -82,6 +82,10 @@ class ReportData:
     # Reference against current distributions of the drifted feature-days (monitoring.drift_distributions;
     # empty: none drawn yet).
     distributions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DISTRIBUTION_COLUMNS))
+    # The same for the evaluation windows whose drift verdict flagged a feature (monitoring.window_distributions;
+    # empty: none).
+    window_distributions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=WINDOW_DISTRIBUTION_COLUMNS))
     # Rankers (`task: ranking`, config.rankers, kept apart from `models`): one row each, and their whole-day rows
     # of monitoring.ranking_performance (empty: no ranker).
     rankers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANKER_COLUMNS))
@@ -100,6 +104,9 @@ COMPARISON_COLUMNS = ["partition_date", "model_id", "champion_version", "challen
 ESTIMATE_COLUMNS = ["partition_date", "model_id", "metric", "estimate", "lower", "upper", "realized", "within_band"]
 DISTRIBUTION_COLUMNS = ["partition_date", "model_id", "feature", "role", "kind", "method", "statistic", "p_value",
                         "threshold", "evidence", "bins", "n_current", "n_reference"]
+WINDOW_DISTRIBUTION_COLUMNS = ["window_id", "window_name", "window_start", "window_end", "model_id", "feature", "kind",
+                               "method", "statistic", "p_value", "threshold", "evidence", "bins", "n_current",
+                               "n_reference"]
 RANKER_COLUMNS = ["model_id", "main_metric", "ks", "labelled", "check"]  # labelled: has interactions configured
 RANKING_COLUMNS = ["partition_date", "model_id", "metric", "value", "n_requests", "label_coverage", "labels_complete",
                    "reference_value", "floor", "p_value", "below_baseline"]
@@ -155,6 +162,8 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
                               [list(models.model_id), list(models.main_metric), last_day]).df(),
         distributions=q(f"""SELECT {', '.join(DISTRIBUTION_COLUMNS)} FROM monitoring.drift_distributions
                            WHERE partition_date <= ? ORDER BY partition_date"""),
+        window_distributions=q(f"""SELECT {', '.join(WINDOW_DISTRIBUTION_COLUMNS)} FROM monitoring.window_distributions
+                                  WHERE window_end <= ? ORDER BY window_end, window_name"""),
         **_ranking_data(con, config, last_day),
         segments=q(f"""SELECT {', '.join(SEGMENT_COLUMNS)} FROM monitoring.segment_performance
                        WHERE partition_date <= ? ORDER BY partition_date""")
@@ -382,6 +391,7 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
     drift = data.drift.assign(ratio=drift_evidence(data.drift))
     drift_by, fair_by = _rows_by_model(_dated(drift)), _rows_by_model(_dated(data.fairness))
     pictures_by = _rows_by_model(_dated(drawable(data.distributions, data.drift)))
+    window_pictures_by = _rows_by_model(_as_pictures(data.window_distributions))
     alerts_by = _rows_by_model(_dated(data.alerts))
     requests_by, versions_by, comparison_by = (_table_rows_by_model(data.requests), _table_rows_by_model(data.versions),
                                                _table_rows_by_model(data.comparison))
@@ -408,6 +418,7 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
             figures.append({"id": "drift", "title": "Feature drift by day", "figure": _drift_figure(drift),
                             "note": DRIFT_LEGEND})
         figures += _distribution_figures(pictures_by.get(m.model_id, []))
+        figures += _distribution_figures(window_pictures_by.get(m.model_id, []), over="window")
         fair = fair_by.get(m.model_id)
         if fair and any(_num(r.selection_rate) is not None for r in fair):
             figures.append({"id": "fair", "title": "Fairness by group", "figure": _fairness_figure(fair)})
@@ -713,15 +724,16 @@ def _picture_name(role: str, feature: str) -> str:
     return feature if role in ("feature", feature) else f"{feature} ({role})"
 
 
-def _picture_title(r) -> str:
-    """The figure's title for one drift day: feature, day, method, statistic (and p-value) against the threshold."""
+def _picture_title(r, window: bool = False) -> str:
+    """The figure's title for one drift day (or window): feature, day, method, statistic (and p-value) against the
+    threshold."""
     name = _picture_name(r.role, r.feature)
     figures = f"{r.method} {fmt_num(_num(r.statistic))}"
     if r.method in P_VALUE_METHODS:
         figures += f", {fmt_p(_num(r.p_value))} against threshold {fmt_num(_num(r.threshold))}"
     else:
         figures += f" against threshold {fmt_num(_num(r.threshold))}"
-    return _label(f"{name} on {fmt_day(r.partition_date)}: {figures}")
+    return _label(f"{name} {'in ' + r.label if window else 'on ' + fmt_day(r.partition_date)}: {figures}")
 
 
 def _unique(labels: list[str]) -> list[str]:
@@ -734,9 +746,21 @@ def _unique(labels: list[str]) -> list[str]:
     return out
 
 
-def _distribution_figures(pictures: list) -> list[dict]:
+def _as_pictures(windows: pd.DataFrame) -> pd.DataFrame:
+    """monitoring.window_distributions rows in the form `_distribution_figures` draws: dated by the window's last day,
+    named by the window (`week 2026-10-12..2026-10-18`), every one a feature's."""
+    if not len(windows):
+        return windows.assign(partition_date=pd.Series(dtype="datetime64[ns]"), role="feature", label="")
+    return windows.assign(partition_date=pd.to_datetime(windows.window_end), role="feature",
+                          label=[f"{n} {pd.Timestamp(a).date()}..{pd.Timestamp(b).date()}" for n, a, b in
+                                 zip(windows.window_name, windows.window_start, windows.window_end, strict=True)])
+
+
+def _distribution_figures(pictures: list, over: str = "day") -> list[dict]:
     """Per drifted feature (the latest drift first, at most PICTURES_SHOWN), reference against current as grouped
-    bars; a feature drifted on several days has a menu of those days (the latest shown first)."""
+    bars; a feature drifted on several days has a menu of those days (the latest shown first). `over="window"`:
+    the pictures are evaluation windows' (`_as_pictures`), named by their window."""
+    window = over == "window"
     by_feature: dict[tuple[str, str], list] = {}
     for r in pictures:
         by_feature.setdefault((r.role, r.feature), []).append(r)
@@ -749,8 +773,8 @@ def _distribution_figures(pictures: list) -> list[dict]:
         views = []
         for r in by_feature[key]:
             buckets = Comparison.buckets_from_json(r.bins)
-            views.append({"x": _unique([_label(b.label) for b in buckets]), "title": _picture_title(r),
-                          "day": fmt_day(r.partition_date),
+            views.append({"x": _unique([_label(b.label) for b in buckets]), "title": _picture_title(r, window),
+                          "day": r.label if window else fmt_day(r.partition_date),
                           "reference": _round([b.reference_share for b in buckets]),
                           "current": _round([b.current_share for b in buckets]),
                           "reference_n": [b.reference_count for b in buckets],
@@ -759,7 +783,7 @@ def _distribution_figures(pictures: list) -> list[dict]:
         hover = "%{x}<br>%{y:.2%} of its rows (%{customdata:,})<extra>%{fullData.name}</extra>"
         data = [{"type": "bar", "name": "reference", "x": first["x"], "y": first["reference"],
                  "customdata": first["reference_n"], "marker": {"color": "#9ca3af"}, "hovertemplate": hover},
-                {"type": "bar", "name": "current day", "x": first["x"], "y": first["current"],
+                {"type": "bar", "name": "the window" if window else "current day", "x": first["x"], "y": first["current"],
                  "customdata": first["current_n"], "marker": {"color": "#2563eb"}, "hovertemplate": hover}]
         layout = {"height": 300, "barmode": "group", "bargap": 0.15, "margin": {"l": 50, "r": 10, "t": 60, "b": 60},
                   "title": {"text": first["title"], "font": {"size": 13}, "x": 0.5, "y": 0.97}, "legend": {"orientation": "h", "y": -0.3},
@@ -774,10 +798,13 @@ def _distribution_figures(pictures: list) -> list[dict]:
                                       {"title.text": v["title"]}]} for j, v in enumerate(views)]}]
         role, feature = key
         days = [v["day"] for v in views]
-        note = (f"Drifted on {plural(len(days), 'day')}: {', '.join(days)}"
-                + (" (choose one in the menu). " if len(days) > 1 else ". ") + PICTURE_NOTE)
-        figures.append({"id": f"dist-{i}", "note": note, "figure": {"data": data, "layout": layout},
-                        "title": f"What changed: {_picture_name(role, feature)}"})
+        note = (f"Drifted {'over' if window else 'on'} {plural(len(days), 'window' if window else 'day')}: "
+                f"{', '.join(days)}" + (" (choose one in the menu). " if len(days) > 1 else ". ")
+                + (PICTURE_NOTE.replace("blue: the day", "blue: the window") + " A window's counts are its days' "
+                   "profiles added up (no rescan of its rows)." if window else PICTURE_NOTE))
+        figures.append({"id": f"{'wdist' if window else 'dist'}-{i}", "note": note,
+                        "figure": {"data": data, "layout": layout},
+                        "title": f"What changed{' over a window' if window else ''}: {_picture_name(role, feature)}"})
     return figures
 
 

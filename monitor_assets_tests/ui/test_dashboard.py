@@ -115,6 +115,14 @@ def test_model_pages_draw_their_charts_with_the_shared_plotly(demo_run, demo_db)
         text = (reports / model_page(r.id)).read_text()
         assert f"Retraining requests ({len(requests)})" in text and "not in <code>monitoring.alerts</code>" not in text
         assert all(f">{rid}<" in text for (rid,) in requests)
+    # each model page draws the reference against every closed window whose drift verdict flagged a feature
+    windows = demo_db.execute("""SELECT model_id, feature, window_name, window_start, window_end
+                                 FROM monitoring.window_distributions WHERE window_end <= ?""",
+                              [config.end_date]).fetchall()
+    assert windows  # the demo's drifted week
+    for model_id, feature, name, start, end in windows:
+        text = (reports / model_page(model_id)).read_text()
+        assert f"What changed over a window: {feature}" in text and f"{name} {start}..{end}" in text
     charts = rendered = alert_rows = 0
     with browser_page() as (page, errors):
         scripts: list[str] = []
