@@ -4,6 +4,7 @@ correct an earlier label."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import duckdb
 
@@ -13,22 +14,33 @@ from monitor_assets.ingestion.plans import LABEL_TEXT
 from monitor_assets.storage.reads import latest_labels_sql
 from monitor_assets.storage.sql import sql_str
 
+# Matching labels to their predictions joins the staged label ids to every stored prediction, and DuckDB keeps
+# that join's id table in memory (it does not spill): about 130 MB per million labels, so a day of 5 million labels
+# failed under a 512MB staging memory (1 million: fails at 100 MB, passes at 150 MB). More labels than this are
+# matched in parts, split by a hash of the id, so the staging memory bounds the match whatever the day's size
+# (20 models x 50,000 labels, 100 MB of staging memory: failed whole, matched in two parts in 11.4 s).
+MATCH_ROWS = 500_000
+
 
 def check_labels(con: duckdb.DuckDBPyConnection, config: MonitorConfig, plan: StagingPlan,
                  day: dt.date | None = None) -> None:
     """Labels (of `day`; None: of every staged day) are matched to their logged prediction (model and day,
     from `lake.predictions`); a label whose prediction has not arrived yet is kept, unmatched, and is joined
     when it does (metrics join on the id). A classifier's label must be 0 or 1."""
-    # A join into a new table: an UPDATE of millions of rows through a join took three times as long.
-    con.execute("""
-        CREATE TABLE raw.labels_matched AS
-        SELECT l.* REPLACE (coalesce(p.model_id, l.model_id) AS model_id,
-                            coalesce(p.partition_date, l.prediction_date) AS prediction_date)
-        FROM raw.labels AS l
-        LEFT JOIN (SELECT prediction_id, any_value(model_id) AS model_id, min(partition_date) AS partition_date
-                   FROM lake.predictions WHERE prediction_id IN (SELECT prediction_id FROM raw.labels)
-                   GROUP BY 1) AS p
-            ON p.prediction_id = l.prediction_id AND (l.partition_date = ? OR ?::DATE IS NULL)""", [day, day])
+    # A join into a new table: an UPDATE of millions of rows through a join took three times as long. A label
+    # and its prediction share an id, so each part (the ids of one hash bucket) matches on its own.
+    parts = max(1, math.ceil(con.execute("SELECT count(*) FROM raw.labels").fetchone()[0] / MATCH_ROWS))
+    for part in range(parts):
+        labels = ("raw.labels" if parts == 1 else
+                  f"(SELECT * FROM raw.labels WHERE coalesce(hash(prediction_id) % {parts}, 0) = {part})")
+        con.execute(("CREATE TABLE raw.labels_matched AS" if part == 0 else "INSERT INTO raw.labels_matched") + f"""
+            SELECT l.* REPLACE (coalesce(p.model_id, l.model_id) AS model_id,
+                                coalesce(p.partition_date, l.prediction_date) AS prediction_date)
+            FROM {labels} AS l
+            LEFT JOIN (SELECT prediction_id, any_value(model_id) AS model_id, min(partition_date) AS partition_date
+                       FROM lake.predictions WHERE prediction_id IN (SELECT prediction_id FROM {labels})
+                       GROUP BY 1) AS p
+                ON p.prediction_id = l.prediction_id AND (l.partition_date = ? OR ?::DATE IS NULL)""", [day, day])
     con.execute("DROP TABLE raw.labels")
     con.execute("ALTER TABLE raw.labels_matched RENAME TO labels")
     if LABEL_TEXT in plan.targets:

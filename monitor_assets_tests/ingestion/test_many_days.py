@@ -9,6 +9,7 @@ import pytest
 
 from monitor_assets.config import load_config
 from monitor_assets.ingestion import formats, readers
+from monitor_assets.ingestion import labels as labels_module
 from monitor_assets.ingestion.readers import MissingInput, day_chunks, ingest_day, ingest_days
 from monitor_assets.storage.warehouse import connect, lake_of
 from monitor_assets_tests.conftest import TWO_MODELS_CONFIG as CONFIG
@@ -77,8 +78,9 @@ def _shown(results):
     return [(d, str(r) if isinstance(r, MissingInput) else r) for d, r in results]
 
 
-@pytest.mark.parametrize("chunk_bytes", [1 << 30, 1_000], ids=["one-chunk", "chunks-of-a-day-or-two"])
-def test_many_days_at_once_equal_one_day_at_a_time(tmp_path, monkeypatch, chunk_bytes):
+@pytest.mark.parametrize("chunk_bytes, match_rows", [(1 << 30, None), (1_000, None), (1 << 30, 2)],
+                         ids=["one-chunk", "chunks-of-a-day-or-two", "labels-matched-in-parts"])
+def test_many_days_at_once_equal_one_day_at_a_time(tmp_path, monkeypatch, chunk_bytes, match_rows):
     config = load_config(write(tmp_path / "m.yaml", CONFIG))
     runs = {}
     for how in ("one_by_one", "together"):
@@ -96,6 +98,8 @@ def test_many_days_at_once_equal_one_day_at_a_time(tmp_path, monkeypatch, chunk_
                         results = _one_at_a_time(con, config, source, DAYS, committed)
                     else:
                         monkeypatch.setattr(readers, "CHUNK_BYTES", chunk_bytes)
+                        if match_rows:  # labels matched to their predictions a few ids at a time
+                            monkeypatch.setattr(labels_module, "MATCH_ROWS", match_rows)
                         seen = []
                         results = ingest_days(con, config, source, DAYS, committed,
                                               done=lambda d, r, seen=seen: seen.append(d))
