@@ -633,7 +633,7 @@ def segment_window_rows(model: ModelConfig, ref: Reference, by_segment: dict[str
             continue
         prior = _merged(days, before, layout, None)
         own = ref.segments.get(segment)
-        source = "segment" if own is not None and own.n_rows >= min_rows else "model"
+        source = segment_source(ref, segment, min_rows)
         common = _common(model, window, ALL_VERSIONS, current, last_day, segment, source)
         rows.append({**common, "metric": "n_rows", "value": float(current.n_rows),
                      "reference_value": float(own.n_rows) if own is not None else None,
@@ -644,8 +644,8 @@ def segment_window_rows(model: ModelConfig, ref: Reference, by_segment: dict[str
         key = segment if source == "segment" else WHOLE
         if key not in references:
             # the model's scales come from its fine-grid reference; a segment's own from the profile bins
-            references[key] = (window_metrics(against.profile, against, min_group_size), scales if key == WHOLE else
-                               {n: P.wasserstein_scale(c, ref.bins.numeric[n]) for n, c in own.numeric.items()})
+            references[key] = (window_metrics(against.profile, against, min_group_size),
+                               scales if key == WHOLE else segment_scales(ref, segment))
         reference, noise = references[key]
         verdicts = P.window_drift(specs, against.profile, current, ref.bins, scales=noise)
         values = window_metrics(current, against, min_group_size, verdicts)
@@ -653,6 +653,19 @@ def segment_window_rows(model: ModelConfig, ref: Reference, by_segment: dict[str
                    if prior is not None and prior.n_rows >= min_rows else {})
         rows += metric_rows(common, values, reference, earlier)
     return rows
+
+
+def segment_source(ref: Reference, segment: str, min_rows: int) -> str:
+    """What a segment is judged against: 'segment', its own reference profile, when the reference holds `min_rows`
+    of its rows; else 'model', the whole model's."""
+    own = ref.segments.get(segment)
+    return "segment" if own is not None and own.n_rows >= min_rows else "model"
+
+
+def segment_scales(ref: Reference, segment: str) -> dict[str, float | None]:
+    """A segment's own Wasserstein noise scales, from its reference profile on the model's bins (the model's come
+    from its fine-grid reference: `reference_scales`)."""
+    return {n: P.wasserstein_scale(c, ref.bins.numeric[n]) for n, c in ref.segments[segment].numeric.items()}
 
 
 def window_picture_rows(model: ModelConfig, ref: Reference, current: P.Profile, window: Window,

@@ -21,8 +21,10 @@ from monitor_assets.evaluation.logic import (
     load_profiles,
     reference_scales,
     segment_key,
+    segment_source,
     stored_references,
 )
+from monitor_assets.evaluation.logic import segment_scales as own_scales
 from monitor_assets.evaluation.settings import Window, WindowSpec
 from monitor_assets.stats import drift as D
 from monitor_assets.stats import profiles as P
@@ -114,16 +116,15 @@ def judge_drift(model: ModelConfig, ref: Reference, by_segment: dict[str, dict[d
         current = _merged(by_segment[segment], window, layout, None)
         if current is None:
             continue
-        own = ref.segments.get(segment)
-        source = "segment" if own is not None and own.n_rows >= min_rows else "model"
-        against = own if source == "segment" else ref.profile
+        source = segment_source(ref, segment, min_rows)
+        against = ref.segments[segment] if source == "segment" else ref.profile
         common = {"model_id": model.id, "segment_by": segment_by(model, segment), "segment": segment,
                   "n_rows": current.n_rows, "n_reference": against.n_rows, "reference_source": source}
         if current.n_rows < min_rows:  # listed, not judged: too few rows for a verdict to mean much
             rows.append({**common, "judged": False})
             continue
         if source == "segment" and segment not in segment_scales:  # the segment's own, from its profile bins
-            segment_scales[segment] = {n: P.wasserstein_scale(c, ref.bins.numeric[n]) for n, c in own.numeric.items()}
+            segment_scales[segment] = own_scales(ref, segment)
         # a segment's own columns say nothing within it (device=mobile: every row's device is 'mobile')
         named = {n for cross in model.segments.by if segment_key(cross) == common["segment_by"] for n in cross}
         specs = [s for s in judged_specs(model) if s.name not in named]
