@@ -167,6 +167,9 @@ class SegmentsConfig:
     by: tuple[tuple[str, ...], ...] = ()
     min_rows: int = 100
     columns: tuple[FeatureConfig, ...] = ()
+    # a metric resting on one class's rows (ROC AUC, precision, recall, F1) is reported, not judged, on a
+    # segment-day with fewer of them (positives, negatives or predicted positives; for multiclass each class's)
+    min_class_rows: int = 10
 
 
 @dataclass(frozen=True)
@@ -811,13 +814,14 @@ def _classes(r: _Reader, data: Any, key: str, task: str) -> tuple[str, ...]:
 
 def _segments(r: _Reader, data: Any, key: str, known: tuple[FeatureConfig, ...], default_source: str
               ) -> SegmentsConfig:
-    """`segments: [market, [market, device]]`, or `segments: {by: [...], min_rows: 100, columns: {...}}`."""
+    """`segments: [market, [market, device]]`, or `segments: {by: [...], min_rows: 100, min_class_rows: 10,
+    columns: {...}}`."""
     if data is None:
         return SegmentsConfig()
     if isinstance(data, list):
         data = {"by": data}
     data = r.mapping(data, key)
-    r.unknown_keys(data, key, {"by", "min_rows", "columns"})
+    r.unknown_keys(data, key, {"by", "min_rows", "min_class_rows", "columns"})
     declared = {c.name: c for c in _named_features(r, data.get("columns"), f"{key}.columns", default_source,
                                                    "categorical")}
     by_key = f"{key}.by"
@@ -849,10 +853,13 @@ def _segments(r: _Reader, data: Any, key: str, known: tuple[FeatureConfig, ...],
         if (c.source, c.type) in read:
             raise r.fail(f"{key}.columns.{n}", f"reads the same field {c.source!r} as {read[(c.source, c.type)]}; "
                                                f"segment by {read[(c.source, c.type)]} instead")
-    min_rows = data.get("min_rows", SegmentsConfig.min_rows)
-    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or not 1 <= min_rows <= 10_000_000:
-        raise r.fail(f"{key}.min_rows", f"expected a whole number in [1, 10000000], got {min_rows!r}")
-    return SegmentsConfig(tuple(dict.fromkeys(by)), min_rows, tuple(extra.values()))
+    minimum = {}
+    for name in ("min_rows", "min_class_rows"):
+        value = minimum[name] = data.get(name, getattr(SegmentsConfig, name))
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000_000:
+            raise r.fail(f"{key}.{name}", f"expected a whole number in [1, 10000000], got {value!r}")
+    return SegmentsConfig(tuple(dict.fromkeys(by)), minimum["min_rows"], tuple(extra.values()),
+                          minimum["min_class_rows"])
 
 
 def _estimation(r: _Reader, data: Any, key: str, task: str) -> EstimationConfig:

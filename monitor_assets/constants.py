@@ -27,16 +27,19 @@ ESTIMATED_PERFORMANCE_CHECK = "estimated_performance_within_baseline"  # the lab
 SEGMENT_PERFORMANCE_CHECK = "segment_performance_within_baseline"  # a market / device / ... fell below its own
 MULTIVARIATE_DRIFT_CHECK = "multivariate_drift_within_threshold"  # the features changed how they go together
 SEGMENT_DRIFT_CHECK = "segment_drift_within_threshold"  # a segment's feature drifted (adjusted across segments)
+# a segment's label-free estimate fell below its floor (adjusted across segments)
+SEGMENT_ESTIMATED_PERFORMANCE_CHECK = "segment_estimated_performance_within_baseline"
 THRESHOLD_CHECKS = (PERFORMANCE_CHECK, LATENCY_CHECK, ERROR_RATE_CHECK, VOLUME_CHECK, DRIFT_CHECK, FAIRNESS_CHECK,
                     ANOMALY_CHECK, FEATURE_VALUES_CHECK, EQUALIZED_ODDS_CHECK, PREDICTION_DRIFT_CHECK,
                     KEY_FEATURE_DRIFT_CHECK, ESTIMATED_PERFORMANCE_CHECK, SEGMENT_PERFORMANCE_CHECK,
-                    MULTIVARIATE_DRIFT_CHECK, SEGMENT_DRIFT_CHECK)
+                    MULTIVARIATE_DRIFT_CHECK, SEGMENT_DRIFT_CHECK, SEGMENT_ESTIMATED_PERFORMANCE_CHECK)
 # The severity of each threshold check unless a model's `thresholds.severity` says otherwise.
 DEFAULT_SEVERITY = {PERFORMANCE_CHECK: "ERROR", LATENCY_CHECK: "WARN", ERROR_RATE_CHECK: "ERROR", VOLUME_CHECK: "ERROR",
                     DRIFT_CHECK: "WARN", FAIRNESS_CHECK: "ERROR", ANOMALY_CHECK: "WARN", FEATURE_VALUES_CHECK: "ERROR",
                     EQUALIZED_ODDS_CHECK: "ERROR", PREDICTION_DRIFT_CHECK: "WARN", KEY_FEATURE_DRIFT_CHECK: "WARN",
                     ESTIMATED_PERFORMANCE_CHECK: "WARN", SEGMENT_PERFORMANCE_CHECK: "ERROR",
-                    MULTIVARIATE_DRIFT_CHECK: "WARN", SEGMENT_DRIFT_CHECK: "WARN"}
+                    MULTIVARIATE_DRIFT_CHECK: "WARN", SEGMENT_DRIFT_CHECK: "WARN",
+                    SEGMENT_ESTIMATED_PERFORMANCE_CHECK: "WARN"}
 
 # Data-quality checks on raw/predictions.
 QUALITY_CHECK = "predictions_are_complete_and_valid"

@@ -128,7 +128,7 @@ def build_definitions(config: MonitorConfig) -> dg.Definitions:
     pictures = build_pictures_definitions(config)
     evaluation = build_evaluation_definitions(config)
     history = build_history_definitions(config, upstream=asset_keys(metrics, analysis, estimation, segments,
-                                                                    multivariate))
+                                                                    multivariate, evaluation))
     alerting = build_alerting_definitions(config)
     retraining = build_retraining_definitions(config)
     reporting = build_reporting_definitions(config)

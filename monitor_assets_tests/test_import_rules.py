@@ -16,8 +16,10 @@ STAGES = ("ingestion", "metrics", "analysis", "history", "alerting", "reporting"
 OPEN_TO_STAGES = ("storage", "config", "constants", "keys", "formatting", "wiring")
 # Stages built on another stage's stored work, each named with why (one direction only, never a cycle): the
 # evaluation store judges a window's multivariate drift with the multivariate stage's fitted references and the
-# day samples it keeps (`multivariate.logic.references`, `judged`, `SAMPLES`), rather than a second copy of them.
-BUILT_ON = {("evaluation", "multivariate")}
+# day samples it keeps (`multivariate.logic.references`, `judged`, `SAMPLES`), rather than a second copy of them;
+# the segments' estimates are judged against the floor the segment performance check uses (`segments.logic.judge`,
+# `reference_segments`, `ALPHA`), not a second spelling of that rule.
+BUILT_ON = {("evaluation", "multivariate"), ("estimation", "segments")}
 ENTRY_POINTS = (f"{PACKAGE}.definitions", f"{PACKAGE}.run_pipeline")
 
 

@@ -293,7 +293,7 @@ def test_segmented_models_page_lists_its_worst_segments_first(world, pages):
     assert section.count('class="segment-below"') == len(below)
     assert f"Segments, worst first ({DAYS[-1].date():%Y-%m-%d})" in section or str(DAYS[-1].date()) in section
     figures = json.loads(re.search(r"const figures = (\[.*?\]);\n", page).group(1))
-    drawn = next(f for f in figures if f["id"] == "segments")["figure"]["data"]
+    drawn = next(f for f in figures if f["id"] == "segment-lines")["figure"]["data"]
     assert drawn[0]["name"] == segments[0]
 
 

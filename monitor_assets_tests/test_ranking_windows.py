@@ -1,15 +1,22 @@
 """Rankers in the evaluation store (monitor_assets/ranking/windows.py): a window's per-request metrics merged
-from the days equal the metrics over the window's requests themselves."""
+from the days equal the metrics over the window's requests themselves, and its catalogue figures merged from the
+days' item counts (monitoring.ranking_item_counts) equal those of the window's impressions."""
 
 import datetime as dt
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from deltalake import DeltaTable
 
-from monitor_assets.ranking.logic import day_frame, labels_complete, request_figures
-from monitor_assets.ranking.windows import merge
+from monitor_assets.evaluation.logic import ranker_window_warnings
+from monitor_assets.evaluation.settings import DEFAULT as EVALUATION_DEFAULT
+from monitor_assets.ranking.logic import _catalogue, day_frame, labels_complete, reference_of, request_figures
+from monitor_assets.ranking.windows import CATALOGUE, STANDARD_ERROR, merge
+from monitor_assets.stats import ranking as R
+from monitor_assets.storage.warehouse import lake_of
 
 
 def _day(day: int, value: float, requests: int, relevant: int, complete: bool = True) -> list[dict]:
@@ -45,8 +52,8 @@ def test_the_demo_rankers_windows_equal_their_requests(demo_run, demo_db, ranker
                                       reference_value
                                FROM monitoring.evaluation_store WHERE model_id = ? AND model_version = '*'""",
                             [ranker.id]).df()
-    assert len(store) and {"ndcg_at_10", "mrr", "label_coverage"} <= set(store.metric)
-    assert not ({"catalogue_coverage", "novelty"} & set(store.metric))
+    assert len(store) and {"ndcg_at_10", "mrr", "label_coverage", *CATALOGUE} <= set(store.metric)
+    assert "score_drift_ks" not in set(store.metric)  # needs the window's scores: not merged
     # The first week inside the demo: its requests' metrics, from the impressions and interactions of its days.
     weeks = store[store.window_id.str.startswith("week:") & (store.days_profiled == 7)]
     week = weeks.sort_values("window_start").iloc[0]
@@ -59,6 +66,60 @@ def test_the_demo_rankers_windows_equal_their_requests(demo_run, demo_db, ranker
     mine = store[store.window_id == week.window_id].set_index("metric")
     for metric in ("ndcg_at_10", "precision_at_5", "mrr", "mean_loss"):
         assert mine.value[metric] == pytest.approx(direct[metric][0], rel=1e-9), metric
+    # the main metric's standard error over the week's requests, merged from the days' (sd / sqrt(requests))
+    assert mine.value[ranker.main_metric + STANDARD_ERROR] == pytest.approx(direct[ranker.main_metric][1], rel=1e-9)
     assert mine.n_rows.iloc[0] == sum(int(f.request_id.nunique()) for f in frames)
     assert mine.days_profiled.iloc[0] == 7
     assert math.isfinite(mine.reference_value["ndcg_at_10"])
+
+    # the catalogue figures: the daily functions on the week's impressions themselves, in their logged order
+    impressions = pd.concat([day_frame(demo_db, ranker, d, config.label_delay_days)[0] for d in days],
+                            ignore_index=True)
+    ref = reference_of(config, ranker)
+    direct = _catalogue(R.ItemCounts.of(impressions.item_id.to_numpy()), ref.items, impressions.score.to_numpy(), ref)
+    for metric in CATALOGUE:
+        assert math.isfinite(direct[metric]) and mine.value[metric] == pytest.approx(direct[metric], rel=1e-9), metric
+        assert mine.reference_value[metric] == pytest.approx(ref.values[metric], rel=1e-12)
+
+
+def test_item_counts_cost_per_ranker_day(demo_run, demo_db, ranker):
+    """What monitoring.ranking_item_counts costs on the demo (docs/tables.md quotes it): its files' bytes per
+    ranker-day, and its rows equal the distinct items shown per version and day."""
+    config, _ = demo_run
+    counted = demo_db.execute("""SELECT partition_date, model_version, count(*) AS items, sum(impressions) AS n
+                                 FROM monitoring.ranking_item_counts WHERE model_id = ? GROUP BY ALL""",
+                              [ranker.id]).df()
+    shown = demo_db.execute("""SELECT partition_date, model_version, count(DISTINCT item_id) AS items, count(*) AS n
+                               FROM raw.ranking_impressions WHERE model_id = ? GROUP BY ALL""", [ranker.id]).df()
+    key = ["partition_date", "model_version"]
+    pd.testing.assert_frame_equal(counted.sort_values(key).reset_index(drop=True),
+                                  shown.sort_values(key).reset_index(drop=True), check_dtype=False)
+    root = Path(lake_of(demo_db).path("monitoring.ranking_item_counts"))
+    # the current version's files, not those replaced by later runs
+    files = [Path(u.removeprefix("file://")) for u in DeltaTable(str(root)).file_uris()]
+    ranker_days = demo_db.execute("SELECT count(DISTINCT (model_id, partition_date)) FROM "
+                                  "monitoring.ranking_item_counts").fetchone()[0]
+    per_day = sum(f.stat().st_size for f in files) / ranker_days
+    print(f"ranking_item_counts: {per_day / 1024:.1f} KiB per ranker-day, "
+          f"{counted['items'].mean():.0f} rows per ranker-day ({len(files)} files, {ranker_days} ranker-days)")
+    assert 0 < per_day < 200_000
+
+
+def test_the_window_check_warns_on_the_popularity_collapse_week_only(demo_run, demo_db, ranker):
+    """data/demo/incidents.yaml: home_recommender's popularity collapse on 2026-10-17 and 10-18 (the week of
+    2026-10-12). That week warns on its NDCG@10 below the floor beyond sampling error and on its concentration
+    above `evaluation.concentration_ratio` (default) x the reference's; the week before does not; a ratio above
+    the week's own silences the popularity warning."""
+    store = demo_db.execute("""SELECT * FROM monitoring.evaluation_store WHERE model_id = ? AND model_version = '*'
+                               AND window_name = 'week' AND days_profiled = 7""", [ranker.id]).df()
+    store["start"] = pd.to_datetime(store.window_start).dt.date
+    limit = EVALUATION_DEFAULT.concentration_ratio
+    warned = {start: ranker_window_warnings(part, ranker, limit) for start, part in store.groupby("start")}
+    collapse, stable = dt.date(2026, 10, 12), dt.date(2026, 10, 5)
+    assert {w.kind for w in warned[collapse]} == {"performance", "popularity"}, warned[collapse]
+    week = store[store.start == collapse].set_index("metric")
+    ratio = week.value["popularity_concentration"] / week.reference_value["popularity_concentration"]
+    assert ratio > limit
+    assert warned[stable] == []
+    looser = ranker_window_warnings(store[store.start == collapse], ranker, ratio + 0.01)
+    assert {w.kind for w in looser} == {"performance"}

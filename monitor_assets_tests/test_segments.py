@@ -109,6 +109,8 @@ def test_history_keeps_the_segments(world):
     ("[market, [market, market]]", "distinct names"),
     ("[x]", "x is a numeric feature"),
     ("{by: [market], min_rows: 0}", "min_rows"),
+    ("{by: [market], min_class_rows: 0}", "min_class_rows"),
+    ("{by: [market], min_class_rows: true}", "min_class_rows"),
     ("{by: [market], colour: 1}", "colour"),
     ("{by: [market], columns: {device: {}}}", "declared but not used"),
 ])
@@ -117,6 +119,14 @@ def test_config_mistakes_get_one_line(world, segments, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(path)
     assert "\n" not in str(info.value) and "segments" in str(info.value)
+
+
+def test_min_class_rows_defaults_to_ten_and_is_read(world):
+    config = load_config(world["tmp"] / "monitor.yaml")
+    assert config.models[0].segments.min_class_rows == 10
+    path = write(world["tmp"] / "classes.yaml", CONFIG.format(tmp=world["tmp"],
+                                                              segments="{by: [market], min_class_rows: 25}"))
+    assert load_config(path).models[0].segments.min_class_rows == 25
 
 
 def test_one_models_unreadable_reference_stops_only_its_segments(world, tmp_path):

@@ -30,6 +30,7 @@ from monitor_assets.constants import PREDICTION_DRIFT_CHECK as PREDICTION_DRIFT
 from monitor_assets.constants import RANKING_DRIFT_CHECK as RANKING_DRIFT
 from monitor_assets.constants import RANKING_PERFORMANCE_CHECK as RANKING_PERFORMANCE
 from monitor_assets.constants import SEGMENT_DRIFT_CHECK as SEGMENT_DRIFT
+from monitor_assets.constants import SEGMENT_ESTIMATED_PERFORMANCE_CHECK as SEGMENT_ESTIMATED_PERFORMANCE
 from monitor_assets.constants import SEGMENT_PERFORMANCE_CHECK as SEGMENT_PERFORMANCE
 from monitor_assets.constants import VOLUME_CHECK as VOLUME
 from monitor_assets.formatting import fmt_num, fmt_p, fmt_pct, plural
@@ -37,7 +38,7 @@ from monitor_assets.stats.anomaly import find_anomalies
 from monitor_assets.stats.drift import P_VALUE_METHODS
 from monitor_assets.stats.estimation import band_standard_error
 from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
-from monitor_assets.stats.performance import metric_standard_error, share_of_baseline
+from monitor_assets.stats.performance import metric_floor, metric_standard_error, share_of_baseline
 from monitor_assets.stats.shortfall import ALPHA as ESTIMATE_ALPHA
 from monitor_assets.stats.shortfall import CUSUM_DAYS, adjusted_fails, family_size, shortfall_test
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame, transaction
@@ -62,6 +63,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
         _judge_anomalies(rows, model, inputs, config, days)
     _judge_estimates(rows, config, inputs, days)
     _judge_segments(rows, config, inputs)
+    _judge_segment_estimates(rows, config, inputs)
     _judge_segment_drift(rows, config, inputs)
     _judge_multivariate(rows, config, inputs)
     if config.rankers:
@@ -155,6 +157,12 @@ def _read_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: li
                                      reference_source, floor, p_value, p_adjusted, below_floor
                               FROM monitoring.segment_performance WHERE partition_date IN (SELECT unnest(?::DATE[]))
                               AND p_value IS NOT NULL""", [days]).df()
+    # The main metric's estimate per segment, where it was tested (a band, a floor).
+    segment_estimates = con.execute("""
+        SELECT partition_date, model_id, segment, metric, estimate AS value, lower, upper, n_rows, n_labelled,
+               reference_value, reference_source, floor, p_value, p_adjusted, below_floor
+        FROM monitoring.segment_estimated_performance WHERE partition_date IN (SELECT unnest(?::DATE[]))
+        AND p_value IS NOT NULL""", [days]).df()
     segment_drift = con.execute("""SELECT partition_date, model_id, segment, feature, method, statistic, threshold,
                                           evidence, test, p_value, p_adjusted, drifted, judged, n_rows, reference_source
                                    FROM monitoring.segment_drift WHERE partition_date IN (SELECT unnest(?::DATE[]))""",
@@ -165,7 +173,8 @@ def _read_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: li
                                   ORDER BY model_id, partition_date, method""", [days]).df()
     return {"perf": perf, "base": base, "drift": drift, "fair": fair, "features": features,
             "predictions": predictions, "logged": logged, "anomalies": anomalies, "estimated": estimated,
-            "segments": segments, "segment_drift": segment_drift, "multivariate": multivariate}
+            "segments": segments, "segment_estimates": segment_estimates, "segment_drift": segment_drift,
+            "multivariate": multivariate}
 
 
 @dataclass
@@ -185,12 +194,13 @@ class _Inputs:
     anomalies_by: dict
     estimated_by: dict
     segments_by: dict
+    segment_estimates_by: dict
     segment_drift_by: dict
     multivariate_by: dict
 
 
 def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies, estimated, segments,
-              segment_drift, multivariate) -> _Inputs:
+              segment_estimates, segment_drift, multivariate) -> _Inputs:
     # Every frame is split by model (and day) once: filtering frames of 500 models per model took 15 s.
     features = features.assign(excess=_excess(features))
     return _Inputs(
@@ -203,6 +213,7 @@ def _by_model(perf, base, drift, fair, features, predictions, logged, anomalies,
         values_by=_rows_by(features[_values_changed(features)], "model_id", "day"),
         fair_by=_rows_by(fair, "model_id", "day"), anomalies_by=_rows_by(anomalies, "model_id", "day"),
         estimated_by=_rows_by(estimated, "model_id", "metric"), segments_by=_rows_by(segments, "model_id", "day"),
+        segment_estimates_by=_rows_by(segment_estimates, "model_id", "day"),
         segment_drift_by=_rows_by(segment_drift, "model_id", "day"),
         multivariate_by=_rows_by(multivariate, "model_id", "day"))
 
@@ -316,8 +327,30 @@ def _judge_segments(rows: _Rows, config: MonitorConfig, inputs: _Inputs) -> None
     """Each segmented model-day: fails when a segment's main metric is below its floor beyond chance
     (`monitoring.segment_performance.below_floor`, adjusted across the model-day's segments), naming the
     segments, worst first."""
-    by_model = {}
-    for (model_id, day), found in inputs.segments_by.items():
+    _judge_floors(rows, config, inputs.segments_by, SEGMENT_PERFORMANCE, "", "tested", "chance",
+                  lambda r: (f" on {int(r.n_labelled)} labelled rows", {"n_labelled": int(r.n_labelled)}))
+
+
+def _judge_segment_estimates(rows: _Rows, config: MonitorConfig, inputs: _Inputs) -> None:
+    """Each model-day with segment estimates: fails when a segment's estimated main metric is below its floor
+    beyond its band (`monitoring.segment_estimated_performance.below_floor`, adjusted across the model-day's
+    segments), naming the segments, worst first; labels are not needed."""
+    def text(r) -> tuple[str, dict]:
+        labelled = f", {int(r.n_labelled)} labelled" if r.n_labelled else ", no labels yet"
+        return (f" (95% band {fmt_num(r.lower)} to {fmt_num(r.upper)}, {int(r.n_rows)} rows{labelled})",
+                {"lower": r.lower, "upper": r.upper, "n_rows": int(r.n_rows), "n_labelled": int(r.n_labelled)})
+
+    _judge_floors(rows, config, inputs.segment_estimates_by, SEGMENT_ESTIMATED_PERFORMANCE, "estimated ",
+                  "estimated", "the band", text)
+
+
+def _judge_floors(rows: _Rows, config: MonitorConfig, found_by: dict, check: str, prefix: str, verb: str,
+                  beyond: str, describe) -> None:
+    """A segment check per model-day from its segments' rows (`value`, `reference_value`, `reference_source`,
+    `floor`, `p_value`, `p_adjusted`, `below_floor`): fails naming the segments below their floor, the most
+    significant first. `describe(row)`: the text after a segment's value and its details."""
+    by_model: dict[str, list] = {}
+    for (model_id, day), found in found_by.items():
         by_model.setdefault(model_id, []).append((day, found))
     for model in config.models:
         for day, found in by_model.get(model.id, ()):
@@ -325,24 +358,22 @@ def _judge_segments(rows: _Rows, config: MonitorConfig, inputs: _Inputs) -> None
             below = [r for r in ranked if _flag(r.below_floor)]
             worst = below[0] if below else ranked[0]
             score = share_of_baseline(worst.metric, worst.reference_value, worst.value)
-            details = {"segments_tested": len(found), "segments_below_floor": len(below),
+            details = {f"segments_{verb}": len(found), "segments_below_floor": len(below),
                        "segments": [{"segment": r.segment, "value": r.value, "reference_value": r.reference_value,
-                                     "n_labelled": int(r.n_labelled), "p_adjusted": r.p_adjusted}
-                                    for r in (below or ranked)[:5]]}
+                                     **describe(r)[1], "p_adjusted": r.p_adjusted} for r in (below or ranked)[:5]]}
             if below:
                 named = "; ".join(
-                    f"{r.segment}: {r.metric} {fmt_num(r.value)} on {int(r.n_labelled)} labelled rows vs "
+                    f"{r.segment}: {prefix}{r.metric} {fmt_num(r.value)}{describe(r)[0]} vs "
                     f"{fmt_num(r.reference_value)} in the {'segment' if r.reference_source == 'segment' else 'whole'}"
                     f" reference (floor {fmt_num(r.floor)}, adjusted {fmt_p(r.p_adjusted)})" for r in below[:3])
                 more = f"; and {plural(len(below) - 3, 'more segment')}" if len(below) > 3 else ""
                 message = (f"{plural(len(below), 'segment')} of {len(found)} below {model.thresholds.min_metric_ratio:.0%}"
-                           f" of their reference beyond chance: {named}{more}")
+                           f" of their reference beyond {beyond}: {named}{more}")
             else:
-                message = (f"{plural(len(found), 'segment')} tested, none below its floor beyond chance (closest: "
-                           f"{worst.segment}, {worst.metric} {fmt_num(worst.value)} vs {fmt_num(worst.reference_value)}"
-                           f", adjusted {fmt_p(worst.p_adjusted)})")
-            rows.add(day, model, SEGMENT_PERFORMANCE, score, model.thresholds.min_metric_ratio, not below, message,
-                     details)
+                message = (f"{plural(len(found), 'segment')} {verb}, none below its floor beyond {beyond} (closest: "
+                           f"{worst.segment}, {prefix}{worst.metric} {fmt_num(worst.value)} vs "
+                           f"{fmt_num(worst.reference_value)}, adjusted {fmt_p(worst.p_adjusted)})")
+            rows.add(day, model, check, score, model.thresholds.min_metric_ratio, not below, message, details)
 
 
 def _judge_segment_drift(rows: _Rows, config: MonitorConfig, inputs: _Inputs) -> None:
@@ -447,7 +478,7 @@ def estimate_evidence(model: ModelConfig, window: list, baseline: float | None) 
     if last is None or not _known(last.estimate) or not _known(last.lower) or not _known(baseline) or baseline == 0:
         return None
     higher = METRIC_DIRECTION[metric] == HIGHER
-    floor = ratio * baseline if higher else (2 - ratio) * baseline
+    floor = metric_floor(metric, baseline, ratio)
 
     def se(r) -> float:
         return band_standard_error(r.lower, r.upper) if r is not None and _known(r.lower) else math.nan

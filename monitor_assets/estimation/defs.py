@@ -21,6 +21,9 @@ from monitor_assets.wiring import (
     table_schema,
 )
 
+SEGMENT_SHOWN = ["partition_date", "model_id", "segment", "metric", "estimate", "lower", "upper", "n_rows", "floor",
+                 "p_adjusted"]
+
 
 def build_estimation_definitions(config: MonitorConfig) -> dg.Definitions:
     """The estimated_performance asset (its check is a threshold check, evaluated with the others)."""
@@ -35,7 +38,9 @@ def build_estimation_definitions(config: MonitorConfig) -> dg.Definitions:
                     "(`lower`, `upper`). Assumes no concept shift: P(label | inputs) as in the reference. When labels "
                     "land, `realized`, `n_labelled` and `within_band` fill in (each run refreshes the "
                     "`label_delay_days` before it). Estimators are fitted once per reference version "
-                    "(`monitoring.estimators`).",
+                    "(`monitoring.estimators`). A model with `segments:` is estimated per segment of at least "
+                    "`segments.min_rows` rows as well (`monitoring.segment_estimated_performance`), its main metric "
+                    "tested against the segment's floor (Benjamini-Hochberg across the model-day's segments).",
         group_name=GROUP_METRICS, kinds={"python", "scikit-learn"}, owners=OWNERS,
         partitions_def=daily_partitions(config), backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=IO_RETRY, deps=[keys.PREDICTIONS, keys.LABELS, keys.REFERENCE_PROFILES],  # lake only
@@ -46,7 +51,7 @@ def build_estimation_definitions(config: MonitorConfig) -> dg.Definitions:
         days = run_days(context)
         refreshed = days_with_label_refresh(days, cfg)
         with fail_fast(), warehouse.connect_lake() as con:
-            frame, missing = write_estimates(con, cfg, refreshed)
+            frame, segments, missing = write_estimates(con, cfg, refreshed)
             add_partition_metadata(context, {day: day_summary(con, cfg, frame, day) for day in days})
         for model_id, why in missing.items():
             context.log.warning(f"model {model_id}: performance not estimated ({why})")
@@ -56,6 +61,10 @@ def build_estimation_definitions(config: MonitorConfig) -> dg.Definitions:
             "models_not_estimated": dg.MetadataValue.md(
                 "\n".join(f"- {m}: {why}" for m, why in missing.items()) or "none"),
             "preview": dg.MetadataValue.md(frame_markdown(frame, limit=12) if len(frame) else "none"),
+            "segment_estimates": len(segments),
+            "segments_below_floor": dg.MetadataValue.md(
+                frame_markdown(below[SEGMENT_SHOWN], limit=12) if len(below := segments[segments.below_floor.eq(True)])
+                else "none"),
             "dagster/row_count": len(frame),
         })
 

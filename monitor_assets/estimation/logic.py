@@ -5,6 +5,13 @@ Each model's estimator is fitted once per reference version (and method, and sci
 `monitoring.estimators`; each day's rows are then estimated from their scores (and features, for regressors).
 Where labels have landed, the realized metric of the same rows and whether it fell inside the band are written
 beside the estimate; the asset refreshes the `label_delay_days` before its days, as performance does.
+
+A model with `segments:` is estimated per segment too (`monitoring.segment_estimated_performance`): each segment of
+at least `segments.min_rows` rows of the day (rows, not labels) is the same estimator applied to those rows alone,
+from the frame the day was read into (a reweighted estimator weighs the segment's rows against the whole
+reference, as any day's). Its main metric is tested against the floor the segment performance check uses
+(`segments.logic.judge`): one-sided, z = (floor - estimate) / the band's standard error, the p-values of a
+model-day's segments adjusted together (Benjamini-Hochberg at `segments.logic.ALPHA`).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Iterator
 import duckdb
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from monitor_assets.config import (
     CLASS_CODE_COLUMN,
@@ -24,8 +32,12 @@ from monitor_assets.config import (
     ModelConfig,
     MonitorConfig,
 )
+from monitor_assets.segments.logic import ALPHA as SEGMENT_ALPHA
+from monitor_assets.segments.logic import reference_segments, segment_floors
 from monitor_assets.stats import estimation as E
 from monitor_assets.stats import multiclass as MC
+from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
+from monitor_assets.stats.multiple_testing import benjamini_hochberg
 from monitor_assets.stats.performance import decision_class_sql, share_of_baseline
 from monitor_assets.stats.reference import MIN_REFERENCE_ROWS
 from monitor_assets.storage.fits import stored_or_fitted
@@ -33,18 +45,22 @@ from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.reads import (
     DAY_COLUMN,
     day_batches,
+    feature_columns,
     held_models,
     latest_labels_sql,
     model_feature_select,
     reference_reader_sql,
     split_by_day,
 )
-from monitor_assets.storage.sql import quote_ident
+from monitor_assets.storage.sql import quote_ident, segment_key, segment_sql
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
 
 ESTIMATES = "monitoring.estimated_performance"
 ESTIMATORS = "monitoring.estimators"
+SEGMENT_ESTIMATES = "monitoring.segment_estimated_performance"
 COLUMNS = [c for c in TABLES[ESTIMATES][0] if c != "computed_at"]
+SEGMENT_COLUMNS = [c for c in TABLES[SEGMENT_ESTIMATES][0] if c != "computed_at"]
+SEGMENT_COLUMN = "segment:"  # + segmentation key ('market,device'): a day frame's column holding each row's segment
 FIT_FORMAT = 5  # part of the fit key: a change of the estimator's layout refits every model once
 
 
@@ -167,7 +183,8 @@ def estimators(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> tup
 def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
                days: list[dt.date]) -> Iterator[tuple[dt.date, pd.DataFrame]]:
     """Each of `days` with its served, scored rows (score, logged decision 1/0/NULL, version, latest label,
-    features; a multiclass model's rows with logged probabilities), DAYS_PER_READ days a query."""
+    features, each row's segment per segmentation (`segment_key`); a multiclass model's rows with logged
+    probabilities), DAYS_PER_READ days a query."""
     lake = lake_of(con)
     if not days or not lake.has_table(lake.model_path(model.id)):
         for day in days:
@@ -182,7 +199,8 @@ def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mod
         decision = decision_class_sql("p.decision") if logged else "NULL::INT"
         features = (f", {model_feature_select(config, model.id, 'p.')}"
                     if needs_features(method_of(model)) and model.features else "")
-        picks = (f"p.score, {decision} AS decision, p.model_version, l.label{features}", "isfinite(p.score)")
+        picks = (f"p.score, {decision} AS decision, p.model_version, l.label{features}{_segment_picks(config, model)}",
+                 "isfinite(p.score)")
     for chunk in day_batches(days):
         frame = con.execute(f"""
             SELECT p.partition_date AS {DAY_COLUMN}, {picks[0]}
@@ -191,6 +209,22 @@ def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mod
             WHERE p.partition_date IN (SELECT unnest($days::DATE[])) AND p.model_id = $model AND p.is_ok
                   AND {picks[1]}""", {"first": chunk[0], "days": chunk, "model": model.id}).df()
         yield from split_by_day(frame, chunk).items()
+
+
+
+def segmented(model: ModelConfig) -> bool:
+    """Estimated per segment as well: multiclass models' segments are not computed yet (as segment performance)."""
+    return bool(model.segments.by) and not model.is_multiclass
+
+
+def _segment_picks(config: MonitorConfig, model: ModelConfig) -> str:
+    """SELECT items naming each row's segment per segmentation, spelt as segment_performance spells them."""
+    if not segmented(model):
+        return ""
+    stored = feature_columns(config)
+    column_of = {c.name: f"p.{quote_ident(stored[(c.source, c.type)])}" for c in model.logged_columns}
+    return "".join(f", {segment_sql(cross, column_of)} AS {quote_ident(SEGMENT_COLUMN + segment_key(cross))}"
+                   for cross in model.segments.by)
 
 
 def _realized(model: ModelConfig, frame: pd.DataFrame) -> dict[str, float]:
@@ -239,22 +273,82 @@ def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.dat
     return rows
 
 
-def write_estimates(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> tuple[pd.DataFrame, dict]:
-    """Replace `days` of monitoring.estimated_performance for the config's models. Returns (the rows written,
-    model id -> why it was not estimated)."""
+def estimate_segments(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.date,
+                      reference: pd.DataFrame, baseline: float | None) -> pd.DataFrame:
+    """One model-day's estimates per segment of at least `segments.min_rows` rows: `estimate_day` on the
+    segment's rows alone, judged by `judge_segment_estimates`."""
+    parts = []
+    for cross in model.segments.by if segmented(model) and len(frame) else ():
+        key = segment_key(cross)
+        for segment, rows in frame.groupby(SEGMENT_COLUMN + key, sort=True):
+            if len(rows) >= model.segments.min_rows:
+                parts += [{**r, "segment_by": key, "segment": segment} for r in estimate_day(model, estimator, rows, day)]
+    if not parts:
+        return pd.DataFrame(columns=SEGMENT_COLUMNS)
+    return judge_segment_estimates(model, pd.DataFrame(parts), reference, baseline)
+
+
+def judge_segment_estimates(model: ModelConfig, found: pd.DataFrame, reference: pd.DataFrame,
+                            baseline: float | None) -> pd.DataFrame:
+    """One model-day's segment estimates with, on the main metric's rows, the floor, the one-sided p-value of
+    the estimate being below it (above, for a lower-is-better metric) with the band's standard error, the
+    p-values adjusted across the model-day's segments (Benjamini-Hochberg) and `below_floor` (adjusted p < ALPHA)."""
+    out = found.reindex(columns=SEGMENT_COLUMNS).reset_index(drop=True)
+    main = np.flatnonzero(out.metric.to_numpy() == model.main_metric)
+    source, below = np.full(len(out), None, dtype=object), np.full(len(out), None, dtype=object)
+    reference_value, floor, p, adjusted = (np.full(len(out), math.nan) for _ in range(4))
+    if len(main):
+        m = out.iloc[main]
+        floors = segment_floors(model, m, reference, baseline)
+        reference_value[main] = [f[0] for f in floors]
+        source[main] = [f[1] for f in floors]
+        floor[main] = [f[2] for f in floors]
+        se = E.band_standard_error(m.lower.to_numpy(float), m.upper.to_numpy(float))
+        gap = floor[main] - m.estimate.to_numpy(float)
+        z = gap if METRIC_DIRECTION[model.main_metric] == HIGHER else -gap
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p[main] = np.where(np.isfinite(z) & (se > 0), stats.norm.sf(z / se), math.nan)
+        adjusted[main] = benjamini_hochberg(p[main])
+        below[main] = np.nan_to_num(adjusted[main], nan=1.0) < SEGMENT_ALPHA
+    return out.assign(reference_value=reference_value, reference_source=source, floor=floor, p_value=p,
+                      p_adjusted=adjusted, below_floor=below)
+
+
+def _reference_segments(model: ModelConfig) -> pd.DataFrame:
+    """The reference's main metric per segment; an unreadable reference leaves every segment judged against the
+    model's whole baseline (`reference_source` 'model'), as one too small in it."""
+    try:
+        return reference_segments(model)
+    except (duckdb.Error, OSError, ValueError):
+        return pd.DataFrame(columns=["segment_by", "segment", "n", "value"])
+
+
+def write_estimates(con: duckdb.DuckDBPyConnection, config: MonitorConfig,
+                    days: list[dt.date]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Replace `days` of monitoring.estimated_performance and monitoring.segment_estimated_performance for the
+    config's models. Returns (the rows written, the segments' rows written, model id -> why it was not
+    estimated)."""
     models = [m for m in config.models if method_of(m) != "none"]
     fitted, missing = estimators(con, models)
     held = held_models(con, days)
-    rows = []
+    base = {(m, k): v for m, k, v in con.execute(
+        "SELECT model_id, metric, value FROM monitoring.reference_baselines").fetchall()}
+    rows, segments = [], []
     for model in models:
         if model.id not in fitted:
             continue
         mine = [day for day in days if model.id not in held.get(day, set())]
+        reference = _reference_segments(model) if segmented(model) and mine else None
         for day, frame in day_frames(con, config, model, mine):
             rows += estimate_day(model, fitted[model.id], frame, day)
+            if reference is not None:
+                segments += estimate_segments(model, fitted[model.id], frame, day, reference,
+                                              base.get((model.id, model.main_metric))).to_dict("records")
     frame = pd.DataFrame(rows, columns=COLUMNS)
+    by_segment = pd.DataFrame(segments, columns=SEGMENT_COLUMNS)
     replace_partitions_from_frame(con, ESTIMATES, days, frame, models=config.written_models)
-    return frame, missing
+    replace_partitions_from_frame(con, SEGMENT_ESTIMATES, days, by_segment, models=config.written_models)
+    return frame, by_segment, missing
 
 
 def day_summary(con: duckdb.DuckDBPyConnection, config: MonitorConfig, frame: pd.DataFrame, day: dt.date) -> dict:

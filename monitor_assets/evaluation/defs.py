@@ -185,13 +185,18 @@ def _segment_drift(config: MonitorConfig, partitions: dg.PartitionsDefinition) -
 
 
 def _drift_day_metadata(day: pd.DataFrame) -> dict:
-    """A day's segment drift for the UI: segments judged and too small, drifted segment-features, the worst first."""
+    """A day's segment drift for the UI: segments (of every model) judged and too small, segments with drifted
+    features, drifted segment-features, the worst first."""
     judged = day[day.judged.fillna(False).astype(bool)] if len(day) else day
     drifted = judged[judged.drifted.fillna(False).astype(bool)] if len(judged) else judged
+
+    def segments(rows: pd.DataFrame) -> int:  # models share segment names (market=DE): count model-segments
+        return len(rows[["model_id", "segment"]].drop_duplicates()) if len(rows) else 0
+
     shown = worst_drift(day)
-    return {"segments_judged": int(judged.segment.nunique()) if len(judged) else 0,
+    return {"segments_judged": segments(judged),
             "segments_too_small": int(len(day) - len(judged)),
-            "segments_drifted": int(drifted.segment.nunique()) if len(drifted) else 0,
+            "segments_drifted": segments(drifted),
             "features_drifted": int(len(drifted)),
             "worst_segments": dg.MetadataValue.md(frame_markdown(shown[DRIFT_SHOWN]) if len(shown) else "none")}
 
@@ -199,20 +204,24 @@ def _drift_day_metadata(day: pd.DataFrame) -> dict:
 def _window_check(config: MonitorConfig, partitions: dg.PartitionsDefinition) -> dg.AssetChecksDefinition:
     spec = dg.AssetCheckSpec(
         WINDOW_CHECK, asset=keys.EVALUATION_STORE, partitions_def=partitions,
-        description="For each evaluation window that closed on the day, per model (every version together, the "
-                    "whole model: segments are in the store and not judged here): warns "
+        description="For each evaluation window that closed on the day, per model (every version together): warns "
                     "when the main metric is below `min_metric_ratio` of the reference's (from 100 labelled rows), "
                     "a feature's window drift is over its threshold, a fairness disparity is beyond its bound "
                     "beyond chance, or the window's multivariate drift reaches its calibrated threshold (as "
-                    "multivariate_drift_within_threshold judges a day); the message names the window and points "
-                    "to its report.")
+                    "multivariate_drift_within_threshold judges a day); per segment (from `segments.min_rows` "
+                    "labelled rows), when its main metric is below `min_metric_ratio` of its reference's beyond "
+                    "sampling error (Benjamini-Hochberg at 0.05 across the window's segments) or a feature drifted "
+                    "(adjusted across the window's segments and features, as segment drift decides); per ranker, "
+                    "when its main metric is below its floor beyond sampling error (one-sided p < 0.05) or its "
+                    "popularity concentration is above 1.25 x the reference's. The message names the window, the "
+                    "failing segments, and points to the report.")
 
     @dg.multi_asset_check(name="evaluation_window_checks", specs=[spec], retry_policy=IO_RETRY)
     def evaluation_window_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
         days = run_days(context)
         windows = closed_windows(config, days)
         with fail_fast(), warehouse.connect_lake() as con:
-            frame = read_windows(con, windows, config.model_ids)
+            frame = read_windows(con, windows, [*config.model_ids, *(r.id for r in config.rankers)])
         failures = window_failures(frame, config, windows)
         yield from partition_check_results(context, spec, days, failures, judged_counts(frame, windows, days))
 

@@ -33,8 +33,10 @@ the SEGMENT_CAP segments largest in the reference are kept apart, the rest poole
 without the columns: the day's largest). The store holds, per window and segment (every version together), a row
 `n_rows` (the reference's rows of it beside), and unless the window has fewer than `segments.min_rows` rows of it,
 every metric above from the segment's own daily profiles, judged against its own reference rows when the reference
-holds `min_rows` of them (`reference_source` 'segment', else 'model'). The whole model's rows are those it had
-without segments. The check and the reports judge the whole model only.
+holds `min_rows` of them (`reference_source` 'segment', else 'model'); a segment's drift verdict is adjusted across
+the window's segments and features (`segment_window_rows`). The whole model's rows are those it had without
+segments. The check judges each segment too (`segment_verdicts`: the main metric's shortfall beyond sampling error,
+Benjamini-Hochberg across the window's segments, and the drift verdict), and the reports list the failing first.
 
 Multivariate drift per closed window (`multivariate_windows`), every version together, whole model: the window's rows
 drawn from the days' stored samples (`monitoring.multivariate_samples`, kept by the multivariate step) in proportion
@@ -67,6 +69,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from scipy import stats
 
 from monitor_assets.config import (
     CLASS_CODE_COLUMN,
@@ -85,13 +88,21 @@ from monitor_assets.stats import profiles as P
 from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.distributions import Comparison
 from monitor_assets.stats.drift import FeatureSpec
+from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
 from monitor_assets.stats.multiclass import (
     class_code_sql,
     classes_sql,
     probabilities_problem_sql,
     probabilities_sql,
 )
-from monitor_assets.stats.performance import predicted_class_sql, share_of_baseline
+from monitor_assets.stats.multiple_testing import benjamini_hochberg
+from monitor_assets.stats.performance import (
+    metric_floor,
+    metric_standard_error,
+    predicted_class_sql,
+    share_of_baseline,
+)
+from monitor_assets.stats.ranking import below_floor_p_value
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.per_model import error_message, map_models
@@ -105,7 +116,7 @@ from monitor_assets.storage.reads import (
     split_by_day,
 )
 from monitor_assets.storage.reads import load_profiles as load_reference_profiles
-from monitor_assets.storage.sql import quote_ident, segment_sql, sql_str
+from monitor_assets.storage.sql import quote_ident, segment_key, segment_sql, sql_str
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
 
 log = logging.getLogger(__name__)
@@ -171,10 +182,6 @@ class Reference:
         return cls(P.ProfileBins.from_dict(d["bins"]), P.Profile.from_dict(d["profile"]), d.get("kept", {}),
                    {k: P.Profile.from_dict(p) for k, p in d.get("segments", {}).items()})
 
-
-def segment_key(cross: tuple[str, ...]) -> str:
-    """A segmentation's key, as monitoring.segment_performance's `segment_by` spells it: 'market,device'."""
-    return ",".join(cross)
 
 
 def other_segment(cross: tuple[str, ...]) -> str:
@@ -612,26 +619,36 @@ def metric_rows(common: dict, values: dict[str, float], reference: dict[str, flo
 
 def segment_window_rows(model: ModelConfig, ref: Reference, by_segment: dict[str, dict[dt.date, list[P.Profile]]],
                         window: Window, last_day: dt.date, min_group_size: int,
-                        references: dict[str, tuple[dict[str, float], dict[str, float | None] | None]],
-                        scales: dict[str, float | None] | None = None) -> list[dict]:
+                        references: dict[str, dict[str, float]], scales: dict[str, float | None] | None = None,
+                        own_scales: dict[str, dict[str, float | None]] | None = None) -> list[dict]:
     """A segmented model's rows of one window per segment (every version together; `by_segment`: segment ->
     day -> profiles, from that segment's daily profiles only). Each segment has a row `n_rows` (the reference's
     rows of it as `reference_value`); one with fewer than `segments.min_rows` rows in the window has no other.
     The others get every metric of `window_metrics`, drift and reference values against the segment's own
     reference profile when the reference holds at least `min_rows` of its rows (`reference_source` 'segment'),
-    else against the model's ('model'). The previous window's figures are without the drift verdict (threshold,
-    evidence, drifted): it doubles the cost of the segments' windows. `references`: by segment ('' the model's)
-    the reference's metrics and Wasserstein noise scales, filled in as needed (once per run, not per window);
-    `scales`: the model's (`reference_scales`)."""
+    else against the model's ('model'). Each feature's drift verdict (`drift.<f>.threshold`, `.evidence`,
+    `.drifted`, `.p_adjusted`) is the one segment drift decides for a day (`segment_drift.judge_drift`, on the
+    window's merged profile): adjusted across the window's segments and features, so forty segments do not warn
+    forty times as often; a segment's own columns are not judged within it. The previous window's figures are
+    without the verdict: it doubles the cost of the segments' windows. `references`: by segment ('' the model's)
+    the reference's metrics, filled in as needed (once per run, not per window);
+    `scales`: the model's (`reference_scales`); `own_scales`: a cache of the segments' own (`segment_scales`)."""
+    from monitor_assets.evaluation.segment_drift import judge_drift  # built on this module: imported on use
+
     layout, before, min_rows = ref.bins.fingerprint, previous(window), model.segments.min_rows
-    specs = judged_specs(model)
+    merged = {s: m for s in by_segment if s != WHOLE and (m := _merged(by_segment[s], window, layout, None)) is not None}
+    # the window as one "day" of merged profiles: judge_drift's family is then the window's segments x features
+    found = judge_drift(model, ref, {s: {window.end: [m]} for s, m in merged.items()}, window.end, scales,
+                        {} if own_scales is None else own_scales)
+    judged = found[found.judged.fillna(False).astype(bool)] if len(found) else found
+    verdicts: dict[str, dict[str, float]] = {}
+    for r in judged.itertuples():
+        verdicts.setdefault(r.segment, {}).update({
+            f"drift.{r.feature}.threshold": r.threshold, f"drift.{r.feature}.evidence": r.evidence,
+            f"drift.{r.feature}.drifted": float(bool(r.drifted)), f"drift.{r.feature}.p_adjusted": r.p_adjusted})
     rows = []
-    for segment in sorted(s for s in by_segment if s != WHOLE):
-        days = by_segment[segment]
-        current = _merged(days, window, layout, None)
-        if current is None:
-            continue
-        prior = _merged(days, before, layout, None)
+    for segment in sorted(merged):
+        current, prior = merged[segment], _merged(by_segment[segment], before, layout, None)
         own = ref.segments.get(segment)
         source = segment_source(ref, segment, min_rows)
         common = _common(model, window, ALL_VERSIONS, current, last_day, segment, source)
@@ -643,12 +660,9 @@ def segment_window_rows(model: ModelConfig, ref: Reference, by_segment: dict[str
         against = Reference(ref.bins, own) if source == "segment" else ref
         key = segment if source == "segment" else WHOLE
         if key not in references:
-            # the model's scales come from its fine-grid reference; a segment's own from the profile bins
-            references[key] = (window_metrics(against.profile, against, min_group_size),
-                               scales if key == WHOLE else segment_scales(ref, segment))
-        reference, noise = references[key]
-        verdicts = P.window_drift(specs, against.profile, current, ref.bins, scales=noise)
-        values = window_metrics(current, against, min_group_size, verdicts)
+            references[key] = window_metrics(against.profile, against, min_group_size)
+        reference = references[key]
+        values = {**window_metrics(current, against, min_group_size), **verdicts.get(segment, {})}
         earlier = (window_metrics(prior, against, min_group_size)
                    if prior is not None and prior.n_rows >= min_rows else {})
         rows += metric_rows(common, values, reference, earlier)
@@ -713,14 +727,14 @@ def compute_windows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, windo
         reference = window_metrics(refs[model.id].profile, refs[model.id], config.min_group_size)
         scales = reference_scales(con, model, refs[model.id])
         by_segment = by_model.get(model.id, {})
-        segment_references = {WHOLE: (reference, scales)}
+        segment_references, own_scales = {WHOLE: reference}, {}
         for window in windows:
             try:
                 found, drawn = model_window_rows(model, refs[model.id], by_segment.get(WHOLE, {}), window, last_day,
                                                  config.min_group_size, reference, scales)
                 if model.segments.by:
                     found += segment_window_rows(model, refs[model.id], by_segment, window, last_day,
-                                                 config.min_group_size, segment_references, scales)
+                                                 config.min_group_size, segment_references, scales, own_scales)
                 rows += found
                 pictures += drawn
             except Exception as exc:  # noqa: BLE001 - one model's window; the others are computed
@@ -1016,7 +1030,7 @@ def report_path(config: MonitorConfig, model_id: str, window: Window, ext: str =
 class Warned:
     """One thing that warned on a window: which check family, what it saw, its value against its threshold."""
 
-    kind: str  # performance | drift | fairness
+    kind: str  # performance | drift | fairness | multivariate | segment
     text: str
     value: float | None
     threshold: float | None
@@ -1103,27 +1117,156 @@ def _fairness_warnings(values: dict, refs: dict, model: ModelConfig, config: Mon
     return out
 
 
+SEGMENT_ALPHA = 0.05  # a window's segments' shortfall p-values after Benjamini-Hochberg (as segments.logic.ALPHA)
+
+
+@dataclass(frozen=True)
+class SegmentVerdict:
+    """One segment of a window (every version together): its main metric against the floor (`min_metric_ratio` x
+    the segment's reference value; lower-is-better: (2 - ratio) x) with the one-sided p-value of a shortfall
+    beyond sampling error and that p adjusted across the window's tested segments, and its drifted features
+    (feature, evidence) as the store's family-adjusted verdict has them."""
+
+    segment: str
+    n_rows: int
+    n_labelled: int
+    value: float | None
+    reference: float | None
+    floor: float | None
+    p_value: float | None
+    p_adjusted: float | None
+    drifted: tuple[tuple[str, float], ...]
+
+    @property
+    def below_floor(self) -> bool:
+        return self.p_adjusted is not None and self.p_adjusted < SEGMENT_ALPHA
+
+    @property
+    def failed(self) -> bool:
+        return self.below_floor or bool(self.drifted)
+
+
+def segment_verdicts(part: pd.DataFrame, model: ModelConfig) -> list[SegmentVerdict]:
+    """A window's segments judged from their store rows (one model, one window, every version together), as the
+    daily segment performance judges a day (segments.logic.judge): a segment with at least `segments.min_rows`
+    labelled rows is tested, z = (floor - value) / se with the metric's standard error at its labelled rows
+    (`stats.performance.metric_standard_error`), the p-values adjusted together (Benjamini-Hochberg); its drift is
+    the store's `drift.<f>.drifted` (already adjusted across the window's segments and features)."""
+    if "segment" not in part or not len(part):
+        return []
+    part = part[part.segment.fillna(WHOLE) != WHOLE]
+    metric, ratio, min_rows = model.main_metric, model.thresholds.min_metric_ratio, model.segments.min_rows
+    higher = METRIC_DIRECTION.get(metric, HIGHER) == HIGHER
+    found, ps = [], []
+    for segment, rows in part.groupby("segment", sort=True):
+        values = dict(zip(rows.metric, rows.value, strict=False))
+        refs = dict(zip(rows.metric, rows.reference_value, strict=False))
+        value, reference = _finite(values.get(metric)), _finite(refs.get(metric))
+        n_labelled = int(rows.n_labelled.iloc[0])
+        floor = None if reference is None else metric_floor(metric, reference, ratio)
+        p = None
+        if value is not None and floor is not None and n_labelled >= min_rows:
+            se = metric_standard_error(metric, value, n_labelled, _finite(values.get("positive_rate")),
+                                       _finite(values.get("predicted_positive_rate")))
+            if se > 0:
+                p = float(stats.norm.sf(((floor - value) if higher else (value - floor)) / se))
+        drifted = sorted(((m.split(".")[1], _finite(values.get(m.replace(".drifted", ".evidence"))) or 0.0)
+                          for m, v in values.items() if m.startswith("drift.") and m.endswith(".drifted")
+                          and v == 1.0), key=lambda fe: (-fe[1], fe[0]))
+        found.append((str(segment), int(rows.n_rows.iloc[0]), n_labelled, value, reference, floor, p,
+                      tuple(drifted)))
+        ps.append(math.nan if p is None else p)
+    adjusted = benjamini_hochberg(ps) if ps else []
+    return [SegmentVerdict(s, n, nl, v, r, f, p, _finite(q), d)
+            for (s, n, nl, v, r, f, p, d), q in zip(found, adjusted, strict=True)]
+
+
+def segment_warnings(part: pd.DataFrame, model: ModelConfig) -> list[Warned]:
+    """One Warned per failing segment of a window (`segment_verdicts`), the most significant shortfall first, then
+    drift: the segment as the store spells it and what failed."""
+    out = []
+    verdicts = [v for v in segment_verdicts(part, model) if v.failed]
+    for v in sorted(verdicts, key=lambda v: (not v.below_floor, v.p_adjusted if v.below_floor else 0.0,
+                                             -(v.drifted[0][1] if v.drifted else 0.0), v.segment)):
+        what = []
+        if v.below_floor:
+            what.append(f"{model.main_metric} {fmt_num(v.value)} below its floor {fmt_num(v.floor)} "
+                        f"({fmt_pct(model.thresholds.min_metric_ratio)} of its reference {fmt_num(v.reference)}; "
+                        f"adjusted {fmt_p(v.p_adjusted)}; {v.n_labelled:,} labelled rows)")
+        if v.drifted:
+            names = ", ".join(f"{f} ({fmt_num(e)}x its threshold)" for f, e in v.drifted[:5])
+            more = f" and {plural(len(v.drifted) - 5, 'more')}" if len(v.drifted) > 5 else ""
+            what.append(f"{plural(len(v.drifted), 'feature')} drifted: {names}{more}")
+        out.append(Warned("segment", f"segment {v.segment}: " + "; ".join(what),
+                          v.value if v.below_floor else v.drifted[0][1], v.floor if v.below_floor else 1.0))
+    return out
+
+
+RANKER_ALPHA = 0.05  # a ranker window's main metric below its floor, one-sided (as ranking.logic.ALPHA)
+CONCENTRATION = "popularity_concentration"
+
+
+def ranker_window_warnings(part: pd.DataFrame, ranker, concentration_ratio: float) -> list[Warned]:
+    """What warns on a ranker's window (its store rows, every version together): the main metric below
+    `min_metric_ratio` x its reference value (lower-is-better: reference / ratio) beyond sampling error, one-sided
+    at RANKER_ALPHA with the window's standard error over its requests (`<metric>.standard_error`, merged exactly
+    from the days: ranking.windows); and the popularity concentration above `concentration_ratio` x the reference's
+    (`evaluation.concentration_ratio`)."""
+    values = dict(zip(part.metric, part.value, strict=False))
+    refs = dict(zip(part.metric, part.reference_value, strict=False))
+    metric, ratio, out = ranker.main_metric, ranker.thresholds.min_metric_ratio, []
+    value, reference = _finite(values.get(metric)), _finite(refs.get(metric))
+    se = _finite(values.get(metric + ".standard_error"))
+    lower = metric == CONCENTRATION
+    if value is not None and reference is not None and se is not None and ratio:
+        floor = reference / ratio if lower else reference * ratio
+        p = below_floor_p_value(value, se, floor, higher_is_better=not lower)
+        if p < RANKER_ALPHA:
+            out.append(Warned("performance", f"{metric} {fmt_num(value)} ± {fmt_num(2 * se)} beyond its floor "
+                                              f"{fmt_num(floor)} ({fmt_pct(ratio)} of the reference's "
+                                              f"{fmt_num(reference)}; one-sided {fmt_p(p)}; "
+                                              f"{int(part.n_rows.iloc[0]):,} requests)", value, floor))
+    value, reference = _finite(values.get(CONCENTRATION)), _finite(refs.get(CONCENTRATION))
+    if value is not None and reference and value > concentration_ratio * reference:
+        out.append(Warned("popularity", f"{CONCENTRATION} {fmt_num(value)} is {value / reference:.2f}x the "
+                                         f"reference's {fmt_num(reference)} (alert above {concentration_ratio:g}x)",
+                          value, concentration_ratio * reference))
+    return out
+
+
 def window_failures(frame: pd.DataFrame, config: MonitorConfig, windows: list[Window]) -> list[dict]:
     """The check's failures for these (closed) windows: one per model and closing day, in the shape the alert
     sensor reads (partition_date, model_id, check_name, severity, value, threshold, message, details). The
-    message names each window and what warned, and points to its report; `details.windows` lists them."""
-    frame = whole_model(frame)  # segments are in the store and the reports, not judged by the check
+    message names each window and what warned (the whole model's checks, then each failing segment:
+    `segment_warnings`; a ranker's: `ranker_window_warnings`), and points to its report; `details.windows`
+    lists them."""
     if not settings(config).alerts or not len(frame):
         return []
     frame = frame[frame.model_version == ALL_VERSIONS]
-    by_key = {key: part for key, part in frame.groupby(["model_id", "window_id"], sort=False)}
+    segments = frame[frame.segment.fillna(WHOLE) != WHOLE] if "segment" in frame else frame.iloc[:0]
+    by_key = {key: part for key, part in whole_model(frame).groupby(["model_id", "window_id"], sort=False)}
+    by_segments = {key: part for key, part in segments.groupby(["model_id", "window_id"], sort=False)}
     found: dict[tuple[str, dt.date], list] = {}
     for window in sorted(windows, key=lambda w: (w.end, w.spec.name)):
         for model in config.models:
             part = by_key.get((model.id, window.key))
             warned = window_warnings(part, model, config) if part is not None else []
+            if (model.id, window.key) in by_segments:
+                warned += segment_warnings(by_segments[(model.id, window.key)], model)
             if warned:
                 found.setdefault((model.id, window.end), []).append((window, warned))
-    out = []
+        for ranker in config.rankers:
+            part = by_key.get((ranker.id, window.key))
+            warned = (ranker_window_warnings(part, ranker, settings(config).concentration_ratio)
+                      if part is not None else [])
+            if warned:
+                found.setdefault((ranker.id, window.end), []).append((window, warned))
+    out, reported = [], set(config.model_ids)  # rankers have no window report
     for (model_id, day), items in sorted(found.items()):
         first = items[0][1][0]
         text = " | ".join(f"{window_label(w)}: " + "; ".join(x.text for x in warned)
-                          + f"; report: {report_path(config, model_id, w)}" for w, warned in items)
+                          + (f"; report: {report_path(config, model_id, w)}" if model_id in reported else "")
+                          for w, warned in items)
         out.append({"partition_date": day, "model_id": model_id, "check_name": WINDOW_CHECK,
                     "severity": WINDOW_CHECK_SEVERITY, "value": first.value, "threshold": first.threshold,
                     "message": text, "details": {"windows": [
@@ -1148,26 +1291,28 @@ def closed_windows(config: MonitorConfig, days: list[dt.date]) -> list[Window]:
 
 
 def read_windows(con: duckdb.DuckDBPyConnection, windows: list[Window], model_ids: list[str]) -> pd.DataFrame:
-    """The store's rows of these windows (every version together) for these models."""
+    """The store's rows of these windows (every version together) for these models, their segments' included."""
     if not windows:
         return pd.DataFrame(columns=STORE_COLUMNS)
     return con.execute(f"""SELECT {', '.join(quote_ident(c) for c in STORE_COLUMNS)} FROM {STORE}
                            WHERE window_id IN (SELECT unnest(?::VARCHAR[])) AND model_version = ?
-                           AND model_id IN (SELECT unnest(?::VARCHAR[])) AND coalesce(segment, '') = ''""",
+                           AND model_id IN (SELECT unnest(?::VARCHAR[]))""",
                        [[w.key for w in windows], ALL_VERSIONS, model_ids]).df()
 
 
 def report_context(frame: pd.DataFrame, model: ModelConfig, window: Window, top: int = 5,
                    config: MonitorConfig | None = None, pictures: pd.DataFrame | None = None) -> dict | None:
     """What a window's report says for one model (every version together), or None without rows: the figures,
-    what warned (with `config`: `window_warnings`), the pictures of its drifted features and its segments'
+    what warned (with `config`: `window_warnings`, then the failing segments'), the pictures of its drifted features and its segments'
     main metric (`segment_summary`)."""
     segments = segment_summary(frame, model, window, top)
-    frame = whole_model(frame)
-    part = frame[(frame.model_id == model.id) & (frame.window_id == window.key) & (frame.model_version == ALL_VERSIONS)]
+    mine = frame[(frame.model_id == model.id) & (frame.window_id == window.key) & (frame.model_version == ALL_VERSIONS)]
+    part = whole_model(mine)
     if not len(part):
         return None
-    warned = window_warnings(part, model, config) if config is not None and settings(config).alerts else []
+    frame = whole_model(frame)
+    warned = (window_warnings(part, model, config) + segment_warnings(mine, model)
+              if config is not None and settings(config).alerts else [])
     drawn = []
     if pictures is not None and len(pictures):
         mine = pictures[(pictures.model_id == model.id) & (pictures.window_id == window.key)]
@@ -1203,14 +1348,19 @@ def report_context(frame: pd.DataFrame, model: ModelConfig, window: Window, top:
 
 
 def segment_summary(frame: pd.DataFrame, model: ModelConfig, window: Window, top: int = 5) -> list[dict]:
-    """A window's segments for its report: the main metric beside the segment's reference value, the furthest
-    below it first (up to 4 x `top`), then those with too few rows to measure."""
+    """A window's segments for its report: the main metric beside the segment's reference value and the
+    segment's verdict (`segment_verdicts`); the failing segments first, then the furthest below the reference
+    (up to 4 x `top` in all), then those with too few rows to measure."""
     if "segment" not in frame or not len(frame):
         return []
     part = frame[(frame.model_id == model.id) & (frame.window_id == window.key) & (frame.model_version == ALL_VERSIONS)
                  & (frame.segment.fillna(WHOLE) != WHOLE)]
+    verdicts = {v.segment: v for v in segment_verdicts(part, model)}
     out = []
     for segment, rows in part.groupby("segment", sort=True):
+        v = verdicts.get(str(segment))
+        said = ([f"below its floor {_fmt(v.floor)} (adjusted {fmt_p(v.p_adjusted)})"] if v and v.below_floor else []) \
+            + ([f"drifted: {', '.join(f for f, _ in v.drifted)}"] if v and v.drifted else [])
         main = rows[rows.metric == model.main_metric]
         first = rows.iloc[0]
         value = _finite(main.value.iloc[0]) if len(main) else None
@@ -1218,9 +1368,13 @@ def segment_summary(frame: pd.DataFrame, model: ModelConfig, window: Window, top
         out.append({"segment": segment, "n_rows": int(first.n_rows), "n_labelled": int(first.n_labelled),
                     "value": _fmt(value), "reference": _fmt(ref), "source": first.reference_source or "",
                     "previous": _fmt(_finite(main.previous_value.iloc[0])) if len(main) else "",
-                    "share": share_of_baseline(model.main_metric, ref, value)})
-    measured = sorted((r for r in out if r["share"] is not None), key=lambda r: (r["share"], r["segment"]))
-    return (measured + [r for r in out if r["share"] is None])[:4 * top]
+                    "share": share_of_baseline(model.main_metric, ref, value), "failed": bool(said),
+                    "verdict": "; ".join(said)})
+    failed = sorted((r for r in out if r["failed"]), key=lambda r: (r["share"] is None, r["share"] or 0.0,
+                                                                    r["segment"]))
+    measured = sorted((r for r in out if r["share"] is not None and not r["failed"]),
+                      key=lambda r: (r["share"], r["segment"]))
+    return (failed + measured + [r for r in out if r["share"] is None and not r["failed"]])[:4 * top]
 
 
 def _fmt(x) -> str:

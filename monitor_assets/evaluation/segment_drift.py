@@ -20,7 +20,6 @@ from monitor_assets.evaluation.logic import (
     judged_specs,
     load_profiles,
     reference_scales,
-    segment_key,
     segment_source,
     stored_references,
 )
@@ -31,6 +30,7 @@ from monitor_assets.stats import profiles as P
 from monitor_assets.stats.distributions import drift_evidence
 from monitor_assets.stats.multiple_testing import benjamini_hochberg
 from monitor_assets.storage.lake import TABLES
+from monitor_assets.storage.sql import segment_key
 from monitor_assets.storage.warehouse import replace_partitions_from_frame
 
 # ---------------------------------------------------------------------------------------------------------------

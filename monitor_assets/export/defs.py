@@ -32,7 +32,8 @@ def build_export_definitions(config: MonitorConfig) -> dg.Definitions:
         description="The models' service levels for Prometheus and Grafana, for the latest day of the run: per "
                     "model (and version) volume, error rate, availability (requests served, hours with traffic), "
                     "latency p50/p95/p99, main metric against baseline, drift share, open alerts by severity, "
-                    "retraining requests; per ranker (task: ranking) its metrics on its latest fully labelled day "
+                    "retraining requests; per segment (models with `segments:`) the main metric against its floor "
+                    "and each feature's drift; per ranker (task: ranking) its metrics on its latest fully labelled day "
                     "(monitor_ranking_metric), floor, label coverage and requests. Writes "
                     "prometheus/monitor_assets.prom (node_exporter's textfile collector; pushed to $MONITOR_PUSHGATEWAY too when set), monitor_assets.rules.yml (alert "
                     "rules from the config's thresholds) and grafana_dashboard.json in the reports folder.",

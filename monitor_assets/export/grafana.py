@@ -128,8 +128,29 @@ def dashboard() -> dict:
         _panel(22, "Ranker: day of the ranking metrics", "stat",
                [_target(f"{m}ranking_day_timestamp_seconds{{{MODEL}}} * 1000", "{{model_id}}")], (0, 78, 24, 4),
                unit="dateTimeAsIso", description="The latest day whose interactions (labels) are all read."),
+        # Segments (models with `segments:`): performance on the latest tested day, drift on the exported day.
+        _panel(23, "Segments below their floor", "timeseries",
+               [_target(f"sum by (model_id) ({m}segment_below_floor{{{MODEL}}})", "{{model_id}}")], (0, 82, 12, 8),
+               description="Segments whose main metric is below their floor beyond chance (adjusted across the "
+                           "model-day's segments), on the model's latest day with a tested segment."),
+        _panel(24, "Segments with drifted features", "timeseries",
+               [_target(f"count by (model_id) ({m}segment_drifted_features{{{MODEL}}} > 0)", "{{model_id}}")],
+               (12, 82, 12, 8), description="Segments with at least one drifted feature on the exported day (false "
+               "alarms controlled across the model-day's segments and features)."),
+        _panel(25, "Segments: main metric against its floor", "table",
+               [_target(f"{m}segment_main_metric{{{MODEL}}}", "main metric"),
+                _target(f"{m}segment_main_metric_floor{{{MODEL}}}", "floor"),
+                _target(f"{m}segment_below_floor{{{MODEL}}}", "below floor"),
+                _target(f"{m}segment_day_timestamp_seconds{{{MODEL}}} * 1000", "day")], (0, 90, 24, 8),
+               description="Each tested segment on its model's latest day with a tested segment (labels arrive "
+                           "late: the day column says which)."),
+        _panel(26, "Segments: most drifted features", "table",
+               [_target(f"topk(20, {m}segment_drift_evidence{{{MODEL}}})", "evidence"),
+                _target(f"{m}segment_drifted_features{{{MODEL}}} > 0", "drifted features")], (0, 98, 24, 8),
+               description="The exported day's strongest segment-feature drift (statistic over threshold, 1 = at "
+                           "the threshold) and the segments with drifted features."),
     ]
-    for panel in (panels[12], panels[16]):
+    for panel in (panels[12], panels[16], panels[24], panels[25]):
         for target in panel["targets"]:
             target.update(instant=True, format="table")
     return {

@@ -28,6 +28,13 @@ latest day) in `monitor_ranking_metric{model_id, metric}`, that day in `monitor_
 label coverage, the main metric's floor and reference value, and the export day's requests. Rankers are in
 `monitor_model_info` (task=ranking) but not in the per-model service series, which their logs do not carry.
 
+Segments (models with `segments:`, label `segment` spelt as monitoring.segment_performance spells it, `market=DE`):
+the main metric, its floor and whether it is below it beyond chance, per tested segment on the model's latest day up
+to the export's with a tested segment (`monitor_segment_day_timestamp_seconds`: labels arrive late); and the export
+day's drift per judged segment: each feature's evidence (statistic over threshold, 1 = at the threshold) and the count
+of drifted features. To keep the label sets bounded only segments with a row on that day are written (at most the
+model's segments x features: 50 per segmentation are kept apart, the rest pool as `(other)`).
+
 Plain Python (prometheus_client, DuckDB): no Dagster here.
 """
 
@@ -66,6 +73,8 @@ ESTIMATED_COLUMNS = ["model_id", "metric", "day", "estimate", "lower", "upper", 
 RANKING_COLUMNS = ["model_id", "metric", "value", "day", "label_coverage", "reference_value", "floor"]
 RANKING_TABLE = ("monitoring", "ranking_performance")
 BOUNDS = ("estimate", "lower", "upper")
+SEGMENT_COLUMNS = ["model_id", "segment", "day", "metric", "value", "floor", "below_floor"]
+SEGMENT_DRIFT_COLUMNS = ["model_id", "segment", "feature", "evidence", "drifted"]
 
 
 @dataclass
@@ -89,6 +98,10 @@ class ExportData:
     # interactions read (empty: no ranker); ranking_requests: model_id, n_requests on the export day
     ranking: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANKING_COLUMNS))
     ranking_requests: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["model_id", "n_requests"]))
+    # segment, day, metric, value, floor, below_floor: each segmented model's tested segments on its latest day up
+    # to the export's with one; segment, feature, evidence, drifted: the export day's judged segment-features
+    segments: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEGMENT_COLUMNS))
+    segment_drift: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEGMENT_DRIFT_COLUMNS))
 
 
 def _metric_column(metric: str) -> str:
@@ -192,7 +205,7 @@ def load_export_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day:
     return ExportData(day=day, performance=performance, hours_with_traffic=hours, main_metric=main,
                       versions=_versions(con, config, version_days), drift=drift, alerts=alerts,
                       retraining=retraining, champions=champions, estimated=_estimated(con, config, day),
-                      **_ranking(con, config, day))
+                      **_ranking(con, config, day), **_segments(con, config, day))
 
 
 def _ranking(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> dict[str, pd.DataFrame]:
@@ -214,6 +227,25 @@ def _ranking(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date
                           WHERE model_version = '*' AND partition_date = ? AND model_id IN (SELECT unnest(?::VARCHAR[]))
                           GROUP BY model_id ORDER BY model_id""", params=[day, ids]).df()
     return {"ranking": ranking, "ranking_requests": requests}
+
+
+def _segments(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> dict[str, pd.DataFrame]:
+    """Per segmented model: its tested segments (an adjusted p-value) on its latest day up to `day` with one, and
+    the judged segment-features of `day` itself (nothing without a segmented model)."""
+    ids = [m.id for m in config.models if m.segments.by]
+    if not ids:
+        return {}
+    segments = con.sql(f"""
+        SELECT {', '.join(c if c != 'day' else 'partition_date AS day' for c in SEGMENT_COLUMNS)}
+        FROM monitoring.segment_performance
+        WHERE partition_date <= ? AND model_id IN (SELECT unnest(?::VARCHAR[])) AND p_adjusted IS NOT NULL
+        QUALIFY partition_date = max(partition_date) OVER (PARTITION BY model_id)
+        ORDER BY model_id, segment""", params=[day, ids]).df()
+    drift = con.sql(f"""
+        SELECT {', '.join(SEGMENT_DRIFT_COLUMNS)} FROM monitoring.segment_drift
+        WHERE partition_date = ? AND model_id IN (SELECT unnest(?::VARCHAR[])) AND judged
+        ORDER BY model_id, segment, feature""", params=[day, ids]).df()
+    return {"segments": segments, "segment_drift": drift}
 
 
 def _estimated(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day: dt.date) -> pd.DataFrame:
@@ -262,6 +294,7 @@ def build_registry(data: ExportData, config: MonitorConfig, now: float | None = 
     _drift_alert_retraining_series(gauge, data, config)
     _estimated_series(gauge, data)
     _ranking_series(gauge, data, config)
+    _segment_series(gauge, data)
     return registry
 
 
@@ -432,6 +465,38 @@ def _ranking_series(gauge: Callable[..., Gauge], data: ExportData, config: Monit
                 floor.labels(r.model_id, r.metric).set(r.floor)
     for r in data.ranking_requests.itertuples(index=False):
         requests.labels(r.model_id).set(r.n_requests)
+
+
+def _segment_series(gauge: Callable[..., Gauge], data: ExportData) -> None:
+    """Each tested segment's main metric, floor and verdict on its model's latest tested day, that day; each judged
+    segment's drift evidence per feature and its drifted features on the export day."""
+    ms = ("model_id", "segment")
+    value = gauge("segment_main_metric", "A segment's main metric on its model's latest day with a tested segment "
+                  "(monitor_segment_day_timestamp_seconds; only segments with enough labelled rows are tested).",
+                  (*ms, "metric"))
+    floor = gauge("segment_main_metric_floor", "The segment's floor: min_metric_ratio x its reference value "
+                  "(its own in the reference set, else the model's).", (*ms, "metric"))
+    below = gauge("segment_below_floor", "1 when the segment's main metric is below its floor beyond chance "
+                  "(adjusted across the model-day's segments), else 0.", ms)
+    day = gauge("segment_day_timestamp_seconds", "The day monitor_segment_main_metric describes (midnight UTC).",
+                ("model_id",))
+    for r in data.segments.itertuples(index=False):
+        day.labels(r.model_id).set(_day_seconds(r.day))
+        below.labels(r.model_id, r.segment).set(float(bool(r.below_floor) if _known(r.below_floor) else 0))
+        if _known(r.value):
+            value.labels(r.model_id, r.segment, r.metric).set(r.value)
+        if _known(r.floor):
+            floor.labels(r.model_id, r.segment, r.metric).set(r.floor)
+    evidence = gauge("segment_drift_evidence", "A segment's drift of one feature on the day relative to its "
+                     "threshold: statistic / threshold for a distance, log(p) / log(level) for a test (1 = at the "
+                     "threshold; drifted only when also significant across the model-day's segments and "
+                     "features).", (*ms, "feature"))
+    drifted = gauge("segment_drifted_features", "Features drifted in the segment on the day (false alarms "
+                    "controlled across the model-day's segments and features).", ms)
+    for r in data.segment_drift.itertuples(index=False):
+        if _known(r.evidence) and math.isfinite(r.evidence):
+            evidence.labels(r.model_id, r.segment, r.feature).set(r.evidence)
+        drifted.labels(r.model_id, r.segment).inc(float(bool(r.drifted) if _known(r.drifted) else 0))
 
 
 @dataclass

@@ -24,7 +24,8 @@ from monitor_assets.wiring import (
 HISTORY_SOURCES = {"performance_daily": keys.PERFORMANCE_DAILY, "business_kpis_daily": keys.BUSINESS_KPIS_DAILY,
                    "feature_drift": keys.FEATURE_DRIFT, "fairness": keys.FAIRNESS,
                    "estimated_performance": keys.ESTIMATED_PERFORMANCE,
-                   "segment_performance": keys.SEGMENT_PERFORMANCE,
+                   "segment_estimated_performance": keys.ESTIMATED_PERFORMANCE,
+                   "segment_performance": keys.SEGMENT_PERFORMANCE, "segment_drift": keys.SEGMENT_DRIFT,
                    "multivariate_drift": keys.MULTIVARIATE_DRIFT, "ranking_performance": keys.RANKING_PERFORMANCE}
 
 

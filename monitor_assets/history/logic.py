@@ -50,6 +50,15 @@ HISTORY_PARTS = {
             UNPIVOT (SELECT partition_date, model_id, metric, estimate, lower, upper
                      FROM monitoring.estimated_performance WHERE partition_date IN (SELECT d FROM _days))
             ON estimate, lower, upper INTO NAME bound VALUE value)""",
+    # Each segment's estimate and its band: `segment_estimated.<metric>` (`.lower`, `.upper`), segment `market=DE`.
+    "segment_estimated_performance": """
+        SELECT partition_date, model_id,
+               'segment_estimated.' || metric || CASE bound WHEN 'estimate' THEN '' ELSE '.' || bound END,
+               segment, value FROM (
+            UNPIVOT (SELECT partition_date, model_id, segment, metric, estimate, lower, upper
+                     FROM monitoring.segment_estimated_performance WHERE partition_date IN (SELECT d FROM _days))
+            ON estimate, lower, upper INTO NAME bound VALUE value)
+        WHERE isfinite(value)""",
     # Each segment's figures: `segment.<metric>` (the main metric, labelled rows, volume), segment `market=DE`.
     "segment_performance": """
         SELECT partition_date, model_id, 'segment.' || metric, segment, value
@@ -60,6 +69,15 @@ HISTORY_PARTS = {
         UNION ALL
         SELECT partition_date, model_id, 'segment.volume', segment, volume
         FROM monitoring.segment_performance WHERE partition_date IN (SELECT d FROM _days)""",
+    # Each judged segment's drift: `segment_drift.<feature>` (its evidence: statistic over threshold, 1 = at the
+    # threshold; log p / log level for a test) and `segment_drift.drifted_features` (a count), segment `market=DE`.
+    "segment_drift": """
+        SELECT partition_date, model_id, 'segment_drift.' || feature, segment, evidence
+        FROM monitoring.segment_drift
+        WHERE partition_date IN (SELECT d FROM _days) AND judged AND isfinite(evidence)
+        UNION ALL
+        SELECT partition_date, model_id, 'segment_drift.drifted_features', segment, count(*) FILTER (WHERE drifted)
+        FROM monitoring.segment_drift WHERE partition_date IN (SELECT d FROM _days) AND judged GROUP BY ALL""",
     # Each ranker's whole-day figures (version `*`): `ranking.<metric>` (ndcg_at_10, popularity_concentration, ...)
     # and its volume and labels (`ranking.n_requests`, `ranking.n_labelled_requests`, `ranking.label_coverage`),
     # every row of a ranker-day carrying the same counts. Versions' rows stay in the ranking table.

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from monitor_assets.config import CLASS_CODE_COLUMN, CLASS_PROBABILITIES_COLUMN, ModelConfig, MonitorConfig
 from monitor_assets.stats.metrics_spec import METRIC_DIRECTION
-from monitor_assets.stats.multiclass import daily_metrics, multiclass_metrics
+from monitor_assets.stats.multiclass import MULTICLASS_COLUMNS, labelled_metrics, multiclass_metrics
 from monitor_assets.stats.performance import performance_sql
 from monitor_assets.storage.lake import MODELS_PER_QUERY, TABLES
 from monitor_assets.storage.reads import latest_labels_sql, performance_models_sql
@@ -97,9 +97,6 @@ def performance_statement(con, config: MonitorConfig, chunk: list[ModelConfig] |
     return sql, params + params
 
 
-MULTICLASS_COLUMNS = ("accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted", "log_loss", "roc_auc")
-
-
 def multiclass_rows(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.DataFrame:
     """A multiclass model's served rows of the days in `_days`: day, predicted code, probabilities (a list,
     or None) and the latest label (code, NaN until it arrives)."""
@@ -116,17 +113,9 @@ def multiclass_rows(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.Da
 
 
 def multiclass_day(model: ModelConfig, rows: pd.DataFrame) -> dict[str, float]:
-    """One model-day's multiclass figures (`stats.multiclass.daily_metrics`) on its labelled rows, with
-    `n_labelled` and `label_coverage`; log loss and ROC AUC on the rows with probabilities when all labelled
-    rows have them (else NULL: a mean over a part would not be the day's)."""
-    labelled = rows[rows.label.notna()]
-    out = {"n_labelled": len(labelled), "label_coverage": len(labelled) / len(rows) if len(rows) else math.nan}
-    if labelled.empty:
-        return out | dict.fromkeys(MULTICLASS_COLUMNS, math.nan)
-    with_proba = labelled.proba.notna().all()
-    proba = np.array(labelled.proba.tolist(), dtype=float) if with_proba else None
-    return out | daily_metrics(labelled.label.to_numpy(np.int64), labelled.code.to_numpy(np.int64),
-                               len(model.classes), proba)
+    """One model-day's multiclass figures (`stats.multiclass.labelled_metrics`) on its labelled rows, with
+    `n_labelled` and `label_coverage`."""
+    return labelled_metrics(rows, len(model.classes))[0]
 
 
 def class_metrics_by_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> pd.DataFrame:

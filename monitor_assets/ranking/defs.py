@@ -125,7 +125,7 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
         with fail_fast(), warehouse.connect_lake() as con:
             frame, failed = write_performance(con, config, refreshed)
             # the evaluation store's windows of the rankers, merged from the days just written
-            references = {r.id: ref.values for r in config.rankers if r.id not in failed
+            references = {r.id: ref for r in config.rankers if r.id not in failed
                           and (ref := reference_of(config, r)) is not None}
             windows = write_windows(con, config, refreshed, references)
         for ranker_id, why in failed.items():

@@ -74,11 +74,12 @@ from monitor_assets.storage.warehouse import lake_of
 IMPRESSIONS = "raw.ranking_impressions"
 INTERACTIONS = "raw.ranking_interactions"
 PERFORMANCE = "monitoring.ranking_performance"
+ITEM_COUNTS = "monitoring.ranking_item_counts"  # a day's impressions per item and version, for the windows
 LOG_SOURCE, LABEL_SOURCE = "ranking", "ranking_labels"  # raw.quarantine.source, raw.ingestion_log.source
 ALL_VERSIONS = "*"  # model_version of the whole model-day's rows
 RELEVANT = "relevant_requests"  # a day's requests with a relevant item: a row of its own
 ALPHA = 0.05  # the baseline test's one-sided level
-RANKING_TABLES = {name: TABLES[name] for name in (IMPRESSIONS, INTERACTIONS, PERFORMANCE)}
+RANKING_TABLES = {name: TABLES[name] for name in (IMPRESSIONS, INTERACTIONS, PERFORMANCE, ITEM_COUNTS)}
 
 # Staging column aliases (short: `rank` is also a SQL function).
 REQ, VER, ITEMS, SCORES, ITEM, RANK, SCORE, EVENT, GRADE = "req", "ver", "lst", "scs", "itm", "rnk", "scr", "evt", "grd"
@@ -585,12 +586,29 @@ def request_losses(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker
     return frame_losses(day_impressions(con, ranker, day, config.label_delay_days), ranker)
 
 
+def item_count_frame(frame: pd.DataFrame, ranker: RankerConfig, day: dt.date) -> pd.DataFrame:
+    """A ranker-day's rows of `monitoring.ranking_item_counts`: per version and item, its impressions (as
+    `stats.ranking.ItemCounts` counts them) and `first_seen`, the position of its first impression in the day's
+    impressions, so a window's items come in the order of their first impression, as ItemCounts.of the window's
+    impressions has them (the item drift's ties at its top items follow that order). The whole day (`*`) is the
+    sum over the versions: not stored."""
+    position = pd.Series(np.arange(len(frame), dtype=np.int64), index=frame.index)
+    keys = [frame.model_version.fillna("").astype(str), frame.item_id]
+    grouped = position.groupby(keys, sort=False)
+    out = pd.DataFrame({"impressions": grouped.size(), "first_seen": grouped.min()}).reset_index()
+    out.columns = ["model_version", "item_id", "impressions", "first_seen"]
+    return out.assign(partition_date=day, model_id=ranker.id)
+
+
 def ranker_day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, day: dt.date,
-                    ref: Reference | None) -> list[dict]:
-    """The rows of one ranker-day in `monitoring.ranking_performance`: per version and for all (`*`)."""
+                    ref: Reference | None, counts: list[pd.DataFrame] | None = None) -> list[dict]:
+    """The rows of one ranker-day in `monitoring.ranking_performance`: per version and for all (`*`); `counts`
+    (if given) gets the day's `item_count_frame`, from the same read."""
     frame, unmatched = day_frame(con, ranker, day, config.label_delay_days)
     if not len(frame):
         return []
+    if counts is not None:
+        counts.append(item_count_frame(frame, ranker, day))
     complete = labels_complete(con, ranker, day, config.label_delay_days)
     rows = []
     groups = [(ALL_VERSIONS, frame), *frame.groupby("model_version", sort=True)]
@@ -639,14 +657,17 @@ def write_performance(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
                       ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Every ranker's rows of `days`, replacing theirs in one commit. Returns the rows and, per ranker that failed
     (an unreadable reference, say), why; the other rankers are written."""
-    rows, failed = [], {}
+    rows, failed, counts = [], {}, []
     for ranker in config.rankers:
+        mine: list[pd.DataFrame] = []
         try:
             ref = reference_of(config, ranker)
             for day in days:
-                rows += ranker_day_rows(con, config, ranker, day, ref)
+                rows += ranker_day_rows(con, config, ranker, day, ref, mine)
         except (ValueError, OSError, duckdb.Error) as exc:
             failed[ranker.id] = " ".join(str(exc).split())[:300] or type(exc).__name__
+            continue
+        counts += mine
     columns = RANKING_TABLES[PERFORMANCE][0]
     frame = pd.DataFrame(rows, columns=[c for c in columns if c != "computed_at"])
     frame["computed_at"] = pd.Timestamp.now(tz="UTC")
@@ -655,6 +676,12 @@ def write_performance(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
     lake = lake_of(con)
     lake.replace(PERFORMANCE, pa.Table.from_pandas(frame, preserve_index=False), days, models=written)
     lake.refresh(con, PERFORMANCE)
+    columns = [c for c in RANKING_TABLES[ITEM_COUNTS][0] if c != "computed_at"]
+    items = pd.concat(counts, ignore_index=True)[columns] if counts else pd.DataFrame(columns=columns)
+    items["computed_at"] = pd.Timestamp.now(tz="UTC")
+    items["partition_date"] = pd.to_datetime(items.partition_date).dt.date
+    lake.replace(ITEM_COUNTS, pa.Table.from_pandas(items, preserve_index=False), days, models=written)
+    lake.refresh(con, ITEM_COUNTS)
     return frame, failed
 
 

@@ -92,6 +92,8 @@ class ReportData:
     ranking: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANKING_COLUMNS))
     # The segments of segmented models, per day (monitoring.segment_performance; empty: none).
     segments: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEGMENT_COLUMNS))
+    # Their judged segment-features on each model's latest day with any (monitoring.segment_drift; empty: none).
+    segment_drift: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEGMENT_DRIFT_COLUMNS))
 
 
 LOSS_COLUMNS = ["partition_date", "model_id", "model_version", "loss", "mean_loss_day", "band_low", "band_high",
@@ -112,6 +114,8 @@ RANKING_COLUMNS = ["partition_date", "model_id", "metric", "value", "n_requests"
                    "reference_value", "floor", "p_value", "below_baseline"]
 SEGMENT_COLUMNS = ["partition_date", "model_id", "segment", "volume", "n_labelled", "metric", "value",
                    "reference_value", "floor", "p_adjusted", "below_floor"]
+SEGMENT_DRIFT_COLUMNS = ["partition_date", "model_id", "segment", "feature", "method", "statistic", "threshold",
+                         "evidence", "drifted", "n_rows"]
 SEGMENTS_SHOWN = 15  # per model page: the worst segments of the latest judged day
 SEGMENT_LINES = 5  # per model page: the worst segments drawn over the days
 REQUESTS_SHOWN = 20  # per model page: the newest requests
@@ -168,6 +172,12 @@ def load_report_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last
         segments=q(f"""SELECT {', '.join(SEGMENT_COLUMNS)} FROM monitoring.segment_performance
                        WHERE partition_date <= ? ORDER BY partition_date""")
         if any(m.segments.by for m in config.models) else pd.DataFrame(columns=SEGMENT_COLUMNS),
+        # one day per model: a day holds segments x features rows
+        segment_drift=q(f"""SELECT {', '.join(SEGMENT_DRIFT_COLUMNS)} FROM monitoring.segment_drift
+                            WHERE partition_date <= ? AND judged
+                            QUALIFY partition_date = max(partition_date) OVER (PARTITION BY model_id)
+                            ORDER BY model_id, segment, feature""")
+        if any(m.segments.by for m in config.models) else pd.DataFrame(columns=SEGMENT_DRIFT_COLUMNS),
     )
 
 
@@ -395,7 +405,7 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
     alerts_by = _rows_by_model(_dated(data.alerts))
     requests_by, versions_by, comparison_by = (_table_rows_by_model(data.requests), _table_rows_by_model(data.versions),
                                                _table_rows_by_model(data.comparison))
-    segments_by = _by_model(data.segments)
+    segments_by, segment_drift_by = _by_model(data.segments), _by_model(data.segment_drift)
     open_alerts = data.alerts[data.alerts.status == "open"]
     last = data.performance.partition_date.max()
     common = {
@@ -434,7 +444,7 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
             figures.append(segments["figure"])
         pages[model_page(m.model_id)] = env.get_template("dashboard/model.html.j2").render(
             common, root="../", model=row, summary=s, figures=figures, estimate=_latest_estimate(estimated),
-            segments=segments,
+            segments=segments, segment_drift=_segment_drift_view(segment_drift_by.get(m.model_id)),
             alerts=_alerts_by_state([a for a in alerts if a.status == "open"]), closed_loop=_loop_tables(
                 requests_by.get(m.model_id), versions_by.get(m.model_id), comparison_by.get(m.model_id)))
     rows.sort(key=lambda r: -STATUS_ORDER[r["status"]])  # worst first; stable, so config order within a status
@@ -1083,12 +1093,33 @@ def _segment_view(rows: pd.DataFrame | None, recent_days: int = RECENT_DAYS) -> 
                          "legendgroup": str(i), "hovertemplate": f"%{{x}}<br>{_label(segment)} below its floor"
                                                                  "<extra></extra>"})
     metric = today.metric.dropna().iloc[0] if today.metric.notna().any() else "main metric"
-    figure = {"id": "segments", "title": f"Worst segments: {metric} over the days (floors dashed)", "figure": {
+    figure = {"id": "segment-lines", "title": f"Worst segments: {metric} over the days (floors dashed)", "figure": {
         "data": data, "layout": {"height": 280, "margin": {"l": 40, "r": 10, "t": 30, "b": 30},
                                  "legend": {"orientation": "h"}, "xaxis": {"type": "date", **AXIS}, "yaxis": AXIS,
                                  **LAYOUT}}}
     return {"day": fmt_day(day), "rows": table, "total": len(today), "metric": metric,
             "below": int(today.below_floor.fillna(False).astype(bool).sum()), "figure": figure if data else None}
+
+
+def _segment_drift_view(rows: pd.DataFrame | None) -> dict | None:
+    """The model's latest day of judged segment drift: the segments with drifted features, the most drifted
+    features first, then the strongest evidence (statistic over threshold), each naming its drifted features
+    strongest first; None for a model without segment drift."""
+    if rows is None or not len(rows):
+        return None
+    rows = _dated(rows)
+    day = rows.partition_date.max()
+    today = rows[rows.partition_date == day]
+    drifted = today[today.drifted.fillna(False).astype(bool)].sort_values("evidence", ascending=False,
+                                                                           na_position="last", kind="stable")
+    table = [{"segment": segment, "n_rows": int(g.n_rows.max()), "n_drifted": len(g),
+              "evidence": _num(g.evidence.max()), "n_features": int((today.segment == segment).sum()),
+              "features": [{"feature": r.feature, "method": r.method, "statistic": _num(r.statistic),
+                            "threshold": _num(r.threshold), "evidence": _num(r.evidence)} for r in g.itertuples()]}
+             for segment, g in drifted.groupby("segment", sort=False)]
+    table.sort(key=lambda t: (-t["n_drifted"], -(t["evidence"] if t["evidence"] is not None else -np.inf)))
+    return {"day": fmt_day(day), "judged": int(today.segment.nunique()), "drifted": len(table),
+            "rows": table[:SEGMENTS_SHOWN]}
 
 
 PALETTE = ["#dc2626", "#2563eb", "#059669", "#d97706", "#7c3aed"]

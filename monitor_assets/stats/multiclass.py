@@ -37,8 +37,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from monitor_assets.stats.performance import metric_standard_error
+
 EPS = float(np.finfo(np.float64).eps)  # scikit-learn's clipping for float64 probabilities
 AUC_BINS = 1000
+# The figures `daily_metrics` returns (monitoring.performance_daily's multiclass columns).
+MULTICLASS_COLUMNS = ("accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted", "log_loss", "roc_auc")
 
 
 def _codes(values, n_classes: int, name: str) -> np.ndarray:
@@ -242,12 +246,89 @@ def daily_metrics(y_true, y_pred, n_classes: int, proba=None, eps: float = EPS) 
     (over the classes present, a present class never predicted or never labelled counting 0, as
     scikit-learn's `precision_score(..., labels=present, average='macro')`), and with probabilities
     `log_loss` and `roc_auc` (one-vs-rest, macro). NaN where unknown."""
-    m = multiclass_metrics(y_true, y_pred, n_classes, proba, eps)
+    return figures(multiclass_metrics(y_true, y_pred, n_classes, proba, eps))
+
+
+def figures(m: MulticlassMetrics) -> dict[str, float]:
+    """`daily_metrics`'s figures of metrics already computed."""
     present = (m.per_class.support + m.per_class.predicted) > 0
     macro = {k: float(m.per_class[k][present].fillna(0.0).mean()) if present.any() else math.nan
              for k in ("precision", "recall")}
     return {"accuracy": m.accuracy, "precision": macro["precision"], "recall": macro["recall"], "f1": m.macro_f1,
             "f1_macro": m.macro_f1, "f1_weighted": m.weighted_f1, "log_loss": m.log_loss, "roc_auc": m.roc_auc}
+
+
+def labelled_metrics(rows: pd.DataFrame, n_classes: int) -> tuple[dict[str, float], MulticlassMetrics | None]:
+    """One day's (or segment-day's) figures from its served rows (`code` predicted, `proba` a list or None,
+    `label` NaN until it arrives): `n_labelled`, `label_coverage` and `daily_metrics` on the labelled rows, with
+    the metrics they came from (None without labelled rows). Log loss and ROC AUC only when every labelled row
+    has probabilities (a mean over a part would not be the day's)."""
+    labelled = rows[rows.label.notna()]
+    out = {"n_labelled": len(labelled), "label_coverage": len(labelled) / len(rows) if len(rows) else math.nan}
+    if labelled.empty:
+        return out | dict.fromkeys(MULTICLASS_COLUMNS, math.nan), None
+    proba = np.array(labelled.proba.tolist(), dtype=float) if labelled.proba.notna().all() else None
+    m = multiclass_metrics(labelled.label.to_numpy(np.int64), labelled.code.to_numpy(np.int64), n_classes, proba)
+    return out | figures(m), m
+
+
+# The macro figures' per-class parts, each with the binary rule of the rows it is a share of (`performance`).
+_PER_CLASS = {"precision": "precision", "recall": "recall", "f1": "f1", "f1_macro": "f1", "f1_weighted": "f1",
+              "roc_auc": "roc_auc"}
+
+
+def _class_parts(m: MulticlassMetrics, metric: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The classes a figure averages (per-class columns as arrays) and their weights: present classes equally for
+    the macro means (a missing precision or recall counting 0, as `figures`), by support for weighted F1, the
+    classes with an AUC for ROC AUC."""
+    pc = m.per_class
+    used = pc.roc_auc.notna() if metric == "roc_auc" else (pc.support + pc.predicted) > 0
+    parts = {c: pc[c].to_numpy(float)[used.to_numpy()] for c in ("support", "predicted", "precision", "recall", "f1",
+                                                                  "roc_auc")}
+    parts["precision"], parts["recall"] = np.nan_to_num(parts["precision"]), np.nan_to_num(parts["recall"])
+    k = len(parts["support"])
+    if metric == "f1_weighted":
+        return parts, parts["support"] / max(float(pc.support.sum()), 1.0)
+    return parts, np.full(k, 1 / max(k, 1))
+
+
+def standard_error(m: MulticlassMetrics, metric: str) -> float:
+    """Approximate standard error of a `figures` metric on these rows (NaN where there is none). Accuracy: the
+    binomial one on every labelled row. A macro or weighted mean of per-class figures: the delta method for a
+    weighted mean, sqrt(sum w_k^2 se_k^2), each class's se by the binary rule on its own counts
+    (`performance.metric_standard_error`: binomial on predicted k for precision, on labelled k for recall, on the
+    fewer for F1, Hanley-McNeil for one-vs-rest AUC), the classes taken as independent (they share rows, but a
+    row moves at most two classes' counts by one, small beside each class's own variance; tests compare with the
+    spread of scikit-learn's figures over samples). Log loss: NaN, not judged (a mean of per-row losses up to
+    -ln(eps) ~ 36, whose normal approximation holds poorly at segment sizes; binary models' log loss is not
+    judged on a standard error either)."""
+    if not m.n or metric == "log_loss":
+        return math.nan
+    if metric == "accuracy":
+        return metric_standard_error("accuracy", m.accuracy, m.n)
+    parts, weights = _class_parts(m, metric)
+    if not len(weights):
+        return math.nan
+    rule = _PER_CLASS[metric]
+    se = [metric_standard_error(rule, value, m.n, support / m.n, predicted / m.n)
+          for value, support, predicted in zip(parts[rule], parts["support"], parts["predicted"], strict=True)]
+    return float(math.sqrt(np.sum((weights * np.asarray(se)) ** 2)))
+
+
+def class_rows(m: MulticlassMetrics, metric: str) -> int | None:
+    """The fewest rows of one class a macro figure's standard error rests on (the multiclass counterpart of
+    `performance.class_rows`): for precision the classes' predicted rows, recall their labelled rows, macro F1 the
+    fewer of both, ROC AUC the fewer of each class's positives and negatives. None for accuracy, weighted F1 (a
+    rare class weighs its share of the rows) and log loss (not judged)."""
+    if metric not in ("precision", "recall", "f1", "f1_macro", "roc_auc"):
+        return None
+    parts, weights = _class_parts(m, metric)
+    if not len(weights):
+        return 0
+    if metric == "roc_auc":
+        return int(np.minimum(parts["support"], m.n - parts["support"]).min())
+    counts = {"precision": ["predicted"], "recall": ["support"]}.get(metric, ["support", "predicted"])
+    return int(min(parts[c].min() for c in counts))
 
 
 def selection_rates(y_pred, n_classes: int, group=None, y_true=None, labelled=None) -> pd.DataFrame:

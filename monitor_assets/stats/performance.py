@@ -42,6 +42,12 @@ def share_of_baseline(metric: str, baseline: float | None, value: float | None) 
     return 1 - degradation(metric, baseline, value) / abs(baseline)
 
 
+def metric_floor(metric: str, reference: float, ratio: float) -> float:
+    """The floor a metric is held to: `ratio` x its reference value, or for a lower-is-better metric the ceiling
+    (2 - ratio) x (a 5% worse MAE, not a MAE divided by 0.95)."""
+    return ratio * reference if METRIC_DIRECTION[metric] == HIGHER else (2 - ratio) * reference
+
+
 def decision_class_sql(expr: str) -> str:
     """SQL reading a logged decision as the predicted class 1 / 0: booleans in any spelling, 1 / 0
     as numbers or text ('1.0'); anything else is NULL (unknown)."""
@@ -183,3 +189,23 @@ def metric_standard_error(metric: str, value: float, n: int, positive_rate: floa
     if metric == "r2":
         return 2 * abs(value) * abs(1 - value) / math.sqrt(n)
     return 0.0
+
+
+def class_rows(metric: str, n: int, positive_rate: float | None = None,
+               predicted_positive_rate: float | None = None) -> int | None:
+    """The rows of the scarcer class a binary classifier's `metric` rests on, as `metric_standard_error` counts
+    them on `n` labelled rows; None for a metric that needs no minimum of either class. Under a few of them the
+    normal approximation's standard error means nothing (300 rows with 3 positives), so a caller should not judge.
+
+    * roc_auc: positives and negatives (Hanley-McNeil's variance has both in its denominator);
+    * recall: positives (a share of them); precision: predicted positives; f1: the fewer of the two;
+    * accuracy and brier_score: none (a share, or a mean in [0, 1], of every labelled row);
+    * log_loss: none (it has no standard error, so it is never judged on one)."""
+    if metric not in ("roc_auc", "recall", "precision", "f1"):
+        return None
+    n = max(int(n), 0)
+    pos = round(n * positive_rate) if _known_number(positive_rate) else None
+    sel = round(n * predicted_positive_rate) if _known_number(predicted_positive_rate) else None
+    counts = {"roc_auc": (pos, None if pos is None else n - pos), "recall": (pos,), "precision": (sel,),
+              "f1": (pos, sel)}[metric]
+    return min(c for c in counts if c is not None) if any(c is not None for c in counts) else 0

@@ -80,6 +80,15 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "estimate": "DOUBLE", "lower": "DOUBLE", "upper": "DOUBLE", "n_rows": "BIGINT", "method": "VARCHAR",
         "realized": "DOUBLE", "n_labelled": "BIGINT", "within_band": "BOOLEAN", "computed_at": "TIMESTAMPTZ"},
         ("partition_date",)),
+    # The same per model, day and segment of at least segments.min_rows rows (estimation.logic); the main metric
+    # tested against the segment's floor (segments.logic's rule), Benjamini-Hochberg across the model-day's segments.
+    "monitoring.segment_estimated_performance": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "segment_by": "VARCHAR",
+        "segment": "VARCHAR", "metric": "VARCHAR", "estimate": "DOUBLE", "lower": "DOUBLE", "upper": "DOUBLE",
+        "n_rows": "BIGINT", "method": "VARCHAR", "realized": "DOUBLE", "n_labelled": "BIGINT",
+        "within_band": "BOOLEAN", "reference_value": "DOUBLE", "reference_source": "VARCHAR", "floor": "DOUBLE",
+        "p_value": "DOUBLE", "p_adjusted": "DOUBLE", "below_floor": "BOOLEAN", "computed_at": "TIMESTAMPTZ"},
+        ("partition_date",)),
     # Per model, day and segment (segments.logic): the performance figures and the main metric's test.
     "monitoring.segment_performance": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "segment_by": "VARCHAR", "segment": "VARCHAR",
@@ -206,6 +215,10 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "label_coverage": "DOUBLE", "unmatched_interactions": "BIGINT", "labels_complete": "BOOLEAN",
         "reference_value": "DOUBLE", "floor": "DOUBLE", "p_value": "DOUBLE", "below_baseline": "BOOLEAN",
         "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    # A ranker-day's impressions per item and version (ranking.logic), which its windows' catalogue figures merge.
+    "monitoring.ranking_item_counts": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "item_id": "VARCHAR",
+        "impressions": "BIGINT", "first_seen": "BIGINT", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
 }
 MODEL_DIR = "model_id="
 # Lake roots with one of these schemes are on object storage (anything else is a local folder).

@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 import duckdb
 import pandas as pd
 
-from monitor_assets.config import ModelConfig, MonitorConfig
+from monitor_assets.config import MULTICLASS_REFERENCE_FIELDS, ModelConfig, MonitorConfig
 from monitor_assets.stats import drift as D
+from monitor_assets.stats import multiclass as MC
 from monitor_assets.stats.versions import champions
 from monitor_assets.storage.sql import quote_ident, sql_str
 
@@ -119,6 +120,24 @@ def reference_reader_sql(path: str) -> str:
     if low.endswith(".csv"):
         return f"read_csv({sql_str(path)}, header=true)"
     return f"read_json({sql_str(path)}, format='newline_delimited')"
+
+
+def multiclass_reference_sql(model: ModelConfig) -> str:
+    """A multiclass reference's rows, every column of the file, with `__label` (the label's class code, NULL for a
+    name not in `classes`), `__predicted` (the `decision` column's class, else the most probable) and `__proba`
+    (DOUBLE[] in class order, NULL where missing or unusable), as the pipeline reads the logged rows."""
+    reader = reference_reader_sql(model.reference_path)
+    with duckdb.connect() as con:
+        names = {c.lower() for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {reader})").fetchall()}
+    f = {**MULTICLASS_REFERENCE_FIELDS, **model.reference_fields}
+    text = f"CAST({quote_ident(f['probabilities'])} AS VARCHAR)" if f["probabilities"].lower() in names else "NULL"
+    decision = f"CAST({quote_ident(f['decision'])} AS VARCHAR)" if f["decision"].lower() in names else "NULL"
+    parsed = MC.probabilities_sql(model.classes, text)
+    proba = f"CASE WHEN ({MC.probabilities_problem_sql(model.classes, text, parsed)}) IS NULL THEN {parsed} END"
+    label = (f"(list_position({MC.classes_sql(model.classes)}, CAST({quote_ident(f['label'])} AS VARCHAR)) - 1)"
+             "::DOUBLE")
+    return f"""SELECT *, {label} AS __label, {MC.class_code_sql(model.classes, decision, proba)} AS __predicted,
+                      {proba} AS __proba FROM {reader}"""
 
 
 # -- the models' predictions tables: one column per (field, type) of their features ---------------------

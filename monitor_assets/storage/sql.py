@@ -14,6 +14,11 @@ def sql_str(value: str) -> str:
 SEGMENT_MISSING = "(missing)"  # a segment column's NULL, as segment names spell it
 
 
+def segment_key(cross: tuple[str, ...]) -> str:
+    """A segmentation's key, as monitoring.segment_performance's `segment_by` spells it: 'market,device'."""
+    return ",".join(cross)
+
+
 def segment_sql(cross: tuple[str, ...], column_of: dict[str, str]) -> str:
     """A row's segment name as SQL: `market=DE` or `market=DE, device=mobile` (NULL reads `(missing)`), as
     monitoring.segment_performance, monitoring.history and the evaluation store spell it; `column_of`: name ->

@@ -35,6 +35,12 @@ def test_window_alerts_can_be_turned_off():
     assert not parse_evaluation({"windows": ["quarter"], "alerts": False}).alerts
 
 
+def test_the_concentration_ratio_is_read_with_or_without_windows():
+    assert DEFAULT.concentration_ratio == 1.25
+    assert parse_evaluation({"concentration_ratio": 1.5}).concentration_ratio == 1.5
+    assert parse_evaluation({"windows": ["week"], "concentration_ratio": 2}).concentration_ratio == 2.0
+
+
 def test_every_kind_parses():
     specs = parse_evaluation({"windows": ["week", "month", "quarter", {"rolling_days": 28},
                                           {"name": "black_friday", "start": "2026-11-20", "end": D(2026, 11, 30)}]}).windows
@@ -56,6 +62,10 @@ def test_every_kind_parses():
     ({"window": ["week"]}, "evaluation.window"),
     ({"windows": [{"rolling_days": 7, "name": "x"}]}, "evaluation.windows[0].name"),
     ({"alerts": "no"}, "evaluation.alerts"),
+    ({"concentration_ratio": 1}, "evaluation.concentration_ratio"),
+    ({"concentration_ratio": "1.5"}, "evaluation.concentration_ratio"),
+    ({"concentration_ratio": True}, "evaluation.concentration_ratio"),
+    ({"concentration_ratio": 0.8, "windows": ["week"]}, "evaluation.concentration_ratio"),
 ])
 def test_errors_are_one_line_naming_the_key(data, key):
     with pytest.raises(ConfigError) as err:

@@ -279,3 +279,31 @@ def test_estimated_performance_and_band_coverage_equal_the_table(exported, demo_
     assert by_name(fresh, "monitor_estimated_band_coverage_ratio") == {}
     assert value(fresh, "monitor_estimated_performance", model_id=model.id, metric=shift["metric"], bound="upper") \
         == upper
+
+
+def test_segment_series_hold_only_the_segments_of_their_day(exported, demo_db):
+    """Segment drift: the judged segment-features of the exported day, no other day's; segment performance: the
+    tested segments of each segmented model's latest tested day (labels arrive late), that day in its own series."""
+    config, _, series = exported
+    drift = demo_db.execute("""SELECT model_id, segment, feature, evidence, drifted FROM monitoring.segment_drift
+                               WHERE partition_date = ? AND judged""", [DAY]).df()
+    segmented = {m.id for m in config.models if m.segments.by}
+    assert set(drift.model_id) == segmented and len(drift) > 0
+    assert by_name(series, "monitor_segment_drift_evidence") == pytest.approx({
+        frozenset({("model_id", r.model_id), ("segment", r.segment), ("feature", r.feature)}): r.evidence
+        for r in drift.itertuples()}, rel=1e-12)
+    counts = drift.assign(drifted=drift.drifted.astype(int)).groupby(["model_id", "segment"]).drifted.sum()
+    assert by_name(series, "monitor_segment_drifted_features") == {
+        frozenset({("model_id", m), ("segment", s)}): n for (m, s), n in counts.items()}
+    tested = demo_db.execute("""SELECT model_id, segment, metric, value, partition_date FROM monitoring.segment_performance
+                                WHERE partition_date <= ? AND p_adjusted IS NOT NULL
+                                QUALIFY partition_date = max(partition_date) OVER (PARTITION BY model_id)""",
+                             [DAY]).df()
+    assert set(tested.model_id) == segmented
+    assert by_name(series, "monitor_segment_main_metric") == pytest.approx({
+        frozenset({("model_id", r.model_id), ("segment", r.segment), ("metric", r.metric)}): r.value
+        for r in tested.itertuples()}, rel=1e-12)
+    for m, g in tested.groupby("model_id"):
+        day = pd.Timestamp(g.partition_date.iloc[0]).date()
+        assert value(series, "monitor_segment_day_timestamp_seconds", model_id=m) == \
+            dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()

@@ -191,7 +191,7 @@ def test_show_tables_and_information_schema_list_exactly_the_documented_names(en
     listed = {f"{r[1]}.{r[2]}" for r in rows(done.stdout)[1:]}
     assert {r[0] for r in rows(done.stdout)[1:]} == {"memory"}  # no temp relations, no other database
     assert listed == DOCUMENTED, (listed ^ DOCUMENTED)
-    assert len(listed) == 44
+    assert len(listed) == 46
 
     done = query(env, "SELECT table_schema || '.' || table_name FROM information_schema.tables")
     assert {r[0] for r in rows(done.stdout)[1:]} == DOCUMENTED
