@@ -202,7 +202,7 @@ def small_demo(tmp_path_factory):
                      reports_dir=str(out / "reports"), lake_dir="")
     run_job(config, "2026-10-21", "2026-10-27", raise_on_error=False)
     with connect(config.warehouse_path, config.lake_path, models=[]) as con:
-        first = L.open_by_hand(con, config, "conversion_recommender", "ana", "accuracy dropped after the sale",
+        first = L.open_by_hand(con, config, "purchase_propensity", "ana", "accuracy dropped after the sale",
                                version="2026.08.1", day=dt.date(2026, 10, 27))
         second = L.open_by_hand(con, config, "fraud_detector", "bo", "manual check", day=dt.date(2026, 10, 27))
     env = {**os.environ, "MONITOR_WAREHOUSE": config.warehouse_path, "MONITOR_REPORTS_DIR": config.reports_dir,
@@ -221,7 +221,7 @@ def test_retraining_cli_prints_sentences_and_tables_not_reprs(small_demo):
     assert lines[0].split()[:6] == ["#", "model", "version", "opened", "status", "p"]
     assert lines[-1] == "2 rows of monitoring.retraining_requests"
     rows = {int(line.split()[0]): line.split() for line in lines[2:-1]}
-    assert rows[approve_id][1:5] == ["conversion_recommender", "2026.08.1", "2026-10-27", "proposed"]
+    assert rows[approve_id][1:5] == ["purchase_propensity", "2026.08.1", "2026-10-27", "proposed"]
     assert rows[reject_id][4] == "proposed" and rows[reject_id][5] == "-"  # no p-value: opened by hand
 
     rejected = _cli("reject", str(reject_id), "--by", "bo", "--note", "seasonal, expected", env=env)
@@ -233,7 +233,7 @@ def test_retraining_cli_prints_sentences_and_tables_not_reprs(small_demo):
     _assert_human(approved.stdout)
     out = approved.stdout.splitlines()
     assert len(out) == 3, approved.stdout
-    run_id = re.fullmatch(rf"request #{approve_id}: approving retraining of conversion_recommender 2026\.08\.1, "
+    run_id = re.fullmatch(rf"request #{approve_id}: approving retraining of purchase_propensity 2026\.08\.1, "
                           r"opened on 2026-10-27 \(run ([0-9a-f-]{36})\)", out[0]).group(1)
     assert out[1].startswith(f"request #{approve_id}: done; succeeded: ")
     assert "trained_on=2026-10-21..2026-10-27" in out[1]

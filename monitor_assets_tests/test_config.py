@@ -20,7 +20,7 @@ models:
 
 def test_demo_config_loads_every_model():
     config = load_config()
-    assert [m.id for m in config.models] == ["fraud_detector", "conversion_recommender", "demand_forecaster",
+    assert [m.id for m in config.models] == ["fraud_detector", "purchase_propensity", "demand_forecaster",
                                              "product_categoriser"]
     assert config.model("product_categoriser").classes == ("electronics", "fashion", "home", "beauty", "toys")
     assert config.model("demand_forecaster").score_field == "prediction"

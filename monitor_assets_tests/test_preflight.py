@@ -34,7 +34,7 @@ def with_typos(folder: Path) -> Path:
     """The demo config with four mistakes a user makes: a folder, a reference file, a feature, a label column."""
     text = (DEMO_CONFIG.read_text()
             .replace("path: labels/{date}.csv.gz", "path: labls/{date}.csv.gz")
-            .replace("reference: reference/conversion_recommender.parquet",
+            .replace("reference: reference/purchase_propensity.parquet",
                      "reference: reference/conversion_recomender.parquet")
             .replace("      amount: numeric\n", "      amout: numeric\n")
             .replace("    score_field: prediction", "    score_field: prediction\n    reference_fields: {label: lable}"))
@@ -52,10 +52,10 @@ def test_demo_passes_with_one_warning_for_its_silent_model_day():
     took = time.perf_counter() - began
     print(f"preflight on the demo (30 days, 3 models): {took * 1000:.0f} ms")
     assert lines(problems) == []
-    # The demo's conversion_recommender logs nothing on 2026-10-19 (an incident the run must flag, not stop on).
+    # The demo's purchase_propensity logs nothing on 2026-10-19 (an incident the run must flag, not stop on).
     assert lines(problems, warning=True) == [
-        f"{DEMO_CONFIG}: sources.predictions.path: no file of model conversion_recommender "
-        "(predictions/2026-10-19/conversion_recommender.jsonl.gz) on 1 of 30 days: 2026-10-19; its "
+        f"{DEMO_CONFIG}: sources.predictions.path: no file of model purchase_propensity "
+        "(predictions/2026-10-19/purchase_propensity.jsonl.gz) on 1 of 30 days: 2026-10-19; its "
         "predictions_logged check will fail there"]
     assert took < 1.0
 
@@ -70,7 +70,7 @@ def test_every_typo_is_reported_at_once_with_the_closest_name(demo_copy):
         f"2026-10-01..2026-10-30: nothing matches 'labls' in {demo_copy} (did you mean 'labels'?)",
         f"{path}: models[0].features.amout: column 'amout' not in fraud_detector.parquet (did you mean 'amount'?)",
         f"{path}: models[1].reference: file not found: reference/conversion_recomender.parquet "
-        "(did you mean 'conversion_recommender.parquet'?)",
+        "(did you mean 'purchase_propensity.parquet'?)",
         f"{path}: models[2].reference_fields.label: column 'lable' not in demand_forecaster.parquet "
         "(did you mean 'label'?)",
     ]

@@ -42,15 +42,15 @@ CORRUPTED_DAY = 5          # fraud_detector log with malformed lines, nulls, bad
 LATE_LABEL_DAY = 7         # labels for this day's predictions arrive 8 days late
 DRIFT_DAYS = range(11, 16)  # fraud_detector: amount shifts up, payment mix moves to gift cards
 SPIKE_DAY = 13             # demand_forecaster: latency x6 and 8% errors
-EMPTY_DAY = 18             # conversion_recommender: no log file at all
-CONCEPT_FROM = 20          # conversion_recommender: buyers stop responding to discounts
+EMPTY_DAY = 18             # purchase_propensity: no log file at all
+CONCEPT_FROM = 20          # purchase_propensity: buyers stop responding to discounts
 BIAS_DAYS = range(23, 27)  # fraud_detector: customers aged 65+ get inflated fraud scores
-CANARY_FROM = 23           # conversion_recommender: a version retrained on recent data serves 10% ...
+CANARY_FROM = 23           # purchase_propensity: a version retrained on recent data serves 10% ...
 CANARY_SHARE = 0.10
 PROMOTED_FROM = 27         # ... and all traffic from here on
 SHIFT_DAYS = range(27, 30)  # fraud_detector: a reseller's orders, all alike, take over its traffic ...
 SHIFT_LABELS_DAY = 31       # ... and their labels (chargebacks) all land on this day, after the demo's 30 days
-SEGMENT_DAYS = range(11, 13)  # conversion_recommender: a DE mobile app release swaps features, its scores go wrong
+SEGMENT_DAYS = range(11, 13)  # purchase_propensity: a DE mobile app release swaps features, its scores go wrong
 COLLAPSE_DAYS = range(16, 18)  # home_recommender: the candidate service fails, lists fill with the same bestsellers
 RETRAINED_VERSION = "2026.10.1"
 LABEL_DELAY_LATE = 8
@@ -74,7 +74,7 @@ class Model:
 FRAUD = Model("fraud_detector", "binary_classification", "2026.09.2",
               ["amount", "hour_of_day", "account_age_days", "items_in_cart", "shipping_distance_km"],
               ["payment_method", "device"], ["customer_age_band"], 1800, 35.0)
-CONVERSION = Model("conversion_recommender", "binary_classification", "2026.08.1",
+CONVERSION = Model("purchase_propensity", "binary_classification", "2026.08.1",
                    ["price", "discount_pct", "product_rating", "session_views", "days_since_last_visit"],
                    ["category", "device"], ["gender"], 1800, 60.0)
 DEMAND = Model("demand_forecaster", "regression", "2026.09.0",

@@ -41,7 +41,7 @@ def main() -> None:
         page.goto(dashboard.as_uri())
         page.wait_for_selector("#models")
         page.screenshot(path=str(out / "dashboard.png"))
-        page.goto((Path(config.reports_dir) / model_page("conversion_recommender")).as_uri())
+        page.goto((Path(config.reports_dir) / model_page("purchase_propensity")).as_uri())
         page.wait_for_selector(".js-plotly-plot .main-svg")
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "dashboard_model.png"), full_page=True)

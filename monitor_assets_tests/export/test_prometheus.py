@@ -57,12 +57,12 @@ def test_pipeline_wrote_each_models_series_equal_to_the_tables(exported, demo_db
                               FROM monitoring.performance_daily WHERE partition_date = ?""", [DAY]).df()
     hours = dict(demo_db.execute("""SELECT model_id, count(DISTINCT hour(ts)) FROM raw.predictions
                                     WHERE partition_date = ? GROUP BY 1""", [DAY]).fetchall())
-    assert set(perf.model_id) == set(config.model_ids) == {"fraud_detector", "conversion_recommender",
+    assert set(perf.model_id) == set(config.model_ids) == {"fraud_detector", "purchase_propensity",
                                                           "demand_forecaster", "product_categoriser"}
     for r in perf.itertuples():
         m = r.model_id
-        # version: the current champion (the demo's retrained conversion_recommender took over on 10-28).
-        serving, since = {"conversion_recommender": ("2026.10.1", "2026-10-28")}.get(
+        # version: the current champion (the demo's retrained purchase_propensity took over on 10-28).
+        serving, since = {"purchase_propensity": ("2026.10.1", "2026-10-28")}.get(
             m, (config.model(m).version, "2026-10-01"))
         assert value(series, "monitor_model_info", model_id=m, task=config.model(m).task,
                      main_metric=config.model(m).main_metric, version=serving, owner=config.model(m).owner,
@@ -80,7 +80,7 @@ def test_main_metric_is_the_latest_labelled_days_against_its_baseline(exported, 
     config, _, series = exported
     baselines = {(m, k): v for m, k, v in demo_db.execute(
         "SELECT model_id, metric, value FROM monitoring.reference_baselines").fetchall()}
-    since = {"conversion_recommender": "2026-10-28"}  # the demo's champion switch; others: since the start
+    since = {"purchase_propensity": "2026-10-28"}  # the demo's champion switch; others: since the start
     for model in config.models:
         metric = model.main_metric
         rows = demo_db.execute(f"""SELECT partition_date, "{metric}" FROM monitoring.performance_daily
@@ -102,10 +102,10 @@ def test_main_metric_is_the_latest_labelled_days_against_its_baseline(exported, 
         # 1 = as good as the baseline, lower = worse: inverted for lower-is-better metrics (MAE, log loss).
         expected = current / baseline if METRIC_DIRECTION[metric] == "higher" else baseline / current
         assert value(series, "monitor_main_metric_ratio", model_id=model.id, metric=metric) == expected
-    # The demo's concept drift: conversion_recommender's ROC AUC far below its baseline, in an export of the
+    # The demo's concept drift: purchase_propensity's ROC AUC far below its baseline, in an export of the
     # drift's last day, before the retrained version took over.
     series = samples(export_metrics(demo_db, config, dt.date(2026, 10, 27), tmp_path).path.read_text())
-    assert value(series, "monitor_main_metric_ratio", model_id="conversion_recommender", metric="roc_auc") < 0.7
+    assert value(series, "monitor_main_metric_ratio", model_id="purchase_propensity", metric="roc_auc") < 0.7
 
 
 def test_drift_alerts_and_retraining_requests_equal_the_tables(exported, demo_db):
@@ -149,14 +149,14 @@ def test_per_version_series_equal_the_logged_predictions(exported, demo_db, tmp_
             pytest.approx(error_rate, abs=1e-15)
         assert value(series, "monitor_version_latency_seconds", model_id=m, model_version=version,
                      percentile="95") == p95 / 1000
-    # A model with one version on its main metric's day has that version's figure. conversion_recommender's
+    # A model with one version on its main metric's day has that version's figure. purchase_propensity's
     # new champion has no day 80% labelled yet: no figure; on 10-27 the demo's canary served two versions,
     # each with its own figure.
     canary = samples(export_metrics(demo_db, config, dt.date(2026, 10, 27), tmp_path).path.read_text())
     for model in config.models:
         versions = {labels: v for labels, v in by_name(series, "monitor_version_main_metric").items()
                     if ("model_id", model.id) in labels}
-        if model.id == "conversion_recommender":
+        if model.id == "purchase_propensity":
             assert versions == {}
             assert {dict(labels)["model_version"] for labels in by_name(canary, "monitor_version_main_metric")
                     if ("model_id", model.id) in labels} == {"2026.08.1", "2026.10.1"}
@@ -230,15 +230,15 @@ def test_retraining_requests_are_counted_once_the_table_exists(demo_run, tmp_pat
     with connect(str(db), config.lake_path) as con:
         con.execute("DELETE FROM monitoring.retraining_requests")
         con.execute("""INSERT INTO monitoring.retraining_requests (request_id, model_id, model_version, opened_on, status)
-                       VALUES (1, 'conversion_recommender', '2026.08.1', '2026-10-25', 'proposed'),
-                              (2, 'conversion_recommender', '2026.08.1', '2026-10-20', 'approved'),
+                       VALUES (1, 'purchase_propensity', '2026.08.1', '2026-10-25', 'proposed'),
+                              (2, 'purchase_propensity', '2026.08.1', '2026-10-20', 'approved'),
                               (3, 'fraud_detector', '2026.09.2', '2026-10-26', 'proposed'),
                               (4, 'fraud_detector', '2026.09.2', '2026-10-27', 'proposed')""")
         result = export_metrics(con, config, DAY, tmp_path / "out")
     requests = by_name(samples(result.path.read_text()), "monitor_retraining_requests")
     assert requests == {
-        frozenset({("model_id", "conversion_recommender"), ("status", "proposed")}): 1,
-        frozenset({("model_id", "conversion_recommender"), ("status", "approved")}): 1,
+        frozenset({("model_id", "purchase_propensity"), ("status", "proposed")}): 1,
+        frozenset({("model_id", "purchase_propensity"), ("status", "approved")}): 1,
         frozenset({("model_id", "fraud_detector"), ("status", "proposed")}): 2,
         frozenset({("model_id", "demand_forecaster"), ("status", "proposed")}): 0,
         frozenset({("model_id", "product_categoriser"), ("status", "proposed")}): 0,

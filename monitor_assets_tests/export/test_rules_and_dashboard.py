@@ -158,7 +158,7 @@ def test_promtool_checks_the_metrics_and_rules_of_the_demo_run(demo_run):
 def test_promtool_evaluates_the_rules_on_the_exported_values(demo_run, demo_db, tmp_path):
     """Prometheus' rule engine, fed the exported series as constant series, fires exactly the alerts the
     config's thresholds imply for the exported values (an export of 2026-10-27, the concept drift's last day
-    before the retrained conversion_recommender took over)."""
+    before the retrained purchase_propensity took over)."""
     config, _ = demo_run
     folder = export_folder(config)
     exported = export_metrics(demo_db, config, dt.date(2026, 10, 27), tmp_path / "export").path
@@ -186,8 +186,8 @@ def test_promtool_evaluates_the_rules_on_the_exported_values(demo_run, demo_db, 
                     "exp_labels": {**labels, "severity": PROMETHEUS_SEVERITY[model.severity(check)],
                                    "check": check, "team": "mlops"},
                     "exp_annotations": {k: render(t, labels, v) for k, t in annotations[alert].items()}})
-    # 2026-10-27: conversion_recommender's ROC AUC is far below its baseline.
-    assert any(a["exp_labels"]["model_id"] == "conversion_recommender"
+    # 2026-10-27: purchase_propensity's ROC AUC is far below its baseline.
+    assert any(a["exp_labels"]["model_id"] == "purchase_propensity"
                for a in expected["ModelMainMetricBelowBaseline"])
     alerts = [{"eval_time": "5m", "alertname": alert, "exp_alerts": expected.get(alert, [])}
               for alert in [*EXPECTED, "ModelMonitoringExportStale"]]

@@ -190,9 +190,9 @@ def test_after_a_champion_switch_the_headline_and_status_follow_the_new_version(
 
 
 def test_demo_dashboard_and_prometheus_file_name_the_new_champion(demo_run, demo_db):
-    """The demo's conversion_recommender: version 2026.10.1 takes all traffic from 10-28."""
+    """The demo's purchase_propensity: version 2026.10.1 takes all traffic from 10-28."""
     config, _ = demo_run
-    model = "conversion_recommender"
+    model = "purchase_propensity"
     summaries = {s["model_id"]: s for s in json.loads((Path(config.reports_dir) / "model_summaries.json").read_text())}
     s = summaries[model]
     assert (s["champion_version"], s["champion_since"]) == ("2026.10.1", "2026-10-28")

@@ -54,9 +54,9 @@ def test_command_line_acknowledges_silences_and_lists(tmp_path, state_backend): 
 def test_launchpad_jobs_record_decisions_and_the_summary_tells_them_apart(tmp_path, state_backend):  # noqa: F811
     config = replace(load_config(), warehouse_path=str(tmp_path / "w.duckdb"), reports_dir=str(tmp_path))
     defs = build_definitions(config)
-    open_alert(tmp_path, "conversion_recommender", "performance_within_baseline")
+    open_alert(tmp_path, "purchase_propensity", "performance_within_baseline")
     ack = defs.resolve_job_def(ACK_JOB).execute_in_process(run_config={"ops": {"acknowledge_alerts": {"config": {
-        "model_id": "conversion_recommender", "check_name": "performance_within_baseline", "by": "ana",
+        "model_id": "purchase_propensity", "check_name": "performance_within_baseline", "by": "ana",
         "reason": "retraining scheduled"}}}})
     assert ack.success
     silence = defs.resolve_job_def(SILENCE_JOB).execute_in_process(run_config={"ops": {"silence_alerts": {"config": {
@@ -69,7 +69,7 @@ def test_launchpad_jobs_record_decisions_and_the_summary_tells_them_apart(tmp_pa
     assert "a silence needs a model, a check, or both" in failure.message
 
     alerts = pd.DataFrame([
-        ("2026-10-25", "conversion_recommender", "performance_within_baseline", "ERROR"),
+        ("2026-10-25", "purchase_propensity", "performance_within_baseline", "ERROR"),
         ("2026-10-25", "fraud_detector", "demographic_parity_above_threshold", "ERROR"),
         ("2026-10-25", "demand_forecaster", "latency_p95_within_sla", "WARN"),
         ("2026-10-01", "demand_forecaster", "error_rate_within_sla", "ERROR"),
@@ -77,8 +77,8 @@ def test_launchpad_jobs_record_decisions_and_the_summary_tells_them_apart(tmp_pa
         value=0.5, threshold=0.8, message="m", status="open", partition_date=lambda d: pd.to_datetime(d.partition_date))
     state = AlertState.for_config(config)
     annotated = state.annotate(alerts).set_index("model_id")
-    assert annotated.loc["conversion_recommender", "state"] == "acknowledged"
-    assert "by ana" in annotated.loc["conversion_recommender", "state_note"]
+    assert annotated.loc["purchase_propensity", "state"] == "acknowledged"
+    assert "by ana" in annotated.loc["purchase_propensity", "state_note"]
     assert annotated.loc["fraud_detector", "state"] == "silenced"
     assert "by bo: known upstream outage" in annotated.loc["fraud_detector", "state_note"]
     assert annotated.loc["demand_forecaster", "state"].tolist() == ["open", "open"]

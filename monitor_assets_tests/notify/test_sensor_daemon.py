@@ -102,7 +102,7 @@ def test_daemon_ticks_deliver_each_new_failure_exactly_once(tmp_path):
             # Second run while the daemon ticks: drift goes on (10-15, 10-16) and a model logs nothing (10-19).
             run_pipeline(env, "2026-10-15", "2026-10-19")
             new_keys = {"fraud_detector|drift_share_below_threshold|2026-10-16",
-                        "conversion_recommender|predictions_logged|2026-10-19"}
+                        "purchase_propensity|predictions_logged|2026-10-19"}
             wait_for(lambda: new_keys <= set(sent_alert_keys(reports)), 120, f"delivery of {new_keys}")
             wait_for(lambda: len(sensor_ticks(home)) >= max(3, ticks_before + 2), 60, "two more ticks")
             time.sleep(8)  # and a few more ticks, which must send nothing again

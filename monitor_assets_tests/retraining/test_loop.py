@@ -21,12 +21,12 @@ from monitor_assets.stats.versions import champions
 from monitor_assets.storage.warehouse import connect
 from monitor_assets_tests.conftest import persistent_home
 
-DRIFT_DAY = dt.date(2026, 10, 21)  # conversion_recommender's concept drift (demo/generate.py CONCEPT_FROM)
+DRIFT_DAY = dt.date(2026, 10, 21)  # purchase_propensity's concept drift (demo/generate.py CONCEPT_FROM)
 
 
 def test_demo_opens_a_request_after_the_concept_drift_and_none_before(demo_db):
     requests = demo_db.sql("SELECT * FROM monitoring.retraining_requests").df()
-    conversion = requests[requests.model_id == "conversion_recommender"]
+    conversion = requests[requests.model_id == "purchase_propensity"]
     assert len(conversion) >= 1
     opened = pd.to_datetime(conversion.opened_on).dt.date
     assert (opened >= DRIFT_DAY).all() and (opened <= DRIFT_DAY + dt.timedelta(days=3)).any()
@@ -42,12 +42,12 @@ def test_demo_opens_a_request_after_the_concept_drift_and_none_before(demo_db):
     assert list(pd.to_datetime(reco.opened_on).dt.date) == [dt.date(2026, 10, 18)]  # the collapse: 10-17..18
     ranker = trigger[trigger.model_id == "home_recommender"]
     assert not ranker[pd.to_datetime(ranker.partition_date).dt.date < dt.date(2026, 10, 17)].flagged.any()
-    assert not trigger[(trigger.model_id == "conversion_recommender")
+    assert not trigger[(trigger.model_id == "purchase_propensity")
                        & (pd.to_datetime(trigger.partition_date).dt.date < DRIFT_DAY)].flagged.any()
 
 
 def test_demo_versions_and_canary_comparison(demo_db):
-    versions = demo_db.sql("SELECT * FROM monitoring.model_versions WHERE model_id = 'conversion_recommender'").df()
+    versions = demo_db.sql("SELECT * FROM monitoring.model_versions WHERE model_id = 'purchase_propensity'").df()
     roles = dict(zip(versions.model_version, versions.role, strict=True))
     assert roles == {"2026.08.1": "retired", RETRAINED_VERSION: "champion"}
     cmp = demo_db.sql("SELECT * FROM monitoring.version_comparison ORDER BY partition_date").df()
@@ -81,7 +81,7 @@ def loop_copy(demo_run, tmp_path):
 def test_approval_job_on_a_persistent_instance_runs_the_demo_retraining(loop_copy, tmp_path):
     config = loop_copy
     with connect(config.warehouse_path, config.lake_path, models=[]) as con:
-        request = L.open_by_hand(con, config, "conversion_recommender", "ana", "accuracy dropped after the sale",
+        request = L.open_by_hand(con, config, "purchase_propensity", "ana", "accuracy dropped after the sale",
                                  version="2026.08.1", day=dt.date(2026, 10, 27))
     home = persistent_home(tmp_path / "dagster_home")
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -95,7 +95,7 @@ def test_approval_job_on_a_persistent_instance_runs_the_demo_retraining(loop_cop
         after = L.get_request(con, request["request_id"])
     assert after["status"] == "done" and after["decided_by"] == "ana" and after["run_id"] == result.run_id
     assert after["outcome"].startswith("succeeded")
-    folder = L.output_dir(config, "conversion_recommender", request["request_id"])
+    folder = L.output_dir(config, "purchase_propensity", request["request_id"])
     info = json.loads((folder / "model.json").read_text())
     assert info["trained_on"] == "2026-10-21..2026-10-27" and info["rows"] > 5000
     model = joblib.load(folder / "model.joblib")  # a real fitted scikit-learn pipeline
@@ -161,9 +161,9 @@ def test_requests_and_rollbacks_reach_the_alert_outbox(demo_run, demo_instance, 
     state = AlertState(tmp_path / "state.sqlite")
     record_evaluations(state, config, read_evaluations(demo_instance, keys, 0.0))
     rows = state.table("monitoring.alert_deliveries")
-    request = rows[(rows.model_id == "conversion_recommender") & (rows.check_name == RETRAINING_CHECK)]
+    request = rows[(rows.model_id == "purchase_propensity") & (rows.check_name == RETRAINING_CHECK)]
     assert len(request) == 1 and request.channel.iloc[0] == "file" and request.severity.iloc[0] == "WARN"
     assert "retraining request #" in request.message.iloc[0] and "approve" in request.message.iloc[0]
     assert request.partition_date.iloc[0] >= str(DRIFT_DAY)
     rollback = rows[rows.check_name == CANARY_CHECK]
-    assert set(rollback.severity) <= {"ERROR"} and set(rollback.model_id) <= {"conversion_recommender"}
+    assert set(rollback.severity) <= {"ERROR"} and set(rollback.model_id) <= {"purchase_propensity"}
