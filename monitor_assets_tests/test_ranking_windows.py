@@ -11,12 +11,20 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from monitor_assets.evaluation.logic import ranker_window_warnings
+from monitor_assets.config import RANKING_AT_K
+from monitor_assets.evaluation.logic import (
+    RANKER_PER_REQUEST,
+    WINDOW_CHECK,
+    closed_windows,
+    ranker_window_warnings,
+    report_path,
+)
 from monitor_assets.evaluation.settings import DEFAULT as EVALUATION_DEFAULT
 from monitor_assets.ranking.logic import _catalogue, day_frame, labels_complete, reference_of, request_figures
 from monitor_assets.ranking.windows import CATALOGUE, STANDARD_ERROR, merge
 from monitor_assets.stats import ranking as R
 from monitor_assets.storage.warehouse import lake_of
+from monitor_assets_tests.ui.browser import browser_page
 
 
 def _day(day: int, value: float, requests: int, relevant: int, complete: bool = True) -> list[dict]:
@@ -123,3 +131,76 @@ def test_the_window_check_warns_on_the_popularity_collapse_week_only(demo_run, d
     assert warned[stable] == []
     looser = ranker_window_warnings(store[store.start == collapse], ranker, ratio + 0.01)
     assert {w.kind for w in looser} == {"performance"}
+
+
+def _week(config, start: dt.date):
+    return next(w for w in closed_windows(config, [start + dt.timedelta(days=6)]) if w.spec.name == "week")
+
+
+def _main_row(md: str) -> dict[str, str]:
+    """The markdown report's main-metric table (header and its one row) as a dict."""
+    lines = md.split("## Main metric", 1)[1].splitlines()
+    header, _, row = (line.strip("|").split("|") for line in [x for x in lines if x.startswith("|")][:3])
+    return {h.strip(): v.strip() for h, v in zip(header, row, strict=True)}
+
+
+def test_the_collapse_weeks_report_has_the_stores_figures_and_what_warned(demo_run, demo_db, ranker):
+    """The ranker's report of its popularity-collapse week (2026-10-12, data/demo/incidents.yaml), written by
+    evaluation_store once the week closed: its NDCG@10 value, reference, previous week, requests and floor are the
+    store's row of that week, it names both warnings with the concentration's alert line (1.25 x the reference's),
+    and the check's failure for the ranker on the week's last day points to it."""
+    config, result = demo_run
+    week = _week(config, dt.date(2026, 10, 12))
+    store = demo_db.execute("""SELECT metric, value, reference_value, previous_value, n_rows, n_labelled
+                               FROM monitoring.evaluation_store WHERE model_id = ? AND model_version = '*'
+                               AND window_id = ?""", [ranker.id, week.key]).df().set_index("metric")
+    md_path, html_path = (report_path(config, ranker.id, week, ext) for ext in ("md", "html"))
+    md = md_path.read_text()
+    main = _main_row(md)
+    assert main["metric"] == "ndcg_at_10"
+    row = store.loc["ndcg_at_10"]
+    for column, expected in (("window", row.value), ("reference", row.reference_value),
+                             ("previous window", row.previous_value),
+                             ("floor", ranker.thresholds.min_metric_ratio * row.reference_value),
+                             ("standard error", store.value["ndcg_at_10" + STANDARD_ERROR])):
+        assert float(main[column]) == pytest.approx(expected, rel=5e-4), column  # 4 significant digits
+    assert (int(main["requests"]), int(main["labelled requests"])) == (row.n_rows, row.n_labelled)
+    assert f"{int(row.n_rows)} requests" in md
+    # every per-request metric at each k and the catalogue figures are listed
+    for k in ranker.ranking.ks:
+        assert f"| precision_at_{k} | " in md and f"| hit_rate_at_{k} | " in md
+    concentration = store.loc["popularity_concentration"]
+    line = next(x for x in md.splitlines() if x.startswith("| popularity_concentration |"))
+    alert = float(line.strip("|").split("|")[4])
+    assert alert == pytest.approx(EVALUATION_DEFAULT.concentration_ratio * concentration.reference_value, rel=5e-4)
+    assert concentration.value > alert
+    assert "warned** on performance, popularity:" in md
+    assert "- popularity: popularity_concentration" in md and "- performance: ndcg_at_10" in md
+
+    # the check's failure for the ranker, as the alert sensor reads it, carries the report's path
+    evaluation = next(e for e in result.get_asset_check_evaluations()
+                      if e.check_name == WINDOW_CHECK and e.partition == str(week.end))
+    failures = [f for f in evaluation.metadata["failures"].value if f["model_id"] == ranker.id]
+    assert len(failures) == 1
+    assert f"report: {report_path(config, ranker.id, week)}" in failures[0]["message"]
+    assert [w["report"] for w in failures[0]["details"]["windows"]] == [str(html_path)]
+
+    # the HTML, as Chromium renders it: the same figures, the warning box
+    with browser_page(1100, 900) as (page, errors):
+        page.goto(html_path.as_uri())
+        cells = page.locator("#main tr").nth(1).locator("td").all_inner_texts()
+        assert cells[:4] == [main["metric"], main["window"], main["reference"], main["previous window"]]
+        assert page.locator("#checks.warned li").count() == 2
+        assert page.locator("#per-request tr").count() == 1 + len(ranker.ranking.ks) * len(RANKING_AT_K) + len(RANKER_PER_REQUEST)
+        assert errors == []
+
+
+def test_a_stable_weeks_report_says_nothing_warned(demo_run, ranker):
+    config, result = demo_run
+    week = _week(config, dt.date(2026, 10, 5))
+    md = report_path(config, ranker.id, week, "md").read_text()
+    assert "nothing warned on this window" in md and "warned**" not in md
+    assert "nothing warned" in report_path(config, ranker.id, week, "html").read_text()
+    evaluation = next(e for e in result.get_asset_check_evaluations()
+                      if e.check_name == WINDOW_CHECK and e.partition == str(week.end))
+    assert ranker.id not in {f["model_id"] for f in evaluation.metadata["failures"].value}

@@ -52,7 +52,7 @@ from monitor_assets.storage.reads import (
     reference_reader_sql,
     split_by_day,
 )
-from monitor_assets.storage.sql import quote_ident, segment_key, segment_sql
+from monitor_assets.storage.sql import SEGMENT_COLUMN, quote_ident, segment_key, segment_picks
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
 
 ESTIMATES = "monitoring.estimated_performance"
@@ -60,7 +60,6 @@ ESTIMATORS = "monitoring.estimators"
 SEGMENT_ESTIMATES = "monitoring.segment_estimated_performance"
 COLUMNS = [c for c in TABLES[ESTIMATES][0] if c != "computed_at"]
 SEGMENT_COLUMNS = [c for c in TABLES[SEGMENT_ESTIMATES][0] if c != "computed_at"]
-SEGMENT_COLUMN = "segment:"  # + segmentation key ('market,device'): a day frame's column holding each row's segment
 FIT_FORMAT = 5  # part of the fit key: a change of the estimator's layout refits every model once
 
 
@@ -223,8 +222,7 @@ def _segment_picks(config: MonitorConfig, model: ModelConfig) -> str:
         return ""
     stored = feature_columns(config)
     column_of = {c.name: f"p.{quote_ident(stored[(c.source, c.type)])}" for c in model.logged_columns}
-    return "".join(f", {segment_sql(cross, column_of)} AS {quote_ident(SEGMENT_COLUMN + segment_key(cross))}"
-                   for cross in model.segments.by)
+    return "".join(f", {pick}" for pick in segment_picks(model.segments.by, column_of))
 
 
 def _realized(model: ModelConfig, frame: pd.DataFrame) -> dict[str, float]:

@@ -105,15 +105,18 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
                     "only, never "
                     "from the prediction files; each run recomputes the windows holding its days and the "
                     "late-label days before them, and writes a report (markdown and HTML) for each window that "
-                    "closed in its days, saying which checks warned. Each judged feature's window drift verdict "
-                    "(`drift.<feature>.threshold`, `.evidence`, `.drifted`) is decided as the daily drift decides; "
+                    "closed in its days, saying which checks warned, per model and per ranker (a ranker's from its "
+                    "windows of the store, which `ranking_performance` writes). Each judged feature's window drift "
+                    "verdict (`drift.<feature>.threshold`, `.evidence`, `.drifted`) is decided as the daily drift decides; "
                     f"the drifted features' reference-vs-window distributions go to `{WINDOW_PICTURES}`. For each "
                     "closed window, multivariate drift (`multivariate.<method>`: the statistic against its "
                     "calibrated threshold, `.drifted`) on up to 5,000 rows drawn from the days' stored samples "
                     f"(`{SAMPLES}`) in proportion to the days' rows, against the model's fitted reference.",
         group_name=GROUP_METRICS, kinds={"python"}, owners=OWNERS,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-        retry_policy=IO_RETRY, deps=[keys.DAILY_PROFILES, keys.MULTIVARIATE_DRIFT],  # lake only (its samples)
+        # lake only (the samples; the rankers' windows, which the ranking stage writes, for their reports)
+        retry_policy=IO_RETRY, deps=[keys.DAILY_PROFILES, keys.MULTIVARIATE_DRIFT,
+                                     *([keys.RANKING_PERFORMANCE] if config.rankers else [])],
         metadata={"dagster/table_name": STORE, "dagster/column_schema": table_schema(TABLES[STORE][0])},
     )
     def evaluation_store(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -121,7 +124,10 @@ def build_evaluation_definitions(config: MonitorConfig) -> dg.Definitions:
         days = run_days(context)
         with fail_fast(), warehouse.connect_lake() as con:
             run = write_store(con, cfg, days, days_with_label_refresh(days, cfg))
-        reports = write_reports(run.frame, cfg, run.closed, run.pictures)
+            # the rankers are in every shard: the first reports them
+            rankers = (read_windows(con, run.closed, [r.id for r in cfg.rankers])
+                       if cfg.rankers and cfg.owns_shared else None)
+        reports = write_reports(run.frame, cfg, run.closed, run.pictures, rankers)
         for model_id, why in run.notes.items():
             context.log.warning(f"evaluation store: model {model_id}: {why}")
         add_partition_metadata(context, {day: {"windows_closed": sum(w.end == day for w in run.closed)}

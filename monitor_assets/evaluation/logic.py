@@ -77,6 +77,7 @@ from monitor_assets.config import (
     MULTICLASS_REFERENCE_FIELDS,
     ModelConfig,
     MonitorConfig,
+    RankerConfig,
 )
 from monitor_assets.constants import EVALUATION_WINDOW_CHECK, FAIRNESS_MAX_P, MIN_LABELLED
 from monitor_assets.evaluation.settings import DEFAULT, EvaluationConfig, Window, previous, windows_touching
@@ -116,7 +117,13 @@ from monitor_assets.storage.reads import (
     split_by_day,
 )
 from monitor_assets.storage.reads import load_profiles as load_reference_profiles
-from monitor_assets.storage.sql import quote_ident, segment_key, segment_sql, sql_str
+from monitor_assets.storage.sql import (
+    SEGMENT_COLUMN,
+    quote_ident,
+    segment_key,
+    segment_picks,
+    sql_str,
+)
 from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame
 
 log = logging.getLogger(__name__)
@@ -142,7 +149,6 @@ WHOLE = ""  # the `segment` of the whole model's rows (NULL in rows written befo
 # profiles per model-day at 1 + SEGMENT_CAP per segmentation and version).
 SEGMENT_CAP = 50
 OTHER_SEGMENT = "(other)"
-SEGMENT_COLUMN = "__segment:"  # + segmentation key ('market,device'): a frame column holding each row's segment
 
 
 def settings(config: MonitorConfig) -> EvaluationConfig:
@@ -187,13 +193,6 @@ class Reference:
 def other_segment(cross: tuple[str, ...]) -> str:
     """Where a segmentation's segments beyond the cap pool: 'market=(other)', 'market=(other), device=(other)'."""
     return ", ".join(f"{name}={OTHER_SEGMENT}" for name in cross)
-
-
-def _segment_picks(model: ModelConfig, column_of: dict[str, str]) -> list[str]:
-    """SELECT items naming each row's segment per segmentation whose columns are all in `column_of`, spelt as
-    segment_performance spells them (`storage.sql.segment_sql`)."""
-    return [f"{segment_sql(cross, column_of)} AS {quote_ident(SEGMENT_COLUMN + segment_key(cross))}"
-            for cross in model.segments.by if all(n in column_of for n in cross)]
 
 
 def cap_segments(names: pd.Series, cross: tuple[str, ...], kept: list[str] | None) -> pd.Series:
@@ -250,7 +249,7 @@ def reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.Da
     attributes = {a.name: quote_ident(a.name) if a.name.lower() in names else None for a in model.sensitive_attributes}
     usable = f"isfinite({score}) AND isfinite({label})" + (f" AND {label} IN (0, 1)" if model.is_classifier else "")
     select = _values(specs, {f.name: quote_ident(f.name) for f in specs}, attributes)
-    select += _segment_picks(model, {n: quote_ident(n) for c in model.segments.by for n in c if n.lower() in names})
+    select += segment_picks(model.segments.by, {n: quote_ident(n) for c in model.segments.by for n in c if n.lower() in names})
     frame = con.execute(f"SELECT {', '.join(select)}, {score} AS score, {label} AS label, "
                         f"{predicted}::DOUBLE AS predicted FROM {reader} WHERE {usable}").df()
     if not len(frame):
@@ -275,7 +274,7 @@ def multiclass_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.D
     parsed = probabilities_sql(model.classes, text)
     proba = f"CASE WHEN ({probabilities_problem_sql(model.classes, text, parsed)}) IS NULL THEN {parsed} END"
     select = _values(specs, {s.name: quote_ident(s.name) for s in specs}, {})
-    select += _segment_picks(model, {n: quote_ident(n) for c in model.segments.by for n in c if n.lower() in names})
+    select += segment_picks(model.segments.by, {n: quote_ident(n) for c in model.segments.by for n in c if n.lower() in names})
     frame = con.execute(f"""
         SELECT * FROM (
             SELECT {', '.join(select)}, NULL::DOUBLE AS score,
@@ -367,7 +366,7 @@ def day_rows_sql(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: M
                  else f"p.{CLASS_CODE_COLUMN}" if model.is_multiclass else "NULL::INT")
     # multiclass: the stored code and probabilities (ingestion has checked them); labels are codes already
     proba = f", p.{CLASS_PROBABILITIES_COLUMN} AS proba" if model.is_multiclass else ""
-    segments = _segment_picks(model, {c.name: "p." + quote_ident(stored[(c.source, c.type)])
+    segments = segment_picks(model.segments.by, {c.name: "p." + quote_ident(stored[(c.source, c.type)])
                                       for c in model.logged_columns})
     return f"""
         SELECT p.partition_date AS {DAY_COLUMN}, {', '.join(_values(specs, column_of, attributes) + segments)},
@@ -1204,9 +1203,19 @@ def segment_warnings(part: pd.DataFrame, model: ModelConfig) -> list[Warned]:
 
 RANKER_ALPHA = 0.05  # a ranker window's main metric below its floor, one-sided (as ranking.logic.ALPHA)
 CONCENTRATION = "popularity_concentration"
+RANKER_SE = ".standard_error"  # suffix of the main metric's window standard error (ranking.windows.STANDARD_ERROR)
 
 
-def ranker_window_warnings(part: pd.DataFrame, ranker, concentration_ratio: float) -> list[Warned]:
+def ranker_floor(ranker: RankerConfig, reference: float | None) -> float | None:
+    """A ranker's main metric floor: `min_metric_ratio` x the reference's value (the concentration, lower is
+    better: reference / ratio); None without a reference or a ratio."""
+    ratio = ranker.thresholds.min_metric_ratio
+    if reference is None or not ratio:
+        return None
+    return reference / ratio if ranker.main_metric == CONCENTRATION else reference * ratio
+
+
+def ranker_window_warnings(part: pd.DataFrame, ranker: RankerConfig, concentration_ratio: float) -> list[Warned]:
     """What warns on a ranker's window (its store rows, every version together): the main metric below
     `min_metric_ratio` x its reference value (lower-is-better: reference / ratio) beyond sampling error, one-sided
     at RANKER_ALPHA with the window's standard error over its requests (`<metric>.standard_error`, merged exactly
@@ -1216,11 +1225,10 @@ def ranker_window_warnings(part: pd.DataFrame, ranker, concentration_ratio: floa
     refs = dict(zip(part.metric, part.reference_value, strict=False))
     metric, ratio, out = ranker.main_metric, ranker.thresholds.min_metric_ratio, []
     value, reference = _finite(values.get(metric)), _finite(refs.get(metric))
-    se = _finite(values.get(metric + ".standard_error"))
-    lower = metric == CONCENTRATION
-    if value is not None and reference is not None and se is not None and ratio:
-        floor = reference / ratio if lower else reference * ratio
-        p = below_floor_p_value(value, se, floor, higher_is_better=not lower)
+    se = _finite(values.get(metric + RANKER_SE))
+    floor = ranker_floor(ranker, reference)
+    if value is not None and floor is not None and se is not None:
+        p = below_floor_p_value(value, se, floor, higher_is_better=metric != CONCENTRATION)
         if p < RANKER_ALPHA:
             out.append(Warned("performance", f"{metric} {fmt_num(value)} ± {fmt_num(2 * se)} beyond its floor "
                                               f"{fmt_num(floor)} ({fmt_pct(ratio)} of the reference's "
@@ -1261,12 +1269,11 @@ def window_failures(frame: pd.DataFrame, config: MonitorConfig, windows: list[Wi
                       if part is not None else [])
             if warned:
                 found.setdefault((ranker.id, window.end), []).append((window, warned))
-    out, reported = [], set(config.model_ids)  # rankers have no window report
+    out = []
     for (model_id, day), items in sorted(found.items()):
         first = items[0][1][0]
         text = " | ".join(f"{window_label(w)}: " + "; ".join(x.text for x in warned)
-                          + (f"; report: {report_path(config, model_id, w)}" if model_id in reported else "")
-                          for w, warned in items)
+                          + f"; report: {report_path(config, model_id, w)}" for w, warned in items)
         out.append({"partition_date": day, "model_id": model_id, "check_name": WINDOW_CHECK,
                     "severity": WINDOW_CHECK_SEVERITY, "value": first.value, "threshold": first.threshold,
                     "message": text, "details": {"windows": [
@@ -1377,14 +1384,61 @@ def segment_summary(frame: pd.DataFrame, model: ModelConfig, window: Window, top
     return (failed + measured + [r for r in out if r["share"] is None and not r["failed"]])[:4 * top]
 
 
+RANKER_PER_REQUEST = ("mrr", "mean_loss")  # a ranker's per-request metrics besides those at each k
+
+
+def ranker_report_context(frame: pd.DataFrame, ranker: RankerConfig, window: Window, config: MonitorConfig
+                          ) -> dict | None:
+    """What a ranker's window report says (its store rows, every version together), or None without rows: the
+    main metric against its floor with the window's standard error (as `ranker_window_warnings` judges it), every
+    per-request metric at each k, the catalogue figures with the popularity concentration's alert line
+    (`evaluation.concentration_ratio` x the reference's), and what warned."""
+    part = whole_model(frame[(frame.model_id == ranker.id) & (frame.window_id == window.key)
+                             & (frame.model_version == ALL_VERSIONS)])
+    if not len(part):
+        return None
+    by = part.set_index("metric")
+    ratio = settings(config).concentration_ratio
+
+    def figures(metric: str) -> dict:
+        value, ref, before = (_finite(by[c].get(metric)) for c in ("value", "reference_value", "previous_value"))
+        alert = ratio * ref if metric == CONCENTRATION and ref is not None else None
+        return {"metric": metric, "value": _fmt(value), "reference": _fmt(ref), "previous": _fmt(before),
+                "alert": _fmt(alert)}
+
+    main = ranker.main_metric
+    value, reference = _finite(by.value.get(main)), _finite(by.reference_value.get(main))
+    se = _finite(by.value.get(main + RANKER_SE))
+    floor = ranker_floor(ranker, reference)
+    p = (below_floor_p_value(value, se, floor, higher_is_better=main != CONCENTRATION)
+         if None not in (value, se, floor) else None)
+    per_request = [m for m in (*(m for m in ranker.ranking.metrics if "_at_" in m), *RANKER_PER_REQUEST)
+                   if m in by.index]
+    catalogue = [m for m in by.index if m not in per_request and m != main + RANKER_SE and m != "label_coverage"]
+    warned = ranker_window_warnings(part, ranker, ratio) if settings(config).alerts else []
+    first = part.iloc[0]
+    return {"model": ranker.id, "task": ranker.task, "main_metric": main, "window": window.spec.name,
+            "start": window.start.isoformat(), "end": window.end.isoformat(), "n_requests": int(first.n_rows),
+            "n_labelled": int(first.n_labelled), "days_profiled": int(first.days_profiled),
+            "label_coverage": fmt_pct(_finite(by.value.get("label_coverage"))),
+            "main": {**figures(main), "standard_error": _fmt(se), "floor": _fmt(floor),
+                     "p_value": _fmt(p)},
+            "min_metric_ratio": fmt_pct(ranker.thresholds.min_metric_ratio), "alpha": RANKER_ALPHA,
+            "concentration_ratio": f"{ratio:g}", "per_request": [figures(m) for m in per_request],
+            "catalogue": [figures(m) for m in sorted(catalogue)],
+            "warned": [vars(w) for w in warned], "warned_kinds": sorted({w.kind for w in warned}),
+            "check": WINDOW_CHECK}
+
+
 def _fmt(x) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
 def write_reports(frame: pd.DataFrame, config: MonitorConfig, closed: list[Window],
-                  pictures: pd.DataFrame | None = None) -> list[Path]:
+                  pictures: pd.DataFrame | None = None, rankers: pd.DataFrame | None = None) -> list[Path]:
     """For each closed window, one markdown and one HTML report per model under `<reports>/evaluation/<model>/`,
-    saying which checks warned and showing the drifted features' distributions."""
+    saying which checks warned and showing the drifted features' distributions; and per ranker with rows in
+    `rankers` (its store rows of those windows: `read_windows`), its own (`ranker_report_context`)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -1392,14 +1446,18 @@ def write_reports(frame: pd.DataFrame, config: MonitorConfig, closed: list[Windo
                              autoescape=lambda name: bool(name) and name.endswith(".html.j2"))
     written = []
     for window in closed:
-        for model in config.models:
-            context = report_context(frame, model, window, config=config, pictures=pictures)
+        contexts = [("window_report", report_context(frame, model, window, config=config, pictures=pictures))
+                    for model in config.models]
+        if rankers is not None and len(rankers):
+            contexts += [("ranker_report", ranker_report_context(rankers, ranker, window, config))
+                         for ranker in config.rankers]
+        for template, context in contexts:
             if context is None:
                 continue
             for ext in ("md", "html"):
-                path = report_path(config, model.id, window, ext)
+                path = report_path(config, context["model"], window, ext)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(env.get_template(f"window_report.{ext}.j2").render(**context))
+                path.write_text(env.get_template(f"{template}.{ext}.j2").render(**context))
                 written.append(path)
     return written
 

@@ -24,7 +24,14 @@ import numpy as np
 import pandas as pd
 
 from monitor_assets.config import MonitorConfig, RankerConfig
-from monitor_assets.evaluation.logic import STORE_COLUMNS, WHOLE, metric_rows, replace_windows, settings
+from monitor_assets.evaluation.logic import (
+    RANKER_SE,
+    STORE_COLUMNS,
+    WHOLE,
+    metric_rows,
+    replace_windows,
+    settings,
+)
 from monitor_assets.evaluation.settings import Window, previous, windows_touching
 from monitor_assets.ranking.logic import (
     ALL_VERSIONS,
@@ -37,7 +44,7 @@ from monitor_assets.ranking.logic import (
 from monitor_assets.stats import ranking as R
 from monitor_assets.stats.trigger import Moments
 
-STANDARD_ERROR = ".standard_error"  # the main metric's window standard error: a store row of its own (the check's)
+STANDARD_ERROR = RANKER_SE  # the main metric's window standard error: a store row of its own (the check's)
 NOT_MERGED = ("score_drift_ks",)  # needs the window's scores, which the days do not keep
 CATALOGUE = ("catalogue_coverage", "popularity_concentration", "novelty", "item_drift_js")  # from the item counts
 

@@ -19,6 +19,16 @@ def segment_key(cross: tuple[str, ...]) -> str:
     return ",".join(cross)
 
 
+SEGMENT_COLUMN = "__segment:"  # + segmentation key ('market,device'): a frame column holding each row's segment
+
+
+def segment_picks(crosses, column_of: dict[str, str]) -> list[str]:
+    """SELECT items naming each row's segment per segmentation (`crosses`) whose columns are all in `column_of`,
+    as columns SEGMENT_COLUMN + its key."""
+    return [f"{segment_sql(cross, column_of)} AS {quote_ident(SEGMENT_COLUMN + segment_key(cross))}"
+            for cross in crosses if all(n in column_of for n in cross)]
+
+
 def segment_sql(cross: tuple[str, ...], column_of: dict[str, str]) -> str:
     """A row's segment name as SQL: `market=DE` or `market=DE, device=mobile` (NULL reads `(missing)`), as
     monitoring.segment_performance, monitoring.history and the evaluation store spell it; `column_of`: name ->
