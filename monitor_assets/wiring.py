@@ -27,10 +27,11 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 # can heal are raised through `fail_fast`, which turns them into a Failure the policy does not retry.
 IO_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 # Deterministic: a bad config or reference (ConfigError, the reference's ReferenceError and ReferenceTooSmall
-# and the readers' SourceError are ValueErrors), a missing column or table, a value of the wrong type. A
-# lock or an I/O error (duckdb.IOException, OSError) stays transient.
+# and the readers' SourceError are ValueErrors), a missing column or table, a value of the wrong type, and DuckDB
+# out of its own memory limit (the same data under the same limit fails again: MONITOR_STAGING_MEMORY, or the
+# warehouse's limit, must change). A lock or an I/O error (duckdb.IOException, OSError) stays transient.
 DETERMINISTIC_ERRORS = (ValueError, duckdb.BinderException, duckdb.CatalogException, duckdb.ConversionException,
-                        duckdb.ParserException, duckdb.TypeMismatchException)
+                        duckdb.ParserException, duckdb.TypeMismatchException, duckdb.OutOfMemoryException)
 
 
 @contextlib.contextmanager

@@ -307,8 +307,21 @@ def test_fail_fast_retries_a_lock_but_not_a_deterministic_error():
         with fail_fast():
             duckdb.connect().execute("SELECT nope FROM range(1)")
 
+    attempts["out_of_memory"] = 0
+
+    @dg.asset(retry_policy=IO_RETRY)
+    def out_of_memory():  # DuckDB over its own limit: the same rows under the same limit fail again
+        attempts["out_of_memory"] += 1
+        with fail_fast():
+            con = duckdb.connect(config={"memory_limit": "20MB", "temp_directory": ""})
+            con.execute("SELECT list(range) FROM (SELECT * FROM range(10000000) ORDER BY random())").fetchall()
+
     assert dg.materialize([locked]).success and attempts["locked"] == 3
     result = dg.materialize([missing], raise_on_error=False)
     assert not result.success and attempts["missing"] == 1
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert 'Referenced column "nope" not found' in failure.event_specific_data.error.message
+    result = dg.materialize([out_of_memory], raise_on_error=False)
+    assert not result.success and attempts["out_of_memory"] == 1
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "Out of Memory Error" in failure.event_specific_data.error.message
