@@ -1116,7 +1116,7 @@ def _fairness_warnings(values: dict, refs: dict, model: ModelConfig, config: Mon
     return out
 
 
-SEGMENT_ALPHA = 0.05  # a window's segments' shortfall p-values after Benjamini-Hochberg (as segments.logic.ALPHA)
+SEGMENT_ALPHA = 0.01  # a window's segments' shortfall p-values after Benjamini-Hochberg (as segments.logic.ALPHA)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,10 @@ from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_fr
 
 SEGMENTS = "monitoring.segment_performance"
 COLUMNS = [c for c in TABLES[SEGMENTS][0] if c != "computed_at"]
-ALPHA = 0.05  # a model-day's segments, after the Benjamini-Hochberg adjustment
+# A model-day's segments, after the Benjamini-Hochberg adjustment. 1%, not 5%: the check runs every day, and at 5%
+# the demo's categoriser flagged market=FR on a stable day (adjusted p = 0.047) while its real segment incident
+# scores 0.001 to 0.002 (purchase_propensity's DE mobile, 10-12..13); the other models' stable days stay above 0.1.
+ALPHA = 0.01
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier_score", "mae", "rmse", "mape",
            "r2")
 KEYS = ["partition_date", "segment_by", "segment"]

@@ -17,6 +17,7 @@ from monitor_assets.alerting.rules import evaluate
 from monitor_assets.config import load_config
 from monitor_assets.constants import ESTIMATED_PERFORMANCE_CHECK, SEGMENT_ESTIMATED_PERFORMANCE_CHECK
 from monitor_assets.definitions import build_definitions
+from monitor_assets.segments.logic import ALPHA as SEGMENT_ALPHA
 from monitor_assets.stats import estimation as E
 from monitor_assets.storage.warehouse import connect, open_warehouse
 from monitor_assets_tests.conftest import CSV_WORLD, run_job, write
@@ -187,8 +188,8 @@ def test_a_lower_is_better_metric_is_judged_above_its_ceiling_with_the_bands_err
     model = replace(model, thresholds=replace(model.thresholds, min_metric_ratio=0.9))
     found = pd.DataFrame({"partition_date": DAYS[0], "model_id": "demand", "segment_by": "market",
                           "segment": ["market=DE", "market=FR", "market=UK", "market=DE"],
-                          "metric": ["mae", "mae", "mae", "rmse"], "estimate": [1.5, 1.02, 1.3, 2.0],
-                          "lower": [1.3, 0.9, 1.0, 1.0], "upper": [1.7, 1.14, 1.6, 3.0], "n_rows": 500})
+                          "metric": ["mae", "mae", "mae", "rmse"], "estimate": [1.5, 1.08, 1.3, 2.0],
+                          "lower": [1.3, 0.96, 1.0, 1.0], "upper": [1.7, 1.2, 1.6, 3.0], "n_rows": 500})
     reference = pd.DataFrame({"segment_by": "market", "segment": ["market=DE", "market=FR", "market=UK"],
                               "n": [400, 400, 50], "value": [1.0, 0.8, 9.9]})
     out = judge_segment_estimates(model, found, reference, baseline=1.1)
@@ -200,7 +201,7 @@ def test_a_lower_is_better_metric_is_judged_above_its_ceiling_with_the_bands_err
     p = stats.norm.sf((mae.estimate.to_numpy() - ceiling) / se)
     assert mae.p_value.to_numpy() == pytest.approx(p)
     assert mae.p_adjusted.to_numpy() == pytest.approx(stats.false_discovery_control(p, method="bh"))
-    assert list(mae.below_floor) == list(stats.false_discovery_control(p, method="bh") < 0.05)
+    assert list(mae.below_floor) == list(stats.false_discovery_control(p, method="bh") < SEGMENT_ALPHA)
     assert list(mae.below_floor) == [True, True, False]  # DE and FR above their ceilings beyond their bands
     rmse = out[out.metric == "rmse"].iloc[0]  # not the main metric: reported, not judged
     assert pd.isna(rmse.p_value) and pd.isna(rmse.floor) and rmse.below_floor is None

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from monitor_assets.config import load_config
+from monitor_assets.config import DEMO_CONFIG, load_config
 from monitor_assets.constants import SEGMENT_DRIFT_CHECK
 from monitor_assets.evaluation import segment_drift as S
 from monitor_assets.evaluation.logic import WHOLE, Reference, judged_specs
@@ -265,4 +265,5 @@ def test_demo_segment_drift_alerts_only_where_the_inputs_moved(demo_db):
     assert {(drift["model_id"], d) for d in drift["dates"]} <= alerted
     judged = demo_db.execute("""SELECT count(DISTINCT model_id), count(DISTINCT segment), bool_and(NOT judged OR
                                 drifted IS NOT NULL) FROM monitoring.segment_drift""").fetchone()
-    assert judged[0] == 3 and judged[1] > 10 and judged[2]
+    segmented = [m for m in load_config(DEMO_CONFIG).models if m.segments.by]
+    assert judged[0] == len(segmented) == 4 and judged[1] > 10 and judged[2]
