@@ -35,7 +35,7 @@ def with_typos(folder: Path) -> Path:
     text = (DEMO_CONFIG.read_text()
             .replace("path: labels/{date}.csv.gz", "path: labls/{date}.csv.gz")
             .replace("reference: reference/purchase_propensity.parquet",
-                     "reference: reference/conversion_recomender.parquet")
+                     "reference: reference/purchase_propensty.parquet")
             .replace("      amount: numeric\n", "      amout: numeric\n")
             .replace("    score_field: prediction", "    score_field: prediction\n    reference_fields: {label: lable}"))
     return write(folder / "mine.yaml", text)
@@ -69,7 +69,7 @@ def test_every_typo_is_reported_at_once_with_the_closest_name(demo_copy):
         f"{path}: sources.labels.path: no file matches labls/{{date}}.csv.gz on any of the 30 days "
         f"2026-10-01..2026-10-30: nothing matches 'labls' in {demo_copy} (did you mean 'labels'?)",
         f"{path}: models[0].features.amout: column 'amout' not in fraud_detector.parquet (did you mean 'amount'?)",
-        f"{path}: models[1].reference: file not found: reference/conversion_recomender.parquet "
+        f"{path}: models[1].reference: file not found: reference/purchase_propensty.parquet "
         "(did you mean 'purchase_propensity.parquet'?)",
         f"{path}: models[2].reference_fields.label: column 'lable' not in demand_forecaster.parquet "
         "(did you mean 'label'?)",
