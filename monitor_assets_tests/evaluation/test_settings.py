@@ -108,7 +108,10 @@ def test_definitions_load_with_the_pipeline(demo_config):
     # the stage is wired into the pipeline; every job resolves
     defs = build_definitions(demo_config)
     graph = defs.resolve_asset_graph()
-    assert graph.get(keys.EVALUATION_STORE).parent_keys == {keys.DAILY_PROFILES, keys.MULTIVARIATE_DRIFT}
+    # and after the rankers' windows (the ranking stage writes them), whose reports it writes: the demo has a ranker
+    assert demo_config.rankers
+    assert graph.get(keys.EVALUATION_STORE).parent_keys == {keys.DAILY_PROFILES, keys.MULTIVARIATE_DRIFT,
+                                                            keys.RANKING_PERFORMANCE}
     assert graph.get(keys.DAILY_PROFILES).parent_keys == {keys.PREDICTIONS, keys.LABELS, keys.REFERENCE_PROFILES}
     for job in defs.jobs or []:
         defs.resolve_job_def(job.name)
