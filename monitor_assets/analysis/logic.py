@@ -26,15 +26,12 @@ from monitor_assets.analysis.queries import (
     score_association,
     validate_reference,
 )
-from monitor_assets.config import CLASS_CODE_COLUMN, MULTICLASS_REFERENCE_FIELDS, ModelConfig, MonitorConfig
+from monitor_assets.config import CLASS_CODE_COLUMN, ModelConfig, MonitorConfig
 from monitor_assets.stats import drift as D
 from monitor_assets.stats.fairness import MIN_GROUP_SIZE, fairness_table
 from monitor_assets.stats.metrics_spec import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from monitor_assets.stats.multiclass import (
-    class_code_sql,
     classes_sql,
-    probabilities_problem_sql,
-    probabilities_sql,
     selection_rates,
 )
 from monitor_assets.stats.multiclass import (
@@ -55,6 +52,7 @@ from monitor_assets.storage.reads import (
     load_importance,
     load_profiles,
     model_feature_select,
+    multiclass_reference_sql,
     profile_errors,
     split_by_day,
 )
@@ -103,28 +101,16 @@ def reference_file(model: ModelConfig) -> str:
     return f"SELECT * FROM {_reader(model.reference_path)}"
 
 
-MC_LABEL, MC_CODE, MC_PROBA, MC_SCORE = "__label_code", "__class_code", "__class_proba", "__class_score"
+# The columns `storage.reads.multiclass_reference_sql` adds, and the predicted class's probability.
+MC_LABEL, MC_CODE, MC_PROBA, MC_SCORE = "__label", "__predicted", "__proba", "__class_score"
 
 
 def multiclass_reference(model: ModelConfig) -> str:
     """A multiclass reference's rows with its classes as codes: the label (`MC_LABEL`, NULL for a name not in
     `classes`), the predicted class (`MC_CODE`: the `decision` column's name, else the most probable), the
-    probabilities (`MC_PROBA`, DOUBLE[]; the column is JSON text or a list) and the predicted class's
-    probability (`MC_SCORE`)."""
-    f = {**MULTICLASS_REFERENCE_FIELDS, **model.reference_fields}
-    with duckdb.connect() as c:
-        names = {n.lower() for (n,) in c.sql(f"SELECT column_name FROM (DESCRIBE {reference_file(model)})").fetchall()}
-    text = f"CAST({quote_ident(f['probabilities'])} AS VARCHAR)" if f["probabilities"].lower() in names else "NULL"
-    decision = f"CAST({quote_ident(f['decision'])} AS VARCHAR)" if f["decision"].lower() in names else "NULL"
-    proba = probabilities_sql(model.classes, text)
-    code = class_code_sql(model.classes, decision, f"CASE WHEN ({probabilities_problem_sql(model.classes, text, proba)}) "
-                                                   f"IS NULL THEN {proba} END")
-    return f"""SELECT *, (list_position({classes_sql(model.classes)}, CAST({quote_ident(f['label'])} AS VARCHAR))
-                          - 1)::DOUBLE AS {MC_LABEL},
-                      {code} AS {MC_CODE},
-                      CASE WHEN ({probabilities_problem_sql(model.classes, text, proba)}) IS NULL THEN {proba} END
-                          AS {MC_PROBA}
-               FROM {_reader(model.reference_path)}"""
+    probabilities (`MC_PROBA`, DOUBLE[]; the column is JSON text or a list). A missing file is a ReferenceError."""
+    reference_file(model)
+    return multiclass_reference_sql(model)
 
 
 def reference_relation(model: ModelConfig, where: str = "true") -> str:

@@ -11,7 +11,11 @@ at least `segments.min_rows` rows of the day (rows, not labels) is the same esti
 from the frame the day was read into (a reweighted estimator weighs the segment's rows against the whole
 reference, as any day's). Its main metric is tested against the floor the segment performance check uses
 (`segments.logic.judge`): one-sided, z = (floor - estimate) / the band's standard error, the p-values of a
-model-day's segments adjusted together (Benjamini-Hochberg at `segments.logic.ALPHA`).
+model-day's segments adjusted together (Benjamini-Hochberg at `segments.logic.ALPHA`). A multiclass model's segments
+are estimated and judged the same way (its main metric accuracy, f1_macro, f1_weighted or roc_auc, the reference
+value from `segments.logic.reference_segments`' class codes); its band, hence the standard error it is tested with,
+is the sampling error of the segment's labels alone (`stats.estimation.estimate_multiclass`: the calibration's own
+error on the segment is not in it).
 """
 
 from __future__ import annotations
@@ -28,14 +32,12 @@ from scipy import stats
 from monitor_assets.config import (
     CLASS_CODE_COLUMN,
     CLASS_PROBABILITIES_COLUMN,
-    MULTICLASS_REFERENCE_FIELDS,
     ModelConfig,
     MonitorConfig,
 )
 from monitor_assets.segments.logic import ALPHA as SEGMENT_ALPHA
 from monitor_assets.segments.logic import reference_segments, segment_floors
 from monitor_assets.stats import estimation as E
-from monitor_assets.stats import multiclass as MC
 from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
 from monitor_assets.stats.multiple_testing import benjamini_hochberg
 from monitor_assets.stats.performance import decision_class_sql, share_of_baseline
@@ -49,6 +51,7 @@ from monitor_assets.storage.reads import (
     held_models,
     latest_labels_sql,
     model_feature_select,
+    multiclass_reference_sql,
     reference_reader_sql,
     split_by_day,
 )
@@ -133,21 +136,11 @@ def fit_estimator(model: ModelConfig, reference: pd.DataFrame) -> E.ConfidenceEs
 
 
 def multiclass_reference_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.DataFrame:
-    """A multiclass reference's rows with logged probabilities: label code, predicted code, probabilities."""
-    f = {**MULTICLASS_REFERENCE_FIELDS, **model.reference_fields}
-    names = {c.lower() for (c,) in con.execute(
-        f"SELECT column_name FROM (DESCRIBE SELECT * FROM {reference_reader_sql(model.reference_path)})").fetchall()}
-    if f["probabilities"].lower() not in names:
-        return pd.DataFrame(columns=["label", "code", "proba"])
-    text = f"CAST({quote_ident(f['probabilities'])} AS VARCHAR)"
-    proba = MC.probabilities_sql(model.classes, text)
-    decision = f"CAST({quote_ident(f['decision'])} AS VARCHAR)" if f["decision"].lower() in names else "NULL"
+    """A multiclass reference's rows with a known label and valid logged probabilities: label code, predicted
+    code, probabilities (`storage.reads.multiclass_reference_sql`'s reading)."""
     return con.execute(f"""
-        SELECT (list_position({MC.classes_sql(model.classes)}, CAST({quote_ident(f['label'])} AS VARCHAR)) - 1)
-                   AS label, {MC.class_code_sql(model.classes, decision, proba)} AS code, {proba} AS proba
-        FROM {reference_reader_sql(model.reference_path)}
-        WHERE ({MC.probabilities_problem_sql(model.classes, text, proba)}) IS NULL AND {text} IS NOT NULL""").df(
-    ).dropna(subset=["label", "code"])
+        SELECT __label AS label, __predicted AS code, __proba AS proba FROM ({multiclass_reference_sql(model)})
+        WHERE __proba IS NOT NULL""").df().dropna(subset=["label", "code"])
 
 
 def fit_multiclass(con: duckdb.DuckDBPyConnection, model: ModelConfig):
@@ -191,8 +184,8 @@ def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mod
         return
     table = lake.model_relation(con, model.id)
     if model.is_multiclass:
-        picks = (f"p.{CLASS_PROBABILITIES_COLUMN} AS proba, p.{CLASS_CODE_COLUMN} AS code, p.model_version, l.label",
-                 f"p.{CLASS_PROBABILITIES_COLUMN} IS NOT NULL")
+        picks = (f"p.{CLASS_PROBABILITIES_COLUMN} AS proba, p.{CLASS_CODE_COLUMN} AS code, p.model_version, "
+                 f"l.label{_segment_picks(config, model)}", f"p.{CLASS_PROBABILITIES_COLUMN} IS NOT NULL")
     else:
         logged = config.predictions.fields.get("decision")
         decision = decision_class_sql("p.decision") if logged else "NULL::INT"
@@ -212,8 +205,8 @@ def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mod
 
 
 def segmented(model: ModelConfig) -> bool:
-    """Estimated per segment as well: multiclass models' segments are not computed yet (as segment performance)."""
-    return bool(model.segments.by) and not model.is_multiclass
+    """Estimated per segment as well: any model with `segments:` (binary, multiclass, regression)."""
+    return bool(model.segments.by)
 
 
 def _segment_picks(config: MonitorConfig, model: ModelConfig) -> str:
@@ -274,7 +267,7 @@ def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.dat
 def estimate_segments(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.date,
                       reference: pd.DataFrame, baseline: float | None) -> pd.DataFrame:
     """One model-day's estimates per segment of at least `segments.min_rows` rows: `estimate_day` on the
-    segment's rows alone, judged by `judge_segment_estimates`."""
+    segment's rows alone, judged by `judge_segment_estimates` (a multiclass band is sampling error only)."""
     parts = []
     for cross in model.segments.by if segmented(model) and len(frame) else ():
         key = segment_key(cross)

@@ -74,7 +74,6 @@ from scipy import stats
 from monitor_assets.config import (
     CLASS_CODE_COLUMN,
     CLASS_PROBABILITIES_COLUMN,
-    MULTICLASS_REFERENCE_FIELDS,
     ModelConfig,
     MonitorConfig,
     RankerConfig,
@@ -90,12 +89,6 @@ from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.distributions import Comparison
 from monitor_assets.stats.drift import FeatureSpec
 from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
-from monitor_assets.stats.multiclass import (
-    class_code_sql,
-    classes_sql,
-    probabilities_problem_sql,
-    probabilities_sql,
-)
 from monitor_assets.stats.multiple_testing import benjamini_hochberg
 from monitor_assets.stats.performance import (
     metric_floor,
@@ -113,6 +106,7 @@ from monitor_assets.storage.reads import (
     feature_columns,
     held_models,
     latest_labels_sql,
+    multiclass_reference_sql,
     reference_reader_sql,
     split_by_day,
 )
@@ -268,20 +262,13 @@ def multiclass_frame(con: duckdb.DuckDBPyConnection, model: ModelConfig) -> pd.D
     if lacking:
         raise ValueError(f"model {model.id}: reference {model.reference_path} lacks feature column(s) "
                          f"{', '.join(lacking)}")
-    f = {**MULTICLASS_REFERENCE_FIELDS, **model.reference_fields}
-    text = f"CAST({quote_ident(f['probabilities'])} AS VARCHAR)" if f["probabilities"].lower() in names else "NULL"
-    decision = f"CAST({quote_ident(f['decision'])} AS VARCHAR)" if f["decision"].lower() in names else "NULL"
-    parsed = probabilities_sql(model.classes, text)
-    proba = f"CASE WHEN ({probabilities_problem_sql(model.classes, text, parsed)}) IS NULL THEN {parsed} END"
     select = _values(specs, {s.name: quote_ident(s.name) for s in specs}, {})
     select += segment_picks(model.segments.by, {n: quote_ident(n) for c in model.segments.by for n in c if n.lower() in names})
     frame = con.execute(f"""
         SELECT * FROM (
-            SELECT {', '.join(select)}, NULL::DOUBLE AS score,
-                   (list_position({classes_sql(model.classes)}, CAST({quote_ident(f['label'])} AS VARCHAR)) - 1)::DOUBLE
-                       AS label,
-                   {class_code_sql(model.classes, decision, proba)} AS predicted, {proba} AS proba
-            FROM {reader}) WHERE label IS NOT NULL AND predicted IS NOT NULL""").df()
+            SELECT {', '.join(select)}, NULL::DOUBLE AS score, __label AS label, __predicted AS predicted,
+                   __proba AS proba
+            FROM ({multiclass_reference_sql(model)})) WHERE label IS NOT NULL AND predicted IS NOT NULL""").df()
     if not len(frame):
         raise ValueError(f"model {model.id}: reference {model.reference_path} has no row with a label among the "
                          "classes and a predicted class")
