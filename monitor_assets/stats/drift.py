@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats
@@ -425,6 +426,12 @@ def _n_eff(n_reference: int, n_current: int) -> float:
     return n_reference * n_current / (n_reference + n_current)
 
 
+@lru_cache(maxsize=256)
+def _chi2_noise_quantile(df: int) -> float:
+    """chi2(df)'s 1 - NOISE_ALPHA quantile: cached, as a segmented model-day asks for the same few thousands of times."""
+    return float(stats.chi2.isf(NOISE_ALPHA, df))
+
+
 def noise_floor(method: str, n_reference: int, n_current: int, categories: int = 2,
                 scale: float | None = None) -> float:
     """A distance that sampling noise alone reaches with probability about `NOISE_ALPHA` for these
@@ -441,7 +448,7 @@ def noise_floor(method: str, n_reference: int, n_current: int, categories: int =
     n_eff = _n_eff(n_reference, n_current)
     if method == "wasserstein":
         return WASSERSTEIN_NOISE_SCALES * (scale or NORMAL_WASSERSTEIN_SCALE) / math.sqrt(n_eff)
-    chi = float(stats.chi2.isf(NOISE_ALPHA, max(categories - 1, 1)))
+    chi = _chi2_noise_quantile(max(categories - 1, 1))
     if method == "jensenshannon":
         return math.sqrt(chi / (8 * math.log(2) * n_eff))
     if method == "psi":
