@@ -293,6 +293,8 @@ class RankerConfig:
     task: str = RANKING_TASK
     # The closed loop (`retraining:`, as a model's; no `loss`: a ranker's is 1 - NDCG@main_k per request).
     retraining: RetrainingConfig = field(default_factory=RetrainingConfig)
+    # `segments:` as a model's (README, "Segments"); `min_rows` counts labelled requests, `min_class_rows` is unused
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
 
     @property
     def main_k(self) -> int:
@@ -1117,7 +1119,7 @@ def _rankers(r: _Reader, models_data: list, defaults: Thresholds) -> tuple[Ranke
             continue
         key = f"models[{i}]"
         r.unknown_keys(data, key, {"id", "task", "version", "source", "labels", "reference", "ranking", "main_metric",
-                                   "thresholds", "alert_channels", "owner", "retraining"})
+                                   "thresholds", "alert_channels", "owner", "retraining", "segments"})
         model_id = r.require(data, "id", key)
         if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
             raise r.fail(f"{key}.id", f"expected letters, digits, '_', '-' or '.', got {model_id!r}")
@@ -1134,6 +1136,12 @@ def _rankers(r: _Reader, models_data: list, defaults: Thresholds) -> tuple[Ranke
         if isinstance(retraining, dict) and "loss" in retraining:
             raise r.fail(f"{key}.retraining.loss", "a ranker's loss is fixed: 1 - NDCG@k per request, k of its "
                                                    "main metric (README, the closed loop)")
+        segments = data.get("segments")
+        if isinstance(segments, dict) and "min_class_rows" in segments:
+            raise r.fail(f"{key}.segments.min_class_rows", "a ranker has no classes: min_rows (labelled requests) "
+                                                           "is its only minimum")
+        # a list record's context (`context.market`); an impression row's own column (`market`)
+        segment_source = "context.{name}" if source.format == "jsonl" and ranking.shape == "lists" else "{name}"
         out.append(RankerConfig(
             id=model_id, version=r.text(_or_empty(data.get("version")), f"{key}.version"), source=source,
             labels=labels,
@@ -1142,7 +1150,8 @@ def _rankers(r: _Reader, models_data: list, defaults: Thresholds) -> tuple[Ranke
             thresholds=_thresholds(r, data.get("thresholds"), f"{key}.thresholds", defaults),
             alert_channels=tuple([channels] if isinstance(channels, str) else channels),
             owner=r.text(_or_empty(data.get("owner")), f"{key}.owner"),
-            retraining=_retraining(r, retraining, f"{key}.retraining", RANKING_TASK)))
+            retraining=_retraining(r, retraining, f"{key}.retraining", RANKING_TASK),
+            segments=_segments(r, segments, f"{key}.segments", (), segment_source)))
     return tuple(out)
 
 

@@ -56,6 +56,7 @@ EVALUATION_WINDOW_CHECK = "evaluation_window_within_baseline"
 # Rankers' checks (the ranking stage).
 RANKING_PERFORMANCE_CHECK = "ranking_performance_within_baseline"
 RANKING_DRIFT_CHECK = "ranking_drift_within_threshold"
+RANKING_SEGMENT_CHECK = "ranking_segment_performance_within_baseline"  # rankers with `segments:`
 # The model id of a finding that concerns no single model (e.g. a row with an unknown model id).
 ALL_MODELS = "all models"
 # Run tag naming the shard ("i/N") whose models a run's per-model steps handle; no tag: every model.

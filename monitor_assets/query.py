@@ -2,9 +2,10 @@
 
 The tables are found as the pipeline finds them ($MONITOR_CONFIG, $MONITOR_WAREHOUSE, $MONITOR_LAKE) and
 seen by their documented names (`raw.predictions`, `raw."predictions__<model>"`, `monitoring.performance_daily`,
-`monitoring.alert_deliveries`, ...), and only by those. Queries run on an in-memory database that holds a copy of
-the DuckDB file's tables (read once, then the file is let go, so the pipeline can write beside a long session),
-a copy of the alert state (SQLite), and views over the lake's current Parquet files. Before the first query,
+`monitoring.alert_deliveries`, ...), and only by those. Queries run on an in-memory database that holds views
+over the lake's current Parquet files (every table but the alert state's), a copy of the alert state (SQLite, or
+PostgreSQL in prod) and, while an earlier release's DuckDB file has not been moved to the lake yet, a copy of its
+tables (read once, then the file is let go). Before the first query,
 DuckDB is locked: no file outside those Parquet files can be read or written, no extension installed or loaded,
 no setting changed, and only read-only statements run (SELECT, WITH, FROM, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN, a
 few PRAGMAs); anything else is refused before it runs. Output: CSV (header, then rows; NULL as empty) or, with
@@ -72,8 +73,8 @@ def warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
     except ConfigError as exc:
         raise QueryError(str(exc)) from None
     path = Path(config.warehouse_path)
-    if not path.is_file():
-        raise QueryError(f"no warehouse at {path} (run the pipeline first, or set MONITOR_WAREHOUSE)")
+    if not path.is_file() and not Lake(config.lake_path).all_tables():
+        raise QueryError(f"no tables in the lake at {config.lake_path} (run the pipeline first, or set MONITOR_LAKE)")
     try:
         con = open_read_only(path, config.lake_path, AlertState.for_config(config))
     except (duckdb.Error, OSError, sqlite3.Error, ValueError, RuntimeError) as exc:
@@ -95,8 +96,9 @@ def open_read_only(path: str | os.PathLike, lake_path: str, state: AlertState | 
         con.execute("SET memory_limit = ?", [os.environ.get("MONITOR_MEMORY_LIMIT", "1500MB")])
         con.execute("SET temp_directory = ?", [os.path.join(tempfile.gettempdir(), "monitor_assets_spill")])
         con.execute("SET enable_progress_bar = false")
-        con.execute(SCHEMA_SQL)  # every documented table of the file exists, also on a file older than this code
-        _copy_file_tables(con, Path(path), retries, base_delay)
+        con.execute(SCHEMA_SQL)
+        if Path(path).is_file():  # an earlier release's file (its tables move to the lake when the pipeline runs)
+            _copy_file_tables(con, Path(path), retries, base_delay)
         if state is not None:  # a path: a local state file
             _copy_state_tables(con, state if isinstance(state, AlertState) else AlertState(state))
         files = _lake_views(con, Lake(lake_path))
@@ -131,7 +133,8 @@ def _copy_file_tables(con: duckdb.DuckDBPyConnection, path: Path, retries: int, 
         tables = con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
                              "AND schema_name <> 'main'", [_FILE_ALIAS]).fetchall()
         for schema, table in tables:
-            if table.endswith(LEGACY_SUFFIX):
+            # A file no writer opened since a table moved to the lake still holds it: the lake's view is the table.
+            if table.endswith(LEGACY_SUFFIX) or f"{schema}.{table}" in TABLES:
                 continue
             name = f"{quote_ident(schema)}.{quote_ident(table)}"
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")

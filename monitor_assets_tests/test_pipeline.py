@@ -93,7 +93,6 @@ def test_late_labels_refresh_earlier_days_and_history_never_duplicates(demo_conf
     from dataclasses import replace
 
     db = tmp_path / "daily.duckdb"
-    shutil.copy(demo_config.warehouse_path, db)
     shutil.copytree(demo_config.lake_path, replace(demo_config, warehouse_path=str(db)).lake_path)
     # its own reports: the demo's dashboard and Prometheus files are what later tests read
     config = replace(demo_config, warehouse_path=str(db), reports_dir=str(tmp_path / "reports"))
@@ -164,7 +163,6 @@ def test_reference_profiles_are_reused_when_the_reference_is_unchanged(demo_conf
     from .conftest import run_job
     with tempfile.TemporaryDirectory() as tmp:
         db = f"{tmp}/copy.duckdb"
-        shutil.copy(demo_config.warehouse_path, db)
         shutil.copytree(demo_config.lake_path, replace(demo_config, warehouse_path=db).lake_path)
         before = open_warehouse(db, read_only=True).execute(
             "SELECT max(computed_at) FROM monitoring.reference_profiles").fetchall()[0][0]
@@ -221,7 +219,6 @@ def test_covariate_shift_is_confirmed_when_its_late_labels_land(demo_config, dem
     (out / "monitor.yaml").write_text((demo / "monitor.yaml").read_text().replace(
         f"end_date: {start + dt.timedelta(days=INCIDENTS['days'] - 1)}", f"end_date: {landed}"))
     db = tmp_path / "late.duckdb"
-    shutil.copy(demo_config.warehouse_path, db)
     config = replace(load_config(out / "monitor.yaml"), warehouse_path=str(db), reports_dir=str(tmp_path / "r"),
                      label_delay_days=(landed - dt.date.fromisoformat(shift["dates"][0])).days)
     shutil.copytree(demo_config.lake_path, config.lake_path)

@@ -29,6 +29,7 @@ from monitor_assets.constants import PERFORMANCE_CHECK as PERFORMANCE
 from monitor_assets.constants import PREDICTION_DRIFT_CHECK as PREDICTION_DRIFT
 from monitor_assets.constants import RANKING_DRIFT_CHECK as RANKING_DRIFT
 from monitor_assets.constants import RANKING_PERFORMANCE_CHECK as RANKING_PERFORMANCE
+from monitor_assets.constants import RANKING_SEGMENT_CHECK as RANKING_SEGMENT
 from monitor_assets.constants import SEGMENT_DRIFT_CHECK as SEGMENT_DRIFT
 from monitor_assets.constants import SEGMENT_ESTIMATED_PERFORMANCE_CHECK as SEGMENT_ESTIMATED_PERFORMANCE
 from monitor_assets.constants import SEGMENT_PERFORMANCE_CHECK as SEGMENT_PERFORMANCE
@@ -41,7 +42,8 @@ from monitor_assets.stats.metrics_spec import HIGHER, METRIC_DIRECTION
 from monitor_assets.stats.performance import metric_floor, metric_standard_error, share_of_baseline
 from monitor_assets.stats.shortfall import ALPHA as ESTIMATE_ALPHA
 from monitor_assets.stats.shortfall import CUSUM_DAYS, adjusted_fails, family_size, shortfall_test
-from monitor_assets.storage.warehouse import lake_of, replace_partitions_from_frame, transaction
+from monitor_assets.storage.lake import days_predicate
+from monitor_assets.storage.warehouse import edit, lake_of, replace_partitions_from_frame, transaction
 
 # A model-day that could not be analysed (see analysis.logic.TRANSIENT_ERRORS) fails its check at this
 # severity whatever the config says: a check that could not run must not look like a quiet day.
@@ -72,13 +74,14 @@ def evaluate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[d
 
 
 def _judge_rankers(rows: _Rows, con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]) -> None:
-    """Rankers' two checks, judged as their own check step judges them (`ranking.logic`), so their alerts
+    """Rankers' checks, judged as their own check step judges them (`ranking.logic`), so their alerts
     open, stay and resolve in `monitoring.alerts` like every other model's: a failure row per failed ranker-day,
     a pass per judged one."""
-    from monitor_assets.ranking.logic import baseline_failures, drift_failures
+    from monitor_assets.ranking.logic import baseline_failures, drift_failures, segment_failures
 
     rankers = {r.id: r for r in config.rankers}
-    for check, judge in ((RANKING_PERFORMANCE, baseline_failures), (RANKING_DRIFT, drift_failures)):
+    for check, judge in ((RANKING_PERFORMANCE, baseline_failures), (RANKING_DRIFT, drift_failures),
+                         (RANKING_SEGMENT, segment_failures)):
         judged: list[tuple[dt.date, str]] = []
         failures, _ = judge(con, config, days, check, judged)
         failed = {(f["partition_date"], f["model_id"]): f for f in failures}
@@ -699,32 +702,40 @@ def _known(x) -> bool:
 
 def upsert_alerts(con: duckdb.DuckDBPyConnection, evaluated: pd.DataFrame, now: dt.datetime) -> dict[str, int]:
     """Open or refresh an alert per failed (day, model, check); resolve open alerts that now pass.
-    Re-runs update rows in place: never a duplicate."""
+    Re-runs update rows in place: never a duplicate. One lake commit for the evaluated days' alerts (`edit`:
+    applied again if another run changed the table meanwhile)."""
+    if evaluated.empty:
+        return {"resolved": 0, "refreshed": 0, "opened": 0}
+    days = sorted({pd.Timestamp(d).date() for d in evaluated.partition_date})
     con.register("_evaluated", evaluated)
     try:
-        with transaction(con):
-            resolved = con.execute("""
-                UPDATE monitoring.alerts AS a SET status = 'resolved', last_seen = ?, value = e.value,
-                       message = e.message
-                FROM _evaluated AS e
-                WHERE e.passed AND a.status = 'open' AND a.partition_date = e.partition_date
-                      AND a.model_id = e.model_id AND a.check_name = e.check_name""", [now]).fetchall()
-            refreshed = con.execute("""
-                UPDATE monitoring.alerts AS a SET status = 'open', last_seen = ?, value = e.value,
-                       threshold = e.threshold, severity = e.severity, message = e.message
-                FROM _evaluated AS e
-                WHERE NOT e.passed AND a.partition_date = e.partition_date AND a.model_id = e.model_id
-                      AND a.check_name = e.check_name""", [now]).fetchall()
-            opened = con.execute("""
-                INSERT INTO monitoring.alerts
-                SELECT e.partition_date, e.model_id, e.check_name, e.severity, e.value, e.threshold, e.message,
-                       'open', ?, ?
-                FROM _evaluated AS e
-                WHERE NOT e.passed AND NOT EXISTS (
-                    SELECT 1 FROM monitoring.alerts AS a WHERE a.partition_date = e.partition_date
-                    AND a.model_id = e.model_id AND a.check_name = e.check_name)""", [now, now]).fetchall()
+        return edit(con, "monitoring.alerts", lambda con: _upsert(con, now), days_predicate(days))
     finally:
         con.unregister("_evaluated")
+
+
+def _upsert(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> dict[str, int]:
+    with transaction(con):
+        resolved = con.execute("""
+            UPDATE monitoring.alerts AS a SET status = 'resolved', last_seen = ?, value = e.value,
+                   message = e.message
+            FROM _evaluated AS e
+            WHERE e.passed AND a.status = 'open' AND a.partition_date = e.partition_date
+                  AND a.model_id = e.model_id AND a.check_name = e.check_name""", [now]).fetchall()
+        refreshed = con.execute("""
+            UPDATE monitoring.alerts AS a SET status = 'open', last_seen = ?, value = e.value,
+                   threshold = e.threshold, severity = e.severity, message = e.message
+            FROM _evaluated AS e
+            WHERE NOT e.passed AND a.partition_date = e.partition_date AND a.model_id = e.model_id
+                  AND a.check_name = e.check_name""", [now]).fetchall()
+        opened = con.execute("""
+            INSERT INTO monitoring.alerts
+            SELECT e.partition_date, e.model_id, e.check_name, e.severity, e.value, e.threshold, e.message,
+                   'open', ?, ?
+            FROM _evaluated AS e
+            WHERE NOT e.passed AND NOT EXISTS (
+                SELECT 1 FROM monitoring.alerts AS a WHERE a.partition_date = e.partition_date
+                AND a.model_id = e.model_id AND a.check_name = e.check_name)""", [now, now]).fetchall()
     return {"resolved": resolved[0][0], "refreshed": refreshed[0][0], "opened": opened[0][0]}
 
 

@@ -26,7 +26,8 @@ HISTORY_SOURCES = {"performance_daily": keys.PERFORMANCE_DAILY, "business_kpis_d
                    "estimated_performance": keys.ESTIMATED_PERFORMANCE,
                    "segment_estimated_performance": keys.ESTIMATED_PERFORMANCE,
                    "segment_performance": keys.SEGMENT_PERFORMANCE, "segment_drift": keys.SEGMENT_DRIFT,
-                   "multivariate_drift": keys.MULTIVARIATE_DRIFT, "ranking_performance": keys.RANKING_PERFORMANCE}
+                   "multivariate_drift": keys.MULTIVARIATE_DRIFT, "ranking_performance": keys.RANKING_PERFORMANCE,
+                   "ranking_segment_performance": keys.RANKING_PERFORMANCE}
 
 
 def build_history_definitions(config: MonitorConfig, upstream: Collection[dg.AssetKey]) -> dg.Definitions:

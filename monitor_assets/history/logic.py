@@ -94,6 +94,19 @@ HISTORY_PARTS = {
                      WHERE partition_date IN (SELECT d FROM _days) AND model_version = '*' GROUP BY ALL)
             ON n_requests, n_labelled_requests, label_coverage INTO NAME name VALUE value)
         WHERE isfinite(value)""",
+    # Each segmented ranker's segment figures (whole day): `ranking.<metric>` and `ranking.n_requests`,
+    # `ranking.n_labelled_requests`, as the ranker's own rows are named, with the segment's name in `segment`.
+    "ranking_segment_performance": """
+        SELECT partition_date, model_id, 'ranking.' || metric, segment, value
+        FROM monitoring.ranking_segment_performance
+        WHERE partition_date IN (SELECT d FROM _days) AND isfinite(value)
+        UNION ALL
+        SELECT partition_date, model_id, 'ranking.' || name, segment, value FROM (
+            UNPIVOT (SELECT partition_date, model_id, segment, any_value(n_requests)::DOUBLE AS n_requests,
+                            any_value(n_labelled_requests)::DOUBLE AS n_labelled_requests
+                     FROM monitoring.ranking_segment_performance
+                     WHERE partition_date IN (SELECT d FROM _days) GROUP BY ALL)
+            ON n_requests, n_labelled_requests INTO NAME name VALUE value)""",
     # Each multivariate statistic: `multivariate.<method>`, the whole model (segment '').
     "multivariate_drift": """
         SELECT partition_date, model_id, 'multivariate.' || method, '', statistic

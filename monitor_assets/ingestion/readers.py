@@ -71,7 +71,7 @@ from monitor_assets.ingestion.plans import (
 from monitor_assets.storage.lake import PREDICTION_COLUMNS, TABLES, Lake, registered
 from monitor_assets.storage.reads import feature_columns
 from monitor_assets.storage.sql import quote_ident, sql_str
-from monitor_assets.storage.warehouse import lake_of, transaction
+from monitor_assets.storage.warehouse import lake_of
 
 
 class SourceError(ValueError):
@@ -377,7 +377,7 @@ def ingest_days(con: duckdb.DuckDBPyConnection, config: MonitorConfig, source: s
     Days are read in chunks (`CHUNK_BYTES`). In a chunk each group of files (one model's, or the shared ones)
     is read for all its days into one in-memory DuckDB, checked there day by day as if the days came one
     after the other, then written: predictions one Delta commit per model, labels and the quarantine one
-    commit each, interactions and sales one DuckDB transaction. `committed(day, model id, rows)` is called for
+    commit each, interactions and sales too. `committed(day, model id, rows)` is called for
     each model-day of predictions as it lands (from the ingesting thread); `done(day, outcome)` for each day
     in order as its chunk is stored. `log` False: the caller writes `raw.ingestion_log`."""
     src = config.predictions if source == "predictions" else plan_for(config, source)[0]
@@ -720,21 +720,14 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
         return
     # Labels sorted by model: a model's drift and fairness read only its own row groups.
     order = " ORDER BY partition_date, model_id NULLS LAST" if plan.source == "labels" else ""
-    if f"raw.{plan.source}" in TABLES:  # streamed: millions of labels are not copied into one Arrow table
-        empty = not stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
+    # Streamed: millions of labels are not copied into one Arrow table.
+    empty = not stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
 
-        def staged():  # again if the commit loses to another shard's on the same day
-            rows = stage.sql(f"SELECT * FROM raw.{plan.source}{order}")
-            return rows.to_arrow_table() if empty else rows.fetch_record_batch(1 << 17)
+    def staged():  # again if the commit loses to another shard's on the same day
+        rows = stage.sql(f"SELECT * FROM raw.{plan.source}{order}")
+        return rows.to_arrow_table() if empty else rows.fetch_record_batch(1 << 17)
 
-        with _writing_share(stage):
-            lake.replace(f"raw.{plan.source}", staged, days, where=shard_rows(config))
-        return
-    rows = stage.sql(f"SELECT * FROM raw.{plan.source}{order}").to_arrow_table()
-    con.register("_staged", rows)
-    try:
-        with transaction(con):
-            con.execute(f"DELETE FROM raw.{plan.source} WHERE partition_date IN (SELECT unnest(?::DATE[]))", [days])
-            con.execute(f"INSERT INTO raw.{plan.source} BY NAME SELECT * FROM _staged")
-    finally:
-        con.unregister("_staged")
+    # Interactions and sales belong to no model: every shard that reads them writes the same rows.
+    owned = shard_rows(config) if "model_id" in TABLES[f"raw.{plan.source}"][0] else None
+    with _writing_share(stage):
+        lake.replace(f"raw.{plan.source}", staged, days, where=owned)

@@ -11,6 +11,7 @@ from monitor_assets.constants import (
     QUALITY_CHECK,
     RANKING_DRIFT_CHECK,
     RANKING_PERFORMANCE_CHECK,
+    RANKING_SEGMENT_CHECK,
     RETRAINING_CHECKS,
     THRESHOLD_CHECKS,
     VOLUME_RANGE_CHECK,
@@ -19,7 +20,7 @@ from monitor_assets.formatting import iso
 from monitor_assets.storage.alert_state import AlertState
 
 CHECK_NAMES = (*THRESHOLD_CHECKS, QUALITY_CHECK, VOLUME_RANGE_CHECK, *RETRAINING_CHECKS, EVALUATION_WINDOW_CHECK,
-               RANKING_PERFORMANCE_CHECK, RANKING_DRIFT_CHECK)
+               RANKING_PERFORMANCE_CHECK, RANKING_DRIFT_CHECK, RANKING_SEGMENT_CHECK)
 
 
 def _validate(config: MonitorConfig, model_id: str | None, check_name: str | None, by: str, reason: str) -> None:

@@ -16,6 +16,7 @@ from monitor_assets.constants import (
     OWNERS,
     RANKING_DRIFT_CHECK,
     RANKING_PERFORMANCE_CHECK,
+    RANKING_SEGMENT_CHECK,
 )
 from monitor_assets.keys import RANKING_IMPRESSIONS, RANKING_PERFORMANCE
 from monitor_assets.ranking.logic import (
@@ -27,9 +28,11 @@ from monitor_assets.ranking.logic import (
     drift_failures,
     ingest_rankers,
     reference_of,
+    segment_failures,
     write_performance,
 )
 from monitor_assets.ranking.windows import write_windows
+from monitor_assets.segments.logic import worst
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
     IO_RETRY,
@@ -45,6 +48,8 @@ from monitor_assets.wiring import (
 )
 
 SHOWN = ["model_id", "metric", "value", "standard_error", "n_requests", "label_coverage", "reference_value", "p_value"]
+SEGMENTS_SHOWN = ["model_id", "segment", "n_labelled_requests", "metric", "value", "reference_value", "p_adjusted",
+                  "below_floor"]
 
 
 def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
@@ -104,6 +109,16 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
                     "of items' share of impressions) is above the upper prediction bound of its values on the "
                     "reference's own day-sized chunks (mean + about 3 sd; monitor_assets/ranking/drift.py).")
 
+    segment_check = dg.AssetCheckSpec(
+        RANKING_SEGMENT_CHECK, asset=RANKING_PERFORMANCE, partitions_def=partitions,
+        description="Each segmented ranker's (`segments:`) main metric per segment (monitoring."
+                    "ranking_segment_performance) against `thresholds.min_metric_ratio` x the segment's reference "
+                    "value (the ranker's whole one when the reference has fewer than `segments.min_rows` of the "
+                    "segment's requests or lacks its columns): one-sided, Benjamini-Hochberg across the ranker-day's "
+                    "segments at 1%, on segments with at least `segments.min_rows` labelled requests, once the "
+                    "interactions are all read. Fails (WARN unless `thresholds.severity` says otherwise) naming the "
+                    "segments below their floor.")
+
     @dg.asset(
         key=RANKING_PERFORMANCE,
         description="Per ranker, day and version (`*`: all versions): requests, labelled requests and label "
@@ -111,8 +126,9 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
                     "over the whole list; catalogue coverage, popularity concentration (share of impressions to the "
                     "top 1% of items), novelty, the drift of recommended items (Jensen-Shannon over the top items and "
                     "an other bucket) and of scores (Kolmogorov-Smirnov) against the reference; the mean per-request "
-                    "loss 1 - NDCG@k. One row per metric. Refreshes the `label_delay_days` before its days, and the "
-                    "rankers' windows in monitoring.evaluation_store (per-request metrics and label coverage merged "
+                    "loss 1 - NDCG@k. One row per metric. Rankers with `segments:` get the whole day's figures per "
+                    "segment too, the main metric judged (monitoring.ranking_segment_performance). Refreshes the "
+                    "`label_delay_days` before its days, and the rankers' windows in monitoring.evaluation_store (per-request metrics and label coverage merged "
                     "from the days: monitor_assets/ranking/windows.py).",
         group_name=GROUP_METRICS, kinds={"duckdb", "python"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, deps=[RANKING_IMPRESSIONS],
@@ -123,7 +139,7 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
         days = run_days(context)
         refreshed = days_with_label_refresh(days, config)
         with fail_fast(), warehouse.connect_lake() as con:
-            frame, failed = write_performance(con, config, refreshed)
+            frame, failed, segments = write_performance(con, config, refreshed)
             # the evaluation store's windows of the rankers, merged from the days just written
             references = {r.id: ref for r in config.rankers if r.id not in failed
                           and (ref := reference_of(config, r)) is not None}
@@ -131,8 +147,8 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
         for ranker_id, why in failed.items():
             context.log.warning(f"ranker {ranker_id}: ranking figures not computed ({why})")
         overall = frame[frame.model_version == ALL_VERSIONS]
-        add_partition_metadata(context, {day: _day_metadata(config, overall[overall.partition_date == day])
-                                         for day in days})
+        add_partition_metadata(context, {day: {**_day_metadata(config, overall[overall.partition_date == day]),
+                                               **_segment_metadata(config, segments, day)} for day in days})
         main = overall[[m == _main(config, i) for i, m in zip(overall.model_id, overall.metric, strict=True)]]
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),
@@ -142,18 +158,20 @@ def build_ranking_definitions(config: MonitorConfig) -> dg.Definitions:
                                                 if len(main) else "none"),
         })
 
-    specs = {RANKING_PERFORMANCE_CHECK: check, RANKING_DRIFT_CHECK: drift_check}
+    specs = {RANKING_PERFORMANCE_CHECK: check, RANKING_DRIFT_CHECK: drift_check, RANKING_SEGMENT_CHECK: segment_check}
 
-    # Both checks in one step (one process start and one warehouse connection fewer), subsettable like the
+    # The checks in one step (one process start and one warehouse connection fewer), subsettable like the
     # threshold checks: a run evaluates the checks it selected.
     @dg.multi_asset_check(specs=list(specs.values()), name="ranking_checks", retry_policy=IO_RETRY, can_subset=True)
     def ranking_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
         selected = [name for name, spec in specs.items() if spec.key in context.selected_asset_check_keys]
         # The drift is label-free (a day's figures do not change when later interactions land); the baseline
-        # check also re-judges the label_delay_days before the run's days.
+        # and segment checks also re-judge the label_delay_days before the run's days.
         days = {RANKING_PERFORMANCE_CHECK: days_with_label_refresh(run_days(context), config),
-                RANKING_DRIFT_CHECK: run_days(context)}
-        judge = {RANKING_PERFORMANCE_CHECK: baseline_failures, RANKING_DRIFT_CHECK: drift_failures}
+                RANKING_DRIFT_CHECK: run_days(context),
+                RANKING_SEGMENT_CHECK: days_with_label_refresh(run_days(context), config)}
+        judge = {RANKING_PERFORMANCE_CHECK: baseline_failures, RANKING_DRIFT_CHECK: drift_failures,
+                 RANKING_SEGMENT_CHECK: segment_failures}
         with fail_fast(), warehouse.connect_lake() as con:
             judged = {name: judge[name](con, config, days[name], name) for name in selected}
         for name, (failures, evaluated) in judged.items():
@@ -185,3 +203,15 @@ def _day_metadata(config: MonitorConfig, day: pd.DataFrame) -> dict:
     main = day[[m == _main(config, i) for i, m in zip(day.model_id, day.metric, strict=True)]]
     out["main_metrics"] = dg.MetadataValue.md(frame_markdown(main[SHOWN]) if len(main) else "none")
     return out
+
+
+def _segment_metadata(config: MonitorConfig, segments: pd.DataFrame, day) -> dict:
+    """A day's ranker segments for the UI (segmented rankers only): how many, how many below their floor, the
+    worst first (adjusted p-value, then the furthest below the reference), as segments/defs.py shows models'."""
+    if not any(r.segments.by for r in config.rankers):
+        return {}
+    mains = {r.id: r.main_metric for r in config.rankers}
+    main = segments[(segments.partition_date == day) & (segments.metric == segments.model_id.map(mains))]
+    return {"ranker_segments": len(main), "ranker_segments_below_floor": int(main.below_floor.fillna(False).sum()),
+            "worst_ranker_segments": dg.MetadataValue.md(frame_markdown(worst(main)[SEGMENTS_SHOWN])
+                                                         if len(main) else "none")}

@@ -21,6 +21,11 @@ whole model-day): every metric of `stats.ranking` at every cut-off, catalogue co
 novelty and the drift of scores and recommended items against the reference, and the mean per-request loss
 1 - NDCG@k of the main metric's k. The main metric's row carries the reference value and the one-sided test
 against `thresholds.min_metric_ratio` x it.
+
+Segments (`segments:`, as a model's): each request's segment values ride with its impressions (one JSON column,
+`segments`), and `monitoring.ranking_segment_performance` holds the whole day's figures per segment: the per-request
+metrics and the popularity concentration, the main metric judged against the segment's own reference value (or the
+ranker's), one-sided, adjusted across the ranker-day's segments (Benjamini-Hochberg at `segments.logic.ALPHA`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from monitor_assets.config import (
     SourceConfig,
     _format_of,
 )
+from monitor_assets.formatting import fmt_num, fmt_p, plural
 from monitor_assets.ingestion.fields import (
     NUMBER,
     QUARANTINE_STAGE,
@@ -66,29 +72,35 @@ from monitor_assets.ingestion.readers import (
     unreadable,
 )
 from monitor_assets.ranking import drift as D
+from monitor_assets.segments.logic import ALPHA as SEGMENT_ALPHA
 from monitor_assets.stats import ranking as R
+from monitor_assets.stats.multiple_testing import benjamini_hochberg
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.sql import quote_ident, sql_str
+from monitor_assets.storage.sql import SEGMENT_COLUMN, quote_ident, segment_key, segment_picks, sql_str
 from monitor_assets.storage.warehouse import lake_of
 
 IMPRESSIONS = "raw.ranking_impressions"
 INTERACTIONS = "raw.ranking_interactions"
 PERFORMANCE = "monitoring.ranking_performance"
 ITEM_COUNTS = "monitoring.ranking_item_counts"  # a day's impressions per item and version, for the windows
+SEGMENT_PERFORMANCE = "monitoring.ranking_segment_performance"  # rankers with `segments:`
 LOG_SOURCE, LABEL_SOURCE = "ranking", "ranking_labels"  # raw.quarantine.source, raw.ingestion_log.source
 ALL_VERSIONS = "*"  # model_version of the whole model-day's rows
 RELEVANT = "relevant_requests"  # a day's requests with a relevant item: a row of its own
 ALPHA = 0.05  # the baseline test's one-sided level
-RANKING_TABLES = {name: TABLES[name] for name in (IMPRESSIONS, INTERACTIONS, PERFORMANCE, ITEM_COUNTS)}
+RANKING_TABLES = {name: TABLES[name] for name in (IMPRESSIONS, INTERACTIONS, PERFORMANCE, ITEM_COUNTS,
+                                                   SEGMENT_PERFORMANCE)}
 
-# Staging column aliases (short: `rank` is also a SQL function).
+# Staging column aliases (short: `rank` is also a SQL function); SEGS: a record's segment values as a JSON object.
 REQ, VER, ITEMS, SCORES, ITEM, RANK, SCORE, EVENT, GRADE = "req", "ver", "lst", "scs", "itm", "rnk", "scr", "evt", "grd"
+SEGS = "sgs"
 
 
 # ---- reading a ranker's files ------------------------------------------------------------------------------
 
-def log_plan(ranker: RankerConfig, shape: str, graded: bool = False) -> StagingPlan:
-    """How a ranker's log records are read and checked, per record (the list's items are checked after)."""
+def log_plan(ranker: RankerConfig, shape: str, graded: bool = False, own_format: bool = True) -> StagingPlan:
+    """How a ranker's log records are read and checked, per record (the list's items are checked after).
+    `own_format` False: a reference in another format than the log's, whose segment columns are read by name."""
     rc = ranker.ranking
     fields = [Field(REQ, rc.request_id, TEXT, True), Field(VER, rc.model_version, TEXT, optional=True)]
     if shape == "lists":
@@ -112,9 +124,16 @@ def log_plan(ranker: RankerConfig, shape: str, graded: bool = False) -> StagingP
         if graded:  # a reference's impressions may carry their grade or event
             fields += [Field(EVENT, rc.event, TEXT, optional=True), Field(GRADE, rc.grade, NUMBER, optional=True)]
             columns += [EVENT, GRADE]
+    # The segment columns (`segments:`), each optional text (a missing one is NULL, its segment `(missing)`),
+    # kept as one JSON object {name: value}: the impressions' columns do not depend on the config.
+    named = ranker.segments.columns
+    fields += [Field(f"{SEGS}{i}", c.source if own_format else c.name, TEXT, optional=True)
+               for i, c in enumerate(named)]
+    segments = ("json_object(" + ", ".join(f"{sql_str(c.name)}, {SEGS}{i}" for i, c in enumerate(named)) + ")"
+                if named else "NULL::VARCHAR")
     outputs = [REQ, VER, *columns, "source_file", "line_no"]
-    return StagingPlan(LOG_SOURCE, fields, rules, key=REQ if shape == "lists" else None, outputs=outputs,
-                       targets=["partition_date", *outputs])
+    return StagingPlan(LOG_SOURCE, fields, rules, key=REQ if shape == "lists" else None,
+                       outputs=[*outputs, segments], targets=["partition_date", *outputs, SEGS])
 
 
 def label_field(ranker: RankerConfig, name: str) -> str | None:
@@ -188,7 +207,7 @@ def _check_lists(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: S
     item, score = sql_str(json_path(rc.item_id)), sql_str(json_path(rc.score))
     stage.execute(f"""
         CREATE OR REPLACE TEMP TABLE _items AS
-        SELECT source_file, line_no, {REQ}, {VER}, pos, kind, n_items, n_scores,
+        SELECT source_file, line_no, {REQ}, {VER}, {SEGS}, pos, kind, n_items, n_scores,
                CASE WHEN kind = 'OBJECT' THEN json_extract_string(e, {item}) ELSE json_extract_string(e, '$') END AS item,
                CASE WHEN kind = 'OBJECT' THEN json_extract_string(e, {score})
                     ELSE json_extract_string(sl[pos], '$') END AS score_text
@@ -224,14 +243,16 @@ def _check_lists(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: S
     stage.execute(f"""
         CREATE OR REPLACE TEMP TABLE _impressions AS
         SELECT {VER} AS model_version, {REQ} AS request_id, item AS item_id, pos::BIGINT AS rank,
-               TRY_CAST(score_text AS DOUBLE) AS score, NULL::DOUBLE AS grade, source_file, line_no
+               TRY_CAST(score_text AS DOUBLE) AS score, NULL::DOUBLE AS grade, source_file, line_no,
+               {SEGS} AS segments
         FROM _items WHERE (source_file, line_no) IN (SELECT (source_file, line_no) FROM raw.{plan.source})""")
 
 
 def _check_impressions(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: StagingPlan, day: dt.date,
                        graded: bool) -> None:
     """An item shown twice in one request keeps its first row (by file, line); later ones are quarantined. Leaves
-    `_impressions`, ranked: the logged rank, or (a request with a row without one) the order by score."""
+    `_impressions`, ranked: the logged rank, or (a request with a row without one) the order by score; a request's
+    segment values are those of its first row."""
     rc = ranker.ranking
     stage.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dupes AS
@@ -247,12 +268,15 @@ def _check_impressions(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, p
             f"|| left(t.{REQ}, 80) || ', first in ' || d.first_file || ' line ' || d.first_line FROM _dupes d "
             "WHERE d.source_file = t.source_file AND d.line_no = t.line_no)")
     grade = grade_sql(ranker, interactions=False) if graded else "NULL::DOUBLE"
+    segments = f"first_value({SEGS}) OVER (PARTITION BY {REQ} ORDER BY source_file, line_no)" if \
+        ranker.segments.by else SEGS  # NULL without segments: no window to compute
     stage.execute(f"""
         CREATE OR REPLACE TEMP TABLE _impressions AS
         SELECT {VER} AS model_version, {REQ} AS request_id, {ITEM} AS item_id,
                CASE WHEN bool_and({RANK} IS NOT NULL) OVER (PARTITION BY {REQ}) THEN {RANK}::BIGINT
                     ELSE row_number() OVER (PARTITION BY {REQ} ORDER BY {SCORE} DESC NULLS LAST, source_file, line_no)
-               END AS rank, {SCORE} AS score, {grade} AS grade, source_file, line_no
+               END AS rank, {SCORE} AS score, {grade} AS grade, source_file, line_no,
+               {segments} AS segments
         FROM raw.{plan.source}""")
 
 
@@ -281,9 +305,10 @@ class Staged:
 
 
 def stage_log(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, src: SourceConfig,
-              files: list[str], expected: str, day: dt.date, shape: str, graded: bool = False) -> Staged:
+              files: list[str], expected: str, day: dt.date, shape: str, graded: bool = False,
+              own_format: bool = True) -> Staged:
     """Read and check a ranker's log files (or its reference): impressions with their request, rank and score."""
-    plan = log_plan(ranker, shape, graded)
+    plan = log_plan(ranker, shape, graded, own_format)
     _reset(stage, plan)
     group = _refuse_outside(config, FileGroup([], files, expected, ranker.id))
     read = _read_group(stage, src, plan, group, day)
@@ -295,7 +320,7 @@ def stage_log(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: R
     version = sql_str(ranker.version)
     rows = stage.sql(f"""SELECT ?::DATE AS partition_date, ? AS model_id,
                                 coalesce(nullif(trim(model_version), ''), {version}) AS model_version,
-                                request_id, item_id, rank, score, grade, source_file, line_no
+                                request_id, item_id, rank, score, grade, source_file, line_no, segments
                          FROM _impressions ORDER BY source_file, line_no, rank""", params=[day, ranker.id]).to_arrow_table()
     q = _quarantine_rows(stage, ranker.id)
     return Staged(_result(group.files, read, loaded, q), rows if group.files or src.allow_empty else None, q)
@@ -422,6 +447,9 @@ class Reference:
     thresholds: dict = field(default_factory=dict, compare=False)  # day size -> drift thresholds, filled on use
     # graded references: per request (file order) its version and loss 1 - NDCG@main_k (`frame_losses`)
     losses: pd.DataFrame | None = field(default=None, compare=False)
+    # rankers with `segments:`: the main metric per segment of the reference (segment_by, segment, n, value), for
+    # the segmentations whose columns the reference has (`reference_segments`)
+    segments: pd.DataFrame | None = field(default=None, compare=False)
 
     def drift_thresholds(self, n_requests: int) -> dict[str, D.Threshold]:
         """The item drift's thresholds for a day of `n_requests` requests (calibrated once per size)."""
@@ -436,12 +464,13 @@ _REFERENCES: dict[tuple, Reference] = {}
 def reference_of(config: MonitorConfig, ranker: RankerConfig) -> Reference | None:
     """The ranker's reference (None without one), read by the same readers as its log: impressions in the log's
     shape when the file has the log's format, else lists for JSON lines and impressions otherwise; grades from
-    its `event` or `grade` column when an impressions file has one. Read once per file version per process."""
+    its `event` or `grade` column when an impressions file has one; segment columns as the log's when the file
+    has the log's format, else by their names (`market`). Read once per file version per process."""
     if not ranker.reference_path:
         return None
     path = ranker.reference_path
     stat = os.stat(path)
-    key = (ranker.id, path, ranker.ranking, ranker.main_metric, stat.st_mtime_ns, stat.st_size)
+    key = (ranker.id, path, ranker.ranking, ranker.main_metric, ranker.segments, stat.st_mtime_ns, stat.st_size)
     if key in _REFERENCES:
         return _REFERENCES[key]
     fmt = _format_of(path) or ranker.source.format
@@ -449,10 +478,12 @@ def reference_of(config: MonitorConfig, ranker: RankerConfig) -> Reference | Non
     src = SourceConfig("reference", path, fmt, {})
     stage = _staging_database()
     try:
-        staged = stage_log(stage, config, ranker, src, [path], path, config.start_date, shape, graded=True)
+        staged = stage_log(stage, config, ranker, src, [path], path, config.start_date, shape, graded=True,
+                           own_format=fmt == ranker.source.format)
+        frame, present = _with_segments(stage, staged.rows, ranker) if staged.rows is not None else (pd.DataFrame(),
+                                                                                                   set())
     finally:
         stage.close()
-    frame = staged.rows.to_pandas() if staged.rows is not None else pd.DataFrame()
     values: dict[str, float] = {}
     items = R.ItemCounts.of(frame.item_id.to_numpy()) if len(frame) else R.ItemCounts(np.array([], object),
                                                                                          np.array([], np.int64))
@@ -463,9 +494,39 @@ def reference_of(config: MonitorConfig, ranker: RankerConfig) -> Reference | Non
                     int(frame.request_id.nunique()) if len(frame) else 0, staged.result.quarantined,
                     pd.factorize(frame.request_id)[0] if len(frame) else np.zeros(0, np.int64),
                     frame.item_id.to_numpy() if len(frame) else np.zeros(0, object),
-                    losses=frame_losses(frame, ranker) if len(frame) and frame.grade.notna().any() else None)
+                    losses=frame_losses(frame, ranker) if len(frame) and frame.grade.notna().any() else None,
+                    segments=reference_segments(frame, ranker, items, present) if ranker.segments.by and len(frame)
+                    else None)
     _REFERENCES[key] = ref
     return ref
+
+
+def _with_segments(stage: duckdb.DuckDBPyConnection, rows: pa.Table, ranker: RankerConfig
+                   ) -> tuple[pd.DataFrame, set[str]]:
+    """A reference's staged impressions with their segment per segmentation (`segment_columns_sql`), and the
+    segment columns it has (a value somewhere: a reference without the column reads NULL throughout)."""
+    names = sorted({n for cross in ranker.segments.by for n in cross})
+    stage.register("_reference_rows", rows)
+    try:
+        frame = stage.execute("SELECT *" + "".join(f", {p}" for p in segment_columns_sql(ranker, "segments"))
+                              + " FROM _reference_rows").df()
+        counts = stage.execute("SELECT " + ", ".join(f"count({_segment_value('segments', n)})" for n in names)
+                               + " FROM _reference_rows").fetchall()[0] if names else ()
+    finally:
+        stage.unregister("_reference_rows")
+    return frame, {n for n, c in zip(names, counts, strict=True) if c}
+
+
+def reference_segments(frame: pd.DataFrame, ranker: RankerConfig, items: R.ItemCounts, present: set[str]
+                       ) -> pd.DataFrame:
+    """The main metric of each segment of a reference's impressions (`frame`, with its segment columns), for the
+    segmentations whose columns are all `present`: segment_by, segment, n (requests), value."""
+    crosses = [c for c in ranker.segments.by if set(c) <= present]
+    graded = frame.grade.notna().any()
+    found = segment_figures(frame.assign(grade=frame.grade.fillna(0.0)), ranker, items, crosses, labelled=graded)
+    return pd.DataFrame([{"segment_by": f["segment_by"], "segment": f["segment"], "n": f["n_requests"],
+                          "value": f["figures"].get(ranker.main_metric, (math.nan, math.nan))[0]} for f in found],
+                        columns=["segment_by", "segment", "n", "value"])
 
 
 # ---- figures -----------------------------------------------------------------------------------------------
@@ -524,17 +585,31 @@ _INTERACTIONS_SQL = f"""SELECT request_id, item_id, max(grade) AS grade FROM {IN
 
 
 def day_impressions(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: dt.date, delay: int) -> pd.DataFrame:
-    """`day_frame`'s impressions (model_version, request_id, item_id, rank, score, grade, labelled), without the
-    count of unmatched interactions."""
+    """`day_frame`'s impressions (model_version, request_id, item_id, rank, score, grade, labelled; a segmented
+    ranker's segment per segmentation, `segment_columns_sql`), without the count of unmatched interactions."""
     window = [ranker.id, day, day + dt.timedelta(days=delay)]
+    picks = "".join(f"{p}, " for p in segment_columns_sql(ranker, "imp.segments"))
     return con.execute(f"""
         WITH inter AS ({_INTERACTIONS_SQL}),
              imp AS (SELECT * FROM {IMPRESSIONS} WHERE model_id = $1 AND partition_date = $2)
-        SELECT imp.model_version, imp.request_id, imp.item_id, imp.rank, imp.score,
+        SELECT imp.model_version, imp.request_id, imp.item_id, imp.rank, imp.score, {picks}
                coalesce(inter.grade, 0.0) AS grade,
                imp.request_id IN (SELECT request_id FROM inter) AS labelled
         FROM imp LEFT JOIN inter USING (request_id, item_id)
         ORDER BY imp.source_file, imp.line_no, imp.rank""", window).df()
+
+
+def _segment_value(column: str, name: str) -> str:
+    """SQL: a segment column's value in an impression's `segments` JSON (NULL when not logged, or stored before)."""
+    return f"json_extract_string({column}, {sql_str(json_path(name))})"
+
+
+def segment_columns_sql(ranker: RankerConfig, column: str) -> list[str]:
+    """SELECT items naming each impression's segment per segmentation of the ranker, as columns SEGMENT_COLUMN +
+    its key, from the JSON of `column`: spelt as models' segments (`storage.sql.segment_picks`, NULL reads
+    `(missing)`). None for a ranker without `segments:`."""
+    names = {n for cross in ranker.segments.by for n in cross}
+    return segment_picks(ranker.segments.by, {n: _segment_value(column, n) for n in names})
 
 
 def labels_complete(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: dt.date, delay: int) -> bool:
@@ -601,15 +676,19 @@ def item_count_frame(frame: pd.DataFrame, ranker: RankerConfig, day: dt.date) ->
 
 
 def ranker_day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, day: dt.date,
-                    ref: Reference | None, counts: list[pd.DataFrame] | None = None) -> list[dict]:
+                    ref: Reference | None, counts: list[pd.DataFrame] | None = None,
+                    segments: list[dict] | None = None) -> list[dict]:
     """The rows of one ranker-day in `monitoring.ranking_performance`: per version and for all (`*`); `counts`
-    (if given) gets the day's `item_count_frame`, from the same read."""
+    (if given) gets the day's `item_count_frame`, and `segments` (if given) its rows of
+    `monitoring.ranking_segment_performance` (`segment_day_rows`), from the same read."""
     frame, unmatched = day_frame(con, ranker, day, config.label_delay_days)
     if not len(frame):
         return []
     if counts is not None:
         counts.append(item_count_frame(frame, ranker, day))
     complete = labels_complete(con, ranker, day, config.label_delay_days)
+    if segments is not None and ranker.segments.by:
+        segments += segment_day_rows(frame, ranker, day, ref, complete)
     rows = []
     groups = [(ALL_VERSIONS, frame), *frame.groupby("model_version", sort=True)]
     for version, part in groups:
@@ -634,13 +713,19 @@ def ranker_day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranke
     return rows
 
 
+def metric_floor(ranker: RankerConfig, reference: float) -> float:
+    """The floor of the main metric: `min_metric_ratio` x its reference value (the reference over the ratio, a
+    ceiling, for a lower-is-better metric)."""
+    ratio = ranker.thresholds.min_metric_ratio
+    return reference / ratio if ranker.main_metric in RANKING_LOWER_IS_BETTER and ratio else reference * ratio
+
+
 def judge(ranker: RankerConfig, value: float, se: float, ref: Reference | None, complete: bool) -> dict:
     """The main metric against `min_metric_ratio` x its reference value: a one-sided test where the metric has a
     standard error (per request), a plain comparison otherwise; label-based metrics only once the labels are in."""
     reference = ref.values.get(ranker.main_metric, math.nan) if ref is not None else math.nan
-    ratio = ranker.thresholds.min_metric_ratio
     lower_better = ranker.main_metric in RANKING_LOWER_IS_BETTER
-    floor = reference / ratio if lower_better and ratio else reference * ratio
+    floor = metric_floor(ranker, reference)
     labelled = ranker.main_metric not in ("catalogue_coverage", "novelty", "popularity_concentration")
     if not math.isfinite(reference) or not math.isfinite(value) or (labelled and not complete):
         return {"reference_value": reference, "floor": floor, "p_value": math.nan, "below_baseline": None}
@@ -653,36 +738,109 @@ def judge(ranker: RankerConfig, value: float, se: float, ref: Reference | None, 
     return {"reference_value": reference, "floor": floor, "p_value": p, "below_baseline": bool(below)}
 
 
+def segment_figures(frame: pd.DataFrame, ranker: RankerConfig, catalogue: R.ItemCounts,
+                    crosses: list[tuple[str, ...]] | tuple[tuple[str, ...], ...], labelled: bool) -> list[dict]:
+    """Per segmentation of `crosses` and segment of `frame` (impressions with request_id, item_id, rank, grade,
+    `labelled` if known, and `segment_columns_sql`'s columns): segment_by, segment, n_requests,
+    n_labelled_requests and `figures` (metric -> (value, standard error)): the per-request metrics of
+    `request_figures` on the segment's own requests (if `labelled`) and its popularity concentration (the top 1%
+    of `catalogue`'s items' share of its impressions)."""
+    out = []
+    for cross in crosses:
+        key = segment_key(cross)
+        for segment, part in frame.groupby(SEGMENT_COLUMN + key, sort=True):
+            figures = ({m: v for m, v in request_figures(part, ranker).items() if m != RELEVANT} if labelled else {})
+            shown = R.catalogue_metrics(R.ItemCounts.of(part.item_id.to_numpy()), catalogue)
+            figures["popularity_concentration"] = (shown["concentration"], math.nan)
+            n = int(part.request_id.nunique())
+            out.append({"segment_by": key, "segment": str(segment), "n_requests": n, "figures": figures,
+                        "n_labelled_requests": int(part.loc[part.labelled, "request_id"].nunique())
+                        if "labelled" in part else n})
+    return out
+
+
+def segment_day_rows(frame: pd.DataFrame, ranker: RankerConfig, day: dt.date, ref: Reference | None,
+                     complete: bool) -> list[dict]:
+    """A ranker-day's rows of `monitoring.ranking_segment_performance` (whole day, all versions): every segment's
+    figures (`segment_figures`), the main metric's row judged as `judge` judges the whole ranker's, against the
+    floor of the segment's own reference value when the reference has at least `segments.min_rows` of its
+    requests (`reference_source` 'segment'), else of the ranker's whole reference value ('model'); tested (one-
+    sided) once the labels are complete, on segments with at least `segments.min_rows` labelled requests, and
+    adjusted across the ranker-day's segments (Benjamini-Hochberg): `below_floor` when the adjusted p-value is
+    under `segments.logic.ALPHA`. A catalogue main metric (no standard error) is reported, not tested."""
+    catalogue = ref.items if ref is not None and ref.items.total else R.ItemCounts.of(frame.item_id.to_numpy())
+    found = segment_figures(frame, ranker, catalogue, ranker.segments.by, ranker.labels is not None)
+    whole = ref.values.get(ranker.main_metric, math.nan) if ref is not None else math.nan
+    own = {(r.segment_by, r.segment): r for r in ref.segments.itertuples()} if ref is not None and \
+        ref.segments is not None else {}
+    higher = ranker.main_metric not in RANKING_LOWER_IS_BETTER
+    ready = complete or per_request_metric(ranker) is None
+    verdicts = []
+    for f in found:
+        value, se = f["figures"].get(ranker.main_metric, (math.nan, math.nan))
+        mine = own.get((f["segment_by"], f["segment"]))
+        if mine is not None and mine.n >= ranker.segments.min_rows and math.isfinite(mine.value):
+            reference, source = float(mine.value), "segment"
+        else:
+            reference, source = whole, "model"
+        floor = metric_floor(ranker, reference)
+        tested = (ready and f["n_labelled_requests"] >= ranker.segments.min_rows
+                  and all(math.isfinite(x) for x in (value, se, floor)) and se > 0)
+        p = R.below_floor_p_value(value, se, floor, higher_is_better=higher) if tested else math.nan
+        verdicts.append({"reference_value": reference, "reference_source": source, "floor": floor, "p_value": p})
+    adjusted = benjamini_hochberg([v["p_value"] for v in verdicts])
+    rows = []
+    for f, verdict, p_adjusted in zip(found, verdicts, adjusted, strict=True):
+        common = {"partition_date": day, "model_id": ranker.id, "segment_by": f["segment_by"],
+                  "segment": f["segment"], "n_requests": f["n_requests"],
+                  "n_labelled_requests": f["n_labelled_requests"]}
+        for metric, (value, se) in f["figures"].items():
+            row = {**common, "metric": metric, "value": value, "standard_error": se}
+            if metric == ranker.main_metric:
+                row.update(verdict, p_adjusted=p_adjusted,
+                           below_floor=bool(np.nan_to_num(p_adjusted, nan=1.0) < SEGMENT_ALPHA))
+            rows.append(row)
+    return rows
+
+
+def _frame_of(table: str, rows: list[dict] | list[pd.DataFrame]) -> pd.DataFrame:
+    """Rows (dicts, or frames to concatenate) as an Arrow table of `table`'s columns, computed now."""
+    columns = [c for c in RANKING_TABLES[table][0] if c != "computed_at"]
+    if rows and isinstance(rows[0], pd.DataFrame):
+        frame = pd.concat(rows, ignore_index=True)[columns]
+    else:
+        frame = pd.DataFrame(rows, columns=columns)
+    frame["computed_at"] = pd.Timestamp.now(tz="UTC")
+    frame["partition_date"] = pd.to_datetime(frame.partition_date).dt.date
+    return frame
+
+
 def write_performance(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]
-                      ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Every ranker's rows of `days`, replacing theirs in one commit. Returns the rows and, per ranker that failed
-    (an unreadable reference, say), why; the other rankers are written."""
-    rows, failed, counts = [], {}, []
+                      ) -> tuple[pd.DataFrame, dict[str, str], pd.DataFrame]:
+    """Every ranker's rows of `days`, replacing theirs in one commit per table (ranking_performance,
+    ranking_item_counts, ranking_segment_performance). Returns the rows, per ranker that failed (an unreadable
+    reference, say) why (the other rankers are written), and the segment rows."""
+    rows, failed, counts, segments = [], {}, [], []
     for ranker in config.rankers:
         mine: list[pd.DataFrame] = []
+        parts: list[dict] = []
         try:
             ref = reference_of(config, ranker)
             for day in days:
-                rows += ranker_day_rows(con, config, ranker, day, ref, mine)
+                rows += ranker_day_rows(con, config, ranker, day, ref, mine, parts)
         except (ValueError, OSError, duckdb.Error) as exc:
             failed[ranker.id] = " ".join(str(exc).split())[:300] or type(exc).__name__
             continue
         counts += mine
-    columns = RANKING_TABLES[PERFORMANCE][0]
-    frame = pd.DataFrame(rows, columns=[c for c in columns if c != "computed_at"])
-    frame["computed_at"] = pd.Timestamp.now(tz="UTC")
-    frame["partition_date"] = pd.to_datetime(frame.partition_date).dt.date
+        segments += parts
     written = [r.id for r in config.rankers if r.id not in failed]
     lake = lake_of(con)
-    lake.replace(PERFORMANCE, pa.Table.from_pandas(frame, preserve_index=False), days, models=written)
-    lake.refresh(con, PERFORMANCE)
-    columns = [c for c in RANKING_TABLES[ITEM_COUNTS][0] if c != "computed_at"]
-    items = pd.concat(counts, ignore_index=True)[columns] if counts else pd.DataFrame(columns=columns)
-    items["computed_at"] = pd.Timestamp.now(tz="UTC")
-    items["partition_date"] = pd.to_datetime(items.partition_date).dt.date
-    lake.replace(ITEM_COUNTS, pa.Table.from_pandas(items, preserve_index=False), days, models=written)
-    lake.refresh(con, ITEM_COUNTS)
-    return frame, failed
+    frames = {PERFORMANCE: _frame_of(PERFORMANCE, rows), ITEM_COUNTS: _frame_of(ITEM_COUNTS, counts),
+              SEGMENT_PERFORMANCE: _frame_of(SEGMENT_PERFORMANCE, segments)}
+    for table, frame in frames.items():
+        lake.replace(table, pa.Table.from_pandas(frame, preserve_index=False), days, models=written)
+        lake.refresh(con, table)
+    return frames[PERFORMANCE], failed, frames[SEGMENT_PERFORMANCE]
 
 
 def baseline_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check: str,
@@ -754,4 +912,48 @@ def drift_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: 
                            + f" on {n:,} requests",
                 "details": {m: {"value": v, "threshold": t.value, "chunk_mean": t.mean, "chunk_sd": t.sd,
                                 "chunks": len(t.values), "chunk_requests": t.chunk_requests} for m, v, t in above}})
+    return failures, evaluated
+
+
+def segment_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check: str,
+                     judged_days: list | None = None) -> tuple[list[dict], dict[dt.date, int]]:
+    """The segment check: a ranker-day with a tested segment (`monitoring.ranking_segment_performance`) is judged,
+    and fails (WARN unless `thresholds.severity` says otherwise) when any segment's main metric is below its floor
+    beyond chance (`below_floor`, adjusted across the ranker-day's segments), the message naming the segments,
+    the most significant first. Returns the failures and the ranker-days judged per day (`judged_days`, if
+    given, gets each judged (day, ranker id))."""
+    rankers = {r.id: r for r in config.rankers if r.segments.by}
+    frame = con.execute(f"""SELECT * FROM {SEGMENT_PERFORMANCE} WHERE p_adjusted IS NOT NULL
+                            AND partition_date IN (SELECT unnest(?::DATE[]))
+                            ORDER BY partition_date, model_id, p_adjusted, p_value, segment""", [days]).df()
+    failures, evaluated = [], {}
+    for (day, model_id), tested in frame.groupby(["partition_date", "model_id"], sort=True):
+        ranker = rankers.get(model_id)
+        tested = tested[tested.metric == ranker.main_metric] if ranker is not None else tested.iloc[0:0]
+        if not len(tested):
+            continue
+        day = pd.Timestamp(day).date()
+        evaluated[day] = evaluated.get(day, 0) + 1
+        if judged_days is not None:
+            judged_days.append((day, model_id))
+        below = tested[tested.below_floor.astype(bool)]
+        if not len(below):
+            continue
+        named = "; ".join(
+            f"{r.segment}: {r.metric} {fmt_num(r.value)} on {int(r.n_labelled_requests):,} labelled requests vs "
+            f"{fmt_num(r.reference_value)} in the {'segment' if r.reference_source == 'segment' else 'whole'} "
+            f"reference (floor {fmt_num(r.floor)}, adjusted {fmt_p(r.p_adjusted)})" for r in below.head(3).itertuples())
+        more = f"; and {plural(len(below) - 3, 'more segment')}" if len(below) > 3 else ""
+        worst = below.iloc[0]
+        failures.append({
+            "partition_date": day, "model_id": model_id, "check_name": check,
+            "severity": ranker.thresholds.severity.get(check, "WARN"), "value": float(worst.value),
+            "threshold": float(worst.floor),
+            "message": f"{plural(len(below), 'segment')} of {len(tested)} tested below "
+                       f"{ranker.thresholds.min_metric_ratio:g} x their reference beyond chance: {named}{more}",
+            "details": {"segments_tested": len(tested), "segments_below_floor": len(below),
+                        "segments": [{"segment": r.segment, "value": float(r.value),
+                                      "reference_value": float(r.reference_value), "floor": float(r.floor),
+                                      "n_labelled_requests": int(r.n_labelled_requests),
+                                      "p_adjusted": float(r.p_adjusted)} for r in below.head(5).itertuples()]}})
     return failures, evaluated

@@ -90,6 +90,9 @@ class ReportData:
     # of monitoring.ranking_performance (empty: no ranker).
     rankers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANKER_COLUMNS))
     ranking: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANKING_COLUMNS))
+    # Segmented rankers' main metric per day and segment, in the columns of `segments` (volume: requests,
+    # n_labelled: labelled requests; monitoring.ranking_segment_performance; empty: none).
+    ranker_segments: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEGMENT_COLUMNS))
     # The segments of segmented models, per day (monitoring.segment_performance; empty: none).
     segments: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEGMENT_COLUMNS))
     # Their judged segment-features on each model's latest day with any (monitoring.segment_drift; empty: none).
@@ -193,7 +196,16 @@ def _ranking_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last_da
     ranking = con.execute(f"""SELECT {', '.join(RANKING_COLUMNS)} FROM monitoring.ranking_performance
                               WHERE model_version = '*' AND partition_date <= ? ORDER BY partition_date, metric""",
                           [last_day]).df()
-    return {"rankers": rankers, "ranking": ranking}
+    segmented = [r for r in config.rankers if r.segments.by]
+    as_models = {"volume": "n_requests AS volume", "n_labelled": "n_labelled_requests AS n_labelled"}
+    segments = con.execute(f"""
+        SELECT {', '.join(f's.{as_models.get(c, c)}' for c in SEGMENT_COLUMNS)}
+        FROM monitoring.ranking_segment_performance AS s
+        JOIN (SELECT unnest(?::VARCHAR[]) AS model_id, unnest(?::VARCHAR[]) AS metric) USING (model_id, metric)
+        WHERE s.partition_date <= ? ORDER BY s.partition_date""",
+                           [[r.id for r in segmented], [r.main_metric for r in segmented], last_day]).df() \
+        if segmented else pd.DataFrame(columns=SEGMENT_COLUMNS)
+    return {"rankers": rankers, "ranking": ranking, "ranker_segments": segments}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,15 +463,19 @@ def render_dashboard(data: ReportData, generated: dt.datetime | None = None,
     quality = data.quality.groupby("source", as_index=False)[["records_read", "records_loaded",
                                                               "records_quarantined"]].sum()
     rankers = ranker_summaries(data)
-    ranking_by = _by_model(data.ranking)
+    ranking_by, ranker_segments_by = _by_model(data.ranking), _by_model(data.ranker_segments)
     for r, spec in zip(rankers, data.rankers.itertuples(), strict=True):
         rows_of = ranking_by.get(r["model_id"])
         days = _ranker_days(rows_of, bool(spec.labelled)) if rows_of is not None else pd.DataFrame()
         alerts = alerts_by.get(r["model_id"], [])
         main = rows_of[rows_of.metric == spec.main_metric] if rows_of is not None else data.ranking.iloc[0:0]
-        marked = alerts  # both checks' failures, as alert rows
+        marked = alerts  # the checks' failures, as alert rows
+        figures = _ranker_figures(days, r, list(spec.ks), marked) if len(days) else []
+        segments = _segment_view(ranker_segments_by.get(r["model_id"]))  # as a model page's, worst first
+        if segments is not None and segments["figure"] is not None:
+            figures.append(segments["figure"])
         pages[model_page(r["model_id"])] = env.get_template("dashboard/ranker.html.j2").render(
-            common, root="../", ranker=r, figures=_ranker_figures(days, r, list(spec.ks), marked) if len(days) else [],
+            common, root="../", ranker=r, figures=figures, segments=segments,
             alerts=_alerts_by_state([a for a in alerts if a.status == "open"]),
             below=sorted(_ranker_failures(main, spec), key=lambda a: a.partition_date, reverse=True),
             closed_loop=_loop_tables(requests_by.get(r["model_id"]), versions_by.get(r["model_id"]),

@@ -58,7 +58,14 @@ from monitor_assets.storage.reads import (
     models_values_sql,
     version_daily,
 )
-from monitor_assets.storage.warehouse import lake_of, replace_partitions, transaction
+from monitor_assets.storage.sql import sql_str
+from monitor_assets.storage.warehouse import (
+    edit,
+    lake_of,
+    replace_partitions,
+    replace_partitions_from_frame,
+    transaction,
+)
 
 STATUSES = ("proposed", "approved", "rejected", "done", "superseded")
 ACTIVE = ("proposed", "approved")
@@ -165,13 +172,18 @@ def refresh_versions(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days
                        " UNION ALL ".join(parts) if parts else None, params)
     daily = version_daily(con)
     versions = model_versions(daily)
-    with transaction(con):
+
+    def rebuild(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("DELETE FROM monitoring.model_versions")
         if len(versions):
-            con.register("_versions", versions)
             con.execute("""INSERT INTO monitoring.model_versions BY NAME
                            SELECT *, now()::TIMESTAMP AS computed_at FROM _versions""")
-            con.unregister("_versions")
+
+    con.register("_versions", versions)
+    try:
+        edit(con, "monitoring.model_versions", rebuild)
+    finally:
+        con.unregister("_versions")
     return versions
 
 
@@ -221,11 +233,12 @@ def reanchor(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model_id: st
                         [model_id, version]).fetchone()[0]
     if not known:
         raise ValueError(f"{model_id} has no version {version!r} in the logs")
-    with transaction(con):
-        con.execute("INSERT INTO monitoring.reference_anchors VALUES (?, ?, ?, ?, now()::TIMESTAMP, ?)",
-                    [model_id, version, anchor, by.strip(), reason.strip()])
-        con.execute("DELETE FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?",
-                    [model_id, version])
+    # Two commits: the anchor first; stored losses of another anchor are never read for this one (`reference_batch`).
+    edit(con, "monitoring.reference_anchors", lambda c: c.execute(
+        "INSERT INTO monitoring.reference_anchors VALUES (?, ?, ?, ?, now()::TIMESTAMP, ?)",
+        [model_id, version, anchor, by.strip(), reason.strip()]))
+    edit(con, "monitoring.reference_losses", lambda c: c.execute("DELETE FROM monitoring.reference_losses"),
+         _version_rows(model_id, version))
     days = _known_model(config, model_id).retraining.reference_days
     return (f"{model_id} {version}: reference batch re-anchored on {anchor} ({days} days); the next run of "
             "monitoring/retraining_trigger rebuilds it")
@@ -251,15 +264,19 @@ def reference_batch(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model
         return _ranker_reference(con, config, model, version, anchor, end, from_file)
     sql, params = labelled_losses_sql(con, config, anchor, end, [model])
     complete = as_of >= end + dt.timedelta(days=config.label_delay_days)
-    with transaction(con):
-        con.execute("DELETE FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?",
-                    [model.id, version])
-        con.execute(f"""INSERT INTO monitoring.reference_losses
-                        SELECT model_id, model_version, ?::DATE, prediction_id, partition_date, loss, ?,
-                               now()::TIMESTAMP
-                        FROM ({sql}) WHERE model_version = ?
-                        QUALIFY row_number() OVER (ORDER BY ts, prediction_id) <= ?""",
-                    [anchor, complete, *params, version, r.reference_rows])
+
+    def store(con: duckdb.DuckDBPyConnection) -> None:
+        with transaction(con):
+            con.execute("DELETE FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?",
+                        [model.id, version])
+            con.execute(f"""INSERT INTO monitoring.reference_losses
+                            SELECT model_id, model_version, ?::DATE, prediction_id, partition_date, loss, ?,
+                                   now()::TIMESTAMP
+                            FROM ({sql}) WHERE model_version = ?
+                            QUALIFY row_number() OVER (ORDER BY ts, prediction_id) <= ?""",
+                        [anchor, complete, *params, version, r.reference_rows])
+
+    edit(con, "monitoring.reference_losses", store, _version_rows(model.id, version))
     return con.execute("""SELECT loss FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?""",
                        [model.id, version]).fetchnumpy()["loss"].astype(float)
 
@@ -294,15 +311,25 @@ def _ranker_reference(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ran
                          "prediction_id": frame.request_id.astype(str).to_numpy(),
                          "partition_date": pd.Series(frame.partition_date.to_numpy(), dtype=object),
                          "loss": frame.loss.to_numpy(dtype=float), "complete": frame.complete.to_numpy(dtype=bool)})
-    with transaction(con):
-        con.execute("DELETE FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?",
-                    [ranker.id, version])
-        if len(rows):
-            con.register("_ref", rows)
-            con.execute("""INSERT INTO monitoring.reference_losses BY NAME
-                           SELECT *, now()::TIMESTAMP AS computed_at FROM _ref""")
-            con.unregister("_ref")
+    def store(con: duckdb.DuckDBPyConnection) -> None:
+        with transaction(con):
+            con.execute("DELETE FROM monitoring.reference_losses WHERE model_id = ? AND model_version = ?",
+                        [ranker.id, version])
+            if len(rows):
+                con.execute("""INSERT INTO monitoring.reference_losses BY NAME
+                               SELECT *, now()::TIMESTAMP AS computed_at FROM _ref""")
+
+    con.register("_ref", rows)
+    try:
+        edit(con, "monitoring.reference_losses", store, _version_rows(ranker.id, version))
+    finally:
+        con.unregister("_ref")
     return rows.loss.to_numpy(dtype=float)
+
+
+def _version_rows(model_id: str, version: str) -> str:
+    """The predicate of one model version's rows (an `edit` of its reference batch)."""
+    return f"model_id = {sql_str(model_id)} AND model_version = {sql_str(version)}"
 
 
 def _ranker_losses(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, first: dt.date,
@@ -650,15 +677,8 @@ def _trigger_history(con: duckdb.DuckDBPyConnection, before: dt.date
 
 
 def _write_trigger_rows(con: duckdb.DuckDBPyConnection, days: list[dt.date], rows: pd.DataFrame) -> None:
-    """Replace the days' rows of monitoring.retraining_trigger, in one transaction."""
-    with transaction(con):
-        con.execute("DELETE FROM monitoring.retraining_trigger WHERE partition_date IN (SELECT unnest(?::DATE[]))",
-                    [days])
-        if len(rows):
-            con.register("_rows", rows)
-            con.execute("""INSERT INTO monitoring.retraining_trigger BY NAME
-                           SELECT *, now()::TIMESTAMP AS computed_at FROM _rows""")
-            con.unregister("_rows")
+    """Replace the days' rows of monitoring.retraining_trigger, in one commit."""
+    replace_partitions_from_frame(con, "monitoring.retraining_trigger", days, rows)
 
 
 def _load_reference(con, config: MonitorConfig, v: _Version, as_of: dt.date) -> None:
@@ -783,13 +803,18 @@ def _maybe_open(con, requests: pd.DataFrame, v: _Version, day: dt.date, start: d
 
 def insert_request(con: duckdb.DuckDBPyConnection, model_id: str, version: str | None, day: dt.date, reason: str,
                    statistic: float | None, p_value: float | None, window: str | None, opened_by: str) -> dict:
-    with transaction(con):
-        request_id = con.execute("SELECT coalesce(max(request_id), 0) + 1 FROM monitoring.retraining_requests"
-                                 ).fetchone()[0]
-        con.execute("""INSERT INTO monitoring.retraining_requests (request_id, model_id, model_version, opened_on,
-                           reason, statistic, p_value, "window", status, opened_by, created_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'proposed', ?, now()::TIMESTAMP)""",
-                    [request_id, model_id, version, day, reason, statistic, p_value, window, opened_by])
+    def add(con: duckdb.DuckDBPyConnection) -> int:
+        with transaction(con):
+            request_id = con.execute("SELECT coalesce(max(request_id), 0) + 1 FROM monitoring.retraining_requests"
+                                     ).fetchone()[0]
+            con.execute("""INSERT INTO monitoring.retraining_requests (request_id, model_id, model_version,
+                               opened_on, reason, statistic, p_value, "window", status, opened_by, created_at)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'proposed', ?, now()::TIMESTAMP)""",
+                        [request_id, model_id, version, day, reason, statistic, p_value, window, opened_by])
+        return request_id
+
+    # Numbered on the table as committed: a request another process added meanwhile makes this one apply again.
+    request_id = edit(con, "monitoring.retraining_requests", add)
     return {"request_id": int(request_id), "model_id": model_id, "model_version": version, "opened_on": day,
             "reason": reason, "statistic": statistic, "p_value": p_value, "window": window, "status": "proposed",
             "opened_by": opened_by}
@@ -802,13 +827,13 @@ def supersede(con: duckdb.DuckDBPyConnection, champ: pd.DataFrame) -> int:
     latest = champ.sort_values("partition_date").groupby("model_id").tail(1)
     con.register("_champions", latest)
     try:
-        return con.execute("""
+        return edit(con, "monitoring.retraining_requests", lambda con: con.execute("""
             UPDATE monitoring.retraining_requests AS r SET status = 'superseded', decided_by = 'pipeline',
                    decided_at = now()::TIMESTAMP,
                    note = 'version ' || c.model_version || ' is champion since ' || c.partition_date::VARCHAR
             FROM _champions AS c
             WHERE r.model_id = c.model_id AND r.status = 'proposed' AND r.model_version <> c.model_version
-                  AND r.opened_on < c.partition_date""").fetchone()[0]
+                  AND r.opened_on < c.partition_date""").fetchone()[0])
     finally:
         con.unregister("_champions")
 
@@ -852,13 +877,19 @@ def decide(con: duckdb.DuckDBPyConnection, request_id: int, decision: str, by: s
         raise ValueError(f"decision: expected approved or rejected, got {decision!r}")
     if not by.strip():
         raise ValueError("say who decides (by): it is recorded")
-    request = get_request(con, request_id)
     allowed = ("proposed", "approved") if decision == "approved" else ("proposed",)
-    if request["status"] not in allowed:
-        raise ValueError(f"request #{request_id} is {request['status']}; only a "
-                         f"{' or '.join(allowed)} request can be {decision}")
-    con.execute("""UPDATE monitoring.retraining_requests SET status = ?, decided_by = ?, decided_at = now()::TIMESTAMP,
-                   note = ? WHERE request_id = ?""", [decision, by.strip(), note.strip(), request_id])
+
+    def record(con: duckdb.DuckDBPyConnection) -> None:
+        # Checked on the rows being edited: a decision committed meanwhile by another process counts.
+        request = get_request(con, request_id)
+        if request["status"] not in allowed:
+            raise ValueError(f"request #{request_id} is {request['status']}; only a "
+                             f"{' or '.join(allowed)} request can be {decision}")
+        con.execute("""UPDATE monitoring.retraining_requests SET status = ?, decided_by = ?,
+                       decided_at = now()::TIMESTAMP, note = ? WHERE request_id = ?""",
+                    [decision, by.strip(), note.strip(), request_id])
+
+    edit(con, "monitoring.retraining_requests", record)
     return get_request(con, request_id)
 
 
@@ -880,9 +911,10 @@ def open_by_hand(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model_id
 
 def record_outcome(con: duckdb.DuckDBPyConnection, request_id: int, ok: bool, outcome: str, run_id: str | None) -> None:
     """Training finished: done on success; on failure the request stays approved (approve again to retry)."""
-    con.execute("""UPDATE monitoring.retraining_requests SET status = CASE WHEN ? THEN 'done' ELSE status END,
-                   outcome = ?, run_id = ?, finished_at = now()::TIMESTAMP WHERE request_id = ?""",
-                [ok, ("succeeded: " if ok else "failed: ") + outcome[:2000], run_id, request_id])
+    edit(con, "monitoring.retraining_requests", lambda con: con.execute(
+        """UPDATE monitoring.retraining_requests SET status = CASE WHEN ? THEN 'done' ELSE status END,
+           outcome = ?, run_id = ?, finished_at = now()::TIMESTAMP WHERE request_id = ?""",
+        [ok, ("succeeded: " if ok else "failed: ") + outcome[:2000], run_id, request_id]))
 
 
 # -- running a retraining entry point ---------------------------------------------------------------------
@@ -1026,14 +1058,7 @@ def run_comparison(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: 
     daily = version_daily(con, max(days))
     frames = [compare_day(con, config, daily, day) for day in sorted(days)]
     frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
-    with transaction(con):
-        con.execute("DELETE FROM monitoring.version_comparison WHERE partition_date IN (SELECT unnest(?::DATE[]))",
-                    [days])
-        if len(frame):
-            con.register("_cmp", frame)
-            con.execute("""INSERT INTO monitoring.version_comparison BY NAME
-                           SELECT *, now()::TIMESTAMP AS computed_at FROM _cmp""")
-            con.unregister("_cmp")
+    replace_partitions_from_frame(con, "monitoring.version_comparison", days, frame)
     return frame
 
 

@@ -1,4 +1,5 @@
-"""The heavy, partitioned tables in Delta Lake (delta-rs), read by DuckDB's Parquet reader.
+"""Every table in Delta Lake (delta-rs), read by DuckDB's Parquet reader: the heavy partitioned ones and the
+small state, which `edit` changes in place by read-modify-write (one commit, applied again on a conflict).
 
 Layout under the lake root (`MONITOR_LAKE`: a folder, by default beside the warehouse file, or a bucket URI
 such as `s3://bucket/prefix`):
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -48,6 +49,7 @@ import pyarrow as pa
 from monitor_assets.storage.sql import quote_ident, sql_str
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREDICTIONS = "raw.predictions"
 # Columns every model's predictions table has, in order; its features follow.
@@ -162,7 +164,7 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "fairness_baseline": "VARCHAR", "reference_demographic_parity_ratio": "DOUBLE",
         "reference_equalized_odds_difference": "DOUBLE", "baseline_note": "VARCHAR", "analysis_error": "VARCHAR"},
         ("partition_date",)),
-    # Small per-model state, here rather than in the DuckDB file so that shards (processes on their own
+    # Small per-model state, in the lake so that shards (processes on their own
     # models) write it at once. The ingestion log has a row per day, source and shard ("i/N"; "0/1": no shards).
     "raw.ingestion_log": ({"partition_date": "DATE", "source": "VARCHAR", "files": "BIGINT", "records_read": "BIGINT",
                            "records_loaded": "BIGINT", "records_quarantined": "BIGINT", "loaded_at": "TIMESTAMP",
@@ -200,12 +202,64 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "model_id": "VARCHAR", "feature": "VARCHAR", "kind": "VARCHAR", "method": "VARCHAR", "statistic": "DOUBLE",
         "p_value": "DOUBLE", "threshold": "DOUBLE", "evidence": "DOUBLE", "bins": "VARCHAR", "n_current": "BIGINT",
         "n_reference": "BIGINT", "computed_at": "TIMESTAMPTZ"}, ("window_name",)),
+    # Business data and the cross-model steps' daily facts: here rather than in the DuckDB file, so that no run
+    # needs a file shared between machines (the file is only the source of a one-time move, warehouse.MOVED_TO_LAKE).
+    "raw.interactions": ({"partition_date": "DATE", "session_id": "VARCHAR", "user_id": "VARCHAR",
+                          "ts": "TIMESTAMPTZ", "event": "VARCHAR", "product_id": "VARCHAR",
+                          "from_recommendation": "BOOLEAN"}, ("partition_date",)),
+    "raw.sales": ({"partition_date": "DATE", "order_id": "VARCHAR", "ts": "TIMESTAMPTZ", "user_id": "VARCHAR",
+                   "product_id": "VARCHAR", "quantity": "DOUBLE", "unit_price": "DOUBLE", "revenue": "DOUBLE"},
+                  ("partition_date",)),
+    "monitoring.business_kpis_daily": ({
+        "partition_date": "DATE", "sessions": "BIGINT", "sessions_with_purchase": "BIGINT",
+        "conversion_rate": "DOUBLE", "recommendation_impressions": "BIGINT", "recommendation_ctr": "DOUBLE",
+        "orders": "BIGINT", "units_sold": "DOUBLE", "revenue": "DOUBLE", "average_order_value": "DOUBLE",
+        "computed_at": "TIMESTAMP"}, ("partition_date",)),
+    "monitoring.anomalies": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "metric": "VARCHAR", "segment": "VARCHAR",
+        "value": "DOUBLE", "expected": "DOUBLE", "robust_z": "DOUBLE", "direction": "VARCHAR",
+        "computed_at": "TIMESTAMP"}, ("partition_date",)),
+    "monitoring.version_daily": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "volume": "BIGINT",
+        "n_errors": "BIGINT", "latency_p95_ms": "DOUBLE", "computed_at": "TIMESTAMP"}, ("partition_date",)),
+    "monitoring.version_comparison": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "champion_version": "VARCHAR",
+        "challenger_version": "VARCHAR", "metric": "VARCHAR", "champion_value": "DOUBLE",
+        "challenger_value": "DOUBLE", "difference": "DOUBLE", "p_value": "DOUBLE", "gate": "VARCHAR",
+        "verdict": "VARCHAR", "reason": "VARCHAR", "computed_at": "TIMESTAMP"}, ("partition_date",)),
+    "monitoring.retraining_trigger": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "loss": "VARCHAR",
+        "n_day": "BIGINT", "mean_loss_day": "DOUBLE", "band_low": "DOUBLE", "band_high": "DOUBLE",
+        "window_start": "DATE", "n_current": "BIGINT", "mean_current": "DOUBLE", "reference_anchor": "DATE",
+        "n_reference": "BIGINT", "mean_reference": "DOUBLE", "statistic": "DOUBLE", "p_value": "DOUBLE",
+        "p_adjusted": "DOUBLE", "flagged": "BOOLEAN", "note": "VARCHAR", "computed_at": "TIMESTAMP"},
+        ("partition_date",)),
+    # The mutable state, edited in place by read-modify-write (`Lake.edit`): the alert lifecycle, retraining
+    # requests and their decisions, the versions seen and the reference batches of the retraining trigger.
+    "monitoring.alerts": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "check_name": "VARCHAR", "severity": "VARCHAR",
+        "value": "DOUBLE", "threshold": "DOUBLE", "message": "VARCHAR", "status": "VARCHAR",
+        "first_seen": "TIMESTAMP", "last_seen": "TIMESTAMP"}, ("partition_date",)),
+    "monitoring.retraining_requests": ({
+        "request_id": "BIGINT", "model_id": "VARCHAR", "model_version": "VARCHAR", "opened_on": "DATE",
+        "reason": "VARCHAR", "statistic": "DOUBLE", "p_value": "DOUBLE", "window": "VARCHAR", "status": "VARCHAR",
+        "opened_by": "VARCHAR", "decided_by": "VARCHAR", "decided_at": "TIMESTAMP", "note": "VARCHAR",
+        "outcome": "VARCHAR", "run_id": "VARCHAR", "finished_at": "TIMESTAMP", "created_at": "TIMESTAMP"}, ()),
+    "monitoring.model_versions": ({
+        "model_id": "VARCHAR", "model_version": "VARCHAR", "first_seen": "DATE", "last_seen": "DATE",
+        "traffic_share": "DOUBLE", "role": "VARCHAR", "champion_since": "DATE", "computed_at": "TIMESTAMP"}, ()),
+    "monitoring.reference_anchors": ({
+        "model_id": "VARCHAR", "model_version": "VARCHAR", "anchor_day": "DATE", "set_by": "VARCHAR",
+        "set_at": "TIMESTAMP", "reason": "VARCHAR"}, ()),
+    "monitoring.reference_losses": ({
+        "model_id": "VARCHAR", "model_version": "VARCHAR", "anchor_day": "DATE", "prediction_id": "VARCHAR",
+        "partition_date": "DATE", "loss": "DOUBLE", "complete": "BOOLEAN", "computed_at": "TIMESTAMP"}, ()),
     # The ranking task (ranking.logic): impressions and interactions as logged, and ranking quality per model,
     # day, version and metric (long: one row per metric, so a ranker's k list does not change the columns).
     "raw.ranking_impressions": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "request_id": "VARCHAR",
-        "item_id": "VARCHAR", "rank": "BIGINT", "score": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT"},
-        ("partition_date",)),
+        "item_id": "VARCHAR", "rank": "BIGINT", "score": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT",
+        "segments": "VARCHAR"}, ("partition_date",)),
     "raw.ranking_interactions": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "request_id": "VARCHAR", "item_id": "VARCHAR",
         "event": "VARCHAR", "grade": "DOUBLE", "source_file": "VARCHAR", "line_no": "BIGINT"}, ("partition_date",)),
@@ -219,6 +273,14 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "monitoring.ranking_item_counts": ({
         "partition_date": "DATE", "model_id": "VARCHAR", "model_version": "VARCHAR", "item_id": "VARCHAR",
         "impressions": "BIGINT", "first_seen": "BIGINT", "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
+    # Per ranker, day, segmentation, segment and metric (ranking.logic, rankers with `segments:`): the whole day's
+    # figures on the segment's requests, the main metric's row judged against its floor.
+    "monitoring.ranking_segment_performance": ({
+        "partition_date": "DATE", "model_id": "VARCHAR", "segment_by": "VARCHAR", "segment": "VARCHAR",
+        "metric": "VARCHAR", "value": "DOUBLE", "standard_error": "DOUBLE", "n_requests": "BIGINT",
+        "n_labelled_requests": "BIGINT", "reference_value": "DOUBLE", "reference_source": "VARCHAR",
+        "floor": "DOUBLE", "p_value": "DOUBLE", "p_adjusted": "DOUBLE", "below_floor": "BOOLEAN",
+        "computed_at": "TIMESTAMPTZ"}, ("partition_date",)),
 }
 MODEL_DIR = "model_id="
 # Lake roots with one of these schemes are on object storage (anything else is a local folder).
@@ -271,9 +333,11 @@ def _model_registered(model_id: str) -> str:
 MODELS_PER_QUERY = 10
 # Tries of a partition replace whose commit lost to another writer's (shards share the daily tables).
 COMMIT_ATTEMPTS = 12
+# Tries of a read-modify-write (`Lake.edit`) whose table another writer committed to meanwhile.
+EDIT_ATTEMPTS = 10
 
 
-def _days_predicate(days: Iterable[dt.date]) -> str:
+def days_predicate(days: Iterable[dt.date]) -> str:
     # Typed literals: some delta-rs releases (1.6.3) cannot compare a DATE column with a text literal.
     return "partition_date IN (" + ", ".join(f"CAST({sql_str(d.isoformat())} AS DATE)" for d in sorted(set(days))) + ")"
 
@@ -514,7 +578,7 @@ class Lake:
         """Replace the rows of `days` (None: of every day, for tables without one; of those models, of that
         quarantine source, matching `where`) with `data`, in one commit."""
         columns, partition_by = TABLES[table]
-        clauses = [] if days is None else [_days_predicate(days)]
+        clauses = [] if days is None else [days_predicate(days)]
         if source is not None:
             clauses.insert(0, f"source = {sql_str(source)}")
         if models is not None:
@@ -530,20 +594,81 @@ class Lake:
 
     def replace_model_day(self, model_id: str, data: pa.Table, day: dt.date) -> None:
         """Replace one model's predictions of one day (an empty table deletes them)."""
-        self._write(self.model_path(model_id), data, _days_predicate([day]), ["partition_date"],
+        self._write(self.model_path(model_id), data, days_predicate([day]), ["partition_date"],
                     {"partition_date": {day.isoformat()}})
 
     def replace_model_days(self, model_id: str, data: pa.Table, days: Iterable[dt.date]) -> None:
         """Replace one model's predictions of these days in one commit (days without rows in `data` end
         up empty)."""
         days = sorted(set(days))
-        self._write(self.model_path(model_id), data, _days_predicate(days), ["partition_date"],
+        self._write(self.model_path(model_id), data, days_predicate(days), ["partition_date"],
                     {"partition_date": {d.isoformat() for d in days}})
 
     def delete(self, table: str, predicate: str) -> None:
         """Delete the rows matching a SQL predicate (one commit); for repairs and tests."""
         if self.has_table(self.path(table)):
             self.table(self.path(table)).delete(predicate)
+
+    def edit(self, con: duckdb.DuckDBPyConnection, table: str, apply: Callable[[duckdb.DuckDBPyConnection], T],
+             where: str | None = None) -> T:
+        """Read-modify-write of a small lake table with the DuckDB DML that `apply(con)` runs on its documented
+        name: the rows matching `where` (SQL both DuckDB and delta-rs read; None: every row) of the table's
+        current version become a real table under that name on `con` (in place of the view), and what `apply`
+        leaves there replaces them in one Delta commit; then the view is back, showing the new version.
+
+        Any other commit to the table since the read fails ours (no commit retries at delta-rs' level: its own
+        conflict check lets two overwrites of an empty table both land, measured): the rows are read again and
+        `apply` runs again, up to EDIT_ATTEMPTS times with a random wait, then a one-line error. So two
+        processes editing at once lose nothing and duplicate nothing, whatever their DML. Returns what `apply`
+        returned on the try that committed."""
+        from deltalake import CommitProperties, write_deltalake
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
+        columns, partition_by = TABLES[table]
+        path, schema, name = self.path(table), *table.split(".", 1)
+        target = f"{schema}.{quote_ident(name)}"
+        once = CommitProperties(max_commit_retries=0)
+        for attempt in range(EDIT_ATTEMPTS):
+            delta = self.table(path) if self.has_table(path) else None
+            if delta is None or not delta.file_uris():
+                current = _empty_select(columns)
+            else:
+                stored = {f.name for f in delta.schema().fields}
+                current = self._select_files(delta.file_uris(), stored, columns, partition_by, extra=False)
+            con.execute(f"DROP VIEW IF EXISTS {target}")
+            try:
+                con.execute(f"CREATE TABLE {target} AS SELECT * FROM ({current}) WHERE {where or 'true'}")
+                result = apply(con)
+                rows = con.sql(f"SELECT * FROM {target}").to_arrow_table()
+            finally:
+                con.execute(f"DROP TABLE IF EXISTS {target}")
+                con.execute(f"CREATE VIEW {target} AS SELECT * FROM {quote_ident(registered(table))}")
+            data = _conform(rows, columns)
+            try:
+                if delta is None:
+                    if data.num_rows:
+                        if not self.remote:
+                            Path(path).mkdir(parents=True, exist_ok=True)
+                        # "error": a table another writer made since our read fails ours, not appended to
+                        write_deltalake(str(path), data, partition_by=list(partition_by) or None, mode="error",
+                                        storage_options=self.storage_options, commit_properties=once)
+                elif data.num_rows:
+                    write_deltalake(delta, data, partition_by=list(partition_by) or None, mode="overwrite",
+                                    predicate=where or "true", commit_properties=once)
+                else:
+                    delta.delete(where, commit_properties=once)
+            except CommitFailedError:
+                pass  # another writer committed since our read
+            except DeltaError:
+                if delta is not None or not self.has_table(path):
+                    raise
+                # another writer's first commit made the table before ours
+            else:
+                self.refresh(con, table)
+                return result
+            time.sleep(random.uniform(0.02, 0.1) * 2 ** min(attempt, 4))
+        raise RuntimeError(f"{table}: {EDIT_ATTEMPTS} edits in a row lost to other writers' commits; "
+                           "nothing was written, try again")
 
     # ---- reading through DuckDB
 
@@ -610,18 +735,6 @@ class Lake:
             # No model registered: `raw.predictions` fails ("... __lake_raw__predictions does not exist") rather
             # than reading as empty.
             con.execute(f"DROP VIEW IF EXISTS {registered(PREDICTIONS)}")
-
-    def ensure_model_views(self, con: duckdb.DuckDBPyConnection) -> None:
-        """The DuckDB file's views of the models' predictions tables (`raw.predictions`,
-        `raw."predictions__<model>"`), for read-only connections (`make sql`) that cannot create them: the
-        models' tables are written from in-memory connections (ingestion), which leave no view in the file.
-        When one is missing (once per new model) every model is registered and the views made; `attach`
-        afterwards registers what the connection asked for."""
-        present = {v for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT temporary "
-                                             "AND schema_name = 'raw'").fetchall()}
-        models = self.models()
-        if models and not {"predictions", *(f"predictions__{m}" for m in models)} <= present:
-            self.attach_models(con, models)
 
     def refresh(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         """Point the registered dataset of `table` at its newest version (after a write)."""

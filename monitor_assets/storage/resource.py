@@ -1,4 +1,4 @@
-"""The warehouse resource: the DuckDB file and the Delta lake beside it, short connections."""
+"""The warehouse resource: the Delta lake (every table), short in-memory DuckDB connections over it."""
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -11,9 +11,10 @@ from monitor_assets.storage.warehouse import connect
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """DuckDB file for small state, the Delta lake (a folder, or a bucket URI such as `s3://bucket/prefix`
-    whose credentials come from the environment) for the partitioned tables. Another process holding the
-    DuckDB write lock is waited out with backoff."""
+    """The Delta lake (a folder, or a bucket URI such as `s3://bucket/prefix` whose credentials come from the
+    environment) holds every table, the small mutable state too (`storage.warehouse.edit`): runs on several
+    machines share the lake and nothing else. `path`: where an earlier release kept its DuckDB file, whose
+    tables move to the lake on the first connection (`storage.warehouse.migrate_file`); it need not exist."""
 
     path: str
     lake_path: str
@@ -28,8 +29,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def connect_lake(self, models: Iterable[str] | None = ()) -> Iterator[duckdb.DuckDBPyConnection]:
-        """`connect` without the DuckDB file: the lake's tables only, on an in-memory database. For per-model
-        steps, which several shard processes run at once (the file admits one writing process)."""
+        """`connect` without looking for an earlier release's file (per-model steps, which run most often)."""
         with connect(None, self.lake_path, models) as con:
             yield con
 

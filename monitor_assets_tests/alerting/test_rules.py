@@ -97,7 +97,6 @@ def test_a_re_run_sends_nothing_new_and_slack_gets_the_webhook(demo_run, demo_in
         assert not any("secret-token" in payload["text"] for _, payload in hook.received)
         # Re-run one incident day: its checks fail again with the same alerts, which were delivered already.
         db = tmp_path / "rerun.duckdb"
-        db.write_bytes(Path(config.warehouse_path).read_bytes())
         shutil.copytree(config.lake_path, replace(config, warehouse_path=str(db)).lake_path)
         assert run_job(replace(config, warehouse_path=str(db), reports_dir=str(tmp_path / "r")), "2026-10-14",
                        instance=demo_instance).success
@@ -107,9 +106,9 @@ def test_a_re_run_sends_nothing_new_and_slack_gets_the_webhook(demo_run, demo_in
 
 def test_alerts_table_updates_in_place_and_resolves(demo_run, tmp_path):
     config, _ = demo_run
-    db = tmp_path / "alerts.duckdb"
-    db.write_bytes(Path(config.warehouse_path).read_bytes())
-    con = open_warehouse(str(db), config.lake_path)  # the lake is only read here
+    lake = tmp_path / "lake"  # a copy: the alerts are edited in the lake, the session's demo lake stays as it is
+    shutil.copytree(config.lake_path, lake)
+    con = open_warehouse(None, str(lake))
     before = con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'open') FROM monitoring.alerts").fetchall()[0]
     days = [r[0] for r in con.execute("SELECT DISTINCT partition_date FROM monitoring.performance_daily").fetchall()]
     evaluated = A.evaluate(con, config, days)

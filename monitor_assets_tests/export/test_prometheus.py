@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor_assets.export.defs import export_folder
 from monitor_assets.export.prometheus import TEXTFILE, build_registry, export_metrics, load_export_data
 from monitor_assets.stats.metrics_spec import METRIC_DIRECTION
-from monitor_assets.storage.warehouse import connect
+from monitor_assets.storage.warehouse import connect, edit
 
 DAY = dt.date(2026, 10, 30)  # the demo run's last day
 INCIDENTS = yaml.safe_load((Path(__file__).parents[2] / "data" / "demo" / "incidents.yaml").read_text())
@@ -225,15 +225,16 @@ def test_push_to_a_pushgateway_sends_the_files_series(demo_run, demo_db, tmp_pat
 
 def test_retraining_requests_are_counted_once_the_table_exists(demo_run, tmp_path):
     config, _ = demo_run
-    db = tmp_path / "copy.duckdb"
-    shutil.copy(config.warehouse_path, db)
-    with connect(str(db), config.lake_path) as con:
-        con.execute("DELETE FROM monitoring.retraining_requests")
-        con.execute("""INSERT INTO monitoring.retraining_requests (request_id, model_id, model_version, opened_on, status)
-                       VALUES (1, 'purchase_propensity', '2026.08.1', '2026-10-25', 'proposed'),
-                              (2, 'purchase_propensity', '2026.08.1', '2026-10-20', 'approved'),
-                              (3, 'fraud_detector', '2026.09.2', '2026-10-26', 'proposed'),
-                              (4, 'fraud_detector', '2026.09.2', '2026-10-27', 'proposed')""")
+    lake = tmp_path / "lake"  # a copy: the session's demo lake stays as the run left it
+    shutil.copytree(config.lake_path, lake)
+    with connect(None, str(lake)) as con:
+        edit(con, "monitoring.retraining_requests", lambda con: con.execute("""
+            DELETE FROM monitoring.retraining_requests;
+            INSERT INTO monitoring.retraining_requests (request_id, model_id, model_version, opened_on, status)
+            VALUES (1, 'purchase_propensity', '2026.08.1', '2026-10-25', 'proposed'),
+                   (2, 'purchase_propensity', '2026.08.1', '2026-10-20', 'approved'),
+                   (3, 'fraud_detector', '2026.09.2', '2026-10-26', 'proposed'),
+                   (4, 'fraud_detector', '2026.09.2', '2026-10-27', 'proposed')"""))
         result = export_metrics(con, config, DAY, tmp_path / "out")
     requests = by_name(samples(result.path.read_text()), "monitor_retraining_requests")
     assert requests == {

@@ -68,12 +68,11 @@ def test_demo_versions_and_canary_comparison(demo_db):
 
 @pytest.fixture
 def loop_copy(demo_run, tmp_path):
-    """The demo's warehouse and lake copied, so decisions here do not change what other tests read."""
+    """The demo's lake copied, so decisions here do not change what other tests read."""
     config, _ = demo_run
     source = Path(config.warehouse_path)
     target = tmp_path / "wh" / "monitor.duckdb"
     target.parent.mkdir()
-    shutil.copy(source, target)
     shutil.copytree(source.with_name(f"{source.stem}_lake"), target.with_name("monitor_lake"))
     return replace(config, warehouse_path=str(target), lake_dir="", reports_dir=str(tmp_path / "reports"))
 

@@ -121,20 +121,22 @@ def test_bad_sql_and_missing_warehouse_say_one_line_and_exit_2(env, tmp_path):
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("query: ") and "Traceback" not in done.stderr
 
     missing = tmp_path / "nowhere" / "absent.duckdb"
-    done = query({**env, "MONITOR_WAREHOUSE": str(missing)}, "SELECT 1")
-    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1 and done.stderr.startswith("query: ")
-    assert not missing.exists() and not missing.parent.exists()  # read-only: nothing created
+    done = query({**env, "MONITOR_WAREHOUSE": str(missing), "MONITOR_LAKE": str(missing.parent / "lake")}, "SELECT 1")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1 and done.stderr.startswith("query: no tables")
+    assert not missing.parent.exists()  # read-only: nothing created
 
 
 def test_sql_from_stdin_and_the_read_only_warehouse_is_unchanged(env):
-    wh = Path(env["MONITOR_WAREHOUSE"])
-    before = wh.stat().st_mtime_ns
+    def files() -> dict:
+        return {p: p.stat().st_mtime_ns for p in Path(env["MONITOR_WAREHOUSE"]).parents[1].rglob("*") if p.is_file()}
+
+    before = files()
     done = query(env, stdin="SELECT count(*) AS n FROM raw.labels;\n")
     assert done.returncode == 0, done.stderr
     assert rows(done.stdout) == [["n"], ["4"]]
     done = query(env, stdin="CREATE TABLE raw.oops AS SELECT 1")
     assert done.returncode == 2 and done.stderr.startswith("query: ")
-    assert wh.stat().st_mtime_ns == before
+    assert files() == before  # no file made or changed, lake or other
 
 
 def test_tables_lists_the_documented_names(env):
