@@ -198,13 +198,18 @@ def _ranking_data(con: duckdb.DuckDBPyConnection, config: MonitorConfig, last_da
                           [last_day]).df()
     segmented = [r for r in config.rankers if r.segments.by]
     as_models = {"volume": "n_requests AS volume", "n_labelled": "n_labelled_requests AS n_labelled"}
+    # A label-based main metric only on days whose interactions are all read, as the ranker's own charts: a day
+    # still waiting for clicks counts them as misses, and its segments' lines would dive to zero at the end.
     segments = con.execute(f"""
         SELECT {', '.join(f's.{as_models.get(c, c)}' for c in SEGMENT_COLUMNS)}
         FROM monitoring.ranking_segment_performance AS s
         JOIN (SELECT unnest(?::VARCHAR[]) AS model_id, unnest(?::VARCHAR[]) AS metric) USING (model_id, metric)
-        WHERE s.partition_date <= ? ORDER BY s.partition_date""",
-                           [[r.id for r in segmented], [r.main_metric for r in segmented], last_day]).df() \
-        if segmented else pd.DataFrame(columns=SEGMENT_COLUMNS)
+        LEFT JOIN (SELECT DISTINCT model_id, partition_date, labels_complete FROM monitoring.ranking_performance
+                   WHERE model_version = '*') AS c USING (model_id, partition_date)
+        WHERE s.partition_date <= ? AND (coalesce(c.labels_complete, false) OR s.metric IN (SELECT unnest(?::VARCHAR[])))
+        ORDER BY s.partition_date""",
+                           [[r.id for r in segmented], [r.main_metric for r in segmented], last_day,
+                            list(LABEL_FREE)]).df() if segmented else pd.DataFrame(columns=SEGMENT_COLUMNS)
     return {"rankers": rankers, "ranking": ranking, "ranker_segments": segments}
 
 

@@ -293,6 +293,42 @@ def test_the_ranker_page_lists_its_segments_worst_first():
     assert table.count("not judged") == 1 and '"id":"segment-lines"' in page.replace(" ", "")
 
 
+
+def test_the_ranker_page_leaves_out_the_segments_of_days_still_waiting_for_clicks(tmp_path):
+    """A day whose interactions are not all read counts the missing clicks as misses: its segments' NDCG is not
+    drawn (as the ranker's own charts leave it out), while a label-free main metric is drawn every day."""
+    import duckdb
+
+    from monitor_assets.reporting.dashboard import _ranking_data
+    from monitor_assets.storage.lake import TABLES
+
+    config = _config(tmp_path, """
+  - id: recs
+    task: ranking
+    source: recs/{date}.jsonl
+    segments: [market]
+  - id: pop
+    task: ranking
+    source: pop/{date}.jsonl
+    main_metric: popularity_concentration
+    segments: [market]""")
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA monitoring")
+    for table in ("monitoring.ranking_performance", "monitoring.ranking_segment_performance"):
+        columns = ", ".join(f'"{c}" {t}' for c, t in TABLES[table][0].items())
+        con.execute(f"CREATE TABLE {table} ({columns})")
+    days = pd.to_datetime(["2025-06-01", "2025-06-02", "2025-06-03"]).date
+    for model, metric in (("recs", "ndcg_at_10"), ("pop", "popularity_concentration")):
+        for day, complete in zip(days, (True, True, False), strict=True):
+            con.execute("INSERT INTO monitoring.ranking_performance (partition_date, model_id, model_version, "
+                        "metric, value, labels_complete) VALUES (?, ?, '*', ?, 0.4, ?)", [day, model, metric, complete])
+            con.execute("INSERT INTO monitoring.ranking_segment_performance (partition_date, model_id, segment_by, "
+                        "segment, metric, value) VALUES (?, ?, 'market', 'market=DE', ?, ?)",
+                        [day, model, metric, 0.0 if not complete else 0.4])
+    found = _ranking_data(con, config, days[-1])["ranker_segments"]
+    shown = {m: sorted(pd.to_datetime(g.partition_date).dt.date) for m, g in found.groupby("model_id")}
+    assert shown == {"recs": list(days[:2]), "pop": list(days)}
+
 # ---- the demo ------------------------------------------------------------------------------------------------
 
 def test_the_demo_rankers_segments_flag_only_its_collapse(demo_run, demo_db):
