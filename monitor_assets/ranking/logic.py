@@ -739,19 +739,26 @@ def judge(ranker: RankerConfig, value: float, se: float, ref: Reference | None, 
 
 
 def segment_figures(frame: pd.DataFrame, ranker: RankerConfig, catalogue: R.ItemCounts,
-                    crosses: list[tuple[str, ...]] | tuple[tuple[str, ...], ...], labelled: bool) -> list[dict]:
+                    crosses: list[tuple[str, ...]] | tuple[tuple[str, ...], ...], labelled: bool,
+                    ref: Reference | None = None) -> list[dict]:
     """Per segmentation of `crosses` and segment of `frame` (impressions with request_id, item_id, rank, grade,
     `labelled` if known, and `segment_columns_sql`'s columns): segment_by, segment, n_requests,
     n_labelled_requests and `figures` (metric -> (value, standard error)): the per-request metrics of
     `request_figures` on the segment's own requests (if `labelled`) and its popularity concentration (the top 1%
-    of `catalogue`'s items' share of its impressions)."""
+    of `catalogue`'s items' share of its impressions); with a reference (`ref`), the whole ranker's catalogue
+    figures too (`_catalogue`: coverage, novelty, the drift of its items and scores against the reference),
+    reported, not judged (their thresholds are calibrated for one test a ranker-day, not one per segment)."""
     out = []
     for cross in crosses:
         key = segment_key(cross)
         for segment, part in frame.groupby(SEGMENT_COLUMN + key, sort=True):
             figures = ({m: v for m, v in request_figures(part, ranker).items() if m != RELEVANT} if labelled else {})
-            shown = R.catalogue_metrics(R.ItemCounts.of(part.item_id.to_numpy()), catalogue)
-            figures["popularity_concentration"] = (shown["concentration"], math.nan)
+            items = R.ItemCounts.of(part.item_id.to_numpy())
+            if ref is not None and ref.items.total:
+                figures.update({m: (v, math.nan) for m, v in _catalogue(items, ref.items, part.score.to_numpy(float),
+                                                                        ref).items()})
+            else:
+                figures["popularity_concentration"] = (R.catalogue_metrics(items, catalogue)["concentration"], math.nan)
             n = int(part.request_id.nunique())
             out.append({"segment_by": key, "segment": str(segment), "n_requests": n, "figures": figures,
                         "n_labelled_requests": int(part.loc[part.labelled, "request_id"].nunique())
@@ -769,7 +776,7 @@ def segment_day_rows(frame: pd.DataFrame, ranker: RankerConfig, day: dt.date, re
     adjusted across the ranker-day's segments (Benjamini-Hochberg): `below_floor` when the adjusted p-value is
     under `segments.logic.ALPHA`. A catalogue main metric (no standard error) is reported, not tested."""
     catalogue = ref.items if ref is not None and ref.items.total else R.ItemCounts.of(frame.item_id.to_numpy())
-    found = segment_figures(frame, ranker, catalogue, ranker.segments.by, ranker.labels is not None)
+    found = segment_figures(frame, ranker, catalogue, ranker.segments.by, ranker.labels is not None, ref)
     whole = ref.values.get(ranker.main_metric, math.nan) if ref is not None else math.nan
     own = {(r.segment_by, r.segment): r for r in ref.segments.itertuples()} if ref is not None and \
         ref.segments is not None else {}

@@ -90,6 +90,7 @@ def _frame(rows: list[tuple]) -> pd.DataFrame:
     """Impressions (request, rank, grade, market, device) with their segment columns as day_impressions has them."""
     frame = pd.DataFrame(rows, columns=["request_id", "rank", "grade", "market", "device"])
     frame["item_id"] = [f"sku{i:03d}" for i in range(len(frame))]
+    frame["score"] = 1.0 / frame["rank"]  # logged scores, falling with the rank
     frame["labelled"] = frame.groupby("request_id").grade.transform("max") > 0
     frame[SEGMENT_COLUMN + "market"] = "market=" + frame.market
     frame[SEGMENT_COLUMN + "market,device"] = "market=" + frame.market + ", device=" + frame.device
@@ -181,6 +182,35 @@ def test_segments_are_tested_against_their_floor_and_adjusted_together(tmp_path)
     waiting = pd.DataFrame(segment_day_rows(frame, ranker, pd.Timestamp("2025-06-01").date(), ref, complete=False))
     assert waiting.p_value.isna().all() and not waiting.below_floor.fillna(False).any()
 
+
+
+def test_each_segment_has_the_rankers_catalogue_and_drift_figures_against_the_reference(tmp_path):
+    """With a reference, a segment's rows carry the whole ranker's catalogue figures on its own impressions:
+    item drift (Jensen-Shannon over the top items, as the ranker's), score drift (the KS statistic, as scipy's
+    ks_2samp), coverage and popularity concentration against the reference's items, with no verdict."""
+    ranker = _ranker(tmp_path, k="[5]", min_rows=60, main="ndcg_at_5")
+    rng = np.random.default_rng(5)
+    frame = _day(rng, {"DE": (0.5, 120), "FR": (0.5, 120)})
+    frame["score"] = rng.normal(0.5, 0.1, len(frame))
+    de = frame.market == "DE"
+    frame.loc[de, "item_id"] = rng.choice(CATALOGUE[:10], int(de.sum()))  # DE's lists collapse onto 10 items
+    frame.loc[de, "score"] += 0.3
+    ref_items = np.array(rng.choice(CATALOGUE, 5000), dtype=object)
+    ref_scores = rng.normal(0.5, 0.1, 5000)
+    ref = Reference(R.ItemCounts.of(ref_items), ref_scores, {"ndcg_at_5": 0.5}, 1000, 0)
+    rows = pd.DataFrame(segment_day_rows(frame, ranker, pd.Timestamp("2025-06-01").date(), ref, complete=True))
+    figures = rows[rows.segment_by == "market"].pivot(index="segment", columns="metric", values="value")
+    for market in ("DE", "FR"):
+        own = frame[frame.market == market]
+        mine = figures.loc[f"market={market}"]
+        items = R.ItemCounts.of(own.item_id.to_numpy())
+        assert mine.item_drift_js == pytest.approx(R.item_distribution_drift(items, ref.items), abs=1e-12)
+        assert mine.score_drift_ks == pytest.approx(stats.ks_2samp(own.score, ref_scores).statistic, abs=1e-12)
+        assert mine.catalogue_coverage == pytest.approx(own.item_id.nunique() / len(CATALOGUE), abs=1e-12)
+    assert figures.loc["market=DE", "item_drift_js"] > 2 * figures.loc["market=FR", "item_drift_js"]
+    assert figures.loc["market=DE", "score_drift_ks"] > 0.5 > figures.loc["market=FR", "score_drift_ks"]
+    drift = rows[rows.metric.isin(["item_drift_js", "score_drift_ks", "catalogue_coverage", "novelty"])]
+    assert len(drift) and drift.p_value.isna().all() and not drift.below_floor.fillna(False).any()
 
 # ---- bring your own data -------------------------------------------------------------------------------------
 
