@@ -967,7 +967,9 @@ def realized_multiclass_metrics(labels: np.ndarray, predicted: np.ndarray, score
 def multiclass_sampling_sd(probs: np.ndarray, predicted: np.ndarray, scores: np.ndarray, seed: int = 0,
                            simulations: int = MULTICLASS_SIMULATIONS) -> dict[str, float]:
     """Standard deviation of each realized metric when each row's label is drawn from its probabilities
-    independently: analytic for accuracy, seeded simulations for the rest (ratios of sums and AUCs)."""
+    independently: analytic for accuracy, seeded simulations for the rest (ratios of sums and AUCs). Each draw
+    keeps only its confusion matrix and per-class rank sums; the metrics of all draws are computed at once after
+    (`multiclass_confusion_metrics`' definitions, over a stack of matrices)."""
     probs, scores = np.asarray(probs, float), np.asarray(scores, float)
     predicted = np.asarray(predicted, int)
     n, k = probs.shape
@@ -975,20 +977,32 @@ def multiclass_sampling_sd(probs: np.ndarray, predicted: np.ndarray, scores: np.
     rng = np.random.default_rng(seed)
     cumulative = np.cumsum(probs, axis=1)
     cumulative[:, -1] = np.inf  # rounding must not leave a row without a class
-    ranks = [_mid_ranks(_average_ranks(scores[:, c])) for c in range(k)]
-    draws = []
-    for _ in range(simulations):
+    ranks = np.column_stack([_mid_ranks(_average_ranks(scores[:, c])) for c in range(k)]) if n else np.zeros((0, k))
+    rows = np.arange(n)
+    m = np.empty((simulations, k, k))
+    positives, rank_sums = np.empty((simulations, k)), np.empty((simulations, k))
+    for s in range(simulations):
         y = (rng.random(n)[:, None] > cumulative).sum(axis=1)
-        m = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k).astype(float)
-        out = multiclass_confusion_metrics(m)
-        for c in range(k):
-            yc = y == c
-            n1 = yc.sum()
-            out[f"roc_auc_{c}"] = ((ranks[c][yc].sum() - n1 * (n1 + 1) / 2) / (n1 * (n - n1))
-                                   if 0 < n1 < n else math.nan)
-        out["roc_auc"] = float(np.mean([out[f"roc_auc_{c}"] for c in range(k)]))
-        draws.append(out)
-    sd = {key: float(np.nanstd([d[key] for d in draws], ddof=1)) for key in draws[0]}
+        m[s] = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
+        positives[s] = np.bincount(y, minlength=k)
+        rank_sums[s] = np.bincount(y, weights=ranks[rows, y], minlength=k)  # each class's rows' ranks by its score
+    total, tp = m.sum(axis=(1, 2)), np.diagonal(m, axis1=1, axis2=2)
+    true, pred = m.sum(axis=2), m.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        figures = {"accuracy": np.where(total > 0, tp.sum(axis=1) / total, np.nan)}
+        precision = np.where(pred > 0, tp / pred, np.nan)
+        recall = np.where(true > 0, tp / true, np.nan)
+        f1 = np.where(true + pred > 0, 2 * tp / (true + pred), 0.0)
+        auc = np.where((positives > 0) & (positives < n),
+                       (rank_sums - positives * (positives + 1) / 2) / (positives * (n - positives)), np.nan)
+    figures["f1_macro"] = f1.mean(axis=1)
+    figures["f1_weighted"] = np.where(total > 0, (true * f1).sum(axis=1) / total, np.nan)
+    for c in range(k):
+        figures[f"precision_{c}"], figures[f"recall_{c}"], figures[f"f1_{c}"] = precision[:, c], recall[:, c], f1[:, c]
+    for c in range(k):
+        figures[f"roc_auc_{c}"] = auc[:, c]
+    figures["roc_auc"] = auc.mean(axis=1)
+    sd = {key: float(np.nanstd(values, ddof=1)) for key, values in figures.items()}
     sd["accuracy"] = math.sqrt(float(np.sum(hit * (1 - hit)))) / n if n else math.nan
     return sd
 
