@@ -82,14 +82,14 @@ def main() -> None:
     parser.add_argument("--warehouse", default=str(Path(__file__).parents[1] / "warehouse" / "monitor.duckdb"))
     args = parser.parse_args()
     result = {}
-    if Path(args.warehouse).exists():
-        import duckdb
-
+    lake = Path(args.warehouse).with_name(f"{Path(args.warehouse).stem}_lake")  # where every table is now
+    if lake.exists():
         from monitor_assets.config import load_config
         from monitor_assets.reporting.dashboard import load_report_data
+        from monitor_assets.storage.warehouse import connect
 
         config = load_config()
-        with duckdb.connect(args.warehouse, read_only=True) as con:
+        with connect(args.warehouse, read_only=True) as con:
             start = time.perf_counter()
             demo = load_report_data(con, config, config.end_date or dt.date.today())
             load = time.perf_counter() - start

@@ -574,7 +574,8 @@ with dg.DagsterInstance.from_config(home) as instance:
             e = r.event.dagster_event.event_specific_data if r.event and r.event.dagster_event else None
             if e is not None and getattr(e, "passed", True) is False:
                 out.setdefault("ranking_check_failed", []).append(r.partition)
-if os.path.exists(warehouse):
+lake = warehouse.rsplit(".", 1)[0] + "_lake"  # every table is in the lake; the DuckDB file is only a legacy one
+if os.path.exists(lake) or os.path.exists(warehouse):
     from monitor_assets.storage.warehouse import open_warehouse
     con = open_warehouse(warehouse, read_only=True)  # the lake beside it, under the documented names
     q = lambda sql: con.execute(sql).fetchall()
@@ -601,7 +602,6 @@ if os.path.exists(warehouse):
             default=0)
     except duckdb.Error as exc:  # a run killed before it made the tables
         out["error"] = str(exc).splitlines()[0]
-    lake = warehouse.rsplit(".", 1)[0] + "_lake"
     out["warehouse_bytes"] = sum(os.path.getsize(p) for p in [warehouse, warehouse + ".wal"] if os.path.exists(p)) + sum(
         f.stat().st_size for f in Path(lake).rglob("*") if f.is_file())
 print(json.dumps(out))
