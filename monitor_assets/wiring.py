@@ -154,15 +154,20 @@ def latest_materializations(instance: dg.DagsterInstance, asset_key: dg.AssetKey
                             days: Sequence[dt.date]) -> dict[dt.date, object]:
     """Each day's latest materialization of the asset, as the target an evaluation judged: the UI counts
     a check result for a partition only while it targets that partition's latest materialization."""
-    targets = {}
-    for day in days:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[str(day)]), limit=1).records
-        if records:
-            targets[day] = _TARGET_DATA(
-                run_id=records[0].event_log_entry.run_id, storage_id=records[0].storage_id,
-                timestamp=records[0].timestamp)
-    return targets
+    by_name = {str(day): day for day in days}
+    if not by_name:
+        return {}
+    # Two queries, not one a day (a query costs ~20 ms; 30 days times a dozen checks was 2 s of the demo).
+    latest = instance.get_latest_storage_id_by_partition(
+        asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(by_name))
+    if not latest:
+        return {}
+    partition_of = {storage_id: name for name, storage_id in latest.items()}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=sorted(partition_of)), limit=len(partition_of)).records
+    return {by_name[partition_of[r.storage_id]]: _TARGET_DATA(run_id=r.event_log_entry.run_id, storage_id=r.storage_id,
+                                                             timestamp=r.timestamp)
+            for r in records if r.storage_id in partition_of}
 
 
 def partition_check_results(context, spec: dg.AssetCheckSpec, days: Sequence[dt.date], failures: list[dict],

@@ -1,6 +1,8 @@
 """The local instance's batched SQLite event log (monitor_assets/event_log.py): a run's events land as with
 Dagster's own storage, in fewer transactions, and a failed batch leaves nothing behind."""
 
+import datetime as dt
+
 import dagster as dg
 import pytest
 from dagster._core.storage.event_log import SqliteEventLogStorage
@@ -139,3 +141,47 @@ def test_held_back_check_evaluations_are_written_one_by_one_if_their_batch_fails
         got = summary(instance, run_id)
     assert got["checks"] == [(f"2026-01-0{d}", "FAILED" if d == 3 else "SUCCEEDED") for d in range(1, 8)]
     assert got["kinds"]["ASSET_CHECK_EVALUATION"] == 7
+
+
+def test_which_tables_and_columns_exist_is_asked_once_not_for_every_event(tmp_path, monkeypatch):
+    """Dagster asks before every asset event whether optional tables and an index column exist (a schema query
+    each, through a new engine): asked once per process, and the events land as before."""
+    from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+
+    asked: list[str] = []
+    has_table, has_column = SqliteEventLogStorage.has_table, SqlEventLogStorage._has_asset_key_col_on_connection
+    monkeypatch.setattr(SqliteEventLogStorage, "has_table",
+                        lambda self, name: asked.append(name) or has_table(self, name))
+    monkeypatch.setattr(SqlEventLogStorage, "_has_asset_key_col_on_connection",
+                        lambda self, conn, column: asked.append(f"asset_keys.{column}") or has_column(self, conn, column))
+    instance, first = run_range(home_with(tmp_path, "batched", template=True))
+    with instance:
+        assert len(asked) == len(set(asked)) and "asset_check_executions" in asked
+        before = list(asked)
+        again = DEFS.resolve_job_def("two_steps").execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": "2026-01-01", "dagster/asset_partition_range_end": "2026-01-07"})
+        assert again.success and asked == before  # 28 more asset events, 7 check evaluations: not one question
+        kinds = summary(instance, again.run_id)["kinds"]
+        assert kinds == summary(instance, first)["kinds"] and kinds["ASSET_CHECK_EVALUATION"] == 7
+
+
+def test_each_days_latest_materialization_is_found_in_two_queries(tmp_path):
+    """`wiring.latest_materializations` (what a check evaluation targets): per day, the newest of the asset's
+    materializations across runs; a day never materialized is left out. The same answer as asking day by day."""
+    from monitor_assets.wiring import latest_materializations
+
+    instance, first = run_range(home_with(tmp_path, "batched", template=True))
+    with instance:
+        second = DEFS.resolve_job_def("two_steps").execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": "2026-01-03", "dagster/asset_partition_range_end": "2026-01-04"})
+        days = [dt.date(2026, 1, d) for d in range(1, 9)]  # the 8th has no partition run
+        found = latest_materializations(instance, dg.AssetKey("daily"), days)
+        assert sorted(found) == days[:7]
+        assert {d: t.run_id for d, t in found.items()} == {
+            d: second.run_id if d.day in (3, 4) else first for d in days[:7]}
+        for day, target in found.items():
+            newest = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("daily"), asset_partitions=[str(day)]), limit=1).records[0]
+            assert (target.storage_id, target.timestamp) == (newest.storage_id, newest.timestamp)
+        assert latest_materializations(instance, dg.AssetKey("daily"), []) == {}
+        assert latest_materializations(instance, dg.AssetKey("never"), days) == {}
