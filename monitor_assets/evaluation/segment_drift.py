@@ -27,7 +27,7 @@ from monitor_assets.evaluation.logic import segment_scales as own_scales
 from monitor_assets.evaluation.settings import Window, WindowSpec
 from monitor_assets.stats import drift as D
 from monitor_assets.stats import profiles as P
-from monitor_assets.stats.distributions import drift_evidence
+from monitor_assets.stats.distributions import evidence_of
 from monitor_assets.stats.multiple_testing import benjamini_hochberg
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.sql import segment_key
@@ -154,10 +154,9 @@ def judge_drift(model: ModelConfig, ref: Reference, by_segment: dict[str, dict[d
     judged = frame.judged.to_numpy(bool)
     if judged.any():
         part = frame[judged]
-        evidence = drift_evidence(pd.DataFrame({
-            "statistic": part.statistic.astype(float), "threshold": part.threshold.astype(float),
-            "method": part.method, "drifted": part.drifted.astype(bool), "p_value": part.p_value.astype(float),
-            "p_value_adjusted": part.p_adjusted.astype(float)}))
+        evidence = evidence_of(part.statistic.to_numpy(float), part.threshold.to_numpy(float),
+                               part.method.to_numpy(object), part.drifted.to_numpy(bool),
+                               part.p_value.to_numpy(float), part.p_adjusted.to_numpy(float))
         # as drift_evidence keeps a test the table calls not drifted below 1, so a distance the family rejected
         frame.loc[judged, "evidence"] = np.where(part.drifted.to_numpy(bool), evidence, np.minimum(evidence, 0.99))
     return frame

@@ -171,18 +171,24 @@ def drift_evidence(drift: pd.DataFrame) -> np.ndarray:
     are read as distances (frames of the first release)."""
     stat = drift.statistic.to_numpy(dtype=float)
     threshold = drift.threshold.to_numpy(dtype=float)
+    if "method" not in drift or "p_value" not in drift:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return stat / threshold
+    return evidence_of(stat, threshold, drift.method.to_numpy(object), drift.drifted.fillna(False).to_numpy(bool),
+                       drift.p_value.to_numpy(dtype=float),
+                       drift.p_value_adjusted.to_numpy(dtype=float) if "p_value_adjusted" in drift else None)
+
+
+def evidence_of(statistic: np.ndarray, threshold: np.ndarray, method: np.ndarray, drifted: np.ndarray,
+                p_value: np.ndarray, p_adjusted: np.ndarray | None = None) -> np.ndarray:
+    """`drift_evidence` on arrays (a frame costs about a millisecond to build, and segment drift judges
+    thousands of small families)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = stat / threshold
-        if "method" not in drift or "p_value" not in drift:
-            return out
-        p = drift.p_value.to_numpy(dtype=float)
-        if "p_value_adjusted" in drift:
-            adjusted = drift.p_value_adjusted.to_numpy(dtype=float)
-            p = np.where(np.isnan(adjusted), p, adjusted)
+        out = statistic / threshold
+        p = p_value if p_adjusted is None else np.where(np.isnan(p_adjusted), p_value, p_adjusted)
         usable = (threshold > 0) & (threshold < 1)
         evidence = np.where(usable, np.log(np.clip(p, P_FLOOR, 1.0)) / np.log(np.where(usable, threshold, 0.5)),
                             np.nan)
-        test = drift.method.isin(P_VALUE_METHODS).to_numpy()
-        flagged = drift.drifted.fillna(False).astype(bool).to_numpy()
-        evidence = np.where(flagged, evidence, np.minimum(evidence, 0.99))
+        test = np.fromiter((m in P_VALUE_METHODS for m in method), bool, len(method))
+        evidence = np.where(drifted, evidence, np.minimum(evidence, 0.99))
         return np.where(test, evidence, out)

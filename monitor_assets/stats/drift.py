@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from scipy.spatial import distance
 
 from monitor_assets.stats.categories import MISSING
@@ -391,12 +391,19 @@ def ks_binned(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, fl
 
 def chisquare_counts(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
     """scipy's chi-square test of independence on the 2 x k table of reference and current counts."""
-    table = np.vstack([ref, cur])
+    table = np.vstack([ref, cur]).astype(float)
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
         return 0.0, 1.0
-    res = stats.chi2_contingency(table)
-    return float(res.statistic), float(res.pvalue)
+    # scipy's `chi2_contingency` (Pearson, Yates' correction at one degree of freedom) step by step: the same
+    # values, without its ~1 ms of checks a call (segment drift makes thousands of these calls).
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+    dof = table.shape[1] - 1
+    if dof == 1:
+        diff = expected - table
+        table = table + np.minimum(0.5, np.abs(diff)) * np.sign(diff)
+    statistic = float(np.sum((table - expected) ** 2 / expected))
+    return statistic, float(special.chdtrc(dof, statistic))
 
 
 def pool_sparse(ref: np.ndarray, cur: np.ndarray, min_expected: float = MIN_EXPECTED) -> tuple[np.ndarray, np.ndarray]:

@@ -57,7 +57,7 @@ from scipy.interpolate import PchipInterpolator
 
 from monitor_assets.stats import drift as D
 from monitor_assets.stats.categories import MISSING
-from monitor_assets.stats.distributions import ABOVE, BELOW, OTHER, Comparison, drift_evidence
+from monitor_assets.stats.distributions import ABOVE, BELOW, OTHER, Comparison, evidence_of
 from monitor_assets.stats.distributions import MISSING as MISSING_LABEL
 from monitor_assets.stats.distributions import _bucket as bucket
 from monitor_assets.stats.multiclass import MulticlassSums
@@ -948,15 +948,15 @@ def window_drift(specs: list[D.FeatureSpec], reference: Profile, current: Profil
 
 
 def _evidence(results: list[D.DriftResult]) -> np.ndarray:
-    """`distributions.drift_evidence` of the results (one frame for all: pandas costs per call)."""
-    if not results:
-        return np.empty(0)
+    """`distributions.drift_evidence` of the results."""
     nan = math.nan
-    return drift_evidence(pd.DataFrame({
-        "statistic": [r.statistic for r in results], "threshold": [r.threshold for r in results],
-        "method": [r.method for r in results], "drifted": [r.drifted for r in results],
-        "p_value": [nan if r.p_value is None else r.p_value for r in results],
-        "p_value_adjusted": [nan if r.p_value_adjusted is None else r.p_value_adjusted for r in results]}))
+    return evidence_of(np.array([r.statistic for r in results], dtype=float),
+                       np.array([r.threshold for r in results], dtype=float),
+                       np.array([r.method for r in results], dtype=object),
+                       np.array([bool(r.drifted) for r in results], dtype=bool),
+                       np.array([nan if r.p_value is None else r.p_value for r in results], dtype=float),
+                       np.array([nan if r.p_value_adjusted is None else r.p_value_adjusted for r in results],
+                                dtype=float))
 
 
 def window_comparison(kind: str, reference: NumericColumn | CategoricalColumn,
