@@ -63,6 +63,7 @@ PCA_VARIANCE = 0.9
 PCA_FIT_ROWS = 50_000
 Z_CLIP = 10.0  # standardized values are clipped: one wild value must not carry a day's mean error
 TOP_FEATURES = 3
+PERMUTATION_ROWS = 50_000  # rows per prediction call of the permutation importance (bounds its memory)
 DOMAIN_CLASSIFIER, RECONSTRUCTION = "domain_classifier_auc", "pca_reconstruction_error"
 
 
@@ -259,14 +260,20 @@ def domain_auc(reference: np.ndarray, current: np.ndarray, categorical: np.ndarr
         auc = rank_auc(y, q)
         if not auc >= explain_above:
             return auc, None
-        q_perm = np.empty((x.shape[1], len(y)))
+        width = x.shape[1]
+        q_perm = np.empty((width, len(y)))
         for k, model in enumerate(models):
             held = x[fold == k]
-            for j in range(x.shape[1]):
-                shuffled = held.copy()
-                shuffled[:, j] = rng.permutation(shuffled[:, j])
-                q_perm[j, fold == k] = model.predict_proba(shuffled)[:, 1]
-    return auc, np.array([auc - rank_auc(y, q_perm[j]) for j in range(x.shape[1])])
+            # Predicted in a few large calls, not one per column: each call costs ~10 ms before its first row.
+            step = max(1, PERMUTATION_ROWS // max(len(held), 1))
+            for first in range(0, width, step):
+                columns = range(first, min(first + step, width))
+                block = np.repeat(held[None], len(columns), axis=0)  # a copy per column, that column shuffled
+                for i, j in enumerate(columns):
+                    block[i][:, j] = rng.permutation(held[:, j])
+                q_perm[first:columns.stop, fold == k] = model.predict_proba(
+                    block.reshape(-1, width))[:, 1].reshape(len(columns), -1)
+    return auc, np.array([auc - rank_auc(y, q_perm[j]) for j in range(width)])
 
 
 def _chunks(n: int, chunk_rows: int) -> tuple[list[np.ndarray], int]:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.decomposition import PCA
+from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from monitor_assets.stats import drift as D
@@ -152,3 +153,30 @@ def test_a_day_too_small_to_train_on_gets_no_verdict(fitted):
     _, ref, rng = fitted
     for result in M.multivariate_drift(ref, rows(rng, 5, rho=-0.8)):
         assert math.isnan(result.statistic) and not result.drifted and result.n_current == 5
+
+
+def test_permutation_importance_is_the_auc_lost_when_each_column_alone_is_shuffled(monkeypatch):
+    """Recomputed by hand with scikit-learn, one column and one prediction at a time: the same folds, fits and
+    shuffles as `domain_auc` draws them (it predicts the shuffled copies in blocks; here 2 columns a call)."""
+    rng = np.random.default_rng(5)
+    ref, cur = rng.normal(size=(600, 5)), rng.normal(size=(300, 5))
+    cur[:, 2] += 1.0
+    monkeypatch.setattr(M, "PERMUTATION_ROWS", 700)  # blocks of 2, 2 and 1 columns of ~450 held-out rows
+    auc, importance = M.domain_auc(ref, cur, np.zeros(5, bool), seed=3, explain_above=-math.inf)
+
+    x, y = np.vstack([ref, cur]), np.r_[np.zeros(600), np.ones(300)]
+    draws = np.random.default_rng(3)
+    fold = np.r_[draws.permutation(600) % M.CV_FOLDS, draws.permutation(300) % M.CV_FOLDS]
+    q, q_shuffled = np.empty(len(y)), np.empty((5, len(y)))
+    with M._threads():
+        models = [M._classifier().fit(x[fold != k], y[fold != k]) for k in range(M.CV_FOLDS)]
+        for k, model in enumerate(models):
+            q[fold == k] = model.predict_proba(x[fold == k])[:, 1]
+            held = x[fold == k]
+            for j in range(5):
+                shuffled = held.copy()
+                shuffled[:, j] = draws.permutation(held[:, j])
+                q_shuffled[j, fold == k] = model.predict_proba(shuffled)[:, 1]
+    assert auc == pytest.approx(roc_auc_score(y, q), abs=1e-12)
+    assert importance == pytest.approx([auc - roc_auc_score(y, q_shuffled[j]) for j in range(5)], abs=1e-12)
+    assert int(np.argmax(importance)) == 2 and importance[2] > 0.1
