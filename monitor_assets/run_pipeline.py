@@ -475,8 +475,7 @@ def _execute(job: dg.JobDefinition, plan: Plan, config: Any, home: Path, start: 
         for line in recover_dead_runs(instance):
             reporter.say(line)
         reporter.say(f"{plan.what} with {config.file}")
-        reporter.say(f"warehouse {config.warehouse_path}, lake {config.lake_path}, reports {config.reports_dir}, "
-                     f"Dagster home {home}")
+        reporter.say(f"lake {config.lake_path}, reports {config.reports_dir}, Dagster home {home}")
         reporter.say(f"run {run_id}, full log in {log_path}")
         began, wall_start = time.perf_counter(), time.time()
         warming = _warm_imports()

@@ -102,7 +102,8 @@ def _alerts_asset(config: MonitorConfig, partitions: dg.PartitionsDefinition) ->
         group_name=GROUP_ALERTING, kinds={"duckdb"}, owners=OWNERS, partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), retry_policy=IO_RETRY, pool=DUCKDB_POOL,
         deps=[keys.PERFORMANCE_DAILY, keys.FEATURE_DRIFT, keys.FAIRNESS, keys.ANOMALY_REPORT, keys.ESTIMATED_PERFORMANCE,
-              keys.SEGMENT_DRIFT, *([keys.RANKING_PERFORMANCE] if config.rankers else [])],
+              keys.SEGMENT_PERFORMANCE, keys.SEGMENT_DRIFT, keys.MULTIVARIATE_DRIFT,
+              *([keys.RANKING_PERFORMANCE] if config.rankers else [])],
         metadata={"dagster/table_name": "monitoring.alerts", "dagster/column_schema": table_schema(ALERT_COLUMNS)},
     )
     def alerts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
