@@ -382,13 +382,14 @@ def profile_rows(model: ModelConfig, ref: Reference, frame: pd.DataFrame, day: d
         if column in frame:
             frame[column] = cap_segments(frame[column], cross, ref.kept.get(segment_key(cross)))
             groups.append((segment_key(cross), column))
+    frame = P.categories_as_text(frame, ref.bins)  # once a day, not once a segment
     for version, rows in frame.groupby("model_version", sort=True):
         keys = {"model_id": model.id, "model_version": str(version)}
         for _, column in groups:
             parts = [(WHOLE, rows)] if column is None else rows.groupby(column, sort=True)
             for segment, part in parts:
                 profile = P.build_profile(part, ref.bins, {**keys, "segment": str(segment)} if column else keys,
-                                          day.isoformat(), predicted=_predicted(model))
+                                          day.isoformat(), predicted=_predicted(model), categories_ready=True)
                 text = json.dumps(profile.to_dict(), separators=(",", ":"))
                 out.append({"partition_date": day, "model_id": model.id, "model_version": str(version),
                             "layout": profile.layout, "n_rows": profile.n_rows,

@@ -78,6 +78,19 @@ def as_text(values) -> pd.Series:
     return text.where(s.notna().to_numpy() & (text != "").to_numpy(), None)
 
 
+def category_text(values) -> pd.Series:
+    """Category values as profiles count them: text, missing ones as `categories.MISSING`."""
+    return as_text(values).fillna(MISSING)
+
+
+def categories_as_text(frame: pd.DataFrame, bins: ProfileBins) -> pd.DataFrame:
+    """`frame` with the categorical features and sensitive attributes of `bins` through `category_text`, once:
+    profiles of its slices (`build_profile(..., categories_ready=True)`) then skip that conversion, which is most
+    of a small segment's profile."""
+    columns = [c for c in (*bins.categorical, *bins.attributes) if c in frame]
+    return frame.assign(**{c: category_text(frame[c]).to_numpy(object) for c in columns}) if columns else frame
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The layout a reference fixes
 
@@ -292,8 +305,9 @@ class CategoricalColumn:
     unseen: int  # categories the reference never had
 
     @classmethod
-    def build(cls, values, bins: CategoricalBins) -> CategoricalColumn:
-        return cls.from_counts(as_text(values).fillna(MISSING).value_counts().to_dict(), bins)
+    def build(cls, values, bins: CategoricalBins, ready: bool = False) -> CategoricalColumn:
+        """`ready`: the values already went through `category_text`."""
+        return cls.from_counts((pd.Series(values) if ready else category_text(values)).value_counts().to_dict(), bins)
 
     @classmethod
     def from_counts(cls, counts: dict[str, int], bins: CategoricalBins) -> CategoricalColumn:
@@ -543,9 +557,10 @@ def _div(a: float, b: float) -> float:
 
 
 def fairness_counts(groups: dict[str, np.ndarray], predicted: np.ndarray, labels: np.ndarray,
-                    predictions: np.ndarray | None = None) -> dict[str, dict[str, list]]:
+                    predictions: np.ndarray | None = None, ready: bool = False) -> dict[str, dict[str, list]]:
     """Per attribute and group: n, selected, n_labelled, tp, fp, fn, tn, abs_error (`predictions` for regressors:
-    the absolute error on labelled rows). Missing group values are a group of their own (MISSING)."""
+    the absolute error on labelled rows). Missing group values are a group of their own (MISSING). `ready`: the
+    group values already went through `category_text`."""
     d = np.asarray(predicted, float) == 1
     y = np.asarray(labels, float)
     lab = np.isfinite(y)
@@ -554,7 +569,7 @@ def fairness_counts(groups: dict[str, np.ndarray], predicted: np.ndarray, labels
              "fp": lab & d & (y == 0), "fn": lab & ~d & (y == 1), "tn": lab & ~d & (y == 0)}
     out: dict[str, dict[str, list]] = {}
     for attribute, values in groups.items():
-        codes, names = pd.factorize(as_text(values).fillna(MISSING))
+        codes, names = pd.factorize(pd.Series(values) if ready else category_text(values))
         k = len(names)
         sums = [np.bincount(codes, weights=cells[f], minlength=k) for f in FAIRNESS_FIELDS[:-1]]
         errors = np.bincount(codes, weights=np.where(lab, err, 0.0), minlength=k)
@@ -680,14 +695,15 @@ class Profile:
 
 
 def build_profile(rows: pd.DataFrame, bins: ProfileBins, keys: dict[str, str], day: str, score: str = "score",
-                  label: str = "label", predicted: str | None = None, probabilities: str = "proba") -> Profile:
+                  label: str = "label", predicted: str | None = None, probabilities: str = "proba",
+                  categories_ready: bool = False) -> Profile:
     """One model-day's (segment's) profile of `rows`: the features in `bins`, the score and label (NaN label: not
     known yet), the logged class in `predicted` (else score >= threshold), the sensitive attributes.
     Multiclass: `predicted` and `label` hold class codes, `probabilities` the logged probabilities (a sequence
     per row or None); no score and no fairness counts (the multiclass fairness of analysis is per class and day,
-    not kept here)."""
+    not kept here). `categories_ready`: `rows` came through `categories_as_text`."""
     numeric = {k: NumericColumn.build(rows[k].to_numpy(float), b) for k, b in bins.numeric.items()}
-    categorical = {k: CategoricalColumn.build(rows[k], b) for k, b in bins.categorical.items()}
+    categorical = {k: CategoricalColumn.build(rows[k], b, categories_ready) for k, b in bins.categorical.items()}
     binary = regression = multiclass = prediction = None
     fairness: dict = {}
     if bins.task == MULTICLASS:
@@ -708,10 +724,11 @@ def build_profile(rows: pd.DataFrame, bins: ProfileBins, keys: dict[str, str], d
         if bins.task == "binary_classification":
             binary = BinaryStats.build(s, y, bins, d)
             cls = (s >= bins.threshold).astype(float) if d is None else (d == 1).astype(float)
-            fairness = fairness_counts({a: rows[a] for a in bins.attributes}, cls, y)
+            fairness = fairness_counts({a: rows[a] for a in bins.attributes}, cls, y, ready=categories_ready)
         else:
             regression = RegressionStats.build(s, y, bins)
-            fairness = fairness_counts({a: rows[a] for a in bins.attributes}, np.zeros(len(rows)), y, s)
+            fairness = fairness_counts({a: rows[a] for a in bins.attributes}, np.zeros(len(rows)), y, s,
+                                       ready=categories_ready)
     return Profile(bins.fingerprint, {k: str(v) for k, v in keys.items()}, day, day, 1, len(rows), numeric,
                    categorical, binary, regression, fairness, multiclass, prediction)
 
