@@ -438,7 +438,7 @@ class Reference:
     impression's request (0.. in file order) and item, for the item drift's calibration (`drift.calibrate`)."""
 
     items: R.ItemCounts
-    scores: np.ndarray
+    scores: np.ndarray  # the finite ones, sorted (`stats.ranking.finite_sorted`): the score drift reads them sorted
     values: dict[str, float]
     n_requests: int
     n_quarantined: int
@@ -490,7 +490,7 @@ def reference_of(config: MonitorConfig, ranker: RankerConfig) -> Reference | Non
     if len(frame) and frame.grade.notna().any():
         values = {m: v for m, (v, _) in request_figures(frame.assign(grade=frame.grade.fillna(0.0)), ranker).items()}
     values.update(_catalogue(items, items, frame.score.to_numpy() if len(frame) else np.array([]), None))
-    ref = Reference(items, frame.score.to_numpy(dtype=float) if len(frame) else np.array([]), values,
+    ref = Reference(items, R.finite_sorted(frame.score) if len(frame) else np.array([]), values,  # sorted once
                     int(frame.request_id.nunique()) if len(frame) else 0, staged.result.quarantined,
                     pd.factorize(frame.request_id)[0] if len(frame) else np.zeros(0, np.int64),
                     frame.item_id.to_numpy() if len(frame) else np.zeros(0, object),

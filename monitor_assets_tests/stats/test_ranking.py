@@ -289,6 +289,15 @@ def test_score_drift_is_scipy_ks_statistic():
     b[:5] = np.nan  # missing scores are left out
     assert score_drift(a, b) == pytest.approx(stats.ks_2samp(a, b[5:]).statistic, abs=1e-12)
     assert math.isnan(score_drift([], b))
+    # It looks at the day's distinct scores only: ties on both sides, a side much larger than the other, a
+    # presorted reference (as a ranker's is kept), a day entirely below or above the reference, one-value days.
+    for case in range(400):
+        n, m, levels = int(rng.integers(1, 40)), int(rng.integers(1, 3000)), (3, 20, 10**6)[case % 3]
+        day = rng.integers(0, levels, n) / levels + (0.3 if case % 4 == 1 else 0.0) - (2 if case % 8 == 3 else 0)
+        ref = rng.integers(0, levels, m) / levels
+        if case % 2:
+            ref = np.sort(ref)
+        assert score_drift(day, ref) == pytest.approx(stats.ks_2samp(day, ref).statistic, abs=1e-12), case
 
 
 def test_below_floor_p_value_is_the_one_sided_normal_tail():
