@@ -201,12 +201,15 @@ def segment_floors(model: ModelConfig, segments: pd.DataFrame, reference: pd.Dat
     """Per row of `segments` (segment_by, segment): (reference value, 'segment' or 'model', floor). A segment is
     held to its own reference value when the reference has at least `segments.min_rows` of its rows, else to the
     model's `baseline`; the floor is `min_metric_ratio` x that value (above (2 - ratio) x for lower-is-better)."""
-    ref = reference.set_index(["segment_by", "segment"]) if len(reference) else None
+    # a dict, not a frame's .loc per segment (thousands of look-ups a run)
+    own_of = ({(by, segment): (n, value) for by, segment, n, value in
+               zip(reference.segment_by, reference.segment, reference.n, reference.value, strict=True)}
+              if len(reference) else {})
     out = []
     for by, segment in zip(segments.segment_by, segments.segment, strict=True):
-        own = ref.loc[(by, segment)] if ref is not None and (by, segment) in ref.index else None
-        if own is not None and own.n >= model.segments.min_rows and np.isfinite(own.value):
-            value, source = float(own.value), "segment"
+        own = own_of.get((by, segment))
+        if own is not None and own[0] >= model.segments.min_rows and np.isfinite(own[1]):
+            value, source = float(own[1]), "segment"
         else:
             value, source = (baseline if baseline is not None else math.nan), "model"
         out.append((value, source, metric_floor(model.main_metric, value, model.thresholds.min_metric_ratio)))
