@@ -199,7 +199,11 @@ def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mod
             FROM {table} AS p
             LEFT JOIN ({latest_labels_sql([model.id], since="$first")}) AS l USING (prediction_id)
             WHERE p.partition_date IN (SELECT unnest($days::DATE[])) AND p.model_id = $model AND p.is_ok
-                  AND {picks[1]}""", {"first": chunk[0], "days": chunk, "model": model.id}).df()
+                  AND {picks[1]}
+            -- in the order the log was written: the seeded samples and fits below draw rows by position, and a
+            -- join's order varies (a re-run of the demo moved segment estimates by up to 0.07 before)
+            ORDER BY p.partition_date, p.source_file, p.line_no, p.prediction_id""",
+                           {"first": chunk[0], "days": chunk, "model": model.id}).df()
         yield from split_by_day(frame, chunk).items()
 
 
@@ -234,8 +238,10 @@ def _realized(model: ModelConfig, frame: pd.DataFrame) -> dict[str, float]:
     return {"mae": float(np.mean(np.abs(error))), "rmse": float(np.sqrt(np.mean(error ** 2)))}
 
 
-def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.date) -> list[dict]:
-    """The estimated metrics of one model-day, with the realized ones where labels have landed."""
+def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.date,
+                 losses: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """The estimated metrics of one model-day, with the realized ones where labels have landed. `losses`: the
+    rows' predicted losses when already known (`LossEstimator.model_losses`)."""
     if not len(frame):
         return []
     metrics = model.estimated_metrics
@@ -249,7 +255,7 @@ def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.dat
         found = estimator.estimate(frame.score.to_numpy(float), frame.decision.to_numpy(float), metrics,
                                    seed=day.toordinal(), features=x)
     else:
-        found = estimator.estimate(x, frame.score.to_numpy(float), metrics, seed=day.toordinal())
+        found = estimator.estimate(x, frame.score.to_numpy(float), metrics, seed=day.toordinal(), losses=losses)
     realized = _realized(model, frame)
     n_labelled = int(frame.label.notna().sum())
     versions = ",".join(sorted({str(v) for v in frame.model_version.dropna()}))
@@ -269,11 +275,18 @@ def estimate_segments(model: ModelConfig, estimator, frame: pd.DataFrame, day: d
     """One model-day's estimates per segment of at least `segments.min_rows` rows: `estimate_day` on the
     segment's rows alone, judged by `judge_segment_estimates` (a multiclass band is sampling error only)."""
     parts = []
-    for cross in model.segments.by if segmented(model) and len(frame) else ():
+    crosses = model.segments.by if segmented(model) and len(frame) else ()
+    # A regressor's loss models predict each row once a day, not once a segment: a segment's are its rows'.
+    losses = (estimator.model_losses(_feature_arrays(frame, model, estimator.categories)[0],
+                                     frame.score.to_numpy(float))
+              if crosses and isinstance(estimator, E.LossEstimator) else None)
+    for cross in crosses:
         key = segment_key(cross)
-        for segment, rows in frame.groupby(SEGMENT_COLUMN + key, sort=True):
-            if len(rows) >= model.segments.min_rows:
-                parts += [{**r, "segment_by": key, "segment": segment} for r in estimate_day(model, estimator, rows, day)]
+        for segment, at in sorted(frame.groupby(SEGMENT_COLUMN + key).indices.items()):
+            if len(at) >= model.segments.min_rows:
+                own = {loss: values[at] for loss, values in losses.items()} if losses is not None else None
+                parts += [{**r, "segment_by": key, "segment": segment}
+                          for r in estimate_day(model, estimator, frame.iloc[at], day, own)]
     if not parts:
         return pd.DataFrame(columns=SEGMENT_COLUMNS)
     return judge_segment_estimates(model, pd.DataFrame(parts), reference, baseline)

@@ -703,9 +703,18 @@ class LossEstimator:
                    surrogate=surrogate, ratios=ratios, bias_spread=spread)
 
     def estimate(self, features: np.ndarray, predictions: np.ndarray,
-                 metrics: tuple[str, ...] = REGRESSOR_METRICS, seed: int = 0) -> list[Estimate]:
+                 metrics: tuple[str, ...] = REGRESSOR_METRICS, seed: int = 0,
+                 losses: dict[str, np.ndarray] | None = None) -> list[Estimate]:
+        """`losses`: these rows' `model_losses`, when already predicted (a segment's rows are a day's)."""
         with one_thread():
-            return self._estimate(features, predictions, metrics, seed)
+            return self._estimate(features, predictions, metrics, seed, losses)
+
+    def model_losses(self, features: np.ndarray, predictions: np.ndarray) -> dict[str, np.ndarray]:
+        """Every row's |error| ("abs") and error² ("sq") as the loss models predict them, before the bias
+        correction: row by row, so a subset's are the subset of these."""
+        with one_thread():
+            x, _ = _design(features, predictions)
+            return {loss: _predict(ms, x) for loss, ms in self.models.items()}
 
     def _biases(self, x: np.ndarray, seed: int):
         """(bias per loss, its variance per loss, the density ratio or None): the reference's out-of-fold bias,
@@ -720,13 +729,14 @@ class LossEstimator:
                 bias_var[loss] = float(np.sum(w * w * (r - bias[loss]) ** 2))
         return bias, bias_var, shift
 
-    def _estimate(self, features, predictions, metrics, seed) -> list[Estimate]:
+    def _estimate(self, features, predictions, metrics, seed, losses=None) -> list[Estimate]:
         x, _ = _design(features, predictions)
         n = len(x)
         bias, bias_var, shift = self._biases(x, seed)
         extra = {"abs": bias_var.get("abs", 0.0), "sq": bias_var.get("sq", 0.0)}
         if n <= EXACT_ROWS or self.surrogate is None:  # (None: a fit stored before the surrogate existed)
-            pred = {loss: _predict(ms, x) + bias[loss] for loss, ms in self.models.items()}
+            pred = {loss: (_predict(ms, x) if losses is None else losses[loss]) + bias[loss]
+                    for loss, ms in self.models.items()}
             mean = {loss: float(np.mean(p)) for loss, p in pred.items()}
         else:  # by difference: the surrogate on every row, the loss models on the sampled rows
             rows = sample_rows(n, max(SAMPLED_ROWS, n // SUBSAMPLE_FRACTION), seed + 5)

@@ -205,3 +205,39 @@ def test_a_lower_is_better_metric_is_judged_above_its_ceiling_with_the_bands_err
     assert list(mae.below_floor) == [True, True, False]  # DE and FR above their ceilings beyond their bands
     rmse = out[out.metric == "rmse"].iloc[0]  # not the main metric: reported, not judged
     assert pd.isna(rmse.p_value) and pd.isna(rmse.floor) and rmse.below_floor is None
+
+
+@pytest.mark.parametrize("reweight", [False, True])
+def test_a_regressors_segments_reuse_the_days_predicted_losses_and_equal_each_segment_alone(reweight):
+    """`estimate_segments` predicts a regressor's losses once a day (`LossEstimator.model_losses`) and gives each
+    segment its rows' share: every segment's estimate equals `estimate_day` on the segment's rows alone, bit for
+    bit, with and without the density-ratio reweighting; a segment under min_rows gets no row."""
+    from monitor_assets.config import FeatureConfig, ModelConfig, SegmentsConfig
+    from monitor_assets.estimation.logic import estimate_day, estimate_segments
+    from monitor_assets.storage.sql import SEGMENT_COLUMN, segment_key
+
+    rng = np.random.default_rng(5)
+
+    def rows(n, shift=0.0):
+        x = rng.normal(shift, 1, (n, 2))
+        y = 3 * x[:, 0] + rng.normal(0, 1 + np.abs(x[:, 1]), n)
+        return x, y + rng.normal(0, 0.5, n), y  # features, prediction, label
+
+    x, pred, y = rows(4000)
+    estimator = E.LossEstimator.fit(x, pred, y, reweight=reweight)
+    model = ModelConfig(id="demand", task="regression", version="1", sensitive_attributes=(), reference_path="",
+                        features=(FeatureConfig("a", "numeric", "a"), FeatureConfig("b", "numeric", "b")),
+                        reference_fields={}, score_field="score",
+                        segments=SegmentsConfig(by=(("market",),), min_rows=100))
+    x, pred, y = rows(1500, shift=0.4)
+    market = rng.choice(["DE", "FR", "LU"], 1500, p=[0.5, 0.45, 0.05])
+    frame = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "score": pred, "label": np.where(rng.random(1500) < 0.5, y, np.nan),
+                          "model_version": "1", SEGMENT_COLUMN + segment_key(("market",)): "market=" + market})
+    got = estimate_segments(model, estimator, frame, DAYS[0], pd.DataFrame(columns=["segment_by", "segment", "n",
+                                                                                       "value"]), baseline=2.0)
+    assert set(got.segment) == {"market=DE", "market=FR"}  # LU: under min_rows
+    for segment in ("DE", "FR"):
+        alone = {r["metric"]: r for r in estimate_day(model, estimator, frame[market == segment], DAYS[0])}
+        for r in got[got.segment == f"market={segment}"].itertuples():
+            assert (r.estimate, r.lower, r.upper, r.n_rows) == (alone[r.metric]["estimate"], alone[r.metric]["lower"],
+                                                                alone[r.metric]["upper"], alone[r.metric]["n_rows"])
