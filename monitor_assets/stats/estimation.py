@@ -942,17 +942,22 @@ def multiclass_confusion_metrics(m: np.ndarray) -> dict[str, float]:
     """Accuracy, macro and support-weighted F1, and per class precision, recall and F1 (`precision_<k>`, ...)
     of a (possibly expected) K x K confusion matrix. A class never predicted and never true has F1 0 and
     undefined precision and recall (scikit-learn's zero_division default for F1)."""
-    m = np.asarray(m, float)
-    n, tp = m.sum(), np.diag(m)
-    true, pred = m.sum(axis=1), m.sum(axis=0)
+    return {key: float(value) for key, value in _confusion_figures(np.asarray(m, float)).items()}
+
+
+def _confusion_figures(m: np.ndarray) -> dict[str, np.ndarray]:
+    """`multiclass_confusion_metrics` of a K x K matrix or of a stack of them (..., K, K), each figure an array
+    over the stack (`multiclass_sampling_sd` judges 200 draws at once)."""
+    total, tp = m.sum(axis=(-2, -1)), np.diagonal(m, axis1=-2, axis2=-1)
+    true, pred = m.sum(axis=-1), m.sum(axis=-2)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(pred > 0, tp / pred, np.nan)
         recall = np.where(true > 0, tp / true, np.nan)
         f1 = np.where(true + pred > 0, 2 * tp / (true + pred), 0.0)
-    out = {"accuracy": _ratio(float(tp.sum()), float(n)), "f1_macro": float(np.mean(f1)),
-           "f1_weighted": _ratio(float(np.sum(true * f1)), float(n))}
-    for c in range(len(m)):
-        out[f"precision_{c}"], out[f"recall_{c}"], out[f"f1_{c}"] = float(precision[c]), float(recall[c]), float(f1[c])
+        out = {"accuracy": np.where(total > 0, tp.sum(axis=-1) / total, np.nan), "f1_macro": f1.mean(axis=-1),
+               "f1_weighted": np.where(total > 0, (true * f1).sum(axis=-1) / total, np.nan)}
+    for c in range(m.shape[-1]):
+        out[f"precision_{c}"], out[f"recall_{c}"], out[f"f1_{c}"] = precision[..., c], recall[..., c], f1[..., c]
     return out
 
 
@@ -996,19 +1001,10 @@ def multiclass_sampling_sd(probs: np.ndarray, predicted: np.ndarray, scores: np.
         m[s] = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
         positives[s] = np.bincount(y, minlength=k)
         rank_sums[s] = np.bincount(y, weights=ranks[rows, y], minlength=k)  # each class's rows' ranks by its score
-    total, tp = m.sum(axis=(1, 2)), np.diagonal(m, axis1=1, axis2=2)
-    true, pred = m.sum(axis=2), m.sum(axis=1)
+    figures = _confusion_figures(m)
     with np.errstate(invalid="ignore", divide="ignore"):
-        figures = {"accuracy": np.where(total > 0, tp.sum(axis=1) / total, np.nan)}
-        precision = np.where(pred > 0, tp / pred, np.nan)
-        recall = np.where(true > 0, tp / true, np.nan)
-        f1 = np.where(true + pred > 0, 2 * tp / (true + pred), 0.0)
         auc = np.where((positives > 0) & (positives < n),
                        (rank_sums - positives * (positives + 1) / 2) / (positives * (n - positives)), np.nan)
-    figures["f1_macro"] = f1.mean(axis=1)
-    figures["f1_weighted"] = np.where(total > 0, (true * f1).sum(axis=1) / total, np.nan)
-    for c in range(k):
-        figures[f"precision_{c}"], figures[f"recall_{c}"], figures[f"f1_{c}"] = precision[:, c], recall[:, c], f1[:, c]
     for c in range(k):
         figures[f"roc_auc_{c}"] = auc[:, c]
     figures["roc_auc"] = auc.mean(axis=1)
