@@ -82,8 +82,9 @@ def main() -> None:
     parser.add_argument("--warehouse", default=str(Path(__file__).parents[1] / "warehouse" / "monitor.duckdb"))
     args = parser.parse_args()
     result = {}
-    lake = Path(args.warehouse).with_name(f"{Path(args.warehouse).stem}_lake")  # where every table is now
-    if lake.exists():
+    from monitor_assets.config import lake_beside
+
+    if Path(lake_beside(args.warehouse)).exists():  # where every table is now
         from monitor_assets.config import load_config
         from monitor_assets.reporting.dashboard import load_report_data
         from monitor_assets.storage.warehouse import connect

@@ -574,7 +574,8 @@ with dg.DagsterInstance.from_config(home) as instance:
             e = r.event.dagster_event.event_specific_data if r.event and r.event.dagster_event else None
             if e is not None and getattr(e, "passed", True) is False:
                 out.setdefault("ranking_check_failed", []).append(r.partition)
-lake = warehouse.rsplit(".", 1)[0] + "_lake"  # every table is in the lake; the DuckDB file is only a legacy one
+from monitor_assets.config import lake_beside
+lake = lake_beside(warehouse)  # every table is in the lake; the DuckDB file is only a legacy one
 if os.path.exists(lake) or os.path.exists(warehouse):
     from monitor_assets.storage.warehouse import open_warehouse
     con = open_warehouse(warehouse, read_only=True)  # the lake beside it, under the documented names

@@ -395,10 +395,7 @@ class MonitorConfig:
     @property
     def lake_path(self) -> str:
         """The Delta lake folder of the partitioned tables: $MONITOR_LAKE, or `<warehouse>_lake` beside the file."""
-        if self.lake_dir:
-            return self.lake_dir
-        warehouse = Path(self.warehouse_path)
-        return str(warehouse.with_name(f"{warehouse.stem}_lake"))
+        return self.lake_dir or lake_beside(self.warehouse_path)
 
     @property
     def state_path(self) -> str:
@@ -1192,6 +1189,12 @@ def _shard_count(r: _Reader, root: dict) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
         raise r.fail("shards", f"expected a whole number of shards in [1, 1000], got {value!r}")
     return value
+
+
+def lake_beside(warehouse: str | os.PathLike) -> str:
+    """The lake folder a warehouse path implies when none is named: `<file stem>_lake` beside the file."""
+    path = Path(warehouse)
+    return str(path.with_name(f"{path.stem}_lake"))
 
 
 def load_config(path: str | os.PathLike | None = None) -> MonitorConfig:

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import duckdb
 
+from monitor_assets.config import lake_beside
 from monitor_assets.storage.lake import PREDICTIONS, TABLES, Lake
 from monitor_assets.storage.sql import quote_ident
 
@@ -180,7 +181,7 @@ def open_warehouse(path: str | None, lake_path: str | None = None, models: Itera
     waited out with backoff and jitter). `read_only`: nothing is moved."""
     if path is None and lake_path is None:
         raise ValueError("open_warehouse: a connection needs lake_path (or the warehouse path it sits beside)")
-    lake = Lake(lake_path or str(Path(path).with_name(f"{Path(path).stem}_lake")))
+    lake = Lake(lake_path or lake_beside(path))
     if path is not None and not read_only:
         migrate_file(path, lake, retries, base_delay)
     con = duckdb.connect(":memory:")
