@@ -141,3 +141,63 @@ def test_the_chi_square_test_of_counts_is_scipys_chi2_contingency_bit_for_bit():
             expected, yates = (float(result.statistic), float(result.pvalue)), yates + (table.shape[1] == 2)
         assert D.chisquare_counts(ref, cur) == expected, (ref, cur)
     assert yates > 300  # the corrected case was exercised
+
+
+def _hand_counts(values, lo, hi, bins):
+    """Fine-grid counts by hand, value by value: [under, bins..., over], missing, under and over sums."""
+    counts, missing, under, over = [0] * (bins + 2), 0, 0.0, 0.0
+    for v in values:
+        if not np.isfinite(v):
+            missing += 1
+            continue
+        i = min(max(int(np.floor((v - lo) * (bins / (hi - lo)))), -1), bins)
+        counts[i + 1] += 1
+        under += v if i < 0 else 0.0
+        over += v if i == bins else 0.0
+    return counts, missing, under, over
+
+
+def test_counters_fed_in_turn_count_each_feature_as_by_hand(monkeypatch):
+    # The counters share work arrays batch after batch; a batch above SCRATCH_MAX gets its own.
+    monkeypatch.setattr(D, "SCRATCH_MAX", 700)
+    rng = np.random.default_rng(11)
+    a = rng.normal(5, 3, 2500)
+    a[::97] = np.nan
+    a[5], a[6], a[7] = np.inf, -np.inf, 1e300
+    b = rng.uniform(-1, 1, 2500)
+    grids = {"a": (0.0, 10.0, 40), "b": (-0.5, 0.5, 7)}
+    counters = {k: D.NumericCounter(*g) for k, g in grids.items()}
+    for start, size in [(0, 300), (300, 900), (1200, 1), (1201, 0), (1201, 1299)]:
+        for k, x in (("a", a), ("b", b)):
+            counters[k].add(x[start:start + size].copy())
+    for k, x in (("a", a), ("b", b)):
+        counts, missing, under, over = _hand_counts(x, *grids[k])
+        got = counters[k].result()
+        assert got.counts.tolist() == counts
+        assert (got.n, got.n_missing) == (len(x), missing)
+        scale = got.scale
+        assert got.under_sum * scale == pytest.approx(under) and got.over_sum * scale == pytest.approx(over)
+        finite = x[np.isfinite(x)]
+        assert got.total * scale == pytest.approx(finite.sum()) and got.n - got.n_missing == len(finite)
+
+
+def test_grid_bounds_come_from_every_row_of_a_small_set_and_a_seeded_sample_of_a_large_one(monkeypatch):
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"x": rng.lognormal(0, 1, 20_000), "y": rng.normal(0, 1, 20_000)})
+    con = duckdb.connect()
+    con.register("ref", frame)
+    exact = Q.reference_grids(con, "SELECT * FROM ref", ["x", "y"])
+    for name in ("x", "y"):  # every row: DuckDB's quantile_cont is numpy's linear quantile
+        lo, hi = np.quantile(frame[name], [0.001, 0.999])
+        assert exact[name][0] == pytest.approx(lo, rel=1e-12) and exact[name][1] == pytest.approx(hi, rel=1e-6)
+    monkeypatch.setattr(Q, "GRID_SAMPLE_ROWS", 2_000)
+    sampled = Q.reference_grids(con, "SELECT * FROM ref", ["x", "y"])
+    assert sampled != exact  # from about 2,000 rows, not all 20,000
+    one_thread = duckdb.connect()
+    one_thread.execute("SET threads = 1")
+    one_thread.register("ref", frame)
+    assert Q.reference_grids(one_thread, "SELECT * FROM ref", ["x", "y"]) == sampled  # seeded: the same sample
+    for name in ("x", "y"):  # and close to the whole set's quantiles
+        lo, hi = np.quantile(frame[name], [0.001, 0.999])
+        spread = np.quantile(frame[name], 0.99) - np.quantile(frame[name], 0.01)
+        assert abs(sampled[name][0] - lo) < 0.1 * spread and abs(sampled[name][1] - hi) < 0.5 * spread
