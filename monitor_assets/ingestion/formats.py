@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -214,13 +215,28 @@ def _json_columns(plan: StagingPlan) -> tuple[str, dict[str, str], set[str]] | N
     return columns, access, pretyped
 
 
+@contextmanager
+def in_file_order(con: duckdb.DuckDBPyConnection):
+    """Scans feed order-dependent operators (`row_number() OVER ()`) in the file's order while inside. The
+    staging database lets DuckDB reorder a parallel scan (`preserve_insertion_order` false, for memory),
+    and a JSON file above about 20 MB came back shuffled when rows were numbered by their position in
+    the result. The setting is the database's: restored on leaving."""
+    before = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
+    con.execute("SET preserve_insertion_order = true")
+    try:
+        yield
+    finally:
+        con.execute(f"SET preserve_insertion_order = {'true' if before else 'false'}")
+
+
 def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, day: dt.date,
                     index: LineIndex) -> bool:
     """One parallel pass with DuckDB's JSON reader. Returns False, having written nothing, when the
     careful reader must take the whole file.
 
-    The reader keeps one row per non-blank line, so when the row count equals the line count, row i
-    is line i. It types numbers and timestamps itself, and differs from the careful reader in silent
+    The reader keeps one row per non-blank line, so when the row count equals the line count, the i-th
+    row it reads is line i: rows are numbered as read, since the query's result comes back in any order
+    on a big file (the known-models join reorders it). It types numbers and timestamps itself, and differs from the careful reader in silent
     ways: a line it cannot parse (malformed, not UTF-8, the first after a BOM) becomes an all-NULL row,
     a value it cannot type becomes NULL, a boolean becomes 1 or 0, a line of any length is read. Those
     rows, and every row a rule rejects (for its reason and raw text), are re-read the careful way from
@@ -232,18 +248,19 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
     picks = ", ".join((f"CASE WHEN {access[f.alias]} IS NOT NULL THEN 'OBJECT' END" if f.object
                        else f"{access[f.alias]}{'' if f.alias in pretyped else '::VARCHAR'}" if f.source is not None
                        else "NULL::VARCHAR") + f" AS {f.raw}" for f in plan.fields)
-    fast = f"""SELECT NULL::BIGINT AS line_no, NULL::VARCHAR AS raw, NULL::VARCHAR AS problem, true AS parse_ok,
+    fast = f"""SELECT row_number() OVER () AS line_no, NULL::VARCHAR AS raw, NULL::VARCHAR AS problem, true AS parse_ok,
                       {picks}
                FROM read_json(?, format='newline_delimited', columns={columns}, ignore_errors=true) AS j"""
     # A NULL typed value may be one the reader could not type; an all-NULL row, a line it could not parse.
     # An object the reader gives as NULL may have been null, or not an object: the careful reader tells.
     unsure = [f"{a} IS NULL" for a in sorted(pretyped) + [f.alias for f in plan.fields if f.object]] + [
         "(" + " AND ".join(f"{f.alias} IS NULL" for f in plan.fields if f.constant is None) + ")"]
-    sql = f"""SELECT * EXCLUDE (line_no, source_file, raw), reason IS NOT NULL OR {' OR '.join(unsure)} AS recheck
+    sql = f"""SELECT * EXCLUDE (source_file, raw), reason IS NOT NULL OR {' OR '.join(unsure)} AS recheck
               FROM ({_check(plan, fast, path, pretyped)})"""
     reader = con.cursor()  # a file DuckDB cannot read (a damaged gzip) must not abort the caller's transaction
     try:
-        rows = reader.sql(sql, params=[path]).to_arrow_table()
+        with in_file_order(reader):
+            rows = reader.sql(sql, params=[path]).to_arrow_table()
     except duckdb.Error:
         return False
     finally:
@@ -252,7 +269,8 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
     n = rows.num_rows
     if n != index.count or index.damage or index.array or index.too_large:  # blank lines shift the rows, or not JSON lines
         return False
-    recheck = rows["recheck"].to_numpy() | (index.lengths() > MAX_LINE_BYTES)
+    at = rows["line_no"].to_numpy() - 1  # each row's line (0-based)
+    recheck = rows["recheck"].to_numpy() | (index.lengths()[at] > MAX_LINE_BYTES)
     # A 1 or 0 may have been a boolean (the wrong type): only if its line says true or false.
     bool_like = np.zeros(n, dtype=bool)
     for f in plan.fields:
@@ -261,10 +279,9 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
             bool_like |= pc.fill_null(pc.or_(pc.equal(values, 0), pc.equal(values, 1)), False).to_numpy()
     maybe = np.flatnonzero(bool_like & ~recheck)
     if len(maybe):
-        says_bool = pc.match_substring_regex(index.raw_lines(maybe), "true|false").to_numpy(zero_copy_only=False)
+        says_bool = pc.match_substring_regex(index.raw_lines(at[maybe]), "true|false").to_numpy(zero_copy_only=False)
         recheck[maybe[says_bool]] = True
-    rows = (rows.drop_columns(["recheck"]).append_column("recheck", pa.array(recheck))
-            .append_column("line_no", pa.array(np.arange(1, n + 1, dtype=np.int64))))
+    rows = rows.drop_columns(["recheck"]).append_column("recheck", pa.array(recheck))
     con.register("_json_rows", rows)
     try:
         con.execute(f"""INSERT INTO raw.{plan.source} {_target_columns(plan)}
@@ -272,7 +289,7 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
                         FROM (SELECT {sql_str(path)} AS source_file, * FROM _json_rows) WHERE NOT recheck""", [day])
     finally:
         con.unregister("_json_rows")
-    _load_lines(con, plan, path, day, index, np.flatnonzero(recheck))
+    _load_lines(con, plan, path, day, index, np.sort(at[recheck]))
     return True
 
 

@@ -448,3 +448,38 @@ def test_a_bad_time_zone_and_a_label_file_without_date_are_refused_at_load(tmp_p
     text = CONFIG.replace('labels: {path: "labels/{date}.csv"}', 'labels: {path: "labels/all.csv"}')
     with pytest.raises(ConfigError, match=r"sources.labels.path: .*labels have no timestamp"):
         load_config(write(tmp_path / "m.yaml", text))
+
+
+def test_a_big_file_read_in_parallel_keeps_every_line_number_and_reason(tmp_path, con, monkeypatch):
+    """DuckDB reads a big file in parallel and its result comes back reordered: every row must still
+    carry its own line, and each bad line be quarantined at that line for its own reason (a file of
+    about 45 MB came back shuffled when rows were numbered by their place in the result)."""
+    kept_by_fast = []
+    fast_reader = ingest._load_json_fast
+    monkeypatch.setattr(ingest, "_load_json_fast", lambda *a: kept_by_fast.append(fast_reader(*a)) or kept_by_fast[-1])
+    pad = "x" * 1800  # fewer, longer lines: the size makes the reader go parallel, not the count
+    bad = {}
+    with open(tmp_path / "big.jsonl", "w") as f:
+        for i in range(1, 25_001):
+            line = good(i, message=pad)
+            if i % 97 == 0:
+                kind = (i // 97) % 4
+                line, bad[i] = [(line[:40], "malformed JSON"),
+                                (good(i, message=pad, score=1.5), "out of range: score=1.5"),
+                                (good(i, message=pad, prediction_id=None), "missing required field: prediction_id"),
+                                (good(i, message=pad, latency_ms=True), "wrong type: latency_ms=true is not a number"),
+                                ][kind]
+            f.write(line + "\n")
+    config = load_config(write(tmp_path / "m.yaml", CONFIG))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "big.jsonl").rename(tmp_path / "logs" / "2026-03-01.jsonl")
+    assert (tmp_path / "logs" / "2026-03-01.jsonl").stat().st_size > 40e6
+    result = ingest_day(con, config, "predictions", DAY)
+    assert kept_by_fast == [True]  # the parallel reader kept the file
+    assert (result.read, result.quarantined) == (25_000, len(bad))
+    wrong = con.execute("SELECT count(*) FROM raw.predictions WHERE prediction_id <> 'p' || line_no").fetchone()[0]
+    assert wrong == 0 and con.execute("SELECT count(*) FROM raw.predictions").fetchone()[0] == 25_000 - len(bad)
+    quarantined = dict(con.execute("SELECT line_no, detail FROM raw.quarantine").fetchall())
+    assert sorted(quarantined) == sorted(bad)
+    assert all(quarantined[i].startswith(reason) for i, reason in bad.items()), \
+        [(i, quarantined[i], reason) for i, reason in bad.items() if not quarantined[i].startswith(reason)][:3]
