@@ -413,8 +413,9 @@ def _load_csv_file(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str,
     Record i is taken to be on line i + 1 (after the header) with the rejected lines left out."""
     con.execute("DROP TABLE IF EXISTS _csv_rejects")
     con.execute("DROP TABLE IF EXISTS _csv_scans")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _csv AS SELECT row_number() OVER () AS rec, {ROW} AS r "
-                f"FROM {CSV_READER} AS {ROW}", [path])
+    with in_file_order(con):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _csv AS SELECT row_number() OVER () AS rec, {ROW} AS r "
+                    f"FROM {CSV_READER} AS {ROW}", [path])
     good, rejected = con.execute("SELECT (SELECT count(*) FROM _csv), "
                                  "(SELECT count(DISTINCT line) FROM _csv_rejects)").fetchall()[0]
     if not good + rejected:  # an empty file, or a header alone: nothing to check its columns against
@@ -485,10 +486,11 @@ def _load_parquet(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str, 
         SELECT row_number() OVER () AS line_no, CAST(to_json({ROW}) AS VARCHAR) AS raw, NULL::VARCHAR AS problem,
                true AS parse_ok, {_column_picks(con, plan, path, day, columns, ROW + ".")}
         FROM read_parquet(?) AS {ROW}"""
-    if later:
-        _check_later(con, relation, [path], path, day)
-    else:
-        _load_checked(con, plan, relation, [path], path, day)
+    with in_file_order(con):  # line_no is the row's place in the file
+        if later:
+            _check_later(con, relation, [path], path, day)
+        else:
+            _load_checked(con, plan, relation, [path], path, day)
     return con.execute("SELECT count(*) FROM read_parquet(?)", [path]).fetchall()[0][0]
 
 
