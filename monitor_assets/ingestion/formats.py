@@ -217,10 +217,10 @@ def _json_columns(plan: StagingPlan) -> tuple[str, dict[str, str], set[str]] | N
 
 @contextmanager
 def in_file_order(con: duckdb.DuckDBPyConnection):
-    """Scans feed order-dependent operators (`row_number() OVER ()`) in the file's order while inside. The
-    staging database lets DuckDB reorder a parallel scan (`preserve_insertion_order` false, for memory),
-    and a JSON file above about 20 MB came back shuffled when rows were numbered by their position in
-    the result. The setting is the database's: restored on leaving."""
+    """A scan's rows in the file's order while inside, for a plain SELECT from one reader and for
+    `row_number() OVER ()` (DuckDB's documented guarantees, which hold only with `preserve_insertion_order`;
+    the staging database turns it off, for memory). A JSON file above about 20 MB came back shuffled
+    without it. The setting is the database's: restored on leaving."""
     before = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
     con.execute("SET preserve_insertion_order = true")
     try:
@@ -234,10 +234,10 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
     """One parallel pass with DuckDB's JSON reader. Returns False, having written nothing, when the
     careful reader must take the whole file.
 
-    The reader keeps one row per non-blank line, so when the row count equals the line count, the i-th
-    row it reads is line i: rows are numbered as read, since the query's result comes back in any order
-    on a big file (the known-models join reorders it). It types numbers and timestamps itself, and differs from the careful reader in silent
-    ways: a line it cannot parse (malformed, not UTF-8, the first after a BOM) becomes an all-NULL row,
+    The reader keeps one row per non-blank line, so when the row count equals the line count, row i of
+    its result, read alone in file order, is line i; the rules run after, on rows that carry their line
+    (their known-models join returns a big file's rows in any order). It types numbers and timestamps
+    itself, and differs from the careful reader in silent ways: a line it cannot parse (malformed, not UTF-8, the first after a BOM) becomes an all-NULL row,
     a value it cannot type becomes NULL, a boolean becomes 1 or 0, a line of any length is read. Those
     rows, and every row a rule rejects (for its reason and raw text), are re-read the careful way from
     their lines; the good rows, nearly all, are written straight from the reader."""
@@ -248,9 +248,11 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
     picks = ", ".join((f"CASE WHEN {access[f.alias]} IS NOT NULL THEN 'OBJECT' END" if f.object
                        else f"{access[f.alias]}{'' if f.alias in pretyped else '::VARCHAR'}" if f.source is not None
                        else "NULL::VARCHAR") + f" AS {f.raw}" for f in plan.fields)
-    fast = f"""SELECT row_number() OVER () AS line_no, NULL::VARCHAR AS raw, NULL::VARCHAR AS problem, true AS parse_ok,
-                      {picks}
-               FROM read_json(?, format='newline_delimited', columns={columns}, ignore_errors=true) AS j"""
+    # Read alone (a single table's scan, selected: DuckDB keeps the file's order), so row i is line i; the
+    # checks come after, on rows that carry their line (a join reorders a big file's rows).
+    read = f"SELECT {picks} FROM read_json(?, format='newline_delimited', columns={columns}, ignore_errors=true) AS j"
+    fast = ("SELECT line_no, NULL::VARCHAR AS raw, NULL::VARCHAR AS problem, true AS parse_ok, * EXCLUDE (line_no) "
+            "FROM _json_read")
     # A NULL typed value may be one the reader could not type; an all-NULL row, a line it could not parse.
     # An object the reader gives as NULL may have been null, or not an object: the careful reader tells.
     unsure = [f"{a} IS NULL" for a in sorted(pretyped) + [f.alias for f in plan.fields if f.object]] + [
@@ -260,15 +262,18 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
     reader = con.cursor()  # a file DuckDB cannot read (a damaged gzip) must not abort the caller's transaction
     try:
         with in_file_order(reader):
-            rows = reader.sql(sql, params=[path]).to_arrow_table()
+            picked = reader.sql(read, params=[path]).to_arrow_table()
+        index.wait()
+        n = picked.num_rows
+        if n != index.count or index.damage or index.array or index.too_large:  # blank lines shift the rows, or not JSON lines
+            return False
+        reader.register("_json_read", picked.append_column("line_no", pa.array(np.arange(1, n + 1, dtype=np.int64))))
+        del picked
+        rows = reader.sql(sql).to_arrow_table()
     except duckdb.Error:
         return False
     finally:
         reader.close()
-    index.wait()
-    n = rows.num_rows
-    if n != index.count or index.damage or index.array or index.too_large:  # blank lines shift the rows, or not JSON lines
-        return False
     at = rows["line_no"].to_numpy() - 1  # each row's line (0-based)
     recheck = rows["recheck"].to_numpy() | (index.lengths()[at] > MAX_LINE_BYTES)
     # A 1 or 0 may have been a boolean (the wrong type): only if its line says true or false.
