@@ -711,10 +711,17 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
                                         for f in m.logged_columns]
                               + ([f"{CLASS_CODE} AS {CLASS_CODE_COLUMN}", f"{CLASS_PROBABILITIES} AS {CLASS_PROBABILITIES_COLUMN}"]
                                  if m.is_multiclass else []))
-            rows = stage.sql(f"SELECT {picks} FROM raw.predictions WHERE model_id = $1", params=[m.id]).to_arrow_table()
-            lake.replace_model_days(m.id, rows, days)  # one commit for the model's days
+            per_day = dict(stage.execute("SELECT partition_date, count(*) FROM raw.predictions WHERE model_id = ? "
+                                         "GROUP BY ALL", [m.id]).fetchall())
+
+            def staged(picks=picks, model=m.id, stream=bool(per_day)):  # again if the commit loses a race
+                rows = stage.sql(f"SELECT {picks} FROM raw.predictions WHERE model_id = $1", params=[model])
+                # Streamed: a model-day of millions of rows is not copied into one Arrow table.
+                return rows.fetch_record_batch(1 << 17) if stream else rows.to_arrow_table()
+
+            with _writing_share(stage):
+                lake.replace_model_days(m.id, staged, days)  # one commit for the model's days
             if committed is not None:
-                per_day = {v["values"]: v["counts"] for v in pc.value_counts(rows["partition_date"]).to_pylist()}
                 for day in days:
                     committed(day, m.id, per_day.get(day, 0))
         return

@@ -597,9 +597,9 @@ class Lake:
         self._write(self.model_path(model_id), data, days_predicate([day]), ["partition_date"],
                     {"partition_date": {day.isoformat()}})
 
-    def replace_model_days(self, model_id: str, data: pa.Table, days: Iterable[dt.date]) -> None:
+    def replace_model_days(self, model_id: str, data: pa.Table | Callable[[], Any], days: Iterable[dt.date]) -> None:
         """Replace one model's predictions of these days in one commit (days without rows in `data` end
-        up empty)."""
+        up empty). `data`: as `_write` takes it."""
         days = sorted(set(days))
         self._write(self.model_path(model_id), data, days_predicate(days), ["partition_date"],
                     {"partition_date": {d.isoformat() for d in days}})
