@@ -270,6 +270,7 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
         reader.register("_json_read", picked.append_column("line_no", pa.array(np.arange(1, n + 1, dtype=np.int64))))
         del picked
         rows = reader.sql(sql).to_arrow_table()
+        reader.unregister("_json_read")  # the rows as read are let go before the checked ones are written
     except duckdb.Error:
         return False
     finally:
