@@ -78,8 +78,13 @@ t = time.perf_counter()
 with connect(sys.argv[2]) as con:
     results = [r for _, r in ingest_days(con, config, "predictions", days)]
 s = time.perf_counter() - t
+per_file = int(sys.argv[4])
+with connect(sys.argv[2]) as con:  # every loaded record at its own line (prediction i is line i % per_file + 1)
+    misplaced = con.execute("SELECT count(*) FROM raw.predictions WHERE line_no <> "
+                            "CAST(split_part(prediction_id, '-', 2) AS BIGINT) % ? + 1", [per_file]).fetchone()[0]
+    duplicates = con.execute("SELECT count(*) FROM raw.quarantine WHERE reason = 'duplicate'").fetchone()[0]
 print(json.dumps({"seconds": s, "read": sum(r.read for r in results), "loaded": sum(r.loaded for r in results),
-                  "quarantined": sum(r.quarantined for r in results),
+                  "quarantined": sum(r.quarantined for r in results), "misplaced": misplaced, "duplicates": duplicates,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -121,8 +126,10 @@ def main() -> None:
         print(f"{args.days} file(s): {args.lines:,} lines, {size_mb:.0f} MB, {bad:,} corrupted")
         ours = []
         for run in range(args.runs):
-            r = child(CHILD_PIPELINE, str(cfg), str(tmp / f"wh{run}" / "w.duckdb"), str(args.days))
+            r = child(CHILD_PIPELINE, str(cfg), str(tmp / f"wh{run}" / "w.duckdb"), str(args.days),
+                      str(-(-args.lines // len(logs))))
             assert r["read"] == r["loaded"] + r["quarantined"] == args.lines and r["quarantined"] == bad, r
+            assert r["misplaced"] == r["duplicates"] == 0, r  # each record at its own line, each bad line for itself
             ours.append(r)
             print(f"  pipeline run {run + 1}: {r['seconds']:.2f} s, {r['read'] / r['seconds']:,.0f} lines/s, "
                   f"peak {r['peak_mb']:.0f} MB, quarantined {r['quarantined']:,}")
