@@ -237,10 +237,11 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
     The reader keeps one row per non-blank line, so when the row count equals the line count, row i of
     its result, read alone in file order, is line i; the rules run after, on rows that carry their line
     (their known-models join returns a big file's rows in any order). It types numbers and timestamps
-    itself, and differs from the careful reader in silent ways: a line it cannot parse (malformed, not UTF-8, the first after a BOM) becomes an all-NULL row,
-    a value it cannot type becomes NULL, a boolean becomes 1 or 0, a line of any length is read. Those
-    rows, and every row a rule rejects (for its reason and raw text), are re-read the careful way from
-    their lines; the good rows, nearly all, are written straight from the reader."""
+    itself, and differs from the careful reader in silent ways: a line it cannot parse (malformed, not
+    UTF-8, the first after a BOM) becomes an all-NULL row, a value it cannot type becomes NULL, a boolean
+    becomes 1 or 0, a line of any length is read. Those rows, and every row a rule rejects (for its reason
+    and raw text), are re-read the careful way from their lines; the good rows, nearly all, are written
+    straight from the reader."""
     layout = _json_columns(plan)
     if layout is None:
         return False
@@ -248,8 +249,6 @@ def _load_json_fast(con: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str
     picks = ", ".join((f"CASE WHEN {access[f.alias]} IS NOT NULL THEN 'OBJECT' END" if f.object
                        else f"{access[f.alias]}{'' if f.alias in pretyped else '::VARCHAR'}" if f.source is not None
                        else "NULL::VARCHAR") + f" AS {f.raw}" for f in plan.fields)
-    # Read alone (a single table's scan, selected: DuckDB keeps the file's order), so row i is line i; the
-    # checks come after, on rows that carry their line (a join reorders a big file's rows).
     read = f"SELECT {picks} FROM read_json(?, format='newline_delimited', columns={columns}, ignore_errors=true) AS j"
     fast = ("SELECT line_no, NULL::VARCHAR AS raw, NULL::VARCHAR AS problem, true AS parse_ok, * EXCLUDE (line_no) "
             "FROM _json_read")

@@ -699,6 +699,17 @@ def _forget_file(stage: duckdb.DuckDBPyConnection, plan: StagingPlan, path: str,
         raise SourceError(f"{path}: cannot be read as {plan.source} data: {type(exc).__name__}") from None
 
 
+def _staged_rows(stage: duckdb.DuckDBPyConnection, sql: str, params: list, empty: bool
+                 ) -> Callable[[], pa.Table | pa.RecordBatchReader]:
+    """What `Lake._write` takes for staged rows: a function giving them again if the commit loses a race (to
+    another shard's on the same day), streamed, so millions of rows are not copied into one Arrow table; an
+    empty result as a table (the write then deletes the days' rows)."""
+    def rows():
+        relation = stage.sql(sql, params=params or None)
+        return relation.to_arrow_table() if empty else relation.fetch_record_batch(1 << 17)
+    return rows
+
+
 def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: Lake, stage: duckdb.DuckDBPyConnection,
                   plan: StagingPlan, models: list[ModelConfig], days: list[dt.date],
                   committed: Callable[[dt.date, str, int], None] | None = None) -> None:
@@ -713,12 +724,8 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
                                  if m.is_multiclass else []))
             per_day = dict(stage.execute("SELECT partition_date, count(*) FROM raw.predictions WHERE model_id = ? "
                                          "GROUP BY ALL", [m.id]).fetchall())
-
-            def staged(picks=picks, model=m.id, stream=bool(per_day)):  # again if the commit loses a race
-                rows = stage.sql(f"SELECT {picks} FROM raw.predictions WHERE model_id = $1", params=[model])
-                # Streamed: a model-day of millions of rows is not copied into one Arrow table.
-                return rows.fetch_record_batch(1 << 17) if stream else rows.to_arrow_table()
-
+            staged = _staged_rows(stage, f"SELECT {picks} FROM raw.predictions WHERE model_id = $1", [m.id],
+                                  empty=not per_day)
             with _writing_share(stage):
                 lake.replace_model_days(m.id, staged, days)  # one commit for the model's days
             if committed is not None:
@@ -727,13 +734,8 @@ def _commit_group(con: duckdb.DuckDBPyConnection, config: MonitorConfig, lake: L
         return
     # Labels sorted by model: a model's drift and fairness read only its own row groups.
     order = " ORDER BY partition_date, model_id NULLS LAST" if plan.source == "labels" else ""
-    # Streamed: millions of labels are not copied into one Arrow table.
     empty = not stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
-
-    def staged():  # again if the commit loses to another shard's on the same day
-        rows = stage.sql(f"SELECT * FROM raw.{plan.source}{order}")
-        return rows.to_arrow_table() if empty else rows.fetch_record_batch(1 << 17)
-
+    staged = _staged_rows(stage, f"SELECT * FROM raw.{plan.source}{order}", [], empty)
     # Interactions and sales belong to no model: every shard that reads them writes the same rows.
     owned = shard_rows(config) if "model_id" in TABLES[f"raw.{plan.source}"][0] else None
     with _writing_share(stage):

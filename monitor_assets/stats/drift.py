@@ -312,10 +312,9 @@ def _scratch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return held[0][:n], held[1][:n], held[2][:n]
 
 
-def _bin_index(x: np.ndarray, lo: float, hi: float, bins: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Fine-bin index of each value (as floats), -1 for underflow and `bins` for overflow; no NaN for
-    huge values. `out`: where to write them (a float array of x's length)."""
-    out = np.empty(len(x)) if out is None else out
+def _bin_index(x: np.ndarray, lo: float, hi: float, bins: int, out: np.ndarray) -> np.ndarray:
+    """Fine-bin index of each value (as floats, written to `out`, a float array of x's length), -1 for
+    underflow and `bins` for overflow; no NaN for huge values."""
     span = hi - lo
     with np.errstate(over="ignore"):  # a huge value's index overflows to inf: clipped to overflow below
         if math.isfinite(span):
