@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from monitor_assets.stats.density_ratio import rank_auc, sample_rows
+from monitor_assets.stats.density_ratio import one_thread, rank_auc, sample_rows
 from monitor_assets.stats.drift import FeatureSpec
 from monitor_assets.stats.profiles import as_text
 
@@ -225,14 +225,6 @@ def _prediction_multiplier(m: int, alpha: float = ALPHA) -> float:
     return float(stats.t.isf(alpha, m - 1)) * math.sqrt(1 + 1 / m)
 
 
-def _threads(n: int = 1):
-    """HistGradientBoosting's OpenMP threads: one by default. On a loaded 2-core machine the default (all cores)
-    measured 20 times slower (2 s instead of 0.09 s per comparison), and work is parallel per model-day anyway."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=n)
-
-
 def _classifier():
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -251,7 +243,7 @@ def domain_auc(reference: np.ndarray, current: np.ndarray, categorical: np.ndarr
     fold = np.r_[rng.permutation(len(reference)) % CV_FOLDS, rng.permutation(len(current)) % CV_FOLDS]
     q = np.empty(len(y))
     cat = categorical if categorical.any() else None
-    with _threads():
+    with one_thread():  # per model-day work is parallel already; a spinning pool per fit is 20x slower here
         models = []
         for k in range(CV_FOLDS):
             model = _classifier().set_params(categorical_features=cat).fit(x[fold != k], y[fold != k])

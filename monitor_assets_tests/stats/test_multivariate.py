@@ -12,6 +12,7 @@ from sklearn.preprocessing import StandardScaler
 
 from monitor_assets.stats import drift as D
 from monitor_assets.stats import multivariate as M
+from monitor_assets.stats.density_ratio import one_thread
 
 NUMERIC = [f"x{i}" for i in range(10)]
 FEATURES = [D.FeatureSpec(n, "numeric") for n in NUMERIC] + [D.FeatureSpec("shop", "categorical"),
@@ -168,7 +169,7 @@ def test_permutation_importance_is_the_auc_lost_when_each_column_alone_is_shuffl
     draws = np.random.default_rng(3)
     fold = np.r_[draws.permutation(600) % M.CV_FOLDS, draws.permutation(300) % M.CV_FOLDS]
     q, q_shuffled = np.empty(len(y)), np.empty((5, len(y)))
-    with M._threads():
+    with one_thread():
         models = [M._classifier().fit(x[fold != k], y[fold != k]) for k in range(M.CV_FOLDS)]
         for k, model in enumerate(models):
             q[fold == k] = model.predict_proba(x[fold == k])[:, 1]
