@@ -42,12 +42,12 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 sql: $(STAMP)
 	@$(BIN)/python -m monitor_assets.query -i
 
-# The suite's test files shared out over the cores (at most 4: each worker builds its own demo run, and the
-# daemon tests start processes of their own); one file's tests stay on one worker, with its module fixtures.
-# `make test TEST_WORKERS=0` runs them all in this process.
+# The suite's test files shared out over the cores (at most 4: the daemon tests start processes of their own);
+# one file's tests stay on one worker with its module fixtures, the demo run's users on one worker, slow files
+# first (monitor_assets_tests/conftest.py). `make test TEST_WORKERS=0` runs them all in this process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check monitor_assets monitor_assets_tests benchmarks
