@@ -13,9 +13,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 HERE = Path(__file__).parent
 DEMO_RUN = "demo_run"  # the files that use the session's demo run (built once on each worker that runs one)
-# `make test` shares the files out over its workers (pytest-xdist, --dist loadfile) in the order collected: the
-# files of minutes (daemons, sharded runs, the demo run's users, many days) go first, so that the workers do not
-# end on two of them side by side while the other is long done. A file not listed comes after, in pytest's order.
+# `make test` shares the files out over its workers in the order collected (pytest-xdist, --dist loadfile with
+# --no-loadscope-reorder: by default xdist hands out the files with the most tests first). The files of minutes
+# (daemons, sharded runs, the demo run's users, many days) go first, so that the workers do not end on two of them
+# side by side while the other is long done. A file not listed comes after, in pytest's order.
 # (xdist's loadgroup would keep the demo's users on one worker, but with pytest 9.2 its groups are ignored.)
 SLOW_FIRST = ("test_shard_runs.py", DEMO_RUN, "test_shards.py", "notify/test_sensor_daemon.py",
               "storage/test_lake_healing.py", "test_asset_backfill.py", "retraining/test_ranker_loop.py",
