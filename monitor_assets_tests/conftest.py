@@ -11,26 +11,6 @@ from monitor_assets.storage.warehouse import open_warehouse
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-HERE = Path(__file__).parent
-DEMO_RUN = "demo_run"  # the files that use the session's demo run (built once on each worker that runs one)
-# `make test` shares the files out over its workers in the order collected (pytest-xdist, --dist loadfile with
-# --no-loadscope-reorder: by default xdist hands out the files with the most tests first). The files of minutes
-# (daemons, sharded runs, the demo run's users, many days) go first, so that the workers do not end on two of them
-# side by side while the other is long done. A file not listed comes after, in pytest's order.
-# (xdist's loadgroup would keep the demo's users on one worker, but with pytest 9.2 its groups are ignored.)
-SLOW_FIRST = ("test_shard_runs.py", DEMO_RUN, "test_shards.py", "notify/test_sensor_daemon.py",
-              "storage/test_lake_healing.py", "test_asset_backfill.py", "retraining/test_ranker_loop.py",
-              "test_commands.py", "evaluation/test_evaluation_store.py", "evaluation/test_window_multivariate.py",
-              "test_run_pipeline.py", "test_recovery.py", "test_queue_limits.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    """The tests in SLOW_FIRST's order of their files (the same on every worker), pytest's order within."""
-    files = {item: item.path.relative_to(HERE).as_posix() for item in items}
-    demo = {files[item] for item in items if DEMO_RUN in item.fixturenames}
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(DEMO_RUN if files[item] in demo else files[item], len(rank)))
-
 
 def run_job(config, start: str, end: str | None = None, instance=None, raise_on_error: bool = True):
     """Materialize the monitoring job in process over start..end (one run, like `make run`)."""
