@@ -19,7 +19,7 @@ from pathlib import Path
 
 import dagster as dg
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -35,7 +35,6 @@ def main() -> None:
     from monitor_assets.config import load_config
     from monitor_assets.definitions import build_definitions
     from monitor_assets.multivariate import logic as L
-    from monitor_assets.multivariate.defs import build_multivariate_definitions
     from monitor_assets.storage.resource import WarehouseResource
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,8 +46,7 @@ def main() -> None:
         upstream = dg.define_asset_job("mv_bench",
                                        selection=dg.AssetSelection.assets(keys.MULTIVARIATE_DRIFT).upstream())
         asset_only = dg.define_asset_job("mv_only", selection=dg.AssetSelection.assets(keys.MULTIVARIATE_DRIFT))
-        defs = dg.Definitions.merge(build_definitions(config), build_multivariate_definitions(config),
-                                    dg.Definitions(jobs=[upstream, asset_only]))
+        defs = dg.Definitions.merge(build_definitions(config), dg.Definitions(jobs=[upstream, asset_only]))
         instance = dg.DagsterInstance.ephemeral()
         started = time.perf_counter()
         result = defs.resolve_job_def("mv_bench").execute_in_process(instance=instance, partition_key=str(day))

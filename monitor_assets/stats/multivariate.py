@@ -225,11 +225,11 @@ def _prediction_multiplier(m: int, alpha: float = ALPHA) -> float:
     return float(stats.t.isf(alpha, m - 1)) * math.sqrt(1 + 1 / m)
 
 
-def _classifier():
-    from sklearn.ensemble import HistGradientBoostingClassifier
+def _classifier(categorical: np.ndarray | None = None):
+    from monitor_assets.stats.boosting import coded_classifier  # scikit-learn loads on first use
 
-    return HistGradientBoostingClassifier(max_iter=TREES, max_leaf_nodes=LEAVES, learning_rate=LEARNING_RATE,
-                                          early_stopping=False, random_state=0)
+    return coded_classifier(max_iter=TREES, max_leaf_nodes=LEAVES, learning_rate=LEARNING_RATE,
+                            early_stopping=False, random_state=0, categorical_features=categorical)
 
 
 def domain_auc(reference: np.ndarray, current: np.ndarray, categorical: np.ndarray, seed: int = 0,
@@ -246,7 +246,7 @@ def domain_auc(reference: np.ndarray, current: np.ndarray, categorical: np.ndarr
     with one_thread():  # per model-day work is parallel already; a spinning pool per fit is 20x slower here
         models = []
         for k in range(CV_FOLDS):
-            model = _classifier().set_params(categorical_features=cat).fit(x[fold != k], y[fold != k])
+            model = _classifier(cat).fit(x[fold != k], y[fold != k])
             q[fold == k] = model.predict_proba(x[fold == k])[:, 1]
             models.append(model)
         auc = rank_auc(y, q)

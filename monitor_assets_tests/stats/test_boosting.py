@@ -1,10 +1,13 @@
-"""The loss models of one DLE fit share their binned rows: the trees and predictions must be the ones a separate
-fit gives, and a stored fit must not carry the rows."""
+"""The loss models of one DLE fit share their binned rows, and the domain classifier encodes its category codes
+itself: the trees and predictions must be the ones scikit-learn's own fit gives, and a stored fit must not carry
+the rows."""
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingRegressor
+import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-from monitor_assets.stats.boosting import LossBooster
+from monitor_assets.stats import boosting
+from monitor_assets.stats.boosting import CodedClassifier, LossBooster
 
 PARAMS = {"max_iter": 8, "learning_rate": 0.6, "max_leaf_nodes": 15, "random_state": 3, "early_stopping": False}
 
@@ -64,3 +67,41 @@ def test_a_stored_loss_estimator_carries_no_rows():
     day = x[:6000, :2]
     assert stored.estimate(day, 3 * day[:, 0]) == fitted.estimate(day, 3 * day[:, 0])
     assert len(stored.to_bytes()) < x[:, :2].nbytes / 2  # the 30,000 rows are not inside
+
+
+def _coded_rows(seed: int, n: int):
+    """Numeric columns and category codes as `multivariate.Encoder` writes them: a few codes, many codes (up to
+    250), missing codes, a column of one code and one of missing values only."""
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([rng.normal(size=n), rng.integers(0, 5, n), rng.exponential(size=n),
+                         rng.integers(0, 250, n), np.full(n, 3.0), np.full(n, np.nan)]).astype(float)
+    x[rng.random(n) < 0.1, 1] = np.nan
+    x[rng.random(n) < 0.02, 3] = np.nan
+    y = (rng.random(n) < 0.3 + 0.1 * (x[:, 1] == 2) + 0.1 * (x[:, 0] > 1)).astype(float)
+    return x, y, np.array([False, True, False, True, True, True])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_coded_classifier_predicts_what_scikit_learns_own_encoding_gives(seed):
+    x, y, cats = _coded_rows(seed, 3000)
+    probe, _, _ = _coded_rows(seed + 10, 1000)
+    probe[:50, 1], probe[50:100, 3], probe[100:150, 4] = 7.0, 999.0, 0.0  # codes the fit never saw
+    params = {"max_iter": 20, "max_leaf_nodes": 8, "learning_rate": 0.2, "early_stopping": False,
+              "random_state": 0, "categorical_features": cats}
+    ours = CodedClassifier(**params).fit(x, y)
+    theirs = HistGradientBoostingClassifier(**params).fit(x, y)
+    assert len(ours._codes) == 4 and theirs._preprocessor is not None  # ours encoded (else this proves nothing)
+    assert np.array_equal(ours.predict_proba(probe), theirs.predict_proba(probe))
+    assert ours.predict_proba(probe)[:, 1].std() > 0.01  # the trees split on something
+
+
+def test_too_many_category_codes_fail_as_in_scikit_learn():
+    x = np.arange(600, dtype=float).reshape(-1, 1)
+    with pytest.raises(ValueError, match="cardinality <= 255"):
+        CodedClassifier(categorical_features=np.array([True])).fit(x, np.arange(600) % 2)
+
+
+def test_the_domain_classifier_is_the_coded_one_when_the_encodings_agree():
+    assert boosting._CODED_OK in ([], [True])
+    model = boosting.coded_classifier(max_iter=5)
+    assert boosting._CODED_OK == [True] and type(model) is CodedClassifier
