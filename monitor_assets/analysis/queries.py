@@ -143,26 +143,31 @@ def score_association(con: duckdb.DuckDBPyConnection, relation: str, features: l
     """How strongly each feature goes with `target` (the score) on `relation`, in [0, 1]: |Pearson r| for
     a numeric feature, the correlation ratio (eta) for a categorical one (missing as its own category).
     NaN where undefined (constant feature or score, fewer than 3 rows). Huge values are fine: DuckDB's
-    corr works in doubles and gives NaN, never an exception, on overflow."""
-    out: dict[str, float] = {}
-    y = f"nullif({quote_ident(target)}::DOUBLE, 'NaN'::DOUBLE)"
+    corr works in doubles and gives NaN, never an exception, on overflow. One statement for every feature
+    (a statement costs milliseconds before its first row; a fleet profiles hundreds of references)."""
     numeric = [f.name for f in features if f.kind == "numeric"]
-    if numeric:
-        row = con.execute(f"SELECT {', '.join(f'abs(corr({numeric_value_sql(n)}, {y}))' for n in numeric)} "
-                          f"FROM ({relation})", params or []).fetchall()[0]
-        out.update({n: float(v) if v is not None and math.isfinite(v) else math.nan
-                    for n, v in zip(numeric, row, strict=True)})
-    for f in features:
-        if f.kind != "categorical":
-            continue
-        g = f"coalesce({quote_ident(f.name)}::VARCHAR, '{MISSING}')"
-        between, total = con.execute(f"""
-            WITH d AS (SELECT {g} AS g, {y} AS y FROM ({relation}) WHERE {y} IS NOT NULL),
-                 m AS (SELECT avg(y) AS mu FROM d)
-            SELECT (SELECT sum(n * (mg - mu) * (mg - mu)) FROM (SELECT count(*) AS n, avg(y) AS mg FROM d GROUP BY g), m),
-                   (SELECT sum((y - mu) * (y - mu)) FROM d, m)""", params or []).fetchall()[0]
-        out[f.name] = (math.sqrt(min(max(between / total, 0.0), 1.0))
-                       if between is not None and total and math.isfinite(total) else math.nan)
+    categorical = [f.name for f in features if f.kind == "categorical"]
+    if not numeric and not categorical:
+        return {}
+    y = f"nullif({quote_ident(target)}::DOUBLE, 'NaN'::DOUBLE)"
+    columns = ", ".join([f"{y} AS __y"] + [f"{numeric_value_sql(n)} AS __n{i}" for i, n in enumerate(numeric)]
+                        + [f"coalesce({quote_ident(c)}::VARCHAR, '{MISSING}') AS __g{j}"
+                           for j, c in enumerate(categorical)])
+    picks = [f"(SELECT abs(corr(__n{i}, __y)) FROM d)" for i in range(len(numeric))]
+    if categorical:
+        picks.append("(SELECT sum((__y - mu) * (__y - mu)) FROM l, m)")
+        picks += [f"(SELECT sum(n * (mg - mu) * (mg - mu)) FROM (SELECT count(*) AS n, avg(__y) AS mg FROM l "
+                  f"GROUP BY __g{j}), m)" for j in range(len(categorical))]
+    row = con.execute(f"""WITH d AS MATERIALIZED (SELECT {columns} FROM ({relation})),
+                               l AS (SELECT * FROM d WHERE __y IS NOT NULL), m AS (SELECT avg(__y) AS mu FROM l)
+                          SELECT {', '.join(picks)}""", params or []).fetchall()[0]
+    out = {n: float(v) if v is not None and math.isfinite(v) else math.nan
+           for n, v in zip(numeric, row[:len(numeric)], strict=True)}
+    if categorical:
+        total, between = row[len(numeric)], row[len(numeric) + 1:]
+        for name, b in zip(categorical, between, strict=True):
+            out[name] = (math.sqrt(min(max(b / total, 0.0), 1.0))
+                         if b is not None and total and math.isfinite(total) else math.nan)
     return out
 
 

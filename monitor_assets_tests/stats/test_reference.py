@@ -81,3 +81,35 @@ def test_a_too_small_reference_is_refused_with_a_clear_message():
     assert f"model churn: reference data/ref.csv: {info.value}".startswith("model churn: reference data/ref.csv: only 1")
     check = validate_reference(con, "SELECT * FROM one", "label", "score", min_rows=1)
     assert check.warning.startswith("1 of 2 reference rows left out")
+
+
+def test_score_association_is_pearson_r_and_the_correlation_ratio_computed_by_hand():
+    """Key features: |r| for numbers (scipy), eta for categories (by hand, missing its own category), on messy
+    rows: NaN scores left out of eta, NaN feature values, a constant column, a huge one, in one statement."""
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    n = 300
+    score = rng.random(n)
+    df = pd.DataFrame({"score": score, "x": score * 2 + rng.normal(size=n), "flat": np.full(n, 3.0),
+                       "huge": rng.normal(size=n) * 1e300,
+                       "tier": np.where(score > 0.7, "gold", rng.choice(["silver", "bronze", None], n))})
+    df.loc[:9, "score"] = np.nan
+    df.loc[10:19, "x"] = np.nan
+    con = duckdb.connect()
+    con.register("ref", df)
+    specs = [D.FeatureSpec("x", "numeric"), D.FeatureSpec("tier", "categorical"), D.FeatureSpec("flat", "numeric"),
+             D.FeatureSpec("huge", "numeric")]
+    got = Q.score_association(con, "SELECT * FROM ref", specs, "score")
+
+    ok = df.score.notna() & df.x.notna()
+    assert got["x"] == pytest.approx(abs(stats.pearsonr(df.x[ok], df.score[ok]).statistic), abs=1e-12)
+    labelled = df[df.score.notna()]
+    groups = labelled.tier.fillna("(missing)").to_numpy()
+    y = labelled.score.to_numpy()
+    between = sum((groups == g).sum() * (y[groups == g].mean() - y.mean()) ** 2 for g in set(groups))
+    assert got["tier"] == pytest.approx(np.sqrt(between / ((y - y.mean()) ** 2).sum()), abs=1e-12)
+    assert got["tier"] > 0.5  # gold carries the high scores
+    assert np.isnan(got["flat"])  # a constant feature: undefined
+    assert np.isnan(got["huge"]) or 0 <= got["huge"] <= 1  # overflow: a number in range or NaN, never an error
+    assert list(got) == ["x", "flat", "huge", "tier"]
