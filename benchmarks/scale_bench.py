@@ -19,7 +19,7 @@ features shift by 0.5 standard deviations and one categorical feature is reweigh
 features, and the config flags a model-day from a drift share of 0.2.
 
 Each run is `python -m monitor_assets.run_pipeline` over all days in a fresh subprocess with a fresh
-warehouse and DAGSTER_HOME. The process tree's RSS is polled every 0.2 s and the tree is killed above
+warehouse and DAGSTER_HOME. The process tree's memory (Pss: shared pages counted once) is polled every 0.2 s and the tree is killed above
 --max-gb (or after --timeout s). Reported: wall seconds, peak RSS (polled tree and the child's
 ru_maxrss), seconds and peak RSS per step (step times read back from the Dagster instance), and whether
 the drifted models, and only they, were found (monitoring.drift_summary and monitoring.alerts). With
@@ -484,16 +484,27 @@ def tree_pids(root: int) -> list[int]:
 
 
 def tree_rss(root: int) -> int:
-    """Resident bytes of the process tree under `root` (VmRSS of each)."""
+    """Resident bytes of the process tree under `root`: each process's proportional set size (Pss: a page shared
+    by k processes counts 1/k in each, so worker processes forked from one server are not counted k times over),
+    its VmRSS where the kernel gives no Pss. For a single process the two differ by its share of shared
+    libraries (tens of MB)."""
     total = 0
     for pid in tree_pids(root):
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
                     break
+            else:
+                raise OSError("no Pss")
         except OSError:
-            pass
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+            except OSError:
+                pass
     return total
 
 

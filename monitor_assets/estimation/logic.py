@@ -169,7 +169,7 @@ def estimators(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]) -> tup
     def load(model: ModelConfig, text: str):
         return E.from_text(text)
 
-    return stored_or_fitted(con, ESTIMATORS, "estimator", models, fit_key, load, fit)
+    return stored_or_fitted(con, ESTIMATORS, "estimator", models, fit_key, load, lambda todo: map(fit, todo))
 
 
 def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,

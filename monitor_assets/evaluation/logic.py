@@ -320,7 +320,8 @@ def references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig], fit: b
         return guarded(work)
 
     found, missing = stored_or_fitted(con, REFERENCES, "reference", models, fit_key,
-                                      lambda _, text: guarded(lambda: Reference.from_text(text)), make)
+                                      lambda _, text: guarded(lambda: Reference.from_text(text)),
+                                      lambda todo: map(make, todo))
     if any(why == NO_REFERENCE for why in missing.values()):
         unprofiled = reference_errors(con)
         missing = {m: f"{why}: {unprofiled[m]}" if why == NO_REFERENCE and m in unprofiled else why

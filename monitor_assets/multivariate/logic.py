@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 import zlib
-from collections.abc import Callable
 
 import duckdb
 import numpy as np
@@ -34,7 +34,7 @@ from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.drift import FeatureSpec
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_models
+from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_models, map_processes
 from monitor_assets.storage.reads import (
     DAY_COLUMN,
     day_batches,
@@ -63,6 +63,7 @@ VERSION_COLUMN = "__model_version"  # the day frames' model version (kept with t
 # 0.1 s per model-day with one thread; the threshold is calibrated at this size.
 MAX_ROWS = 5000
 MIN_FEATURES = 2  # one feature's drift is the per-feature tests' job
+NOT_FITTED = "reference could not be fitted"
 FIT_FORMAT = 1  # part of the fit key: a change of the stored reference's layout refits every model once
 
 
@@ -132,27 +133,52 @@ def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
     return day_frames(con, config, model, [day], booleans)[day]
 
 
+def fitted_reference(frame: pd.DataFrame | None, specs: list[FeatureSpec], why: str | None = None
+                     ) -> tuple[str, dict] | str:
+    """A model's reference fitted (`MV.fit_reference`) as (its text, its row's other columns), or why not. Runs
+    in a worker process (`map_processes`) when many models are fitted at once: the calibration's tree fits hold
+    the GIL. `why`: the frame could not be read."""
+    if why is not None:
+        return why
+    started = time.perf_counter()
+    try:
+        fitted = MV.fit_reference(frame, specs, max_rows=MAX_ROWS)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are fitted
+        return f"{NOT_FITTED}: {error_message(exc)}"
+    return fitted.to_text(), {"reference_rows": len(frame), "n_features": len(specs),
+                              "fit_seconds": time.perf_counter() - started}
+
+
 def references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]
                ) -> tuple[dict[str, MV.MultivariateReference], dict[str, str]]:
-    """Each model's fitted reference: the stored one while its fit key holds, else fitted now and stored.
-    Returns (model id -> reference, model id -> why it has none); one model's failure leaves the others."""
-    def guarded(why: str, work: Callable[[], object]):
+    """Each model's fitted reference: the stored one while its fit key holds, else fitted now (several models at
+    once in worker processes, `map_processes`) and stored. Returns (model id -> reference, model id -> why it has
+    none); one model's failure leaves the others."""
+    def read(model: ModelConfig) -> tuple[pd.DataFrame | None, list[FeatureSpec], str | None]:
         try:
-            return work()
+            return reference_frame(con, model, _booleans(con, model)), feature_specs(model), None
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are fitted
-            return f"{why}: {error_message(exc)}"
+            return None, feature_specs(model), f"{NOT_FITTED}: {error_message(exc)}"
 
-    def fit(model: ModelConfig):
-        def work():
-            frame = reference_frame(con, model, _booleans(con, model))
-            fitted = MV.fit_reference(frame, feature_specs(model), max_rows=MAX_ROWS)
-            return fitted, fitted.to_text(), {"reference_rows": len(frame), "n_features": len(feature_specs(model))}
-        return guarded("reference could not be fitted", work)
+    def fit(todo: list[ModelConfig]):
+        for done in map_processes(fitted_reference, read, todo, preload=(__name__, "sklearn.ensemble")):
+            if isinstance(done, str):
+                yield done
+            else:
+                text, extra = done
+                yield MV.MultivariateReference.from_text(text), text, extra
 
     def load(model: ModelConfig, text: str):
-        return guarded("reference could not be fitted", lambda: MV.MultivariateReference.from_text(text))
+        try:
+            return MV.MultivariateReference.from_text(text)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - refitted next time its key changes; the others go on
+            return f"{NOT_FITTED}: {error_message(exc)}"
 
     found, missing = stored_or_fitted(con, REFERENCES, "reference", models, lambda _, version: fit_key(version),
                                       load, fit)

@@ -4,7 +4,7 @@ the multivariate drift references): reused while their fit key holds, fitted aga
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import duckdb
 import pandas as pd
@@ -25,40 +25,43 @@ def profiled_reference_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str
 
 def stored_or_fitted(con: duckdb.DuckDBPyConnection, table: str, column: str, models: list[ModelConfig],
                      key_of: Callable[[ModelConfig, str], str], load: Callable[[ModelConfig, str], object | str],
-                     fit: Callable[[ModelConfig], tuple[object, str, dict] | str]) -> tuple[dict, dict[str, str]]:
+                     fit: Callable[[list[ModelConfig]], Iterable[tuple[object, str, dict] | str]]
+                     ) -> tuple[dict, dict[str, str]]:
     """Each model's fitted object: the one stored in `table` (its text in `column`) while its fit key
-    (`key_of(model, reference version)`) holds, else `fit(model)` -> (object, its text, more columns of the
-    row) and stored. `load` and `fit` return a string instead to say why a model has none.
-    Returns (model id -> object, model id -> why it has none)."""
+    (`key_of(model, reference version)`) holds, else fitted and stored: `fit(models)` yields each model's
+    (object, its text, more columns of the row), in order (`fit_seconds` among them, or the time until it came
+    is taken). `load` and `fit` give a string instead to say why a model has none.
+    Returns (model id -> object, model id -> why it has none), in the models' order."""
     versions = profiled_reference_versions(con)
     stored = {m: (k, text) for m, k, text in con.execute(
         f"SELECT model_id, fit_key, {column} FROM {table}").fetchall()}
-    found, missing, fitted_rows = {}, {}, []
+    results, to_fit = {}, []
     for model in models:
         if model.id not in versions:
-            missing[model.id] = NO_REFERENCE
+            results[model.id] = NO_REFERENCE
             continue
         key = key_of(model, versions[model.id])
-        started = time.perf_counter()
         if model.id in stored and stored[model.id][0] == key:
-            result = load(model, stored[model.id][1])
+            results[model.id] = load(model, stored[model.id][1])
         else:
-            result = fit(model)
-            if not isinstance(result, str):
-                result, text, extra = result
-                fitted_rows.append({"model_id": model.id, "fit_key": key, column: text, **extra,
-                                    "fit_seconds": time.perf_counter() - started,
-                                    "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None)})
-        if isinstance(result, str):
-            missing[model.id] = result
-        else:
-            found[model.id] = result
+            to_fit.append((model, key))
+    fitted_rows = []
+    started = time.perf_counter()
+    for (model, key), result in zip(to_fit, fit([m for m, _ in to_fit]), strict=True):
+        if not isinstance(result, str):
+            result, text, extra = result
+            seconds = extra.pop("fit_seconds", time.perf_counter() - started)
+            fitted_rows.append({"model_id": model.id, "fit_key": key, column: text, **extra, "fit_seconds": seconds,
+                                "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None)})
+        results[model.id] = result
+        started = time.perf_counter()
     if fitted_rows:
         lake = lake_of(con)
         lake.replace(table, pa.Table.from_pandas(pd.DataFrame(fitted_rows), preserve_index=False), None,
                      models=[r["model_id"] for r in fitted_rows])
         lake.refresh(con, table)
-    return found, missing
+    return ({m.id: results[m.id] for m in models if not isinstance(results[m.id], str)},
+            {m.id: results[m.id] for m in models if isinstance(results[m.id], str)})
 
 
 def stored_estimators(con, model_ids: list[str]) -> dict[str, str]:

@@ -4,10 +4,12 @@ multivariate drift, pictures of drift, daily profiles). No Dagster here."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import duckdb
 
@@ -18,6 +20,8 @@ ANALYSIS_WORKERS = int(os.environ.get("MONITOR_ANALYSIS_WORKERS") or min(4, os.c
 # Errors a retry can heal (a lock, the disk): they fail the step, whose retry policy takes them. Any other
 # error working on one model is recorded for that model and the others go on.
 TRANSIENT_ERRORS = (duckdb.IOException, OSError, MemoryError)
+# Fewer items than this run here, one after the other: starting worker processes costs a second or two.
+PROCESS_MIN_ITEMS = 8
 
 
 def map_models(con: duckdb.DuckDBPyConnection, work: Callable, items: list, workers: int | None = None) -> Iterator:
@@ -41,6 +45,33 @@ def map_models(con: duckdb.DuckDBPyConnection, work: Callable, items: list, work
     finally:
         for cursor in cursors:
             close(cursor)
+
+
+def map_processes(work: Callable, args_of: Callable, items: list, workers: int | None = None,
+                  min_items: int | None = None, preload: tuple[str, ...] = ()) -> Iterator:
+    """`work(*args_of(item))` for each item in worker processes; results in the items' order. For CPU work that
+    holds the GIL (scikit-learn's small tree fits, which threads run one at a time). `args_of` runs here, in
+    order (it may read DuckDB), at most two items a worker ahead, so memory holds a few items' arguments, never
+    all. The workers start from a fresh interpreter (forkserver), never a copy of this process's threads and
+    locks; `work` must be a module's top-level function, and the modules in `preload` (its own, say) are
+    imported once by the server the workers fork from (this process's forkserver: the first call's list holds
+    for its life; this process's `__main__`, which a worker does not need, is not imported). An exception is
+    raised here as it would be without workers. One worker, or fewer than `min_items` (PROCESS_MIN_ITEMS)
+    items: here, one after the other."""
+    workers = min(workers or ANALYSIS_WORKERS, len(items))
+    if workers <= 1 or len(items) < (PROCESS_MIN_ITEMS if min_items is None else min_items):
+        yield from (work(*args_of(item)) for item in items)
+        return
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(work, *args_of(item)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def error_message(exc: BaseException, limit: int = 400) -> str:

@@ -16,6 +16,7 @@ from monitor_assets.definitions import MONITORING_JOB, build_definitions
 from monitor_assets.multivariate.defs import build_multivariate_definitions  # noqa: E402
 from monitor_assets.multivariate.logic import MULTIVARIATE, REFERENCES  # noqa: E402
 from monitor_assets.stats.multivariate import DOMAIN_CLASSIFIER, RECONSTRUCTION  # noqa: E402
+from monitor_assets.storage import per_model
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.warehouse import open_warehouse
 from monitor_assets_tests.conftest import CSV_WORLD, write
@@ -122,8 +123,13 @@ def world(tmp_path_factory):
     defs = _job_defs(config)
     wired = _wired(build_definitions(config))
     instance = dg.DagsterInstance.ephemeral()
-    # once the pipeline has the asset, the whole daily job runs: the check and history are judged too
-    assert _run(defs, instance, "2025-04-01", "2025-04-06", MONITORING_JOB if wired else "multivariate_test_job").success
+    # once the pipeline has the asset, the whole daily job runs: the check and history are judged too; the
+    # references are fitted in worker processes, as a fleet's are (here from 1 model, not PROCESS_MIN_ITEMS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(per_model, "PROCESS_MIN_ITEMS", 1)
+        patch.setattr(per_model, "ANALYSIS_WORKERS", 2)
+        assert _run(defs, instance, "2025-04-01", "2025-04-06",
+                    MONITORING_JOB if wired else "multivariate_test_job").success
     table, fits, alerts, history = _read(config, wired)
     # a second run of one day: the stored reference fits are reused, the figures are the same
     assert _run(defs, instance, "2025-04-06", "2025-04-06").success

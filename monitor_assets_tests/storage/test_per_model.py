@@ -1,0 +1,64 @@
+"""Work spread over worker processes (`map_processes`, for CPU work that holds the GIL): results in order, errors
+raised here, arguments made only a few items ahead, a multivariate reference fitted in a worker equal to one
+fitted here."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitor_assets.multivariate.logic import fitted_reference
+from monitor_assets.stats.drift import FeatureSpec
+from monitor_assets.stats.multivariate import MultivariateReference
+from monitor_assets.storage.per_model import map_processes
+
+
+def test_the_work_runs_in_worker_processes_and_comes_back_in_order():
+    items = list(range(20))
+    assert list(map_processes(divmod, lambda i: (i, 3), items, workers=2, min_items=1)) == [divmod(i, 3)
+                                                                                         for i in items]
+    pids = set(map_processes(os.getpid, lambda i: (), items, workers=2, min_items=1))
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+def test_few_items_run_here_one_after_the_other():
+    assert set(map_processes(os.getpid, lambda i: (), [1, 2, 3], workers=2)) == {os.getpid()}  # < 8 items
+
+
+def test_an_error_in_a_worker_or_in_making_the_arguments_is_raised_here():
+    with pytest.raises(ValueError, match="invalid literal"):
+        list(map_processes(int, lambda i: ("x" if i == 5 else str(i),), list(range(10)), workers=2, min_items=1))
+
+    def args_of(i):
+        if i == 3:
+            raise KeyError("no such model")
+        return (i, 2)
+    with pytest.raises(KeyError, match="no such model"):
+        list(map_processes(divmod, args_of, list(range(10)), workers=2, min_items=1))
+
+
+def test_arguments_are_made_at_most_two_items_a_worker_ahead():
+    made = []
+    for i, _ in enumerate(map_processes(divmod, lambda i: made.append(i) or (i, 2), list(range(30)), workers=2,
+                                        min_items=1)):
+        assert len(made) <= i + 1 + 4  # never all 30 frames in memory at once
+    assert made == list(range(30))
+
+
+def test_a_reference_fitted_in_a_worker_equals_one_fitted_here():
+    rng = np.random.default_rng(3)
+    frames = [pd.DataFrame({"a": rng.normal(size=600), "b": rng.exponential(size=600),
+                            "shop": rng.choice(["n", "s", None], 600)}) for _ in range(3)]
+    specs = [FeatureSpec("a", "numeric"), FeatureSpec("b", "numeric"), FeatureSpec("shop", "categorical")]
+    here = [fitted_reference(f, specs) for f in frames]
+    there = list(map_processes(fitted_reference, lambda f: (f, specs), frames, workers=2, min_items=1))
+    for (a, _), (b, _) in zip(there, here, strict=True):  # equal objects (the text's set order follows the hash seed)
+        a, b = MultivariateReference.from_text(a), MultivariateReference.from_text(b)
+        assert a.thresholds == b.thresholds and a.known == b.known and a.encoder == b.encoder
+        assert np.array_equal(a.sample, b.sample, equal_nan=True)
+        assert np.array_equal(a.pca.components, b.pca.components)
+    assert [e["reference_rows"] for _, e in there] == [600, 600, 600]
+    why = list(map_processes(fitted_reference, lambda f: (None, specs, "reference could not be fitted: x"), frames,
+                             workers=2, min_items=1))
+    assert why == ["reference could not be fitted: x"] * 3
