@@ -34,7 +34,7 @@ from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.drift import FeatureSpec
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_models, map_processes
+from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_processes
 from monitor_assets.storage.reads import (
     DAY_COLUMN,
     day_batches,
@@ -64,6 +64,9 @@ VERSION_COLUMN = "__model_version"  # the day frames' model version (kept with t
 MAX_ROWS = 5000
 MIN_FEATURES = 2  # one feature's drift is the per-feature tests' job
 NOT_FITTED = "reference could not be fitted"
+# Model-days from which a day's statistics are computed in worker processes: starting them costs about two
+# seconds, a model-day's trees about 0.1 s.
+PROCESS_MIN_MODEL_DAYS = 40
 FIT_FORMAT = 1  # part of the fit key: a change of the stored reference's layout refits every model once
 
 
@@ -265,39 +268,38 @@ def _day(model: ModelConfig, ref: MV.MultivariateReference, frame: pd.DataFrame,
         return [error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}")], None
 
 
-def isolated_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
-                 ref: MV.MultivariateReference, day: dt.date, booleans: dict
-                 ) -> tuple[list[dict], list[pd.DataFrame]]:
-    """`drift_rows` and `day_sample` of one model-day; an error (not a transient one) becomes its
-    `analysis_error` row, and the day keeps no sample."""
+def day_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, days: list[dt.date],
+               booleans: dict) -> tuple[dict[dt.date, pd.DataFrame], dict[dt.date, str]]:
+    """Several days of one model's rows, read in one query; if that read fails, day by day, so a bad day stays
+    that day's error. Returns (day -> rows, day -> why it could not be read)."""
     try:
-        frame = day_frame(con, config, model, day, booleans)
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are computed
-        return [error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}")], []
-    rows, sample = _day(model, ref, frame, day)
-    return rows, [sample] if sample is not None and len(sample) else []
-
-
-def isolated_days(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig,
-                  ref: MV.MultivariateReference, days: list[dt.date], booleans: dict
-                  ) -> tuple[list[dict], list[pd.DataFrame]]:
-    """`isolated_day` of several days of one model, their rows read in one query; if that read fails, day by
-    day, so a bad day stays that day's `analysis_error`. Returns (drift rows, the days' samples)."""
-    try:
-        frames = day_frames(con, config, model, days, booleans)
+        return day_frames(con, config, model, days, booleans), {}
     except TRANSIENT_ERRORS:
         raise
     except Exception:  # noqa: BLE001 - each day read alone below, its own error recorded
-        rows, samples = [], []
-        for day in days:
-            found, sampled = isolated_day(con, config, model, ref, day, booleans)
-            rows += found
-            samples += sampled
-        return rows, samples
+        pass
+    frames, errors = {}, {}
+    for day in days:
+        try:
+            frames[day] = day_frame(con, config, model, day, booleans)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are computed
+            errors[day] = f"multivariate drift could not be computed: {error_message(exc)}"
+    return frames, errors
+
+
+def computed_days(model: ModelConfig, ref: MV.MultivariateReference, days: list[dt.date],
+                  frames: dict[dt.date, pd.DataFrame], errors: dict[dt.date, str]
+                  ) -> tuple[list[dict], list[pd.DataFrame]]:
+    """`drift_rows` and `day_sample` of each day; a day that could not be read, or failed, is its
+    `analysis_error` row and keeps no sample. Pure (runs in a worker process for a fleet, `map_processes`).
+    Returns (drift rows, the days' samples)."""
     rows, samples = [], []
     for day in days:
+        if day in errors:
+            rows.append(error_row(model, day, errors[day]))
+            continue
         found, sample = _day(model, ref, frames[day], day)
         rows += found
         if sample is not None and len(sample):
@@ -308,9 +310,9 @@ def isolated_days(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: 
 def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
                        workers: int | None = None) -> pd.DataFrame:
     """Replace `days` of monitoring.multivariate_drift and monitoring.multivariate_samples for the config's models
-    (a shard: its models' rows only); returns the drift rows written. Model-days run a few at once (`map_models`:
-    each thread on its own cursor; the trees use one core each). Models without a fitted reference, and held
-    model-days, keep no sample."""
+    (a shard: its models' rows only); returns the drift rows written. The rows are read here, model by model;
+    the statistics of many models are computed in worker processes (`map_processes`: the trees hold the GIL,
+    one core each). Models without a fitted reference, and held model-days, keep no sample."""
     models = monitored(config)
     fitted, missing = references(con, models)
     held = held_models(con, days)
@@ -320,9 +322,15 @@ def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, da
     for m in (m for m in models if m.id in fitted):
         mine = [day for day in days if m.id not in held.get(day, set())]
         work += [(m, batch) for batch in day_batches(mine)]
+
+    def inputs(item):
+        model, batch = item
+        return (model, fitted[model.id], batch, *day_inputs(con, config, model, batch, booleans[model.id]))
+
     samples = []
-    for found, sampled in map_models(con, lambda c, item: isolated_days(c, config, item[0], fitted[item[0].id],
-                                                                        item[1], booleans[item[0].id]), work, workers):
+    many = sum(len(batch) for _, batch in work) >= PROCESS_MIN_MODEL_DAYS
+    for found, sampled in map_processes(computed_days, inputs, work, workers, min_items=1 if many else len(work) + 1,
+                                        preload=(__name__, "sklearn.ensemble")):
         rows += found
         samples += sampled
     frame = pd.DataFrame(rows, columns=COLUMNS)

@@ -13,6 +13,7 @@ from monitor_assets import keys
 from monitor_assets.config import load_config
 from monitor_assets.constants import MULTIVARIATE_DRIFT_CHECK
 from monitor_assets.definitions import MONITORING_JOB, build_definitions
+from monitor_assets.multivariate import logic as MVL
 from monitor_assets.multivariate.defs import build_multivariate_definitions  # noqa: E402
 from monitor_assets.multivariate.logic import MULTIVARIATE, REFERENCES  # noqa: E402
 from monitor_assets.stats.multivariate import DOMAIN_CLASSIFIER, RECONSTRUCTION  # noqa: E402
@@ -124,9 +125,11 @@ def world(tmp_path_factory):
     wired = _wired(build_definitions(config))
     instance = dg.DagsterInstance.ephemeral()
     # once the pipeline has the asset, the whole daily job runs: the check and history are judged too; the
-    # references are fitted in worker processes, as a fleet's are (here from 1 model, not PROCESS_MIN_ITEMS)
+    # references are fitted and the days computed in worker processes, as a fleet's are (here from 1 model and
+    # 1 model-day, not PROCESS_MIN_ITEMS and PROCESS_MIN_MODEL_DAYS)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(per_model, "PROCESS_MIN_ITEMS", 1)
+        patch.setattr(MVL, "PROCESS_MIN_MODEL_DAYS", 1)
         patch.setattr(per_model, "ANALYSIS_WORKERS", 2)
         assert _run(defs, instance, "2025-04-01", "2025-04-06",
                     MONITORING_JOB if wired else "multivariate_test_job").success
