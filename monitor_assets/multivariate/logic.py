@@ -27,6 +27,7 @@ import zlib
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from monitor_assets.config import ModelConfig, MonitorConfig
 from monitor_assets.stats import multivariate as MV
@@ -53,6 +54,9 @@ REFERENCES = "monitoring.multivariate_references"
 SAMPLES = "monitoring.multivariate_samples"
 COLUMNS = [c for c in TABLES[MULTIVARIATE][0] if c != "computed_at"]
 SAMPLE_COLUMNS = [c for c in TABLES[SAMPLES][0] if c != "computed_at"]
+SAMPLE_SCHEMA = pa.schema([("partition_date", pa.date32()), ("model_id", pa.string()), ("model_version", pa.string()),
+                           ("n_day_rows", pa.int64()), ("sample_rank", pa.int64()), ("feature", pa.string()),
+                           ("number", pa.float64()), ("category", pa.string())])
 # Rows of each model-day kept for the windows: a 7-day window then has 7,000 rows to draw its MAX_ROWS = 5,000
 # from (the size the thresholds are calibrated at), and a window whose busiest day holds at most a fifth of its rows
 # draws the full 5,000 in proportion to the days' volumes. About 10 bytes per value on disk (measured: 12 features,
@@ -303,7 +307,9 @@ def computed_days(model: ModelConfig, ref: MV.MultivariateReference, days: list[
         found, sample = _day(model, ref, frames[day], day)
         rows += found
         if sample is not None and len(sample):
-            samples.append(sample)
+            # Arrow, not pandas: a fleet's samples (12,000 rows a model-day) wait in memory until the write, and
+            # pandas keeps a Python object per text value (about 5 MB a model-day with the concat and the sort)
+            samples.append(pa.Table.from_pandas(sample, schema=SAMPLE_SCHEMA, preserve_index=False))
     return rows, samples
 
 
@@ -336,8 +342,10 @@ def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, da
     frame = pd.DataFrame(rows, columns=COLUMNS)
     replace_partitions_from_frame(con, MULTIVARIATE, days, frame, models=config.written_models)
     # rank-major order: a window reading a short prefix of each day's sample skips the row groups past it
-    sample = (pd.concat(samples, ignore_index=True).sort_values(["sample_rank", "model_id", "feature"], kind="stable")
+    sample = (pa.concat_tables(samples).sort_by([("sample_rank", "ascending"), ("model_id", "ascending"),
+                                                 ("feature", "ascending")])  # a stable sort, as pandas' was
               if samples else pd.DataFrame(columns=SAMPLE_COLUMNS))
+    del samples
     replace_partitions_from_frame(con, SAMPLES, days, sample, models=config.written_models)
     return frame
 

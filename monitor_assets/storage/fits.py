@@ -14,6 +14,9 @@ from monitor_assets.config import ModelConfig
 from monitor_assets.storage.warehouse import lake_of
 
 NO_REFERENCE = "no profiled reference"
+# Fits stored this many models at a time (a commit each): a fleet's first run holds a few of their texts in
+# memory, not all (a multivariate reference is about 0.65 MB of text).
+STORE_EVERY = 50
 
 
 def profiled_reference_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -28,9 +31,9 @@ def stored_or_fitted(con: duckdb.DuckDBPyConnection, table: str, column: str, mo
                      fit: Callable[[list[ModelConfig]], Iterable[tuple[object, str, dict] | str]]
                      ) -> tuple[dict, dict[str, str]]:
     """Each model's fitted object: the one stored in `table` (its text in `column`) while its fit key
-    (`key_of(model, reference version)`) holds, else fitted and stored: `fit(models)` yields each model's
-    (object, its text, more columns of the row), in order (`fit_seconds` among them, or the time until it came
-    is taken). `load` and `fit` give a string instead to say why a model has none.
+    (`key_of(model, reference version)`) holds, else fitted and stored (STORE_EVERY at a time): `fit(models)`
+    yields each model's (object, its text, more columns of the row), in order (`fit_seconds` among them, or the
+    time until it came is taken). `load` and `fit` give a string instead to say why a model has none.
     Returns (model id -> object, model id -> why it has none), in the models' order."""
     versions = profiled_reference_versions(con)
     stored = {m: (k, text) for m, k, text in con.execute(
@@ -45,7 +48,16 @@ def stored_or_fitted(con: duckdb.DuckDBPyConnection, table: str, column: str, mo
             results[model.id] = load(model, stored[model.id][1])
         else:
             to_fit.append((model, key))
-    fitted_rows = []
+    fitted_rows: list[dict] = []
+
+    def store() -> None:
+        if fitted_rows:
+            lake = lake_of(con)
+            lake.replace(table, pa.Table.from_pandas(pd.DataFrame(fitted_rows), preserve_index=False), None,
+                         models=[r["model_id"] for r in fitted_rows])
+            lake.refresh(con, table)
+            fitted_rows.clear()
+
     started = time.perf_counter()
     for (model, key), result in zip(to_fit, fit([m for m, _ in to_fit]), strict=True):
         if not isinstance(result, str):
@@ -53,13 +65,11 @@ def stored_or_fitted(con: duckdb.DuckDBPyConnection, table: str, column: str, mo
             seconds = extra.pop("fit_seconds", time.perf_counter() - started)
             fitted_rows.append({"model_id": model.id, "fit_key": key, column: text, **extra, "fit_seconds": seconds,
                                 "computed_at": pd.Timestamp.now(tz="UTC").tz_localize(None)})
+            if len(fitted_rows) >= STORE_EVERY:
+                store()
         results[model.id] = result
         started = time.perf_counter()
-    if fitted_rows:
-        lake = lake_of(con)
-        lake.replace(table, pa.Table.from_pandas(pd.DataFrame(fitted_rows), preserve_index=False), None,
-                     models=[r["model_id"] for r in fitted_rows])
-        lake.refresh(con, table)
+    store()
     return ({m.id: results[m.id] for m in models if not isinstance(results[m.id], str)},
             {m.id: results[m.id] for m in models if isinstance(results[m.id], str)})
 

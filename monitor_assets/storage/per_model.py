@@ -10,6 +10,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 
 import duckdb
 
@@ -47,6 +48,29 @@ def map_models(con: duckdb.DuckDBPyConnection, work: Callable, items: list, work
             close(cursor)
 
 
+@contextmanager
+def _without_main() -> Iterator[None]:
+    """Worker processes started inside do not import this process's `__main__`: multiprocessing does by default
+    (its `if __name__ == "__main__"` block aside), so a script without that guard ran again in every worker,
+    and `python -m monitor_assets.run_pipeline` imported Dagster and the definitions in each (seconds, and
+    memory, for nothing the work needs)."""
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+
+    def preparation(name):
+        data = original(name)
+        data.pop("init_main_from_name", None)
+        data.pop("init_main_from_path", None)
+        return data
+
+    spawn.get_preparation_data = preparation
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = original
+
+
 def map_processes(work: Callable, args_of: Callable, items: list, workers: int | None = None,
                   min_items: int | None = None, preload: tuple[str, ...] = ()) -> Iterator:
     """`work(*args_of(item))` for each item in worker processes; results in the items' order. For CPU work that
@@ -55,7 +79,7 @@ def map_processes(work: Callable, args_of: Callable, items: list, workers: int |
     all. The workers start from a fresh interpreter (forkserver), never a copy of this process's threads and
     locks; `work` must be a module's top-level function, and the modules in `preload` (its own, say) are
     imported once by the server the workers fork from (this process's forkserver: the first call's list holds
-    for its life; this process's `__main__`, which a worker does not need, is not imported). An exception is
+    for its life; this process's `__main__`, which a worker does not need, is not imported: `_without_main`). An exception is
     raised here as it would be without workers. One worker, or fewer than `min_items` (PROCESS_MIN_ITEMS)
     items: here, one after the other."""
     workers = min(workers or ANALYSIS_WORKERS, len(items))
@@ -64,7 +88,7 @@ def map_processes(work: Callable, args_of: Callable, items: list, workers: int |
         return
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with _without_main(), ProcessPoolExecutor(workers, mp_context=context) as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(work, *args_of(item)))

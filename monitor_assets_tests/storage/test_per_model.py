@@ -62,3 +62,23 @@ def test_a_reference_fitted_in_a_worker_equals_one_fitted_here():
     why = list(map_processes(fitted_reference, lambda f: (None, specs, "reference could not be fitted: x"), frames,
                              workers=2, min_items=1))
     assert why == ["reference could not be fitted: x"] * 3
+
+
+def test_a_script_without_a_main_guard_runs_once_not_again_in_every_worker(tmp_path):
+    """multiprocessing imports the parent's `__main__` in each worker by default: a script without the guard ran
+    its top level again there (a second ingestion, a second write), found by a benchmark script."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran.txt"
+    script = tmp_path / "unguarded.py"
+    script.write_text(f"""
+from monitor_assets.storage.per_model import map_processes
+with open({str(marker)!r}, "a") as f:
+    f.write("ran\\n")
+print(sum(map_processes(abs, lambda i: (-i,), list(range(12)), workers=2, min_items=1)))
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == str(sum(range(12)))
+    assert marker.read_text() == "ran\n"  # the top level ran here only
