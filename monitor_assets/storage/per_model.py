@@ -79,9 +79,10 @@ def map_processes(work: Callable, args_of: Callable, items: list, workers: int |
     all. The workers start from a fresh interpreter (forkserver), never a copy of this process's threads and
     locks; `work` must be a module's top-level function, and the modules in `preload` (its own, say) are
     imported once by the server the workers fork from (this process's forkserver: the first call's list holds
-    for its life; this process's `__main__`, which a worker does not need, is not imported: `_without_main`). An exception is
-    raised here as it would be without workers. One worker, or fewer than `min_items` (PROCESS_MIN_ITEMS)
-    items: here, one after the other."""
+    for its life). This process's `__main__` is not imported there (`_without_main`). An exception is raised
+    here as it would be without workers; a worker killed (by the OOM killer, say) fails the step with
+    BrokenProcessPool. One worker, or fewer than `min_items` (PROCESS_MIN_ITEMS) items: here, one after the
+    other."""
     workers = min(workers or ANALYSIS_WORKERS, len(items))
     if workers <= 1 or len(items) < (PROCESS_MIN_ITEMS if min_items is None else min_items):
         yield from (work(*args_of(item)) for item in items)
