@@ -19,9 +19,9 @@ features shift by 0.5 standard deviations and one categorical feature is reweigh
 features, and the config flags a model-day from a drift share of 0.2.
 
 Each run is `python -m monitor_assets.run_pipeline` over all days in a fresh subprocess with a fresh
-warehouse and DAGSTER_HOME. The process tree's memory (Pss: shared pages counted once) is polled every 0.2 s and the tree is killed above
---max-gb (or after --timeout s). Reported: wall seconds, peak RSS (polled tree and the child's
-ru_maxrss), seconds and peak RSS per step (step times read back from the Dagster instance), and whether
+warehouse and DAGSTER_HOME. The process tree's memory (Pss: shared pages counted once) is polled every 0.2 s
+and the tree is killed above --max-gb (or after --timeout s). Reported: wall seconds, peak memory (polled tree,
+reported as peak_rss_gb, and the child's ru_maxrss), seconds and peak RSS per step (step times read back from the Dagster instance), and whether
 the drifted models, and only they, were found (monitoring.drift_summary and monitoring.alerts). With
 --runs K the figures are medians. With --shards N the run is `run_pipeline --shards N --workers W`: the
 models split into N shards, each shard's steps in a process of its own, W at once, then the fleet run;
@@ -483,7 +483,7 @@ def tree_pids(root: int) -> list[int]:
     return pids
 
 
-def tree_rss(root: int) -> int:
+def tree_memory(root: int) -> int:
     """Resident bytes of the process tree under `root`: each process's proportional set size (Pss: a page shared
     by k processes counts 1/k in each, so worker processes forked from one server are not counted k times over),
     its VmRSS where the kernel gives no Pss. For a single process the two differ by its share of shared
@@ -534,7 +534,7 @@ def run_watched(cmd: list[str], env: dict[str, str], log: Path, max_gb: float, t
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            rss = tree_rss(proc.pid)
+            rss = tree_memory(proc.pid)
             samples.append((time.time(), rss))
             peak = max(peak, rss)
             if killed is None and rss > max_gb * GB:

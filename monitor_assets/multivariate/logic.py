@@ -23,6 +23,8 @@ import datetime as dt
 import math
 import time
 import zlib
+from collections.abc import Callable
+from typing import TypeVar
 
 import duckdb
 import numpy as np
@@ -71,6 +73,7 @@ NOT_FITTED = "reference could not be fitted"
 # Model-days from which a day's statistics are computed in worker processes: starting them costs about two
 # seconds, a model-day's trees about 0.1 s.
 PROCESS_MIN_MODEL_DAYS = 40
+T = TypeVar("T")
 FIT_FORMAT = 1  # part of the fit key: a change of the stored reference's layout refits every model once
 
 
@@ -140,20 +143,26 @@ def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
     return day_frames(con, config, model, [day], booleans)[day]
 
 
-def fitted_reference(frame: pd.DataFrame | None, specs: list[FeatureSpec], why: str | None = None
-                     ) -> tuple[str, dict] | str:
-    """A model's reference fitted (`MV.fit_reference`) as (its text, its row's other columns), or why not. Runs
-    in a worker process (`map_processes`) when many models are fitted at once: the calibration's tree fits hold
-    the GIL. `why`: the frame could not be read."""
-    if why is not None:
-        return why
-    started = time.perf_counter()
+def _or_why(work: Callable[[], T]) -> T | str:
+    """`work()`, or why a model has no fitted reference (a transient error is raised: the step's retry takes it)."""
     try:
-        fitted = MV.fit_reference(frame, specs, max_rows=MAX_ROWS)
+        return work()
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are fitted
         return f"{NOT_FITTED}: {error_message(exc)}"
+
+
+def fitted_reference(frame: pd.DataFrame | str, specs: list[FeatureSpec]) -> tuple[str, dict] | str:
+    """A model's reference fitted (`MV.fit_reference`) as (its text, its row's other columns), or why not (`frame`
+    is why when its rows could not be read). Runs in a worker process (`map_processes`) when many models are
+    fitted at once: the calibration's tree fits hold the GIL."""
+    if isinstance(frame, str):
+        return frame
+    started = time.perf_counter()
+    fitted = _or_why(lambda: MV.fit_reference(frame, specs, max_rows=MAX_ROWS))
+    if isinstance(fitted, str):
+        return fitted
     return fitted.to_text(), {"reference_rows": len(frame), "n_features": len(specs),
                               "fit_seconds": time.perf_counter() - started}
 
@@ -163,13 +172,8 @@ def references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]
     """Each model's fitted reference: the stored one while its fit key holds, else fitted now (several models at
     once in worker processes, `map_processes`) and stored. Returns (model id -> reference, model id -> why it has
     none); one model's failure leaves the others."""
-    def read(model: ModelConfig) -> tuple[pd.DataFrame | None, list[FeatureSpec], str | None]:
-        try:
-            return reference_frame(con, model, _booleans(con, model)), feature_specs(model), None
-        except TRANSIENT_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are fitted
-            return None, feature_specs(model), f"{NOT_FITTED}: {error_message(exc)}"
+    def read(model: ModelConfig) -> tuple[pd.DataFrame | str, list[FeatureSpec]]:
+        return _or_why(lambda: reference_frame(con, model, _booleans(con, model))), feature_specs(model)
 
     def fit(todo: list[ModelConfig]):
         for done in map_processes(fitted_reference, read, todo, preload=(__name__, "sklearn.ensemble")):
@@ -180,12 +184,7 @@ def references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]
                 yield MV.MultivariateReference.from_text(text), text, extra
 
     def load(model: ModelConfig, text: str):
-        try:
-            return MV.MultivariateReference.from_text(text)
-        except TRANSIENT_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - refitted next time its key changes; the others go on
-            return f"{NOT_FITTED}: {error_message(exc)}"
+        return _or_why(lambda: MV.MultivariateReference.from_text(text))
 
     found, missing = stored_or_fitted(con, REFERENCES, "reference", models, lambda _, version: fit_key(version),
                                       load, fit)
@@ -334,8 +333,8 @@ def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, da
         return (model, fitted[model.id], batch, *day_inputs(con, config, model, batch, booleans[model.id]))
 
     samples = []
-    many = sum(len(batch) for _, batch in work) >= PROCESS_MIN_MODEL_DAYS
-    for found, sampled in map_processes(computed_days, inputs, work, workers, min_items=1 if many else len(work) + 1,
+    many = sum(len(batch) for _, batch in work) >= PROCESS_MIN_MODEL_DAYS  # else one worker: here, in order
+    for found, sampled in map_processes(computed_days, inputs, work, workers if many else 1, min_items=1,
                                         preload=(__name__, "sklearn.ensemble")):
         rows += found
         samples += sampled

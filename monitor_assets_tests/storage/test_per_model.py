@@ -59,7 +59,7 @@ def test_a_reference_fitted_in_a_worker_equals_one_fitted_here():
         assert np.array_equal(a.sample, b.sample, equal_nan=True)
         assert np.array_equal(a.pca.components, b.pca.components)
     assert [e["reference_rows"] for _, e in there] == [600, 600, 600]
-    why = list(map_processes(fitted_reference, lambda f: (None, specs, "reference could not be fitted: x"), frames,
+    why = list(map_processes(fitted_reference, lambda f: ("reference could not be fitted: x", specs), frames,
                              workers=2, min_items=1))
     assert why == ["reference could not be fitted: x"] * 3
 
