@@ -99,7 +99,7 @@ from monitor_assets.stats.performance import (
 from monitor_assets.stats.ranking import below_floor_p_value
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.per_model import error_message, map_models
+from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_models, model_chunks
 from monitor_assets.storage.reads import (
     DAY_COLUMN,
     day_batches,
@@ -133,8 +133,6 @@ WINDOW_PICTURE_COLUMNS = [c for c in TABLES[WINDOW_PICTURES][0] if c != "compute
 TASKS = ("binary_classification", "regression", "multiclass_classification")  # what stats.profiles profiles
 ALL_VERSIONS = "*"
 FIT_FORMAT = 1  # part of the fit key: a change of the stored layout refits every model once
-# Errors a retry can heal (a lock, the disk): they fail the step; any other error is one model's.
-TRANSIENT_ERRORS = (duckdb.IOException, OSError, MemoryError)
 NUMERIC_DRIFT = ("psi", "jensenshannon", "ks", "ks_bound", "wasserstein", "wasserstein_bound")
 CATEGORICAL_DRIFT = ("psi", "jensenshannon", "jensenshannon_bound", "chisquare_p_value")
 PREDICTION = "prediction"  # a multiclass model's predicted class, as analysis.logic names the output's drift
@@ -898,51 +896,69 @@ def multivariate_windows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, 
     notes: dict[str, str] = {}
     rows: list[dict] = []
     if todo:
-        fitted, missing = MVL.references(con, sorted({m.id: m for _, m in todo}.values(), key=lambda m: m.id))
-        notes.update({m: f"no window multivariate drift: {why}" for m, why in missing.items()})
-        todo = [(w, m) for w, m in todo if m.id in fitted]
-        counts = sample_counts(con, sorted({m.id for _, m in todo}), sorted({d for w, _ in todo for d in w.days()}))
         profiled_rows = whole_model(frame)
         profiled_rows = profiled_rows[profiled_rows.model_version == ALL_VERSIONS] if len(profiled_rows) else frame
         figures = {(r.model_id, r.window_id): (r.n_labelled, r.days_profiled)
                    for r in profiled_rows.drop_duplicates(["model_id", "window_id"]).itertuples()}
-        by_window: dict[str, list[ModelConfig]] = {}
         windows = {w.key: w for w, _ in todo}
-        for w, m in todo:
-            by_window.setdefault(w.key, []).append(m)
-        for key in sorted(by_window, key=lambda k: (windows[k].start, k)):
-            window = windows[key]
-            quotas, n_rows = {}, {}
-            for m in by_window[key]:
-                day_rows, kept_rows = counts.get(m.id, ({}, {}))
-                mine = {d: day_rows[d] for d in window.days() if d in day_rows}
-                quotas[m.id] = window_quotas(mine, kept_rows)
-                n_rows[m.id] = sum(mine.values())
-            long = read_window_samples(con, quotas)
-            parts = dict(tuple(long.groupby("model_id", sort=False))) if len(long) else {}
-            for m in by_window[key]:
-                if m.id not in parts:  # no sampled day in the window: no figures, like a day without rows
-                    continue
-                try:
-                    sample = sample_frame(parts[m.id], MVL.feature_specs(m))
-                    found = MVL.judged(fitted[m.id], sample, window_seed(m.id, window))
-                except TRANSIENT_ERRORS:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one model's window; the others are computed
-                    notes[m.id] = f"window {key} multivariate drift could not be computed: {error_message(exc)}"
-                    continue
-                labelled, profiled = figures.get((m.id, key), (0, len(quotas[m.id])))
-                common = {**_common_multivariate(m, window, n_rows[m.id], last_day), "n_labelled": labelled,
-                          "days_profiled": profiled}
-                before = previous(window).key
-                for metric, (value, reference) in multivariate_metrics(found, len(sample)).items():
-                    values[(m.id, key, metric)] = value
-                    rows.append({**common, "metric": metric, "value": value, "reference_value": reference,
-                                 "previous_value": values.get((m.id, before, metric))})
+        order = sorted(windows, key=lambda k: (windows[k].start, k))
+        by_window: dict[str, list[dict]] = {key: [] for key in order}
+        # MODELS_AT_ONCE models at a time: their fitted references and window samples (a model-window's sample
+        # is up to 5,000 rows x its features, long) are what the step holds, never the fleet's
+        for chunk in model_chunks(list({m.id: m for _, m in todo}.values())):  # the config's order
+            fitted, missing = MVL.references(con, chunk)
+            notes.update({m: f"no window multivariate drift: {why}" for m, why in missing.items()})
+            mine = {m.id for m in chunk if m.id in fitted}
+            chunk_todo = [(w, m) for w, m in todo if m.id in mine]
+            counts = sample_counts(con, sorted(mine), sorted({d for w, _ in chunk_todo for d in w.days()}))
+            for key in order:
+                window_models = [m for w, m in chunk_todo if w.key == key]
+                if window_models:
+                    by_window[key] += window_rows(con, windows[key], window_models, fitted, counts, figures,
+                                                  values, notes, last_day)
+            del fitted
+        rows = [row for key in order for row in by_window[key]]
     out = pd.DataFrame(rows, columns=STORE_COLUMNS)
     if len(kept):
         out = pd.concat([out, kept[STORE_COLUMNS]], ignore_index=True) if len(out) else kept[STORE_COLUMNS]
     return out, notes
+
+
+def window_rows(con: duckdb.DuckDBPyConnection, window: Window, models: list[ModelConfig],
+                fitted: dict[str, MV.MultivariateReference], counts: dict, figures: dict, values: dict,
+                notes: dict[str, str], last_day: dt.date) -> list[dict]:
+    """One window's multivariate store rows for these models (their samples read in one query). `values`
+    (model, window, metric) -> value gives each row its previous window's value and takes this one's; a model
+    whose window fails gets its note in `notes` and no rows."""
+    quotas, n_rows = {}, {}
+    for m in models:
+        day_rows, kept_rows = counts.get(m.id, ({}, {}))
+        mine = {d: day_rows[d] for d in window.days() if d in day_rows}
+        quotas[m.id] = window_quotas(mine, kept_rows)
+        n_rows[m.id] = sum(mine.values())
+    long = read_window_samples(con, quotas)
+    parts = dict(tuple(long.groupby("model_id", sort=False))) if len(long) else {}
+    rows: list[dict] = []
+    for m in models:
+        if m.id not in parts:  # no sampled day in the window: no figures, like a day without rows
+            continue
+        try:
+            sample = sample_frame(parts[m.id], MVL.feature_specs(m))
+            found = MVL.judged(fitted[m.id], sample, window_seed(m.id, window))
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one model's window; the others are computed
+            notes[m.id] = f"window {window.key} multivariate drift could not be computed: {error_message(exc)}"
+            continue
+        labelled, profiled = figures.get((m.id, window.key), (0, len(quotas[m.id])))
+        common = {**_common_multivariate(m, window, n_rows[m.id], last_day), "n_labelled": labelled,
+                  "days_profiled": profiled}
+        before = previous(window).key
+        for metric, (value, reference) in multivariate_metrics(found, len(sample)).items():
+            values[(m.id, window.key, metric)] = value
+            rows.append({**common, "metric": metric, "value": value, "reference_value": reference,
+                         "previous_value": values.get((m.id, before, metric))})
+    return rows
 
 
 def multivariate_drifted(frame: pd.DataFrame) -> int:

@@ -37,7 +37,7 @@ from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.drift import FeatureSpec
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_processes
+from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_processes, model_chunks
 from monitor_assets.storage.reads import (
     DAY_COLUMN,
     day_batches,
@@ -315,37 +315,44 @@ def computed_days(model: ModelConfig, ref: MV.MultivariateReference, days: list[
 def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
                        workers: int | None = None) -> pd.DataFrame:
     """Replace `days` of monitoring.multivariate_drift and monitoring.multivariate_samples for the config's models
-    (a shard: its models' rows only); returns the drift rows written. The rows are read here, model by model;
-    the statistics of many models are computed in worker processes (`map_processes`: the trees hold the GIL,
-    one core each). Models without a fitted reference, and held model-days, keep no sample."""
+    (a shard: its models' rows only); returns the drift rows written. The models go MODELS_AT_ONCE at a time
+    (their references fitted or loaded, their days computed, their samples written), so memory holds one slice
+    of the fleet. The rows are read here, model by model; the statistics of many model-days are computed in
+    worker processes (`map_processes`: the trees hold the GIL, one core each). Models without a fitted
+    reference, and held model-days, keep no sample."""
     models = monitored(config)
-    fitted, missing = references(con, models)
     held = held_models(con, days)
-    rows = [error_row(m, day, missing[m.id]) for m in models if m.id in missing for day in days]
-    booleans = {m.id: _booleans(con, m) for m in models if m.id in fitted}
-    work = []
-    for m in (m for m in models if m.id in fitted):
-        mine = [day for day in days if m.id not in held.get(day, set())]
-        work += [(m, batch) for batch in day_batches(mine)]
+    mine = {m.id: [day for day in days if m.id not in held.get(day, set())] for m in models}
+    many = sum(map(len, mine.values())) >= PROCESS_MIN_MODEL_DAYS  # else one worker: here, in order
+    rows: list[dict] = []
+    for n, chunk in enumerate(model_chunks(models)):
+        fitted, missing = references(con, chunk)
+        rows += [error_row(m, day, missing[m.id]) for m in chunk if m.id in missing for day in days]
+        booleans = {m.id: _booleans(con, m) for m in chunk if m.id in fitted}
+        work = [(m, batch) for m in chunk if m.id in fitted for batch in day_batches(mine[m.id])]
 
-    def inputs(item):
-        model, batch = item
-        return (model, fitted[model.id], batch, *day_inputs(con, config, model, batch, booleans[model.id]))
+        def inputs(item, fitted=fitted, booleans=booleans):
+            model, batch = item
+            return (model, fitted[model.id], batch, *day_inputs(con, config, model, batch, booleans[model.id]))
 
-    samples = []
-    many = sum(len(batch) for _, batch in work) >= PROCESS_MIN_MODEL_DAYS  # else one worker: here, in order
-    for found, sampled in map_processes(computed_days, inputs, work, workers if many else 1, min_items=1,
-                                        preload=(__name__, "sklearn.ensemble")):
-        rows += found
-        samples += sampled
+        samples = []
+        for found, sampled in map_processes(computed_days, inputs, work, workers if many else 1, min_items=1,
+                                            preload=(__name__, "sklearn.ensemble")):
+            rows += found
+            samples += sampled
+        # rank-major order: a window reading a short prefix of each day's sample skips the row groups past it
+        sample = (pa.concat_tables(samples).sort_by([("sample_rank", "ascending"), ("model_id", "ascending"),
+                                                     ("feature", "ascending")])  # stable, as pandas' sort was
+                  if samples else pd.DataFrame(columns=SAMPLE_COLUMNS))
+        del samples, fitted
+        # the first slice's write clears the days (of a shard: its models' rows), the others' add theirs
+        replace_partitions_from_frame(con, SAMPLES, days, sample,
+                                      models=[m.id for m in chunk] if n else config.written_models)
+    if not models:
+        replace_partitions_from_frame(con, SAMPLES, days, pd.DataFrame(columns=SAMPLE_COLUMNS),
+                                      models=config.written_models)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     replace_partitions_from_frame(con, MULTIVARIATE, days, frame, models=config.written_models)
-    # rank-major order: a window reading a short prefix of each day's sample skips the row groups past it
-    sample = (pa.concat_tables(samples).sort_by([("sample_rank", "ascending"), ("model_id", "ascending"),
-                                                 ("feature", "ascending")])  # a stable sort, as pandas' was
-              if samples else pd.DataFrame(columns=SAMPLE_COLUMNS))
-    del samples
-    replace_partitions_from_frame(con, SAMPLES, days, sample, models=config.written_models)
     return frame
 
 

@@ -36,8 +36,10 @@ def stored_or_fitted(con: duckdb.DuckDBPyConnection, table: str, column: str, mo
     time until it came is taken). `load` and `fit` give a string instead to say why a model has none.
     Returns (model id -> object, model id -> why it has none), in the models' order."""
     versions = profiled_reference_versions(con)
+    # these models' rows only: a fleet's fits are hundreds of MB of text, and steps ask for a few models at a time
     stored = {m: (k, text) for m, k, text in con.execute(
-        f"SELECT model_id, fit_key, {column} FROM {table}").fetchall()}
+        f"SELECT model_id, fit_key, {column} FROM {table} WHERE model_id IN (SELECT unnest(?::VARCHAR[]))",
+        [[m.id for m in models]]).fetchall()}
     results, to_fit = {}, []
     for model in models:
         if model.id not in versions:

@@ -11,10 +11,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import duckdb
 
 from monitor_assets.storage.warehouse import close, thread_cursor
+
+T = TypeVar("T")
 
 # Models worked on at once (threads); MONITOR_ANALYSIS_WORKERS overrides (1: one after the other).
 ANALYSIS_WORKERS = int(os.environ.get("MONITOR_ANALYSIS_WORKERS") or min(4, os.cpu_count() or 1))
@@ -23,6 +26,10 @@ ANALYSIS_WORKERS = int(os.environ.get("MONITOR_ANALYSIS_WORKERS") or min(4, os.c
 TRANSIENT_ERRORS = (duckdb.IOException, OSError, MemoryError)
 # Fewer items than this run here, one after the other: starting worker processes costs a second or two.
 PROCESS_MIN_ITEMS = 8
+# Models whose fitted references and samples a fleet-wide step holds at once (about 2 MB each: a reference's
+# 5,000 rows and a day's 1,000-row sample); the step goes through the fleet this many at a time, so its memory
+# does not grow with the number of models.
+MODELS_AT_ONCE = 50
 
 
 def map_models(con: duckdb.DuckDBPyConnection, work: Callable, items: list, workers: int | None = None) -> Iterator:
@@ -46,6 +53,13 @@ def map_models(con: duckdb.DuckDBPyConnection, work: Callable, items: list, work
     finally:
         for cursor in cursors:
             close(cursor)
+
+
+def model_chunks(items: list[T], size: int | None = None) -> Iterator[list[T]]:
+    """`items` in consecutive slices of at most `size` (MODELS_AT_ONCE), in order."""
+    size = size or MODELS_AT_ONCE
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from monitor_assets.definitions import build_definitions
 from monitor_assets.evaluation import logic as E
 from monitor_assets.multivariate import logic as MVL
 from monitor_assets.stats import multivariate as MV
+from monitor_assets.storage import per_model
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.warehouse import connect, replace_partitions_from_frame
 from monitor_assets_tests.conftest import CSV_WORLD, write
@@ -201,12 +202,19 @@ def world(tmp_path_factory):
         MVL.write_multivariate(con, config, [DAYS[10]])
         MVL.write_multivariate(con, config.for_shard(1, 2), [DAYS[20]])
         rerun = con.execute(f"SELECT * FROM {MVL.SAMPLES}").df()
+        # the same two steps a model at a time, as a fleet's go MODELS_AT_ONCE models at a time
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(per_model, "MODELS_AT_ONCE", 1)
+            MVL.write_multivariate(con, config, DAYS[30:32])
+            sliced_samples = con.execute(f"SELECT * FROM {MVL.SAMPLES}").df()
+            sliced = E.write_store(con, config, [DAYS[-1]]).frame
     # every prediction file goes: the logs and the lake's predictions tables
     shutil.rmtree(tmp / "export")
     shutil.rmtree(f"{config.lake_path}/raw/predictions")
     with connect(None, config.lake_path) as con:
         rescan = E.write_store(con, config, [DAYS[-1]])
-    return {"config": config, "store": store, "samples": samples, "rerun": rerun, "rescan": rescan}
+    return {"config": config, "store": store, "samples": samples, "rerun": rerun, "rescan": rescan,
+            "sliced_samples": sliced_samples, "sliced": sliced}
 
 
 def _multivariate(con):
@@ -246,6 +254,27 @@ def test_a_rerun_replaces_its_day_and_a_shard_its_models(world):
     # the same seeded rows: a re-run changes nothing but the time stamp
     assert (merged.number.fillna(-1) == merged.number_new.fillna(-1)).all()
     assert (merged.category.fillna("") == merged.category_new.fillna("")).all()
+
+
+def test_a_model_at_a_time_writes_and_reads_the_same_rows(world):
+    # samples: the first model's write clears the days, the second's adds to them; nothing lost or doubled
+    before, after = world["rerun"], world["sliced_samples"]
+    key = ["model_id", "partition_date", "sample_rank", "feature"]
+    merged = before.merge(after, on=key, suffixes=("", "_new"), how="outer", indicator=True)
+    assert (merged._merge == "both").all() and len(after) == len(before)
+    changed = merged[merged.computed_at != merged.computed_at_new]
+    day = pd.to_datetime(changed.partition_date).dt.date
+    assert set(zip(changed.model_id, day, strict=True)) == {(m, d) for m in ("flip", "steady") for d in DAYS[30:32]}
+    assert (merged.number.fillna(-1) == merged.number_new.fillna(-1)).all()
+    assert (merged.category.fillna("") == merged.category_new.fillna("")).all()
+    # the windows' multivariate rows: the same figures as the pipeline's run, which held both models at once
+    sliced = world["sliced"]
+    sliced = sliced[sliced.metric.str.startswith(E.MULTIVARIATE_PREFIX)]
+    assert set(sliced.model_id) == {"flip", "steady"} and set(sliced.window_name) == {"week", "rolling_90d"}
+    joined = sliced.merge(world["store"], on=["model_id", "window_id", "metric"], suffixes=("", "_store"))
+    assert len(joined) == len(sliced)
+    for c in ("value", "reference_value", "n_rows"):
+        assert np.allclose(joined[c].astype(float), joined[f"{c}_store"].astype(float), equal_nan=True), c
 
 
 def test_the_flipped_week_warns_and_the_stable_weeks_do_not(world):
