@@ -701,9 +701,22 @@ def compute_windows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, windo
     """The store's rows of these windows for the config's models, from the stored daily profiles and reference,
     and the pictures of the windows' drifted features."""
     models, notes = profiled(config)
+    needed = sorted({d for w in windows for d in (*w.days(), *previous(w).days())})
+    rows, pictures = [], []
+    for chunk in model_chunks(models):  # the profiles of a slice of the fleet in memory, not the fleet's
+        found, drawn = _chunk_windows(con, config, chunk, windows, needed, last_day, notes)
+        rows += found
+        pictures += drawn
+    return (pd.DataFrame(rows, columns=STORE_COLUMNS), notes,
+            pd.DataFrame(pictures, columns=WINDOW_PICTURE_COLUMNS))
+
+
+def _chunk_windows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, models: list[ModelConfig],
+                   windows: list[Window], needed: list[dt.date], last_day: dt.date, notes: dict[str, str]
+                   ) -> tuple[list[dict], list[dict]]:
+    """`compute_windows` of some models: (store rows, picture rows); why a model has none goes in `notes`."""
     refs = stored_references(con, models)
     notes.update({m.id: "no stored evaluation reference" for m in models if m.id not in refs})
-    needed = sorted({d for w in windows for d in (*w.days(), *previous(w).days())})
     by_model = load_profiles(con, [m.id for m in models if m.id in refs], needed,
                              segments=any(m.segments.by for m in models))
     rows, pictures = [], []
@@ -726,8 +739,7 @@ def compute_windows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, windo
             except Exception as exc:  # noqa: BLE001 - one model's window; the others are computed
                 notes[model.id] = f"window {window.key} could not be computed: {error_message(exc)}"
                 log.warning("evaluation store: model %s: %s", model.id, notes[model.id])
-    return (pd.DataFrame(rows, columns=STORE_COLUMNS), notes,
-            pd.DataFrame(pictures, columns=WINDOW_PICTURE_COLUMNS))
+    return rows, pictures
 
 
 def write_store(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],

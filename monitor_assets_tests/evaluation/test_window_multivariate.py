@@ -197,6 +197,7 @@ def world(tmp_path_factory):
     assert result.success
     with connect(None, config.lake_path) as con:
         store = _multivariate(con)
+        everything = con.execute(f"SELECT * EXCLUDE (computed_at) FROM {E.STORE}").df()
         samples = con.execute(f"SELECT * FROM {MVL.SAMPLES}").df()
         # a re-run of one day, then one shard's run of another: only their rows are replaced
         MVL.write_multivariate(con, config, [DAYS[10]])
@@ -214,7 +215,7 @@ def world(tmp_path_factory):
     with connect(None, config.lake_path) as con:
         rescan = E.write_store(con, config, [DAYS[-1]])
     return {"config": config, "store": store, "samples": samples, "rerun": rerun, "rescan": rescan,
-            "sliced_samples": sliced_samples, "sliced": sliced}
+            "sliced_samples": sliced_samples, "sliced": sliced, "everything": everything}
 
 
 def _multivariate(con):
@@ -268,6 +269,12 @@ def test_a_model_at_a_time_writes_and_reads_the_same_rows(world):
     assert (merged.number.fillna(-1) == merged.number_new.fillna(-1)).all()
     assert (merged.category.fillna("") == merged.category_new.fillna("")).all()
     # the windows' multivariate rows: the same figures as the pipeline's run, which held both models at once
+    # every other row of those windows too (profiles, performance, drift per feature)
+    others = world["sliced"][~world["sliced"].metric.str.startswith(E.MULTIVARIATE_PREFIX)]
+    key = ["model_id", "window_id", "model_version", "segment", "metric"]
+    joined = others.merge(world["everything"], on=key, suffixes=("", "_store"))
+    assert len(others) > 100 and len(joined) == len(others) and set(others.model_id) == {"flip", "steady"}
+    assert np.allclose(joined.value.astype(float), joined.value_store.astype(float), equal_nan=True)
     sliced = world["sliced"]
     sliced = sliced[sliced.metric.str.startswith(E.MULTIVARIATE_PREFIX)]
     assert set(sliced.model_id) == {"flip", "steady"} and set(sliced.window_name) == {"week", "rolling_90d"}
