@@ -225,3 +225,24 @@ def connect(path: str | None, lake_path: str | None = None, models: Iterable[str
         yield con
     finally:
         close(con)
+        release_memory()
+
+
+def _trim() -> Callable[[], object] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _trim()
+
+
+def release_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's malloc_trim). A run's steps share one process
+    (the in-process executor): without this, what one step freed (a fleet's frames, say) stays in the process
+    and the next step's peak sits on top of it."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
