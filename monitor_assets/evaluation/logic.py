@@ -99,7 +99,14 @@ from monitor_assets.stats.performance import (
 from monitor_assets.stats.ranking import below_floor_p_value
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_models, model_chunks
+from monitor_assets.storage.per_model import (
+    TRANSIENT_ERRORS,
+    error_message,
+    map_models,
+    map_processes,
+    model_chunks,
+    or_why,
+)
 from monitor_assets.storage.reads import (
     DAY_COLUMN,
     day_batches,
@@ -950,27 +957,38 @@ def window_rows(con: duckdb.DuckDBPyConnection, window: Window, models: list[Mod
         n_rows[m.id] = sum(mine.values())
     long = read_window_samples(con, quotas)
     parts = dict(tuple(long.groupby("model_id", sort=False))) if len(long) else {}
+    del long
+    sampled = [m for m in models if m.id in parts]  # no sampled day in the window: no figures, like a day without rows
+
+    def inputs(m: ModelConfig):
+        return fitted[m.id], or_why(lambda: sample_frame(parts.pop(m.id), MVL.feature_specs(m))), \
+            window_seed(m.id, window)
+
     rows: list[dict] = []
-    for m in models:
-        if m.id not in parts:  # no sampled day in the window: no figures, like a day without rows
-            continue
-        try:
-            sample = sample_frame(parts[m.id], MVL.feature_specs(m))
-            found = MVL.judged(fitted[m.id], sample, window_seed(m.id, window))
-        except TRANSIENT_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one model's window; the others are computed
-            notes[m.id] = f"window {window.key} multivariate drift could not be computed: {error_message(exc)}"
+    # the domain classifier's trees hold the GIL: several models' windows at once in worker processes
+    for m, (found, n_sampled) in zip(sampled, map_processes(judged_window, inputs, sampled,
+                                                            preload=(__name__, "sklearn.ensemble")), strict=True):
+        if isinstance(found, str):
+            notes[m.id] = f"window {window.key} multivariate drift could not be computed: {found}"
             continue
         labelled, profiled = figures.get((m.id, window.key), (0, len(quotas[m.id])))
         common = {**_common_multivariate(m, window, n_rows[m.id], last_day), "n_labelled": labelled,
                   "days_profiled": profiled}
         before = previous(window).key
-        for metric, (value, reference) in multivariate_metrics(found, len(sample)).items():
+        for metric, (value, reference) in multivariate_metrics(found, n_sampled).items():
             values[(m.id, window.key, metric)] = value
             rows.append({**common, "metric": metric, "value": value, "reference_value": reference,
                          "previous_value": values.get((m.id, before, metric))})
     return rows
+
+
+def judged_window(ref: MV.MultivariateReference, sample: pd.DataFrame | str, seed: int
+                  ) -> tuple[list[MV.MultivariateDrift] | str, int]:
+    """`multivariate.logic.judged` of one model-window's sample, or why not (a one-line error; a transient one is
+    raised), and the sample's rows. Pure: runs in a worker process for a fleet (`map_processes`)."""
+    if isinstance(sample, str):
+        return sample, 0
+    return or_why(lambda: MVL.judged(ref, sample, seed)), len(sample)
 
 
 def multivariate_drifted(frame: pd.DataFrame) -> int:

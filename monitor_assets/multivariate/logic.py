@@ -37,7 +37,13 @@ from monitor_assets.stats.categories import category_sql
 from monitor_assets.stats.drift import FeatureSpec
 from monitor_assets.storage.fits import NO_REFERENCE, stored_or_fitted
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.per_model import TRANSIENT_ERRORS, error_message, map_processes, model_chunks
+from monitor_assets.storage.per_model import (
+    TRANSIENT_ERRORS,
+    error_message,
+    map_processes,
+    model_chunks,
+    or_why,
+)
 from monitor_assets.storage.reads import (
     DAY_COLUMN,
     day_batches,
@@ -145,12 +151,7 @@ def day_frame(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mode
 
 def _or_why(work: Callable[[], T]) -> T | str:
     """`work()`, or why a model has no fitted reference (a transient error is raised: the step's retry takes it)."""
-    try:
-        return work()
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are fitted
-        return f"{NOT_FITTED}: {error_message(exc)}"
+    return or_why(work, NOT_FITTED)
 
 
 def fitted_reference(frame: pd.DataFrame | str, specs: list[FeatureSpec]) -> tuple[str, dict] | str:

@@ -113,6 +113,17 @@ def map_processes(work: Callable, args_of: Callable, items: list, workers: int |
             yield pending.popleft().result()
 
 
+def or_why(work: Callable[[], T], prefix: str = "") -> T | str:
+    """`work()` for one model, or why it failed as one line (`error_message`, after `prefix: `), so the others go
+    on; a transient error (TRANSIENT_ERRORS) is raised: the step's retry takes it."""
+    try:
+        return work()
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded for this model, the others are computed
+        return f"{prefix}: {error_message(exc)}" if prefix else error_message(exc)
+
+
 def error_message(exc: BaseException, limit: int = 400) -> str:
     """An exception as one line: its type and message, whitespace folded, at most `limit` characters."""
     text = " ".join(str(exc).split()) or "no message"

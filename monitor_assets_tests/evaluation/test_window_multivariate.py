@@ -191,9 +191,15 @@ def world(tmp_path_factory):
     config = load_config(write(tmp / "monitor.yaml", CONFIG.format(tmp=tmp)))
     job = dg.define_asset_job("window_mv_job", selection=dg.AssetSelection.assets(keys.EVALUATION_STORE).upstream())
     defs = dg.Definitions.merge(build_definitions(config), dg.Definitions(jobs=[job]))
-    result = defs.resolve_job_def("window_mv_job").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(),
-        tags={"dagster/asset_partition_range_start": str(DAYS[0]), "dagster/asset_partition_range_end": str(DAYS[-1])})
+    # the windows of both models judged in worker processes, as a fleet's are (the model-at-a-time run below
+    # judges them here: the two must agree)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(per_model, "PROCESS_MIN_ITEMS", 1)
+        patch.setattr(per_model, "ANALYSIS_WORKERS", 2)
+        result = defs.resolve_job_def("window_mv_job").execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(),
+            tags={"dagster/asset_partition_range_start": str(DAYS[0]),
+                  "dagster/asset_partition_range_end": str(DAYS[-1])})
     assert result.success
     with connect(None, config.lake_path) as con:
         store = _multivariate(con)
