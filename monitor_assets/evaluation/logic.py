@@ -855,9 +855,10 @@ def sample_frame(long: pd.DataFrame, specs: list[FeatureSpec]) -> pd.DataFrame:
     per feature (numbers as float, categories as text; missing where a feature was not stored)."""
     index = pd.MultiIndex.from_frame(long[["partition_date", "sample_rank"]].drop_duplicates()
                                      .sort_values(["partition_date", "sample_rank"]))
+    by_feature = dict(tuple(long.groupby("feature", sort=False)))  # one pass, not a comparison per feature
     columns = {}
     for f in specs:
-        part = long[long.feature == f.name].set_index(["partition_date", "sample_rank"])
+        part = by_feature.get(f.name, long.iloc[:0]).set_index(["partition_date", "sample_rank"])
         if f.kind == "categorical":
             columns[f.name] = part["category"].reindex(index).astype(object).to_numpy()
         else:
@@ -1480,8 +1481,14 @@ def write_reports(frame: pd.DataFrame, config: MonitorConfig, closed: list[Windo
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              autoescape=lambda name: bool(name) and name.endswith(".html.j2"))
     written = []
+    # each model-window's rows found once: filtering the fleet's frame per model cost O(models²) (a third of the
+    # step at 200 models)
+    rows_of = _by_model_window(frame)
+    pictures_of = _by_model_window(pictures) if pictures is not None else {}
     for window in closed:
-        contexts = [("window_report", report_context(frame, model, window, config=config, pictures=pictures))
+        contexts = [("window_report", report_context(rows_of.get((model.id, window.key), frame.iloc[:0]), model,
+                                                     window, config=config,
+                                                     pictures=pictures_of.get((model.id, window.key))))
                     for model in config.models]
         if rankers is not None and len(rankers):
             contexts += [("ranker_report", ranker_report_context(rankers, ranker, window, config))
@@ -1495,6 +1502,13 @@ def write_reports(frame: pd.DataFrame, config: MonitorConfig, closed: list[Windo
                 path.write_text(env.get_template(f"{template}.{ext}.j2").render(**context))
                 written.append(path)
     return written
+
+
+def _by_model_window(frame: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+    """(model id, window id) -> that model-window's rows of a store (or pictures) frame."""
+    if not len(frame):
+        return {}
+    return {key: part for key, part in frame.groupby(["model_id", "window_id"], sort=False)}
 
 
 def day_figures(run: ProfileRun, day: dt.date) -> dict:
