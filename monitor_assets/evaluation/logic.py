@@ -852,7 +852,43 @@ def read_window_samples(con: duckdb.DuckDBPyConnection, quotas: dict[str, dict[d
 
 def sample_frame(long: pd.DataFrame, specs: list[FeatureSpec]) -> pd.DataFrame:
     """One model's long sample rows as the core reads a day: a row per sampled row (day, rank order), a column
-    per feature (numbers as float, categories as text; missing where a feature was not stored)."""
+    per feature (numbers as float, categories as text; missing where a feature was not stored). `long` in
+    `read_window_samples`' order."""
+    wide = _reshaped(long, specs)
+    return wide if wide is not None else _reindexed(long, specs)
+
+
+def _reshaped(long: pd.DataFrame, specs: list[FeatureSpec]) -> pd.DataFrame | None:
+    """`sample_frame` as a reshape, when every sampled row has one row per stored feature, in the same order (a
+    sample as `multivariate.logic.day_sample` writes it); None otherwise. A reshape, not an index per feature: the
+    window's inputs are prepared here while the workers judge (the index was most of the step's own time)."""
+    features = long.feature.to_numpy(object)
+    k = len(pd.unique(features))
+    if not k or len(features) % k:
+        return None
+    grid = features.reshape(-1, k)
+    days = long.partition_date.to_numpy().reshape(-1, k)
+    ranks = long.sample_rank.to_numpy().reshape(-1, k)
+    if not ((grid == grid[0]).all() and (days == days[:, :1]).all() and (ranks == ranks[:, :1]).all()):
+        return None
+    day, rank = days[:, 0], ranks[:, 0]
+    if not ((day[1:] > day[:-1]) | ((day[1:] == day[:-1]) & (rank[1:] > rank[:-1]))).all():
+        return None  # a sampled row twice, or out of order: the index says so
+    at = {name: j for j, name in enumerate(grid[0])}
+    numbers = pd.to_numeric(long.number, errors="coerce").to_numpy(float).reshape(-1, k)
+    categories = long.category.astype(object).to_numpy().reshape(-1, k)
+    n, columns = len(grid), {}
+    for f in specs:
+        j = at.get(f.name)
+        if f.kind == "categorical":
+            columns[f.name] = categories[:, j] if j is not None else np.full(n, None, dtype=object)
+        else:
+            columns[f.name] = numbers[:, j] if j is not None else np.full(n, np.nan)
+    return pd.DataFrame(columns, index=range(n))
+
+
+def _reindexed(long: pd.DataFrame, specs: list[FeatureSpec]) -> pd.DataFrame:
+    """`sample_frame` of any long rows (a feature missing on some sampled rows): each feature reindexed."""
     index = pd.MultiIndex.from_frame(long[["partition_date", "sample_rank"]].drop_duplicates()
                                      .sort_values(["partition_date", "sample_rank"]))
     by_feature = dict(tuple(long.groupby("feature", sort=False)))  # one pass, not a comparison per feature

@@ -106,6 +106,31 @@ def test_a_stable_ninety_day_window_stays_quiet(lake):
     assert alarms <= 1, statistics  # calibrated false-alarm rate 0.00135 per statistic and window
 
 
+def test_the_sample_frame_reshape_equals_the_index_and_steps_aside_when_irregular():
+    rng = np.random.default_rng(5)
+    model = _model("m")
+    frames = {}
+    for i in range(3):
+        frame = _rows(rng, 40 + i, 0.8)
+        frame.loc[rng.random(len(frame)) < 0.1, "x2"] = np.nan
+        frame.loc[rng.random(len(frame)) < 0.1, "shop"] = None
+        frames[WEEK_START + dt.timedelta(days=i)] = frame
+    long = pd.concat([MVL.day_sample(model, f, d) for d, f in frames.items()], ignore_index=True)
+    long = long.sort_values(["partition_date", "sample_rank", "feature"], ignore_index=True)  # as the read orders it
+    long["partition_date"] = pd.to_datetime(long.partition_date)
+    specs = MVL.feature_specs(model) + [MVL.FeatureSpec("absent", "numeric"), MVL.FeatureSpec("gone", "categorical")]
+    reshaped, indexed = E._reshaped(long, specs), E._reindexed(long, specs)
+    assert reshaped is not None and len(reshaped) == sum(len(f) for f in frames.values())
+    pd.testing.assert_frame_equal(reshaped, indexed)
+    assert reshaped.x2.isna().sum() > 0 and reshaped.shop.isna().sum() > 0 and reshaped.absent.isna().all()
+    # a feature's row missing on one sampled row, or a sampled row twice: the index's way, which knows
+    irregular = long.drop(index=5).reset_index(drop=True)
+    assert E._reshaped(irregular, specs) is None
+    pd.testing.assert_frame_equal(E.sample_frame(irregular, specs), E._reindexed(irregular, specs))
+    twice = pd.concat([long.iloc[:4], long], ignore_index=True)
+    assert E._reshaped(twice, specs) is None
+
+
 def test_window_quotas_by_hand():
     d = [WEEK_START + dt.timedelta(days=i) for i in range(7)]
     # every row stored: the whole window, up to MAX_ROWS
