@@ -1,8 +1,10 @@
 """Work spread over worker processes (`map_processes`, for CPU work that holds the GIL): results in order, errors
 raised here, arguments made only a few items ahead, a multivariate reference fitted in a worker equal to one
-fitted here."""
+fitted here; a fleet in slices; one model's error as its line; a closed connection's freed memory given back."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ import pytest
 from monitor_assets.multivariate.logic import fitted_reference
 from monitor_assets.stats.drift import FeatureSpec
 from monitor_assets.stats.multivariate import MultivariateReference
-from monitor_assets.storage.per_model import map_processes
+from monitor_assets.storage.per_model import TRANSIENT_ERRORS, map_processes, model_chunks, or_why
 
 
 def test_the_work_runs_in_worker_processes_and_comes_back_in_order():
@@ -73,7 +75,7 @@ def test_a_script_without_a_main_guard_runs_once_not_again_in_every_worker(tmp_p
     marker = tmp_path / "ran.txt"
     script = tmp_path / "unguarded.py"
     script.write_text(f"""
-from monitor_assets.storage.per_model import map_processes
+from monitor_assets.storage.per_model import TRANSIENT_ERRORS, map_processes, model_chunks, or_why
 with open({str(marker)!r}, "a") as f:
     f.write("ran\\n")
 print(sum(map_processes(abs, lambda i: (-i,), list(range(12)), workers=2, min_items=1)))
@@ -82,3 +84,46 @@ print(sum(map_processes(abs, lambda i: (-i,), list(range(12)), workers=2, min_it
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == str(sum(range(12)))
     assert marker.read_text() == "ran\n"  # the top level ran here only
+
+
+def test_a_fleet_goes_in_slices_in_order():
+    items = list(range(7))
+    assert list(model_chunks(items, 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(model_chunks([], 3)) == []
+    assert [x for chunk in model_chunks(list(range(120))) for x in chunk] == list(range(120))
+
+
+def test_one_models_error_is_its_line_and_a_transient_one_is_raised():
+    assert or_why(lambda: 5) == 5
+    assert or_why(lambda: int("x"), "not fitted") == "not fitted: ValueError: invalid literal for int() with base 10: 'x'"
+    assert OSError in TRANSIENT_ERRORS
+
+    def disk():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        or_why(disk)
+
+
+CLOSED_CONNECTION = r"""
+from monitor_assets.storage.warehouse import connect
+
+def rss():
+    return next(int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+
+blocks = [bytes(4000) for _ in range(100_000)]  # 400 MB from the heap, one block in 20 kept: it cannot shrink
+kept = blocks[::20]
+del blocks
+before = rss()
+with connect(None, {lake!r}):
+    pass
+print(before, rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_closing_a_connection_gives_freed_memory_back(tmp_path):
+    out = subprocess.run([sys.executable, "-c", CLOSED_CONNECTION.format(lake=str(tmp_path / "lake"))],
+                         capture_output=True, text=True, check=True).stdout.split()
+    before, after = int(out[-2]), int(out[-1])
+    assert before - after > 200 << 20, (before, after)  # about 380 MB of free pages were held
