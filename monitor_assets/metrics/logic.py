@@ -16,6 +16,7 @@ from monitor_assets.stats.metrics_spec import METRIC_DIRECTION
 from monitor_assets.stats.multiclass import MULTICLASS_COLUMNS, labelled_metrics, multiclass_metrics
 from monitor_assets.stats.performance import performance_sql
 from monitor_assets.storage.lake import MODELS_PER_QUERY, TABLES
+from monitor_assets.storage.per_model import model_chunks
 from monitor_assets.storage.reads import latest_labels_sql, performance_models_sql
 from monitor_assets.storage.sql import quote_ident, sql_str
 from monitor_assets.storage.warehouse import lake_of, replace_partitions
@@ -26,8 +27,7 @@ def write_performance(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
     chunk registers its own models' tables). Returns the rows written."""
     con.execute("CREATE OR REPLACE TEMP TABLE _days AS SELECT unnest(?::DATE[]) AS d", [days])
     parts = []
-    for i in range(0, len(config.models), MODELS_PER_QUERY):
-        chunk = config.models[i:i + MODELS_PER_QUERY]
+    for chunk in model_chunks(config.models, MODELS_PER_QUERY):
         sql, params = performance_statement(con, config, chunk)
         part = con.sql(sql, params=params).to_arrow_table()
         if any(m.is_multiclass for m in chunk):

@@ -53,6 +53,7 @@ from monitor_assets.stats.trigger import (
 from monitor_assets.stats.versions import Gates, MetricSample, VersionStats, champions, compare_versions
 from monitor_assets.storage.fits import stored_estimators
 from monitor_assets.storage.lake import MODELS_PER_QUERY
+from monitor_assets.storage.per_model import model_chunks
 from monitor_assets.storage.reads import (
     latest_labels_sql,
     models_values_sql,
@@ -563,8 +564,8 @@ def _model_loss_sums(con: duckdb.DuckDBPyConnection, config: MonitorConfig, firs
                                    columns=["model_id", "model_version", "cap"]).astype({"cap": float})
     con.register("_caps", capped_versions)
     try:
-        for i in range(0, len(config.models), MODELS_PER_QUERY):  # memory holds a few models' rows at a time
-            sql, params = labelled_losses_sql(con, config, first, last, config.models[i:i + MODELS_PER_QUERY])
+        for chunk in model_chunks(config.models, MODELS_PER_QUERY):  # memory holds a few models' rows at a time
+            sql, params = labelled_losses_sql(con, config, first, last, chunk)
             parts.append(con.execute(f"""
                 SELECT model_id, model_version, partition_date, count(*) AS n, sum(c_loss) AS s,
                        sum(c_loss * c_loss) AS ss
