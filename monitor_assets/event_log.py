@@ -29,7 +29,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 import sqlalchemy as db
+import sqlalchemy.exc as db_exc
+from dagster._core.events import (
+    ASSET_CHECK_EVENTS,
+    ASSET_EVENTS,
+    EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
+    DagsterEventType,
+)
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    AssetKeyTable,
+    SqlEventLogStorageTable,
+)
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.pool import NullPool
@@ -139,14 +152,150 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         with self._db_lock, ExitStack() as stack:
             self._batch.connections, self._batch.stack = {}, stack
             try:
-                for event in events:
-                    super().store_event(event)
+                self._store_together(events)
             finally:
                 self._batch.connections = None
+
+    def _store_together(self, events: Sequence) -> None:
+        """The rows Dagster's `SqliteEventLogStorage.store_event` writes for each event, written for the batch at
+        once: each event serialized once, its event-log rows inserted in one statement per file (executemany, the
+        index file's ids returned in order), the asset tags in one statement, an asset's row in `asset_keys` set
+        once to what its last events leave there, and the check evaluations' rows updated in one statement.
+        Dagster's per-event code compiles three to six statements an event and serializes a materialization or
+        a check evaluation two or three times: about 1.3 ms an event, half a minute for a year of one model."""
+        rows = [self._event_to_row(event) for event in events]
+        by_run: dict[str, list[dict]] = {}
+        for event, row in zip(events, rows, strict=True):
+            by_run.setdefault(event.run_id, []).append(row)
+        for run_id, run_rows in by_run.items():
+            with self.run_connection(run_id) as conn:
+                conn.execute(SqlEventLogStorageTable.insert(), run_rows)
+
+        mirrored = [i for i, event in enumerate(events) if _mirrored(event)]
+        if not mirrored:
+            return
+        with self.index_connection() as conn:
+            ids = dict(zip(mirrored, _inserted_ids(conn, [rows[i] for i in mirrored]), strict=True))
+            assets = [i for i in mirrored if events[i].dagster_event_type in ASSET_EVENTS
+                      and events[i].dagster_event.asset_key]
+            self._store_asset_event_tags(conn, [events[i] for i in assets], [ids[i] for i in assets])
+            self._store_asset_rows(conn, [(events[i], ids[i]) for i in assets])
+        checks = [i for i in mirrored if events[i].dagster_event_type in ASSET_CHECK_EVENTS]
+        self._store_check_events([(events[i], ids[i], rows[i]) for i in checks])
+
+    def _store_asset_rows(self, conn: db.Connection, events: Sequence[tuple]) -> None:
+        """Each asset's `asset_keys` row, set once: every column to the value of the last event that sets it
+        (Dagster sets the row event by event, each event overwriting the columns it sets). A materialization
+        sets every column its kind of event sets, so an earlier one is skipped once a later one is found
+        (its serialized record, `last_materialization`, is the costly value)."""
+        has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
+        merged: dict[str, dict] = {}
+        for event, event_id in reversed(events):
+            values = merged.setdefault(event.dagster_event.asset_key.to_string(), {})
+            if event.dagster_event.is_step_materialization and "last_materialization" in values:
+                continue
+            for column, value in self._get_asset_entry_values(event, event_id, has_index_cols).items():
+                values.setdefault(column, value)
+        for asset_key, values in merged.items():
+            if not values:
+                continue
+            try:
+                conn.execute(AssetKeyTable.insert().values(asset_key=asset_key, **values))
+            except db_exc.IntegrityError:
+                conn.execute(AssetKeyTable.update().values(**values).where(AssetKeyTable.c.asset_key == asset_key))
+
+    def _store_check_events(self, checks: Sequence[tuple]) -> None:
+        """A run's check evaluations update the rows their planned events made, in one statement per partition
+        kind; anything else (a planned check, an evaluation without its planned row or outside a run) goes
+        through Dagster's own per-event code, in order."""
+        if not checks:
+            return
+        fast = [(event, event_id, row) for event, event_id, row in checks
+                if event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION and event.run_id]
+        planned = {(key, name, run_id, partition) for key, name, run_id, partition in self._planned_checks(fast)}
+        fast = [item for item in fast if _check_row_key(item[0]) in planned]
+        if any(event.dagster_event_type != DagsterEventType.ASSET_CHECK_EVALUATION for event, _, _ in checks):
+            fast = []  # planned and evaluated in one batch: Dagster's order, event by event
+        chosen = {id(event) for event, _, _ in fast}
+        for event, event_id, _ in checks:
+            if id(event) not in chosen:
+                self.store_asset_check_event(event, event_id)
+        table = AssetCheckExecutionsTable
+        for with_partition in (True, False):
+            params = [_check_update_params(event, event_id, row) for event, event_id, row in fast
+                      if (event.dagster_event.event_specific_data.partition is not None) == with_partition]
+            if not params:
+                continue
+            partition = (table.c.partition == db.bindparam("b_partition") if with_partition
+                         else table.c.partition.is_(None))
+            statement = table.update().where(
+                table.c.asset_key == db.bindparam("b_asset_key"), table.c.check_name == db.bindparam("b_check_name"),
+                table.c.run_id == db.bindparam("b_run_id"), partition,
+            ).values(execution_status=db.bindparam("b_status"), evaluation_event=db.bindparam("b_event"),
+                     evaluation_event_timestamp=db.bindparam("b_timestamp"),
+                     evaluation_event_storage_id=db.bindparam("b_storage_id"),
+                     materialization_event_storage_id=db.bindparam("b_materialization_id"))
+            with self.index_connection() as conn:
+                conn.execute(statement, params)
+
+    def _planned_checks(self, evaluations: Sequence[tuple]) -> list[tuple]:
+        """The (asset, check, run, partition) rows already in the check-executions table for these evaluations' runs
+        and checks: an evaluation whose planned row is there is an update."""
+        if not evaluations:
+            return []
+        table = AssetCheckExecutionsTable
+        runs = sorted({event.run_id for event, _, _ in evaluations})
+        names = sorted({event.dagster_event.event_specific_data.check_name for event, _, _ in evaluations})
+        with self.index_connection() as conn:
+            return [tuple(row) for row in conn.execute(
+                db.select(table.c.asset_key, table.c.check_name, table.c.run_id, table.c.partition)
+                .where(table.c.run_id.in_(runs), table.c.check_name.in_(names)))]
 
     def dispose(self) -> None:
         self.flush()
         super().dispose()
+
+
+def _inserted_ids(conn: db.Connection, rows: list[dict]) -> range:
+    """Insert event rows in one statement and give their ids, in order. The first insert takes the file's write
+    lock until the transaction ends, so no other writer gets between the rows: SQLite numbers them one after the
+    other, the last being `last_insert_rowid()`. (SQLAlchemy's ordered RETURNING falls back to one statement a
+    row on SQLite.) Checked (the count in the range, the first row's event): a mismatch raises, and the batch is
+    then stored event by event."""
+    conn.execute(SqlEventLogStorageTable.insert(), rows)
+    last = conn.execute(db.text("SELECT last_insert_rowid()")).scalar_one()
+    ids = range(last - len(rows) + 1, last + 1)
+    table = SqlEventLogStorageTable
+    found = conn.execute(db.select(db.func.count()).where(table.c.id.between(ids.start, last))).scalar_one()
+    first = conn.execute(db.select(table.c.event).where(table.c.id == ids.start)).scalar_one_or_none()
+    if found != len(rows) or first != rows[0]["event"]:
+        raise RuntimeError(f"event ids {ids.start}..{last} are not the {len(rows)} rows just inserted")
+    return ids
+
+
+def _mirrored(event) -> bool:
+    """Whether Dagster's SQLite storage also writes the event into the index file (assets, checks, run status)."""
+    if not event.is_dagster_event:
+        return False
+    kind = event.dagster_event_type
+    return kind in ASSET_EVENTS or kind in ASSET_CHECK_EVENTS or kind in EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+
+
+def _check_row_key(event) -> tuple:
+    evaluation = event.dagster_event.event_specific_data
+    return (evaluation.asset_key.to_string(), evaluation.check_name, event.run_id, evaluation.partition)
+
+
+def _check_update_params(event, event_id: int, row: dict) -> dict:
+    """The values Dagster's `_update_asset_check_evaluation` writes, the event's serialized text reused from its row."""
+    evaluation = event.dagster_event.event_specific_data
+    status = (AssetCheckExecutionRecordStatus.SUCCEEDED if evaluation.passed
+              else AssetCheckExecutionRecordStatus.FAILED)
+    target = evaluation.target_materialization_data
+    return {"b_asset_key": evaluation.asset_key.to_string(), "b_check_name": evaluation.check_name,
+            "b_run_id": event.run_id, "b_partition": evaluation.partition, "b_status": status.value,
+            "b_event": row["event"], "b_timestamp": row["timestamp"], "b_storage_id": event_id,
+            "b_materialization_id": target.storage_id if target else None}
 
 
 def _held_back(event) -> bool:

@@ -100,7 +100,99 @@ def test_a_run_stores_the_same_events_as_dagsters_own_sqlite_storage(tmp_path, m
         assert event.asset_materialization.metadata["days"].value == 7
 
 
-def test_a_failed_batch_leaves_nothing_and_the_events_can_be_stored_again(tmp_path):
+def index_tables(instance: dg.DagsterInstance, run_id: str) -> dict:
+    """The index file's rows a run leaves (events, asset rows, asset tags, check executions), comparable across
+    two instances: the run's id as RUN, times left out, each storage id as the (kind, step, asset, partition)
+    of the event it points to, each serialized event as its kind and partition."""
+    import sqlalchemy as db
+    from dagster._core.storage.event_log.schema import (
+        AssetCheckExecutionsTable,
+        AssetEventTagsTable,
+        AssetKeyTable,
+        SqlEventLogStorageTable,
+    )
+    from dagster_shared.serdes import deserialize_value
+
+    storage = instance.event_log_storage
+    with storage.index_connection() as conn:
+        events = {row.id: row for row in conn.execute(db.select(SqlEventLogStorageTable))}
+
+        def at(storage_id):
+            row = events.get(storage_id)
+            return None if row is None else (row.dagster_event_type, row.step_key, row.asset_key, row.partition)
+
+        def parsed(text):
+            if text is None:
+                return None
+            value = deserialize_value(text)
+            entry = getattr(value, "event_log_entry", value)  # an EventLogRecord or an EventLogEntry
+            return (entry.dagster_event.event_type_value, entry.dagster_event.partition,
+                    at(getattr(value, "storage_id", None)))
+
+        run = {run_id: "RUN"}
+        tables = {
+            "events": sorted((row.dagster_event_type or "", row.step_key or "", row.asset_key or "",
+                              row.partition or "", run.get(row.run_id, row.run_id)) for row in events.values()),
+            "asset_keys": sorted((row.asset_key, parsed(row.last_materialization), run.get(row.last_run_id),
+                                  row.last_materialization_timestamp is not None)
+                                 for row in conn.execute(db.select(AssetKeyTable))),
+            # a data version without a code version is made from the run's id
+            "tags": sorted((at(row.event_id), row.asset_key, row.key,
+                            bool(row.value) if row.key == "dagster/data_version" else row.value)
+                           for row in conn.execute(db.select(AssetEventTagsTable))),
+            "checks": sorted((row.asset_key, row.check_name, row.partition or "", run.get(row.run_id),
+                              row.execution_status, parsed(row.evaluation_event), at(row.evaluation_event_storage_id),
+                              at(row.materialization_event_storage_id))
+                             for row in conn.execute(db.select(AssetCheckExecutionsTable))),
+        }
+    return tables
+
+
+def test_the_index_rows_are_those_dagsters_own_storage_writes_event_by_event(tmp_path):
+    """The batch writes the index file's rows itself (one statement per table, not per event): row for row what
+    Dagster's SQLite storage writes, the asset's row pointing to its last materialization, each check row to
+    its evaluation and the materialization it judged, each event serialized as Dagster serializes it."""
+    batched, batched_run = run_range(home_with(tmp_path, "batched", template=True))
+    plain, plain_run = run_range(home_with(tmp_path, "plain", template=False))
+    with batched, plain:
+        got, expected = index_tables(batched, batched_run), index_tables(plain, plain_run)
+        assert got == expected
+        assert len(got["tags"]) == 14  # each materialization's data version
+        assert len(got["checks"]) == 7 and all(row[5] is not None and row[6] is not None for row in got["checks"])
+        downstream = next(row for row in got["asset_keys"] if "downstream" in row[0])
+        assert downstream[1] == ("ASSET_MATERIALIZATION", "2026-01-07",
+                                 ("ASSET_MATERIALIZATION", "downstream", '["downstream"]', "2026-01-07"))
+        assert downstream[2] == "RUN"
+
+
+def test_a_batch_costs_a_few_statements_whatever_its_size(tmp_path):
+    """Dagster's storage runs three to six statements an event; the batch a handful per table, so a year of
+    days costs what a week does."""
+    import sqlalchemy as db
+
+    counted: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        counted.append(statement.split()[0])
+
+    db.event.listen(db.engine.Engine, "before_cursor_execute", count)
+    try:
+        instance, run_id = run_range(home_with(tmp_path, "batched", template=True))
+        with instance:
+            planned = [e for e in instance.all_logs(run_id) if e.dagster_event is not None
+                       and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION_PLANNED"]
+            for _ in range(20):  # 280 events in one batch
+                planned = planned + planned[:14]
+            counted.clear()
+            instance.event_log_storage.store_event_batch(planned)
+            writes = [s for s in counted if s in ("INSERT", "UPDATE")]
+            assert len(planned) == 294 and 2 <= len(writes) <= 6, counted
+            assert len(instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)) == 14 + 294
+    finally:
+        db.event.remove(db.engine.Engine, "before_cursor_execute", count)
+
+
+def test_a_failed_batch_leaves_nothing_and_the_events_can_be_stored_again(tmp_path, monkeypatch):
     instance, run_id = run_range(home_with(tmp_path, "batched", template=True))
     with instance:
         storage = instance.event_log_storage
@@ -108,14 +200,30 @@ def test_a_failed_batch_leaves_nothing_and_the_events_can_be_stored_again(tmp_pa
                   and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"]
         before = len(instance.all_logs(run_id))
 
-        class Broken:  # not an event: storing it raises halfway through the batch
+        def latest_in_asset_row():
+            return instance.get_asset_records([dg.AssetKey("daily")])[0].asset_entry.last_materialization_record.storage_id
+
+        latest = latest_in_asset_row()
+
+        class Broken:  # not an event: storing it raises before anything is written
             is_dagster_event = False
 
-        with pytest.raises(ParameterCheckError):
+        with pytest.raises(AttributeError):
             storage.store_event_batch([*events[:3], Broken()])
-        assert len(instance.all_logs(run_id)) == before  # the three stored before the failure were rolled back
+        assert len(instance.all_logs(run_id)) == before
+
+        def disk_full(*args):  # after both files' event rows were inserted
+            raise RuntimeError("disk full, say")
+
+        monkeypatch.setattr(storage, "_store_asset_rows", disk_full)
+        with pytest.raises(RuntimeError, match="disk full"):
+            storage.store_event_batch(events[:3])
+        assert len(instance.all_logs(run_id)) == before  # the rows inserted before the failure were rolled back
+        assert latest_in_asset_row() == latest
+        monkeypatch.undo()
         storage.store_event_batch(events[:3])
         assert len(instance.all_logs(run_id)) == before + 3
+        assert latest_in_asset_row() > latest
 
 
 def test_the_kept_engines_survive_a_wipe(tmp_path):
