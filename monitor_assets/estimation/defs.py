@@ -5,7 +5,7 @@ import dagster as dg
 from monitor_assets import keys
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import GROUP_METRICS, OWNERS
-from monitor_assets.estimation.logic import ESTIMATES, day_summary, write_estimates
+from monitor_assets.estimation.logic import ESTIMATES, day_summaries, write_estimates
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
@@ -52,7 +52,7 @@ def build_estimation_definitions(config: MonitorConfig) -> dg.Definitions:
         refreshed = days_with_label_refresh(days, cfg)
         with fail_fast(), warehouse.connect_lake() as con:
             frame, segments, missing = write_estimates(con, cfg, refreshed)
-            add_partition_metadata(context, {day: day_summary(con, cfg, frame, day) for day in days})
+            add_partition_metadata(context, day_summaries(con, cfg, frame, days))
         for model_id, why in missing.items():
             context.log.warning(f"model {model_id}: performance not estimated ({why})")
         return dg.MaterializeResult(metadata={

@@ -208,3 +208,61 @@ def test_explicit_methods_are_kept_and_checked_per_task(tmp_path):
                                                "    features: {x: numeric}\n    estimation: {method: loss_model_reweighted}\n", 1)
     with pytest.raises(Exception, match="models\\[0\\].estimation.method"):
         load_config(write(tmp_path / "monitor.yaml", text))
+
+
+def test_each_days_figures_are_computed_for_all_days_at_once_as_day_by_day():
+    """`day_summaries` answers for a year in one pass: on messy rows (a model not in the config, a day with no
+    estimate, unlabelled estimates, a lower-is-better metric, a missing baseline) each day's figures equal the
+    day-by-day arithmetic: the worst main metric as a share of its baseline, and the band's coverage over the
+    labelled estimates up to that day."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import duckdb
+
+    from monitor_assets.estimation.logic import ESTIMATES, day_summaries
+
+    rng = np.random.default_rng(3)
+    days = [dt.date(2025, 1, 1) + dt.timedelta(days=i) for i in range(40)]
+    rows = []
+    for day in days:
+        if day.day == 13:
+            continue  # nothing estimated that day
+        for model_id, metric in (("risk", "accuracy"), ("risk", "f1"), ("demand", "mae"), ("ghost", "accuracy"),
+                                 ("nobase", "accuracy")):
+            estimate = rng.uniform(0.5, 0.95) if metric != "mae" else rng.uniform(2, 6)
+            within = None if rng.random() < 0.3 else bool(rng.random() < 0.8)
+            rows.append((day, model_id, metric, estimate, estimate - 0.05, estimate + 0.05, within))
+    frame = pd.DataFrame(rows, columns=["partition_date", "model_id", "metric", "estimate", "lower", "upper",
+                                        "within_band"])
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA monitoring")
+    con.execute("CREATE TABLE monitoring.reference_baselines (model_id VARCHAR, metric VARCHAR, value DOUBLE)")
+    con.execute("INSERT INTO monitoring.reference_baselines VALUES "
+                "('risk', 'accuracy', 0.9), ('demand', 'mae', 3.0), ('ghost', 'accuracy', 0.9)")
+    con.execute(f"CREATE TABLE {ESTIMATES} AS SELECT * FROM frame")
+    config = SimpleNamespace(
+        models=[SimpleNamespace(id="risk", main_metric="accuracy"), SimpleNamespace(id="demand", main_metric="mae"),
+                SimpleNamespace(id="nobase", main_metric="accuracy")],
+        model_ids=["risk", "demand", "nobase"])
+    asked = days[5:]  # the run's days; earlier labelled days count in the coverage
+    got = day_summaries(con, config, frame[frame.partition_date >= asked[0]], asked)
+    assert list(got) == asked
+    for day in asked:
+        today = frame[(frame.partition_date == day) & (frame.partition_date >= asked[0])]
+        shares = []
+        for _, r in today.iterrows():
+            if (r.model_id, r.metric) == ("risk", "accuracy"):
+                shares.append((r.estimate / 0.9, "risk"))
+            elif (r.model_id, r.metric) == ("demand", "mae"):
+                shares.append((1 - (r.estimate - 3.0) / 3.0, "demand"))  # lower is better
+        upto = frame[(frame.partition_date <= day) & frame.model_id.isin(config.model_ids) & frame.within_band.notna()]
+        expected = {"models_estimated": today.model_id.nunique(), "estimates": len(today),
+                    "worst_main_metric_ratio": min(shares)[0] if shares else None,
+                    "worst_model": min(shares)[1] if shares else "none",
+                    "band_coverage_so_far": upto.within_band.astype(bool).mean() if len(upto) else None,
+                    "labelled_estimates_so_far": len(upto)}
+        assert got[day].keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[day][key] == pytest.approx(value), (day, key)
+    assert got[dt.date(2025, 1, 13)]["estimates"] == 0 and got[dt.date(2025, 1, 13)]["worst_model"] == "none"
