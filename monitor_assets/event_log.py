@@ -205,10 +205,17 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                 conn.execute(AssetKeyTable.update().values(**values).where(AssetKeyTable.c.asset_key == asset_key))
 
     def _store_check_events(self, checks: Sequence[tuple]) -> None:
-        """A run's check evaluations update the rows their planned events made, in one statement per partition
-        kind; anything else (a planned check, an evaluation without its planned row or outside a run) goes
+        """A run's planned checks insert their rows, and its check evaluations update the rows their planned events
+        made, in one statement per partition kind; anything else (a planned check, an evaluation without its planned row or outside a run) goes
         through Dagster's own per-event code, in order."""
         if not checks:
+            return
+        if not self.has_table(AssetCheckExecutionsTable.name):  # an old schema: Dagster's code says to migrate
+            for event, event_id, _ in checks:
+                self.store_asset_check_event(event, event_id)
+            return
+        if all(event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED for event, _, _ in checks):
+            self._store_planned_checks(checks)
             return
         fast = [(event, event_id, row) for event, event_id, row in checks
                 if event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION and event.run_id]
@@ -237,6 +244,22 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                      materialization_event_storage_id=db.bindparam("b_materialization_id"))
             with self.index_connection() as conn:
                 conn.execute(statement, params)
+
+    def _store_planned_checks(self, checks: Sequence[tuple]) -> None:
+        """The rows Dagster's `_store_asset_check_evaluation_planned` inserts (one per check and planned partition,
+        status PLANNED), in one statement for the batch: Dagster compiles one statement with every partition's
+        values written in (a year of 16 checks: 1.7 s)."""
+        params = []
+        for event, event_id, row in checks:
+            planned = event.dagster_event.event_specific_data
+            partitions = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+            params += [{"asset_key": planned.asset_key.to_string(), "check_name": planned.check_name,
+                        "partition": partition, "run_id": event.run_id,
+                        "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+                        "evaluation_event": row["event"], "evaluation_event_timestamp": row["timestamp"],
+                        "evaluation_event_storage_id": event_id} for partition in partitions]
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert(), params)
 
     def _planned_checks(self, evaluations: Sequence[tuple]) -> list[tuple]:
         """The (asset, check, run, partition) rows already in the check-executions table for these evaluations' runs
