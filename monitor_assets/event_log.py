@@ -8,9 +8,14 @@ opens and closes its own connection, as Dagster's does): 14 ms an event. A run
 over 30 days of the demo records about 3,000 events: the planned materializations of every asset and day
 when the run starts, then each step's materializations of its days. Dagster hands those over in batches
 (when `DAGSTER_EVENT_BATCH_SIZE` is set), but its SQLite storage writes a batch one event at a time.
-`BatchedSqliteEventLogStorage` writes a batch in one transaction per database file, with the same rows: it
-holds one connection per file for the batch and gives it to Dagster's own per-event code. A failed batch is
-rolled back whole, and Dagster then stores its events one by one.
+`BatchedSqliteEventLogStorage` writes a batch in one transaction per database file, with the same rows, and
+with one statement per table rather than Dagster's three to six an event (`_store_together`): each event
+serialized once, the event rows inserted together, an asset's row set once, check rows inserted or updated
+together. A year of one model's event traffic (`benchmarks/event_log_bench.py`, 20,541 events) took 24.0 s
+event by event in one transaction and 9.4 s so. The rows are Dagster's own, compared table by table in
+`test_event_log.py`; what the fast path does not cover (an old schema, a batch planning and evaluating the
+same checks) goes through Dagster's code. A failed batch is rolled back whole, and Dagster then stores its
+events one by one.
 
 Check evaluations, which Dagster hands over one at a time, are held back until the run's next other event (a
 check step yields its output right after its evaluations) or a full batch, and written together, in order: a

@@ -6,7 +6,6 @@ import datetime as dt
 import dagster as dg
 import pytest
 from dagster._core.storage.event_log import SqliteEventLogStorage
-from dagster_shared.check.functions import ParameterCheckError
 
 from monitor_assets.event_log import BatchedSqliteEventLogStorage
 from monitor_assets.runner import INSTANCE_TEMPLATES, instance_yaml
