@@ -1004,7 +1004,8 @@ def window_rows(con: duckdb.DuckDBPyConnection, window: Window, models: list[Mod
     rows: list[dict] = []
     # the domain classifier's trees hold the GIL: several models' windows at once in worker processes
     for m, (found, n_sampled) in zip(sampled, map_processes(judged_window, inputs, sampled,
-                                                            preload=(__name__, "sklearn.ensemble")), strict=True):
+                                                            preload=(__name__, "sklearn.ensemble"),
+                                                            on_death=lambda m, why: (why, 0)), strict=True):
         if isinstance(found, str):
             notes[m.id] = f"window {window.key} multivariate drift could not be computed: {found}"
             continue

@@ -177,7 +177,8 @@ def references(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]
         return _or_why(lambda: reference_frame(con, model, _booleans(con, model))), feature_specs(model)
 
     def fit(todo: list[ModelConfig]):
-        for done in map_processes(fitted_reference, read, todo, preload=(__name__, "sklearn.ensemble")):
+        for done in map_processes(fitted_reference, read, todo, preload=(__name__, "sklearn.ensemble"),
+                                  on_death=lambda model, why: f"{NOT_FITTED}: {why}"):
             if isinstance(done, str):
                 yield done
             else:
@@ -313,6 +314,12 @@ def computed_days(model: ModelConfig, ref: MV.MultivariateReference, days: list[
     return rows, samples
 
 
+def _died(item: tuple[ModelConfig, list[dt.date]], why: str) -> tuple[list[dict], list]:
+    """A batch of model-days whose worker died (`map_processes`): an error row each, no sample."""
+    model, batch = item
+    return [error_row(model, day, f"multivariate drift could not be computed: {why}") for day in batch], []
+
+
 def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
                        workers: int | None = None) -> pd.DataFrame:
     """Replace `days` of monitoring.multivariate_drift and monitoring.multivariate_samples for the config's models
@@ -338,7 +345,7 @@ def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, da
 
         samples = []
         for found, sampled in map_processes(computed_days, inputs, work, workers if many else 1, min_items=1,
-                                            preload=(__name__, "sklearn.ensemble")):
+                                            preload=(__name__, "sklearn.ensemble"), on_death=_died):
             rows += found
             samples += sampled
         # rank-major order: a window reading a short prefix of each day's sample skips the row groups past it

@@ -9,8 +9,9 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack, contextmanager
 from typing import TypeVar
 
 import duckdb
@@ -86,7 +87,8 @@ def _without_main() -> Iterator[None]:
 
 
 def map_processes(work: Callable, args_of: Callable, items: list, workers: int | None = None,
-                  min_items: int | None = None, preload: tuple[str, ...] = ()) -> Iterator:
+                  min_items: int | None = None, preload: tuple[str, ...] = (),
+                  on_death: Callable[[object, str], object] | None = None) -> Iterator:
     """`work(*args_of(item))` for each item in worker processes; results in the items' order. For CPU work that
     holds the GIL (scikit-learn's small tree fits, which threads run one at a time). `args_of` runs here, in
     order (it may read DuckDB), at most two items a worker ahead, so memory holds a few items' arguments, never
@@ -94,23 +96,63 @@ def map_processes(work: Callable, args_of: Callable, items: list, workers: int |
     locks; `work` must be a module's top-level function, and the modules in `preload` (its own, say) are
     imported once by the server the workers fork from (this process's forkserver: the first call's list holds
     for its life). This process's `__main__` is not imported there (`_without_main`). An exception is raised
-    here as it would be without workers; a worker killed (by the OOM killer, say) fails the step with
-    BrokenProcessPool. One worker, or fewer than `min_items` (PROCESS_MIN_ITEMS) items: here, one after the
-    other."""
+    here as it would be without workers. A worker that dies (the OOM killer, a crash in native code) breaks the
+    pool and every item in flight: with `on_death`, each of those items is run again alone in a fresh worker,
+    and one that kills that worker too gets `on_death(item, why)` as its result (its own failure, recorded as
+    the caller records one), while the others and the items after them go on in a new pool; without it, the
+    step fails with BrokenProcessPool. One worker, or fewer than `min_items` (PROCESS_MIN_ITEMS) items: here,
+    one after the other."""
     workers = min(workers or ANALYSIS_WORKERS, len(items))
     if workers <= 1 or len(items) < (PROCESS_MIN_ITEMS if min_items is None else min_items):
         yield from (work(*args_of(item)) for item in items)
         return
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
-    with _without_main(), ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending: deque = deque()
+    with _without_main(), ExitStack() as stack:
+        pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
+        pending: deque = deque()  # (item, its arguments, its future)
+
+        def result(entry):
+            nonlocal pool
+            item, args, future = entry
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                if on_death is None:
+                    raise
+            # The pool is gone with every item in flight: each is run alone, then a new pool takes the rest.
+            pool.shutdown(wait=False, cancel_futures=True)
+            alone = [_alone(work, context, on_death, *entry[:2])
+                     for entry in ((item, args, future), *pending)]
+            pending.clear()
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
+            first, *rest = alone
+            pending.extend((None, None, _done(r)) for r in rest)
+            return first
+
         for item in items:
-            pending.append(pool.submit(work, *args_of(item)))
+            args = args_of(item)
+            pending.append((item, args, pool.submit(work, *args)))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
+                yield result(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield result(pending.popleft())
+
+
+def _alone(work: Callable, context, on_death: Callable, item, args: tuple):
+    """`work(*args)` in a worker of its own: its result, or `on_death(item, why)` if that worker dies too."""
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        try:
+            return pool.submit(work, *args).result()
+        except BrokenProcessPool:
+            return on_death(item, "its worker process died (killed by the system, out of memory, or a crash in "
+                                  "native code); the other items went on")
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def or_why(work: Callable[[], T], prefix: str = "") -> T | str:

@@ -40,6 +40,26 @@ def test_an_error_in_a_worker_or_in_making_the_arguments_is_raised_here():
         list(map_processes(divmod, args_of, list(range(10)), workers=2, min_items=1))
 
 
+def test_a_worker_that_dies_costs_its_own_item_only_when_the_caller_says_how_to_record_it():
+    """A worker killed mid-item (here it aborts, as the OOM killer's SIGKILL or a crash in native code would end
+    it) breaks the whole pool: the items in flight are run again alone, the one that kills its worker again gets
+    the caller's record of the failure, every other item its result, in order. Without `on_death`, the step fails."""
+    import operator
+    from concurrent.futures.process import BrokenProcessPool
+
+    def args_of(i):
+        return (os.abort,) if i == 5 else (abs, -i)
+
+    died = []
+    got = list(map_processes(operator.call, args_of, list(range(12)), workers=2, min_items=1,
+                             on_death=lambda item, why: died.append(item) or f"model {item}: {why}"))
+    assert died == [5]
+    assert got[:5] == [0, 1, 2, 3, 4] and got[6:] == list(range(6, 12))
+    assert got[5].startswith("model 5: its worker process died")
+    with pytest.raises(BrokenProcessPool):
+        list(map_processes(operator.call, args_of, list(range(12)), workers=2, min_items=1))
+
+
 def test_arguments_are_made_at_most_two_items_a_worker_ahead():
     made = []
     for i, _ in enumerate(map_processes(divmod, lambda i: made.append(i) or (i, 2), list(range(30)), workers=2,
