@@ -292,3 +292,67 @@ def test_each_days_latest_materialization_is_found_in_two_queries(tmp_path):
             assert (target.storage_id, target.timestamp) == (newest.storage_id, newest.timestamp)
         assert latest_materializations(instance, dg.AssetKey("daily"), []) == {}
         assert latest_materializations(instance, dg.AssetKey("never"), days) == {}
+
+
+CONCURRENT_RUNS = r"""
+import sys
+import dagster as dg
+from monitor_assets_tests.test_event_log import DEFS
+instance = dg.DagsterInstance.from_config(sys.argv[1])
+for _ in range(3):
+    result = DEFS.resolve_job_def("two_steps").execute_in_process(instance=instance, tags={
+        "dagster/asset_partition_range_start": "2026-01-01", "dagster/asset_partition_range_end": "2026-01-07"})
+    assert result.success
+    print(result.run_id)
+"""
+
+
+def test_processes_writing_one_home_at_once_each_get_their_own_rows(tmp_path):
+    """Several processes write one SQLite home at once (the daemon's runs, `make run` beside `make dev`): a batch's
+    index ids are read back from the file's write lock, so each run's events, asset rows and check rows must
+    point to that run's own events, none lost, none crossed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sqlalchemy as db
+    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
+    from dagster_shared.serdes import deserialize_value
+
+    home = home_with(tmp_path, "shared", template=True)
+    first, first_run = run_range(home)  # a home in use: its files made (Dagster's own set-up races otherwise)
+    first.dispose()
+    repo = Path(__file__).parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_RUNS, str(home)], cwd=repo, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    run_ids = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "Exception while storing event batch" not in err, err[-3000:]  # no batch fell back
+        run_ids += out.split()
+    assert len(set(run_ids)) == 9
+    run_ids.append(first_run)
+    instance = dg.DagsterInstance.from_config(str(home))
+    with instance:
+        expected = [(f"2026-01-0{d}", "FAILED" if d == 3 else "SUCCEEDED") for d in range(1, 8)]
+        for run_id in run_ids:
+            kinds = summary(instance, run_id)["kinds"]
+            assert kinds["ASSET_MATERIALIZATION"] == 14 and kinds["ASSET_MATERIALIZATION_PLANNED"] == 14
+            assert kinds["ASSET_CHECK_EVALUATION"] == 7
+        with instance.event_log_storage.index_connection() as conn:
+            events = {row.id: row for row in conn.execute(db.select(SqlEventLogStorageTable))}
+            checks = list(conn.execute(db.select(AssetCheckExecutionsTable)))
+        per_run = {}
+        for row in checks:
+            event = events[row.evaluation_event_storage_id]  # the evaluation it names is this run's, this day's
+            evaluation = deserialize_value(event.event).dagster_event.event_specific_data
+            assert (event.run_id, evaluation.partition, event.dagster_event_type) == (
+                row.run_id, row.partition, "ASSET_CHECK_EVALUATION")
+            per_run.setdefault(row.run_id, []).append((row.partition, row.execution_status))
+        assert {run_id: sorted(rows) for run_id, rows in per_run.items()} == {run_id: expected for run_id in run_ids}
+        indexed = [e for e in events.values() if e.dagster_event_type == "ASSET_MATERIALIZATION"]
+        assert len(indexed) == 10 * 14 and {e.run_id for e in indexed} == set(run_ids)
+        record = instance.get_asset_records([dg.AssetKey("downstream")])[0].asset_entry.last_materialization_record
+        assert events[record.storage_id].dagster_event_type == "ASSET_MATERIALIZATION"
+        assert events[record.storage_id].asset_key == '["downstream"]'
