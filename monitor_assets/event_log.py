@@ -164,7 +164,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     def _store_together(self, events: Sequence) -> None:
         """The rows Dagster's `SqliteEventLogStorage.store_event` writes for each event, written for the batch at
         once: each event serialized once, its event-log rows inserted in one statement per file (executemany, the
-        index file's ids returned in order), the asset tags in one statement, an asset's row in `asset_keys` set
+        index file's ids read back in order, `_inserted_ids`), the asset tags in one statement, an asset's row in `asset_keys` set
         once to what its last events leave there, and the check evaluations' rows updated in one statement.
         Dagster's per-event code compiles three to six statements an event and serializes a materialization or
         a check evaluation two or three times: about 1.3 ms an event, half a minute for a year of one model."""
@@ -210,24 +210,23 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                 conn.execute(AssetKeyTable.update().values(**values).where(AssetKeyTable.c.asset_key == asset_key))
 
     def _store_check_events(self, checks: Sequence[tuple]) -> None:
-        """A run's planned checks insert their rows, and its check evaluations update the rows their planned events
-        made, in one statement per partition kind; anything else (a planned check, an evaluation without its planned row or outside a run) goes
-        through Dagster's own per-event code, in order."""
+        """A batch of planned checks inserts their rows, and a batch of a run's check evaluations updates the rows
+        their planned events made, in one statement per partition kind. Anything else goes through Dagster's own
+        per-event code, in order: an old schema, a batch mixing planned checks and evaluations, an evaluation
+        outside a run or without its planned row."""
         if not checks:
             return
-        if not self.has_table(AssetCheckExecutionsTable.name):  # an old schema: Dagster's code says to migrate
+        kinds = {event.dagster_event_type for event, _, _ in checks}
+        if not self.has_table(AssetCheckExecutionsTable.name) or len(kinds) > 1:  # Dagster's code, event by event
             for event, event_id, _ in checks:
                 self.store_asset_check_event(event, event_id)
             return
-        if all(event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED for event, _, _ in checks):
+        if kinds == {DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED}:
             self._store_planned_checks(checks)
             return
-        fast = [(event, event_id, row) for event, event_id, row in checks
-                if event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION and event.run_id]
-        planned = {(key, name, run_id, partition) for key, name, run_id, partition in self._planned_checks(fast)}
-        fast = [item for item in fast if _check_row_key(item[0]) in planned]
-        if any(event.dagster_event_type != DagsterEventType.ASSET_CHECK_EVALUATION for event, _, _ in checks):
-            fast = []  # planned and evaluated in one batch: Dagster's order, event by event
+        in_run = [item for item in checks if item[0].run_id]
+        planned = set(self._planned_checks(in_run))
+        fast = [item for item in in_run if _check_row_key(item[0]) in planned]
         chosen = {id(event) for event, _, _ in fast}
         for event, event_id, _ in checks:
             if id(event) not in chosen:

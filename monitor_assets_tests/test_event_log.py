@@ -356,3 +356,26 @@ def test_processes_writing_one_home_at_once_each_get_their_own_rows(tmp_path):
         record = instance.get_asset_records([dg.AssetKey("downstream")])[0].asset_entry.last_materialization_record
         assert events[record.storage_id].dagster_event_type == "ASSET_MATERIALIZATION"
         assert events[record.storage_id].asset_key == '["downstream"]'
+
+
+@dg.asset
+def plain() -> None:
+    pass
+
+
+@dg.asset_check(asset=plain)
+def plain_is_fine():
+    return dg.AssetCheckResult(passed=False, metadata={"value": 1})
+
+
+def test_an_unpartitioned_checks_rows_are_those_dagsters_own_storage_writes(tmp_path):
+    """A check without partitions (its row matched by `partition IS NULL`): the same rows as Dagster's storage."""
+    got = {}
+    for name, template in (("batched", True), ("plain", False)):
+        instance = dg.DagsterInstance.from_config(str(home_with(tmp_path, name, template)))
+        with instance:
+            result = dg.materialize([plain, plain_is_fine], instance=instance)
+            assert result.success
+            got[name] = index_tables(instance, result.run_id)
+    assert got["batched"] == got["plain"]
+    assert [row[4] for row in got["batched"]["checks"]] == ["FAILED"]
