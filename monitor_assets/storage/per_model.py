@@ -97,8 +97,8 @@ def map_processes(work: Callable, args_of: Callable, items: list, workers: int |
     imported once by the server the workers fork from (this process's forkserver: the first call's list holds
     for its life). This process's `__main__` is not imported there (`_without_main`). An exception is raised
     here as it would be without workers. A worker that dies (the OOM killer, a crash in native code) breaks the
-    pool and every item in flight: with `on_death`, each of those items is run again alone in a fresh worker,
-    and one that kills that worker too gets `on_death(item, why)` as its result (its own failure, recorded as
+    pool and the items in flight: with `on_death`, each of those it took (not one that had finished) is run again
+    alone in a fresh worker, and one that kills that worker too gets `on_death(item, why)` as its result (its own failure, recorded as
     the caller records one), while the others and the items after them go on in a new pool; without it, the
     step fails with BrokenProcessPool. One worker, or fewer than `min_items` (PROCESS_MIN_ITEMS) items: here,
     one after the other."""
@@ -112,23 +112,27 @@ def map_processes(work: Callable, args_of: Callable, items: list, workers: int |
         pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
         pending: deque = deque()  # (item, its arguments, its future)
 
+        def again(entry):
+            """An item in flight when the pool broke: its result if it had one, else run alone."""
+            item, args, future = entry
+            if future.done() and not future.cancelled() and not isinstance(future.exception(), BrokenProcessPool):
+                return entry  # finished (or failed on its own) before the break: kept as it is
+            return item, args, _done(_alone(work, context, on_death, item, args))
+
         def result(entry):
             nonlocal pool
-            item, args, future = entry
             try:
-                return future.result()
+                return entry[2].result()
             except BrokenProcessPool:
                 if on_death is None:
                     raise
-            # The pool is gone with every item in flight: each is run alone, then a new pool takes the rest.
-            pool.shutdown(wait=False, cancel_futures=True)
-            alone = [_alone(work, context, on_death, *entry[:2])
-                     for entry in ((item, args, future), *pending)]
+            # The pool is gone with the items in flight: those it took run alone, then a new pool takes the rest.
+            pool.shutdown(wait=False)
+            first, *rest = [again(e) for e in (entry, *pending)]
             pending.clear()
+            pending.extend(rest)
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
-            first, *rest = alone
-            pending.extend((None, None, _done(r)) for r in rest)
-            return first
+            return first[2].result()
 
         for item in items:
             args = args_of(item)
