@@ -76,6 +76,7 @@ VERSION_COLUMN = "__model_version"  # the day frames' model version (kept with t
 MAX_ROWS = 5000
 MIN_FEATURES = 2  # one feature's drift is the per-feature tests' job
 NOT_FITTED = "reference could not be fitted"
+NOT_COMPUTED = "multivariate drift could not be computed"  # a model-day's analysis_error, then why
 # Model-days from which a day's statistics are computed in worker processes: starting them costs about two
 # seconds, a model-day's trees about 0.1 s.
 PROCESS_MIN_MODEL_DAYS = 40
@@ -270,7 +271,7 @@ def _day(model: ModelConfig, ref: MV.MultivariateReference, frame: pd.DataFrame,
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are computed
-        return [error_row(model, day, f"multivariate drift could not be computed: {error_message(exc)}")], None
+        return [error_row(model, day, f"{NOT_COMPUTED}: {error_message(exc)}")], None
 
 
 def day_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: ModelConfig, days: list[dt.date],
@@ -290,7 +291,7 @@ def day_inputs(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mod
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - recorded for this model-day, the others are computed
-            errors[day] = f"multivariate drift could not be computed: {error_message(exc)}"
+            errors[day] = f"{NOT_COMPUTED}: {error_message(exc)}"
     return frames, errors
 
 
@@ -317,7 +318,7 @@ def computed_days(model: ModelConfig, ref: MV.MultivariateReference, days: list[
 def _died(item: tuple[ModelConfig, list[dt.date]], why: str) -> tuple[list[dict], list]:
     """A batch of model-days whose worker died (`map_processes`): an error row each, no sample."""
     model, batch = item
-    return [error_row(model, day, f"multivariate drift could not be computed: {why}") for day in batch], []
+    return [error_row(model, day, f"{NOT_COMPUTED}: {why}") for day in batch], []
 
 
 def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date],
