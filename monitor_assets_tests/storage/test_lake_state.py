@@ -241,3 +241,35 @@ def test_a_run_makes_no_duckdb_file_and_every_documented_table_reads(short_demo,
         assert {t: shell.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in documented} == counts
     assert not Path(config.warehouse_path).exists()
     assert Lake(config.lake_path).has_table(Lake(config.lake_path).path("monitoring.alerts"))
+
+
+def test_every_documented_view_reads_its_tables_columns_never_a_stand_in(short_demo, tmp_path):
+    """A new connection makes the documented views over empty stand-ins first (binding them over the real scans
+    read every footer twice), then the scans: none may be left reading the stand-in, on a lake with tables, on
+    one with none yet, or on a thread's cursor."""
+    from monitor_assets.storage.lake import PREDICTION_COLUMNS
+    from monitor_assets.storage.warehouse import close, thread_cursor
+
+    def columns(con, name):
+        return [c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {name})").fetchall()]
+
+    config = short_demo
+    for lake in (config.lake_path, str(tmp_path / "empty_lake")):
+        with connect(None, lake, models=None) as con:
+            for table, (declared, _) in TABLES.items():
+                assert columns(con, table)[:len(declared)] == list(declared), (lake, table)
+            cursor = thread_cursor(con)
+            try:
+                assert columns(cursor, "monitoring.feature_drift") \
+                    == list(TABLES["monitoring.feature_drift"][0])
+            finally:
+                close(cursor)
+    with connect(None, config.lake_path, models=None) as con:
+        models = [m.id for m in config.models if Lake(config.lake_path).has_table(Lake(config.lake_path).model_path(m.id))]
+        assert models
+        for model in models:
+            got = columns(con, f"raw.predictions__{model}")
+            assert got[:len(PREDICTION_COLUMNS)] == list(PREDICTION_COLUMNS) and len(got) > len(PREDICTION_COLUMNS)
+        assert columns(con, "raw.predictions") == list(PREDICTION_COLUMNS)
+        assert con.execute("SELECT count(DISTINCT model_id) FROM raw.predictions").fetchone()[0] == len(models)
+        assert not con.execute("SELECT view_name FROM duckdb_views() WHERE sql LIKE '%stand_in%'").fetchall()
