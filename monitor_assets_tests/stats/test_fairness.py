@@ -132,3 +132,37 @@ def test_small_two_group_tables_use_fishers_exact_test():
     r = compute(df).query("attribute == 'region'").iloc[0]
     assert r.demographic_parity_p_value == pytest.approx(fisher_exact([[1, 39], [7, 33]]).pvalue)
     assert MIN_GROUP_SIZE == 30 and r.n_eligible_groups == 2
+
+
+def test_interleaved_attributes_each_get_their_own_disparities_on_their_own_rows():
+    """Counts whose attributes come interleaved (and one row without an attribute): each attribute's rows
+    come out together, in the order the attributes first appear, each with fairlearn's disparities of that
+    attribute alone; the first group of tied selection rates is the one named, as pandas' idxmax names it."""
+    df = frame(seed=3)
+    rng = np.random.default_rng(3)
+    df["channel"] = rng.choice(["app", "web", "store"], len(df))
+    df.loc[df.channel == "store", "y_pred"] = (rng.random((df.channel == "store").sum()) < 0.6).astype(int)
+    con = duckdb.connect()
+    con.register("df", df)
+    counts = group_counts(con, "SELECT * FROM df", ["region", "age", "channel"])
+    shuffled = counts.sample(frac=1, random_state=1).reset_index(drop=True)
+    shuffled = pd.concat([shuffled, shuffled.head(1).assign(attribute=None)], ignore_index=True)
+    out = fairness_table(shuffled, True, 30)
+    firsts = list(dict.fromkeys(shuffled.attribute.dropna()))
+    assert list(dict.fromkeys(out.attribute)) == firsts and len(out) == len(counts)
+    assert (out.attribute != out.attribute.shift()).sum() == len(firsts)  # each attribute's rows together
+    for attr in firsts:
+        part = out[out.attribute == attr]
+        kw = {"y_true": df.y_true, "y_pred": df.y_pred, "sensitive_features": df[attr]}
+        assert part.demographic_parity_difference.tolist() == pytest.approx(
+            [demographic_parity_difference(**kw)] * len(part))
+        assert part.equalized_odds_difference.tolist() == pytest.approx([equalized_odds_difference(**kw)] * len(part))
+        rates = df.groupby(attr).y_pred.mean()
+        assert set(part.most_favoured_group) == {rates.idxmax()} and set(part.least_favoured_group) == {rates.idxmin()}
+    assert out.n_eligible_groups.dtype == np.int64 and out.most_favoured_n.dtype == float
+    # Ties: two groups with the same selection rate; the first listed is named, as idxmax / idxmin name it.
+    tie = pd.DataFrame({"attribute": "a", "grp": ["x", "y", "z"], "n": [100, 100, 100], "selected": [50, 50, 20],
+                        "n_labelled": 0, "tp": 0, "fp": 0, "fn": 0, "tn": 0, "abs_error": 0.0})
+    named = fairness_table(tie, True, 30).iloc[0]
+    assert (named.most_favoured_group, named.least_favoured_group) == ("x", "z")
+    assert not named.passes_four_fifths and named.demographic_parity_ratio == pytest.approx(0.4)
