@@ -376,6 +376,17 @@ def _predicted(model: ModelConfig) -> str | None:
     return "predicted" if model.is_classifier or model.is_multiclass else None
 
 
+def row_groups(codes: np.ndarray, names, rows: np.ndarray | None = None) -> list[tuple[object, np.ndarray]]:
+    """(name, positions) of each group among `rows` (None: all rows), `codes` and `names` from
+    `pd.factorize(..., sort=True)`: what `groupby(sort=True)` yields, names sorted, missing ones (code -1) left out,
+    each group's positions ascending (the rows' own order: float sums then add as the sub-frame's would)."""
+    rows = np.arange(len(codes)) if rows is None else rows
+    part = codes[rows]
+    order = np.argsort(part, kind="stable")
+    ends = np.cumsum(np.bincount(part + 1, minlength=len(names) + 1))  # ends[0]: the missing ones, first
+    return [(names[k], rows[order[ends[k]:ends[k + 1]]]) for k in range(len(names)) if ends[k + 1] > ends[k]]
+
+
 def profile_rows(model: ModelConfig, ref: Reference, frame: pd.DataFrame, day: dt.date) -> list[dict]:
     """One row per model version of the day's rows (segment ''), and for a segmented model one per version and
     segment of each segmentation (capped: `cap_segments`): the profile as JSON and its sizes."""
@@ -388,14 +399,16 @@ def profile_rows(model: ModelConfig, ref: Reference, frame: pd.DataFrame, day: d
         if column in frame:
             frame[column] = cap_segments(frame[column], cross, ref.kept.get(segment_key(cross)))
             groups.append((segment_key(cross), column))
-    frame = P.categories_as_text(frame, ref.bins)  # once a day, not once a segment
-    for version, rows in frame.groupby("model_version", sort=True):
+    # the day's columns as arrays once, categories factorized once: a part's profile costs numpy on its rows
+    columns = P.ProfileColumns.of(frame, ref.bins, predicted=_predicted(model))
+    segments = {column: pd.factorize(frame[column], sort=True) for _, column in groups if column}
+    for version, rows in row_groups(*pd.factorize(frame["model_version"], sort=True)):
         keys = {"model_id": model.id, "model_version": str(version)}
         for _, column in groups:
-            parts = [(WHOLE, rows)] if column is None else rows.groupby(column, sort=True)
+            parts = [(WHOLE, rows)] if column is None else row_groups(*segments[column], rows)
             for segment, part in parts:
-                profile = P.build_profile(part, ref.bins, {**keys, "segment": str(segment)} if column else keys,
-                                          day.isoformat(), predicted=_predicted(model), categories_ready=True)
+                profile = P.profile_of(columns, part, {**keys, "segment": str(segment)} if column else keys,
+                                       day.isoformat())
                 text = json.dumps(profile.to_dict(), separators=(",", ":"))
                 out.append({"partition_date": day, "model_id": model.id, "model_version": str(version),
                             "layout": profile.layout, "n_rows": profile.n_rows,

@@ -91,6 +91,48 @@ def categories_as_text(frame: pd.DataFrame, bins: ProfileBins) -> pd.DataFrame:
     return frame.assign(**{c: category_text(frame[c]).to_numpy(object) for c in columns}) if columns else frame
 
 
+@dataclass(frozen=True)
+class CategoryCodes:
+    """Category values factorized once: each row's code into `names`, numbered in order of first appearance (as
+    `pd.factorize` numbers them). `part` recodes some rows as factorizing those rows alone would, so the parts of a
+    frame are counted with `np.bincount` instead of pandas per part."""
+
+    codes: np.ndarray
+    names: np.ndarray  # object
+
+    @classmethod
+    def of(cls, values, ready: bool = False) -> CategoryCodes:
+        """`ready`: the values already went through `category_text`."""
+        codes, names = pd.factorize(pd.Series(values) if ready else category_text(values))
+        if ready and (codes < 0).any():  # a missing value was not ready after all: counted as category_text would
+            codes, names = pd.factorize(category_text(values))
+        return cls(codes, np.asarray(names, dtype=object))
+
+    def part(self, rows: np.ndarray | None) -> CategoryCodes:
+        """The rows at positions `rows` (ascending, no repeats; None: all), numbered in their own order of first
+        appearance: the order in which their pandas path (value_counts, factorize) met the names."""
+        if rows is None or len(rows) == len(self.codes):  # all the rows, in order: numbered as they are
+            return self
+        codes = self.codes[rows]
+        present, first = np.unique(codes, return_index=True)
+        order = present[np.argsort(first)]
+        local = np.empty(len(self.names), np.intp)
+        local[order] = np.arange(len(order))
+        return CategoryCodes(local[codes], self.names[order])
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.codes, minlength=len(self.names))
+
+
+def by_count(counts: np.ndarray) -> np.ndarray:
+    """Positions of `counts` (one per name, in order of first appearance) from the largest count down, ties where
+    pandas' `value_counts` leaves them: its `sort_values(ascending=False)` (`pandas.core.sorting.nargsort`) argsorts
+    the reversed counts with numpy's quicksort, which is not stable past 16 values, and reverses the result. A
+    profile keeps its category counts in this order, so its JSON text does not depend on how they were counted."""
+    at = np.arange(len(counts))[::-1]
+    return at[np.ascontiguousarray(counts)[::-1].argsort(kind="quicksort")][::-1]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The layout a reference fixes
 
@@ -307,7 +349,14 @@ class CategoricalColumn:
     @classmethod
     def build(cls, values, bins: CategoricalBins, ready: bool = False) -> CategoricalColumn:
         """`ready`: the values already went through `category_text`."""
-        return cls.from_counts((pd.Series(values) if ready else category_text(values)).value_counts().to_dict(), bins)
+        return cls.from_codes(CategoryCodes.of(values, ready), bins)
+
+    @classmethod
+    def from_codes(cls, values: CategoryCodes, bins: CategoricalBins) -> CategoricalColumn:
+        """From factorized values: `from_counts` of their counts in `value_counts`' order (`by_count`)."""
+        counts = values.counts()
+        order = by_count(counts)
+        return cls.from_counts(dict(zip(values.names[order].tolist(), counts[order].tolist(), strict=True)), bins)
 
     @classmethod
     def from_counts(cls, counts: dict[str, int], bins: CategoricalBins) -> CategoricalColumn:
@@ -483,19 +532,23 @@ class MulticlassStats:
     @classmethod
     def build(cls, labels: np.ndarray, predicted: np.ndarray, probabilities, n_classes: int) -> MulticlassStats:
         """`labels` and `predicted`: codes (NaN: not known); a code outside 0..K-1 is an unknown class, as
-        stats.multiclass counts it. `probabilities`: per row a sequence of K numbers, or None."""
+        stats.multiclass counts it. `probabilities`: per row a sequence of K numbers, or None; or all rows' as
+        `probability_matrix` gives them (checked once for many parts of a frame)."""
         y, d = np.asarray(labels, float), np.asarray(predicted, float)
         lab = np.isfinite(y) & np.isfinite(d)
         # a non-integer label code names no class: unknown (-1) rather than an error
         yl = np.where(y[lab] == np.floor(y[lab]), y[lab], -1).astype(np.int64)
         dl = np.where(d[lab] == np.floor(d[lab]), d[lab], -1).astype(np.int64)
         everything = MulticlassSums.of(yl, dl, n_classes)
-        rows = [probabilities[i] for i in np.flatnonzero(lab)] if probabilities is not None else [None] * len(yl)
-        usable = np.array([_usable(r, n_classes) for r in rows], bool)
+        if isinstance(probabilities, np.ndarray) and probabilities.ndim == 2 and probabilities.shape[1] == n_classes:
+            proba = np.asarray(probabilities[lab], float)
+        else:
+            proba = probability_matrix([probabilities[i] for i in np.flatnonzero(lab)] if probabilities is not None
+                                       else [None] * len(yl), n_classes)
+        usable = np.isfinite(proba).all(axis=1) & (proba >= 0).all(axis=1)  # `_usable`'s test, row by row
         if not usable.any():
             return cls(everything)
-        proba = np.array([np.asarray(rows[i], float) for i in np.flatnonzero(usable)])
-        part = MulticlassSums.of(yl[usable], dl[usable], n_classes, proba)
+        part = MulticlassSums.of(yl[usable], dl[usable], n_classes, proba[usable])
         return cls(MulticlassSums(everything.confusion, part.loss_n, part.loss_sum, part.loss_sq, part.pos, part.neg))
 
     @property
@@ -541,6 +594,16 @@ class MulticlassStats:
                                   _dense(d["pos"], shape) if shape else None, _dense(d["neg"], shape) if shape else None))
 
 
+def probability_matrix(rows, n_classes: int) -> np.ndarray:
+    """Logged probabilities (per row a sequence of K numbers, or None) as an (n, K) float array, a row of NaN where
+    they are not usable (`_usable`)."""
+    out = np.full((len(rows), n_classes), np.nan)
+    for i, row in enumerate(rows):
+        if _usable(row, n_classes):
+            out[i] = np.asarray(row, float)
+    return out
+
+
 def _usable(row, n_classes: int) -> bool:
     """Logged probabilities stats.multiclass can take: K finite numbers >= 0 (others: as if not logged)."""
     if row is None or (isinstance(row, float) and math.isnan(row)):
@@ -556,11 +619,11 @@ def _div(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
-def fairness_counts(groups: dict[str, np.ndarray], predicted: np.ndarray, labels: np.ndarray,
+def fairness_counts(groups: dict[str, np.ndarray | CategoryCodes], predicted: np.ndarray, labels: np.ndarray,
                     predictions: np.ndarray | None = None, ready: bool = False) -> dict[str, dict[str, list]]:
     """Per attribute and group: n, selected, n_labelled, tp, fp, fn, tn, abs_error (`predictions` for regressors:
-    the absolute error on labelled rows). Missing group values are a group of their own (MISSING). `ready`: the
-    group values already went through `category_text`."""
+    the absolute error on labelled rows). Missing group values are a group of their own (MISSING); groups in order
+    of first appearance. `ready`: the group values already went through `category_text` (or are `CategoryCodes`)."""
     d = np.asarray(predicted, float) == 1
     y = np.asarray(labels, float)
     lab = np.isfinite(y)
@@ -569,7 +632,8 @@ def fairness_counts(groups: dict[str, np.ndarray], predicted: np.ndarray, labels
              "fp": lab & d & (y == 0), "fn": lab & ~d & (y == 1), "tn": lab & ~d & (y == 0)}
     out: dict[str, dict[str, list]] = {}
     for attribute, values in groups.items():
-        codes, names = pd.factorize(pd.Series(values) if ready else category_text(values))
+        found = values if isinstance(values, CategoryCodes) else CategoryCodes.of(values, ready)
+        codes, names = found.codes, found.names
         k = len(names)
         sums = [np.bincount(codes, weights=cells[f], minlength=k) for f in FAIRNESS_FIELDS[:-1]]
         errors = np.bincount(codes, weights=np.where(lab, err, 0.0), minlength=k)
@@ -701,35 +765,87 @@ def build_profile(rows: pd.DataFrame, bins: ProfileBins, keys: dict[str, str], d
     known yet), the logged class in `predicted` (else score >= threshold), the sensitive attributes.
     Multiclass: `predicted` and `label` hold class codes, `probabilities` the logged probabilities (a sequence
     per row or None); no score and no fairness counts (the multiclass fairness of analysis is per class and day,
-    not kept here). `categories_ready`: `rows` came through `categories_as_text`."""
-    numeric = {k: NumericColumn.build(rows[k].to_numpy(float), b) for k, b in bins.numeric.items()}
-    categorical = {k: CategoricalColumn.build(rows[k], b, categories_ready) for k, b in bins.categorical.items()}
+    not kept here). `categories_ready`: `rows` came through `categories_as_text`. Many parts of one frame:
+    `ProfileColumns.of` once, then `profile_of` per part."""
+    return profile_of(ProfileColumns.of(rows, bins, score, label, predicted, probabilities, categories_ready), None,
+                      keys, day)
+
+
+@dataclass
+class ProfileColumns:
+    """The columns of a frame that its profiles read (`build_profile`'s arguments), as arrays made once, the
+    categories factorized once: each part's profile (`profile_of`) then costs numpy on its rows, not the pandas
+    objects a sub-frame's profile made (about 5 ms a profile, whatever its rows)."""
+
+    bins: ProfileBins
+    n: int
+    numeric: dict[str, np.ndarray]
+    categorical: dict[str, CategoryCodes]
+    score: np.ndarray | None = None
+    label: np.ndarray | None = None
+    predicted: np.ndarray | None = None  # binary: the logged class (None: score >= threshold); multiclass: codes
+    probabilities: np.ndarray | None = None  # multiclass: `probability_matrix`
+    shown: CategoryCodes | None = None  # multiclass: the predicted class's name
+    attributes: dict[str, CategoryCodes] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame, bins: ProfileBins, score: str = "score", label: str = "label",
+           predicted: str | None = None, probabilities: str = "proba",
+           categories_ready: bool = False) -> ProfileColumns:
+        """`rows`' columns as `build_profile` reads them (see there); elementwise, so a part's values are the
+        frame's at its rows."""
+        out = cls(bins, len(rows), {k: rows[k].to_numpy(float) for k in bins.numeric},
+                  {k: CategoryCodes.of(rows[k], categories_ready) for k in bins.categorical})
+        if bins.task not in (MULTICLASS, "binary_classification", "regression"):
+            return out
+        out.label = (pd.to_numeric(rows[label], errors="coerce").to_numpy(float) if label in rows
+                     else np.full(len(rows), np.nan))
+        if bins.task == MULTICLASS:
+            d = pd.to_numeric(rows[predicted], errors="coerce").to_numpy(float)
+            names = np.asarray(bins.classes, dtype=object)
+            known = np.isfinite(d) & (d >= 0) & (d < len(names)) & (d == np.floor(d))
+            # an unknown code is a category the reference never had; no code at all is missing
+            shown = np.where(known, names[np.where(known, d, 0).astype(np.int64)],
+                             np.where(np.isfinite(d), "code " + pd.Series(d).astype(str).to_numpy(object), None))
+            out.predicted, out.shown = d, CategoryCodes.of(shown)
+            if probabilities in rows:  # checked once here, not once a part
+                out.probabilities = probability_matrix(rows[probabilities].tolist(), len(bins.classes))
+        else:
+            out.score = rows[score].to_numpy(float)
+            out.predicted = rows[predicted].to_numpy(float) if predicted else None
+            out.attributes = {a: CategoryCodes.of(rows[a], categories_ready) for a in bins.attributes}
+        return out
+
+
+def profile_of(columns: ProfileColumns, rows: np.ndarray | None, keys: dict[str, str], day: str) -> Profile:
+    """The profile of the rows of `columns` at positions `rows` (None: all). Positions ascending, as a sub-frame
+    of the rows holds them: float sums depend on the order (and, for `NumericCounter`, on contiguity: a part's
+    values are a fresh contiguous array, as a groupby's sub-frame of a frame's own blocks gives them)."""
+    def take(values):
+        return values if rows is None or values is None else values[rows]
+
+    bins = columns.bins
+    n = columns.n if rows is None else len(rows)
+    numeric = {k: NumericColumn.build(take(columns.numeric[k]), b) for k, b in bins.numeric.items()}
+    categorical = {k: CategoricalColumn.from_codes(columns.categorical[k].part(rows), b)
+                   for k, b in bins.categorical.items()}
     binary = regression = multiclass = prediction = None
     fairness: dict = {}
     if bins.task == MULTICLASS:
-        y = pd.to_numeric(rows[label], errors="coerce").to_numpy(float) if label in rows else np.full(len(rows), np.nan)
-        d = pd.to_numeric(rows[predicted], errors="coerce").to_numpy(float)
-        names = np.asarray(bins.classes, dtype=object)
-        known = np.isfinite(d) & (d >= 0) & (d < len(names)) & (d == np.floor(d))
-        # an unknown code is a category the reference never had; no code at all is missing
-        shown = np.where(known, names[np.where(known, d, 0).astype(np.int64)],
-                         np.where(np.isfinite(d), "code " + pd.Series(d).astype(str).to_numpy(object), None))
-        prediction = CategoricalColumn.build(shown, bins.prediction)
-        multiclass = MulticlassStats.build(y, d, rows[probabilities].tolist() if probabilities in rows else None,
+        prediction = CategoricalColumn.from_codes(columns.shown.part(rows), bins.prediction)
+        multiclass = MulticlassStats.build(take(columns.label), take(columns.predicted), take(columns.probabilities),
                                            len(bins.classes))
     if bins.task in ("binary_classification", "regression"):
-        s = rows[score].to_numpy(float)
-        y = pd.to_numeric(rows[label], errors="coerce").to_numpy(float) if label in rows else np.full(len(rows), np.nan)
-        d = rows[predicted].to_numpy(float) if predicted else None
+        s, y, d = take(columns.score), take(columns.label), take(columns.predicted)
+        groups = {a: codes.part(rows) for a, codes in columns.attributes.items()}
         if bins.task == "binary_classification":
             binary = BinaryStats.build(s, y, bins, d)
             cls = (s >= bins.threshold).astype(float) if d is None else (d == 1).astype(float)
-            fairness = fairness_counts({a: rows[a] for a in bins.attributes}, cls, y, ready=categories_ready)
+            fairness = fairness_counts(groups, cls, y)
         else:
             regression = RegressionStats.build(s, y, bins)
-            fairness = fairness_counts({a: rows[a] for a in bins.attributes}, np.zeros(len(rows)), y, s,
-                                       ready=categories_ready)
-    return Profile(bins.fingerprint, {k: str(v) for k, v in keys.items()}, day, day, 1, len(rows), numeric,
+            fairness = fairness_counts(groups, np.zeros(n), y, s)
+    return Profile(bins.fingerprint, {k: str(v) for k, v in keys.items()}, day, day, 1, n, numeric,
                    categorical, binary, regression, fairness, multiclass, prediction)
 
 
