@@ -37,6 +37,7 @@ import os
 import random
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -345,6 +346,19 @@ def days_predicate(days: Iterable[dt.date]) -> str:
 def _in(column: str, values: Iterable[str]) -> str:
     listed = sorted(set(values))
     return f"{column} IN (" + ", ".join(sql_str(v) for v in listed) + ")" if listed else "false"
+
+
+# Per connection: the scan SQL of each temporary view it holds (`Lake._create_view`); gone with the connection.
+_MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def forget_views(con: duckdb.DuckDBPyConnection, names: Iterable[str] | None = None) -> None:
+    """After views were dropped other than through `_create_view` (None: all of them)."""
+    if names is None:
+        _MADE.pop(con, None)
+    else:
+        for name in names:
+            _MADE.get(con, {}).pop(name, None)
 
 
 def _ensure_views(con: duckdb.DuckDBPyConnection, views: dict[str, str]) -> None:
@@ -746,12 +760,8 @@ class Lake:
 
     def refresh(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         """Point the registered dataset of `table` at its newest version (after a write)."""
-        path, name = self.path(table), registered(table)
         self.register(con)
-        con.execute(f"DROP VIEW IF EXISTS {name}")
-        con.execute(f"DROP TABLE IF EXISTS {name}")
-        columns, partition_by = TABLES[table]
-        self._create_view(con, name, path, columns, partition_by)
+        self._create_view(con, registered(table), self.path(table), *TABLES[table], drop_first=True)
 
     def attach_models(self, con: duckdb.DuckDBPyConnection, models: Iterable[str], create_views: bool = True) -> list[str]:
         """Register these models' predictions tables; `raw.predictions` becomes their union over the shared
@@ -781,19 +791,32 @@ class Lake:
         as columns."""
         name = _model_registered(model_id)
         self.register(con)
-        con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
-        self._create_view(con, name, self.model_path(model_id), PREDICTION_COLUMNS, ["partition_date"], extra=True)
+        self._create_view(con, name, self.model_path(model_id), PREDICTION_COLUMNS, ["partition_date"], extra=True,
+                          drop_first=True)
         return quote_ident(name)
 
     def _create_view(self, con: duckdb.DuckDBPyConnection, name: str, path: Path | str, columns: dict[str, str],
-                     partition_by: Sequence[str], extra: bool = False) -> None:
+                     partition_by: Sequence[str], extra: bool = False, drop_first: bool = False) -> None:
         """The temporary view `name` over a table's current files. DuckDB reads every file's footer when it
         makes the view, so one damaged file would fail the connection, and every table with it: a damaged
         file is left out instead and its partition fails when read (`scan`); a table that cannot be read at
-        all fails when read, naming the problem. Either is logged once per process."""
+        all fails when read, naming the problem. Either is logged once per process.
+
+        A view this connection already has over the same files is kept (`_MADE`): a connection used again (the
+        next step's, `warehouse.open_warehouse`) or a model's relation asked for again costs no statement.
+        `drop_first`: whatever holds the name goes first (a view or a table)."""
+        scan = self.scan(path, columns, partition_by, extra)
+        made = _MADE.setdefault(con, {})
+        if made.get(name) == scan:
+            return
+        made.pop(name, None)
+        if drop_first:
+            con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
         create = f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS "
         try:
-            con.execute(create + self.scan(path, columns, partition_by, extra))
+            con.execute(create + scan)
+            made[name] = scan
             return
         except duckdb.Error as exc:
             error = " ".join(str(exc).split())

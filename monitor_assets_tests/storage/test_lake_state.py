@@ -273,3 +273,40 @@ def test_every_documented_view_reads_its_tables_columns_never_a_stand_in(short_d
         assert columns(con, "raw.predictions") == list(PREDICTION_COLUMNS)
         assert con.execute("SELECT count(DISTINCT model_id) FROM raw.predictions").fetchone()[0] == len(models)
         assert not con.execute("SELECT view_name FROM duckdb_views() WHERE sql LIKE '%stand_in%'").fetchall()
+
+
+def test_a_closed_connection_serves_the_next_one_clean_and_current(short_demo):
+    """The next step's connection is the last one's, kept: it holds none of its user's temporary tables,
+    registered frames or open transaction, reads a table written since by anyone (here the lake's own API, as
+    another process writes), and two connections open at once are never the same."""
+    from monitor_assets.storage import warehouse as W
+
+    config = short_demo
+    lake = Lake(config.lake_path)
+    with connect(None, config.lake_path, models=None) as first:
+        before = first.execute("SELECT count(*) FROM monitoring.fairness").fetchone()[0]
+        first.execute("SELECT 1")  # a result left unfetched
+        day = first.execute("SELECT max(partition_date) FROM monitoring.fairness").fetchall()[0][0]
+        on_day = first.execute("SELECT count(*) FROM monitoring.fairness WHERE partition_date = ?",
+                               [day]).fetchall()[0][0]
+        first.register("users_frame", pd.DataFrame({"a": [1]}))
+        first.execute("CREATE TEMP TABLE users_table AS SELECT 1 AS a")
+        first.execute("BEGIN TRANSACTION")
+        first.execute("INSERT INTO users_table VALUES (2)")
+        first.execute("SELECT * FROM users_table")  # unfetched, in the open transaction
+        kept = first
+    assert before > on_day > 0
+    lake.delete("monitoring.fairness", f"partition_date = CAST('{day.isoformat()}' AS DATE)")
+    with connect(None, config.lake_path, models=None) as again:
+        assert again is kept
+        assert again.execute("SELECT count(*) FROM monitoring.fairness").fetchone()[0] == before - on_day
+        names = {n for (n,) in again.execute("SELECT view_name FROM duckdb_views() WHERE temporary AND NOT internal "
+                                             "UNION ALL SELECT table_name FROM duckdb_tables() WHERE temporary")
+                 .fetchall()}
+        assert not names & {"users_frame", "users_table"}
+        again.execute("BEGIN TRANSACTION")  # none left open
+        again.execute("COMMIT")
+        with connect(None, config.lake_path, models=None) as other:
+            assert other is not again
+            assert other.execute("SELECT count(*) FROM monitoring.fairness").fetchone()[0] == before - on_day
+    assert len(W._IDLE) <= W.IDLE_KEPT
