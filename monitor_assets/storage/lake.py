@@ -352,13 +352,10 @@ def _in(column: str, values: Iterable[str]) -> str:
 _MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def forget_views(con: duckdb.DuckDBPyConnection, names: Iterable[str] | None = None) -> None:
-    """After views were dropped other than through `_create_view` (None: all of them)."""
-    if names is None:
-        _MADE.pop(con, None)
-    else:
-        for name in names:
-            _MADE.get(con, {}).pop(name, None)
+def forget_views(con: duckdb.DuckDBPyConnection, names: Iterable[str]) -> None:
+    """After these names were dropped other than through `_create_view`: made again when next asked for."""
+    for name in names:
+        _MADE.get(con, {}).pop(name, None)
 
 
 def _ensure_views(con: duckdb.DuckDBPyConnection, views: dict[str, str]) -> None:
@@ -747,7 +744,7 @@ class Lake:
         if create_views:
             con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS monitoring")
             _ensure_views(con, {table: registered(table) for table in TABLES})
-        for table in TABLES:  # a new connection: nothing to drop first (a stand-in is replaced)
+        for table in TABLES:  # no drop first: a stand-in or an older view is replaced, one kept if current
             self._create_view(con, registered(table), self.path(table), *TABLES[table])
         if models is None:
             self.attach_models(con, self.models(), create_views)  # every model (maybe none yet)
