@@ -83,14 +83,6 @@ def category_text(values) -> pd.Series:
     return as_text(values).fillna(MISSING)
 
 
-def categories_as_text(frame: pd.DataFrame, bins: ProfileBins) -> pd.DataFrame:
-    """`frame` with the categorical features and sensitive attributes of `bins` through `category_text`, once:
-    profiles of its slices (`build_profile(..., categories_ready=True)`) then skip that conversion, which is most
-    of a small segment's profile."""
-    columns = [c for c in (*bins.categorical, *bins.attributes) if c in frame]
-    return frame.assign(**{c: category_text(frame[c]).to_numpy(object) for c in columns}) if columns else frame
-
-
 @dataclass(frozen=True)
 class CategoryCodes:
     """Category values factorized once: each row's code into `names`, numbered in order of first appearance (as
@@ -101,11 +93,8 @@ class CategoryCodes:
     names: np.ndarray  # object
 
     @classmethod
-    def of(cls, values, ready: bool = False) -> CategoryCodes:
-        """`ready`: the values already went through `category_text`."""
-        codes, names = pd.factorize(pd.Series(values) if ready else category_text(values))
-        if ready and (codes < 0).any():  # a missing value was not ready after all: counted as category_text would
-            codes, names = pd.factorize(category_text(values))
+    def of(cls, values) -> CategoryCodes:
+        codes, names = pd.factorize(category_text(values))
         return cls(codes, np.asarray(names, dtype=object))
 
     def part(self, rows: np.ndarray | None) -> CategoryCodes:
@@ -347,9 +336,8 @@ class CategoricalColumn:
     unseen: int  # categories the reference never had
 
     @classmethod
-    def build(cls, values, bins: CategoricalBins, ready: bool = False) -> CategoricalColumn:
-        """`ready`: the values already went through `category_text`."""
-        return cls.from_codes(CategoryCodes.of(values, ready), bins)
+    def build(cls, values, bins: CategoricalBins) -> CategoricalColumn:
+        return cls.from_codes(CategoryCodes.of(values), bins)
 
     @classmethod
     def from_codes(cls, values: CategoryCodes, bins: CategoricalBins) -> CategoricalColumn:
@@ -620,10 +608,10 @@ def _div(a: float, b: float) -> float:
 
 
 def fairness_counts(groups: dict[str, np.ndarray | CategoryCodes], predicted: np.ndarray, labels: np.ndarray,
-                    predictions: np.ndarray | None = None, ready: bool = False) -> dict[str, dict[str, list]]:
+                    predictions: np.ndarray | None = None) -> dict[str, dict[str, list]]:
     """Per attribute and group: n, selected, n_labelled, tp, fp, fn, tn, abs_error (`predictions` for regressors:
     the absolute error on labelled rows). Missing group values are a group of their own (MISSING); groups in order
-    of first appearance. `ready`: the group values already went through `category_text` (or are `CategoryCodes`)."""
+    of first appearance (`groups`' values, or their `CategoryCodes` made once for many parts)."""
     d = np.asarray(predicted, float) == 1
     y = np.asarray(labels, float)
     lab = np.isfinite(y)
@@ -632,7 +620,7 @@ def fairness_counts(groups: dict[str, np.ndarray | CategoryCodes], predicted: np
              "fp": lab & d & (y == 0), "fn": lab & ~d & (y == 1), "tn": lab & ~d & (y == 0)}
     out: dict[str, dict[str, list]] = {}
     for attribute, values in groups.items():
-        found = values if isinstance(values, CategoryCodes) else CategoryCodes.of(values, ready)
+        found = values if isinstance(values, CategoryCodes) else CategoryCodes.of(values)
         codes, names = found.codes, found.names
         k = len(names)
         sums = [np.bincount(codes, weights=cells[f], minlength=k) for f in FAIRNESS_FIELDS[:-1]]
@@ -759,16 +747,13 @@ class Profile:
 
 
 def build_profile(rows: pd.DataFrame, bins: ProfileBins, keys: dict[str, str], day: str, score: str = "score",
-                  label: str = "label", predicted: str | None = None, probabilities: str = "proba",
-                  categories_ready: bool = False) -> Profile:
+                  label: str = "label", predicted: str | None = None, probabilities: str = "proba") -> Profile:
     """One model-day's (segment's) profile of `rows`: the features in `bins`, the score and label (NaN label: not
     known yet), the logged class in `predicted` (else score >= threshold), the sensitive attributes.
     Multiclass: `predicted` and `label` hold class codes, `probabilities` the logged probabilities (a sequence
     per row or None); no score and no fairness counts (the multiclass fairness of analysis is per class and day,
-    not kept here). `categories_ready`: `rows` came through `categories_as_text`. Many parts of one frame:
-    `ProfileColumns.of` once, then `profile_of` per part."""
-    return profile_of(ProfileColumns.of(rows, bins, score, label, predicted, probabilities, categories_ready), None,
-                      keys, day)
+    not kept here). Many parts of one frame: `ProfileColumns.of` once, then `profile_of` per part."""
+    return profile_of(ProfileColumns.of(rows, bins, score, label, predicted, probabilities), None, keys, day)
 
 
 @dataclass
@@ -790,12 +775,11 @@ class ProfileColumns:
 
     @classmethod
     def of(cls, rows: pd.DataFrame, bins: ProfileBins, score: str = "score", label: str = "label",
-           predicted: str | None = None, probabilities: str = "proba",
-           categories_ready: bool = False) -> ProfileColumns:
+           predicted: str | None = None, probabilities: str = "proba") -> ProfileColumns:
         """`rows`' columns as `build_profile` reads them (see there); elementwise, so a part's values are the
         frame's at its rows."""
         out = cls(bins, len(rows), {k: rows[k].to_numpy(float) for k in bins.numeric},
-                  {k: CategoryCodes.of(rows[k], categories_ready) for k in bins.categorical})
+                  {k: CategoryCodes.of(rows[k]) for k in bins.categorical})
         if bins.task not in (MULTICLASS, "binary_classification", "regression"):
             return out
         out.label = (pd.to_numeric(rows[label], errors="coerce").to_numpy(float) if label in rows
@@ -813,7 +797,7 @@ class ProfileColumns:
         else:
             out.score = rows[score].to_numpy(float)
             out.predicted = rows[predicted].to_numpy(float) if predicted else None
-            out.attributes = {a: CategoryCodes.of(rows[a], categories_ready) for a in bins.attributes}
+            out.attributes = {a: CategoryCodes.of(rows[a]) for a in bins.attributes}
         return out
 
 

@@ -106,6 +106,12 @@ def _oracle_profile(rows, bins, keys, day, score="score", label="label", predict
                      categorical, binary, regression, fairness, multiclass, prediction)
 
 
+def _categories_as_text(frame, bins):
+    """The pandas path's conversion, once a day: categorical features and attributes through `category_text`."""
+    columns = [c for c in (*bins.categorical, *bins.attributes) if c in frame]
+    return frame.assign(**{c: P.category_text(frame[c]).to_numpy(object) for c in columns}) if columns else frame
+
+
 def _oracle_rows(model, ref, frame, day):
     out = []
     if not len(frame):
@@ -116,7 +122,7 @@ def _oracle_rows(model, ref, frame, day):
         if column in frame:
             frame[column] = E.cap_segments(frame[column], cross, ref.kept.get(E.segment_key(cross)))
             groups.append((E.segment_key(cross), column))
-    frame = P.categories_as_text(frame, ref.bins)
+    frame = _categories_as_text(frame, ref.bins)
     for version, rows in frame.groupby("model_version", sort=True):
         keys = {"model_id": model.id, "model_version": str(version)}
         for _, column in groups:

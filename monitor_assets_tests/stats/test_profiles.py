@@ -355,22 +355,23 @@ def test_a_multiclass_layout_keeps_other_layouts_fingerprints():
         P.ProfileBins.from_reference(frame, [D.FeatureSpec("x", "numeric")], task=P.MULTICLASS, classes=("a",))
 
 
-def test_a_day_converted_to_category_text_once_gives_its_slices_the_same_profiles(window):
-    """`categories_as_text` then `categories_ready=True` (what daily profiles do, once a day for all segments) gives
-    every slice the profile it gets from its raw rows: messy categories (None, NaN, '', numbers, '1' and 1.0) and
-    sensitive-attribute groups included."""
+def test_a_days_columns_made_once_give_each_slice_the_profile_of_its_own_rows(window):
+    """`ProfileColumns.of` once a day, then `profile_of` per part (what daily profiles do for all segments), gives
+    every slice the profile `build_profile` makes from its rows alone: messy categories (None, NaN, '', numbers,
+    '1' and 1.0) and sensitive-attribute groups included, categories numbered as the slice alone numbers them."""
     _, bins, days, _ = window
     day = days[7].copy()
     messy = np.array([None, np.nan, "", 3, 1.0, "1", "s00", "s01"], dtype=object)
     day["shop"] = np.where(np.arange(len(day)) % 5 == 0, messy[np.arange(len(day)) % len(messy)], day.shop)
     day.loc[day.index[::7], "region"] = None
-    ready = P.categories_as_text(day, bins)
-    assert ready.shop.map(type).eq(str).all() and day.shop.isna().any()  # the day itself is left as it was
+    columns = P.ProfileColumns.of(day, bins)
+    assert day.shop.isna().any()  # the day itself is left as it was
     for part in ("north", "south", "east", None):
-        raw = day if part is None else day[day.region == part]
-        done = ready if part is None else ready[ready.region == part]
+        raw = day if part is None else day[(day.region == part).to_numpy()]
+        rows = None if part is None else np.flatnonzero((day.region == part).to_numpy())
         a = P.build_profile(raw, bins, {"model_id": "m"}, "2026-10-08")
-        b = P.build_profile(done, bins, {"model_id": "m"}, "2026-10-08", categories_ready=True)
-        assert json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
-    assert sum(P.build_profile(ready, bins, {}, "d", categories_ready=True).categorical["shop"].to_dict()["counts"]
-               .values()) > 0
+        b = P.profile_of(columns, rows, {"model_id": "m"}, "2026-10-08")
+        assert json.dumps(a.to_dict()) == json.dumps(b.to_dict())  # key order too
+    shop = P.profile_of(columns, None, {}, "d").categorical["shop"].to_dict()
+    assert shop["n_missing"] == day.shop.isin([None, ""]).sum() + day.shop.map(lambda v: v != v).sum() > 0
+    assert shop["n"] == len(day)
