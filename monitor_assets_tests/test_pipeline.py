@@ -4,6 +4,7 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
@@ -241,3 +242,33 @@ def test_covariate_shift_is_confirmed_when_its_late_labels_land(demo_config, dem
     for day, (_, lower, upper, realized, *_) in after.items():
         assert realized < config.model(model).thresholds.min_metric_ratio * baseline, day
         assert lower - (upper - lower) / 2 <= realized <= upper, day
+
+
+def test_a_batch_of_days_counted_at_once_gives_each_day_its_own_drift(demo_run, demo_db):
+    """The drift step counts a batch of days in a few statements (`isolated_drift_days`): every model-day's rows
+    and summary equal those of the day counted alone (`isolated_drift`), for each demo model over its 30 days
+    (the purchase model's day without its file among them, labels arriving from the second day), the
+    floats but for rounding."""
+    from monitor_assets.analysis import logic as L
+
+    config, _ = demo_run
+    days = [dt.date(2026, 10, 1) + dt.timedelta(days=k) for k in range(30)]
+    profiles, importance, errors = L.drift_inputs(demo_db, config.models)
+    compared = labelled = 0
+    for model in config.models:
+        together = L.isolated_drift_days(demo_db, config, model, days, profiles[model.id], importance[model.id],
+                                         errors.get(model.id))
+        alone = [L.isolated_drift(demo_db, config, model, day, profiles[model.id], importance[model.id],
+                                  errors.get(model.id)) for day in days]
+        assert len(together) == len(alone) == 30
+        for (rows_a, summary_a), (rows_b, summary_b) in zip(together, alone, strict=True):
+            assert summary_a == summary_b and summary_a["analysis_error"] is None
+            assert len(rows_a) == len(rows_b)
+            for a, b in zip(rows_a, rows_b, strict=True):
+                assert a.keys() == b.keys()
+                # floats equal but for rounding: a day read alone reaches the counters in its chunks' batches
+                assert {k: (pytest.approx(v, rel=1e-12, nan_ok=True) if isinstance(v, float) else v)
+                        for k, v in a.items()} == b
+                compared += 1
+                labelled += a["role"] == "label"
+    assert compared > 800 and labelled > 50

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from monitor_assets.stats import drift as D
@@ -87,6 +88,48 @@ def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dic
             out[name] = dict(hist or {})
         if normalize:
             out.update(_normalize_many(con, {c: (out[c], normalize[c]) for c in categorical if c in normalize}))
+    return out
+
+
+def count_histograms_by(con: duckdb.DuckDBPyConnection, relation: str, by: str,
+                        numeric: dict[str, tuple[float, float, int]], categorical: list[str],
+                        batch_rows: int = 1 << 18, normalize: dict[str, tuple[str, str] | None] | None = None
+                        ) -> dict[object, dict[str, D.NumericCounts | dict]]:
+    """`count_histograms` of each value of column `by` (a backfill's days) in two scans of `relation` in all,
+    not two per value: {value: counts}, for the values that have rows. Each value's numbers reach its counters in
+    the relation's order, at most `batch_rows` at a time, as `count_histograms` feeds them from a scan of that
+    value's rows alone: the same counts, the same sums but for rounding where a scan splits a value's rows into
+    other batches (DuckDB's batches follow its input's chunks)."""
+    out: dict[object, dict[str, D.NumericCounts | dict]] = {}
+    names = list(numeric)
+    if names:
+        cols = ", ".join(f"{quote_ident(n)}::DOUBLE AS v{i}" for i, n in enumerate(names))
+        table = con.sql(f"SELECT {quote_ident(by)} AS __by, {cols} FROM ({relation})").to_arrow_table()
+        keys = table.column(0).to_pylist()
+        found, group = np.unique(np.array(keys, dtype=object), return_inverse=True) if keys else ([], [])
+        order = np.argsort(group, kind="stable")  # each value's rows, in the relation's order
+        starts = np.searchsorted(group[order], np.arange(len(found) + 1)) if keys else [0]
+        columns = [table.column(i + 1).to_numpy(zero_copy_only=False) for i in range(len(names))]
+        for g, key in enumerate(found):
+            rows = order[starts[g]:starts[g + 1]]
+            counts = out.setdefault(key, {})
+            for name, values in zip(names, columns, strict=True):
+                counter = D.NumericCounter(*numeric[name])
+                for first in range(0, len(rows), batch_rows):
+                    counter.add(values[rows[first:first + batch_rows]])
+                counts[name] = counter.result()
+    if categorical or not names:
+        exprs = ", ".join(["count(*)"] + [f"histogram(coalesce({quote_ident(c)}::VARCHAR, '{MISSING}'))"
+                                          for c in categorical])
+        for key, *row in con.execute(f"SELECT {quote_ident(by)}, {exprs} FROM ({relation}) GROUP BY 1").fetchall():
+            counts = out.setdefault(key, {})
+            for name, hist in zip(categorical, row[1:], strict=True):
+                counts[name] = dict(hist or {})
+        if normalize:  # one query for every value's categories
+            done = _normalize_many(con, {(key, c): (counts[c], normalize[c]) for key, counts in out.items()
+                                         for c in categorical if c in normalize})
+            for (key, c), merged in done.items():
+                out[key][c] = merged
     return out
 
 
