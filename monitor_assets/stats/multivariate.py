@@ -101,12 +101,13 @@ class Encoder:
         for f in self.features:
             if f.kind == "categorical":
                 text = as_text(frame[f.name])
-                code = text.map(self.codes[f.name]).astype(float)
-                rest = code.isna() & text.notna()
-                in_ref = text.isin(known[f.name]) if known is not None else pd.Series(False, index=text.index)
+                code = text.map(self.codes[f.name]).to_numpy(float)
+                # arrays, not Series: a masked Series assignment costs milliseconds (pandas tries it as a label)
+                rest = np.isnan(code) & text.notna().to_numpy()
+                in_ref = text.isin(known[f.name]).to_numpy() if known is not None else np.zeros(len(text), bool)
                 code[rest & in_ref] = self.other[f.name]
                 code[rest & ~in_ref] = self.unseen[f.name]
-                cols.append(code.to_numpy(float))
+                cols.append(code)
             else:
                 v = pd.to_numeric(frame[f.name], errors="coerce").to_numpy(float)
                 cols.append(np.where(np.isfinite(v), v, np.nan))
