@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import dagster as dg
 import duckdb
+import pandas as pd
 
 from monitor_assets.config import MonitorConfig, parse_shard
 from monitor_assets.constants import SHARD_TAG
@@ -114,6 +115,17 @@ def rounded(x, digits: int = 4):
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return None
     return float(f"{float(x):.{digits}g}") if isinstance(x, float) else x
+
+
+def by_day(frame: pd.DataFrame, days: list[dt.date], column: str = "partition_date") -> dict[dt.date, pd.DataFrame]:
+    """`frame`'s rows of each of `days` (the frame's empty slice for a day without rows), split in one pass:
+    filtering a backfill's frame once per day for its metadata cost a year's backfill seconds a step."""
+    empty = frame.iloc[0:0]
+    if not len(frame):
+        return dict.fromkeys(days, empty)
+    dates = pd.to_datetime(frame[column]).dt.date.to_numpy(object)
+    found = {d: frame.iloc[rows] for d, rows in pd.Series(dates).groupby(dates, sort=False).indices.items()}
+    return {day: found.get(day, empty) for day in days}
 
 
 def add_partition_metadata(context: dg.AssetExecutionContext, by_day: Mapping[dt.date, dict]) -> None:

@@ -28,6 +28,7 @@ from monitor_assets.storage.warehouse import replace_partitions_from_frame
 from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
+    by_day,
     daily_partitions,
     day_label,
     days_with_label_refresh,
@@ -157,7 +158,9 @@ def build_feature_drift(config: MonitorConfig, partitions: dg.PartitionsDefiniti
             frame, summary = pd.DataFrame(rows), pd.DataFrame(summaries)
             replace_partitions_from_frame(con, "monitoring.feature_drift", refreshed, frame, cfg.written_models)
             replace_partitions_from_frame(con, "monitoring.drift_summary", refreshed, summary, cfg.written_models)
-        add_partition_metadata(context, {day: _metadata(drift_day_summary(frame, summary, day)) for day in days})
+        rows_of, summary_of = by_day(frame, days), by_day(summary, days)
+        add_partition_metadata(context, {day: _metadata(drift_day_summary(rows_of[day], summary_of[day], day))
+                                         for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),
             "drifted_rows": int(frame.drifted.sum()) if len(frame) else 0})
@@ -195,7 +198,9 @@ def build_fairness(config: MonitorConfig, partitions: dg.PartitionsDefinition,
             for r in errors.itertuples():
                 context.log.warning(f"model {r.model_id} on {r.partition_date}: {r.analysis_error}")
             replace_partitions_from_frame(con, "monitoring.fairness", refreshed, frame, cfg.written_models)
-        add_partition_metadata(context, {day: _metadata(fairness_day_summary(frame, errors, day)) for day in days})
+        rows_of, errors_of = by_day(frame, days), by_day(errors, days)
+        add_partition_metadata(context, {day: _metadata(fairness_day_summary(rows_of[day], errors_of[day], day))
+                                         for day in days})
         return dg.MaterializeResult(metadata={"days": day_label(days), "dagster/row_count": len(frame)})
 
     return fairness

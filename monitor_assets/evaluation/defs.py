@@ -36,6 +36,7 @@ from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
+    by_day,
     daily_partitions,
     day_label,
     days_with_label_refresh,
@@ -176,8 +177,8 @@ def _segment_drift(config: MonitorConfig, partitions: dg.PartitionsDefinition) -
             frame, notes = write_segment_drift(con, cfg, days)
         for model_id, why in notes.items():
             context.log.warning(f"model {model_id}: segment drift not computed ({why})")
-        dates = pd.to_datetime(frame.partition_date).dt.date if len(frame) else pd.Series([], dtype=object)
-        add_partition_metadata(context, {day: _drift_day_metadata(frame[dates == day]) for day in days})
+        of_day = by_day(frame, days)
+        add_partition_metadata(context, {day: _drift_day_metadata(of_day[day]) for day in days})
         shown = worst_drift(frame)
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),

@@ -19,6 +19,7 @@ from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
+    by_day,
     daily_partitions,
     day_label,
     fail_fast,
@@ -54,8 +55,8 @@ def build_multivariate_definitions(config: MonitorConfig) -> dg.Definitions:
         days = run_days(context)
         with fail_fast(), warehouse.connect_lake() as con:
             frame = write_multivariate(con, cfg, days)
-        dates = pd.to_datetime(frame.partition_date).dt.date if len(frame) else pd.Series([], dtype=object)
-        add_partition_metadata(context, {day: {**day_summary(frame, day), "flagged": _flagged_md(frame[dates == day])}
+        of_day = by_day(frame, days)
+        add_partition_metadata(context, {day: {**day_summary(of_day[day], day), "flagged": _flagged_md(of_day[day])}
                                          for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame), "monitored_models": len(monitored(cfg)),

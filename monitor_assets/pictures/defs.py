@@ -18,6 +18,7 @@ from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
+    by_day,
     daily_partitions,
     day_label,
     fail_fast,
@@ -55,8 +56,8 @@ def build_pictures_definitions(config: MonitorConfig) -> dg.Definitions:
             frame, failed = write_pictures(con, cfg, days)
         for model_id, why in failed.items():
             context.log.warning(f"model {model_id}: drift pictures not drawn ({why})")
-        dates = pd.to_datetime(frame.partition_date).dt.date if len(frame) else pd.Series([], dtype=object)
-        add_partition_metadata(context, {day: _day_metadata(frame[dates == day]) for day in days})
+        of_day = by_day(frame, days)
+        add_partition_metadata(context, {day: _day_metadata(of_day[day]) for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),
             "models_not_drawn": dg.MetadataValue.md("\n".join(f"- {m}: {why}" for m, why in failed.items())

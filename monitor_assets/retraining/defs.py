@@ -18,6 +18,7 @@ from monitor_assets.storage.warehouse import connect
 from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
+    by_day,
     daily_partitions,
     day_label,
     days_with_label_refresh,
@@ -134,8 +135,9 @@ def _trigger_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinition:
             result = L.run_trigger(con, config, days)
             open_requests = L.open_requests(con)
         rows = result.rows
-        add_partition_metadata(context, {day: _trigger_day_metadata(rows, result.opened, day)
-                                         for day in run_days(context)})
+        of_day = by_day(rows, run_days(context))
+        add_partition_metadata(context, {day: _trigger_day_metadata(part, result.opened, day)
+                                         for day, part in of_day.items()})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "requests_opened": len(result.opened), "requests_superseded": result.superseded,
             "open_requests": len(open_requests), "dagster/row_count": len(rows),
@@ -167,7 +169,8 @@ def _comparison_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinitio
         days = days_with_label_refresh(run_days(context), config)
         with warehouse.connect() as con:
             frame = L.run_comparison(con, config, days)
-        add_partition_metadata(context, {day: _comparison_day_metadata(frame, day) for day in run_days(context)})
+        of_day = by_day(frame, run_days(context))
+        add_partition_metadata(context, {day: _comparison_day_metadata(part, day) for day, part in of_day.items()})
         latest = frame[frame.partition_date == frame.partition_date.max()] if len(frame) else frame
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),

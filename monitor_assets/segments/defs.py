@@ -13,6 +13,7 @@ from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.wiring import (
     IO_RETRY,
     add_partition_metadata,
+    by_day,
     daily_partitions,
     day_label,
     days_with_label_refresh,
@@ -52,8 +53,8 @@ def build_segments_definitions(config: MonitorConfig) -> dg.Definitions:
             frame, failed = write_segments(con, config, refreshed, baselines)
         for model_id, why in failed.items():
             context.log.warning(f"model {model_id}: segments not computed ({why})")
-        dates = pd.to_datetime(frame.partition_date).dt.date if len(frame) else pd.Series([], dtype=object)
-        add_partition_metadata(context, {day: _day_metadata(frame[dates == day], config) for day in days})
+        of_day = by_day(frame, days)
+        add_partition_metadata(context, {day: _day_metadata(of_day[day], config) for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),
             "segmented_models": sum(1 for m in config.models if m.segments.by),

@@ -325,3 +325,27 @@ def test_fail_fast_retries_a_lock_but_not_a_deterministic_error():
     assert not result.success and attempts["out_of_memory"] == 1
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "Out of Memory Error" in failure.event_specific_data.error.message
+
+
+def test_a_frame_split_by_day_in_one_pass_equals_filtering_it_once_a_day():
+    """`by_day` (each step's per-partition metadata of a backfill): each day's rows, in order, index kept, as
+    filtering the frame by that day gives them; an empty slice with the frame's columns for a day without rows;
+    dates as `date` or as datetime64 land on their day."""
+    import datetime as dt
+
+    import pandas as pd
+
+    from monitor_assets.wiring import by_day
+
+    days = [dt.date(2026, 3, 1) + dt.timedelta(days=k) for k in range(5)]
+    frame = pd.DataFrame({"partition_date": [days[2], days[0], days[2], days[4], days[0], days[2]],
+                          "v": [1, 2, 3, 4, 5, 6]}, index=[10, 11, 12, 13, 14, 15])
+    for shape in (frame, frame.assign(partition_date=pd.to_datetime(frame.partition_date))):
+        split = by_day(shape, days)
+        assert list(split) == days
+        for day in days:
+            expected = shape[pd.to_datetime(shape.partition_date).dt.date == day]
+            pd.testing.assert_frame_equal(split[day], expected)
+        assert split[days[2]].v.tolist() == [1, 3, 6] and split[days[1]].empty
+        assert list(split[days[3]].columns) == ["partition_date", "v"]
+    assert all(part.empty for part in by_day(frame.iloc[0:0], days).values())
