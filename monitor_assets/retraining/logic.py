@@ -983,6 +983,8 @@ def compare_day(con: duckdb.DuckDBPyConnection, config: MonitorConfig, daily: pd
     since the challenger first served, on which both served; one row per metric with the day's verdict."""
     rows = []
     today = daily[daily.partition_date == day]
+    if not today.model_id.duplicated().any():  # one version a model: nothing to compare (a backfill's usual day)
+        return pd.DataFrame(rows)
     champ = champions(daily[daily.partition_date <= day])
     known = {m.id: m for m in subjects(config)}
     for model_id, serving in today.groupby("model_id"):
