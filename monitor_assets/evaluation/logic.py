@@ -390,30 +390,51 @@ def row_groups(codes: np.ndarray, names, rows: np.ndarray | None = None) -> list
 def profile_rows(model: ModelConfig, ref: Reference, frame: pd.DataFrame, day: dt.date) -> list[dict]:
     """One row per model version of the day's rows (segment ''), and for a segmented model one per version and
     segment of each segmentation (capped: `cap_segments`): the profile as JSON and its sizes."""
-    out = []
+    return _profile_rows(model, ref, frame, {day: None})[day] if len(frame) else []
+
+
+def profile_rows_of_days(model: ModelConfig, ref: Reference, frame: pd.DataFrame, days: list[dt.date]
+                         ) -> dict[dt.date, list[dict]]:
+    """`profile_rows` of each of `days` from a many-day read (`frame` with DAY_COLUMN), the columns made and the
+    categories factorized once for all days (a backfill's small days paid it once a day)."""
     if not len(frame):
-        return out
+        return {day: [] for day in days}
+    codes, names = pd.factorize(frame[DAY_COLUMN], sort=True)
+    found = {pd.Timestamp(name).date(): rows for name, rows in row_groups(codes, np.asarray(names, dtype=object))}
+    return {day: [] for day in days} | _profile_rows(model, ref, frame, {d: found[d] for d in days if d in found})
+
+
+def _profile_rows(model: ModelConfig, ref: Reference, frame: pd.DataFrame,
+                  days: dict[dt.date, np.ndarray | None]) -> dict[dt.date, list[dict]]:
+    """`profile_rows` of each day's rows of `frame` (positions, ascending; None: all rows)."""
+    out: dict[dt.date, list[dict]] = {day: [] for day in days}
     groups = [(WHOLE, None)]
     for cross in model.segments.by:
         column = SEGMENT_COLUMN + segment_key(cross)
         if column in frame:
-            frame[column] = cap_segments(frame[column], cross, ref.kept.get(segment_key(cross)))
+            kept, capped = ref.kept.get(segment_key(cross)), frame[column].to_numpy(dtype=object, copy=True)
+            for rows in days.values():  # a day's cap counts that day's segments
+                day_names = frame[column] if rows is None else frame[column].iloc[rows]
+                capped[slice(None) if rows is None else rows] = cap_segments(day_names, cross, kept).to_numpy(object)
+            frame[column] = capped
             groups.append((segment_key(cross), column))
-    # the day's columns as arrays once, categories factorized once: a part's profile costs numpy on its rows
+    # the columns as arrays once, categories factorized once: a part's profile costs numpy on its rows
     columns = P.ProfileColumns.of(frame, ref.bins, predicted=_predicted(model))
     segments = {column: pd.factorize(frame[column], sort=True) for _, column in groups if column}
-    for version, rows in row_groups(*pd.factorize(frame["model_version"], sort=True)):
-        keys = {"model_id": model.id, "model_version": str(version)}
-        for _, column in groups:
-            parts = [(WHOLE, rows)] if column is None else row_groups(*segments[column], rows)
-            for segment, part in parts:
-                profile = P.profile_of(columns, part, {**keys, "segment": str(segment)} if column else keys,
-                                       day.isoformat())
-                text = json.dumps(profile.to_dict(), separators=(",", ":"))
-                out.append({"partition_date": day, "model_id": model.id, "model_version": str(version),
-                            "layout": profile.layout, "n_rows": profile.n_rows,
-                            "n_labelled": profile.n_labelled, "bytes": len(text.encode()),
-                            "profile": text, "error": None, "segment": str(segment)})
+    versions = pd.factorize(frame["model_version"], sort=True)
+    for day, day_rows in days.items():
+        for version, rows in row_groups(*versions, day_rows):
+            keys = {"model_id": model.id, "model_version": str(version)}
+            for _, column in groups:
+                parts = [(WHOLE, rows)] if column is None else row_groups(*segments[column], rows)
+                for segment, part in parts:
+                    profile = P.profile_of(columns, part, {**keys, "segment": str(segment)} if column else keys,
+                                           day.isoformat())
+                    text = json.dumps(profile.to_dict(), separators=(",", ":"))
+                    out[day].append({"partition_date": day, "model_id": model.id, "model_version": str(version),
+                                     "layout": profile.layout, "n_rows": profile.n_rows,
+                                     "n_labelled": profile.n_labelled, "bytes": len(text.encode()),
+                                     "profile": text, "error": None, "segment": str(segment)})
     return out
 
 
@@ -431,14 +452,21 @@ def isolated_profiles(con: duckdb.DuckDBPyConnection, config: MonitorConfig, mod
     if not lake.has_table(lake.model_path(model.id)):
         return []
     try:
-        frames = split_by_day(con.execute(day_rows_sql(con, config, model), {"days": days, "model": model.id}).df(),
-                              days)
+        frame = con.execute(day_rows_sql(con, config, model), {"days": days, "model": model.id}).df()
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001 - each day read alone below, its own error recorded
         if len(days) > 1:
             return [row for day in days for row in isolated_profiles(con, config, model, ref, [day])]
         return [error_row(model, days[0], f"profile could not be built: {error_message(exc)}")]
+    try:
+        together = profile_rows_of_days(model, ref, frame.copy(), days)
+        return [row for day in days for row in together[day]]
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - each day profiled alone below, its own error recorded
+        pass
+    frames = split_by_day(frame, days)
     rows = []
     for day in days:
         try:

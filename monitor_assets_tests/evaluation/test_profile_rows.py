@@ -268,6 +268,32 @@ def test_profile_rows_of_an_empty_day_and_of_one_row(day):
     _assert_same(E.profile_rows(model, ref, one.copy(), DAY), _oracle_rows(model, ref, one.copy(), DAY))
 
 
+def test_days_profiled_together_equal_each_day_profiled_alone(day, monkeypatch):
+    """`profile_rows_of_days` (a backfill's batch of days, columns made once): each day's rows equal the pandas
+    path on that day's rows alone, byte for byte, with the days' rows interleaved, a day of one row, a day without
+    rows, and a cap of 4 segments with room for 2 the reference never had: each day keeps its own largest."""
+    monkeypatch.setattr(E, "SEGMENT_CAP", 4)
+    model, ref, frame = day
+    ref = E.Reference(ref.bins, ref.profile, {k: v[:2] for k, v in ref.kept.items()}, {})  # room for 2 new
+    days = [DAY + dt.timedelta(days=k) for k in range(4)]
+    rng = np.random.default_rng(11)
+    which = rng.choice([0, 1], len(frame), p=[0.6, 0.4])
+    which[len(frame) // 3] = 3  # day 3: one row; day 2: none
+    market = frame[SEGMENT_COLUMN + "market"].to_numpy()
+    first = E.cap_segments(pd.Series(market[which == 0]), ("market",), ref.kept["market"])
+    taken = sorted(set(first) - set(ref.kept["market"]) - {"market=(other)"})[0]
+    which[(which == 1) & (market == taken)] = 0  # day 1 lacks a segment day 0 keeps: it keeps another
+    batch = frame.assign(**{E.DAY_COLUMN: pd.to_datetime([days[k] for k in which])})
+    together = E.profile_rows_of_days(model, ref, batch.copy(), days)
+    assert list(together) == days and together[days[2]] == [] and len(together[days[3]]) > 0
+    pooled = []
+    for k, d in enumerate(days):
+        alone = frame[which == k].reset_index(drop=True)
+        _assert_same(together[d], _oracle_rows(model, ref, alone.copy(), d))
+        pooled.append({r["segment"] for r in together[d]})
+    assert pooled[0] != pooled[1] and f"{taken}" in pooled[0]  # each day's own cap
+
+
 def test_build_profile_on_a_frame_equals_the_pandas_path(day):
     """The DataFrame API (reference profiles, tests) on raw values; also on a frame made from a 2-d array, whose
     columns are strided views: their float sums must stay those of the same (strided) values."""
