@@ -22,7 +22,7 @@ from monitor_assets.analysis.logic import (
 from monitor_assets.config import MonitorConfig
 from monitor_assets.constants import GROUP_BIAS, GROUP_DRIFT, OWNERS
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.reads import day_batches, held_models
+from monitor_assets.storage.reads import held_models, model_day_batches
 from monitor_assets.storage.resource import WarehouseResource
 from monitor_assets.storage.warehouse import replace_partitions_from_frame
 from monitor_assets.wiring import (
@@ -142,7 +142,7 @@ def build_feature_drift(config: MonitorConfig, partitions: dg.PartitionsDefiniti
             work_items = []
             for m in cfg.models:
                 mine = [day for day in refreshed if m.id not in held[day]]
-                work_items += [(m, batch) for batch in day_batches(mine)]
+                work_items += [(m, batch) for batch in model_day_batches(con, m.id, mine)]
             # One model-day's error is recorded on its summary row; the other models and days are analysed.
             work = lambda c, item: isolated_drift_days(c, cfg, item[0], item[1], profiles[item[0].id],  # noqa: E731
                                                        importance[item[0].id], reference_errors.get(item[0].id))
@@ -188,9 +188,9 @@ def build_fairness(config: MonitorConfig, partitions: dg.PartitionsDefinition,
         refreshed = days_with_label_refresh(days, cfg)
         with fail_fast(), warehouse.connect_lake() as con:
             held = held_models(con, refreshed)  # failed the data-quality suite
-            # a model's days read together (DAYS_PER_READ at a time), the models a few at once
+            # a model's days read together (`model_day_batches`), the models a few at once
             todo = [(m, batch) for m in cfg.models
-                    for batch in day_batches([d for d in refreshed if m.id not in held[d]])]
+                    for batch in model_day_batches(con, m.id, [d for d in refreshed if m.id not in held[d]])]
             reference = {m.id: reference_disparities(con, m.id) for m in cfg.models}
             # One model-day's error becomes a row with its reason; the other models are analysed.
             frame, errors = fairness_frame([t for tables in map_models(

@@ -46,10 +46,10 @@ from monitor_assets.storage.fits import stored_or_fitted
 from monitor_assets.storage.lake import TABLES
 from monitor_assets.storage.reads import (
     DAY_COLUMN,
-    day_batches,
     feature_columns,
     held_models,
     latest_labels_sql,
+    model_day_batches,
     model_feature_select,
     multiclass_reference_sql,
     reference_reader_sql,
@@ -193,7 +193,7 @@ def day_frames(con: duckdb.DuckDBPyConnection, config: MonitorConfig, model: Mod
                     if needs_features(method_of(model)) and model.features else "")
         picks = (f"p.score, {decision} AS decision, p.model_version, l.label{features}{_segment_picks(config, model)}",
                  "isfinite(p.score)")
-    for chunk in day_batches(days):
+    for chunk in model_day_batches(con, model.id, days):
         frame = con.execute(f"""
             SELECT p.partition_date AS {DAY_COLUMN}, {picks[0]}
             FROM {table} AS p

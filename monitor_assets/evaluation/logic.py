@@ -109,10 +109,10 @@ from monitor_assets.storage.per_model import (
 )
 from monitor_assets.storage.reads import (
     DAY_COLUMN,
-    day_batches,
     feature_columns,
     held_models,
     latest_labels_sql,
+    model_day_batches,
     multiclass_reference_sql,
     reference_reader_sql,
     split_by_day,
@@ -496,7 +496,7 @@ def write_profiles(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: 
     held = held_models(con, days)
     rows = [error_row(m, day, missing[m.id]) for m in models if m.id in missing for day in days]
     work = [(m, batch) for m in models if m.id in fitted
-            for batch in day_batches([day for day in days if m.id not in held.get(day, set())])]
+            for batch in model_day_batches(con, m.id, [day for day in days if m.id not in held.get(day, set())])]
     for found in map_models(con, lambda c, item: isolated_profiles(c, config, item[0], fitted[item[0].id], item[1]),
                            work, workers):
         rows += found

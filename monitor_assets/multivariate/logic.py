@@ -338,6 +338,8 @@ def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, da
         fitted, missing = references(con, chunk)
         rows += [error_row(m, day, missing[m.id]) for m in chunk if m.id in missing for day in days]
         booleans = {m.id: _booleans(con, m) for m in chunk if m.id in fitted}
+        # DAYS_PER_READ days an item, not a small model's year in one (`model_day_batches`): the items share the
+        # worker processes, and a day's trees, not its read, are the cost
         work = [(m, batch) for m in chunk if m.id in fitted for batch in day_batches(mine[m.id])]
 
         def inputs(item, fitted=fitted, booleans=booleans):

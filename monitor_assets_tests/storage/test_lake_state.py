@@ -310,3 +310,25 @@ def test_a_closed_connection_serves_the_next_one_clean_and_current(short_demo):
             assert other is not again
             assert other.execute("SELECT count(*) FROM monitoring.fairness").fetchone()[0] == before - on_day
     assert len(W._IDLE) <= W.IDLE_KEPT
+
+
+def test_a_models_days_are_read_in_batches_sized_by_their_rows(short_demo, monkeypatch):
+    """`model_day_batches`: up to DAYS_PER_READ days one batch as before; more days are counted first, and a batch
+    grows past DAYS_PER_READ days while its rows stay within ROWS_PER_READ (a small model's year in one read, a
+    busy model's month a month); every day once, in order."""
+    from monitor_assets.storage import reads
+
+    days = [dt.date(2026, 9, 20) + dt.timedelta(days=k) for k in range(40)]  # three of them have rows
+    with open_warehouse(short_demo.warehouse_path, short_demo.lake_path, read_only=True) as con:
+        model = short_demo.models[0].id
+        rows = dict(con.execute("SELECT partition_date, count(*) FROM raw.predictions WHERE model_id = ? "
+                                "GROUP BY 1", [model]).fetchall())
+        assert len(rows) == 3 and min(rows.values()) > 100
+        assert reads.model_day_batches(con, model, days[:31]) == [days[:31]]
+        assert reads.model_day_batches(con, model, days[::-1]) == [days]  # a few thousand rows: one read
+        monkeypatch.setattr(reads, "ROWS_PER_READ", max(rows.values()))
+        monkeypatch.setattr(reads, "DAYS_PER_READ", 10)
+        # days 0-21 empty, 22-24 with rows: the batch takes day 22, day 23 would pass the budget (a new batch, at
+        # least 10 days whatever its rows), the rest from day 33
+        assert reads.model_day_batches(con, model, days) == [days[:23], days[23:33], days[33:]]
+    assert reads.day_batches(days[:5], {days[1]: 10 ** 9}) == [days[:5]]  # never fewer than DAYS_PER_READ days
