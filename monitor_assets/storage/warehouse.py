@@ -229,10 +229,8 @@ def _idle(lake: Lake) -> duckdb.DuckDBPyConnection | None:
     return None
 
 
-def _keep(con: duckdb.DuckDBPyConnection, lake: Lake) -> bool:
-    """Clean `con` and keep it for the next connection to `lake`; False: it could not be (then close it)."""
-    if _POOLED.get(con) != os.getpid():
-        return False
+def _clean(con: duckdb.DuckDBPyConnection) -> bool:
+    """Leave `con` as a fresh one would be but for the lake's views; False: it could not be (then close it)."""
     try:
         if hasattr(con, "abort"):
             con.abort()  # a result its user did not fetch to the end (this DuckDB refuses other work until then)
@@ -249,33 +247,68 @@ def _keep(con: duckdb.DuckDBPyConnection, lake: Lake) -> bool:
             forget_views(con, [name])
     except duckdb.Error:
         return False
+    return True
+
+
+def _keep(con: duckdb.DuckDBPyConnection, lake: Lake) -> bool:
+    """Clean `con` and keep it for the next connection to `lake`; False: it could not be (then close it)."""
+    if _POOLED.get(con) != os.getpid() or not _clean(con):
+        return False
     with _IDLE_LOCK:
         _IDLE.append((str(lake.root), con))
         evicted = _IDLE[:-IDLE_KEPT]
         del _IDLE[:-IDLE_KEPT]
     for _, old in evicted:
-        old.close()
+        _close_for_good(old)
     return True
+
+
+# Thread cursors (`thread_cursor`) closed are kept with their connection for its next threads, as connections are
+# for the next step: a cursor's views cost what a connection's do (temporary views are per cursor).
+_CURSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cursor -> (its connection, process id)
+_IDLE_CURSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> its cursors not in use
+CURSORS_KEPT = 4
+
+
+def _close_for_good(con: duckdb.DuckDBPyConnection) -> None:
+    with _IDLE_LOCK:
+        idle = _IDLE_CURSORS.pop(con, [])
+    for cursor in idle:
+        cursor.close()
+    _POOLED.pop(con, None)
+    con.close()
 
 
 def thread_cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """A cursor of `con` for another thread, with the lake's tables registered on it (temporary views are
     per cursor). Close it with `close`."""
     lake = lake_of(con)
-    cursor = con.cursor()
+    with _IDLE_LOCK:
+        idle = _IDLE_CURSORS.get(con)
+        cursor = idle.pop() if idle else None
+    if cursor is None:
+        cursor = con.cursor()
+        _CURSORS[cursor] = (con, os.getpid())
+        cursor.execute("SET TimeZone = 'UTC'")
     _LAKES[id(cursor)] = lake
-    cursor.execute("SET TimeZone = 'UTC'")
-    lake.attach(cursor, (), create_views=False)
+    lake.attach(cursor, (), create_views=False)  # a kept cursor's views replaced, or kept when current
     return cursor
 
 
 def close(con: duckdb.DuckDBPyConnection) -> None:
-    """Close a connection: one `open_warehouse` made is kept for the next (`_keep`), a cursor is closed."""
+    """Close a connection: one `open_warehouse` made is kept for the next (`_keep`), a thread cursor for its
+    connection's next thread (at most CURSORS_KEPT)."""
     lake = _LAKES.pop(id(con), None)
     if lake is not None and con in _POOLED and _keep(con, lake):
         return
-    _POOLED.pop(con, None)
-    con.close()
+    parent, pid = _CURSORS.get(con, (None, None))
+    if lake is not None and parent is not None and pid == os.getpid() and _clean(con):
+        with _IDLE_LOCK:
+            idle = _IDLE_CURSORS.setdefault(parent, [])
+            if len(idle) < CURSORS_KEPT:
+                idle.append(con)
+                return
+    _close_for_good(con)
 
 
 @contextmanager

@@ -332,3 +332,42 @@ def test_a_models_days_are_read_in_batches_sized_by_their_rows(short_demo, monke
         # least 10 days whatever its rows), the rest from day 33
         assert reads.model_day_batches(con, model, days) == [days[:23], days[23:33], days[33:]]
     assert reads.day_batches(days[:5], {days[1]: 10 ** 9}) == [days[:5]]  # never fewer than DAYS_PER_READ days
+
+
+def test_a_closed_thread_cursor_serves_the_next_thread_clean_and_current(short_demo):
+    """A thread's cursor (`thread_cursor`) closed is its connection's next thread's: it holds none of its user's
+    temporary tables, registered frames or open transaction, reads a table written since, and two cursors in use
+    at once are never the same; at most CURSORS_KEPT wait."""
+    from monitor_assets.storage import warehouse as W
+
+    config = short_demo
+    lake = Lake(config.lake_path)
+    with connect(None, config.lake_path, models=None) as con:
+        first = W.thread_cursor(con)
+        model_rows = first.execute(f"SELECT count(*) FROM {lake.model_relation(first, config.models[0].id)}"
+                                   ).fetchall()[0][0]
+        day, before = first.execute("SELECT max(partition_date), count(*) FROM monitoring.fairness").fetchall()[0]
+        on_day = first.execute("SELECT count(*) FROM monitoring.fairness WHERE partition_date = ?",
+                               [day]).fetchall()[0][0]
+        first.register("users_frame", pd.DataFrame({"a": [1]}))
+        first.execute("CREATE TEMP TABLE users_table AS SELECT 1 AS a")
+        first.execute("BEGIN TRANSACTION")
+        first.execute("SELECT * FROM users_table")  # unfetched, in the open transaction
+        W.close(first)
+        lake.delete("monitoring.fairness", f"partition_date = CAST('{day.isoformat()}' AS DATE)")
+        again = W.thread_cursor(con)
+        assert again is first and before > on_day > 0
+        assert again.execute("SELECT count(*) FROM monitoring.fairness").fetchone()[0] == before - on_day
+        assert again.execute(f"SELECT count(*) FROM {lake.model_relation(again, config.models[0].id)}"
+                             ).fetchone()[0] == model_rows > 0
+        names = {n for (n,) in again.execute("SELECT view_name FROM duckdb_views() WHERE temporary AND NOT internal "
+                                             "UNION ALL SELECT table_name FROM duckdb_tables() WHERE temporary")
+                 .fetchall()}
+        assert not names & {"users_frame", "users_table"}
+        again.execute("BEGIN TRANSACTION")  # none left open
+        again.execute("COMMIT")
+        others = [W.thread_cursor(con) for _ in range(W.CURSORS_KEPT + 2)]
+        assert again not in others and len({id(c) for c in others}) == len(others)
+        for c in [again, *others]:
+            W.close(c)
+        assert len(W._IDLE_CURSORS[con]) == W.CURSORS_KEPT
