@@ -265,7 +265,8 @@ def _keep(con: duckdb.DuckDBPyConnection, lake: Lake) -> bool:
 
 # Thread cursors (`thread_cursor`) closed are kept with their connection for its next threads, as connections are
 # for the next step: a cursor's views cost what a connection's do (temporary views are per cursor).
-_CURSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cursor -> (its connection, process id)
+# cursor -> (a weak reference to its connection, so an idle cursor never keeps it alive; process id)
+_CURSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _IDLE_CURSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> its cursors not in use
 CURSORS_KEPT = 4
 
@@ -288,7 +289,7 @@ def thread_cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         cursor = idle.pop() if idle else None
     if cursor is None:
         cursor = con.cursor()
-        _CURSORS[cursor] = (con, os.getpid())
+        _CURSORS[cursor] = (weakref.ref(con), os.getpid())
         cursor.execute("SET TimeZone = 'UTC'")
     _LAKES[id(cursor)] = lake
     lake.attach(cursor, (), create_views=False)  # a kept cursor's views replaced, or kept when current
@@ -301,7 +302,8 @@ def close(con: duckdb.DuckDBPyConnection) -> None:
     lake = _LAKES.pop(id(con), None)
     if lake is not None and con in _POOLED and _keep(con, lake):
         return
-    parent, pid = _CURSORS.get(con, (None, None))
+    parent, pid = _CURSORS.get(con, (lambda: None, None))
+    parent = parent()
     if lake is not None and parent is not None and pid == os.getpid() and _clean(con):
         with _IDLE_LOCK:
             idle = _IDLE_CURSORS.setdefault(parent, [])

@@ -371,3 +371,18 @@ def test_a_closed_thread_cursor_serves_the_next_thread_clean_and_current(short_d
         for c in [again, *others]:
             W.close(c)
         assert len(W._IDLE_CURSORS[con]) == W.CURSORS_KEPT
+    # an idle cursor does not keep its connection alive (closed by DuckDB's own close, not ours)
+    import gc
+    import weakref
+
+    kept = W.open_warehouse(None, config.lake_path)  # the connection above, kept
+    parent = W.open_warehouse(None, config.lake_path)  # a new one
+    assert parent is not kept
+    W.close(W.thread_cursor(parent))
+    assert len(W._IDLE_CURSORS[parent]) == 1
+    gone = weakref.ref(parent)
+    parent.close()
+    del parent
+    gc.collect()
+    assert gone() is None
+    W.close(kept)
