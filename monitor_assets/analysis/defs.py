@@ -159,7 +159,7 @@ def build_feature_drift(config: MonitorConfig, partitions: dg.PartitionsDefiniti
             replace_partitions_from_frame(con, "monitoring.feature_drift", refreshed, frame, cfg.written_models)
             replace_partitions_from_frame(con, "monitoring.drift_summary", refreshed, summary, cfg.written_models)
         rows_of, summary_of = by_day(frame, days), by_day(summary, days)
-        add_partition_metadata(context, {day: _metadata(drift_day_summary(rows_of[day], summary_of[day], day))
+        add_partition_metadata(context, {day: _metadata(drift_day_summary(rows_of[day], summary_of[day]))
                                          for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),
@@ -199,7 +199,7 @@ def build_fairness(config: MonitorConfig, partitions: dg.PartitionsDefinition,
                 context.log.warning(f"model {r.model_id} on {r.partition_date}: {r.analysis_error}")
             replace_partitions_from_frame(con, "monitoring.fairness", refreshed, frame, cfg.written_models)
         rows_of, errors_of = by_day(frame, days), by_day(errors, days)
-        add_partition_metadata(context, {day: _metadata(fairness_day_summary(rows_of[day], errors_of[day], day))
+        add_partition_metadata(context, {day: _metadata(fairness_day_summary(rows_of[day], errors_of[day]))
                                          for day in days})
         return dg.MaterializeResult(metadata={"days": day_label(days), "dagster/row_count": len(frame)})
 

@@ -639,11 +639,9 @@ def drift_inputs(con: duckdb.DuckDBPyConnection, models: list[ModelConfig]
             profile_errors(con))
 
 
-def drift_day_summary(frame: pd.DataFrame, summary: pd.DataFrame, day: dt.date) -> dict:
-    """One day's drift at a glance: models not analysed, all-missing / all-unseen features, drift shares and
-    the most drifted features (frames, for markdown)."""
-    d_summary = summary[summary.partition_date == day] if len(summary) else summary
-    d_rows = frame[frame.partition_date == day] if len(frame) else frame
+def drift_day_summary(d_rows: pd.DataFrame, d_summary: pd.DataFrame) -> dict:
+    """One day's drift at a glance from its drift rows and summary rows (`wiring.by_day`): models not analysed,
+    all-missing / all-unseen features, drift shares and the most drifted features (frames, for markdown)."""
     shares = d_summary.drift_share.dropna() if len(d_summary) else pd.Series(dtype=float)
     worst = (d_rows[d_rows.role == "feature"].sort_values(["drifted", "statistic"], ascending=False)
              [["model_id", "feature", "method", "statistic", "threshold", "drifted", "current_summary",
@@ -676,11 +674,10 @@ def fairness_frame(parts: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFram
     return frame, errors
 
 
-def fairness_day_summary(frame: pd.DataFrame, errors: pd.DataFrame, day: dt.date) -> dict:
-    """One day's fairness at a glance: models not analysed, the lowest demographic parity ratio, the largest
-    equalized odds difference and the worst disparities (frames, for markdown)."""
-    d_rows = frame[frame.partition_date == day] if len(frame) else frame
-    d_errors = errors[errors.partition_date == day] if len(errors) else errors
+def fairness_day_summary(d_rows: pd.DataFrame, d_errors: pd.DataFrame) -> dict:
+    """One day's fairness at a glance from its rows and error rows (`wiring.by_day`): models not analysed, the
+    lowest demographic parity ratio, the largest equalized odds difference and the worst disparities (frames, for
+    markdown)."""
     d_rows = d_rows[d_rows.attribute.notna()] if len(d_rows) else d_rows
     per_attr = (d_rows.drop_duplicates(["model_id", "attribute"])
                 [["model_id", "attribute", "demographic_parity_ratio", "demographic_parity_p_value",

@@ -56,7 +56,7 @@ def build_multivariate_definitions(config: MonitorConfig) -> dg.Definitions:
         with fail_fast(), warehouse.connect_lake() as con:
             frame = write_multivariate(con, cfg, days)
         of_day = by_day(frame, days)
-        add_partition_metadata(context, {day: {**day_summary(of_day[day], day), "flagged": _flagged_md(of_day[day])}
+        add_partition_metadata(context, {day: {**day_summary(of_day[day]), "flagged": _flagged_md(of_day[day])}
                                          for day in days})
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame), "monitored_models": len(monitored(cfg)),

@@ -367,9 +367,9 @@ def write_multivariate(con: duckdb.DuckDBPyConnection, config: MonitorConfig, da
     return frame
 
 
-def day_summary(frame: pd.DataFrame, day: dt.date) -> dict:
-    """A day's figures for the UI: models computed, models flagged (by either method), models in error."""
-    today = frame[pd.to_datetime(frame.partition_date).dt.date == day] if len(frame) else frame
+def day_summary(today: pd.DataFrame) -> dict:
+    """A day's figures for the UI from its rows (`wiring.by_day`): models computed, models flagged (by either
+    method), models in error."""
     ok = today[today.analysis_error.isna()] if len(today) else today
     flagged = ok[ok.drifted.fillna(False).astype(bool)] if len(ok) else ok
     return {"models_computed": int(ok.model_id.nunique()) if len(ok) else 0,

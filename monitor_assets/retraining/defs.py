@@ -97,9 +97,9 @@ def _model_versions_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefin
     return model_versions
 
 
-def _trigger_day_metadata(rows: pd.DataFrame, opened: list[dict], day) -> dict:
-    """One day's trigger figures for its partition: models tested and flagged, requests opened."""
-    part = rows[rows.partition_date == day] if len(rows) else rows
+def _trigger_day_metadata(part: pd.DataFrame, opened: list[dict], day) -> dict:
+    """One day's trigger figures for its partition from its rows (`wiring.by_day`): models tested and flagged,
+    requests opened."""
     return {
         "models_tested": int(part.p_value.notna().sum()) if len(part) else 0,
         "models_flagged": int(part.flagged.sum()) if len(part) else 0,
@@ -147,9 +147,9 @@ def _trigger_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinition:
     return retraining_trigger
 
 
-def _comparison_day_metadata(frame: pd.DataFrame, day) -> dict:
-    """One day's comparison figures for its partition: challengers, rollbacks and promotions."""
-    part = frame[frame.partition_date == day] if len(frame) else frame
+def _comparison_day_metadata(part: pd.DataFrame) -> dict:
+    """One day's comparison figures for its partition from its rows (`wiring.by_day`): challengers, rollbacks and
+    promotions."""
     verdicts = part.drop_duplicates(["model_id", "challenger_version"]) if len(part) else part
     return {"challengers": len(verdicts),
             "rollbacks": int((verdicts.verdict == "rollback").sum()) if len(verdicts) else 0,
@@ -170,7 +170,7 @@ def _comparison_asset(config: MonitorConfig, common: dict) -> dg.AssetsDefinitio
         with warehouse.connect() as con:
             frame = L.run_comparison(con, config, days)
         of_day = by_day(frame, run_days(context))
-        add_partition_metadata(context, {day: _comparison_day_metadata(part, day) for day, part in of_day.items()})
+        add_partition_metadata(context, {day: _comparison_day_metadata(part) for day, part in of_day.items()})
         latest = frame[frame.partition_date == frame.partition_date.max()] if len(frame) else frame
         return dg.MaterializeResult(metadata={
             "days": day_label(days), "dagster/row_count": len(frame),
