@@ -409,18 +409,18 @@ def _profile_rows(model: ModelConfig, ref: Reference, frame: pd.DataFrame,
     """`profile_rows` of each day's rows of `frame` (positions, ascending; None: all rows)."""
     out: dict[dt.date, list[dict]] = {day: [] for day in days}
     groups = [(WHOLE, None)]
+    segments = {}  # column -> its capped names factorized (`frame` is left as it is)
     for cross in model.segments.by:
         column = SEGMENT_COLUMN + segment_key(cross)
         if column in frame:
             kept, capped = ref.kept.get(segment_key(cross)), frame[column].to_numpy(dtype=object, copy=True)
             for rows in days.values():  # a day's cap counts that day's segments
-                day_names = frame[column] if rows is None else frame[column].iloc[rows]
-                capped[slice(None) if rows is None else rows] = cap_segments(day_names, cross, kept).to_numpy(object)
-            frame[column] = capped
+                at = slice(None) if rows is None else rows
+                capped[at] = cap_segments(frame[column].iloc[at], cross, kept).to_numpy(object)
+            segments[column] = pd.factorize(pd.Series(capped, dtype=object), sort=True)
             groups.append((segment_key(cross), column))
     # the columns as arrays once, categories factorized once: a part's profile costs numpy on its rows
     columns = P.ProfileColumns.of(frame, ref.bins, predicted=_predicted(model))
-    segments = {column: pd.factorize(frame[column], sort=True) for _, column in groups if column}
     versions = pd.factorize(frame["model_version"], sort=True)
     for day, day_rows in days.items():
         for version, rows in row_groups(*versions, day_rows):
@@ -460,7 +460,7 @@ def isolated_profiles(con: duckdb.DuckDBPyConnection, config: MonitorConfig, mod
             return [row for day in days for row in isolated_profiles(con, config, model, ref, [day])]
         return [error_row(model, days[0], f"profile could not be built: {error_message(exc)}")]
     try:
-        together = profile_rows_of_days(model, ref, frame.copy(), days)
+        together = profile_rows_of_days(model, ref, frame, days)
         return [row for day in days for row in together[day]]
     except TRANSIENT_ERRORS:
         raise
