@@ -58,6 +58,12 @@ def _normalize_many(con: duckdb.DuckDBPyConnection,
     return out
 
 
+def _histograms_sql(categorical: list[str]) -> str:
+    """SELECT items: the row count, then each categorical column's `histogram` as raw text (NULL as MISSING)."""
+    return ", ".join(["count(*)"] + [f"histogram(coalesce({quote_ident(c)}::VARCHAR, '{MISSING}'))"
+                                     for c in categorical])
+
+
 def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dict[str, tuple[float, float, int]],
                      categorical: list[str], params: list | None = None,
                      batch_rows: int = 1 << 18,
@@ -81,9 +87,7 @@ def count_histograms(con: duckdb.DuckDBPyConnection, relation: str, numeric: dic
         for name in names:
             out[name] = counters[name].result()
     if categorical or not names:
-        exprs = ", ".join(["count(*)"] + [f"histogram(coalesce({quote_ident(c)}::VARCHAR, '{MISSING}'))"
-                                          for c in categorical])
-        row = con.execute(f"SELECT {exprs} FROM ({relation})", params or []).fetchall()[0]
+        row = con.execute(f"SELECT {_histograms_sql(categorical)} FROM ({relation})", params or []).fetchall()[0]
         for name, hist in zip(categorical, row[1:], strict=True):
             out[name] = dict(hist or {})
         if normalize:
@@ -105,10 +109,9 @@ def count_histograms_by(con: duckdb.DuckDBPyConnection, relation: str, by: str,
     if names:
         cols = ", ".join(f"{quote_ident(n)}::DOUBLE AS v{i}" for i, n in enumerate(names))
         table = con.sql(f"SELECT {quote_ident(by)} AS __by, {cols} FROM ({relation})").to_arrow_table()
-        keys = table.column(0).to_pylist()
-        found, group = np.unique(np.array(keys, dtype=object), return_inverse=True) if keys else ([], [])
+        found, group = np.unique(np.array(table.column(0).to_pylist(), dtype=object), return_inverse=True)
         order = np.argsort(group, kind="stable")  # each value's rows, in the relation's order
-        starts = np.searchsorted(group[order], np.arange(len(found) + 1)) if keys else [0]
+        starts = np.searchsorted(group[order], np.arange(len(found) + 1))
         columns = [table.column(i + 1).to_numpy(zero_copy_only=False) for i in range(len(names))]
         for g, key in enumerate(found):
             rows = order[starts[g]:starts[g + 1]]
@@ -119,9 +122,8 @@ def count_histograms_by(con: duckdb.DuckDBPyConnection, relation: str, by: str,
                     counter.add(values[rows[first:first + batch_rows]])
                 counts[name] = counter.result()
     if categorical or not names:
-        exprs = ", ".join(["count(*)"] + [f"histogram(coalesce({quote_ident(c)}::VARCHAR, '{MISSING}'))"
-                                          for c in categorical])
-        for key, *row in con.execute(f"SELECT {quote_ident(by)}, {exprs} FROM ({relation}) GROUP BY 1").fetchall():
+        for key, *row in con.execute(f"SELECT {quote_ident(by)}, {_histograms_sql(categorical)} FROM ({relation}) "
+                                     "GROUP BY 1").fetchall():
             counts = out.setdefault(key, {})
             for name, hist in zip(categorical, row[1:], strict=True):
                 counts[name] = dict(hist or {})
