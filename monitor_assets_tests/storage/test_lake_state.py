@@ -275,6 +275,24 @@ def test_every_documented_view_reads_its_tables_columns_never_a_stand_in(short_d
         assert not con.execute("SELECT view_name FROM duckdb_views() WHERE sql LIKE '%stand_in%'").fetchall()
 
 
+def _leave_a_users_state(con) -> None:
+    """What a step may leave on its connection: a registered frame, a temporary table, an open transaction with
+    an unfetched result."""
+    con.register("users_frame", pd.DataFrame({"a": [1]}))
+    con.execute("CREATE TEMP TABLE users_table AS SELECT 1 AS a")
+    con.execute("BEGIN TRANSACTION")
+    con.execute("INSERT INTO users_table VALUES (2)")
+    con.execute("SELECT * FROM users_table")  # unfetched, in the open transaction
+
+
+def _assert_nothing_of_the_last_user(con) -> None:
+    names = {n for (n,) in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary AND NOT internal "
+                                       "UNION ALL SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()}
+    assert not names & {"users_frame", "users_table"}
+    con.execute("BEGIN TRANSACTION")  # none left open
+    con.execute("COMMIT")
+
+
 def test_a_closed_connection_serves_the_next_one_clean_and_current(short_demo):
     """The next step's connection is the last one's, kept: it holds none of its user's temporary tables,
     registered frames or open transaction, reads a table written since by anyone (here the lake's own API, as
@@ -289,23 +307,14 @@ def test_a_closed_connection_serves_the_next_one_clean_and_current(short_demo):
         day = first.execute("SELECT max(partition_date) FROM monitoring.fairness").fetchall()[0][0]
         on_day = first.execute("SELECT count(*) FROM monitoring.fairness WHERE partition_date = ?",
                                [day]).fetchall()[0][0]
-        first.register("users_frame", pd.DataFrame({"a": [1]}))
-        first.execute("CREATE TEMP TABLE users_table AS SELECT 1 AS a")
-        first.execute("BEGIN TRANSACTION")
-        first.execute("INSERT INTO users_table VALUES (2)")
-        first.execute("SELECT * FROM users_table")  # unfetched, in the open transaction
+        _leave_a_users_state(first)
         kept = first
     assert before > on_day > 0
     lake.delete("monitoring.fairness", f"partition_date = CAST('{day.isoformat()}' AS DATE)")
     with connect(None, config.lake_path, models=None) as again:
         assert again is kept
         assert again.execute("SELECT count(*) FROM monitoring.fairness").fetchone()[0] == before - on_day
-        names = {n for (n,) in again.execute("SELECT view_name FROM duckdb_views() WHERE temporary AND NOT internal "
-                                             "UNION ALL SELECT table_name FROM duckdb_tables() WHERE temporary")
-                 .fetchall()}
-        assert not names & {"users_frame", "users_table"}
-        again.execute("BEGIN TRANSACTION")  # none left open
-        again.execute("COMMIT")
+        _assert_nothing_of_the_last_user(again)
         with connect(None, config.lake_path, models=None) as other:
             assert other is not again
             assert other.execute("SELECT count(*) FROM monitoring.fairness").fetchone()[0] == before - on_day
@@ -349,10 +358,7 @@ def test_a_closed_thread_cursor_serves_the_next_thread_clean_and_current(short_d
         day, before = first.execute("SELECT max(partition_date), count(*) FROM monitoring.fairness").fetchall()[0]
         on_day = first.execute("SELECT count(*) FROM monitoring.fairness WHERE partition_date = ?",
                                [day]).fetchall()[0][0]
-        first.register("users_frame", pd.DataFrame({"a": [1]}))
-        first.execute("CREATE TEMP TABLE users_table AS SELECT 1 AS a")
-        first.execute("BEGIN TRANSACTION")
-        first.execute("SELECT * FROM users_table")  # unfetched, in the open transaction
+        _leave_a_users_state(first)
         W.close(first)
         lake.delete("monitoring.fairness", f"partition_date = CAST('{day.isoformat()}' AS DATE)")
         again = W.thread_cursor(con)
@@ -360,12 +366,7 @@ def test_a_closed_thread_cursor_serves_the_next_thread_clean_and_current(short_d
         assert again.execute("SELECT count(*) FROM monitoring.fairness").fetchone()[0] == before - on_day
         assert again.execute(f"SELECT count(*) FROM {lake.model_relation(again, config.models[0].id)}"
                              ).fetchone()[0] == model_rows > 0
-        names = {n for (n,) in again.execute("SELECT view_name FROM duckdb_views() WHERE temporary AND NOT internal "
-                                             "UNION ALL SELECT table_name FROM duckdb_tables() WHERE temporary")
-                 .fetchall()}
-        assert not names & {"users_frame", "users_table"}
-        again.execute("BEGIN TRANSACTION")  # none left open
-        again.execute("COMMIT")
+        _assert_nothing_of_the_last_user(again)
         others = [W.thread_cursor(con) for _ in range(W.CURSORS_KEPT + 2)]
         assert again not in others and len({id(c) for c in others}) == len(others)
         for c in [again, *others]:
