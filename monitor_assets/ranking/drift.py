@@ -58,11 +58,12 @@ def chunk_statistics(request_index: np.ndarray, item: np.ndarray, size: int) -> 
     `request_index`: each impression's request, 0.. in the reference's order; `item`: its item id."""
     n = int(request_index.max()) + 1 if len(request_index) else 0
     m = n // size
-    whole = R.ItemCounts.of(item)
+    codes, items = R.item_codes(item)  # the ids hashed once: each chunk and its rest count integer codes
+    whole = R.ItemCounts.of_coded(codes, items)
     out: dict[str, list[float]] = {s: [] for s in STATISTICS}
     for i in np.unique(np.linspace(0, m - 1, min(m, MAX_CHUNKS)).round().astype(int)):
         inside = (request_index >= i * size) & (request_index < (i + 1) * size)
-        chunk, rest = R.ItemCounts.of(item[inside]), R.ItemCounts.of(item[~inside])
+        chunk, rest = R.ItemCounts.of_coded(codes[inside], items), R.ItemCounts.of_coded(codes[~inside], items)
         out["item_drift_js"].append(R.item_distribution_drift(chunk, rest))
         # the day's concentration counts the top 1% of the whole reference's items: so does the chunk's
         out["popularity_concentration"].append(R.catalogue_metrics(chunk, whole)["concentration"])

@@ -76,6 +76,12 @@ def _codes(values) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), np.asarray(uniques)
 
 
+def item_codes(items) -> tuple[np.ndarray, np.ndarray]:
+    """Each impression's code into the distinct items (in order of first appearance), and those items: for
+    counting many subsets of the same impressions (`ItemCounts.of_coded`)."""
+    return _codes(items)
+
+
 def ranks_from_scores(request, score) -> np.ndarray:
     """Rank 1..L of each row within its request by score, descending; ties keep the rows' order and
     missing scores go last. What `request_metrics` uses when no logged rank is given."""
@@ -305,6 +311,13 @@ class ItemCounts:
             item = item[np.asarray(rank) <= k]
         codes, uniques = _codes(item)
         return cls(uniques, np.bincount(codes, minlength=len(uniques)).astype(np.int64))
+
+    @classmethod
+    def of_coded(cls, codes: np.ndarray, values: np.ndarray) -> ItemCounts:
+        """`ItemCounts.of(values[codes])`, item for item and in the same order, from integer codes into the
+        distinct `values` (`item_codes`): a subset of impressions counted without hashing its ids again."""
+        sub, first = _codes(codes)
+        return cls(values[first], np.bincount(sub, minlength=len(first)).astype(np.int64))
 
     def __add__(self, other: ItemCounts) -> ItemCounts:
         if not len(other.items) or not len(self.items):  # an empty day keeps the other's id type

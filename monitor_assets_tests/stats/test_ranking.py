@@ -14,6 +14,7 @@ from monitor_assets.stats.ranking import (
     RankingSums,
     below_floor_p_value,
     catalogue_metrics,
+    item_codes,
     item_distribution_drift,
     metric_names,
     ranking_sums,
@@ -256,6 +257,23 @@ def test_item_counts_add_across_days_and_respect_k():
         zip(whole.items.tolist(), whole.counts.tolist(), strict=True))
     top2 = ItemCounts.of(["x", "y", "z", "x"], rank=[1, 2, 3, 1], k=2)
     assert dict(zip(top2.items.tolist(), top2.counts.tolist(), strict=True)) == {"x": 2, "y": 1}
+
+
+def test_a_coded_subset_counts_as_its_ids_would_item_for_item_and_in_order():
+    """The ranking drift's calibration counts each reference chunk, and the rest, from codes hashed once: the same
+    items, counts and order (ties among the top items keep the order of first appearance) as counting the ids."""
+    rng = np.random.default_rng(11)
+    ids = np.array([f"sku-{i}" for i in rng.zipf(1.3, 5000) % 400], dtype=object)
+    codes, values = item_codes(ids)
+    for mask in (rng.random(len(ids)) < 0.1, np.arange(len(ids)) >= 4000, np.zeros(len(ids), bool),
+                 np.ones(len(ids), bool)):
+        for part in (mask, ~mask):
+            coded, direct = ItemCounts.of_coded(codes[part], values), ItemCounts.of(ids[part])
+            assert coded.items.tolist() == direct.items.tolist()
+            assert coded.counts.tolist() == direct.counts.tolist()
+    numbers = rng.integers(0, 50, 300)  # integer ids keep their values and type
+    codes, values = item_codes(numbers)
+    assert ItemCounts.of_coded(codes[::3], values).items.tolist() == ItemCounts.of(numbers[::3]).items.tolist()
 
 
 def test_item_distribution_drift_is_scipy_jensen_shannon_over_the_top_items_and_an_other_bucket():
