@@ -163,23 +163,29 @@ def move_to_quarantine(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: d
     con.execute(f"DELETE FROM {table} AS t WHERE {on_day} AND ({where})", [*days, *(params or [])])
 
 
-def quarantine_duplicates(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date) -> None:
-    """A repeated key keeps its first occurrence (by file, line); later ones are quarantined, citing it."""
+def quarantine_duplicates(con: duckdb.DuckDBPyConnection, plan: StagingPlan, day: dt.date | None) -> None:
+    """A repeated key keeps its first occurrence (by file, line); later ones are quarantined, citing it. `day`
+    None: every staged day, each day's keys on their own."""
     key, table = plan.key, f"raw.{plan.source}"
+    if day is not None:
+        repeated, days = (f"partition_date = ? AND {key} IN (SELECT {key} FROM {table} WHERE partition_date = ? "
+                          f"GROUP BY {key} HAVING count(*) > 1)"), [day, day]
+    else:
+        repeated, days = (f"(partition_date, {key}) IN (SELECT (partition_date, {key}) FROM {table} "
+                          "GROUP BY ALL HAVING count(*) > 1)"), []
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dupes AS
-        SELECT source_file, line_no, first_file, first_line FROM (
-            SELECT source_file, line_no, first_value(source_file) OVER w AS first_file,
+        SELECT partition_date, source_file, line_no, first_file, first_line FROM (
+            SELECT partition_date, source_file, line_no, first_value(source_file) OVER w AS first_file,
                    first_value(line_no) OVER w AS first_line, row_number() OVER w AS nth
-            FROM {table}
-            WHERE partition_date = ? AND {key} IN (SELECT {key} FROM {table} WHERE partition_date = ?
-                                                  GROUP BY {key} HAVING count(*) > 1)
-            WINDOW w AS (PARTITION BY {key} ORDER BY source_file, line_no))
-        WHERE nth > 1""", [day, day])
+            FROM {table} WHERE {repeated}
+            WINDOW w AS (PARTITION BY partition_date, {key} ORDER BY source_file, line_no))
+        WHERE nth > 1""", days)
     if con.execute("SELECT count(*) FROM _dupes").fetchall()[0][0]:
-        match = "(t.source_file, t.line_no) IN (SELECT (source_file, line_no) FROM _dupes)"
+        match = "(t.partition_date, t.source_file, t.line_no) IN (SELECT (partition_date, source_file, line_no) FROM _dupes)"
         reason = (f"(SELECT 'duplicate {key}: first seen in ' || d.first_file || ' line ' || d.first_line "
-                  "FROM _dupes d WHERE d.source_file = t.source_file AND d.line_no = t.line_no)")
+                  "FROM _dupes d WHERE d.partition_date = t.partition_date AND d.source_file = t.source_file "
+                  "AND d.line_no = t.line_no)")
         move_to_quarantine(con, plan, day, match, reason)
 
 

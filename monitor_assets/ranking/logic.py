@@ -62,7 +62,7 @@ from monitor_assets.ingestion.fields import (
     quarantine_duplicates,
     reason_category_sql,
 )
-from monitor_assets.ingestion.formats import LOADERS
+from monitor_assets.ingestion.formats import LOADERS, PENDING, check_pending, load_json_files
 from monitor_assets.ingestion.log import StageResult, log_ingestion
 from monitor_assets.ingestion.readers import (
     FileGroup,
@@ -76,6 +76,7 @@ from monitor_assets.segments.logic import ALPHA as SEGMENT_ALPHA
 from monitor_assets.stats import ranking as R
 from monitor_assets.stats.multiple_testing import benjamini_hochberg
 from monitor_assets.storage.lake import TABLES
+from monitor_assets.storage.reads import DAY_COLUMN, split_by_day
 from monitor_assets.storage.sql import SEGMENT_COLUMN, quote_ident, segment_key, segment_picks, sql_str
 from monitor_assets.storage.warehouse import lake_of
 
@@ -198,16 +199,43 @@ def _read_group(stage: duckdb.DuckDBPyConnection, src: SourceConfig, plan: Stagi
     return read
 
 
-def _check_lists(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: StagingPlan, day: dt.date) -> None:
-    """Whole-request checks of list records: a request id seen before that day, then each item (an id, a numeric
-    score, as many scores as items, no item twice); a record with a bad item is quarantined whole, naming it.
-    Leaves `_impressions` (one row per item of the good records)."""
+def _read_groups(stage: duckdb.DuckDBPyConnection, src: SourceConfig, plan: StagingPlan,
+                 groups: dict[dt.date, FileGroup]) -> dict[dt.date, int]:
+    """`_read_group` of several days into the staging tables at once: the records of many files checked in one
+    statement (JSON lines by `load_json_files`, CSV and Parquet pending until every file is read), as the
+    ingestion stage reads a batch of days. Returns each day's records read."""
+    read = dict.fromkeys(groups, 0)
+    for day, group in groups.items():
+        for path, detail in group.refused:
+            note_file(stage, plan, day, path, detail)
+    if src.format == "jsonl":
+        files = [(path, day) for day, group in groups.items() for path in group.files]
+        for (_, day), n in zip(files, load_json_files(stage, plan, files), strict=True):
+            read[day] += n
+    else:
+        try:
+            for day, group in groups.items():
+                for path in group.files:
+                    read[day] += LOADERS[src.format](stage, plan, path, day, later=True)
+            check_pending(stage, plan)
+        finally:
+            stage.execute(f"DROP TABLE IF EXISTS {PENDING}")  # a reader's error: nothing left for the next batch
+    for day, group in groups.items():
+        if not group.files and not group.refused:
+            note_file(stage, plan, day, group.expected, f"no input file: nothing matched {group.expected}")
+    return read
+
+
+def _check_lists(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: StagingPlan) -> None:
+    """Whole-request checks of list records of every staged day: a request id seen before that day, then each
+    item (an id, a numeric score, as many scores as items, no item twice); a record with a bad item is
+    quarantined whole, naming it. Leaves `_impressions` (one row per item of the good records)."""
     rc = ranker.ranking
-    quarantine_duplicates(stage, plan, day)
+    quarantine_duplicates(stage, plan, None)
     item, score = sql_str(json_path(rc.item_id)), sql_str(json_path(rc.score))
     stage.execute(f"""
         CREATE OR REPLACE TEMP TABLE _items AS
-        SELECT source_file, line_no, {REQ}, {VER}, {SEGS}, pos, kind, n_items, n_scores,
+        SELECT partition_date, source_file, line_no, {REQ}, {VER}, {SEGS}, pos, kind, n_items, n_scores,
                CASE WHEN kind = 'OBJECT' THEN json_extract_string(e, {item}) ELSE json_extract_string(e, '$') END AS item,
                CASE WHEN kind = 'OBJECT' THEN json_extract_string(e, {score})
                     ELSE json_extract_string(sl[pos], '$') END AS score_text
@@ -218,7 +246,7 @@ def _check_lists(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: S
                     FROM raw.{plan.source})))""")
     stage.execute(f"""
         CREATE OR REPLACE TEMP TABLE _bad AS
-        SELECT source_file, line_no, arg_min(problem, pos) AS reason FROM (
+        SELECT partition_date, source_file, line_no, arg_min(problem, pos) AS reason FROM (
             SELECT *, CASE
                 WHEN item IS NULL OR trim(item) = ''
                     THEN 'missing required field: ' || {sql_str(rc.item_id)} || ' (item ' || pos || ')'
@@ -231,62 +259,72 @@ def _check_lists(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: S
                 WHEN n_scores IS NOT NULL AND n_scores <> n_items
                     THEN 'out of range: ' || {sql_str(rc.scores)} || ' has ' || n_scores || ' values for ' || n_items
                          || ' items'
-                WHEN count(*) OVER (PARTITION BY source_file, line_no, item) > 1
+                WHEN count(*) OVER (PARTITION BY partition_date, source_file, line_no, item) > 1
                     THEN 'duplicate ' || {sql_str(rc.item_id)} || ': ' || left(item, 80) || ' twice in the list of request '
                          || left({REQ}, 80)
                 END AS problem
             FROM _items)
         WHERE problem IS NOT NULL GROUP BY ALL""")
     if stage.execute("SELECT count(*) FROM _bad").fetchall()[0][0]:
-        move_to_quarantine(stage, plan, day, "(t.source_file, t.line_no) IN (SELECT (source_file, line_no) FROM _bad)",
-                           "(SELECT b.reason FROM _bad b WHERE b.source_file = t.source_file AND b.line_no = t.line_no)")
+        move_to_quarantine(stage, plan, None, "(t.partition_date, t.source_file, t.line_no) IN "
+                                              "(SELECT (partition_date, source_file, line_no) FROM _bad)",
+                           "(SELECT b.reason FROM _bad b WHERE b.partition_date = t.partition_date "
+                           "AND b.source_file = t.source_file AND b.line_no = t.line_no)")
     stage.execute(f"""
         CREATE OR REPLACE TEMP TABLE _impressions AS
-        SELECT {VER} AS model_version, {REQ} AS request_id, item AS item_id, pos::BIGINT AS rank,
+        SELECT partition_date, {VER} AS model_version, {REQ} AS request_id, item AS item_id, pos::BIGINT AS rank,
                TRY_CAST(score_text AS DOUBLE) AS score, NULL::DOUBLE AS grade, source_file, line_no,
                {SEGS} AS segments
-        FROM _items WHERE (source_file, line_no) IN (SELECT (source_file, line_no) FROM raw.{plan.source})""")
+        FROM _items WHERE (partition_date, source_file, line_no) IN
+                          (SELECT (partition_date, source_file, line_no) FROM raw.{plan.source})""")
 
 
-def _check_impressions(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: StagingPlan, day: dt.date,
+def _check_impressions(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, plan: StagingPlan,
                        graded: bool) -> None:
-    """An item shown twice in one request keeps its first row (by file, line); later ones are quarantined. Leaves
-    `_impressions`, ranked: the logged rank, or (a request with a row without one) the order by score; a request's
-    segment values are those of its first row."""
+    """Of every staged day: an item shown twice in one request keeps its first row (by file, line); later ones
+    are quarantined. Leaves `_impressions`, ranked: the logged rank, or (a request with a row without one) the
+    order by score; a request's segment values are those of its first row."""
     rc = ranker.ranking
     stage.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dupes AS
-        SELECT source_file, line_no, first_file, first_line FROM (
-            SELECT source_file, line_no, first_value(source_file) OVER w AS first_file,
+        SELECT partition_date, source_file, line_no, first_file, first_line FROM (
+            SELECT partition_date, source_file, line_no, first_value(source_file) OVER w AS first_file,
                    first_value(line_no) OVER w AS first_line, row_number() OVER w AS nth
-            FROM raw.{plan.source} WINDOW w AS (PARTITION BY {REQ}, {ITEM} ORDER BY source_file, line_no))
+            FROM raw.{plan.source}
+            WINDOW w AS (PARTITION BY partition_date, {REQ}, {ITEM} ORDER BY source_file, line_no))
         WHERE nth > 1""")
     if stage.execute("SELECT count(*) FROM _dupes").fetchall()[0][0]:
         move_to_quarantine(
-            stage, plan, day, "(t.source_file, t.line_no) IN (SELECT (source_file, line_no) FROM _dupes)",
+            stage, plan, None, "(t.partition_date, t.source_file, t.line_no) IN "
+                               "(SELECT (partition_date, source_file, line_no) FROM _dupes)",
             f"(SELECT 'duplicate ' || {sql_str(rc.item_id)} || ': ' || left(t.{ITEM}, 80) || ' twice in request ' "
             f"|| left(t.{REQ}, 80) || ', first in ' || d.first_file || ' line ' || d.first_line FROM _dupes d "
-            "WHERE d.source_file = t.source_file AND d.line_no = t.line_no)")
+            "WHERE d.partition_date = t.partition_date AND d.source_file = t.source_file AND d.line_no = t.line_no)")
     grade = grade_sql(ranker, interactions=False) if graded else "NULL::DOUBLE"
-    segments = f"first_value({SEGS}) OVER (PARTITION BY {REQ} ORDER BY source_file, line_no)" if \
-        ranker.segments.by else SEGS  # NULL without segments: no window to compute
+    segments = (f"first_value({SEGS}) OVER (PARTITION BY partition_date, {REQ} ORDER BY source_file, line_no)"
+                if ranker.segments.by else SEGS)  # NULL without segments: no window to compute
     stage.execute(f"""
         CREATE OR REPLACE TEMP TABLE _impressions AS
-        SELECT {VER} AS model_version, {REQ} AS request_id, {ITEM} AS item_id,
-               CASE WHEN bool_and({RANK} IS NOT NULL) OVER (PARTITION BY {REQ}) THEN {RANK}::BIGINT
-                    ELSE row_number() OVER (PARTITION BY {REQ} ORDER BY {SCORE} DESC NULLS LAST, source_file, line_no)
+        SELECT partition_date, {VER} AS model_version, {REQ} AS request_id, {ITEM} AS item_id,
+               CASE WHEN bool_and({RANK} IS NOT NULL) OVER (PARTITION BY partition_date, {REQ}) THEN {RANK}::BIGINT
+                    ELSE row_number() OVER (PARTITION BY partition_date, {REQ}
+                                            ORDER BY {SCORE} DESC NULLS LAST, source_file, line_no)
                END AS rank, {SCORE} AS score, {grade} AS grade, source_file, line_no,
                {segments} AS segments
         FROM raw.{plan.source}""")
 
 
-def _counted(stage: duckdb.DuckDBPyConnection, plan: StagingPlan, read: int, what: str) -> tuple[int, int]:
-    """(loaded, quarantined) records; read must equal their sum, or nothing is written."""
-    loaded = stage.execute(f"SELECT count(*) FROM raw.{plan.source}").fetchall()[0][0]
-    quarantined = stage.execute("SELECT count(*) FROM raw.quarantine WHERE line_no IS NOT NULL").fetchall()[0][0]
-    if read != loaded + quarantined:
-        raise RuntimeError(f"{what}: read {read} records but loaded {loaded} and quarantined {quarantined}")
-    return loaded, quarantined
+def _counted(stage: duckdb.DuckDBPyConnection, plan: StagingPlan, read: dict[dt.date, int],
+             what: str) -> dict[dt.date, int]:
+    """Each staged day's loaded records; a day's read must equal its loaded and quarantined, or nothing is written."""
+    loaded = dict(stage.execute(f"SELECT partition_date, count(*) FROM raw.{plan.source} GROUP BY ALL").fetchall())
+    quarantined = dict(stage.execute("SELECT partition_date, count(*) FROM raw.quarantine WHERE line_no IS NOT NULL "
+                                     "GROUP BY ALL").fetchall())
+    for day, n in read.items():
+        if n != loaded.get(day, 0) + quarantined.get(day, 0):
+            raise RuntimeError(f"{what} {day}: read {n} records but loaded {loaded.get(day, 0)} and quarantined "
+                               f"{quarantined.get(day, 0)}")
+    return {day: loaded.get(day, 0) for day in read}
 
 
 def _quarantine_rows(stage: duckdb.DuckDBPyConnection, model_id: str) -> pa.Table:
@@ -304,42 +342,92 @@ class Staged:
     quarantine: pa.Table
 
 
+def _read(stage: duckdb.DuckDBPyConnection, src: SourceConfig, plan: StagingPlan,
+          groups: dict[dt.date, FileGroup]) -> dict[dt.date, int]:
+    """One day's files as `_read_group` reads them (an unreadable file noted, the day's others read), several
+    days' at once (`_read_groups`)."""
+    if len(groups) == 1:
+        return {day: _read_group(stage, src, plan, group, day) for day, group in groups.items()}
+    return _read_groups(stage, src, plan, groups)
+
+
+def _by_day(table: pa.Table, days) -> dict[dt.date, pa.Table]:
+    """The rows of `table` (sorted by partition_date) of each day, as slices."""
+    epoch_days = table["partition_date"].cast(pa.int32()).to_numpy()
+    out = {}
+    for day in days:
+        first, end = np.searchsorted(epoch_days, (day - _EPOCH).days, "left"), np.searchsorted(
+            epoch_days, (day - _EPOCH).days, "right")
+        out[day] = table.slice(int(first), int(end - first))
+    return out
+
+
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def _staged(stage: duckdb.DuckDBPyConnection, ranker: RankerConfig, src: SourceConfig,
+            groups: dict[dt.date, FileGroup], read: dict[dt.date, int], loaded: dict[dt.date, int],
+            rows: pa.Table) -> dict[dt.date, Staged]:
+    """Each day's `Staged`: its rows (`rows` sorted by day), its quarantine and counts."""
+    q = _quarantine_rows(stage, ranker.id)
+    q = q.take(pc.sort_indices(q, [("partition_date", "ascending")]))  # stable: a day's rows keep their order
+    rows_of, q_of = _by_day(rows, groups), _by_day(q, groups)
+    return {day: Staged(_result(group.files, read[day], loaded[day], q_of[day]),
+                        rows_of[day] if group.files or src.allow_empty else None, q_of[day])
+            for day, group in groups.items()}
+
+
+def stage_log_days(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, src: SourceConfig,
+                   files: dict[dt.date, tuple[list[str], str]], shape: str, graded: bool = False,
+                   own_format: bool = True) -> dict[dt.date, Staged]:
+    """Read and check a ranker's log files (or its reference) of each day (day -> its files and their glob) in one
+    pass: impressions with their request, rank and score; every check is each day's own."""
+    plan = log_plan(ranker, shape, graded, own_format)
+    _reset(stage, plan)
+    groups = {day: _refuse_outside(config, FileGroup([], paths, expected, ranker.id))
+              for day, (paths, expected) in files.items()}
+    read = _read(stage, src, plan, groups)
+    if shape == "lists":
+        _check_lists(stage, ranker, plan)
+    else:
+        _check_impressions(stage, ranker, plan, graded)
+    loaded = _counted(stage, plan, read, f"{ranker.id} {LOG_SOURCE}")
+    version = sql_str(ranker.version)
+    rows = stage.sql(f"""SELECT partition_date, ? AS model_id,
+                                coalesce(nullif(trim(model_version), ''), {version}) AS model_version,
+                                request_id, item_id, rank, score, grade, source_file, line_no, segments
+                         FROM _impressions ORDER BY partition_date, source_file, line_no, rank""",
+                     params=[ranker.id]).to_arrow_table()
+    return _staged(stage, ranker, src, groups, read, loaded, rows)
+
+
 def stage_log(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, src: SourceConfig,
               files: list[str], expected: str, day: dt.date, shape: str, graded: bool = False,
               own_format: bool = True) -> Staged:
-    """Read and check a ranker's log files (or its reference): impressions with their request, rank and score."""
-    plan = log_plan(ranker, shape, graded, own_format)
+    """`stage_log_days` of one day."""
+    return stage_log_days(stage, config, ranker, src, {day: (files, expected)}, shape, graded, own_format)[day]
+
+
+def stage_labels_days(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig,
+                      days: list[dt.date]) -> dict[dt.date, Staged]:
+    """Read and check a ranker's interactions of each day's files, in one pass."""
+    plan = labels_plan(ranker)
     _reset(stage, plan)
-    group = _refuse_outside(config, FileGroup([], files, expected, ranker.id))
-    read = _read_group(stage, src, plan, group, day)
-    if shape == "lists":
-        _check_lists(stage, ranker, plan, day)
-    else:
-        _check_impressions(stage, ranker, plan, day, graded)
-    loaded, quarantined = _counted(stage, plan, read, f"{ranker.id} {LOG_SOURCE} {day}")
-    version = sql_str(ranker.version)
-    rows = stage.sql(f"""SELECT ?::DATE AS partition_date, ? AS model_id,
-                                coalesce(nullif(trim(model_version), ''), {version}) AS model_version,
-                                request_id, item_id, rank, score, grade, source_file, line_no, segments
-                         FROM _impressions ORDER BY source_file, line_no, rank""", params=[day, ranker.id]).to_arrow_table()
-    q = _quarantine_rows(stage, ranker.id)
-    return Staged(_result(group.files, read, loaded, q), rows if group.files or src.allow_empty else None, q)
+    src = ranker.labels
+    groups = {day: _refuse_outside(config, FileGroup([], files_for(src, day), src.paths_for(day), ranker.id))
+              for day in days}
+    read = _read(stage, src, plan, groups)
+    loaded = _counted(stage, plan, read, f"{ranker.id} {LABEL_SOURCE}")
+    rows = stage.sql(f"""SELECT partition_date, ? AS model_id, {REQ} AS request_id, {ITEM} AS item_id,
+                                {EVENT} AS event, {GRADE} AS grade, source_file, line_no FROM raw.{plan.source}
+                         ORDER BY partition_date, source_file, line_no""", params=[ranker.id]).to_arrow_table()
+    return _staged(stage, ranker, src, groups, read, loaded, rows)
 
 
 def stage_labels(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig,
                  day: dt.date) -> Staged:
-    """Read and check a ranker's interactions of one day's files."""
-    plan = labels_plan(ranker)
-    _reset(stage, plan)
-    src = ranker.labels
-    group = _refuse_outside(config, FileGroup([], files_for(src, day), src.paths_for(day), ranker.id))
-    read = _read_group(stage, src, plan, group, day)
-    loaded, quarantined = _counted(stage, plan, read, f"{ranker.id} {LABEL_SOURCE} {day}")
-    rows = stage.sql(f"""SELECT partition_date, ? AS model_id, {REQ} AS request_id, {ITEM} AS item_id,
-                                {EVENT} AS event, {GRADE} AS grade, source_file, line_no FROM raw.{plan.source}""",
-                     params=[ranker.id]).to_arrow_table()
-    q = _quarantine_rows(stage, ranker.id)
-    return Staged(_result(group.files, read, loaded, q), rows if group.files or src.allow_empty else None, q)
+    """`stage_labels_days` of one day."""
+    return stage_labels_days(stage, config, ranker, [day])[day]
 
 
 def _result(files: list[str], read: int, loaded: int, quarantine: pa.Table) -> StageResult:
@@ -361,6 +449,53 @@ def _merge(results: list[StageResult]) -> StageResult:
 
 
 FLUSH_ROWS = 2_000_000  # a ranker's staged rows kept before they are written (memory bound of a long backfill)
+# A ranker's days read and checked together (a statement costs milliseconds whatever its rows: a day at a time
+# made about fifteen a day): at most this many days, and of at most this many bytes of files unless one day is more.
+BATCH_DAYS, BATCH_BYTES = 31, 64 * 2**20
+
+
+def _day_batches(ranker: RankerConfig, days: list[dt.date]) -> list[dict[dt.date, tuple[list[str], str]]]:
+    """The days in batches read together, each day with its log files and their glob."""
+    batches: list[dict[dt.date, tuple[list[str], str]]] = []
+    size = 0
+    for day in days:
+        paths = files_for(ranker.source, day)
+        label_paths = files_for(ranker.labels, day) if ranker.labels is not None else []
+        day_bytes = sum(_size(p) for p in [*paths, *label_paths])
+        if not batches or len(batches[-1]) >= BATCH_DAYS or size + day_bytes > BATCH_BYTES:
+            batches.append({})
+            size = 0
+        batches[-1][day] = (paths, ranker.source.paths_for(day))
+        size += day_bytes
+    return batches
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:  # gone since the glob: its reader says so
+        return 0
+
+
+def _stage_batch(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig,
+                 batch: dict[dt.date, tuple[list[str], str]]
+                 ) -> tuple[dict[dt.date, Staged], dict[dt.date, Staged] | None]:
+    """A batch of days' log and interactions staged together; a batch that fails (a file its readers cannot
+    take together, say) is staged a day at a time, where the day's own error, if any, is raised."""
+    days = list(batch)
+    shape = ranker.ranking.shape
+    try:
+        logged = stage_log_days(stage, config, ranker, ranker.source, batch, shape)
+        interactions = stage_labels_days(stage, config, ranker, days) if ranker.labels is not None else None
+        return logged, interactions
+    except (duckdb.Error, RuntimeError, OSError, ValueError):
+        if len(days) == 1:
+            raise
+    logged = {day: stage_log(stage, config, ranker, ranker.source, paths, expected, day, shape)
+              for day, (paths, expected) in batch.items()}
+    interactions = ({day: stage_labels(stage, config, ranker, day) for day in days}
+                    if ranker.labels is not None else None)
+    return logged, interactions
 
 
 def ingest_rankers(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]
@@ -385,35 +520,35 @@ def ingest_rankers(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: 
     stage = _staging_database()
     try:
         for ranker in config.rankers:
-            src = ranker.source
             shown: list[tuple[dt.date, pa.Table]] = []
             acted: list[tuple[dt.date, pa.Table]] = []
-            for day in days:
-                staged = stage_log(stage, config, ranker, src, files_for(src, day), src.paths_for(day), day,
-                                   ranker.ranking.shape)
-                if staged.rows is not None:
-                    shown.append((day, staged.rows.drop_columns(["grade"])))
-                    if sum(t.num_rows for _, t in shown) >= FLUSH_ROWS:
-                        flush(IMPRESSIONS, ranker.id, shown)
-                logs[day].append(staged.result)
-                q_log.append(staged.quarantine)
-                counts = {"records_read": staged.result.read, "records_loaded": staged.result.loaded,
-                          "records_quarantined": staged.result.quarantined,
-                          "impressions": staged.rows.num_rows if staged.rows is not None else 0,
-                          "reasons": staged.result.reasons, "notes": staged.result.notes}
-                if ranker.labels is not None:
-                    inter = stage_labels(stage, config, ranker, day)
-                    if inter.rows is not None:
-                        acted.append((day, inter.rows))
-                        if sum(t.num_rows for _, t in acted) >= FLUSH_ROWS:
-                            flush(INTERACTIONS, ranker.id, acted)
-                    labels[day].append(inter.result)
-                    q_labels.append(inter.quarantine)
-                    counts.update({"interactions_read": inter.result.read,
-                                   "interactions_loaded": inter.result.loaded,
-                                   "interactions_quarantined": inter.result.quarantined,
-                                   "interaction_reasons": inter.result.reasons})
-                out[day][ranker.id] = counts
+            for batch in _day_batches(ranker, days):
+                logged, interactions = _stage_batch(stage, config, ranker, batch)
+                for day in batch:
+                    staged = logged[day]
+                    if staged.rows is not None:
+                        shown.append((day, staged.rows.drop_columns(["grade"])))
+                        if sum(t.num_rows for _, t in shown) >= FLUSH_ROWS:
+                            flush(IMPRESSIONS, ranker.id, shown)
+                    logs[day].append(staged.result)
+                    q_log.append(staged.quarantine)
+                    counts = {"records_read": staged.result.read, "records_loaded": staged.result.loaded,
+                              "records_quarantined": staged.result.quarantined,
+                              "impressions": staged.rows.num_rows if staged.rows is not None else 0,
+                              "reasons": staged.result.reasons, "notes": staged.result.notes}
+                    if interactions is not None:
+                        inter = interactions[day]
+                        if inter.rows is not None:
+                            acted.append((day, inter.rows))
+                            if sum(t.num_rows for _, t in acted) >= FLUSH_ROWS:
+                                flush(INTERACTIONS, ranker.id, acted)
+                        labels[day].append(inter.result)
+                        q_labels.append(inter.quarantine)
+                        counts.update({"interactions_read": inter.result.read,
+                                       "interactions_loaded": inter.result.loaded,
+                                       "interactions_quarantined": inter.result.quarantined,
+                                       "interaction_reasons": inter.result.reasons})
+                    out[day][ranker.id] = counts
             flush(IMPRESSIONS, ranker.id, shown)
             flush(INTERACTIONS, ranker.id, acted)
     finally:
@@ -569,34 +704,52 @@ def day_frame(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: dt.date
     """A ranker's impressions of `day` with their grades (0 without an interaction), whether their request had
     any interaction, and how many interactions of those requests were on items not shown; the interactions are
     those of the day's files and the `delay` days after."""
-    window = [ranker.id, day, day + dt.timedelta(days=delay)]
-    frame = day_impressions(con, ranker, day, delay)
-    unmatched = con.execute(f"""
-        WITH inter AS ({_INTERACTIONS_SQL})
-        SELECT count(*) FROM inter
-        WHERE request_id IN (SELECT request_id FROM {IMPRESSIONS} WHERE model_id = $1 AND partition_date = $2)
-          AND NOT EXISTS (SELECT 1 FROM {IMPRESSIONS} i WHERE i.model_id = $1 AND i.partition_date = $2
-                          AND i.request_id = inter.request_id AND i.item_id = inter.item_id)""", window).fetchall()[0][0]
-    return frame, int(unmatched)
+    return day_frames(con, ranker, [day], delay)[day]
 
 
-_INTERACTIONS_SQL = f"""SELECT request_id, item_id, max(grade) AS grade FROM {INTERACTIONS}
-                        WHERE model_id = $1 AND partition_date BETWEEN $2 AND $3 GROUP BY ALL"""
+# A day's interactions: those of its files and the `delay` days after, best grade per request and item.
+_WINDOWS_SQL = f"""days AS (SELECT unnest($days::DATE[]) AS day),
+    inter AS (SELECT days.day, i.request_id, i.item_id, max(i.grade) AS grade
+              FROM {INTERACTIONS} AS i JOIN days ON i.partition_date BETWEEN days.day AND days.day + $delay::INTEGER
+              WHERE i.model_id = $model GROUP BY ALL)"""
+
+
+def day_frames(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, days: list[dt.date],
+               delay: int) -> dict[dt.date, tuple[pd.DataFrame, int]]:
+    """`day_frame` of each of `days`, in two queries for them all."""
+    frames = days_impressions(con, ranker, days, delay)
+    unmatched = dict(con.execute(f"""
+        WITH {_WINDOWS_SQL}
+        SELECT inter.day, count(*) FROM inter
+        WHERE (inter.day, inter.request_id) IN (SELECT (partition_date, request_id) FROM {IMPRESSIONS}
+                                                WHERE model_id = $model AND partition_date IN (SELECT day FROM days))
+          AND NOT EXISTS (SELECT 1 FROM {IMPRESSIONS} i WHERE i.model_id = $model AND i.partition_date = inter.day
+                          AND i.request_id = inter.request_id AND i.item_id = inter.item_id)
+        GROUP BY ALL""", {"model": ranker.id, "days": days, "delay": delay}).fetchall())
+    return {day: (frames[day], int(unmatched.get(day, 0))) for day in days}
 
 
 def day_impressions(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: dt.date, delay: int) -> pd.DataFrame:
     """`day_frame`'s impressions (model_version, request_id, item_id, rank, score, grade, labelled; a segmented
     ranker's segment per segmentation, `segment_columns_sql`), without the count of unmatched interactions."""
-    window = [ranker.id, day, day + dt.timedelta(days=delay)]
+    return days_impressions(con, ranker, [day], delay)[day]
+
+
+def days_impressions(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, days: list[dt.date],
+                     delay: int) -> dict[dt.date, pd.DataFrame]:
+    """`day_impressions` of each of `days`, in one query."""
     picks = "".join(f"{p}, " for p in segment_columns_sql(ranker, "imp.segments"))
-    return con.execute(f"""
-        WITH inter AS ({_INTERACTIONS_SQL}),
-             imp AS (SELECT * FROM {IMPRESSIONS} WHERE model_id = $1 AND partition_date = $2)
-        SELECT imp.model_version, imp.request_id, imp.item_id, imp.rank, imp.score, {picks}
-               coalesce(inter.grade, 0.0) AS grade,
-               imp.request_id IN (SELECT request_id FROM inter) AS labelled
-        FROM imp LEFT JOIN inter USING (request_id, item_id)
-        ORDER BY imp.source_file, imp.line_no, imp.rank""", window).df()
+    frame = con.execute(f"""
+        WITH {_WINDOWS_SQL},
+             imp AS (SELECT * FROM {IMPRESSIONS} WHERE model_id = $model AND partition_date IN (SELECT day FROM days))
+        SELECT imp.partition_date AS {DAY_COLUMN}, imp.model_version, imp.request_id, imp.item_id, imp.rank, imp.score,
+               {picks}coalesce(inter.grade, 0.0) AS grade,
+               (imp.partition_date, imp.request_id) IN (SELECT (day, request_id) FROM inter) AS labelled
+        FROM imp LEFT JOIN inter ON inter.day = imp.partition_date AND inter.request_id = imp.request_id
+                                AND inter.item_id = imp.item_id
+        ORDER BY imp.partition_date, imp.source_file, imp.line_no, imp.rank""",
+                        {"model": ranker.id, "days": days, "delay": delay}).df()
+    return split_by_day(frame, days)
 
 
 def _segment_value(column: str, name: str) -> str:
@@ -614,12 +767,18 @@ def segment_columns_sql(ranker: RankerConfig, column: str) -> list[str]:
 
 def labels_complete(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, day: dt.date, delay: int) -> bool:
     """Whether the interactions of `day` and the `delay` days after it have all been read."""
-    if ranker.labels is None:
-        return False
-    read = con.execute(f"""SELECT count(DISTINCT partition_date) FROM raw.ingestion_log
-                           WHERE source = {sql_str(LABEL_SOURCE)} AND partition_date BETWEEN ? AND ?""",
-                       [day, day + dt.timedelta(days=delay)]).fetchall()[0][0]
-    return read == delay + 1
+    return labels_complete_days(con, ranker, [day], delay)[day]
+
+
+def labels_complete_days(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, days: list[dt.date],
+                         delay: int) -> dict[dt.date, bool]:
+    """`labels_complete` of each of `days`, in one query."""
+    if ranker.labels is None or not days:
+        return dict.fromkeys(days, False)
+    read = {d for (d,) in con.execute(f"""SELECT DISTINCT partition_date FROM raw.ingestion_log
+                                          WHERE source = {sql_str(LABEL_SOURCE)} AND partition_date BETWEEN ? AND ?""",
+                                      [min(days), max(days) + dt.timedelta(days=delay)]).fetchall()}
+    return {day: all(day + dt.timedelta(days=k) in read for k in range(delay + 1)) for day in days}
 
 
 def per_request_metric(ranker: RankerConfig) -> str | None:
@@ -677,16 +836,20 @@ def item_count_frame(frame: pd.DataFrame, ranker: RankerConfig, day: dt.date) ->
 
 def ranker_day_rows(con: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker: RankerConfig, day: dt.date,
                     ref: Reference | None, counts: list[pd.DataFrame] | None = None,
-                    segments: list[dict] | None = None) -> list[dict]:
+                    segments: list[dict] | None = None,
+                    read: tuple[pd.DataFrame, int, bool] | None = None) -> list[dict]:
     """The rows of one ranker-day in `monitoring.ranking_performance`: per version and for all (`*`); `counts`
     (if given) gets the day's `item_count_frame`, and `segments` (if given) its rows of
-    `monitoring.ranking_segment_performance` (`segment_day_rows`), from the same read."""
-    frame, unmatched = day_frame(con, ranker, day, config.label_delay_days)
+    `monitoring.ranking_segment_performance` (`segment_day_rows`), from the same read. `read`: the day's
+    `day_frame` and `labels_complete`, when already read with other days'."""
+    if read is None:
+        read = (*day_frame(con, ranker, day, config.label_delay_days),
+                labels_complete(con, ranker, day, config.label_delay_days))
+    frame, unmatched, complete = read
     if not len(frame):
         return []
     if counts is not None:
         counts.append(item_count_frame(frame, ranker, day))
-    complete = labels_complete(con, ranker, day, config.label_delay_days)
     if segments is not None and ranker.segments.by:
         segments += segment_day_rows(frame, ranker, day, ref, complete)
     rows = []
@@ -833,8 +996,12 @@ def write_performance(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
         parts: list[dict] = []
         try:
             ref = reference_of(config, ranker)
-            for day in days:
-                rows += ranker_day_rows(con, config, ranker, day, ref, mine, parts)
+            delay = config.label_delay_days
+            for batch in (days[i:i + BATCH_DAYS] for i in range(0, len(days), BATCH_DAYS)):
+                frames, complete = day_frames(con, ranker, batch, delay), labels_complete_days(con, ranker, batch, delay)
+                for day in batch:
+                    rows += ranker_day_rows(con, config, ranker, day, ref, mine, parts,
+                                            read=(*frames[day], complete[day]))
         except (ValueError, OSError, duckdb.Error) as exc:
             failed[ranker.id] = " ".join(str(exc).split())[:300] or type(exc).__name__
             continue

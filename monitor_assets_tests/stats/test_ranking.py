@@ -295,6 +295,11 @@ def test_item_distribution_drift_is_scipy_jensen_shannon_over_the_top_items_and_
         return np.array(binned) / len(values)
     expected = jensenshannon(shares(cur_items), shares(ref_items), base=2)
     assert item_distribution_drift(current, reference, top=top) == pytest.approx(expected, abs=1e-12)
+    # Items the reference never shows among the current's top ones (the reference's counts are looked up per bin).
+    cur_items = cur_items + 900
+    bins = list(dict.fromkeys(most_shown(ref_items) + most_shown(cur_items)))
+    expected = jensenshannon(shares(cur_items), shares(ref_items), base=2)
+    assert item_distribution_drift(ItemCounts.of(cur_items), reference, top=top) == pytest.approx(expected, abs=1e-12)
     assert item_distribution_drift(reference, reference) == pytest.approx(0.0, abs=1e-7)
     # A collapse onto items the reference never shows is as far as it gets.
     assert item_distribution_drift(ItemCounts.of(["new"] * 50), ItemCounts.of(["a", "b"] * 10)) == pytest.approx(1.0)
