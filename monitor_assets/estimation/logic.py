@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import duckdb
 import numpy as np
@@ -222,63 +223,98 @@ def _segment_picks(config: MonitorConfig, model: ModelConfig) -> str:
     return "".join(f", {pick}" for pick in segment_picks(model.segments.by, column_of))
 
 
-def _realized(model: ModelConfig, frame: pd.DataFrame) -> dict[str, float]:
+@dataclass
+class DayRows:
+    """A model-day's columns as arrays, taken from its frame once: its segments' estimates are these arrays'
+    subsets (`take`), not frames filtered per segment (pandas' price per segment was most of the step)."""
+
+    label: np.ndarray  # float, NaN where no label has landed
+    versions: np.ndarray  # model_version, object
+    score: np.ndarray | None = None  # binary and regression
+    decision: np.ndarray | None = None  # binary: the logged decision, 1/0/NaN
+    proba: np.ndarray | None = None  # multiclass: rows x classes
+    code: np.ndarray | None = None  # multiclass: the predicted class's code
+    features: np.ndarray | None = None  # the estimator's feature matrix, when it reads features
+
+    @classmethod
+    def of(cls, model: ModelConfig, estimator, frame: pd.DataFrame) -> DayRows:
+        rows = cls(frame.label.to_numpy(float, na_value=np.nan), frame.model_version.to_numpy(object))
+        if model.is_multiclass:
+            rows.proba = np.array(frame.proba.tolist(), dtype=float)
+            rows.code = frame.code.to_numpy(np.int64)
+        else:
+            rows.score = frame.score.to_numpy(float)
+            if model.is_classifier:
+                rows.decision = frame.decision.to_numpy(float, na_value=np.nan)
+        if isinstance(estimator, E.LossEstimator) or getattr(estimator, "sample", None) is not None:
+            rows.features = _feature_arrays(frame, model, estimator.categories)[0]
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def take(self, at: np.ndarray) -> DayRows:
+        pick = lambda a: a[at] if a is not None else None  # noqa: E731
+        return DayRows(self.label[at], self.versions[at], pick(self.score), pick(self.decision), pick(self.proba),
+                       pick(self.code), pick(self.features))
+
+
+def _realized(model: ModelConfig, rows: DayRows) -> dict[str, float]:
     """The metrics of the labelled rows (NaN where there are none or the metric is undefined)."""
-    labelled = frame[frame.label.notna()]
-    if not len(labelled):
+    labelled = ~np.isnan(rows.label)
+    if not labelled.any():
         return {}
+    y = rows.label[labelled]
     if model.is_multiclass:
-        return E.realized_multiclass_metrics(labelled.label.to_numpy(np.int64), labelled.code.to_numpy(np.int64),
-                                             np.array(labelled.proba.tolist(), dtype=float))
-    s, y = labelled.score.to_numpy(float), labelled.label.to_numpy(float)
+        return E.realized_multiclass_metrics(y.astype(np.int64), rows.code[labelled], rows.proba[labelled])
+    s = rows.score[labelled]
     if model.is_classifier:
-        d = E.predicted_class(s, labelled.decision.to_numpy(float), model.decision_threshold)
+        d = E.predicted_class(s, rows.decision[labelled], model.decision_threshold)
         return E.realized_classifier_metrics(y, d, s)
     error = y - s
     return {"mae": float(np.mean(np.abs(error))), "rmse": float(np.sqrt(np.mean(error ** 2)))}
 
 
-def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.date,
+def estimate_day(model: ModelConfig, estimator, frame: pd.DataFrame | DayRows, day: dt.date,
                  losses: dict[str, np.ndarray] | None = None) -> list[dict]:
-    """The estimated metrics of one model-day, with the realized ones where labels have landed. `losses`: the
-    rows' predicted losses when already known (`LossEstimator.model_losses`)."""
+    """The estimated metrics of one model-day (its frame, or its `DayRows`), with the realized ones where labels
+    have landed. `losses`: the rows' predicted losses when already known (`LossEstimator.model_losses`)."""
     if not len(frame):
         return []
+    rows = frame if isinstance(frame, DayRows) else DayRows.of(model, estimator, frame)
     metrics = model.estimated_metrics
-    x = (_feature_arrays(frame, model, estimator.categories)[0]
-         if isinstance(estimator, E.LossEstimator) or getattr(estimator, "sample", None) is not None else None)
     if isinstance(estimator, E.MulticlassEstimator):
         # sampling error only: the estimator's own error from reference chunks is not measured for multiclass yet
-        found = E.estimate_multiclass(estimator.calibration, np.array(frame.proba.tolist(), dtype=float),
-                                      frame.code.to_numpy(np.int64), metrics, seed=day.toordinal())
+        found = E.estimate_multiclass(estimator.calibration, rows.proba, rows.code, metrics, seed=day.toordinal())
     elif isinstance(estimator, E.ConfidenceEstimator):
-        found = estimator.estimate(frame.score.to_numpy(float), frame.decision.to_numpy(float), metrics,
-                                   seed=day.toordinal(), features=x)
+        found = estimator.estimate(rows.score, rows.decision, metrics, seed=day.toordinal(), features=rows.features)
     else:
-        found = estimator.estimate(x, frame.score.to_numpy(float), metrics, seed=day.toordinal(), losses=losses)
-    realized = _realized(model, frame)
-    n_labelled = int(frame.label.notna().sum())
-    versions = ",".join(sorted({str(v) for v in frame.model_version.dropna()}))
-    rows = []
+        found = estimator.estimate(rows.features, rows.score, metrics, seed=day.toordinal(), losses=losses)
+    realized = _realized(model, rows)
+    n_labelled = int((~np.isnan(rows.label)).sum())
+    versions = ",".join(sorted({str(v) for v in rows.versions[pd.notna(rows.versions)]}))
+    out = []
     for e in found:
         r = realized.get(e.metric, math.nan)
         known = math.isfinite(r) and math.isfinite(e.lower)
-        rows.append({"partition_date": day, "model_id": model.id, "model_version": versions, "metric": e.metric,
-                     "estimate": e.estimate, "lower": e.lower, "upper": e.upper, "n_rows": e.n_rows,
-                     "method": e.method, "realized": r if math.isfinite(r) else None, "n_labelled": n_labelled,
-                     "within_band": bool(e.lower <= r <= e.upper) if known else None})
-    return rows
+        out.append({"partition_date": day, "model_id": model.id, "model_version": versions, "metric": e.metric,
+                    "estimate": e.estimate, "lower": e.lower, "upper": e.upper, "n_rows": e.n_rows,
+                    "method": e.method, "realized": r if math.isfinite(r) else None, "n_labelled": n_labelled,
+                    "within_band": bool(e.lower <= r <= e.upper) if known else None})
+    return out
 
 
 def estimate_segments(model: ModelConfig, estimator, frame: pd.DataFrame, day: dt.date,
-                      reference: pd.DataFrame, baseline: float | None) -> pd.DataFrame:
+                      reference: pd.DataFrame, baseline: float | None, rows: DayRows | None = None) -> pd.DataFrame:
     """One model-day's estimates per segment of at least `segments.min_rows` rows: `estimate_day` on the
-    segment's rows alone, judged by `judge_segment_estimates` (a multiclass band is sampling error only)."""
+    segment's rows alone, judged by `judge_segment_estimates` (a multiclass band is sampling error only).
+    `rows`: the day's `DayRows`, when already taken."""
     parts = []
     crosses = model.segments.by if segmented(model) and len(frame) else ()
+    if crosses and rows is None:
+        rows = DayRows.of(model, estimator, frame)
     # A regressor's loss models predict each row once a day, not once a segment: a segment's are its rows'.
-    losses = (estimator.model_losses(_feature_arrays(frame, model, estimator.categories)[0],
-                                     frame.score.to_numpy(float))
+    losses = (estimator.model_losses(rows.features, rows.score)
               if crosses and isinstance(estimator, E.LossEstimator) else None)
     for cross in crosses:
         key = segment_key(cross)
@@ -286,7 +322,7 @@ def estimate_segments(model: ModelConfig, estimator, frame: pd.DataFrame, day: d
             if len(at) >= model.segments.min_rows:
                 own = {loss: values[at] for loss, values in losses.items()} if losses is not None else None
                 parts += [{**r, "segment_by": key, "segment": segment}
-                          for r in estimate_day(model, estimator, frame.iloc[at], day, own)]
+                          for r in estimate_day(model, estimator, rows.take(at), day, own)]
     if not parts:
         return pd.DataFrame(columns=SEGMENT_COLUMNS)
     return judge_segment_estimates(model, pd.DataFrame(parts), reference, baseline)
@@ -344,10 +380,11 @@ def write_estimates(con: duckdb.DuckDBPyConnection, config: MonitorConfig,
         mine = [day for day in days if model.id not in held.get(day, set())]
         reference = _reference_segments(model) if segmented(model) and mine else None
         for day, frame in day_frames(con, config, model, mine):
-            rows += estimate_day(model, fitted[model.id], frame, day)
+            day_rows = DayRows.of(model, fitted[model.id], frame) if len(frame) else None
+            rows += estimate_day(model, fitted[model.id], day_rows, day) if day_rows is not None else []
             if reference is not None:
                 segments += estimate_segments(model, fitted[model.id], frame, day, reference,
-                                              base.get((model.id, model.main_metric))).to_dict("records")
+                                              base.get((model.id, model.main_metric)), day_rows).to_dict("records")
     frame = pd.DataFrame(rows, columns=COLUMNS)
     by_segment = pd.DataFrame(segments, columns=SEGMENT_COLUMNS)
     replace_partitions_from_frame(con, ESTIMATES, days, frame, models=config.written_models)
