@@ -43,11 +43,11 @@ sql: $(STAMP)
 	@$(BIN)/python -m monitor_assets.query -i
 
 # The suite's test files shared out over the cores (at most 4: the daemon tests start processes of their own);
-# one file's tests stay on one worker with its module fixtures. `make test TEST_WORKERS=0` runs them all in this
-# process.
+# one file's tests stay on one worker with its module fixtures, the slowest files first (conftest's SLOW_FIRST).
+# `make test TEST_WORKERS=0` runs them all in this process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check monitor_assets monitor_assets_tests benchmarks
