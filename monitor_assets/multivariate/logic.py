@@ -239,32 +239,41 @@ def sample_seed(model_id: str, day: dt.date) -> int:
     return zlib.crc32(f"{model_id}:{day.isoformat()}".encode())
 
 
-def day_sample(model: ModelConfig, frame: pd.DataFrame, day: dt.date) -> pd.DataFrame:
-    """`monitoring.multivariate_samples` rows of one model-day: at most SAMPLE_ROWS of its rows, a seeded uniform
-    sample in shuffled order (`sample_rank`: a prefix of any length is a uniform sample too), one row per sampled
-    row and feature, numbers in `number`, categories in `category`, as the core reads them; `n_day_rows` the
-    day's rows. No rows for a day without rows."""
+def day_sample(model: ModelConfig, frame: pd.DataFrame, day: dt.date) -> pa.Table:
+    """`monitoring.multivariate_samples` rows of one model-day (SAMPLE_SCHEMA): at most SAMPLE_ROWS of its rows, a
+    seeded uniform sample in shuffled order (`sample_rank`: a prefix of any length is a uniform sample too), one row
+    per sampled row and feature (feature by feature), numbers in `number`, categories in `category`, as the core
+    reads them; `n_day_rows` the day's rows. No rows for a day without rows. Built as Arrow columns: a frame per
+    feature and their concat cost about 20 ms a model-day."""
     n = len(frame)
     if not n:
-        return pd.DataFrame(columns=SAMPLE_COLUMNS)
+        return SAMPLE_SCHEMA.empty_table()
     rows = frame.iloc[np.random.default_rng(sample_seed(model.id, day)).permutation(n)[:SAMPLE_ROWS]]
     k = len(rows)
+    specs = feature_specs(model)
     versions = (rows[VERSION_COLUMN].astype(str).to_numpy(object) if VERSION_COLUMN in rows
                 else np.full(k, "", dtype=object))
-    parts = []
-    for f in feature_specs(model):
+    numbers, categories = [], []
+    for f in specs:
         values = rows[f.name]
-        numeric = f.kind != "categorical"
-        parts.append(pd.DataFrame({
-            "partition_date": day, "model_id": model.id, "model_version": versions, "n_day_rows": n,
-            "sample_rank": np.arange(k), "feature": f.name,
-            "number": pd.to_numeric(values, errors="coerce").to_numpy(float) if numeric else np.nan,
-            "category": None if numeric else values.astype(object).where(values.notna(), None).to_numpy(object)}))
-    return pd.concat(parts, ignore_index=True)[SAMPLE_COLUMNS]
+        if f.kind != "categorical":
+            numbers.append(pd.to_numeric(values, errors="coerce").to_numpy(float))
+            categories.append(np.full(k, None, dtype=object))
+        else:
+            numbers.append(np.full(k, np.nan))
+            categories.append(values.astype(object).where(values.notna(), None).to_numpy(object))
+    m = k * len(specs)
+    columns = [pa.array(np.full(m, day), pa.date32()), pa.array(np.full(m, model.id, dtype=object), pa.string()),
+               pa.array(np.tile(versions, len(specs)), pa.string()), pa.array(np.full(m, n), pa.int64()),
+               pa.array(np.tile(np.arange(k), len(specs)), pa.int64()),
+               pa.array(np.repeat(np.array([f.name for f in specs], dtype=object), k), pa.string()),
+               pa.array(np.concatenate(numbers) if specs else np.zeros(0), pa.float64(), from_pandas=True),
+               pa.array(np.concatenate(categories) if specs else np.zeros(0, object), pa.string(), from_pandas=True)]
+    return pa.Table.from_arrays(columns, schema=SAMPLE_SCHEMA)
 
 
 def _day(model: ModelConfig, ref: MV.MultivariateReference, frame: pd.DataFrame, day: dt.date
-         ) -> tuple[list[dict], pd.DataFrame | None]:
+         ) -> tuple[list[dict], pa.Table | None]:
     """One model-day's drift rows and sample; an error (not a transient one) is its `analysis_error` row."""
     try:
         return drift_rows(model, ref, frame, day), day_sample(model, frame, day)
@@ -308,10 +317,10 @@ def computed_days(model: ModelConfig, ref: MV.MultivariateReference, days: list[
             continue
         found, sample = _day(model, ref, frames[day], day)
         rows += found
-        if sample is not None and len(sample):
+        if sample is not None and sample.num_rows:
             # Arrow, not pandas: a fleet's samples (12,000 rows a model-day) wait in memory until the write, and
             # pandas keeps a Python object per text value (about 5 MB a model-day with the concat and the sort)
-            samples.append(pa.Table.from_pandas(sample, schema=SAMPLE_SCHEMA, preserve_index=False))
+            samples.append(sample)
     return rows, samples
 
 

@@ -15,6 +15,7 @@ import shutil
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from scipy import stats
 
@@ -47,7 +48,7 @@ def _model(model_id):
 
 
 def _store(con, model, frames: dict) -> None:
-    sample = pd.concat([MVL.day_sample(model, frame, day) for day, frame in frames.items()], ignore_index=True)
+    sample = pa.concat_tables([MVL.day_sample(model, frame, day) for day, frame in frames.items()])
     replace_partitions_from_frame(con, MVL.SAMPLES, list(frames), sample, models=[model.id])
 
 
@@ -115,7 +116,7 @@ def test_the_sample_frame_reshape_equals_the_index_and_steps_aside_when_irregula
         frame.loc[rng.random(len(frame)) < 0.1, "x2"] = np.nan
         frame.loc[rng.random(len(frame)) < 0.1, "shop"] = None
         frames[WEEK_START + dt.timedelta(days=i)] = frame
-    long = pd.concat([MVL.day_sample(model, f, d) for d, f in frames.items()], ignore_index=True)
+    long = pa.concat_tables([MVL.day_sample(model, f, d) for d, f in frames.items()]).to_pandas()
     long = long.sort_values(["partition_date", "sample_rank", "feature"], ignore_index=True)  # as the read orders it
     long["partition_date"] = pd.to_datetime(long.partition_date)
     specs = MVL.feature_specs(model) + [MVL.FeatureSpec("absent", "numeric"), MVL.FeatureSpec("gone", "categorical")]
