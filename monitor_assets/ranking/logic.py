@@ -501,11 +501,11 @@ def _stage_batch(stage: duckdb.DuckDBPyConnection, config: MonitorConfig, ranker
 def ingest_rankers(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date]
                    ) -> dict[dt.date, dict[str, dict]]:
     """The days of every ranker's log and interactions into `raw.ranking_impressions`, `raw.ranking_interactions`
-    and `raw.quarantine`, counted in `raw.ingestion_log` (sources `ranking`, `ranking_labels`). Each ranker-day is
-    read and checked on its own; the rows are written a ranker at a time for many days in one commit (flushed at
-    FLUSH_ROWS), the quarantine and the log once for all days: a long backfill costs its rows, not a commit per
-    day. A ranker-day whose glob matched nothing keeps the rows loaded before (unless its source allows empty
-    days). Returns per day and ranker the counts."""
+    and `raw.quarantine`, counted in `raw.ingestion_log` (sources `ranking`, `ranking_labels`). A ranker's days are
+    read and checked in batches (`_day_batches`), each day's checks its own; the rows are written a ranker at a
+    time for many days in one commit (flushed at FLUSH_ROWS), the quarantine and the log once for all days: a long
+    backfill costs its rows, not a commit per day. A ranker-day whose glob matched nothing keeps the rows loaded
+    before (unless its source allows empty days). Returns per day and ranker the counts."""
     lake = lake_of(con)
     out: dict[dt.date, dict[str, dict]] = {day: {} for day in days}
     logs: dict[dt.date, list[StageResult]] = {day: [] for day in days}
