@@ -84,7 +84,7 @@ def _companion_p(verdict: P.WindowVerdict, reference: P.Profile, current: P.Prof
         return None, 1.0
     name = verdict.feature
     if verdict.kind == "numeric":
-        d = P.numeric_distances(reference.numeric[name], current.numeric[name], bins.numeric[name])
+        d = P.numeric_distances(reference.numeric[name], current.numeric[name], bins.numeric[name], only="ks")
         return "ks", float(d["ks_p_value"]) if math.isfinite(d["ks_p_value"]) else 1.0
     d = P.categorical_distances(reference.categorical[name], current.categorical[name], bins.categorical[name])
     return "chisquare", float(d["chisquare_p_value"]) if math.isfinite(d["chisquare_p_value"]) else 1.0
