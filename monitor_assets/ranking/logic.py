@@ -76,7 +76,7 @@ from monitor_assets.segments.logic import ALPHA as SEGMENT_ALPHA
 from monitor_assets.stats import ranking as R
 from monitor_assets.stats.multiple_testing import benjamini_hochberg
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.reads import DAY_COLUMN, split_by_day
+from monitor_assets.storage.reads import DAY_COLUMN, ROWS_PER_READ, split_by_day
 from monitor_assets.storage.sql import SEGMENT_COLUMN, quote_ident, segment_key, segment_picks, sql_str
 from monitor_assets.storage.warehouse import lake_of
 
@@ -997,7 +997,7 @@ def write_performance(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
         try:
             ref = reference_of(config, ranker)
             delay = config.label_delay_days
-            for batch in (days[i:i + BATCH_DAYS] for i in range(0, len(days), BATCH_DAYS)):
+            for batch in _read_batches(con, ranker, days):
                 frames, complete = day_frames(con, ranker, batch, delay), labels_complete_days(con, ranker, batch, delay)
                 for day in batch:
                     rows += ranker_day_rows(con, config, ranker, day, ref, mine, parts,
@@ -1015,6 +1015,24 @@ def write_performance(con: duckdb.DuckDBPyConnection, config: MonitorConfig, day
         lake.replace(table, pa.Table.from_pandas(frame, preserve_index=False), days, models=written)
         lake.refresh(con, table)
     return frames[PERFORMANCE], failed, frames[SEGMENT_PERFORMANCE]
+
+
+def _read_batches(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, days: list[dt.date]) -> list[list[dt.date]]:
+    """The days whose impressions are read together (`day_frames`): consecutive days, at most BATCH_DAYS of them,
+    while their impressions stay within ROWS_PER_READ (a busy ranker's day is read alone)."""
+    counts = dict(con.execute(f"""SELECT partition_date, count(*) FROM {IMPRESSIONS}
+                                  WHERE model_id = ? AND partition_date IN (SELECT unnest(?::DATE[])) GROUP BY 1""",
+                              [ranker.id, days]).fetchall())
+    batches: list[list[dt.date]] = []
+    held = 0
+    for day in sorted(days):
+        n = counts.get(day, 0)
+        if not batches or len(batches[-1]) >= BATCH_DAYS or held + n > ROWS_PER_READ:
+            batches.append([])
+            held = 0
+        batches[-1].append(day)
+        held += n
+    return batches
 
 
 def baseline_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check: str,

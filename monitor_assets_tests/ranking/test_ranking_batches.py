@@ -10,6 +10,7 @@ import pandas as pd
 
 from monitor_assets.ingestion.readers import _staging_database, files_for
 from monitor_assets.ranking import logic as L
+from monitor_assets.storage.warehouse import close, open_warehouse
 
 from ..conftest import write
 from ..test_ranking_task import _config
@@ -17,8 +18,9 @@ from ..test_ranking_task import _config
 DAYS = [dt.date(2025, 6, 1) + dt.timedelta(days=i) for i in range(4)]
 
 
-def _lists(tmp_path):
-    """JSON lines, a list per request; day 3 has no file; day 2 repeats a request id of day 1."""
+def _lists(tmp_path, delay: int = 0):
+    """JSON lines, a list per request; day 3 has no file; day 2 repeats a request id of day 1; each day's
+    interactions include late ones on the day before's requests (one of them on an item not shown)."""
     for i, day in enumerate(DAYS):
         if i == 2:
             continue
@@ -34,8 +36,11 @@ def _lists(tmp_path):
         write(tmp_path / "lists" / f"{day}.jsonl", text + ("{not json\n" if i == 3 else ""))
         acts = [{"request_id": f"{day:%d}-r{k}", "item": f"s{k % 40}", "kind": "click" if k % 3 else "hover"}
                 for k in range(20)]
+        before = day - dt.timedelta(days=1)
+        acts += [{"request_id": f"{before:%d}-r{k}", "item": f"s{(k + 1) % 40}" if k != 5 else "unseen", "kind": "click"}
+                 for k in range(5, 10)]
         write(tmp_path / "acts" / f"{day}.jsonl", "\n".join(json.dumps(x) for x in acts) + "\n")
-    return _config(tmp_path, """
+    return _config(tmp_path, delay=delay, rankers="""
   - id: search
     task: ranking
     source: lists/{date}.jsonl
@@ -106,6 +111,35 @@ def test_lists_of_several_days_equal_each_day_read_alone(tmp_path):
     assert logged[DAYS[2]].rows is None and "no input file" in logged[DAYS[2]].result.notes[0]
     assert logged[DAYS[3]].result.reasons == {"malformed_json": 1}
     assert interactions[DAYS[0]].result.reasons == {"unknown_category": 7}
+
+
+def test_performance_read_for_many_days_equals_each_day_read_alone(tmp_path, monkeypatch):
+    """The performance step reads a batch of days' impressions with their grades in one query: each day's grades
+    come from its own interactions and the `delay` days after (late clicks land in the next day's files), its
+    unmatched interactions and whether its labels are complete are its own; as read one day at a time, and with
+    batches cut by rows."""
+    config = _lists(tmp_path, delay=1)
+    ranker = config.rankers[0]
+    con = open_warehouse(None, str(tmp_path / "lake"))
+    try:
+        L.ingest_rankers(con, config, DAYS)
+        alone = {day: (*L.day_frames(con, ranker, [day], 1)[day], L.labels_complete(con, ranker, day, 1))
+                 for day in DAYS}
+        frames, complete = L.day_frames(con, ranker, DAYS, 1), L.labels_complete_days(con, ranker, DAYS, 1)
+        for day in DAYS:
+            pd.testing.assert_frame_equal(frames[day][0], alone[day][0])
+            assert frames[day][1] == alone[day][1] and complete[day] == alone[day][2]
+        first = frames[DAYS[0]][0]
+        assert first.grade.gt(0).sum() > 0 and frames[DAYS[0]][1] == 1  # a late click on an item not shown
+        late = first[first.request_id == "01-r6"]  # clicked on day 2's files, within day 1's window
+        assert late.grade.max() == 1.0 and late.labelled.all()
+        assert complete == {DAYS[0]: True, DAYS[1]: True, DAYS[2]: True, DAYS[3]: False}  # day 4's window ends later
+        rows_batched = L.write_performance(con, config, DAYS)[0]
+        monkeypatch.setattr(L, "ROWS_PER_READ", 1)  # every day read alone
+        rows_alone = L.write_performance(con, config, DAYS)[0]
+        pd.testing.assert_frame_equal(rows_batched.drop(columns="computed_at"), rows_alone.drop(columns="computed_at"))
+    finally:
+        close(con)
 
 
 def test_impressions_of_several_days_equal_each_day_read_alone(tmp_path):
