@@ -76,7 +76,7 @@ from monitor_assets.segments.logic import ALPHA as SEGMENT_ALPHA
 from monitor_assets.stats import ranking as R
 from monitor_assets.stats.multiple_testing import benjamini_hochberg
 from monitor_assets.storage.lake import TABLES
-from monitor_assets.storage.reads import DAY_COLUMN, ROWS_PER_READ, split_by_day
+from monitor_assets.storage.reads import DAY_COLUMN, ROWS_PER_READ, capped_batches, split_by_day
 from monitor_assets.storage.sql import SEGMENT_COLUMN, quote_ident, segment_key, segment_picks, sql_str
 from monitor_assets.storage.warehouse import lake_of
 
@@ -456,18 +456,11 @@ BATCH_DAYS, BATCH_BYTES = 31, 64 * 2**20
 
 def _day_batches(ranker: RankerConfig, days: list[dt.date]) -> list[dict[dt.date, tuple[list[str], str]]]:
     """The days in batches read together, each day with its log files and their glob."""
-    batches: list[dict[dt.date, tuple[list[str], str]]] = []
-    size = 0
-    for day in days:
-        paths = files_for(ranker.source, day)
-        label_paths = files_for(ranker.labels, day) if ranker.labels is not None else []
-        day_bytes = sum(_size(p) for p in [*paths, *label_paths])
-        if not batches or len(batches[-1]) >= BATCH_DAYS or size + day_bytes > BATCH_BYTES:
-            batches.append({})
-            size = 0
-        batches[-1][day] = (paths, ranker.source.paths_for(day))
-        size += day_bytes
-    return batches
+    paths = {day: files_for(ranker.source, day) for day in days}
+    labels = {day: files_for(ranker.labels, day) if ranker.labels is not None else [] for day in days}
+    size = {day: sum(map(_size, [*paths[day], *labels[day]])) for day in days}  # bytes of a day's files
+    return [{day: (paths[day], ranker.source.paths_for(day)) for day in batch}
+            for batch in capped_batches(days, size, BATCH_BYTES, BATCH_DAYS)]
 
 
 def _size(path: str) -> int:
@@ -1023,16 +1016,7 @@ def _read_batches(con: duckdb.DuckDBPyConnection, ranker: RankerConfig, days: li
     counts = dict(con.execute(f"""SELECT partition_date, count(*) FROM {IMPRESSIONS}
                                   WHERE model_id = ? AND partition_date IN (SELECT unnest(?::DATE[])) GROUP BY 1""",
                               [ranker.id, days]).fetchall())
-    batches: list[list[dt.date]] = []
-    held = 0
-    for day in sorted(days):
-        n = counts.get(day, 0)
-        if not batches or len(batches[-1]) >= BATCH_DAYS or held + n > ROWS_PER_READ:
-            batches.append([])
-            held = 0
-        batches[-1].append(day)
-        held += n
-    return batches
+    return capped_batches(sorted(days), counts, ROWS_PER_READ, BATCH_DAYS)
 
 
 def baseline_failures(con: duckdb.DuckDBPyConnection, config: MonitorConfig, days: list[dt.date], check: str,

@@ -1045,12 +1045,11 @@ def window_drift(specs: list[D.FeatureSpec], reference: Profile, current: Profil
             constant = ref.minimum is not None and ref.minimum == ref.maximum  # (sums give no exact std 0)
             if constant and (method == "wasserstein" or spec.method == "auto"):
                 method = "constant"
-            d = numeric_distances(ref, cur, b, p_values=method == "ks", only=method if method != "constant" else "")
-            p_value = d["ks_p_value"] if method == "ks" else None
             if method == "constant":
                 statistic, p_value, _ = _constant_share(ref, cur)
             else:
-                statistic = d[method]
+                d = numeric_distances(ref, cur, b, p_values=method == "ks", only=method)
+                statistic, p_value = d[method], d["ks_p_value"] if method == "ks" else None
             scale = (scales or {}).get(spec.name) if spec.name in (scales or {}) else wasserstein_scale(ref, b)
             threshold = D._threshold(spec, method, ref.n_valid, cur.n_valid, len(b.psi_cuts) + 1, scale)
             results.append(D.DriftResult(spec.name, "numeric", method, statistic, p_value, threshold,

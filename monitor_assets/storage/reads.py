@@ -81,6 +81,22 @@ def day_batches(days: Sequence[dt.date], rows_of_day: Mapping[dt.date, int] | No
     return batches
 
 
+def capped_batches(days: Sequence[dt.date], size: Mapping[dt.date, int], max_size: int,
+                   max_days: int = DAYS_PER_READ) -> list[list[dt.date]]:
+    """`days` in their order, in runs of at most `max_days` days whose sizes (`size`, 0 if absent) sum to at most
+    `max_size`; a day larger than that is a run of its own."""
+    batches: list[list[dt.date]] = []
+    held = 0
+    for day in days:
+        n = size.get(day, 0)
+        if not batches or len(batches[-1]) >= max_days or held + n > max_size:
+            batches.append([])
+            held = 0
+        batches[-1].append(day)
+        held += n
+    return batches
+
+
 def model_day_batches(con: duckdb.DuckDBPyConnection, model_id: str, days: Sequence[dt.date]) -> list[list[dt.date]]:
     """`day_batches` of one model's days, its rows per day counted first when there are more days than one batch
     (a count reads the Parquet footers, not the rows)."""

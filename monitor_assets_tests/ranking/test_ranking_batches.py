@@ -155,3 +155,15 @@ def test_a_file_the_batch_cannot_read_falls_back_to_one_day_at_a_time(tmp_path):
     broken = logged[DAYS[2]].result
     assert broken.loaded == 0 and broken.notes, broken  # noted, not read
     assert logged[DAYS[1]].result.loaded == 150 and logged[DAYS[3]].result.loaded == 150  # the others read
+
+
+def test_capped_batches_keep_the_order_and_both_bounds():
+    """The ranker's batches (`storage.reads.capped_batches`): consecutive days, at most `max_days` of them and at most
+    `max_size` in all; a day larger than the budget alone."""
+    from monitor_assets.storage.reads import capped_batches
+
+    days = [dt.date(2026, 1, 1) + dt.timedelta(days=k) for k in range(10)]
+    assert capped_batches(days, {}, 5, 3) == [days[:3], days[3:6], days[6:9], days[9:]]
+    assert capped_batches(days, {days[1]: 100}, 5, 31) == [days[:1], days[1:2], days[2:]]
+    assert capped_batches(days, dict.fromkeys(days, 2), 5, 31) == [days[i:i + 2] for i in range(0, 10, 2)]
+    assert capped_batches(days[::-1], {}, 5, 4) == [days[::-1][:4], days[::-1][4:8], days[::-1][8:]]  # given order
